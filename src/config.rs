@@ -1,0 +1,235 @@
+//! Configuration of one partition's log. Settings carry Kafka's names in their docs and errors,
+//! and Kafka's defaults unless a reason to differ is given. A config is validated once, when a
+//! log is opened with it.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::storage::format::{HEADER_LEN, TimestampType};
+
+/// When appended records are forced to disk, and so when they count as durable.
+///
+/// The high watermark (the end of what readers may see) advances only over records that are
+/// durable under the policy, so no reader ever acts on a record that a crash can take back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// An append is acknowledged only after `fdatasync` has returned. Concurrent appends share
+    /// one `fdatasync` (group commit). Survives power loss.
+    Always,
+    /// Appends are acknowledged once written to the page cache; the log is `fdatasync`ed every
+    /// interval, and readers see records once they have been synced.
+    Interval(Duration),
+    /// Appends are acknowledged and readable once written to the page cache; the operating
+    /// system writes them back when it chooses. Survives a crash of the process, not of the
+    /// machine.
+    Never,
+}
+
+/// Settings of one partition's log.
+///
+/// Built from [`LogConfig::default`] with the setters, each of which documents its default:
+///
+/// ```
+/// use rivulet::{Fsync, LogConfig};
+/// let config = LogConfig::default()
+///     .segment_bytes(64 << 20)
+///     .fsync(Fsync::Never);
+/// assert_eq!(config.get_segment_bytes(), 64 << 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub(crate) segment_bytes: u64,
+    pub(crate) segment_ms: Option<Duration>,
+    pub(crate) segment_index_bytes: u32,
+    pub(crate) index_interval_bytes: u32,
+    pub(crate) retention_ms: Option<Duration>,
+    pub(crate) retention_bytes: Option<u64>,
+    pub(crate) retention_check_interval: Duration,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) fsync: Fsync,
+    pub(crate) timestamp_type: TimestampType,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: Some(Duration::from_secs(7 * 24 * 3600)),
+            segment_index_bytes: 10 << 20,
+            index_interval_bytes: 4096,
+            retention_ms: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_bytes: None,
+            retention_check_interval: Duration::from_secs(300),
+            max_message_bytes: 1 << 20,
+            fsync: Fsync::Always,
+            timestamp_type: TimestampType::CreateTime,
+        }
+    }
+}
+
+/// The largest segment: positions in the offset index are 32-bit, and Kafka caps it at
+/// `i32::MAX` too.
+const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+
+impl LogConfig {
+    /// `segment.bytes`: a segment is rolled when the next batch would take it past this size.
+    /// Default 1 GiB; at least 61 bytes (one batch header), at most 2 GiB - 1. A single batch
+    /// larger than this gets a segment of its own.
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// `segment.ms`: a non-empty segment is rolled at the first append after it has been
+    /// active this long (measured from its first append in this process). Default 7 days;
+    /// `None` turns time-based rolling off.
+    pub fn segment_ms(mut self, age: Option<Duration>) -> Self {
+        self.segment_ms = age;
+        self
+    }
+
+    /// `segment.index.bytes`: the size preallocated for each index file; a segment whose index
+    /// is full is rolled. Default 10 MiB; at least 24 bytes.
+    pub fn segment_index_bytes(mut self, bytes: u32) -> Self {
+        self.segment_index_bytes = bytes;
+        self
+    }
+
+    /// `index.interval.bytes`: an index entry is added after this many bytes of batches since
+    /// the last one. Smaller means faster lookups and larger indexes. Default 4096; 0 indexes
+    /// every batch.
+    pub fn index_interval_bytes(mut self, bytes: u32) -> Self {
+        self.index_interval_bytes = bytes;
+        self
+    }
+
+    /// `retention.ms`: a sealed segment is deleted once its largest timestamp is older than
+    /// this. Default 7 days; `None` keeps segments forever.
+    pub fn retention_ms(mut self, age: Option<Duration>) -> Self {
+        self.retention_ms = age;
+        self
+    }
+
+    /// `retention.bytes`: the oldest sealed segments are deleted while the log without them
+    /// would still hold at least this many bytes. Default `None` (unlimited).
+    pub fn retention_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.retention_bytes = bytes;
+        self
+    }
+
+    /// `log.retention.check.interval.ms`: how often the background thread applies retention.
+    /// Default 5 minutes; at least 1 ms.
+    pub fn retention_check_interval(mut self, every: Duration) -> Self {
+        self.retention_check_interval = every;
+        self
+    }
+
+    /// `max.message.bytes`: the largest batch an append accepts. Default 1 MiB; at least 61
+    /// bytes (one batch header).
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The durability policy. Default [`Fsync::Always`]: nothing acknowledged is lost even on
+    /// power loss. Interval periods must be at least 1 ms.
+    pub fn fsync(mut self, policy: Fsync) -> Self {
+        self.fsync = policy;
+        self
+    }
+
+    /// `message.timestamp.type`: with [`TimestampType::LogAppendTime`] the log stamps every
+    /// batch with the time of its append. Default [`TimestampType::CreateTime`].
+    pub fn timestamp_type(mut self, kind: TimestampType) -> Self {
+        self.timestamp_type = kind;
+        self
+    }
+
+    /// The configured `segment.bytes`.
+    pub fn get_segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    /// The configured durability policy.
+    pub fn get_fsync(&self) -> Fsync {
+        self.fsync
+    }
+
+    /// The configured `max.message.bytes`.
+    pub fn get_max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        fn bad(name: &'static str, value: impl std::fmt::Debug, reason: &'static str) -> Error {
+            Error::InvalidConfig {
+                name,
+                value: format!("{value:?}"),
+                reason,
+            }
+        }
+        if self.segment_bytes < HEADER_LEN as u64 || self.segment_bytes > MAX_SEGMENT_BYTES {
+            return Err(bad(
+                "segment.bytes",
+                self.segment_bytes,
+                "must be from 61 to 2147483647",
+            ));
+        }
+        if self.segment_index_bytes < 24 {
+            return Err(bad(
+                "segment.index.bytes",
+                self.segment_index_bytes,
+                "must be at least 24",
+            ));
+        }
+        if self.max_message_bytes < HEADER_LEN || self.max_message_bytes > i32::MAX as usize {
+            return Err(bad(
+                "max.message.bytes",
+                self.max_message_bytes,
+                "must be from 61 to 2147483647",
+            ));
+        }
+        if self.retention_check_interval < Duration::from_millis(1) {
+            return Err(bad(
+                "log.retention.check.interval.ms",
+                self.retention_check_interval,
+                "must be at least 1 ms",
+            ));
+        }
+        if let Fsync::Interval(every) = self.fsync
+            && every < Duration::from_millis(1)
+        {
+            return Err(bad("flush.ms", every, "must be at least 1 ms"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_out_of_range_values_are_named() {
+        LogConfig::default().validate().unwrap();
+        let err = LogConfig::default().segment_bytes(10).validate().unwrap_err();
+        assert!(err.to_string().contains("segment.bytes"), "{err}");
+        let err = LogConfig::default()
+            .fsync(Fsync::Interval(Duration::ZERO))
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("flush.ms"), "{err}");
+        let err = LogConfig::default()
+            .segment_index_bytes(8)
+            .validate()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidConfig {
+                name: "segment.index.bytes",
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,245 @@
+//! Errors. Every variant carries the evidence a user needs to act on it: which file, which byte,
+//! which checksum. A torn batch at the tail of a log is not an error but an expected outcome of a
+//! crash, and recovery handles it (see [`BatchError::Incomplete`]).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::storage::format::Compression;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in rivulet.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("write", "fsync", "open", ...).
+        op: &'static str,
+        /// The file or directory it was done to.
+        path: PathBuf,
+        /// The error the operating system reported.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A batch handed to the log is malformed. Nothing was written.
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+
+    /// A batch is larger than the log's `max.message.bytes`. Nothing was written.
+    #[error("record batch of {size} bytes exceeds max.message.bytes ({max})")]
+    BatchTooLarge {
+        /// The batch's size in bytes.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+
+    /// A stored batch failed its CRC-32C check. Its records are never returned.
+    #[error(
+        "CRC mismatch in {} at byte {position}: the batch says {expected:#010x}, its bytes give {actual:#010x}",
+        segment.display()
+    )]
+    ChecksumMismatch {
+        /// The segment file holding the batch.
+        segment: PathBuf,
+        /// The batch's byte position in that file.
+        position: u64,
+        /// The CRC stored in the batch header.
+        expected: u32,
+        /// The CRC computed over the stored bytes.
+        actual: u32,
+    },
+
+    /// A stored batch in a sealed segment is malformed (bad length or magic, impossible count).
+    #[error("corrupt batch in {} at byte {position}: {reason}", segment.display())]
+    CorruptSegment {
+        /// The segment file holding the batch.
+        segment: PathBuf,
+        /// The batch's byte position in that file.
+        position: u64,
+        /// What is wrong with it.
+        reason: BatchError,
+    },
+
+    /// An offset outside `[log start offset, log end offset]` was asked for.
+    #[error("offset {offset} is out of range: the log holds offsets {log_start} to {log_end} (exclusive)")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        offset: i64,
+        /// The log start offset.
+        log_start: i64,
+        /// The log end offset.
+        log_end: i64,
+    },
+
+    /// Records that were waiting to become durable were truncated away by `truncate_to`.
+    #[error("records from offset {offset} were truncated before they became durable")]
+    Truncated {
+        /// The first truncated offset.
+        offset: i64,
+    },
+
+    /// An earlier fsync failed. After a failed fsync the state of the page cache is unknown
+    /// (Linux may have dropped the dirty pages and cleared the error), so the log refuses
+    /// appends until it is reopened and recovered from what is really on disk. Reads of records
+    /// below the high watermark keep working.
+    #[error("the log in {} refuses appends after a failed fsync ({cause}); reopen it", dir.display())]
+    Poisoned {
+        /// The log's directory.
+        dir: PathBuf,
+        /// The fsync error.
+        #[source]
+        cause: Arc<io::Error>,
+    },
+
+    /// The directory is already open, in this process or another.
+    #[error("{} is locked: it is already open in this or another process", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// The directory exists and holds something other than a rivulet log.
+    #[error("{} is not a rivulet log: {reason}", path.display())]
+    NotALog {
+        /// The directory.
+        path: PathBuf,
+        /// What made it not a log.
+        reason: String,
+    },
+
+    /// A metadata file is damaged.
+    #[error("metadata file {} is damaged: {reason}", path.display())]
+    CorruptMetadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The directory was written by a newer rivulet with a format this build cannot read.
+    #[error("{} has on-disk format version {found}; this build reads versions up to {supported}", path.display())]
+    UnsupportedFormat {
+        /// The directory.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+
+    /// A configuration value is out of its allowed range.
+    #[error("invalid configuration {name} = {value}: {reason}")]
+    InvalidConfig {
+        /// The Kafka name of the setting, e.g. `segment.bytes`.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl Error {
+    /// True if this error reports a full disk (`ENOSPC`).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
+    }
+}
+
+/// What is wrong with a record batch's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The bytes end before the batch does: `needed` bytes are required, `available` are there.
+    /// At the tail of a log this is a torn write, the expected result of a crash.
+    #[error("incomplete batch: {needed} bytes needed, {available} available")]
+    Incomplete {
+        /// Bytes the batch needs.
+        needed: usize,
+        /// Bytes present.
+        available: usize,
+    },
+    /// The batch length field is outside what a batch can be.
+    #[error("batch length {length} is out of bounds ({min} to {max})")]
+    LengthOutOfBounds {
+        /// The length field.
+        length: i64,
+        /// The smallest legal value.
+        min: i64,
+        /// The largest accepted value.
+        max: i64,
+    },
+    /// The magic byte is not 2 (only RecordBatch v2 is supported).
+    #[error("magic byte is {found}, expected 2")]
+    BadMagic {
+        /// The magic byte found.
+        found: i8,
+    },
+    /// The CRC-32C in the header does not match the bytes.
+    #[error("CRC mismatch: the header says {expected:#010x}, the bytes give {actual:#010x}")]
+    CrcMismatch {
+        /// The stored CRC.
+        expected: u32,
+        /// The computed CRC.
+        actual: u32,
+    },
+    /// The record count cannot be right for this batch.
+    #[error("impossible record count {count}: {reason}")]
+    BadRecordCount {
+        /// The count in the header.
+        count: i32,
+        /// Why it is impossible.
+        reason: &'static str,
+    },
+    /// A record inside the batch is malformed.
+    #[error("record {index} is malformed: {reason}")]
+    BadRecord {
+        /// The record's position in the batch (0-based).
+        index: i32,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The attributes name a compression codec that does not exist.
+    #[error("unknown compression codec id {0}")]
+    UnknownCompression(u8),
+    /// The codec exists but this build was compiled without its cargo feature.
+    #[error("compression codec {0:?} is not enabled in this build (cargo feature)")]
+    CodecDisabled(Compression),
+    /// Decompression failed or produced more than the allowed size.
+    #[error("{codec:?} decompression failed: {reason}")]
+    Decompression {
+        /// The codec.
+        codec: Compression,
+        /// The codec's complaint, or the size limit that was hit.
+        reason: String,
+    },
+    /// The batch has no records. Empty batches are only produced by compaction.
+    #[error("the batch has no records")]
+    Empty,
+}
+
+/// Attaches the operation and path to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
