@@ -293,6 +293,14 @@ impl<'a> Batch<'a> {
         Ok((Batch { bytes, header }, rest))
     }
 
+    /// Splits off the batch at the start of bytes that were validated before (the frame is
+    /// trusted; nothing is checked).
+    pub(crate) fn parse_trusted(bytes: &'a [u8]) -> (Batch<'a>, &'a [u8]) {
+        let header = BatchHeader::decode(bytes);
+        let (bytes, rest) = bytes.split_at(header.total_len());
+        (Batch { bytes, header }, rest)
+    }
+
     /// The decoded header.
     pub fn header(&self) -> &BatchHeader {
         &self.header
@@ -350,7 +358,7 @@ pub struct Records<'a> {
     body: Cow<'a, [u8]>,
 }
 
-impl Records<'_> {
+impl<'a> Records<'a> {
     /// Iterates over the records in order.
     pub fn iter(&self) -> RecordIter<'_> {
         RecordIter {
@@ -359,6 +367,11 @@ impl Records<'_> {
             index: 0,
             count: self.header.record_count,
         }
+    }
+
+    /// The records' bytes (decompressed), consuming the value.
+    pub(crate) fn into_body(self) -> Cow<'a, [u8]> {
+        self.body
     }
 
     /// The number of records the header announces.

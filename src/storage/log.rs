@@ -1,0 +1,940 @@
+//! [`PartitionLog`]: one partition's log, a directory of segments.
+//!
+//! Concurrency: one writer at a time (the `writer` mutex around append, roll, truncation and
+//! retention); readers take no lock but a brief one to copy the segment list (`Arc`s). Sealed
+//! segments are immutable; the active one is read only below its `readable` mark. The high
+//! watermark is published with release ordering after the bytes below it are readable.
+//!
+//! Durability ([`Fsync`]): under `Always` an appender waits for an fsync that covers its batch.
+//! The first waiter becomes the syncer: it notes the end of the log, syncs outside the writer
+//! lock (so appends continue meanwhile), then advances the durable mark and the high watermark
+//! for everyone its sync covered (group commit). A failed fsync poisons the log.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Fsync, LogConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::storage::format::{RecordBatch, TimestampType};
+use crate::storage::housekeeper::Housekeeper;
+use crate::storage::io::{Fs, StdFs};
+use crate::storage::meta;
+use crate::storage::reader::{Fetch, LogReader};
+use crate::storage::segment::{self, AppendError, Segment};
+
+/// The on-disk format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+const META_FILE: &str = "log.meta";
+const LOCK_FILE: &str = ".lock";
+const CLEAN_SHUTDOWN_FILE: &str = ".clean_shutdown";
+
+/// The contents of `log.meta`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+struct LogMeta {
+    format_version: u32,
+    /// Raised by `delete_records_before`; segments below it may still exist.
+    log_start_offset: i64,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the batch's first record.
+    pub base_offset: i64,
+    /// Offset of its last record.
+    pub last_offset: i64,
+    /// The log's clock when it appended the batch, in milliseconds since the Unix epoch (the
+    /// batch's timestamp under [`TimestampType::LogAppendTime`]).
+    pub log_append_time: i64,
+}
+
+/// An offset found by timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    /// The first offset whose record has a timestamp at or after the one asked for.
+    pub offset: i64,
+    /// That record's timestamp.
+    pub timestamp: i64,
+}
+
+/// One partition's log: segmented, indexed, crash-safe. Cheap to clone; all clones share the
+/// log, and it is closed cleanly when the last one is dropped (or by [`PartitionLog::close`]).
+///
+/// ```
+/// use rivulet::storage::{BatchBuilder, Compression, PartitionLog};
+/// use rivulet::LogConfig;
+///
+/// let dir = tempfile::tempdir()?;
+/// let log = PartitionLog::open(dir.path(), LogConfig::default())?;
+/// let mut batch = BatchBuilder::new(Compression::None);
+/// batch.push(1_700_000_000_000, Some(b"key"), Some(b"hello"), &[]);
+/// let info = log.append(batch.finish()?)?;
+/// assert_eq!(info.base_offset, 0);
+///
+/// let mut reader = log.reader(0);
+/// let record = reader.next()?.expect("one record");
+/// assert_eq!(record.value, Some(&b"hello"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct PartitionLog {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Opens a [`PartitionLog`] with non-default parts.
+#[derive(Debug)]
+pub struct LogBuilder {
+    dir: PathBuf,
+    config: LogConfig,
+    fs: Arc<dyn Fs>,
+    housekeeper: Option<Housekeeper>,
+}
+
+impl LogBuilder {
+    /// The log's configuration (default: [`LogConfig::default`]).
+    pub fn config(mut self, config: LogConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The file system (default: [`StdFs`]); tests pass a [`crate::storage::FaultyFs`].
+    pub fn fs(mut self, fs: Arc<dyn Fs>) -> Self {
+        self.fs = fs;
+        self
+    }
+
+    /// The background thread for interval fsyncs and retention, shared with other logs.
+    /// By default each log starts its own.
+    pub fn housekeeper(mut self, housekeeper: &Housekeeper) -> Self {
+        self.housekeeper = Some(housekeeper.clone());
+        self
+    }
+
+    /// Opens the log, creating it if the directory is missing or empty, recovering it if it
+    /// was not closed cleanly.
+    pub fn open(self) -> Result<PartitionLog> {
+        self.config.validate()?;
+        let housekeeper = match self.housekeeper {
+            Some(h) => h,
+            None => Housekeeper::new()?,
+        };
+        let inner = Arc::new(Inner::open(self.dir, self.config, self.fs, housekeeper.clone())?);
+        housekeeper.register(&inner);
+        Ok(PartitionLog { inner })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    fs: Arc<dyn Fs>,
+    _lock: File,
+    /// Keeps a private housekeeper alive as long as the log.
+    _housekeeper: Housekeeper,
+    writer: Mutex<Writer>,
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    log_start: AtomicI64,
+    log_end: AtomicI64,
+    high_watermark: AtomicI64,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    /// Long-poll readers wait here for the high watermark to move.
+    waiters: Mutex<()>,
+    advanced: Condvar,
+    waiting: AtomicUsize,
+    poison: OnceLock<Arc<io::Error>>,
+    closed: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Writer {
+    active: Arc<Segment>,
+    /// When the active segment got its first batch in this process (for `segment.ms`).
+    first_append: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// Offsets below this are on disk.
+    durable: i64,
+    /// A sync is under way.
+    syncing: bool,
+    /// Bumped by every truncation, which invalidates syncs captured before it.
+    generation: u64,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir` with `config`.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<PartitionLog> {
+        Self::builder(dir).config(config).open()
+    }
+
+    /// A builder for opening with a custom file system or a shared housekeeper.
+    pub fn builder(dir: impl AsRef<Path>) -> LogBuilder {
+        LogBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            config: LogConfig::default(),
+            fs: Arc::new(StdFs),
+            housekeeper: None,
+        }
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The log's configuration.
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    /// Appends a batch: assigns its offsets (and, under log append time, its timestamp) and
+    /// writes it. Returns once the batch is durable under the log's [`Fsync`] policy.
+    ///
+    /// Errors, each leaving the log unchanged: [`Error::BatchTooLarge`] past
+    /// `max.message.bytes`, [`Error::Poisoned`] after a failed fsync, [`Error::Closed`], and
+    /// I/O errors such as a full disk. Under `Fsync::Always` a failed fsync is reported as
+    /// `Poisoned` and the batch is not acknowledged (it may or may not survive a crash).
+    pub fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {
+        self.inner.append(batch)
+    }
+
+    /// Reads whole batches starting with the one that holds `from`, up to about `max_bytes`
+    /// (at least one batch, whatever its size), from below the high watermark. Reading at the
+    /// high watermark returns nothing; reading outside `[log start, log end]` is
+    /// [`Error::OffsetOutOfRange`].
+    pub fn read(&self, from: i64, max_bytes: usize) -> Result<Fetch> {
+        self.inner.read(from, max_bytes)
+    }
+
+    /// A reader of records from offset `from`.
+    pub fn reader(&self, from: i64) -> LogReader {
+        LogReader::new(self.clone(), from)
+    }
+
+    /// The first offset whose record has a timestamp at or after `timestamp`, among records
+    /// below the high watermark; `None` if there is none.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampOffset>> {
+        self.inner.offset_for_timestamp(timestamp)
+    }
+
+    /// The first offset readers can read.
+    pub fn log_start_offset(&self) -> i64 {
+        self.inner.log_start.load(Ordering::Acquire)
+    }
+
+    /// The offset the next appended record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.inner.log_end.load(Ordering::Acquire)
+    }
+
+    /// The end of what readers may see: every offset below it is durable under the policy.
+    pub fn high_watermark(&self) -> i64 {
+        self.inner.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Waits until the high watermark passes `offset` (a record at `offset` is readable), for
+    /// at most `timeout`. Returns whether it did; also returns when the log closes.
+    pub fn wait_for(&self, offset: i64, timeout: Duration) -> bool {
+        self.inner.wait_for(offset, timeout)
+    }
+
+    /// Forces everything appended so far to disk, and lets readers see it.
+    pub fn flush(&self) -> Result<()> {
+        let inner = &self.inner;
+        let generation = inner.sync.lock().generation;
+        inner.sync_to(inner.log_end.load(Ordering::Acquire), generation)
+    }
+
+    /// Seals the active segment and starts a new one (if the active one holds anything).
+    pub fn roll(&self) -> Result<()> {
+        let mut w = self.inner.writer.lock();
+        self.inner.check_writable()?;
+        if w.active.is_empty() {
+            return Ok(());
+        }
+        self.inner.roll_locked(&mut w)
+    }
+
+    /// Removes every record at or after `offset` (from the start of the batch that holds it),
+    /// for a replica that must agree with its leader. Returns the new log end offset.
+    pub fn truncate_to(&self, offset: i64) -> Result<i64> {
+        self.inner.truncate_to(offset)
+    }
+
+    /// Makes `offset` the log start offset (Kafka's DeleteRecords): records below it are no
+    /// longer readable, and segments wholly below it are deleted. `offset` may not pass the
+    /// high watermark. Returns the log start offset.
+    pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        self.inner.delete_records_before(offset)
+    }
+
+    /// Applies `retention.ms` (judged at `now_ms`) and `retention.bytes`: deletes the oldest
+    /// sealed segments that fall outside them. Returns how many were deleted. The background
+    /// housekeeper calls this every `log.retention.check.interval.ms`.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        self.inner.enforce_retention(now_ms)
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.inner.snapshot().len()
+    }
+
+    /// Bytes in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.snapshot().iter().map(|s| s.size()).sum()
+    }
+
+    /// Syncs everything, marks the log as cleanly shut down, and refuses further appends.
+    /// Dropping the last handle does the same, ignoring errors.
+    pub fn close(&self) -> Result<()> {
+        self.inner.close()
+    }
+}
+
+impl Inner {
+    fn open(dir: PathBuf, config: LogConfig, fs: Arc<dyn Fs>, housekeeper: Housekeeper) -> Result<Inner> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::NotALog {
+                path: dir,
+                reason: "it is not a directory".into(),
+            });
+        }
+        std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let lock = take_lock(&dir)?;
+        let meta = load_or_create_meta(&*fs, &dir)?;
+        let found = list_segments(&*fs, &dir)?;
+        let clean = dir.join(CLEAN_SHUTDOWN_FILE).exists();
+        let interval = config.index_interval_bytes;
+
+        let mut bases = found;
+        if bases.is_empty() {
+            bases.push(meta.log_start_offset);
+        }
+        let mut segments = Vec::with_capacity(bases.len());
+        let n = bases.len();
+        for (i, &base) in bases.iter().enumerate() {
+            let last = i + 1 == n;
+            let had_indexes = Segment::index_files_exist(&dir, base);
+            let seg = Segment::open(&*fs, &dir, base, None)?;
+            let end = if last && !clean {
+                // After a crash the active segment's tail is unknown: check every batch.
+                seg.rebuild(interval)?
+            } else {
+                match had_indexes.then(|| seg.load(interval)).transpose()?.flatten() {
+                    Some(end) => end,
+                    None => {
+                        log::warn!("rebuilding the indexes of {}", seg.path().display());
+                        let end = seg.rebuild(interval)?;
+                        if !last {
+                            seg.seal()?;
+                        }
+                        end
+                    }
+                }
+            };
+            if let Some(why) = end.stopped_by {
+                if last {
+                    log::warn!(
+                        "recovery: truncating {} at byte {} ({why})",
+                        seg.path().display(),
+                        end.valid_len
+                    );
+                    seg.truncate_file(end.valid_len)?;
+                } else {
+                    // Sealed segments are never cut: reads of the bad batch report it.
+                    log::error!(
+                        "sealed segment {} is damaged at byte {}: {why}",
+                        seg.path().display(),
+                        end.valid_len
+                    );
+                }
+            }
+            seg.publish_all();
+            segments.push(Arc::new(seg));
+        }
+        let active = segments.last().expect("at least one segment").clone();
+        active.unseal(config.segment_index_bytes)?;
+        // Whatever survived is made durable before anyone reads it.
+        active.sync()?;
+        if clean {
+            let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+            fs.remove_file(&marker).ctx("remove", &marker)?;
+        }
+        fs.sync_dir(&dir).ctx("fsync", &dir)?;
+
+        let log_end = active.next_offset();
+        let log_start = meta.log_start_offset.max(segments[0].base_offset).min(log_end);
+        Ok(Inner {
+            config,
+            fs,
+            _lock: lock,
+            _housekeeper: housekeeper,
+            writer: Mutex::new(Writer {
+                active,
+                first_append: None,
+            }),
+            segments: RwLock::new(Arc::new(segments)),
+            log_start: AtomicI64::new(log_start),
+            log_end: AtomicI64::new(log_end),
+            high_watermark: AtomicI64::new(log_end),
+            sync: Mutex::new(SyncState {
+                durable: log_end,
+                syncing: false,
+                generation: 0,
+            }),
+            synced: Condvar::new(),
+            waiters: Mutex::new(()),
+            advanced: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            poison: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            dir,
+        })
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.segments.read().clone()
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if let Some(cause) = self.poison.get() {
+            return Err(Error::Poisoned {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses appends from now on; returns the error to report.
+    fn poison(&self, cause: io::Error) -> Error {
+        let cause = self.poison.get_or_init(|| Arc::new(cause)).clone();
+        log::error!("{}: poisoned: {cause}", self.dir.display());
+        self.synced.notify_all();
+        Error::Poisoned {
+            dir: self.dir.clone(),
+            cause,
+        }
+    }
+
+    fn append(&self, mut batch: RecordBatch) -> Result<AppendInfo> {
+        if batch.len() > self.config.max_message_bytes {
+            return Err(Error::BatchTooLarge {
+                size: batch.len(),
+                max: self.config.max_message_bytes,
+            });
+        }
+        let now = now_ms();
+        let (info, generation) = {
+            let mut w = self.writer.lock();
+            self.check_writable()?;
+            let base = self.log_end.load(Ordering::Relaxed);
+            let last = base + batch.header().last_offset_delta as i64;
+            self.maybe_roll(&mut w, batch.len(), last)?;
+            batch.set_base_offset(base);
+            if self.config.timestamp_type == TimestampType::LogAppendTime {
+                batch.set_log_append_time(now);
+            }
+            let header = batch.header();
+            match w
+                .active
+                .append(batch.as_bytes(), &header, self.config.index_interval_bytes)
+            {
+                Ok(()) => {}
+                Err(AppendError::NothingWritten(e)) => return Err(e),
+                Err(AppendError::Damaged(e)) => {
+                    self.poison(io::Error::other(e.to_string()));
+                    return Err(e);
+                }
+            }
+            w.first_append.get_or_insert_with(Instant::now);
+            let end = header.next_offset();
+            self.log_end.store(end, Ordering::Release);
+            if self.config.fsync == Fsync::Never {
+                self.publish(&w.active, w.active.size(), end);
+            }
+            let info = AppendInfo {
+                base_offset: base,
+                last_offset: end - 1,
+                log_append_time: now,
+            };
+            (info, self.sync.lock().generation)
+        };
+        if self.config.fsync == Fsync::Always {
+            self.sync_to(info.last_offset + 1, generation)
+                .map_err(|e| match e {
+                    Error::Truncated { .. } => Error::Truncated {
+                        offset: info.base_offset,
+                    },
+                    e => e,
+                })?;
+        }
+        Ok(info)
+    }
+
+    /// Rolls if the next batch (`len` bytes, ending at `last_offset`) should not go into the
+    /// active segment.
+    fn maybe_roll(&self, w: &mut Writer, len: usize, last_offset: i64) -> Result<()> {
+        let a = &w.active;
+        if a.is_empty() {
+            return Ok(());
+        }
+        let full = a.size() + len as u64 > self.config.segment_bytes;
+        let old = match (self.config.segment_ms, w.first_append) {
+            (Some(age), Some(since)) => since.elapsed() >= age,
+            _ => false,
+        };
+        if full || old || a.indexes_full() || !a.can_hold_offset(last_offset) {
+            self.roll_locked(w)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (synced, whatever the policy, so that only the last segment
+    /// can ever have a torn tail) and starts a new one at the log end offset.
+    fn roll_locked(&self, w: &mut Writer) -> Result<()> {
+        let old = w.active.clone();
+        if let Err(e) = old.sync() {
+            return Err(match e {
+                Error::Io { source, .. } => self.poison(source),
+                e => e,
+            });
+        }
+        old.seal()?;
+        let end = old.next_offset();
+        let new = Arc::new(Segment::open(
+            &*self.fs,
+            &self.dir,
+            end,
+            Some(self.config.segment_index_bytes),
+        )?);
+        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
+        {
+            let mut s = self.sync.lock();
+            s.durable = s.durable.max(end);
+            self.publish(&old, old.size(), end);
+        }
+        self.synced.notify_all();
+        let mut list = Vec::clone(&self.snapshot());
+        list.push(new.clone());
+        *self.segments.write() = Arc::new(list);
+        w.active = new;
+        w.first_append = None;
+        Ok(())
+    }
+
+    /// Lets readers see `segment` up to `position` and the log up to `end_offset`.
+    fn publish(&self, segment: &Segment, position: u64, end_offset: i64) {
+        segment.publish(position);
+        self.high_watermark.fetch_max(end_offset, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _g = self.waiters.lock();
+            self.advanced.notify_all();
+        }
+    }
+
+    /// Waits until offsets below `target` are durable, syncing if no one else is.
+    fn sync_to(&self, target: i64, generation: u64) -> Result<()> {
+        let mut s = self.sync.lock();
+        loop {
+            if s.generation != generation {
+                return Err(Error::Truncated { offset: target });
+            }
+            if s.durable >= target {
+                return Ok(());
+            }
+            self.check_writable().or_else(|e| match e {
+                // A closing log still completes the syncs it owes.
+                Error::Closed => Ok(()),
+                e => Err(e),
+            })?;
+            if s.syncing {
+                self.synced.wait(&mut s);
+                continue;
+            }
+            s.syncing = true;
+            drop(s);
+            let (segment, position, end, captured) = {
+                let w = self.writer.lock();
+                let s = self.sync.lock();
+                (
+                    w.active.clone(),
+                    w.active.size(),
+                    self.log_end.load(Ordering::Acquire),
+                    s.generation,
+                )
+            };
+            let result = segment.sync();
+            s = self.sync.lock();
+            s.syncing = false;
+            match result {
+                Ok(()) if s.generation == captured => {
+                    s.durable = s.durable.max(end);
+                    self.publish(&segment, position, end);
+                }
+                Ok(()) => {}
+                Err(Error::Io { source, .. }) => {
+                    self.synced.notify_all();
+                    return Err(self.poison(source));
+                }
+                Err(e) => {
+                    self.synced.notify_all();
+                    return Err(e);
+                }
+            }
+            self.synced.notify_all();
+        }
+    }
+
+    fn wait_for(&self, offset: i64, timeout: Duration) -> bool {
+        let ready =
+            || self.high_watermark.load(Ordering::SeqCst) > offset || self.closed.load(Ordering::SeqCst);
+        if ready() {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut g = self.waiters.lock();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let result = loop {
+            if ready() {
+                break true;
+            }
+            if self.advanced.wait_until(&mut g, deadline).timed_out() {
+                break ready();
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        result && self.high_watermark.load(Ordering::SeqCst) > offset
+    }
+
+    fn out_of_range(&self, offset: i64) -> Error {
+        Error::OffsetOutOfRange {
+            offset,
+            log_start: self.log_start.load(Ordering::Acquire),
+            log_end: self.log_end.load(Ordering::Acquire),
+        }
+    }
+
+    fn read(&self, from: i64, max_bytes: usize) -> Result<Fetch> {
+        let hw = self.high_watermark.load(Ordering::Acquire);
+        let start = self.log_start.load(Ordering::Acquire);
+        if from < start || from > self.log_end.load(Ordering::Acquire) {
+            return Err(self.out_of_range(from));
+        }
+        let empty = || Ok(Fetch::new(Vec::new(), hw, start));
+        if from >= hw {
+            return empty();
+        }
+        let segments = self.snapshot();
+        let first = segments
+            .partition_point(|s| s.base_offset <= from)
+            .saturating_sub(1);
+        for seg in &segments[first..] {
+            let limit = seg.readable();
+            if let Some((pos, header)) = seg.find(from, limit)? {
+                if header.base_offset >= hw {
+                    return empty();
+                }
+                let bytes = seg.read(pos, &header, max_bytes, limit)?;
+                return Ok(Fetch::new(bytes, hw, start));
+            }
+        }
+        empty()
+    }
+
+    fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampOffset>> {
+        let hw = self.high_watermark.load(Ordering::Acquire);
+        let start = self.log_start.load(Ordering::Acquire);
+        for seg in self.snapshot().iter() {
+            if seg.max_timestamp() < timestamp {
+                continue;
+            }
+            // Records up to a time entry's offset are all older than its timestamp.
+            let from = seg
+                .times
+                .last_below(timestamp)
+                .map_or(seg.base_offset, |(_, rel)| seg.base_offset + rel as i64 + 1)
+                .max(start);
+            let limit = seg.readable();
+            let Some((mut pos, mut header)) = seg.find(from, limit)? else {
+                continue;
+            };
+            loop {
+                if header.base_offset >= hw {
+                    return Ok(None);
+                }
+                if header.max_timestamp >= timestamp {
+                    let bytes = seg.read(pos, &header, 0, limit)?;
+                    let fetch = Fetch::new(bytes, hw, start);
+                    for batch in fetch.batches() {
+                        let records = batch.records().map_err(|e| seg.corruption(pos, e))?;
+                        for record in records.iter() {
+                            let r = record.map_err(|e| seg.corruption(pos, e))?;
+                            if r.offset >= from && r.timestamp >= timestamp {
+                                return Ok(Some(TimestampOffset {
+                                    offset: r.offset,
+                                    timestamp: r.timestamp,
+                                }));
+                            }
+                        }
+                    }
+                }
+                pos += header.total_len() as u64;
+                if pos >= limit {
+                    break;
+                }
+                header = seg.header_at(pos, limit)?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn truncate_to(&self, offset: i64) -> Result<i64> {
+        let mut w = self.writer.lock();
+        self.check_writable()?;
+        let end = self.log_end.load(Ordering::Acquire);
+        if offset >= end {
+            return Ok(end);
+        }
+        let start = self.log_start.load(Ordering::Acquire);
+        if offset < start {
+            return Err(self.out_of_range(offset));
+        }
+        let segments = self.snapshot();
+        // Keep the segments that start below `offset`, and always the first.
+        let keep = segments.partition_point(|s| s.base_offset < offset).max(1);
+        let last = segments[keep - 1].clone();
+        if !Arc::ptr_eq(&last, &w.active) {
+            last.unseal(self.config.segment_index_bytes)?;
+        }
+        let new_end = last.truncate_to(offset, self.config.index_interval_bytes)?;
+        last.sync()?;
+        *self.segments.write() = Arc::new(segments[..keep].to_vec());
+        for dropped in &segments[keep..] {
+            dropped.delete_files(&*self.fs)?;
+        }
+        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
+        {
+            let mut s = self.sync.lock();
+            s.generation += 1;
+            s.durable = s.durable.min(new_end);
+            self.log_end.store(new_end, Ordering::Release);
+            self.high_watermark.fetch_min(new_end, Ordering::SeqCst);
+        }
+        self.synced.notify_all();
+        w.active = last;
+        w.first_append = None;
+        Ok(new_end)
+    }
+
+    fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        let _w = self.writer.lock();
+        self.check_writable()?;
+        let hw = self.high_watermark.load(Ordering::Acquire);
+        if offset > hw || offset < 0 {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start.load(Ordering::Acquire),
+                log_end: hw,
+            });
+        }
+        let start = self.log_start.load(Ordering::Acquire);
+        if offset <= start {
+            return Ok(start);
+        }
+        meta::write(
+            &*self.fs,
+            &self.dir.join(META_FILE),
+            &LogMeta {
+                format_version: FORMAT_VERSION,
+                log_start_offset: offset,
+            },
+        )?;
+        self.log_start.store(offset, Ordering::Release);
+        let segments = self.snapshot();
+        // Segment i holds offsets below segment i + 1's base.
+        let n = segments
+            .windows(2)
+            .take_while(|pair| pair[1].base_offset <= offset)
+            .count();
+        self.drop_front(&segments, n)?;
+        Ok(offset)
+    }
+
+    /// Removes the first `n` segments (never the active one).
+    fn drop_front(&self, segments: &Arc<Vec<Arc<Segment>>>, n: usize) -> Result<()> {
+        let n = n.min(segments.len() - 1);
+        if n == 0 {
+            return Ok(());
+        }
+        *self.segments.write() = Arc::new(segments[n..].to_vec());
+        self.log_start
+            .fetch_max(segments[n].base_offset, Ordering::AcqRel);
+        for seg in &segments[..n] {
+            seg.delete_files(&*self.fs)?;
+        }
+        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)
+    }
+
+    pub(crate) fn enforce_retention(&self, now: i64) -> Result<usize> {
+        let _w = self.writer.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let segments = self.snapshot();
+        let sealed = &segments[..segments.len() - 1];
+        let mut n = 0;
+        if let Some(age) = self.config.retention_ms {
+            let cutoff = now.saturating_sub(age.as_millis() as i64);
+            n = sealed.iter().take_while(|s| s.max_timestamp() < cutoff).count();
+        }
+        if let Some(limit) = self.config.retention_bytes {
+            let total: u64 = segments.iter().map(|s| s.size()).sum();
+            let mut excess = total.saturating_sub(limit) as i64;
+            excess -= sealed[..n].iter().map(|s| s.size() as i64).sum::<i64>();
+            for seg in &sealed[n..] {
+                if excess - (seg.size() as i64) < 0 {
+                    break;
+                }
+                excess -= seg.size() as i64;
+                n += 1;
+            }
+        }
+        self.drop_front(&segments, n)?;
+        if n > 0 {
+            log::info!("{}: retention deleted {n} segment(s)", self.dir.display());
+        }
+        Ok(n)
+    }
+
+    /// The background fsync of `Fsync::Interval`.
+    pub(crate) fn interval_flush(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) || self.poison.get().is_some() {
+            return Ok(());
+        }
+        let generation = self.sync.lock().generation;
+        self.sync_to(self.log_end.load(Ordering::Acquire), generation)
+    }
+
+    fn close(&self) -> Result<()> {
+        let w = self.writer.lock();
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Wake long-pollers: the log will not grow any more.
+        {
+            let _g = self.waiters.lock();
+            self.advanced.notify_all();
+        }
+        if self.poison.get().is_some() {
+            // Leave no clean-shutdown marker: the next open must recover.
+            return Ok(());
+        }
+        w.active.sync()?;
+        w.active.seal()?;
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        self.fs.open(&marker, true).ctx("create", &marker)?;
+        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            log::warn!("{}: closing on drop: {e}", self.dir.display());
+        }
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx("open", &path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).ctx("lock", &path),
+    }
+}
+
+/// Reads `log.meta`, or writes a fresh one into a directory that holds nothing else.
+fn load_or_create_meta(fs: &dyn Fs, dir: &Path) -> Result<LogMeta> {
+    let path = dir.join(META_FILE);
+    if let Some(meta) = meta::read::<LogMeta>(&path)? {
+        if meta.format_version > FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                path: dir.to_path_buf(),
+                found: meta.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        return Ok(meta);
+    }
+    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
+        let name = entry.ctx("list", dir)?.file_name();
+        let name = name.to_string_lossy();
+        // A crash while creating the log can leave the lock and a half-written meta file.
+        if name != LOCK_FILE && !name.ends_with(".tmp") {
+            return Err(Error::NotALog {
+                path: dir.to_path_buf(),
+                reason: format!("it has no {META_FILE} but holds {name:?}"),
+            });
+        }
+    }
+    let meta = LogMeta {
+        format_version: FORMAT_VERSION,
+        log_start_offset: 0,
+    };
+    meta::write(fs, &path, &meta)?;
+    Ok(meta)
+}
+
+/// The base offsets of the segments in `dir`, sorted. Index files without a log file (left by
+/// a crash while deleting a segment) and temporary files are removed.
+fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
+    let mut logs = Vec::new();
+    let mut orphans = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
+        let name = entry.ctx("list", dir)?.file_name();
+        let name = name.to_string_lossy().into_owned();
+        match segment::parse_file_name(&name) {
+            Some((base, "log")) => logs.push(base),
+            Some((base, "index" | "timeindex")) => orphans.push((base, name)),
+            _ if name == META_FILE || name == LOCK_FILE || name == CLEAN_SHUTDOWN_FILE => {}
+            _ if name.ends_with(".tmp") => orphans.push((-1, name)),
+            _ => log::warn!("ignoring unknown file {name:?} in {}", dir.display()),
+        }
+    }
+    logs.sort_unstable();
+    for (base, name) in orphans {
+        if logs.binary_search(&base).is_err() {
+            let path = dir.join(&name);
+            fs.remove_file(&path).ctx("remove", &path)?;
+        }
+    }
+    Ok(logs)
+}

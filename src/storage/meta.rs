@@ -1,0 +1,112 @@
+//! Small metadata files: versioned, CRC-framed, replaced atomically.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic "RVMT"
+//!      4     4  payload length (u32 BE)
+//!      8     4  CRC-32C of the payload (u32 BE)
+//!     12     -  payload: postcard encoding of the value
+//! ```
+//!
+//! A file is written to `<name>.tmp`, synced, renamed over `<name>`, and the directory is
+//! synced, so a crash leaves either the old or the new file, whole.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, IoContext, Result};
+use crate::storage::io::Fs;
+
+const MAGIC: &[u8; 4] = b"RVMT";
+const FRAME: usize = 12;
+/// Metadata files are small; anything larger is damage.
+const MAX_PAYLOAD: usize = 1 << 20;
+
+/// Writes `value` to `path` atomically.
+pub(crate) fn write<T: Serialize>(fs: &dyn Fs, path: &Path, value: &T) -> Result<()> {
+    let payload = postcard::to_stdvec(value).expect("metadata values serialize");
+    let mut bytes = Vec::with_capacity(FRAME + payload.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    bytes.extend_from_slice(&payload);
+
+    let tmp = path.with_extension("tmp");
+    let file = fs.open(&tmp, true).ctx("create", &tmp)?;
+    file.set_len(0).ctx("truncate", &tmp)?;
+    file.write_all_at(&bytes, 0).ctx("write", &tmp)?;
+    file.sync_data().ctx("fsync", &tmp)?;
+    drop(file);
+    fs.rename(&tmp, path).ctx("rename", &tmp)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs.sync_dir(dir).ctx("fsync", dir)
+}
+
+/// Reads the value at `path`; `Ok(None)` if there is no such file.
+pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).ctx("read", path),
+    };
+    let damaged = |reason: String| Error::CorruptMetadata {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.len() < FRAME || &bytes[..4] != MAGIC {
+        return Err(damaged("no RVMT header".into()));
+    }
+    let len = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    let crc = u32::from_be_bytes(bytes[8..12].try_into().unwrap());
+    if len > MAX_PAYLOAD || bytes.len() != FRAME + len {
+        return Err(damaged(format!(
+            "payload length {len} does not match the file's {} bytes",
+            bytes.len()
+        )));
+    }
+    let payload = &bytes[FRAME..];
+    let actual = crc32c::crc32c(payload);
+    if actual != crc {
+        return Err(damaged(format!(
+            "CRC {crc:#010x} stored, {actual:#010x} computed"
+        )));
+    }
+    postcard::from_bytes(payload)
+        .map(Some)
+        .map_err(|e| damaged(format!("undecodable payload: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::io::StdFs;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Sample {
+        version: u32,
+        start: i64,
+    }
+
+    #[test]
+    fn round_trip_and_damage_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.meta");
+        assert_eq!(read::<Sample>(&path).unwrap(), None);
+        let v = Sample {
+            version: 1,
+            start: -7,
+        };
+        write(&StdFs, &path, &v).unwrap();
+        assert_eq!(read::<Sample>(&path).unwrap(), Some(v));
+        assert!(!dir.path().join("x.tmp").exists());
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            read::<Sample>(&path),
+            Err(Error::CorruptMetadata { .. })
+        ));
+    }
+}
