@@ -381,6 +381,15 @@ impl Inner {
 
         let log_end = active.next_offset();
         let log_start = meta.log_start_offset.max(segments[0].base_offset).min(log_end);
+        if log_start < meta.log_start_offset {
+            // A crash took back records that the log start had already passed (under a policy
+            // that acknowledges before syncing): the log restarts at its end.
+            let meta = LogMeta {
+                log_start_offset: log_start,
+                ..meta
+            };
+            meta::write(&*fs, &dir.join(META_FILE), &meta)?;
+        }
         Ok(Inner {
             config,
             fs,
@@ -742,6 +751,12 @@ impl Inner {
             self.high_watermark.fetch_min(new_end, Ordering::SeqCst);
         }
         self.synced.notify_all();
+        // Cutting below the log start empties the log; it restarts at the new end. (A crash
+        // before this write is harmless: open never puts the log start past the log end.)
+        if new_end < start {
+            self.write_meta(new_end)?;
+            self.log_start.store(new_end, Ordering::Release);
+        }
         w.active = last;
         w.first_append = None;
         Ok(new_end)
@@ -762,14 +777,7 @@ impl Inner {
         if offset <= start {
             return Ok(start);
         }
-        meta::write(
-            &*self.fs,
-            &self.dir.join(META_FILE),
-            &LogMeta {
-                format_version: FORMAT_VERSION,
-                log_start_offset: offset,
-            },
-        )?;
+        self.write_meta(offset)?;
         self.log_start.store(offset, Ordering::Release);
         let segments = self.snapshot();
         // Segment i holds offsets below segment i + 1's base.
@@ -779,6 +787,14 @@ impl Inner {
             .count();
         self.drop_front(&segments, n)?;
         Ok(offset)
+    }
+
+    fn write_meta(&self, log_start_offset: i64) -> Result<()> {
+        let meta = LogMeta {
+            format_version: FORMAT_VERSION,
+            log_start_offset,
+        };
+        meta::write(&*self.fs, &self.dir.join(META_FILE), &meta)
     }
 
     /// Removes the first `n` segments (never the active one).

@@ -1,0 +1,79 @@
+//! Helpers shared by the integration tests: owned records and batch construction.
+#![allow(dead_code)] // each test file uses a different subset
+
+use rivulet::storage::{BatchBuilder, Compression, PartitionLog, Record, RecordBatch};
+
+/// A record as the tests compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rec {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Rec {
+    pub fn new(timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Rec {
+        Rec {
+            offset: -1,
+            timestamp,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl From<Record<'_>> for Rec {
+    fn from(r: Record<'_>) -> Rec {
+        Rec {
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.map(<[u8]>::to_vec),
+            value: r.value.map(<[u8]>::to_vec),
+            headers: r
+                .headers()
+                .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
+                .collect(),
+        }
+    }
+}
+
+/// Builds a batch of `records` (their offsets are ignored).
+pub fn batch(records: &[Rec], codec: Compression) -> RecordBatch {
+    let mut b = BatchBuilder::new(codec);
+    for r in records {
+        let headers: Vec<(&str, Option<&[u8]>)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (std::str::from_utf8(k).unwrap(), v.as_deref()))
+            .collect();
+        b.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &headers);
+    }
+    b.finish().unwrap()
+}
+
+/// A batch of `n` records with values `value-<i>` and timestamp `ts`.
+pub fn simple_batch(first: usize, n: usize, ts: i64) -> RecordBatch {
+    let recs: Vec<Rec> = (first..first + n)
+        .map(|i| {
+            Rec::new(
+                ts,
+                Some(format!("key-{i}").as_bytes()),
+                Some(format!("value-{i}").as_bytes()),
+            )
+        })
+        .collect();
+    batch(&recs, Compression::None)
+}
+
+/// Every record from `from` up to the high watermark.
+pub fn read_all(log: &PartitionLog, from: i64) -> Vec<Rec> {
+    let mut reader = log.reader(from);
+    let mut out = Vec::new();
+    while let Some(r) = reader.next().unwrap() {
+        out.push(Rec::from(r));
+    }
+    out
+}
