@@ -335,13 +335,17 @@ impl Inner {
             let seg = Segment::open(&*fs, &dir, base, None)?;
             let end = if last && !clean {
                 // After a crash the active segment's tail is unknown: check every batch.
-                seg.rebuild(interval)?
+                seg.rebuild(interval, true)?
             } else {
-                match had_indexes.then(|| seg.load(interval)).transpose()?.flatten() {
+                match had_indexes
+                    .then(|| seg.load(interval, last))
+                    .transpose()?
+                    .flatten()
+                {
                     Some(end) => end,
                     None => {
                         log::warn!("rebuilding the indexes of {}", seg.path().display());
-                        let end = seg.rebuild(interval)?;
+                        let end = seg.rebuild(interval, last)?;
                         if !last {
                             seg.seal()?;
                         }

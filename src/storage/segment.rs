@@ -309,7 +309,11 @@ impl Segment {
     /// Walks the batches from `pos` to the end of the file, checking each one's frame and CRC
     /// and noting it (offsets, timestamps, and index entries when `index` is set). Stops at the
     /// first batch that is torn or bad.
-    fn scan_from(&self, mut pos: u64, interval: u32, mut index: bool) -> Result<ScanEnd> {
+    ///
+    /// With `dense`, each batch must start at the offset after the previous one (and the first
+    /// at the segment's base): true of every segment compaction has not rewritten, and so of the
+    /// active one. It catches damage to the base offset, which the CRC does not cover.
+    fn scan_from(&self, mut pos: u64, interval: u32, mut index: bool, dense: bool) -> Result<ScanEnd> {
         const CHUNK: usize = 1 << 20;
         let file_len = self.file.len().ctx("stat", &self.path)?;
         let mut buf = Vec::new();
@@ -322,7 +326,12 @@ impl Segment {
                 match Batch::parse(&buf[at..]) {
                     Ok((batch, _)) => {
                         let h = batch.header();
-                        if h.base_offset < self.next_offset() || !self.can_hold_offset(h.last_offset()) {
+                        let misplaced = if dense {
+                            h.base_offset != self.next_offset()
+                        } else {
+                            h.base_offset < self.next_offset()
+                        };
+                        if misplaced || !self.can_hold_offset(h.last_offset()) {
                             return Ok(ScanEnd {
                                 valid_len: pos + at as u64,
                                 stopped_by: Some(BatchError::BadRecordCount {
@@ -367,12 +376,13 @@ impl Segment {
         })
     }
 
-    /// Rebuilds both indexes and all counters by scanning every batch.
-    pub(crate) fn rebuild(&self, interval: u32) -> Result<ScanEnd> {
+    /// Rebuilds both indexes and all counters by scanning every batch (see `scan_from` for
+    /// `dense`).
+    pub(crate) fn rebuild(&self, interval: u32, dense: bool) -> Result<ScanEnd> {
         self.offsets.0.truncate_entries(0);
         self.times.0.truncate_entries(0);
         self.reset_counters();
-        self.scan_from(0, interval, true)
+        self.scan_from(0, interval, true, dense)
     }
 
     fn reset_counters(&self) {
@@ -386,7 +396,7 @@ impl Segment {
     /// Loads a segment whose indexes are believed good: checks them, then scans only the
     /// batches after the last index entry. Returns `None` if the indexes do not match the log
     /// (the caller rebuilds).
-    pub(crate) fn load(&self, interval: u32) -> Result<Option<ScanEnd>> {
+    pub(crate) fn load(&self, interval: u32, dense: bool) -> Result<Option<ScanEnd>> {
         let len = self.file.len().ctx("stat", &self.path)?;
         if !self.offsets.is_sane(len) || !self.times.is_sane(u32::MAX) {
             return Ok(None);
@@ -414,7 +424,7 @@ impl Segment {
             self.next_offset.store(h.base_offset, Ordering::Release);
             pos
         });
-        let end = self.scan_from(from, interval, start.is_none())?;
+        let end = self.scan_from(from, interval, start.is_none(), dense)?;
         // A time entry past the end of the log is stale.
         if last_time.is_some_and(|(_, rel)| self.base_offset + rel as i64 >= self.next_offset()) {
             return Ok(None);
@@ -446,8 +456,8 @@ impl Segment {
             .truncate_entries(self.times.entries_before_offset(rel));
         self.truncate_file(pos)?;
         // Recompute the counters from the surviving indexes and tail.
-        if self.load(interval)?.is_none() {
-            self.rebuild(interval)?;
+        if self.load(interval, true)?.is_none() {
+            self.rebuild(interval, true)?;
         }
         Ok(self.next_offset())
     }
