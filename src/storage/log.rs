@@ -335,7 +335,7 @@ impl Inner {
             let seg = Segment::open(&*fs, &dir, base, None)?;
             let end = if last && !clean {
                 // After a crash the active segment's tail is unknown: check every batch.
-                seg.rebuild(interval, true)?
+                seg.rebuild(interval, true, config.segment_index_bytes)?
             } else {
                 match had_indexes
                     .then(|| seg.load(interval, last))
@@ -345,7 +345,7 @@ impl Inner {
                     Some(end) => end,
                     None => {
                         log::warn!("rebuilding the indexes of {}", seg.path().display());
-                        let end = seg.rebuild(interval, last)?;
+                        let end = seg.rebuild(interval, last, config.segment_index_bytes)?;
                         if !last {
                             seg.seal()?;
                         }
@@ -740,7 +740,11 @@ impl Inner {
         if !Arc::ptr_eq(&last, &w.active) {
             last.unseal(self.config.segment_index_bytes)?;
         }
-        let new_end = last.truncate_to(offset, self.config.index_interval_bytes)?;
+        let new_end = last.truncate_to(
+            offset,
+            self.config.index_interval_bytes,
+            self.config.segment_index_bytes,
+        )?;
         last.sync()?;
         *self.segments.write() = Arc::new(segments[..keep].to_vec());
         for dropped in &segments[keep..] {

@@ -378,7 +378,9 @@ impl Segment {
 
     /// Rebuilds both indexes and all counters by scanning every batch (see `scan_from` for
     /// `dense`).
-    pub(crate) fn rebuild(&self, interval: u32, dense: bool) -> Result<ScanEnd> {
+    /// The indexes are extended to `capacity` bytes for it; sealing trims them again.
+    pub(crate) fn rebuild(&self, interval: u32, dense: bool, capacity: u32) -> Result<ScanEnd> {
+        self.unseal(capacity)?;
         self.offsets.0.truncate_entries(0);
         self.times.0.truncate_entries(0);
         self.reset_counters();
@@ -441,8 +443,8 @@ impl Segment {
     }
 
     /// Removes every batch whose last offset is at or above `offset`; returns the new next
-    /// offset. The segment must be the active one.
-    pub(crate) fn truncate_to(&self, offset: i64, interval: u32) -> Result<i64> {
+    /// offset. The segment must be the active one (its indexes extended to `capacity`).
+    pub(crate) fn truncate_to(&self, offset: i64, interval: u32, capacity: u32) -> Result<i64> {
         let size = self.size();
         let Some((pos, h)) = self.find(offset, size)? else {
             return Ok(self.next_offset());
@@ -457,7 +459,7 @@ impl Segment {
         self.truncate_file(pos)?;
         // Recompute the counters from the surviving indexes and tail.
         if self.load(interval, true)?.is_none() {
-            self.rebuild(interval, true)?;
+            self.rebuild(interval, true, capacity)?;
         }
         Ok(self.next_offset())
     }
