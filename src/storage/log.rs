@@ -317,6 +317,11 @@ impl Inner {
             });
         }
         std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+        // A foreign directory is refused before anything is written into it.
+        let existing = meta::read::<LogMeta>(&dir.join(META_FILE))?;
+        if existing.is_none() {
+            refuse_foreign_files(&dir)?;
+        }
         let lock = take_lock(&dir)?;
         let meta = load_or_create_meta(&*fs, &dir)?;
         let found = list_segments(&*fs, &dir)?;
@@ -649,8 +654,34 @@ impl Inner {
     }
 
     fn read(&self, from: i64, max_bytes: usize) -> Result<Fetch> {
+        self.read_pinned(from, max_bytes, &mut None)
+    }
+
+    /// Reads as [`PartitionLog::read`] does, but first from `pin`, the segment the caller read
+    /// last, if it still holds `from`: a reader finishes a segment that retention deleted under
+    /// it. The segment read from is pinned for next time.
+    pub(crate) fn read_pinned(
+        &self,
+        from: i64,
+        max_bytes: usize,
+        pin: &mut Option<Arc<Segment>>,
+    ) -> Result<Fetch> {
         let hw = self.high_watermark.load(Ordering::Acquire);
         let start = self.log_start.load(Ordering::Acquire);
+        // Offsets below the high watermark were never truncated away, so a pinned segment is
+        // still right about them even if it has left the log.
+        if let Some(seg) = pin.as_ref()
+            && from >= seg.base_offset
+            && from < seg.next_offset()
+            && from < hw
+        {
+            let limit = seg.readable();
+            if let Some((pos, header)) = seg.find(from, limit)?
+                && header.base_offset < hw
+            {
+                return Ok(Fetch::new(seg.read(pos, &header, max_bytes, limit)?, hw, start));
+            }
+        }
         if from < start || from > self.log_end.load(Ordering::Acquire) {
             return Err(self.out_of_range(from));
         }
@@ -669,6 +700,7 @@ impl Inner {
                     return empty();
                 }
                 let bytes = seg.read(pos, &header, max_bytes, limit)?;
+                *pin = Some(seg.clone());
                 return Ok(Fetch::new(bytes, hw, start));
             }
         }
@@ -918,10 +950,21 @@ fn load_or_create_meta(fs: &dyn Fs, dir: &Path) -> Result<LogMeta> {
         }
         return Ok(meta);
     }
+    refuse_foreign_files(dir)?;
+    let meta = LogMeta {
+        format_version: FORMAT_VERSION,
+        log_start_offset: 0,
+    };
+    meta::write(fs, &path, &meta)?;
+    Ok(meta)
+}
+
+/// Refuses a directory without `log.meta` that holds anything but what a crash while creating
+/// a log can leave (the lock file and a half-written meta file).
+fn refuse_foreign_files(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).ctx("list", dir)? {
         let name = entry.ctx("list", dir)?.file_name();
         let name = name.to_string_lossy();
-        // A crash while creating the log can leave the lock and a half-written meta file.
         if name != LOCK_FILE && !name.ends_with(".tmp") {
             return Err(Error::NotALog {
                 path: dir.to_path_buf(),
@@ -929,12 +972,7 @@ fn load_or_create_meta(fs: &dyn Fs, dir: &Path) -> Result<LogMeta> {
             });
         }
     }
-    let meta = LogMeta {
-        format_version: FORMAT_VERSION,
-        log_start_offset: 0,
-    };
-    meta::write(fs, &path, &meta)?;
-    Ok(meta)
+    Ok(())
 }
 
 /// The base offsets of the segments in `dir`, sorted. Index files without a log file (left by

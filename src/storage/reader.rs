@@ -1,11 +1,13 @@
 //! Reading: [`Fetch`], a run of whole stored batches as a reader (or a Kafka Fetch) gets them,
 //! and [`LogReader`], which walks records one by one with no copying for uncompressed batches.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{BatchError, Error, Result};
 use crate::storage::format::{self, Batch, Compression, HEADER_LEN, Record, RecordContext};
 use crate::storage::log::PartitionLog;
+use crate::storage::segment::Segment;
 
 /// Whole batches read from a log, every one of which passed its CRC check.
 #[derive(Debug, Clone, Default)]
@@ -93,6 +95,8 @@ pub struct LogReader {
     next_batch: usize,
     current: Option<Current>,
     decompressed: Vec<u8>,
+    /// The segment read last, kept so that retention cannot pull it away mid-read.
+    pinned: Option<Arc<Segment>>,
 }
 
 /// The batch being walked.
@@ -127,6 +131,7 @@ impl LogReader {
             next_batch: 0,
             current: None,
             decompressed: Vec::new(),
+            pinned: None,
         }
     }
 
@@ -148,6 +153,7 @@ impl LogReader {
         self.fetch = Fetch::default();
         self.next_batch = 0;
         self.current = None;
+        self.pinned = None;
     }
 
     /// The next record, or `None` when the reader has caught up with the high watermark.
@@ -219,7 +225,10 @@ impl LogReader {
                 self.current = None;
             }
             if self.next_batch >= self.fetch.bytes.len() {
-                self.fetch = self.log.read(self.position, self.fetch_bytes)?;
+                self.fetch = self
+                    .log
+                    .inner
+                    .read_pinned(self.position, self.fetch_bytes, &mut self.pinned)?;
                 self.next_batch = 0;
                 if self.fetch.is_empty() {
                     return Ok(false);

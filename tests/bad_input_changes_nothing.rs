@@ -1,0 +1,174 @@
+//! Bad input gets a clear error and changes nothing.
+
+mod common;
+
+use common::{Rec, batch, read_all, simple_batch};
+use rivulet::storage::{BatchBuilder, Compression, PartitionLog, RecordBatch};
+use rivulet::{BatchError, Error, Fsync, LogConfig};
+
+fn config() -> LogConfig {
+    LogConfig::default().fsync(Fsync::Never)
+}
+
+#[test]
+fn an_oversized_batch_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config().max_message_bytes(1024)).unwrap();
+    log.append(simple_batch(0, 2, 1)).unwrap();
+    let big = batch(&[Rec::new(1, None, Some(&[7u8; 2000]))], Compression::None);
+    let err = log.append(big).unwrap_err();
+    assert!(matches!(err, Error::BatchTooLarge { max: 1024, .. }), "{err}");
+    assert!(err.to_string().contains("max.message.bytes"), "{err}");
+    assert_eq!(log.log_end_offset(), 2);
+    assert_eq!(read_all(&log, 0).len(), 2);
+}
+
+#[test]
+fn empty_and_malformed_batches_are_refused() {
+    assert_eq!(
+        BatchBuilder::new(Compression::None).finish().unwrap_err(),
+        BatchError::Empty
+    );
+    // A well-formed header with no records, as a client could send it.
+    let mut bytes = simple_batch(0, 1, 1).into_bytes();
+    bytes.truncate(61);
+    bytes[8..12].copy_from_slice(&49i32.to_be_bytes());
+    bytes[57..61].copy_from_slice(&0i32.to_be_bytes());
+    let crc = rivulet::storage::compute_crc(&bytes);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert!(matches!(
+        RecordBatch::from_bytes(bytes).unwrap_err(),
+        BatchError::Empty | BatchError::BadRecordCount { .. }
+    ));
+    // A flipped bit anywhere in the checked part.
+    let mut bytes = simple_batch(0, 3, 1).into_bytes();
+    bytes[40] ^= 4;
+    assert!(matches!(
+        RecordBatch::from_bytes(bytes).unwrap_err(),
+        BatchError::CrcMismatch { .. }
+    ));
+    assert!(matches!(
+        RecordBatch::from_bytes(vec![0; 10]).unwrap_err(),
+        BatchError::Incomplete { .. }
+    ));
+}
+
+#[test]
+fn offsets_out_of_range_are_errors_and_the_end_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config()).unwrap();
+    log.append(simple_batch(0, 5, 1)).unwrap();
+    assert!(matches!(
+        log.read(-1, 100),
+        Err(Error::OffsetOutOfRange {
+            offset: -1,
+            log_start: 0,
+            log_end: 5
+        })
+    ));
+    assert!(matches!(
+        log.read(6, 100),
+        Err(Error::OffsetOutOfRange { offset: 6, .. })
+    ));
+    assert!(log.read(5, 100).unwrap().is_empty());
+    assert!(matches!(
+        log.delete_records_before(6),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    log.delete_records_before(2).unwrap();
+    assert!(matches!(
+        log.read(1, 100),
+        Err(Error::OffsetOutOfRange {
+            offset: 1,
+            log_start: 2,
+            ..
+        })
+    ));
+    assert!(matches!(log.truncate_to(1), Err(Error::OffsetOutOfRange { .. })));
+    let offsets: Vec<i64> = read_all(&log, 2).iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, [2, 3, 4]);
+    assert_eq!(log.log_end_offset(), 5);
+}
+
+#[test]
+fn a_directory_that_is_not_a_log_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let err = PartitionLog::open(dir.path(), config()).unwrap_err();
+    assert!(matches!(err, Error::NotALog { .. }), "{err}");
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["notes.txt"], "nothing was written");
+
+    let file = dir.path().join("notes.txt");
+    assert!(matches!(
+        PartitionLog::open(&file, config()),
+        Err(Error::NotALog { .. })
+    ));
+}
+
+#[test]
+fn a_newer_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    PartitionLog::open(dir.path(), config()).unwrap().close().unwrap();
+    // log.meta with format version 99: magic, length 2, CRC, postcard (99, 0).
+    let payload = [99u8, 0];
+    let mut meta = b"RVMT".to_vec();
+    meta.extend_from_slice(&2u32.to_be_bytes());
+    meta.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    meta.extend_from_slice(&payload);
+    std::fs::write(dir.path().join("log.meta"), meta).unwrap();
+    let err = PartitionLog::open(dir.path(), config()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::UnsupportedFormat {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_locked_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config()).unwrap();
+    let err = PartitionLog::open(dir.path(), config()).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(log);
+    PartitionLog::open(dir.path(), config()).unwrap();
+}
+
+#[test]
+fn an_invalid_config_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let err = PartitionLog::open(&path, config().segment_bytes(3)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                name: "segment.bytes",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!path.exists());
+}
+
+#[test]
+fn appends_after_close_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config()).unwrap();
+    log.append(simple_batch(0, 1, 1)).unwrap();
+    log.close().unwrap();
+    assert!(matches!(log.append(simple_batch(1, 1, 1)), Err(Error::Closed)));
+    assert_eq!(read_all(&log, 0).len(), 1, "reads still work");
+}
