@@ -1,4 +1,65 @@
-//! rivulet: an embeddable event log.
+//! # rivulet
+//!
+//! An embeddable event log: what SQLite is to a database server, rivulet is to Kafka. An
+//! application links it in and gets Kafka's model over a segmented append-only log on local
+//! disk, with no server to run.
+//!
+//! ## Layers
+//!
+//! ```text
+//!   producer  consumer  groups  admin     the embedded API            (to come)
+//!   broker                                topics, the data directory  (to come)
+//!   storage                               one partition's log         (here now)
+//! ```
+//!
+//! The [`storage`] layer is one partition's log, knowing nothing of topics, groups or
+//! networks:
+//!
+//! - batches in Kafka's RecordBatch v2 format, on disk and on the wire alike
+//!   ([`storage::BatchBuilder`], [`storage::Batch`], [`storage::RecordBatch`]);
+//! - segments with Kafka's `.log`, `.index` and `.timeindex` files, rolled on size and age;
+//! - durability as a stated policy ([`Fsync`]) with group commit, a high watermark that only
+//!   covers durable records, and poisoning after a failed fsync;
+//! - crash recovery that truncates a torn tail and never returns a record that failed its CRC;
+//! - retention by age and size, truncation, and `delete_records_before`.
+//!
+//! The on-disk format and the write and recovery paths are specified in `docs/format.md`.
+//!
+//! ## Quickstart
+//!
+//! ```
+//! use rivulet::storage::{BatchBuilder, Compression, PartitionLog};
+//! use rivulet::{Fsync, LogConfig};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let log = PartitionLog::open(dir.path(), LogConfig::default().fsync(Fsync::Always))?;
+//!
+//! let mut batch = BatchBuilder::new(Compression::None);
+//! batch.push(1_700_000_000_000, Some(b"sensor-1"), Some(b"21.5"), &[("unit", Some(b"C"))]);
+//! batch.push(1_700_000_001_000, Some(b"sensor-2"), Some(b"19.0"), &[]);
+//! let info = log.append(batch.finish()?)?; // returns once fdatasync has
+//! assert_eq!((info.base_offset, info.last_offset), (0, 1));
+//!
+//! let mut reader = log.reader(0);
+//! while let Some(record) = reader.next()? {
+//!     println!("{} {:?} = {:?}", record.offset, record.key, record.value);
+//! }
+//! let at = log.offset_for_timestamp(1_700_000_000_500)?.unwrap();
+//! assert_eq!(at.offset, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Features
+//!
+//! | feature  | default | what                                   |
+//! |----------|---------|----------------------------------------|
+//! | `gzip`   | yes     | gzip batches (`flate2`)                |
+//! | `snappy` | yes     | snappy batches (`snap`)                |
+//! | `lz4`    | yes     | LZ4 frame batches (`lz4_flex`)         |
+//! | `zstd`   | yes     | zstd batches (`zstd`)                  |
+//!
+//! A batch that uses a codec left out of the build is a clear error
+//! ([`BatchError::CodecDisabled`]).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

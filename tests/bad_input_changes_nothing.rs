@@ -142,7 +142,12 @@ fn a_second_open_of_the_same_directory_is_locked_out() {
     let err = PartitionLog::open(dir.path(), config()).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     drop(log);
+    let log = PartitionLog::open(dir.path(), config()).unwrap();
+    // Closing releases the lock even while a reader keeps the old handle alive.
+    let reader = log.reader(0);
+    log.close().unwrap();
     PartitionLog::open(dir.path(), config()).unwrap();
+    drop(reader);
 }
 
 #[test]

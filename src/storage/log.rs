@@ -136,7 +136,8 @@ pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) config: LogConfig,
     fs: Arc<dyn Fs>,
-    _lock: File,
+    /// The directory lock, released by `close`.
+    lock: Mutex<Option<File>>,
     /// Keeps a private housekeeper alive as long as the log.
     _housekeeper: Housekeeper,
     writer: Mutex<Writer>,
@@ -301,8 +302,9 @@ impl PartitionLog {
         self.inner.snapshot().iter().map(|s| s.size()).sum()
     }
 
-    /// Syncs everything, marks the log as cleanly shut down, and refuses further appends.
-    /// Dropping the last handle does the same, ignoring errors.
+    /// Syncs everything, marks the log as cleanly shut down, refuses further writes and
+    /// releases the directory lock, so the log can be opened again while old handles (and
+    /// readers) still read. Dropping the last handle does the same, ignoring errors.
     pub fn close(&self) -> Result<()> {
         self.inner.close()
     }
@@ -402,7 +404,7 @@ impl Inner {
         Ok(Inner {
             config,
             fs,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
             _housekeeper: housekeeper,
             writer: Mutex::new(Writer {
                 active,
@@ -904,13 +906,17 @@ impl Inner {
         }
         if self.poison.get().is_some() {
             // Leave no clean-shutdown marker: the next open must recover.
+            self.lock.lock().take();
             return Ok(());
         }
         w.active.sync()?;
         w.active.seal()?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         self.fs.open(&marker, true).ctx("create", &marker)?;
-        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)
+        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
+        // Handles that live on can still read; the directory may be opened again.
+        self.lock.lock().take();
+        Ok(())
     }
 }
 
