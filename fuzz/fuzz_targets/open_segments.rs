@@ -14,21 +14,34 @@ fn config() -> LogConfig {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, body)) = data.split_first() else { return };
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     // A real, empty log first (for its log.meta), then its segment replaced by the input.
     PartitionLog::open(dir.path(), config()).unwrap().close().unwrap();
     std::fs::remove_file(dir.path().join(".clean_shutdown")).unwrap();
-    for name in ["00000000000000000000.log", "00000000000000000000.index", "00000000000000000000.timeindex"] {
+    for name in [
+        "00000000000000000000.log",
+        "00000000000000000000.index",
+        "00000000000000000000.timeindex",
+    ] {
         let _ = std::fs::remove_file(dir.path().join(name));
     }
     let segments = 1 + (pick % 3) as usize;
     let chunk = body.len().div_ceil(segments).max(1);
-    for (i, part) in body.chunks(chunk).chain(std::iter::once(&[][..])).take(segments).enumerate() {
+    for (i, part) in body
+        .chunks(chunk)
+        .chain(std::iter::once(&[][..]))
+        .take(segments)
+        .enumerate()
+    {
         let name = format!("{:020}.log", i * 1000);
         std::fs::write(dir.path().join(name), part).unwrap();
     }
-    let Ok(log) = PartitionLog::open(dir.path(), config()) else { return };
+    let Ok(log) = PartitionLog::open(dir.path(), config()) else {
+        return;
+    };
     let mut reader = log.reader(log.log_start_offset());
     let mut seen = 0;
     // Sealed segments are served as stored and may hold damage, reported as errors.
