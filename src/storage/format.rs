@@ -527,61 +527,109 @@ impl<'a> Iterator for Headers<'a> {
     }
 }
 
-/// Reads a varint length and that many bytes; -1 is null.
-fn bytes_field(data: &[u8]) -> Option<(Option<&[u8]>, usize)> {
-    let (len, n) = get_varint(data)?;
-    if len == -1 {
-        return Some((None, n));
+/// A position in a record's bytes. Reading advances it; `None` means the bytes ended or an
+/// encoding was malformed.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline(always)]
+    fn varint(&mut self) -> Option<i32> {
+        // Most lengths, deltas and counts are below 64 in magnitude: one byte.
+        let b = *self.buf.get(self.at)?;
+        if b < 0x80 {
+            self.at += 1;
+            return Some(((b >> 1) as i32) ^ -((b & 1) as i32));
+        }
+        // Two bytes cover values below 8192 in magnitude: most record and value lengths.
+        if let Some(&b2) = self.buf.get(self.at + 1)
+            && b2 < 0x80
+        {
+            self.at += 2;
+            let z = (b & 0x7f) as u32 | (b2 as u32) << 7;
+            return Some(((z >> 1) as i32) ^ -((z & 1) as i32));
+        }
+        let (v, n) = get_varint(&self.buf[self.at..])?;
+        self.at += n;
+        Some(v)
     }
-    let len = usize::try_from(len).ok()?;
-    let bytes = data.get(n..n.checked_add(len)?)?;
-    Some((Some(bytes), n + len))
+
+    #[inline(always)]
+    fn varlong(&mut self) -> Option<i64> {
+        let b = *self.buf.get(self.at)?;
+        if b < 0x80 {
+            self.at += 1;
+            return Some(((b >> 1) as i64) ^ -((b & 1) as i64));
+        }
+        let (v, n) = get_varlong(&self.buf[self.at..])?;
+        self.at += n;
+        Some(v)
+    }
+
+    /// A varint length and that many bytes; -1 is null.
+    #[inline(always)]
+    fn bytes(&mut self) -> Option<Option<&'a [u8]>> {
+        let len = self.varint()?;
+        if len == -1 {
+            return Some(None);
+        }
+        let end = self.at.checked_add(usize::try_from(len).ok()?)?;
+        let bytes = self.buf.get(self.at..end)?;
+        self.at = end;
+        Some(Some(bytes))
+    }
+
+    /// A header: a non-null key and a value.
+    #[inline]
+    fn header(&mut self) -> Option<Header<'a>> {
+        let key = self.bytes()??;
+        let value = self.bytes()?;
+        Some(Header { key, value })
+    }
 }
 
 fn parse_header(data: &[u8]) -> Option<(Header<'_>, usize)> {
-    let (key, k) = bytes_field(data)?;
-    let (value, v) = bytes_field(&data[k..])?;
-    // Header keys are non-null strings.
-    Some((Header { key: key?, value }, k + v))
+    let mut c = Cursor { buf: data, at: 0 };
+    let header = c.header()?;
+    Some((header, c.at))
 }
 
 /// Parses the record at the start of `data`: the record and the bytes it took.
+#[inline]
 pub(crate) fn parse_record<'a>(
     data: &'a [u8],
     ctx: &RecordContext,
     index: i32,
 ) -> Result<(Record<'a>, usize), BatchError> {
     let bad = |reason| BatchError::BadRecord { index, reason };
-    let (len, n) = get_varint(data).ok_or(bad("unreadable length"))?;
+    let mut c = Cursor { buf: data, at: 0 };
+    let len = c.varint().ok_or_else(|| bad("unreadable length"))?;
     let len = usize::try_from(len).map_err(|_| bad("negative length"))?;
-    let body = data
-        .get(n..n.saturating_add(len))
-        .ok_or(bad("length runs past the end of the batch"))?;
-    // attributes (unused in v2) at body[0]
-    let mut at = 1;
-    if body.is_empty() {
-        return Err(bad("empty record"));
+    let end = c.at.saturating_add(len);
+    if len == 0 || end > data.len() {
+        return Err(bad("length runs past the end of the batch or is zero"));
     }
-    let (ts_delta, k) = get_varlong(&body[at..]).ok_or(bad("unreadable timestamp delta"))?;
-    at += k;
-    let (offset_delta, k) = get_varint(&body[at..]).ok_or(bad("unreadable offset delta"))?;
-    at += k;
+    // The record's own bytes; the attributes byte (unused in v2) comes first.
+    let mut c = Cursor {
+        buf: &data[..end],
+        at: c.at + 1,
+    };
+    let ts_delta = c.varlong().ok_or_else(|| bad("unreadable timestamp delta"))?;
+    let offset_delta = c.varint().ok_or_else(|| bad("unreadable offset delta"))?;
     if offset_delta < 0 || offset_delta > ctx.last_offset_delta {
         return Err(bad("offset delta outside the batch's offset range"));
     }
-    let (key, k) = bytes_field(&body[at..]).ok_or(bad("unreadable key"))?;
-    at += k;
-    let (value, k) = bytes_field(&body[at..]).ok_or(bad("unreadable value"))?;
-    at += k;
-    let (header_count, k) = get_varint(&body[at..]).ok_or(bad("unreadable header count"))?;
-    at += k;
+    let key = c.bytes().ok_or_else(|| bad("unreadable key"))?;
+    let value = c.bytes().ok_or_else(|| bad("unreadable value"))?;
+    let header_count = c.varint().ok_or_else(|| bad("unreadable header count"))?;
     let header_count = u32::try_from(header_count).map_err(|_| bad("negative header count"))?;
-    let headers_start = at;
+    let headers_start = c.at;
     for _ in 0..header_count {
-        let (_, k) = parse_header(&body[at..]).ok_or(bad("malformed header"))?;
-        at += k;
+        c.header().ok_or_else(|| bad("malformed header"))?;
     }
-    if at != body.len() {
+    if c.at != end {
         return Err(bad("length does not match the fields"));
     }
     let timestamp = ctx
@@ -593,10 +641,10 @@ pub(crate) fn parse_record<'a>(
             timestamp,
             key,
             value,
-            headers: &body[headers_start..at],
+            headers: &data[headers_start..end],
             header_count,
         },
-        n + len,
+        end,
     ))
 }
 

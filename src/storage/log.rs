@@ -656,17 +656,18 @@ impl Inner {
     }
 
     fn read(&self, from: i64, max_bytes: usize) -> Result<Fetch> {
-        self.read_pinned(from, max_bytes, &mut None)
+        self.read_pinned(from, max_bytes, &mut None, Vec::new())
     }
 
     /// Reads as [`PartitionLog::read`] does, but first from `pin`, the segment the caller read
     /// last, if it still holds `from`: a reader finishes a segment that retention deleted under
-    /// it. The segment read from is pinned for next time.
+    /// it. The segment read from is pinned for next time; `buf` is reused for the bytes.
     pub(crate) fn read_pinned(
         &self,
         from: i64,
         max_bytes: usize,
         pin: &mut Option<Arc<Segment>>,
+        buf: Vec<u8>,
     ) -> Result<Fetch> {
         let hw = self.high_watermark.load(Ordering::Acquire);
         let start = self.log_start.load(Ordering::Acquire);
@@ -681,7 +682,11 @@ impl Inner {
             if let Some((pos, header)) = seg.find(from, limit)?
                 && header.base_offset < hw
             {
-                return Ok(Fetch::new(seg.read(pos, &header, max_bytes, limit)?, hw, start));
+                return Ok(Fetch::new(
+                    seg.read(pos, &header, max_bytes, limit, buf)?,
+                    hw,
+                    start,
+                ));
             }
         }
         if from < start || from > self.log_end.load(Ordering::Acquire) {
@@ -701,7 +706,7 @@ impl Inner {
                 if header.base_offset >= hw {
                     return empty();
                 }
-                let bytes = seg.read(pos, &header, max_bytes, limit)?;
+                let bytes = seg.read(pos, &header, max_bytes, limit, buf)?;
                 *pin = Some(seg.clone());
                 return Ok(Fetch::new(bytes, hw, start));
             }
@@ -731,7 +736,7 @@ impl Inner {
                     return Ok(None);
                 }
                 if header.max_timestamp >= timestamp {
-                    let bytes = seg.read(pos, &header, 0, limit)?;
+                    let bytes = seg.read(pos, &header, 0, limit, Vec::new())?;
                     let fetch = Fetch::new(bytes, hw, start);
                     for batch in fetch.batches() {
                         let records = batch.records().map_err(|e| seg.corruption(pos, e))?;

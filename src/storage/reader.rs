@@ -225,10 +225,11 @@ impl LogReader {
                 self.current = None;
             }
             if self.next_batch >= self.fetch.bytes.len() {
-                self.fetch = self
-                    .log
-                    .inner
-                    .read_pinned(self.position, self.fetch_bytes, &mut self.pinned)?;
+                let buf = std::mem::take(&mut self.fetch).into_bytes();
+                self.fetch =
+                    self.log
+                        .inner
+                        .read_pinned(self.position, self.fetch_bytes, &mut self.pinned, buf)?;
                 self.next_batch = 0;
                 if self.fetch.is_empty() {
                     return Ok(false);

@@ -260,15 +260,19 @@ impl Segment {
     /// Reads whole batches from `pos` (a batch boundary below `limit`): as many as fit in
     /// `max_bytes`, and at least the first one whatever its size. Every batch returned passed
     /// its CRC check; reading stops before a bad one, and a bad first batch is an error.
+    ///
+    /// `buf` is reused: its old bytes are overwritten, and only growth past its length is
+    /// zero-filled (a reader hands back its previous buffer, so that is rarely much).
     pub(crate) fn read(
         &self,
         pos: u64,
         first: &BatchHeader,
         max_bytes: usize,
         limit: u64,
+        mut buf: Vec<u8>,
     ) -> Result<Vec<u8>> {
         let want = (limit - pos).min(max_bytes as u64).max(first.total_len() as u64) as usize;
-        let mut buf = vec![0u8; want];
+        buf.resize(want, 0);
         self.file.read_exact_at(&mut buf, pos).ctx("read", &self.path)?;
         let mut good = 0;
         while good < buf.len() {

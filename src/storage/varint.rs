@@ -57,6 +57,12 @@ pub(crate) fn get_varlong(buf: &[u8]) -> Option<(i64, usize)> {
 /// Decodes a zig-zag varint; values outside `i32` are refused like a truncated encoding.
 #[inline]
 pub(crate) fn get_varint(buf: &[u8]) -> Option<(i32, usize)> {
+    // Fast path: lengths, deltas and counts below 64 (in magnitude) take one byte.
+    if let Some(&b) = buf.first()
+        && b < 0x80
+    {
+        return Some((((b >> 1) as i32) ^ -((b & 1) as i32), 1));
+    }
     let (v, n) = get_varlong(buf)?;
     if n > 5 {
         return None;
