@@ -31,7 +31,7 @@ use std::fmt;
 
 use crate::error::BatchError;
 use crate::storage::compression;
-use crate::storage::varint::{get_varint, get_varlong, put_varint, put_varlong, varint_len, varlong_len};
+use crate::storage::varint::{get_varint, get_varlong};
 
 /// Size of the batch header in bytes.
 pub const HEADER_LEN: usize = 61;
@@ -40,10 +40,10 @@ pub const MAGIC: i8 = 2;
 /// The batch length field counts the bytes after byte 12.
 pub(crate) const LENGTH_PREFIX: usize = 12;
 /// Bytes the header takes after the length field.
-const MIN_BATCH_LENGTH: i64 = (HEADER_LEN - LENGTH_PREFIX) as i64;
+pub(crate) const MIN_BATCH_LENGTH: i64 = (HEADER_LEN - LENGTH_PREFIX) as i64;
 /// The smallest record: length, attributes, timestamp delta, offset delta, key length, value
 /// length and header count, one byte each.
-const MIN_RECORD_LEN: usize = 7;
+pub(crate) const MIN_RECORD_LEN: usize = 7;
 /// The most bytes one batch may take, whatever the caller allows: Kafka's length field is an
 /// `i32`.
 pub const MAX_BATCH_LEN: usize = i32::MAX as usize;
@@ -55,18 +55,18 @@ pub(crate) const LEADER_EPOCH_AT: usize = 12;
 pub(crate) const MAGIC_AT: usize = 16;
 pub(crate) const CRC_AT: usize = 17;
 pub(crate) const ATTRIBUTES_AT: usize = 21;
-const LAST_OFFSET_DELTA_AT: usize = 23;
-const BASE_TIMESTAMP_AT: usize = 27;
-const MAX_TIMESTAMP_AT: usize = 35;
-const PRODUCER_ID_AT: usize = 43;
-const PRODUCER_EPOCH_AT: usize = 51;
-const BASE_SEQUENCE_AT: usize = 53;
-const RECORD_COUNT_AT: usize = 57;
+pub(crate) const LAST_OFFSET_DELTA_AT: usize = 23;
+pub(crate) const BASE_TIMESTAMP_AT: usize = 27;
+pub(crate) const MAX_TIMESTAMP_AT: usize = 35;
+pub(crate) const PRODUCER_ID_AT: usize = 43;
+pub(crate) const PRODUCER_EPOCH_AT: usize = 51;
+pub(crate) const BASE_SEQUENCE_AT: usize = 53;
+pub(crate) const RECORD_COUNT_AT: usize = 57;
 
-const CODEC_MASK: i16 = 0x07;
-const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
-const TRANSACTIONAL_BIT: i16 = 1 << 4;
-const CONTROL_BIT: i16 = 1 << 5;
+pub(crate) const CODEC_MASK: i16 = 0x07;
+pub(crate) const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
+pub(crate) const TRANSACTIONAL_BIT: i16 = 1 << 4;
+pub(crate) const CONTROL_BIT: i16 = 1 << 5;
 
 /// A batch's compression codec (attribute bits 0-2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -141,13 +141,13 @@ pub struct BatchHeader {
     pub record_count: i32,
 }
 
-fn be_i64(b: &[u8], at: usize) -> i64 {
+pub(crate) fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(b[at..at + 8].try_into().unwrap())
 }
-fn be_i32(b: &[u8], at: usize) -> i32 {
+pub(crate) fn be_i32(b: &[u8], at: usize) -> i32 {
     i32::from_be_bytes(b[at..at + 4].try_into().unwrap())
 }
-fn be_i16(b: &[u8], at: usize) -> i16 {
+pub(crate) fn be_i16(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes(b[at..at + 2].try_into().unwrap())
 }
 
@@ -258,8 +258,8 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 /// read with [`Batch::records`].
 #[derive(Clone, Copy)]
 pub struct Batch<'a> {
-    bytes: &'a [u8],
-    header: BatchHeader,
+    pub(crate) bytes: &'a [u8],
+    pub(crate) header: BatchHeader,
 }
 
 impl fmt::Debug for Batch<'_> {
@@ -648,302 +648,10 @@ pub(crate) fn parse_record<'a>(
     ))
 }
 
-/// Builds one batch record by record. Records are encoded straight into the batch's buffer (or
-/// into a staging buffer that is compressed at [`BatchBuilder::finish`]).
-///
-/// ```
-/// use rivulet::storage::{BatchBuilder, Compression};
-/// let mut b = BatchBuilder::new(Compression::None);
-/// b.push(1_700_000_000_000, Some(b"key"), Some(b"value"), &[("trace", Some(b"42"))]);
-/// let batch = b.finish().unwrap();
-/// assert_eq!(batch.header().record_count, 1);
-/// ```
-#[derive(Debug, Clone)]
-pub struct BatchBuilder {
-    /// The batch: header space, then records when uncompressed.
-    buf: Vec<u8>,
-    /// Records awaiting compression.
-    staged: Vec<u8>,
-    compression: Compression,
-    count: i32,
-    base_timestamp: i64,
-    max_timestamp: i64,
-    producer_id: i64,
-    producer_epoch: i16,
-    base_sequence: i32,
-    attributes: i16,
-}
-
-/// A header to attach to a record being built: key and optional value.
-pub type HeaderRef<'h> = (&'h str, Option<&'h [u8]>);
-
-impl BatchBuilder {
-    /// A builder for a batch with the given codec.
-    pub fn new(compression: Compression) -> Self {
-        Self::with_capacity(compression, 0)
-    }
-
-    /// A builder whose buffer starts with room for `bytes` of records.
-    pub fn with_capacity(compression: Compression, bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(HEADER_LEN + bytes);
-        buf.resize(HEADER_LEN, 0);
-        BatchBuilder {
-            buf,
-            staged: Vec::new(),
-            compression,
-            count: 0,
-            base_timestamp: -1,
-            max_timestamp: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-            attributes: compression as i16,
-        }
-    }
-
-    /// Marks the batch as written by an idempotent producer.
-    pub fn producer(mut self, id: i64, epoch: i16, base_sequence: i32) -> Self {
-        self.producer_id = id;
-        self.producer_epoch = epoch;
-        self.base_sequence = base_sequence;
-        self
-    }
-
-    /// Marks the batch as part of a transaction.
-    pub fn transactional(mut self, yes: bool) -> Self {
-        self.set_flag(TRANSACTIONAL_BIT, yes);
-        self
-    }
-
-    /// Marks the batch as a control batch.
-    pub fn control(mut self, yes: bool) -> Self {
-        self.set_flag(CONTROL_BIT, yes);
-        self
-    }
-
-    fn set_flag(&mut self, bit: i16, on: bool) {
-        if on {
-            self.attributes |= bit
-        } else {
-            self.attributes &= !bit
-        }
-    }
-
-    /// Appends a record with the given timestamp (milliseconds since the Unix epoch).
-    ///
-    /// # Panics
-    /// If the batch already holds `i32::MAX` records.
-    pub fn push(
-        &mut self,
-        timestamp: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &[HeaderRef<'_>],
-    ) {
-        assert!(self.count < i32::MAX, "a batch holds at most i32::MAX records");
-        if self.count == 0 {
-            self.base_timestamp = timestamp;
-        }
-        self.max_timestamp = self.max_timestamp.max(timestamp);
-        let ts_delta = timestamp.wrapping_sub(self.base_timestamp);
-        let offset_delta = self.count;
-        let field = |b: Option<&[u8]>| b.map_or(1, |b| varint_len(b.len() as i32) + b.len());
-        let mut len = 1 + varlong_len(ts_delta) + varint_len(offset_delta) + field(key) + field(value);
-        len += varint_len(headers.len() as i32);
-        for (k, v) in headers {
-            len += field(Some(k.as_bytes())) + field(*v);
-        }
-        let out = if self.compression == Compression::None {
-            &mut self.buf
-        } else {
-            &mut self.staged
-        };
-        out.reserve(len + 5);
-        put_varint(out, len as i32);
-        out.push(0); // attributes
-        put_varlong(out, ts_delta);
-        put_varint(out, offset_delta);
-        put_bytes(out, key);
-        put_bytes(out, value);
-        put_varint(out, headers.len() as i32);
-        for (k, v) in headers {
-            put_bytes(out, Some(k.as_bytes()));
-            put_bytes(out, *v);
-        }
-        self.count += 1;
-    }
-
-    /// Records pushed so far.
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
-
-    /// True if no record was pushed.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// The size of the batch so far, before compression.
-    pub fn size(&self) -> usize {
-        self.buf.len() + self.staged.len()
-    }
-
-    /// Compresses, fills in the header and the CRC, and returns the batch with base offset 0
-    /// (the log assigns the real one).
-    pub fn finish(mut self) -> Result<RecordBatch, BatchError> {
-        if self.count == 0 {
-            return Err(BatchError::Empty);
-        }
-        if self.compression != Compression::None {
-            compression::compress(self.compression, &self.staged, &mut self.buf)?;
-        }
-        if self.buf.len() > MAX_BATCH_LEN {
-            return Err(BatchError::LengthOutOfBounds {
-                length: (self.buf.len() - LENGTH_PREFIX) as i64,
-                min: MIN_BATCH_LENGTH,
-                max: (MAX_BATCH_LEN - LENGTH_PREFIX) as i64,
-            });
-        }
-        let length = (self.buf.len() - LENGTH_PREFIX) as i32;
-        let b = &mut self.buf;
-        b[BASE_OFFSET_AT..LENGTH_AT].copy_from_slice(&0i64.to_be_bytes());
-        b[LENGTH_AT..LEADER_EPOCH_AT].copy_from_slice(&length.to_be_bytes());
-        b[LEADER_EPOCH_AT..MAGIC_AT].copy_from_slice(&(-1i32).to_be_bytes());
-        b[MAGIC_AT] = MAGIC as u8;
-        b[ATTRIBUTES_AT..LAST_OFFSET_DELTA_AT].copy_from_slice(&self.attributes.to_be_bytes());
-        b[LAST_OFFSET_DELTA_AT..BASE_TIMESTAMP_AT].copy_from_slice(&(self.count - 1).to_be_bytes());
-        b[BASE_TIMESTAMP_AT..MAX_TIMESTAMP_AT].copy_from_slice(&self.base_timestamp.to_be_bytes());
-        b[MAX_TIMESTAMP_AT..PRODUCER_ID_AT].copy_from_slice(&self.max_timestamp.to_be_bytes());
-        b[PRODUCER_ID_AT..PRODUCER_EPOCH_AT].copy_from_slice(&self.producer_id.to_be_bytes());
-        b[PRODUCER_EPOCH_AT..BASE_SEQUENCE_AT].copy_from_slice(&self.producer_epoch.to_be_bytes());
-        b[BASE_SEQUENCE_AT..RECORD_COUNT_AT].copy_from_slice(&self.base_sequence.to_be_bytes());
-        b[RECORD_COUNT_AT..HEADER_LEN].copy_from_slice(&self.count.to_be_bytes());
-        let crc = compute_crc(b);
-        b[CRC_AT..ATTRIBUTES_AT].copy_from_slice(&crc.to_be_bytes());
-        Ok(RecordBatch { bytes: self.buf })
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
-    match b {
-        None => put_varint(out, -1),
-        Some(b) => {
-            put_varint(out, b.len() as i32);
-            out.extend_from_slice(b);
-        }
-    }
-}
-
-/// One whole, validated batch that the log can append: built by [`BatchBuilder`] or checked by
-/// [`RecordBatch::from_bytes`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct RecordBatch {
-    bytes: Vec<u8>,
-}
-
-impl fmt::Debug for RecordBatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RecordBatch")
-            .field("header", &self.header())
-            .field("len", &self.bytes.len())
-            .finish()
-    }
-}
-
-impl RecordBatch {
-    /// Validates bytes received from elsewhere (a producer on the wire): exactly one batch, its
-    /// frame and CRC, and every record in it, which must have offset deltas 0, 1, 2, ... as a
-    /// producer writes them.
-    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, BatchError> {
-        let (batch, rest) = Batch::parse(&bytes)?;
-        if !rest.is_empty() {
-            return Err(BatchError::LengthOutOfBounds {
-                length: batch.header.batch_length as i64,
-                min: (bytes.len() - LENGTH_PREFIX) as i64,
-                max: (bytes.len() - LENGTH_PREFIX) as i64,
-            });
-        }
-        let h = batch.header;
-        if h.record_count == 0 {
-            return Err(BatchError::Empty);
-        }
-        if h.last_offset_delta != h.record_count - 1 {
-            return Err(BatchError::BadRecordCount {
-                count: h.record_count,
-                reason: "a produced batch must have last offset delta = count - 1",
-            });
-        }
-        let records = batch.records()?;
-        for (i, record) in records.iter().enumerate() {
-            let record = record?;
-            if record.offset - h.base_offset != i as i64 {
-                return Err(BatchError::BadRecord {
-                    index: i as i32,
-                    reason: "offset deltas of a produced batch must be 0, 1, 2, ...",
-                });
-            }
-        }
-        Ok(RecordBatch { bytes })
-    }
-
-    /// The decoded header.
-    pub fn header(&self) -> BatchHeader {
-        BatchHeader::decode(&self.bytes)
-    }
-
-    /// The batch's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// A borrowed view, for reading the records.
-    pub fn view(&self) -> Batch<'_> {
-        Batch {
-            bytes: &self.bytes,
-            header: self.header(),
-        }
-    }
-
-    /// The batch's bytes, consuming it.
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.bytes
-    }
-
-    /// Size in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Always false: a batch has at least a header.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Sets the base offset (outside the CRC).
-    pub(crate) fn set_base_offset(&mut self, offset: i64) {
-        self.bytes[BASE_OFFSET_AT..LENGTH_AT].copy_from_slice(&offset.to_be_bytes());
-    }
-
-    /// Sets the partition leader epoch (outside the CRC).
-    pub fn set_partition_leader_epoch(&mut self, epoch: i32) {
-        self.bytes[LEADER_EPOCH_AT..MAGIC_AT].copy_from_slice(&epoch.to_be_bytes());
-    }
-
-    /// Stamps the batch with the log's append time: sets the timestamp-type bit and the max
-    /// timestamp, which the CRC covers, and recomputes the CRC.
-    pub(crate) fn set_log_append_time(&mut self, now_ms: i64) {
-        let b = &mut self.bytes;
-        let attributes = be_i16(b, ATTRIBUTES_AT) | TIMESTAMP_TYPE_BIT;
-        b[ATTRIBUTES_AT..LAST_OFFSET_DELTA_AT].copy_from_slice(&attributes.to_be_bytes());
-        b[MAX_TIMESTAMP_AT..PRODUCER_ID_AT].copy_from_slice(&now_ms.to_be_bytes());
-        let crc = compute_crc(b);
-        b[CRC_AT..ATTRIBUTES_AT].copy_from_slice(&crc.to_be_bytes());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::builder::{BatchBuilder, RecordBatch};
 
     fn sample(codec: Compression) -> RecordBatch {
         let mut b = BatchBuilder::new(codec).producer(7, 2, 100);

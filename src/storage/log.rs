@@ -18,30 +18,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{Fsync, LogConfig};
 use crate::error::{Error, IoContext, Result};
-use crate::storage::format::{RecordBatch, TimestampType};
+use crate::storage::builder::RecordBatch;
+use crate::storage::format::TimestampType;
 use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{Fs, StdFs};
-use crate::storage::meta;
 use crate::storage::reader::{Fetch, LogReader};
-use crate::storage::segment::{self, AppendError, Segment};
-
-/// The on-disk format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
-const META_FILE: &str = "log.meta";
-const LOCK_FILE: &str = ".lock";
-const CLEAN_SHUTDOWN_FILE: &str = ".clean_shutdown";
-
-/// The contents of `log.meta`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-struct LogMeta {
-    format_version: u32,
-    /// Raised by `delete_records_before`; segments below it may still exist.
-    log_start_offset: i64,
-}
+use crate::storage::recovery::CLEAN_SHUTDOWN_FILE;
+use crate::storage::segment::{AppendError, Segment};
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,41 +121,41 @@ impl LogBuilder {
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) config: LogConfig,
-    fs: Arc<dyn Fs>,
+    pub(super) fs: Arc<dyn Fs>,
     /// The directory lock, released by `close`.
-    lock: Mutex<Option<File>>,
+    pub(super) lock: Mutex<Option<File>>,
     /// Keeps a private housekeeper alive as long as the log.
-    _housekeeper: Housekeeper,
-    writer: Mutex<Writer>,
-    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
-    log_start: AtomicI64,
-    log_end: AtomicI64,
-    high_watermark: AtomicI64,
-    sync: Mutex<SyncState>,
-    synced: Condvar,
+    pub(super) _housekeeper: Housekeeper,
+    pub(super) writer: Mutex<Writer>,
+    pub(super) segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    pub(super) log_start: AtomicI64,
+    pub(super) log_end: AtomicI64,
+    pub(super) high_watermark: AtomicI64,
+    pub(super) sync: Mutex<SyncState>,
+    pub(super) synced: Condvar,
     /// Long-poll readers wait here for the high watermark to move.
-    waiters: Mutex<()>,
-    advanced: Condvar,
-    waiting: AtomicUsize,
-    poison: OnceLock<Arc<io::Error>>,
-    closed: AtomicBool,
+    pub(super) waiters: Mutex<()>,
+    pub(super) advanced: Condvar,
+    pub(super) waiting: AtomicUsize,
+    pub(super) poison: OnceLock<Arc<io::Error>>,
+    pub(super) closed: AtomicBool,
 }
 
 #[derive(Debug)]
-struct Writer {
-    active: Arc<Segment>,
+pub(super) struct Writer {
+    pub(super) active: Arc<Segment>,
     /// When the active segment got its first batch in this process (for `segment.ms`).
-    first_append: Option<Instant>,
+    pub(super) first_append: Option<Instant>,
 }
 
 #[derive(Debug)]
-struct SyncState {
+pub(super) struct SyncState {
     /// Offsets below this are on disk.
-    durable: i64,
+    pub(super) durable: i64,
     /// A sync is under way.
-    syncing: bool,
+    pub(super) syncing: bool,
     /// Bumped by every truncation, which invalidates syncs captured before it.
-    generation: u64,
+    pub(super) generation: u64,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -311,129 +297,11 @@ impl PartitionLog {
 }
 
 impl Inner {
-    fn open(dir: PathBuf, config: LogConfig, fs: Arc<dyn Fs>, housekeeper: Housekeeper) -> Result<Inner> {
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::NotALog {
-                path: dir,
-                reason: "it is not a directory".into(),
-            });
-        }
-        std::fs::create_dir_all(&dir).ctx("create", &dir)?;
-        // A foreign directory is refused before anything is written into it.
-        let existing = meta::read::<LogMeta>(&dir.join(META_FILE))?;
-        if existing.is_none() {
-            refuse_foreign_files(&dir)?;
-        }
-        let lock = take_lock(&dir)?;
-        let meta = load_or_create_meta(&*fs, &dir)?;
-        let found = list_segments(&*fs, &dir)?;
-        let clean = dir.join(CLEAN_SHUTDOWN_FILE).exists();
-        let interval = config.index_interval_bytes;
-
-        let mut bases = found;
-        if bases.is_empty() {
-            bases.push(meta.log_start_offset);
-        }
-        let mut segments = Vec::with_capacity(bases.len());
-        let n = bases.len();
-        for (i, &base) in bases.iter().enumerate() {
-            let last = i + 1 == n;
-            let had_indexes = Segment::index_files_exist(&dir, base);
-            let seg = Segment::open(&*fs, &dir, base, None)?;
-            let end = if last && !clean {
-                // After a crash the active segment's tail is unknown: check every batch.
-                seg.rebuild(interval, true, config.segment_index_bytes)?
-            } else {
-                match had_indexes
-                    .then(|| seg.load(interval, last))
-                    .transpose()?
-                    .flatten()
-                {
-                    Some(end) => end,
-                    None => {
-                        log::warn!("rebuilding the indexes of {}", seg.path().display());
-                        let end = seg.rebuild(interval, last, config.segment_index_bytes)?;
-                        if !last {
-                            seg.seal()?;
-                        }
-                        end
-                    }
-                }
-            };
-            if let Some(why) = end.stopped_by {
-                if last {
-                    log::warn!(
-                        "recovery: truncating {} at byte {} ({why})",
-                        seg.path().display(),
-                        end.valid_len
-                    );
-                    seg.truncate_file(end.valid_len)?;
-                } else {
-                    // Sealed segments are never cut: reads of the bad batch report it.
-                    log::error!(
-                        "sealed segment {} is damaged at byte {}: {why}",
-                        seg.path().display(),
-                        end.valid_len
-                    );
-                }
-            }
-            seg.publish_all();
-            segments.push(Arc::new(seg));
-        }
-        let active = segments.last().expect("at least one segment").clone();
-        active.unseal(config.segment_index_bytes)?;
-        // Whatever survived is made durable before anyone reads it.
-        active.sync()?;
-        if clean {
-            let marker = dir.join(CLEAN_SHUTDOWN_FILE);
-            fs.remove_file(&marker).ctx("remove", &marker)?;
-        }
-        fs.sync_dir(&dir).ctx("fsync", &dir)?;
-
-        let log_end = active.next_offset();
-        let log_start = meta.log_start_offset.max(segments[0].base_offset).min(log_end);
-        if log_start < meta.log_start_offset {
-            // A crash took back records that the log start had already passed (under a policy
-            // that acknowledges before syncing): the log restarts at its end.
-            let meta = LogMeta {
-                log_start_offset: log_start,
-                ..meta
-            };
-            meta::write(&*fs, &dir.join(META_FILE), &meta)?;
-        }
-        Ok(Inner {
-            config,
-            fs,
-            lock: Mutex::new(Some(lock)),
-            _housekeeper: housekeeper,
-            writer: Mutex::new(Writer {
-                active,
-                first_append: None,
-            }),
-            segments: RwLock::new(Arc::new(segments)),
-            log_start: AtomicI64::new(log_start),
-            log_end: AtomicI64::new(log_end),
-            high_watermark: AtomicI64::new(log_end),
-            sync: Mutex::new(SyncState {
-                durable: log_end,
-                syncing: false,
-                generation: 0,
-            }),
-            synced: Condvar::new(),
-            waiters: Mutex::new(()),
-            advanced: Condvar::new(),
-            waiting: AtomicUsize::new(0),
-            poison: OnceLock::new(),
-            closed: AtomicBool::new(false),
-            dir,
-        })
-    }
-
     pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
         self.segments.read().clone()
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(super) fn check_writable(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -447,7 +315,7 @@ impl Inner {
     }
 
     /// Refuses appends from now on; returns the error to report.
-    fn poison(&self, cause: io::Error) -> Error {
+    pub(super) fn poison(&self, cause: io::Error) -> Error {
         let cause = self.poison.get_or_init(|| Arc::new(cause)).clone();
         log::error!("{}: poisoned: {cause}", self.dir.display());
         self.synced.notify_all();
@@ -532,7 +400,7 @@ impl Inner {
 
     /// Seals the active segment (synced, whatever the policy, so that only the last segment
     /// can ever have a torn tail) and starts a new one at the log end offset.
-    fn roll_locked(&self, w: &mut Writer) -> Result<()> {
+    pub(super) fn roll_locked(&self, w: &mut Writer) -> Result<()> {
         let old = w.active.clone();
         if let Err(e) = old.sync() {
             return Err(match e {
@@ -564,7 +432,7 @@ impl Inner {
     }
 
     /// Lets readers see `segment` up to `position` and the log up to `end_offset`.
-    fn publish(&self, segment: &Segment, position: u64, end_offset: i64) {
+    pub(super) fn publish(&self, segment: &Segment, position: u64, end_offset: i64) {
         segment.publish(position);
         self.high_watermark.fetch_max(end_offset, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
@@ -574,7 +442,7 @@ impl Inner {
     }
 
     /// Waits until offsets below `target` are durable, syncing if no one else is.
-    fn sync_to(&self, target: i64, generation: u64) -> Result<()> {
+    pub(super) fn sync_to(&self, target: i64, generation: u64) -> Result<()> {
         let mut s = self.sync.lock();
         loop {
             if s.generation != generation {
@@ -647,7 +515,7 @@ impl Inner {
         result && self.high_watermark.load(Ordering::SeqCst) > offset
     }
 
-    fn out_of_range(&self, offset: i64) -> Error {
+    pub(super) fn out_of_range(&self, offset: i64) -> Error {
         Error::OffsetOutOfRange {
             offset,
             log_start: self.log_start.load(Ordering::Acquire),
@@ -761,135 +629,6 @@ impl Inner {
         Ok(None)
     }
 
-    fn truncate_to(&self, offset: i64) -> Result<i64> {
-        let mut w = self.writer.lock();
-        self.check_writable()?;
-        let end = self.log_end.load(Ordering::Acquire);
-        if offset >= end {
-            return Ok(end);
-        }
-        let start = self.log_start.load(Ordering::Acquire);
-        if offset < start {
-            return Err(self.out_of_range(offset));
-        }
-        let segments = self.snapshot();
-        // Keep the segments that start below `offset`, and always the first.
-        let keep = segments.partition_point(|s| s.base_offset < offset).max(1);
-        let last = segments[keep - 1].clone();
-        if !Arc::ptr_eq(&last, &w.active) {
-            last.unseal(self.config.segment_index_bytes)?;
-        }
-        let new_end = last.truncate_to(
-            offset,
-            self.config.index_interval_bytes,
-            self.config.segment_index_bytes,
-        )?;
-        last.sync()?;
-        *self.segments.write() = Arc::new(segments[..keep].to_vec());
-        for dropped in &segments[keep..] {
-            dropped.delete_files(&*self.fs)?;
-        }
-        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
-        {
-            let mut s = self.sync.lock();
-            s.generation += 1;
-            s.durable = s.durable.min(new_end);
-            self.log_end.store(new_end, Ordering::Release);
-            self.high_watermark.fetch_min(new_end, Ordering::SeqCst);
-        }
-        self.synced.notify_all();
-        // Cutting below the log start empties the log; it restarts at the new end. (A crash
-        // before this write is harmless: open never puts the log start past the log end.)
-        if new_end < start {
-            self.write_meta(new_end)?;
-            self.log_start.store(new_end, Ordering::Release);
-        }
-        w.active = last;
-        w.first_append = None;
-        Ok(new_end)
-    }
-
-    fn delete_records_before(&self, offset: i64) -> Result<i64> {
-        let _w = self.writer.lock();
-        self.check_writable()?;
-        let hw = self.high_watermark.load(Ordering::Acquire);
-        if offset > hw || offset < 0 {
-            return Err(Error::OffsetOutOfRange {
-                offset,
-                log_start: self.log_start.load(Ordering::Acquire),
-                log_end: hw,
-            });
-        }
-        let start = self.log_start.load(Ordering::Acquire);
-        if offset <= start {
-            return Ok(start);
-        }
-        self.write_meta(offset)?;
-        self.log_start.store(offset, Ordering::Release);
-        let segments = self.snapshot();
-        // Segment i holds offsets below segment i + 1's base.
-        let n = segments
-            .windows(2)
-            .take_while(|pair| pair[1].base_offset <= offset)
-            .count();
-        self.drop_front(&segments, n)?;
-        Ok(offset)
-    }
-
-    fn write_meta(&self, log_start_offset: i64) -> Result<()> {
-        let meta = LogMeta {
-            format_version: FORMAT_VERSION,
-            log_start_offset,
-        };
-        meta::write(&*self.fs, &self.dir.join(META_FILE), &meta)
-    }
-
-    /// Removes the first `n` segments (never the active one).
-    fn drop_front(&self, segments: &Arc<Vec<Arc<Segment>>>, n: usize) -> Result<()> {
-        let n = n.min(segments.len() - 1);
-        if n == 0 {
-            return Ok(());
-        }
-        *self.segments.write() = Arc::new(segments[n..].to_vec());
-        self.log_start
-            .fetch_max(segments[n].base_offset, Ordering::AcqRel);
-        for seg in &segments[..n] {
-            seg.delete_files(&*self.fs)?;
-        }
-        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)
-    }
-
-    pub(crate) fn enforce_retention(&self, now: i64) -> Result<usize> {
-        let _w = self.writer.lock();
-        if self.closed.load(Ordering::Acquire) {
-            return Ok(0);
-        }
-        let segments = self.snapshot();
-        let sealed = &segments[..segments.len() - 1];
-        let mut n = 0;
-        if let Some(age) = self.config.retention_ms {
-            let cutoff = now.saturating_sub(age.as_millis() as i64);
-            n = sealed.iter().take_while(|s| s.max_timestamp() < cutoff).count();
-        }
-        if let Some(limit) = self.config.retention_bytes {
-            let total: u64 = segments.iter().map(|s| s.size()).sum();
-            let mut excess = total.saturating_sub(limit) as i64;
-            excess -= sealed[..n].iter().map(|s| s.size() as i64).sum::<i64>();
-            for seg in &sealed[n..] {
-                if excess - (seg.size() as i64) < 0 {
-                    break;
-                }
-                excess -= seg.size() as i64;
-                n += 1;
-            }
-        }
-        self.drop_front(&segments, n)?;
-        if n > 0 {
-            log::info!("{}: retention deleted {n} segment(s)", self.dir.display());
-        }
-        Ok(n)
-    }
-
     /// The background fsync of `Fsync::Interval`.
     pub(crate) fn interval_flush(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) || self.poison.get().is_some() {
@@ -931,83 +670,4 @@ impl Drop for Inner {
             log::warn!("{}: closing on drop: {e}", self.dir.display());
         }
     }
-}
-
-fn take_lock(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .ctx("open", &path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).ctx("lock", &path),
-    }
-}
-
-/// Reads `log.meta`, or writes a fresh one into a directory that holds nothing else.
-fn load_or_create_meta(fs: &dyn Fs, dir: &Path) -> Result<LogMeta> {
-    let path = dir.join(META_FILE);
-    if let Some(meta) = meta::read::<LogMeta>(&path)? {
-        if meta.format_version > FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                path: dir.to_path_buf(),
-                found: meta.format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        return Ok(meta);
-    }
-    refuse_foreign_files(dir)?;
-    let meta = LogMeta {
-        format_version: FORMAT_VERSION,
-        log_start_offset: 0,
-    };
-    meta::write(fs, &path, &meta)?;
-    Ok(meta)
-}
-
-/// Refuses a directory without `log.meta` that holds anything but what a crash while creating
-/// a log can leave (the lock file and a half-written meta file).
-fn refuse_foreign_files(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
-        let name = entry.ctx("list", dir)?.file_name();
-        let name = name.to_string_lossy();
-        if name != LOCK_FILE && !name.ends_with(".tmp") {
-            return Err(Error::NotALog {
-                path: dir.to_path_buf(),
-                reason: format!("it has no {META_FILE} but holds {name:?}"),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The base offsets of the segments in `dir`, sorted. Index files without a log file (left by
-/// a crash while deleting a segment) and temporary files are removed.
-fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
-    let mut logs = Vec::new();
-    let mut orphans = Vec::new();
-    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
-        let name = entry.ctx("list", dir)?.file_name();
-        let name = name.to_string_lossy().into_owned();
-        match segment::parse_file_name(&name) {
-            Some((base, "log")) => logs.push(base),
-            Some((base, "index" | "timeindex")) => orphans.push((base, name)),
-            _ if name == META_FILE || name == LOCK_FILE || name == CLEAN_SHUTDOWN_FILE => {}
-            _ if name.ends_with(".tmp") => orphans.push((-1, name)),
-            _ => log::warn!("ignoring unknown file {name:?} in {}", dir.display()),
-        }
-    }
-    logs.sort_unstable();
-    for (base, name) in orphans {
-        if logs.binary_search(&base).is_err() {
-            let path = dir.join(&name);
-            fs.remove_file(&path).ctx("remove", &path)?;
-        }
-    }
-    Ok(logs)
 }

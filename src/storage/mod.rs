@@ -1,13 +1,18 @@
 //! The storage layer: one partition's log on local disk. It knows nothing of topics, groups or
 //! networks.
 //!
-//! - [`format`](self#format): Kafka's RecordBatch v2, the unit of storage ([`Batch`],
-//!   [`RecordBatch`], [`BatchBuilder`]).
-//! - segments and indexes: `<base offset>.log`, `.index`, `.timeindex`, as Kafka lays them out.
-//! - [`PartitionLog`]: appends, reads, durability, recovery, retention, truncation.
-//! - [`Fs`]: the file-system seam, with [`FaultyFs`] for tests.
+//! - `format`: Kafka's RecordBatch v2, read ([`Batch`], [`Record`]); `builder`: written
+//!   ([`BatchBuilder`], [`RecordBatch`]); `compression`: the codecs.
+//! - `segment`, `index`, `mmap`: a segment's `.log`, `.index` and `.timeindex` files, laid out
+//!   as Kafka lays them out; `mmap` holds the crate's only unsafe code.
+//! - `log` ([`PartitionLog`]): appends, durability and group commit, reads; `recovery`:
+//!   opening; `retention`: retention, `delete_records_before`, truncation; `reader`:
+//!   [`LogReader`] and [`Fetch`]; `housekeeper`: background fsyncs and retention.
+//! - `io`: the file-system seam [`Fs`], with [`FaultyFs`] for tests; `meta`: small
+//!   metadata files.
 //!
-//! The on-disk format and the write and recovery paths are described in `docs/format.md`.
+//! The on-disk format and the write and recovery paths are specified in `docs/format.md`.
+mod builder;
 mod compression;
 pub(crate) mod format;
 mod housekeeper;
@@ -17,15 +22,19 @@ mod log;
 mod meta;
 mod mmap;
 mod reader;
+mod recovery;
+mod retention;
 mod segment;
 mod varint;
 
+pub use builder::{BatchBuilder, HeaderRef, RecordBatch};
 pub use compression::MAX_DECOMPRESSED_BYTES;
 pub use format::{
-    Batch, BatchBuilder, BatchHeader, Compression, HEADER_LEN, Header, HeaderRef, Headers, MAX_BATCH_LEN,
-    Record, RecordBatch, RecordIter, Records, TimestampType, compute_crc, frame_len,
+    Batch, BatchHeader, Compression, HEADER_LEN, Header, Headers, MAX_BATCH_LEN, Record, RecordIter, Records,
+    TimestampType, compute_crc, frame_len,
 };
 pub use housekeeper::Housekeeper;
 pub use io::{FaultyFs, Fs, FsFile, StdFs};
-pub use log::{AppendInfo, FORMAT_VERSION, LogBuilder, PartitionLog, TimestampOffset};
+pub use log::{AppendInfo, LogBuilder, PartitionLog, TimestampOffset};
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
+pub use recovery::FORMAT_VERSION;

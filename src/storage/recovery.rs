@@ -1,0 +1,236 @@
+//! Opening a log: checking the directory, taking its lock, and recovering its segments. The
+//! procedure is numbered in `docs/format.md` ("Recovery").
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::config::LogConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::storage::housekeeper::Housekeeper;
+use crate::storage::io::Fs;
+use crate::storage::log::{Inner, SyncState, Writer};
+use crate::storage::meta;
+use crate::storage::segment::{self, Segment};
+
+/// The on-disk format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub(super) const META_FILE: &str = "log.meta";
+pub(super) const LOCK_FILE: &str = ".lock";
+pub(super) const CLEAN_SHUTDOWN_FILE: &str = ".clean_shutdown";
+
+/// The contents of `log.meta`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct LogMeta {
+    pub(super) format_version: u32,
+    /// Raised by `delete_records_before`; segments below it may still exist.
+    pub(super) log_start_offset: i64,
+}
+
+impl Inner {
+    pub(super) fn open(
+        dir: PathBuf,
+        config: LogConfig,
+        fs: Arc<dyn Fs>,
+        housekeeper: Housekeeper,
+    ) -> Result<Inner> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::NotALog {
+                path: dir,
+                reason: "it is not a directory".into(),
+            });
+        }
+        std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+        // A foreign directory is refused before anything is written into it.
+        let existing = meta::read::<LogMeta>(&dir.join(META_FILE))?;
+        if existing.is_none() {
+            refuse_foreign_files(&dir)?;
+        }
+        let lock = take_lock(&dir)?;
+        let meta = load_or_create_meta(&*fs, &dir)?;
+        let found = list_segments(&*fs, &dir)?;
+        let clean = dir.join(CLEAN_SHUTDOWN_FILE).exists();
+        let interval = config.index_interval_bytes;
+
+        let mut bases = found;
+        if bases.is_empty() {
+            bases.push(meta.log_start_offset);
+        }
+        let mut segments = Vec::with_capacity(bases.len());
+        let n = bases.len();
+        for (i, &base) in bases.iter().enumerate() {
+            let last = i + 1 == n;
+            let had_indexes = Segment::index_files_exist(&dir, base);
+            let seg = Segment::open(&*fs, &dir, base, None)?;
+            let end = if last && !clean {
+                // After a crash the active segment's tail is unknown: check every batch.
+                seg.rebuild(interval, true, config.segment_index_bytes)?
+            } else {
+                match had_indexes
+                    .then(|| seg.load(interval, last))
+                    .transpose()?
+                    .flatten()
+                {
+                    Some(end) => end,
+                    None => {
+                        log::warn!("rebuilding the indexes of {}", seg.path().display());
+                        let end = seg.rebuild(interval, last, config.segment_index_bytes)?;
+                        if !last {
+                            seg.seal()?;
+                        }
+                        end
+                    }
+                }
+            };
+            if let Some(why) = end.stopped_by {
+                if last {
+                    log::warn!(
+                        "recovery: truncating {} at byte {} ({why})",
+                        seg.path().display(),
+                        end.valid_len
+                    );
+                    seg.truncate_file(end.valid_len)?;
+                } else {
+                    // Sealed segments are never cut: reads of the bad batch report it.
+                    log::error!(
+                        "sealed segment {} is damaged at byte {}: {why}",
+                        seg.path().display(),
+                        end.valid_len
+                    );
+                }
+            }
+            seg.publish_all();
+            segments.push(Arc::new(seg));
+        }
+        let active = segments.last().expect("at least one segment").clone();
+        active.unseal(config.segment_index_bytes)?;
+        // Whatever survived is made durable before anyone reads it.
+        active.sync()?;
+        if clean {
+            let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+            fs.remove_file(&marker).ctx("remove", &marker)?;
+        }
+        fs.sync_dir(&dir).ctx("fsync", &dir)?;
+
+        let log_end = active.next_offset();
+        let log_start = meta.log_start_offset.max(segments[0].base_offset).min(log_end);
+        if log_start < meta.log_start_offset {
+            // A crash took back records that the log start had already passed (under a policy
+            // that acknowledges before syncing): the log restarts at its end.
+            let meta = LogMeta {
+                log_start_offset: log_start,
+                ..meta
+            };
+            meta::write(&*fs, &dir.join(META_FILE), &meta)?;
+        }
+        Ok(Inner {
+            config,
+            fs,
+            lock: Mutex::new(Some(lock)),
+            _housekeeper: housekeeper,
+            writer: Mutex::new(Writer {
+                active,
+                first_append: None,
+            }),
+            segments: RwLock::new(Arc::new(segments)),
+            log_start: AtomicI64::new(log_start),
+            log_end: AtomicI64::new(log_end),
+            high_watermark: AtomicI64::new(log_end),
+            sync: Mutex::new(SyncState {
+                durable: log_end,
+                syncing: false,
+                generation: 0,
+            }),
+            synced: Condvar::new(),
+            waiters: Mutex::new(()),
+            advanced: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            poison: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            dir,
+        })
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx("open", &path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).ctx("lock", &path),
+    }
+}
+
+/// Reads `log.meta`, or writes a fresh one into a directory that holds nothing else.
+fn load_or_create_meta(fs: &dyn Fs, dir: &Path) -> Result<LogMeta> {
+    let path = dir.join(META_FILE);
+    if let Some(meta) = meta::read::<LogMeta>(&path)? {
+        if meta.format_version > FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                path: dir.to_path_buf(),
+                found: meta.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        return Ok(meta);
+    }
+    refuse_foreign_files(dir)?;
+    let meta = LogMeta {
+        format_version: FORMAT_VERSION,
+        log_start_offset: 0,
+    };
+    meta::write(fs, &path, &meta)?;
+    Ok(meta)
+}
+
+/// Refuses a directory without `log.meta` that holds anything but what a crash while creating
+/// a log can leave (the lock file and a half-written meta file).
+fn refuse_foreign_files(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
+        let name = entry.ctx("list", dir)?.file_name();
+        let name = name.to_string_lossy();
+        if name != LOCK_FILE && !name.ends_with(".tmp") {
+            return Err(Error::NotALog {
+                path: dir.to_path_buf(),
+                reason: format!("it has no {META_FILE} but holds {name:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The base offsets of the segments in `dir`, sorted. Index files without a log file (left by
+/// a crash while deleting a segment) and temporary files are removed.
+fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
+    let mut logs = Vec::new();
+    let mut orphans = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
+        let name = entry.ctx("list", dir)?.file_name();
+        let name = name.to_string_lossy().into_owned();
+        match segment::parse_file_name(&name) {
+            Some((base, "log")) => logs.push(base),
+            Some((base, "index" | "timeindex")) => orphans.push((base, name)),
+            _ if name == META_FILE || name == LOCK_FILE || name == CLEAN_SHUTDOWN_FILE => {}
+            _ if name.ends_with(".tmp") => orphans.push((-1, name)),
+            _ => log::warn!("ignoring unknown file {name:?} in {}", dir.display()),
+        }
+    }
+    logs.sort_unstable();
+    for (base, name) in orphans {
+        if logs.binary_search(&base).is_err() {
+            let path = dir.join(&name);
+            fs.remove_file(&path).ctx("remove", &path)?;
+        }
+    }
+    Ok(logs)
+}

@@ -1,0 +1,142 @@
+//! Shortening a log: retention (whole old segments), `delete_records_before` (the log start
+//! offset), and `truncate_to` (the tail, for replication).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, IoContext, Result};
+use crate::storage::log::Inner;
+use crate::storage::meta;
+use crate::storage::recovery::{FORMAT_VERSION, LogMeta, META_FILE};
+use crate::storage::segment::Segment;
+
+impl Inner {
+    pub(super) fn truncate_to(&self, offset: i64) -> Result<i64> {
+        let mut w = self.writer.lock();
+        self.check_writable()?;
+        let end = self.log_end.load(Ordering::Acquire);
+        if offset >= end {
+            return Ok(end);
+        }
+        let start = self.log_start.load(Ordering::Acquire);
+        if offset < start {
+            return Err(self.out_of_range(offset));
+        }
+        let segments = self.snapshot();
+        // Keep the segments that start below `offset`, and always the first.
+        let keep = segments.partition_point(|s| s.base_offset < offset).max(1);
+        let last = segments[keep - 1].clone();
+        if !Arc::ptr_eq(&last, &w.active) {
+            last.unseal(self.config.segment_index_bytes)?;
+        }
+        let new_end = last.truncate_to(
+            offset,
+            self.config.index_interval_bytes,
+            self.config.segment_index_bytes,
+        )?;
+        last.sync()?;
+        *self.segments.write() = Arc::new(segments[..keep].to_vec());
+        for dropped in &segments[keep..] {
+            dropped.delete_files(&*self.fs)?;
+        }
+        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
+        {
+            let mut s = self.sync.lock();
+            s.generation += 1;
+            s.durable = s.durable.min(new_end);
+            self.log_end.store(new_end, Ordering::Release);
+            self.high_watermark.fetch_min(new_end, Ordering::SeqCst);
+        }
+        self.synced.notify_all();
+        // Cutting below the log start empties the log; it restarts at the new end. (A crash
+        // before this write is harmless: open never puts the log start past the log end.)
+        if new_end < start {
+            self.write_meta(new_end)?;
+            self.log_start.store(new_end, Ordering::Release);
+        }
+        w.active = last;
+        w.first_append = None;
+        Ok(new_end)
+    }
+
+    pub(super) fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        let _w = self.writer.lock();
+        self.check_writable()?;
+        let hw = self.high_watermark.load(Ordering::Acquire);
+        if offset > hw || offset < 0 {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start.load(Ordering::Acquire),
+                log_end: hw,
+            });
+        }
+        let start = self.log_start.load(Ordering::Acquire);
+        if offset <= start {
+            return Ok(start);
+        }
+        self.write_meta(offset)?;
+        self.log_start.store(offset, Ordering::Release);
+        let segments = self.snapshot();
+        // Segment i holds offsets below segment i + 1's base.
+        let n = segments
+            .windows(2)
+            .take_while(|pair| pair[1].base_offset <= offset)
+            .count();
+        self.drop_front(&segments, n)?;
+        Ok(offset)
+    }
+
+    pub(super) fn write_meta(&self, log_start_offset: i64) -> Result<()> {
+        let meta = LogMeta {
+            format_version: FORMAT_VERSION,
+            log_start_offset,
+        };
+        meta::write(&*self.fs, &self.dir.join(META_FILE), &meta)
+    }
+
+    /// Removes the first `n` segments (never the active one).
+    pub(super) fn drop_front(&self, segments: &Arc<Vec<Arc<Segment>>>, n: usize) -> Result<()> {
+        let n = n.min(segments.len() - 1);
+        if n == 0 {
+            return Ok(());
+        }
+        *self.segments.write() = Arc::new(segments[n..].to_vec());
+        self.log_start
+            .fetch_max(segments[n].base_offset, Ordering::AcqRel);
+        for seg in &segments[..n] {
+            seg.delete_files(&*self.fs)?;
+        }
+        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)
+    }
+
+    pub(crate) fn enforce_retention(&self, now: i64) -> Result<usize> {
+        let _w = self.writer.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let segments = self.snapshot();
+        let sealed = &segments[..segments.len() - 1];
+        let mut n = 0;
+        if let Some(age) = self.config.retention_ms {
+            let cutoff = now.saturating_sub(age.as_millis() as i64);
+            n = sealed.iter().take_while(|s| s.max_timestamp() < cutoff).count();
+        }
+        if let Some(limit) = self.config.retention_bytes {
+            let total: u64 = segments.iter().map(|s| s.size()).sum();
+            let mut excess = total.saturating_sub(limit) as i64;
+            excess -= sealed[..n].iter().map(|s| s.size() as i64).sum::<i64>();
+            for seg in &sealed[n..] {
+                if excess - (seg.size() as i64) < 0 {
+                    break;
+                }
+                excess -= seg.size() as i64;
+                n += 1;
+            }
+        }
+        self.drop_front(&segments, n)?;
+        if n > 0 {
+            log::info!("{}: retention deleted {n} segment(s)", self.dir.display());
+        }
+        Ok(n)
+    }
+}
