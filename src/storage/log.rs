@@ -366,9 +366,11 @@ impl Inner {
                 last_offset: end - 1,
                 log_append_time: now,
             };
-            (info, self.sync.lock().generation)
+            // Only a durable append waits for a sync, and needs the truncation generation.
+            let generation = (self.config.fsync == Fsync::Always).then(|| self.sync.lock().generation);
+            (info, generation)
         };
-        if self.config.fsync == Fsync::Always {
+        if let Some(generation) = generation {
             self.sync_to(info.last_offset + 1, generation)
                 .map_err(|e| match e {
                     Error::Truncated { .. } => Error::Truncated {
