@@ -11,7 +11,7 @@ use crate::storage::format::{HEADER_LEN, TimestampType};
 ///
 /// The high watermark (the end of what readers may see) advances only over records that are
 /// durable under the policy, so no reader ever acts on a record that a crash can take back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Fsync {
     /// An append is acknowledged only after `fdatasync` has returned. Concurrent appends share
     /// one `fdatasync` (group commit). Survives power loss.

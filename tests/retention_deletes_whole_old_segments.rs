@@ -135,3 +135,15 @@ fn the_background_thread_applies_retention_and_interval_flushes() {
     }
     assert_eq!(log.segment_count(), 1);
 }
+
+#[test]
+fn a_changed_config_applies_to_the_open_log() {
+    let (_dir, log) = four_segments(LogConfig::default().fsync(Fsync::Never).retention_ms(None));
+    assert_eq!(log.enforce_retention(1 << 50).unwrap(), 0, "retention is off");
+    log.set_config(log.config().retention_ms(Some(Duration::from_millis(1500))))
+        .unwrap();
+    assert_eq!(log.enforce_retention(3600).unwrap(), 2);
+    // Bad values are refused and change nothing.
+    assert!(log.set_config(log.config().segment_bytes(1)).is_err());
+    assert_eq!(log.config().get_segment_bytes(), 1 << 30);
+}

@@ -69,7 +69,7 @@ pub(crate) const TRANSACTIONAL_BIT: i16 = 1 << 4;
 pub(crate) const CONTROL_BIT: i16 = 1 << 5;
 
 /// A batch's compression codec (attribute bits 0-2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum Compression {
     /// Records stored as they are.
@@ -100,7 +100,7 @@ impl Compression {
 }
 
 /// What a batch's timestamps mean (attribute bit 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub enum TimestampType {
     /// Set by the producer when it created each record.
     #[default]

@@ -73,20 +73,37 @@ impl Housekeeper {
     }
 
     pub(crate) fn register(&self, log: &Arc<Inner>) {
-        let now = Instant::now();
-        let flush_every = match log.config.fsync {
-            Fsync::Interval(every) => Some(every),
-            _ => None,
-        };
-        let retention_every = log.config.retention_check_interval;
         let mut state = self.handle.shared.state.lock();
         state.logs.push(Entry {
             log: Arc::downgrade(log),
-            flush_every,
-            retention_every,
-            next_flush: flush_every.map(|every| now + every),
-            next_retention: now + retention_every,
+            flush_every: None,
+            retention_every: Duration::MAX,
+            next_flush: None,
+            next_retention: Instant::now(),
         });
+        drop(state);
+        self.update(log);
+    }
+
+    /// Takes up a log's changed intervals (interval fsync, retention checks).
+    pub(crate) fn update(&self, log: &Inner) {
+        let config = log.cfg();
+        let flush_every = match config.fsync {
+            Fsync::Interval(every) => Some(every),
+            _ => None,
+        };
+        let now = Instant::now();
+        let mut state = self.handle.shared.state.lock();
+        for e in state
+            .logs
+            .iter_mut()
+            .filter(|e| std::ptr::eq(e.log.as_ptr(), log))
+        {
+            e.flush_every = flush_every;
+            e.next_flush = flush_every.map(|every| now + every);
+            e.retention_every = config.retention_check_interval;
+            e.next_retention = now + config.retention_check_interval;
+        }
         self.handle.shared.wake.notify_all();
     }
 }

@@ -120,12 +120,13 @@ impl LogBuilder {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
-    pub(crate) config: LogConfig,
+    /// Changed by `set_config`; read once per operation.
+    pub(crate) config: RwLock<LogConfig>,
     pub(super) fs: Arc<dyn Fs>,
     /// The directory lock, released by `close`.
     pub(super) lock: Mutex<Option<File>>,
-    /// Keeps a private housekeeper alive as long as the log.
-    pub(super) _housekeeper: Housekeeper,
+    /// The log's background thread (kept alive as long as the log).
+    pub(super) housekeeper: Housekeeper,
     pub(super) writer: Mutex<Writer>,
     pub(super) segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     pub(super) log_start: AtomicI64,
@@ -186,8 +187,17 @@ impl PartitionLog {
     }
 
     /// The log's configuration.
-    pub fn config(&self) -> &LogConfig {
-        &self.inner.config
+    pub fn config(&self) -> LogConfig {
+        self.inner.cfg()
+    }
+
+    /// Changes the configuration of the open log. Durability, retention, roll and size limits
+    /// apply from the next operation; `segment.index.bytes` from the next segment.
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        *self.inner.config.write() = config;
+        self.inner.housekeeper.update(&self.inner);
+        Ok(())
     }
 
     /// Appends a batch: assigns its offsets (and, under log append time, its timestamp) and
@@ -325,11 +335,16 @@ impl Inner {
         }
     }
 
+    pub(crate) fn cfg(&self) -> LogConfig {
+        self.config.read().clone()
+    }
+
     fn append(&self, mut batch: RecordBatch) -> Result<AppendInfo> {
-        if batch.len() > self.config.max_message_bytes {
+        let config = self.cfg();
+        if batch.len() > config.max_message_bytes {
             return Err(Error::BatchTooLarge {
                 size: batch.len(),
-                max: self.config.max_message_bytes,
+                max: config.max_message_bytes,
             });
         }
         let now = now_ms();
@@ -338,15 +353,15 @@ impl Inner {
             self.check_writable()?;
             let base = self.log_end.load(Ordering::Relaxed);
             let last = base + batch.header().last_offset_delta as i64;
-            self.maybe_roll(&mut w, batch.len(), last)?;
+            self.maybe_roll(&mut w, &config, batch.len(), last)?;
             batch.set_base_offset(base);
-            if self.config.timestamp_type == TimestampType::LogAppendTime {
+            if config.timestamp_type == TimestampType::LogAppendTime {
                 batch.set_log_append_time(now);
             }
             let header = batch.header();
             match w
                 .active
-                .append(batch.as_bytes(), &header, self.config.index_interval_bytes)
+                .append(batch.as_bytes(), &header, config.index_interval_bytes)
             {
                 Ok(()) => {}
                 Err(AppendError::NothingWritten(e)) => return Err(e),
@@ -358,7 +373,7 @@ impl Inner {
             w.first_append.get_or_insert_with(Instant::now);
             let end = header.next_offset();
             self.log_end.store(end, Ordering::Release);
-            if self.config.fsync == Fsync::Never {
+            if config.fsync == Fsync::Never {
                 self.publish(&w.active, w.active.size(), end);
             }
             let info = AppendInfo {
@@ -367,7 +382,7 @@ impl Inner {
                 log_append_time: now,
             };
             // Only a durable append waits for a sync, and needs the truncation generation.
-            let generation = (self.config.fsync == Fsync::Always).then(|| self.sync.lock().generation);
+            let generation = (config.fsync == Fsync::Always).then(|| self.sync.lock().generation);
             (info, generation)
         };
         if let Some(generation) = generation {
@@ -384,13 +399,13 @@ impl Inner {
 
     /// Rolls if the next batch (`len` bytes, ending at `last_offset`) should not go into the
     /// active segment.
-    fn maybe_roll(&self, w: &mut Writer, len: usize, last_offset: i64) -> Result<()> {
+    fn maybe_roll(&self, w: &mut Writer, config: &LogConfig, len: usize, last_offset: i64) -> Result<()> {
         let a = &w.active;
         if a.is_empty() {
             return Ok(());
         }
-        let full = a.size() + len as u64 > self.config.segment_bytes;
-        let old = match (self.config.segment_ms, w.first_append) {
+        let full = a.size() + len as u64 > config.segment_bytes;
+        let old = match (config.segment_ms, w.first_append) {
             (Some(age), Some(since)) => since.elapsed() >= age,
             _ => false,
         };
@@ -416,7 +431,7 @@ impl Inner {
             &*self.fs,
             &self.dir,
             end,
-            Some(self.config.segment_index_bytes),
+            Some(self.cfg().segment_index_bytes),
         )?);
         self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
         {

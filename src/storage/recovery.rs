@@ -128,10 +128,10 @@ impl Inner {
             meta::write(&*fs, &dir.join(META_FILE), &meta)?;
         }
         Ok(Inner {
-            config,
+            config: RwLock::new(config),
             fs,
             lock: Mutex::new(Some(lock)),
-            _housekeeper: housekeeper,
+            housekeeper,
             writer: Mutex::new(Writer {
                 active,
                 first_append: None,

@@ -27,12 +27,12 @@ impl Inner {
         let keep = segments.partition_point(|s| s.base_offset < offset).max(1);
         let last = segments[keep - 1].clone();
         if !Arc::ptr_eq(&last, &w.active) {
-            last.unseal(self.config.segment_index_bytes)?;
+            last.unseal(self.cfg().segment_index_bytes)?;
         }
         let new_end = last.truncate_to(
             offset,
-            self.config.index_interval_bytes,
-            self.config.segment_index_bytes,
+            self.cfg().index_interval_bytes,
+            self.cfg().segment_index_bytes,
         )?;
         last.sync()?;
         *self.segments.write() = Arc::new(segments[..keep].to_vec());
@@ -117,11 +117,11 @@ impl Inner {
         let segments = self.snapshot();
         let sealed = &segments[..segments.len() - 1];
         let mut n = 0;
-        if let Some(age) = self.config.retention_ms {
+        if let Some(age) = self.cfg().retention_ms {
             let cutoff = now.saturating_sub(age.as_millis() as i64);
             n = sealed.iter().take_while(|s| s.max_timestamp() < cutoff).count();
         }
-        if let Some(limit) = self.config.retention_bytes {
+        if let Some(limit) = self.cfg().retention_bytes {
             let total: u64 = segments.iter().map(|s| s.size()).sum();
             let mut excess = total.saturating_sub(limit) as i64;
             excess -= sealed[..n].iter().map(|s| s.size() as i64).sum::<i64>();
