@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::storage::format::{HEADER_LEN, TimestampType};
+use crate::storage::format::{Compression, HEADER_LEN, TimestampType};
 
 /// When appended records are forced to disk, and so when they count as durable.
 ///
@@ -36,7 +36,7 @@ pub enum Fsync {
 ///     .fsync(Fsync::Never);
 /// assert_eq!(config.get_segment_bytes(), 64 << 20);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogConfig {
     pub(crate) segment_bytes: u64,
     pub(crate) segment_ms: Option<Duration>,
@@ -155,6 +155,11 @@ impl LogConfig {
         self.fsync
     }
 
+    /// The configured `message.timestamp.type`.
+    pub fn get_timestamp_type(&self) -> TimestampType {
+        self.timestamp_type
+    }
+
     /// The configured `max.message.bytes`.
     pub fn get_max_message_bytes(&self) -> usize {
         self.max_message_bytes
@@ -206,6 +211,222 @@ impl LogConfig {
     }
 }
 
+/// What `compression.type` asks of batches written to a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum CompressionType {
+    /// Keep the producer's choice (Kafka's `producer`, the default).
+    #[default]
+    Producer,
+    /// Every batch uses this codec.
+    Codec(Compression),
+}
+
+/// What happens to old records of a topic (`cleanup.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum CleanupPolicy {
+    /// Whole old segments are deleted by retention (the default).
+    #[default]
+    Delete,
+}
+
+/// Settings of one topic: the log settings of each of its partitions, and the topic-level
+/// ones. Set with typed setters or by Kafka's names with [`TopicConfig::set`].
+///
+/// ```
+/// use rivulet::TopicConfig;
+/// let mut config = TopicConfig::default();
+/// config.set("retention.ms", "3600000")?;
+/// config.set("compression.type", "zstd")?;
+/// assert!(config.entries().contains(&("retention.ms", "3600000".to_string())));
+/// # Ok::<(), rivulet::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct TopicConfig {
+    pub(crate) log: LogConfig,
+    pub(crate) compression: CompressionType,
+    pub(crate) cleanup_policy: CleanupPolicy,
+}
+
+fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T> {
+    value.parse().map_err(|_| Error::InvalidConfig {
+        name,
+        value: value.to_string(),
+        reason: "not a number in range",
+    })
+}
+
+/// Kafka writes "no limit" as -1.
+fn optional_ms(name: &'static str, value: &str) -> Result<Option<Duration>> {
+    match parse::<i64>(name, value)? {
+        -1 => Ok(None),
+        ms if ms >= 0 => Ok(Some(Duration::from_millis(ms as u64))),
+        _ => Err(Error::InvalidConfig {
+            name,
+            value: value.to_string(),
+            reason: "must be -1 (no limit) or a duration in ms",
+        }),
+    }
+}
+
+impl TopicConfig {
+    /// The settings of the topic's partition logs.
+    pub fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    /// Replaces the partition logs' settings.
+    pub fn with_log(mut self, log: LogConfig) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// `compression.type`. Default [`CompressionType::Producer`].
+    pub fn compression(mut self, compression: CompressionType) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// The configured `compression.type`.
+    pub fn get_compression(&self) -> CompressionType {
+        self.compression
+    }
+
+    /// `cleanup.policy`. Default [`CleanupPolicy::Delete`].
+    pub fn cleanup_policy(mut self, policy: CleanupPolicy) -> Self {
+        self.cleanup_policy = policy;
+        self
+    }
+
+    /// Sets one setting by its Kafka name, parsing the value as Kafka does. Unknown names,
+    /// unparsable values and values out of range are errors and change nothing.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        let mut next = self.clone();
+        let log = next.log.clone();
+        next.log = match name {
+            "retention.ms" => log.retention_ms(optional_ms("retention.ms", value)?),
+            "retention.bytes" => log.retention_bytes(match parse::<i64>("retention.bytes", value)? {
+                b if b < 0 => None,
+                b => Some(b as u64),
+            }),
+            "segment.bytes" => log.segment_bytes(parse("segment.bytes", value)?),
+            "segment.ms" => log.segment_ms(optional_ms("segment.ms", value)?),
+            "segment.index.bytes" => log.segment_index_bytes(parse("segment.index.bytes", value)?),
+            "index.interval.bytes" => log.index_interval_bytes(parse("index.interval.bytes", value)?),
+            "max.message.bytes" => log.max_message_bytes(parse("max.message.bytes", value)?),
+            "message.timestamp.type" => log.timestamp_type(match value {
+                "CreateTime" => TimestampType::CreateTime,
+                "LogAppendTime" => TimestampType::LogAppendTime,
+                _ => {
+                    return Err(bad_value(
+                        "message.timestamp.type",
+                        value,
+                        "CreateTime or LogAppendTime",
+                    ));
+                }
+            }),
+            "flush.messages" => match parse::<i64>("flush.messages", value)? {
+                1 => log.fsync(Fsync::Always),
+                _ => log.fsync(Fsync::Never),
+            },
+            "flush.ms" => match parse::<i64>("flush.ms", value)? {
+                ms if ms <= 0 => log.fsync(Fsync::Always),
+                i64::MAX => log.fsync(Fsync::Never),
+                ms => log.fsync(Fsync::Interval(Duration::from_millis(ms as u64))),
+            },
+            "compression.type" => {
+                next.compression = match value {
+                    "producer" => CompressionType::Producer,
+                    "none" | "uncompressed" => CompressionType::Codec(Compression::None),
+                    "gzip" => CompressionType::Codec(Compression::Gzip),
+                    "snappy" => CompressionType::Codec(Compression::Snappy),
+                    "lz4" => CompressionType::Codec(Compression::Lz4),
+                    "zstd" => CompressionType::Codec(Compression::Zstd),
+                    _ => {
+                        return Err(bad_value(
+                            "compression.type",
+                            value,
+                            "producer, none, gzip, snappy, lz4 or zstd",
+                        ));
+                    }
+                };
+                log
+            }
+            "cleanup.policy" => {
+                next.cleanup_policy = match value {
+                    "delete" => CleanupPolicy::Delete,
+                    _ => {
+                        return Err(bad_value(
+                            "cleanup.policy",
+                            value,
+                            "delete (compaction is not built yet)",
+                        ));
+                    }
+                };
+                log
+            }
+            _ => {
+                return Err(Error::InvalidConfig {
+                    name: "topic config",
+                    value: name.to_string(),
+                    reason: "unknown setting",
+                });
+            }
+        };
+        next.log.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Every setting with its Kafka name and value, as Kafka's DescribeConfigs lists them.
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        let ms = |d: Option<Duration>| d.map_or("-1".to_string(), |d| d.as_millis().to_string());
+        let l = &self.log;
+        let (flush_messages, flush_ms) = match l.fsync {
+            Fsync::Always => ("1".to_string(), "0".to_string()),
+            Fsync::Interval(d) => (i64::MAX.to_string(), d.as_millis().to_string()),
+            Fsync::Never => (i64::MAX.to_string(), i64::MAX.to_string()),
+        };
+        vec![
+            ("cleanup.policy", "delete".to_string()),
+            (
+                "compression.type",
+                match self.compression {
+                    CompressionType::Producer => "producer".to_string(),
+                    CompressionType::Codec(Compression::None) => "none".to_string(),
+                    CompressionType::Codec(c) => format!("{c:?}").to_lowercase(),
+                },
+            ),
+            ("flush.messages", flush_messages),
+            ("flush.ms", flush_ms),
+            ("index.interval.bytes", l.index_interval_bytes.to_string()),
+            ("max.message.bytes", l.max_message_bytes.to_string()),
+            (
+                "message.timestamp.type",
+                match l.timestamp_type {
+                    TimestampType::CreateTime => "CreateTime".to_string(),
+                    TimestampType::LogAppendTime => "LogAppendTime".to_string(),
+                },
+            ),
+            (
+                "retention.bytes",
+                l.retention_bytes.map_or("-1".to_string(), |b| b.to_string()),
+            ),
+            ("retention.ms", ms(l.retention_ms)),
+            ("segment.bytes", l.segment_bytes.to_string()),
+            ("segment.index.bytes", l.segment_index_bytes.to_string()),
+            ("segment.ms", ms(l.segment_ms)),
+        ]
+    }
+}
+
+fn bad_value(name: &'static str, value: &str, reason: &'static str) -> Error {
+    Error::InvalidConfig {
+        name,
+        value: value.to_string(),
+        reason,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +452,30 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn topic_settings_by_kafka_name_round_trip_and_bad_ones_change_nothing() {
+        let mut c = TopicConfig::default();
+        for (k, v) in [
+            ("retention.ms", "60000"),
+            ("retention.bytes", "1048576"),
+            ("segment.bytes", "8388608"),
+            ("segment.ms", "-1"),
+            ("max.message.bytes", "2000000"),
+            ("message.timestamp.type", "LogAppendTime"),
+            ("compression.type", "lz4"),
+            ("flush.ms", "250"),
+        ] {
+            c.set(k, v).unwrap();
+            assert!(c.entries().contains(&(k, v.to_string())), "{k}");
+        }
+        assert_eq!(c.log().get_fsync(), Fsync::Interval(Duration::from_millis(250)));
+        let before = c.clone();
+        assert!(c.set("segment.bytes", "12").is_err());
+        assert!(c.set("retention.ms", "soon").is_err());
+        assert!(c.set("no.such.setting", "1").is_err());
+        assert!(c.set("cleanup.policy", "compact").is_err());
+        assert_eq!(c, before);
     }
 }

@@ -145,9 +145,62 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The log was closed.
-    #[error("the log is closed")]
+    /// The log (or broker) was closed.
+    #[error("closed")]
     Closed,
+
+    /// The batch this record was appended in (together with other senders' records) failed.
+    #[error("the batch carrying this record failed: {source}")]
+    BatchFailed {
+        /// The append's error, shared by every record of the batch.
+        #[source]
+        source: Arc<Error>,
+    },
+
+    /// No topic has this name (and topics are not created on first use).
+    #[error("unknown topic {topic:?}")]
+    UnknownTopic {
+        /// The name asked for.
+        topic: String,
+    },
+
+    /// A topic of this name exists already.
+    #[error("topic {topic:?} already exists")]
+    TopicExists {
+        /// The name.
+        topic: String,
+    },
+
+    /// The name breaks Kafka's rules for topic names.
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName {
+        /// The name given.
+        name: String,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
+
+    /// A partition count out of range (zero, too many, or fewer than a topic has).
+    #[error("invalid partition count {count} for topic {topic:?}: {reason}")]
+    InvalidPartitions {
+        /// The topic.
+        topic: String,
+        /// The count given.
+        count: u32,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The topic has no such partition.
+    #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+        /// How many the topic has.
+        partitions: u32,
+    },
 }
 
 impl Error {

@@ -63,9 +63,16 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod broker;
 mod config;
 mod error;
+mod producer;
 pub mod storage;
 
-pub use config::{Fsync, LogConfig};
+pub use broker::{
+    Broker, BrokerBuilder, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, PartitionDescription, TopicDescription,
+    validate_topic_name,
+};
+pub use config::{CleanupPolicy, CompressionType, Fsync, LogConfig, TopicConfig};
 pub use error::{BatchError, Error, Result};
+pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::error::{Error, IoContext, Result};
+
 /// Opens, renames, removes files and syncs directories.
 pub trait Fs: Send + Sync + fmt::Debug + 'static {
     /// Opens a file for reading and writing, creating it if `create` is set.
@@ -333,6 +335,40 @@ impl FsFile for FaultyFile {
     fn file(&self) -> &File {
         &self.file
     }
+}
+
+/// Takes the exclusive lock of a data directory: `flock` on `dir/name`, so a second open in
+/// this process or another fails with [`Error::Locked`] instead of corrupting anything. The
+/// lock lasts as long as the returned file.
+pub(crate) fn lock_dir(dir: &Path, name: &str) -> Result<File> {
+    let path = dir.join(name);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx("open", &path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).ctx("lock", &path),
+    }
+}
+
+/// Refuses a directory that lacks its marker file `expected` yet holds anything but what a
+/// crash while creating it can leave (a lock file and half-written `.tmp` files).
+pub(crate) fn refuse_foreign_files(dir: &Path, expected: &str) -> Result<()> {
+    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
+        let name = entry.ctx("list", dir)?.file_name();
+        let name = name.to_string_lossy();
+        if name != ".lock" && !name.ends_with(".tmp") {
+            return Err(Error::NotALog {
+                path: dir.to_path_buf(),
+                reason: format!("it has no {expected} but holds {name:?}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! Opening a log: checking the directory, taking its lock, and recovering its segments. The
 //! procedure is numbered in `docs/format.md` ("Recovery").
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::LogConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::storage::housekeeper::Housekeeper;
-use crate::storage::io::Fs;
+use crate::storage::io::{self, Fs};
 use crate::storage::log::{Inner, SyncState, Writer};
 use crate::storage::meta;
 use crate::storage::segment::{self, Segment};
@@ -48,9 +47,9 @@ impl Inner {
         // A foreign directory is refused before anything is written into it.
         let existing = meta::read::<LogMeta>(&dir.join(META_FILE))?;
         if existing.is_none() {
-            refuse_foreign_files(&dir)?;
+            io::refuse_foreign_files(&dir, META_FILE)?;
         }
-        let lock = take_lock(&dir)?;
+        let lock = io::lock_dir(&dir, LOCK_FILE)?;
         let meta = load_or_create_meta(&*fs, &dir)?;
         let found = list_segments(&*fs, &dir)?;
         let clean = dir.join(CLEAN_SHUTDOWN_FILE).exists();
@@ -156,21 +155,6 @@ impl Inner {
     }
 }
 
-fn take_lock(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .ctx("open", &path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).ctx("lock", &path),
-    }
-}
-
 /// Reads `log.meta`, or writes a fresh one into a directory that holds nothing else.
 fn load_or_create_meta(fs: &dyn Fs, dir: &Path) -> Result<LogMeta> {
     let path = dir.join(META_FILE);
@@ -184,29 +168,13 @@ fn load_or_create_meta(fs: &dyn Fs, dir: &Path) -> Result<LogMeta> {
         }
         return Ok(meta);
     }
-    refuse_foreign_files(dir)?;
+    io::refuse_foreign_files(dir, META_FILE)?;
     let meta = LogMeta {
         format_version: FORMAT_VERSION,
         log_start_offset: 0,
     };
     meta::write(fs, &path, &meta)?;
     Ok(meta)
-}
-
-/// Refuses a directory without `log.meta` that holds anything but what a crash while creating
-/// a log can leave (the lock file and a half-written meta file).
-fn refuse_foreign_files(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
-        let name = entry.ctx("list", dir)?.file_name();
-        let name = name.to_string_lossy();
-        if name != LOCK_FILE && !name.ends_with(".tmp") {
-            return Err(Error::NotALog {
-                path: dir.to_path_buf(),
-                reason: format!("it has no {META_FILE} but holds {name:?}"),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The base offsets of the segments in `dir`, sorted. Index files without a log file (left by

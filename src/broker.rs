@@ -1,0 +1,606 @@
+//! [`Broker`]: the root handle. It owns a data directory and its lock, the registry of topics,
+//! one [`PartitionLog`] per partition, and the background thread they share.
+//!
+//! ```text
+//! <data>/
+//!   .lock            held while the broker is open
+//!   topics.meta      the registry: every topic, its partition count and its config
+//!   <topic>-<n>/     partition n of a topic: a partition log (see docs/format.md)
+//! ```
+//!
+//! Creating a topic writes its partition directories first and the registry last; deleting one
+//! writes the registry first and removes the directories after. A crash between the two leaves
+//! directories the registry does not name, which the next open removes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Fsync, TopicConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::storage::io::{self, Fs};
+use crate::storage::{Housekeeper, PartitionLog, StdFs, meta};
+
+const REGISTRY_FILE: &str = "topics.meta";
+const LOCK_FILE: &str = ".lock";
+const REGISTRY_VERSION: u32 = 1;
+/// The most partitions one topic may have.
+pub const MAX_PARTITIONS: u32 = 10_000;
+/// The longest topic name, as in Kafka.
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+
+/// The contents of `topics.meta`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Registry {
+    version: u32,
+    topics: Vec<TopicRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TopicRecord {
+    name: String,
+    partitions: u32,
+    config: TopicConfig,
+}
+
+/// Settings of a broker, with Kafka's broker-level names in the setter docs.
+#[derive(Debug, Clone)]
+pub struct BrokerBuilder {
+    dir: PathBuf,
+    default_topic: TopicConfig,
+    auto_create: bool,
+    num_partitions: u32,
+}
+
+impl BrokerBuilder {
+    /// The config new topics get unless told otherwise (default: [`TopicConfig::default`],
+    /// which syncs every append).
+    pub fn default_topic_config(mut self, config: TopicConfig) -> Self {
+        self.default_topic = config;
+        self
+    }
+
+    /// The durability policy of new topics (shorthand for the default topic config's).
+    pub fn fsync(mut self, policy: Fsync) -> Self {
+        let log = self.default_topic.log.clone().fsync(policy);
+        self.default_topic.log = log;
+        self
+    }
+
+    /// `auto.create.topics.enable`: whether producing to an unknown topic creates it. Default
+    /// true, as in Kafka.
+    pub fn auto_create_topics(mut self, yes: bool) -> Self {
+        self.auto_create = yes;
+        self
+    }
+
+    /// `num.partitions`: partitions of an automatically created topic. Default 1.
+    pub fn num_partitions(mut self, n: u32) -> Self {
+        self.num_partitions = n;
+        self
+    }
+
+    /// Opens (or creates) the broker's data directory.
+    pub fn open(self) -> Result<Broker> {
+        self.default_topic.log.validate()?;
+        if self.num_partitions == 0 || self.num_partitions > MAX_PARTITIONS {
+            return Err(Error::InvalidConfig {
+                name: "num.partitions",
+                value: self.num_partitions.to_string(),
+                reason: "must be from 1 to 10000",
+            });
+        }
+        BrokerInner::open(self).map(|inner| Broker {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+/// The root handle of an embedded rivulet: a data directory of topics. Cheap to clone and
+/// shareable between threads; closed cleanly when the last clone is dropped or by
+/// [`Broker::close`].
+///
+/// ```
+/// use rivulet::{Broker, TopicConfig};
+/// let dir = tempfile::tempdir()?;
+/// let broker = Broker::open(dir.path())?;
+/// broker.create_topic("events", 3, TopicConfig::default())?;
+/// assert_eq!(broker.list_topics(), ["events"]);
+/// assert_eq!(broker.describe_topic("events")?.partitions.len(), 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub(crate) inner: Arc<BrokerInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct BrokerInner {
+    dir: PathBuf,
+    settings: BrokerBuilder,
+    lock: Mutex<Option<File>>,
+    housekeeper: Housekeeper,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serializes changes to the set of topics and the registry file.
+    admin: Mutex<()>,
+    closed: AtomicBool,
+}
+
+/// An open topic.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) name: String,
+    pub(crate) config: RwLock<TopicConfig>,
+    pub(crate) partitions: RwLock<Arc<Vec<PartitionLog>>>,
+}
+
+/// A topic as [`Broker::describe_topic`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// The topic's name.
+    pub name: String,
+    /// Its configuration.
+    pub config: TopicConfig,
+    /// Its partitions, in order.
+    pub partitions: Vec<PartitionDescription>,
+}
+
+/// One partition as [`Broker::describe_topic`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionDescription {
+    /// The partition's number.
+    pub partition: u32,
+    /// The first readable offset.
+    pub log_start_offset: i64,
+    /// The offset the next record will get.
+    pub log_end_offset: i64,
+    /// The end of what consumers may read.
+    pub high_watermark: i64,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// Segments on disk.
+    pub segments: usize,
+}
+
+/// Checks a topic name against Kafka's rules: 1 to 249 characters of `[a-zA-Z0-9._-]`, and
+/// not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not allowed");
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return bad("it is longer than 249 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+fn partition_dir(dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    dir.join(format!("{topic}-{partition}"))
+}
+
+impl Broker {
+    /// Opens (or creates) a broker in `dir` with the default settings.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Broker> {
+        Self::builder(dir).open()
+    }
+
+    /// A builder for a broker with non-default settings.
+    pub fn builder(dir: impl AsRef<Path>) -> BrokerBuilder {
+        BrokerBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            default_topic: TopicConfig::default(),
+            auto_create: true,
+            num_partitions: 1,
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
+        self.inner.create_topic(name, partitions, config)
+    }
+
+    /// Deletes a topic and all its records.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        self.inner.delete_topic(name)
+    }
+
+    /// The names of all topics, sorted.
+    pub fn list_topics(&self) -> Vec<String> {
+        self.inner.topics.read().keys().cloned().collect()
+    }
+
+    /// A topic's configuration and the state of each partition.
+    pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let topic = self.inner.topic(name)?;
+        let partitions = topic
+            .partitions
+            .read()
+            .iter()
+            .enumerate()
+            .map(|(i, log)| PartitionDescription {
+                partition: i as u32,
+                log_start_offset: log.log_start_offset(),
+                log_end_offset: log.log_end_offset(),
+                high_watermark: log.high_watermark(),
+                size_bytes: log.size_bytes(),
+                segments: log.segment_count(),
+            })
+            .collect();
+        Ok(TopicDescription {
+            name: topic.name.clone(),
+            config: topic.config.read().clone(),
+            partitions,
+        })
+    }
+
+    /// Raises a topic's partition count to `total` (Kafka's CreatePartitions; partitions are
+    /// never removed).
+    pub fn add_partitions(&self, name: &str, total: u32) -> Result<()> {
+        self.inner.add_partitions(name, total)
+    }
+
+    /// Replaces a topic's configuration; it applies to the open partitions at once.
+    pub fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()> {
+        self.inner.alter_topic_config(name, config)
+    }
+
+    /// Changes settings of a topic by their Kafka names. All or nothing: one bad entry changes
+    /// nothing.
+    pub fn alter_topic_config_entries(&self, name: &str, entries: &[(&str, &str)]) -> Result<()> {
+        let mut config = self.inner.topic(name)?.config.read().clone();
+        for (k, v) in entries {
+            config.set(k, v)?;
+        }
+        self.alter_topic_config(name, config)
+    }
+
+    /// The number of partitions of a topic.
+    pub fn partition_count(&self, name: &str) -> Result<u32> {
+        Ok(self.inner.topic(name)?.partitions.read().len() as u32)
+    }
+
+    /// The log of one partition, for low-level access.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog> {
+        self.inner.partition(topic, partition)
+    }
+
+    /// Closes every partition cleanly and releases the data directory. Handles that live on
+    /// refuse writes.
+    pub fn close(&self) -> Result<()> {
+        self.inner.close()
+    }
+}
+
+impl BrokerInner {
+    fn open(settings: BrokerBuilder) -> Result<BrokerInner> {
+        let dir = settings.dir.clone();
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::NotALog {
+                path: dir,
+                reason: "it is not a directory".into(),
+            });
+        }
+        std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let registry_path = dir.join(REGISTRY_FILE);
+        let registry = meta::read::<Registry>(&registry_path)?;
+        if registry.is_none() {
+            // Refuse a foreign directory before writing anything into it.
+            io::refuse_foreign_files(&dir, REGISTRY_FILE)?;
+        }
+        let lock = io::lock_dir(&dir, LOCK_FILE)?;
+        let registry = match registry {
+            Some(r) if r.version > REGISTRY_VERSION => {
+                return Err(Error::UnsupportedFormat {
+                    path: dir,
+                    found: r.version,
+                    supported: REGISTRY_VERSION,
+                });
+            }
+            Some(r) => r,
+            None => {
+                let fresh = Registry {
+                    version: REGISTRY_VERSION,
+                    topics: Vec::new(),
+                };
+                meta::write(&StdFs, &registry_path, &fresh)?;
+                fresh
+            }
+        };
+        let housekeeper = Housekeeper::new()?;
+        let mut topics = BTreeMap::new();
+        for record in &registry.topics {
+            let topic = open_topic(
+                &dir,
+                &housekeeper,
+                &record.name,
+                record.partitions,
+                &record.config,
+            )?;
+            topics.insert(record.name.clone(), Arc::new(topic));
+        }
+        remove_orphans(&dir, &topics)?;
+        Ok(BrokerInner {
+            dir,
+            settings,
+            lock: Mutex::new(Some(lock)),
+            housekeeper,
+            topics: RwLock::new(topics),
+            admin: Mutex::new(()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: name.to_string(),
+            })
+    }
+
+    /// The topic, created with the broker's defaults if it is unknown and auto-creation is on.
+    pub(crate) fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>> {
+        match self.topic(name) {
+            Err(Error::UnknownTopic { .. }) if self.settings.auto_create => {
+                match self.create_topic(
+                    name,
+                    self.settings.num_partitions,
+                    self.settings.default_topic.clone(),
+                ) {
+                    Ok(()) | Err(Error::TopicExists { .. }) => self.topic(name),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    pub(crate) fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog> {
+        let topic = self.topic(topic)?;
+        topic.partition(partition)
+    }
+
+    /// Writes the registry from the open topics.
+    fn persist(&self, topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
+        let registry = Registry {
+            version: REGISTRY_VERSION,
+            topics: topics
+                .values()
+                .map(|t| TopicRecord {
+                    name: t.name.clone(),
+                    partitions: t.partitions.read().len() as u32,
+                    config: t.config.read().clone(),
+                })
+                .collect(),
+        };
+        meta::write(&StdFs, &self.dir.join(REGISTRY_FILE), &registry)
+    }
+
+    fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
+        let _admin = self.admin.lock();
+        self.check_open()?;
+        validate_topic_name(name)?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(Error::InvalidPartitions {
+                topic: name.to_string(),
+                count: partitions,
+                reason: "a topic has from 1 to 10000 partitions",
+            });
+        }
+        config.log.validate()?;
+        if self.topics.read().contains_key(name) {
+            return Err(Error::TopicExists {
+                topic: name.to_string(),
+            });
+        }
+        let topic = Arc::new(open_topic(
+            &self.dir,
+            &self.housekeeper,
+            name,
+            partitions,
+            &config,
+        )?);
+        let mut next = self.topics.read().clone();
+        next.insert(name.to_string(), topic.clone());
+        if let Err(e) = self.persist(&next) {
+            // Not registered: remove what was created.
+            drop_partitions(&self.dir, &topic)?;
+            return Err(e);
+        }
+        *self.topics.write() = next;
+        Ok(())
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        let _admin = self.admin.lock();
+        self.check_open()?;
+        let topic = self.topic(name)?;
+        let mut next = self.topics.read().clone();
+        next.remove(name);
+        self.persist(&next)?;
+        *self.topics.write() = next;
+        drop_partitions(&self.dir, &topic)
+    }
+
+    fn add_partitions(&self, name: &str, total: u32) -> Result<()> {
+        let _admin = self.admin.lock();
+        self.check_open()?;
+        let topic = self.topic(name)?;
+        let current = topic.partitions.read().clone();
+        if total <= current.len() as u32 || total > MAX_PARTITIONS {
+            return Err(Error::InvalidPartitions {
+                topic: name.to_string(),
+                count: total,
+                reason: "the new count must exceed the current one and be at most 10000",
+            });
+        }
+        let config = topic.config.read().log.clone();
+        let mut logs = Vec::clone(&current);
+        for p in current.len() as u32..total {
+            logs.push(open_partition(&self.dir, &self.housekeeper, name, p, &config)?);
+        }
+        *topic.partitions.write() = Arc::new(logs);
+        let topics = self.topics.read().clone();
+        if let Err(e) = self.persist(&topics) {
+            let added: Vec<_> = topic.partitions.read()[current.len()..].to_vec();
+            *topic.partitions.write() = current;
+            for log in added {
+                log.close()?;
+                std::fs::remove_dir_all(log.dir()).ctx("remove", log.dir())?;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let _admin = self.admin.lock();
+        self.check_open()?;
+        config.log.validate()?;
+        let topic = self.topic(name)?;
+        let old = std::mem::replace(&mut *topic.config.write(), config.clone());
+        if let Err(e) = self.persist(&self.topics.read()) {
+            *topic.config.write() = old;
+            return Err(e);
+        }
+        for log in topic.partitions.read().iter() {
+            log.set_config(config.log.clone())?;
+        }
+        Ok(())
+    }
+
+    fn close(&self) -> Result<()> {
+        let _admin = self.admin.lock();
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut first_error = None;
+        for topic in self.topics.read().values() {
+            for log in topic.partitions.read().iter() {
+                if let Err(e) = log.close() {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.lock.lock().take();
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for BrokerInner {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            log::warn!("{}: closing on drop: {e}", self.dir.display());
+        }
+    }
+}
+
+impl Topic {
+    pub(crate) fn partition(&self, partition: u32) -> Result<PartitionLog> {
+        let partitions = self.partitions.read();
+        partitions
+            .get(partition as usize)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: self.name.clone(),
+                partition,
+                partitions: partitions.len() as u32,
+            })
+    }
+}
+
+fn open_partition(
+    dir: &Path,
+    housekeeper: &Housekeeper,
+    topic: &str,
+    partition: u32,
+    config: &crate::LogConfig,
+) -> Result<PartitionLog> {
+    PartitionLog::builder(partition_dir(dir, topic, partition))
+        .config(config.clone())
+        .housekeeper(housekeeper)
+        .open()
+}
+
+fn open_topic(
+    dir: &Path,
+    housekeeper: &Housekeeper,
+    name: &str,
+    partitions: u32,
+    config: &TopicConfig,
+) -> Result<Topic> {
+    let logs = (0..partitions)
+        .map(|p| open_partition(dir, housekeeper, name, p, &config.log))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Topic {
+        name: name.to_string(),
+        config: RwLock::new(config.clone()),
+        partitions: RwLock::new(Arc::new(logs)),
+    })
+}
+
+/// Closes a topic's partitions and removes their directories.
+fn drop_partitions(dir: &Path, topic: &Topic) -> Result<()> {
+    for log in topic.partitions.read().iter() {
+        log.close()?;
+        std::fs::remove_dir_all(log.dir()).ctx("remove", log.dir())?;
+    }
+    StdFs.sync_dir(dir).ctx("fsync", dir)
+}
+
+/// Removes partition directories that no registered topic owns (left by a crash while a topic
+/// was created or deleted). Only directories holding a partition log are touched.
+fn remove_orphans(dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).ctx("list", dir)? {
+        let entry = entry.ctx("list", dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((topic, partition)) = name.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(partition) = partition.parse::<u32>() else {
+            continue;
+        };
+        let owned = topics
+            .get(topic)
+            .is_some_and(|t| partition < t.partitions.read().len() as u32);
+        if !owned && entry.path().join("log.meta").exists() {
+            log::warn!("removing {}: no registered topic owns it", entry.path().display());
+            std::fs::remove_dir_all(entry.path()).ctx("remove", &entry.path())?;
+        }
+    }
+    Ok(())
+}
