@@ -289,7 +289,9 @@ impl<'a> Batch<'a> {
                 actual,
             });
         }
-        check_count(&header, bytes.len() - HEADER_LEN)?;
+        // A compressed body's size says nothing about its records until it is decompressed.
+        let compressed = header.attributes & CODEC_MASK != 0;
+        check_count(&header, (!compressed).then(|| bytes.len() - HEADER_LEN))?;
         Ok((Batch { bytes, header }, rest))
     }
 
@@ -319,7 +321,7 @@ impl<'a> Batch<'a> {
             Compression::None => Cow::Borrowed(body),
             codec => {
                 let plain = compression::decompress(codec, body)?;
-                check_count(&self.header, plain.len())?;
+                check_count(&self.header, Some(plain.len()))?;
                 Cow::Owned(plain)
             }
         };
@@ -331,8 +333,8 @@ impl<'a> Batch<'a> {
 }
 
 /// Refuses record counts that cannot be right: negative, more records than offsets, or more
-/// records than the (uncompressed) body has room for.
-fn check_count(header: &BatchHeader, body_len: usize) -> Result<(), BatchError> {
+/// records than the uncompressed body (`plain_len`, when known) has room for.
+fn check_count(header: &BatchHeader, plain_len: Option<usize>) -> Result<(), BatchError> {
     let count = header.record_count;
     let bad = |reason| Err(BatchError::BadRecordCount { count, reason });
     if count < 0 {
@@ -344,8 +346,7 @@ fn check_count(header: &BatchHeader, body_len: usize) -> Result<(), BatchError> 
     if count as i64 > header.last_offset_delta as i64 + 1 {
         return bad("more records than the batch's offset range");
     }
-    let compressed = header.attributes & CODEC_MASK != 0;
-    if (!compressed || body_len > 0) && (count as usize).saturating_mul(MIN_RECORD_LEN) > body_len {
+    if plain_len.is_some_and(|len| (count as usize).saturating_mul(MIN_RECORD_LEN) > len) {
         return bad("more records than the bytes can hold");
     }
     Ok(())
@@ -367,6 +368,11 @@ impl<'a> Records<'a> {
             index: 0,
             count: self.header.record_count,
         }
+    }
+
+    /// The records' bytes (decompressed).
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.body
     }
 
     /// The records' bytes (decompressed), consuming the value.
@@ -490,10 +496,12 @@ impl fmt::Debug for Record<'_> {
 impl<'a> Record<'a> {
     /// The record's headers, in order. Keys may repeat.
     pub fn headers(&self) -> Headers<'a> {
-        Headers {
-            data: self.headers,
-            left: self.header_count,
-        }
+        Headers::from_raw(self.headers, self.header_count)
+    }
+
+    /// The encoded headers and their number (validated when the record was read).
+    pub(crate) fn raw_headers(&self) -> (&'a [u8], u32) {
+        (self.headers, self.header_count)
     }
 }
 
@@ -512,6 +520,13 @@ pub struct Header<'a> {
 pub struct Headers<'a> {
     data: &'a [u8],
     left: u32,
+}
+
+impl<'a> Headers<'a> {
+    /// Headers from bytes validated by `parse_record`.
+    pub(crate) fn from_raw(data: &'a [u8], count: u32) -> Self {
+        Headers { data, left: count }
+    }
 }
 
 impl<'a> Iterator for Headers<'a> {
@@ -695,6 +710,30 @@ mod tests {
             assert_eq!(got[2].value.unwrap().len(), 300);
             // Round trip through the wire-side validation too.
             RecordBatch::from_bytes(batch.as_bytes().to_vec()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_batch_that_compresses_well_is_not_mistaken_for_an_impossible_count() {
+        // Regression: the record count was once checked against the compressed size.
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut b = BatchBuilder::new(codec);
+            for _ in 0..500 {
+                b.push(7, Some(b"k"), Some(b"same-same-same"), &[("h", Some(b"v"))]);
+            }
+            let batch = b.finish().unwrap();
+            assert!(
+                batch.len() < HEADER_LEN + 500 * MIN_RECORD_LEN,
+                "{codec:?} compressed too little to test"
+            );
+            let (view, _) = Batch::parse(batch.as_bytes()).unwrap();
+            assert_eq!(view.records().unwrap().iter().count(), 500, "{codec:?}");
+            RecordBatch::from_bytes(batch.into_bytes()).unwrap();
         }
     }
 
