@@ -157,6 +157,24 @@ pub enum Error {
         source: Arc<Error>,
     },
 
+    /// A partition has no position and `auto.offset.reset` is `none`.
+    #[error("no offset for {topic}-{partition} and auto.offset.reset is none")]
+    NoOffset {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
+
+    /// The consumer is not assigned this partition.
+    #[error("{topic}-{partition} is not assigned to this consumer")]
+    NotAssigned {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
+
     /// No topic has this name (and topics are not created on first use).
     #[error("unknown topic {topic:?}")]
     UnknownTopic {

@@ -65,6 +65,7 @@
 
 mod broker;
 mod config;
+mod consumer;
 mod error;
 mod producer;
 pub mod storage;
@@ -74,5 +75,6 @@ pub use broker::{
     validate_topic_name,
 };
 pub use config::{CleanupPolicy, CompressionType, Fsync, LogConfig, TopicConfig};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, OffsetReset, TopicPartition};
 pub use error::{BatchError, Error, Result};
 pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};

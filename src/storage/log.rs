@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -138,8 +138,47 @@ pub(crate) struct Inner {
     pub(super) waiters: Mutex<()>,
     pub(super) advanced: Condvar,
     pub(super) waiting: AtomicUsize,
+    /// Signals of readers watching several logs at once (consumers), bumped on every advance.
+    pub(super) watchers: Mutex<Vec<Weak<Signal>>>,
+    pub(super) watched: AtomicUsize,
     pub(super) poison: OnceLock<Arc<io::Error>>,
     pub(super) closed: AtomicBool,
+}
+
+/// A wake-up shared by several logs: raised when any of them advances. Waiters note the
+/// count, check their logs, and sleep only if the count has not moved since.
+#[derive(Debug, Default)]
+pub struct Signal {
+    count: Mutex<u64>,
+    raised: Condvar,
+}
+
+impl Signal {
+    /// A new signal.
+    pub fn new() -> Arc<Signal> {
+        Arc::new(Signal::default())
+    }
+
+    /// How often it has been raised; read before checking the logs.
+    pub fn count(&self) -> u64 {
+        *self.count.lock()
+    }
+
+    fn raise(&self) {
+        *self.count.lock() += 1;
+        self.raised.notify_all();
+    }
+
+    /// Waits until the signal is raised past `seen`, or the deadline; returns whether it was.
+    pub fn wait_past(&self, seen: u64, deadline: Instant) -> bool {
+        let mut count = self.count.lock();
+        while *count == seen {
+            if self.raised.wait_until(&mut count, deadline).timed_out() {
+                return *count != seen;
+            }
+        }
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -249,6 +288,14 @@ impl PartitionLog {
     /// at most `timeout`. Returns whether it did; also returns when the log closes.
     pub fn wait_for(&self, offset: i64, timeout: Duration) -> bool {
         self.inner.wait_for(offset, timeout)
+    }
+
+    /// Raises `signal` whenever the high watermark advances (and when the log closes), until
+    /// the signal is dropped. A consumer watches all its partitions with one signal.
+    pub fn watch(&self, signal: &Arc<Signal>) {
+        let mut watchers = self.inner.watchers.lock();
+        watchers.push(Arc::downgrade(signal));
+        self.inner.watched.store(watchers.len(), Ordering::SeqCst);
     }
 
     /// Forces everything appended so far to disk, and lets readers see it.
@@ -456,6 +503,21 @@ impl Inner {
             let _g = self.waiters.lock();
             self.advanced.notify_all();
         }
+        if self.watched.load(Ordering::SeqCst) > 0 {
+            self.signal_watchers();
+        }
+    }
+
+    fn signal_watchers(&self) {
+        let mut watchers = self.watchers.lock();
+        watchers.retain(|w| match w.upgrade() {
+            Some(signal) => {
+                signal.raise();
+                true
+            }
+            None => false,
+        });
+        self.watched.store(watchers.len(), Ordering::SeqCst);
     }
 
     /// Waits until offsets below `target` are durable, syncing if no one else is.
@@ -665,6 +727,7 @@ impl Inner {
             let _g = self.waiters.lock();
             self.advanced.notify_all();
         }
+        self.signal_watchers();
         if self.poison.get().is_some() {
             // Leave no clean-shutdown marker: the next open must recover.
             self.lock.lock().take();

@@ -35,6 +35,6 @@ pub use format::{
 };
 pub use housekeeper::Housekeeper;
 pub use io::{FaultyFs, Fs, FsFile, StdFs};
-pub use log::{AppendInfo, LogBuilder, PartitionLog, TimestampOffset};
+pub use log::{AppendInfo, LogBuilder, PartitionLog, Signal, TimestampOffset};
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
 pub use recovery::FORMAT_VERSION;

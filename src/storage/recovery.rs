@@ -148,6 +148,8 @@ impl Inner {
             waiters: Mutex::new(()),
             advanced: Condvar::new(),
             waiting: AtomicUsize::new(0),
+            watchers: Mutex::new(Vec::new()),
+            watched: AtomicUsize::new(0),
             poison: OnceLock::new(),
             closed: AtomicBool::new(false),
             dir,

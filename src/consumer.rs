@@ -1,0 +1,504 @@
+//! [`Consumer`]: reads records from assigned partitions.
+//!
+//! `poll` long-polls every assigned partition that is not paused (one [`Signal`] wakes it when
+//! any of them advances), serves them round-robin so none starves, and returns at most
+//! `max.poll.records` records, only from below each partition's high watermark. The records
+//! borrow from the fetched batches held by the returned [`ConsumerRecords`]; nothing is copied
+//! per record.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::broker::Broker;
+use crate::error::{Error, Result};
+use crate::storage::{Batch, Compression, Headers, PartitionLog, Signal, TimestampOffset};
+
+/// A partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    /// `topic`'s partition `partition`.
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Where to start when a partition has no position, or its position is out of range
+/// (`auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// From the log start offset.
+    Earliest,
+    /// From the log end: only records produced from now on (Kafka's default).
+    #[default]
+    Latest,
+    /// Fail with [`Error::NoOffset`].
+    None,
+}
+
+/// Settings of a consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    max_poll_records: usize,
+    auto_offset_reset: OffsetReset,
+    fetch_bytes: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_poll_records: 500,
+            auto_offset_reset: OffsetReset::Latest,
+            fetch_bytes: 1 << 20,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// `max.poll.records`: the most records one `poll` returns. Default 500; at least 1.
+    pub fn max_poll_records(mut self, n: usize) -> Self {
+        self.max_poll_records = n.max(1);
+        self
+    }
+
+    /// `auto.offset.reset`. Default [`OffsetReset::Latest`].
+    pub fn auto_offset_reset(mut self, reset: OffsetReset) -> Self {
+        self.auto_offset_reset = reset;
+        self
+    }
+
+    /// `max.partition.fetch.bytes`: bytes read from one partition at a time (at least one
+    /// batch is always read). Default 1 MiB.
+    pub fn fetch_bytes(mut self, bytes: usize) -> Self {
+        self.fetch_bytes = bytes;
+        self
+    }
+}
+
+/// Reads records from assigned partitions.
+///
+/// ```
+/// use std::time::Duration;
+/// use rivulet::{Broker, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig, TopicPartition};
+/// let dir = tempfile::tempdir()?;
+/// let broker = Broker::open(dir.path())?;
+/// broker.create_topic("events", 1, TopicConfig::default())?;
+/// Producer::new(&broker).send(ProducerRecord::new("events", b"hello"))?;
+///
+/// let mut consumer = Consumer::new(&broker, ConsumerConfig::default().auto_offset_reset(OffsetReset::Earliest));
+/// consumer.assign(&[TopicPartition::new("events", 0)])?;
+/// let records = consumer.poll(Duration::from_secs(1))?;
+/// assert_eq!(records.iter().next().unwrap().value, Some(&b"hello"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Consumer {
+    broker: Broker,
+    config: ConsumerConfig,
+    assigned: BTreeMap<TopicPartition, Assigned>,
+    signal: Arc<Signal>,
+    /// Where the next round-robin pass starts.
+    next_first: usize,
+}
+
+#[derive(Debug)]
+struct Assigned {
+    log: PartitionLog,
+    topic: Arc<str>,
+    /// The next offset to hand out; `None` until reset by policy.
+    position: Option<i64>,
+    paused: bool,
+}
+
+impl Consumer {
+    /// A consumer of `broker`'s topics with no partitions assigned.
+    pub fn new(broker: &Broker, config: ConsumerConfig) -> Consumer {
+        Consumer {
+            broker: broker.clone(),
+            config,
+            assigned: BTreeMap::new(),
+            signal: Signal::new(),
+            next_first: 0,
+        }
+    }
+
+    /// Replaces the assignment with `partitions`. Partitions kept keep their positions; new
+    /// ones start per `auto.offset.reset`. Unknown topics or partitions are errors and change
+    /// nothing.
+    pub fn assign(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        let mut next = BTreeMap::new();
+        for tp in partitions {
+            let kept = self.assigned.remove(tp);
+            let entry = match kept {
+                Some(a) => a,
+                None => {
+                    let log = self.broker.partition(&tp.topic, tp.partition)?;
+                    Assigned {
+                        log,
+                        topic: Arc::from(tp.topic.as_str()),
+                        position: None,
+                        paused: false,
+                    }
+                }
+            };
+            next.insert(tp.clone(), entry);
+        }
+        self.assigned = next;
+        self.signal = {
+            // A fresh signal, watched only by the new assignment's logs.
+            let signal = Signal::new();
+            for a in self.assigned.values() {
+                a.log.watch(&signal);
+            }
+            signal
+        };
+        Ok(())
+    }
+
+    /// The assigned partitions.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.assigned.keys().cloned().collect()
+    }
+
+    fn assigned_mut(&mut self, tp: &TopicPartition) -> Result<&mut Assigned> {
+        self.assigned.get_mut(tp).ok_or_else(|| Error::NotAssigned {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+        })
+    }
+
+    /// Sets the next offset `poll` returns from `tp`. An offset outside the log is handled by
+    /// `auto.offset.reset` on the next poll, as in Kafka.
+    pub fn seek(&mut self, tp: &TopicPartition, offset: i64) -> Result<()> {
+        self.assigned_mut(tp)?.position = Some(offset);
+        Ok(())
+    }
+
+    /// Moves to the log start offset of each partition.
+    pub fn seek_to_beginning(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        for tp in partitions {
+            let a = self.assigned_mut(tp)?;
+            a.position = Some(a.log.log_start_offset());
+        }
+        Ok(())
+    }
+
+    /// Moves to the end (the high watermark) of each partition.
+    pub fn seek_to_end(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        for tp in partitions {
+            let a = self.assigned_mut(tp)?;
+            a.position = Some(a.log.high_watermark());
+        }
+        Ok(())
+    }
+
+    /// The offset of the next record `poll` will return from `tp` (resolving
+    /// `auto.offset.reset` if it has no position yet).
+    pub fn position(&mut self, tp: &TopicPartition) -> Result<i64> {
+        let reset = self.config.auto_offset_reset;
+        let a = self.assigned_mut(tp)?;
+        resolve(tp, a, reset)
+    }
+
+    /// For each partition, the first offset whose record has a timestamp at or after the one
+    /// given, or `None` if there is none. Any partition of the broker may be asked about.
+    pub fn offsets_for_times(&self, query: &[(TopicPartition, i64)]) -> Result<Vec<Option<TimestampOffset>>> {
+        query
+            .iter()
+            .map(|(tp, ts)| {
+                self.broker
+                    .partition(&tp.topic, tp.partition)?
+                    .offset_for_timestamp(*ts)
+            })
+            .collect()
+    }
+
+    /// Stops `poll` from returning records of these partitions until resumed.
+    pub fn pause(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        for tp in partitions {
+            self.assigned_mut(tp)?.paused = true;
+        }
+        Ok(())
+    }
+
+    /// Lets `poll` return records of these partitions again.
+    pub fn resume(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        for tp in partitions {
+            self.assigned_mut(tp)?.paused = false;
+        }
+        Ok(())
+    }
+
+    /// The paused partitions.
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        self.assigned
+            .iter()
+            .filter(|(_, a)| a.paused)
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    }
+
+    /// Returns the records available now, or waits up to `timeout` for some. At most
+    /// `max.poll.records`; positions advance past the records returned.
+    pub fn poll(&mut self, timeout: Duration) -> Result<ConsumerRecords> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.signal.count();
+            let records = self.poll_once()?;
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            if !self.signal.wait_past(seen, deadline) {
+                return Ok(records);
+            }
+        }
+    }
+
+    fn poll_once(&mut self) -> Result<ConsumerRecords> {
+        let mut out = ConsumerRecords::default();
+        let n = self.assigned.len();
+        if n == 0 {
+            return Ok(out);
+        }
+        let reset = self.config.auto_offset_reset;
+        let first = self.next_first % n;
+        self.next_first = self.next_first.wrapping_add(1);
+        let keys: Vec<TopicPartition> = self.assigned.keys().cloned().collect();
+        for tp in keys[first..].iter().chain(&keys[..first]) {
+            let left = self.config.max_poll_records - out.len();
+            if left == 0 {
+                break;
+            }
+            let fetch_bytes = self.config.fetch_bytes;
+            let a = self.assigned.get_mut(tp).expect("listed above");
+            if a.paused {
+                continue;
+            }
+            let mut position = resolve(tp, a, reset)?;
+            let fetch = match a.log.read(position, fetch_bytes) {
+                Ok(f) => f,
+                Err(Error::OffsetOutOfRange { .. }) => {
+                    // Kafka's behaviour: reset by policy and read from there.
+                    a.position = None;
+                    resolve_out_of_range(tp, a, reset, position)?;
+                    position = resolve(tp, a, reset)?;
+                    a.log.read(position, fetch_bytes)?
+                }
+                Err(e) => return Err(e),
+            };
+            if fetch.is_empty() {
+                continue;
+            }
+            let next = out.take(&a.topic, tp.partition, fetch, position, left)?;
+            a.position = Some(next);
+        }
+        Ok(out)
+    }
+}
+
+/// The position of `a`, set by the reset policy if it has none.
+fn resolve(tp: &TopicPartition, a: &mut Assigned, reset: OffsetReset) -> Result<i64> {
+    if let Some(p) = a.position {
+        return Ok(p);
+    }
+    let p = match reset {
+        OffsetReset::Earliest => a.log.log_start_offset(),
+        OffsetReset::Latest => a.log.high_watermark(),
+        OffsetReset::None => {
+            return Err(Error::NoOffset {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            });
+        }
+    };
+    a.position = Some(p);
+    Ok(p)
+}
+
+fn resolve_out_of_range(
+    tp: &TopicPartition,
+    a: &mut Assigned,
+    reset: OffsetReset,
+    offset: i64,
+) -> Result<()> {
+    match reset {
+        OffsetReset::None => Err(Error::OffsetOutOfRange {
+            offset,
+            log_start: a.log.log_start_offset(),
+            log_end: a.log.log_end_offset(),
+        }),
+        _ => resolve(tp, a, reset).map(drop),
+    }
+}
+
+/// Records returned by one `poll`. They borrow from the batches this value holds.
+#[derive(Debug, Default)]
+pub struct ConsumerRecords {
+    topics: Vec<Arc<str>>,
+    /// Fetched batches and decompressed bodies.
+    buffers: Vec<Vec<u8>>,
+    records: Vec<Located>,
+}
+
+/// Where a record's parts are in `buffers`.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    topic: usize,
+    partition: u32,
+    buffer: u32,
+    offset: i64,
+    timestamp: i64,
+    key: Option<(u32, u32)>,
+    value: Option<(u32, u32)>,
+    headers: (u32, u32, u32),
+}
+
+/// One record, borrowed from the [`ConsumerRecords`] it came in.
+#[derive(Debug, Clone)]
+pub struct ConsumerRecord<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The partition.
+    pub partition: u32,
+    /// The offset.
+    pub offset: i64,
+    /// Create time or log append time, in milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// The key.
+    pub key: Option<&'a [u8]>,
+    /// The value; `None` is a tombstone.
+    pub value: Option<&'a [u8]>,
+    headers: Headers<'a>,
+}
+
+impl<'a> ConsumerRecord<'a> {
+    /// The record's headers, in order.
+    pub fn headers(&self) -> Headers<'a> {
+        self.headers.clone()
+    }
+}
+
+/// The range of `part` within `base`, which holds it.
+fn range_in(base: &[u8], part: &[u8]) -> (u32, u32) {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start as u32, (start + part.len()) as u32)
+}
+
+impl ConsumerRecords {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records, partition by partition, in offset order within each.
+    pub fn iter(&self) -> impl Iterator<Item = ConsumerRecord<'_>> {
+        self.records.iter().map(move |l| {
+            let buf = &self.buffers[l.buffer as usize];
+            let slice = |(a, b): (u32, u32)| &buf[a as usize..b as usize];
+            ConsumerRecord {
+                topic: &self.topics[l.topic],
+                partition: l.partition,
+                offset: l.offset,
+                timestamp: l.timestamp,
+                key: l.key.map(slice),
+                value: l.value.map(slice),
+                headers: Headers::from_raw(slice((l.headers.0, l.headers.1)), l.headers.2),
+            }
+        })
+    }
+
+    /// Takes up to `left` records at or after `from` out of a fetch; returns the position after
+    /// the last record taken (or after the fetch, if it held none at or after `from`).
+    fn take(
+        &mut self,
+        topic: &Arc<str>,
+        partition: u32,
+        fetch: crate::storage::Fetch,
+        from: i64,
+        left: usize,
+    ) -> Result<i64> {
+        let topic_index = match self.topics.iter().position(|t| Arc::ptr_eq(t, topic)) {
+            Some(i) => i,
+            None => {
+                self.topics.push(topic.clone());
+                self.topics.len() - 1
+            }
+        };
+        let mut next = fetch.next_offset().unwrap_or(from).max(from);
+        let bytes = fetch.into_bytes();
+        let fetched = self.buffers.len() as u32;
+        let mut taken = 0;
+        let mut extra: Vec<Vec<u8>> = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() && taken < left {
+            let (batch, tail) = Batch::parse_trusted(rest);
+            rest = tail;
+            if batch.header().next_offset() <= from {
+                continue;
+            }
+            let records = batch.records().map_err(Error::InvalidBatch)?;
+            let compressed = batch.header().compression().map_err(Error::InvalidBatch)? != Compression::None;
+            {
+                // Ranges are relative to the buffer the records live in: the fetched bytes,
+                // or (compressed) the decompressed body, kept below. Moving a Vec does not move
+                // its contents, so the ranges stay right.
+                let (base, buffer) = if compressed {
+                    (records.body(), fetched + 1 + extra.len() as u32)
+                } else {
+                    (&bytes[..], fetched)
+                };
+                for record in records.iter() {
+                    let r = record.map_err(Error::InvalidBatch)?;
+                    if r.offset < from {
+                        continue;
+                    }
+                    let (raw, count) = r.raw_headers();
+                    let headers = range_in(base, raw);
+                    self.records.push(Located {
+                        topic: topic_index,
+                        partition,
+                        buffer,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key.map(|k| range_in(base, k)),
+                        value: r.value.map(|v| range_in(base, v)),
+                        headers: (headers.0, headers.1, count),
+                    });
+                    next = r.offset + 1;
+                    taken += 1;
+                    if taken == left {
+                        break;
+                    }
+                }
+            }
+            if compressed {
+                extra.push(records.into_body().into_owned());
+            }
+        }
+        self.buffers.push(bytes);
+        self.buffers.extend(extra);
+        Ok(next)
+    }
+}
