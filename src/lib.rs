@@ -67,6 +67,7 @@ mod broker;
 mod config;
 mod consumer;
 mod error;
+pub mod group;
 mod producer;
 pub mod storage;
 
