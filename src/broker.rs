@@ -22,7 +22,10 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Fsync, TopicConfig};
+use crate::consumer::TopicPartition;
 use crate::error::{Error, IoContext, Result};
+use crate::group::OffsetAndMetadata;
+use crate::group::offsets::{self, OFFSETS_TOPIC, OffsetStore};
 use crate::storage::io::{self, Fs};
 use crate::storage::{Housekeeper, PartitionLog, StdFs, meta};
 
@@ -128,6 +131,8 @@ pub(crate) struct BrokerInner {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serializes changes to the set of topics and the registry file.
     admin: Mutex<()>,
+    /// The committed-offset store, opened on first use.
+    offsets: Mutex<Option<Arc<OffsetStore>>>,
     closed: AtomicBool,
 }
 
@@ -165,6 +170,19 @@ pub struct PartitionDescription {
     pub size_bytes: u64,
     /// Segments on disk.
     pub segments: usize,
+}
+
+/// One partition of a group, as [`Broker::group_offsets`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// What the group committed for it.
+    pub committed: OffsetAndMetadata,
+    /// The partition's high watermark now.
+    pub high_watermark: i64,
+    /// Records between the committed offset and the high watermark.
+    pub lag: i64,
 }
 
 /// Checks a topic name against Kafka's rules: 1 to 249 characters of `[a-zA-Z0-9._-]`, and
@@ -289,6 +307,58 @@ impl Broker {
         self.inner.partition(topic, partition)
     }
 
+    /// Groups that have committed offsets, sorted.
+    pub fn list_groups(&self) -> Result<Vec<String>> {
+        Ok(self.inner.offsets()?.groups())
+    }
+
+    /// A group's committed offsets, with each partition's high watermark and the lag between
+    /// them (records the group has yet to consume).
+    pub fn group_offsets(&self, group: &str) -> Result<Vec<GroupOffset>> {
+        let store = self.inner.offsets()?;
+        store
+            .group_offsets(group)
+            .into_iter()
+            .map(|(tp, committed)| {
+                let hw = self
+                    .partition(&tp.topic, tp.partition)
+                    .map_or(0, |l| l.high_watermark());
+                Ok(GroupOffset {
+                    lag: (hw - committed.offset).max(0),
+                    high_watermark: hw,
+                    partition: tp,
+                    committed,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets a group's committed offsets (Kafka's `--reset-offsets`): the group's consumers
+    /// resume from them.
+    pub fn reset_group_offsets(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        for (tp, _) in offsets {
+            self.partition(&tp.topic, tp.partition)?;
+        }
+        let now = crate::storage::now_ms();
+        let entries: Vec<_> = offsets
+            .iter()
+            .map(|(tp, o)| {
+                let meta = OffsetAndMetadata {
+                    offset: *o,
+                    metadata: String::new(),
+                    commit_timestamp: now,
+                };
+                (tp.clone(), meta)
+            })
+            .collect();
+        self.inner.offsets()?.commit(group, &entries)
+    }
+
+    /// Deletes a group's committed offsets.
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        self.inner.offsets()?.delete_group(group)
+    }
+
     /// Closes every partition cleanly and releases the data directory. Handles that live on
     /// refuse writes.
     pub fn close(&self) -> Result<()> {
@@ -351,6 +421,7 @@ impl BrokerInner {
             housekeeper,
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
+            offsets: Mutex::new(None),
             closed: AtomicBool::new(false),
         })
     }
@@ -392,6 +463,21 @@ impl BrokerInner {
     pub(crate) fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog> {
         let topic = self.topic(topic)?;
         topic.partition(partition)
+    }
+
+    /// The committed-offset store, creating the offsets topic on first use.
+    pub(crate) fn offsets(&self) -> Result<Arc<OffsetStore>> {
+        let mut slot = self.offsets.lock();
+        if let Some(store) = slot.as_ref() {
+            return Ok(store.clone());
+        }
+        match self.create_topic(OFFSETS_TOPIC, 1, offsets::topic_config()) {
+            Ok(()) | Err(Error::TopicExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let store = Arc::new(OffsetStore::open(self.partition(OFFSETS_TOPIC, 0)?)?);
+        *slot = Some(store.clone());
+        Ok(store)
     }
 
     /// Writes the registry from the open topics.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::broker::Broker;
 use crate::error::{Error, Result};
+use crate::group::OffsetAndMetadata;
 use crate::storage::{Batch, Compression, Headers, PartitionLog, Signal, TimestampOffset};
 
 /// A partition of a topic.
@@ -59,6 +60,9 @@ pub struct ConsumerConfig {
     max_poll_records: usize,
     auto_offset_reset: OffsetReset,
     fetch_bytes: usize,
+    group_id: Option<String>,
+    enable_auto_commit: bool,
+    auto_commit_interval: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -67,6 +71,9 @@ impl Default for ConsumerConfig {
             max_poll_records: 500,
             auto_offset_reset: OffsetReset::Latest,
             fetch_bytes: 1 << 20,
+            group_id: None,
+            enable_auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
         }
     }
 }
@@ -88,6 +95,27 @@ impl ConsumerConfig {
     /// batch is always read). Default 1 MiB.
     pub fn fetch_bytes(mut self, bytes: usize) -> Self {
         self.fetch_bytes = bytes;
+        self
+    }
+
+    /// `group.id`: the group whose committed offsets this consumer starts from and commits
+    /// to. Default none (no commits).
+    pub fn group_id(mut self, group: impl Into<String>) -> Self {
+        self.group_id = Some(group.into());
+        self
+    }
+
+    /// `enable.auto.commit`: with a group, commit the positions of records already returned,
+    /// at the start of a `poll` once `auto.commit.interval.ms` has passed, and when the
+    /// consumer is dropped (at-least-once delivery). Default true.
+    pub fn enable_auto_commit(mut self, yes: bool) -> Self {
+        self.enable_auto_commit = yes;
+        self
+    }
+
+    /// `auto.commit.interval.ms`. Default 5 s.
+    pub fn auto_commit_interval(mut self, every: Duration) -> Self {
+        self.auto_commit_interval = every;
         self
     }
 }
@@ -116,6 +144,7 @@ pub struct Consumer {
     signal: Arc<Signal>,
     /// Where the next round-robin pass starts.
     next_first: usize,
+    last_commit: Instant,
 }
 
 #[derive(Debug)]
@@ -136,6 +165,7 @@ impl Consumer {
             assigned: BTreeMap::new(),
             signal: Signal::new(),
             next_first: 0,
+            last_commit: Instant::now(),
         }
     }
 
@@ -150,10 +180,20 @@ impl Consumer {
                 Some(a) => a,
                 None => {
                     let log = self.broker.partition(&tp.topic, tp.partition)?;
+                    // A group's committed offset is where its consumers resume.
+                    let committed = match &self.config.group_id {
+                        Some(group) => self
+                            .broker
+                            .inner
+                            .offsets()?
+                            .committed(group, tp)
+                            .map(|o| o.offset),
+                        None => None,
+                    };
                     Assigned {
                         log,
                         topic: Arc::from(tp.topic.as_str()),
-                        position: None,
+                        position: committed,
                         paused: false,
                     }
                 }
@@ -255,9 +295,59 @@ impl Consumer {
             .collect()
     }
 
+    /// Commits the current position of every assigned partition that has one, for the
+    /// consumer's group: the group resumes after the records returned so far.
+    pub fn commit(&mut self) -> Result<()> {
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .assigned
+            .iter()
+            .filter_map(|(tp, a)| a.position.map(|p| (tp.clone(), p)))
+            .collect();
+        let entries: Vec<_> = offsets.iter().map(|(tp, o)| (tp.clone(), *o, "")).collect();
+        self.commit_offsets(&entries)
+    }
+
+    /// Commits the given offsets (the next offset to consume, and metadata) for the consumer's
+    /// group, all or none.
+    pub fn commit_offsets(&mut self, offsets: &[(TopicPartition, i64, &str)]) -> Result<()> {
+        let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
+        let now = crate::storage::now_ms();
+        let entries: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
+            .iter()
+            .map(|(tp, offset, metadata)| {
+                let meta = OffsetAndMetadata {
+                    offset: *offset,
+                    metadata: metadata.to_string(),
+                    commit_timestamp: now,
+                };
+                (tp.clone(), meta)
+            })
+            .collect();
+        self.broker.inner.offsets()?.commit(&group, &entries)?;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// The group's committed offsets of these partitions (`None` where there is none).
+    pub fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<Option<OffsetAndMetadata>>> {
+        let group = self.config.group_id.as_deref().ok_or(Error::NoGroup)?;
+        let store = self.broker.inner.offsets()?;
+        Ok(partitions.iter().map(|tp| store.committed(group, tp)).collect())
+    }
+
+    fn auto_commit_due(&self) -> bool {
+        self.config.group_id.is_some()
+            && self.config.enable_auto_commit
+            && self.last_commit.elapsed() >= self.config.auto_commit_interval
+    }
+
     /// Returns the records available now, or waits up to `timeout` for some. At most
-    /// `max.poll.records`; positions advance past the records returned.
+    /// `max.poll.records`; positions advance past the records returned. With auto-commit,
+    /// first commits what earlier polls returned, if the interval has passed.
     pub fn poll(&mut self, timeout: Duration) -> Result<ConsumerRecords> {
+        if self.auto_commit_due() {
+            self.commit()?;
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let seen = self.signal.count();
@@ -310,6 +400,17 @@ impl Consumer {
             a.position = Some(next);
         }
         Ok(out)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if self.config.group_id.is_some()
+            && self.config.enable_auto_commit
+            && let Err(e) = self.commit()
+        {
+            log::warn!("auto-commit when dropping a consumer: {e}");
+        }
     }
 }
 

@@ -166,6 +166,10 @@ pub enum Error {
         partition: u32,
     },
 
+    /// Committing needs a `group.id`, and the consumer has none.
+    #[error("the consumer has no group.id to commit offsets for")]
+    NoGroup,
+
     /// The consumer is not assigned this partition.
     #[error("{topic}-{partition} is not assigned to this consumer")]
     NotAssigned {

@@ -72,8 +72,8 @@ mod producer;
 pub mod storage;
 
 pub use broker::{
-    Broker, BrokerBuilder, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, PartitionDescription, TopicDescription,
-    validate_topic_name,
+    Broker, BrokerBuilder, GroupOffset, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, PartitionDescription,
+    TopicDescription, validate_topic_name,
 };
 pub use config::{CleanupPolicy, CompressionType, Fsync, LogConfig, TopicConfig};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, OffsetReset, TopicPartition};

@@ -1,5 +1,7 @@
-//! Consumer groups. For now, the partition assignors (pure functions); the coordinator state
-//! machine and the committed-offset store build on them.
+//! Consumer groups: the partition assignors (pure functions) and the committed-offset store.
+//! The coordinator state machine builds on them.
 mod assignor;
+pub(crate) mod offsets;
 
 pub use assignor::{Assignment, Assignor, Member};
+pub use offsets::{OFFSETS_TOPIC, OffsetAndMetadata};

@@ -1,0 +1,267 @@
+//! Committed offsets, stored as Kafka stores them: records in the internal topic
+//! `__consumer_offsets`, keyed by (group, topic, partition), the latest record per key winning,
+//! a null value deleting. The store keeps the latest of each key in memory, rebuilt by reading
+//! the topic when the broker opens.
+//!
+//! Encodings (big-endian, Kafka's offset-commit key version 1 and value version 3):
+//!
+//! ```text
+//! key:   version i16 = 1 | group (i16 length, bytes) | topic (i16 length, bytes) | partition i32
+//! value: version i16 = 3 | offset i64 | leader epoch i32 (-1) | metadata (i16 length, bytes)
+//!        | commit timestamp i64
+//! ```
+//!
+//! The topic is meant to be compacted; until compaction is built it keeps every commit (no
+//! retention, so no offset is ever lost), and replaying it on open grows with the commits.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{Fsync, LogConfig, TopicConfig};
+use crate::consumer::TopicPartition;
+use crate::error::{BatchError, Error, Result};
+use crate::storage::{BatchBuilder, Compression, PartitionLog};
+
+/// The internal topic holding committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// A committed offset: the next record the group will read, with the committer's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetAndMetadata {
+    /// The offset of the next record to consume.
+    pub offset: i64,
+    /// Free text stored with the commit (Kafka's commit metadata).
+    pub metadata: String,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub commit_timestamp: i64,
+}
+
+type Key = (String, String, u32);
+
+/// The committed offsets of every group.
+#[derive(Debug)]
+pub(crate) struct OffsetStore {
+    log: PartitionLog,
+    latest: RwLock<HashMap<Key, OffsetAndMetadata>>,
+    /// Serializes commits so the in-memory view follows the log's order.
+    writing: Mutex<()>,
+}
+
+/// The offsets topic's config: durable, kept forever (see the module doc).
+pub(crate) fn topic_config() -> TopicConfig {
+    TopicConfig::default().with_log(
+        LogConfig::default()
+            .fsync(Fsync::Always)
+            .retention_ms(None)
+            .segment_bytes(100 << 20)
+            .segment_ms(Some(Duration::from_secs(7 * 24 * 3600))),
+    )
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn key_bytes(group: &str, tp: &TopicPartition) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + group.len() + tp.topic.len());
+    k.extend_from_slice(&1i16.to_be_bytes());
+    put_str(&mut k, group);
+    put_str(&mut k, &tp.topic);
+    k.extend_from_slice(&(tp.partition as i32).to_be_bytes());
+    k
+}
+
+fn value_bytes(o: &OffsetAndMetadata) -> Vec<u8> {
+    let mut v = Vec::with_capacity(26 + o.metadata.len());
+    v.extend_from_slice(&3i16.to_be_bytes());
+    v.extend_from_slice(&o.offset.to_be_bytes());
+    v.extend_from_slice(&(-1i32).to_be_bytes());
+    put_str(&mut v, &o.metadata);
+    v.extend_from_slice(&o.commit_timestamp.to_be_bytes());
+    v
+}
+
+/// A cursor over Kafka-style big-endian fields.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = usize::try_from(self.i16()?).ok()?;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+fn parse_key(k: &[u8]) -> Option<Key> {
+    let mut f = Fields(k);
+    if f.i16()? != 1 {
+        return None;
+    }
+    let key = (f.string()?, f.string()?, u32::try_from(f.i32()?).ok()?);
+    f.0.is_empty().then_some(key)
+}
+
+fn parse_value(v: &[u8]) -> Option<OffsetAndMetadata> {
+    let mut f = Fields(v);
+    if f.i16()? != 3 {
+        return None;
+    }
+    let offset = f.i64()?;
+    let _leader_epoch = f.i32()?;
+    let metadata = f.string()?;
+    let commit_timestamp = f.i64()?;
+    Some(OffsetAndMetadata {
+        offset,
+        metadata,
+        commit_timestamp,
+    })
+}
+
+impl OffsetStore {
+    /// Opens the store on partition 0 of the offsets topic, reading every commit in it.
+    pub(crate) fn open(log: PartitionLog) -> Result<OffsetStore> {
+        let mut latest = HashMap::new();
+        let mut reader = log.reader(log.log_start_offset());
+        while let Some(r) = reader.next()? {
+            let bad = || {
+                Error::InvalidBatch(BatchError::BadRecord {
+                    index: 0,
+                    reason: "an offsets-topic record this build cannot read",
+                })
+            };
+            let key = parse_key(r.key.ok_or_else(bad)?).ok_or_else(bad)?;
+            match r.value {
+                Some(v) => {
+                    latest.insert(key, parse_value(v).ok_or_else(bad)?);
+                }
+                None => {
+                    latest.remove(&key);
+                }
+            }
+        }
+        Ok(OffsetStore {
+            log,
+            latest: RwLock::new(latest),
+            writing: Mutex::new(()),
+        })
+    }
+
+    /// Commits offsets for a group, all in one batch: all are stored, or none.
+    pub(crate) fn commit(&self, group: &str, offsets: &[(TopicPartition, OffsetAndMetadata)]) -> Result<()> {
+        self.write(group, offsets.iter().map(|(tp, o)| (tp, Some(o))))
+    }
+
+    /// Deletes a group's committed offsets (tombstones for each).
+    pub(crate) fn delete_group(&self, group: &str) -> Result<()> {
+        let tps: Vec<TopicPartition> = self
+            .latest
+            .read()
+            .keys()
+            .filter(|(g, _, _)| g == group)
+            .map(|(_, t, p)| TopicPartition::new(t.clone(), *p))
+            .collect();
+        self.write(group, tps.iter().map(|tp| (tp, None)))
+    }
+
+    fn write<'a>(
+        &self,
+        group: &str,
+        entries: impl Iterator<Item = (&'a TopicPartition, Option<&'a OffsetAndMetadata>)> + Clone,
+    ) -> Result<()> {
+        let mut batch = BatchBuilder::new(Compression::None);
+        let now = crate::storage::now_ms();
+        for (tp, o) in entries.clone() {
+            batch.push(
+                now,
+                Some(&key_bytes(group, tp)),
+                o.map(value_bytes).as_deref(),
+                &[],
+            );
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let _writing = self.writing.lock();
+        self.log.append(batch.finish()?)?;
+        let mut latest = self.latest.write();
+        for (tp, o) in entries {
+            let key = (group.to_string(), tp.topic.clone(), tp.partition);
+            match o {
+                Some(o) => latest.insert(key, o.clone()),
+                None => latest.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
+    /// The committed offset of `tp` for `group`.
+    pub(crate) fn committed(&self, group: &str, tp: &TopicPartition) -> Option<OffsetAndMetadata> {
+        self.latest
+            .read()
+            .get(&(group.to_string(), tp.topic.clone(), tp.partition))
+            .cloned()
+    }
+
+    /// Every group with committed offsets, sorted.
+    pub(crate) fn groups(&self) -> Vec<String> {
+        let mut groups: Vec<String> = self.latest.read().keys().map(|(g, _, _)| g.clone()).collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
+    /// A group's committed offsets, sorted by partition.
+    pub(crate) fn group_offsets(&self, group: &str) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+        let mut v: Vec<_> = self
+            .latest
+            .read()
+            .iter()
+            .filter(|((g, _, _), _)| g == group)
+            .map(|((_, t, p), o)| (TopicPartition::new(t.clone(), *p), o.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_round_trip_in_kafkas_layout() {
+        let tp = TopicPartition::new("orders", 7);
+        let k = key_bytes("billing", &tp);
+        assert_eq!(&k[..4], &[0, 1, 0, 7]);
+        assert_eq!(parse_key(&k), Some(("billing".into(), "orders".into(), 7)));
+        let o = OffsetAndMetadata {
+            offset: 42,
+            metadata: "m".into(),
+            commit_timestamp: 1_700_000_000_000,
+        };
+        let v = value_bytes(&o);
+        assert_eq!(&v[..2], &[0, 3]);
+        assert_eq!(parse_value(&v), Some(o));
+        assert_eq!(parse_key(&v), None);
+        assert_eq!(parse_value(&v[..10]), None);
+    }
+}
