@@ -1,66 +1,60 @@
-//! Writes a few batches to a partition log, reads them back, looks one up by time, then
-//! reopens the log to show that everything survived.
+//! Creates a topic, produces keyed records, consumes them as a group and commits, then shows
+//! that a restarted consumer of the same group resumes after what was committed.
 //!
 //! `cargo run --release --example quickstart [DIR]` (DIR defaults to a temporary directory).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rivulet::storage::{BatchBuilder, Compression, PartitionLog};
-use rivulet::{Fsync, LogConfig};
+use rivulet::{
+    Broker, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig, TopicPartition,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let temp = tempfile::tempdir()?;
     let dir = std::env::args()
         .nth(1)
-        .map_or_else(|| temp.path().join("events-0"), Into::into);
-    let config = LogConfig::default()
-        .fsync(Fsync::Always)
-        .retention_ms(Some(Duration::from_secs(24 * 3600)));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+        .map_or_else(|| temp.path().to_path_buf(), Into::into);
+    let broker = Broker::open(&dir)?;
+    if !broker.list_topics().contains(&"meters".to_string()) {
+        broker.create_topic("meters", 3, TopicConfig::default())?;
+    }
 
-    let log = PartitionLog::open(&dir, config.clone())?;
-    let start = log.log_end_offset();
-    for (i, codec) in [Compression::None, Compression::Zstd, Compression::Lz4]
-        .into_iter()
-        .enumerate()
-    {
-        let mut batch = BatchBuilder::new(codec);
-        for house in 0..3 {
-            let load = format!("{:.2} kVA", 0.4 + (i * 3 + house) as f64 * 0.25);
-            batch.push(
-                now + i as i64 * 1000,
-                Some(format!("house-{house}").as_bytes()),
-                Some(load.as_bytes()),
-                &[],
-            );
-        }
-        let info = log.append(batch.finish()?)?; // durable when append returns
+    let producer = Producer::new(&broker);
+    for i in 0..9 {
+        let house = format!("house-{}", i % 3);
+        let load = format!("{:.2} kVA", 0.5 + i as f64 * 0.3);
+        let meta = producer.send(ProducerRecord::new("meters", load.as_bytes()).key(house.as_bytes()))?;
         println!(
-            "appended offsets {}..={} ({codec:?})",
-            info.base_offset, info.last_offset
+            "sent {house} {load} -> partition {} offset {}",
+            meta.partition, meta.offset
         );
     }
 
-    let mut reader = log.reader(start);
-    while let Some(r) = reader.next()? {
-        let key = String::from_utf8_lossy(r.key.unwrap_or_default());
-        let value = String::from_utf8_lossy(r.value.unwrap_or_default());
-        println!("  offset {:>3}  {key}  {value}", r.offset);
+    let config = ConsumerConfig::default()
+        .group_id("alerts")
+        .auto_offset_reset(OffsetReset::Earliest);
+    let partitions: Vec<_> = (0..3).map(|p| TopicPartition::new("meters", p)).collect();
+    let mut consumer = Consumer::new(&broker, config.clone().max_poll_records(5));
+    consumer.assign(&partitions)?;
+    for r in consumer.poll(Duration::from_secs(1))?.iter() {
+        let (key, value) = (
+            String::from_utf8_lossy(r.key.unwrap_or_default()),
+            String::from_utf8_lossy(r.value.unwrap_or_default()),
+        );
+        println!(
+            "consumed {}-{}@{}: {key} = {value}",
+            r.topic, r.partition, r.offset
+        );
     }
-    if let Some(hit) = log.offset_for_timestamp(now + 1500)? {
-        println!("first record at or after now + 1.5 s: offset {}", hit.offset);
-    }
-    log.close()?;
-    drop(log);
+    consumer.commit()?; // the group resumes after these
+    drop(consumer);
 
-    let log = PartitionLog::open(&dir, config)?;
+    let mut restarted = Consumer::new(&broker, config);
+    restarted.assign(&partitions)?;
+    let rest = restarted.poll(Duration::from_secs(1))?;
     println!(
-        "reopened {}: offsets {}..{}, {} bytes in {} segment(s)",
-        dir.display(),
-        log.log_start_offset(),
-        log.log_end_offset(),
-        log.size_bytes(),
-        log.segment_count()
+        "a restarted consumer of group 'alerts' gets the {} records not yet committed",
+        rest.len()
     );
     Ok(())
 }

@@ -7,10 +7,15 @@
 //! ## Layers
 //!
 //! ```text
-//!   producer  consumer  groups  admin     the embedded API            (to come)
-//!   broker                                topics, the data directory  (to come)
-//!   storage                               one partition's log         (here now)
+//!   Producer  Consumer  group  admin      the embedded API (group coordination to come)
+//!   Broker                                topics, the data directory
+//!   storage                               one partition's log
 //! ```
+//!
+//! A [`Broker`] owns a data directory of topics; a [`Producer`] sends records to them (keyed
+//! records partitioned as Kafka's Java client does, records of many threads batched together);
+//! a [`Consumer`] reads assigned partitions and commits its group's offsets to
+//! `__consumer_offsets`.
 //!
 //! The [`storage`] layer is one partition's log, knowing nothing of topics, groups or
 //! networks:
