@@ -19,12 +19,16 @@ fn setup(fsync: Fsync) -> (tempfile::TempDir, Broker) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::open(dir.path()).unwrap();
     let log = LogConfig::default().fsync(fsync).retention_bytes(Some(256 << 20));
-    broker.create_topic("t", 1, TopicConfig::default().with_log(log)).unwrap();
+    broker
+        .create_topic("t", 1, TopicConfig::default().with_log(log))
+        .unwrap();
     (dir, broker)
 }
 
 fn consumer(broker: &Broker) -> Consumer {
-    let config = ConsumerConfig::default().auto_offset_reset(OffsetReset::Latest).max_poll_records(10_000);
+    let config = ConsumerConfig::default()
+        .auto_offset_reset(OffsetReset::Latest)
+        .max_poll_records(10_000);
     let mut c = Consumer::new(broker, config);
     let tp = TopicPartition::new("t", 0);
     c.assign(std::slice::from_ref(&tp)).unwrap();
@@ -93,7 +97,10 @@ fn main() {
     } else {
         (Duration::from_millis(100), Duration::from_millis(200))
     };
-    println!("{:<14} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9}", "durability", "rate (rec/s)", "p50 us", "p99 us", "p99.9 us", "max us", "records");
+    println!(
+        "{:<14} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "durability", "rate (rec/s)", "p50 us", "p99 us", "p99.9 us", "max us", "records"
+    );
     for (name, fsync) in [("none", Fsync::Never), ("fsync always", Fsync::Always)] {
         let (_dir, broker) = setup(fsync);
         // Warm-up, then the closed-loop maximum, then the open loop at half of it.

@@ -212,6 +212,17 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses writes and deletion by users of an internal topic (as Kafka does).
+pub(crate) fn refuse_internal(topic: &str) -> Result<()> {
+    if topic == OFFSETS_TOPIC {
+        return Err(Error::InvalidTopicName {
+            name: topic.to_string(),
+            reason: "it is an internal topic, written only by the broker",
+        });
+    }
+    Ok(())
+}
+
 fn partition_dir(dir: &Path, topic: &str, partition: u32) -> PathBuf {
     dir.join(format!("{topic}-{partition}"))
 }
@@ -534,6 +545,7 @@ impl BrokerInner {
     fn delete_topic(&self, name: &str) -> Result<()> {
         let _admin = self.admin.lock();
         self.check_open()?;
+        refuse_internal(name)?;
         let topic = self.topic(name)?;
         let mut next = self.topics.read().clone();
         next.remove(name);

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::broker::{Broker, Topic};
+use crate::broker::{Broker, Topic, refuse_internal};
 use crate::config::CompressionType;
 use crate::error::{Error, Result};
 use crate::storage::{AppendInfo, BatchBuilder, Compression, HEADER_LEN, PartitionLog, TimestampType};
@@ -303,6 +303,7 @@ impl ProducerInner {
     }
 
     fn send(&self, record: ProducerRecord<'_>) -> Result<RecordMetadata> {
+        refuse_internal(record.topic)?;
         let topic = self.broker.inner.topic_or_create(record.topic)?;
         let partition = self.choose(&topic, record.partition, record.key)?;
         let log = topic.partition(partition)?;
@@ -402,6 +403,7 @@ impl ProducerInner {
         partition: Option<u32>,
         records: &[ProducerRecord<'_>],
     ) -> Result<Vec<RecordMetadata>> {
+        refuse_internal(topic)?;
         let topic = self.broker.inner.topic_or_create(topic)?;
         let partition = self.choose(&topic, partition, records.first().and_then(|r| r.key))?;
         let log = topic.partition(partition)?;

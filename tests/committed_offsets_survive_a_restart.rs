@@ -145,3 +145,55 @@ fn group_offsets_are_listed_reset_and_deleted() {
     let mut no_group = Consumer::new(&broker, ConsumerConfig::default());
     assert!(matches!(no_group.commit(), Err(Error::NoGroup)));
 }
+
+#[test]
+fn the_offsets_topic_cannot_be_written_or_deleted_by_users() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let broker = Broker::open(dir.path()).unwrap();
+    broker
+        .reset_group_offsets("g", &[(TopicPartition::new("t", 0), 3)])
+        .unwrap();
+    let producer = Producer::new(&broker);
+    let err = producer
+        .send(ProducerRecord::new("__consumer_offsets", b"junk"))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidTopicName { .. }), "{err}");
+    assert!(
+        producer
+            .send_batch(
+                "__consumer_offsets",
+                Some(0),
+                &[ProducerRecord::new("x", b"junk")]
+            )
+            .is_err()
+    );
+    assert!(matches!(
+        broker.delete_topic("__consumer_offsets"),
+        Err(Error::InvalidTopicName { .. })
+    ));
+    assert_eq!(broker.group_offsets("g").unwrap()[0].committed.offset, 3);
+}
+
+#[test]
+fn an_unreadable_record_in_the_offsets_topic_is_skipped_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    {
+        let broker = Broker::open(dir.path()).unwrap();
+        broker
+            .reset_group_offsets("g", &[(TopicPartition::new("t", 0), 7)])
+            .unwrap();
+        // Low-level access bypasses the producer's guard: junk the store cannot parse.
+        let mut junk = rivulet::storage::BatchBuilder::new(rivulet::storage::Compression::None);
+        junk.push(1, Some(b"not a key"), Some(b"not a value"), &[]);
+        broker
+            .partition("__consumer_offsets", 0)
+            .unwrap()
+            .append(junk.finish().unwrap())
+            .unwrap();
+        broker.close().unwrap();
+    }
+    let broker = Broker::open(dir.path()).unwrap();
+    assert_eq!(broker.group_offsets("g").unwrap()[0].committed.offset, 7);
+}

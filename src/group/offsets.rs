@@ -21,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::{Fsync, LogConfig, TopicConfig};
 use crate::consumer::TopicPartition;
-use crate::error::{BatchError, Error, Result};
+use crate::error::Result;
 use crate::storage::{BatchBuilder, Compression, PartitionLog};
 
 /// The internal topic holding committed offsets.
@@ -142,20 +142,28 @@ impl OffsetStore {
         let mut latest = HashMap::new();
         let mut reader = log.reader(log.log_start_offset());
         while let Some(r) = reader.next()? {
-            let bad = || {
-                Error::InvalidBatch(BatchError::BadRecord {
-                    index: 0,
-                    reason: "an offsets-topic record this build cannot read",
-                })
+            // A record this build cannot read (another version, or damage that passed the CRC)
+            // is skipped: it must not keep every group from starting.
+            let Some(key) = r.key.and_then(parse_key) else {
+                log::warn!(
+                    "skipping an unreadable key at offset {} of {OFFSETS_TOPIC}",
+                    r.offset
+                );
+                continue;
             };
-            let key = parse_key(r.key.ok_or_else(bad)?).ok_or_else(bad)?;
             match r.value {
-                Some(v) => {
-                    latest.insert(key, parse_value(v).ok_or_else(bad)?);
-                }
                 None => {
                     latest.remove(&key);
                 }
+                Some(v) => match parse_value(v) {
+                    Some(o) => {
+                        latest.insert(key, o);
+                    }
+                    None => log::warn!(
+                        "skipping an unreadable value at offset {} of {OFFSETS_TOPIC}",
+                        r.offset
+                    ),
+                },
             }
         }
         Ok(OffsetStore {
