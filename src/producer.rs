@@ -17,7 +17,9 @@ use parking_lot::{Condvar, Mutex};
 use crate::broker::{Broker, Topic, refuse_internal};
 use crate::config::CompressionType;
 use crate::error::{Error, Result};
-use crate::storage::{AppendInfo, BatchBuilder, Compression, HEADER_LEN, PartitionLog, TimestampType};
+use crate::storage::{
+    AppendInfo, BatchBuilder, Compression, HEADER_LEN, PartitionLog, TimestampType, now_ms,
+};
 
 /// Kafka's murmur2 hash, as the Java client computes it for keyed partitioning.
 ///
@@ -232,12 +234,6 @@ impl Producer {
     ) -> Result<Vec<RecordMetadata>> {
         self.inner.send_batch(topic, partition, records)
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl ProducerInner {
