@@ -1,7 +1,8 @@
-//! A real process appends with `Fsync::Always` from several threads and reports every
-//! acknowledged batch; the test kills it with SIGKILL at random moments, several times. After
-//! each kill the log must hold every acknowledged record, byte for byte, at the offset it was
-//! acknowledged at, and nothing that is not a record the child wrote.
+//! A real process appends from several threads and reports every acknowledged batch; the test
+//! kills it with SIGKILL at random moments, several times. After each kill the log must hold
+//! every acknowledged record, byte for byte, at the offset it was acknowledged at, and nothing
+//! that is not a record the child wrote. Run under `Fsync::Always` and under `Fsync::Never`
+//! (which promises to survive a process crash: acknowledged records are in the page cache).
 //!
 //! The child is this same test binary, started again with an environment variable set.
 
@@ -17,12 +18,21 @@ use rivulet::storage::{BatchBuilder, Compression, PartitionLog};
 use rivulet::{Fsync, LogConfig};
 
 const CHILD_DIR: &str = "RIVULET_SIGKILL_CHILD_DIR";
+const CHILD_POLICY: &str = "RIVULET_SIGKILL_CHILD_POLICY";
 const TEST_NAME: &str = "sigkill_loses_no_acknowledged_record";
 const THREADS: u32 = 4;
 
-fn config() -> LogConfig {
+fn config(policy: Fsync) -> LogConfig {
     // Small segments so kills also land around rolls.
-    LogConfig::default().segment_bytes(64 << 10).fsync(Fsync::Always)
+    LogConfig::default().segment_bytes(64 << 10).fsync(policy)
+}
+
+fn policy_named(name: &str) -> Fsync {
+    match name {
+        "always" => Fsync::Always,
+        "never" => Fsync::Never,
+        other => panic!("unknown policy {other}"),
+    }
 }
 
 /// The value of record `i` of batch `seq` of thread `thread`: self-describing, so the parent
@@ -43,8 +53,8 @@ fn parse(value: &[u8]) -> Option<(u32, u64, u64)> {
     Some((t, q, r))
 }
 
-fn child(dir: &str) {
-    let log = PartitionLog::open(dir, config()).expect("child opens the log");
+fn child(dir: &str, policy: Fsync) {
+    let log = PartitionLog::open(dir, config(policy)).expect("child opens the log");
     let start = std::process::id() as u64 * 1_000_000;
     std::thread::scope(|s| {
         for thread in 0..THREADS {
@@ -73,9 +83,16 @@ fn child(dir: &str) {
 #[test]
 fn sigkill_loses_no_acknowledged_record() {
     if let Ok(dir) = std::env::var(CHILD_DIR) {
-        child(&dir);
+        child(&dir, policy_named(&std::env::var(CHILD_POLICY).unwrap()));
         return;
     }
+    for name in ["always", "never"] {
+        kill_and_check(name);
+    }
+}
+
+fn kill_and_check(policy_name: &str) {
+    let policy = policy_named(policy_name);
     let dir = tempfile::tempdir().unwrap();
     let mut acked: HashMap<(u32, u64), (i64, u64)> = HashMap::new();
     // A fixed sequence of kill delays, so runs differ only by the machine's timing.
@@ -84,6 +101,7 @@ fn sigkill_loses_no_acknowledged_record() {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_DIR, dir.path())
+            .env(CHILD_POLICY, policy_name)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -106,7 +124,7 @@ fn sigkill_loses_no_acknowledged_record() {
         acked.extend(reader.join().unwrap());
 
         // Reopen (recovering from the kill) and check.
-        let log = PartitionLog::open(dir.path(), config()).unwrap();
+        let log = PartitionLog::open(dir.path(), config(policy)).unwrap();
         let records = read_all(&log, 0);
         assert_eq!(records.len() as i64, log.log_end_offset(), "offsets are dense");
         let mut by_offset = HashMap::new();
@@ -129,7 +147,7 @@ fn sigkill_loses_no_acknowledged_record() {
                 assert_eq!(
                     by_offset.get(&(base + i as i64)),
                     Some(&(t, q, i)),
-                    "round {round}: acknowledged record {i} of batch t{t}-s{q} at offset {} is missing",
+                    "{policy_name}, round {round}: acknowledged record {i} of batch t{t}-s{q} at offset {} is missing",
                     base + i as i64
                 );
             }
@@ -137,7 +155,7 @@ fn sigkill_loses_no_acknowledged_record() {
         log.close().unwrap();
     }
     eprintln!(
-        "{} batches acknowledged across {} kills",
+        "{policy_name}: {} batches acknowledged across {} kills",
         acked.len(),
         delays.len()
     );
