@@ -298,12 +298,11 @@ impl Consumer {
     /// Commits the current position of every assigned partition that has one, for the
     /// consumer's group: the group resumes after the records returned so far.
     pub fn commit(&mut self) -> Result<()> {
-        let offsets: Vec<(TopicPartition, i64)> = self
+        let entries: Vec<(TopicPartition, i64, &str)> = self
             .assigned
             .iter()
-            .filter_map(|(tp, a)| a.position.map(|p| (tp.clone(), p)))
+            .filter_map(|(tp, a)| a.position.map(|p| (tp.clone(), p, "")))
             .collect();
-        let entries: Vec<_> = offsets.iter().map(|(tp, o)| (tp.clone(), *o, "")).collect();
         self.commit_offsets(&entries)
     }
 
