@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Fsync, TopicConfig};
 use crate::consumer::TopicPartition;
 use crate::error::{Error, IoContext, Result};
-use crate::group::OffsetAndMetadata;
+use crate::group::{GroupCoordinator, GroupDescription, GroupState, OffsetAndMetadata};
 use crate::group::offsets::{self, OFFSETS_TOPIC, OffsetStore};
 use crate::storage::io::{self, Fs};
 use crate::storage::{Housekeeper, PartitionLog, StdFs, meta};
@@ -133,6 +133,8 @@ pub(crate) struct BrokerInner {
     admin: Mutex<()>,
     /// The committed-offset store, opened on first use.
     offsets: Mutex<Option<Arc<OffsetStore>>>,
+    /// Group membership.
+    pub(crate) groups: GroupCoordinator,
     closed: AtomicBool,
 }
 
@@ -319,8 +321,41 @@ impl Broker {
     }
 
     /// Groups that have committed offsets, sorted.
-    pub fn list_groups(&self) -> Result<Vec<String>> {
-        Ok(self.inner.offsets()?.groups())
+    pub fn list_groups(&self) -> Result<Vec<(String, GroupState)>> {
+        let mut groups: BTreeMap<String, GroupState> = self
+            .inner
+            .offsets()?
+            .groups()
+            .into_iter()
+            .map(|g| (g, GroupState::Empty))
+            .collect();
+        groups.extend(self.inner.groups.list());
+        Ok(groups.into_iter().collect())
+    }
+
+    /// A group's state, generation, protocol, leader and members with their assignments.
+    /// A group known only by its committed offsets is `Empty`; an unknown one is an error.
+    pub fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        if let Some(d) = self.inner.groups.describe(group) {
+            return Ok(d);
+        }
+        if self.inner.offsets()?.groups().iter().any(|g| g == group) {
+            return Ok(GroupDescription {
+                group_id: group.to_string(),
+                state: GroupState::Empty,
+                generation: 0,
+                protocol_type: String::new(),
+                protocol: String::new(),
+                leader: String::new(),
+                members: Vec::new(),
+            });
+        }
+        Err(Error::NoSuchGroup { group: group.to_string() })
+    }
+
+    /// The group coordinator, for front ends that speak Kafka's group protocol.
+    pub fn coordinator(&self) -> &GroupCoordinator {
+        &self.inner.groups
     }
 
     /// A group's committed offsets, with each partition's high watermark and the lag between
@@ -345,7 +380,8 @@ impl Broker {
     }
 
     /// Sets a group's committed offsets (Kafka's `--reset-offsets`): the group's consumers
-    /// resume from them.
+    /// resume from them. As in Kafka, the group must have no active members
+    /// ([`Error::GroupNotEmpty`]).
     pub fn reset_group_offsets(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
         for (tp, _) in offsets {
             self.partition(&tp.topic, tp.partition)?;
@@ -362,12 +398,15 @@ impl Broker {
                 (tp.clone(), meta)
             })
             .collect();
-        self.inner.offsets()?.commit(group, &entries)
+        let store = self.inner.offsets()?;
+        self.inner.groups.while_inactive(group, || store.commit(group, &entries))
     }
 
-    /// Deletes a group's committed offsets.
+    /// Deletes a group and its committed offsets. The group must have no active members
+    /// ([`Error::GroupNotEmpty`]).
     pub fn delete_group(&self, group: &str) -> Result<()> {
-        self.inner.offsets()?.delete_group(group)
+        let store = self.inner.offsets()?;
+        self.inner.groups.delete(group, || store.delete_group(group))
     }
 
     /// Closes every partition cleanly and releases the data directory. Handles that live on
@@ -433,6 +472,7 @@ impl BrokerInner {
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
             offsets: Mutex::new(None),
+            groups: GroupCoordinator::new(),
             closed: AtomicBool::new(false),
         })
     }

@@ -13,8 +13,13 @@ use std::time::{Duration, Instant};
 
 use crate::broker::Broker;
 use crate::error::{Error, Result};
-use crate::group::OffsetAndMetadata;
+use crate::group::{Assignor, MemberRef, OffsetAndMetadata};
 use crate::storage::{Batch, Compression, Headers, PartitionLog, Signal, TimestampOffset};
+
+mod membership;
+
+use membership::Membership;
+pub use membership::RebalanceListener;
 
 /// A partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,6 +68,11 @@ pub struct ConsumerConfig {
     group_id: Option<String>,
     enable_auto_commit: bool,
     auto_commit_interval: Duration,
+    max_poll_interval: Duration,
+    group_instance_id: Option<String>,
+    client_id: String,
+    assignors: Vec<Assignor>,
+    metadata_max_age: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -74,6 +84,11 @@ impl Default for ConsumerConfig {
             group_id: None,
             enable_auto_commit: true,
             auto_commit_interval: Duration::from_secs(5),
+            max_poll_interval: Duration::from_secs(300),
+            group_instance_id: None,
+            client_id: "rivulet".to_string(),
+            assignors: vec![Assignor::CooperativeSticky],
+            metadata_max_age: Duration::from_secs(1),
         }
     }
 }
@@ -118,6 +133,47 @@ impl ConsumerConfig {
         self.auto_commit_interval = every;
         self
     }
+
+    /// `max.poll.interval.ms`: a subscribed consumer that does not call `poll` for this long
+    /// is removed from its group and its partitions go to the others. It is also the longest
+    /// a rebalance waits for this member. Default 5 minutes; at most 30 minutes.
+    pub fn max_poll_interval(mut self, interval: Duration) -> Self {
+        self.max_poll_interval = interval.clamp(Duration::from_millis(1), crate::group::MAX_TIMEOUT);
+        self
+    }
+
+    /// `group.instance.id`: makes the consumer a static member. It keeps its identity (and,
+    /// under a sticky assignor, its partitions) when it is recreated, and dropping it does
+    /// not leave the group: it is removed only after `max.poll.interval.ms` of silence.
+    pub fn group_instance_id(mut self, id: impl Into<String>) -> Self {
+        self.group_instance_id = Some(id.into());
+        self
+    }
+
+    /// `client.id`: the prefix of the consumer's member id. Default "rivulet".
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+
+    /// `partition.assignment.strategy`: the assignors this consumer supports, preferred
+    /// first; the group uses one every member supports. Default `[CooperativeSticky]`
+    /// (Kafka's Java client defaults to `[Range, CooperativeSticky]`; see docs/design.md).
+    /// The rebalance protocol is cooperative only if every assignor listed is. An empty list
+    /// keeps the default.
+    pub fn partition_assignment_strategy(mut self, assignors: &[Assignor]) -> Self {
+        if !assignors.is_empty() {
+            self.assignors = assignors.to_vec();
+        }
+        self
+    }
+
+    /// `metadata.max.age.ms`: how often a subscribed consumer looks for new topics matching
+    /// its pattern and, as group leader, for partitions added to its topics. Default 1 s.
+    pub fn metadata_max_age(mut self, age: Duration) -> Self {
+        self.metadata_max_age = age;
+        self
+    }
 }
 
 /// Reads records from assigned partitions.
@@ -136,15 +192,30 @@ impl ConsumerConfig {
 /// assert_eq!(records.iter().next().unwrap().value, Some(&b"hello"[..]));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 pub struct Consumer {
     broker: Broker,
     config: ConsumerConfig,
     assigned: BTreeMap<TopicPartition, Assigned>,
+    /// Raised when an assigned partition advances or the group starts a rebalance.
     signal: Arc<Signal>,
     /// Where the next round-robin pass starts.
     next_first: usize,
     last_commit: Instant,
+    /// Set by `assign`: the assignment is the user's, not the group's.
+    manual: bool,
+    /// Set by `subscribe`.
+    membership: Option<Membership>,
+    listener: Option<Box<dyn RebalanceListener>>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("config", &self.config)
+            .field("assigned", &self.assigned.keys().collect::<Vec<_>>())
+            .field("membership", &self.membership)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -166,49 +237,62 @@ impl Consumer {
             signal: Signal::new(),
             next_first: 0,
             last_commit: Instant::now(),
+            manual: false,
+            membership: None,
+            listener: None,
         }
     }
 
-    /// Replaces the assignment with `partitions`. Partitions kept keep their positions; new
-    /// ones start per `auto.offset.reset`. Unknown topics or partitions are errors and change
-    /// nothing.
+    /// Replaces the assignment with `partitions` (manual assignment, no group membership).
+    /// Partitions kept keep their positions; new ones start from the group's committed offset
+    /// if there is one, else per `auto.offset.reset`. Unknown topics or partitions are errors
+    /// and change nothing; so is calling it on a subscribed consumer.
     pub fn assign(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        if self.membership.is_some() {
+            return Err(Error::IllegalState("assign on a subscribed consumer (unsubscribe first)"));
+        }
+        self.set_assignment(partitions)?;
+        self.manual = !partitions.is_empty();
+        Ok(())
+    }
+
+    /// Makes `partitions` the assignment, opening new ones before changing anything.
+    fn set_assignment(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        let mut opened = Vec::new();
+        for tp in partitions {
+            if !self.assigned.contains_key(tp) {
+                opened.push((tp.clone(), self.broker.partition(&tp.topic, tp.partition)?));
+            }
+        }
         let mut next = BTreeMap::new();
         for tp in partitions {
-            let kept = self.assigned.remove(tp);
-            let entry = match kept {
-                Some(a) => a,
-                None => {
-                    let log = self.broker.partition(&tp.topic, tp.partition)?;
-                    // A group's committed offset is where its consumers resume.
-                    let committed = match &self.config.group_id {
-                        Some(group) => self
-                            .broker
-                            .inner
-                            .offsets()?
-                            .committed(group, tp)
-                            .map(|o| o.offset),
-                        None => None,
-                    };
-                    Assigned {
-                        log,
-                        topic: Arc::from(tp.topic.as_str()),
-                        position: committed,
-                        paused: false,
-                    }
-                }
+            if let Some(a) = self.assigned.remove(tp) {
+                next.insert(tp.clone(), a);
+            }
+        }
+        for a in self.assigned.values() {
+            a.log.unwatch(&self.signal);
+        }
+        let store = match (&self.config.group_id, opened.is_empty()) {
+            (Some(_), false) => Some(self.broker.inner.offsets()?),
+            _ => None,
+        };
+        for (tp, log) in opened {
+            // A group's committed offset is where its consumers resume.
+            let committed = match (&self.config.group_id, &store) {
+                (Some(group), Some(store)) => store.committed(group, &tp).map(|o| o.offset),
+                _ => None,
             };
-            next.insert(tp.clone(), entry);
+            log.watch(&self.signal);
+            let a = Assigned {
+                log,
+                topic: Arc::from(tp.topic.as_str()),
+                position: committed,
+                paused: false,
+            };
+            next.insert(tp, a);
         }
         self.assigned = next;
-        self.signal = {
-            // A fresh signal, watched only by the new assignment's logs.
-            let signal = Signal::new();
-            for a in self.assigned.values() {
-                a.log.watch(&signal);
-            }
-            signal
-        };
         Ok(())
     }
 
@@ -308,6 +392,12 @@ impl Consumer {
 
     /// Commits the given offsets (the next offset to consume, and metadata) for the consumer's
     /// group, all or none.
+    ///
+    /// A subscribed consumer commits as a member of its current generation: after the group
+    /// has rebalanced without it the commit is refused ([`Error::IllegalGeneration`],
+    /// [`Error::UnknownMember`], [`Error::RebalanceInProgress`]) and nothing is stored, as in
+    /// Kafka. A consumer with assigned partitions may commit only while the group has no
+    /// members.
     pub fn commit_offsets(&mut self, offsets: &[(TopicPartition, i64, &str)]) -> Result<()> {
         let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
         let now = crate::storage::now_ms();
@@ -322,7 +412,18 @@ impl Consumer {
                 (tp.clone(), meta)
             })
             .collect();
-        self.broker.inner.offsets()?.commit(&group, &entries)?;
+        let store = self.broker.inner.offsets()?;
+        let member = match &self.membership {
+            Some(m) => m.member.clone(),
+            None => MemberRef {
+                generation: -1,
+                ..MemberRef::default()
+            },
+        };
+        self.broker
+            .inner
+            .groups
+            .check_commit(&group, &member, || store.commit(&group, &entries))?;
         self.last_commit = Instant::now();
         Ok(())
     }
@@ -343,11 +444,18 @@ impl Consumer {
     /// Returns the records available now, or waits up to `timeout` for some. At most
     /// `max.poll.records`; positions advance past the records returned. With auto-commit,
     /// first commits what earlier polls returned, if the interval has passed.
+    ///
+    /// A subscribed consumer takes part in its group's rebalances here: it joins, runs the
+    /// rebalance listener, and returns no records until it has its assignment (an empty
+    /// result if that takes longer than `timeout`; the next poll carries on).
     pub fn poll(&mut self, timeout: Duration) -> Result<ConsumerRecords> {
-        if self.auto_commit_due() {
-            self.commit()?;
-        }
         let deadline = Instant::now() + timeout;
+        if self.membership.is_some() && !self.drive_group(deadline)? {
+            return Ok(ConsumerRecords::default());
+        }
+        if self.auto_commit_due() {
+            self.auto_commit();
+        }
         loop {
             let seen = self.signal.count();
             let records = self.poll_once()?;
@@ -357,7 +465,22 @@ impl Consumer {
             if !self.signal.wait_past(seen, deadline) {
                 return Ok(records);
             }
+            // Woken by new records or by the group: a rebalance is handled before fetching.
+            if self.membership.is_some() && !self.drive_group(deadline)? {
+                return Ok(ConsumerRecords::default());
+            }
         }
+    }
+
+    /// Commits the positions of the records returned so far; a refusal because the group
+    /// moved on is logged, not returned (the partitions are then lost, and the next poll
+    /// rejoins), as Kafka's auto-commit does.
+    fn auto_commit(&mut self) {
+        match self.commit() {
+            Ok(()) => {}
+            Err(e) => log::warn!("auto-commit for group {:?}: {e}", self.config.group_id),
+        }
+        self.last_commit = Instant::now();
     }
 
     fn poll_once(&mut self) -> Result<ConsumerRecords> {
@@ -404,12 +527,7 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        if self.config.group_id.is_some()
-            && self.config.enable_auto_commit
-            && let Err(e) = self.commit()
-        {
-            log::warn!("auto-commit when dropping a consumer: {e}");
-        }
+        self.shut_down();
     }
 }
 

@@ -223,6 +223,77 @@ pub enum Error {
         /// How many the topic has.
         partitions: u32,
     },
+
+    /// The group coordinator does not know this member (it never joined, left, or was removed
+    /// after its session timed out). Its partitions are lost; it must join again.
+    #[error("group {group:?} has no member {member:?}")]
+    UnknownMember {
+        /// The group.
+        group: String,
+        /// The member id given.
+        member: String,
+    },
+
+    /// A request carried a generation that is not the group's current one: the member missed a
+    /// rebalance. Nothing was changed (a commit is refused).
+    #[error("group {group:?} is at generation {current}, the request is of generation {generation}")]
+    IllegalGeneration {
+        /// The group.
+        group: String,
+        /// The generation in the request.
+        generation: i32,
+        /// The group's generation.
+        current: i32,
+    },
+
+    /// The group is rebalancing: the member must join again before this request can succeed.
+    #[error("group {group:?} is rebalancing")]
+    RebalanceInProgress {
+        /// The group.
+        group: String,
+    },
+
+    /// Another member has joined with the same `group.instance.id` and replaced this one.
+    #[error("group {group:?}: instance id {instance:?} now belongs to another member")]
+    FencedInstanceId {
+        /// The group.
+        group: String,
+        /// The static instance id.
+        instance: String,
+    },
+
+    /// The member's protocol type or assignors have nothing in common with the group's.
+    #[error("group {group:?}: {reason}")]
+    InconsistentGroupProtocol {
+        /// The group.
+        group: String,
+        /// What does not match.
+        reason: String,
+    },
+
+    /// No group of this id exists (no members, no committed offsets).
+    #[error("no group {group:?}")]
+    NoSuchGroup {
+        /// The group.
+        group: String,
+    },
+
+    /// The group has active members; the operation needs it empty.
+    #[error("group {group:?} has active members")]
+    GroupNotEmpty {
+        /// The group.
+        group: String,
+    },
+
+    /// A call was made in a state that does not allow it (for example `subscribe` after
+    /// `assign`). Nothing was changed.
+    #[error("{0}")]
+    IllegalState(&'static str),
+
+    /// A request to the group coordinator is malformed (an empty group id, a zero session
+    /// timeout, no protocols, an undecodable subscription).
+    #[error("invalid group request: {0}")]
+    InvalidGroupRequest(String),
 }
 
 impl Error {

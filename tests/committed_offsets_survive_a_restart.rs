@@ -120,7 +120,10 @@ fn group_offsets_are_listed_reset_and_deleted() {
     c.assign(&[p0.clone(), p1.clone()]).unwrap();
     c.commit_offsets(&[(p0.clone(), 10, "checkpoint A"), (p1.clone(), 50, "")])
         .unwrap();
-    assert_eq!(broker.list_groups().unwrap(), ["billing"]);
+    assert_eq!(
+        broker.list_groups().unwrap(),
+        [("billing".to_string(), rivulet::group::GroupState::Empty)]
+    );
     let offsets = broker.group_offsets("billing").unwrap();
     assert_eq!(offsets.len(), 2);
     assert_eq!((offsets[0].committed.offset, offsets[0].lag), (10, 40));

@@ -1,7 +1,17 @@
-//! Consumer groups: the partition assignors (pure functions) and the committed-offset store.
-//! The coordinator state machine builds on them.
+//! Consumer groups: the coordinator state machine (Kafka's classic group protocol), the
+//! consumer protocol it carries, the partition assignors (pure functions) and the
+//! committed-offset store.
 mod assignor;
+mod coordinator;
 pub(crate) mod offsets;
+mod protocol;
+mod reply;
 
 pub use assignor::{Assignment, Assignor, Member};
+pub use coordinator::{
+    GroupCoordinator, GroupDescription, GroupState, JoinGroup, Joined, JoinedMember, MAX_TIMEOUT, MemberDescription,
+    MemberRef,
+};
 pub use offsets::{OFFSETS_TOPIC, OffsetAndMetadata};
+pub use protocol::{CONSUMER_PROTOCOL_TYPE, MemberAssignment, Subscription};
+pub use reply::Pending;

@@ -164,7 +164,8 @@ impl Signal {
         *self.count.lock()
     }
 
-    fn raise(&self) {
+    /// Raises it, waking every waiter.
+    pub fn raise(&self) {
         *self.count.lock() += 1;
         self.raised.notify_all();
     }
@@ -295,6 +296,15 @@ impl PartitionLog {
     pub fn watch(&self, signal: &Arc<Signal>) {
         let mut watchers = self.inner.watchers.lock();
         watchers.push(Arc::downgrade(signal));
+        self.inner.watched.store(watchers.len(), Ordering::SeqCst);
+    }
+
+    /// Stops raising `signal` (undoes one [`watch`](Self::watch)).
+    pub fn unwatch(&self, signal: &Arc<Signal>) {
+        let mut watchers = self.inner.watchers.lock();
+        if let Some(i) = watchers.iter().position(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(signal))) {
+            watchers.swap_remove(i);
+        }
         self.inner.watched.store(watchers.len(), Ordering::SeqCst);
     }
 

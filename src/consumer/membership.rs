@@ -1,0 +1,498 @@
+//! A subscribed consumer's part in its group: joining through the broker's
+//! [`GroupCoordinator`](crate::group::GroupCoordinator), computing the assignment when it leads,
+//! applying its share, and telling the [`RebalanceListener`].
+//!
+//! Everything happens inside `poll` (and `close`): there is no background thread. The
+//! consumer's session timeout is its `max.poll.interval.ms`, renewed by every poll, so a
+//! consumer that stops polling is removed exactly when Kafka's would leave. A dropped consumer
+//! leaves at once (unless it is a static member).
+//!
+//! Eager assignors (range, round-robin, sticky) revoke every partition before joining;
+//! cooperative-sticky keeps consuming what it owns, revokes only what the new assignment takes
+//! away, and then joins once more so the partitions it gave up can be handed on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+
+use super::{Consumer, TopicPartition};
+use crate::error::{Error, Result};
+use crate::group::{
+    Assignor, CONSUMER_PROTOCOL_TYPE, JoinGroup, Joined, Member, MemberAssignment, MemberRef, OFFSETS_TOPIC, Pending,
+    Subscription,
+};
+
+/// Told of the partitions a subscribed consumer gains and gives up, from inside `poll`. The
+/// consumer is passed in so the listener can commit, seek or look up positions (it must not
+/// call `poll`).
+pub trait RebalanceListener: Send {
+    /// The consumer is giving these partitions up in a rebalance: the place to commit what
+    /// was processed. With auto-commit on, the consumer has already committed them.
+    fn on_partitions_revoked(&mut self, consumer: &mut Consumer, partitions: &[TopicPartition]) {
+        let _ = (consumer, partitions);
+    }
+
+    /// The consumer now owns these partitions (under a cooperative assignor, only the ones
+    /// newly added; the list may be empty).
+    fn on_partitions_assigned(&mut self, consumer: &mut Consumer, partitions: &[TopicPartition]) {
+        let _ = (consumer, partitions);
+    }
+
+    /// The consumer lost these partitions without a clean handover (it was removed from the
+    /// group, for example after not polling for `max.poll.interval.ms`): other members may
+    /// already own them, and committing is no longer possible. By default the same as
+    /// `on_partitions_revoked`.
+    fn on_partitions_lost(&mut self, consumer: &mut Consumer, partitions: &[TopicPartition]) {
+        self.on_partitions_revoked(consumer, partitions);
+    }
+}
+
+/// What the consumer subscribes to.
+#[derive(Debug, Clone)]
+enum Topics {
+    List(BTreeSet<String>),
+    Pattern(Regex),
+}
+
+pub(super) struct Membership {
+    group: String,
+    topics: Topics,
+    /// The topics the subscription names now (a pattern resolved against the broker).
+    resolved: BTreeSet<String>,
+    /// Member id, instance id and generation, as the coordinator knows them.
+    pub(super) member: MemberRef,
+    cooperative: bool,
+    phase: Phase,
+    /// Join again at the next chance (the subscription or the topics changed, or a
+    /// cooperative round revoked partitions).
+    rejoin: bool,
+    next_refresh: Instant,
+    /// As leader: the partition counts the assignment was computed from.
+    assigned_counts: Option<BTreeMap<String, u32>>,
+}
+
+enum Phase {
+    Unjoined,
+    Joining(Pending<Result<Joined>>),
+    Syncing(Pending<Result<Vec<u8>>>),
+    Stable,
+}
+
+impl fmt::Debug for Membership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase {
+            Phase::Unjoined => "unjoined",
+            Phase::Joining(_) => "joining",
+            Phase::Syncing(_) => "syncing",
+            Phase::Stable => "stable",
+        };
+        f.debug_struct("Membership")
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .field("member", &self.member)
+            .field("phase", &phase)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a wait for the coordinator lasts before expiring what is due in the group (a
+/// member that vanished holds a rebalance up only until its timeout).
+const TICK: Duration = Duration::from_millis(20);
+
+impl Consumer {
+    /// Joins the consumer's group and consumes the partitions of `topics` the group assigns
+    /// it, rebalancing as members come and go. Topics that do not exist yet are picked up
+    /// when created. Needs a `group.id`; calling it on a consumer with an `assign`ed
+    /// assignment is an error. Subscribing again replaces the subscription.
+    pub fn subscribe<I, S>(&mut self, topics: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let topics: BTreeSet<String> = topics.into_iter().map(Into::into).collect();
+        if topics.is_empty() {
+            return self.unsubscribe();
+        }
+        self.start_subscription(Topics::List(topics))
+    }
+
+    /// Like [`subscribe`](Self::subscribe), to every topic whose whole name matches the
+    /// regular expression `pattern`, including topics created later (internal topics never
+    /// match). An invalid pattern is an error and changes nothing.
+    pub fn subscribe_pattern(&mut self, pattern: &str) -> Result<()> {
+        let re = Regex::new(&format!("^(?:{pattern})$")).map_err(|_| Error::InvalidConfig {
+            name: "subscription pattern",
+            value: pattern.to_string(),
+            reason: "not a valid regular expression",
+        })?;
+        self.start_subscription(Topics::Pattern(re))
+    }
+
+    fn start_subscription(&mut self, topics: Topics) -> Result<()> {
+        let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
+        if self.manual {
+            return Err(Error::IllegalState("subscribe on a consumer with assigned partitions (assign an empty list first)"));
+        }
+        let cooperative = self.config.assignors.iter().all(|a| a.is_cooperative());
+        match &mut self.membership {
+            Some(m) => {
+                m.topics = topics;
+                m.rejoin = true;
+                m.next_refresh = Instant::now();
+            }
+            None => {
+                self.membership = Some(Membership {
+                    group,
+                    topics,
+                    resolved: BTreeSet::new(),
+                    member: MemberRef {
+                        member_id: String::new(),
+                        group_instance_id: self.config.group_instance_id.clone(),
+                        generation: -1,
+                    },
+                    cooperative,
+                    phase: Phase::Unjoined,
+                    rejoin: false,
+                    next_refresh: Instant::now(),
+                    assigned_counts: None,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the listener told of partitions assigned, revoked and lost.
+    pub fn set_rebalance_listener(&mut self, listener: impl RebalanceListener + 'static) {
+        self.listener = Some(Box::new(listener));
+    }
+
+    /// The topics subscribed to (a pattern's current matches), empty if not subscribed.
+    pub fn subscription(&self) -> BTreeSet<String> {
+        match &self.membership {
+            Some(m) => match &m.topics {
+                Topics::List(t) => t.clone(),
+                Topics::Pattern(_) => m.resolved.clone(),
+            },
+            None => BTreeSet::new(),
+        }
+    }
+
+    /// The consumer's member id and generation in its group, once it has joined.
+    pub fn group_metadata(&self) -> Option<(String, i32)> {
+        let m = self.membership.as_ref()?;
+        (m.member.generation >= 0).then(|| (m.member.member_id.clone(), m.member.generation))
+    }
+
+    /// Leaves the group (committing first, with auto-commit) and drops the assignment.
+    pub fn unsubscribe(&mut self) -> Result<()> {
+        let result = self.leave();
+        self.membership = None;
+        result
+    }
+
+    /// Commits (with auto-commit) and leaves the group. Dropping the consumer does the same,
+    /// logging failures instead of returning them.
+    pub fn close(mut self) -> Result<()> {
+        let result = self.leave();
+        self.membership = None;
+        result
+    }
+
+    pub(super) fn shut_down(&mut self) {
+        if let Err(e) = self.leave() {
+            log::warn!("closing a consumer of group {:?}: {e}", self.config.group_id);
+        }
+        self.membership = None;
+    }
+
+    /// Gives the partitions up cleanly and leaves the group; a static member stays (it is
+    /// expected back).
+    fn leave(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        if self.config.group_id.is_some() && self.config.enable_auto_commit && !self.assigned.is_empty() {
+            result = self.commit();
+        }
+        let Some(m) = &self.membership else {
+            return result;
+        };
+        let owned = self.assignment();
+        if !owned.is_empty() && matches!(m.phase, Phase::Stable) {
+            self.tell(|l, c| l.on_partitions_revoked(c, &owned));
+        }
+        let m = self.membership.as_mut().expect("checked above");
+        m.phase = Phase::Unjoined;
+        if !m.member.member_id.is_empty() && m.member.group_instance_id.is_none() {
+            let left = self.broker.inner.groups.leave_group(&m.group, &m.member.member_id, None);
+            m.member.member_id.clear();
+            m.member.generation = -1;
+            if let Err(e) = left
+                && !matches!(e, Error::UnknownMember { .. })
+            {
+                result = result.and(Err(e));
+            }
+        }
+        self.set_assignment(&[])?;
+        result
+    }
+
+    /// Runs `f` with the listener, if there is one.
+    fn tell(&mut self, f: impl FnOnce(&mut dyn RebalanceListener, &mut Consumer)) {
+        if let Some(mut l) = self.listener.take() {
+            f(l.as_mut(), self);
+            if self.listener.is_none() {
+                self.listener = Some(l);
+            }
+        }
+    }
+
+    /// Brings the membership to a stable assignment; false if `deadline` passes first.
+    pub(super) fn drive_group(&mut self, deadline: Instant) -> Result<bool> {
+        self.refresh_topics();
+        loop {
+            let m = self.membership.as_mut().expect("only called when subscribed");
+            let coordinator = &self.broker.inner.groups;
+            match std::mem::replace(&mut m.phase, Phase::Unjoined) {
+                Phase::Unjoined => self.start_join()?,
+                Phase::Stable => {
+                    m.phase = Phase::Stable;
+                    if !m.rejoin {
+                        match coordinator.heartbeat(&m.group, &m.member) {
+                            Ok(()) => return Ok(true),
+                            Err(Error::RebalanceInProgress { .. }) => {}
+                            Err(e) if is_membership_loss(&e) => self.lose(e)?,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    self.start_join()?;
+                }
+                Phase::Joining(pending) => match self.wait_for(&pending, deadline) {
+                    None => {
+                        self.membership.as_mut().expect("subscribed").phase = Phase::Joining(pending);
+                        return Ok(false);
+                    }
+                    Some(Ok(joined)) => self.joined(joined)?,
+                    Some(Err(e)) if is_membership_loss(&e) => self.lose(e)?,
+                    Some(Err(Error::RebalanceInProgress { .. })) => {}
+                    Some(Err(e)) => return Err(e),
+                },
+                Phase::Syncing(pending) => match self.wait_for(&pending, deadline) {
+                    None => {
+                        self.membership.as_mut().expect("subscribed").phase = Phase::Syncing(pending);
+                        return Ok(false);
+                    }
+                    Some(Ok(bytes)) => self.synced(&bytes)?,
+                    Some(Err(e)) if is_membership_loss(&e) => self.lose(e)?,
+                    Some(Err(Error::RebalanceInProgress { .. })) => {}
+                    Some(Err(e)) => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Waits for a reply from the coordinator, expiring what is due in the group meanwhile.
+    fn wait_for<T>(&self, pending: &Pending<T>, deadline: Instant) -> Option<T> {
+        let group = &self.membership.as_ref().expect("subscribed").group;
+        loop {
+            let now = Instant::now();
+            if let Some(v) = pending.wait_until(deadline.min(now + TICK)) {
+                return Some(v);
+            }
+            self.broker.inner.groups.tick_group(group);
+            if Instant::now() >= deadline {
+                return pending.try_take();
+            }
+        }
+    }
+
+    /// Resolves a pattern against the topics, and as leader watches partition counts; a change
+    /// means joining again.
+    fn refresh_topics(&mut self) {
+        let broker = self.broker.clone();
+        let max_age = self.config.metadata_max_age;
+        let m = self.membership.as_mut().expect("subscribed");
+        let now = Instant::now();
+        if now < m.next_refresh {
+            return;
+        }
+        m.next_refresh = now + max_age;
+        let resolved: BTreeSet<String> = match &m.topics {
+            Topics::List(t) => t.clone(),
+            Topics::Pattern(re) => broker
+                .list_topics()
+                .into_iter()
+                .filter(|t| t != OFFSETS_TOPIC && re.is_match(t))
+                .collect(),
+        };
+        if resolved != m.resolved {
+            m.resolved = resolved;
+            m.rejoin = true;
+        }
+        if let Some(counts) = &m.assigned_counts
+            && *counts != partition_counts(&broker, m.resolved.iter())
+        {
+            m.rejoin = true;
+        }
+    }
+
+    /// Sends a JoinGroup. An eager consumer first gives up everything it owns.
+    fn start_join(&mut self) -> Result<()> {
+        let cooperative = self.membership.as_ref().expect("subscribed").cooperative;
+        if !cooperative && !self.assigned.is_empty() {
+            if self.config.enable_auto_commit {
+                self.auto_commit();
+            }
+            let owned = self.assignment();
+            self.tell(|l, c| l.on_partitions_revoked(c, &owned));
+            self.set_assignment(&[])?;
+        }
+        let owned = if cooperative { self.assignment() } else { Vec::new() };
+        let signal = self.signal.clone();
+        let m = self.membership.as_mut().expect("subscribed");
+        let metadata = Subscription {
+            topics: m.resolved.clone(),
+            owned,
+            user_data: None,
+        }
+        .encode();
+        let request = JoinGroup {
+            member_id: m.member.member_id.clone(),
+            group_instance_id: m.member.group_instance_id.clone(),
+            client_id: self.config.client_id.clone(),
+            session_timeout: self.config.max_poll_interval,
+            rebalance_timeout: self.config.max_poll_interval,
+            protocol_type: CONSUMER_PROTOCOL_TYPE.to_string(),
+            protocols: self
+                .config
+                .assignors
+                .iter()
+                .map(|a| (a.name().to_string(), metadata.clone()))
+                .collect(),
+            notify: Some(signal),
+        };
+        m.rejoin = false;
+        m.phase = Phase::Joining(self.broker.inner.groups.join_group(&m.group, request));
+        Ok(())
+    }
+
+    /// The join completed: as leader, compute the assignment; then send SyncGroup.
+    fn joined(&mut self, joined: Joined) -> Result<()> {
+        let assignments = if joined.is_leader() {
+            self.compute_assignment(&joined)?
+        } else {
+            Vec::new()
+        };
+        let m = self.membership.as_mut().expect("subscribed");
+        if !joined.is_leader() {
+            m.assigned_counts = None;
+        }
+        m.member.member_id = joined.member_id;
+        m.member.generation = joined.generation;
+        m.phase = Phase::Syncing(self.broker.inner.groups.sync_group(&m.group, &m.member, assignments));
+        Ok(())
+    }
+
+    fn compute_assignment(&mut self, joined: &Joined) -> Result<Vec<(String, Vec<u8>)>> {
+        let assignor = Assignor::from_name(&joined.protocol).ok_or_else(|| Error::InconsistentGroupProtocol {
+            group: self.membership.as_ref().expect("subscribed").group.clone(),
+            reason: format!("assignor {:?} is not one this consumer knows", joined.protocol),
+        })?;
+        let mut members = Vec::with_capacity(joined.members.len());
+        for jm in &joined.members {
+            let s = Subscription::decode(&jm.metadata)?;
+            members.push(Member {
+                id: jm.member_id.clone(),
+                topics: s.topics,
+                owned: s.owned,
+            });
+        }
+        let topics: BTreeSet<&String> = members.iter().flat_map(|m| &m.topics).collect();
+        let counts = partition_counts(&self.broker, topics.into_iter());
+        let assignment = assignor.assign(&counts, &members);
+        let m = self.membership.as_mut().expect("subscribed");
+        m.assigned_counts = Some(partition_counts(&self.broker, m.resolved.iter()));
+        Ok(assignment
+            .into_iter()
+            .map(|(id, partitions)| {
+                let bytes = MemberAssignment {
+                    partitions,
+                    user_data: None,
+                }
+                .encode();
+                (id, bytes)
+            })
+            .collect())
+    }
+
+    /// The sync completed: take up the new assignment.
+    fn synced(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut new = MemberAssignment::decode(bytes)?.partitions;
+        // A partition of a topic deleted since the leader looked cannot be consumed.
+        new.retain(|tp| self.broker.partition(&tp.topic, tp.partition).is_ok());
+        new.sort();
+        let cooperative = self.membership.as_ref().expect("subscribed").cooperative;
+        let owned = self.assignment();
+        let revoked: Vec<TopicPartition> = owned.iter().filter(|tp| !new.contains(tp)).cloned().collect();
+        let added: Vec<TopicPartition> = new.iter().filter(|tp| !owned.contains(tp)).cloned().collect();
+        if !revoked.is_empty() {
+            if self.config.enable_auto_commit {
+                let positions: Vec<(TopicPartition, i64, &str)> = revoked
+                    .iter()
+                    .filter_map(|tp| self.assigned[tp].position.map(|p| (tp.clone(), p, "")))
+                    .collect();
+                if let Err(e) = self.commit_offsets(&positions) {
+                    log::warn!("committing revoked partitions: {e}");
+                }
+            }
+            self.tell(|l, c| l.on_partitions_revoked(c, &revoked));
+        }
+        self.set_assignment(&new)?;
+        let m = self.membership.as_mut().expect("subscribed");
+        m.phase = Phase::Stable;
+        if cooperative && !revoked.is_empty() {
+            // The partitions given up go to their new owners in the next round.
+            m.rejoin = true;
+        }
+        let assigned = if cooperative { added } else { new };
+        self.tell(|l, c| l.on_partitions_assigned(c, &assigned));
+        Ok(())
+    }
+
+    /// The group moved on without this member: its partitions are lost. It joins again as a
+    /// new member unless another took its static identity.
+    fn lose(&mut self, cause: Error) -> Result<()> {
+        log::info!("consumer lost its group membership: {cause}");
+        let owned = self.assignment();
+        if !owned.is_empty() {
+            self.tell(|l, c| l.on_partitions_lost(c, &owned));
+        }
+        self.set_assignment(&[])?;
+        let m = self.membership.as_mut().expect("subscribed");
+        m.phase = Phase::Unjoined;
+        m.member.generation = -1;
+        match cause {
+            Error::FencedInstanceId { .. } => Err(cause),
+            Error::UnknownMember { .. } => {
+                m.member.member_id.clear();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Errors that mean the member is no longer part of the current generation.
+fn is_membership_loss(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::UnknownMember { .. } | Error::IllegalGeneration { .. } | Error::FencedInstanceId { .. }
+    )
+}
+
+/// The partition counts of those of `topics` that exist.
+fn partition_counts<'a>(broker: &crate::Broker, topics: impl Iterator<Item = &'a String>) -> BTreeMap<String, u32> {
+    topics
+        .filter_map(|t| broker.partition_count(t).ok().map(|n| (t.clone(), n)))
+        .collect()
+}

@@ -1,0 +1,228 @@
+//! Kafka's consumer protocol: how a consumer describes its subscription when it joins a group,
+//! and how the leader hands each member its assignment. The coordinator treats both as opaque
+//! bytes; using Kafka's layouts means in-process consumers and Kafka clients can share a group,
+//! either of them leading.
+//!
+//! ```text
+//! Subscription (version 1 written; 0 to 3 read, later fields ignored):
+//!   version i16 | topics [string] | user_data bytes (nullable)
+//!   | owned_partitions [topic string, partitions [i32]]       (version 1 and later)
+//!
+//! Assignment (version 1 written; 0 to 3 read):
+//!   version i16 | assigned_partitions [topic string, partitions [i32]] | user_data bytes (nullable)
+//! ```
+//!
+//! Arrays carry an i32 count, strings an i16 length, bytes an i32 length (-1 for null), all
+//! big-endian: the classic (non-flexible) encoding.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::consumer::TopicPartition;
+use crate::error::{Error, Result};
+
+/// The protocol type consumers join groups with.
+pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
+
+/// What a consumer member tells the group when it joins.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Subscription {
+    /// The topics it subscribes to.
+    pub topics: BTreeSet<String>,
+    /// The partitions it owns now (cooperative rebalancing needs them).
+    pub owned: Vec<TopicPartition>,
+    /// Opaque data for the assignor.
+    pub user_data: Option<Vec<u8>>,
+}
+
+/// What the leader hands a member.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberAssignment {
+    /// The member's partitions.
+    pub partitions: Vec<TopicPartition>,
+    /// Opaque data from the assignor.
+    pub user_data: Option<Vec<u8>>,
+}
+
+impl Subscription {
+    /// The encoding (version 1).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&1i16.to_be_bytes());
+        out.extend_from_slice(&(self.topics.len() as i32).to_be_bytes());
+        for t in &self.topics {
+            put_string(&mut out, t);
+        }
+        put_bytes(&mut out, self.user_data.as_deref());
+        put_partitions(&mut out, &self.owned);
+        out
+    }
+
+    /// Decodes any version from 0 to 3.
+    pub fn decode(bytes: &[u8]) -> Result<Subscription> {
+        let mut r = Reader(bytes);
+        let bad = || Error::InvalidGroupRequest("malformed consumer subscription".into());
+        let version = r.i16().ok_or_else(bad)?;
+        if version < 0 {
+            return Err(bad());
+        }
+        let n = r.count().ok_or_else(bad)?;
+        let mut topics = BTreeSet::new();
+        for _ in 0..n {
+            topics.insert(r.string().ok_or_else(bad)?);
+        }
+        let user_data = r.bytes().ok_or_else(bad)?;
+        let owned = if version >= 1 {
+            r.partitions().ok_or_else(bad)?
+        } else {
+            Vec::new()
+        };
+        Ok(Subscription {
+            topics,
+            owned,
+            user_data,
+        })
+    }
+}
+
+impl MemberAssignment {
+    /// The encoding (version 1).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&1i16.to_be_bytes());
+        put_partitions(&mut out, &self.partitions);
+        put_bytes(&mut out, self.user_data.as_deref());
+        out
+    }
+
+    /// Decodes any version from 0 to 3. Empty bytes are an empty assignment (what a
+    /// coordinator returns to a member the leader gave nothing).
+    pub fn decode(bytes: &[u8]) -> Result<MemberAssignment> {
+        if bytes.is_empty() {
+            return Ok(MemberAssignment::default());
+        }
+        let mut r = Reader(bytes);
+        let bad = || Error::InvalidGroupRequest("malformed consumer assignment".into());
+        let version = r.i16().ok_or_else(bad)?;
+        if version < 0 {
+            return Err(bad());
+        }
+        let partitions = r.partitions().ok_or_else(bad)?;
+        let user_data = r.bytes().ok_or_else(bad)?;
+        Ok(MemberAssignment {
+            partitions,
+            user_data,
+        })
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        Some(b) => {
+            out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+/// Partitions grouped by topic, topics in order.
+fn put_partitions(out: &mut Vec<u8>, tps: &[TopicPartition]) {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for tp in tps {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    out.extend_from_slice(&(by_topic.len() as i32).to_be_bytes());
+    for (topic, parts) in by_topic {
+        put_string(out, topic);
+        out.extend_from_slice(&(parts.len() as i32).to_be_bytes());
+        for p in parts {
+            out.extend_from_slice(&(p as i32).to_be_bytes());
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    /// An array count; a count larger than the bytes left could hold is malformed.
+    fn count(&mut self) -> Option<usize> {
+        let n = usize::try_from(self.i32()?).ok()?;
+        (n <= self.0.len()).then_some(n)
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = usize::try_from(self.i16()?).ok()?;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn bytes(&mut self) -> Option<Option<Vec<u8>>> {
+        let n = self.i32()?;
+        if n < 0 {
+            return Some(None);
+        }
+        Some(Some(self.take(n as usize)?.to_vec()))
+    }
+    fn partitions(&mut self) -> Option<Vec<TopicPartition>> {
+        let topics = self.count()?;
+        let mut out = Vec::new();
+        for _ in 0..topics {
+            let topic = self.string()?;
+            let n = self.count()?;
+            for _ in 0..n {
+                let p = u32::try_from(self.i32()?).ok()?;
+                out.push(TopicPartition::new(topic.clone(), p));
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_and_assignment_round_trip() {
+        let s = Subscription {
+            topics: ["a".to_string(), "b".to_string()].into(),
+            owned: vec![TopicPartition::new("a", 0), TopicPartition::new("b", 3)],
+            user_data: Some(vec![1, 2]),
+        };
+        assert_eq!(Subscription::decode(&s.encode()).unwrap(), s);
+        let a = MemberAssignment {
+            partitions: vec![TopicPartition::new("a", 1), TopicPartition::new("a", 2)],
+            user_data: None,
+        };
+        assert_eq!(MemberAssignment::decode(&a.encode()).unwrap(), a);
+        assert_eq!(MemberAssignment::decode(&[]).unwrap(), MemberAssignment::default());
+    }
+
+    #[test]
+    fn truncated_or_hostile_bytes_are_errors() {
+        let s = Subscription {
+            topics: ["topic".to_string()].into(),
+            ..Default::default()
+        }
+        .encode();
+        for n in 1..s.len() {
+            assert!(Subscription::decode(&s[..n]).is_err(), "prefix of {n} bytes");
+        }
+        // A huge count is refused without allocating for it.
+        let hostile = [0, 1, 0x7f, 0xff, 0xff, 0xff];
+        assert!(Subscription::decode(&hostile).is_err());
+    }
+}
