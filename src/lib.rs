@@ -81,6 +81,8 @@ pub use broker::{
     TopicDescription, validate_topic_name,
 };
 pub use config::{CleanupPolicy, CompressionType, Fsync, LogConfig, TopicConfig};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, OffsetReset, TopicPartition};
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, OffsetReset, RebalanceListener, TopicPartition,
+};
 pub use error::{BatchError, Error, Result};
 pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};
