@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Fsync, TopicConfig};
 use crate::consumer::TopicPartition;
 use crate::error::{Error, IoContext, Result};
-use crate::group::{GroupCoordinator, GroupDescription, GroupState, OffsetAndMetadata};
 use crate::group::offsets::{self, OFFSETS_TOPIC, OffsetStore};
+use crate::group::{GroupCoordinator, GroupDescription, GroupState, OffsetAndMetadata};
 use crate::storage::io::{self, Fs};
 use crate::storage::{Housekeeper, PartitionLog, StdFs, meta};
 
@@ -350,7 +350,9 @@ impl Broker {
                 members: Vec::new(),
             });
         }
-        Err(Error::NoSuchGroup { group: group.to_string() })
+        Err(Error::NoSuchGroup {
+            group: group.to_string(),
+        })
     }
 
     /// The group coordinator, for front ends that speak Kafka's group protocol.
@@ -399,7 +401,9 @@ impl Broker {
             })
             .collect();
         let store = self.inner.offsets()?;
-        self.inner.groups.while_inactive(group, || store.commit(group, &entries))
+        self.inner
+            .groups
+            .while_inactive(group, || store.commit(group, &entries))
     }
 
     /// Deletes a group and its committed offsets. The group must have no active members

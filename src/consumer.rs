@@ -249,7 +249,9 @@ impl Consumer {
     /// and change nothing; so is calling it on a subscribed consumer.
     pub fn assign(&mut self, partitions: &[TopicPartition]) -> Result<()> {
         if self.membership.is_some() {
-            return Err(Error::IllegalState("assign on a subscribed consumer (unsubscribe first)"));
+            return Err(Error::IllegalState(
+                "assign on a subscribed consumer (unsubscribe first)",
+            ));
         }
         self.set_assignment(partitions)?;
         self.manual = !partitions.is_empty();

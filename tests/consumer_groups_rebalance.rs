@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rivulet::group::Assignor;
 use rivulet::{
-    Broker, Consumer, ConsumerConfig, Error, OffsetReset, Producer, ProducerRecord, RebalanceListener, TopicConfig,
-    TopicPartition,
+    Broker, Consumer, ConsumerConfig, Error, OffsetReset, Producer, ProducerRecord, RebalanceListener,
+    TopicConfig, TopicPartition,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,12 +68,20 @@ fn member(broker: &Broker, config: ConsumerConfig, topics: &[&str]) -> (Consumer
 
 /// Polls every consumer in turn until the group is stable with all of them holding a share
 /// that covers `partitions` exactly once. Returns the records each poll returned.
-fn settle(broker: &Broker, consumers: &mut [&mut Consumer], partitions: usize) -> Vec<Vec<(TopicPartition, i64)>> {
+fn settle(
+    broker: &Broker,
+    consumers: &mut [&mut Consumer],
+    partitions: usize,
+) -> Vec<Vec<(TopicPartition, i64)>> {
     let mut seen = vec![Vec::new(); consumers.len()];
     for _ in 0..500 {
         for (i, c) in consumers.iter_mut().enumerate() {
             let records = c.poll(Duration::from_millis(5)).unwrap();
-            seen[i].extend(records.iter().map(|r| (TopicPartition::new(r.topic, r.partition), r.offset)));
+            seen[i].extend(
+                records
+                    .iter()
+                    .map(|r| (TopicPartition::new(r.topic, r.partition), r.offset)),
+            );
         }
         let d = broker.describe_group("g").unwrap();
         let owned: Vec<TopicPartition> = consumers.iter().flat_map(|c| c.assignment()).collect();
@@ -116,7 +124,10 @@ fn cooperative_rebalances_move_only_what_must_move() {
         let moved: BTreeSet<TopicPartition> = before.iter().filter(|tp| !now.contains(tp)).cloned().collect();
         assert_eq!(rec.revoked(), moved, "only the partition that moved is revoked");
         assert_eq!(moved.len(), 1);
-        assert!(now.iter().all(|tp| before.contains(tp)), "nothing new for the old members");
+        assert!(
+            now.iter().all(|tp| before.contains(tp)),
+            "nothing new for the old members"
+        );
     }
     let got: BTreeSet<TopicPartition> = rc
         .take()
@@ -143,13 +154,24 @@ fn eager_rebalances_revoke_everything_first() {
     broker.create_topic("t", 4, TopicConfig::default()).unwrap();
     let (mut a, ra) = member(&broker, config(Assignor::Range), &["t"]);
     settle(&broker, &mut [&mut a], 4);
-    assert_eq!(ra.take(), vec![Event::Assigned((0..4).map(|p| TopicPartition::new("t", p)).collect())]);
+    assert_eq!(
+        ra.take(),
+        vec![Event::Assigned(
+            (0..4).map(|p| TopicPartition::new("t", p)).collect()
+        )]
+    );
     let (mut b, _rb) = member(&broker, config(Assignor::Range), &["t"]);
     settle(&broker, &mut [&mut a, &mut b], 4);
     let events = ra.take();
-    assert_eq!(events[0], Event::Revoked((0..4).map(|p| TopicPartition::new("t", p)).collect()));
+    assert_eq!(
+        events[0],
+        Event::Revoked((0..4).map(|p| TopicPartition::new("t", p)).collect())
+    );
     assert_eq!(events[1], Event::Assigned(a.assignment()));
-    assert_eq!(a.assignment(), [TopicPartition::new("t", 0), TopicPartition::new("t", 1)]);
+    assert_eq!(
+        a.assignment(),
+        [TopicPartition::new("t", 0), TopicPartition::new("t", 1)]
+    );
 }
 
 #[test]
@@ -173,8 +195,18 @@ fn every_record_goes_to_one_member_and_a_stalled_member_is_replaced() {
     let mut by_a = seen[0].clone();
     let mut by_b = seen[1].clone();
     for _ in 0..50 {
-        by_a.extend(a.poll(Duration::from_millis(1)).unwrap().iter().map(|r| (TopicPartition::new(r.topic, r.partition), r.offset)));
-        by_b.extend(b.poll(Duration::from_millis(1)).unwrap().iter().map(|r| (TopicPartition::new(r.topic, r.partition), r.offset)));
+        by_a.extend(
+            a.poll(Duration::from_millis(1))
+                .unwrap()
+                .iter()
+                .map(|r| (TopicPartition::new(r.topic, r.partition), r.offset)),
+        );
+        by_b.extend(
+            b.poll(Duration::from_millis(1))
+                .unwrap()
+                .iter()
+                .map(|r| (TopicPartition::new(r.topic, r.partition), r.offset)),
+        );
     }
     assert_eq!(by_a.len() + by_b.len(), 400);
     let a_parts: BTreeSet<_> = by_a.iter().map(|(tp, _)| tp.clone()).collect();
@@ -206,16 +238,28 @@ fn every_record_goes_to_one_member_and_a_stalled_member_is_replaced() {
 fn a_pattern_subscription_picks_up_new_topics() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::open(dir.path()).unwrap();
-    broker.create_topic("orders-eu", 1, TopicConfig::default()).unwrap();
-    broker.create_topic("payments", 1, TopicConfig::default()).unwrap();
+    broker
+        .create_topic("orders-eu", 1, TopicConfig::default())
+        .unwrap();
+    broker
+        .create_topic("payments", 1, TopicConfig::default())
+        .unwrap();
     let mut c = Consumer::new(&broker, config(Assignor::CooperativeSticky));
-    assert!(matches!(c.subscribe_pattern("orders-("), Err(Error::InvalidConfig { .. })));
+    assert!(matches!(
+        c.subscribe_pattern("orders-("),
+        Err(Error::InvalidConfig { .. })
+    ));
     c.subscribe_pattern("orders-.*").unwrap();
     settle(&broker, &mut [&mut c], 1);
     assert_eq!(c.assignment(), [TopicPartition::new("orders-eu", 0)]);
-    broker.create_topic("orders-us", 2, TopicConfig::default()).unwrap();
+    broker
+        .create_topic("orders-us", 2, TopicConfig::default())
+        .unwrap();
     settle(&broker, &mut [&mut c], 3);
-    assert_eq!(c.subscription(), BTreeSet::from(["orders-eu".to_string(), "orders-us".to_string()]));
+    assert_eq!(
+        c.subscription(),
+        BTreeSet::from(["orders-eu".to_string(), "orders-us".to_string()])
+    );
     // Partitions added to a subscribed topic are picked up too.
     broker.add_partitions("orders-us", 3).unwrap();
     settle(&broker, &mut [&mut c], 4);
@@ -233,7 +277,10 @@ fn subscribe_and_assign_do_not_mix() {
     assert!(matches!(c.subscribe(["t"]), Err(Error::IllegalState(_))));
     c.assign(&[]).unwrap();
     c.subscribe(["t"]).unwrap();
-    assert!(matches!(c.assign(&[TopicPartition::new("t", 0)]), Err(Error::IllegalState(_))));
+    assert!(matches!(
+        c.assign(&[TopicPartition::new("t", 0)]),
+        Err(Error::IllegalState(_))
+    ));
     c.unsubscribe().unwrap();
     c.assign(&[TopicPartition::new("t", 0)]).unwrap();
 }
@@ -247,13 +294,19 @@ fn a_restarted_group_resumes_from_its_commits() {
         broker.create_topic("t", 2, TopicConfig::default()).unwrap();
         let producer = Producer::new(&broker);
         for i in 0..100u32 {
-            producer.send(ProducerRecord::new("t", &i.to_be_bytes()).partition(i % 2)).unwrap();
+            producer
+                .send(ProducerRecord::new("t", &i.to_be_bytes()).partition(i % 2))
+                .unwrap();
         }
         let mut c = Consumer::new(&broker, config(Assignor::CooperativeSticky).max_poll_records(30));
         c.subscribe(["t"]).unwrap();
         while consumed.len() < 60 {
             let records = c.poll(Duration::from_millis(50)).unwrap();
-            consumed.extend(records.iter().map(|r| u32::from_be_bytes(r.value.unwrap().try_into().unwrap())));
+            consumed.extend(
+                records
+                    .iter()
+                    .map(|r| u32::from_be_bytes(r.value.unwrap().try_into().unwrap())),
+            );
         }
         c.close().unwrap(); // commits with auto-commit on
         broker.close().unwrap();
@@ -263,7 +316,11 @@ fn a_restarted_group_resumes_from_its_commits() {
     c.subscribe(["t"]).unwrap();
     for _ in 0..100 {
         let records = c.poll(Duration::from_millis(20)).unwrap();
-        consumed.extend(records.iter().map(|r| u32::from_be_bytes(r.value.unwrap().try_into().unwrap())));
+        consumed.extend(
+            records
+                .iter()
+                .map(|r| u32::from_be_bytes(r.value.unwrap().try_into().unwrap())),
+        );
         if consumed.len() >= 100 {
             break;
         }

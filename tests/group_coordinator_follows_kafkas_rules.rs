@@ -70,7 +70,10 @@ fn a_rebalance_waits_for_every_member_and_bumps_the_generation() {
     // A second member starts a rebalance that waits for the first to join again.
     let pending_b = c.join_group("g", join_request("", &["roundrobin", "range"], LONG));
     assert!(pending_b.try_take().is_none(), "b must wait for a");
-    assert!(matches!(c.heartbeat("g", &me(&a)), Err(Error::RebalanceInProgress { .. })));
+    assert!(matches!(
+        c.heartbeat("g", &me(&a)),
+        Err(Error::RebalanceInProgress { .. })
+    ));
     // The old generation may still commit while the group prepares (Kafka's rule) ...
     c.check_commit("g", &me(&a), || Ok(())).unwrap();
     let a2 = wait(c.join_group("g", join_request(&a.member_id, &["range", "roundrobin"], LONG))).unwrap();
@@ -84,7 +87,11 @@ fn a_rebalance_waits_for_every_member_and_bumps_the_generation() {
     // ... but not once the generation has moved on.
     assert!(matches!(
         c.check_commit("g", &me(&a), || Ok(())),
-        Err(Error::IllegalGeneration { generation: 1, current: 2, .. })
+        Err(Error::IllegalGeneration {
+            generation: 1,
+            current: 2,
+            ..
+        })
     ));
     // While the leader has not sent the assignment, commits wait.
     assert!(matches!(
@@ -104,14 +111,20 @@ fn a_rebalance_waits_for_every_member_and_bumps_the_generation() {
     c.check_commit("g", &me(&b), || Ok(())).unwrap();
 
     let d = c.describe("g").unwrap();
-    assert_eq!((d.state, d.generation, d.members.len()), (GroupState::Stable, 2, 2));
+    assert_eq!(
+        (d.state, d.generation, d.members.len()),
+        (GroupState::Stable, 2, 2)
+    );
 
     // A leave rebalances; the one left becomes leader of generation 3.
     c.leave_group("g", &a2.member_id, None).unwrap();
     let b3 = wait(c.join_group("g", join_request(&b.member_id, &["roundrobin"], LONG))).unwrap();
     assert_eq!((b3.generation, b3.is_leader()), (3, true));
     // The member that left is unknown now.
-    assert!(matches!(c.heartbeat("g", &me(&a2)), Err(Error::UnknownMember { .. })));
+    assert!(matches!(
+        c.heartbeat("g", &me(&a2)),
+        Err(Error::UnknownMember { .. })
+    ));
 }
 
 #[test]
@@ -127,14 +140,23 @@ fn a_silent_member_is_removed_and_a_late_one_is_left_out() {
     assert_eq!(b.generation, 2);
     assert!(b.is_leader());
     assert_eq!(b.members.len(), 1);
-    assert!(matches!(c.heartbeat("g", &me(&a)), Err(Error::UnknownMember { .. })));
-    assert!(matches!(c.check_commit("g", &me(&a), || Ok(())), Err(Error::UnknownMember { .. })));
+    assert!(matches!(
+        c.heartbeat("g", &me(&a)),
+        Err(Error::UnknownMember { .. })
+    ));
+    assert!(matches!(
+        c.check_commit("g", &me(&a), || Ok(())),
+        Err(Error::UnknownMember { .. })
+    ));
     // A standalone commit (no member, generation -1) is refused while the group has members.
     let standalone = MemberRef {
         generation: -1,
         ..MemberRef::default()
     };
-    assert!(matches!(c.check_commit("g", &standalone, || Ok(())), Err(Error::UnknownMember { .. })));
+    assert!(matches!(
+        c.check_commit("g", &standalone, || Ok(())),
+        Err(Error::UnknownMember { .. })
+    ));
     c.leave_group("g", &b.member_id, None).unwrap();
     assert_eq!(c.describe("g").unwrap().state, GroupState::Empty);
     c.check_commit("g", &standalone, || Ok(())).unwrap();
@@ -212,8 +234,14 @@ fn a_static_member_comes_back_without_a_rebalance_and_fences_its_old_id() {
     };
     assert_eq!(wait(c.sync_group("g", &back_ref, Vec::new())).unwrap(), b"S");
     // The old incarnation is fenced.
-    assert!(matches!(c.heartbeat("g", &s_ref), Err(Error::FencedInstanceId { .. })));
-    assert!(matches!(c.check_commit("g", &s_ref, || Ok(())), Err(Error::FencedInstanceId { .. })));
+    assert!(matches!(
+        c.heartbeat("g", &s_ref),
+        Err(Error::FencedInstanceId { .. })
+    ));
+    assert!(matches!(
+        c.check_commit("g", &s_ref, || Ok(())),
+        Err(Error::FencedInstanceId { .. })
+    ));
     c.heartbeat("g", &back_ref).unwrap();
     // Leaving by instance id.
     c.leave_group("g", "", Some("worker-1")).unwrap();
@@ -228,16 +256,25 @@ fn deleting_or_resetting_an_active_group_is_refused() {
     let c = broker.coordinator();
     let a = wait(c.join_group("g", join_request("", &["range"], LONG))).unwrap();
     let tp = rivulet::TopicPartition::new("t", 0);
-    assert!(matches!(broker.delete_group("g"), Err(Error::GroupNotEmpty { .. })));
+    assert!(matches!(
+        broker.delete_group("g"),
+        Err(Error::GroupNotEmpty { .. })
+    ));
     assert!(matches!(
         broker.reset_group_offsets("g", &[(tp.clone(), 0)]),
         Err(Error::GroupNotEmpty { .. })
     ));
-    assert!(broker.group_offsets("g").unwrap().is_empty(), "nothing was written");
+    assert!(
+        broker.group_offsets("g").unwrap().is_empty(),
+        "nothing was written"
+    );
     c.leave_group("g", &a.member_id, None).unwrap();
     broker.reset_group_offsets("g", &[(tp, 0)]).unwrap();
     assert_eq!(broker.group_offsets("g").unwrap().len(), 1);
     broker.delete_group("g").unwrap();
     assert!(c.describe("g").is_none());
-    assert!(matches!(broker.describe_group("g"), Err(Error::NoSuchGroup { .. })));
+    assert!(matches!(
+        broker.describe_group("g"),
+        Err(Error::NoSuchGroup { .. })
+    ));
 }

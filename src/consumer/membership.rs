@@ -20,8 +20,8 @@ use regex::Regex;
 use super::{Consumer, TopicPartition};
 use crate::error::{Error, Result};
 use crate::group::{
-    Assignor, CONSUMER_PROTOCOL_TYPE, JoinGroup, Joined, Member, MemberAssignment, MemberRef, OFFSETS_TOPIC, Pending,
-    Subscription,
+    Assignor, CONSUMER_PROTOCOL_TYPE, JoinGroup, Joined, Member, MemberAssignment, MemberRef, OFFSETS_TOPIC,
+    Pending, Subscription,
 };
 
 /// Told of the partitions a subscribed consumer gains and gives up, from inside `poll`. The
@@ -133,7 +133,9 @@ impl Consumer {
     fn start_subscription(&mut self, topics: Topics) -> Result<()> {
         let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
         if self.manual {
-            return Err(Error::IllegalState("subscribe on a consumer with assigned partitions (assign an empty list first)"));
+            return Err(Error::IllegalState(
+                "subscribe on a consumer with assigned partitions (assign an empty list first)",
+            ));
         }
         let cooperative = self.config.assignors.iter().all(|a| a.is_cooperative());
         match &mut self.membership {
@@ -224,7 +226,11 @@ impl Consumer {
         let m = self.membership.as_mut().expect("checked above");
         m.phase = Phase::Unjoined;
         if !m.member.member_id.is_empty() && m.member.group_instance_id.is_none() {
-            let left = self.broker.inner.groups.leave_group(&m.group, &m.member.member_id, None);
+            let left = self
+                .broker
+                .inner
+                .groups
+                .leave_group(&m.group, &m.member.member_id, None);
             m.member.member_id.clear();
             m.member.generation = -1;
             if let Err(e) = left
@@ -347,7 +353,11 @@ impl Consumer {
             self.tell(|l, c| l.on_partitions_revoked(c, &owned));
             self.set_assignment(&[])?;
         }
-        let owned = if cooperative { self.assignment() } else { Vec::new() };
+        let owned = if cooperative {
+            self.assignment()
+        } else {
+            Vec::new()
+        };
         let signal = self.signal.clone();
         let m = self.membership.as_mut().expect("subscribed");
         let metadata = Subscription {
@@ -389,15 +399,21 @@ impl Consumer {
         }
         m.member.member_id = joined.member_id;
         m.member.generation = joined.generation;
-        m.phase = Phase::Syncing(self.broker.inner.groups.sync_group(&m.group, &m.member, assignments));
+        m.phase = Phase::Syncing(
+            self.broker
+                .inner
+                .groups
+                .sync_group(&m.group, &m.member, assignments),
+        );
         Ok(())
     }
 
     fn compute_assignment(&mut self, joined: &Joined) -> Result<Vec<(String, Vec<u8>)>> {
-        let assignor = Assignor::from_name(&joined.protocol).ok_or_else(|| Error::InconsistentGroupProtocol {
-            group: self.membership.as_ref().expect("subscribed").group.clone(),
-            reason: format!("assignor {:?} is not one this consumer knows", joined.protocol),
-        })?;
+        let assignor =
+            Assignor::from_name(&joined.protocol).ok_or_else(|| Error::InconsistentGroupProtocol {
+                group: self.membership.as_ref().expect("subscribed").group.clone(),
+                reason: format!("assignor {:?} is not one this consumer knows", joined.protocol),
+            })?;
         let mut members = Vec::with_capacity(joined.members.len());
         for jm in &joined.members {
             let s = Subscription::decode(&jm.metadata)?;
@@ -491,7 +507,10 @@ fn is_membership_loss(e: &Error) -> bool {
 }
 
 /// The partition counts of those of `topics` that exist.
-fn partition_counts<'a>(broker: &crate::Broker, topics: impl Iterator<Item = &'a String>) -> BTreeMap<String, u32> {
+fn partition_counts<'a>(
+    broker: &crate::Broker,
+    topics: impl Iterator<Item = &'a String>,
+) -> BTreeMap<String, u32> {
     topics
         .filter_map(|t| broker.partition_count(t).ok().map(|n| (t.clone(), n)))
         .collect()

@@ -292,7 +292,12 @@ impl GroupCoordinator {
 
     /// LeaveGroup: removes the member, which starts a rebalance for the others. A static
     /// member may be named by its instance id alone (an empty member id).
-    pub fn leave_group(&self, group_id: &str, member_id: &str, group_instance_id: Option<&str>) -> Result<()> {
+    pub fn leave_group(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+    ) -> Result<()> {
         let now = Instant::now();
         let group = self
             .group(group_id)
@@ -363,7 +368,12 @@ impl GroupCoordinator {
     /// consumer's, accepted only while the group has no members. Otherwise the member must be
     /// known, not fenced, of the current generation, and the group not waiting for its
     /// leader's assignment.
-    pub fn check_commit<T>(&self, group_id: &str, member: &MemberRef, write: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn check_commit<T>(
+        &self,
+        group_id: &str,
+        member: &MemberRef,
+        write: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let now = Instant::now();
         let Some(group) = self.group(group_id) else {
             if member.generation < 0 && member.member_id.is_empty() && member.group_instance_id.is_none() {
@@ -393,7 +403,9 @@ impl GroupCoordinator {
             let mut g = group.lock();
             g.expire(Instant::now());
             if !g.members.is_empty() {
-                return Err(Error::GroupNotEmpty { group: group_id.to_string() });
+                return Err(Error::GroupNotEmpty {
+                    group: group_id.to_string(),
+                });
             }
             cleanup()?;
             g.state = GroupState::Dead;
@@ -412,7 +424,9 @@ impl GroupCoordinator {
         let mut g = group.lock();
         g.expire(Instant::now());
         if !g.members.is_empty() {
-            return Err(Error::GroupNotEmpty { group: group_id.to_string() });
+            return Err(Error::GroupNotEmpty {
+                group: group_id.to_string(),
+            });
         }
         f()
     }
@@ -509,11 +523,20 @@ impl Group {
             .collect()
     }
 
-    fn join(&mut self, r: JoinGroup, now: Instant, ids: &std::sync::atomic::AtomicU64) -> Pending<Result<Joined>> {
+    fn join(
+        &mut self,
+        r: JoinGroup,
+        now: Instant,
+        ids: &std::sync::atomic::AtomicU64,
+    ) -> Pending<Result<Joined>> {
         // The member must be able to agree with the others.
         let others_exist = self.members.keys().any(|id| *id != r.member_id);
         if others_exist {
-            if self.protocol_type.as_deref().is_some_and(|t| t != r.protocol_type) {
+            if self
+                .protocol_type
+                .as_deref()
+                .is_some_and(|t| t != r.protocol_type)
+            {
                 return Pending::ready(Err(Error::InconsistentGroupProtocol {
                     group: self.id.clone(),
                     reason: format!("protocol type {:?} is not the group's", r.protocol_type),
@@ -531,11 +554,19 @@ impl Group {
         if r.member_id.is_empty() {
             let new_id = format!(
                 "{}-{}-{:x}",
-                if r.client_id.is_empty() { "member" } else { &r.client_id },
+                if r.client_id.is_empty() {
+                    "member"
+                } else {
+                    &r.client_id
+                },
                 ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 crate::storage::now_ms()
             );
-            match r.group_instance_id.clone().and_then(|i| self.instances.get(&i).cloned()) {
+            match r
+                .group_instance_id
+                .clone()
+                .and_then(|i| self.instances.get(&i).cloned())
+            {
                 Some(old) => self.replace_static(&old, new_id, r, tx, now),
                 None => self.add_member(new_id, r, tx, now),
             }
@@ -549,16 +580,15 @@ impl Group {
         let changed = m.protocols != r.protocols;
         m.update(r, now);
         let is_leader = self.leader.as_deref() == Some(id.as_str());
+        // A leader joining a stable group asks for a rebalance: its view of topics changed.
+        let wants_rebalance = changed || (is_leader && self.state == GroupState::Stable);
         match self.state {
             GroupState::PreparingRebalance => {
                 self.await_join(&id, tx);
                 self.try_complete_join(now);
             }
-            GroupState::CompletingRebalance | GroupState::Stable
-                if !changed && !(is_leader && self.state == GroupState::Stable) =>
-            {
-                // Asking again with nothing changed gets the current generation. (A leader
-                // joining a stable group asks for a rebalance: its view of topics changed.)
+            GroupState::CompletingRebalance | GroupState::Stable if !wants_rebalance => {
+                // Asking again with nothing changed gets the current generation.
                 tx.send(Ok(self.joined_reply(&id, is_leader)));
             }
             _ => {
@@ -602,7 +632,14 @@ impl Group {
 
     /// A static member came back under a new member id: it takes the old one's place, and the
     /// old id is fenced.
-    fn replace_static(&mut self, old: &str, new_id: String, r: JoinGroup, tx: Replier<Result<Joined>>, now: Instant) {
+    fn replace_static(
+        &mut self,
+        old: &str,
+        new_id: String,
+        r: JoinGroup,
+        tx: Replier<Result<Joined>>,
+        now: Instant,
+    ) {
         let mut m = self.members.remove(old).expect("instances point at members");
         let fenced = || Error::FencedInstanceId {
             group: self.id.clone(),
@@ -641,10 +678,15 @@ impl Group {
     }
 
     fn await_join(&mut self, id: &str, tx: Replier<Result<Joined>>) {
-        let m = self.members.get_mut(id).expect("the member was just added or checked");
+        let m = self
+            .members
+            .get_mut(id)
+            .expect("the member was just added or checked");
         if let Some(old) = m.awaiting_join.replace(tx) {
             // A member that joins twice gets its answer on the newer request.
-            old.send(Err(Error::RebalanceInProgress { group: self.id.clone() }));
+            old.send(Err(Error::RebalanceInProgress {
+                group: self.id.clone(),
+            }));
         }
     }
 
@@ -731,7 +773,12 @@ impl Group {
         // Most votes; ties go to the earlier candidate.
         candidates
             .iter()
-            .max_by_key(|c| (votes.get(*c).copied().unwrap_or(0), std::cmp::Reverse(candidates.iter().position(|x| x == *c))))
+            .max_by_key(|c| {
+                (
+                    votes.get(*c).copied().unwrap_or(0),
+                    std::cmp::Reverse(candidates.iter().position(|x| x == *c)),
+                )
+            })
             .map(|c| c.to_string())
             .expect("members were admitted only with a protocol in common")
     }
@@ -764,19 +811,28 @@ impl Group {
         }
     }
 
-    fn sync(&mut self, who: &MemberRef, assignments: Vec<(String, Vec<u8>)>, now: Instant) -> Pending<Result<Vec<u8>>> {
+    fn sync(
+        &mut self,
+        who: &MemberRef,
+        assignments: Vec<(String, Vec<u8>)>,
+        now: Instant,
+    ) -> Pending<Result<Vec<u8>>> {
         if let Err(e) = self.check_generation(who) {
             return Pending::ready(Err(e));
         }
         self.touch(&who.member_id, now);
         match self.state {
-            GroupState::PreparingRebalance => Pending::ready(Err(Error::RebalanceInProgress { group: self.id.clone() })),
+            GroupState::PreparingRebalance => Pending::ready(Err(Error::RebalanceInProgress {
+                group: self.id.clone(),
+            })),
             GroupState::Stable => Pending::ready(Ok(self.members[&who.member_id].assignment.clone())),
             _ => {
                 let (tx, rx) = reply();
                 let m = self.members.get_mut(&who.member_id).expect("checked");
                 if let Some(old) = m.awaiting_sync.replace(tx) {
-                    old.send(Err(Error::RebalanceInProgress { group: self.id.clone() }));
+                    old.send(Err(Error::RebalanceInProgress {
+                        group: self.id.clone(),
+                    }));
                 }
                 if self.leader.as_deref() == Some(who.member_id.as_str()) {
                     let mut given: HashMap<String, Vec<u8>> = assignments.into_iter().collect();
@@ -833,7 +889,9 @@ impl Group {
             .members
             .iter()
             .filter(|(_, m)| {
-                m.awaiting_join.is_none() && m.awaiting_sync.is_none() && now >= m.last_heard + m.session_timeout
+                m.awaiting_join.is_none()
+                    && m.awaiting_sync.is_none()
+                    && now >= m.last_heard + m.session_timeout
             })
             .map(|(id, _)| id.clone())
             .collect();

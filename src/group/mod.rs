@@ -9,8 +9,8 @@ mod reply;
 
 pub use assignor::{Assignment, Assignor, Member};
 pub use coordinator::{
-    GroupCoordinator, GroupDescription, GroupState, JoinGroup, Joined, JoinedMember, MAX_TIMEOUT, MemberDescription,
-    MemberRef,
+    GroupCoordinator, GroupDescription, GroupState, JoinGroup, Joined, JoinedMember, MAX_TIMEOUT,
+    MemberDescription, MemberRef,
 };
 pub use offsets::{OFFSETS_TOPIC, OffsetAndMetadata};
 pub use protocol::{CONSUMER_PROTOCOL_TYPE, MemberAssignment, Subscription};

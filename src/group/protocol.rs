@@ -208,7 +208,10 @@ mod tests {
             user_data: None,
         };
         assert_eq!(MemberAssignment::decode(&a.encode()).unwrap(), a);
-        assert_eq!(MemberAssignment::decode(&[]).unwrap(), MemberAssignment::default());
+        assert_eq!(
+            MemberAssignment::decode(&[]).unwrap(),
+            MemberAssignment::default()
+        );
     }
 
     #[test]

@@ -302,7 +302,10 @@ impl PartitionLog {
     /// Stops raising `signal` (undoes one [`watch`](Self::watch)).
     pub fn unwatch(&self, signal: &Arc<Signal>) {
         let mut watchers = self.inner.watchers.lock();
-        if let Some(i) = watchers.iter().position(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(signal))) {
+        if let Some(i) = watchers
+            .iter()
+            .position(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(signal)))
+        {
             watchers.swap_remove(i);
         }
         self.inner.watched.store(watchers.len(), Ordering::SeqCst);
