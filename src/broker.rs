@@ -31,7 +31,8 @@ use crate::storage::{Housekeeper, PartitionLog, StdFs, meta};
 
 const REGISTRY_FILE: &str = "topics.meta";
 const LOCK_FILE: &str = ".lock";
-const REGISTRY_VERSION: u32 = 1;
+/// Version 2 added the compaction settings to each topic's config.
+const REGISTRY_VERSION: u32 = 2;
 /// The most partitions one topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
 /// The longest topic name, as in Kafka.
@@ -49,6 +50,95 @@ struct TopicRecord {
     name: String,
     partitions: u32,
     config: TopicConfig,
+}
+
+/// Decodes `topics.meta` of any version up to this build's (the version comes first). A
+/// newer version decodes its version alone, and `open` refuses it.
+fn decode_registry(payload: &[u8]) -> std::result::Result<Registry, String> {
+    let (version, _) = postcard::take_from_bytes::<u32>(payload).map_err(|e| e.to_string())?;
+    match version {
+        1 => postcard::from_bytes::<legacy::Registry>(payload)
+            .map(legacy::Registry::upgrade)
+            .map_err(|e| e.to_string()),
+        REGISTRY_VERSION => postcard::from_bytes(payload).map_err(|e| e.to_string()),
+        newer => Ok(Registry {
+            version: newer,
+            topics: Vec::new(),
+        }),
+    }
+}
+
+/// The registry's layout at version 1, before topics had compaction settings.
+mod legacy {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    use crate::config::{CompressionType, Fsync, LogConfig, TopicConfig};
+    use crate::storage::TimestampType;
+
+    #[derive(Deserialize)]
+    pub(super) struct Registry {
+        version: u32,
+        topics: Vec<TopicRecord>,
+    }
+
+    #[derive(Deserialize)]
+    struct TopicRecord {
+        name: String,
+        partitions: u32,
+        log: Log,
+        compression: CompressionType,
+        _cleanup_policy: u32,
+    }
+
+    #[derive(Deserialize)]
+    struct Log {
+        segment_bytes: u64,
+        segment_ms: Option<Duration>,
+        segment_index_bytes: u32,
+        index_interval_bytes: u32,
+        retention_ms: Option<Duration>,
+        retention_bytes: Option<u64>,
+        retention_check_interval: Duration,
+        max_message_bytes: usize,
+        fsync: Fsync,
+        timestamp_type: TimestampType,
+    }
+
+    impl Registry {
+        pub(super) fn upgrade(self) -> super::Registry {
+            let _ = self.version;
+            super::Registry {
+                version: super::REGISTRY_VERSION,
+                topics: self
+                    .topics
+                    .into_iter()
+                    .map(|t| {
+                        let l = t.log;
+                        let log = LogConfig {
+                            segment_bytes: l.segment_bytes,
+                            segment_ms: l.segment_ms,
+                            segment_index_bytes: l.segment_index_bytes,
+                            index_interval_bytes: l.index_interval_bytes,
+                            retention_ms: l.retention_ms,
+                            retention_bytes: l.retention_bytes,
+                            retention_check_interval: l.retention_check_interval,
+                            max_message_bytes: l.max_message_bytes,
+                            fsync: l.fsync,
+                            timestamp_type: l.timestamp_type,
+                            ..LogConfig::default()
+                        };
+                        super::TopicRecord {
+                            name: t.name,
+                            partitions: t.partitions,
+                            config: TopicConfig::default().with_log(log).compression(t.compression),
+                        }
+                    })
+                    .collect(),
+            }
+        }
+    }
 }
 
 /// Settings of a broker, with Kafka's broker-level names in the setter docs.
@@ -431,7 +521,7 @@ impl BrokerInner {
         }
         std::fs::create_dir_all(&dir).ctx("create", &dir)?;
         let registry_path = dir.join(REGISTRY_FILE);
-        let registry = meta::read::<Registry>(&registry_path)?;
+        let registry = meta::read_with(&registry_path, decode_registry)?;
         if registry.is_none() {
             // Refuse a foreign directory before writing anything into it.
             io::refuse_foreign_files(&dir, REGISTRY_FILE)?;

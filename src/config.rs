@@ -48,6 +48,10 @@ pub struct LogConfig {
     pub(crate) max_message_bytes: usize,
     pub(crate) fsync: Fsync,
     pub(crate) timestamp_type: TimestampType,
+    pub(crate) cleanup_policy: CleanupPolicy,
+    pub(crate) delete_retention: Duration,
+    /// `min.cleanable.dirty.ratio` in millionths (so the config stays `Eq`).
+    pub(crate) min_cleanable_dirty_ppm: u32,
 }
 
 impl Default for LogConfig {
@@ -63,6 +67,9 @@ impl Default for LogConfig {
             max_message_bytes: 1 << 20,
             fsync: Fsync::Always,
             timestamp_type: TimestampType::CreateTime,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention: Duration::from_secs(24 * 3600),
+            min_cleanable_dirty_ppm: 500_000,
         }
     }
 }
@@ -145,6 +152,42 @@ impl LogConfig {
         self
     }
 
+    /// `cleanup.policy`: whether old segments are deleted by retention, compacted, or both.
+    /// Default [`CleanupPolicy::Delete`].
+    pub fn cleanup_policy(mut self, policy: CleanupPolicy) -> Self {
+        self.cleanup_policy = policy;
+        self
+    }
+
+    /// `delete.retention.ms`: how long a tombstone (a record with a null value) stays in a
+    /// compacted log after it was written, so consumers that read the key's older value see
+    /// its deletion too. Default 1 day.
+    pub fn delete_retention(mut self, age: Duration) -> Self {
+        self.delete_retention = age;
+        self
+    }
+
+    /// `min.cleanable.dirty.ratio`: a compacted log is cleaned once the share of its sealed
+    /// bytes written since the last clean reaches this. Default 0.5; between 0 and 1.
+    pub fn min_cleanable_dirty_ratio(mut self, ratio: f64) -> Self {
+        self.min_cleanable_dirty_ppm = if (0.0..=1.0).contains(&ratio) {
+            (ratio * 1e6).round() as u32
+        } else {
+            u32::MAX // refused by `validate`
+        };
+        self
+    }
+
+    /// The configured `cleanup.policy`.
+    pub fn get_cleanup_policy(&self) -> CleanupPolicy {
+        self.cleanup_policy
+    }
+
+    /// The configured `min.cleanable.dirty.ratio`.
+    pub fn get_min_cleanable_dirty_ratio(&self) -> f64 {
+        self.min_cleanable_dirty_ppm as f64 / 1e6
+    }
+
     /// The configured `segment.bytes`.
     pub fn get_segment_bytes(&self) -> u64 {
         self.segment_bytes
@@ -207,6 +250,13 @@ impl LogConfig {
         {
             return Err(bad("flush.ms", every, "must be at least 1 ms"));
         }
+        if self.min_cleanable_dirty_ppm > 1_000_000 {
+            return Err(bad(
+                "min.cleanable.dirty.ratio",
+                "out of range",
+                "must be from 0 to 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -221,12 +271,38 @@ pub enum CompressionType {
     Codec(Compression),
 }
 
-/// What happens to old records of a topic (`cleanup.policy`).
+/// What happens to old records of a log (`cleanup.policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum CleanupPolicy {
     /// Whole old segments are deleted by retention (the default).
     #[default]
     Delete,
+    /// Sealed segments are compacted: only the latest record of each key is kept, and
+    /// tombstones go after `delete.retention.ms`. Retention deletes nothing.
+    Compact,
+    /// Both: compaction, and retention deleting whole old segments.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// True if retention deletes old segments.
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+
+    /// True if the log is compacted.
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    /// Kafka's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
 }
 
 /// Settings of one topic: the log settings of each of its partitions, and the topic-level
@@ -244,7 +320,6 @@ pub enum CleanupPolicy {
 pub struct TopicConfig {
     pub(crate) log: LogConfig,
     pub(crate) compression: CompressionType,
-    pub(crate) cleanup_policy: CleanupPolicy,
 }
 
 fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T> {
@@ -291,9 +366,9 @@ impl TopicConfig {
         self.compression
     }
 
-    /// `cleanup.policy`. Default [`CleanupPolicy::Delete`].
+    /// `cleanup.policy` of the topic's logs. Default [`CleanupPolicy::Delete`].
     pub fn cleanup_policy(mut self, policy: CleanupPolicy) -> Self {
-        self.cleanup_policy = policy;
+        self.log.cleanup_policy = policy;
         self
     }
 
@@ -352,17 +427,26 @@ impl TopicConfig {
                 log
             }
             "cleanup.policy" => {
-                next.cleanup_policy = match value {
-                    "delete" => CleanupPolicy::Delete,
+                let mut parts: Vec<&str> = value.split(',').map(str::trim).collect();
+                parts.sort_unstable();
+                log.cleanup_policy(match parts[..] {
+                    ["delete"] => CleanupPolicy::Delete,
+                    ["compact"] => CleanupPolicy::Compact,
+                    ["compact", "delete"] => CleanupPolicy::CompactDelete,
                     _ => {
                         return Err(bad_value(
                             "cleanup.policy",
                             value,
-                            "delete (compaction is not built yet)",
+                            "delete, compact or compact,delete",
                         ));
                     }
-                };
-                log
+                })
+            }
+            "delete.retention.ms" => {
+                log.delete_retention(Duration::from_millis(parse("delete.retention.ms", value)?))
+            }
+            "min.cleanable.dirty.ratio" => {
+                log.min_cleanable_dirty_ratio(parse("min.cleanable.dirty.ratio", value)?)
             }
             _ => {
                 return Err(Error::InvalidConfig {
@@ -387,7 +471,7 @@ impl TopicConfig {
             Fsync::Never => (i64::MAX.to_string(), i64::MAX.to_string()),
         };
         vec![
-            ("cleanup.policy", "delete".to_string()),
+            ("cleanup.policy", l.cleanup_policy.name().to_string()),
             (
                 "compression.type",
                 match self.compression {
@@ -399,6 +483,7 @@ impl TopicConfig {
             ("flush.messages", flush_messages),
             ("flush.ms", flush_ms),
             ("index.interval.bytes", l.index_interval_bytes.to_string()),
+            ("delete.retention.ms", l.delete_retention.as_millis().to_string()),
             ("max.message.bytes", l.max_message_bytes.to_string()),
             (
                 "message.timestamp.type",
@@ -406,6 +491,10 @@ impl TopicConfig {
                     TimestampType::CreateTime => "CreateTime".to_string(),
                     TimestampType::LogAppendTime => "LogAppendTime".to_string(),
                 },
+            ),
+            (
+                "min.cleanable.dirty.ratio",
+                l.get_min_cleanable_dirty_ratio().to_string(),
             ),
             (
                 "retention.bytes",
@@ -475,7 +564,18 @@ mod tests {
         assert!(c.set("segment.bytes", "12").is_err());
         assert!(c.set("retention.ms", "soon").is_err());
         assert!(c.set("no.such.setting", "1").is_err());
-        assert!(c.set("cleanup.policy", "compact").is_err());
+        assert!(c.set("cleanup.policy", "shred").is_err());
+        assert!(c.set("min.cleanable.dirty.ratio", "1.5").is_err());
         assert_eq!(c, before);
+        for (k, v) in [
+            ("cleanup.policy", "compact,delete"),
+            ("cleanup.policy", "compact"),
+            ("delete.retention.ms", "1000"),
+            ("min.cleanable.dirty.ratio", "0.25"),
+        ] {
+            c.set(k, v).unwrap();
+            assert!(c.entries().contains(&(k, v.to_string())), "{k}");
+        }
+        assert_eq!(c.log().get_cleanup_policy(), CleanupPolicy::Compact);
     }
 }

@@ -46,6 +46,17 @@ pub(crate) fn write<T: Serialize>(fs: &dyn Fs, path: &Path, value: &T) -> Result
 
 /// Reads the value at `path`; `Ok(None)` if there is no such file.
 pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    read_with(path, |payload| {
+        postcard::from_bytes(payload).map_err(|e| e.to_string())
+    })
+}
+
+/// Reads the payload at `path` and decodes it with `decode` (for files whose layout depends on
+/// a version stored first); `Ok(None)` if there is no such file.
+pub(crate) fn read_with<T>(
+    path: &Path,
+    decode: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<Option<T>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -73,7 +84,7 @@ pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
             "CRC {crc:#010x} stored, {actual:#010x} computed"
         )));
     }
-    postcard::from_bytes(payload)
+    decode(payload)
         .map(Some)
         .map_err(|e| damaged(format!("undecodable payload: {e}")))
 }
