@@ -33,6 +33,7 @@ pub struct BatchBuilder {
     producer_epoch: i16,
     base_sequence: i32,
     attributes: i16,
+    last_offset_delta: i32,
 }
 
 /// A header to attach to a record being built: key and optional value.
@@ -59,6 +60,7 @@ impl BatchBuilder {
             producer_epoch: -1,
             base_sequence: -1,
             attributes: compression as i16,
+            last_offset_delta: -1,
         }
     }
 
@@ -102,18 +104,74 @@ impl BatchBuilder {
         headers: &[HeaderRef<'_>],
     ) {
         assert!(self.count < i32::MAX, "a batch holds at most i32::MAX records");
+        let field = |b: Option<&[u8]>| b.map_or(1, |b| varint_len(b.len() as i32) + b.len());
+        let headers_len = headers
+            .iter()
+            .map(|(k, v)| field(Some(k.as_bytes())) + field(*v))
+            .sum();
+        self.put_record(
+            self.count,
+            timestamp,
+            key,
+            value,
+            headers.len() as i32,
+            headers_len,
+            |out| {
+                for (k, v) in headers {
+                    put_bytes(out, Some(k.as_bytes()));
+                    put_bytes(out, *v);
+                }
+            },
+        );
+    }
+
+    /// Appends a record at `offset_delta` (which must be above the previous record's) whose
+    /// headers are already encoded: the cleaner copies records this way, keeping their offsets.
+    pub(crate) fn push_encoded(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        raw_headers: &[u8],
+        header_count: u32,
+    ) {
+        self.put_record(
+            offset_delta,
+            timestamp,
+            key,
+            value,
+            header_count as i32,
+            raw_headers.len(),
+            |out| out.extend_from_slice(raw_headers),
+        );
+    }
+
+    /// Encodes one record; `write_headers` writes the `headers_len` bytes after the count.
+    #[allow(clippy::too_many_arguments)]
+    fn put_record(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        header_count: i32,
+        headers_len: usize,
+        write_headers: impl FnOnce(&mut Vec<u8>),
+    ) {
         if self.count == 0 {
             self.base_timestamp = timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let ts_delta = timestamp.wrapping_sub(self.base_timestamp);
-        let offset_delta = self.count;
         let field = |b: Option<&[u8]>| b.map_or(1, |b| varint_len(b.len() as i32) + b.len());
-        let mut len = 1 + varlong_len(ts_delta) + varint_len(offset_delta) + field(key) + field(value);
-        len += varint_len(headers.len() as i32);
-        for (k, v) in headers {
-            len += field(Some(k.as_bytes())) + field(*v);
-        }
+        let len = 1
+            + varlong_len(ts_delta)
+            + varint_len(offset_delta)
+            + field(key)
+            + field(value)
+            + varint_len(header_count)
+            + headers_len;
         let out = if self.compression == Compression::None {
             &mut self.buf
         } else {
@@ -126,12 +184,26 @@ impl BatchBuilder {
         put_varint(out, offset_delta);
         put_bytes(out, key);
         put_bytes(out, value);
-        put_varint(out, headers.len() as i32);
-        for (k, v) in headers {
-            put_bytes(out, Some(k.as_bytes()));
-            put_bytes(out, *v);
-        }
+        put_varint(out, header_count);
+        write_headers(out);
         self.count += 1;
+        self.last_offset_delta = offset_delta;
+    }
+
+    /// Copies a stored batch's attributes (codec, timestamp type, transactional and control
+    /// flags) and producer fields.
+    pub(crate) fn like(mut self, h: &BatchHeader) -> Self {
+        self.attributes = h.attributes;
+        self.producer_id = h.producer_id;
+        self.producer_epoch = h.producer_epoch;
+        self.base_sequence = h.base_sequence;
+        self
+    }
+
+    /// Keeps the batch's offset range at `delta` even if its last records were left out.
+    pub(crate) fn last_offset_delta(mut self, delta: i32) -> Self {
+        self.last_offset_delta = self.last_offset_delta.max(delta);
+        self
     }
 
     /// Records pushed so far.
@@ -172,7 +244,7 @@ impl BatchBuilder {
         b[LEADER_EPOCH_AT..MAGIC_AT].copy_from_slice(&(-1i32).to_be_bytes());
         b[MAGIC_AT] = MAGIC as u8;
         b[ATTRIBUTES_AT..LAST_OFFSET_DELTA_AT].copy_from_slice(&self.attributes.to_be_bytes());
-        b[LAST_OFFSET_DELTA_AT..BASE_TIMESTAMP_AT].copy_from_slice(&(self.count - 1).to_be_bytes());
+        b[LAST_OFFSET_DELTA_AT..BASE_TIMESTAMP_AT].copy_from_slice(&self.last_offset_delta.to_be_bytes());
         b[BASE_TIMESTAMP_AT..MAX_TIMESTAMP_AT].copy_from_slice(&self.base_timestamp.to_be_bytes());
         b[MAX_TIMESTAMP_AT..PRODUCER_ID_AT].copy_from_slice(&self.max_timestamp.to_be_bytes());
         b[PRODUCER_ID_AT..PRODUCER_EPOCH_AT].copy_from_slice(&self.producer_id.to_be_bytes());

@@ -1,4 +1,5 @@
-//! The background thread that runs interval fsyncs and retention for any number of logs.
+//! The background thread that runs interval fsyncs, retention and compaction for any number
+//! of logs.
 //!
 //! It holds its logs weakly, so a log that is dropped simply leaves its list. It sleeps until
 //! the earliest deadline among them. The thread stops when the last [`Housekeeper`] handle is
@@ -153,7 +154,10 @@ fn run(shared: &Shared) {
             for (log, work) in due {
                 let result = match work {
                     Due::Flush => log.interval_flush(),
-                    Due::Retention => log.enforce_retention(now_ms()).map(drop),
+                    Due::Retention => log
+                        .enforce_retention(now_ms())
+                        .and_then(|_| log.compact(now_ms(), false))
+                        .map(drop),
                 };
                 if let Err(e) = result {
                     log::error!("{}: background work failed: {e}", log.dir.display());

@@ -137,6 +137,8 @@ struct FaultState {
     /// Fail when the counter reaches zero; `u64::MAX` disarms.
     writes_left: AtomicU64,
     syncs_left: AtomicU64,
+    /// Crash when the counter of mutating operations reaches zero; `u64::MAX` disarms.
+    ops_left: AtomicU64,
     write_error: Mutex<Option<io::ErrorKind>>,
     crashed: AtomicBool,
     writes: AtomicU64,
@@ -174,10 +176,18 @@ impl FaultyFs {
         self.state.syncs_left.store(n, Ordering::SeqCst);
     }
 
+    /// Makes the machine crash (see [`FaultyFs::crash`] for what survives) at the operation
+    /// after the next `n` that change something: writes, syncs, truncations, renames and
+    /// removals. That operation and every later one fail.
+    pub fn crash_after_ops(&self, n: u64) {
+        self.state.ops_left.store(n, Ordering::SeqCst);
+    }
+
     /// Disarms all faults.
     pub fn clear_faults(&self) {
         self.state.writes_left.store(u64::MAX, Ordering::SeqCst);
         self.state.syncs_left.store(u64::MAX, Ordering::SeqCst);
+        self.state.ops_left.store(u64::MAX, Ordering::SeqCst);
     }
 
     /// Writes performed so far.
@@ -221,6 +231,16 @@ impl FaultyFs {
         Ok(())
     }
 
+    /// A mutating operation: fails if crashed, and crashes if the countdown says so.
+    fn step(&self) -> io::Result<()> {
+        self.check_alive()?;
+        if Self::trips(&self.state.ops_left) {
+            self.state.crashed.store(true, Ordering::SeqCst);
+            return Err(io::Error::other("injected: the machine crashes now"));
+        }
+        Ok(())
+    }
+
     /// Counts down; true when this call is the one to fail.
     fn trips(counter: &AtomicU64) -> bool {
         counter
@@ -248,7 +268,7 @@ impl Fs for FaultyFs {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check_alive()?;
+        self.step()?;
         std::fs::rename(from, to)?;
         let mut durable = self.state.durable.lock();
         if let Some(len) = durable.remove(from) {
@@ -258,14 +278,14 @@ impl Fs for FaultyFs {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.check_alive()?;
+        self.step()?;
         std::fs::remove_file(path)?;
         self.state.durable.lock().remove(path);
         Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.check_alive()?;
+        self.step()?;
         self.state.syncs.fetch_add(1, Ordering::SeqCst);
         if Self::trips(&self.state.syncs_left) {
             return Err(io::Error::other("injected fsync failure"));
@@ -289,7 +309,7 @@ impl FsFile for FaultyFile {
     }
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
-        self.fs.check_alive()?;
+        self.fs.step()?;
         let state = &self.fs.state;
         state.writes.fetch_add(1, Ordering::SeqCst);
         if FaultyFs::trips(&state.writes_left) {
@@ -301,7 +321,7 @@ impl FsFile for FaultyFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.fs.check_alive()?;
+        self.fs.step()?;
         let state = &self.fs.state;
         state.syncs.fetch_add(1, Ordering::SeqCst);
         if FaultyFs::trips(&state.syncs_left) {
@@ -317,7 +337,7 @@ impl FsFile for FaultyFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.fs.check_alive()?;
+        self.fs.step()?;
         self.file.set_len(len)?;
         // Shrinking makes the cut-off bytes undurable at once; growth is durable only after a
         // sync, like the data written into it.

@@ -22,6 +22,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::config::{Fsync, LogConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::storage::builder::RecordBatch;
+use crate::storage::compaction::CleanStats;
 use crate::storage::format::TimestampType;
 use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{Fs, StdFs};
@@ -143,6 +144,10 @@ pub(crate) struct Inner {
     pub(super) watched: AtomicUsize,
     pub(super) poison: OnceLock<Arc<io::Error>>,
     pub(super) closed: AtomicBool,
+    /// One compaction at a time.
+    pub(super) cleaning: Mutex<()>,
+    /// The offset below which the log was last compacted.
+    pub(super) cleaned_to: AtomicI64,
 }
 
 /// A wake-up shared by several logs: raised when any of them advances. Waiters note the
@@ -297,6 +302,13 @@ impl PartitionLog {
         let mut watchers = self.inner.watchers.lock();
         watchers.push(Arc::downgrade(signal));
         self.inner.watched.store(watchers.len(), Ordering::SeqCst);
+    }
+
+    /// Compacts the sealed segments now, whatever their dirty ratio (`cleanup.policy` must
+    /// include `compact`; otherwise nothing happens). `None` if there was nothing to clean.
+    /// See the `compaction` module for what is kept and how a crash is survived.
+    pub fn compact(&self) -> Result<Option<CleanStats>> {
+        self.inner.compact(now_ms(), true)
     }
 
     /// Stops raising `signal` (undoes one [`watch`](Self::watch)).

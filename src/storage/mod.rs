@@ -6,13 +6,15 @@
 //! - `segment`, `index`, `mmap`: a segment's `.log`, `.index` and `.timeindex` files, laid out
 //!   as Kafka lays them out; `mmap` holds the crate's only unsafe code.
 //! - `log` ([`PartitionLog`]): appends, durability and group commit, reads; `recovery`:
-//!   opening; `retention`: retention, `delete_records_before`, truncation; `reader`:
+//!   opening; `retention`: retention, `delete_records_before`, truncation; `compaction`:
+//!   the cleaner of compacted logs; `reader`:
 //!   [`LogReader`] and [`Fetch`]; `housekeeper`: background fsyncs and retention.
 //! - `io`: the file-system seam [`Fs`], with [`FaultyFs`] for tests; `meta`: small
 //!   metadata files.
 //!
 //! The on-disk format and the write and recovery paths are specified in `docs/format.md`.
 mod builder;
+mod compaction;
 mod compression;
 pub(crate) mod format;
 mod housekeeper;
@@ -28,6 +30,7 @@ mod segment;
 mod varint;
 
 pub use builder::{BatchBuilder, HeaderRef, RecordBatch};
+pub use compaction::CleanStats;
 pub use compression::MAX_DECOMPRESSED_BYTES;
 pub use format::{
     Batch, BatchHeader, Compression, HEADER_LEN, Header, Headers, MAX_BATCH_LEN, Record, RecordIter, Records,

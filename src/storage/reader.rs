@@ -110,6 +110,9 @@ struct Current {
     count: i32,
     /// Records below the reader's position remain to be skipped (first batch after a seek).
     skipping: bool,
+    /// The offset after the batch, which may be past its last record (compaction keeps a
+    /// batch's offset range).
+    next_offset: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -222,6 +225,8 @@ impl LogReader {
                         reason: "bytes left over after the last record",
                     }));
                 }
+                // Step over offsets compaction removed from the batch's end.
+                self.position = self.position.max(cur.next_offset);
                 self.current = None;
             }
             if self.next_batch >= self.fetch.bytes.len() {
@@ -265,6 +270,7 @@ impl LogReader {
             index: 0,
             count: h.record_count,
             skipping: h.base_offset < self.position,
+            next_offset: h.next_offset(),
         });
         Ok(())
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::LogConfig;
 use crate::error::{Error, IoContext, Result};
+use crate::storage::compaction;
 use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{self, Fs};
 use crate::storage::log::{Inner, SyncState, Writer};
@@ -51,6 +52,7 @@ impl Inner {
         }
         let lock = io::lock_dir(&dir, LOCK_FILE)?;
         let meta = load_or_create_meta(&*fs, &dir)?;
+        let cleaned_to = compaction::recover(&*fs, &dir)?;
         let found = list_segments(&*fs, &dir)?;
         let clean = dir.join(CLEAN_SHUTDOWN_FILE).exists();
         let interval = config.index_interval_bytes;
@@ -152,6 +154,8 @@ impl Inner {
             watched: AtomicUsize::new(0),
             poison: OnceLock::new(),
             closed: AtomicBool::new(false),
+            cleaning: Mutex::new(()),
+            cleaned_to: AtomicI64::new(cleaned_to),
             dir,
         })
     }
@@ -190,7 +194,13 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
         match segment::parse_file_name(&name) {
             Some((base, "log")) => logs.push(base),
             Some((base, "index" | "timeindex")) => orphans.push((base, name)),
-            _ if name == META_FILE || name == LOCK_FILE || name == CLEAN_SHUTDOWN_FILE => {}
+            _ if [
+                META_FILE,
+                LOCK_FILE,
+                CLEAN_SHUTDOWN_FILE,
+                compaction::CHECKPOINT_FILE,
+            ]
+            .contains(&name.as_str()) => {}
             _ if name.ends_with(".tmp") => orphans.push((-1, name)),
             _ => log::warn!("ignoring unknown file {name:?} in {}", dir.display()),
         }

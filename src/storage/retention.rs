@@ -111,7 +111,7 @@ impl Inner {
 
     pub(crate) fn enforce_retention(&self, now: i64) -> Result<usize> {
         let _w = self.writer.lock();
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || !self.cfg().cleanup_policy.deletes() {
             return Ok(0);
         }
         let segments = self.snapshot();

@@ -502,6 +502,15 @@ pub(crate) enum AppendError {
     Damaged(Error),
 }
 
+impl AppendError {
+    /// The underlying error.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            AppendError::NothingWritten(e) | AppendError::Damaged(e) => e,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

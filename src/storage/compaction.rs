@@ -1,0 +1,297 @@
+//! Log compaction (`cleanup.policy=compact`): the sealed segments are rewritten keeping, for
+//! each key, only its latest record, and dropping a latest record that is a tombstone once it
+//! is older than `delete.retention.ms`. Records without a key are kept. Offsets never change:
+//! a batch that loses records keeps its base and last offsets, and a batch that loses all of
+//! them disappears, leaving a gap readers step over. The active segment is never touched.
+//!
+//! A clean is all-or-nothing across the segments it rewrites (a mix could resurrect a deleted
+//! key: a cleaned segment without its tombstone next to an uncleaned one with the old value):
+//!
+//! 1. every cleaned segment is written, synced and sealed in the staging directory
+//!    `cleaning/`, under its original file names;
+//! 2. the commit marker `clean.commit` is written atomically: from here on the clean happens;
+//! 3. each staged file is renamed over its original, the directory synced, the checkpoint
+//!    written, and the marker and staging directory removed.
+//!
+//! Opening a log finishes step 3 if the marker is there and otherwise discards `cleaning/`,
+//! so a crash at any point leaves the old segments or the new ones.
+//!
+//! The cleaner runs when the dirty share of the sealed bytes (segments past the checkpoint,
+//! the offset up to which the log was last cleaned) reaches `min.cleanable.dirty.ratio`, on the
+//! housekeeper's retention schedule; [`PartitionLog::compact`](super::PartitionLog::compact)
+//! runs one now.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::storage::builder::BatchBuilder;
+use crate::storage::format::{Batch, Record};
+use crate::storage::io::Fs;
+use crate::storage::log::Inner;
+use crate::storage::meta;
+use crate::storage::segment::Segment;
+
+pub(super) const STAGING_DIR: &str = "cleaning";
+pub(super) const COMMIT_FILE: &str = "clean.commit";
+pub(super) const CHECKPOINT_FILE: &str = "cleaner.meta";
+
+/// Contents of `cleaner.meta` and `clean.commit`: the offset below which the log is clean.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Checkpoint {
+    cleaned_to: i64,
+}
+
+/// What one clean did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanStats {
+    /// Sealed segments rewritten.
+    pub segments: usize,
+    /// Records kept.
+    pub records_kept: u64,
+    /// Records removed (superseded, or expired tombstones).
+    pub records_removed: u64,
+    /// Bytes of the sealed segments before.
+    pub bytes_before: u64,
+    /// Bytes after.
+    pub bytes_after: u64,
+}
+
+/// Finishes a committed clean or discards an uncommitted one; returns the checkpoint.
+pub(super) fn recover(fs: &dyn Fs, dir: &Path) -> Result<i64> {
+    let staging = dir.join(STAGING_DIR);
+    if let Some(commit) = meta::read::<Checkpoint>(&dir.join(COMMIT_FILE))? {
+        log::info!("{}: finishing a committed compaction", dir.display());
+        install(fs, dir, commit)?;
+    } else if staging.exists() {
+        std::fs::remove_dir_all(&staging).ctx("remove", &staging)?;
+    }
+    Ok(meta::read::<Checkpoint>(&dir.join(CHECKPOINT_FILE))?.map_or(0, |c| c.cleaned_to))
+}
+
+/// Step 3: moves the staged files over the originals. Safe to repeat after a crash.
+fn install(fs: &dyn Fs, dir: &Path, commit: Checkpoint) -> Result<()> {
+    let staging = dir.join(STAGING_DIR);
+    if staging.exists() {
+        for entry in std::fs::read_dir(&staging).ctx("list", &staging)? {
+            let from = entry.ctx("list", &staging)?.path();
+            let to = dir.join(from.file_name().expect("a listed file has a name"));
+            fs.rename(&from, &to).ctx("rename", &from)?;
+        }
+    }
+    fs.sync_dir(dir).ctx("fsync", dir)?;
+    meta::write(fs, &dir.join(CHECKPOINT_FILE), &commit)?;
+    let marker = dir.join(COMMIT_FILE);
+    fs.remove_file(&marker).ctx("remove", &marker)?;
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).ctx("remove", &staging)?;
+    }
+    fs.sync_dir(dir).ctx("fsync", dir)
+}
+
+/// Calls `f` on every batch of a sealed segment, reading it in chunks.
+fn for_each_batch(seg: &Segment, mut f: impl FnMut(Batch<'_>) -> Result<()>) -> Result<()> {
+    let limit = seg.readable();
+    let mut pos = 0;
+    let mut buf = Vec::new();
+    while pos < limit {
+        let header = seg.header_at(pos, limit)?;
+        buf = seg.read(pos, &header, 1 << 20, limit, std::mem::take(&mut buf))?;
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let (batch, tail) = Batch::parse_trusted(rest);
+            pos += batch.as_bytes().len() as u64;
+            rest = tail;
+            f(batch)?;
+        }
+    }
+    Ok(())
+}
+
+fn for_each_record(batch: &Batch<'_>, mut f: impl FnMut(Record<'_>)) -> Result<()> {
+    let records = batch.records().map_err(Error::InvalidBatch)?;
+    for r in records.iter() {
+        f(r.map_err(Error::InvalidBatch)?);
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Cleans the sealed segments if the log is compacted and (unless `force`) dirty enough.
+    /// `None` if there was nothing to do.
+    pub(crate) fn compact(&self, now_ms: i64, force: bool) -> Result<Option<CleanStats>> {
+        let _one_at_a_time = self.cleaning.lock();
+        let config = self.cfg().clone();
+        if self.closed.load(Ordering::Acquire) || !config.cleanup_policy.compacts() {
+            return Ok(None);
+        }
+        self.check_writable()?;
+        let segments = self.snapshot();
+        let sealed: Vec<Arc<Segment>> = segments[..segments.len() - 1].to_vec();
+        let cleaned_to = self.cleaned_to.load(Ordering::Acquire);
+        let total: u64 = sealed.iter().map(|s| s.size()).sum();
+        let dirty: u64 = sealed
+            .iter()
+            .filter(|s| s.next_offset() > cleaned_to)
+            .map(|s| s.size())
+            .sum();
+        let ratio = config.get_min_cleanable_dirty_ratio();
+        if sealed.is_empty() || (!force && (dirty == 0 || (dirty as f64) < ratio * total as f64)) {
+            return Ok(None);
+        }
+        let new_checkpoint = sealed.last().expect("not empty").next_offset();
+
+        // Pass 1: the latest offset of every key.
+        let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+        for seg in &sealed {
+            for_each_batch(seg, |batch| {
+                for_each_record(&batch, |r| {
+                    if let Some(k) = r.key {
+                        match latest.get_mut(k) {
+                            Some(o) => *o = r.offset,
+                            None => {
+                                latest.insert(k.to_vec(), r.offset);
+                            }
+                        }
+                    }
+                })
+            })?;
+        }
+
+        // Pass 2: the cleaned copies, in the staging directory.
+        let horizon = now_ms.saturating_sub(config.delete_retention.as_millis() as i64);
+        let staging = self.dir.join(STAGING_DIR);
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).ctx("remove", &staging)?;
+        }
+        std::fs::create_dir(&staging).ctx("create", &staging)?;
+        let mut stats = CleanStats {
+            segments: sealed.len(),
+            bytes_before: total,
+            ..CleanStats::default()
+        };
+        for seg in &sealed {
+            let out = Segment::open(
+                &*self.fs,
+                &staging,
+                seg.base_offset,
+                Some(config.segment_index_bytes),
+            )?;
+            for_each_batch(seg, |batch| {
+                let kept = clean_batch(&batch, &latest, horizon, &mut stats)?;
+                let bytes = match &kept {
+                    Kept::All => batch.as_bytes(),
+                    Kept::Some(b) => b.as_bytes(),
+                    Kept::None => return Ok(()),
+                };
+                let header = Batch::parse_trusted(bytes).0.header().clone();
+                out.append(bytes, &header, config.index_interval_bytes)
+                    .map_err(|e| e.into_error())
+            })?;
+            out.sync()?;
+            out.seal()?;
+            stats.bytes_after += out.size();
+        }
+        self.fs.sync_dir(&staging).ctx("fsync", &staging)?;
+
+        // Commit and install, excluding appends, rolls and retention meanwhile.
+        let _w = self.writer.lock();
+        let now = self.snapshot();
+        if now.len() < sealed.len() || !sealed.iter().zip(now.iter()).all(|(a, b)| Arc::ptr_eq(a, b)) {
+            // Retention or truncation changed the segments under the clean: try again later.
+            std::fs::remove_dir_all(&staging).ctx("remove", &staging)?;
+            return Ok(None);
+        }
+        let commit = Checkpoint {
+            cleaned_to: new_checkpoint,
+        };
+        meta::write(&*self.fs, &self.dir.join(COMMIT_FILE), &commit)?;
+        install(&*self.fs, &self.dir, commit)?;
+        let mut replaced = Vec::with_capacity(now.len());
+        for seg in &sealed {
+            let fresh = Segment::open(&*self.fs, &self.dir, seg.base_offset, None)?;
+            if fresh.load(config.index_interval_bytes, false)?.is_none() {
+                fresh.rebuild(config.index_interval_bytes, false, config.segment_index_bytes)?;
+                fresh.seal()?;
+            }
+            fresh.publish_all();
+            replaced.push(Arc::new(fresh));
+        }
+        replaced.extend(now[sealed.len()..].iter().cloned());
+        *self.segments.write() = Arc::new(replaced);
+        self.cleaned_to.store(new_checkpoint, Ordering::Release);
+        log::info!(
+            "{}: compacted {} segment(s), {} -> {} bytes, {} record(s) removed",
+            self.dir.display(),
+            stats.segments,
+            stats.bytes_before,
+            stats.bytes_after,
+            stats.records_removed
+        );
+        Ok(Some(stats))
+    }
+}
+
+enum Kept {
+    All,
+    Some(crate::storage::RecordBatch),
+    None,
+}
+
+/// The part of `batch` that survives: records without a key, and each key's latest record
+/// unless it is a tombstone older than `horizon`.
+fn clean_batch(
+    batch: &Batch<'_>,
+    latest: &HashMap<Vec<u8>, i64>,
+    horizon: i64,
+    stats: &mut CleanStats,
+) -> Result<Kept> {
+    let h = batch.header();
+    let keep = |r: &Record<'_>| match r.key {
+        None => true,
+        Some(k) => latest.get(k) == Some(&r.offset) && !(r.value.is_none() && r.timestamp < horizon),
+    };
+    let records = batch.records().map_err(Error::InvalidBatch)?;
+    let mut survivors = 0u64;
+    let mut total = 0u64;
+    for r in records.iter() {
+        let r = r.map_err(Error::InvalidBatch)?;
+        total += 1;
+        survivors += u64::from(keep(&r));
+    }
+    stats.records_kept += survivors;
+    stats.records_removed += total - survivors;
+    if survivors == total {
+        return Ok(Kept::All);
+    }
+    if survivors == 0 {
+        return Ok(Kept::None);
+    }
+    let codec = h.compression().map_err(Error::InvalidBatch)?;
+    let mut b = BatchBuilder::new(codec).like(&h);
+    for r in records.iter() {
+        let r = r.map_err(Error::InvalidBatch)?;
+        if keep(&r) {
+            let (raw, count) = r.raw_headers();
+            b.push_encoded(
+                (r.offset - h.base_offset) as i32,
+                r.timestamp,
+                r.key,
+                r.value,
+                raw,
+                count,
+            );
+        }
+    }
+    let mut rebuilt = b
+        .last_offset_delta(h.last_offset_delta)
+        .finish()
+        .map_err(Error::InvalidBatch)?;
+    rebuilt.set_base_offset(h.base_offset);
+    rebuilt.set_partition_leader_epoch(h.partition_leader_epoch);
+    Ok(Kept::Some(rebuilt))
+}
