@@ -617,7 +617,13 @@ impl BrokerInner {
             return Ok(store.clone());
         }
         match self.create_topic(OFFSETS_TOPIC, 1, offsets::topic_config()) {
-            Ok(()) | Err(Error::TopicExists { .. }) => {}
+            Ok(()) => {}
+            Err(Error::TopicExists { .. }) => {
+                // Made by an older build (before the topic was compacted): bring it up to date.
+                if *self.topic(OFFSETS_TOPIC)?.config.read() != offsets::topic_config() {
+                    self.alter_topic_config(OFFSETS_TOPIC, offsets::topic_config())?;
+                }
+            }
             Err(e) => return Err(e),
         }
         let store = Arc::new(OffsetStore::open(self.partition(OFFSETS_TOPIC, 0)?)?);

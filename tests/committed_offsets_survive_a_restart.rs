@@ -200,3 +200,51 @@ fn an_unreadable_record_in_the_offsets_topic_is_skipped_on_open() {
     let broker = Broker::open(dir.path()).unwrap();
     assert_eq!(broker.group_offsets("g").unwrap()[0].committed.offset, 7);
 }
+
+#[test]
+fn the_offsets_topic_is_compacted_and_still_recovers_every_group() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let tp0 = TopicPartition::new("t", 0);
+    {
+        let broker = Broker::open(dir.path()).unwrap();
+        assert_eq!(
+            broker
+                .describe_topic(rivulet::group::OFFSETS_TOPIC)
+                .ok()
+                .map(|d| d.config.log().get_cleanup_policy()),
+            None,
+            "the offsets topic is made on first use"
+        );
+        for round in 0..50 {
+            broker
+                .reset_group_offsets("kept", &[(tp0.clone(), round)])
+                .unwrap();
+            broker
+                .reset_group_offsets("dropped", &[(tp0.clone(), round)])
+                .unwrap();
+        }
+        broker.delete_group("dropped").unwrap();
+        let offsets = broker.partition(rivulet::group::OFFSETS_TOPIC, 0).unwrap();
+        assert_eq!(
+            offsets.config().get_cleanup_policy(),
+            rivulet::CleanupPolicy::Compact
+        );
+        let before = offsets.size_bytes();
+        offsets.roll().unwrap();
+        let stats = offsets.compact().unwrap().expect("the commits were cleaned");
+        // 100 commits and a tombstone: the latest of "kept" and the (recent) tombstone stay.
+        assert_eq!(stats.records_kept, 2, "{stats:?}");
+        assert!(offsets.size_bytes() < before / 10);
+        broker.close().unwrap();
+    }
+    let broker = Broker::open(dir.path()).unwrap();
+    let kept = broker.group_offsets("kept").unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].committed.offset, 49);
+    assert!(broker.group_offsets("dropped").unwrap().is_empty());
+    assert_eq!(
+        broker.list_groups().unwrap(),
+        [("kept".to_string(), rivulet::group::GroupState::Empty)]
+    );
+}

@@ -11,15 +11,16 @@
 //!        | commit timestamp i64
 //! ```
 //!
-//! The topic is meant to be compacted; until compaction is built it keeps every commit (no
-//! retention, so no offset is ever lost), and replaying it on open grows with the commits.
+//! The topic is compacted, as in Kafka: the cleaner keeps the latest commit of each key, and a
+//! deleted group's tombstones go after `delete.retention.ms`, so replaying it on open costs
+//! about one record per committed partition (plus what was written since the last clean).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::{Fsync, LogConfig, TopicConfig};
+use crate::config::{CleanupPolicy, Fsync, LogConfig, TopicConfig};
 use crate::consumer::TopicPartition;
 use crate::error::Result;
 use crate::storage::{BatchBuilder, Compression, PartitionLog};
@@ -49,11 +50,12 @@ pub(crate) struct OffsetStore {
     writing: Mutex<()>,
 }
 
-/// The offsets topic's config: durable, kept forever (see the module doc).
+/// The offsets topic's config: durable and compacted (Kafka's `offsets.topic.*` defaults).
 pub(crate) fn topic_config() -> TopicConfig {
     TopicConfig::default().with_log(
         LogConfig::default()
             .fsync(Fsync::Always)
+            .cleanup_policy(CleanupPolicy::Compact)
             .retention_ms(None)
             .segment_bytes(100 << 20)
             .segment_ms(Some(Duration::from_secs(7 * 24 * 3600))),
