@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use rivulet::{
-    Broker, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig, TopicPartition,
-};
+use rivulet::{Broker, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let temp = tempfile::tempdir()?;
@@ -33,9 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = ConsumerConfig::default()
         .group_id("alerts")
         .auto_offset_reset(OffsetReset::Earliest);
-    let partitions: Vec<_> = (0..3).map(|p| TopicPartition::new("meters", p)).collect();
     let mut consumer = Consumer::new(&broker, config.clone().max_poll_records(5));
-    consumer.assign(&partitions)?;
+    consumer.subscribe(["meters"])?; // joins group "alerts", which assigns it all 3 partitions
     for r in consumer.poll(Duration::from_secs(1))?.iter() {
         let (key, value) = (
             String::from_utf8_lossy(r.key.unwrap_or_default()),
@@ -47,10 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     consumer.commit()?; // the group resumes after these
-    drop(consumer);
+    consumer.close()?; // leaves the group
 
     let mut restarted = Consumer::new(&broker, config);
-    restarted.assign(&partitions)?;
+    restarted.subscribe(["meters"])?;
     let rest = restarted.poll(Duration::from_secs(1))?;
     println!(
         "a restarted consumer of group 'alerts' gets the {} records not yet committed",

@@ -214,7 +214,14 @@ impl Consumer {
     fn leave(&mut self) -> Result<()> {
         let mut result = Ok(());
         if self.config.group_id.is_some() && self.config.enable_auto_commit && !self.assigned.is_empty() {
-            result = self.commit();
+            // As Kafka's close does, a commit the group refuses (it is mid-rebalance, or has
+            // moved on) is logged: those records will be delivered again.
+            match self.commit() {
+                Err(e) if is_membership_loss(&e) || matches!(e, Error::RebalanceInProgress { .. }) => {
+                    log::warn!("auto-commit on close for group {:?}: {e}", self.config.group_id);
+                }
+                other => result = other,
+            }
         }
         let Some(m) = &self.membership else {
             return result;
