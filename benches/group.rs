@@ -28,7 +28,10 @@ fn records() -> u64 {
 }
 
 fn fill(broker: &Broker, total: u64) {
-    let log = LogConfig::default().fsync(Fsync::Never).retention_ms(None).segment_bytes(256 << 20);
+    let log = LogConfig::default()
+        .fsync(Fsync::Never)
+        .retention_ms(None)
+        .segment_bytes(256 << 20);
     broker
         .create_topic("t", PARTITIONS, TopicConfig::default().with_log(log))
         .unwrap();
@@ -82,7 +85,14 @@ fn group_run(broker: &Broker, total: u64, run: usize) -> f64 {
     }
     let secs = start.elapsed().as_secs_f64();
     let n = seen.load(Ordering::Relaxed);
-    assert_eq!(n, total, "each record once (generation {:?})", broker.describe_group(&format!("bench-{run}")).map(|d| d.generation));
+    assert_eq!(
+        n,
+        total,
+        "each record once (generation {:?})",
+        broker
+            .describe_group(&format!("bench-{run}"))
+            .map(|d| d.generation)
+    );
     secs
 }
 

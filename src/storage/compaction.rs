@@ -188,7 +188,7 @@ impl Inner {
                     Kept::Some(b) => b.as_bytes(),
                     Kept::None => return Ok(()),
                 };
-                let header = Batch::parse_trusted(bytes).0.header().clone();
+                let header = *Batch::parse_trusted(bytes).0.header();
                 out.append(bytes, &header, config.index_interval_bytes)
                     .map_err(|e| e.into_error())
             })?;
@@ -272,7 +272,7 @@ fn clean_batch(
         return Ok(Kept::None);
     }
     let codec = h.compression().map_err(Error::InvalidBatch)?;
-    let mut b = BatchBuilder::new(codec).like(&h);
+    let mut b = BatchBuilder::new(codec).like(h);
     for r in records.iter() {
         let r = r.map_err(Error::InvalidBatch)?;
         if keep(&r) {
