@@ -791,12 +791,7 @@ impl Group {
                 .map(|(mid, m)| JoinedMember {
                     member_id: mid.clone(),
                     group_instance_id: m.instance_id.clone(),
-                    metadata: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == protocol)
-                        .map(|(_, meta)| meta.clone())
-                        .unwrap_or_default(),
+                    metadata: m.metadata(&protocol),
                 })
                 .collect()
         } else {
@@ -918,12 +913,7 @@ impl Group {
                     member_id: id.clone(),
                     group_instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
-                    metadata: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == protocol)
-                        .map(|(_, meta)| meta.clone())
-                        .unwrap_or_default(),
+                    metadata: m.metadata(&protocol),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
@@ -932,6 +922,15 @@ impl Group {
 }
 
 impl Member {
+    /// Its metadata for `protocol` (empty if it does not support it).
+    fn metadata(&self, protocol: &str) -> Vec<u8> {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, meta)| meta.clone())
+            .unwrap_or_default()
+    }
+
     fn update(&mut self, r: JoinGroup, now: Instant) {
         self.instance_id = r.group_instance_id;
         self.client_id = r.client_id;
