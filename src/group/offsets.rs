@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::wire::{Reader, put_string};
 use crate::config::{CleanupPolicy, Fsync, LogConfig, TopicConfig};
 use crate::consumer::TopicPartition;
 use crate::error::Result;
@@ -62,16 +63,11 @@ pub(crate) fn topic_config() -> TopicConfig {
     )
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
 fn key_bytes(group: &str, tp: &TopicPartition) -> Vec<u8> {
     let mut k = Vec::with_capacity(10 + group.len() + tp.topic.len());
     k.extend_from_slice(&1i16.to_be_bytes());
-    put_str(&mut k, group);
-    put_str(&mut k, &tp.topic);
+    put_string(&mut k, group);
+    put_string(&mut k, &tp.topic);
     k.extend_from_slice(&(tp.partition as i32).to_be_bytes());
     k
 }
@@ -81,49 +77,22 @@ fn value_bytes(o: &OffsetAndMetadata) -> Vec<u8> {
     v.extend_from_slice(&3i16.to_be_bytes());
     v.extend_from_slice(&o.offset.to_be_bytes());
     v.extend_from_slice(&(-1i32).to_be_bytes());
-    put_str(&mut v, &o.metadata);
+    put_string(&mut v, &o.metadata);
     v.extend_from_slice(&o.commit_timestamp.to_be_bytes());
     v
 }
 
-/// A cursor over Kafka-style big-endian fields.
-struct Fields<'a>(&'a [u8]);
-
-impl Fields<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn i16(&mut self) -> Option<i16> {
-        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn i32(&mut self) -> Option<i32> {
-        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn string(&mut self) -> Option<String> {
-        let n = usize::try_from(self.i16()?).ok()?;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-}
-
 fn parse_key(k: &[u8]) -> Option<Key> {
-    let mut f = Fields(k);
+    let mut f = Reader(k);
     if f.i16()? != 1 {
         return None;
     }
     let key = (f.string()?, f.string()?, u32::try_from(f.i32()?).ok()?);
-    f.0.is_empty().then_some(key)
+    f.is_done().then_some(key)
 }
 
 fn parse_value(v: &[u8]) -> Option<OffsetAndMetadata> {
-    let mut f = Fields(v);
+    let mut f = Reader(v);
     if f.i16()? != 3 {
         return None;
     }

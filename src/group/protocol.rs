@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::wire::{Reader, put_bytes, put_string};
 use crate::consumer::TopicPartition;
 use crate::error::{Error, Result};
 
@@ -115,21 +116,6 @@ impl MemberAssignment {
     }
 }
 
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
-    match b {
-        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-        Some(b) => {
-            out.extend_from_slice(&(b.len() as i32).to_be_bytes());
-            out.extend_from_slice(b);
-        }
-    }
-}
-
 /// Partitions grouped by topic, topics in order.
 fn put_partitions(out: &mut Vec<u8>, tps: &[TopicPartition]) {
     let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
@@ -146,36 +132,8 @@ fn put_partitions(out: &mut Vec<u8>, tps: &[TopicPartition]) {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
-    }
-    fn i16(&mut self) -> Option<i16> {
-        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn i32(&mut self) -> Option<i32> {
-        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    /// An array count; a count larger than the bytes left could hold is malformed.
-    fn count(&mut self) -> Option<usize> {
-        let n = usize::try_from(self.i32()?).ok()?;
-        (n <= self.0.len()).then_some(n)
-    }
-    fn string(&mut self) -> Option<String> {
-        let n = usize::try_from(self.i16()?).ok()?;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-    fn bytes(&mut self) -> Option<Option<Vec<u8>>> {
-        let n = self.i32()?;
-        if n < 0 {
-            return Some(None);
-        }
-        Some(Some(self.take(n as usize)?.to_vec()))
-    }
+impl Reader<'_> {
+    /// Partitions grouped by topic, as `put_partitions` writes them.
     fn partitions(&mut self) -> Option<Vec<TopicPartition>> {
         let topics = self.count()?;
         let mut out = Vec::new();
