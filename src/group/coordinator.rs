@@ -322,10 +322,7 @@ impl GroupCoordinator {
     /// Expires, in every group, the members whose session has run out and the rebalances
     /// whose timeout has passed.
     pub fn tick(&self) {
-        self.tick_at(Instant::now());
-    }
-
-    pub(crate) fn tick_at(&self, now: Instant) {
+        let now = Instant::now();
         let groups: Vec<_> = self.groups.lock().values().cloned().collect();
         for g in groups {
             g.lock().expire(now);
@@ -847,12 +844,8 @@ impl Group {
     /// Removes a member and rebalances the rest.
     fn remove_member(&mut self, id: &str, now: Instant) {
         self.forget(id);
-        match self.state {
-            GroupState::Stable | GroupState::CompletingRebalance => self.prepare_rebalance(now),
-            GroupState::Empty | GroupState::Dead => {}
-            GroupState::PreparingRebalance => {}
-        }
-        if self.members.is_empty() && self.state != GroupState::PreparingRebalance {
+        // A group with a member is never Empty; one already preparing just re-checks.
+        if matches!(self.state, GroupState::Stable | GroupState::CompletingRebalance) {
             self.prepare_rebalance(now);
         }
         self.try_complete_join(now);
