@@ -456,7 +456,7 @@ impl Consumer {
             return Ok(ConsumerRecords::default());
         }
         if self.auto_commit_due() {
-            self.auto_commit();
+            self.auto_commit()?;
         }
         loop {
             let seen = self.signal.count();
@@ -474,15 +474,25 @@ impl Consumer {
         }
     }
 
-    /// Commits the positions of the records returned so far; a refusal because the group
-    /// moved on is logged, not returned (the partitions are then lost, and the next poll
-    /// rejoins), as Kafka's auto-commit does.
-    fn auto_commit(&mut self) {
-        match self.commit() {
-            Ok(()) => {}
-            Err(e) => log::warn!("auto-commit for group {:?}: {e}", self.config.group_id),
-        }
+    /// Commits the positions of the records returned so far, under auto-commit's error
+    /// policy (`refusal_logged`).
+    fn auto_commit(&mut self) -> Result<()> {
         self.last_commit = Instant::now();
+        let result = self.commit();
+        self.refusal_logged(result)
+    }
+
+    /// Kafka's auto-commit policy: a commit the group refuses because it is rebalancing or has
+    /// moved on without this member is logged, not returned (those records will be delivered
+    /// again, and the next poll rejoins); any other failure is returned.
+    fn refusal_logged(&self, result: Result<()>) -> Result<()> {
+        match result {
+            Err(e) if membership::is_group_refusal(&e) => {
+                log::warn!("commit for group {:?} refused: {e}", self.config.group_id);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     fn poll_once(&mut self) -> Result<ConsumerRecords> {

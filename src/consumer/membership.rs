@@ -197,16 +197,13 @@ impl Consumer {
     /// Commits (with auto-commit) and leaves the group. Dropping the consumer does the same,
     /// logging failures instead of returning them.
     pub fn close(mut self) -> Result<()> {
-        let result = self.leave();
-        self.membership = None;
-        result
+        self.unsubscribe()
     }
 
     pub(super) fn shut_down(&mut self) {
-        if let Err(e) = self.leave() {
+        if let Err(e) = self.unsubscribe() {
             log::warn!("closing a consumer of group {:?}: {e}", self.config.group_id);
         }
-        self.membership = None;
     }
 
     /// Gives the partitions up cleanly and leaves the group; a static member stays (it is
@@ -214,14 +211,7 @@ impl Consumer {
     fn leave(&mut self) -> Result<()> {
         let mut result = Ok(());
         if self.config.group_id.is_some() && self.config.enable_auto_commit && !self.assigned.is_empty() {
-            // As Kafka's close does, a commit the group refuses (it is mid-rebalance, or has
-            // moved on) is logged: those records will be delivered again.
-            match self.commit() {
-                Err(e) if is_membership_loss(&e) || matches!(e, Error::RebalanceInProgress { .. }) => {
-                    log::warn!("auto-commit on close for group {:?}: {e}", self.config.group_id);
-                }
-                other => result = other,
-            }
+            result = self.auto_commit();
         }
         let Some(m) = &self.membership else {
             return result;
@@ -354,7 +344,7 @@ impl Consumer {
         let cooperative = self.membership.as_ref().expect("subscribed").cooperative;
         if !cooperative && !self.assigned.is_empty() {
             if self.config.enable_auto_commit {
-                self.auto_commit();
+                self.auto_commit()?;
             }
             let owned = self.assignment();
             self.tell(|l, c| l.on_partitions_revoked(c, &owned));
@@ -464,9 +454,8 @@ impl Consumer {
                     .iter()
                     .filter_map(|tp| self.assigned[tp].position.map(|p| (tp.clone(), p, "")))
                     .collect();
-                if let Err(e) = self.commit_offsets(&positions) {
-                    log::warn!("committing revoked partitions: {e}");
-                }
+                let committed = self.commit_offsets(&positions);
+                self.refusal_logged(committed)?;
             }
             self.tell(|l, c| l.on_partitions_revoked(c, &revoked));
         }
@@ -503,6 +492,12 @@ impl Consumer {
             _ => Ok(()),
         }
     }
+}
+
+/// Errors by which the group refuses a commit: it is rebalancing, or has moved on without
+/// this member.
+pub(super) fn is_group_refusal(e: &Error) -> bool {
+    is_membership_loss(e) || matches!(e, Error::RebalanceInProgress { .. })
 }
 
 /// Errors that mean the member is no longer part of the current generation.
