@@ -328,3 +328,38 @@ fn a_restarted_group_resumes_from_its_commits() {
     consumed.sort();
     assert_eq!(consumed, (0..100).collect::<Vec<_>>(), "none skipped, none twice");
 }
+
+#[test]
+fn a_member_blocked_in_poll_joins_a_rebalance_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path()).unwrap();
+    broker.create_topic("t", 2, TopicConfig::default()).unwrap();
+    let (mut a, _ra) = member(&broker, config(Assignor::CooperativeSticky), &["t"]);
+    settle(&broker, &mut [&mut a], 2);
+    // a waits in a long poll on an empty topic. b's join needs a to join too; the coordinator
+    // wakes a, so the group settles long before a's poll would time out by itself.
+    let waiting = std::thread::spawn(move || {
+        let records = a.poll(Duration::from_secs(30)).unwrap();
+        (a, records.len())
+    });
+    // Let a reach its wait (had it not, it would see the rebalance on entering poll anyway).
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut b, _rb) = member(&broker, config(Assignor::CooperativeSticky), &["t"]);
+    let mut b_got = 0;
+    for _ in 0..500 {
+        b.poll(Duration::from_millis(5)).unwrap();
+        b_got = b.assignment().len();
+        if b_got == 1 {
+            break;
+        }
+    }
+    assert_eq!(b_got, 1, "b got a partition while a was still inside one poll");
+    // A record on each partition ends a's poll.
+    let producer = Producer::new(&broker);
+    for p in 0..2 {
+        producer.send(ProducerRecord::new("t", b"x").partition(p)).unwrap();
+    }
+    let (a, n) = waiting.join().unwrap();
+    assert_eq!(n, 1, "a returns the record of the partition it kept");
+    assert_eq!(a.assignment().len(), 1);
+}
