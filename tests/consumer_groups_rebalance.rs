@@ -357,7 +357,9 @@ fn a_member_blocked_in_poll_joins_a_rebalance_at_once() {
     // A record on each partition ends a's poll.
     let producer = Producer::new(&broker);
     for p in 0..2 {
-        producer.send(ProducerRecord::new("t", b"x").partition(p)).unwrap();
+        producer
+            .send(ProducerRecord::new("t", b"x").partition(p))
+            .unwrap();
     }
     let (a, n) = waiting.join().unwrap();
     assert_eq!(n, 1, "a returns the record of the partition it kept");

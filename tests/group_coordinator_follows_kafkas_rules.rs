@@ -82,8 +82,8 @@ fn a_rebalance_waits_for_every_member_and_bumps_the_generation() {
     assert_eq!(b.generation, 2);
     assert_eq!(a2.leader, a.member_id, "the leader stays");
     assert!(b.members.is_empty(), "only the leader sees the members");
-    // Votes: a prefers range, b roundrobin; a tie goes to the earlier candidate.
-    assert_eq!(a2.protocol, b.protocol);
+    // Votes: a prefers range, b roundrobin; the tie goes to a, the longest-standing member.
+    assert_eq!((a2.protocol.as_str(), b.protocol.as_str()), ("range", "range"));
     // ... but not once the generation has moved on.
     assert!(matches!(
         c.check_commit("g", &me(&a), || Ok(())),

@@ -757,27 +757,29 @@ impl Group {
         }
     }
 
-    /// The protocol most members prefer among those all support.
+    /// The protocol most members prefer among those all support; ties go to the preference
+    /// of the longest-standing member.
     fn vote(&self) -> String {
-        let first = self.members.values().next().expect("the group has members");
-        let candidates = self.common_protocols(&first.protocols, None);
-        let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+        let oldest = self
+            .members
+            .values()
+            .min_by_key(|m| m.joined_order)
+            .expect("the group has members");
+        let candidates = self.common_protocols(&oldest.protocols, None);
+        let mut votes = vec![0usize; candidates.len()];
         for m in self.members.values() {
-            if let Some((name, _)) = m.protocols.iter().find(|(n, _)| candidates.contains(&n.as_str())) {
-                *votes.entry(name).or_default() += 1;
+            if let Some(i) = m
+                .protocols
+                .iter()
+                .find_map(|(n, _)| candidates.iter().position(|c| c == n))
+            {
+                votes[i] += 1;
             }
         }
-        // Most votes; ties go to the earlier candidate.
-        candidates
-            .iter()
-            .max_by_key(|c| {
-                (
-                    votes.get(*c).copied().unwrap_or(0),
-                    std::cmp::Reverse(candidates.iter().position(|x| x == *c)),
-                )
-            })
-            .map(|c| c.to_string())
-            .expect("members were admitted only with a protocol in common")
+        let best = (0..candidates.len())
+            .max_by_key(|&i| (votes[i], std::cmp::Reverse(i)))
+            .expect("members were admitted only with a protocol in common");
+        candidates[best].to_string()
     }
 
     fn joined_reply(&self, id: &str, with_members: bool) -> Joined {
