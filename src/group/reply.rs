@@ -103,3 +103,45 @@ impl<T> Future for Pending<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_reply_can_be_awaited_and_wakes_its_task() {
+        let (tx, mut rx) = reply::<u32>();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut rx).poll(&mut cx).is_pending());
+        tx.send(7);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the waiting task was woken");
+        assert_eq!(Pin::new(&mut rx).poll(&mut cx), Poll::Ready(7));
+    }
+
+    #[test]
+    fn a_blocking_wait_times_out_and_can_wait_again() {
+        let (tx, rx) = reply::<u32>();
+        assert_eq!(
+            rx.wait_until(Instant::now() + std::time::Duration::from_millis(5)),
+            None
+        );
+        std::thread::spawn(move || tx.send(3));
+        assert_eq!(
+            rx.wait_until(Instant::now() + std::time::Duration::from_secs(10)),
+            Some(3)
+        );
+    }
+}
