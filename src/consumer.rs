@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::group::{Assignor, MemberRef, OffsetAndMetadata};
+use crate::storage::format::{self, HEADER_LEN, RecordContext};
+use crate::storage::segment::Segment;
 use crate::storage::{Batch, Compression, Headers, PartitionLog, Signal, TimestampOffset};
 
 mod membership;
@@ -225,6 +227,22 @@ struct Assigned {
     /// The next offset to hand out; `None` until reset by policy.
     position: Option<i64>,
     paused: bool,
+    /// Batches fetched but not all returned yet, as Kafka's consumer buffers a fetch.
+    buffered: Option<Buffered>,
+    /// The last fetch's bytes once all returned: reused for the next fetch if no
+    /// `ConsumerRecords` still holds them.
+    spare: Option<Arc<Vec<u8>>>,
+    /// The segment read last (see `read_pinned`).
+    pinned: Option<Arc<Segment>>,
+}
+
+/// The rest of a fetch: whole batches from byte `at` on, good while the consumer's position
+/// is still `position` (a seek drops them).
+#[derive(Debug)]
+struct Buffered {
+    bytes: Arc<Vec<u8>>,
+    at: usize,
+    position: i64,
 }
 
 impl Consumer {
@@ -291,6 +309,9 @@ impl Consumer {
                 topic: Arc::from(tp.topic.as_str()),
                 position: committed,
                 paused: false,
+                buffered: None,
+                spare: None,
+                pinned: None,
             };
             next.insert(tp, a);
         }
@@ -515,23 +536,26 @@ impl Consumer {
             if a.paused {
                 continue;
             }
-            let mut position = resolve(tp, a, reset)?;
-            let fetch = match a.log.read(position, fetch_bytes) {
-                Ok(f) => f,
-                Err(Error::OffsetOutOfRange { .. }) => {
-                    // Kafka's behaviour: reset by policy and read from there.
-                    a.position = None;
-                    resolve_out_of_range(tp, a, reset, position)?;
-                    position = resolve(tp, a, reset)?;
-                    a.log.read(position, fetch_bytes)?
-                }
-                Err(e) => return Err(e),
+            let position = resolve(tp, a, reset)?;
+            let (bytes, at) = match a.buffered.take() {
+                Some(b) if b.position == position => (b.bytes, b.at),
+                _ => match fetch(tp, a, reset, position, fetch_bytes)? {
+                    Some(bytes) => (bytes, 0),
+                    None => continue,
+                },
             };
-            if fetch.is_empty() {
-                continue;
-            }
-            let next = out.take(&a.topic, tp.partition, fetch, position, left)?;
+            let position = a.position.expect("resolved by fetch");
+            let (next, at) = out.take(&a.topic, tp.partition, &bytes, at, position, left)?;
             a.position = Some(next);
+            if at < bytes.len() {
+                a.buffered = Some(Buffered {
+                    bytes,
+                    at,
+                    position: next,
+                });
+            } else {
+                a.spare = Some(bytes);
+            }
         }
         Ok(out)
     }
@@ -541,6 +565,36 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         self.shut_down();
     }
+}
+
+/// Fetches `a`'s batches from `position` into a buffer (its spare one, if free); `None` if
+/// there are none yet. An offset outside the log is reset by policy first, as in Kafka, which
+/// moves `a.position`.
+fn fetch(
+    tp: &TopicPartition,
+    a: &mut Assigned,
+    reset: OffsetReset,
+    position: i64,
+    fetch_bytes: usize,
+) -> Result<Option<Arc<Vec<u8>>>> {
+    let buf = a
+        .spare
+        .take()
+        .and_then(|b| Arc::try_unwrap(b).ok())
+        .unwrap_or_default();
+    let fetch = match a.log.inner.read_pinned(position, fetch_bytes, &mut a.pinned, buf) {
+        Ok(f) => f,
+        Err(Error::OffsetOutOfRange { .. }) => {
+            a.position = None;
+            resolve_out_of_range(tp, a, reset, position)?;
+            let position = resolve(tp, a, reset)?;
+            a.log
+                .inner
+                .read_pinned(position, fetch_bytes, &mut a.pinned, Vec::new())?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((!fetch.is_empty()).then(|| Arc::new(fetch.into_bytes())))
 }
 
 /// The position of `a`, set by the reset policy if it has none.
@@ -578,26 +632,29 @@ fn resolve_out_of_range(
     }
 }
 
-/// Records returned by one `poll`. They borrow from the batches this value holds.
+/// Records returned by one `poll`. They borrow from the batches this value holds, and are
+/// decoded as they are iterated.
 #[derive(Debug, Default)]
 pub struct ConsumerRecords {
     topics: Vec<Arc<str>>,
-    /// Fetched batches and decompressed bodies.
-    buffers: Vec<Vec<u8>>,
-    records: Vec<Located>,
+    /// Fetched batches (shared with the consumer's fetch buffer) and decompressed bodies.
+    buffers: Vec<Arc<Vec<u8>>>,
+    runs: Vec<Run>,
+    len: usize,
 }
 
-/// Where a record's parts are in `buffers`.
+/// Records of one batch to hand out: those at or after `from`, `take` of them.
 #[derive(Debug, Clone, Copy)]
-struct Located {
-    topic: usize,
+struct Run {
+    topic: u32,
     partition: u32,
     buffer: u32,
-    offset: i64,
-    timestamp: i64,
-    key: Option<(u32, u32)>,
-    value: Option<(u32, u32)>,
-    headers: (u32, u32, u32),
+    /// The batch's records: `buffers[buffer][start..end]`.
+    start: u32,
+    end: u32,
+    ctx: RecordContext,
+    from: i64,
+    take: u32,
 }
 
 /// One record, borrowed from the [`ConsumerRecords`] it came in.
@@ -625,110 +682,177 @@ impl<'a> ConsumerRecord<'a> {
     }
 }
 
-/// The range of `part` within `base`, which holds it.
-fn range_in(base: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    (start as u32, (start + part.len()) as u32)
-}
-
 impl ConsumerRecords {
     /// Number of records.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.len
     }
 
     /// True if there are none.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len == 0
     }
 
     /// The records, partition by partition, in offset order within each.
-    pub fn iter(&self) -> impl Iterator<Item = ConsumerRecord<'_>> {
-        self.records.iter().map(move |l| {
-            let buf = &self.buffers[l.buffer as usize];
-            let slice = |(a, b): (u32, u32)| &buf[a as usize..b as usize];
-            ConsumerRecord {
-                topic: &self.topics[l.topic],
-                partition: l.partition,
-                offset: l.offset,
-                timestamp: l.timestamp,
-                key: l.key.map(slice),
-                value: l.value.map(slice),
-                headers: Headers::from_raw(slice((l.headers.0, l.headers.1)), l.headers.2),
-            }
-        })
+    pub fn iter(&self) -> ConsumerRecordsIter<'_> {
+        ConsumerRecordsIter {
+            records: self,
+            run: 0,
+            at: 0,
+            index: 0,
+            taken: 0,
+            left: self.len,
+        }
     }
 
-    /// Takes up to `left` records at or after `from` out of a fetch; returns the position after
-    /// the last record taken (or after the fetch, if it held none at or after `from`).
+    /// Takes up to `left` records at or after `from` out of the batches in `bytes` from byte
+    /// `at` on. Returns the position after the last record taken (after the last batch walked,
+    /// which may be past its last record where compaction removed some) and where the next
+    /// batch to walk starts: `bytes.len()` once all are walked.
+    ///
+    /// Whole batches are taken by their headers; only a batch that starts before `from` or
+    /// holds more than `left` records is walked here. Records are decoded when iterated.
     fn take(
         &mut self,
         topic: &Arc<str>,
         partition: u32,
-        fetch: crate::storage::Fetch,
+        bytes: &Arc<Vec<u8>>,
+        mut at: usize,
         from: i64,
         left: usize,
-    ) -> Result<i64> {
+    ) -> Result<(i64, usize)> {
         let topic_index = match self.topics.iter().position(|t| Arc::ptr_eq(t, topic)) {
             Some(i) => i,
             None => {
                 self.topics.push(topic.clone());
                 self.topics.len() - 1
             }
-        };
-        let mut next = fetch.next_offset().unwrap_or(from).max(from);
-        let bytes = fetch.into_bytes();
+        } as u32;
         let fetched = self.buffers.len() as u32;
+        self.buffers.push(bytes.clone());
+        let mut next = from;
         let mut taken = 0;
-        let mut extra: Vec<Vec<u8>> = Vec::new();
-        let mut rest = &bytes[..];
-        while !rest.is_empty() && taken < left {
-            let (batch, tail) = Batch::parse_trusted(rest);
-            rest = tail;
-            if batch.header().next_offset() <= from {
+        while at < bytes.len() && taken < left {
+            let (batch, _) = Batch::parse_trusted(&bytes[at..]);
+            let header = *batch.header();
+            let end = at + header.total_len();
+            if header.next_offset() <= next || header.record_count == 0 {
+                next = next.max(header.next_offset());
+                at = end;
                 continue;
             }
-            let records = batch.records().map_err(Error::InvalidBatch)?;
-            let compressed = batch.header().compression().map_err(Error::InvalidBatch)? != Compression::None;
-            {
-                // Ranges are relative to the buffer the records live in: the fetched bytes,
-                // or (compressed) the decompressed body, kept below. Moving a Vec does not move
-                // its contents, so the ranges stay right.
-                let (base, buffer) = if compressed {
-                    (records.body(), fetched + 1 + extra.len() as u32)
-                } else {
-                    (&bytes[..], fetched)
-                };
-                for record in records.iter() {
-                    let r = record.map_err(Error::InvalidBatch)?;
-                    if r.offset < from {
-                        continue;
+            let room = left - taken;
+            let compressed = header.compression().map_err(Error::InvalidBatch)? != Compression::None;
+            let whole = header.base_offset >= next && header.record_count as usize <= room;
+            let mut run = Run {
+                topic: topic_index,
+                partition,
+                buffer: fetched,
+                start: (at + HEADER_LEN) as u32,
+                end: end as u32,
+                ctx: RecordContext::new(&header),
+                from: next,
+                take: header.record_count as u32,
+            };
+            let mut finished = true;
+            if compressed || !whole {
+                let records = batch.records().map_err(Error::InvalidBatch)?;
+                if !whole {
+                    // Count what this poll takes, and see where it stops.
+                    let mut n = 0;
+                    let mut iter = records.iter();
+                    for record in iter.by_ref() {
+                        let r = record.map_err(Error::InvalidBatch)?;
+                        if r.offset >= next {
+                            n += 1;
+                            next = r.offset + 1;
+                            if n == room {
+                                break;
+                            }
+                        }
                     }
-                    let (raw, count) = r.raw_headers();
-                    let headers = range_in(base, raw);
-                    self.records.push(Located {
-                        topic: topic_index,
-                        partition,
-                        buffer,
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        key: r.key.map(|k| range_in(base, k)),
-                        value: r.value.map(|v| range_in(base, v)),
-                        headers: (headers.0, headers.1, count),
-                    });
-                    next = r.offset + 1;
-                    taken += 1;
-                    if taken == left {
-                        break;
-                    }
+                    finished = iter.next().is_none();
+                    run.take = n as u32;
+                }
+                if compressed {
+                    let body = records.into_body().into_owned();
+                    run.buffer = self.buffers.len() as u32;
+                    (run.start, run.end) = (0, body.len() as u32);
+                    self.buffers.push(Arc::new(body));
                 }
             }
-            if compressed {
-                extra.push(records.into_body().into_owned());
+            if run.take > 0 {
+                self.runs.push(run);
+                self.len += run.take as usize;
+                taken += run.take as usize;
             }
+            if !finished {
+                break; // the rest of this batch is for the next poll
+            }
+            // Step over offsets compaction removed from the batch's end.
+            next = next.max(header.next_offset());
+            at = end;
         }
-        self.buffers.push(bytes);
-        self.buffers.extend(extra);
-        Ok(next)
+        Ok((next, at))
     }
 }
+
+impl<'a> IntoIterator for &'a ConsumerRecords {
+    type Item = ConsumerRecord<'a>;
+    type IntoIter = ConsumerRecordsIter<'a>;
+    fn into_iter(self) -> ConsumerRecordsIter<'a> {
+        self.iter()
+    }
+}
+
+/// Iterator over [`ConsumerRecords`], decoding each record in place.
+#[derive(Debug, Clone)]
+pub struct ConsumerRecordsIter<'a> {
+    records: &'a ConsumerRecords,
+    run: usize,
+    /// Where the next record starts in the run's bytes, and its index in the batch.
+    at: usize,
+    index: i32,
+    /// Records handed out from the run so far, and in all left to hand out.
+    taken: u32,
+    left: usize,
+}
+
+impl<'a> Iterator for ConsumerRecordsIter<'a> {
+    type Item = ConsumerRecord<'a>;
+
+    fn next(&mut self) -> Option<ConsumerRecord<'a>> {
+        loop {
+            let run = self.records.runs.get(self.run)?;
+            if self.taken == run.take {
+                (self.run, self.at, self.index, self.taken) = (self.run + 1, 0, 0, 0);
+                continue;
+            }
+            let body = &self.records.buffers[run.buffer as usize][run.start as usize..run.end as usize];
+            let (r, used) = format::parse_record(&body[self.at..], &run.ctx, self.index)
+                .expect("stored records were validated when appended, and their batch's CRC when read");
+            self.at += used;
+            self.index += 1;
+            if r.offset < run.from {
+                continue;
+            }
+            self.taken += 1;
+            self.left -= 1;
+            return Some(ConsumerRecord {
+                topic: &self.records.topics[run.topic as usize],
+                partition: run.partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r.headers(),
+            });
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for ConsumerRecordsIter<'_> {}

@@ -82,7 +82,8 @@ pub use broker::{
 };
 pub use config::{CleanupPolicy, CompressionType, Fsync, LogConfig, TopicConfig};
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, OffsetReset, RebalanceListener, TopicPartition,
+    Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, ConsumerRecordsIter, OffsetReset,
+    RebalanceListener, TopicPartition,
 };
 pub use error::{BatchError, Error, Result};
 pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};

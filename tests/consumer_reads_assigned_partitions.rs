@@ -219,11 +219,51 @@ fn compressed_records_with_headers_are_delivered_whole() {
     consumer.assign(&tps(1)).unwrap();
     let first = consumer.poll(Duration::from_secs(1)).unwrap();
     assert_eq!(first.len(), 70);
-    for (i, r) in first.iter().enumerate() {
+    assert_eq!(first.iter().len(), 70, "the iterator knows its length");
+    for (i, r) in (&first).into_iter().enumerate() {
         assert_eq!(r.offset, i as i64);
         assert_eq!((r.key, r.value), (Some(&b"k"[..]), Some(&b"body-body-body"[..])));
         let headers: Vec<_> = r.headers().map(|h| (h.key, h.value)).collect();
         assert_eq!(headers, [(&b"trace"[..], Some(&b"abc"[..]))]);
     }
     assert_eq!(drain(&mut consumer).len(), 30);
+}
+
+#[test]
+fn buffered_fetches_follow_seeks_new_records_and_held_results() {
+    // One fetch holds all 10 records; polls of 3 return them from the consumer's buffer.
+    let (_dir, broker) = setup(1, 10);
+    let mut consumer = Consumer::new(&broker, earliest().max_poll_records(3));
+    let tp = TopicPartition::new("t", 0);
+    consumer.assign(std::slice::from_ref(&tp)).unwrap();
+    let values = |records: &rivulet::ConsumerRecords| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+            .collect()
+    };
+    let first = consumer.poll(Duration::from_secs(1)).unwrap();
+    assert_eq!(values(&first), ["p0-0", "p0-1", "p0-2"]);
+
+    // A seek drops the buffered rest: the next poll starts where the seek said.
+    consumer.seek(&tp, 8).unwrap();
+    let second = consumer.poll(Duration::from_secs(1)).unwrap();
+    assert_eq!(values(&second), ["p0-8", "p0-9"]);
+
+    // Records produced after the fetch are read by the next one.
+    Producer::new(&broker)
+        .send(ProducerRecord::new("t", b"late").partition(0))
+        .unwrap();
+    let third = consumer.poll(Duration::from_secs(1)).unwrap();
+    assert_eq!(values(&third), ["late"]);
+
+    consumer.seek(&tp, 1).unwrap();
+    let fourth = consumer.poll(Duration::from_secs(1)).unwrap();
+    assert_eq!(values(&fourth), ["p0-1", "p0-2", "p0-3"]);
+    // Results still held are untouched by the fetches that followed them (the consumer
+    // reuses a fetch buffer only once nothing borrows from it).
+    assert_eq!(values(&first), ["p0-0", "p0-1", "p0-2"]);
+    assert_eq!(values(&second), ["p0-8", "p0-9"]);
+    assert_eq!(values(&third), ["late"]);
+    assert_eq!(consumer.position(&tp).unwrap(), 4);
 }

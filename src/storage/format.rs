@@ -370,11 +370,6 @@ impl<'a> Records<'a> {
         }
     }
 
-    /// The records' bytes (decompressed).
-    pub(crate) fn body(&self) -> &[u8] {
-        &self.body
-    }
-
     /// The records' bytes (decompressed), consuming the value.
     pub(crate) fn into_body(self) -> Cow<'a, [u8]> {
         self.body

@@ -26,7 +26,7 @@ mod mmap;
 mod reader;
 mod recovery;
 mod retention;
-mod segment;
+pub(crate) mod segment;
 mod varint;
 
 pub use builder::{BatchBuilder, HeaderRef, RecordBatch};
