@@ -2,7 +2,8 @@
 //! constant rate (half the maximum measured just before, closed loop), a consumer long-polls,
 //! and each record's latency is measured from when it was *scheduled* to be sent, so a stall
 //! delays every record behind it and is not hidden (no coordinated omission). Prints p50,
-//! p99, p99.9 and max for `Fsync::Never` and `Fsync::Always`.
+//! p99, p99.9 and max for `Fsync::Never` and `Fsync::Always`, and for `Fsync::Never` with a
+//! consumer that spins 20 us before sleeping (`ConsumerConfig::poll_spin`).
 //!
 //! Run: `cargo bench --bench latency` (about 20 s).
 
@@ -25,10 +26,11 @@ fn setup(fsync: Fsync) -> (tempfile::TempDir, Broker) {
     (dir, broker)
 }
 
-fn consumer(broker: &Broker) -> Consumer {
+fn consumer(broker: &Broker, spin: Duration) -> Consumer {
     let config = ConsumerConfig::default()
         .auto_offset_reset(OffsetReset::Latest)
-        .max_poll_records(10_000);
+        .max_poll_records(10_000)
+        .poll_spin(spin);
     let mut c = Consumer::new(broker, config);
     let tp = TopicPartition::new("t", 0);
     c.assign(std::slice::from_ref(&tp)).unwrap();
@@ -40,7 +42,7 @@ fn consumer(broker: &Broker) -> Consumer {
 /// Records per second, sending and consuming one at a time, for `for_how_long`.
 fn max_rate(broker: &Broker, for_how_long: Duration) -> f64 {
     let producer = Producer::new(broker);
-    let mut c = consumer(broker);
+    let mut c = consumer(broker, Duration::ZERO);
     let value = [0u8; VALUE];
     let start = Instant::now();
     let mut n = 0u64;
@@ -53,9 +55,9 @@ fn max_rate(broker: &Broker, for_how_long: Duration) -> f64 {
 }
 
 /// Latencies (ns) of records sent every `period` for `for_how_long`.
-fn open_loop(broker: &Broker, period: Duration, for_how_long: Duration) -> Vec<u64> {
+fn open_loop(broker: &Broker, period: Duration, for_how_long: Duration, spin: Duration) -> Vec<u64> {
     let producer = Producer::new(broker);
-    let mut c = consumer(broker);
+    let mut c = consumer(broker, spin);
     let total = (for_how_long.as_nanos() / period.as_nanos()) as u64;
     let origin = Instant::now() + Duration::from_millis(20);
     std::thread::scope(|s| {
@@ -101,13 +103,18 @@ fn main() {
         "{:<14} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9}",
         "durability", "rate (rec/s)", "p50 us", "p99 us", "p99.9 us", "max us", "records"
     );
-    for (name, fsync) in [("none", Fsync::Never), ("fsync always", Fsync::Always)] {
+    let spin = Duration::from_micros(20);
+    for (name, fsync, spin) in [
+        ("none", Fsync::Never, Duration::ZERO),
+        ("none, spin", Fsync::Never, spin),
+        ("fsync always", Fsync::Always, Duration::ZERO),
+    ] {
         let (_dir, broker) = setup(fsync);
         // Warm-up, then the closed-loop maximum, then the open loop at half of it.
         max_rate(&broker, probe / 2);
         let max = max_rate(&broker, probe);
         let rate = max / 2.0;
-        let mut lat = open_loop(&broker, Duration::from_secs_f64(1.0 / rate), run);
+        let mut lat = open_loop(&broker, Duration::from_secs_f64(1.0 / rate), run, spin);
         lat.sort_unstable();
         println!(
             "{:<14} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>9}",

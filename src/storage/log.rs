@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -152,9 +152,17 @@ pub(crate) struct Inner {
 
 /// A wake-up shared by several logs: raised when any of them advances. Waiters note the
 /// count, check their logs, and sleep only if the count has not moved since.
+///
+/// Raising costs an atomic increment when nobody sleeps on it. A waiter may first spin
+/// ([`Signal::wait_past_spinning`]): waking a sleeping thread takes the scheduler several
+/// microseconds (tens on a virtual machine whose idle CPU halts), most of an in-process
+/// produce-to-consume round trip; spinning trades a core for that.
 #[derive(Debug, Default)]
 pub struct Signal {
-    count: Mutex<u64>,
+    count: AtomicU64,
+    /// Threads asleep (or about to sleep) on `raised`; changed under `lock`.
+    sleepers: AtomicU64,
+    lock: Mutex<()>,
     raised: Condvar,
 }
 
@@ -166,24 +174,48 @@ impl Signal {
 
     /// How often it has been raised; read before checking the logs.
     pub fn count(&self) -> u64 {
-        *self.count.lock()
+        self.count.load(Ordering::SeqCst)
     }
 
     /// Raises it, waking every waiter.
     pub fn raise(&self) {
-        *self.count.lock() += 1;
-        self.raised.notify_all();
+        self.count.fetch_add(1, Ordering::SeqCst);
+        // A sleeper counted itself under the lock before its last look at the count: either it
+        // saw this raise, or it is counted here and waits on `raised` once the lock is free.
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock();
+            self.raised.notify_all();
+        }
     }
 
     /// Waits until the signal is raised past `seen`, or the deadline; returns whether it was.
     pub fn wait_past(&self, seen: u64, deadline: Instant) -> bool {
-        let mut count = self.count.lock();
-        while *count == seen {
-            if self.raised.wait_until(&mut count, deadline).timed_out() {
-                return *count != seen;
+        self.wait_past_spinning(seen, deadline, Duration::ZERO)
+    }
+
+    /// Like [`Signal::wait_past`], but watches the count for up to `spin` before sleeping
+    /// (yielding the core to other runnable threads meanwhile).
+    pub fn wait_past_spinning(&self, seen: u64, deadline: Instant, spin: Duration) -> bool {
+        if !spin.is_zero() {
+            let spin_until = deadline.min(Instant::now() + spin);
+            while self.count() == seen {
+                if Instant::now() >= spin_until {
+                    break;
+                }
+                std::thread::yield_now();
             }
         }
-        true
+        if self.count() != seen {
+            return true;
+        }
+        let mut guard = self.lock.lock();
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let mut timed_out = false;
+        while self.count() == seen && !timed_out {
+            timed_out = self.raised.wait_until(&mut guard, deadline).timed_out();
+        }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        self.count() != seen
     }
 }
 

@@ -213,46 +213,72 @@ impl Segment {
     /// Reads the header of the batch at `pos`, which must end at or before `limit`.
     pub(crate) fn header_at(&self, pos: u64, limit: u64) -> Result<BatchHeader> {
         let mut buf = [0u8; HEADER_LEN];
-        let corrupt = |reason| Error::CorruptSegment {
-            segment: self.path.clone(),
-            position: pos,
-            reason,
-        };
         if pos + HEADER_LEN as u64 > limit {
-            return Err(corrupt(BatchError::Incomplete {
-                needed: HEADER_LEN,
-                available: limit.saturating_sub(pos) as usize,
-            }));
+            return Err(self.corruption(
+                pos,
+                BatchError::Incomplete {
+                    needed: HEADER_LEN,
+                    available: limit.saturating_sub(pos) as usize,
+                },
+            ));
         }
         self.file.read_exact_at(&mut buf, pos).ctx("read", &self.path)?;
+        self.checked_header(&buf, pos, limit)
+    }
+
+    /// The header at the start of `bytes` (at least `HEADER_LEN` of them), read from `pos`:
+    /// its frame must be sound and the batch must end at or before `limit`.
+    fn checked_header(&self, bytes: &[u8], pos: u64, limit: u64) -> Result<BatchHeader> {
         let available = (limit - pos).min(usize::MAX as u64) as usize;
-        if let Err(reason) = format::frame_len(&buf, available) {
-            // The header is all there is in `buf`; only a length past `limit` is a problem.
+        if let Err(reason) = format::frame_len(&bytes[..HEADER_LEN], available) {
+            // Only the header is looked at; only a length past `limit` is a problem.
             if !matches!(reason, BatchError::Incomplete { .. }) {
-                return Err(corrupt(reason));
+                return Err(self.corruption(pos, reason));
             }
         }
-        let h = BatchHeader::decode(&buf);
+        let h = BatchHeader::decode(bytes);
         if pos + h.total_len() as u64 > limit {
-            return Err(corrupt(BatchError::Incomplete {
-                needed: h.total_len(),
-                available,
-            }));
+            return Err(self.corruption(
+                pos,
+                BatchError::Incomplete {
+                    needed: h.total_len(),
+                    available,
+                },
+            ));
         }
         Ok(h)
     }
 
     /// The position of the first batch below `limit` whose last offset is at or above
     /// `offset`, with its header; `None` if there is none.
+    ///
+    /// The walk from the nearest index entry reads the file in chunks of `FIND_CHUNK` bytes and
+    /// steps over the headers in memory: one read covers an index interval of small batches
+    /// (reading header by header cost a system call per batch, a dozen for a consumer at the
+    /// tail of a log of small batches).
     pub(crate) fn find(&self, offset: i64, limit: u64) -> Result<Option<(u64, BatchHeader)>> {
+        const FIND_CHUNK: usize = 4096;
         let (_, pos) = self.offsets.lookup(self.relative(offset));
         let mut pos = pos as u64;
+        let mut chunk = [0u8; FIND_CHUNK];
         while pos < limit {
-            let h = self.header_at(pos, limit)?;
-            if h.last_offset() >= offset {
-                return Ok(Some((pos, h)));
+            let n = (limit - pos).min(FIND_CHUNK as u64) as usize;
+            if n < HEADER_LEN {
+                // Too short for a header: the error `header_at` gives.
+                self.header_at(pos, limit)?;
             }
-            pos += h.total_len() as u64;
+            self.file
+                .read_exact_at(&mut chunk[..n], pos)
+                .ctx("read", &self.path)?;
+            let mut at = 0;
+            while at + HEADER_LEN <= n {
+                let h = self.checked_header(&chunk[at..n], pos + at as u64, limit)?;
+                if h.last_offset() >= offset {
+                    return Ok(Some((pos + at as u64, h)));
+                }
+                at += h.total_len();
+            }
+            pos += at as u64;
         }
         Ok(None)
     }
