@@ -294,6 +294,14 @@ pub enum Error {
     /// timeout, no protocols, an undecodable subscription).
     #[error("invalid group request: {0}")]
     InvalidGroupRequest(String),
+
+    /// A record without a key was sent to a compacted log (`cleanup.policy` compact), which
+    /// keeps records by key; as in Kafka, the whole batch is refused and nothing is written.
+    #[error("a compacted log needs a key on every record; record {index} of the batch has none")]
+    KeyRequired {
+        /// The keyless record's position in the batch (0-based).
+        index: usize,
+    },
 }
 
 impl Error {

@@ -304,6 +304,10 @@ impl ProducerInner {
         let partition = self.choose(&topic, record.partition, record.key)?;
         let log = topic.partition(partition)?;
         let config = log.config();
+        if record.key.is_none() && config.get_cleanup_policy().compacts() {
+            // Refused here, not by the log: it would fail the whole shared batch.
+            return Err(Error::KeyRequired { index: 0 });
+        }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let max = config.get_max_message_bytes();
         let size = HEADER_LEN

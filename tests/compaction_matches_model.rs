@@ -1,6 +1,7 @@
 //! Compaction against a model: after a clean each key's latest record survives, survivors keep
 //! their offsets and order, tombstones go only once older than `delete.retention.ms`, records
-//! without a key stay, and the active segment is untouched. A crash injected at every step of
+//! without a key go (as in Kafka; appends of them are refused, so they date from before the
+//! log compacted), and the active segment is untouched. A crash injected at every step of
 //! a clean leaves either the old log or the cleaned one, never a mix, and the log opens.
 
 mod common;
@@ -59,7 +60,13 @@ fn codec(i: usize) -> Compression {
 
 /// Writes the workload, rolls so all but the last batch are sealed, writes the last one into
 /// the active segment. Returns every record with its offset.
+///
+/// The log is written under `cleanup.policy=delete`, as a topic later switched to compact
+/// would have been (a compacting log refuses keyless records), then given back its config.
 fn fill(log: &PartitionLog, batches: &[Vec<Rec>]) -> (Vec<Rec>, i64) {
+    let config = log.config();
+    log.set_config(config.clone().cleanup_policy(CleanupPolicy::Delete))
+        .unwrap();
     let (last, sealed) = batches.split_last().unwrap();
     for (i, b) in sealed.iter().enumerate() {
         log.append(batch(b, codec(i))).unwrap();
@@ -67,6 +74,7 @@ fn fill(log: &PartitionLog, batches: &[Vec<Rec>]) -> (Vec<Rec>, i64) {
     log.roll().unwrap();
     let active_base = log.log_end_offset();
     log.append(batch(last, Compression::None)).unwrap();
+    log.set_config(config).unwrap();
     (read_all(log, 0), active_base)
 }
 
@@ -82,7 +90,7 @@ fn model(all: &[Rec], active_base: i64, now: i64) -> Vec<Rec> {
         .filter(|r| {
             r.offset >= active_base
                 || match &r.key {
-                    None => true,
+                    None => false,
                     Some(k) => {
                         latest[&k[..]] == r.offset && !(r.value.is_none() && r.timestamp < now - HOUR_MS)
                     }
@@ -218,4 +226,29 @@ fn a_log_that_does_not_compact_is_left_alone() {
     let (all, _) = fill(&log, &workload(3, now));
     assert_eq!(log.compact().unwrap(), None);
     assert_eq!(read_all(&log, 0), all);
+}
+
+#[test]
+fn a_compacting_log_refuses_a_batch_with_a_keyless_record_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config()).unwrap();
+    let now = now_ms();
+    log.append(batch(&[Rec::new(now, Some(b"k"), Some(b"v"))], Compression::None))
+        .unwrap();
+    for codec in [Compression::None, codec(3)] {
+        let mixed = batch(
+            &[
+                Rec::new(now, Some(b"k"), Some(b"v2")),
+                Rec::new(now, None, Some(b"no key")),
+            ],
+            codec,
+        );
+        let err = log.append(mixed).unwrap_err();
+        assert!(
+            matches!(err, rivulet::Error::KeyRequired { index: 1 }),
+            "{codec:?}: {err}"
+        );
+    }
+    assert_eq!(log.log_end_offset(), 1, "nothing was written");
+    assert_eq!(read_all(&log, 0).len(), 1);
 }

@@ -198,3 +198,38 @@ fn the_topic_compression_and_timestamp_type_apply() {
     assert_eq!(batch.header().compression().unwrap(), Compression::Zstd);
     assert_eq!(contents(&log)[0].2.as_deref(), Some(&b"payload"[..]));
 }
+
+#[test]
+fn a_compacted_topic_refuses_keyless_records_and_only_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), Fsync::Never);
+    let mut config = TopicConfig::default();
+    config.set("cleanup.policy", "compact").unwrap();
+    broker.create_topic("c", 1, config).unwrap();
+    let producer = Producer::new(&broker);
+    // Many threads share batches; a keyless record fails alone, not the batch it would join.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let producer = &producer;
+            s.spawn(move || {
+                for i in 0..50 {
+                    let key = format!("{t}-{i}");
+                    producer
+                        .send(ProducerRecord::new("c", b"v").key(key.as_bytes()))
+                        .unwrap();
+                    let err = producer.send(ProducerRecord::new("c", b"no key")).unwrap_err();
+                    assert!(matches!(err, Error::KeyRequired { .. }), "{err}");
+                }
+            });
+        }
+    });
+    let batch = [
+        ProducerRecord::new("c", b"v").key(b"a"),
+        ProducerRecord::new("c", b"v"),
+    ];
+    let err = producer.send_batch("c", None, &batch).unwrap_err();
+    assert!(matches!(err, Error::KeyRequired { index: 1 }), "{err}");
+    let log = broker.partition("c", 0).unwrap();
+    assert_eq!(contents(&log).len(), 200, "every keyed record, nothing else");
+    assert!(contents(&log).iter().all(|r| r.1.is_some()));
+}

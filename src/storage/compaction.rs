@@ -1,6 +1,8 @@
 //! Log compaction (`cleanup.policy=compact`): the sealed segments are rewritten keeping, for
 //! each key, only its latest record, and dropping a latest record that is a tombstone once it
-//! is older than `delete.retention.ms`. Records without a key are kept. Offsets never change:
+//! is older than `delete.retention.ms`. Records without a key are dropped, as Kafka's cleaner
+//! drops them (a compacting log refuses them, so they date from before it compacted). Offsets
+//! never change:
 //! a batch that loses records keeps its base and last offsets, and a batch that loses all of
 //! them disappears, leaving a gap readers step over. The active segment is never touched.
 //!
@@ -242,8 +244,8 @@ enum Kept {
     None,
 }
 
-/// The part of `batch` that survives: records without a key, and each key's latest record
-/// unless it is a tombstone older than `horizon`.
+/// The part of `batch` that survives: each key's latest record unless it is a tombstone older
+/// than `horizon`.
 fn clean_batch(
     batch: &Batch<'_>,
     latest: &HashMap<Vec<u8>, i64>,
@@ -252,7 +254,7 @@ fn clean_batch(
 ) -> Result<Kept> {
     let h = batch.header();
     let keep = |r: &Record<'_>| match r.key {
-        None => true,
+        None => false,
         Some(k) => latest.get(k) == Some(&r.offset) && !(r.value.is_none() && r.timestamp < horizon),
     };
     let records = batch.records().map_err(Error::InvalidBatch)?;

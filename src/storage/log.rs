@@ -23,7 +23,7 @@ use crate::config::{Fsync, LogConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::storage::builder::RecordBatch;
 use crate::storage::compaction::CleanStats;
-use crate::storage::format::TimestampType;
+use crate::storage::format::{Batch, TimestampType};
 use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{Fs, StdFs};
 use crate::storage::reader::{Fetch, LogReader};
@@ -234,6 +234,18 @@ pub(super) struct SyncState {
     pub(super) syncing: bool,
     /// Bumped by every truncation, which invalidates syncs captured before it.
     pub(super) generation: u64,
+}
+
+/// A compacted log keeps records by key: refuses a batch with a keyless record.
+fn check_keyed(batch: &RecordBatch) -> Result<()> {
+    let (view, _) = Batch::parse_trusted(batch.as_bytes());
+    let records = view.records()?;
+    for (index, record) in records.iter().enumerate() {
+        if record?.key.is_none() {
+            return Err(Error::KeyRequired { index });
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -450,6 +462,9 @@ impl Inner {
                 size: batch.len(),
                 max: config.max_message_bytes,
             });
+        }
+        if config.cleanup_policy.compacts() {
+            check_keyed(&batch)?;
         }
         let now = now_ms();
         let (info, generation) = {
