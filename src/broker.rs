@@ -279,6 +279,14 @@ pub struct GroupOffset {
 
 /// Checks a topic name against Kafka's rules: 1 to 249 characters of `[a-zA-Z0-9._-]`, and
 /// not `.` or `..`.
+///
+/// ```
+/// use rivulet::{Error, validate_topic_name};
+/// assert!(validate_topic_name("orders.v2_eu-west").is_ok());
+/// assert!(matches!(validate_topic_name("no spaces"), Err(Error::InvalidTopicName { .. })));
+/// assert!(validate_topic_name("..").is_err());
+/// assert!(validate_topic_name(&"x".repeat(250)).is_err());
+/// ```
 pub fn validate_topic_name(name: &str) -> Result<()> {
     let bad = |reason| {
         Err(Error::InvalidTopicName {
@@ -356,6 +364,19 @@ impl Broker {
     }
 
     /// A topic's configuration and the state of each partition.
+    ///
+    /// ```
+    /// use rivulet::{Broker, Producer, ProducerRecord, TopicConfig};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("events", 3, TopicConfig::default())?;
+    /// Producer::new(&broker).send(ProducerRecord::new("events", b"hi").partition(1))?;
+    /// let topic = broker.describe_topic("events")?;
+    /// assert_eq!(topic.partitions.len(), 3);
+    /// assert_eq!(topic.partitions[1].high_watermark, 1);
+    /// assert!(broker.describe_topic("nope").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
         let topic = self.inner.topic(name)?;
         let partitions = topic
@@ -392,6 +413,20 @@ impl Broker {
 
     /// Changes settings of a topic by their Kafka names. All or nothing: one bad entry changes
     /// nothing.
+    ///
+    /// ```
+    /// use rivulet::{Broker, CleanupPolicy, TopicConfig};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("state", 1, TopicConfig::default())?;
+    /// broker.alter_topic_config_entries("state", &[("cleanup.policy", "compact"), ("retention.ms", "-1")])?;
+    /// let bad = broker.alter_topic_config_entries("state", &[("segment.bytes", "1000"), ("retention.ms", "soon")]);
+    /// assert!(bad.is_err());
+    /// let config = broker.describe_topic("state")?.config;
+    /// assert_eq!(config.log().get_cleanup_policy(), CleanupPolicy::Compact);
+    /// assert_ne!(config.log().get_segment_bytes(), 1000, "the bad call changed nothing");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn alter_topic_config_entries(&self, name: &str, entries: &[(&str, &str)]) -> Result<()> {
         let mut config = self.inner.topic(name)?.config.read().clone();
         for (k, v) in entries {
@@ -452,6 +487,30 @@ impl Broker {
 
     /// A group's committed offsets, with each partition's high watermark and the lag between
     /// them (records the group has yet to consume).
+    ///
+    /// ```
+    /// use rivulet::{Broker, Consumer, ConsumerConfig, Producer, ProducerRecord, TopicConfig, TopicPartition};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("t", 1, TopicConfig::default())?;
+    /// let producer = Producer::new(&broker);
+    /// for _ in 0..10 {
+    ///     producer.send(ProducerRecord::new("t", b"x"))?;
+    /// }
+    /// let tp = TopicPartition::new("t", 0);
+    /// let mut consumer = Consumer::new(&broker, ConsumerConfig::default().group_id("g"));
+    /// consumer.assign(std::slice::from_ref(&tp))?;
+    /// consumer.commit_offsets(&[(tp.clone(), 4, "")])?;
+    /// let offsets = broker.group_offsets("g")?;
+    /// assert_eq!((offsets[0].committed.offset, offsets[0].lag), (4, 6));
+    ///
+    /// // Rewind the group to the start, then delete it.
+    /// broker.reset_group_offsets("g", &[(tp, 0)])?;
+    /// assert_eq!(broker.group_offsets("g")?[0].lag, 10);
+    /// broker.delete_group("g")?;
+    /// assert!(broker.group_offsets("g")?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn group_offsets(&self, group: &str) -> Result<Vec<GroupOffset>> {
         let store = self.inner.offsets()?;
         store

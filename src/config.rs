@@ -272,6 +272,17 @@ pub enum CompressionType {
 }
 
 /// What happens to old records of a log (`cleanup.policy`).
+///
+/// ```
+/// use rivulet::{CleanupPolicy, TopicConfig};
+/// let mut config = TopicConfig::default();
+/// config.set("cleanup.policy", "compact,delete")?;
+/// let policy = config.log().get_cleanup_policy();
+/// assert_eq!(policy, CleanupPolicy::CompactDelete);
+/// assert!(policy.compacts() && policy.deletes());
+/// assert!(config.set("cleanup.policy", "shred").is_err());
+/// # Ok::<(), rivulet::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum CleanupPolicy {
     /// Whole old segments are deleted by retention (the default).

@@ -353,6 +353,28 @@ impl Consumer {
 
     /// Sets the next offset `poll` returns from `tp`. An offset outside the log is handled by
     /// `auto.offset.reset` on the next poll, as in Kafka.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rivulet::{Broker, Consumer, ConsumerConfig, Producer, ProducerRecord, TopicConfig, TopicPartition};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("t", 1, TopicConfig::default())?;
+    /// let producer = Producer::new(&broker);
+    /// for i in 0..5u8 {
+    ///     producer.send(ProducerRecord::new("t", &[i]).timestamp(1000 + i as i64))?;
+    /// }
+    /// let tp = TopicPartition::new("t", 0);
+    /// let mut consumer = Consumer::new(&broker, ConsumerConfig::default());
+    /// consumer.assign(std::slice::from_ref(&tp))?;
+    /// // Replay from the first record stamped at or after 1003.
+    /// let found = consumer.offsets_for_times(&[(tp.clone(), 1003)])?;
+    /// consumer.seek(&tp, found[0].unwrap().offset)?;
+    /// let records = consumer.poll(Duration::from_secs(1))?;
+    /// let values: Vec<_> = records.iter().map(|r| r.value.unwrap()[0]).collect();
+    /// assert_eq!(values, [3, 4]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn seek(&mut self, tp: &TopicPartition, offset: i64) -> Result<()> {
         self.assigned_mut(tp)?.position = Some(offset);
         Ok(())
@@ -717,6 +739,26 @@ impl ConsumerRecords {
     }
 
     /// The records, partition by partition, in offset order within each.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rivulet::{Broker, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig, TopicPartition};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("t", 1, TopicConfig::default())?;
+    /// Producer::new(&broker).send(ProducerRecord::new("t", b"v").key(b"k").header("trace", b"7"))?;
+    /// let config = ConsumerConfig::default().auto_offset_reset(OffsetReset::Earliest);
+    /// let mut consumer = Consumer::new(&broker, config);
+    /// consumer.assign(&[TopicPartition::new("t", 0)])?;
+    /// let records = consumer.poll(Duration::from_secs(1))?;
+    /// for r in &records {
+    ///     assert_eq!((r.topic, r.partition, r.offset), ("t", 0, 0));
+    ///     assert_eq!((r.key, r.value), (Some(&b"k"[..]), Some(&b"v"[..])));
+    ///     let header = r.headers().next().unwrap();
+    ///     assert_eq!((header.key, header.value), (&b"trace"[..], Some(&b"7"[..])));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn iter(&self) -> ConsumerRecordsIter<'_> {
         ConsumerRecordsIter {
             records: self,

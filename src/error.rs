@@ -12,6 +12,20 @@ use crate::storage::format::Compression;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in rivulet.
+///
+/// ```
+/// use rivulet::{Broker, Error, TopicConfig};
+/// let dir = tempfile::tempdir()?;
+/// let broker = Broker::open(dir.path())?;
+/// broker.create_topic("t", 1, TopicConfig::default())?;
+/// match broker.create_topic("t", 1, TopicConfig::default()) {
+///     Err(Error::TopicExists { topic }) => assert_eq!(topic, "t"),
+///     other => panic!("expected TopicExists, got {other:?}"),
+/// }
+/// let err = broker.partition("t", 5).unwrap_err();
+/// assert!(matches!(err, Error::UnknownPartition { partitions: 1, .. }), "{err}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

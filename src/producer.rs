@@ -58,6 +58,30 @@ pub fn murmur2(data: &[u8]) -> u32 {
 }
 
 /// Chooses a record's partition.
+///
+/// ```
+/// use std::sync::Arc;
+/// use rivulet::storage::Compression;
+/// use rivulet::{Broker, Partitioner, Producer, ProducerRecord, TopicConfig};
+///
+/// /// Keys starting with "eu-" go to partition 0, the rest to partition 1.
+/// #[derive(Debug)]
+/// struct ByRegion;
+///
+/// impl Partitioner for ByRegion {
+///     fn partition(&self, _topic: &str, key: Option<&[u8]>, _partitions: u32) -> Option<u32> {
+///         key.map(|k| if k.starts_with(b"eu-") { 0 } else { 1 })
+///     }
+/// }
+///
+/// let dir = tempfile::tempdir()?;
+/// let broker = Broker::open(dir.path())?;
+/// broker.create_topic("orders", 2, TopicConfig::default())?;
+/// let producer = Producer::with_options(&broker, Arc::new(ByRegion), Compression::None);
+/// let sent = producer.send(ProducerRecord::new("orders", b"42 EUR").key(b"eu-7"))?;
+/// assert_eq!(sent.partition, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Partitioner: Send + Sync + std::fmt::Debug {
     /// The partition (below `partitions`) for a record, or `None` to leave an unkeyed record
     /// to the producer's sticky partitioning.
@@ -77,6 +101,15 @@ impl Partitioner for DefaultPartitioner {
 }
 
 /// A record to send.
+///
+/// ```
+/// use rivulet::ProducerRecord;
+/// let record = ProducerRecord::new("orders", b"{\"total\": 42}")
+///     .key(b"customer-7") // same key, same partition
+///     .header("source", b"web")
+///     .timestamp(1_700_000_000_000);
+/// # let _ = record;
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct ProducerRecord<'a> {
     /// The topic.
@@ -226,6 +259,19 @@ impl Producer {
     /// Appends `records` to one partition as one batch: all or none of them are written, with
     /// consecutive offsets. The partition is `partition`, or the partitioner's choice for the
     /// first record's key. The records' own topic and partition fields are ignored.
+    ///
+    /// ```
+    /// use rivulet::{Broker, Producer, ProducerRecord, TopicConfig};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("ledger", 2, TopicConfig::default())?;
+    /// let producer = Producer::new(&broker);
+    /// let entries = [ProducerRecord::new("ledger", b"debit 5"), ProducerRecord::new("ledger", b"credit 5")];
+    /// let sent = producer.send_batch("ledger", Some(1), &entries)?;
+    /// assert_eq!((sent[0].offset, sent[1].offset), (0, 1));
+    /// assert!(sent.iter().all(|m| m.partition == 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send_batch(
         &self,
         topic: &str,

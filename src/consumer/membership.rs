@@ -27,6 +27,37 @@ use crate::group::{
 /// Told of the partitions a subscribed consumer gains and gives up, from inside `poll`. The
 /// consumer is passed in so the listener can commit, seek or look up positions (it must not
 /// call `poll`).
+///
+/// ```
+/// use std::time::Duration;
+/// use rivulet::{Broker, Consumer, ConsumerConfig, RebalanceListener, TopicConfig, TopicPartition};
+///
+/// /// Commits what was processed before partitions leave, and notes what arrives.
+/// struct CommitOnRevoke {
+///     owned: Vec<TopicPartition>,
+/// }
+///
+/// impl RebalanceListener for CommitOnRevoke {
+///     fn on_partitions_revoked(&mut self, consumer: &mut Consumer, partitions: &[TopicPartition]) {
+///         consumer.commit().expect("commit before handing over");
+///         self.owned.retain(|tp| !partitions.contains(tp));
+///     }
+///     fn on_partitions_assigned(&mut self, _: &mut Consumer, partitions: &[TopicPartition]) {
+///         self.owned.extend_from_slice(partitions);
+///     }
+/// }
+///
+/// let dir = tempfile::tempdir()?;
+/// let broker = Broker::open(dir.path())?;
+/// broker.create_topic("jobs", 2, TopicConfig::default())?;
+/// let config = ConsumerConfig::default().group_id("workers").enable_auto_commit(false);
+/// let mut consumer = Consumer::new(&broker, config);
+/// consumer.set_rebalance_listener(CommitOnRevoke { owned: Vec::new() });
+/// consumer.subscribe(["jobs"])?;
+/// consumer.poll(Duration::from_secs(1))?; // joins the group; the listener hears of jobs-0, jobs-1
+/// assert_eq!(consumer.assignment().len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait RebalanceListener: Send {
     /// The consumer is giving these partitions up in a rebalance: the place to commit what
     /// was processed. With auto-commit on, the consumer has already committed them.
@@ -106,6 +137,32 @@ impl Consumer {
     /// it, rebalancing as members come and go. Topics that do not exist yet are picked up
     /// when created. Needs a `group.id`; calling it on a consumer with an `assign`ed
     /// assignment is an error. Subscribing again replaces the subscription.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rivulet::{Broker, Consumer, ConsumerConfig, OffsetReset, TopicConfig};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("jobs", 4, TopicConfig::default())?;
+    /// let config = ConsumerConfig::default().group_id("workers").auto_offset_reset(OffsetReset::Earliest);
+    /// let mut a = Consumer::new(&broker, config.clone());
+    /// a.subscribe(["jobs"])?;
+    /// a.poll(Duration::from_secs(1))?;
+    /// assert_eq!(a.assignment().len(), 4, "alone in the group, it has every partition");
+    ///
+    /// // A second member joins; polls on both finish the rebalance.
+    /// let mut b = Consumer::new(&broker, config);
+    /// b.subscribe(["jobs"])?;
+    /// for _ in 0..50 {
+    ///     a.poll(Duration::from_millis(10))?;
+    ///     b.poll(Duration::from_millis(10))?;
+    ///     if a.assignment().len() == 2 && b.assignment().len() == 2 {
+    ///         break;
+    ///     }
+    /// }
+    /// assert_eq!((a.assignment().len(), b.assignment().len()), (2, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn subscribe<I, S>(&mut self, topics: I) -> Result<()>
     where
         I: IntoIterator<Item = S>,
@@ -121,6 +178,21 @@ impl Consumer {
     /// Like [`subscribe`](Self::subscribe), to every topic whose whole name matches the
     /// regular expression `pattern`, including topics created later (internal topics never
     /// match). An invalid pattern is an error and changes nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rivulet::{Broker, Consumer, ConsumerConfig, TopicConfig};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("metrics.cpu", 1, TopicConfig::default())?;
+    /// broker.create_topic("logs", 1, TopicConfig::default())?;
+    /// let mut consumer = Consumer::new(&broker, ConsumerConfig::default().group_id("dash"));
+    /// consumer.subscribe_pattern(r"metrics\..*")?;
+    /// consumer.poll(Duration::from_secs(1))?;
+    /// assert_eq!(consumer.subscription().into_iter().collect::<Vec<_>>(), ["metrics.cpu"]);
+    /// assert!(consumer.subscribe_pattern("(unclosed").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn subscribe_pattern(&mut self, pattern: &str) -> Result<()> {
         let re = Regex::new(&format!("^(?:{pattern})$")).map_err(|_| Error::InvalidConfig {
             name: "subscription pattern",

@@ -74,6 +74,25 @@ impl Assignor {
     /// Assigns the partitions of the subscribed topics (`partitions` gives each topic's count;
     /// topics missing from it are skipped) to `members`. Every member appears in the result.
     /// Under `cooperative-sticky` a partition that changes owner is left out of this round.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use rivulet::TopicPartition;
+    /// use rivulet::group::{Assignor, Member};
+    /// let counts = BTreeMap::from([("t".to_string(), 4)]);
+    /// let member = |id: &str, owned: &[u32]| Member {
+    ///     id: id.to_string(),
+    ///     topics: ["t".to_string()].into(),
+    ///     owned: owned.iter().map(|&p| TopicPartition::new("t", p)).collect(),
+    /// };
+    /// // "a" owned everything; "b" just joined.
+    /// let members = [member("a", &[0, 1, 2, 3]), member("b", &[])];
+    /// let eager = Assignor::Sticky.assign(&counts, &members);
+    /// assert_eq!((eager["a"].len(), eager["b"].len()), (2, 2));
+    /// // Cooperative: "a" keeps two and gives up two; "b" gets them in the next round.
+    /// let first = Assignor::CooperativeSticky.assign(&counts, &members);
+    /// assert_eq!((first["a"].len(), first["b"].len()), (2, 0));
+    /// ```
     pub fn assign(self, partitions: &BTreeMap<String, u32>, members: &[Member]) -> Assignment {
         let mut out: Assignment = members.iter().map(|m| (m.id.clone(), Vec::new())).collect();
         match self {

@@ -184,6 +184,39 @@ impl MemberDescription {
 }
 
 /// The coordinator of every group of a broker.
+///
+/// A Kafka front end drives it request by request; replies to JoinGroup and SyncGroup come
+/// as a [`Pending`], waited on with a deadline or awaited:
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use rivulet::group::{GroupCoordinator, GroupState, JoinGroup, MemberRef};
+/// let coordinator = GroupCoordinator::new();
+/// let join = JoinGroup {
+///     member_id: String::new(),
+///     group_instance_id: None,
+///     client_id: "app".into(),
+///     session_timeout: Duration::from_secs(10),
+///     rebalance_timeout: Duration::from_secs(10),
+///     protocol_type: "consumer".into(),
+///     protocols: vec![("range".into(), Vec::new())],
+///     notify: None,
+/// };
+/// let deadline = Instant::now() + Duration::from_secs(1);
+/// let joined = coordinator.join_group("g", join).wait_until(deadline).expect("in time")?;
+/// assert!(joined.is_leader(), "the only member leads");
+/// assert_eq!((joined.generation, joined.protocol.as_str()), (1, "range"));
+///
+/// let me = MemberRef { member_id: joined.member_id.clone(), group_instance_id: None, generation: 1 };
+/// let mine = coordinator
+///     .sync_group("g", &me, vec![(joined.member_id.clone(), b"my share".to_vec())])
+///     .wait_until(deadline)
+///     .expect("in time")?;
+/// assert_eq!(mine, b"my share");
+/// assert_eq!(coordinator.describe("g").unwrap().state, GroupState::Stable);
+/// coordinator.heartbeat("g", &me)?;
+/// # Ok::<(), rivulet::Error>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
