@@ -706,8 +706,13 @@ impl BrokerInner {
         meta::write(&StdFs, &self.dir.join(REGISTRY_FILE), &registry)
     }
 
-    fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
-        let _admin = self.admin.lock();
+    /// The config a topic gets unless told otherwise, and its partition count.
+    pub(crate) fn topic_defaults(&self) -> (TopicConfig, u32) {
+        (self.settings.default_topic.clone(), self.settings.num_partitions)
+    }
+
+    /// Checks that `create_topic` would accept these, changing nothing.
+    pub(crate) fn check_new_topic(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
         self.check_open()?;
         validate_topic_name(name)?;
         if partitions == 0 || partitions > MAX_PARTITIONS {
@@ -723,6 +728,12 @@ impl BrokerInner {
                 topic: name.to_string(),
             });
         }
+        Ok(())
+    }
+
+    fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
+        let _admin = self.admin.lock();
+        self.check_new_topic(name, partitions, &config)?;
         let topic = Arc::new(open_topic(
             &self.dir,
             &self.housekeeper,

@@ -73,6 +73,8 @@ mod config;
 mod consumer;
 mod error;
 pub mod group;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod producer;
 pub mod storage;
 

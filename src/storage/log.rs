@@ -11,10 +11,13 @@
 //! for everyone its sync covered (group commit). A failed fsync poisons the log.
 
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -160,9 +163,10 @@ pub(crate) struct Inner {
 #[derive(Debug, Default)]
 pub struct Signal {
     count: AtomicU64,
-    /// Threads asleep (or about to sleep) on `raised`; changed under `lock`.
+    /// Threads asleep on `raised` and futures registered in `wakers` (or about to be);
+    /// changed under the lock.
     sleepers: AtomicU64,
-    lock: Mutex<()>,
+    wakers: Mutex<Vec<Waker>>,
     raised: Condvar,
 }
 
@@ -181,10 +185,13 @@ impl Signal {
     pub fn raise(&self) {
         self.count.fetch_add(1, Ordering::SeqCst);
         // A sleeper counted itself under the lock before its last look at the count: either it
-        // saw this raise, or it is counted here and waits on `raised` once the lock is free.
+        // saw this raise, or it is counted here and waits on the lock, which this takes.
         if self.sleepers.load(Ordering::SeqCst) > 0 {
-            let _guard = self.lock.lock();
+            let mut wakers = self.wakers.lock();
             self.raised.notify_all();
+            for waker in wakers.drain(..) {
+                waker.wake();
+            }
         }
     }
 
@@ -208,7 +215,7 @@ impl Signal {
         if self.count() != seen {
             return true;
         }
-        let mut guard = self.lock.lock();
+        let mut guard = self.wakers.lock();
         self.sleepers.fetch_add(1, Ordering::SeqCst);
         let mut timed_out = false;
         while self.count() == seen && !timed_out {
@@ -216,6 +223,55 @@ impl Signal {
         }
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
         self.count() != seen
+    }
+
+    /// A future that completes once the signal is raised past `seen`: the asynchronous
+    /// [`Signal::wait_past`] (bound it with the runtime's timeout).
+    pub fn raised_past(&self, seen: u64) -> RaisedPast<'_> {
+        RaisedPast {
+            signal: self,
+            seen,
+            registered: false,
+        }
+    }
+}
+
+/// The future of [`Signal::raised_past`].
+#[derive(Debug)]
+pub struct RaisedPast<'a> {
+    signal: &'a Signal,
+    seen: u64,
+    /// Counted in `sleepers`.
+    registered: bool,
+}
+
+impl Future for RaisedPast<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let signal = self.signal;
+        if signal.count() != self.seen {
+            return Poll::Ready(());
+        }
+        let mut wakers = signal.wakers.lock();
+        if !self.registered {
+            signal.sleepers.fetch_add(1, Ordering::SeqCst);
+            self.registered = true;
+        }
+        // A stale waker of an earlier poll may stay until the next raise: waking it is harmless.
+        wakers.push(cx.waker().clone());
+        if signal.count() != self.seen {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for RaisedPast<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.signal.sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

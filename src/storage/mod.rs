@@ -39,6 +39,6 @@ pub use format::{
 pub use housekeeper::Housekeeper;
 pub use io::{FaultyFs, Fs, FsFile, StdFs};
 pub(crate) use log::now_ms;
-pub use log::{AppendInfo, LogBuilder, PartitionLog, Signal, TimestampOffset};
+pub use log::{AppendInfo, LogBuilder, PartitionLog, RaisedPast, Signal, TimestampOffset};
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
 pub use recovery::FORMAT_VERSION;

@@ -1,0 +1,109 @@
+//! The example broker: rivulet serving the Kafka protocol, for kcat, librdkafka, kafka-python
+//! and Java clients.
+//!
+//! ```text
+//! cargo run --release --features kafka --example broker -- --data ./data --listen 127.0.0.1:9092
+//! kcat -b 127.0.0.1:9092 -L
+//! ```
+//!
+//! Options: `--data DIR` (default `./data`), `--listen ADDR` (default `127.0.0.1:9092`:
+//! loopback only), `--advertised HOST:PORT` (what clients are told to connect to; default the
+//! listen address), `--fsync always|never` (default `always`: every produce is on disk before
+//! it is acknowledged). Ctrl-C stops it and closes the log cleanly.
+
+use std::process::ExitCode;
+
+use rivulet::kafka::ServerConfig;
+use rivulet::{Broker, Fsync};
+
+struct Options {
+    data: String,
+    listen: String,
+    advertised: Option<(String, u16)>,
+    fsync: Fsync,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut o = Options {
+        data: "./data".into(),
+        listen: "127.0.0.1:9092".into(),
+        advertised: None,
+        fsync: Fsync::Always,
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--data" => o.data = value()?,
+            "--listen" => o.listen = value()?,
+            "--advertised" => {
+                let v = value()?;
+                let (host, port) = v.rsplit_once(':').ok_or("--advertised is HOST:PORT")?;
+                let port = port.parse().map_err(|_| format!("bad port in {v}"))?;
+                o.advertised = Some((host.to_string(), port));
+            }
+            "--fsync" => {
+                o.fsync = match value()?.as_str() {
+                    "always" => Fsync::Always,
+                    "never" => Fsync::Never,
+                    other => return Err(format!("--fsync is always or never, not {other}")),
+                }
+            }
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(o)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let o = match parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(why) => {
+            if !why.is_empty() {
+                eprintln!("{why}");
+            }
+            eprintln!(
+                "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let broker = match Broker::builder(&o.data).fsync(o.fsync).open() {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("cannot open {}: {e}", o.data);
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&o.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("cannot listen on {}: {e}", o.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut config = ServerConfig::default();
+    if let Some((host, port)) = o.advertised {
+        config = config.advertised(host, port);
+    }
+    log::info!("rivulet serving Kafka on {} from {}", o.listen, o.data);
+    let stop = async {
+        tokio::signal::ctrl_c().await.ok();
+        log::info!("stopping");
+    };
+    if let Err(e) = rivulet::kafka::serve_with(listener, broker.clone(), config, stop).await {
+        log::error!("serving stopped: {e}");
+    }
+    match broker.close() {
+        Ok(()) => {
+            log::info!("stopped; the log is closed cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("closing the log: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Kafka's error code for each of rivulet's errors.
+
+use kafka_protocol::error::ResponseError as E;
+
+use crate::error::{BatchError, Error};
+
+/// The error code a Kafka client expects for `e`.
+pub(super) fn code(e: &Error) -> i16 {
+    let kind = match e {
+        Error::UnknownTopic { .. } | Error::UnknownPartition { .. } => E::UnknownTopicOrPartition,
+        Error::OffsetOutOfRange { .. } => E::OffsetOutOfRange,
+        Error::BatchTooLarge { .. } => E::MessageTooLarge,
+        Error::InvalidBatch(BatchError::CrcMismatch { .. }) => E::CorruptMessage,
+        Error::InvalidBatch(_) | Error::KeyRequired { .. } => E::InvalidRecord,
+        Error::InvalidTopicName { .. } => E::InvalidTopicException,
+        Error::TopicExists { .. } => E::TopicAlreadyExists,
+        Error::InvalidPartitions { .. } => E::InvalidPartitions,
+        Error::InvalidConfig { .. } => E::InvalidConfig,
+        Error::UnknownMember { .. } => E::UnknownMemberId,
+        Error::IllegalGeneration { .. } => E::IllegalGeneration,
+        Error::RebalanceInProgress { .. } => E::RebalanceInProgress,
+        Error::FencedInstanceId { .. } => E::FencedInstanceId,
+        Error::InconsistentGroupProtocol { .. } => E::InconsistentGroupProtocol,
+        Error::NoSuchGroup { .. } => E::GroupIdNotFound,
+        Error::GroupNotEmpty { .. } => E::NonEmptyGroup,
+        Error::InvalidGroupRequest(_) => E::InvalidRequest,
+        Error::Io { .. }
+        | Error::Poisoned { .. }
+        | Error::ChecksumMismatch { .. }
+        | Error::CorruptSegment { .. }
+        | Error::Truncated { .. } => E::KafkaStorageError,
+        _ => E::UnknownServerError,
+    };
+    kind.code()
+}

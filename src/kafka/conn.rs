@@ -1,0 +1,180 @@
+//! One connection: length-prefixed frames in, responses out in the same order.
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+
+use super::{Server, admin, apis, fetch, groups, metadata, produce};
+
+/// Why a connection is closed.
+pub(super) type Refusal = String;
+
+/// Serves requests until the client hangs up or sends something that cannot be served.
+pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Server) {
+    log::debug!("connection from {peer}");
+    stream.set_nodelay(true).ok();
+    let (read, write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let mut write = BufWriter::new(write);
+    loop {
+        let frame = match read_frame(&mut read, server.config.max_frame_bytes).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(why) => {
+                log::warn!("closing the connection from {peer}: {why}");
+                break;
+            }
+        };
+        match handle(server, frame).await {
+            Ok(None) => {}
+            Ok(Some(response)) => {
+                let sent = async {
+                    write.write_u32(response.len() as u32).await?;
+                    write.write_all(&response).await?;
+                    write.flush().await
+                };
+                if let Err(e) = sent.await {
+                    log::debug!("connection from {peer}: {e}");
+                    break;
+                }
+            }
+            Err(why) => {
+                log::warn!("closing the connection from {peer}: {why}");
+                break;
+            }
+        }
+    }
+    log::debug!("connection from {peer} closed");
+}
+
+/// The next request frame; `None` at a clean end of stream. The length is checked before
+/// anything is read, and the buffer grows only as bytes arrive.
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    read: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, Refusal> {
+    let len = match read.read_i32().await {
+        Ok(len) => len,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if len < 8 || len as usize > max {
+        return Err(format!("a request of {len} bytes (at least 8, at most {max})"));
+    }
+    let mut frame = Vec::new();
+    let got = read
+        .take(len as u64)
+        .read_to_end(&mut frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    if got != len as usize {
+        return Err(format!(
+            "the stream ended {} bytes into a {len}-byte request",
+            got
+        ));
+    }
+    Ok(Some(Bytes::from(frame)))
+}
+
+/// Answers one request: `None` for a produce with acks 0, which gets no response.
+pub(super) async fn handle(server: &Server, mut frame: Bytes) -> Result<Option<BytesMut>, Refusal> {
+    if frame.len() < 8 {
+        return Err(format!("a request of {} bytes", frame.len()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(api) = ApiKey::try_from(key) else {
+        // Kafka closes the connection on an API key it does not know.
+        return Err(format!("unknown API key {key}"));
+    };
+    let Some(range) = apis::served(api) else {
+        return Err(format!("{api:?} is not served"));
+    };
+    if !range.contains(&version) {
+        return match api {
+            // The client learns the versions from the error reply (KIP-511).
+            ApiKey::ApiVersions => Ok(Some(apis::unsupported_version(correlation))),
+            ApiKey::Produce => produce::old_version(correlation, version, frame),
+            _ => Err(format!("{api:?} version {version} is not served")),
+        };
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| format!("a malformed {api:?} header: {e}"))?;
+    let request = Request {
+        api,
+        version,
+        header,
+        body: frame,
+    };
+    let response = match api {
+        ApiKey::ApiVersions => request.reply(apis::api_versions(request.decode()?))?,
+        ApiKey::Metadata => request.reply(metadata::metadata(server, request.decode()?, version))?,
+        ApiKey::Produce => {
+            let produce: kafka_protocol::messages::ProduceRequest = request.decode()?;
+            let acks = produce.acks;
+            let response = produce::produce(server, produce, version).await;
+            if acks == 0 {
+                return Ok(None);
+            }
+            request.reply(response)?
+        }
+        ApiKey::Fetch => request.reply(fetch::fetch(server, request.decode()?, version).await)?,
+        ApiKey::ListOffsets => request.reply(fetch::list_offsets(server, request.decode()?))?,
+        ApiKey::CreateTopics => request.reply(admin::create_topics(server, request.decode()?))?,
+        ApiKey::DeleteTopics => request.reply(admin::delete_topics(server, request.decode()?, version))?,
+        ApiKey::FindCoordinator => {
+            request.reply(groups::find_coordinator(server, request.decode()?, version))?
+        }
+        ApiKey::JoinGroup => request.reply(groups::join_group(server, request.decode()?, version).await)?,
+        ApiKey::SyncGroup => request.reply(groups::sync_group(server, request.decode()?).await)?,
+        ApiKey::Heartbeat => request.reply(groups::heartbeat(server, request.decode()?))?,
+        ApiKey::LeaveGroup => request.reply(groups::leave_group(server, request.decode()?, version))?,
+        ApiKey::OffsetCommit => request.reply(groups::offset_commit(server, request.decode()?))?,
+        ApiKey::OffsetFetch => request.reply(groups::offset_fetch(server, request.decode()?))?,
+        ApiKey::ListGroups => request.reply(groups::list_groups(server, request.decode()?))?,
+        ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
+        _ => unreachable!("apis::served lists only the APIs handled here"),
+    };
+    Ok(Some(response))
+}
+
+/// A request whose header has been read.
+struct Request {
+    api: ApiKey,
+    version: i16,
+    header: RequestHeader,
+    body: Bytes,
+}
+
+impl Request {
+    /// The request's body. Every byte must be used.
+    fn decode<T: Decodable>(&self) -> Result<T, Refusal> {
+        let mut body = self.body.clone();
+        let request = T::decode(&mut body, self.version)
+            .map_err(|e| format!("a malformed {:?} request: {e}", self.api))?;
+        if body.has_remaining() {
+            return Err(format!(
+                "{} bytes left over after a {:?} request",
+                body.remaining(),
+                self.api
+            ));
+        }
+        Ok(request)
+    }
+
+    /// The response frame (without its length): header, then body.
+    fn reply<T: Encodable>(&self, response: T) -> Result<BytesMut, Refusal> {
+        let mut out = BytesMut::new();
+        let header = ResponseHeader::default().with_correlation_id(self.header.correlation_id);
+        header
+            .encode(&mut out, self.api.response_header_version(self.version))
+            .and_then(|()| response.encode(&mut out, self.version))
+            .map_err(|e| format!("could not encode a {:?} response: {e}", self.api))?;
+        Ok(out)
+    }
+}

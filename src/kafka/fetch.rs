@@ -1,0 +1,176 @@
+//! Fetch, which long-polls and hands stored batches back as they are, and ListOffsets.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+};
+
+use super::{Server, codes};
+use crate::error::Result;
+use crate::storage::{PartitionLog, Signal};
+
+/// Answers once `min_bytes` are there or `max_wait_ms` has passed, whichever is first, with
+/// whole batches from the one holding each partition's fetch offset: at least one batch (the
+/// first partition with data gets one even above the limits), then up to the partition and
+/// response byte limits.
+pub(super) async fn fetch(server: &Server, request: FetchRequest, _version: i16) -> FetchResponse {
+    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let logs: Vec<Vec<Option<PartitionLog>>> = request
+        .topics
+        .iter()
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    let index = u32::try_from(p.partition).ok()?;
+                    server.broker.partition(&t.topic.0, index).ok()
+                })
+                .collect()
+        })
+        .collect();
+    let signal = Signal::new();
+    for log in logs.iter().flatten().flatten() {
+        log.watch(&signal);
+    }
+    let response = loop {
+        let seen = signal.count();
+        let (response, bytes, failed) = read(&request, &logs);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if bytes >= request.min_bytes.max(0) as usize || failed || left.is_zero() {
+            break response;
+        }
+        if tokio::time::timeout(left, signal.raised_past(seen))
+            .await
+            .is_err()
+        {
+            break read(&request, &logs).0;
+        }
+    };
+    for log in logs.iter().flatten().flatten() {
+        log.unwatch(&signal);
+    }
+    response
+}
+
+/// One pass over the partitions: the response, the record bytes in it, and whether any
+/// partition had an error (which answers at once, as Kafka does).
+fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchResponse, usize, bool) {
+    let mut budget = request.max_bytes.max(0) as usize;
+    let mut total = 0;
+    let mut failed = false;
+    let responses = request
+        .topics
+        .iter()
+        .zip(logs)
+        .map(|(topic, logs)| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .zip(logs)
+                .map(|(p, log)| {
+                    let reply = PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_preferred_read_replica(BrokerId(-1));
+                    let Some(log) = log else {
+                        failed = true;
+                        return reply
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            .with_high_watermark(-1)
+                            .with_last_stable_offset(-1)
+                            .with_log_start_offset(-1);
+                    };
+                    let (hw, start) = (log.high_watermark(), log.log_start_offset());
+                    let reply = reply
+                        .with_high_watermark(hw)
+                        .with_last_stable_offset(hw)
+                        .with_log_start_offset(start);
+                    // The first batch is returned whatever its size, if nothing came before it.
+                    let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
+                    let limit = if total == 0 { limit.max(1) } else { limit };
+                    if limit == 0 {
+                        return reply.with_records(Some(Bytes::new()));
+                    }
+                    match log.read(p.fetch_offset, limit) {
+                        Ok(fetch) => {
+                            let mut bytes = fetch.into_bytes();
+                            if total > 0 && bytes.len() > limit {
+                                bytes.clear(); // over the limits, and not the first
+                            }
+                            total += bytes.len();
+                            budget = budget.saturating_sub(bytes.len());
+                            reply.with_records(Some(Bytes::from(bytes)))
+                        }
+                        Err(e) => {
+                            failed = true;
+                            reply.with_error_code(codes::code(&e))
+                        }
+                    }
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    (FetchResponse::default().with_responses(responses), total, failed)
+}
+
+/// ListOffsets: -2 is the log start offset, -1 the high watermark, any other timestamp the
+/// first record at or after it (offset -1 if there is none).
+pub(super) fn list_offsets(server: &Server, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let reply =
+                        ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+                    let found = u32::try_from(p.partition_index)
+                        .map_err(|_| unknown_partition(&t.name.0, p.partition_index))
+                        .and_then(|i| server.broker.partition(&t.name.0, i))
+                        .and_then(|log| lookup(&log, p.timestamp));
+                    match found {
+                        Ok((offset, timestamp)) => reply.with_offset(offset).with_timestamp(timestamp),
+                        Err(e) => reply
+                            .with_error_code(codes::code(&e))
+                            .with_offset(-1)
+                            .with_timestamp(-1),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+fn lookup(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64)> {
+    Ok(match timestamp {
+        -2 => (log.log_start_offset(), -1),
+        -1 => (log.high_watermark(), -1),
+        ts => match log.offset_for_timestamp(ts)? {
+            Some(found) => (found.offset, found.timestamp),
+            None => (-1, -1),
+        },
+    })
+}
+
+fn unknown_partition(topic: &str, partition: i32) -> crate::Error {
+    crate::Error::UnknownPartition {
+        topic: topic.to_string(),
+        partition: partition as u32,
+        partitions: 0,
+    }
+}

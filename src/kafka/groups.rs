@@ -1,0 +1,357 @@
+//! The group APIs, each a call on the broker's one group coordinator (shared with in-process
+//! consumers), and committed offsets in its one offset store.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{NODE_ID, Server, codes};
+use crate::consumer::TopicPartition;
+use crate::error::Error;
+use crate::group::{JoinGroup, MemberRef, OffsetAndMetadata};
+
+fn text(s: impl Into<String>) -> StrBytes {
+    StrBytes::from(s.into())
+}
+
+/// This broker coordinates every group (key type 0); transactions (1) are not served.
+pub(super) fn find_coordinator(
+    server: &Server,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let reply = FindCoordinatorResponse::default();
+    if request.key_type != 0 {
+        let _ = version;
+        return reply
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_node_id(BrokerId(-1))
+            .with_host(text(""))
+            .with_port(-1);
+    }
+    reply
+        .with_node_id(BrokerId(NODE_ID))
+        .with_host(text(server.host.clone()))
+        .with_port(i32::from(server.port))
+}
+
+pub(super) async fn join_group(
+    server: &Server,
+    request: JoinGroupRequest,
+    version: i16,
+) -> JoinGroupResponse {
+    let session = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
+    // v0 has no rebalance timeout: the session timeout stands in, as in Kafka.
+    let rebalance = if version == 0 {
+        session
+    } else {
+        Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64)
+    };
+    let join = JoinGroup {
+        member_id: request.member_id.to_string(),
+        group_instance_id: request.group_instance_id.map(|s| s.to_string()),
+        client_id: "kafka".to_string(),
+        session_timeout: session,
+        rebalance_timeout: rebalance,
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata.to_vec()))
+            .collect(),
+        notify: None,
+    };
+    let pending = server.broker.coordinator().join_group(&request.group_id.0, join);
+    match pending.await {
+        Ok(joined) => JoinGroupResponse::default()
+            .with_generation_id(joined.generation)
+            .with_protocol_type(Some(text(request.protocol_type.to_string())))
+            .with_protocol_name(Some(text(joined.protocol)))
+            .with_leader(text(joined.leader))
+            .with_member_id(text(joined.member_id))
+            .with_members(
+                joined
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        JoinGroupResponseMember::default()
+                            .with_member_id(text(m.member_id))
+                            .with_group_instance_id(m.group_instance_id.map(text))
+                            .with_metadata(Bytes::from(m.metadata))
+                    })
+                    .collect(),
+            ),
+        Err(e) => JoinGroupResponse::default()
+            .with_error_code(codes::code(&e))
+            .with_generation_id(-1)
+            .with_member_id(request.member_id),
+    }
+}
+
+fn member(member_id: &StrBytes, instance: &Option<StrBytes>, generation: i32) -> MemberRef {
+    MemberRef {
+        member_id: member_id.to_string(),
+        group_instance_id: instance.as_ref().map(|s| s.to_string()),
+        generation,
+    }
+}
+
+pub(super) async fn sync_group(server: &Server, request: SyncGroupRequest) -> SyncGroupResponse {
+    let me = member(
+        &request.member_id,
+        &request.group_instance_id,
+        request.generation_id,
+    );
+    let assignments = request
+        .assignments
+        .into_iter()
+        .map(|a| (a.member_id.to_string(), a.assignment.to_vec()))
+        .collect();
+    let pending = server
+        .broker
+        .coordinator()
+        .sync_group(&request.group_id.0, &me, assignments);
+    match pending.await {
+        Ok(assignment) => SyncGroupResponse::default()
+            .with_protocol_type(request.protocol_type)
+            .with_protocol_name(request.protocol_name)
+            .with_assignment(Bytes::from(assignment)),
+        Err(e) => SyncGroupResponse::default().with_error_code(codes::code(&e)),
+    }
+}
+
+pub(super) fn heartbeat(server: &Server, request: HeartbeatRequest) -> HeartbeatResponse {
+    let me = member(
+        &request.member_id,
+        &request.group_instance_id,
+        request.generation_id,
+    );
+    match server.broker.coordinator().heartbeat(&request.group_id.0, &me) {
+        Ok(()) => HeartbeatResponse::default(),
+        Err(e) => HeartbeatResponse::default().with_error_code(codes::code(&e)),
+    }
+}
+
+/// Before v3 one member leaves; from v3 a list of members, each answered.
+pub(super) fn leave_group(server: &Server, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    let coordinator = server.broker.coordinator();
+    let group = &request.group_id.0;
+    if version < 3 {
+        return match coordinator.leave_group(group, &request.member_id, None) {
+            Ok(()) => LeaveGroupResponse::default(),
+            Err(e) => LeaveGroupResponse::default().with_error_code(codes::code(&e)),
+        };
+    }
+    let members = request
+        .members
+        .into_iter()
+        .map(|m| {
+            let left = coordinator.leave_group(group, &m.member_id, m.group_instance_id.as_deref());
+            MemberResponse::default()
+                .with_member_id(m.member_id)
+                .with_group_instance_id(m.group_instance_id)
+                .with_error_code(left.err().map_or(0, |e| codes::code(&e)))
+        })
+        .collect();
+    LeaveGroupResponse::default().with_members(members)
+}
+
+/// Commits as the coordinator allows (Kafka's generation rules); all partitions or none, each
+/// answered with the outcome.
+pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group = request.group_id.0.to_string();
+    let me = member(
+        &request.member_id,
+        &request.group_instance_id,
+        request.generation_id_or_member_epoch,
+    );
+    let now = crate::storage::now_ms();
+    let mut entries = Vec::new();
+    let mut unknown = Vec::new();
+    for t in &request.topics {
+        for p in &t.partitions {
+            let known = u32::try_from(p.partition_index)
+                .ok()
+                .filter(|&i| server.broker.partition(&t.name.0, i).is_ok());
+            match known {
+                Some(i) => entries.push((
+                    TopicPartition::new(t.name.0.to_string(), i),
+                    OffsetAndMetadata {
+                        offset: p.committed_offset,
+                        metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
+                        commit_timestamp: now,
+                    },
+                )),
+                None => unknown.push((t.name.0.to_string(), p.partition_index)),
+            }
+        }
+    }
+    let outcome = if unknown.is_empty() {
+        server.broker.inner.offsets().and_then(|store| {
+            server
+                .broker
+                .coordinator()
+                .check_commit(&group, &me, || store.commit(&group, &entries))
+        })
+    } else {
+        Err(Error::UnknownTopic {
+            topic: unknown[0].0.clone(),
+        })
+    };
+    let code = outcome.err().map_or(0, |e| codes::code(&e));
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// The committed offsets of the partitions asked for (null: all the group has), -1 where
+/// there is none.
+pub(super) fn offset_fetch(server: &Server, request: OffsetFetchRequest) -> OffsetFetchResponse {
+    let store = match server.broker.inner.offsets() {
+        Ok(store) => store,
+        Err(e) => return OffsetFetchResponse::default().with_error_code(codes::code(&e)),
+    };
+    let group = &request.group_id.0;
+    let asked: Vec<(String, Vec<i32>)> = match request.topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+            .collect(),
+        None => {
+            let mut all: Vec<(String, Vec<i32>)> = Vec::new();
+            for (tp, _) in store.group_offsets(group) {
+                match all.iter_mut().find(|(t, _)| *t == tp.topic) {
+                    Some((_, ps)) => ps.push(tp.partition as i32),
+                    None => all.push((tp.topic.clone(), vec![tp.partition as i32])),
+                }
+            }
+            all
+        }
+    };
+    let topics = asked
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|p| {
+                    let committed = u32::try_from(p)
+                        .ok()
+                        .and_then(|i| store.committed(group, &TopicPartition::new(topic.clone(), i)));
+                    let reply = OffsetFetchResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_committed_leader_epoch(-1);
+                    match committed {
+                        Some(c) => reply
+                            .with_committed_offset(c.offset)
+                            .with_metadata(Some(text(c.metadata))),
+                        None => reply.with_committed_offset(-1).with_metadata(Some(text(""))),
+                    }
+                })
+                .collect();
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(text(topic)))
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// Groups with members or committed offsets, with their states (v4 can filter by state).
+pub(super) fn list_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsResponse {
+    let groups = match server.broker.list_groups() {
+        Ok(groups) => groups,
+        Err(e) => return ListGroupsResponse::default().with_error_code(codes::code(&e)),
+    };
+    let coordinator = server.broker.coordinator();
+    let groups = groups
+        .into_iter()
+        .filter(|(_, state)| {
+            request.states_filter.is_empty()
+                || request
+                    .states_filter
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(state.name()))
+        })
+        .map(|(id, state)| {
+            let protocol_type = coordinator
+                .describe(&id)
+                .map(|d| d.protocol_type)
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "consumer".to_string());
+            ListedGroup::default()
+                .with_group_id(GroupId(text(id)))
+                .with_protocol_type(text(protocol_type))
+                .with_group_state(text(state.name()))
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
+
+/// Each group's state, protocol and members with their metadata and assignments; a group the
+/// coordinator has never seen is Dead with no members, as in Kafka.
+pub(super) fn describe_groups(server: &Server, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+    let coordinator = server.broker.coordinator();
+    let groups = request
+        .groups
+        .into_iter()
+        .map(|id| {
+            let reply = DescribedGroup::default().with_group_id(id.clone());
+            let Some(d) = coordinator.describe(&id.0) else {
+                return reply.with_group_state(text("Dead"));
+            };
+            let members = d
+                .members
+                .into_iter()
+                .map(|m| {
+                    DescribedGroupMember::default()
+                        .with_member_id(text(m.member_id))
+                        .with_group_instance_id(m.group_instance_id.map(text))
+                        .with_client_id(text(m.client_id))
+                        .with_client_host(text(""))
+                        .with_member_metadata(Bytes::from(m.metadata))
+                        .with_member_assignment(Bytes::from(m.assignment))
+                })
+                .collect();
+            reply
+                .with_group_state(text(d.state.name()))
+                .with_protocol_type(text(d.protocol_type))
+                .with_protocol_data(text(d.protocol))
+                .with_members(members)
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}

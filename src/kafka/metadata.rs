@@ -1,0 +1,76 @@
+//! Metadata: one broker (this one) leads every partition. Topics asked for by name are
+//! created if the broker auto-creates topics and the client allows it.
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{NODE_ID, Server, codes};
+use crate::group::OFFSETS_TOPIC;
+
+pub(super) fn metadata(server: &Server, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let inner = &server.broker.inner;
+    // Before v4 a request could not say; Kafka created topics then.
+    let create = version < 4 || request.allow_auto_topic_creation;
+    let topics = match request.topics {
+        // Null (or, before v1, empty) asks for every topic.
+        None => server
+            .broker
+            .list_topics()
+            .into_iter()
+            .map(|t| (t, false))
+            .collect(),
+        Some(t) if t.is_empty() && version == 0 => server
+            .broker
+            .list_topics()
+            .into_iter()
+            .map(|t| (t, false))
+            .collect(),
+        Some(t) => t
+            .into_iter()
+            .filter_map(|t| t.name)
+            .map(|n| (n.0.to_string(), create))
+            .collect::<Vec<_>>(),
+    };
+    let topics = topics
+        .into_iter()
+        .map(|(name, create)| {
+            let found = if create {
+                crate::broker::validate_topic_name(&name).and_then(|()| inner.topic_or_create(&name))
+            } else {
+                inner.topic(&name)
+            };
+            let reply = MetadataResponseTopic::default()
+                .with_name(Some(TopicName(StrBytes::from(name.clone()))))
+                .with_is_internal(name == OFFSETS_TOPIC);
+            match found {
+                Ok(topic) => {
+                    let partitions = topic.partitions.read().len() as i32;
+                    reply.with_partitions((0..partitions).map(partition).collect())
+                }
+                Err(e) => reply.with_error_code(codes::code(&e)),
+            }
+        })
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(vec![
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(NODE_ID))
+                .with_host(StrBytes::from(server.host.clone()))
+                .with_port(i32::from(server.port)),
+        ])
+        .with_cluster_id(Some(StrBytes::from(server.config.cluster_id.clone())))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_topics(topics)
+}
+
+fn partition(index: i32) -> MetadataResponsePartition {
+    MetadataResponsePartition::default()
+        .with_partition_index(index)
+        .with_leader_id(BrokerId(NODE_ID))
+        .with_leader_epoch(0)
+        .with_replica_nodes(vec![BrokerId(NODE_ID)])
+        .with_isr_nodes(vec![BrokerId(NODE_ID)])
+}

@@ -1,0 +1,190 @@
+//! The Kafka wire protocol over a [`Broker`] (cargo feature `kafka`): Kafka's clients and tools
+//! (librdkafka and kcat, the Java client, kafka-python) produce to it, fetch from it and join
+//! its consumer groups, sharing them with in-process [`Consumer`](crate::Consumer)s.
+//!
+//! [`serve`] runs on tokio and answers requests with the `kafka-protocol` crate's schemas:
+//!
+//! - produced batches are checked (frame, CRC-32C, record count and offsets) and stored as
+//!   received, their offsets assigned by patching the header; fetches hand the stored batches
+//!   back as they are, never re-encoded;
+//! - one broker (node 0) leads every partition; the high watermark is what the log has made
+//!   durable under its fsync policy, so acks 1 and -1 mean the same;
+//! - groups go through the broker's [`GroupCoordinator`](crate::group::GroupCoordinator),
+//!   committed offsets through its offset store;
+//! - each connection is served one request at a time, in order (as Kafka does: a client that
+//!   wants requests in parallel opens more connections).
+//!
+//! The API versions served are those [`API_VERSIONS`] lists, which is what ApiVersions
+//! advertises.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let broker = rivulet::Broker::open("./data").expect("open");
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9092").await?;
+//! rivulet::kafka::serve(listener, broker, async {
+//!     tokio::signal::ctrl_c().await.ok();
+//! })
+//! .await
+//! # }
+//! ```
+
+mod admin;
+mod apis;
+mod codes;
+mod conn;
+mod fetch;
+mod groups;
+mod metadata;
+mod produce;
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::broker::Broker;
+
+pub use apis::API_VERSIONS;
+
+/// Settings of the Kafka front end.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    advertised: Option<(String, u16)>,
+    max_frame_bytes: usize,
+    max_connections: usize,
+    cluster_id: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            advertised: None,
+            max_frame_bytes: 100 << 20,
+            max_connections: 1024,
+            cluster_id: "rivulet".to_string(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The host and port clients are told to connect to (Kafka's `advertised.listeners`).
+    /// Default: the address the listener is bound to.
+    pub fn advertised(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.advertised = Some((host.into(), port));
+        self
+    }
+
+    /// The largest request accepted (`socket.request.max.bytes`, default 100 MiB): a larger
+    /// one closes its connection before anything is read into memory.
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
+    /// The most connections served at once (default 1,024); more are closed as they arrive.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// The cluster id Metadata reports (default "rivulet").
+    pub fn cluster_id(mut self, id: impl Into<String>) -> Self {
+        self.cluster_id = id.into();
+        self
+    }
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+struct Server {
+    broker: Broker,
+    host: String,
+    port: u16,
+    config: ServerConfig,
+}
+
+/// The id of the one broker.
+const NODE_ID: i32 = 0;
+
+/// How often group membership deadlines are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Serves the Kafka protocol on `listener` with the default [`ServerConfig`] until `shutdown`
+/// completes; then closes every connection and returns. The broker stays open (close it
+/// after, to shut its logs down cleanly).
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_with(listener, broker, ServerConfig::default(), shutdown).await
+}
+
+/// [`serve`] with settings.
+pub async fn serve_with(
+    listener: TcpListener,
+    broker: Broker,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let local = listener.local_addr()?;
+    let (host, port) = config
+        .advertised
+        .clone()
+        .unwrap_or_else(|| (local.ip().to_string(), local.port()));
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let server = Arc::new(Server {
+        broker,
+        host,
+        port,
+        config,
+    });
+    let ticker = {
+        let broker = server.broker.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            loop {
+                every.tick().await;
+                broker.coordinator().tick();
+            }
+        })
+    };
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait a little rather than spin.
+                        log::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    log::warn!(
+                        "refusing {peer}: {} connections are open",
+                        server.config.max_connections
+                    );
+                    continue;
+                };
+                let server = server.clone();
+                connections.spawn(async move {
+                    conn::serve(stream, peer, &server).await;
+                    drop(slot);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    ticker.abort();
+    connections.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Produce: each partition's record set is checked whole (every batch's frame, CRC-32C and
+//! record count) before any of it is written, then stored as received.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::conn::Refusal;
+use super::{Server, codes};
+use crate::broker::{Broker, refuse_internal};
+use crate::error::{BatchError, Error, Result};
+use crate::storage::{AppendInfo, MAX_BATCH_LEN, RecordBatch, TimestampType, frame_len};
+
+pub(super) async fn produce(server: &Server, request: ProduceRequest, _version: i16) -> ProduceResponse {
+    let broker = server.broker.clone();
+    // An append may wait for an fsync: off the async workers.
+    let responses = tokio::task::spawn_blocking(move || append_all(&broker, request))
+        .await
+        .expect("appends do not panic");
+    ProduceResponse::default().with_responses(responses)
+}
+
+fn append_all(broker: &Broker, request: ProduceRequest) -> Vec<TopicProduceResponse> {
+    request
+        .topic_data
+        .into_iter()
+        .map(|topic| {
+            let name = topic.name.0.to_string();
+            let partitions = topic
+                .partition_data
+                .into_iter()
+                .map(|p| {
+                    let reply = PartitionProduceResponse::default().with_index(p.index);
+                    match append(broker, &name, p.index, p.records.unwrap_or_default()) {
+                        Ok((info, log_start, append_time)) => reply
+                            .with_base_offset(info.base_offset)
+                            .with_log_append_time_ms(if append_time { info.log_append_time } else { -1 })
+                            .with_log_start_offset(log_start),
+                        Err(e) => reply
+                            .with_error_code(codes::code(&e))
+                            .with_error_message(Some(StrBytes::from(e.to_string())))
+                            .with_base_offset(-1)
+                            .with_log_append_time_ms(-1)
+                            .with_log_start_offset(-1),
+                    }
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partitions)
+        })
+        .collect()
+}
+
+/// Appends one partition's record set: the first batch's append, the log start offset, and
+/// whether the log stamps append times.
+fn append(broker: &Broker, topic: &str, partition: i32, records: Bytes) -> Result<(AppendInfo, i64, bool)> {
+    refuse_internal(topic)?;
+    let log = broker.partition(topic, u32::try_from(partition).unwrap_or(u32::MAX))?;
+    let mut batches = Vec::new();
+    let mut rest = &records[..];
+    while !rest.is_empty() {
+        let len = frame_len(rest, MAX_BATCH_LEN)?;
+        let (batch, tail) = rest.split_at(len.min(rest.len()));
+        batches.push(RecordBatch::from_bytes(batch.to_vec())?);
+        rest = tail;
+    }
+    if batches.is_empty() {
+        return Err(Error::InvalidBatch(BatchError::Empty));
+    }
+    let mut first = None;
+    for batch in batches {
+        let info = log.append(batch)?;
+        first.get_or_insert(info);
+    }
+    let append_time = log.config().get_timestamp_type() == TimestampType::LogAppendTime;
+    Ok((
+        first.expect("one batch at least"),
+        log.log_start_offset(),
+        append_time,
+    ))
+}
+
+/// The answer to Produce v0 to v2, whose message sets predate RecordBatch v2: every
+/// partition gets `UNSUPPORTED_VERSION` (none for acks 0). The request is read by hand, as the
+/// `kafka-protocol` crate does not decode these versions.
+pub(super) fn old_version(
+    correlation: i32,
+    version: i16,
+    mut frame: Bytes,
+) -> Result<Option<BytesMut>, Refusal> {
+    let bad = || format!("a malformed Produce v{version} request");
+    let need = |frame: &Bytes, n: usize| if frame.remaining() < n { Err(bad()) } else { Ok(()) };
+    // Header v1: key, version, correlation id, then a nullable client id.
+    frame.advance(8);
+    need(&frame, 2)?;
+    let client_id = frame.get_i16();
+    if client_id > 0 {
+        need(&frame, client_id as usize)?;
+        frame.advance(client_id as usize);
+    }
+    need(&frame, 10)?;
+    let acks = frame.get_i16();
+    frame.advance(4); // timeout
+    let topics = frame.get_i32();
+    let mut out = BytesMut::new();
+    out.put_i32(correlation);
+    out.put_i32(topics.max(0));
+    for _ in 0..topics.max(0) {
+        need(&frame, 2)?;
+        let len = frame.get_i16().max(0) as usize;
+        need(&frame, len + 4)?;
+        let name = frame.split_to(len);
+        out.put_i16(len as i16);
+        out.put_slice(&name);
+        let partitions = frame.get_i32();
+        out.put_i32(partitions.max(0));
+        for _ in 0..partitions.max(0) {
+            need(&frame, 8)?;
+            let index = frame.get_i32();
+            let size = frame.get_i32().max(0) as usize;
+            need(&frame, size)?;
+            frame.advance(size);
+            out.put_i32(index);
+            out.put_i16(ResponseError::UnsupportedVersion.code());
+            out.put_i64(-1); // base offset
+            if version >= 2 {
+                out.put_i64(-1); // log append time
+            }
+        }
+    }
+    if frame.has_remaining() {
+        return Err(bad());
+    }
+    if version >= 1 {
+        out.put_i32(0); // throttle time
+    }
+    Ok((acks != 0).then_some(out))
+}
