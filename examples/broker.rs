@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Options: `--data DIR` (default `./data`), `--listen ADDR` (default `127.0.0.1:9092`:
-//! loopback only), `--advertised HOST:PORT` (what clients are told to connect to; default the
+//! loopback only; port 0 picks a free port, which the start line prints), `--advertised HOST:PORT` (what clients are told to connect to; default the
 //! listen address), `--fsync always|never` (default `always`: every produce is on disk before
 //! it is acknowledged). Ctrl-C stops it and closes the log cleanly.
 
@@ -88,7 +88,8 @@ async fn main() -> ExitCode {
     if let Some((host, port)) = o.advertised {
         config = config.advertised(host, port);
     }
-    log::info!("rivulet serving Kafka on {} from {}", o.listen, o.data);
+    let bound = listener.local_addr().map_or(o.listen.clone(), |a| a.to_string());
+    log::info!("rivulet serving Kafka on {bound} from {}", o.data);
     let stop = async {
         tokio::signal::ctrl_c().await.ok();
         log::info!("stopping");

@@ -322,3 +322,36 @@ async fn a_librdkafka_consumer_and_an_in_process_consumer_share_a_group() {
     );
     served.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_librdkafka_producer_writes_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path()).await;
+    served
+        .broker
+        .create_topic("ledger", 2, TopicConfig::default())
+        .unwrap();
+    let producer: FutureProducer = served
+        .client()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .create()
+        .unwrap();
+    produce(&producer, "ledger", 300, "entry").await;
+    let mut seen = BTreeSet::new();
+    let mut producer_ids = BTreeSet::new();
+    for p in 0..2 {
+        let log = served.broker.partition("ledger", p).unwrap();
+        let mut reader = log.reader(0);
+        while let Some(r) = reader.next().unwrap() {
+            assert!(seen.insert(r.value.unwrap().to_vec()), "a record written twice");
+        }
+        for batch in log.read(0, usize::MAX).unwrap().batches() {
+            producer_ids.insert(batch.header().producer_id);
+        }
+    }
+    assert_eq!(seen.len(), 300);
+    assert_eq!(producer_ids.len(), 1, "one producer id, from InitProducerId");
+    assert!(producer_ids.iter().all(|&id| id >= 0));
+    served.shut_down().await;
+}

@@ -1,6 +1,7 @@
 //! One connection: length-prefixed frames in, responses out in the same order.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
@@ -14,7 +15,7 @@ use super::{Server, admin, apis, fetch, groups, metadata, produce};
 pub(super) type Refusal = String;
 
 /// Serves requests until the client hangs up or sends something that cannot be served.
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Server) {
+pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Server>) {
     log::debug!("connection from {peer}");
     stream.set_nodelay(true).ok();
     let (read, write) = stream.into_split();
@@ -81,7 +82,7 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
 }
 
 /// Answers one request: `None` for a produce with acks 0, which gets no response.
-pub(super) async fn handle(server: &Server, mut frame: Bytes) -> Result<Option<BytesMut>, Refusal> {
+pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Option<BytesMut>, Refusal> {
     if frame.len() < 8 {
         return Err(format!("a request of {} bytes", frame.len()));
     }
@@ -99,9 +100,11 @@ pub(super) async fn handle(server: &Server, mut frame: Bytes) -> Result<Option<B
         return match api {
             // The client learns the versions from the error reply (KIP-511).
             ApiKey::ApiVersions => Ok(Some(apis::unsupported_version(correlation))),
-            ApiKey::Produce => produce::old_version(correlation, version, frame),
             _ => Err(format!("{api:?} version {version} is not served")),
         };
+    }
+    if api == ApiKey::Produce && version < produce::FIRST_DECODED_VERSION {
+        return produce::old_version(correlation, version, frame);
     }
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| format!("a malformed {api:?} header: {e}"))?;
@@ -138,6 +141,7 @@ pub(super) async fn handle(server: &Server, mut frame: Bytes) -> Result<Option<B
         ApiKey::OffsetFetch => request.reply(groups::offset_fetch(server, request.decode()?))?,
         ApiKey::ListGroups => request.reply(groups::list_groups(server, request.decode()?))?,
         ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
+        ApiKey::InitProducerId => request.reply(server.producers.init(request.decode()?))?,
         _ => unreachable!("apis::served lists only the APIs handled here"),
     };
     Ok(Some(response))

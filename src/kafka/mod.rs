@@ -9,6 +9,7 @@
 //!   back as they are, never re-encoded;
 //! - one broker (node 0) leads every partition; the high watermark is what the log has made
 //!   durable under its fsync policy, so acks 1 and -1 mean the same;
+//! - idempotent producers get producer ids, and retried batches are not written twice;
 //! - groups go through the broker's [`GroupCoordinator`](crate::group::GroupCoordinator),
 //!   committed offsets through its offset store;
 //! - each connection is served one request at a time, in order (as Kafka does: a client that
@@ -34,6 +35,7 @@ mod codes;
 mod conn;
 mod fetch;
 mod groups;
+mod idempotence;
 mod metadata;
 mod produce;
 
@@ -105,6 +107,7 @@ struct Server {
     host: String,
     port: u16,
     config: ServerConfig,
+    producers: idempotence::Producers,
 }
 
 /// The id of the one broker.
@@ -142,6 +145,7 @@ pub async fn serve_with(
         host,
         port,
         config,
+        producers: idempotence::Producers::new(),
     });
     let ticker = {
         let broker = server.broker.clone();

@@ -7,22 +7,44 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use std::sync::Arc;
+
 use super::conn::Refusal;
+use super::idempotence::Verdict;
 use super::{Server, codes};
-use crate::broker::{Broker, refuse_internal};
-use crate::error::{BatchError, Error, Result};
+use crate::broker::refuse_internal;
+use crate::error::{BatchError, Error};
 use crate::storage::{AppendInfo, MAX_BATCH_LEN, RecordBatch, TimestampType, frame_len};
 
-pub(super) async fn produce(server: &Server, request: ProduceRequest, _version: i16) -> ProduceResponse {
-    let broker = server.broker.clone();
+pub(super) async fn produce(server: &Arc<Server>, request: ProduceRequest, _version: i16) -> ProduceResponse {
+    let server = server.clone();
     // An append may wait for an fsync: off the async workers.
-    let responses = tokio::task::spawn_blocking(move || append_all(&broker, request))
+    let responses = tokio::task::spawn_blocking(move || append_all(&server, request))
         .await
         .expect("appends do not panic");
     ProduceResponse::default().with_responses(responses)
 }
 
-fn append_all(broker: &Broker, request: ProduceRequest) -> Vec<TopicProduceResponse> {
+/// Why a partition's record set was refused: one of rivulet's errors, or an idempotence
+/// check's error code.
+enum Refused {
+    Error(Error),
+    Code(ResponseError, String),
+}
+
+impl From<Error> for Refused {
+    fn from(e: Error) -> Self {
+        Refused::Error(e)
+    }
+}
+
+impl From<BatchError> for Refused {
+    fn from(e: BatchError) -> Self {
+        Refused::Error(Error::InvalidBatch(e))
+    }
+}
+
+fn append_all(server: &Server, request: ProduceRequest) -> Vec<TopicProduceResponse> {
     request
         .topic_data
         .into_iter()
@@ -33,17 +55,23 @@ fn append_all(broker: &Broker, request: ProduceRequest) -> Vec<TopicProduceRespo
                 .into_iter()
                 .map(|p| {
                     let reply = PartitionProduceResponse::default().with_index(p.index);
-                    match append(broker, &name, p.index, p.records.unwrap_or_default()) {
+                    match append(server, &name, p.index, p.records.unwrap_or_default()) {
                         Ok((info, log_start, append_time)) => reply
                             .with_base_offset(info.base_offset)
                             .with_log_append_time_ms(if append_time { info.log_append_time } else { -1 })
                             .with_log_start_offset(log_start),
-                        Err(e) => reply
-                            .with_error_code(codes::code(&e))
-                            .with_error_message(Some(StrBytes::from(e.to_string())))
-                            .with_base_offset(-1)
-                            .with_log_append_time_ms(-1)
-                            .with_log_start_offset(-1),
+                        Err(refused) => {
+                            let (code, message) = match refused {
+                                Refused::Error(e) => (codes::code(&e), e.to_string()),
+                                Refused::Code(code, message) => (code.code(), message),
+                            };
+                            reply
+                                .with_error_code(code)
+                                .with_error_message(Some(StrBytes::from(message)))
+                                .with_base_offset(-1)
+                                .with_log_append_time_ms(-1)
+                                .with_log_start_offset(-1)
+                        }
                     }
                 })
                 .collect();
@@ -54,26 +82,59 @@ fn append_all(broker: &Broker, request: ProduceRequest) -> Vec<TopicProduceRespo
         .collect()
 }
 
-/// Appends one partition's record set: the first batch's append, the log start offset, and
-/// whether the log stamps append times.
-fn append(broker: &Broker, topic: &str, partition: i32, records: Bytes) -> Result<(AppendInfo, i64, bool)> {
+/// Appends one partition's record set: the first batch's append (its first answer, for a
+/// retried batch of an idempotent producer), the log start offset, and whether the log stamps
+/// append times.
+fn append(
+    server: &Server,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+) -> Result<(AppendInfo, i64, bool), Refused> {
     refuse_internal(topic)?;
-    let log = broker.partition(topic, u32::try_from(partition).unwrap_or(u32::MAX))?;
+    let index = u32::try_from(partition).unwrap_or(u32::MAX);
+    let log = server.broker.partition(topic, index)?;
     let mut batches = Vec::new();
     let mut rest = &records[..];
     while !rest.is_empty() {
         let len = frame_len(rest, MAX_BATCH_LEN)?;
         let (batch, tail) = rest.split_at(len.min(rest.len()));
-        batches.push(RecordBatch::from_bytes(batch.to_vec())?);
+        let batch = RecordBatch::from_bytes(batch.to_vec())?;
+        if batch.header().is_transactional() {
+            return Err(Refused::Code(
+                ResponseError::InvalidRecord,
+                "transactional batches are not served".to_string(),
+            ));
+        }
+        batches.push(batch);
         rest = tail;
     }
     if batches.is_empty() {
-        return Err(Error::InvalidBatch(BatchError::Empty));
+        return Err(BatchError::Empty.into());
     }
+    // An idempotent producer's batches are judged and written under the partition's producer
+    // state, so a retry cannot slip in between.
+    let idempotent = batches.iter().any(|b| b.header().producer_id >= 0);
+    let state = idempotent.then(|| server.producers.partition(topic, index));
+    let mut state = state.as_ref().map(|s| s.lock());
     let mut first = None;
     for batch in batches {
-        let info = log.append(batch)?;
-        first.get_or_insert(info);
+        let h = batch.header();
+        if let Some(state) = state.as_mut().filter(|_| h.producer_id >= 0) {
+            match state.check(&h) {
+                Verdict::Append => {}
+                Verdict::Duplicate(info) => {
+                    first.get_or_insert(info);
+                    continue;
+                }
+                Verdict::Refuse(code, why) => return Err(Refused::Code(code, why)),
+            }
+            let info = log.append(batch)?;
+            state.record(&h, info);
+            first.get_or_insert(info);
+        } else {
+            first.get_or_insert(log.append(batch)?);
+        }
     }
     let append_time = log.config().get_timestamp_type() == TimestampType::LogAppendTime;
     Ok((
@@ -82,6 +143,9 @@ fn append(broker: &Broker, topic: &str, partition: i32, records: Bytes) -> Resul
         append_time,
     ))
 }
+
+/// The first Produce version the `kafka-protocol` crate decodes (RecordBatch v2).
+pub(super) const FIRST_DECODED_VERSION: i16 = 3;
 
 /// The answer to Produce v0 to v2, whose message sets predate RecordBatch v2: every
 /// partition gets `UNSUPPORTED_VERSION` (none for acks 0). The request is read by hand, as the

@@ -1,0 +1,241 @@
+//! Idempotent producers (KIP-98): InitProducerId hands out producer ids, and each partition
+//! remembers, per producer, its epoch and its last five batches' sequence numbers. A retried
+//! batch is answered with the offset it got the first time and not written again; a gap in the
+//! sequence is refused with `OUT_OF_ORDER_SEQUENCE_NUMBER`; an older epoch with
+//! `INVALID_PRODUCER_EPOCH`.
+//!
+//! The state is held in memory: after a restart a producer's first batch on a partition is
+//! taken as it comes (as for a producer never seen), so a retry that spans a restart can be
+//! written twice. Nothing acknowledged is lost either way.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+use parking_lot::Mutex;
+
+use crate::storage::{AppendInfo, BatchHeader};
+
+/// How many recent batches per producer and partition are remembered (Kafka's number: a
+/// producer has at most five requests in flight).
+const REMEMBERED: usize = 5;
+
+/// Every partition's producer state, and the next producer id.
+#[derive(Debug)]
+pub(super) struct Producers {
+    next_id: AtomicI64,
+    partitions: Mutex<HashMap<(String, u32), Arc<Mutex<PartitionProducers>>>>,
+}
+
+/// The producers seen by one partition.
+#[derive(Debug, Default)]
+pub(super) struct PartitionProducers {
+    by_id: HashMap<i64, Producer>,
+}
+
+#[derive(Debug)]
+struct Producer {
+    epoch: i16,
+    recent: VecDeque<Sent>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    first_sequence: i32,
+    last_sequence: i32,
+    info: AppendInfo,
+}
+
+/// What to do with a batch.
+pub(super) enum Verdict {
+    /// Not a retry: append it.
+    Append,
+    /// A retry of a batch already written: answer with its append.
+    Duplicate(AppendInfo),
+    /// Refused with this error.
+    Refuse(ResponseError, String),
+}
+
+impl Producers {
+    pub(super) fn new() -> Producers {
+        // Ids from the clock, so a restarted broker does not hand out an id again.
+        let seed = crate::storage::now_ms().saturating_mul(1000);
+        Producers {
+            next_id: AtomicI64::new(seed),
+            partitions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A new producer id with epoch 0, or (v3+, for a producer that names its id and epoch)
+    /// the same id with the next epoch. Transactions are not served.
+    pub(super) fn init(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
+        if request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+            return InitProducerIdResponse::default()
+                .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+        }
+        let (id, epoch) = if request.producer_id.0 >= 0 && (0..i16::MAX).contains(&request.producer_epoch) {
+            (request.producer_id.0, request.producer_epoch + 1)
+        } else {
+            (self.next_id.fetch_add(1, Ordering::Relaxed), 0)
+        };
+        InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch)
+    }
+
+    /// The producer state of one partition; hold its lock across check, append and record.
+    pub(super) fn partition(&self, topic: &str, partition: u32) -> Arc<Mutex<PartitionProducers>> {
+        self.partitions
+            .lock()
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .clone()
+    }
+}
+
+/// The sequence after `s` (sequences wrap from `i32::MAX` to 0).
+fn after(s: i32) -> i32 {
+    if s == i32::MAX { 0 } else { s + 1 }
+}
+
+fn last_sequence(h: &BatchHeader) -> i32 {
+    ((h.base_sequence as i64 + h.last_offset_delta as i64) % (i32::MAX as i64 + 1)) as i32
+}
+
+impl PartitionProducers {
+    /// Judges a batch from an idempotent producer (`producer_id >= 0`).
+    pub(super) fn check(&self, h: &BatchHeader) -> Verdict {
+        let Some(p) = self.by_id.get(&h.producer_id) else {
+            return Verdict::Append; // never seen here (or not since a restart)
+        };
+        if h.producer_epoch < p.epoch {
+            return Verdict::Refuse(
+                ResponseError::InvalidProducerEpoch,
+                format!("epoch {} is older than {}", h.producer_epoch, p.epoch),
+            );
+        }
+        if h.producer_epoch > p.epoch {
+            return if h.base_sequence == 0 {
+                Verdict::Append
+            } else {
+                Verdict::Refuse(
+                    ResponseError::OutOfOrderSequenceNumber,
+                    format!("a new epoch starts at sequence 0, not {}", h.base_sequence),
+                )
+            };
+        }
+        let last = last_sequence(h);
+        if let Some(sent) = p
+            .recent
+            .iter()
+            .find(|s| s.first_sequence == h.base_sequence && s.last_sequence == last)
+        {
+            return Verdict::Duplicate(sent.info);
+        }
+        let expected = p
+            .recent
+            .back()
+            .map_or(h.base_sequence, |s| after(s.last_sequence));
+        if h.base_sequence != expected {
+            return Verdict::Refuse(
+                ResponseError::OutOfOrderSequenceNumber,
+                format!("sequence {} where {expected} was expected", h.base_sequence),
+            );
+        }
+        Verdict::Append
+    }
+
+    /// Notes a batch that was appended.
+    pub(super) fn record(&mut self, h: &BatchHeader, info: AppendInfo) {
+        let p = self.by_id.entry(h.producer_id).or_insert(Producer {
+            epoch: h.producer_epoch,
+            recent: VecDeque::new(),
+        });
+        if h.producer_epoch != p.epoch {
+            p.epoch = h.producer_epoch;
+            p.recent.clear();
+        }
+        if p.recent.len() == REMEMBERED {
+            p.recent.pop_front();
+        }
+        p.recent.push_back(Sent {
+            first_sequence: h.base_sequence,
+            last_sequence: last_sequence(h),
+            info,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(id: i64, epoch: i16, seq: i32, count: i32) -> BatchHeader {
+        BatchHeader {
+            base_offset: 0,
+            batch_length: 0,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: count - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: id,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            record_count: count,
+        }
+    }
+
+    fn info(base: i64) -> AppendInfo {
+        AppendInfo {
+            base_offset: base,
+            last_offset: base,
+            log_append_time: 0,
+        }
+    }
+
+    #[test]
+    fn retries_are_answered_gaps_and_old_epochs_refused() {
+        let mut state = PartitionProducers::default();
+        let first = header(7, 0, 0, 3);
+        assert!(matches!(state.check(&first), Verdict::Append));
+        state.record(&first, info(100));
+        // The same batch again: the first answer, nothing written.
+        assert!(matches!(state.check(&first), Verdict::Duplicate(i) if i.base_offset == 100));
+        // The next batch follows on; a gap is refused.
+        assert!(matches!(state.check(&header(7, 0, 3, 1)), Verdict::Append));
+        assert!(matches!(
+            state.check(&header(7, 0, 5, 1)),
+            Verdict::Refuse(ResponseError::OutOfOrderSequenceNumber, _)
+        ));
+        // A new epoch starts at 0; then the old epoch is fenced.
+        assert!(matches!(
+            state.check(&header(7, 1, 3, 1)),
+            Verdict::Refuse(ResponseError::OutOfOrderSequenceNumber, _)
+        ));
+        let bumped = header(7, 1, 0, 1);
+        assert!(matches!(state.check(&bumped), Verdict::Append));
+        state.record(&bumped, info(200));
+        assert!(matches!(
+            state.check(&header(7, 0, 3, 1)),
+            Verdict::Refuse(ResponseError::InvalidProducerEpoch, _)
+        ));
+        // Only the last five batches are remembered.
+        for i in 1..=6 {
+            let h = header(7, 1, i, 1);
+            assert!(matches!(state.check(&h), Verdict::Append), "batch {i}");
+            state.record(&h, info(200 + i as i64));
+        }
+        assert!(matches!(state.check(&header(7, 1, 6, 1)), Verdict::Duplicate(i) if i.base_offset == 206));
+        assert!(!matches!(state.check(&header(7, 1, 1, 1)), Verdict::Duplicate(_)));
+        // Sequences wrap.
+        assert_eq!(after(i32::MAX), 0);
+        assert_eq!(last_sequence(&header(1, 0, i32::MAX, 2)), 0);
+    }
+}

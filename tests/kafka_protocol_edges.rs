@@ -1,0 +1,212 @@
+//! The Kafka front end spoken to by hand (requests encoded with the `kafka-protocol` crate):
+//! idempotent producers' retries and gaps, old and unknown versions, unknown API keys and
+//! oversized or malformed frames. A bad request closes its own connection only.
+#![cfg(feature = "kafka")]
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rivulet::storage::{BatchBuilder, Compression};
+use rivulet::{Broker, Fsync, TopicConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn start(dir: &std::path::Path) -> (SocketAddr, Broker, tokio::sync::oneshot::Sender<()>) {
+    let broker = Broker::builder(dir).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(rivulet::kafka::serve(listener, broker.clone(), async {
+        stopped.await.ok();
+    }));
+    (addr, broker, stop)
+}
+
+/// Sends one frame; the response frame, or `None` if the server closed the connection.
+async fn exchange(stream: &mut TcpStream, frame: &[u8]) -> Option<Bytes> {
+    stream.write_u32(frame.len() as u32).await.ok()?;
+    stream.write_all(frame).await.ok()?;
+    let len = stream.read_u32().await.ok()?;
+    let mut buf = vec![0; len as usize];
+    stream.read_exact(&mut buf).await.ok()?;
+    Some(Bytes::from(buf))
+}
+
+fn request<T: Encodable>(api: ApiKey, version: i16, body: &T) -> BytesMut {
+    let mut out = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7)
+        .with_client_id(Some(StrBytes::from_static_str("edges")))
+        .encode(&mut out, api.request_header_version(version))
+        .unwrap();
+    body.encode(&mut out, version).unwrap();
+    out
+}
+
+fn response<T: Decodable>(api: ApiKey, version: i16, mut frame: Bytes) -> T {
+    let header = ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, 7);
+    T::decode(&mut frame, version).unwrap()
+}
+
+fn produce_request(id: i64, epoch: i16, sequence: i32, records: usize) -> ProduceRequest {
+    let mut b = BatchBuilder::new(Compression::None).producer(id, epoch, sequence);
+    for i in 0..records {
+        b.push(1_000, Some(format!("k{i}").as_bytes()), Some(b"v"), &[]);
+    }
+    let batch = Bytes::from(b.finish().unwrap().as_bytes().to_vec());
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch)),
+                ]),
+        ])
+}
+
+/// (error code, base offset) of the one partition of a produce.
+async fn produce(stream: &mut TcpStream, request: &ProduceRequest) -> (i16, i64) {
+    const V: i16 = 9;
+    let frame = exchange(stream, &self::request(ApiKey::Produce, V, request))
+        .await
+        .unwrap();
+    let reply: ProduceResponse = response(ApiKey::Produce, V, frame);
+    let p = &reply.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+#[tokio::test]
+async fn idempotent_retries_are_written_once_and_gaps_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, broker, _stop) = start(dir.path()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let init = |id: i64, epoch: i16| {
+        request(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(id.into())
+                .with_producer_epoch(epoch),
+        )
+    };
+    let reply: InitProducerIdResponse = response(
+        ApiKey::InitProducerId,
+        4,
+        exchange(&mut s, &init(-1, -1)).await.unwrap(),
+    );
+    assert_eq!((reply.error_code, reply.producer_epoch), (0, 0));
+    let id = reply.producer_id.0;
+    assert!(id >= 0);
+
+    let first = produce_request(id, 0, 0, 3);
+    assert_eq!(produce(&mut s, &first).await, (0, 0));
+    // A retry of the same batch: the same answer, nothing written again.
+    assert_eq!(produce(&mut s, &first).await, (0, 0));
+    assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 3);
+    assert_eq!(produce(&mut s, &produce_request(id, 0, 3, 2)).await, (0, 3));
+    // A gap in the sequence: OUT_OF_ORDER_SEQUENCE_NUMBER (45), nothing written.
+    assert_eq!(produce(&mut s, &produce_request(id, 0, 9, 1)).await, (45, -1));
+    assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 5);
+
+    // The producer bumps its epoch; the old epoch is fenced: INVALID_PRODUCER_EPOCH (47).
+    let reply: InitProducerIdResponse = response(
+        ApiKey::InitProducerId,
+        4,
+        exchange(&mut s, &init(id, 0)).await.unwrap(),
+    );
+    assert_eq!((reply.producer_id.0, reply.producer_epoch), (id, 1));
+    assert_eq!(produce(&mut s, &produce_request(id, 1, 0, 1)).await, (0, 5));
+    assert_eq!(produce(&mut s, &produce_request(id, 0, 5, 1)).await, (47, -1));
+    assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 6);
+}
+
+#[tokio::test]
+async fn bad_requests_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, broker, _stop) = start(dir.path()).await;
+    let mut good = TcpStream::connect(addr).await.unwrap();
+
+    // An ApiVersions version not served: a v0 reply with UNSUPPORTED_VERSION (35) and the
+    // table, so the client can choose.
+    let mut frame = BytesMut::new();
+    frame.put_i16(ApiKey::ApiVersions as i16);
+    frame.put_i16(99);
+    frame.put_i32(7);
+    frame.put_i16(-1);
+    let mut reply = exchange(&mut good, &frame).await.unwrap();
+    assert_eq!(reply.get_i32(), 7);
+    assert_eq!(reply.get_i16(), 35);
+    assert_eq!(reply.get_i32() as usize, rivulet::kafka::API_VERSIONS.len());
+
+    // Produce v2 (message sets before RecordBatch v2): UNSUPPORTED_VERSION per partition.
+    let mut frame = BytesMut::new();
+    frame.put_i16(ApiKey::Produce as i16);
+    frame.put_i16(2);
+    frame.put_i32(7);
+    frame.put_i16(-1); // no client id
+    frame.put_i16(1); // acks
+    frame.put_i32(1000); // timeout
+    frame.put_i32(1); // one topic
+    frame.put_i16(1);
+    frame.put_slice(b"t");
+    frame.put_i32(1); // one partition
+    frame.put_i32(0);
+    frame.put_i32(3);
+    frame.put_slice(b"old");
+    let mut reply = exchange(&mut good, &frame).await.unwrap();
+    assert_eq!(reply.get_i32(), 7);
+    assert_eq!(reply.get_i32(), 1);
+    assert_eq!(reply.get_i16(), 1);
+    assert_eq!(&reply.split_to(1)[..], b"t");
+    assert_eq!(reply.get_i32(), 1);
+    assert_eq!(reply.get_i32(), 0);
+    assert_eq!(reply.get_i16(), 35);
+
+    // Each of these closes its own connection.
+    let mut unknown_key = BytesMut::new();
+    unknown_key.put_i16(999);
+    unknown_key.put_i16(0);
+    unknown_key.put_i32(7);
+    unknown_key.put_i16(-1);
+    let mut truncated = request(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default());
+    truncated.truncate(truncated.len() - 3);
+    for (what, frame) in [
+        ("an unknown API key", unknown_key.to_vec()),
+        ("a truncated body", truncated.to_vec()),
+        ("a frame shorter than a header", vec![0, 3]),
+    ] {
+        let mut bad = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            exchange(&mut bad, &frame).await.is_none(),
+            "{what}: the connection closes"
+        );
+    }
+    // A length past the limit closes the connection before anything is read.
+    let mut bad = TcpStream::connect(addr).await.unwrap();
+    bad.write_u32(u32::MAX).await.unwrap();
+    assert!(
+        bad.read_u8().await.is_err(),
+        "an oversized frame closes the connection"
+    );
+
+    // The good connection still works.
+    let (code, offset) = produce(&mut good, &produce_request(-1, -1, -1, 2)).await;
+    assert_eq!((code, offset), (0, 0));
+    assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 2);
+}
