@@ -26,8 +26,11 @@ const REMEMBERED: usize = 5;
 #[derive(Debug)]
 pub(super) struct Producers {
     next_id: AtomicI64,
-    partitions: Mutex<HashMap<(String, u32), Arc<Mutex<PartitionProducers>>>>,
+    partitions: Mutex<HashMap<(String, u32), SharedProducers>>,
 }
+
+/// One partition's producer state, locked for a produce.
+pub(super) type SharedProducers = Arc<Mutex<PartitionProducers>>;
 
 /// The producers seen by one partition.
 #[derive(Debug, Default)]
@@ -88,7 +91,7 @@ impl Producers {
     }
 
     /// The producer state of one partition; hold its lock across check, append and record.
-    pub(super) fn partition(&self, topic: &str, partition: u32) -> Arc<Mutex<PartitionProducers>> {
+    pub(super) fn partition(&self, topic: &str, partition: u32) -> SharedProducers {
         self.partitions
             .lock()
             .entry((topic.to_string(), partition))
