@@ -9,7 +9,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
-use super::{Server, admin, apis, fetch, groups, metadata, produce};
+use super::{Server, admin, apis, fetch, groups, guard, metadata, produce};
 
 /// Why a connection is closed.
 pub(super) type Refusal = String;
@@ -108,6 +108,7 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
     }
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| format!("a malformed {api:?} header: {e}"))?;
+    guard::check(api, version, &frame)?;
     let request = Request {
         api,
         version,

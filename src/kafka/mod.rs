@@ -35,6 +35,7 @@ mod codes;
 mod conn;
 mod fetch;
 mod groups;
+mod guard;
 mod idempotence;
 mod metadata;
 mod produce;

@@ -1,0 +1,560 @@
+//! A request's array counts, checked before the `kafka-protocol` crate decodes it.
+//!
+//! The crate's decoders size a vector from an array's count before reading any element, and
+//! the count comes from the wire: twenty bytes claiming two billion topics would make the
+//! process abort on a failed allocation, whatever the frame size limit. Every element takes at
+//! least one byte, so this walk over the request's layout refuses any count larger than the
+//! bytes left. It knows the layouts of the requests served, in the versions served (Kafka's
+//! message schemas); `layouts_match_the_crates_encoders` checks it against the crate's own
+//! encoders for every one of them.
+
+use kafka_protocol::messages::ApiKey;
+
+/// What a field is on the wire.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// So many bytes (integers, booleans, UUIDs).
+    Fixed(usize),
+    /// A string, nullable or not.
+    Str,
+    /// Bytes, nullable or not.
+    Bytes,
+    /// An array of structs.
+    Array(&'static [Field]),
+    /// An array of fixed-size values.
+    FixedArray(usize),
+    /// An array of strings.
+    StrArray,
+}
+
+/// A field present in versions `from..=to`.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    from: i16,
+    to: i16,
+    kind: Kind,
+}
+
+const fn all(kind: Kind) -> Field {
+    Field {
+        from: 0,
+        to: i16::MAX,
+        kind,
+    }
+}
+const fn since(from: i16, kind: Kind) -> Field {
+    Field {
+        from,
+        to: i16::MAX,
+        kind,
+    }
+}
+const fn until(to: i16, kind: Kind) -> Field {
+    Field { from: 0, to, kind }
+}
+const fn between(from: i16, to: i16, kind: Kind) -> Field {
+    Field { from, to, kind }
+}
+
+use Kind::{Array, Bytes, Fixed, FixedArray, Str, StrArray};
+
+const PRODUCE: &[Field] = &[
+    all(Str), // transactional id
+    all(Fixed(2)),
+    all(Fixed(4)),
+    all(Array(&[
+        until(12, Str),
+        since(13, Fixed(16)),
+        all(Array(&[all(Fixed(4)), all(Bytes)])),
+    ])),
+];
+
+const FETCH_PARTITION: &[Field] = &[
+    all(Fixed(4)),
+    since(9, Fixed(4)),
+    all(Fixed(8)),
+    since(12, Fixed(4)),
+    since(5, Fixed(8)),
+    all(Fixed(4)),
+];
+const FETCH: &[Field] = &[
+    until(14, Fixed(4)),
+    all(Fixed(4)),
+    all(Fixed(4)),
+    all(Fixed(4)),
+    all(Fixed(1)),
+    since(7, Fixed(4)),
+    since(7, Fixed(4)),
+    all(Array(&[
+        until(12, Str),
+        since(13, Fixed(16)),
+        all(Array(FETCH_PARTITION)),
+    ])),
+    since(
+        7,
+        Array(&[between(7, 12, Str), since(13, Fixed(16)), since(7, FixedArray(4))]),
+    ),
+    since(11, Str),
+];
+
+const LIST_OFFSETS: &[Field] = &[
+    all(Fixed(4)),
+    since(2, Fixed(1)),
+    all(Array(&[
+        all(Str),
+        all(Array(&[all(Fixed(4)), since(4, Fixed(4)), all(Fixed(8))])),
+    ])),
+    since(10, Fixed(4)),
+];
+
+const METADATA: &[Field] = &[
+    all(Array(&[since(10, Fixed(16)), all(Str)])),
+    since(4, Fixed(1)),
+    between(8, 10, Fixed(1)),
+    since(8, Fixed(1)),
+];
+
+const OFFSET_COMMIT: &[Field] = &[
+    all(Str),
+    all(Fixed(4)),
+    all(Str),
+    since(7, Str),
+    until(4, Fixed(8)),
+    all(Array(&[
+        all(Str),
+        all(Array(&[
+            all(Fixed(4)),
+            all(Fixed(8)),
+            since(6, Fixed(4)),
+            all(Str),
+        ])),
+    ])),
+];
+
+const OFFSET_FETCH: &[Field] = &[
+    until(7, Str),
+    until(7, Array(&[all(Str), all(FixedArray(4))])),
+    since(7, Fixed(1)),
+];
+
+const FIND_COORDINATOR: &[Field] = &[until(3, Str), since(1, Fixed(1)), since(4, StrArray)];
+
+const JOIN_GROUP: &[Field] = &[
+    all(Str),
+    all(Fixed(4)),
+    since(1, Fixed(4)),
+    all(Str),
+    since(5, Str),
+    all(Str),
+    all(Array(&[all(Str), all(Bytes)])),
+    since(8, Str),
+];
+
+const HEARTBEAT: &[Field] = &[all(Str), all(Fixed(4)), all(Str), since(3, Str)];
+
+const LEAVE_GROUP: &[Field] = &[
+    all(Str),
+    until(2, Str),
+    since(3, Array(&[all(Str), all(Str), since(5, Str)])),
+];
+
+const SYNC_GROUP: &[Field] = &[
+    all(Str),
+    all(Fixed(4)),
+    all(Str),
+    since(3, Str),
+    since(5, Str),
+    since(5, Str),
+    all(Array(&[all(Str), all(Bytes)])),
+];
+
+const DESCRIBE_GROUPS: &[Field] = &[all(StrArray), since(3, Fixed(1))];
+
+const LIST_GROUPS: &[Field] = &[since(4, StrArray), since(5, StrArray)];
+
+const API_VERSIONS: &[Field] = &[since(3, Str), since(3, Str)];
+
+const CREATE_TOPICS: &[Field] = &[
+    all(Array(&[
+        all(Str),
+        all(Fixed(4)),
+        all(Fixed(2)),
+        all(Array(&[all(Fixed(4)), all(FixedArray(4))])),
+        all(Array(&[all(Str), all(Str)])),
+    ])),
+    all(Fixed(4)),
+    since(1, Fixed(1)),
+];
+
+const DELETE_TOPICS: &[Field] = &[
+    since(6, Array(&[all(Str), all(Fixed(16))])),
+    until(5, StrArray),
+    all(Fixed(4)),
+];
+
+const INIT_PRODUCER_ID: &[Field] = &[all(Str), all(Fixed(4)), since(3, Fixed(8)), since(3, Fixed(2))];
+
+fn layout(api: ApiKey) -> Option<&'static [Field]> {
+    Some(match api {
+        ApiKey::Produce => PRODUCE,
+        ApiKey::Fetch => FETCH,
+        ApiKey::ListOffsets => LIST_OFFSETS,
+        ApiKey::Metadata => METADATA,
+        ApiKey::OffsetCommit => OFFSET_COMMIT,
+        ApiKey::OffsetFetch => OFFSET_FETCH,
+        ApiKey::FindCoordinator => FIND_COORDINATOR,
+        ApiKey::JoinGroup => JOIN_GROUP,
+        ApiKey::Heartbeat => HEARTBEAT,
+        ApiKey::LeaveGroup => LEAVE_GROUP,
+        ApiKey::SyncGroup => SYNC_GROUP,
+        ApiKey::DescribeGroups => DESCRIBE_GROUPS,
+        ApiKey::ListGroups => LIST_GROUPS,
+        ApiKey::ApiVersions => API_VERSIONS,
+        ApiKey::CreateTopics => CREATE_TOPICS,
+        ApiKey::DeleteTopics => DELETE_TOPICS,
+        ApiKey::InitProducerId => INIT_PRODUCER_ID,
+        _ => return None,
+    })
+}
+
+/// Refuses a request body (after its header) with an array count larger than the bytes that
+/// follow it. An API without a known layout is refused: nothing unchecked reaches a decoder.
+pub(super) fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
+    walk(api, version, body).map(drop)
+}
+
+/// The walk of [`check`]: how many bytes the request's fields take.
+fn walk(api: ApiKey, version: i16, body: &[u8]) -> Result<usize, String> {
+    let layout = layout(api).ok_or_else(|| format!("no layout for {api:?}"))?;
+    let mut walk = Walk {
+        buf: body,
+        at: 0,
+        version,
+        // Flexible versions have the second request header (KIP-482).
+        flexible: api.request_header_version(version) >= 2,
+    };
+    walk.fields(layout)
+        .map_err(|why| format!("{api:?} v{version}: {why}"))?;
+    Ok(walk.at)
+}
+
+struct Walk<'a> {
+    buf: &'a [u8],
+    at: usize,
+    version: i16,
+    flexible: bool,
+}
+
+type Step = Result<(), String>;
+
+impl Walk<'_> {
+    fn left(&self) -> usize {
+        self.buf.len() - self.at
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        if n > self.left() {
+            return Err(format!("{n} bytes needed, {} left", self.left()));
+        }
+        self.at += n;
+        Ok(&self.buf[self.at - n..self.at])
+    }
+
+    fn uvarint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        for i in 0..5 {
+            let b = self.take(1)?[0];
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("a varint longer than 5 bytes".to_string())
+    }
+
+    /// A length or count: compact (varint, plus one; 0 is null) or fixed-width (-1 is null).
+    /// `None` for null.
+    fn length(&mut self, width: usize) -> Result<Option<usize>, String> {
+        if self.flexible {
+            return Ok(self.uvarint()?.checked_sub(1).map(|n| n as usize));
+        }
+        let b = self.take(width)?;
+        let n = if width == 2 {
+            i64::from(i16::from_be_bytes([b[0], b[1]]))
+        } else {
+            i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        match n {
+            -1 => Ok(None),
+            n if n < 0 => Err(format!("a negative length {n}")),
+            n => Ok(Some(n as usize)),
+        }
+    }
+
+    /// An array's count, refused if the bytes left cannot hold that many elements.
+    fn count(&mut self, element_bytes: usize) -> Result<usize, String> {
+        let n = self.length(4)?.unwrap_or(0);
+        if n.saturating_mul(element_bytes) > self.left() {
+            return Err(format!("an array of {n} elements in {} bytes", self.left()));
+        }
+        Ok(n)
+    }
+
+    fn fields(&mut self, fields: &[Field]) -> Step {
+        for f in fields {
+            if (f.from..=f.to).contains(&self.version) {
+                self.field(f.kind)?;
+            }
+        }
+        if self.flexible {
+            // Tagged fields: a plain count (not plus one), then each a tag, a size and that
+            // many bytes (two bytes at least).
+            let n = self.uvarint()? as usize;
+            if n.saturating_mul(2) > self.left() {
+                return Err(format!("{n} tagged fields in {} bytes", self.left()));
+            }
+            for _ in 0..n {
+                self.uvarint()?;
+                let size = self.uvarint()? as usize;
+                self.take(size)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn field(&mut self, kind: Kind) -> Step {
+        match kind {
+            Fixed(n) => self.take(n).map(drop),
+            Str => {
+                let n = self.length(2)?.unwrap_or(0);
+                self.take(n).map(drop)
+            }
+            Bytes => {
+                let n = self.length(4)?.unwrap_or(0);
+                self.take(n).map(drop)
+            }
+            Array(fields) => {
+                for _ in 0..self.count(1)? {
+                    self.fields(fields)?;
+                }
+                Ok(())
+            }
+            FixedArray(size) => {
+                let n = self.count(size)?;
+                self.take(n * size).map(drop)
+            }
+            StrArray => {
+                for _ in 0..self.count(1)? {
+                    self.field(Str)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes as Buf, BytesMut};
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    use super::*;
+    use crate::kafka::API_VERSIONS as SERVED;
+
+    fn s(text: &'static str) -> StrBytes {
+        StrBytes::from_static_str(text)
+    }
+
+    /// A request of `api` at `version` with every array holding an element (or two), using
+    /// the fields that version has.
+    fn sample(api: ApiKey, v: i16) -> BytesMut {
+        let mut out = BytesMut::new();
+        let topic = || TopicName(s("topic"));
+        let result = match api {
+            ApiKey::Produce => ProduceRequest::default()
+                .with_transactional_id(None)
+                .with_topic_data(vec![
+                    produce_request::TopicProduceData::default()
+                        .with_name(topic())
+                        .with_partition_data(vec![
+                            produce_request::PartitionProduceData::default()
+                                .with_records(Some(Buf::from_static(b"abc"))),
+                        ]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::Fetch => {
+                let mut r = FetchRequest::default().with_topics(vec![
+                    fetch_request::FetchTopic::default()
+                        .with_topic(topic())
+                        .with_partitions(vec![fetch_request::FetchPartition::default(); 2]),
+                ]);
+                if v >= 7 {
+                    r = r.with_forgotten_topics_data(vec![
+                        fetch_request::ForgottenTopic::default()
+                            .with_topic(topic())
+                            .with_partitions(vec![1, 2]),
+                    ]);
+                }
+                if v >= 12 {
+                    r = r.with_cluster_id(Some(s("c")));
+                }
+                r.encode(&mut out, v)
+            }
+            ApiKey::ListOffsets => ListOffsetsRequest::default()
+                .with_topics(vec![
+                    list_offsets_request::ListOffsetsTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::Metadata => MetadataRequest::default()
+                .with_topics(Some(vec![
+                    metadata_request::MetadataRequestTopic::default().with_name(Some(topic())),
+                ]))
+                .encode(&mut out, v),
+            ApiKey::OffsetCommit => OffsetCommitRequest::default()
+                .with_group_instance_id(None)
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_committed_metadata(Some(s("m"))),
+                        ]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::OffsetFetch => OffsetFetchRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_topics(Some(vec![
+                    offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_name(topic())
+                        .with_partition_indexes(vec![0, 1]),
+                ]))
+                .encode(&mut out, v),
+            ApiKey::FindCoordinator => FindCoordinatorRequest::default()
+                .with_key(s("g"))
+                .encode(&mut out, v),
+            ApiKey::JoinGroup => JoinGroupRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_group_instance_id(None)
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![
+                    join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(s("range"))
+                        .with_metadata(Buf::from_static(b"meta")),
+                ])
+                .encode(&mut out, v),
+            ApiKey::Heartbeat => HeartbeatRequest::default()
+                .with_group_instance_id(None)
+                .encode(&mut out, v),
+            ApiKey::LeaveGroup => {
+                let mut r = LeaveGroupRequest::default().with_group_id(GroupId(s("g")));
+                if v >= 3 {
+                    r = r.with_members(vec![
+                        leave_group_request::MemberIdentity::default()
+                            .with_member_id(s("m"))
+                            .with_group_instance_id(None)
+                            .with_reason(None),
+                    ]);
+                } else {
+                    r = r.with_member_id(s("m"));
+                }
+                r.encode(&mut out, v)
+            }
+            ApiKey::SyncGroup => SyncGroupRequest::default()
+                .with_group_instance_id(None)
+                .with_protocol_type(None)
+                .with_protocol_name(None)
+                .with_assignments(vec![
+                    sync_group_request::SyncGroupRequestAssignment::default()
+                        .with_member_id(s("m"))
+                        .with_assignment(Buf::from_static(b"a")),
+                ])
+                .encode(&mut out, v),
+            ApiKey::DescribeGroups => DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(s("a")), GroupId(s("b"))])
+                .encode(&mut out, v),
+            ApiKey::ListGroups => {
+                let mut r = ListGroupsRequest::default();
+                if v >= 4 {
+                    r = r.with_states_filter(vec![s("Stable")]);
+                }
+                r.encode(&mut out, v)
+            }
+            ApiKey::ApiVersions => ApiVersionsRequest::default().encode(&mut out, v),
+            ApiKey::CreateTopics => CreateTopicsRequest::default()
+                .with_topics(vec![
+                    create_topics_request::CreatableTopic::default()
+                        .with_name(topic())
+                        .with_assignments(vec![
+                            create_topics_request::CreatableReplicaAssignment::default()
+                                .with_broker_ids(vec![BrokerId(0)]),
+                        ])
+                        .with_configs(vec![
+                            create_topics_request::CreatableTopicConfig::default()
+                                .with_name(s("retention.ms"))
+                                .with_value(Some(s("1000"))),
+                        ]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::DeleteTopics => {
+                let mut r = DeleteTopicsRequest::default();
+                if v >= 6 {
+                    r = r.with_topics(vec![
+                        delete_topics_request::DeleteTopicState::default().with_name(Some(topic())),
+                    ]);
+                } else {
+                    r = r.with_topic_names(vec![topic(), topic()]);
+                }
+                r.encode(&mut out, v)
+            }
+            ApiKey::InitProducerId => InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .encode(&mut out, v),
+            other => panic!("no sample for {other:?}"),
+        };
+        result.unwrap_or_else(|e| panic!("{api:?} v{v}: {e}"));
+        out
+    }
+
+    #[test]
+    fn layouts_match_the_crates_encoders() {
+        for &(api, min, max) in SERVED {
+            for v in min..=max {
+                if api == ApiKey::Produce && v < crate::kafka::produce::FIRST_DECODED_VERSION {
+                    continue; // answered by hand, never decoded
+                }
+                let body = sample(api, v);
+                let used = walk(api, v, &body).unwrap_or_else(|e| panic!("a good request refused: {e}"));
+                assert_eq!(
+                    used,
+                    body.len(),
+                    "{api:?} v{v}: the walk ends where the request does"
+                );
+                if !body.is_empty() {
+                    check(api, v, &body[..body.len() - 1]).expect_err("a truncated request");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn impossible_counts_are_refused_before_any_decoding() {
+        // Metadata v0: a topic array claiming 2^31 - 1 topics in a 4-byte body.
+        assert!(check(ApiKey::Metadata, 0, &[0x7f, 0xff, 0xff, 0xff]).is_err());
+        // Flexible Metadata v9: a compact count of 2^28 with nothing after it.
+        assert!(check(ApiKey::Metadata, 9, &[0x81, 0x80, 0x80, 0x80, 0x01]).is_err());
+        // Fetch v7: forgotten-topic partitions, four bytes each, more than the bytes left.
+        let mut fetch = vec![0u8; 4 + 4 + 4 + 4 + 1 + 4 + 4];
+        fetch.extend_from_slice(&0i32.to_be_bytes()); // no topics
+        fetch.extend_from_slice(&1i32.to_be_bytes()); // one forgotten topic
+        fetch.extend_from_slice(&1i16.to_be_bytes());
+        fetch.push(b't');
+        fetch.extend_from_slice(&3i32.to_be_bytes()); // three partitions...
+        fetch.extend_from_slice(&[0; 8]); // ...in eight bytes
+        assert!(check(ApiKey::Fetch, 7, &fetch).is_err());
+        fetch.extend_from_slice(&[0; 4]);
+        assert!(check(ApiKey::Fetch, 7, &fetch).is_ok());
+    }
+}
