@@ -111,6 +111,41 @@ struct Server {
     producers: idempotence::Producers,
 }
 
+/// Answers request frames as a connection would, without a socket: for fuzzing the request
+/// decoder and handlers. Serving goes through [`serve`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Frames {
+    server: Arc<Server>,
+}
+
+#[doc(hidden)]
+impl Frames {
+    /// Frames for `broker`, advertised as 127.0.0.1:9092.
+    pub fn new(broker: Broker) -> Frames {
+        Frames {
+            server: Arc::new(Server {
+                broker,
+                host: "127.0.0.1".to_string(),
+                port: 9092,
+                config: ServerConfig::default(),
+                producers: idempotence::Producers::new(),
+            }),
+        }
+    }
+
+    /// The response to one request frame (without its length prefix); `None` when none is
+    /// sent (a produce with acks 0); an error when the connection would be closed.
+    pub async fn answer(&self, frame: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        if frame.len() > self.server.config.max_frame_bytes {
+            return Err("oversized".to_string());
+        }
+        conn::handle(&self.server, bytes::Bytes::copy_from_slice(frame))
+            .await
+            .map(|r| r.map(|b| b.to_vec()))
+    }
+}
+
 /// The id of the one broker.
 const NODE_ID: i32 = 0;
 
