@@ -210,3 +210,73 @@ async fn bad_requests_close_only_their_connection() {
     assert_eq!((code, offset), (0, 0));
     assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_at_once_within_a_limit_then_a_normal_client() {
+    const LIMIT: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = rivulet::kafka::ServerConfig::default().max_connections(LIMIT);
+    tokio::spawn(rivulet::kafka::serve_with(
+        listener,
+        broker.clone(),
+        config,
+        async {
+            stopped.await.ok();
+        },
+    ));
+
+    // LIMIT connections at once, each producing 20 batches of 2 records.
+    let clients: Vec<_> = (0..LIMIT)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                for _ in 0..20 {
+                    assert_eq!(produce(&mut s, &produce_request(-1, -1, -1, 2)).await.0, 0);
+                }
+                s
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for c in clients {
+        open.push(c.await.unwrap());
+    }
+    assert_eq!(
+        broker.partition("t", 0).unwrap().log_end_offset(),
+        (LIMIT * 20 * 2) as i64
+    );
+
+    // With LIMIT connections open, one more is closed at once.
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let ping = request(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default().with_transactional_id(None),
+    );
+    assert!(exchange(&mut extra, &ping).await.is_none(), "over the limit");
+
+    // Garbage on a few of them closes those; the freed places serve new clients.
+    for s in open.iter_mut().take(10) {
+        s.write_all(&[0, 0, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if let Some(frame) = exchange(&mut s, &ping).await {
+            let reply: InitProducerIdResponse = response(ApiKey::InitProducerId, 4, frame);
+            assert_eq!(reply.error_code, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The connections left alone still work.
+    assert_eq!(produce(&mut open[50], &produce_request(-1, -1, -1, 1)).await.0, 0);
+}
