@@ -355,3 +355,48 @@ async fn an_idempotent_librdkafka_producer_writes_each_record_once() {
     assert!(producer_ids.iter().all(|&id| id >= 0));
     served.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafkas_admin_client_creates_describes_and_deletes_topics() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path()).await;
+    let admin: AdminClient<DefaultClientContext> = served.client().create().unwrap();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+
+    let orders = NewTopic::new("orders", 3, TopicReplication::Fixed(1))
+        .set("retention.ms", "3600000")
+        .set("cleanup.policy", "compact");
+    let replicated = NewTopic::new("replicated", 1, TopicReplication::Fixed(3));
+    let bad = NewTopic::new("bad name!", 1, TopicReplication::Fixed(1));
+    let created = admin
+        .create_topics([&orders, &replicated, &bad], &options)
+        .await
+        .unwrap();
+    assert!(created[0].is_ok(), "{:?}", created[0]);
+    assert!(created[1].is_err(), "one broker cannot hold three replicas");
+    assert!(created[2].is_err(), "an invalid topic name");
+    let again = admin.create_topics([&orders], &options).await.unwrap();
+    assert!(again[0].is_err(), "a second create of the same topic");
+    assert_eq!(served.broker.partition_count("orders").unwrap(), 3);
+
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic("orders")], &options)
+        .await
+        .unwrap();
+    let config = described[0].as_ref().unwrap();
+    let value = |name: &str| config.get(name).and_then(|e| e.value.clone());
+    assert_eq!(value("retention.ms").as_deref(), Some("3600000"));
+    assert_eq!(value("cleanup.policy").as_deref(), Some("compact"));
+
+    let deleted = admin
+        .delete_topics(&["orders", "never-made"], &options)
+        .await
+        .unwrap();
+    assert!(deleted[0].is_ok());
+    assert!(deleted[1].is_err());
+    assert!(!served.broker.list_topics().contains(&"orders".to_string()));
+    served.shut_down().await;
+}

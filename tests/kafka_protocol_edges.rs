@@ -280,3 +280,53 @@ async fn many_connections_at_once_within_a_limit_then_a_normal_client() {
     // The connections left alone still work.
     assert_eq!(produce(&mut open[50], &produce_request(-1, -1, -1, 1)).await.0, 0);
 }
+
+#[tokio::test]
+async fn delete_records_moves_the_log_start_and_describe_cluster_names_this_broker() {
+    use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+    use kafka_protocol::messages::{
+        DeleteRecordsRequest, DeleteRecordsResponse, DescribeClusterRequest, DescribeClusterResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, broker, _stop) = start(dir.path()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(produce(&mut s, &produce_request(-1, -1, -1, 5)).await, (0, 0));
+
+    let delete = |offset: i64| {
+        DeleteRecordsRequest::default()
+            .with_timeout_ms(1000)
+            .with_topics(vec![
+                DeleteRecordsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![
+                        DeleteRecordsPartition::default()
+                            .with_partition_index(0)
+                            .with_offset(offset),
+                    ]),
+            ])
+    };
+    for (offset, code, low) in [(3, 0, 3), (99, 1, -1), (-1, 0, 5)] {
+        let frame = exchange(&mut s, &request(ApiKey::DeleteRecords, 2, &delete(offset)))
+            .await
+            .unwrap();
+        let reply: DeleteRecordsResponse = response(ApiKey::DeleteRecords, 2, frame);
+        let p = &reply.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.low_watermark),
+            (code, low),
+            "delete before {offset}"
+        );
+    }
+    assert_eq!(broker.partition("t", 0).unwrap().log_start_offset(), 5);
+
+    let frame = exchange(
+        &mut s,
+        &request(ApiKey::DescribeCluster, 1, &DescribeClusterRequest::default()),
+    )
+    .await
+    .unwrap();
+    let reply: DescribeClusterResponse = response(ApiKey::DescribeCluster, 1, frame);
+    assert_eq!(reply.brokers.len(), 1);
+    assert_eq!(reply.brokers[0].port, i32::from(addr.port()));
+    assert_eq!(reply.controller_id.0, reply.brokers[0].broker_id.0);
+}

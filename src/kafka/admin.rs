@@ -1,14 +1,24 @@
-//! CreateTopics and DeleteTopics.
+//! Topic and cluster admin: CreateTopics, DeleteTopics, DescribeConfigs, DeleteRecords and
+//! DescribeCluster.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::{Server, codes};
+use super::{NODE_ID, Server, codes};
 use crate::broker::refuse_internal;
 use crate::config::TopicConfig;
 use crate::error::Result;
@@ -92,4 +102,110 @@ pub(super) fn delete_topics(
         })
         .collect();
     DeleteTopicsResponse::default().with_responses(responses)
+}
+
+/// A topic's settings (resource type 2) by their Kafka names, all or the keys asked for; a
+/// broker (type 4) has none to report here.
+pub(super) fn describe_configs(server: &Server, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    const TOPIC: i8 = 2;
+    const BROKER: i8 = 4;
+    /// Kafka's config source for a topic's own setting.
+    const TOPIC_CONFIG: i8 = 1;
+    let results = request
+        .resources
+        .into_iter()
+        .map(|r| {
+            let reply = DescribeConfigsResult::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone());
+            match r.resource_type {
+                TOPIC => match server.broker.describe_topic(&r.resource_name) {
+                    Ok(topic) => {
+                        let wanted = |name: &str| {
+                            r.configuration_keys
+                                .as_ref()
+                                .is_none_or(|keys| keys.iter().any(|k| &**k == name))
+                        };
+                        let configs = topic
+                            .config
+                            .entries()
+                            .into_iter()
+                            .filter(|(name, _)| wanted(name))
+                            .map(|(name, value)| {
+                                DescribeConfigsResourceResult::default()
+                                    .with_name(StrBytes::from_static_str(name))
+                                    .with_value(Some(StrBytes::from(value)))
+                                    .with_config_source(TOPIC_CONFIG)
+                            })
+                            .collect();
+                        reply.with_configs(configs)
+                    }
+                    Err(e) => reply
+                        .with_error_code(codes::code(&e))
+                        .with_error_message(Some(StrBytes::from(e.to_string()))),
+                },
+                BROKER => reply,
+                other => reply
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(StrBytes::from(format!(
+                        "resource type {other} is not served"
+                    )))),
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+/// Moves each partition's log start offset up to the offset given (-1: the high watermark).
+pub(super) fn delete_records(server: &Server, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let reply =
+                        DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+                    let done = refuse_internal(&t.name.0)
+                        .and_then(|()| {
+                            server
+                                .broker
+                                .partition(&t.name.0, u32::try_from(p.partition_index).unwrap_or(u32::MAX))
+                        })
+                        .and_then(|log| {
+                            let to = if p.offset == -1 {
+                                log.high_watermark()
+                            } else {
+                                p.offset
+                            };
+                            log.delete_records_before(to)
+                        });
+                    match done {
+                        Ok(start) => reply.with_low_watermark(start),
+                        Err(e) => reply.with_error_code(codes::code(&e)).with_low_watermark(-1),
+                    }
+                })
+                .collect();
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    DeleteRecordsResponse::default().with_topics(topics)
+}
+
+/// The one broker, which is also the controller.
+pub(super) fn describe_cluster(server: &Server, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+    DescribeClusterResponse::default()
+        .with_endpoint_type(1)
+        .with_cluster_id(StrBytes::from(server.config.cluster_id.clone()))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_brokers(vec![
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(NODE_ID))
+                .with_host(StrBytes::from(server.host.clone()))
+                .with_port(i32::from(server.port)),
+        ])
 }

@@ -143,6 +143,9 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         ApiKey::ListGroups => request.reply(groups::list_groups(server, request.decode()?))?,
         ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
         ApiKey::InitProducerId => request.reply(server.producers.init(request.decode()?))?,
+        ApiKey::DescribeConfigs => request.reply(admin::describe_configs(server, request.decode()?))?,
+        ApiKey::DeleteRecords => request.reply(admin::delete_records(server, request.decode()?))?,
+        ApiKey::DescribeCluster => request.reply(admin::describe_cluster(server, request.decode()?))?,
         _ => unreachable!("apis::served lists only the APIs handled here"),
     };
     Ok(Some(response))

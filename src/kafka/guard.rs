@@ -194,6 +194,19 @@ const DELETE_TOPICS: &[Field] = &[
 
 const INIT_PRODUCER_ID: &[Field] = &[all(Str), all(Fixed(4)), since(3, Fixed(8)), since(3, Fixed(2))];
 
+const DESCRIBE_CONFIGS: &[Field] = &[
+    all(Array(&[all(Fixed(1)), all(Str), all(StrArray)])),
+    all(Fixed(1)),
+    since(3, Fixed(1)),
+];
+
+const DELETE_RECORDS: &[Field] = &[
+    all(Array(&[all(Str), all(Array(&[all(Fixed(4)), all(Fixed(8))]))])),
+    all(Fixed(4)),
+];
+
+const DESCRIBE_CLUSTER: &[Field] = &[all(Fixed(1)), since(1, Fixed(1)), since(2, Fixed(1))];
+
 fn layout(api: ApiKey) -> Option<&'static [Field]> {
     Some(match api {
         ApiKey::Produce => PRODUCE,
@@ -213,6 +226,9 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::CreateTopics => CREATE_TOPICS,
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::InitProducerId => INIT_PRODUCER_ID,
+        ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
+        ApiKey::DeleteRecords => DELETE_RECORDS,
+        ApiKey::DescribeCluster => DESCRIBE_CLUSTER,
         _ => return None,
     })
 }
@@ -512,6 +528,22 @@ mod tests {
             ApiKey::InitProducerId => InitProducerIdRequest::default()
                 .with_transactional_id(None)
                 .encode(&mut out, v),
+            ApiKey::DescribeConfigs => DescribeConfigsRequest::default()
+                .with_resources(vec![
+                    describe_configs_request::DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(s("topic"))
+                        .with_configuration_keys(Some(vec![s("retention.ms")])),
+                ])
+                .encode(&mut out, v),
+            ApiKey::DeleteRecords => DeleteRecordsRequest::default()
+                .with_topics(vec![
+                    delete_records_request::DeleteRecordsTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![delete_records_request::DeleteRecordsPartition::default()]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(&mut out, v),
             other => panic!("no sample for {other:?}"),
         };
         result.unwrap_or_else(|e| panic!("{api:?} v{v}: {e}"));
