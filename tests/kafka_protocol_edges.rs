@@ -330,3 +330,17 @@ async fn delete_records_moves_the_log_start_and_describe_cluster_names_this_brok
     assert_eq!(reply.brokers[0].port, i32::from(addr.port()));
     assert_eq!(reply.controller_id.0, reply.brokers[0].broker_id.0);
 }
+
+#[tokio::test]
+async fn a_produce_with_acks_0_is_written_and_gets_no_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, broker, _stop) = start(dir.path()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let silent = produce_request(-1, -1, -1, 4).with_acks(0);
+    let frame = request(ApiKey::Produce, 9, &silent);
+    s.write_u32(frame.len() as u32).await.unwrap();
+    s.write_all(&frame).await.unwrap();
+    // The next response on the connection answers the next request, not the silent one.
+    assert_eq!(produce(&mut s, &produce_request(-1, -1, -1, 1)).await, (0, 4));
+    assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 5);
+}
