@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use rivulet::{Broker, Fsync, TopicConfig};
+use rivulet::{Broker, Fsync, LogConfig, TopicConfig};
 
 const VALUE: usize = 100;
 
@@ -30,7 +30,8 @@ fn records() -> usize {
 /// partition.
 fn serve(dir: &std::path::Path, fsync: Fsync) -> (SocketAddr, Broker) {
     let broker = Broker::builder(dir).fsync(fsync).open().unwrap();
-    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let config = TopicConfig::default().with_log(LogConfig::default().fsync(fsync));
+    broker.create_topic("t", 1, config).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let served = broker.clone();
     std::thread::spawn(move || {
@@ -98,24 +99,33 @@ fn fetch(addr: SocketAddr, from: i64, n: usize) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// Microseconds for each of `n` single-record produce requests, one after another.
+/// Microseconds for each of `n` single-record produce requests, one after another: each sent
+/// with no linger and awaited until acknowledged.
 fn latencies(addr: SocketAddr, n: usize) -> Vec<f64> {
-    let producer: BaseProducer = client(addr)
+    let producer: FutureProducer = client(addr)
         .set("linger.ms", "0")
         .set("acks", "1")
         .create()
         .unwrap();
     let value = [0x5au8; VALUE];
-    (0..n)
-        .map(|_| {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
             let start = Instant::now();
+            let record = FutureRecord::<(), _>::to("t").payload(&value[..]);
             producer
-                .send(BaseRecord::<(), _>::to("t").payload(&value[..]))
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
                 .unwrap();
-            producer.flush(Duration::from_secs(10)).unwrap();
-            start.elapsed().as_secs_f64() * 1e6
-        })
-        .collect()
+            out.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+        out
+    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
