@@ -217,6 +217,11 @@ async fn a_group_of_two_shares_four_partitions_and_one_takes_over() {
     let group = served.broker.describe_group("workers").unwrap();
     assert_eq!(group.members.len(), 2);
     assert_eq!(group.state, rivulet::group::GroupState::Stable);
+    // librdkafka's default client id, from each request's header.
+    assert!(
+        group.members.iter().all(|m| m.client_id == "rdkafka"),
+        "{group:?}"
+    );
 
     // b leaves; a takes over all four and gets everything produced from then on.
     drop(b);

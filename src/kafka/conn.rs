@@ -134,7 +134,10 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         ApiKey::FindCoordinator => {
             request.reply(groups::find_coordinator(server, request.decode()?, version))?
         }
-        ApiKey::JoinGroup => request.reply(groups::join_group(server, request.decode()?, version).await)?,
+        ApiKey::JoinGroup => {
+            let client_id = request.header.client_id.as_deref().unwrap_or("").to_string();
+            request.reply(groups::join_group(server, request.decode()?, version, client_id).await)?
+        }
         ApiKey::SyncGroup => request.reply(groups::sync_group(server, request.decode()?).await)?,
         ApiKey::Heartbeat => request.reply(groups::heartbeat(server, request.decode()?))?,
         ApiKey::LeaveGroup => request.reply(groups::leave_group(server, request.decode()?, version))?,

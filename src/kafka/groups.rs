@@ -53,10 +53,12 @@ pub(super) fn find_coordinator(
         .with_port(i32::from(server.port))
 }
 
+/// Joins through the coordinator; a new member's id starts with its client id.
 pub(super) async fn join_group(
     server: &Server,
     request: JoinGroupRequest,
     version: i16,
+    client_id: String,
 ) -> JoinGroupResponse {
     let session = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
     // v0 has no rebalance timeout: the session timeout stands in, as in Kafka.
@@ -68,7 +70,7 @@ pub(super) async fn join_group(
     let join = JoinGroup {
         member_id: request.member_id.to_string(),
         group_instance_id: request.group_instance_id.map(|s| s.to_string()),
-        client_id: "kafka".to_string(),
+        client_id,
         session_timeout: session,
         rebalance_timeout: rebalance,
         protocol_type: request.protocol_type.to_string(),
