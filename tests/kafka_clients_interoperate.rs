@@ -50,6 +50,12 @@ impl Served {
         self.broker.close().unwrap();
     }
 
+    fn topic(&self, name: &str, partitions: u32) {
+        self.broker
+            .create_topic(name, partitions, TopicConfig::default())
+            .unwrap();
+    }
+
     fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", self.addr.to_string())
@@ -131,10 +137,7 @@ async fn keyed_records_round_trip_with_every_codec() {
     let served = Served::start(dir.path()).await;
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
         let topic = format!("codec-{codec}");
-        served
-            .broker
-            .create_topic(&topic, 3, TopicConfig::default())
-            .unwrap();
+        served.topic(&topic, 3);
         produce(&served.producer(codec), &topic, 200, codec).await;
         let consumer = served.consumer(&format!("reader-{codec}"));
         consumer.subscribe(&[&topic]).unwrap();
@@ -205,10 +208,7 @@ async fn settle(consumers: &[&StreamConsumer], total: usize) -> Vec<BTreeSet<i32
 async fn a_group_of_two_shares_four_partitions_and_one_takes_over() {
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start(dir.path()).await;
-    served
-        .broker
-        .create_topic("jobs", 4, TopicConfig::default())
-        .unwrap();
+    served.topic("jobs", 4);
     let (a, b) = (served.consumer("workers"), served.consumer("workers"));
     a.subscribe(&["jobs"]).unwrap();
     b.subscribe(&["jobs"]).unwrap();
@@ -238,10 +238,7 @@ async fn a_group_of_two_shares_four_partitions_and_one_takes_over() {
 async fn committed_offsets_survive_a_broker_restart() {
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start(dir.path()).await;
-    served
-        .broker
-        .create_topic("events", 1, TopicConfig::default())
-        .unwrap();
+    served.topic("events", 1);
     produce(&served.producer("lz4"), "events", 50, "e").await;
     let consumer = served.consumer("audit");
     consumer.subscribe(&["events"]).unwrap();
@@ -271,10 +268,7 @@ async fn committed_offsets_survive_a_broker_restart() {
 async fn a_librdkafka_consumer_and_an_in_process_consumer_share_a_group() {
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start(dir.path()).await;
-    served
-        .broker
-        .create_topic("mixed", 4, TopicConfig::default())
-        .unwrap();
+    served.topic("mixed", 4);
     let remote = served.consumer("mixed-group");
     remote.subscribe(&["mixed"]).unwrap();
     settle(&[&remote], 4).await;
@@ -332,10 +326,7 @@ async fn a_librdkafka_consumer_and_an_in_process_consumer_share_a_group() {
 async fn an_idempotent_librdkafka_producer_writes_each_record_once() {
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start(dir.path()).await;
-    served
-        .broker
-        .create_topic("ledger", 2, TopicConfig::default())
-        .unwrap();
+    served.topic("ledger", 2);
     let producer: FutureProducer = served
         .client()
         .set("enable.idempotence", "true")

@@ -169,11 +169,7 @@ pub(super) fn delete_records(server: &Server, request: DeleteRecordsRequest) -> 
                     let reply =
                         DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
                     let done = refuse_internal(&t.name.0)
-                        .and_then(|()| {
-                            server
-                                .broker
-                                .partition(&t.name.0, u32::try_from(p.partition_index).unwrap_or(u32::MAX))
-                        })
+                        .and_then(|()| server.log(&t.name.0, p.partition_index))
                         .and_then(|log| {
                             let to = if p.offset == -1 {
                                 log.high_watermark()

@@ -28,10 +28,7 @@ pub(super) async fn fetch(server: &Server, request: FetchRequest, _version: i16)
         .map(|t| {
             t.partitions
                 .iter()
-                .map(|p| {
-                    let index = u32::try_from(p.partition).ok()?;
-                    server.broker.partition(&t.topic.0, index).ok()
-                })
+                .map(|p| server.log(&t.topic.0, p.partition).ok())
                 .collect()
         })
         .collect();
@@ -135,9 +132,8 @@ pub(super) fn list_offsets(server: &Server, request: ListOffsetsRequest) -> List
                 .map(|p| {
                     let reply =
                         ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
-                    let found = u32::try_from(p.partition_index)
-                        .map_err(|_| unknown_partition(&t.name.0, p.partition_index))
-                        .and_then(|i| server.broker.partition(&t.name.0, i))
+                    let found = server
+                        .log(&t.name.0, p.partition_index)
                         .and_then(|log| lookup(&log, p.timestamp));
                     match found {
                         Ok((offset, timestamp)) => reply.with_offset(offset).with_timestamp(timestamp),
@@ -165,12 +161,4 @@ fn lookup(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64)> {
             None => (-1, -1),
         },
     })
-}
-
-fn unknown_partition(topic: &str, partition: i32) -> crate::Error {
-    crate::Error::UnknownPartition {
-        topic: topic.to_string(),
-        partition: partition as u32,
-        partitions: 0,
-    }
 }

@@ -190,19 +190,16 @@ pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> Of
     let mut unknown = Vec::new();
     for t in &request.topics {
         for p in &t.partitions {
-            let known = u32::try_from(p.partition_index)
-                .ok()
-                .filter(|&i| server.broker.partition(&t.name.0, i).is_ok());
-            match known {
-                Some(i) => entries.push((
-                    TopicPartition::new(t.name.0.to_string(), i),
+            match server.log(&t.name.0, p.partition_index) {
+                Ok(_) => entries.push((
+                    TopicPartition::new(t.name.0.to_string(), p.partition_index as u32),
                     OffsetAndMetadata {
                         offset: p.committed_offset,
                         metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
                         commit_timestamp: now,
                     },
                 )),
-                None => unknown.push((t.name.0.to_string(), p.partition_index)),
+                Err(_) => unknown.push((t.name.0.to_string(), p.partition_index)),
             }
         }
     }

@@ -146,6 +146,14 @@ impl Frames {
     }
 }
 
+impl Server {
+    /// A partition's log by the wire's `i32` index (a negative one is unknown).
+    fn log(&self, topic: &str, partition: i32) -> crate::Result<crate::storage::PartitionLog> {
+        let index = u32::try_from(partition).unwrap_or(u32::MAX);
+        self.broker.partition(topic, index)
+    }
+}
+
 /// The id of the one broker.
 const NODE_ID: i32 = 0;
 

@@ -92,8 +92,8 @@ fn append(
     records: Bytes,
 ) -> Result<(AppendInfo, i64, bool), Refused> {
     refuse_internal(topic)?;
-    let index = u32::try_from(partition).unwrap_or(u32::MAX);
-    let log = server.broker.partition(topic, index)?;
+    let log = server.log(topic, partition)?;
+    let index = partition as u32; // known: the log exists
     let mut batches = Vec::new();
     let mut rest = &records[..];
     while !rest.is_empty() {
