@@ -30,7 +30,18 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
                 break;
             }
         };
-        match handle(server, frame).await {
+        let started = std::time::Instant::now();
+        let (api, correlation) = (
+            i16::from_be_bytes([frame[0], frame[1]]),
+            i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
+        );
+        let answer = handle(server, frame).await;
+        let took = started.elapsed();
+        log::trace!("{peer}: API {api} #{correlation} answered in {took:?}");
+        if took > std::time::Duration::from_secs(5) {
+            log::info!("{peer}: API {api} #{correlation} took {took:?}");
+        }
+        match answer {
             Ok(None) => {}
             Ok(Some(response)) => {
                 let sent = async {

@@ -1,5 +1,6 @@
-"""kafka-python against the example broker: two consumers in one group share a topic's
-partitions, and every record a producer sends arrives exactly once.
+"""kafka-python against the example broker: two consumers in one group, each on its own
+thread as applications run them, share a topic's partitions, and every record a producer
+sends arrives exactly once.
 
 Usage: python3 python_group.py HOST:PORT
 """
@@ -13,11 +14,18 @@ from kafka.admin import KafkaAdminClient, NewTopic
 SERVER = sys.argv[1]
 TOPIC = "py-jobs"
 RECORDS = 500
-DEADLINE = time.time() + 60
+DEADLINE = time.time() + 90
+
+KafkaAdminClient(bootstrap_servers=SERVER).create_topics([NewTopic(TOPIC, 4, 1)])
+
+settled = threading.Event()
+done = threading.Event()
+owned = [set(), set()]
+got = [[], []]
 
 
-def consumer():
-    return KafkaConsumer(
+def member(i):
+    consumer = KafkaConsumer(
         TOPIC,
         bootstrap_servers=SERVER,
         group_id="py-group",
@@ -25,20 +33,25 @@ def consumer():
         enable_auto_commit=False,
         heartbeat_interval_ms=200,
         session_timeout_ms=10000,
-        consumer_timeout_ms=200,
     )
+    while not done.is_set() and time.time() < DEADLINE:
+        for records in consumer.poll(timeout_ms=500).values():
+            got[i].extend(r.value for r in records)
+        owned[i] = {tp.partition for tp in consumer.assignment()}
+        if got[i]:
+            consumer.commit()
+    consumer.close()
 
 
-KafkaAdminClient(bootstrap_servers=SERVER).create_topics([NewTopic(TOPIC, 4, 1)])
-members = [consumer(), consumer()]
+threads = [threading.Thread(target=member, args=(i,)) for i in range(2)]
+for t in threads:
+    t.start()
 
 # Both members join and settle before anything is produced, so no record is handed over
 # mid-flight.
-while not all(len(m.assignment()) == 2 for m in members):
-    assert time.time() < DEADLINE, [m.assignment() for m in members]
-    for m in members:
-        m.poll(timeout_ms=100)
-owned = [{tp.partition for tp in m.assignment()} for m in members]
+while not (len(owned[0]) == 2 and len(owned[1]) == 2):
+    assert time.time() < DEADLINE, owned
+    time.sleep(0.1)
 assert owned[0].isdisjoint(owned[1]), owned
 print("assignments:", owned)
 
@@ -48,24 +61,11 @@ for i in range(RECORDS):
 producer.flush()
 producer.close()
 
-got = [[], []]
-
-
-def drain(i):
-    m = members[i]
-    while sum(len(g) for g in got) < RECORDS and time.time() < DEADLINE:
-        for records in m.poll(timeout_ms=200).values():
-            got[i].extend(r.value for r in records)
-        m.commit()
-
-
-threads = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
-for t in threads:
-    t.start()
+while len(got[0]) + len(got[1]) < RECORDS and time.time() < DEADLINE:
+    time.sleep(0.1)
+done.set()
 for t in threads:
     t.join()
-for m in members:
-    m.close()
 
 everything = got[0] + got[1]
 assert len(everything) == RECORDS, f"{len(everything)} records, expected {RECORDS}"
