@@ -344,3 +344,31 @@ async fn a_produce_with_acks_0_is_written_and_gets_no_response() {
     assert_eq!(produce(&mut s, &produce_request(-1, -1, -1, 1)).await, (0, 4));
     assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 5);
 }
+
+#[tokio::test]
+async fn transactions_are_refused_with_kafkas_codes() {
+    use kafka_protocol::messages::TransactionalId;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, broker, _stop) = start(dir.path()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // A transactional id: TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), no producer id.
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("txn"))))
+        .with_transaction_timeout_ms(60_000);
+    let frame = exchange(&mut s, &request(ApiKey::InitProducerId, 4, &init))
+        .await
+        .unwrap();
+    let reply: InitProducerIdResponse = response(ApiKey::InitProducerId, 4, frame);
+    assert_eq!((reply.error_code, reply.producer_id.0), (53, -1));
+
+    // A transactional batch: INVALID_RECORD (87), nothing written.
+    let mut b = BatchBuilder::new(Compression::None)
+        .producer(9, 0, 0)
+        .transactional(true);
+    b.push(1, Some(b"k"), Some(b"v"), &[]);
+    let mut request = produce_request(9, 0, 0, 1);
+    request.topic_data[0].partition_data[0].records =
+        Some(Bytes::from(b.finish().unwrap().as_bytes().to_vec()));
+    assert_eq!(produce(&mut s, &request).await, (87, -1));
+    assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 0);
+}
