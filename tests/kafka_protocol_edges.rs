@@ -372,3 +372,48 @@ async fn transactions_are_refused_with_kafkas_codes() {
     assert_eq!(produce(&mut s, &request).await, (87, -1));
     assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 0);
 }
+
+#[tokio::test]
+async fn a_commit_naming_an_unknown_partition_stores_nothing() {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{GroupId, OffsetCommitRequest, OffsetCommitResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, broker, _stop) = start(dir.path()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let commit = |partitions: &[i32]| {
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(
+                        partitions
+                            .iter()
+                            .map(|&p| {
+                                OffsetCommitRequestPartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(7)
+                            })
+                            .collect(),
+                    ),
+            ])
+    };
+    let codes = |frame| -> Vec<i16> {
+        let reply: OffsetCommitResponse = response(ApiKey::OffsetCommit, 8, frame);
+        reply.topics[0].partitions.iter().map(|p| p.error_code).collect()
+    };
+    // Partition 5 does not exist: UNKNOWN_TOPIC_OR_PARTITION (3) for both, nothing stored.
+    let frame = exchange(&mut s, &request(ApiKey::OffsetCommit, 8, &commit(&[0, 5])))
+        .await
+        .unwrap();
+    assert_eq!(codes(frame), [3, 3]);
+    assert!(broker.group_offsets("g").unwrap().is_empty());
+    let frame = exchange(&mut s, &request(ApiKey::OffsetCommit, 8, &commit(&[0])))
+        .await
+        .unwrap();
+    assert_eq!(codes(frame), [0]);
+    assert_eq!(broker.group_offsets("g").unwrap()[0].committed.offset, 7);
+}

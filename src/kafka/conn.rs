@@ -132,19 +132,17 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         ApiKey::Produce => {
             let produce: kafka_protocol::messages::ProduceRequest = request.decode()?;
             let acks = produce.acks;
-            let response = produce::produce(server, produce, version).await;
+            let response = produce::produce(server, produce).await;
             if acks == 0 {
                 return Ok(None);
             }
             request.reply(response)?
         }
-        ApiKey::Fetch => request.reply(fetch::fetch(server, request.decode()?, version).await)?,
+        ApiKey::Fetch => request.reply(fetch::fetch(server, request.decode()?).await)?,
         ApiKey::ListOffsets => request.reply(fetch::list_offsets(server, request.decode()?))?,
         ApiKey::CreateTopics => request.reply(admin::create_topics(server, request.decode()?))?,
         ApiKey::DeleteTopics => request.reply(admin::delete_topics(server, request.decode()?, version))?,
-        ApiKey::FindCoordinator => {
-            request.reply(groups::find_coordinator(server, request.decode()?, version))?
-        }
+        ApiKey::FindCoordinator => request.reply(groups::find_coordinator(server, request.decode()?))?,
         ApiKey::JoinGroup => {
             let client_id = request.header.client_id.as_deref().unwrap_or("").to_string();
             request.reply(groups::join_group(server, request.decode()?, version, client_id).await)?

@@ -20,7 +20,7 @@ use crate::storage::{PartitionLog, Signal};
 /// whole batches from the one holding each partition's fetch offset: at least one batch (the
 /// first partition with data gets one even above the limits), then up to the partition and
 /// response byte limits.
-pub(super) async fn fetch(server: &Server, request: FetchRequest, _version: i16) -> FetchResponse {
+pub(super) async fn fetch(server: &Server, request: FetchRequest) -> FetchResponse {
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let logs: Vec<Vec<Option<PartitionLog>>> = request
         .topics

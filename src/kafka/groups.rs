@@ -25,7 +25,6 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{NODE_ID, Server, codes};
 use crate::consumer::TopicPartition;
-use crate::error::Error;
 use crate::group::{JoinGroup, MemberRef, OffsetAndMetadata};
 
 fn text(s: impl Into<String>) -> StrBytes {
@@ -33,14 +32,9 @@ fn text(s: impl Into<String>) -> StrBytes {
 }
 
 /// This broker coordinates every group (key type 0); transactions (1) are not served.
-pub(super) fn find_coordinator(
-    server: &Server,
-    request: FindCoordinatorRequest,
-    version: i16,
-) -> FindCoordinatorResponse {
+pub(super) fn find_coordinator(server: &Server, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
     let reply = FindCoordinatorResponse::default();
     if request.key_type != 0 {
-        let _ = version;
         return reply
             .with_error_code(ResponseError::CoordinatorNotAvailable.code())
             .with_node_id(BrokerId(-1))
@@ -186,35 +180,31 @@ pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> Of
         request.generation_id_or_member_epoch,
     );
     let now = crate::storage::now_ms();
-    let mut entries = Vec::new();
-    let mut unknown = Vec::new();
-    for t in &request.topics {
-        for p in &t.partitions {
-            match server.log(&t.name.0, p.partition_index) {
-                Ok(_) => entries.push((
-                    TopicPartition::new(t.name.0.to_string(), p.partition_index as u32),
-                    OffsetAndMetadata {
-                        offset: p.committed_offset,
-                        metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
-                        commit_timestamp: now,
-                    },
-                )),
-                Err(_) => unknown.push((t.name.0.to_string(), p.partition_index)),
-            }
-        }
-    }
-    let outcome = if unknown.is_empty() {
-        server.broker.inner.offsets().and_then(|store| {
-            server
-                .broker
-                .coordinator()
-                .check_commit(&group, &me, || store.commit(&group, &entries))
+    // Every partition must exist; the first that does not refuses the whole commit.
+    let entries: crate::Result<Vec<(TopicPartition, OffsetAndMetadata)>> = request
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+        .map(|(t, p)| {
+            server.log(&t.name.0, p.partition_index)?;
+            let meta = OffsetAndMetadata {
+                offset: p.committed_offset,
+                metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
+                commit_timestamp: now,
+            };
+            Ok((
+                TopicPartition::new(t.name.0.to_string(), p.partition_index as u32),
+                meta,
+            ))
         })
-    } else {
-        Err(Error::UnknownTopic {
-            topic: unknown[0].0.clone(),
-        })
-    };
+        .collect();
+    let outcome = entries.and_then(|entries| {
+        let store = server.broker.inner.offsets()?;
+        server
+            .broker
+            .coordinator()
+            .check_commit(&group, &me, || store.commit(&group, &entries))
+    });
     let code = outcome.err().map_or(0, |e| codes::code(&e));
     let topics = request
         .topics

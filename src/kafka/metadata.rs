@@ -14,25 +14,19 @@ pub(super) fn metadata(server: &Server, request: MetadataRequest, version: i16) 
     let inner = &server.broker.inner;
     // Before v4 a request could not say; Kafka created topics then.
     let create = version < 4 || request.allow_auto_topic_creation;
-    let topics = match request.topics {
-        // Null (or, before v1, empty) asks for every topic.
-        None => server
-            .broker
-            .list_topics()
-            .into_iter()
-            .map(|t| (t, false))
-            .collect(),
-        Some(t) if t.is_empty() && version == 0 => server
-            .broker
-            .list_topics()
-            .into_iter()
-            .map(|t| (t, false))
-            .collect(),
-        Some(t) => t
+    let topics: Vec<(String, bool)> = match request.topics {
+        Some(t) if !(t.is_empty() && version == 0) => t
             .into_iter()
             .filter_map(|t| t.name)
             .map(|n| (n.0.to_string(), create))
-            .collect::<Vec<_>>(),
+            .collect(),
+        // Null (or, in v0, empty) asks for every topic, none of them created.
+        _ => server
+            .broker
+            .list_topics()
+            .into_iter()
+            .map(|t| (t, false))
+            .collect(),
     };
     let topics = topics
         .into_iter()

@@ -16,7 +16,7 @@ use crate::broker::refuse_internal;
 use crate::error::{BatchError, Error};
 use crate::storage::{AppendInfo, MAX_BATCH_LEN, RecordBatch, TimestampType, frame_len};
 
-pub(super) async fn produce(server: &Arc<Server>, request: ProduceRequest, _version: i16) -> ProduceResponse {
+pub(super) async fn produce(server: &Arc<Server>, request: ProduceRequest) -> ProduceResponse {
     let server = server.clone();
     // An append may wait for an fsync: off the async workers.
     let responses = tokio::task::spawn_blocking(move || append_all(&server, request))
