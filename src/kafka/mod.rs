@@ -124,13 +124,11 @@ impl Frames {
     /// Frames for `broker`, advertised as 127.0.0.1:9092.
     pub fn new(broker: Broker) -> Frames {
         Frames {
-            server: Arc::new(Server {
+            server: Arc::new(Server::new(
                 broker,
-                host: "127.0.0.1".to_string(),
-                port: 9092,
-                config: ServerConfig::default(),
-                producers: idempotence::Producers::new(),
-            }),
+                ("127.0.0.1".to_string(), 9092),
+                ServerConfig::default(),
+            )),
         }
     }
 
@@ -147,6 +145,16 @@ impl Frames {
 }
 
 impl Server {
+    fn new(broker: Broker, (host, port): (String, u16), config: ServerConfig) -> Server {
+        Server {
+            broker,
+            host,
+            port,
+            config,
+            producers: idempotence::Producers::new(),
+        }
+    }
+
     /// A partition's log by the wire's `i32` index (a negative one is unknown).
     fn log(&self, topic: &str, partition: i32) -> crate::Result<crate::storage::PartitionLog> {
         let index = u32::try_from(partition).unwrap_or(u32::MAX);
@@ -184,13 +192,7 @@ pub async fn serve_with(
         .clone()
         .unwrap_or_else(|| (local.ip().to_string(), local.port()));
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    let server = Arc::new(Server {
-        broker,
-        host,
-        port,
-        config,
-        producers: idempotence::Producers::new(),
-    });
+    let server = Arc::new(Server::new(broker, (host, port), config));
     let ticker = {
         let broker = server.broker.clone();
         tokio::spawn(async move {

@@ -264,8 +264,13 @@ impl Segment {
         while pos < limit {
             let n = (limit - pos).min(FIND_CHUNK as u64) as usize;
             if n < HEADER_LEN {
-                // Too short for a header: the error `header_at` gives.
-                self.header_at(pos, limit)?;
+                return Err(self.corruption(
+                    pos,
+                    BatchError::Incomplete {
+                        needed: HEADER_LEN,
+                        available: n,
+                    },
+                ));
             }
             self.file
                 .read_exact_at(&mut chunk[..n], pos)
