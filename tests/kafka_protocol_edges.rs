@@ -18,14 +18,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn start(dir: &std::path::Path) -> (SocketAddr, Broker, tokio::sync::oneshot::Sender<()>) {
+    start_with(dir, rivulet::kafka::ServerConfig::default()).await
+}
+
+async fn start_with(
+    dir: &std::path::Path,
+    config: rivulet::kafka::ServerConfig,
+) -> (SocketAddr, Broker, tokio::sync::oneshot::Sender<()>) {
     let broker = Broker::builder(dir).fsync(Fsync::Never).open().unwrap();
     broker.create_topic("t", 1, TopicConfig::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(rivulet::kafka::serve(listener, broker.clone(), async {
-        stopped.await.ok();
-    }));
+    tokio::spawn(rivulet::kafka::serve_with(
+        listener,
+        broker.clone(),
+        config,
+        async {
+            stopped.await.ok();
+        },
+    ));
     (addr, broker, stop)
 }
 
@@ -215,20 +227,8 @@ async fn bad_requests_close_only_their_connection() {
 async fn many_connections_at_once_within_a_limit_then_a_normal_client() {
     const LIMIT: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
-    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = rivulet::kafka::ServerConfig::default().max_connections(LIMIT);
-    tokio::spawn(rivulet::kafka::serve_with(
-        listener,
-        broker.clone(),
-        config,
-        async {
-            stopped.await.ok();
-        },
-    ));
+    let (addr, broker, _stop) = start_with(dir.path(), config).await;
 
     // LIMIT connections at once, each producing 20 batches of 2 records.
     let clients: Vec<_> = (0..LIMIT)
