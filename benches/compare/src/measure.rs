@@ -1,0 +1,150 @@
+//! How every comparison is timed: untimed warm-ups, then the two sides alternated round by
+//! round (A B A B ...), medians of each side and the median of the per-round ratios; and
+//! latency loops, closed (one operation after another) and open (operations due at a
+//! constant rate, each timed from when it was due, so a stall counts against every operation
+//! queued behind it).
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// The result of one side of an interleaved comparison.
+#[derive(Clone, Debug)]
+pub struct Samples(pub Vec<f64>);
+
+impl Samples {
+    pub fn median(&self) -> f64 {
+        median(&self.0)
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Two sides measured alternately: `rounds` timed rounds after one untimed warm-up of each.
+/// Each closure returns its figure for one run (higher is better, say records/s).
+pub struct Pair {
+    pub a: Samples,
+    pub b: Samples,
+}
+
+impl Pair {
+    pub fn run(rounds: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> Pair {
+        a();
+        b();
+        let (mut xs, mut ys) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+        for round in 0..rounds {
+            // Alternate which side goes first, so neither always follows the other's writeback.
+            if round % 2 == 0 {
+                xs.push(a());
+                ys.push(b());
+            } else {
+                ys.push(b());
+                xs.push(a());
+            }
+        }
+        Pair {
+            a: Samples(xs),
+            b: Samples(ys),
+        }
+    }
+
+    /// The ratio of the medians, a / b.
+    pub fn ratio(&self) -> f64 {
+        self.a.median() / self.b.median()
+    }
+
+    /// The median of the rounds' own ratios (each round's a / b, measured minutes apart at
+    /// most), a check on `ratio` when the machine's speed drifts during the run.
+    pub fn round_ratio(&self) -> f64 {
+        let ratios: Vec<f64> = self.a.0.iter().zip(&self.b.0).map(|(a, b)| a / b).collect();
+        median(&ratios)
+    }
+}
+
+/// Operations per second of `op` called back to back for `for_how_long`.
+pub fn closed_loop_rate(for_how_long: Duration, mut op: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < for_how_long {
+        op();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A latency histogram in nanoseconds, 1 ns to 100 s, three significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Latencies of `op` called at `rate` per second for `for_how_long`, each measured from when
+/// it was due. The caller's thread spins between operations, so the schedule is kept to the
+/// microsecond.
+pub fn open_loop(rate: f64, for_how_long: Duration, mut op: impl FnMut()) -> Histogram<u64> {
+    let mut h = histogram();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let total = (for_how_long.as_secs_f64() * rate) as u64;
+    let origin = Instant::now() + Duration::from_millis(5);
+    for i in 0..total {
+        let due = origin + period.mul_f64(i as f64);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        op();
+        h.saturating_record(due.elapsed().as_nanos() as u64);
+    }
+    h
+}
+
+/// Latencies of `op` called back to back, `n` times.
+pub fn one_after_another(n: usize, mut op: impl FnMut()) -> Histogram<u64> {
+    let mut h = histogram();
+    for _ in 0..n {
+        let start = Instant::now();
+        op();
+        h.saturating_record(start.elapsed().as_nanos() as u64);
+    }
+    h
+}
+
+/// p50, p99, p99.9 and max of a histogram, in microseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Percentiles {
+            p50: us(h.value_at_quantile(0.50)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.1} / p99 {:.1} / p99.9 {:.1} / max {:.0} us",
+            self.p50, self.p99, self.p999, self.max
+        )
+    }
+}

@@ -1,0 +1,111 @@
+//! Probes of the machine: what the disk and the page cache give a plain program, with none
+//! of a log's work. The targets for appends and replay are fractions of these, measured in the
+//! same run as the log they normalise.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::measure::{histogram, open_loop};
+
+fn create(dir: &Path, name: &str) -> File {
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join(name))
+        .expect("create a probe file")
+}
+
+/// MB/s of writing `total` bytes in `chunk`-byte `write` calls to a new file, no fsync.
+pub fn buffered_write(dir: &Path, total: usize, chunk: usize) -> f64 {
+    let buf = vec![0x5a_u8; chunk];
+    let mut f = create(dir, "probe-buffered");
+    let start = Instant::now();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(chunk);
+        f.write_all(&buf[..n]).expect("probe write");
+        left -= n;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(dir.join("probe-buffered")).ok();
+    total as f64 / secs / 1e6
+}
+
+/// MB/s of `batches` appends of `batch` bytes, each followed by `fdatasync`.
+pub fn write_fdatasync(dir: &Path, batches: usize, batch: usize) -> f64 {
+    let buf = vec![0x5a_u8; batch];
+    let mut f = create(dir, "probe-sync");
+    let start = Instant::now();
+    for _ in 0..batches {
+        f.write_all(&buf).expect("probe write");
+        f.sync_data().expect("probe fdatasync");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(dir.join("probe-sync")).ok();
+    (batches * batch) as f64 / secs / 1e6
+}
+
+/// Latency of each of `n` appends of 4 KiB, each followed by `fdatasync`, one after another.
+pub fn sync_latency(dir: &Path, n: usize) -> Histogram<u64> {
+    let buf = [0x5a_u8; 4096];
+    let mut f = create(dir, "probe-latency");
+    let mut h = histogram();
+    for _ in 0..n {
+        let start = Instant::now();
+        f.write_all(&buf).expect("probe write");
+        f.sync_data().expect("probe fdatasync");
+        h.saturating_record(start.elapsed().as_nanos() as u64);
+    }
+    drop(f);
+    std::fs::remove_file(dir.join("probe-latency")).ok();
+    h
+}
+
+/// Latency of 4 KiB appends with `fdatasync`, due at `rate` per second for `for_how_long`.
+pub fn sync_latency_open(dir: &Path, rate: f64, for_how_long: Duration) -> Histogram<u64> {
+    let buf = [0x5a_u8; 4096];
+    let mut f = create(dir, "probe-latency");
+    let h = open_loop(rate, for_how_long, || {
+        f.write_all(&buf).expect("probe write");
+        f.sync_data().expect("probe fdatasync");
+    });
+    drop(f);
+    std::fs::remove_file(dir.join("probe-latency")).ok();
+    h
+}
+
+/// A file of `bytes` bytes for `page_cache_read`, read once so it is in the page cache.
+pub fn cached_file(dir: &Path, bytes: usize) -> std::path::PathBuf {
+    let path = dir.join("probe-read");
+    let mut f = create(dir, "probe-read");
+    let chunk = vec![0x5a_u8; 1 << 20];
+    for _ in 0..bytes.div_ceil(chunk.len()) {
+        f.write_all(&chunk).expect("probe write");
+    }
+    drop(f);
+    page_cache_read(&path);
+    path
+}
+
+/// MB/s of reading a whole file in 1 MiB `read` calls (from the page cache when it is there).
+pub fn page_cache_read(path: &Path) -> f64 {
+    let mut f = File::open(path).expect("open the probe file");
+    let mut buf = vec![0_u8; 1 << 20];
+    let start = Instant::now();
+    let mut total = 0usize;
+    loop {
+        let n = f.read(&mut buf).expect("probe read");
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    total as f64 / start.elapsed().as_secs_f64() / 1e6
+}
