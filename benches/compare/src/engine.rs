@@ -136,7 +136,7 @@ pub fn durable_single(root: &Path, n: usize, rate: Option<f64>, for_how_long: Du
     let dir = scratch(root);
     let value = [0x5a_u8; 100];
     let log = PartitionLog::open(dir.path(), rivulet_config(Fsync::Always)).expect("open");
-    let mut op = || {
+    let op = || {
         log.append(rivulet_batch(1, &value)).expect("append");
     };
     match rate {

@@ -12,16 +12,24 @@
 //! ports by the harness and stopped by their PIDs; a comparison whose server is not installed
 //! is reported as not measured.
 
+mod broker;
 mod engine;
+mod inprocess;
 mod measure;
+mod nats;
 mod probe;
+mod redis;
 mod report;
+mod server;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use engine::Log;
 use measure::Pair;
+use measure::{Percentiles, interleaved_histograms, one_after_another, open_loop};
 use report::{Row, Table, Verdict, mb_per_sec, per_sec};
+use rivulet::Fsync;
 
 /// Sizes of one run. The full plan writes about 3 GB in all, each run into a new directory
 /// that is removed after it.
@@ -33,6 +41,7 @@ pub struct Plan {
     pub durable_batches: usize,
     pub replay_records: usize,
     pub latency_secs: f64,
+    pub server_records: usize,
 }
 
 impl Plan {
@@ -44,6 +53,7 @@ impl Plan {
             durable_batches: 200,
             replay_records: 1_000_000,
             latency_secs: 3.0,
+            server_records: 500_000,
         }
     }
 
@@ -55,6 +65,7 @@ impl Plan {
             durable_batches: 5,
             replay_records: 10_000,
             latency_secs: 0.2,
+            server_records: 5_000,
         }
     }
 }
@@ -104,10 +115,18 @@ fn main() {
         eprintln!("embedded log against commitlog and the machine's probes");
         engine_rows(&mut table, root.path(), args.plan);
     }
+    if wanted("latency") {
+        eprintln!("latency, open loop");
+        latency_rows(&mut table, root.path(), args.plan);
+    }
+    if wanted("servers") {
+        eprintln!("the broker against Redis Streams and NATS JetStream");
+        server_rows(&mut table, root.path(), args.plan);
+    }
     println!("{}", table.render());
 }
 
-fn engine_rows(table: &mut Table, root: &std::path::Path, plan: Plan) {
+fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
     let rounds = plan.rounds;
 
     // Appends of 100 B in batches of 1,000, no fsync.
@@ -238,5 +257,259 @@ fn slow_disk(before_us: f64, after_us: f64) -> String {
         format!(" (disk slow: fdatasync p50 {before_us:.0} us before, {after_us:.0} us after)")
     } else {
         String::new()
+    }
+}
+
+fn ratio(p: &Pair) -> String {
+    format!("{:.2}x ({:.2}x)", p.ratio(), p.round_ratio())
+}
+
+fn server_rows(table: &mut Table, root: &Path, plan: Plan) {
+    let n = plan.server_records;
+    let value = [0x5a_u8; 100];
+    let broker_round = |served: &broker::Served| {
+        let from = served.end_offset();
+        (served.produce(n, &value), served.fetch(from, n))
+    };
+    if server::installed("redis-server") {
+        for (durability, fsync, label, target) in [
+            (redis::Durability::Memory, Fsync::Never, "none", Some(2.0)),
+            (
+                redis::Durability::EverySec,
+                Fsync::Interval(Duration::from_secs(1)),
+                "fsync every second",
+                None,
+            ),
+            (
+                redis::Durability::Always,
+                Fsync::Always,
+                "fsync per batch",
+                Some(2.0),
+            ),
+        ] {
+            let served = broker::start(root, fsync);
+            let redis = redis::start(root, durability);
+            let mut conn = redis::Conn::new(&redis);
+            let (produce, replay) = Pair::run_both(
+                plan.rounds,
+                || broker_round(&served),
+                || {
+                    conn.del("s");
+                    let start = Instant::now();
+                    conn.xadd_pipelined("s", n, 1000, &value);
+                    let write = n as f64 / start.elapsed().as_secs_f64();
+                    let start = Instant::now();
+                    assert_eq!(conn.xrange_all("s", 1000), n, "XRANGE reads every entry");
+                    (write, n as f64 / start.elapsed().as_secs_f64())
+                },
+            );
+            table.push(Row {
+                what: "broker, librdkafka producer, 100 B (acks=all), against pipelined XADD (1,000 deep)"
+                    .into(),
+                durability: label,
+                ours: per_sec(produce.a.median()),
+                theirs: format!("Redis {}", per_sec(produce.b.median())),
+                ratio: ratio(&produce),
+                target: target.map_or(String::new(), |t| format!(">= {t}x Redis")),
+                verdict: target.map_or(Verdict::Info, |t| Verdict::from(produce.ratio() >= t)),
+            });
+            table.push(Row {
+                what: "broker, librdkafka consumer, against XRANGE 1,000 at a time".into(),
+                durability: label,
+                ours: per_sec(replay.a.median()),
+                theirs: format!("Redis {}", per_sec(replay.b.median())),
+                ratio: ratio(&replay),
+                target: String::new(),
+                verdict: Verdict::Info,
+            });
+        }
+    } else {
+        table.note(
+            "redis-server is not installed (apt-get install redis-server): Redis rows not measured".into(),
+        );
+    }
+    if server::installed("nats-server") {
+        let served = broker::start(root, Fsync::Never);
+        let nats = nats::start(root);
+        let mut conn = nats::Conn::new(&nats);
+        let (produce, replay) = Pair::run_both(
+            plan.rounds,
+            || broker_round(&served),
+            || {
+                conn.create_stream();
+                let start = Instant::now();
+                conn.publish(n, 1000, &value);
+                let write = n as f64 / start.elapsed().as_secs_f64();
+                let start = Instant::now();
+                assert_eq!(
+                    conn.replay(n),
+                    n * value.len(),
+                    "the consumer delivers every message"
+                );
+                (write, n as f64 / start.elapsed().as_secs_f64())
+            },
+        );
+        table.push(Row {
+            what: "broker, librdkafka producer, against JetStream publish (file storage, 1,000 in flight)"
+                .into(),
+            durability: "none",
+            ours: per_sec(produce.a.median()),
+            theirs: format!("NATS {}", per_sec(produce.b.median())),
+            ratio: ratio(&produce),
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+        table.push(Row {
+            what: "broker, librdkafka consumer, against a JetStream push consumer".into(),
+            durability: "none",
+            ours: per_sec(replay.a.median()),
+            theirs: format!("NATS {}", per_sec(replay.b.median())),
+            ratio: ratio(&replay),
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+    } else {
+        table.note(
+            "nats-server is not installed (apt-get install nats-server): NATS rows not measured".into(),
+        );
+    }
+}
+
+fn latency_rows(table: &mut Table, root: &Path, plan: Plan) {
+    let secs = Duration::from_secs_f64(plan.latency_secs);
+    let short = secs / 4;
+
+    // In-process produce to consume.
+    let setup = inprocess::setup(root);
+    inprocess::max_rate(&setup.broker, short);
+    let max = inprocess::max_rate(&setup.broker, secs / 2);
+    for share in [0.5, 0.8] {
+        let h = inprocess::open_loop(&setup.broker, max * share, secs);
+        let p = Percentiles::of(&h);
+        let judged = share == 0.5;
+        table.push(Row {
+            what: format!(
+                "in-process produce to consume, open loop at {:.0}% of max ({})",
+                share * 100.0,
+                per_sec(max * share)
+            ),
+            durability: "none",
+            ours: p.to_string(),
+            theirs: String::new(),
+            ratio: String::new(),
+            target: if judged {
+                "p50 < 10 us, p99 < 100 us".into()
+            } else {
+                String::new()
+            },
+            verdict: if judged {
+                Verdict::from(p.p50 < 10.0 && p.p99 < 100.0)
+            } else {
+                Verdict::Info
+            },
+        });
+    }
+    drop(setup);
+
+    // A single durable append against the 4 KiB write+fdatasync probe: one after another,
+    // then open loop at the same rates for both.
+    let n = (plan.latency_secs * 300.0) as usize;
+    let (ours, probe) = interleaved_histograms(
+        plan.rounds,
+        || engine::durable_single(root, n / plan.rounds.max(1) + 1, None, secs),
+        || probe::sync_latency(root, n / plan.rounds.max(1) + 1),
+    );
+    let (o, p) = (Percentiles::of(&ours), Percentiles::of(&probe));
+    table.push(Row {
+        what: "single durable append of 100 B, one after another".into(),
+        durability: "fsync per record",
+        ours: o.to_string(),
+        theirs: format!("4 KiB write+fdatasync probe {p}"),
+        ratio: format!("p50 +{:.0} us", o.p50 - p.p50),
+        target: "p50 within 50 us of probe, p99 < 1 ms".into(),
+        verdict: Verdict::from(o.p50 - p.p50 <= 50.0 && o.p99 < 1000.0),
+    });
+    let max = 1e6 / p.p50.max(o.p50);
+    for share in [0.5, 0.8] {
+        let rate = max * share;
+        let (ours, probe) = interleaved_histograms(
+            plan.rounds.min(3),
+            || engine::durable_single(root, 0, Some(rate), secs / 3),
+            || probe::sync_latency_open(root, rate, secs / 3),
+        );
+        let (o, p) = (Percentiles::of(&ours), Percentiles::of(&probe));
+        table.push(Row {
+            what: format!(
+                "single durable append, open loop at {:.0}% of max ({})",
+                share * 100.0,
+                per_sec(rate)
+            ),
+            durability: "fsync per record",
+            ours: o.to_string(),
+            theirs: format!("probe {p}"),
+            ratio: format!("p50 +{:.0} us", o.p50 - p.p50),
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+    }
+
+    // One client's request/response against Redis XADD.
+    if !server::installed("redis-server") {
+        table.note("redis-server is not installed: the broker's request latency is not compared".into());
+        return;
+    }
+    let served = broker::start(root, Fsync::Never);
+    let redis = redis::start(root, redis::Durability::Memory);
+    let value = [0x5a_u8; 100];
+    let mut ours = broker::RequestLoop::new(&served, &value);
+    let mut theirs = redis::Conn::new(&redis);
+    let mut buf = Vec::new();
+    let per_round = (plan.latency_secs * 2000.0) as usize;
+    let (o, p) = interleaved_histograms(
+        plan.rounds,
+        || one_after_another(per_round, || ours.produce_one()),
+        || one_after_another(per_round, || theirs.xadd_one("s", &value, &mut buf)),
+    );
+    let (o, p) = (Percentiles::of(&o), Percentiles::of(&p));
+    table.push(Row {
+        what: "broker, one client, Produce of one 100 B record (acks=1), one after another".into(),
+        durability: "none",
+        ours: o.to_string(),
+        theirs: format!("Redis XADD {p}"),
+        ratio: format!("p50 {:.2}x, p99 {:.2}x", o.p50 / p.p50, o.p99 / p.p99),
+        target: String::new(),
+        verdict: Verdict::Info,
+    });
+    let max = 1e6 / o.p50.max(p.p50);
+    for share in [0.5, 0.8] {
+        let rate = max * share;
+        let (o, p) = interleaved_histograms(
+            plan.rounds.min(3),
+            || open_loop(rate, secs / 3, || ours.produce_one()),
+            || open_loop(rate, secs / 3, || theirs.xadd_one("s", &value, &mut buf)),
+        );
+        let (o, p) = (Percentiles::of(&o), Percentiles::of(&p));
+        let judged = share == 0.5;
+        table.push(Row {
+            what: format!(
+                "broker, one client, open loop at {:.0}% of max ({})",
+                share * 100.0,
+                per_sec(rate)
+            ),
+            durability: "none",
+            ours: o.to_string(),
+            theirs: format!("Redis XADD {p}"),
+            ratio: format!("p50 {:.2}x, p99 {:.2}x", o.p50 / p.p50, o.p99 / p.p99),
+            target: if judged {
+                "p50 and p99 <= Redis".into()
+            } else {
+                String::new()
+            },
+            verdict: if judged {
+                Verdict::from(o.p50 <= p.p50 && o.p99 <= p.p99)
+            } else {
+                Verdict::Info
+            },
+        });
     }
 }

@@ -38,25 +38,54 @@ pub struct Pair {
     pub b: Samples,
 }
 
-impl Pair {
-    pub fn run(rounds: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> Pair {
-        a();
-        b();
-        let (mut xs, mut ys) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
-        for round in 0..rounds {
-            // Alternate which side goes first, so neither always follows the other's writeback.
-            if round % 2 == 0 {
-                xs.push(a());
-                ys.push(b());
-            } else {
-                ys.push(b());
-                xs.push(a());
-            }
+/// Runs `a` and `b` once each untimed (warm-ups), then `rounds` times each, alternating
+/// which goes first so neither always follows the other's writeback; their results in round
+/// order.
+fn alternate<T>(rounds: usize, mut a: impl FnMut() -> T, mut b: impl FnMut() -> T) -> (Vec<T>, Vec<T>) {
+    a();
+    b();
+    let (mut xs, mut ys) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            xs.push(a());
+            ys.push(b());
+        } else {
+            ys.push(b());
+            xs.push(a());
         }
+    }
+    (xs, ys)
+}
+
+impl Pair {
+    pub fn run(rounds: usize, a: impl FnMut() -> f64, b: impl FnMut() -> f64) -> Pair {
+        let (xs, ys) = alternate(rounds, a, b);
         Pair {
             a: Samples(xs),
             b: Samples(ys),
         }
+    }
+
+    /// As `run`, for runs that give two figures each (say a write and then a read of what was
+    /// written): one `Pair` for each figure.
+    pub fn run_both(
+        rounds: usize,
+        a: impl FnMut() -> (f64, f64),
+        b: impl FnMut() -> (f64, f64),
+    ) -> (Pair, Pair) {
+        let (xs, ys) = alternate(rounds, a, b);
+        let first = |v: &[(f64, f64)]| Samples(v.iter().map(|p| p.0).collect());
+        let second = |v: &[(f64, f64)]| Samples(v.iter().map(|p| p.1).collect());
+        (
+            Pair {
+                a: first(&xs),
+                b: first(&ys),
+            },
+            Pair {
+                a: second(&xs),
+                b: second(&ys),
+            },
+        )
     }
 
     /// The ratio of the medians, a / b.
@@ -70,17 +99,6 @@ impl Pair {
         let ratios: Vec<f64> = self.a.0.iter().zip(&self.b.0).map(|(a, b)| a / b).collect();
         median(&ratios)
     }
-}
-
-/// Operations per second of `op` called back to back for `for_how_long`.
-pub fn closed_loop_rate(for_how_long: Duration, mut op: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < for_how_long {
-        op();
-        n += 1;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
 }
 
 /// A latency histogram in nanoseconds, 1 ns to 100 s, three significant digits.
@@ -105,6 +123,23 @@ pub fn open_loop(rate: f64, for_how_long: Duration, mut op: impl FnMut()) -> His
         h.saturating_record(due.elapsed().as_nanos() as u64);
     }
     h
+}
+
+/// Two latency loops run alternately, `rounds` times each after one untimed warm-up, their
+/// histograms merged side by side.
+pub fn interleaved_histograms(
+    rounds: usize,
+    a: impl FnMut() -> Histogram<u64>,
+    b: impl FnMut() -> Histogram<u64>,
+) -> (Histogram<u64>, Histogram<u64>) {
+    let (xs, ys) = alternate(rounds, a, b);
+    let merge = |hs: Vec<Histogram<u64>>| {
+        hs.into_iter().fold(histogram(), |mut all, h| {
+            all.add(h).expect("histograms of the same bounds");
+            all
+        })
+    };
+    (merge(xs), merge(ys))
 }
 
 /// Latencies of `op` called back to back, `n` times.

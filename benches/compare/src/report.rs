@@ -21,8 +21,6 @@ pub enum Verdict {
     NotMet,
     /// A row given for information, with no target of its own.
     Info,
-    /// The measurement could not be made (a peer is not installed, say).
-    Missing,
 }
 
 impl Verdict {
@@ -35,7 +33,6 @@ impl Verdict {
             Verdict::Met => "met",
             Verdict::NotMet => "**not met**",
             Verdict::Info => "",
-            Verdict::Missing => "not measured",
         }
     }
 }
