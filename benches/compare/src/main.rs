@@ -6,7 +6,8 @@
 //! target is met. `--quick` runs every comparison once at a small size, to check the harness
 //! works (CI does); `--dir PATH` puts the scratch files somewhere else than the system's temp
 //! directory; `--only engine|latency|servers` runs one part. `memory` runs the memory checks
-//! instead (a consumer reading a 10 GiB log; a broker holding 1,000 idle connections).
+//! instead (a consumer reading a 10 GiB log, `--gib N` for another size; a broker holding
+//! 1,000 idle connections).
 //!
 //! The servers (`redis-server`, `nats-server`, from Debian's packages) are started on loopback
 //! ports by the harness and stopped by their PIDs; a comparison whose server is not installed
@@ -16,6 +17,7 @@ mod broker;
 mod engine;
 mod inprocess;
 mod measure;
+mod memory;
 mod nats;
 mod probe;
 mod redis;
@@ -74,7 +76,7 @@ struct Args {
     plan: Plan,
     dir: PathBuf,
     only: Option<String>,
-    memory: bool,
+    memory: Option<u64>,
 }
 
 fn args() -> Args {
@@ -82,7 +84,7 @@ fn args() -> Args {
         plan: Plan::full(),
         dir: std::env::temp_dir(),
         only: None,
-        memory: false,
+        memory: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -90,7 +92,25 @@ fn args() -> Args {
             "--quick" => out.plan = Plan::quick(),
             "--dir" => out.dir = PathBuf::from(it.next().expect("--dir takes a path")),
             "--only" => out.only = Some(it.next().expect("--only takes engine, latency or servers")),
-            "memory" => out.memory = true,
+            "memory" => out.memory = Some(10),
+            "--gib" => {
+                out.memory = Some(
+                    it.next()
+                        .and_then(|g| g.parse().ok())
+                        .expect("--gib takes a number"),
+                )
+            }
+            // The children of the memory checks.
+            "memory-consume" => {
+                let dir = PathBuf::from(it.next().expect("a directory"));
+                let records = it.next().and_then(|n| n.parse().ok()).expect("a record count");
+                memory::consume(&dir, records);
+                std::process::exit(0);
+            }
+            "memory-broker" => {
+                memory::serve(Path::new(&it.next().expect("a directory")));
+                std::process::exit(0);
+            }
             other => {
                 eprintln!("unknown argument {other:?}; see the crate documentation (src/main.rs)");
                 std::process::exit(2);
@@ -106,7 +126,8 @@ fn main() {
         .prefix("rivulet-compare-")
         .tempdir_in(&args.dir)
         .expect("a scratch directory");
-    if args.memory {
+    if let Some(gib) = args.memory {
+        memory::run(root.path(), gib);
         return;
     }
     let mut table = Table::default();
