@@ -10,7 +10,7 @@ use rivulet::{
     TopicPartition,
 };
 
-use crate::measure::histogram;
+use crate::measure::{histogram, wait_until};
 
 pub struct Setup {
     pub broker: Broker,
@@ -68,10 +68,7 @@ pub fn open_loop(broker: &Broker, rate: f64, for_how_long: Duration) -> Histogra
         s.spawn(|| {
             let mut value = [0u8; 100];
             for i in 0..total {
-                let at = due(i);
-                while Instant::now() < at {
-                    std::hint::spin_loop();
-                }
+                wait_until(due(i));
                 value[..8].copy_from_slice(&i.to_be_bytes());
                 producer.send(ProducerRecord::new("t", &value)).expect("send");
             }
