@@ -7,13 +7,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use commitlog::message::{MessageBuf, MessageSet};
 use commitlog::{CommitLog, LogOptions, ReadLimit};
 use hdrhistogram::Histogram;
 use rivulet::storage::{BatchBuilder, Compression, PartitionLog, RecordBatch};
-use rivulet::{Fsync, LogConfig};
+use rivulet::{Broker, Fsync, LogConfig, Producer, ProducerRecord, TopicConfig};
 
 use crate::measure::{histogram, open_loop};
 
@@ -97,6 +98,66 @@ pub fn append(log: Log, root: &Path, total: usize, value: usize, batch: usize) -
                 }
             }
             rate(calls * batch, start)
+        }
+    }
+}
+
+/// Records/s of the log's append alone: `batches` batches of `records` records of `value`
+/// bytes, built before the clock starts (as the broker is handed batches a client built).
+pub fn append_ready(root: &Path, batches: usize, records: usize, value: usize, fsync: Fsync) -> f64 {
+    let dir = scratch(root);
+    let value = vec![0x5a_u8; value];
+    let ready: Vec<RecordBatch> = (0..batches).map(|_| rivulet_batch(records, &value)).collect();
+    let log = PartitionLog::open(dir.path(), rivulet_config(fsync)).expect("open");
+    let start = Instant::now();
+    for batch in ready {
+        log.append(batch).expect("append");
+    }
+    rate(batches * records, start)
+}
+
+/// Records/s of `threads` threads each appending `per_thread` 100 B records one per call:
+/// through a `Producer` (whose accumulator gathers the records of concurrent callers into
+/// one batch) or a `CommitLog` behind a mutex.
+pub fn many_senders(log: Log, root: &Path, threads: usize, per_thread: usize) -> f64 {
+    let dir = scratch(root);
+    let value = [0x5a_u8; 100];
+    match log {
+        Log::Rivulet => {
+            let broker = Broker::open(dir.path()).expect("open the broker");
+            let config = TopicConfig::default().with_log(rivulet_config(Fsync::Never));
+            broker.create_topic("t", 1, config).expect("create the topic");
+            let producer = Producer::new(&broker);
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        for _ in 0..per_thread {
+                            producer
+                                .send(ProducerRecord::new("t", &value).partition(0))
+                                .expect("send");
+                        }
+                    });
+                }
+            });
+            let r = rate(threads * per_thread, start);
+            let end = broker.partition("t", 0).expect("the partition").log_end_offset();
+            assert_eq!(end, (threads * per_thread) as i64, "every record sent is stored");
+            r
+        }
+        Log::Commitlog => {
+            let log = Mutex::new(commitlog_open(dir.path()));
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        for _ in 0..per_thread {
+                            log.lock().expect("the lock").append_msg(value).expect("append");
+                        }
+                    });
+                }
+            });
+            rate(threads * per_thread, start)
         }
     }
 }
