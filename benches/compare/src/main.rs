@@ -49,7 +49,7 @@ pub struct Plan {
 impl Plan {
     fn full() -> Plan {
         Plan {
-            rounds: 7,
+            rounds: 9,
             append_records: 1_000_000,
             single_records: 200_000,
             durable_batches: 200,
