@@ -109,3 +109,48 @@ pub fn page_cache_read(path: &Path) -> f64 {
     }
     total as f64 / start.elapsed().as_secs_f64() / 1e6
 }
+
+/// One-way latency of waking a sleeping thread, due at `rate` per second for `for_how_long`:
+/// the waker stamps the time it was due and unparks the sleeper, which records how long it
+/// took to run.
+/// This is the floor under any handoff between a producer and a consumer that sleeps.
+pub fn wake_latency(rate: f64, for_how_long: Duration) -> Histogram<u64> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let total = (for_how_long.as_secs_f64() * rate) as u64;
+    let origin = Instant::now();
+    // Nanoseconds since `origin` of the latest wake-up, 0 while none is pending.
+    let stamp = Arc::new(AtomicU64::new(0));
+    let sleeper = {
+        let stamp = stamp.clone();
+        std::thread::spawn(move || {
+            let mut h = histogram();
+            let mut got = 0;
+            while got < total {
+                std::thread::park();
+                let sent = stamp.swap(0, Ordering::AcqRel);
+                if sent != 0 {
+                    let now = origin.elapsed().as_nanos() as u64;
+                    h.saturating_record(now.saturating_sub(sent));
+                    got += 1;
+                }
+            }
+            h
+        })
+    };
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(5);
+    for i in 0..total {
+        let due = start + period.mul_f64(i as f64);
+        crate::measure::wait_until(due);
+        // One wake-up pending at a time (a late sleeper delays the next, which is then
+        // measured from when it was due, as in every open loop here).
+        while stamp.load(Ordering::Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        stamp.store((due - origin).as_nanos().max(1) as u64, Ordering::Release);
+        sleeper.thread().unpark();
+    }
+    sleeper.join().expect("the sleeper")
+}
