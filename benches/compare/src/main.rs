@@ -502,7 +502,7 @@ fn latency_rows(table: &mut Table, root: &Path, plan: Plan) {
         durability: "fsync per record",
         ours: o.to_string(),
         theirs: format!("4 KiB write+fdatasync probe {p}"),
-        ratio: format!("p50 +{:.0} us", o.p50 - p.p50),
+        ratio: format!("p50 {:+.0} us", o.p50 - p.p50),
         target: "p50 within 50 us of probe, p99 < 1 ms".into(),
         verdict: Verdict::from(o.p50 - p.p50 <= 50.0 && o.p99 < 1000.0),
     });
@@ -525,7 +525,7 @@ fn latency_rows(table: &mut Table, root: &Path, plan: Plan) {
             durability: "fsync per record",
             ours: o.to_string(),
             theirs: format!("probe {p}"),
-            ratio: format!("p50 +{:.0} us", o.p50 - p.p50),
+            ratio: format!("p50 {:+.0} us", o.p50 - p.p50),
             target: String::new(),
             verdict: Verdict::Info,
         });
