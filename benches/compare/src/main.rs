@@ -156,15 +156,14 @@ fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
         || engine::append(Log::Rivulet, root, plan.append_records, 100, 1000),
         || engine::append(Log::Commitlog, root, plan.append_records, 100, 1000),
     );
-    table.push(Row {
-        what: "append 100 B, batches of 1,000".into(),
-        durability: "none",
-        ours: per_sec(p.a.median()),
-        theirs: format!("commitlog {}", per_sec(p.b.median())),
-        ratio: ratio(&p),
-        target: ">= 1.2x commitlog".into(),
-        verdict: Verdict::from(p.ratio() >= 1.2),
-    });
+    table.push(Row::compared(
+        "append 100 B, batches of 1,000",
+        "none",
+        &p,
+        "commitlog",
+        per_sec,
+        Some(1.2),
+    ));
 
     // Appends of 1 KB in batches of 1,000 against a buffered write of the same value bytes in
     // chunks of one batch: the log's append of batches it is handed (judged), and with each
@@ -175,29 +174,27 @@ fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
         || engine::append_ready(root, kb_records / 1000, 1000, 1000, Fsync::Never) * 1000.0 / 1e6,
         || probe::buffered_write(root, kb_records * 1000, 1000 * 1000),
     );
-    table.push(Row {
-        what: "append 1 KB, batches of 1,000 handed to the log (value bytes)".into(),
-        durability: "none",
-        ours: mb_per_sec(p.a.median()),
-        theirs: format!("buffered write probe {}", mb_per_sec(p.b.median())),
-        ratio: ratio(&p),
-        target: ">= 0.75x probe".into(),
-        verdict: Verdict::from(p.ratio() >= 0.75),
-    });
+    table.push(Row::compared(
+        "append 1 KB, batches of 1,000 handed to the log (value bytes)",
+        "none",
+        &p,
+        "buffered write probe",
+        mb_per_sec,
+        Some(0.75),
+    ));
     let p = Pair::run(
         rounds,
         || engine::append(Log::Rivulet, root, kb_records, 1000, 1000) * 1000.0 / 1e6,
         || probe::buffered_write(root, kb_records * 1000, 1000 * 1000),
     );
-    table.push(Row {
-        what: "the same, each batch built in the loop".into(),
-        durability: "none",
-        ours: mb_per_sec(p.a.median()),
-        theirs: format!("buffered write probe {}", mb_per_sec(p.b.median())),
-        ratio: ratio(&p),
-        target: String::new(),
-        verdict: Verdict::Info,
-    });
+    table.push(Row::compared(
+        "the same, each batch built in the loop",
+        "none",
+        &p,
+        "buffered write probe",
+        mb_per_sec,
+        None,
+    ));
 
     // One record per call.
     let p = Pair::run(
@@ -205,29 +202,27 @@ fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
         || engine::append(Log::Rivulet, root, plan.single_records, 100, 1),
         || engine::append(Log::Commitlog, root, plan.single_records, 100, 1),
     );
-    table.push(Row {
-        what: "append 100 B, one record per call".into(),
-        durability: "none",
-        ours: per_sec(p.a.median()),
-        theirs: format!("commitlog {}", per_sec(p.b.median())),
-        ratio: ratio(&p),
-        target: ">= 1.5x commitlog".into(),
-        verdict: Verdict::from(p.ratio() >= 1.5),
-    });
+    table.push(Row::compared(
+        "append 100 B, one record per call",
+        "none",
+        &p,
+        "commitlog",
+        per_sec,
+        Some(1.5),
+    ));
     let p = Pair::run(
         rounds,
         || engine::many_senders(Log::Rivulet, root, 4, plan.single_records / 4),
         || engine::many_senders(Log::Commitlog, root, 4, plan.single_records / 4),
     );
-    table.push(Row {
-        what: "append 100 B one per call from 4 threads (Producer::send; commitlog behind a mutex)".into(),
-        durability: "none",
-        ours: per_sec(p.a.median()),
-        theirs: format!("commitlog {}", per_sec(p.b.median())),
-        ratio: ratio(&p),
-        target: ">= 1.5x commitlog".into(),
-        verdict: Verdict::from(p.ratio() >= 1.5),
-    });
+    table.push(Row::compared(
+        "append 100 B one per call from 4 threads (Producer::send; commitlog behind a mutex)",
+        "none",
+        &p,
+        "commitlog",
+        per_sec,
+        Some(1.5),
+    ));
 
     // Group commit: batches of 1,000 x 100 B, each made durable, against the probe writing
     // and fdatasyncing the same bytes per batch. The disk's state is probed before and after.
@@ -250,33 +245,30 @@ fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
     );
     let after = measure::Percentiles::of(&probe::sync_latency(root, 200));
     let slow = slow_disk(before.p50, after.p50);
-    table.push(Row {
-        what: format!("append 100 B, batches of 1,000 (100 KB) handed to the log, each made durable{slow}"),
-        durability: "fsync per batch",
-        ours: mb_per_sec(p.a.median()),
-        theirs: format!("write+fdatasync probe {}", mb_per_sec(p.b.median())),
-        ratio: ratio(&p),
-        target: ">= 0.8x probe".into(),
-        verdict: Verdict::from(p.ratio() >= 0.8),
-    });
-    table.push(Row {
-        what: "the same, each batch built in the loop".into(),
-        durability: "fsync per batch",
-        ours: mb_per_sec(built.a.median()),
-        theirs: format!("write+fdatasync probe {}", mb_per_sec(built.b.median())),
-        ratio: ratio(&built),
-        target: String::new(),
-        verdict: Verdict::Info,
-    });
-    table.push(Row {
-        what: "the same, against commitlog (fdatasync by the harness)".into(),
-        durability: "fsync per batch",
-        ours: per_sec(c.a.median()),
-        theirs: format!("commitlog {}", per_sec(c.b.median())),
-        ratio: ratio(&c),
-        target: String::new(),
-        verdict: Verdict::Info,
-    });
+    table.push(Row::compared(
+        format!("append 100 B, batches of 1,000 (100 KB) handed to the log, each made durable{slow}"),
+        "fsync per batch",
+        &p,
+        "write+fdatasync probe",
+        mb_per_sec,
+        Some(0.8),
+    ));
+    table.push(Row::compared(
+        "the same, each batch built in the loop",
+        "fsync per batch",
+        &built,
+        "write+fdatasync probe",
+        mb_per_sec,
+        None,
+    ));
+    table.push(Row::compared(
+        "the same, against commitlog (fdatasync by the harness)",
+        "fsync per batch",
+        &c,
+        "commitlog",
+        per_sec,
+        None,
+    ));
 
     // Replay from the page cache.
     let ours = engine::write_for_replay(Log::Rivulet, root, plan.replay_records);
@@ -286,15 +278,14 @@ fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
         || engine::replay(Log::Rivulet, &ours),
         || engine::replay(Log::Commitlog, &theirs),
     );
-    table.push(Row {
-        what: "replay 100 B from the page cache".into(),
-        durability: "(read)",
-        ours: per_sec(p.a.median()),
-        theirs: format!("commitlog {}", per_sec(p.b.median())),
-        ratio: ratio(&p),
-        target: ">= 1.2x commitlog".into(),
-        verdict: Verdict::from(p.ratio() >= 1.2),
-    });
+    table.push(Row::compared(
+        "replay 100 B from the page cache",
+        "(read)",
+        &p,
+        "commitlog",
+        per_sec,
+        Some(1.2),
+    ));
     drop((ours, theirs));
     let path = probe::cached_file(root, 256 << 20);
     let read = measure::median(
@@ -322,10 +313,6 @@ fn slow_disk(before_us: f64, after_us: f64) -> String {
     } else {
         String::new()
     }
-}
-
-fn ratio(p: &Pair) -> String {
-    format!("{:.2}x ({:.2}x)", p.ratio(), p.round_ratio())
 }
 
 fn server_rows(table: &mut Table, root: &Path, plan: Plan) {
@@ -367,30 +354,25 @@ fn server_rows(table: &mut Table, root: &Path, plan: Plan) {
                     (write, n as f64 / start.elapsed().as_secs_f64())
                 },
             );
-            table.push(Row {
-                what: "broker, librdkafka producer, 100 B (acks=all), against pipelined XADD (1,000 deep)"
-                    .into(),
-                durability: label,
-                ours: per_sec(produce.a.median()),
-                theirs: format!("Redis {}", per_sec(produce.b.median())),
-                ratio: ratio(&produce),
-                target: target.map_or(String::new(), |t| format!(">= {t}x Redis")),
-                verdict: target.map_or(Verdict::Info, |t| Verdict::from(produce.ratio() >= t)),
-            });
-            table.push(Row {
-                what: "broker, librdkafka consumer, against XRANGE 1,000 at a time".into(),
-                durability: label,
-                ours: per_sec(replay.a.median()),
-                theirs: format!("Redis {}", per_sec(replay.b.median())),
-                ratio: ratio(&replay),
-                target: String::new(),
-                verdict: Verdict::Info,
-            });
+            table.push(Row::compared(
+                "broker, librdkafka producer, 100 B (acks=all), against pipelined XADD (1,000 deep)",
+                label,
+                &produce,
+                "Redis",
+                per_sec,
+                target,
+            ));
+            table.push(Row::compared(
+                "broker, librdkafka consumer, against XRANGE 1,000 at a time",
+                label,
+                &replay,
+                "Redis",
+                per_sec,
+                None,
+            ));
         }
     } else {
-        table.note(
-            "redis-server is not installed (apt-get install redis-server): Redis rows not measured".into(),
-        );
+        table.note("redis-server is not installed (apt-get install redis-server): Redis rows not measured");
     }
     if server::installed("nats-server") {
         let served = broker::start(root, Fsync::Never);
@@ -413,29 +395,24 @@ fn server_rows(table: &mut Table, root: &Path, plan: Plan) {
                 (write, n as f64 / start.elapsed().as_secs_f64())
             },
         );
-        table.push(Row {
-            what: "broker, librdkafka producer, against JetStream publish (file storage, 1,000 in flight)"
-                .into(),
-            durability: "none",
-            ours: per_sec(produce.a.median()),
-            theirs: format!("NATS {}", per_sec(produce.b.median())),
-            ratio: ratio(&produce),
-            target: String::new(),
-            verdict: Verdict::Info,
-        });
-        table.push(Row {
-            what: "broker, librdkafka consumer, against a JetStream push consumer".into(),
-            durability: "none",
-            ours: per_sec(replay.a.median()),
-            theirs: format!("NATS {}", per_sec(replay.b.median())),
-            ratio: ratio(&replay),
-            target: String::new(),
-            verdict: Verdict::Info,
-        });
+        table.push(Row::compared(
+            "broker, librdkafka producer, against JetStream publish (file storage, 1,000 in flight)",
+            "none",
+            &produce,
+            "NATS",
+            per_sec,
+            None,
+        ));
+        table.push(Row::compared(
+            "broker, librdkafka consumer, against a JetStream push consumer",
+            "none",
+            &replay,
+            "NATS",
+            per_sec,
+            None,
+        ));
     } else {
-        table.note(
-            "nats-server is not installed (apt-get install nats-server): NATS rows not measured".into(),
-        );
+        table.note("nats-server is not installed (apt-get install nats-server): NATS rows not measured");
     }
 }
 
@@ -533,7 +510,7 @@ fn latency_rows(table: &mut Table, root: &Path, plan: Plan) {
 
     // One client's request/response against Redis XADD.
     if !server::installed("redis-server") {
-        table.note("redis-server is not installed: the broker's request latency is not compared".into());
+        table.note("redis-server is not installed: the broker's request latency is not compared");
         return;
     }
     let served = broker::start(root, Fsync::Never);

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use crate::measure::Pair;
+
 /// One line of the table: what was measured, at what durability, rivulet's figure, the
 /// peer's or probe's, their ratio and the DESIGN.md target it is judged against.
 pub struct Row {
@@ -13,6 +15,29 @@ pub struct Row {
     pub ratio: String,
     pub target: String,
     pub verdict: Verdict,
+}
+
+impl Row {
+    /// Two figures measured alternately (`pair.a` rivulet's, `pair.b` the one named `other`),
+    /// printed with `unit`; with `at_least`, the ratio of their medians is judged against it.
+    pub fn compared(
+        what: impl Into<String>,
+        durability: &'static str,
+        pair: &Pair,
+        other: &str,
+        unit: fn(f64) -> String,
+        at_least: Option<f64>,
+    ) -> Row {
+        Row {
+            what: what.into(),
+            durability,
+            ours: unit(pair.a.median()),
+            theirs: format!("{other} {}", unit(pair.b.median())),
+            ratio: format!("{:.2}x ({:.2}x)", pair.ratio(), pair.round_ratio()),
+            target: at_least.map_or(String::new(), |t| format!(">= {t}x {other}")),
+            verdict: at_least.map_or(Verdict::Info, |t| Verdict::from(pair.ratio() >= t)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,7 +83,8 @@ impl Table {
         self.rows.push(row);
     }
 
-    pub fn note(&mut self, note: String) {
+    pub fn note(&mut self, note: impl Into<String>) {
+        let note = note.into();
         eprintln!("  note: {note}");
         self.notes.push(note);
     }
