@@ -167,21 +167,13 @@ fn api_versions(s: &mut TcpStream, correlation: i32) {
     assert_eq!(i32::from_be_bytes(body[..4].try_into().unwrap()), correlation);
 }
 
-/// The child's side of the second check: serves a broker in `dir` on a loopback port, prints
-/// the address, and serves until killed.
-pub fn serve(dir: &Path) {
-    let broker = Broker::open(dir).expect("open the broker");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        println!("{}", listener.local_addr().expect("its address"));
-        std::io::stdout().flush().expect("flush");
-        rivulet::kafka::serve(listener, broker, std::future::pending())
-            .await
-            .expect("serve");
-    });
+/// The child's side of the second check: serves a broker (from a scratch directory under
+/// `root`) on a loopback port, prints the address, and serves until killed.
+pub fn serve(root: &Path) {
+    let served = crate::broker::start(root, Fsync::Never);
+    println!("{}", served.addr);
+    std::io::stdout().flush().expect("flush");
+    loop {
+        std::thread::park();
+    }
 }
