@@ -40,7 +40,7 @@ fn waits_for_disk(server: &Server, request: &ProduceRequest) -> bool {
         topic.partition_data.iter().any(|p| {
             server
                 .log(&topic.name, p.index)
-                .is_ok_and(|log| log.config().fsync == Fsync::Always)
+                .is_ok_and(|log| log.fsync() == Fsync::Always)
         })
     })
 }

@@ -336,6 +336,11 @@ impl PartitionLog {
         self.inner.cfg()
     }
 
+    /// The log's fsync policy, without copying the rest of its configuration.
+    pub(crate) fn fsync(&self) -> Fsync {
+        self.inner.config.read().fsync
+    }
+
     /// Changes the configuration of the open log. Durability, retention, roll and size limits
     /// apply from the next operation; `segment.index.bytes` from the next segment.
     pub fn set_config(&self, config: LogConfig) -> Result<()> {
