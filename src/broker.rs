@@ -707,6 +707,7 @@ impl BrokerInner {
     }
 
     /// The config a topic gets unless told otherwise, and its partition count.
+    #[cfg(feature = "kafka")] // for the Kafka front end's CreateTopics
     pub(crate) fn topic_defaults(&self) -> (TopicConfig, u32) {
         (self.settings.default_topic.clone(), self.settings.num_partitions)
     }

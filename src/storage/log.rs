@@ -337,6 +337,7 @@ impl PartitionLog {
     }
 
     /// The log's fsync policy, without copying the rest of its configuration.
+    #[cfg(feature = "kafka")]
     pub(crate) fn fsync(&self) -> Fsync {
         self.inner.config.read().fsync
     }
