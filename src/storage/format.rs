@@ -607,7 +607,7 @@ fn parse_header(data: &[u8]) -> Option<(Header<'_>, usize)> {
 }
 
 /// Parses the record at the start of `data`: the record and the bytes it took.
-#[inline]
+#[inline(always)]
 pub(crate) fn parse_record<'a>(
     data: &'a [u8],
     ctx: &RecordContext,

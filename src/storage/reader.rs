@@ -161,23 +161,31 @@ impl LogReader {
 
     /// The next record, or `None` when the reader has caught up with the high watermark.
     #[allow(clippy::should_implement_trait)] // lends from the reader; `Iterator` cannot
+    #[inline]
     pub fn next(&mut self) -> Result<Option<Record<'_>>> {
-        if !self.ready()? {
+        // Most calls find the next record in the batch already open; `ready` (not inlined)
+        // handles the rest.
+        let open = matches!(&self.current, Some(cur) if cur.index < cur.count && !cur.skipping);
+        if !open && !self.ready()? {
             return Ok(None);
         }
-        let cur = self
-            .current
-            .as_mut()
-            .expect("ready() leaves a batch with a record");
+        let LogReader {
+            current,
+            fetch,
+            decompressed,
+            position,
+            ..
+        } = self;
+        let cur = current.as_mut().expect("ready() leaves a batch with a record");
         let data = match cur.body {
-            Body::Fetched { start, end } => &self.fetch.bytes[start..end],
-            Body::Decompressed => &self.decompressed[..],
+            Body::Fetched { start, end } => &fetch.bytes[start..end],
+            Body::Decompressed => &decompressed[..],
         };
         let (record, used) =
             format::parse_record(&data[cur.at..], &cur.ctx, cur.index).map_err(Error::InvalidBatch)?;
         cur.at += used;
         cur.index += 1;
-        self.position = record.offset + 1;
+        *position = record.offset + 1;
         Ok(Some(record))
     }
 
@@ -198,6 +206,7 @@ impl LogReader {
     /// Makes sure a record at or after `position` is next in `current`; false if the reader
     /// is at the high watermark. Skips records below `position` (the first batch of a fetch
     /// may start before it).
+    #[inline(never)]
     fn ready(&mut self) -> Result<bool> {
         loop {
             if let Some(cur) = &mut self.current {
