@@ -6,16 +6,18 @@
 //! `Fsync::Always`) and hands every record in it its offset. A lone sender appends at once, so
 //! no linger delay is needed; under load, batches grow by themselves while an append is in
 //! flight. `send` returns when its record is delivered (durable under the topic's policy).
+//! Senders whose records wait on an append to the page cache watch for it briefly before
+//! sleeping: the append is over sooner than a sleep and a wake-up would be.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
 use crate::broker::{Broker, Topic, refuse_internal};
-use crate::config::CompressionType;
+use crate::config::{CompressionType, Fsync};
 use crate::error::{Error, Result};
 use crate::storage::{
     AppendInfo, BatchBuilder, Compression, HEADER_LEN, PartitionLog, TimestampType, now_ms,
@@ -207,6 +209,47 @@ struct ProducerInner {
 struct Queue {
     state: Mutex<QueueState>,
     done: Condvar,
+    /// Appends finished so far, for senders watching without the lock.
+    appended: AtomicU64,
+}
+
+impl Queue {
+    /// Waits until the append under way finishes (the caller saw `appending` under the lock).
+    ///
+    /// An append to the page cache takes a few microseconds, less than putting a thread to
+    /// sleep and waking it again costs (a context switch each way, and the appender's system
+    /// call to wake it). So unless the append waits for the disk (`quick` is false), the
+    /// sender first watches `appended` without the lock, giving its core to other threads
+    /// (the appender among them) between looks, and sleeps on `done` only if the append takes
+    /// longer than `SPIN`.
+    fn wait_for_append(&self, state: &mut parking_lot::MutexGuard<'_, QueueState>, quick: bool) {
+        const SPIN: Duration = Duration::from_micros(50);
+        if !quick {
+            self.done.wait(state);
+            return;
+        }
+        let seen = self.appended.load(Ordering::Acquire);
+        let finished = parking_lot::MutexGuard::unlocked(state, || {
+            let start = Instant::now();
+            loop {
+                for _ in 0..16 {
+                    if self.appended.load(Ordering::Acquire) != seen {
+                        return true;
+                    }
+                    std::hint::spin_loop();
+                }
+                if start.elapsed() >= SPIN {
+                    return false;
+                }
+                std::thread::yield_now();
+            }
+        });
+        // Checked again under the lock: the appender clears `appending` and notifies under it,
+        // so a sleep that starts here cannot miss the wake-up.
+        if !finished && state.appending {
+            self.done.wait(state);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -367,6 +410,8 @@ impl ProducerInner {
                 .sum::<usize>();
         let queue = self.queue(&topic.name, partition);
         let codec = self.codec(&topic);
+        // An append that does not wait for the disk is over in microseconds.
+        let quick = config.get_fsync() != Fsync::Always;
 
         let mut state = queue.state.lock();
         // Wait for room in the open batch; a full batch is appended first.
@@ -376,7 +421,7 @@ impl ProducerInner {
                 break;
             }
             if state.appending {
-                queue.done.wait(&mut state);
+                queue.wait_for_append(&mut state, quick);
             } else {
                 self.append_open(&queue, &mut state, &log, &topic.name, partition);
             }
@@ -405,7 +450,7 @@ impl ProducerInner {
                 });
             }
             if state.appending {
-                queue.done.wait(&mut state);
+                queue.wait_for_append(&mut state, quick);
             } else {
                 self.append_open(&queue, &mut state, &log, &topic.name, partition);
             }
@@ -440,6 +485,7 @@ impl ProducerInner {
         state
             .finished
             .insert(generation, (result.map_err(Arc::new), senders));
+        queue.appended.fetch_add(1, Ordering::Release);
         queue.done.notify_all();
     }
 
