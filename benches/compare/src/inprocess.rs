@@ -29,10 +29,12 @@ pub fn setup(root: &std::path::Path) -> Setup {
     Setup { broker, _dir: dir }
 }
 
-fn consumer(broker: &Broker) -> Consumer {
+/// A consumer of the topic from its end; `spin` is its `poll_spin` (zero by default).
+fn consumer(broker: &Broker, spin: Duration) -> Consumer {
     let config = ConsumerConfig::default()
         .auto_offset_reset(OffsetReset::Latest)
-        .max_poll_records(10_000);
+        .max_poll_records(10_000)
+        .poll_spin(spin);
     let mut c = Consumer::new(broker, config);
     let tp = TopicPartition::new("t", 0);
     c.assign(std::slice::from_ref(&tp)).expect("assign");
@@ -44,7 +46,7 @@ fn consumer(broker: &Broker) -> Consumer {
 /// Records per second, sending and consuming one at a time, for `for_how_long`.
 pub fn max_rate(broker: &Broker, for_how_long: Duration) -> f64 {
     let producer = Producer::new(broker);
-    let mut c = consumer(broker);
+    let mut c = consumer(broker, Duration::ZERO);
     let value = [0u8; 100];
     let start = Instant::now();
     let mut n = 0u64;
@@ -56,10 +58,11 @@ pub fn max_rate(broker: &Broker, for_how_long: Duration) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Latencies of records sent at `rate` per second for `for_how_long`.
-pub fn open_loop(broker: &Broker, rate: f64, for_how_long: Duration) -> Histogram<u64> {
+/// Latencies of records sent at `rate` per second for `for_how_long`, to a consumer that
+/// spins for `spin` before sleeping in each poll.
+pub fn open_loop(broker: &Broker, rate: f64, for_how_long: Duration, spin: Duration) -> Histogram<u64> {
     let producer = Producer::new(broker);
-    let mut c = consumer(broker);
+    let mut c = consumer(broker, spin);
     let period = Duration::from_secs_f64(1.0 / rate);
     let total = (for_how_long.as_secs_f64() * rate) as u64;
     let origin = Instant::now() + Duration::from_millis(20);
