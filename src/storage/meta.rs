@@ -30,7 +30,7 @@ pub(crate) fn write<T: Serialize>(fs: &dyn Fs, path: &Path, value: &T) -> Result
     let mut bytes = Vec::with_capacity(FRAME + payload.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    bytes.extend_from_slice(&crate::storage::format::crc32c(&payload).to_be_bytes());
     bytes.extend_from_slice(&payload);
 
     let tmp = path.with_extension("tmp");
@@ -78,7 +78,7 @@ pub(crate) fn read_with<T>(
         )));
     }
     let payload = &bytes[FRAME..];
-    let actual = crc32c::crc32c(payload);
+    let actual = crate::storage::format::crc32c(payload);
     if actual != crc {
         return Err(damaged(format!(
             "CRC {crc:#010x} stored, {actual:#010x} computed"
