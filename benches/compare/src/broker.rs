@@ -83,6 +83,18 @@ impl Served {
             .log_end_offset()
     }
 
+    /// Waits (up to 10 s) until readers may see every record written so far: under
+    /// `Fsync::Interval` records become visible at the next sync, up to an interval after they
+    /// were acknowledged, and the fetch rows measure reading, not that wait.
+    pub fn wait_visible(&self) {
+        let log = self.broker.partition(TOPIC, 0).expect("the partition");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.high_watermark() < log.log_end_offset() {
+            assert!(Instant::now() < deadline, "records stayed invisible for 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", self.addr.to_string());

@@ -336,7 +336,9 @@ fn server_rows(table: &mut Table, root: &Path, plan: Plan) {
     let value = [0x5a_u8; 100];
     let broker_round = |served: &broker::Served| {
         let from = served.end_offset();
-        (served.produce(n, &value), served.fetch(from, n))
+        let produced = served.produce(n, &value);
+        served.wait_visible();
+        (produced, served.fetch(from, n))
     };
     if server::installed("redis-server") {
         for (durability, fsync, label, target) in [
