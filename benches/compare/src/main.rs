@@ -147,6 +147,9 @@ fn main() {
     println!("{}", table.render());
 }
 
+/// One side of a throughput comparison: a run returning its rate.
+type Measure<'a> = dyn Fn() -> f64 + 'a;
+
 fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
     let rounds = plan.rounds;
 
@@ -172,45 +175,37 @@ fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
     // loop, and the probe rewriting one cache-hot buffer (an upper bound no log reaches: it
     // never reads fresh memory nor frees any).
     let kb_records = plan.append_records / 10;
-    let p = Pair::run(
-        rounds,
-        || engine::append_ready(root, kb_records / 1000, 1000, 1000, Fsync::Never) * 1000.0 / 1e6,
-        || probe::buffered_write_fresh(root, kb_records * 1000, 1000 * 1000),
-    );
-    table.push(Row::compared(
-        "append 1 KB, batches of 1,000 handed to the log (value bytes)",
-        "none",
-        &p,
-        "buffered write probe",
-        mb_per_sec,
-        Some(0.75),
-    ));
-    let p = Pair::run(
-        rounds,
-        || engine::append(Log::Rivulet, root, kb_records, 1000, 1000) * 1000.0 / 1e6,
-        || probe::buffered_write_fresh(root, kb_records * 1000, 1000 * 1000),
-    );
-    table.push(Row::compared(
-        "the same, each batch built in the loop",
-        "none",
-        &p,
-        "buffered write probe",
-        mb_per_sec,
-        None,
-    ));
-    let p = Pair::run(
-        rounds,
-        || engine::append_ready(root, kb_records / 1000, 1000, 1000, Fsync::Never) * 1000.0 / 1e6,
-        || probe::buffered_write(root, kb_records * 1000, 1000 * 1000),
-    );
-    table.push(Row::compared(
-        "the same handed to the log, against rewriting one cache-hot 1 MB buffer",
-        "none",
-        &p,
-        "cache-hot write probe",
-        mb_per_sec,
-        None,
-    ));
+    let handed = || engine::append_ready(root, kb_records / 1000, 1000, 1000, Fsync::Never) * 1000.0 / 1e6;
+    let built = || engine::append(Log::Rivulet, root, kb_records, 1000, 1000) * 1000.0 / 1e6;
+    let fresh = || probe::buffered_write_fresh(root, kb_records * 1000, 1000 * 1000);
+    let hot = || probe::buffered_write(root, kb_records * 1000, 1000 * 1000);
+    let kb_rows: [(&str, &Measure, &Measure, &str, Option<f64>); 3] = [
+        (
+            "append 1 KB, batches of 1,000 handed to the log (value bytes)",
+            &handed,
+            &fresh,
+            "buffered write probe",
+            Some(0.75),
+        ),
+        (
+            "the same, each batch built in the loop",
+            &built,
+            &fresh,
+            "buffered write probe",
+            None,
+        ),
+        (
+            "the same handed to the log, against rewriting one cache-hot 1 MB buffer",
+            &handed,
+            &hot,
+            "cache-hot write probe",
+            None,
+        ),
+    ];
+    for (what, ours, probe, probe_name, target) in kb_rows {
+        let p = Pair::run(rounds, ours, probe);
+        table.push(Row::compared(what, "none", &p, probe_name, mb_per_sec, target));
+    }
 
     // One record per call.
     let p = Pair::run(
