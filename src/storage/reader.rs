@@ -169,23 +169,19 @@ impl LogReader {
         if !open && !self.ready()? {
             return Ok(None);
         }
-        let LogReader {
-            current,
-            fetch,
-            decompressed,
-            position,
-            ..
-        } = self;
-        let cur = current.as_mut().expect("ready() leaves a batch with a record");
+        let cur = self
+            .current
+            .as_mut()
+            .expect("ready() leaves a batch with a record");
         let data = match cur.body {
-            Body::Fetched { start, end } => &fetch.bytes[start..end],
-            Body::Decompressed => &decompressed[..],
+            Body::Fetched { start, end } => &self.fetch.bytes[start..end],
+            Body::Decompressed => &self.decompressed[..],
         };
         let (record, used) =
             format::parse_record(&data[cur.at..], &cur.ctx, cur.index).map_err(Error::InvalidBatch)?;
         cur.at += used;
         cur.index += 1;
-        *position = record.offset + 1;
+        self.position = record.offset + 1;
         Ok(Some(record))
     }
 
