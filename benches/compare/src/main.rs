@@ -153,20 +153,26 @@ type Measure<'a> = dyn Fn() -> f64 + 'a;
 fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
     let rounds = plan.rounds;
 
-    // Appends of 100 B in batches of 1,000, no fsync.
-    let p = Pair::run(
-        rounds,
-        || engine::append(Log::Rivulet, root, plan.append_records, 100, 1000),
-        || engine::append(Log::Commitlog, root, plan.append_records, 100, 1000),
-    );
-    table.push(Row::compared(
+    // Runs one comparison without fsync and adds its row.
+    let mut compare = |what: &str,
+                       ours: &Measure,
+                       theirs: &Measure,
+                       other: &str,
+                       unit: fn(f64) -> String,
+                       target: Option<f64>| {
+        let p = Pair::run(rounds, ours, theirs);
+        table.push(Row::compared(what, "none", &p, other, unit, target));
+    };
+
+    // Appends of 100 B in batches of 1,000.
+    compare(
         "append 100 B, batches of 1,000",
-        "none",
-        &p,
+        &|| engine::append(Log::Rivulet, root, plan.append_records, 100, 1000),
+        &|| engine::append(Log::Commitlog, root, plan.append_records, 100, 1000),
         "commitlog",
         per_sec,
         Some(1.2),
-    ));
+    );
 
     // Appends of 1 KB in batches of 1,000 against buffered writes of the same value bytes in
     // chunks of one batch. Judged: the log appending batches built before the clock starts
@@ -176,64 +182,49 @@ fn engine_rows(table: &mut Table, root: &Path, plan: Plan) {
     // never reads fresh memory nor frees any).
     let kb_records = plan.append_records / 10;
     let handed = || engine::append_ready(root, kb_records / 1000, 1000, 1000, Fsync::Never) * 1000.0 / 1e6;
-    let built = || engine::append(Log::Rivulet, root, kb_records, 1000, 1000) * 1000.0 / 1e6;
     let fresh = || probe::buffered_write_fresh(root, kb_records * 1000, 1000 * 1000);
-    let hot = || probe::buffered_write(root, kb_records * 1000, 1000 * 1000);
-    let kb_rows: [(&str, &Measure, &Measure, &str, Option<f64>); 3] = [
-        (
-            "append 1 KB, batches of 1,000 handed to the log (value bytes)",
-            &handed,
-            &fresh,
-            "buffered write probe",
-            Some(0.75),
-        ),
-        (
-            "the same, each batch built in the loop",
-            &built,
-            &fresh,
-            "buffered write probe",
-            None,
-        ),
-        (
-            "the same handed to the log, against rewriting one cache-hot 1 MB buffer",
-            &handed,
-            &hot,
-            "cache-hot write probe",
-            None,
-        ),
-    ];
-    for (what, ours, probe, probe_name, target) in kb_rows {
-        let p = Pair::run(rounds, ours, probe);
-        table.push(Row::compared(what, "none", &p, probe_name, mb_per_sec, target));
-    }
+    compare(
+        "append 1 KB, batches of 1,000 handed to the log (value bytes)",
+        &handed,
+        &fresh,
+        "buffered write probe",
+        mb_per_sec,
+        Some(0.75),
+    );
+    compare(
+        "the same, each batch built in the loop",
+        &|| engine::append(Log::Rivulet, root, kb_records, 1000, 1000) * 1000.0 / 1e6,
+        &fresh,
+        "buffered write probe",
+        mb_per_sec,
+        None,
+    );
+    compare(
+        "the same handed to the log, against rewriting one cache-hot 1 MB buffer",
+        &handed,
+        &|| probe::buffered_write(root, kb_records * 1000, 1000 * 1000),
+        "cache-hot write probe",
+        mb_per_sec,
+        None,
+    );
 
-    // One record per call.
-    let p = Pair::run(
-        rounds,
-        || engine::append(Log::Rivulet, root, plan.single_records, 100, 1),
-        || engine::append(Log::Commitlog, root, plan.single_records, 100, 1),
-    );
-    table.push(Row::compared(
+    // One record per call: from one thread, and from four through the producer.
+    compare(
         "append 100 B, one record per call",
-        "none",
-        &p,
+        &|| engine::append(Log::Rivulet, root, plan.single_records, 100, 1),
+        &|| engine::append(Log::Commitlog, root, plan.single_records, 100, 1),
         "commitlog",
         per_sec,
         Some(1.5),
-    ));
-    let p = Pair::run(
-        rounds,
-        || engine::many_senders(Log::Rivulet, root, 4, plan.single_records / 4),
-        || engine::many_senders(Log::Commitlog, root, 4, plan.single_records / 4),
     );
-    table.push(Row::compared(
+    compare(
         "append 100 B one per call from 4 threads (Producer::send; commitlog behind a mutex)",
-        "none",
-        &p,
+        &|| engine::many_senders(Log::Rivulet, root, 4, plan.single_records / 4),
+        &|| engine::many_senders(Log::Commitlog, root, 4, plan.single_records / 4),
         "commitlog",
         per_sec,
         Some(1.5),
-    ));
+    );
 
     // Group commit: batches of 1,000 x 100 B, each made durable, against the probe writing
     // and fdatasyncing the same bytes per batch. The disk's state is probed before and after.
