@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -20,7 +20,7 @@ use crate::broker::{Broker, Topic, refuse_internal};
 use crate::config::{CompressionType, Fsync};
 use crate::error::{Error, Result};
 use crate::storage::{
-    AppendInfo, BatchBuilder, Compression, HEADER_LEN, PartitionLog, TimestampType, now_ms,
+    AppendInfo, BatchBuilder, Compression, HEADER_LEN, PartitionLog, TimestampType, now_ms, watch,
 };
 
 /// Kafka's murmur2 hash, as the Java client computes it for keyed partitioning.
@@ -230,19 +230,7 @@ impl Queue {
         }
         let seen = self.appended.load(Ordering::Acquire);
         let finished = parking_lot::MutexGuard::unlocked(state, || {
-            let start = Instant::now();
-            loop {
-                for _ in 0..16 {
-                    if self.appended.load(Ordering::Acquire) != seen {
-                        return true;
-                    }
-                    std::hint::spin_loop();
-                }
-                if start.elapsed() >= SPIN {
-                    return false;
-                }
-                std::thread::yield_now();
-            }
+            watch(SPIN, || self.appended.load(Ordering::Acquire) != seen)
         });
         // Checked again under the lock: the appender clears `appending` and notifies under it,
         // so a sleep that starts here cannot miss the wake-up.

@@ -153,6 +153,23 @@ pub(crate) struct Inner {
     pub(super) cleaned_to: AtomicI64,
 }
 
+/// Watches `ready` for up to `spin`, giving the core to other runnable threads between looks;
+/// returns whether it came true. For waiters whose event usually comes sooner than a sleep
+/// and a wake-up would (a consumer at the tail of a busy log, a sender behind an append to
+/// the page cache).
+pub(crate) fn watch(spin: Duration, ready: impl Fn() -> bool) -> bool {
+    let until = Instant::now() + spin;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// A wake-up shared by several logs: raised when any of them advances. Waiters note the
 /// count, check their logs, and sleep only if the count has not moved since.
 ///
@@ -203,14 +220,9 @@ impl Signal {
     /// Like [`Signal::wait_past`], but watches the count for up to `spin` before sleeping
     /// (yielding the core to other runnable threads meanwhile).
     pub fn wait_past_spinning(&self, seen: u64, deadline: Instant, spin: Duration) -> bool {
+        let spin = spin.min(deadline.saturating_duration_since(Instant::now()));
         if !spin.is_zero() {
-            let spin_until = deadline.min(Instant::now() + spin);
-            while self.count() == seen {
-                if Instant::now() >= spin_until {
-                    break;
-                }
-                std::thread::yield_now();
-            }
+            watch(spin, || self.count() != seen);
         }
         if self.count() != seen {
             return true;
@@ -882,6 +894,54 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Err(e) = self.close() {
             log::warn!("{}: closing on drop: {e}", self.dir.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_reports_whether_the_condition_came_true_in_time() {
+        assert!(watch(Duration::ZERO, || true), "already true: no wait");
+        let start = Instant::now();
+        assert!(!watch(Duration::from_millis(5), || false));
+        assert!(
+            start.elapsed() >= Duration::from_millis(5),
+            "watched the whole window"
+        );
+        let looks = AtomicU64::new(0);
+        assert!(watch(Duration::from_secs(10), || looks
+            .fetch_add(1, Ordering::SeqCst)
+            >= 3));
+        assert_eq!(looks.load(Ordering::SeqCst), 4, "stops at the first true look");
+    }
+
+    #[test]
+    fn a_spinning_waiter_sees_raises_during_and_after_its_spin() {
+        let signal = Signal::new();
+        // Not raised: false at the deadline, even with a spin longer than the wait.
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(20);
+        assert!(!signal.wait_past_spinning(0, deadline, Duration::from_secs(10)));
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(20), "returned early: {waited:?}");
+        assert!(
+            waited < Duration::from_secs(5),
+            "spun past the deadline: {waited:?}"
+        );
+        // Raised while the waiter spins, and (second round) after its spin, while it sleeps.
+        for (spin, raise_after) in [(Duration::from_secs(5), 10), (Duration::from_millis(1), 50)] {
+            let seen = signal.count();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(raise_after));
+                    signal.raise();
+                });
+                let deadline = Instant::now() + Duration::from_secs(10);
+                assert!(signal.wait_past_spinning(seen, deadline, spin), "missed a raise");
+            });
         }
     }
 }

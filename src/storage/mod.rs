@@ -38,7 +38,7 @@ pub use format::{
 };
 pub use housekeeper::Housekeeper;
 pub use io::{FaultyFs, Fs, FsFile, StdFs};
-pub(crate) use log::now_ms;
 pub use log::{AppendInfo, LogBuilder, PartitionLog, RaisedPast, Signal, TimestampOffset};
+pub(crate) use log::{now_ms, watch};
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
 pub use recovery::FORMAT_VERSION;
