@@ -191,7 +191,8 @@ impl Inner {
                     Kept::None => return Ok(()),
                 };
                 let header = *Batch::parse_trusted(bytes).0.header();
-                out.append(bytes, &header, config.index_interval_bytes)
+                // Written with system calls: the staged segment is synced whole just below.
+                out.append(bytes, &header, config.index_interval_bytes, false)
                     .map_err(|e| e.into_error())
             })?;
             out.sync()?;

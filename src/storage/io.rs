@@ -48,6 +48,13 @@ pub trait FsFile: Send + Sync + fmt::Debug {
     }
     /// The underlying file, for memory maps.
     fn file(&self) -> &File;
+    /// Whether small appends may be copied into a shared map of [`FsFile::file`] instead of
+    /// going through [`FsFile::write_all_at`] (and the file extended with reserved blocks
+    /// ahead of them). False unless an implementation opts in: one that watches or changes
+    /// writes must see them all.
+    fn appends_through_map(&self) -> bool {
+        false
+    }
 
     /// Reads exactly `buf.len()` bytes at `pos`, failing with `UnexpectedEof` if the file ends.
     fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
@@ -116,6 +123,9 @@ impl FsFile for StdFile {
     fn file(&self) -> &File {
         &self.0
     }
+    fn appends_through_map(&self) -> bool {
+        true
+    }
 }
 
 /// Real files with faults on demand, for tests.
@@ -143,6 +153,8 @@ struct FaultState {
     crashed: AtomicBool,
     writes: AtomicU64,
     syncs: AtomicU64,
+    /// Small appends may go through a map of the file (see [`FaultyFs::map_appends`]).
+    map_appends: AtomicBool,
 }
 
 impl fmt::Debug for FaultyFs {
@@ -181,6 +193,13 @@ impl FaultyFs {
     /// removals. That operation and every later one fail.
     pub fn crash_after_ops(&self, n: u64) {
         self.state.ops_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Lets small appends be copied into a map of the file, as they are on the real file
+    /// system, until a crash. Those writes are neither counted nor failed; a crash keeps or
+    /// cuts their bytes like any unsynced ones (the reserved length past them included).
+    pub fn map_appends(&self) {
+        self.state.map_appends.store(true, Ordering::SeqCst);
     }
 
     /// Disarms all faults.
@@ -354,6 +373,11 @@ impl FsFile for FaultyFile {
 
     fn file(&self) -> &File {
         &self.file
+    }
+
+    fn appends_through_map(&self) -> bool {
+        let state = &self.fs.state;
+        state.map_appends.load(Ordering::SeqCst) && !state.crashed.load(Ordering::SeqCst)
     }
 }
 

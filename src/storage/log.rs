@@ -552,10 +552,12 @@ impl Inner {
                 batch.set_log_append_time(now);
             }
             let header = batch.header();
-            match w
-                .active
-                .append(batch.as_bytes(), &header, config.index_interval_bytes)
-            {
+            match w.active.append(
+                batch.as_bytes(),
+                &header,
+                config.index_interval_bytes,
+                config.fsync != Fsync::Always,
+            ) {
                 Ok(()) => {}
                 Err(AppendError::NothingWritten(e)) => return Err(e),
                 Err(AppendError::Damaged(e)) => {
@@ -612,6 +614,7 @@ impl Inner {
     /// can ever have a torn tail) and starts a new one at the log end offset.
     pub(super) fn roll_locked(&self, w: &mut Writer) -> Result<()> {
         let old = w.active.clone();
+        old.trim()?;
         if let Err(e) = old.sync() {
             return Err(match e {
                 Error::Io { source, .. } => self.poison(source),
@@ -879,6 +882,7 @@ impl Inner {
             self.lock.lock().take();
             return Ok(());
         }
+        w.active.trim()?;
         w.active.sync()?;
         w.active.seal()?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);

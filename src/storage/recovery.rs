@@ -89,11 +89,20 @@ impl Inner {
             };
             if let Some(why) = end.stopped_by {
                 if last {
-                    log::warn!(
-                        "recovery: truncating {} at byte {} ({why})",
-                        seg.path().display(),
-                        end.valid_len
-                    );
+                    if seg.zeros_from(end.valid_len)? {
+                        log::info!(
+                            "recovery: cutting the zeros past byte {} of {} (blocks reserved \
+                             for appends, or writes the crash took back)",
+                            end.valid_len,
+                            seg.path().display()
+                        );
+                    } else {
+                        log::warn!(
+                            "recovery: truncating {} at byte {} ({why})",
+                            seg.path().display(),
+                            end.valid_len
+                        );
+                    }
                     seg.truncate_file(end.valid_len)?;
                 } else {
                     // Sealed segments are never cut: reads of the bad batch report it.

@@ -10,10 +10,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
+use parking_lot::Mutex;
+
 use crate::error::{BatchError, Error, IoContext, Result};
 use crate::storage::format::{self, Batch, BatchHeader, HEADER_LEN};
 use crate::storage::index::{Index, IndexKind, OffsetIndex, TimeIndex};
 use crate::storage::io::{Fs, FsFile};
+use crate::storage::mmap::MappedTail;
+
+/// Batches up to this size may be copied into the map of the segment's tail instead of being
+/// written with `pwrite`. On the development machine the system call costs about 1 us and then
+/// writes 4.5 GB/s, while the map's page faults hold it to about 1 GB/s: the two meet near
+/// 1.3 KB.
+const MAPPED_APPEND_MAX: usize = 1024;
 
 /// File name stem of a segment: its base offset in 20 digits, as Kafka names them.
 pub(crate) fn file_stem(base_offset: i64) -> String {
@@ -47,6 +56,8 @@ pub(crate) struct Segment {
     offset_of_max_timestamp: AtomicI64,
     /// Bytes of batches since the last index entry. The writer's alone.
     bytes_since_index: AtomicU32,
+    /// The map small appends are copied into. The writer's alone.
+    tail: Mutex<MappedTail>,
 }
 
 /// What a scan of a segment's bytes found.
@@ -88,6 +99,7 @@ impl Segment {
             max_timestamp: AtomicI64::new(-1),
             offset_of_max_timestamp: AtomicI64::new(base_offset),
             bytes_since_index: AtomicU32::new(0),
+            tail: Mutex::new(MappedTail::default()),
         })
     }
 
@@ -137,17 +149,25 @@ impl Segment {
         last_offset - self.base_offset <= i32::MAX as i64
     }
 
-    /// Appends one batch's bytes. On failure the file is cut back to where it was; if even
+    /// Appends one batch's bytes. A small batch is copied into the map of the file's tail
+    /// when `through_map` allows it (the policy does not sync every append); others are
+    /// written with a system call. On failure the file is cut back to where it was; if even
     /// that fails the error says so and the caller must stop writing.
     pub(crate) fn append(
         &self,
         bytes: &[u8],
         header: &BatchHeader,
         index_interval: u32,
+        through_map: bool,
     ) -> Result<(), AppendError> {
         let pos = self.size();
-        if let Err(e) = self.file.write_all_at(bytes, pos) {
-            let cut = self.file.set_len(pos);
+        let mut tail = self.tail.lock();
+        let mapped = through_map
+            && bytes.len() <= MAPPED_APPEND_MAX
+            && self.file.appends_through_map()
+            && tail.write(self.file.file(), pos, bytes);
+        if !mapped && let Err(e) = self.file.write_all_at(bytes, pos) {
+            let cut = tail.shorten(pos, || self.file.set_len(pos));
             let err = Error::Io {
                 op: "write",
                 path: self.path.clone(),
@@ -158,7 +178,21 @@ impl Segment {
                 Err(_) => AppendError::Damaged(err),
             });
         }
+        drop(tail);
         self.note_batch(pos, header, index_interval, true);
+        Ok(())
+    }
+
+    /// Gives back the blocks reserved past the last batch for mapped appends. Called before
+    /// the segment is sealed and when the log closes; a crash leaves them as zeros, which
+    /// recovery cuts.
+    pub(crate) fn trim(&self) -> Result<()> {
+        let mut tail = self.tail.lock();
+        let len = self.size();
+        if tail.reserved_past(len) {
+            tail.shorten(len, || self.file.set_len(len))
+                .ctx("truncate", &self.path)?;
+        }
         Ok(())
     }
 
@@ -469,9 +503,27 @@ impl Segment {
         Ok(Some(end))
     }
 
+    /// True if every byte of the file from `pos` to its end is zero.
+    pub(crate) fn zeros_from(&self, mut pos: u64) -> Result<bool> {
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            let n = self.file.read_at(&mut chunk, pos).ctx("read", &self.path)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            if chunk[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            pos += n as u64;
+        }
+    }
+
     /// Cuts the log file to `len` (a batch boundary found by a scan).
     pub(crate) fn truncate_file(&self, len: u64) -> Result<()> {
-        self.file.set_len(len).ctx("truncate", &self.path)?;
+        self.tail
+            .lock()
+            .shorten(len, || self.file.set_len(len))
+            .ctx("truncate", &self.path)?;
         self.size.store(len, Ordering::Release);
         self.readable.fetch_min(len, Ordering::AcqRel);
         Ok(())
