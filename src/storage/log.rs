@@ -292,6 +292,9 @@ pub(super) struct Writer {
     pub(super) active: Arc<Segment>,
     /// When the active segment got its first batch in this process (for `segment.ms`).
     pub(super) first_append: Option<Instant>,
+    /// The last clean close's marker still stands: the active segment is as that close left
+    /// it (its indexes trimmed), and nothing needs syncing.
+    pub(super) marked_clean: bool,
 }
 
 #[derive(Debug)]
@@ -455,6 +458,7 @@ impl PartitionLog {
         if w.active.is_empty() {
             return Ok(());
         }
+        self.inner.unmark_clean(&mut w)?;
         self.inner.roll_locked(&mut w)
     }
 
@@ -544,6 +548,7 @@ impl Inner {
         let (info, generation) = {
             let mut w = self.writer.lock();
             self.check_writable()?;
+            self.unmark_clean(&mut w)?;
             let base = self.log_end.load(Ordering::Relaxed);
             let last = base + batch.header().last_offset_delta as i64;
             self.maybe_roll(&mut w, &config, batch.len(), last)?;
@@ -590,6 +595,25 @@ impl Inner {
                 })?;
         }
         Ok(info)
+    }
+
+    /// Before the first change to the active segment after a clean open: removes the
+    /// clean-shutdown marker, durably, then extends the active segment's indexes for
+    /// appending (in that order: a marker must never stand beside untrimmed indexes).
+    pub(super) fn unmark_clean(&self, w: &mut Writer) -> Result<()> {
+        if !w.marked_clean {
+            return Ok(());
+        }
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        match self.fs.remove_file(&marker) {
+            // Gone already if an earlier attempt failed at the directory sync.
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e).ctx("remove", &marker),
+            _ => {}
+        }
+        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
+        w.active.unseal(self.cfg().segment_index_bytes)?;
+        w.marked_clean = false;
+        Ok(())
     }
 
     /// Rolls if the next batch (`len` bytes, ending at `last_offset`) should not go into the
@@ -877,8 +901,9 @@ impl Inner {
             self.advanced.notify_all();
         }
         self.signal_watchers();
-        if self.poison.get().is_some() {
-            // Leave no clean-shutdown marker: the next open must recover.
+        if self.poison.get().is_some() || w.marked_clean {
+            // Poisoned: leave no clean-shutdown marker, the next open must recover. Marked
+            // clean: nothing changed since the last clean close, whose marker still stands.
             self.lock.lock().take();
             return Ok(());
         }

@@ -63,6 +63,8 @@ impl Inner {
         }
         let mut segments = Vec::with_capacity(bases.len());
         let n = bases.len();
+        // Whether recovery left the active segment as the last clean close did.
+        let mut active_as_closed = clean;
         for (i, &base) in bases.iter().enumerate() {
             let last = i + 1 == n;
             let had_indexes = Segment::index_files_exist(&dir, base);
@@ -80,7 +82,9 @@ impl Inner {
                     None => {
                         log::warn!("rebuilding the indexes of {}", seg.path().display());
                         let end = seg.rebuild(interval, last, config.segment_index_bytes)?;
-                        if !last {
+                        if last {
+                            active_as_closed = false;
+                        } else {
                             seg.seal()?;
                         }
                         end
@@ -89,6 +93,7 @@ impl Inner {
             };
             if let Some(why) = end.stopped_by {
                 if last {
+                    active_as_closed = false;
                     if seg.zeros_from(end.valid_len)? {
                         log::info!(
                             "recovery: cutting the zeros past byte {} of {} (blocks reserved \
@@ -117,14 +122,19 @@ impl Inner {
             segments.push(Arc::new(seg));
         }
         let active = segments.last().expect("at least one segment").clone();
-        active.unseal(config.segment_index_bytes)?;
-        // Whatever survived is made durable before anyone reads it.
-        active.sync()?;
-        if clean {
-            let marker = dir.join(CLEAN_SHUTDOWN_FILE);
-            fs.remove_file(&marker).ctx("remove", &marker)?;
+        // After a clean close that recovery did not have to mend, the marker stays until the
+        // first change to the active segment (`Inner::unmark_clean`): a log that is only read
+        // opens and closes without a sync.
+        if !active_as_closed {
+            active.unseal(config.segment_index_bytes)?;
+            // Whatever survived is made durable before anyone reads it.
+            active.sync()?;
+            if clean {
+                let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+                fs.remove_file(&marker).ctx("remove", &marker)?;
+            }
+            fs.sync_dir(&dir).ctx("fsync", &dir)?;
         }
-        fs.sync_dir(&dir).ctx("fsync", &dir)?;
 
         let log_end = active.next_offset();
         let log_start = meta.log_start_offset.max(segments[0].base_offset).min(log_end);
@@ -145,6 +155,7 @@ impl Inner {
             writer: Mutex::new(Writer {
                 active,
                 first_append: None,
+                marked_clean: active_as_closed,
             }),
             segments: RwLock::new(Arc::new(segments)),
             log_start: AtomicI64::new(log_start),

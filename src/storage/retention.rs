@@ -22,6 +22,7 @@ impl Inner {
         if offset < start {
             return Err(self.out_of_range(offset));
         }
+        self.unmark_clean(&mut w)?;
         let segments = self.snapshot();
         // Keep the segments that start below `offset`, and always the first.
         let keep = segments.partition_point(|s| s.base_offset < offset).max(1);
