@@ -22,6 +22,16 @@ fn open(dir: &Path, fs: &FaultyFs) -> PartitionLog {
         .unwrap()
 }
 
+/// Appends `batches` batches of 5 records and closes the log; returns its segment count.
+fn write_and_close(dir: &Path, batches: usize) -> usize {
+    let log = open(dir, &FaultyFs::new());
+    for i in 0..batches {
+        log.append(simple_batch(i * 5, 5, i as i64)).unwrap();
+    }
+    log.close().unwrap();
+    log.segment_count()
+}
+
 /// Every file of the log but its lock, with its bytes.
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<_> = std::fs::read_dir(dir)
@@ -40,13 +50,8 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn a_read_only_session_leaves_the_files_and_the_marker_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), &FaultyFs::new());
-    for i in 0..100 {
-        log.append(simple_batch(i * 5, 5, i as i64)).unwrap();
-    }
-    assert!(log.segment_count() > 2, "several segments, the last one active");
-    log.close().unwrap();
-    drop(log);
+    let segments = write_and_close(dir.path(), 100);
+    assert!(segments > 2, "several segments, the last one active");
     let before = files(dir.path());
     assert!(before.iter().any(|(name, _)| name == MARKER));
 
@@ -70,12 +75,7 @@ fn a_read_only_session_leaves_the_files_and_the_marker_alone() {
 #[test]
 fn the_first_change_removes_the_marker_and_a_crash_after_it_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), &FaultyFs::new());
-    for i in 0..10 {
-        log.append(simple_batch(i * 5, 5, i as i64)).unwrap();
-    }
-    log.close().unwrap();
-    drop(log);
+    write_and_close(dir.path(), 10);
 
     let fs = FaultyFs::new();
     let log = open(dir.path(), &fs);

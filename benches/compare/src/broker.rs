@@ -139,6 +139,10 @@ impl Served {
             .client()
             .set("group.id", "compare")
             .set("enable.auto.commit", "false")
+            // librdkafka stops fetching for `fetch.queue.backoff.ms` (1 s by default) once its
+            // local queue holds `queued.min.messages` (100,000): a consumer fed faster than
+            // it polls would measure that pause, not the broker.
+            .set("fetch.queue.backoff.ms", "1")
             .create()
             .expect("a consumer");
         let mut tpl = TopicPartitionList::new();
