@@ -145,8 +145,9 @@ impl MappedTail {
         // SAFETY: the window maps `WINDOW` bytes from `start`, and `[pos, end)` lies inside it
         // (checked above), so the destination is in bounds. The file is at least `reserved >=
         // end` bytes long, and only `shorten` makes it shorter (the owner's promise), after
-        // unmapping, so the pages are backed by the file. Nothing else in this process writes these bytes or holds a
-        // reference to them (readers use `pread`), and `bytes` is a separate buffer.
+        // unmapping, so the pages are backed by the file. Nothing else in this process writes
+        // these bytes or holds a reference to them (readers use `pread`), and `bytes` is a
+        // separate buffer.
         unsafe {
             let dst = map.as_mut_ptr().add((pos - start) as usize);
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
