@@ -5,10 +5,15 @@
 //! p99, p99.9 and max for `Fsync::Never` and `Fsync::Always`, and for `Fsync::Never` with a
 //! consumer that spins 20 us before sleeping (`ConsumerConfig::poll_spin`).
 //!
-//! Run: `cargo bench --bench latency` (about 20 s).
+//! Then the time of each single append of one 100 B record to a log kept with `Fsync::Never`,
+//! one after another: the rare slow append (a page fault, a new map of the segment's tail) is
+//! what an open loop sees as a stall.
+//!
+//! Run: `cargo bench --bench latency` (about 25 s).
 
 use std::time::{Duration, Instant};
 
+use rivulet::storage::{BatchBuilder, Compression, PartitionLog};
 use rivulet::{
     Broker, Consumer, ConsumerConfig, Fsync, LogConfig, OffsetReset, Producer, ProducerRecord, TopicConfig,
     TopicPartition,
@@ -91,6 +96,24 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// Nanoseconds each of `n` single appends of one `VALUE`-byte record took, one after another.
+fn single_appends(n: usize) -> Vec<u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), LogConfig::default().fsync(Fsync::Never)).unwrap();
+    let value = [7u8; VALUE];
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut batch = BatchBuilder::with_capacity(Compression::None, 2 * VALUE);
+        batch.push(1_700_000_000_000, None, Some(&value), &[]);
+        let batch = batch.finish().unwrap();
+        let start = Instant::now();
+        log.append(batch).unwrap();
+        took.push(start.elapsed().as_nanos() as u64);
+    }
+    log.close().unwrap();
+    took
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run briefly then.
     let full = std::env::args().any(|a| a == "--bench");
@@ -127,4 +150,19 @@ fn main() {
             lat.len()
         );
     }
+
+    let n = if full { 500_000 } else { 20_000 };
+    single_appends(n / 10); // warm-up
+    let mut took = single_appends(n);
+    let slow = took.iter().filter(|&&ns| ns > 100_000).count();
+    took.sort_unstable();
+    println!(
+        "\nsingle appends of 100 B, no fsync, one after another ({n}): p50 {:.2} / p99 {:.2} / \
+         p99.9 {:.1} / p99.99 {:.1} / max {:.0} us; {slow} took over 100 us",
+        percentile(&took, 0.50),
+        percentile(&took, 0.99),
+        percentile(&took, 0.999),
+        percentile(&took, 0.9999),
+        *took.last().unwrap() as f64 / 1000.0,
+    );
 }
