@@ -462,19 +462,24 @@ fn latency_rows(table: &mut Table, root: &Path, plan: Plan) {
         });
     }
     drop(setup);
-    let h = probe::wake_latency(max * 0.5, secs);
-    table.push(Row {
-        what: format!(
-            "probe: waking a sleeping thread, open loop at {}",
-            per_sec(max * 0.5)
+    for (how, what) in [
+        (probe::Handoff::Wake, "waking a sleeping thread"),
+        (
+            probe::Handoff::Spin,
+            "handing a word to a spinning thread (no system calls)",
         ),
-        durability: "-",
-        ours: String::new(),
-        theirs: Percentiles::of(&h).to_string(),
-        ratio: String::new(),
-        target: String::new(),
-        verdict: Verdict::Info,
-    });
+    ] {
+        let h = probe::handoff_latency(max * 0.5, secs, how);
+        table.push(Row {
+            what: format!("probe: {what}, open loop at {}", per_sec(max * 0.5)),
+            durability: "-",
+            ours: String::new(),
+            theirs: Percentiles::of(&h).to_string(),
+            ratio: String::new(),
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+    }
 
     // A single durable append against the 4 KiB write+fdatasync probe: one after another,
     // then open loop at the same rates for both.

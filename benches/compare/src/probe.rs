@@ -132,25 +132,39 @@ pub fn page_cache_read(path: &Path) -> f64 {
     total as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
-/// One-way latency of waking a sleeping thread, due at `rate` per second for `for_how_long`:
-/// the waker stamps the time it was due and unparks the sleeper, which records how long it
-/// took to run.
-/// This is the floor under any handoff between a producer and a consumer that sleeps.
-pub fn wake_latency(rate: f64, for_how_long: Duration) -> Histogram<u64> {
+/// How the receiving thread of a hand-off probe waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// It sleeps (`park`) and is woken (`unpark`): the floor under any hand-off to a consumer
+    /// that sleeps.
+    Wake,
+    /// It spins on the shared word, never entering the kernel: the floor under any hand-off
+    /// between two threads at all on this machine (what is left is the scheduler's and the
+    /// hypervisor's).
+    Spin,
+}
+
+/// One-way latency of handing a time stamp from one thread to another, due at `rate` per
+/// second for `for_how_long`: the sender stamps the time it was due, the receiver records how
+/// long it took to see it.
+pub fn handoff_latency(rate: f64, for_how_long: Duration, how: Handoff) -> Histogram<u64> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let total = (for_how_long.as_secs_f64() * rate) as u64;
     let origin = Instant::now();
-    // Nanoseconds since `origin` of the latest wake-up, 0 while none is pending.
+    // Nanoseconds since `origin` of the latest hand-off, 0 while none is pending.
     let stamp = Arc::new(AtomicU64::new(0));
-    let sleeper = {
+    let receiver = {
         let stamp = stamp.clone();
         std::thread::spawn(move || {
             let mut h = histogram();
             let mut got = 0;
             while got < total {
-                std::thread::park();
+                match how {
+                    Handoff::Wake => std::thread::park(),
+                    Handoff::Spin => std::hint::spin_loop(),
+                }
                 let sent = stamp.swap(0, Ordering::AcqRel);
                 if sent != 0 {
                     let now = origin.elapsed().as_nanos() as u64;
@@ -166,13 +180,15 @@ pub fn wake_latency(rate: f64, for_how_long: Duration) -> Histogram<u64> {
     for i in 0..total {
         let due = start + period.mul_f64(i as f64);
         crate::measure::wait_until(due);
-        // One wake-up pending at a time (a late sleeper delays the next, which is then
+        // One hand-off pending at a time (a late receiver delays the next, which is then
         // measured from when it was due, as in every open loop here).
         while stamp.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
         }
         stamp.store((due - origin).as_nanos().max(1) as u64, Ordering::Release);
-        sleeper.thread().unpark();
+        if how == Handoff::Wake {
+            receiver.thread().unpark();
+        }
     }
-    sleeper.join().expect("the sleeper")
+    receiver.join().expect("the receiver")
 }
