@@ -104,7 +104,13 @@ impl Index {
         let len = wanted * entry;
         self.file.set_len(len as u64).ctx("resize", &self.path)?;
         if len > 0 {
-            *map = Some(MappedWords::new(self.file.file(), len).ctx("mmap", &self.path)?);
+            let words = MappedWords::new(self.file.file(), len).ctx("mmap", &self.path)?;
+            if capacity_bytes.is_some()
+                && let Err(e) = words.no_read_ahead_from(entries * entry)
+            {
+                log::debug!("madvise on {}: {e}", self.path.display());
+            }
+            *map = Some(words);
         }
         self.capacity.store(wanted, Ordering::Release);
         Ok(())

@@ -18,7 +18,7 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 
-use memmap2::{MmapMut, MmapOptions, MmapRaw};
+use memmap2::{Advice, MmapMut, MmapOptions, MmapRaw};
 
 /// A shared, writable map of the first `len` bytes of a file, as 32-bit words.
 pub(crate) struct MappedWords {
@@ -68,6 +68,17 @@ impl MappedWords {
         // backed by the file (see `new`). All access goes through atomics, so concurrent
         // stores by the writer and loads by readers are not data races.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr(), self.len / 4) }
+    }
+
+    /// Turns off read-ahead for the pages from byte `from` on, which the writer fills one
+    /// entry at a time: otherwise the first write into an untouched stretch of them makes the
+    /// kernel read ahead (allocate and zero) many pages at once, which stalled one append for
+    /// 4-7 ms. The entries before `from` keep read-ahead for the scan that checks them on open.
+    pub(crate) fn no_read_ahead_from(&self, from: usize) -> io::Result<()> {
+        if from >= self.len {
+            return Ok(());
+        }
+        self.map.advise_range(Advice::Random, from, self.len - from)
     }
 
     /// Writes the mapped pages back to the file (`msync`).
@@ -141,7 +152,7 @@ impl MappedTail {
                     // kernel read ahead (allocate and zero) some 64 pages at once, a 100-200 us
                     // stall for one append in every 1,500 of 100 B; page by page, the same work
                     // is spread over the appends that write each page.
-                    if let Err(e) = map.advise(memmap2::Advice::Random) {
+                    if let Err(e) = map.advise(Advice::Random) {
                         log::debug!("no madvise(MADV_RANDOM) on the segment's tail: {e}");
                     }
                     self.window = Some((map, start));
@@ -262,5 +273,35 @@ mod tests {
         std::io::Read::read_to_end(&mut &file, &mut got).unwrap();
         assert_eq!(got.len() as u64, pos);
         assert!(got == pattern(0, pos as usize), "the file holds every write");
+    }
+
+    #[test]
+    fn read_ahead_can_be_turned_off_from_any_byte_and_the_words_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("words"))
+            .unwrap();
+        let len = 3 * 4096 + 100;
+        file.set_len(len as u64).unwrap();
+        let map = MappedWords::new(&file, len).unwrap();
+        for (i, w) in map.words().iter().enumerate().step_by(7) {
+            w.store(i as u32, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Unaligned starts, a page boundary, the end and past it.
+        for from in [0, 6, 4096, 4100, len - 4, len, len + 4096] {
+            map.no_read_ahead_from(from).unwrap();
+        }
+        map.flush().unwrap();
+        drop(map);
+        let mut got = vec![0u8; len];
+        file.read_exact_at(&mut got, 0).unwrap();
+        for (i, word) in got.chunks_exact(4).enumerate() {
+            let want = if i % 7 == 0 { i as u32 } else { 0 };
+            assert_eq!(u32::from_ne_bytes(word.try_into().unwrap()), want, "word {i}");
+        }
     }
 }
