@@ -229,16 +229,20 @@ mod tests {
         (pos..pos + len as u64).map(|p| (p * 7 + p / 251) as u8).collect()
     }
 
+    /// An empty file in `dir`, open for reading and writing.
+    fn new_file(dir: &tempfile::TempDir) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("f"))
+            .unwrap()
+    }
+
     #[test]
     fn mapped_and_plain_writes_build_the_file_across_windows_and_cuts() {
         let dir = tempfile::tempdir().unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let file = new_file(&dir);
         let mut tail = MappedTail::default();
         let mut pos = 0u64;
         let mut i = 0usize;
@@ -278,13 +282,7 @@ mod tests {
     #[test]
     fn read_ahead_can_be_turned_off_from_any_byte_and_the_words_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("words"))
-            .unwrap();
+        let file = new_file(&dir);
         let len = 3 * 4096 + 100;
         file.set_len(len as u64).unwrap();
         let map = MappedWords::new(&file, len).unwrap();
