@@ -163,7 +163,13 @@ pub fn handoff_latency(rate: f64, for_how_long: Duration, how: Handoff) -> Histo
             while got < total {
                 match how {
                     Handoff::Wake => std::thread::park(),
-                    Handoff::Spin => std::hint::spin_loop(),
+                    // Reads only, until there is something to take: a write of the shared line
+                    // on every look would slow the sender's store.
+                    Handoff::Spin => {
+                        while stamp.load(Ordering::Relaxed) == 0 {
+                            std::hint::spin_loop();
+                        }
+                    }
                 }
                 let sent = stamp.swap(0, Ordering::AcqRel);
                 if sent != 0 {
