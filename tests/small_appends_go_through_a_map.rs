@@ -75,7 +75,7 @@ fn reserved_blocks_are_given_back_and_mixed_sizes_read_back() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let log = PartitionLog::open(dir.path(), config(fsync)).unwrap();
-        // About 1.6 MB: the first segment rolls on size, within a mapped window. The check
+        // About 1.6 MB: the first segment rolls on size, past several mapped windows. The check
         // comes after a small record (a large one may have ended past the reservation).
         append(&log, 0..7_990);
         assert!(
