@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::group::{Assignor, MemberRef, OffsetAndMetadata};
+use crate::storage::ReadPin;
 use crate::storage::format::{self, HEADER_LEN, RecordContext};
-use crate::storage::segment::Segment;
 use crate::storage::{Batch, Compression, Headers, PartitionLog, Signal, TimestampOffset};
 
 mod membership;
@@ -253,7 +253,7 @@ struct Assigned {
     /// `ConsumerRecords` still holds them.
     spare: Option<Arc<Vec<u8>>>,
     /// The segment read last (see `read_pinned`).
-    pinned: Option<Arc<Segment>>,
+    pinned: Option<ReadPin>,
 }
 
 /// The rest of a fetch: whole batches from byte `at` on, good while the consumer's position

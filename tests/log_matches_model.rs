@@ -1,22 +1,27 @@
 //! Random operation sequences against a model (a list of batches): append, read, read by
-//! timestamp, roll, flush, retention, delete-records, truncation, clean reopen, and crash
-//! (keeping only what was synced, optionally with a torn partial tail).
+//! timestamp, roll, flush, retention, delete-records, truncation, compaction (alone, or with a
+//! truncation and an append landing between its copying and its installing), clean reopen,
+//! and crash (keeping only what was synced, optionally with a torn partial tail).
 //!
 //! After every step the log must equal the model. After a crash the log must hold the model's
 //! durable prefix plus possibly some later acknowledged batches, whole, and nothing else.
+//! Compacted runs (`cleanup.policy=compact,delete`, every record keyed) check that a clean
+//! keeps each key's latest record below where it cleaned, and that a clean a truncation
+//! overtook installs nothing.
 //!
 //! Half the runs let small appends go through the map of the segment's tail (as on the real
 //! file system), so crashes also cut into the blocks reserved ahead of them.
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::{Rec, batch, read_all};
 use proptest::prelude::*;
 use rivulet::storage::{Compression, FaultyFs, PartitionLog};
-use rivulet::{Fsync, LogConfig};
+use rivulet::{CleanupPolicy, Fsync, LogConfig};
 
 const RETENTION_MS: i64 = 1_000;
 
@@ -32,6 +37,9 @@ enum Op {
     Retention(i64),
     DeleteBefore(u8),
     Truncate(u8),
+    /// A clean; with `Some`, while it is between copying and installing, a truncation at the
+    /// picked offset and an append of that many records (1-3, none if 0) land.
+    Compact(Option<(u8, u8)>),
     Reopen,
     /// Crash keeping this fraction (0-255 of 256) of each file's unsynced bytes.
     Crash(u8),
@@ -62,6 +70,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0i64..3000).prop_map(Op::Retention),
         1 => any::<u8>().prop_map(Op::DeleteBefore),
         1 => any::<u8>().prop_map(Op::Truncate),
+        2 => proptest::option::of((any::<u8>(), 0u8..4)).prop_map(Op::Compact),
         1 => Just(Op::Reopen),
         2 => any::<u8>().prop_map(Op::Crash),
     ]
@@ -76,9 +85,18 @@ fn policy() -> impl Strategy<Value = Fsync> {
     ]
 }
 
+/// An acknowledged batch: its offsets, and the records a clean has left of it (none: the
+/// batch is gone from the log).
+#[derive(Debug, Clone)]
+struct MBatch {
+    base: i64,
+    last: i64,
+    recs: Vec<Rec>,
+}
+
 struct Model {
-    /// Acknowledged batches, in order, with their assigned offsets.
-    batches: Vec<Vec<Rec>>,
+    /// Acknowledged batches, in order.
+    batches: Vec<MBatch>,
     /// Batches known to be on disk.
     durable: usize,
     /// The high watermark the log must report.
@@ -90,7 +108,7 @@ struct Model {
 
 impl Model {
     fn records(&self) -> impl Iterator<Item = &Rec> {
-        self.batches.iter().flatten()
+        self.batches.iter().flat_map(|b| &b.recs)
     }
 
     /// What a reader from the log start must see.
@@ -107,9 +125,34 @@ impl Model {
         self.hw = self.next_offset;
     }
 
-    /// The log end after cutting the batches from `keep` on.
-    fn end_after_cut(&self, keep: usize) -> i64 {
-        self.batches.get(keep).map_or(self.next_offset, |b| b[0].offset)
+    /// Whether a log cut at `end` holds whole batches: no batch still in the log straddles it.
+    fn is_batch_boundary(&self, end: i64) -> bool {
+        !self
+            .batches
+            .iter()
+            .any(|b| !b.recs.is_empty() && b.base < end && end <= b.last)
+    }
+
+    /// Batches that end before `end`, and the log end `end`.
+    fn cut_at(&mut self, end: i64) {
+        self.batches.retain(|b| b.last < end);
+        self.durable = self.durable.min(self.batches.len());
+        self.next_offset = end;
+        self.hw = self.hw.min(end);
+        self.log_start = self.log_start.min(end);
+    }
+
+    /// Keeps, below `cleaned_to`, each key's latest record (tombstones included: the tests'
+    /// `delete.retention.ms` outlasts them).
+    fn compact(&mut self, cleaned_to: i64) {
+        let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+        for r in self.records().filter(|r| r.offset < cleaned_to) {
+            latest.insert(r.key.clone().expect("compacted runs key every record"), r.offset);
+        }
+        for b in &mut self.batches {
+            b.recs
+                .retain(|r| r.offset >= cleaned_to || latest[r.key.as_ref().unwrap()] == r.offset);
+        }
     }
 
     fn offset_at(&self, pick: u8) -> i64 {
@@ -118,8 +161,15 @@ impl Model {
     }
 }
 
-fn config(policy: Fsync) -> LogConfig {
+fn config(policy: Fsync, compacted: bool) -> LogConfig {
+    let cleanup = if compacted {
+        CleanupPolicy::CompactDelete
+    } else {
+        CleanupPolicy::Delete
+    };
     LogConfig::default()
+        .cleanup_policy(cleanup)
+        .delete_retention(Duration::from_secs(100 * 365 * 24 * 3600))
         .segment_bytes(2048)
         .index_interval_bytes(128)
         .segment_index_bytes(96)
@@ -127,13 +177,13 @@ fn config(policy: Fsync) -> LogConfig {
         .fsync(policy)
 }
 
-fn open(dir: &std::path::Path, policy: Fsync, mapped: bool) -> (PartitionLog, FaultyFs) {
+fn open(dir: &std::path::Path, policy: Fsync, mapped: bool, compacted: bool) -> (PartitionLog, FaultyFs) {
     let fs = FaultyFs::new();
     if mapped {
         fs.map_appends();
     }
     let log = PartitionLog::builder(dir)
-        .config(config(policy))
+        .config(config(policy, compacted))
         .fs(Arc::new(fs.clone()))
         .open()
         .unwrap();
@@ -153,12 +203,12 @@ fn check(log: &PartitionLog, model: &mut Model) -> Result<(), TestCaseError> {
             hw,
             model.hw
         );
-        let synced = model
-            .batches
-            .iter()
-            .take_while(|b| b.last().unwrap().offset < hw)
-            .count();
-        prop_assert_eq!(model.end_after_cut(synced), hw, "high watermark inside a batch");
+        prop_assert!(
+            model.is_batch_boundary(hw),
+            "high watermark {} inside a batch",
+            hw
+        );
+        let synced = model.batches.iter().take_while(|b| b.last < hw).count();
         model.hw = hw;
         model.durable = model.durable.max(synced);
     }
@@ -166,9 +216,9 @@ fn check(log: &PartitionLog, model: &mut Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn run(policy: Fsync, mapped: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(policy: Fsync, mapped: bool, compacted: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, mut fs) = open(dir.path(), policy, mapped);
+    let (mut log, mut fs) = open(dir.path(), policy, mapped, compacted);
     let mut model = Model {
         batches: Vec::new(),
         durable: 0,
@@ -183,6 +233,8 @@ fn run(policy: Fsync, mapped: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mut recs = Vec::new();
                 for (step, key, len) in spec {
                     model.clock += step;
+                    // A compacted log refuses keyless records.
+                    let key = if compacted { Some(key.unwrap_or(0)) } else { key };
                     let key = key.map(|k| vec![b'k', k]);
                     let value = len.map(|n| vec![(n % 251) as u8; n as usize]);
                     let mut r = Rec::new(model.clock, key.as_deref(), value.as_deref());
@@ -197,7 +249,11 @@ fn run(policy: Fsync, mapped: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     r.offset = info.base_offset + i as i64;
                 }
                 model.next_offset = info.last_offset + 1;
-                model.batches.push(recs);
+                model.batches.push(MBatch {
+                    base: info.base_offset,
+                    last: info.last_offset,
+                    recs,
+                });
                 match policy {
                     Fsync::Always => model.sync_all(),
                     Fsync::Never => model.hw = model.next_offset,
@@ -255,49 +311,124 @@ fn run(policy: Fsync, mapped: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Truncate(pick) => {
                 let offset = model.offset_at(pick);
                 let new_end = log.truncate_to(offset).unwrap();
-                // Whole batches from the one holding `offset` go.
-                let keep = model
-                    .batches
-                    .iter()
-                    .take_while(|b| b.last().unwrap().offset < offset)
-                    .count();
-                let end = model.end_after_cut(keep);
-                model.batches.truncate(keep);
-                model.durable = model.durable.min(keep);
-                model.next_offset = end;
-                model.hw = model.hw.min(end);
-                model.log_start = model.log_start.min(end);
-                prop_assert_eq!(new_end, end);
+                check_truncation(&model, offset, new_end)?;
+                if offset < model.next_offset {
+                    model.cut_at(new_end);
+                }
+            }
+            Op::Compact(racing) => {
+                let Some((pick, appended)) = racing else {
+                    if let Some(stats) = log.compact().unwrap() {
+                        model.compact(stats.cleaned_to);
+                    }
+                    check(&log, &mut model)?;
+                    continue;
+                };
+                // The clean stops after staging its copies, until the main thread has cut the
+                // log and appended to it.
+                let staged = Arc::new(Barrier::new(2));
+                let resume = Arc::new(Barrier::new(2));
+                let (s, r) = (staged.clone(), resume.clone());
+                fs.before_sync_dir(move |path| {
+                    if path.ends_with("cleaning") {
+                        s.wait();
+                        r.wait();
+                    }
+                });
+                let cleaner = {
+                    let log = log.clone();
+                    std::thread::spawn(move || log.compact())
+                };
+                // A clean with nothing to do never stages: it is back before the barrier.
+                let staging = loop {
+                    if cleaner.is_finished() {
+                        break false;
+                    }
+                    if dir.path().join("cleaning").exists() {
+                        break true;
+                    }
+                    std::thread::yield_now();
+                };
+                let offset = model.offset_at(pick);
+                let truncated = staging && offset < model.next_offset;
+                if staging {
+                    staged.wait();
+                    let new_end = log.truncate_to(offset).unwrap();
+                    check_truncation(&model, offset, new_end)?;
+                    if truncated {
+                        model.cut_at(new_end);
+                    }
+                    if appended > 0 {
+                        let recs: Vec<Rec> = (0..appended)
+                            .map(|i| Rec::new(model.clock, Some(&[b'k', i][..]), Some(b"raced")))
+                            .collect();
+                        let info = log.append(batch(&recs, Compression::None)).unwrap();
+                        prop_assert_eq!(info.base_offset, model.next_offset);
+                        let recs = recs
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, r)| Rec {
+                                offset: info.base_offset + i as i64,
+                                ..r
+                            })
+                            .collect();
+                        model.batches.push(MBatch {
+                            base: info.base_offset,
+                            last: info.last_offset,
+                            recs,
+                        });
+                        model.next_offset = info.last_offset + 1;
+                        match policy {
+                            Fsync::Always => model.sync_all(),
+                            Fsync::Never => model.hw = model.next_offset,
+                            Fsync::Interval(_) => {}
+                        }
+                    }
+                    resume.wait();
+                }
+                let outcome = cleaner.join().unwrap().unwrap();
+                fs.before_sync_dir(|_| {});
+                match outcome {
+                    Some(_) if truncated => {
+                        prop_assert!(false, "a clean installed after a truncation overtook it")
+                    }
+                    Some(stats) => model.compact(stats.cleaned_to),
+                    None => {}
+                }
             }
             Op::Reopen => {
                 log.close().unwrap();
                 drop(log);
-                (log, fs) = open(dir.path(), policy, mapped);
+                (log, fs) = open(dir.path(), policy, mapped, compacted);
                 model.sync_all();
             }
             Op::Crash(keep) => {
                 fs.crash(|_, synced, written| (written - synced) * keep as u64 / 256)
                     .unwrap();
                 drop(log);
-                (log, fs) = open(dir.path(), policy, mapped);
+                (log, fs) = open(dir.path(), policy, mapped, compacted);
                 // Everything durable survives; later batches may survive, whole and in order.
                 let end = log.log_end_offset();
-                let kept = model
-                    .batches
-                    .iter()
-                    .take_while(|b| b.last().unwrap().offset < end)
-                    .count();
+                let kept = model.batches.iter().take_while(|b| b.last < end).count();
                 prop_assert!(
                     kept >= model.durable,
                     "lost durable batches: {} < {}",
                     kept,
                     model.durable
                 );
-                let expected_end = model.end_after_cut(kept);
-                prop_assert_eq!(end, expected_end, "the log end is not the end of a whole batch");
-                model.batches.truncate(kept);
-                model.next_offset = end;
-                model.log_start = model.log_start.min(end);
+                prop_assert!(
+                    model.is_batch_boundary(end),
+                    "the log end {} is inside a batch",
+                    end
+                );
+                prop_assert!(
+                    model.batches[kept..]
+                        .iter()
+                        .all(|b| b.recs.is_empty() || b.base >= end),
+                    "a batch past the end {} survived",
+                    end
+                );
+                model.cut_at(end);
                 model.sync_all();
             }
         }
@@ -315,6 +446,43 @@ proptest! {
         mapped in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..40),
     ) {
-        run(policy, mapped, ops)?;
+        run(policy, mapped, false, ops)?;
     }
+
+    #[test]
+    fn compacted_log_matches_model(
+        policy in policy(),
+        mapped in any::<bool>(),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        run(policy, mapped, true, ops)?;
+    }
+}
+
+/// A truncation at `offset` must leave the log ending at the batch boundary where the cut
+/// went: after every batch still in the log below `offset`, before every one that holds or
+/// follows it; where `offset` is at or past the end, nothing changes.
+fn check_truncation(model: &Model, offset: i64, new_end: i64) -> Result<(), TestCaseError> {
+    if offset >= model.next_offset {
+        prop_assert_eq!(new_end, model.next_offset);
+        return Ok(());
+    }
+    let present = || model.batches.iter().filter(|b| !b.recs.is_empty());
+    let after_kept = present()
+        .filter(|b| b.last < offset)
+        .map(|b| b.last + 1)
+        .max()
+        .unwrap_or(0);
+    let first_cut = present()
+        .find(|b| b.last >= offset)
+        .map_or(offset, |b| b.base.min(offset));
+    prop_assert!(
+        after_kept <= new_end && new_end <= first_cut,
+        "truncation at {} ended the log at {}, not in [{}, {}]",
+        offset,
+        new_end,
+        after_kept,
+        first_cut
+    );
+    Ok(())
 }

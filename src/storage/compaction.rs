@@ -30,6 +30,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::LogConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::storage::builder::BatchBuilder;
 use crate::storage::format::{Batch, Record};
@@ -61,6 +62,8 @@ pub struct CleanStats {
     pub bytes_before: u64,
     /// Bytes after.
     pub bytes_after: u64,
+    /// The offset below which the log is now clean (where the sealed segments end).
+    pub cleaned_to: i64,
 }
 
 /// Finishes a committed clean or discards an uncommitted one; returns the checkpoint.
@@ -102,7 +105,7 @@ fn for_each_batch(seg: &Segment, mut f: impl FnMut(Batch<'_>) -> Result<()>) -> 
     let mut buf = Vec::new();
     while pos < limit {
         let header = seg.header_at(pos, limit)?;
-        buf = seg.read(pos, &header, 1 << 20, limit, std::mem::take(&mut buf))?;
+        buf = seg.read(pos, &header, 1 << 20, limit, i64::MAX, std::mem::take(&mut buf))?;
         let mut rest = &buf[..];
         while !rest.is_empty() {
             let (batch, tail) = Batch::parse_trusted(rest);
@@ -132,6 +135,9 @@ impl Inner {
             return Ok(None);
         }
         self.check_writable()?;
+        // A truncation while the clean runs may cut or unseal the segments it copies: the clean
+        // then gives up (below) rather than install copies of records the log no longer has.
+        let truncations = self.truncations.load(Ordering::SeqCst);
         let segments = self.snapshot();
         let sealed: Vec<Arc<Segment>> = segments[..segments.len() - 1].to_vec();
         let cleaned_to = self.cleaned_to.load(Ordering::Acquire);
@@ -145,11 +151,67 @@ impl Inner {
         if sealed.is_empty() || (!force && (dirty == 0 || (dirty as f64) < ratio * total as f64)) {
             return Ok(None);
         }
-        let new_checkpoint = sealed.last().expect("not empty").next_offset();
 
+        let stats = match self.stage(&sealed, &config, now_ms, total) {
+            Ok(stats) => stats,
+            // Reading a segment that a truncation was cutting can fail: not damage.
+            Err(_) if self.truncations.load(Ordering::SeqCst) != truncations => {
+                return self.abandon_clean();
+            }
+            Err(e) => return Err(e),
+        };
+
+        // Commit and install, excluding appends, rolls and retention meanwhile.
+        let _w = self.writer.lock();
+        let now = self.snapshot();
+        let unchanged = self.truncations.load(Ordering::SeqCst) == truncations
+            && now.len() > sealed.len()
+            && sealed.iter().zip(now.iter()).all(|(a, b)| Arc::ptr_eq(a, b));
+        if !unchanged {
+            // Retention, DeleteRecords or a truncation changed the segments under the clean.
+            return self.abandon_clean();
+        }
+        let commit = Checkpoint {
+            cleaned_to: stats.cleaned_to,
+        };
+        meta::write(&*self.fs, &self.dir.join(COMMIT_FILE), &commit)?;
+        install(&*self.fs, &self.dir, commit)?;
+        let mut replaced = Vec::with_capacity(now.len());
+        for seg in &sealed {
+            let fresh = Segment::open(&*self.fs, &self.dir, seg.base_offset, None)?;
+            if fresh.load(config.index_interval_bytes, false)?.is_none() {
+                fresh.rebuild(config.index_interval_bytes, false, config.segment_index_bytes)?;
+                fresh.seal()?;
+            }
+            fresh.publish_all();
+            replaced.push(Arc::new(fresh));
+        }
+        replaced.extend(now[sealed.len()..].iter().cloned());
+        *self.segments.write() = Arc::new(replaced);
+        self.cleaned_to.store(stats.cleaned_to, Ordering::Release);
+        log::info!(
+            "{}: compacted {} segment(s), {} -> {} bytes, {} record(s) removed",
+            self.dir.display(),
+            stats.segments,
+            stats.bytes_before,
+            stats.bytes_after,
+            stats.records_removed
+        );
+        Ok(Some(stats))
+    }
+
+    /// Passes 1 and 2 of a clean: the latest offset of every key, then the cleaned copies of
+    /// `sealed` (`total` bytes) in the staging directory, synced.
+    fn stage(
+        &self,
+        sealed: &[Arc<Segment>],
+        config: &LogConfig,
+        now_ms: i64,
+        total: u64,
+    ) -> Result<CleanStats> {
         // Pass 1: the latest offset of every key.
         let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
-        for seg in &sealed {
+        for seg in sealed {
             for_each_batch(seg, |batch| {
                 for_each_record(&batch, |r| {
                     if let Some(k) = r.key {
@@ -172,11 +234,12 @@ impl Inner {
         }
         std::fs::create_dir(&staging).ctx("create", &staging)?;
         let mut stats = CleanStats {
+            cleaned_to: sealed.last().map_or(0, |s| s.next_offset()),
             segments: sealed.len(),
             bytes_before: total,
             ..CleanStats::default()
         };
-        for seg in &sealed {
+        for seg in sealed {
             let out = Segment::open(
                 &*self.fs,
                 &staging,
@@ -200,42 +263,16 @@ impl Inner {
             stats.bytes_after += out.size();
         }
         self.fs.sync_dir(&staging).ctx("fsync", &staging)?;
+        Ok(stats)
+    }
 
-        // Commit and install, excluding appends, rolls and retention meanwhile.
-        let _w = self.writer.lock();
-        let now = self.snapshot();
-        if now.len() < sealed.len() || !sealed.iter().zip(now.iter()).all(|(a, b)| Arc::ptr_eq(a, b)) {
-            // Retention or truncation changed the segments under the clean: try again later.
+    /// Gives up a clean whose segments changed under it; a later one tries again.
+    fn abandon_clean(&self) -> Result<Option<CleanStats>> {
+        let staging = self.dir.join(STAGING_DIR);
+        if staging.exists() {
             std::fs::remove_dir_all(&staging).ctx("remove", &staging)?;
-            return Ok(None);
         }
-        let commit = Checkpoint {
-            cleaned_to: new_checkpoint,
-        };
-        meta::write(&*self.fs, &self.dir.join(COMMIT_FILE), &commit)?;
-        install(&*self.fs, &self.dir, commit)?;
-        let mut replaced = Vec::with_capacity(now.len());
-        for seg in &sealed {
-            let fresh = Segment::open(&*self.fs, &self.dir, seg.base_offset, None)?;
-            if fresh.load(config.index_interval_bytes, false)?.is_none() {
-                fresh.rebuild(config.index_interval_bytes, false, config.segment_index_bytes)?;
-                fresh.seal()?;
-            }
-            fresh.publish_all();
-            replaced.push(Arc::new(fresh));
-        }
-        replaced.extend(now[sealed.len()..].iter().cloned());
-        *self.segments.write() = Arc::new(replaced);
-        self.cleaned_to.store(new_checkpoint, Ordering::Release);
-        log::info!(
-            "{}: compacted {} segment(s), {} -> {} bytes, {} record(s) removed",
-            self.dir.display(),
-            stats.segments,
-            stats.bytes_before,
-            stats.bytes_after,
-            stats.records_removed
-        );
-        Ok(Some(stats))
+        Ok(None)
     }
 }
 

@@ -155,7 +155,11 @@ struct FaultState {
     syncs: AtomicU64,
     /// Small appends may go through a map of the file (see [`FaultyFs::map_appends`]).
     map_appends: AtomicBool,
+    /// Called before every directory sync (see [`FaultyFs::before_sync_dir`]).
+    sync_dir_hook: Mutex<Option<SyncDirHook>>,
 }
+
+type SyncDirHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
 impl fmt::Debug for FaultyFs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -200,6 +204,13 @@ impl FaultyFs {
     /// cuts their bytes like any unsynced ones (the reserved length past them included).
     pub fn map_appends(&self) {
         self.state.map_appends.store(true, Ordering::SeqCst);
+    }
+
+    /// Calls `hook` with the directory before every directory sync, on the syncing thread:
+    /// a test can stop background work at a chosen step (a compaction syncs its staging
+    /// directory `cleaning` before it installs) and change the log meanwhile.
+    pub fn before_sync_dir(&self, hook: impl Fn(&Path) + Send + Sync + 'static) {
+        *self.state.sync_dir_hook.lock() = Some(Arc::new(hook));
     }
 
     /// Disarms all faults.
@@ -304,6 +315,10 @@ impl Fs for FaultyFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let hook = self.state.sync_dir_hook.lock().clone();
+        if let Some(hook) = hook {
+            hook(dir);
+        }
         self.step()?;
         self.state.syncs.fetch_add(1, Ordering::SeqCst);
         if Self::trips(&self.state.syncs_left) {

@@ -151,6 +151,19 @@ pub(crate) struct Inner {
     pub(super) cleaning: Mutex<()>,
     /// The offset below which the log was last compacted.
     pub(super) cleaned_to: AtomicI64,
+    /// Bumped by every truncation, under the `sync` lock, before it changes anything: syncs,
+    /// cleans and reader pins captured under an older count are stale.
+    pub(super) truncations: AtomicU64,
+}
+
+/// The segment a reader read last, so that its next read can skip the segment lookup and
+/// finish a segment that compaction replaced under it.
+#[derive(Debug)]
+pub(crate) struct ReadPin {
+    segment: Arc<Segment>,
+    /// The log's truncation count when the pin was taken: a truncation may have cut the
+    /// segment or removed it from the log.
+    truncations: u64,
 }
 
 /// Watches `ready` for up to `spin`, giving the core to other runnable threads between looks;
@@ -303,8 +316,6 @@ pub(super) struct SyncState {
     pub(super) durable: i64,
     /// A sync is under way.
     pub(super) syncing: bool,
-    /// Bumped by every truncation, which invalidates syncs captured before it.
-    pub(super) generation: u64,
 }
 
 /// A compacted log keeps records by key: refuses a batch with a keyless record.
@@ -447,8 +458,7 @@ impl PartitionLog {
     /// Forces everything appended so far to disk, and lets readers see it.
     pub fn flush(&self) -> Result<()> {
         let inner = &self.inner;
-        let generation = inner.sync.lock().generation;
-        inner.sync_to(inner.log_end.load(Ordering::Acquire), generation)
+        inner.sync_to_end()
     }
 
     /// Seals the active segment and starts a new one (if the active one holds anything).
@@ -582,7 +592,7 @@ impl Inner {
                 log_append_time: now,
             };
             // Only a durable append waits for a sync, and needs the truncation generation.
-            let generation = (config.fsync == Fsync::Always).then(|| self.sync.lock().generation);
+            let generation = (config.fsync == Fsync::Always).then(|| self.truncations.load(Ordering::SeqCst));
             (info, generation)
         };
         if let Some(generation) = generation {
@@ -693,11 +703,18 @@ impl Inner {
         self.watched.store(watchers.len(), Ordering::SeqCst);
     }
 
+    /// Syncs everything appended so far.
+    pub(super) fn sync_to_end(&self) -> Result<()> {
+        let generation = self.truncations.load(Ordering::SeqCst);
+        self.sync_to(self.log_end.load(Ordering::Acquire), generation)
+    }
+
     /// Waits until offsets below `target` are durable, syncing if no one else is.
+    /// `generation` is the truncation count when `target` was read.
     pub(super) fn sync_to(&self, target: i64, generation: u64) -> Result<()> {
         let mut s = self.sync.lock();
         loop {
-            if s.generation != generation {
+            if self.truncations.load(Ordering::SeqCst) != generation {
                 return Err(Error::Truncated { offset: target });
             }
             if s.durable >= target {
@@ -716,19 +733,18 @@ impl Inner {
             drop(s);
             let (segment, position, end, captured) = {
                 let w = self.writer.lock();
-                let s = self.sync.lock();
                 (
                     w.active.clone(),
                     w.active.size(),
                     self.log_end.load(Ordering::Acquire),
-                    s.generation,
+                    self.truncations.load(Ordering::SeqCst),
                 )
             };
             let result = segment.sync();
             s = self.sync.lock();
             s.syncing = false;
             match result {
-                Ok(()) if s.generation == captured => {
+                Ok(()) if self.truncations.load(Ordering::SeqCst) == captured => {
                     s.durable = s.durable.max(end);
                     self.publish(&segment, position, end);
                 }
@@ -780,41 +796,46 @@ impl Inner {
     }
 
     /// Reads as [`PartitionLog::read`] does, but first from `pin`, the segment the caller read
-    /// last, if it still holds `from`: a reader finishes a segment that retention deleted under
-    /// it. The segment read from is pinned for next time; `buf` is reused for the bytes.
+    /// last, if it still holds `from`: a reader finishes a segment that compaction replaced
+    /// under it. The segment read from is pinned for next time; `buf` is reused for the bytes.
+    ///
+    /// The fetch is one view of the log: its high watermark and log start were read before
+    /// its bytes, and it holds no batch at or past that high watermark.
     pub(crate) fn read_pinned(
         &self,
         from: i64,
         max_bytes: usize,
-        pin: &mut Option<Arc<Segment>>,
+        pin: &mut Option<ReadPin>,
         buf: Vec<u8>,
     ) -> Result<Fetch> {
-        let hw = self.high_watermark.load(Ordering::Acquire);
-        let start = self.log_start.load(Ordering::Acquire);
-        // Offsets below the high watermark were never truncated away, so a pinned segment is
-        // still right about them even if it has left the log.
-        if let Some(seg) = pin.as_ref()
-            && from >= seg.base_offset
-            && from < seg.next_offset()
-            && from < hw
-        {
-            let limit = seg.readable();
-            if let Some((pos, header)) = seg.find(from, limit)?
-                && header.base_offset < hw
-            {
-                return Ok(Fetch::new(
-                    seg.read(pos, &header, max_bytes, limit, buf)?,
-                    hw,
-                    start,
-                ));
-            }
-        }
+        let hw = self.high_watermark.load(Ordering::SeqCst);
+        let start = self.log_start.load(Ordering::SeqCst);
+        // Records below the log start were deleted on purpose (retention, DeleteRecords): a
+        // pinned segment that still holds them must not hand them out.
         if from < start || from > self.log_end.load(Ordering::Acquire) {
             return Err(self.out_of_range(from));
         }
         let empty = || Ok(Fetch::new(Vec::new(), hw, start));
         if from >= hw {
             return empty();
+        }
+        // A truncation bumps the count before it lowers the high watermark, so a pin taken
+        // under the current count holds the records below `hw` that the log holds.
+        let truncations = self.truncations.load(Ordering::SeqCst);
+        if let Some(p) = pin.as_ref()
+            && p.truncations == truncations
+            && from >= p.segment.base_offset
+            && from < p.segment.next_offset()
+        {
+            let seg = &p.segment;
+            let limit = seg.readable();
+            if let Some((pos, header)) = seg.find(from, limit)? {
+                if header.base_offset >= hw {
+                    return empty();
+                }
+                let bytes = seg.read(pos, &header, max_bytes, limit, hw, buf)?;
+                return Ok(Fetch::new(bytes, hw, start));
+            }
         }
         let segments = self.snapshot();
         let first = segments
@@ -826,8 +847,11 @@ impl Inner {
                 if header.base_offset >= hw {
                     return empty();
                 }
-                let bytes = seg.read(pos, &header, max_bytes, limit, buf)?;
-                *pin = Some(seg.clone());
+                let bytes = seg.read(pos, &header, max_bytes, limit, hw, buf)?;
+                *pin = Some(ReadPin {
+                    segment: seg.clone(),
+                    truncations,
+                });
                 return Ok(Fetch::new(bytes, hw, start));
             }
         }
@@ -856,7 +880,7 @@ impl Inner {
                     return Ok(None);
                 }
                 if header.max_timestamp >= timestamp {
-                    let bytes = seg.read(pos, &header, 0, limit, Vec::new())?;
+                    let bytes = seg.read(pos, &header, 0, limit, hw, Vec::new())?;
                     let fetch = Fetch::new(bytes, hw, start);
                     for batch in fetch.batches() {
                         let records = batch.records().map_err(|e| seg.corruption(pos, e))?;
@@ -886,8 +910,7 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) || self.poison.get().is_some() {
             return Ok(());
         }
-        let generation = self.sync.lock().generation;
-        self.sync_to(self.log_end.load(Ordering::Acquire), generation)
+        self.sync_to_end()
     }
 
     fn close(&self) -> Result<()> {

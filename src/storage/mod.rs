@@ -39,6 +39,6 @@ pub use format::{
 pub use housekeeper::Housekeeper;
 pub use io::{FaultyFs, Fs, FsFile, StdFs};
 pub use log::{AppendInfo, LogBuilder, PartitionLog, RaisedPast, Signal, TimestampOffset};
-pub(crate) use log::{now_ms, watch};
+pub(crate) use log::{ReadPin, now_ms, watch};
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
 pub use recovery::FORMAT_VERSION;

@@ -1,13 +1,11 @@
 //! Reading: [`Fetch`], a run of whole stored batches as a reader (or a Kafka Fetch) gets them,
 //! and [`LogReader`], which walks records one by one with no copying for uncompressed batches.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{BatchError, Error, Result};
 use crate::storage::format::{self, Batch, Compression, HEADER_LEN, Record, RecordContext};
-use crate::storage::log::PartitionLog;
-use crate::storage::segment::Segment;
+use crate::storage::log::{PartitionLog, ReadPin};
 
 /// Whole batches read from a log, every one of which passed its CRC check.
 #[derive(Debug, Clone, Default)]
@@ -96,7 +94,7 @@ pub struct LogReader {
     current: Option<Current>,
     decompressed: Vec<u8>,
     /// The segment read last, kept so that retention cannot pull it away mid-read.
-    pinned: Option<Arc<Segment>>,
+    pinned: Option<ReadPin>,
 }
 
 /// The batch being walked.

@@ -2,7 +2,7 @@
 //! procedure is numbered in `docs/format.md` ("Recovery").
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -67,21 +67,24 @@ impl Inner {
         let mut active_as_closed = clean;
         for (i, &base) in bases.iter().enumerate() {
             let last = i + 1 == n;
+            // Compaction leaves gaps between batches; only a segment it never rewrote (and so
+            // the active one, unless a truncation made a cleaned segment active) is dense.
+            let dense = last && base >= cleaned_to;
             let had_indexes = Segment::index_files_exist(&dir, base);
             let seg = Segment::open(&*fs, &dir, base, None)?;
             let end = if last && !clean {
                 // After a crash the active segment's tail is unknown: check every batch.
-                seg.rebuild(interval, true, config.segment_index_bytes)?
+                seg.rebuild(interval, dense, config.segment_index_bytes)?
             } else {
                 match had_indexes
-                    .then(|| seg.load(interval, last))
+                    .then(|| seg.load(interval, dense))
                     .transpose()?
                     .flatten()
                 {
                     Some(end) => end,
                     None => {
                         log::warn!("rebuilding the indexes of {}", seg.path().display());
-                        let end = seg.rebuild(interval, last, config.segment_index_bytes)?;
+                        let end = seg.rebuild(interval, dense, config.segment_index_bytes)?;
                         if last {
                             active_as_closed = false;
                         } else {
@@ -164,7 +167,6 @@ impl Inner {
             sync: Mutex::new(SyncState {
                 durable: log_end,
                 syncing: false,
-                generation: 0,
             }),
             synced: Condvar::new(),
             waiters: Mutex::new(()),
@@ -176,6 +178,7 @@ impl Inner {
             closed: AtomicBool::new(false),
             cleaning: Mutex::new(()),
             cleaned_to: AtomicI64::new(cleaned_to),
+            truncations: AtomicU64::new(0),
             dir,
         })
     }

@@ -1,6 +1,7 @@
 //! Shortening a log: retention (whole old segments), `delete_records_before` (the log start
 //! offset), and `truncate_to` (the tail, for replication).
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,6 +12,15 @@ use crate::storage::recovery::{FORMAT_VERSION, LogMeta, META_FILE};
 use crate::storage::segment::Segment;
 
 impl Inner {
+    /// Cuts the log at the batch holding `offset`.
+    ///
+    /// Readers, syncs and the cleaner learn of the truncation (its count is bumped and the high
+    /// watermark lowered below the first batch to go) before anything on disk changes. On
+    /// disk the steps are ordered so that a crash between any two leaves the log cut at some
+    /// batch boundary at or after `offset`, never with a hole: the later segments are removed
+    /// from the last one back, each removal made durable before the next, and then the
+    /// segment holding `offset` is cut and synced. A failure part way poisons the log (its
+    /// files no longer match what readers were told); reopening recovers such a prefix.
     pub(super) fn truncate_to(&self, offset: i64) -> Result<i64> {
         let mut w = self.writer.lock();
         self.check_writable()?;
@@ -23,41 +33,70 @@ impl Inner {
             return Err(self.out_of_range(offset));
         }
         self.unmark_clean(&mut w)?;
+        let config = self.cfg();
         let segments = self.snapshot();
         // Keep the segments that start below `offset`, and always the first.
         let keep = segments.partition_point(|s| s.base_offset < offset).max(1);
         let last = segments[keep - 1].clone();
-        if !Arc::ptr_eq(&last, &w.active) {
-            last.unseal(self.cfg().segment_index_bytes)?;
-        }
-        let new_end = last.truncate_to(
-            offset,
-            self.cfg().index_interval_bytes,
-            self.cfg().segment_index_bytes,
-        )?;
-        last.sync()?;
-        *self.segments.write() = Arc::new(segments[..keep].to_vec());
-        for dropped in &segments[keep..] {
-            dropped.delete_files(&*self.fs)?;
-        }
-        self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
+        let first_cut = last
+            .find(offset, last.size())?
+            .map_or(offset, |(_, h)| h.base_offset.min(offset));
         {
             let mut s = self.sync.lock();
-            s.generation += 1;
+            self.truncations.fetch_add(1, Ordering::SeqCst);
+            s.durable = s.durable.min(first_cut);
+            self.high_watermark.fetch_min(first_cut, Ordering::SeqCst);
+        }
+        *self.segments.write() = Arc::new(segments[..keep].to_vec());
+        let on_disk = || -> Result<i64> {
+            for dropped in segments[keep..].iter().rev() {
+                dropped.delete_files(&*self.fs)?;
+                self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
+            }
+            if !Arc::ptr_eq(&last, &w.active) {
+                last.unseal(config.segment_index_bytes)?;
+            }
+            let new_end = last.truncate_to(
+                offset,
+                config.index_interval_bytes,
+                config.segment_index_bytes,
+                self.is_dense(&last),
+            )?;
+            last.sync()?;
+            Ok(new_end)
+        };
+        let new_end = match on_disk() {
+            Ok(new_end) => new_end,
+            Err(e) => {
+                self.poison(io::Error::other(format!("truncating to offset {offset}: {e}")));
+                return Err(e);
+            }
+        };
+        {
+            let mut s = self.sync.lock();
             s.durable = s.durable.min(new_end);
             self.log_end.store(new_end, Ordering::Release);
             self.high_watermark.fetch_min(new_end, Ordering::SeqCst);
         }
         self.synced.notify_all();
+        // Segments from the new end on hold no cleaned records any more.
+        self.cleaned_to.fetch_min(new_end, Ordering::AcqRel);
+        w.active = last;
+        w.first_append = None;
         // Cutting below the log start empties the log; it restarts at the new end. (A crash
         // before this write is harmless: open never puts the log start past the log end.)
         if new_end < start {
             self.write_meta(new_end)?;
             self.log_start.store(new_end, Ordering::Release);
         }
-        w.active = last;
-        w.first_append = None;
         Ok(new_end)
+    }
+
+    /// Whether every batch of `segment` starts at the offset after the previous one: true of
+    /// a segment compaction never rewrote (it leaves gaps), which recovery can then check
+    /// more strictly.
+    pub(super) fn is_dense(&self, segment: &Segment) -> bool {
+        segment.base_offset >= self.cleaned_to.load(Ordering::Acquire)
     }
 
     pub(super) fn delete_records_before(&self, offset: i64) -> Result<i64> {

@@ -323,8 +323,10 @@ impl Segment {
     }
 
     /// Reads whole batches from `pos` (a batch boundary below `limit`): as many as fit in
-    /// `max_bytes`, and at least the first one whatever its size. Every batch returned passed
-    /// its CRC check; reading stops before a bad one, and a bad first batch is an error.
+    /// `max_bytes`, and at least the first one whatever its size, stopping before any batch
+    /// that starts at or past `below` (the caller's high watermark; the first batch is the
+    /// caller's to check). Every batch returned passed its CRC check; reading stops before a
+    /// bad one, and a bad first batch is an error.
     ///
     /// `buf` is reused: its old bytes are overwritten, and only growth past its length is
     /// zero-filled (a reader hands back its previous buffer, so that is rarely much).
@@ -334,6 +336,7 @@ impl Segment {
         first: &BatchHeader,
         max_bytes: usize,
         limit: u64,
+        below: i64,
         mut buf: Vec<u8>,
     ) -> Result<Vec<u8>> {
         let want = (limit - pos).min(max_bytes as u64).max(first.total_len() as u64) as usize;
@@ -342,6 +345,7 @@ impl Segment {
         let mut good = 0;
         while good < buf.len() {
             match Batch::parse(&buf[good..]) {
+                Ok((batch, _)) if good > 0 && batch.header().base_offset >= below => break,
                 Ok((batch, _)) => good += batch.as_bytes().len(),
                 Err(BatchError::Incomplete { .. }) if good > 0 => break,
                 Err(e) if good > 0 => {
@@ -530,8 +534,9 @@ impl Segment {
     }
 
     /// Removes every batch whose last offset is at or above `offset`; returns the new next
-    /// offset. The segment must be the active one (its indexes extended to `capacity`).
-    pub(crate) fn truncate_to(&self, offset: i64, interval: u32, capacity: u32) -> Result<i64> {
+    /// offset. The segment must be the active one (its indexes extended to `capacity`);
+    /// `dense` as for [`Segment::rebuild`].
+    pub(crate) fn truncate_to(&self, offset: i64, interval: u32, capacity: u32, dense: bool) -> Result<i64> {
         let size = self.size();
         let Some((pos, h)) = self.find(offset, size)? else {
             return Ok(self.next_offset());
@@ -545,8 +550,13 @@ impl Segment {
             .truncate_entries(self.times.entries_before_offset(rel));
         self.truncate_file(pos)?;
         // Recompute the counters from the surviving indexes and tail.
-        if self.load(interval, true)?.is_none() {
-            self.rebuild(interval, true, capacity)?;
+        let end = match self.load(interval, dense)? {
+            Some(end) => end,
+            None => self.rebuild(interval, dense, capacity)?,
+        };
+        if let Some(why) = end.stopped_by {
+            // The bytes before `pos` were whole batches a moment ago.
+            return Err(self.corruption(end.valid_len, why));
         }
         Ok(self.next_offset())
     }
