@@ -77,3 +77,18 @@ pub fn read_all(log: &PartitionLog, from: i64) -> Vec<Rec> {
     }
     out
 }
+
+/// Polls `ready` every millisecond until it is true or `patience` has passed; returns whether
+/// it came true.
+pub fn wait_until(patience: std::time::Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + patience;
+    loop {
+        if ready() {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
