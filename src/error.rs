@@ -137,6 +137,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A metadata file would be larger than its format holds ([`crate::storage::MAX_METADATA_BYTES`]);
+    /// nothing was written.
+    #[error("metadata file {} would hold {size} bytes, more than the {max} its format holds", path.display())]
+    MetadataTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The encoded size.
+        size: usize,
+        /// The largest payload a metadata file holds.
+        max: usize,
+    },
+
     /// The directory was written by a newer rivulet with a format this build cannot read.
     #[error("{} has on-disk format version {found}; this build reads versions up to {supported}", path.display())]
     UnsupportedFormat {

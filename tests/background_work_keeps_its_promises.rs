@@ -63,7 +63,10 @@ fn interval_fsyncs_keep_their_period_while_another_log_compacts() {
     let info = interval.append(simple_batch(0, 1, 1_000)).unwrap();
     let visible = interval.wait_for(info.base_offset, PATIENCE);
     synced.store(true, Ordering::SeqCst);
-    assert!(visible, "no interval fsync while the other log was being compacted");
+    assert!(
+        visible,
+        "no interval fsync while the other log was being compacted"
+    );
     // Then the clean goes on: each key's latest record is left.
     assert!(wait_until(PATIENCE, || read_all(&compacted, 0).len() == 10));
 }
@@ -102,7 +105,10 @@ fn a_panic_in_background_work_poisons_that_log_and_spares_the_others() {
         "the panic went unnoticed: the log still takes appends"
     );
     let cause = poisoned(&failing).unwrap();
-    assert!(cause.contains("panicked") && cause.contains("a bug in retention"), "{cause}");
+    assert!(
+        cause.contains("panicked") && cause.contains("a bug in retention"),
+        "{cause}"
+    );
     // The thread lives on: another log's interval fsyncs still happen.
     let interval = interval_log(dirs[1].path(), &housekeeper);
     let info = interval.append(simple_batch(0, 1, 1_000)).unwrap();

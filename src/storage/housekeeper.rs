@@ -272,7 +272,10 @@ mod tests {
     fn an_interval_too_long_for_an_instant_means_never_instead_of_overflowing() {
         let now = Instant::now();
         assert!(after(now, Duration::MAX) > now + Duration::from_secs(365 * 24 * 3600));
-        assert_eq!(after(now, Duration::from_millis(5)), now + Duration::from_millis(5));
+        assert_eq!(
+            after(now, Duration::from_millis(5)),
+            now + Duration::from_millis(5)
+        );
         let mut e = Entry {
             log: Weak::new(),
             flush_every: Some(Duration::MAX),

@@ -21,12 +21,16 @@ use crate::storage::io::Fs;
 
 const MAGIC: &[u8; 4] = b"RVMT";
 const FRAME: usize = 12;
-/// Metadata files are small; anything larger is damage.
-const MAX_PAYLOAD: usize = 1 << 20;
+/// The largest payload a metadata file holds: what its 32-bit length field can say. Writing
+/// more is refused ([`Error::MetadataTooLarge`]); reading accepts anything up to it, so every
+/// file this code writes, it reads back. (A damaged length cannot make a read allocate more
+/// than the file: it must match the file's size.)
+pub const MAX_METADATA_BYTES: usize = u32::MAX as usize;
 
 /// Writes `value` to `path` atomically.
 pub(crate) fn write<T: Serialize>(fs: &dyn Fs, path: &Path, value: &T) -> Result<()> {
     let payload = postcard::to_stdvec(value).expect("metadata values serialize");
+    check_size(path, payload.len(), MAX_METADATA_BYTES)?;
     let mut bytes = Vec::with_capacity(FRAME + payload.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -42,6 +46,18 @@ pub(crate) fn write<T: Serialize>(fs: &dyn Fs, path: &Path, value: &T) -> Result
     fs.rename(&tmp, path).ctx("rename", &tmp)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     fs.sync_dir(dir).ctx("fsync", dir)
+}
+
+/// Refuses a payload of `size` bytes past `max`.
+fn check_size(path: &Path, size: usize, max: usize) -> Result<()> {
+    if size > max {
+        return Err(Error::MetadataTooLarge {
+            path: path.to_path_buf(),
+            size,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Reads the value at `path`; `Ok(None)` if there is no such file.
@@ -71,7 +87,7 @@ pub(crate) fn read_with<T>(
     }
     let len = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
     let crc = u32::from_be_bytes(bytes[8..12].try_into().unwrap());
-    if len > MAX_PAYLOAD || bytes.len() != FRAME + len {
+    if bytes.len() != FRAME + len {
         return Err(damaged(format!(
             "payload length {len} does not match the file's {} bytes",
             bytes.len()
@@ -93,6 +109,25 @@ pub(crate) fn read_with<T>(
 mod tests {
     use super::*;
     use crate::storage::io::StdFs;
+
+    #[test]
+    fn a_file_far_over_a_mebibyte_reads_back_and_an_oversized_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.meta");
+        let big: Vec<String> = (0..40_000).map(|i| format!("{i:0>200}")).collect();
+        write(&StdFs, &path, &big).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 4 << 20);
+        assert_eq!(read::<Vec<String>>(&path).unwrap(), Some(big));
+        assert!(matches!(
+            check_size(&path, 11, 10),
+            Err(Error::MetadataTooLarge {
+                size: 11,
+                max: 10,
+                ..
+            })
+        ));
+        check_size(&path, 10, 10).unwrap();
+    }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Sample {
