@@ -328,6 +328,14 @@ pub enum Error {
         /// The keyless record's position in the batch (0-based).
         index: usize,
     },
+
+    /// A record was given a negative timestamp; as Kafka's producer does, it is refused
+    /// (leave the timestamp unset for the current time). Nothing was written.
+    #[error("invalid timestamp {timestamp}: a record's timestamp must not be negative")]
+    InvalidTimestamp {
+        /// The timestamp given.
+        timestamp: i64,
+    },
 }
 
 impl Error {

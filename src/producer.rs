@@ -150,7 +150,8 @@ impl<'a> ProducerRecord<'a> {
         self
     }
 
-    /// Sets the create time.
+    /// Sets the create time, in milliseconds since the Unix epoch. A negative one is refused
+    /// when the record is sent ([`Error::InvalidTimestamp`]).
     pub fn timestamp(mut self, ms: i64) -> Self {
         self.timestamp = Some(ms);
         self
@@ -377,6 +378,7 @@ impl ProducerInner {
 
     fn send(&self, record: ProducerRecord<'_>) -> Result<RecordMetadata> {
         refuse_internal(record.topic)?;
+        check_timestamp(&record)?;
         let topic = self.broker.inner.topic_or_create(record.topic)?;
         let partition = self.choose(&topic, record.partition, record.key)?;
         let log = topic.partition(partition)?;
@@ -484,6 +486,7 @@ impl ProducerInner {
         records: &[ProducerRecord<'_>],
     ) -> Result<Vec<RecordMetadata>> {
         refuse_internal(topic)?;
+        records.iter().try_for_each(check_timestamp)?;
         let topic = self.broker.inner.topic_or_create(topic)?;
         let partition = self.choose(&topic, partition, records.first().and_then(|r| r.key))?;
         let log = topic.partition(partition)?;
@@ -511,6 +514,14 @@ impl ProducerInner {
     }
 }
 
+/// Refuses a negative timestamp, as Kafka's producer does: retention would judge the record
+/// older than any cutoff.
+fn check_timestamp(record: &ProducerRecord<'_>) -> Result<()> {
+    match record.timestamp {
+        Some(timestamp) if timestamp < 0 => Err(Error::InvalidTimestamp { timestamp }),
+        _ => Ok(()),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::TopicExists { .. } => E::TopicAlreadyExists,
         Error::InvalidPartitions { .. } => E::InvalidPartitions,
         Error::InvalidConfig { .. } => E::InvalidConfig,
+        Error::InvalidTimestamp { .. } => E::InvalidTimestamp,
         Error::UnknownMember { .. } => E::UnknownMemberId,
         Error::IllegalGeneration { .. } => E::IllegalGeneration,
         Error::RebalanceInProgress { .. } => E::RebalanceInProgress,

@@ -303,7 +303,11 @@ impl Drop for RaisedPast<'_> {
 #[derive(Debug)]
 pub(super) struct Writer {
     pub(super) active: Arc<Segment>,
-    /// When the active segment got its first batch in this process (for `segment.ms`).
+    /// The largest timestamp of the active segment's first batch, once looked up (for
+    /// `segment.ms`; read from the segment after a restart, so its age survives one).
+    pub(super) first_timestamp: Option<i64>,
+    /// When the active segment got its first batch in this process: its age for `segment.ms`
+    /// when that batch has no timestamp.
     pub(super) first_append: Option<Instant>,
     /// The last clean close's marker still stands: the active segment is as that close left
     /// it (its indexes trimmed), and nothing needs syncing.
@@ -561,7 +565,11 @@ impl Inner {
             self.unmark_clean(&mut w)?;
             let base = self.log_end.load(Ordering::Relaxed);
             let last = base + batch.header().last_offset_delta as i64;
-            self.maybe_roll(&mut w, &config, batch.len(), last)?;
+            let timestamp = match config.timestamp_type {
+                TimestampType::LogAppendTime => now,
+                TimestampType::CreateTime => batch.header().max_timestamp,
+            };
+            self.maybe_roll(&mut w, &config, batch.len(), last, timestamp)?;
             batch.set_base_offset(base);
             if config.timestamp_type == TimestampType::LogAppendTime {
                 batch.set_log_append_time(now);
@@ -626,18 +634,39 @@ impl Inner {
         Ok(())
     }
 
-    /// Rolls if the next batch (`len` bytes, ending at `last_offset`) should not go into the
-    /// active segment.
-    fn maybe_roll(&self, w: &mut Writer, config: &LogConfig, len: usize, last_offset: i64) -> Result<()> {
-        let a = &w.active;
-        if a.is_empty() {
+    /// Rolls if the next batch (`len` bytes, ending at `last_offset`, its largest timestamp
+    /// `timestamp`) should not go into the active segment.
+    ///
+    /// A segment is old (`segment.ms`) as Kafka judges it: by how far the new batch's
+    /// timestamp is past the timestamp of the segment's first batch, which survives restarts;
+    /// only when that batch has no timestamp, by how long ago this process appended it.
+    fn maybe_roll(
+        &self,
+        w: &mut Writer,
+        config: &LogConfig,
+        len: usize,
+        last_offset: i64,
+        timestamp: i64,
+    ) -> Result<()> {
+        if w.active.is_empty() {
             return Ok(());
         }
-        let full = a.size() + len as u64 > config.segment_bytes;
-        let old = match (config.segment_ms, w.first_append) {
-            (Some(age), Some(since)) => since.elapsed() >= age,
-            _ => false,
+        let old = match config.segment_ms {
+            None => false,
+            Some(age) => {
+                let first = match w.first_timestamp {
+                    Some(t) => t,
+                    None => *w.first_timestamp.insert(w.active.first_batch_timestamp()?),
+                };
+                if first >= 0 {
+                    timestamp.saturating_sub(first) >= age.as_millis().min(i64::MAX as u128) as i64
+                } else {
+                    w.first_append.is_some_and(|since| since.elapsed() >= age)
+                }
+            }
         };
+        let a = &w.active;
+        let full = a.size() + len as u64 > config.segment_bytes;
         if full || old || a.indexes_full() || !a.can_hold_offset(last_offset) {
             self.roll_locked(w)?;
         }
@@ -675,6 +704,7 @@ impl Inner {
         *self.segments.write() = Arc::new(list);
         w.active = new;
         w.first_append = None;
+        w.first_timestamp = None;
         Ok(())
     }
 

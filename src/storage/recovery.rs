@@ -158,6 +158,7 @@ impl Inner {
             writer: Mutex::new(Writer {
                 active,
                 first_append: None,
+                first_timestamp: None,
                 marked_clean: active_as_closed,
             }),
             segments: RwLock::new(Arc::new(segments)),

@@ -83,6 +83,7 @@ impl Inner {
         self.cleaned_to.fetch_min(new_end, Ordering::AcqRel);
         w.active = last;
         w.first_append = None;
+        w.first_timestamp = None;
         // Cutting below the log start empties the log; it restarts at the new end. (A crash
         // before this write is harmless: open never puts the log start past the log end.)
         if new_end < start {
@@ -159,7 +160,10 @@ impl Inner {
         let mut n = 0;
         if let Some(age) = self.cfg().retention_ms {
             let cutoff = now.saturating_sub(age.as_millis() as i64);
-            n = sealed.iter().take_while(|s| s.max_timestamp() < cutoff).count();
+            n = sealed
+                .iter()
+                .take_while(|s| s.retention_timestamp() < cutoff)
+                .count();
         }
         if let Some(limit) = self.cfg().retention_bytes {
             let total: u64 = segments.iter().map(|s| s.size()).sum();

@@ -129,6 +129,31 @@ impl Segment {
         self.max_timestamp.load(Ordering::Acquire)
     }
 
+    /// The largest timestamp of the segment's first batch (-1 if it has none, or the segment
+    /// is empty).
+    pub(crate) fn first_batch_timestamp(&self) -> Result<i64> {
+        let size = self.size();
+        if size == 0 {
+            return Ok(-1);
+        }
+        Ok(self.header_at(0, size)?.max_timestamp)
+    }
+
+    /// The time retention judges the segment by, in milliseconds since the epoch: its largest
+    /// record timestamp, or, as Kafka does when no record has one (they are all negative), the
+    /// log file's modification time.
+    pub(crate) fn retention_timestamp(&self) -> i64 {
+        let max = self.max_timestamp();
+        if max >= 0 {
+            return max;
+        }
+        std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(i64::MAX, |d| d.as_millis().min(i64::MAX as u128) as i64)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.size() == 0
     }
