@@ -54,6 +54,10 @@ pub struct LogConfig {
     pub(crate) min_cleanable_dirty_ppm: u32,
 }
 
+/// Kafka's default `max.message.bytes`: 1 MiB plus the 12 bytes of a log entry's offset and
+/// length, so a batch Kafka accepts by default is accepted here too.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = (1 << 20) + 12;
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -64,7 +68,7 @@ impl Default for LogConfig {
             retention_ms: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_bytes: None,
             retention_check_interval: Duration::from_secs(300),
-            max_message_bytes: 1 << 20,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             fsync: Fsync::Always,
             timestamp_type: TimestampType::CreateTime,
             cleanup_policy: CleanupPolicy::Delete,
@@ -131,8 +135,8 @@ impl LogConfig {
         self
     }
 
-    /// `max.message.bytes`: the largest batch an append accepts. Default 1 MiB; at least 61
-    /// bytes (one batch header).
+    /// `max.message.bytes`: the largest batch an append accepts. Default 1,048,588 bytes
+    /// ([`DEFAULT_MAX_MESSAGE_BYTES`], Kafka's); at least 61 bytes (one batch header).
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self

@@ -82,7 +82,7 @@ pub use broker::{
     Broker, BrokerBuilder, GroupOffset, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, PartitionDescription,
     TopicDescription, validate_topic_name,
 };
-pub use config::{CleanupPolicy, CompressionType, Fsync, LogConfig, TopicConfig};
+pub use config::{CleanupPolicy, CompressionType, DEFAULT_MAX_MESSAGE_BYTES, Fsync, LogConfig, TopicConfig};
 pub use consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, ConsumerRecordsIter, OffsetReset,
     RebalanceListener, TopicPartition,

@@ -24,6 +24,33 @@ fn an_oversized_batch_is_refused_whole() {
 }
 
 #[test]
+fn a_batch_of_kafkas_default_max_message_bytes_is_accepted_and_one_byte_more_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config()).unwrap();
+    assert_eq!(log.config().get_max_message_bytes(), 1_048_588);
+    // One record whose value is sized so the batch is `len` bytes.
+    let sized = |len: usize| {
+        let mut value = len;
+        for _ in 0..4 {
+            let b = batch(&[Rec::new(1, None, Some(&vec![7u8; value]))], Compression::None);
+            if b.len() == len {
+                return b;
+            }
+            value = value + len - b.len();
+        }
+        panic!("no value length makes a batch of {len} bytes");
+    };
+    let err = log.append(sized(1_048_589)).unwrap_err();
+    assert!(
+        matches!(err, Error::BatchTooLarge { max: 1_048_588, .. }),
+        "{err}"
+    );
+    assert_eq!(log.log_end_offset(), 0);
+    log.append(sized(1_048_588)).unwrap();
+    assert_eq!(log.log_end_offset(), 1);
+}
+
+#[test]
 fn empty_and_malformed_batches_are_refused() {
     assert_eq!(
         BatchBuilder::new(Compression::None).finish().unwrap_err(),

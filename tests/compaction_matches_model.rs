@@ -91,9 +91,8 @@ fn model(all: &[Rec], active_base: i64, now: i64) -> Vec<Rec> {
             r.offset >= active_base
                 || match &r.key {
                     None => false,
-                    Some(k) => {
-                        latest[&k[..]] == r.offset && !(r.value.is_none() && r.timestamp < now - HOUR_MS)
-                    }
+                    // A first clean keeps tombstones, whatever their age (see below).
+                    Some(k) => latest[&k[..]] == r.offset,
                 }
         })
         .cloned()
@@ -144,36 +143,47 @@ fn a_clean_keeps_what_the_model_keeps() {
 }
 
 #[test]
-fn recent_tombstones_stay_until_their_retention_passes() {
+fn a_tombstone_stays_delete_retention_after_the_first_clean_that_saw_it() {
+    // An hour of delete retention; the tombstone's own timestamp is two hours old, which once
+    // removed it at the first clean (consumers got no time to see the delete).
     let dir = tempfile::tempdir().unwrap();
     let log = PartitionLog::open(dir.path(), config()).unwrap();
-    let now = now_ms();
-    log.append(batch(
-        &[Rec::new(now, Some(b"k"), Some(b"v1"))],
-        Compression::None,
-    ))
-    .unwrap();
-    log.append(batch(&[Rec::new(now, Some(b"k"), None)], Compression::None))
+    let old = now_ms() - 2 * HOUR_MS;
+    let write = |log: &PartitionLog| {
+        log.append(batch(
+            &[Rec::new(old, Some(b"k"), Some(b"v1"))],
+            Compression::None,
+        ))
         .unwrap();
-    log.roll().unwrap();
-    log.append(batch(
-        &[Rec::new(now, Some(b"other"), Some(b"x"))],
-        Compression::None,
-    ))
-    .unwrap();
+        log.append(batch(&[Rec::new(old, Some(b"k"), None)], Compression::None))
+            .unwrap();
+        log.roll().unwrap();
+        log.append(batch(
+            &[Rec::new(old, Some(b"other"), Some(b"x"))],
+            Compression::None,
+        ))
+        .unwrap();
+    };
+    write(&log);
+    for clean in 0..2 {
+        log.compact().unwrap();
+        let left = read_all(&log, 0);
+        assert_eq!(left.len(), 2, "clean {clean}: the tombstone stays: {left:?}");
+        assert_eq!((left[0].offset, left[0].value.as_deref()), (1, None));
+        assert_eq!(left[0].timestamp, old, "the record keeps its own timestamp");
+    }
+    // With no delete retention, the first clean marks the tombstone with the horizon "now",
+    // and a later clean removes it.
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config().delete_retention(Duration::ZERO)).unwrap();
+    write(&log);
     log.compact().unwrap();
-    let left = read_all(&log, 0);
-    assert_eq!(
-        left.len(),
-        2,
-        "the value is gone, the recent tombstone stays: {left:?}"
-    );
-    assert_eq!((left[0].offset, left[0].value.as_deref()), (1, None));
-    // With a retention of zero the tombstone goes on the next clean.
-    log.set_config(config().delete_retention(Duration::ZERO)).unwrap();
+    assert_eq!(read_all(&log, 0).len(), 2, "the first clean keeps the tombstone");
     std::thread::sleep(Duration::from_millis(2));
     log.compact().unwrap();
-    assert_eq!(read_all(&log, 0).len(), 1);
+    let left = read_all(&log, 0);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].key.as_deref(), Some(&b"other"[..]));
 }
 
 #[test]

@@ -84,6 +84,15 @@ impl BatchBuilder {
         self
     }
 
+    /// Marks the batch with the cleaner's delete horizon (see
+    /// [`BatchHeader::delete_horizon`](crate::storage::BatchHeader::delete_horizon)): the base
+    /// timestamp holds it, and records' timestamps are stored relative to it.
+    pub(crate) fn delete_horizon(mut self, at_ms: i64) -> Self {
+        self.set_flag(DELETE_HORIZON_BIT, true);
+        self.base_timestamp = at_ms;
+        self
+    }
+
     fn set_flag(&mut self, bit: i16, on: bool) {
         if on {
             self.attributes |= bit
@@ -159,7 +168,7 @@ impl BatchBuilder {
         headers_len: usize,
         write_headers: impl FnOnce(&mut Vec<u8>),
     ) {
-        if self.count == 0 {
+        if self.count == 0 && self.attributes & DELETE_HORIZON_BIT == 0 {
             self.base_timestamp = timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
@@ -191,9 +200,12 @@ impl BatchBuilder {
     }
 
     /// Copies a stored batch's attributes (codec, timestamp type, transactional and control
-    /// flags) and producer fields.
+    /// flags, delete horizon) and producer fields.
     pub(crate) fn like(mut self, h: &BatchHeader) -> Self {
         self.attributes = h.attributes;
+        if let Some(horizon) = h.delete_horizon() {
+            self.base_timestamp = horizon;
+        }
         self.producer_id = h.producer_id;
         self.producer_epoch = h.producer_epoch;
         self.base_sequence = h.base_sequence;

@@ -1,8 +1,8 @@
 //! Log compaction (`cleanup.policy=compact`): the sealed segments are rewritten keeping, for
-//! each key, only its latest record, and dropping a latest record that is a tombstone once it
-//! is older than `delete.retention.ms`. Records without a key are dropped, as Kafka's cleaner
-//! drops them (a compacting log refuses them, so they date from before it compacted). Offsets
-//! never change:
+//! each key, only its latest record, and dropping a latest record that is a tombstone once
+//! `delete.retention.ms` has passed since a clean first saw it (the batch's delete horizon,
+//! as in Kafka). Records without a key are dropped, as Kafka's cleaner drops them (a
+//! compacting log refuses them, so they date from before it compacted). Offsets never change:
 //! a batch that loses records keeps its base and last offsets, and a batch that loses all of
 //! them disappears, leaving a gap readers step over. The active segment is never touched.
 //!
@@ -227,7 +227,10 @@ impl Inner {
         }
 
         // Pass 2: the cleaned copies, in the staging directory.
-        let horizon = now_ms.saturating_sub(config.delete_retention.as_millis() as i64);
+        let tombstones = Tombstones {
+            now_ms,
+            horizon: now_ms.saturating_add(config.delete_retention.as_millis().min(i64::MAX as u128) as i64),
+        };
         let staging = self.dir.join(STAGING_DIR);
         if staging.exists() {
             std::fs::remove_dir_all(&staging).ctx("remove", &staging)?;
@@ -247,7 +250,7 @@ impl Inner {
                 Some(config.segment_index_bytes),
             )?;
             for_each_batch(seg, |batch| {
-                let kept = clean_batch(&batch, &latest, horizon, &mut stats)?;
+                let kept = clean_batch(&batch, &latest, tombstones, &mut stats)?;
                 let bytes = match &kept {
                     Kept::All => batch.as_bytes(),
                     Kept::Some(b) => b.as_bytes(),
@@ -282,30 +285,46 @@ enum Kept {
     None,
 }
 
-/// The part of `batch` that survives: each key's latest record unless it is a tombstone older
-/// than `horizon`.
+/// When tombstones go (Kafka's KIP-534): a clean that finds a batch with tombstones marks it
+/// with a delete horizon, `delete.retention.ms` from then, and a clean after that horizon
+/// removes them. So a tombstone stays that long after the cleaner first saw it, whatever its
+/// own timestamp says: consumers that read the log within that time see the delete.
+#[derive(Debug, Clone, Copy)]
+struct Tombstones {
+    now_ms: i64,
+    /// The horizon this clean gives batches it finds tombstones in.
+    horizon: i64,
+}
+
+/// The part of `batch` that survives: each key's latest record, except tombstones whose
+/// batch's delete horizon has passed.
 fn clean_batch(
     batch: &Batch<'_>,
     latest: &HashMap<Vec<u8>, i64>,
-    horizon: i64,
+    tombstones: Tombstones,
     stats: &mut CleanStats,
 ) -> Result<Kept> {
     let h = batch.header();
+    let expired = h.delete_horizon().is_some_and(|at| at <= tombstones.now_ms);
     let keep = |r: &Record<'_>| match r.key {
         None => false,
-        Some(k) => latest.get(k) == Some(&r.offset) && !(r.value.is_none() && r.timestamp < horizon),
+        Some(k) => latest.get(k) == Some(&r.offset) && !(r.value.is_none() && expired),
     };
     let records = batch.records().map_err(Error::InvalidBatch)?;
     let mut survivors = 0u64;
     let mut total = 0u64;
+    let mut tombstone_kept = false;
     for r in records.iter() {
         let r = r.map_err(Error::InvalidBatch)?;
         total += 1;
-        survivors += u64::from(keep(&r));
+        let kept = keep(&r);
+        survivors += u64::from(kept);
+        tombstone_kept |= kept && r.value.is_none();
     }
     stats.records_kept += survivors;
     stats.records_removed += total - survivors;
-    if survivors == total {
+    let mark = tombstone_kept && h.delete_horizon().is_none();
+    if survivors == total && !mark {
         return Ok(Kept::All);
     }
     if survivors == 0 {
@@ -313,6 +332,9 @@ fn clean_batch(
     }
     let codec = h.compression().map_err(Error::InvalidBatch)?;
     let mut b = BatchBuilder::new(codec).like(h);
+    if mark {
+        b = b.delete_horizon(tombstones.horizon);
+    }
     for r in records.iter() {
         let r = r.map_err(Error::InvalidBatch)?;
         if keep(&r) {

@@ -7,7 +7,8 @@
 //!     12     4  partition leader epoch  assigned by the log; outside the CRC
 //!     16     1  magic                   always 2
 //!     17     4  crc                     CRC-32C (Castagnoli) of bytes 21..end
-//!     21     2  attributes              bits 0-2 codec, 3 timestamp type, 4 transactional, 5 control
+//!     21     2  attributes              bits 0-2 codec, 3 timestamp type, 4 transactional, 5 control,
+//!                                       6 delete horizon (base timestamp holds it)
 //!     23     4  last offset delta
 //!     27     8  base timestamp          first record's timestamp
 //!     35     8  max timestamp
@@ -67,6 +68,9 @@ pub(crate) const CODEC_MASK: i16 = 0x07;
 pub(crate) const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
 pub(crate) const TRANSACTIONAL_BIT: i16 = 1 << 4;
 pub(crate) const CONTROL_BIT: i16 = 1 << 5;
+/// Set by the cleaner on a batch whose tombstones it has seen: the base timestamp then holds
+/// the time after which they may go (Kafka's delete horizon).
+pub(crate) const DELETE_HORIZON_BIT: i16 = 1 << 6;
 
 /// A batch's compression codec (attribute bits 0-2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
@@ -211,6 +215,12 @@ impl BatchHeader {
     /// A control batch (transaction markers), not user records.
     pub fn is_control(&self) -> bool {
         self.attributes & CONTROL_BIT != 0
+    }
+
+    /// When the cleaner may remove this batch's tombstones (milliseconds since the Unix
+    /// epoch), if a clean has seen them: `delete.retention.ms` after that clean.
+    pub fn delete_horizon(&self) -> Option<i64> {
+        (self.attributes & DELETE_HORIZON_BIT != 0).then_some(self.base_timestamp)
     }
 }
 
