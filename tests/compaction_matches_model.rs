@@ -78,8 +78,8 @@ fn fill(log: &PartitionLog, batches: &[Vec<Rec>]) -> (Vec<Rec>, i64) {
     (read_all(log, 0), active_base)
 }
 
-/// What the log must hold after a clean at `now`.
-fn model(all: &[Rec], active_base: i64, now: i64) -> Vec<Rec> {
+/// What the log must hold after its first clean.
+fn model(all: &[Rec], active_base: i64) -> Vec<Rec> {
     let mut latest: HashMap<&[u8], i64> = HashMap::new();
     for r in all.iter().filter(|r| r.offset < active_base) {
         if let Some(k) = &r.key {
@@ -116,7 +116,7 @@ fn a_clean_keeps_what_the_model_keeps() {
         assert!(log.segment_count() > 3, "the workload spans several segments");
         let end = log.log_end_offset();
         let stats = log.compact().unwrap().expect("there was something to clean");
-        let expected = model(&all, active_base, now);
+        let expected = model(&all, active_base);
         assert_eq!(read_all(&log, 0), expected, "seed {seed}");
         assert_eq!(
             stats.records_removed as usize,
@@ -201,7 +201,7 @@ fn a_crash_at_any_step_of_a_clean_leaves_the_old_or_the_new_log() {
             .unwrap();
         let (before, active_base) = fill(&log, &batches);
         log.flush().unwrap();
-        let after = model(&before, active_base, now);
+        let after = model(&before, active_base);
         fs.crash_after_ops(n);
         let result = log.compact();
         if result.is_ok() {
