@@ -20,7 +20,8 @@ use crate::broker::{Broker, Topic, refuse_internal};
 use crate::config::{CompressionType, Fsync};
 use crate::error::{Error, Result};
 use crate::storage::{
-    AppendInfo, BatchBuilder, Compression, HEADER_LEN, PartitionLog, TimestampType, now_ms, watch,
+    AppendInfo, BatchBuilder, Compression, HEADER_LEN, PartitionLog, RecordBatch, TimestampType, now_ms,
+    watch,
 };
 
 /// Kafka's murmur2 hash, as the Java client computes it for keyed partitioning.
@@ -249,7 +250,30 @@ struct QueueState {
     generation: u64,
     appending: bool,
     /// Outcomes of appended generations, with the number of senders yet to read each.
-    finished: HashMap<u64, (Result<AppendInfo, Arc<Error>>, usize)>,
+    finished: HashMap<u64, (Arc<Outcome>, usize)>,
+}
+
+/// How one generation's batch was appended: whole, or (if the log refused it as too large)
+/// in parts, each with the index of its first record in the batch.
+#[derive(Debug)]
+struct Outcome {
+    parts: Vec<(usize, Result<AppendInfo, Arc<Error>>)>,
+}
+
+impl Outcome {
+    /// The append the record at `index` of the batch went into, and the record's offset.
+    fn of(&self, index: usize) -> Result<(AppendInfo, i64)> {
+        let (first, result) = self
+            .parts
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= index)
+            .expect("the first part starts at index 0");
+        match result {
+            Ok(info) => Ok((*info, info.base_offset + (index - first) as i64)),
+            Err(e) => Err(Error::BatchFailed { source: e.clone() }),
+        }
+    }
 }
 
 impl Producer {
@@ -418,21 +442,21 @@ impl ProducerInner {
         }
         let open = state.open.as_mut().expect("made above");
         open.push(timestamp, record.key, record.value, &record.headers);
-        let index = open.len() as i64 - 1;
+        let index = open.len() - 1;
         let generation = state.generation;
         loop {
-            if let Some((result, readers)) = state.finished.get_mut(&generation) {
-                let outcome = result.clone();
+            if let Some((outcome, readers)) = state.finished.get_mut(&generation) {
+                let outcome = outcome.clone();
                 *readers -= 1;
                 if *readers == 0 {
                     state.finished.remove(&generation);
                 }
                 drop(state);
-                let info = outcome.map_err(|e| Error::BatchFailed { source: e })?;
+                let (info, offset) = outcome.of(index)?;
                 return Ok(RecordMetadata {
                     topic: topic.name.clone(),
                     partition,
-                    offset: info.base_offset + index,
+                    offset,
                     timestamp: match config.get_timestamp_type() {
                         TimestampType::LogAppendTime => info.log_append_time,
                         TimestampType::CreateTime => timestamp,
@@ -464,17 +488,18 @@ impl ProducerInner {
         let senders = batch.len();
         state.generation += 1;
         state.appending = true;
-        let result = parking_lot::MutexGuard::unlocked(state, || {
-            let result = batch.finish().map_err(Error::from).and_then(|b| log.append(b));
+        let outcome = parking_lot::MutexGuard::unlocked(state, || {
+            let parts = match batch.finish() {
+                Ok(batch) => append_splitting(log, batch, 0),
+                Err(e) => vec![(0, Err(Arc::new(Error::from(e))))],
+            };
             if let Ok(count) = self.broker.partition_count(topic) {
                 self.next_sticky(topic, count, partition);
             }
-            result
+            Outcome { parts }
         });
         state.appending = false;
-        state
-            .finished
-            .insert(generation, (result.map_err(Arc::new), senders));
+        state.finished.insert(generation, (Arc::new(outcome), senders));
         queue.appended.fetch_add(1, Ordering::Release);
         queue.done.notify_all();
     }
@@ -514,6 +539,48 @@ impl ProducerInner {
     }
 }
 
+/// Appends a batch that senders share, whose first record is the `first`-th of the original
+/// one. The producer fills a batch by its records' uncompressed size, but the log judges the
+/// compressed batch against `max.message.bytes`: a codec's framing can take a full batch of
+/// incompressible records over it. Such a batch is split in halves, each appended (and split
+/// again if need be) on its own, as Kafka's producer splits a batch the broker refused, so no
+/// record fails because of its neighbours; only a record too large alone does.
+fn append_splitting(
+    log: &PartitionLog,
+    batch: RecordBatch,
+    first: usize,
+) -> Vec<(usize, Result<AppendInfo, Arc<Error>>)> {
+    let count = batch.header().record_count as usize;
+    if count < 2 || batch.len() <= log.config().get_max_message_bytes() {
+        return vec![(first, log.append(batch).map_err(Arc::new))];
+    }
+    let halves = split(&batch, count / 2);
+    match halves {
+        Ok([front, back]) => {
+            let mut parts = append_splitting(log, front, first);
+            parts.extend(append_splitting(log, back, first + count / 2));
+            parts
+        }
+        Err(e) => vec![(first, Err(Arc::new(e)))],
+    }
+}
+
+/// The records of `batch` before and from `at`, as two batches of its codec.
+fn split(batch: &RecordBatch, at: usize) -> Result<[RecordBatch; 2]> {
+    let view = batch.view();
+    let codec = view.header().compression()?;
+    let records = view.records()?;
+    let mut halves = [BatchBuilder::new(codec), BatchBuilder::new(codec)];
+    for (i, record) in records.iter().enumerate() {
+        let r = record?;
+        let (half, delta) = if i < at { (0, i) } else { (1, i - at) };
+        let (raw, count) = r.raw_headers();
+        halves[half].push_encoded(delta as i32, r.timestamp, r.key, r.value, raw, count);
+    }
+    let [front, back] = halves;
+    Ok([front.finish()?, back.finish()?])
+}
+
 /// Refuses a negative timestamp, as Kafka's producer does: retention would judge the record
 /// older than any cutoff.
 fn check_timestamp(record: &ProducerRecord<'_>) -> Result<()> {
@@ -535,5 +602,59 @@ mod tests {
         let hashes: Vec<u32> = (0..8).map(|n| murmur2(&b"abcdefgh"[..n])).collect();
         let distinct: std::collections::HashSet<_> = hashes.iter().collect();
         assert_eq!(distinct.len(), 8);
+    }
+
+    #[test]
+    fn a_shared_batch_too_large_once_compressed_is_appended_in_parts_with_every_record() {
+        let mut x = 7u64;
+        let values: Vec<Vec<u8>> = (0..32)
+            .map(|_| {
+                (0..16 << 10)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        let build = |codec| {
+            let mut b = BatchBuilder::new(codec);
+            for v in &values {
+                b.push(1_000, None, Some(v), &[]);
+            }
+            b.finish().unwrap()
+        };
+        // Its records fit uncompressed, as the producer filled it; snappy's framing does not.
+        let raw = build(Compression::None).len();
+        let batch = build(Compression::Snappy);
+        assert!(batch.len() > raw);
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::LogConfig::default()
+            .fsync(Fsync::Never)
+            .max_message_bytes(raw);
+        let log = PartitionLog::open(dir.path(), config).unwrap();
+        let outcome = Outcome {
+            parts: append_splitting(&log, batch, 0),
+        };
+        assert!(outcome.parts.len() >= 2, "{outcome:?}");
+        let mut reader = log.reader(0);
+        for (i, value) in values.iter().enumerate() {
+            let (_, offset) = outcome.of(i).unwrap();
+            let record = reader.next().unwrap().unwrap();
+            assert_eq!((record.offset, record.value), (offset, Some(&value[..])));
+        }
+        assert!(reader.next().unwrap().is_none());
+        // A record too large alone still fails, and only it.
+        let mut alone = BatchBuilder::new(Compression::Snappy);
+        alone.push(1_000, None, Some(&values[0]), &[]);
+        let log = PartitionLog::open(
+            dir.path().join("small"),
+            crate::LogConfig::default().max_message_bytes(1024),
+        )
+        .unwrap();
+        let parts = append_splitting(&log, alone.finish().unwrap(), 0);
+        assert!(matches!(&parts[..], [(0, Err(e))] if matches!(**e, Error::BatchTooLarge { .. })));
     }
 }
