@@ -463,8 +463,15 @@ impl Consumer {
     /// [`Error::UnknownMember`], [`Error::RebalanceInProgress`]) and nothing is stored, as in
     /// Kafka. A consumer with assigned partitions may commit only while the group has no
     /// members.
+    ///
+    /// Metadata longer than [`MAX_OFFSET_METADATA_BYTES`](crate::group::MAX_OFFSET_METADATA_BYTES)
+    /// refuses the whole commit ([`Error::OffsetMetadataTooLarge`]).
     pub fn commit_offsets(&mut self, offsets: &[(TopicPartition, i64, &str)]) -> Result<()> {
         let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
+        crate::group::offsets::validate_group_id(&group)?;
+        for (tp, _, metadata) in offsets {
+            crate::group::offsets::validate_metadata(tp, metadata)?;
+        }
         let now = crate::storage::now_ms();
         let entries: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
             .iter()

@@ -304,6 +304,31 @@ pub enum Error {
     #[error("{0}")]
     IllegalState(&'static str),
 
+    /// A group id the broker cannot use: empty, or longer than
+    /// [`MAX_GROUP_ID_BYTES`](crate::group::MAX_GROUP_ID_BYTES). Nothing was changed.
+    #[error("invalid group id ({len} bytes): {reason}")]
+    InvalidGroupId {
+        /// The id's length in bytes.
+        len: usize,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// Commit metadata is longer than Kafka's `offset.metadata.max.bytes`
+    /// ([`MAX_OFFSET_METADATA_BYTES`](crate::group::MAX_OFFSET_METADATA_BYTES)). Nothing of the
+    /// commit it came in was stored.
+    #[error("commit metadata for {topic}-{partition} has {len} bytes; offset.metadata.max.bytes is {max}")]
+    OffsetMetadataTooLarge {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The metadata's length in bytes.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
+
     /// A request to the group coordinator is malformed (an empty group id, a zero session
     /// timeout, no protocols, an undecodable subscription).
     #[error("invalid group request: {0}")]

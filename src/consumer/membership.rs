@@ -204,6 +204,7 @@ impl Consumer {
 
     fn start_subscription(&mut self, topics: Topics) -> Result<()> {
         let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
+        crate::group::offsets::validate_group_id(&group)?;
         if self.manual {
             return Err(Error::IllegalState(
                 "subscribe on a consumer with assigned partitions (assign an empty list first)",

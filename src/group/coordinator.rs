@@ -471,9 +471,7 @@ fn unknown_member(group: &str, member: &str) -> Error {
 
 fn validate_join(group_id: &str, r: &JoinGroup) -> Result<()> {
     let bad = |what: &str| Err(Error::InvalidGroupRequest(what.to_string()));
-    if group_id.is_empty() {
-        return bad("the group id is empty");
-    }
+    super::offsets::validate_group_id(group_id)?;
     if r.session_timeout.is_zero() || r.session_timeout > MAX_TIMEOUT {
         return bad("the session timeout must be between 1 ms and 30 minutes");
     }

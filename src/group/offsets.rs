@@ -20,14 +20,52 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::wire::{Reader, put_string};
+use super::wire::{MAX_STRING_BYTES, Reader, put_string};
 use crate::config::{CleanupPolicy, Fsync, LogConfig, TopicConfig};
 use crate::consumer::TopicPartition;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::{BatchBuilder, Compression, PartitionLog};
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The longest commit metadata stored, in bytes (Kafka's `offset.metadata.max.bytes`
+/// default). Longer metadata is refused with [`Error::OffsetMetadataTooLarge`].
+pub const MAX_OFFSET_METADATA_BYTES: usize = 4096;
+
+/// The longest group id, in bytes: the most the i16 length of Kafka's offset-commit key
+/// holds. A longer one is refused with [`Error::InvalidGroupId`].
+pub const MAX_GROUP_ID_BYTES: usize = MAX_STRING_BYTES;
+
+/// Refuses a group id that is empty or too long to store.
+pub(crate) fn validate_group_id(group: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidGroupId {
+            len: group.len(),
+            reason,
+        })
+    };
+    if group.is_empty() {
+        return bad("it is empty");
+    }
+    if group.len() > MAX_GROUP_ID_BYTES {
+        return bad("it is longer than 32767 bytes");
+    }
+    Ok(())
+}
+
+/// Refuses a commit whose metadata is longer than [`MAX_OFFSET_METADATA_BYTES`].
+pub(crate) fn validate_metadata(tp: &TopicPartition, metadata: &str) -> Result<()> {
+    if metadata.len() > MAX_OFFSET_METADATA_BYTES {
+        return Err(Error::OffsetMetadataTooLarge {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            len: metadata.len(),
+            max: MAX_OFFSET_METADATA_BYTES,
+        });
+    }
+    Ok(())
+}
 
 /// A committed offset: the next record the group will read, with the committer's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,8 +182,13 @@ impl OffsetStore {
         })
     }
 
-    /// Commits offsets for a group, all in one batch: all are stored, or none.
+    /// Commits offsets for a group, all in one batch: all are stored, or none. A group id or
+    /// metadata past its limit refuses the whole commit before anything is written.
     pub(crate) fn commit(&self, group: &str, offsets: &[(TopicPartition, OffsetAndMetadata)]) -> Result<()> {
+        validate_group_id(group)?;
+        for (tp, o) in offsets {
+            validate_metadata(tp, &o.metadata)?;
+        }
         self.write(group, offsets.iter().map(|(tp, o)| (tp, Some(o))))
     }
 
@@ -169,12 +212,19 @@ impl OffsetStore {
         let mut batch = BatchBuilder::new(Compression::None);
         let now = crate::storage::now_ms();
         for (tp, o) in entries.clone() {
-            batch.push(
-                now,
-                Some(&key_bytes(group, tp)),
-                o.map(value_bytes).as_deref(),
-                &[],
-            );
+            let key = key_bytes(group, tp);
+            let value = o.map(value_bytes);
+            // What is acknowledged must be what a reopen reads back: a record that would not
+            // parse is skipped on open, losing the commit.
+            let readable = parse_key(&key)
+                .is_some_and(|(g, t, p)| g == group && t == tp.topic && p == tp.partition)
+                && value.as_deref().is_none_or(|v| parse_value(v).as_ref() == o);
+            if !readable {
+                return Err(Error::InvalidGroupRequest(format!(
+                    "the commit for {tp} of group {group:?} would not read back"
+                )));
+            }
+            batch.push(now, Some(&key), value.as_deref(), &[]);
         }
         if batch.is_empty() {
             return Ok(());

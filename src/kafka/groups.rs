@@ -25,6 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{NODE_ID, Server, codes};
 use crate::consumer::TopicPartition;
+use crate::group::offsets::{validate_group_id, validate_metadata};
 use crate::group::{JoinGroup, MemberRef, OffsetAndMetadata};
 
 fn text(s: impl Into<String>) -> StrBytes {
@@ -170,8 +171,10 @@ pub(super) fn leave_group(server: &Server, request: LeaveGroupRequest, version: 
     LeaveGroupResponse::default().with_members(members)
 }
 
-/// Commits as the coordinator allows (Kafka's generation rules); all partitions or none, each
-/// answered with the outcome.
+/// Commits as the coordinator allows (Kafka's generation rules), each partition answered. As
+/// in Kafka, a partition that does not exist (UNKNOWN_TOPIC_OR_PARTITION) or whose metadata is
+/// over `offset.metadata.max.bytes` (OFFSET_METADATA_TOO_LARGE) is left out and the others
+/// are committed together; a refusal by the group, or a failed write, answers all of those.
 pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
     let me = member(
@@ -180,43 +183,53 @@ pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> Of
         request.generation_id_or_member_epoch,
     );
     let now = crate::storage::now_ms();
-    // Every partition must exist; the first that does not refuses the whole commit.
-    let entries: crate::Result<Vec<(TopicPartition, OffsetAndMetadata)>> = request
+    let checked: Vec<Vec<crate::Result<(TopicPartition, OffsetAndMetadata)>>> = request
         .topics
         .iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
-        .map(|(t, p)| {
-            server.log(&t.name.0, p.partition_index)?;
-            let meta = OffsetAndMetadata {
-                offset: p.committed_offset,
-                metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
-                commit_timestamp: now,
-            };
-            Ok((
-                TopicPartition::new(t.name.0.to_string(), p.partition_index as u32),
-                meta,
-            ))
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    server.log(&t.name.0, p.partition_index)?;
+                    let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index as u32);
+                    let metadata = p.committed_metadata.as_deref().unwrap_or("").to_string();
+                    validate_metadata(&tp, &metadata)?;
+                    let meta = OffsetAndMetadata {
+                        offset: p.committed_offset,
+                        metadata,
+                        commit_timestamp: now,
+                    };
+                    Ok((tp, meta))
+                })
+                .collect()
         })
         .collect();
-    let outcome = entries.and_then(|entries| {
+    let entries: Vec<(TopicPartition, OffsetAndMetadata)> = checked
+        .iter()
+        .flatten()
+        .filter_map(|c| c.as_ref().ok().cloned())
+        .collect();
+    let outcome = validate_group_id(&group).and_then(|()| {
         let store = server.broker.inner.offsets()?;
         server
             .broker
             .coordinator()
             .check_commit(&group, &me, || store.commit(&group, &entries))
     });
-    let code = outcome.err().map_or(0, |e| codes::code(&e));
+    let committed_code = outcome.err().map_or(0, |e| codes::code(&e));
     let topics = request
         .topics
         .into_iter()
-        .map(|t| {
+        .zip(checked)
+        .map(|(t, checked)| {
             let partitions = t
                 .partitions
                 .iter()
-                .map(|p| {
+                .zip(checked)
+                .map(|(p, c)| {
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(code)
+                        .with_error_code(c.err().map_or(committed_code, |e| codes::code(&e)))
                 })
                 .collect();
             OffsetCommitResponseTopic::default()
