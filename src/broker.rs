@@ -148,6 +148,7 @@ pub struct BrokerBuilder {
     default_topic: TopicConfig,
     auto_create: bool,
     num_partitions: u32,
+    fs: Arc<dyn Fs>,
 }
 
 impl BrokerBuilder {
@@ -175,6 +176,13 @@ impl BrokerBuilder {
     /// `num.partitions`: partitions of an automatically created topic. Default 1.
     pub fn num_partitions(mut self, n: u32) -> Self {
         self.num_partitions = n;
+        self
+    }
+
+    /// The file system partitions are written through (default [`StdFs`]); tests pass a
+    /// slow or faulty one.
+    pub fn fs(mut self, fs: Arc<dyn Fs>) -> Self {
+        self.fs = fs;
         self
     }
 
@@ -340,6 +348,7 @@ impl Broker {
             default_topic: TopicConfig::default(),
             auto_create: true,
             num_partitions: 1,
+            fs: Arc::new(StdFs),
         }
     }
 
@@ -552,14 +561,18 @@ impl Broker {
         let store = self.inner.offsets()?;
         self.inner
             .groups
-            .while_inactive(group, || store.commit(group, &entries))
+            .while_inactive(group, || store.append(group, &entries))?
+            .durable()
     }
 
     /// Deletes a group and its committed offsets. The group must have no active members
     /// ([`Error::GroupNotEmpty`]).
     pub fn delete_group(&self, group: &str) -> Result<()> {
         let store = self.inner.offsets()?;
-        self.inner.groups.delete(group, || store.delete_group(group))
+        self.inner
+            .groups
+            .delete(group, || store.append_delete_group(group))?
+            .durable()
     }
 
     /// Closes every partition cleanly and releases the data directory. Handles that live on
@@ -609,7 +622,7 @@ impl BrokerInner {
         for record in &registry.topics {
             let topic = open_topic(
                 &dir,
-                &housekeeper,
+                (&housekeeper, &settings.fs),
                 &record.name,
                 record.partitions,
                 &record.config,
@@ -737,7 +750,7 @@ impl BrokerInner {
         self.check_new_topic(name, partitions, &config)?;
         let topic = Arc::new(open_topic(
             &self.dir,
-            &self.housekeeper,
+            (&self.housekeeper, &self.settings.fs),
             name,
             partitions,
             &config,
@@ -780,7 +793,13 @@ impl BrokerInner {
         let config = topic.config.read().log.clone();
         let mut logs = Vec::clone(&current);
         for p in current.len() as u32..total {
-            logs.push(open_partition(&self.dir, &self.housekeeper, name, p, &config)?);
+            logs.push(open_partition(
+                &self.dir,
+                (&self.housekeeper, &self.settings.fs),
+                name,
+                p,
+                &config,
+            )?);
         }
         *topic.partitions.write() = Arc::new(logs);
         let topics = self.topics.read().clone();
@@ -854,7 +873,7 @@ impl Topic {
 
 fn open_partition(
     dir: &Path,
-    housekeeper: &Housekeeper,
+    (housekeeper, fs): (&Housekeeper, &Arc<dyn Fs>),
     topic: &str,
     partition: u32,
     config: &crate::LogConfig,
@@ -862,18 +881,19 @@ fn open_partition(
     PartitionLog::builder(partition_dir(dir, topic, partition))
         .config(config.clone())
         .housekeeper(housekeeper)
+        .fs(fs.clone())
         .open()
 }
 
 fn open_topic(
     dir: &Path,
-    housekeeper: &Housekeeper,
+    io: (&Housekeeper, &Arc<dyn Fs>),
     name: &str,
     partitions: u32,
     config: &TopicConfig,
 ) -> Result<Topic> {
     let logs = (0..partitions)
-        .map(|p| open_partition(dir, housekeeper, name, p, &config.log))
+        .map(|p| open_partition(dir, io, name, p, &config.log))
         .collect::<Result<Vec<_>>>()?;
     Ok(Topic {
         name: name.to_string(),

@@ -495,7 +495,8 @@ impl Consumer {
         self.broker
             .inner
             .groups
-            .check_commit(&group, &member, || store.commit(&group, &entries))?;
+            .check_commit(&group, &member, || store.append(&group, &entries))?
+            .durable()?;
         self.last_commit = Instant::now();
         Ok(())
     }

@@ -23,8 +23,10 @@
 //! - Static members (`group.instance.id`) keep their identity across restarts: joining again
 //!   with a known instance id replaces the old member id, fencing it, and does not rebalance
 //!   a stable group when nothing changed.
-//! - Offsets are committed under the group's lock, after checking the committer belongs to
-//!   the current generation (Kafka's rules: see [`GroupCoordinator::check_commit`]).
+//! - Offsets are appended under the group's lock, after checking the committer belongs to
+//!   the current generation (Kafka's rules: see [`GroupCoordinator::check_commit`]); the wait
+//!   for the disk comes after the lock is released, so a slow disk never holds up
+//!   heartbeats and joins.
 //!
 //! Time only moves forward through requests and [`GroupCoordinator::tick`]: each request first
 //! expires what is due in its group; waiters and network front ends tick periodically.
@@ -391,8 +393,9 @@ impl GroupCoordinator {
         out
     }
 
-    /// Runs `write` (storing offsets) if `member` may commit for `group_id` now, holding the
-    /// group so no rebalance completes in between.
+    /// Runs `write` (appending offsets) if `member` may commit for `group_id` now, holding the
+    /// group so no rebalance completes in between. `write` must not wait for the disk: every
+    /// request to the group waits for it.
     ///
     /// Kafka's rules: a commit that names no member and generation -1 is a standalone
     /// consumer's, accepted only while the group has no members. Otherwise the member must be
@@ -425,28 +428,42 @@ impl GroupCoordinator {
         write()
     }
 
-    /// Removes an empty group; `GroupNotEmpty` if it has members. Runs `cleanup` (deleting
-    /// its offsets) under the group's lock, so no member can join meanwhile.
-    pub(crate) fn delete(&self, group_id: &str, cleanup: impl FnOnce() -> Result<()>) -> Result<()> {
-        let mut groups = self.groups.lock();
-        if let Some(group) = groups.get(group_id).cloned() {
-            let mut g = group.lock();
-            g.expire(Instant::now());
-            if !g.members.is_empty() {
-                return Err(Error::GroupNotEmpty {
-                    group: group_id.to_string(),
-                });
-            }
-            cleanup()?;
-            g.state = GroupState::Dead;
-            groups.remove(group_id);
-            return Ok(());
+    /// Removes an empty group; `GroupNotEmpty` if it has members. Runs `cleanup` (writing
+    /// its offsets' tombstones, without waiting for the disk) under the group's lock, so no
+    /// member can join or commit in between; the global map is not held meanwhile, as a join
+    /// that finds the group Dead looks it up again.
+    pub(crate) fn delete<T>(&self, group_id: &str, cleanup: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some(group) = self.group(group_id) else {
+            return cleanup();
+        };
+        let mut g = group.lock();
+        if g.state == GroupState::Dead {
+            // Deleted meanwhile: a new group of this id may exist by now.
+            drop(g);
+            return self.delete(group_id, cleanup);
         }
-        cleanup()
+        g.expire(Instant::now());
+        if !g.members.is_empty() {
+            return Err(Error::GroupNotEmpty {
+                group: group_id.to_string(),
+            });
+        }
+        let done = cleanup()?;
+        g.state = GroupState::Dead;
+        drop(g);
+        let mut groups = self.groups.lock();
+        if groups
+            .get(group_id)
+            .is_some_and(|current| Arc::ptr_eq(current, &group))
+        {
+            groups.remove(group_id);
+        }
+        Ok(done)
     }
 
     /// Fails with `GroupNotEmpty` if the group has members (offsets can only be reset on an
-    /// inactive group, as in Kafka), else runs `f` under the group's lock.
+    /// inactive group, as in Kafka), else runs `f` under the group's lock (so `f` must not
+    /// wait for the disk).
     pub(crate) fn while_inactive<T>(&self, group_id: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let Some(group) = self.group(group_id) else {
             return f();

@@ -11,6 +11,13 @@
 //!        | commit timestamp i64
 //! ```
 //!
+//! A commit is written in two steps, as Kafka appends under the group's lock and waits for
+//! replication outside it: [`OffsetStore::append`] writes the records to the page cache (the
+//! log's order is the commits' order, so it runs where the caller fixes that order, under the
+//! group's lock), and [`Written::durable`] waits for `fdatasync` and only then shows the
+//! commit to readers, outside any lock other requests need. The log is kept with
+//! [`Fsync::Never`] for that reason; nothing is acknowledged before `durable` returns.
+//!
 //! The topic is compacted, as in Kafka: the cleaner keeps the latest commit of each key, and a
 //! deleted group's tombstones go after `delete.retention.ms`, so replaying it on open costs
 //! about one record per committed partition (plus what was written since the last clean).
@@ -84,16 +91,36 @@ type Key = (String, String, u32);
 #[derive(Debug)]
 pub(crate) struct OffsetStore {
     log: PartitionLog,
-    latest: RwLock<HashMap<Key, OffsetAndMetadata>>,
-    /// Serializes commits so the in-memory view follows the log's order.
+    /// The latest durable record of each key. A deletion stays as `None`, so that a commit
+    /// made durable later but written earlier cannot bring the key back.
+    latest: RwLock<HashMap<Key, Latest>>,
+    /// Serializes appends, so that each commit's records are one batch at known offsets.
     writing: Mutex<()>,
 }
 
-/// The offsets topic's config: durable and compacted (Kafka's `offsets.topic.*` defaults).
+#[derive(Debug)]
+struct Latest {
+    /// The record's offset in the offsets topic.
+    at: i64,
+    value: Option<OffsetAndMetadata>,
+}
+
+/// Records appended but not yet durable; [`Written::durable`] waits for them.
+#[must_use = "a commit is not stored until it is durable"]
+#[derive(Debug)]
+pub(crate) struct Written {
+    store: std::sync::Arc<OffsetStore>,
+    /// The offset of the first record; the others follow densely.
+    base: i64,
+    entries: Vec<(Key, Option<OffsetAndMetadata>)>,
+}
+
+/// The offsets topic's config: compacted (Kafka's `offsets.topic.*` defaults), and synced by
+/// the store itself before it acknowledges anything (see the module's doc).
 pub(crate) fn topic_config() -> TopicConfig {
     TopicConfig::default().with_log(
         LogConfig::default()
-            .fsync(Fsync::Always)
+            .fsync(Fsync::Never)
             .cleanup_policy(CleanupPolicy::Compact)
             .retention_ms(None)
             .segment_bytes(100 << 20)
@@ -166,7 +193,13 @@ impl OffsetStore {
                 }
                 Some(v) => match parse_value(v) {
                     Some(o) => {
-                        latest.insert(key, o);
+                        latest.insert(
+                            key,
+                            Latest {
+                                at: r.offset,
+                                value: Some(o),
+                            },
+                        );
                     }
                     None => log::warn!(
                         "skipping an unreadable value at offset {} of {OFFSETS_TOPIC}",
@@ -182,9 +215,14 @@ impl OffsetStore {
         })
     }
 
-    /// Commits offsets for a group, all in one batch: all are stored, or none. A group id or
-    /// metadata past its limit refuses the whole commit before anything is written.
-    pub(crate) fn commit(&self, group: &str, offsets: &[(TopicPartition, OffsetAndMetadata)]) -> Result<()> {
+    /// Writes a group's commit, all in one batch, without waiting for the disk: the commit is
+    /// stored (and visible) once [`Written::durable`] returns. A group id or metadata past
+    /// its limit refuses the whole commit before anything is written.
+    pub(crate) fn append(
+        self: &std::sync::Arc<Self>,
+        group: &str,
+        offsets: &[(TopicPartition, OffsetAndMetadata)],
+    ) -> Result<Written> {
         validate_group_id(group)?;
         for (tp, o) in offsets {
             validate_metadata(tp, &o.metadata)?;
@@ -192,26 +230,28 @@ impl OffsetStore {
         self.write(group, offsets.iter().map(|(tp, o)| (tp, Some(o))))
     }
 
-    /// Deletes a group's committed offsets (tombstones for each).
-    pub(crate) fn delete_group(&self, group: &str) -> Result<()> {
+    /// Writes tombstones for every committed offset of a group, without waiting for the disk
+    /// (see [`OffsetStore::append`]).
+    pub(crate) fn append_delete_group(self: &std::sync::Arc<Self>, group: &str) -> Result<Written> {
         let tps: Vec<TopicPartition> = self
             .latest
             .read()
-            .keys()
-            .filter(|(g, _, _)| g == group)
-            .map(|(_, t, p)| TopicPartition::new(t.clone(), *p))
+            .iter()
+            .filter(|((g, _, _), l)| g == group && l.value.is_some())
+            .map(|((_, t, p), _)| TopicPartition::new(t.clone(), *p))
             .collect();
         self.write(group, tps.iter().map(|tp| (tp, None)))
     }
 
     fn write<'a>(
-        &self,
+        self: &std::sync::Arc<Self>,
         group: &str,
-        entries: impl Iterator<Item = (&'a TopicPartition, Option<&'a OffsetAndMetadata>)> + Clone,
-    ) -> Result<()> {
+        entries: impl Iterator<Item = (&'a TopicPartition, Option<&'a OffsetAndMetadata>)>,
+    ) -> Result<Written> {
         let mut batch = BatchBuilder::new(Compression::None);
         let now = crate::storage::now_ms();
-        for (tp, o) in entries.clone() {
+        let mut written = Vec::new();
+        for (tp, o) in entries {
             let key = key_bytes(group, tp);
             let value = o.map(value_bytes);
             // What is acknowledged must be what a reopen reads back: a record that would not
@@ -225,21 +265,24 @@ impl OffsetStore {
                 )));
             }
             batch.push(now, Some(&key), value.as_deref(), &[]);
+            written.push(((group.to_string(), tp.topic.clone(), tp.partition), o.cloned()));
         }
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Written {
+                store: self.clone(),
+                base: 0,
+                entries: written,
+            });
         }
-        let _writing = self.writing.lock();
-        self.log.append(batch.finish()?)?;
-        let mut latest = self.latest.write();
-        for (tp, o) in entries {
-            let key = (group.to_string(), tp.topic.clone(), tp.partition);
-            match o {
-                Some(o) => latest.insert(key, o.clone()),
-                None => latest.remove(&key),
-            };
-        }
-        Ok(())
+        let info = {
+            let _writing = self.writing.lock();
+            self.log.append(batch.finish()?)?
+        };
+        Ok(Written {
+            store: self.clone(),
+            base: info.base_offset,
+            entries: written,
+        })
     }
 
     /// The committed offset of `tp` for `group`.
@@ -247,12 +290,18 @@ impl OffsetStore {
         self.latest
             .read()
             .get(&(group.to_string(), tp.topic.clone(), tp.partition))
-            .cloned()
+            .and_then(|l| l.value.clone())
     }
 
     /// Every group with committed offsets, sorted.
     pub(crate) fn groups(&self) -> Vec<String> {
-        let mut groups: Vec<String> = self.latest.read().keys().map(|(g, _, _)| g.clone()).collect();
+        let mut groups: Vec<String> = self
+            .latest
+            .read()
+            .iter()
+            .filter(|(_, l)| l.value.is_some())
+            .map(|((g, _, _), _)| g.clone())
+            .collect();
         groups.sort();
         groups.dedup();
         groups
@@ -265,10 +314,31 @@ impl OffsetStore {
             .read()
             .iter()
             .filter(|((g, _, _), _)| g == group)
-            .map(|((_, t, p), o)| (TopicPartition::new(t.clone(), *p), o.clone()))
+            .filter_map(|((_, t, p), l)| Some((TopicPartition::new(t.clone(), *p), l.value.clone()?)))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+}
+
+impl Written {
+    /// Waits until the records are on disk (sharing one `fdatasync` with concurrent commits),
+    /// then shows them to readers. On an error nothing is shown; the log refuses writes
+    /// until reopened if the sync failed.
+    pub(crate) fn durable(self) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        self.store.log.flush()?;
+        let mut latest = self.store.latest.write();
+        for (at, (key, value)) in (self.base..).zip(self.entries) {
+            // Commits become durable in any order; the log's order decides.
+            if latest.get(&key).is_some_and(|l| l.at > at) {
+                continue;
+            }
+            latest.insert(key, Latest { at, value });
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The group APIs, each a call on the broker's one group coordinator (shared with in-process
 //! consumers), and committed offsets in its one offset store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -175,7 +176,19 @@ pub(super) fn leave_group(server: &Server, request: LeaveGroupRequest, version: 
 /// in Kafka, a partition that does not exist (UNKNOWN_TOPIC_OR_PARTITION) or whose metadata is
 /// over `offset.metadata.max.bytes` (OFFSET_METADATA_TOO_LARGE) is left out and the others
 /// are committed together; a refusal by the group, or a failed write, answers all of those.
-pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> OffsetCommitResponse {
+///
+/// Runs on the blocking pool: a commit waits for `fdatasync`.
+pub(super) async fn offset_commit(
+    server: &Arc<Server>,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || commit_offsets(&server, request))
+        .await
+        .expect("commits do not panic")
+}
+
+fn commit_offsets(server: &Server, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
     let me = member(
         &request.member_id,
@@ -214,7 +227,8 @@ pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> Of
         server
             .broker
             .coordinator()
-            .check_commit(&group, &me, || store.commit(&group, &entries))
+            .check_commit(&group, &me, || store.append(&group, &entries))?
+            .durable()
     });
     let committed_code = outcome.err().map_or(0, |e| codes::code(&e));
     let topics = request
@@ -242,7 +256,16 @@ pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> Of
 
 /// The committed offsets of the partitions asked for (null: all the group has), -1 where
 /// there is none.
-pub(super) fn offset_fetch(server: &Server, request: OffsetFetchRequest) -> OffsetFetchResponse {
+///
+/// Runs on the blocking pool: the first use of the offset store creates and reads its topic.
+pub(super) async fn offset_fetch(server: &Arc<Server>, request: OffsetFetchRequest) -> OffsetFetchResponse {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || fetch_offsets(&server, request))
+        .await
+        .expect("offset fetches do not panic")
+}
+
+fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchResponse {
     let store = match server.broker.inner.offsets() {
         Ok(store) => store,
         Err(e) => return OffsetFetchResponse::default().with_error_code(codes::code(&e)),
