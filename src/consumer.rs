@@ -90,7 +90,7 @@ impl Default for ConsumerConfig {
             max_poll_interval: Duration::from_secs(300),
             group_instance_id: None,
             client_id: "rivulet".to_string(),
-            assignors: vec![Assignor::CooperativeSticky],
+            assignors: vec![Assignor::Range, Assignor::CooperativeSticky],
             metadata_max_age: Duration::from_secs(1),
             poll_spin: Duration::ZERO,
         }
@@ -161,9 +161,11 @@ impl ConsumerConfig {
     }
 
     /// `partition.assignment.strategy`: the assignors this consumer supports, preferred
-    /// first; the group uses one every member supports. Default `[CooperativeSticky]`
-    /// (Kafka's Java client defaults to `[Range, CooperativeSticky]`; see docs/design.md).
-    /// The rebalance protocol is cooperative only if every assignor listed is. An empty list
+    /// first; the group uses one every member supports. Default `[Range, CooperativeSticky]`,
+    /// as in Kafka's Java client, so a group can be shared with Kafka clients left at their
+    /// defaults (librdkafka's `[range, roundrobin]` has range in common). The rebalance
+    /// protocol is cooperative only if every assignor listed is, so the default rebalances
+    /// eagerly; `[CooperativeSticky]` alone keeps consuming through rebalances. An empty list
     /// keeps the default.
     pub fn partition_assignment_strategy(mut self, assignors: &[Assignor]) -> Self {
         if !assignors.is_empty() {
