@@ -126,7 +126,9 @@ impl ConsumerConfig {
 
     /// `enable.auto.commit`: with a group, commit the positions of records already returned,
     /// at the start of a `poll` once `auto.commit.interval.ms` has passed, and when the
-    /// consumer is dropped (at-least-once delivery). Default true.
+    /// consumer is closed or dropped (at-least-once delivery). Default true. A consumer
+    /// dropped while its thread panics commits nothing: the records it returned may not have
+    /// been processed.
     pub fn enable_auto_commit(mut self, yes: bool) -> Self {
         self.enable_auto_commit = yes;
         self

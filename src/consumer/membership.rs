@@ -273,10 +273,29 @@ impl Consumer {
         self.unsubscribe()
     }
 
+    /// Dropping: as `close`, except while the thread panics. Then the records returned were
+    /// probably not all processed, so positions are not committed and the listener hears
+    /// its partitions were lost, not handed over.
     pub(super) fn shut_down(&mut self) {
-        if let Err(e) = self.unsubscribe() {
+        let result = if std::thread::panicking() {
+            self.leave_uncommitted()
+        } else {
+            self.unsubscribe()
+        };
+        if let Err(e) = result {
             log::warn!("closing a consumer of group {:?}: {e}", self.config.group_id);
         }
+    }
+
+    /// Leaves the group without committing, telling the listener the partitions are lost.
+    fn leave_uncommitted(&mut self) -> Result<()> {
+        let owned = self.assignment();
+        if self.membership.is_some() && !owned.is_empty() {
+            self.tell(|l, c| l.on_partitions_lost(c, &owned));
+        }
+        let result = self.leave_group(Ok(()));
+        self.membership = None;
+        result
     }
 
     /// Gives the partitions up cleanly and leaves the group; a static member stays (it is
@@ -293,7 +312,16 @@ impl Consumer {
         if !owned.is_empty() && matches!(m.phase, Phase::Stable) {
             self.tell(|l, c| l.on_partitions_revoked(c, &owned));
         }
-        let m = self.membership.as_mut().expect("checked above");
+        self.leave_group(result)
+    }
+
+    /// Sends LeaveGroup (unless static) and drops the assignment; `result` is what came
+    /// before, to which this step's errors are added.
+    fn leave_group(&mut self, mut result: Result<()>) -> Result<()> {
+        let Some(m) = self.membership.as_mut() else {
+            self.set_assignment(&[])?;
+            return result;
+        };
         m.phase = Phase::Unjoined;
         if !m.member.member_id.is_empty() && m.member.group_instance_id.is_none() {
             let left = self
