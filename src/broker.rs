@@ -320,12 +320,12 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Refuses writes and deletion by users of an internal topic (as Kafka does).
+/// Refuses creation, writes and deletion by users of an internal topic (as Kafka does).
 pub(crate) fn refuse_internal(topic: &str) -> Result<()> {
     if topic == OFFSETS_TOPIC {
         return Err(Error::InvalidTopicName {
             name: topic.to_string(),
-            reason: "it is an internal topic, written only by the broker",
+            reason: "it is an internal topic, created and written only by the broker",
         });
     }
     Ok(())
@@ -359,6 +359,7 @@ impl Broker {
 
     /// Creates a topic with `partitions` partitions.
     pub fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
+        refuse_internal(name)?;
         self.inner.create_topic(name, partitions, config)
     }
 
@@ -725,8 +726,15 @@ impl BrokerInner {
         (self.settings.default_topic.clone(), self.settings.num_partitions)
     }
 
-    /// Checks that `create_topic` would accept these, changing nothing.
+    /// Checks that a user's `create_topic` would accept these, changing nothing: as
+    /// [`BrokerInner::check_topic`], and internal topics are the broker's to create.
     pub(crate) fn check_new_topic(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
+        refuse_internal(name)?;
+        self.check_topic(name, partitions, config)
+    }
+
+    /// Checks that `create_topic` would accept these, changing nothing.
+    fn check_topic(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
         self.check_open()?;
         validate_topic_name(name)?;
         if partitions == 0 || partitions > MAX_PARTITIONS {
@@ -747,7 +755,7 @@ impl BrokerInner {
 
     fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
         let _admin = self.admin.lock();
-        self.check_new_topic(name, partitions, &config)?;
+        self.check_topic(name, partitions, &config)?;
         let topic = Arc::new(open_topic(
             &self.dir,
             (&self.housekeeper, &self.settings.fs),

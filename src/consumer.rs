@@ -379,7 +379,10 @@ impl Consumer {
     /// assert_eq!(values, [3, 4]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// A negative offset is refused ([`Error::InvalidArgument`]), as by Kafka's clients.
     pub fn seek(&mut self, tp: &TopicPartition, offset: i64) -> Result<()> {
+        refuse_negative("offset", offset)?;
         self.assigned_mut(tp)?.position = Some(offset);
         Ok(())
     }
@@ -411,8 +414,12 @@ impl Consumer {
     }
 
     /// For each partition, the first offset whose record has a timestamp at or after the one
-    /// given, or `None` if there is none. Any partition of the broker may be asked about.
+    /// given, or `None` if there is none. Any partition of the broker may be asked about. A
+    /// negative timestamp refuses the whole lookup ([`Error::InvalidArgument`]).
     pub fn offsets_for_times(&self, query: &[(TopicPartition, i64)]) -> Result<Vec<Option<TimestampOffset>>> {
+        for (_, ts) in query {
+            refuse_negative("timestamp", *ts)?;
+        }
         query
             .iter()
             .map(|(tp, ts)| {
@@ -469,11 +476,13 @@ impl Consumer {
     /// members.
     ///
     /// Metadata longer than [`MAX_OFFSET_METADATA_BYTES`](crate::group::MAX_OFFSET_METADATA_BYTES)
-    /// refuses the whole commit ([`Error::OffsetMetadataTooLarge`]).
+    /// refuses the whole commit ([`Error::OffsetMetadataTooLarge`]), and so does a negative
+    /// offset ([`Error::InvalidArgument`]).
     pub fn commit_offsets(&mut self, offsets: &[(TopicPartition, i64, &str)]) -> Result<()> {
         let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
         crate::group::offsets::validate_group_id(&group)?;
-        for (tp, _, metadata) in offsets {
+        for (tp, offset, metadata) in offsets {
+            refuse_negative("offset", *offset)?;
             crate::group::offsets::validate_metadata(tp, metadata)?;
         }
         let now = crate::storage::now_ms();
@@ -622,6 +631,18 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         self.shut_down();
     }
+}
+
+/// Refuses a negative offset or timestamp, as Kafka's clients do.
+fn refuse_negative(name: &'static str, value: i64) -> Result<()> {
+    if value < 0 {
+        return Err(Error::InvalidArgument {
+            name,
+            value: value.to_string(),
+            reason: "it must not be negative",
+        });
+    }
+    Ok(())
 }
 
 /// Fetches `a`'s batches from `position` into a buffer (its spare one, if free); `None` if

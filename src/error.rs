@@ -180,9 +180,22 @@ pub enum Error {
         partition: u32,
     },
 
-    /// Committing needs a `group.id`, and the consumer has none.
-    #[error("the consumer has no group.id to commit offsets for")]
+    /// Group management (`subscribe`) and committed offsets need a `group.id`, and the
+    /// consumer has none.
+    #[error("the consumer has no group.id, which subscribing and committed offsets need")]
     NoGroup,
+
+    /// An argument is out of its range (a negative offset or timestamp, say), as Kafka's
+    /// clients refuse it. Nothing was changed.
+    #[error("invalid {name} {value}: {reason}")]
+    InvalidArgument {
+        /// What the argument is, e.g. `offset`.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
 
     /// The consumer is not assigned this partition.
     #[error("{topic}-{partition} is not assigned to this consumer")]

@@ -136,7 +136,8 @@ impl Consumer {
     /// Joins the consumer's group and consumes the partitions of `topics` the group assigns
     /// it, rebalancing as members come and go. Topics that do not exist yet are picked up
     /// when created. Needs a `group.id`; calling it on a consumer with an `assign`ed
-    /// assignment is an error. Subscribing again replaces the subscription.
+    /// assignment is an error, and so is a name no topic can have (empty, say). Subscribing
+    /// again replaces the subscription; an error changes nothing.
     ///
     /// ```
     /// use std::time::Duration;
@@ -171,6 +172,9 @@ impl Consumer {
         let topics: BTreeSet<String> = topics.into_iter().map(Into::into).collect();
         if topics.is_empty() {
             return self.unsubscribe();
+        }
+        for t in &topics {
+            crate::broker::validate_topic_name(t)?;
         }
         self.start_subscription(Topics::List(topics))
     }
