@@ -149,6 +149,7 @@ pub struct BrokerBuilder {
     auto_create: bool,
     num_partitions: u32,
     fs: Arc<dyn Fs>,
+    initial_rebalance_delay: std::time::Duration,
 }
 
 impl BrokerBuilder {
@@ -183,6 +184,15 @@ impl BrokerBuilder {
     /// slow or faulty one.
     pub fn fs(mut self, fs: Arc<dyn Fs>) -> Self {
         self.fs = fs;
+        self
+    }
+
+    /// `group.initial.rebalance.delay.ms`: how long an empty group's first rebalance waits
+    /// for more members (see [`GroupCoordinator::with_initial_rebalance_delay`]). Default
+    /// zero, for embedded groups whose members start one by one; Kafka's default, 3 s, suits
+    /// a broker whose clients start together (the example broker uses it).
+    pub fn group_initial_rebalance_delay(mut self, delay: std::time::Duration) -> Self {
+        self.initial_rebalance_delay = delay;
         self
     }
 
@@ -349,6 +359,7 @@ impl Broker {
             auto_create: true,
             num_partitions: 1,
             fs: Arc::new(StdFs),
+            initial_rebalance_delay: std::time::Duration::ZERO,
         }
     }
 
@@ -631,6 +642,7 @@ impl BrokerInner {
             topics.insert(record.name.clone(), Arc::new(topic));
         }
         remove_orphans(&dir, &topics)?;
+        let initial_rebalance_delay = settings.initial_rebalance_delay;
         Ok(BrokerInner {
             dir,
             settings,
@@ -639,7 +651,7 @@ impl BrokerInner {
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
             offsets: Mutex::new(None),
-            groups: GroupCoordinator::new(),
+            groups: GroupCoordinator::new().with_initial_rebalance_delay(initial_rebalance_delay),
             closed: AtomicBool::new(false),
         })
     }

@@ -11,6 +11,8 @@
 //!                        └───────────────── join, leave, expiry ◀─────┴──────────────────────┘
 //! ```
 //!
+//! - The first rebalance of an empty group waits `group.initial.rebalance.delay.ms` for more
+//!   members (zero by default; see [`GroupCoordinator::with_initial_rebalance_delay`]).
 //! - A rebalance waits for every known member to join again, up to the largest rebalance
 //!   timeout among them; members that do not are removed. Completing it bumps the generation,
 //!   picks the protocol (assignor) all members support by vote, picks a leader (the previous
@@ -223,6 +225,7 @@ impl MemberDescription {
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
     next_id: std::sync::atomic::AtomicU64,
+    initial_rebalance_delay: Duration,
 }
 
 #[derive(Debug)]
@@ -238,6 +241,21 @@ pub(crate) struct Group {
     instances: HashMap<String, String>,
     rebalance_deadline: Option<Instant>,
     joined_counter: u64,
+    /// `group.initial.rebalance.delay.ms`.
+    initial_delay: Duration,
+    /// While an empty group's first rebalance waits for more members: until when.
+    initial_wait: Option<InitialWait>,
+}
+
+/// The first rebalance of an empty group waiting for more members (Kafka's
+/// InitialDelayedJoin).
+#[derive(Debug)]
+struct InitialWait {
+    until: Instant,
+    /// How much longer the wait may still be extended.
+    remaining: Duration,
+    /// A member joined during this wait, which extends it.
+    new_member: bool,
 }
 
 #[derive(Debug)]
@@ -256,9 +274,20 @@ struct Member {
 }
 
 impl GroupCoordinator {
-    /// A coordinator with no groups.
+    /// A coordinator with no groups, and no initial rebalance delay.
     pub fn new() -> GroupCoordinator {
         GroupCoordinator::default()
+    }
+
+    /// Kafka's `group.initial.rebalance.delay.ms`: the first member to join an empty group
+    /// waits this long for others before the group's first generation completes, and each
+    /// member that joins meanwhile extends the wait by as much again, up to the rebalance
+    /// timeout in all; so members started together share one rebalance instead of one each.
+    /// Default zero (the first member is answered at once), which suits embedded groups
+    /// whose members start one by one; Kafka's default is 3 s.
+    pub fn with_initial_rebalance_delay(mut self, delay: Duration) -> GroupCoordinator {
+        self.initial_rebalance_delay = delay;
+        self
     }
 
     fn group(&self, group_id: &str) -> Option<Arc<Mutex<Group>>> {
@@ -269,7 +298,7 @@ impl GroupCoordinator {
         self.groups
             .lock()
             .entry(group_id.to_string())
-            .or_insert_with(|| Arc::new(Mutex::new(Group::new(group_id))))
+            .or_insert_with(|| Arc::new(Mutex::new(Group::new(group_id, self.initial_rebalance_delay))))
             .clone()
     }
 
@@ -505,8 +534,10 @@ fn validate_join(group_id: &str, r: &JoinGroup) -> Result<()> {
 }
 
 impl Group {
-    fn new(id: &str) -> Group {
+    fn new(id: &str, initial_delay: Duration) -> Group {
         Group {
+            initial_delay,
+            initial_wait: None,
             id: id.to_string(),
             state: GroupState::Empty,
             generation: 0,
@@ -668,8 +699,20 @@ impl Group {
         };
         m.update(r, now);
         self.members.insert(id.clone(), m);
+        if let Some(wait) = &mut self.initial_wait {
+            wait.new_member = true;
+        }
         if self.state != GroupState::PreparingRebalance {
+            let was_empty = self.state == GroupState::Empty;
             self.prepare_rebalance(now);
+            if was_empty && !self.initial_delay.is_zero() {
+                let timeout = self.rebalance_deadline.map_or(Duration::ZERO, |d| d - now);
+                self.initial_wait = Some(InitialWait {
+                    until: now + self.initial_delay.min(timeout),
+                    remaining: timeout.saturating_sub(self.initial_delay),
+                    new_member: false,
+                });
+            }
         }
         self.await_join(&id, tx);
         self.try_complete_join(now);
@@ -759,6 +802,19 @@ impl Group {
     fn try_complete_join(&mut self, now: Instant) {
         if self.state != GroupState::PreparingRebalance {
             return;
+        }
+        if let Some(wait) = &mut self.initial_wait {
+            if now < wait.until && !self.members.is_empty() {
+                return;
+            }
+            if wait.new_member && !wait.remaining.is_zero() && !self.members.is_empty() {
+                let more = self.initial_delay.min(wait.remaining);
+                wait.until = now + more;
+                wait.remaining -= more;
+                wait.new_member = false;
+                return;
+            }
+            self.initial_wait = None;
         }
         let all_joined = self.members.values().all(|m| m.awaiting_join.is_some());
         let timed_out = self.rebalance_deadline.is_some_and(|d| now >= d);
