@@ -374,9 +374,15 @@ impl Broker {
         self.inner.create_topic(name, partitions, config)
     }
 
-    /// Deletes a topic and all its records.
+    /// Deletes a topic and all its records, and every group's committed offsets of it (as
+    /// Kafka does: a topic created later under the name starts without them).
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        self.inner.delete_topic(name)
+        self.inner.delete_topic(name)?;
+        // Only a broker that has stored offsets has any to delete.
+        if self.inner.topic(OFFSETS_TOPIC).is_ok() {
+            self.inner.offsets()?.delete_topic(name)?;
+        }
+        Ok(())
     }
 
     /// The names of all topics, sorted.

@@ -456,14 +456,24 @@ impl Consumer {
     }
 
     /// Commits the current position of every assigned partition that has one, for the
-    /// consumer's group: the group resumes after the records returned so far.
+    /// consumer's group: the group resumes after the records returned so far. A partition
+    /// whose topic was deleted (even if recreated since) is left out: its positions were in
+    /// the deleted log.
     pub fn commit(&mut self) -> Result<()> {
         let entries: Vec<(TopicPartition, i64, &str)> = self
             .assigned
-            .iter()
-            .filter_map(|(tp, a)| a.position.map(|p| (tp.clone(), p, "")))
+            .keys()
+            .filter_map(|tp| self.committable(tp).map(|p| (tp.clone(), p, "")))
             .collect();
         self.commit_offsets(&entries)
+    }
+
+    /// The position of an assigned partition, if it has one and its log is still the
+    /// broker's partition (not deleted since it was assigned).
+    fn committable(&self, tp: &TopicPartition) -> Option<i64> {
+        let a = self.assigned.get(tp)?;
+        let current = self.broker.partition(&tp.topic, tp.partition).ok()?;
+        Arc::ptr_eq(&current.inner, &a.log.inner).then_some(a.position?)
     }
 
     /// Commits the given offsets (the next offset to consume, and metadata) for the consumer's
@@ -476,12 +486,14 @@ impl Consumer {
     /// members.
     ///
     /// Metadata longer than [`MAX_OFFSET_METADATA_BYTES`](crate::group::MAX_OFFSET_METADATA_BYTES)
-    /// refuses the whole commit ([`Error::OffsetMetadataTooLarge`]), and so does a negative
-    /// offset ([`Error::InvalidArgument`]).
+    /// refuses the whole commit ([`Error::OffsetMetadataTooLarge`]), and so do a negative
+    /// offset ([`Error::InvalidArgument`]) and a partition that does not exist
+    /// ([`Error::UnknownTopic`], [`Error::UnknownPartition`]).
     pub fn commit_offsets(&mut self, offsets: &[(TopicPartition, i64, &str)]) -> Result<()> {
         let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
         crate::group::offsets::validate_group_id(&group)?;
         for (tp, offset, metadata) in offsets {
+            self.broker.partition(&tp.topic, tp.partition)?;
             refuse_negative("offset", *offset)?;
             crate::group::offsets::validate_metadata(tp, metadata)?;
         }

@@ -557,7 +557,7 @@ impl Consumer {
             if self.config.enable_auto_commit {
                 let positions: Vec<(TopicPartition, i64, &str)> = revoked
                     .iter()
-                    .filter_map(|tp| self.assigned[tp].position.map(|p| (tp.clone(), p, "")))
+                    .filter_map(|tp| self.committable(tp).map(|p| (tp.clone(), p, "")))
                     .collect();
                 let committed = self.commit_offsets(&positions);
                 self.refusal_logged(committed)?;

@@ -243,6 +243,24 @@ impl OffsetStore {
         self.write(group, tps.iter().map(|tp| (tp, None)))
     }
 
+    /// Deletes every group's committed offsets of `topic` (a deleted topic's), durably: a
+    /// topic created later under the same name starts without them, as in Kafka.
+    pub(crate) fn delete_topic(self: &std::sync::Arc<Self>, topic: &str) -> Result<()> {
+        let mut by_group: HashMap<String, Vec<TopicPartition>> = HashMap::new();
+        for ((g, t, p), l) in self.latest.read().iter() {
+            if t == topic && l.value.is_some() {
+                by_group
+                    .entry(g.clone())
+                    .or_default()
+                    .push(TopicPartition::new(t.clone(), *p));
+            }
+        }
+        for (group, tps) in by_group {
+            self.write(&group, tps.iter().map(|tp| (tp, None)))?.durable()?;
+        }
+        Ok(())
+    }
+
     fn write<'a>(
         self: &std::sync::Arc<Self>,
         group: &str,
