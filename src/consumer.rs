@@ -558,15 +558,17 @@ impl Consumer {
             let seen = self.signal.count();
             let records = self.poll_once()?;
             if !records.is_empty() {
+                self.renew_if_due();
                 return Ok(records);
             }
-            if !self
-                .signal
-                .wait_past_spinning(seen, deadline, self.config.poll_spin)
-            {
+            // A member waiting in poll is alive: it wakes to renew its membership in time.
+            let wake = self.renewal_due().map_or(deadline, |due| due.min(deadline));
+            if !self.signal.wait_past_spinning(seen, wake, self.config.poll_spin) && wake >= deadline {
+                self.renew_if_due();
                 return Ok(records);
             }
-            // Woken by new records or by the group: a rebalance is handled before fetching.
+            // Woken by new records, by the group or to renew: a rebalance is handled before
+            // fetching.
             if self.membership.is_some() && !self.drive_group(deadline)? {
                 return Ok(ConsumerRecords::default());
             }

@@ -3,9 +3,10 @@
 //! applying its share, and telling the [`RebalanceListener`].
 //!
 //! Everything happens inside `poll` (and `close`): there is no background thread. The
-//! consumer's session timeout is its `max.poll.interval.ms`, renewed by every poll, so a
-//! consumer that stops polling is removed exactly when Kafka's would leave. A dropped consumer
-//! leaves at once (unless it is a static member).
+//! consumer's session timeout is its `max.poll.interval.ms`, renewed when a poll starts and
+//! ends and, while a poll waits for records, every third of that interval: the interval is
+//! the time between polls, as in Kafka, and a consumer that stops polling is removed when
+//! Kafka's would leave. A dropped consumer leaves at once (unless it is a static member).
 //!
 //! Eager assignors (range, round-robin, sticky) revoke every partition before joining;
 //! cooperative-sticky keeps consuming what it owns, revokes only what the new assignment takes
@@ -102,6 +103,8 @@ pub(super) struct Membership {
     next_refresh: Instant,
     /// As leader: the partition counts the assignment was computed from.
     assigned_counts: Option<BTreeMap<String, u32>>,
+    /// When the coordinator last heard from this member.
+    last_renewed: Instant,
 }
 
 enum Phase {
@@ -236,6 +239,7 @@ impl Consumer {
                     rejoin: false,
                     next_refresh: Instant::now(),
                     assigned_counts: None,
+                    last_renewed: Instant::now(),
                 })
             }
         }
@@ -367,7 +371,10 @@ impl Consumer {
                     m.phase = Phase::Stable;
                     if !m.rejoin {
                         match coordinator.heartbeat(&m.group, &m.member) {
-                            Ok(()) => return Ok(true),
+                            Ok(()) => {
+                                m.last_renewed = Instant::now();
+                                return Ok(true);
+                            }
                             Err(Error::RebalanceInProgress { .. }) => {}
                             Err(e) if is_membership_loss(&e) => self.lose(e)?,
                             Err(e) => return Err(e),
@@ -396,6 +403,26 @@ impl Consumer {
                     Some(Err(e)) => return Err(e),
                 },
             }
+        }
+    }
+
+    /// When a poll waiting for records must wake to renew the membership (`None` unless the
+    /// consumer is a stable member).
+    pub(super) fn renewal_due(&self) -> Option<Instant> {
+        let m = self.membership.as_ref()?;
+        matches!(m.phase, Phase::Stable).then(|| m.last_renewed + self.config.max_poll_interval / 3)
+    }
+
+    /// Renews a stable membership with a heartbeat if a third of `max.poll.interval.ms` has
+    /// passed, as a poll returns. Nothing else: a rebalance the heartbeat reveals is joined by
+    /// the next poll, after the records just returned have been processed.
+    pub(super) fn renew_if_due(&mut self) {
+        if self.renewal_due().is_none_or(|due| Instant::now() < due) {
+            return;
+        }
+        let m = self.membership.as_mut().expect("stable");
+        if self.broker.inner.groups.heartbeat(&m.group, &m.member).is_ok() {
+            m.last_renewed = Instant::now();
         }
     }
 
