@@ -24,7 +24,7 @@
 //!   for a join or sync reply. One that falls silent is removed, which starts a rebalance.
 //! - Static members (`group.instance.id`) keep their identity across restarts: joining again
 //!   with a known instance id replaces the old member id, fencing it, and does not rebalance
-//!   a stable group when nothing changed.
+//!   a stable group unless the protocol it would choose changes (leader or not).
 //! - Offsets are appended under the group's lock, after checking the committer belongs to
 //!   the current generation (Kafka's rules: see [`GroupCoordinator::check_commit`]); the wait
 //!   for the disk comes after the lock is released, so a slow disk never holds up
@@ -719,7 +719,10 @@ impl Group {
     }
 
     /// A static member came back under a new member id: it takes the old one's place, and the
-    /// old id is fenced.
+    /// old id is fenced. As in Kafka, a stable group answers it with the current generation
+    /// (the leader with the members, its assignment coming from SyncGroup) unless the protocol
+    /// the group would now choose differs; its metadata is not compared whole, since a
+    /// restarted member no longer lists the partitions it owned.
     fn replace_static(
         &mut self,
         old: &str,
@@ -739,7 +742,6 @@ impl Group {
         if let Some(t) = m.awaiting_sync.take() {
             t.send(Err(fenced()));
         }
-        let changed = m.protocols != r.protocols;
         m.update(r, now);
         if let Some(instance) = &m.instance_id {
             self.instances.insert(instance.clone(), new_id.clone());
@@ -749,9 +751,10 @@ impl Group {
             self.leader = Some(new_id.clone());
         }
         self.members.insert(new_id.clone(), m);
+        let same_protocol = self.protocol.as_deref() == Some(self.vote().as_str());
         match self.state {
-            GroupState::Stable if !changed && !was_leader => {
-                tx.send(Ok(self.joined_reply(&new_id, false)));
+            GroupState::Stable if same_protocol => {
+                tx.send(Ok(self.joined_reply(&new_id, was_leader)));
             }
             GroupState::PreparingRebalance => {
                 self.await_join(&new_id, tx);
