@@ -22,7 +22,7 @@ use super::{Consumer, TopicPartition};
 use crate::error::{Error, Result};
 use crate::group::{
     Assignor, CONSUMER_PROTOCOL_TYPE, JoinGroup, Joined, Member, MemberAssignment, MemberRef, OFFSETS_TOPIC,
-    Pending, Subscription,
+    Pending, StickyUserData, Subscription,
 };
 
 /// Told of the partitions a subscribed consumer gains and gives up, from inside `poll`. The
@@ -105,6 +105,9 @@ pub(super) struct Membership {
     assigned_counts: Option<BTreeMap<String, u32>>,
     /// When the coordinator last heard from this member.
     last_renewed: Instant,
+    /// The last assignment and its generation, which the eager sticky assignor's members
+    /// send as user data (they own nothing when they join).
+    previous: StickyUserData,
 }
 
 enum Phase {
@@ -240,6 +243,7 @@ impl Consumer {
                     next_refresh: Instant::now(),
                     assigned_counts: None,
                     last_renewed: Instant::now(),
+                    previous: StickyUserData::default(),
                 })
             }
         }
@@ -489,12 +493,15 @@ impl Consumer {
         };
         let signal = self.signal.clone();
         let m = self.membership.as_mut().expect("subscribed");
-        let metadata = Subscription {
-            topics: m.resolved.clone(),
-            owned,
-            user_data: None,
-        }
-        .encode();
+        let metadata = |assignor: &Assignor| {
+            let user_data = (*assignor == Assignor::Sticky).then(|| m.previous.encode());
+            Subscription {
+                topics: m.resolved.clone(),
+                owned: owned.clone(),
+                user_data,
+            }
+            .encode()
+        };
         let request = JoinGroup {
             member_id: m.member.member_id.clone(),
             group_instance_id: m.member.group_instance_id.clone(),
@@ -506,7 +513,7 @@ impl Consumer {
                 .config
                 .assignors
                 .iter()
-                .map(|a| (a.name().to_string(), metadata.clone()))
+                .map(|a| (a.name().to_string(), metadata(a)))
                 .collect(),
             notify: Some(signal),
         };
@@ -544,13 +551,35 @@ impl Consumer {
                 reason: format!("assignor {:?} is not one this consumer knows", joined.protocol),
             })?;
         let mut members = Vec::with_capacity(joined.members.len());
+        // Under eager sticky, what each member owned comes from its user data, with the
+        // generation it was assigned in: of two members claiming a partition, the later
+        // generation's claim stands (an older one is a member that lost it meanwhile).
+        let mut generations = Vec::with_capacity(joined.members.len());
         for jm in &joined.members {
             let s = Subscription::decode(&jm.metadata)?;
+            let previous = (assignor == Assignor::Sticky && s.owned.is_empty())
+                .then(|| s.user_data.as_deref().and_then(StickyUserData::decode))
+                .flatten();
+            let (owned, generation) = match previous {
+                Some(p) => (p.previous, p.generation.unwrap_or(-1)),
+                None => (s.owned, i32::MAX),
+            };
+            generations.push(generation);
             members.push(Member {
                 id: jm.member_id.clone(),
                 topics: s.topics,
-                owned: s.owned,
+                owned,
             });
+        }
+        let mut latest: BTreeMap<TopicPartition, i32> = BTreeMap::new();
+        for (m, &g) in members.iter().zip(&generations) {
+            for tp in &m.owned {
+                let claim = latest.entry(tp.clone()).or_insert(g);
+                *claim = (*claim).max(g);
+            }
+        }
+        for (m, &g) in members.iter_mut().zip(&generations) {
+            m.owned.retain(|tp| latest[tp] == g);
         }
         let topics: BTreeSet<&String> = members.iter().flat_map(|m| &m.topics).collect();
         let counts = partition_counts(&self.broker, topics.into_iter());
@@ -594,6 +623,10 @@ impl Consumer {
         self.set_assignment(&new)?;
         let m = self.membership.as_mut().expect("subscribed");
         m.phase = Phase::Stable;
+        m.previous = StickyUserData {
+            previous: new.clone(),
+            generation: Some(m.member.generation),
+        };
         if cooperative && !revoked.is_empty() {
             // The partitions given up go to their new owners in the next round.
             m.rejoin = true;

@@ -14,5 +14,5 @@ pub use coordinator::{
     MemberDescription, MemberRef,
 };
 pub use offsets::{MAX_GROUP_ID_BYTES, MAX_OFFSET_METADATA_BYTES, OFFSETS_TOPIC, OffsetAndMetadata};
-pub use protocol::{CONSUMER_PROTOCOL_TYPE, MemberAssignment, Subscription};
+pub use protocol::{CONSUMER_PROTOCOL_TYPE, MemberAssignment, StickyUserData, Subscription};
 pub use reply::Pending;
