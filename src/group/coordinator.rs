@@ -245,6 +245,9 @@ pub(crate) struct Group {
     initial_delay: Duration,
     /// While an empty group's first rebalance waits for more members: until when.
     initial_wait: Option<InitialWait>,
+    /// Member ids given out by [`GroupCoordinator::reserve_member_id`], not yet joined with,
+    /// and until when they are kept.
+    pending: HashMap<String, Instant>,
 }
 
 /// The first rebalance of an empty group waiting for more members (Kafka's
@@ -318,6 +321,26 @@ impl GroupCoordinator {
             }
             g.expire(now);
             return g.join(request, now, &self.next_id);
+        }
+    }
+
+    /// A member id for a new dynamic member, which it must join with (Kafka's
+    /// MEMBER_ID_REQUIRED answer to a JoinGroup v4 or later with an empty member id). The
+    /// id is reserved for the request's session timeout; nothing else changes, so a client
+    /// that gives up on its join leaves no member behind to hold partitions.
+    pub fn reserve_member_id(&self, group_id: &str, request: &JoinGroup) -> Result<String> {
+        validate_join(group_id, request)?;
+        let now = Instant::now();
+        loop {
+            let group = self.group_or_create(group_id);
+            let mut g = group.lock();
+            if g.state == GroupState::Dead {
+                continue;
+            }
+            g.expire(now);
+            let id = new_member_id(&request.client_id, &self.next_id);
+            g.pending.insert(id.clone(), now + request.session_timeout);
+            return Ok(id);
         }
     }
 
@@ -508,6 +531,16 @@ impl GroupCoordinator {
     }
 }
 
+/// A fresh member id: the client id (or "member"), a counter and the time.
+fn new_member_id(client_id: &str, ids: &std::sync::atomic::AtomicU64) -> String {
+    format!(
+        "{}-{}-{:x}",
+        if client_id.is_empty() { "member" } else { client_id },
+        ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        crate::storage::now_ms()
+    )
+}
+
 fn unknown_member(group: &str, member: &str) -> Error {
     Error::UnknownMember {
         group: group.to_string(),
@@ -538,6 +571,7 @@ impl Group {
         Group {
             initial_delay,
             initial_wait: None,
+            pending: HashMap::new(),
             id: id.to_string(),
             state: GroupState::Empty,
             generation: 0,
@@ -627,17 +661,13 @@ impl Group {
             }
         }
         let (tx, rx) = reply();
-        if r.member_id.is_empty() {
-            let new_id = format!(
-                "{}-{}-{:x}",
-                if r.client_id.is_empty() {
-                    "member"
-                } else {
-                    &r.client_id
-                },
-                ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                crate::storage::now_ms()
-            );
+        let reserved = !r.member_id.is_empty() && self.pending.remove(&r.member_id).is_some();
+        if r.member_id.is_empty() || reserved {
+            let new_id = if reserved {
+                r.member_id.clone()
+            } else {
+                new_member_id(&r.client_id, ids)
+            };
             match r
                 .group_instance_id
                 .clone()
@@ -982,6 +1012,7 @@ impl Group {
 
     /// Removes members whose session ran out and completes a rebalance whose time is up.
     fn expire(&mut self, now: Instant) {
+        self.pending.retain(|_, until| now < *until);
         let dead: Vec<String> = self
             .members
             .iter()

@@ -49,7 +49,9 @@ pub(super) fn find_coordinator(server: &Server, request: FindCoordinatorRequest)
         .with_port(i32::from(server.port))
 }
 
-/// Joins through the coordinator; a new member's id starts with its client id.
+/// Joins through the coordinator; a new member's id starts with its client id. From v4 a new
+/// dynamic member is first answered MEMBER_ID_REQUIRED with its id, as Kafka does, and joins
+/// with it: a join the client gave up on leaves no member behind.
 pub(super) async fn join_group(
     server: &Server,
     request: JoinGroupRequest,
@@ -77,7 +79,19 @@ pub(super) async fn join_group(
             .collect(),
         notify: None,
     };
-    let pending = server.broker.coordinator().join_group(&request.group_id.0, join);
+    let coordinator = server.broker.coordinator();
+    if version >= 4 && join.member_id.is_empty() && join.group_instance_id.is_none() {
+        let reply = JoinGroupResponse::default().with_generation_id(-1);
+        return match coordinator.reserve_member_id(&request.group_id.0, &join) {
+            Ok(id) => reply
+                .with_error_code(ResponseError::MemberIdRequired.code())
+                .with_member_id(text(id)),
+            Err(e) => reply
+                .with_error_code(codes::code(&e))
+                .with_member_id(request.member_id),
+        };
+    }
+    let pending = coordinator.join_group(&request.group_id.0, join);
     match pending.await {
         Ok(joined) => JoinGroupResponse::default()
             .with_generation_id(joined.generation)
