@@ -152,7 +152,7 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         ApiKey::LeaveGroup => request.reply(groups::leave_group(server, request.decode()?, version))?,
         ApiKey::OffsetCommit => request.reply(groups::offset_commit(server, request.decode()?).await)?,
         ApiKey::OffsetFetch => request.reply(groups::offset_fetch(server, request.decode()?).await)?,
-        ApiKey::ListGroups => request.reply(groups::list_groups(server, request.decode()?))?,
+        ApiKey::ListGroups => request.reply(groups::list_groups(server, request.decode()?).await)?,
         ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
         ApiKey::InitProducerId => request.reply(server.producers.init(request.decode()?))?,
         ApiKey::DescribeConfigs => request.reply(admin::describe_configs(server, request.decode()?))?,

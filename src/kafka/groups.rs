@@ -330,7 +330,16 @@ fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchRes
 }
 
 /// Groups with members or committed offsets, with their states (v4 can filter by state).
-pub(super) fn list_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsResponse {
+///
+/// Runs on the blocking pool: the first use of the offset store creates and reads its topic.
+pub(super) async fn list_groups(server: &Arc<Server>, request: ListGroupsRequest) -> ListGroupsResponse {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || listed_groups(&server, request))
+        .await
+        .expect("listing groups does not panic")
+}
+
+fn listed_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsResponse {
     let groups = match server.broker.list_groups() {
         Ok(groups) => groups,
         Err(e) => return ListGroupsResponse::default().with_error_code(codes::code(&e)),
