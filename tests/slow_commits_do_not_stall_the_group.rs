@@ -162,8 +162,8 @@ fn a_commit_over_the_wire_does_not_hold_up_the_runtime() -> Result {
         OffsetCommitRequestPartition, OffsetCommitRequestTopic,
     };
     use kafka_protocol::messages::{
-        ApiKey, ApiVersionsRequest, GroupId, OffsetCommitRequest, OffsetCommitResponse, RequestHeader,
-        ResponseHeader, TopicName,
+        ApiKey, ApiVersionsRequest, GroupId, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+        OffsetCommitResponse, RequestHeader, ResponseHeader, TopicName,
     };
     use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -236,6 +236,14 @@ fn a_commit_over_the_wire_does_not_hold_up_the_runtime() -> Result {
     let answered_in = answered_in?;
     assert!(answered_in < SLOW_SYNC / 2, "ApiVersions waited {answered_in:?}");
     assert_eq!(broker.group_offsets("standalone")?[0].committed.offset, 5);
+    let mut listed = exchange(
+        &mut other,
+        &frame(ApiKey::ListGroups, 4, &ListGroupsRequest::default()),
+    )?;
+    ResponseHeader::decode(&mut listed, ApiKey::ListGroups.response_header_version(4))?;
+    let listed = ListGroupsResponse::decode(&mut listed, 4)?;
+    assert_eq!(listed.groups.len(), 1);
+    assert_eq!(listed.groups[0].group_id.0.as_str(), "standalone");
     stop.send(()).ok();
     server.join().expect("no panic")?;
     Ok(())
