@@ -248,3 +248,33 @@ fn a_commit_over_the_wire_does_not_hold_up_the_runtime() -> Result {
     server.join().expect("no panic")?;
     Ok(())
 }
+
+#[test]
+fn a_group_deleted_while_its_commit_waits_for_the_disk_keeps_nothing() -> Result {
+    let dir = tempfile::tempdir()?;
+    {
+        let broker = open(dir.path())?;
+        let tp = TopicPartition::new("t", 0);
+        let mut opener = Consumer::new(&broker, ConsumerConfig::default().group_id("other"));
+        opener.assign(std::slice::from_ref(&tp))?;
+        opener.commit_offsets(&[(tp.clone(), 1, "")])?; // opens the store
+        // The group's first commit, still waiting for the disk when the group is deleted.
+        let mut c = Consumer::new(&broker, ConsumerConfig::default().group_id("h"));
+        c.assign(std::slice::from_ref(&tp))?;
+        std::thread::scope(|s| -> Result {
+            let committing = s.spawn(|| c.commit_offsets(&[(tp.clone(), 2, "")]));
+            std::thread::sleep(SLOW_SYNC / 6);
+            broker.delete_group("h")?;
+            committing.join().expect("no panic")?;
+            Ok(())
+        })?;
+        assert!(broker.group_offsets("h")?.is_empty());
+        broker.close()?;
+    }
+    let broker = Broker::open(dir.path())?;
+    assert!(
+        broker.group_offsets("h")?.is_empty(),
+        "the deletion covered the commit"
+    );
+    Ok(())
+}

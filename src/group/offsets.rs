@@ -22,7 +22,7 @@
 //! deleted group's tombstones go after `delete.retention.ms`, so replaying it on open costs
 //! about one record per committed partition (plus what was written since the last clean).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -94,8 +94,10 @@ pub(crate) struct OffsetStore {
     /// The latest durable record of each key. A deletion stays as `None`, so that a commit
     /// made durable later but written earlier cannot bring the key back.
     latest: RwLock<HashMap<Key, Latest>>,
-    /// Serializes appends, so that each commit's records are one batch at known offsets.
-    writing: Mutex<()>,
+    /// Serializes appends, so that each commit's records are one batch at known offsets, and
+    /// holds the keys whose last record appended (durable yet or not) is a commit: what a
+    /// deletion must cover, including commits still waiting for the disk.
+    writing: Mutex<HashSet<Key>>,
 }
 
 #[derive(Debug)]
@@ -208,10 +210,11 @@ impl OffsetStore {
                 },
             }
         }
+        let live = latest.keys().cloned().collect();
         Ok(OffsetStore {
             log,
             latest: RwLock::new(latest),
-            writing: Mutex::new(()),
+            writing: Mutex::new(live),
         })
     }
 
@@ -227,49 +230,62 @@ impl OffsetStore {
         for (tp, o) in offsets {
             validate_metadata(tp, &o.metadata)?;
         }
-        self.write(group, offsets.iter().map(|(tp, o)| (tp, Some(o))))
+        let entries = offsets
+            .iter()
+            .map(|(tp, o)| (tp.clone(), Some(o.clone())))
+            .collect();
+        self.write(group, |_| entries)
     }
 
     /// Writes tombstones for every committed offset of a group, without waiting for the disk
     /// (see [`OffsetStore::append`]).
     pub(crate) fn append_delete_group(self: &std::sync::Arc<Self>, group: &str) -> Result<Written> {
-        let tps: Vec<TopicPartition> = self
-            .latest
-            .read()
-            .iter()
-            .filter(|((g, _, _), l)| g == group && l.value.is_some())
-            .map(|((_, t, p), _)| TopicPartition::new(t.clone(), *p))
-            .collect();
-        self.write(group, tps.iter().map(|tp| (tp, None)))
+        self.write(group, |live| {
+            live.iter()
+                .filter(|(g, _, _)| g == group)
+                .map(|(_, t, p)| (TopicPartition::new(t.clone(), *p), None))
+                .collect()
+        })
     }
 
     /// Deletes every group's committed offsets of `topic` (a deleted topic's), durably: a
     /// topic created later under the same name starts without them, as in Kafka.
     pub(crate) fn delete_topic(self: &std::sync::Arc<Self>, topic: &str) -> Result<()> {
-        let mut by_group: HashMap<String, Vec<TopicPartition>> = HashMap::new();
-        for ((g, t, p), l) in self.latest.read().iter() {
-            if t == topic && l.value.is_some() {
-                by_group
-                    .entry(g.clone())
-                    .or_default()
-                    .push(TopicPartition::new(t.clone(), *p));
-            }
-        }
-        for (group, tps) in by_group {
-            self.write(&group, tps.iter().map(|tp| (tp, None)))?.durable()?;
+        let groups: HashSet<String> = self
+            .writing
+            .lock()
+            .iter()
+            .filter(|(_, t, _)| t == topic)
+            .map(|(g, _, _)| g.clone())
+            .collect();
+        // A group that commits for the topic meanwhile can only name a partition that no
+        // longer exists, which commits refuse.
+        for group in groups {
+            self.write(&group, |live| {
+                live.iter()
+                    .filter(|(g, t, _)| *g == group && t == topic)
+                    .map(|(_, t, p)| (TopicPartition::new(t.clone(), *p), None))
+                    .collect()
+            })?
+            .durable()?;
         }
         Ok(())
     }
 
-    fn write<'a>(
+    /// Appends one batch for `group`: the records `entries` picks (a commit, or `None` to
+    /// delete), given the keys that hold a commit now, under the lock that orders appends.
+    fn write(
         self: &std::sync::Arc<Self>,
         group: &str,
-        entries: impl Iterator<Item = (&'a TopicPartition, Option<&'a OffsetAndMetadata>)>,
+        entries: impl FnOnce(&HashSet<Key>) -> Vec<(TopicPartition, Option<OffsetAndMetadata>)>,
     ) -> Result<Written> {
+        let mut live = self.writing.lock();
+        let entries = entries(&live);
         let mut batch = BatchBuilder::new(Compression::None);
         let now = crate::storage::now_ms();
         let mut written = Vec::new();
-        for (tp, o) in entries {
+        for (tp, o) in &entries {
+            let o = o.as_ref();
             let key = key_bytes(group, tp);
             let value = o.map(value_bytes);
             // What is acknowledged must be what a reopen reads back: a record that would not
@@ -292,10 +308,14 @@ impl OffsetStore {
                 entries: written,
             });
         }
-        let info = {
-            let _writing = self.writing.lock();
-            self.log.append(batch.finish()?)?
-        };
+        let info = self.log.append(batch.finish()?)?;
+        for (key, o) in &written {
+            match o {
+                Some(_) => live.insert(key.clone()),
+                None => live.remove(key),
+            };
+        }
+        drop(live);
         Ok(Written {
             store: self.clone(),
             base: info.base_offset,
