@@ -70,7 +70,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let broker = match Broker::builder(&o.data).fsync(o.fsync).open() {
+    // Kafka's group.initial.rebalance.delay.ms: clients started together share one rebalance.
+    let broker = match Broker::builder(&o.data)
+        .fsync(o.fsync)
+        .group_initial_rebalance_delay(std::time::Duration::from_secs(3))
+        .open()
+    {
         Ok(b) => b,
         Err(e) => {
             log::error!("cannot open {}: {e}", o.data);

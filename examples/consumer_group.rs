@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use rivulet::group::Assignor;
 use rivulet::{
     Broker, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, RebalanceListener, TopicConfig,
     TopicPartition,
@@ -34,7 +35,8 @@ fn member(broker: &Broker, name: &'static str) -> rivulet::Result<Consumer> {
     let config = ConsumerConfig::default()
         .group_id("dashboard")
         .client_id(name)
-        .auto_offset_reset(OffsetReset::Earliest);
+        .auto_offset_reset(OffsetReset::Earliest)
+        .partition_assignment_strategy(&[Assignor::CooperativeSticky]);
     let mut c = Consumer::new(broker, config);
     c.set_rebalance_listener(Log(name));
     c.subscribe(["clicks"])?;

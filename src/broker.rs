@@ -148,6 +148,8 @@ pub struct BrokerBuilder {
     default_topic: TopicConfig,
     auto_create: bool,
     num_partitions: u32,
+    fs: Arc<dyn Fs>,
+    initial_rebalance_delay: std::time::Duration,
 }
 
 impl BrokerBuilder {
@@ -175,6 +177,22 @@ impl BrokerBuilder {
     /// `num.partitions`: partitions of an automatically created topic. Default 1.
     pub fn num_partitions(mut self, n: u32) -> Self {
         self.num_partitions = n;
+        self
+    }
+
+    /// The file system partitions are written through (default [`StdFs`]); tests pass a
+    /// slow or faulty one.
+    pub fn fs(mut self, fs: Arc<dyn Fs>) -> Self {
+        self.fs = fs;
+        self
+    }
+
+    /// `group.initial.rebalance.delay.ms`: how long an empty group's first rebalance waits
+    /// for more members (see [`GroupCoordinator::with_initial_rebalance_delay`]). Default
+    /// zero, for embedded groups whose members start one by one; Kafka's default, 3 s, suits
+    /// a broker whose clients start together (the example broker uses it).
+    pub fn group_initial_rebalance_delay(mut self, delay: std::time::Duration) -> Self {
+        self.initial_rebalance_delay = delay;
         self
     }
 
@@ -312,12 +330,12 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Refuses writes and deletion by users of an internal topic (as Kafka does).
+/// Refuses creation, writes and deletion by users of an internal topic (as Kafka does).
 pub(crate) fn refuse_internal(topic: &str) -> Result<()> {
     if topic == OFFSETS_TOPIC {
         return Err(Error::InvalidTopicName {
             name: topic.to_string(),
-            reason: "it is an internal topic, written only by the broker",
+            reason: "it is an internal topic, created and written only by the broker",
         });
     }
     Ok(())
@@ -340,6 +358,8 @@ impl Broker {
             default_topic: TopicConfig::default(),
             auto_create: true,
             num_partitions: 1,
+            fs: Arc::new(StdFs),
+            initial_rebalance_delay: std::time::Duration::ZERO,
         }
     }
 
@@ -350,12 +370,19 @@ impl Broker {
 
     /// Creates a topic with `partitions` partitions.
     pub fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
+        refuse_internal(name)?;
         self.inner.create_topic(name, partitions, config)
     }
 
-    /// Deletes a topic and all its records.
+    /// Deletes a topic and all its records, and every group's committed offsets of it (as
+    /// Kafka does: a topic created later under the name starts without them).
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        self.inner.delete_topic(name)
+        self.inner.delete_topic(name)?;
+        // Only a broker that has stored offsets has any to delete.
+        if self.inner.topic(OFFSETS_TOPIC).is_ok() {
+            self.inner.offsets()?.delete_topic(name)?;
+        }
+        Ok(())
     }
 
     /// The names of all topics, sorted.
@@ -552,14 +579,18 @@ impl Broker {
         let store = self.inner.offsets()?;
         self.inner
             .groups
-            .while_inactive(group, || store.commit(group, &entries))
+            .while_inactive(group, || store.append(group, &entries))?
+            .durable()
     }
 
     /// Deletes a group and its committed offsets. The group must have no active members
     /// ([`Error::GroupNotEmpty`]).
     pub fn delete_group(&self, group: &str) -> Result<()> {
         let store = self.inner.offsets()?;
-        self.inner.groups.delete(group, || store.delete_group(group))
+        self.inner
+            .groups
+            .delete(group, || store.append_delete_group(group))?
+            .durable()
     }
 
     /// Closes every partition cleanly and releases the data directory. Handles that live on
@@ -609,7 +640,7 @@ impl BrokerInner {
         for record in &registry.topics {
             let topic = open_topic(
                 &dir,
-                &housekeeper,
+                (&housekeeper, &settings.fs),
                 &record.name,
                 record.partitions,
                 &record.config,
@@ -617,6 +648,7 @@ impl BrokerInner {
             topics.insert(record.name.clone(), Arc::new(topic));
         }
         remove_orphans(&dir, &topics)?;
+        let initial_rebalance_delay = settings.initial_rebalance_delay;
         Ok(BrokerInner {
             dir,
             settings,
@@ -625,7 +657,7 @@ impl BrokerInner {
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
             offsets: Mutex::new(None),
-            groups: GroupCoordinator::new(),
+            groups: GroupCoordinator::new().with_initial_rebalance_delay(initial_rebalance_delay),
             closed: AtomicBool::new(false),
         })
     }
@@ -712,8 +744,15 @@ impl BrokerInner {
         (self.settings.default_topic.clone(), self.settings.num_partitions)
     }
 
-    /// Checks that `create_topic` would accept these, changing nothing.
+    /// Checks that a user's `create_topic` would accept these, changing nothing: as
+    /// [`BrokerInner::check_topic`], and internal topics are the broker's to create.
     pub(crate) fn check_new_topic(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
+        refuse_internal(name)?;
+        self.check_topic(name, partitions, config)
+    }
+
+    /// Checks that `create_topic` would accept these, changing nothing.
+    fn check_topic(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
         self.check_open()?;
         validate_topic_name(name)?;
         if partitions == 0 || partitions > MAX_PARTITIONS {
@@ -734,10 +773,10 @@ impl BrokerInner {
 
     fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
         let _admin = self.admin.lock();
-        self.check_new_topic(name, partitions, &config)?;
+        self.check_topic(name, partitions, &config)?;
         let topic = Arc::new(open_topic(
             &self.dir,
-            &self.housekeeper,
+            (&self.housekeeper, &self.settings.fs),
             name,
             partitions,
             &config,
@@ -780,7 +819,13 @@ impl BrokerInner {
         let config = topic.config.read().log.clone();
         let mut logs = Vec::clone(&current);
         for p in current.len() as u32..total {
-            logs.push(open_partition(&self.dir, &self.housekeeper, name, p, &config)?);
+            logs.push(open_partition(
+                &self.dir,
+                (&self.housekeeper, &self.settings.fs),
+                name,
+                p,
+                &config,
+            )?);
         }
         *topic.partitions.write() = Arc::new(logs);
         let topics = self.topics.read().clone();
@@ -854,7 +899,7 @@ impl Topic {
 
 fn open_partition(
     dir: &Path,
-    housekeeper: &Housekeeper,
+    (housekeeper, fs): (&Housekeeper, &Arc<dyn Fs>),
     topic: &str,
     partition: u32,
     config: &crate::LogConfig,
@@ -862,18 +907,19 @@ fn open_partition(
     PartitionLog::builder(partition_dir(dir, topic, partition))
         .config(config.clone())
         .housekeeper(housekeeper)
+        .fs(fs.clone())
         .open()
 }
 
 fn open_topic(
     dir: &Path,
-    housekeeper: &Housekeeper,
+    io: (&Housekeeper, &Arc<dyn Fs>),
     name: &str,
     partitions: u32,
     config: &TopicConfig,
 ) -> Result<Topic> {
     let logs = (0..partitions)
-        .map(|p| open_partition(dir, housekeeper, name, p, &config.log))
+        .map(|p| open_partition(dir, io, name, p, &config.log))
         .collect::<Result<Vec<_>>>()?;
     Ok(Topic {
         name: name.to_string(),

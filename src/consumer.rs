@@ -90,7 +90,7 @@ impl Default for ConsumerConfig {
             max_poll_interval: Duration::from_secs(300),
             group_instance_id: None,
             client_id: "rivulet".to_string(),
-            assignors: vec![Assignor::CooperativeSticky],
+            assignors: vec![Assignor::Range, Assignor::CooperativeSticky],
             metadata_max_age: Duration::from_secs(1),
             poll_spin: Duration::ZERO,
         }
@@ -126,7 +126,9 @@ impl ConsumerConfig {
 
     /// `enable.auto.commit`: with a group, commit the positions of records already returned,
     /// at the start of a `poll` once `auto.commit.interval.ms` has passed, and when the
-    /// consumer is dropped (at-least-once delivery). Default true.
+    /// consumer is closed or dropped (at-least-once delivery). Default true. A consumer
+    /// dropped while its thread panics commits nothing: the records it returned may not have
+    /// been processed.
     pub fn enable_auto_commit(mut self, yes: bool) -> Self {
         self.enable_auto_commit = yes;
         self
@@ -161,9 +163,11 @@ impl ConsumerConfig {
     }
 
     /// `partition.assignment.strategy`: the assignors this consumer supports, preferred
-    /// first; the group uses one every member supports. Default `[CooperativeSticky]`
-    /// (Kafka's Java client defaults to `[Range, CooperativeSticky]`; see docs/design.md).
-    /// The rebalance protocol is cooperative only if every assignor listed is. An empty list
+    /// first; the group uses one every member supports. Default `[Range, CooperativeSticky]`,
+    /// as in Kafka's Java client, so a group can be shared with Kafka clients left at their
+    /// defaults (librdkafka's `[range, roundrobin]` has range in common). The rebalance
+    /// protocol is cooperative only if every assignor listed is, so the default rebalances
+    /// eagerly; `[CooperativeSticky]` alone keeps consuming through rebalances. An empty list
     /// keeps the default.
     pub fn partition_assignment_strategy(mut self, assignors: &[Assignor]) -> Self {
         if !assignors.is_empty() {
@@ -375,7 +379,10 @@ impl Consumer {
     /// assert_eq!(values, [3, 4]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// A negative offset is refused ([`Error::InvalidArgument`]), as by Kafka's clients.
     pub fn seek(&mut self, tp: &TopicPartition, offset: i64) -> Result<()> {
+        refuse_negative("offset", offset)?;
         self.assigned_mut(tp)?.position = Some(offset);
         Ok(())
     }
@@ -407,8 +414,12 @@ impl Consumer {
     }
 
     /// For each partition, the first offset whose record has a timestamp at or after the one
-    /// given, or `None` if there is none. Any partition of the broker may be asked about.
+    /// given, or `None` if there is none. Any partition of the broker may be asked about. A
+    /// negative timestamp refuses the whole lookup ([`Error::InvalidArgument`]).
     pub fn offsets_for_times(&self, query: &[(TopicPartition, i64)]) -> Result<Vec<Option<TimestampOffset>>> {
+        for (_, ts) in query {
+            refuse_negative("timestamp", *ts)?;
+        }
         query
             .iter()
             .map(|(tp, ts)| {
@@ -445,14 +456,24 @@ impl Consumer {
     }
 
     /// Commits the current position of every assigned partition that has one, for the
-    /// consumer's group: the group resumes after the records returned so far.
+    /// consumer's group: the group resumes after the records returned so far. A partition
+    /// whose topic was deleted (even if recreated since) is left out: its positions were in
+    /// the deleted log.
     pub fn commit(&mut self) -> Result<()> {
         let entries: Vec<(TopicPartition, i64, &str)> = self
             .assigned
-            .iter()
-            .filter_map(|(tp, a)| a.position.map(|p| (tp.clone(), p, "")))
+            .keys()
+            .filter_map(|tp| self.committable(tp).map(|p| (tp.clone(), p, "")))
             .collect();
         self.commit_offsets(&entries)
+    }
+
+    /// The position of an assigned partition, if it has one and its log is still the
+    /// broker's partition (not deleted since it was assigned).
+    fn committable(&self, tp: &TopicPartition) -> Option<i64> {
+        let a = self.assigned.get(tp)?;
+        let current = self.broker.partition(&tp.topic, tp.partition).ok()?;
+        Arc::ptr_eq(&current.inner, &a.log.inner).then_some(a.position?)
     }
 
     /// Commits the given offsets (the next offset to consume, and metadata) for the consumer's
@@ -463,8 +484,19 @@ impl Consumer {
     /// [`Error::UnknownMember`], [`Error::RebalanceInProgress`]) and nothing is stored, as in
     /// Kafka. A consumer with assigned partitions may commit only while the group has no
     /// members.
+    ///
+    /// Metadata longer than [`MAX_OFFSET_METADATA_BYTES`](crate::group::MAX_OFFSET_METADATA_BYTES)
+    /// refuses the whole commit ([`Error::OffsetMetadataTooLarge`]), and so do a negative
+    /// offset ([`Error::InvalidArgument`]) and a partition that does not exist
+    /// ([`Error::UnknownTopic`], [`Error::UnknownPartition`]).
     pub fn commit_offsets(&mut self, offsets: &[(TopicPartition, i64, &str)]) -> Result<()> {
         let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
+        crate::group::offsets::validate_group_id(&group)?;
+        for (tp, offset, metadata) in offsets {
+            self.broker.partition(&tp.topic, tp.partition)?;
+            refuse_negative("offset", *offset)?;
+            crate::group::offsets::validate_metadata(tp, metadata)?;
+        }
         let now = crate::storage::now_ms();
         let entries: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
             .iter()
@@ -488,7 +520,8 @@ impl Consumer {
         self.broker
             .inner
             .groups
-            .check_commit(&group, &member, || store.commit(&group, &entries))?;
+            .check_commit(&group, &member, || store.append(&group, &entries))?
+            .durable()?;
         self.last_commit = Instant::now();
         Ok(())
     }
@@ -525,15 +558,17 @@ impl Consumer {
             let seen = self.signal.count();
             let records = self.poll_once()?;
             if !records.is_empty() {
+                self.renew_if_due();
                 return Ok(records);
             }
-            if !self
-                .signal
-                .wait_past_spinning(seen, deadline, self.config.poll_spin)
-            {
+            // A member waiting in poll is alive: it wakes to renew its membership in time.
+            let wake = self.renewal_due().map_or(deadline, |due| due.min(deadline));
+            if !self.signal.wait_past_spinning(seen, wake, self.config.poll_spin) && wake >= deadline {
+                self.renew_if_due();
                 return Ok(records);
             }
-            // Woken by new records or by the group: a rebalance is handled before fetching.
+            // Woken by new records, by the group or to renew: a rebalance is handled before
+            // fetching.
             if self.membership.is_some() && !self.drive_group(deadline)? {
                 return Ok(ConsumerRecords::default());
             }
@@ -610,6 +645,18 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         self.shut_down();
     }
+}
+
+/// Refuses a negative offset or timestamp, as Kafka's clients do.
+fn refuse_negative(name: &'static str, value: i64) -> Result<()> {
+    if value < 0 {
+        return Err(Error::InvalidArgument {
+            name,
+            value: value.to_string(),
+            reason: "it must not be negative",
+        });
+    }
+    Ok(())
 }
 
 /// Fetches `a`'s batches from `position` into a buffer (its spare one, if free); `None` if

@@ -192,9 +192,22 @@ pub enum Error {
         partition: u32,
     },
 
-    /// Committing needs a `group.id`, and the consumer has none.
-    #[error("the consumer has no group.id to commit offsets for")]
+    /// Group management (`subscribe`) and committed offsets need a `group.id`, and the
+    /// consumer has none.
+    #[error("the consumer has no group.id, which subscribing and committed offsets need")]
     NoGroup,
+
+    /// An argument is out of its range (a negative offset or timestamp, say), as Kafka's
+    /// clients refuse it. Nothing was changed.
+    #[error("invalid {name} {value}: {reason}")]
+    InvalidArgument {
+        /// What the argument is, e.g. `offset`.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
 
     /// The consumer is not assigned this partition.
     #[error("{topic}-{partition} is not assigned to this consumer")]
@@ -315,6 +328,31 @@ pub enum Error {
     /// `assign`). Nothing was changed.
     #[error("{0}")]
     IllegalState(&'static str),
+
+    /// A group id the broker cannot use: empty, or longer than
+    /// [`MAX_GROUP_ID_BYTES`](crate::group::MAX_GROUP_ID_BYTES). Nothing was changed.
+    #[error("invalid group id ({len} bytes): {reason}")]
+    InvalidGroupId {
+        /// The id's length in bytes.
+        len: usize,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// Commit metadata is longer than Kafka's `offset.metadata.max.bytes`
+    /// ([`MAX_OFFSET_METADATA_BYTES`](crate::group::MAX_OFFSET_METADATA_BYTES)). Nothing of the
+    /// commit it came in was stored.
+    #[error("commit metadata for {topic}-{partition} has {len} bytes; offset.metadata.max.bytes is {max}")]
+    OffsetMetadataTooLarge {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The metadata's length in bytes.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
 
     /// A request to the group coordinator is malformed (an empty group id, a zero session
     /// timeout, no protocols, an undecodable subscription).

@@ -4,7 +4,10 @@ mod common;
 
 use common::{Rec, batch, read_all, simple_batch};
 use rivulet::storage::{BatchBuilder, Compression, PartitionLog, RecordBatch};
-use rivulet::{BatchError, Error, Fsync, LogConfig};
+use rivulet::{
+    BatchError, Broker, Consumer, ConsumerConfig, Error, Fsync, LogConfig, Producer, ProducerRecord,
+    TopicConfig, TopicPartition,
+};
 
 fn config() -> LogConfig {
     LogConfig::default().fsync(Fsync::Never)
@@ -203,4 +206,96 @@ fn appends_after_close_are_refused() {
     log.close().unwrap();
     assert!(matches!(log.append(simple_batch(1, 1, 1)), Err(Error::Closed)));
     assert_eq!(read_all(&log, 0).len(), 1, "reads still work");
+}
+
+/// A broker with topic `t` holding five records, and a consumer of group `g` assigned `t-0`
+/// at offset 2 with a commit at 2.
+fn consumer_at_two(dir: &std::path::Path) -> Result<(Broker, Consumer), Box<dyn std::error::Error>> {
+    let broker = Broker::builder(dir).fsync(Fsync::Never).open()?;
+    broker.create_topic("t", 1, TopicConfig::default())?;
+    let producer = Producer::new(&broker);
+    for i in 0..5i64 {
+        producer.send(ProducerRecord::new("t", b"v").timestamp(1_000 + i))?;
+    }
+    let mut consumer = Consumer::new(&broker, ConsumerConfig::default().group_id("g"));
+    let tp = TopicPartition::new("t", 0);
+    consumer.assign(std::slice::from_ref(&tp))?;
+    consumer.seek(&tp, 2)?;
+    consumer.commit()?;
+    Ok((broker, consumer))
+}
+
+#[test]
+fn negative_offsets_and_timestamps_are_refused_by_the_consumer() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let (broker, mut consumer) = consumer_at_two(dir.path())?;
+    let tp = TopicPartition::new("t", 0);
+    let negative = |r: rivulet::Result<_>, name: &str| matches!(r, Err(Error::InvalidArgument { name: n, .. }) if n == name);
+    assert!(negative(consumer.seek(&tp, -7), "offset"));
+    assert_eq!(consumer.position(&tp)?, 2);
+    assert!(negative(
+        consumer.commit_offsets(&[(tp.clone(), -3, "")]),
+        "offset"
+    ));
+    assert_eq!(broker.group_offsets("g")?[0].committed.offset, 2);
+    assert!(negative(
+        consumer.offsets_for_times(&[(tp.clone(), -1)]).map(drop),
+        "timestamp"
+    ));
+    assert_eq!(
+        consumer.offsets_for_times(&[(tp, 1_003)])?[0].map(|t| t.offset),
+        Some(3)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_subscription_to_a_name_no_topic_can_have_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open()?;
+    let mut consumer = Consumer::new(&broker, ConsumerConfig::default().group_id("g"));
+    for bad in ["", "no spaces", ".."] {
+        let refused = consumer.subscribe([bad]);
+        assert!(
+            matches!(refused, Err(Error::InvalidTopicName { .. })),
+            "{bad:?}: {refused:?}"
+        );
+        assert!(consumer.subscription().is_empty());
+    }
+    let refused = consumer.subscribe(["fine", ""]);
+    assert!(matches!(refused, Err(Error::InvalidTopicName { .. })));
+    assert!(consumer.subscription().is_empty(), "nothing of it was taken");
+    Ok(())
+}
+
+#[test]
+fn subscribing_without_a_group_id_says_a_group_id_is_needed() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open()?;
+    let mut consumer = Consumer::new(&broker, ConsumerConfig::default());
+    let err = consumer.subscribe(["t"]).unwrap_err();
+    assert!(matches!(err, Error::NoGroup));
+    assert!(err.to_string().contains("subscribing"), "{err}");
+    assert!(!err.to_string().contains("to commit offsets for"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn the_offsets_topic_cannot_be_created_by_hand() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open()?;
+    let refused = broker.create_topic(rivulet::group::OFFSETS_TOPIC, 3, TopicConfig::default());
+    assert!(
+        matches!(refused, Err(Error::InvalidTopicName { .. })),
+        "{refused:?}"
+    );
+    assert!(broker.list_topics().is_empty());
+    // The broker still makes it, with its own config, when offsets are first committed.
+    broker.create_topic("t", 1, TopicConfig::default())?;
+    let mut consumer = Consumer::new(&broker, ConsumerConfig::default().group_id("g"));
+    let tp = TopicPartition::new("t", 0);
+    consumer.assign(std::slice::from_ref(&tp))?;
+    consumer.commit_offsets(&[(tp, 0, "")])?;
+    assert_eq!(broker.partition_count(rivulet::group::OFFSETS_TOPIC)?, 1);
+    Ok(())
 }

@@ -179,7 +179,7 @@ fn members_without_a_common_protocol_are_refused() {
     // Malformed requests.
     assert!(matches!(
         wait(c.join_group("", join_request("", &["range"], LONG))),
-        Err(Error::InvalidGroupRequest(_))
+        Err(Error::InvalidGroupId { .. })
     ));
     assert!(matches!(
         wait(c.join_group("g", join_request("", &[], LONG))),

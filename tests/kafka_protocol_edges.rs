@@ -374,7 +374,7 @@ async fn transactions_are_refused_with_kafkas_codes() {
 }
 
 #[tokio::test]
-async fn a_commit_naming_an_unknown_partition_stores_nothing() {
+async fn a_commit_naming_an_unknown_partition_stores_the_known_ones() {
     use kafka_protocol::messages::offset_commit_request::{
         OffsetCommitRequestPartition, OffsetCommitRequestTopic,
     };
@@ -405,12 +405,13 @@ async fn a_commit_naming_an_unknown_partition_stores_nothing() {
         let reply: OffsetCommitResponse = response(ApiKey::OffsetCommit, 8, frame);
         reply.topics[0].partitions.iter().map(|p| p.error_code).collect()
     };
-    // Partition 5 does not exist: UNKNOWN_TOPIC_OR_PARTITION (3) for both, nothing stored.
+    // Partition 5 does not exist: UNKNOWN_TOPIC_OR_PARTITION (3) for it, as in Kafka; the
+    // known partition is committed.
     let frame = exchange(&mut s, &request(ApiKey::OffsetCommit, 8, &commit(&[0, 5])))
         .await
         .unwrap();
-    assert_eq!(codes(frame), [3, 3]);
-    assert!(broker.group_offsets("g").unwrap().is_empty());
+    assert_eq!(codes(frame), [0, 3]);
+    assert_eq!(broker.group_offsets("g").unwrap().len(), 1);
     let frame = exchange(&mut s, &request(ApiKey::OffsetCommit, 8, &commit(&[0])))
         .await
         .unwrap();

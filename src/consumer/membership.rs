@@ -3,9 +3,10 @@
 //! applying its share, and telling the [`RebalanceListener`].
 //!
 //! Everything happens inside `poll` (and `close`): there is no background thread. The
-//! consumer's session timeout is its `max.poll.interval.ms`, renewed by every poll, so a
-//! consumer that stops polling is removed exactly when Kafka's would leave. A dropped consumer
-//! leaves at once (unless it is a static member).
+//! consumer's session timeout is its `max.poll.interval.ms`, renewed when a poll starts and
+//! ends and, while a poll waits for records, every third of that interval: the interval is
+//! the time between polls, as in Kafka, and a consumer that stops polling is removed when
+//! Kafka's would leave. A dropped consumer leaves at once (unless it is a static member).
 //!
 //! Eager assignors (range, round-robin, sticky) revoke every partition before joining;
 //! cooperative-sticky keeps consuming what it owns, revokes only what the new assignment takes
@@ -21,7 +22,7 @@ use super::{Consumer, TopicPartition};
 use crate::error::{Error, Result};
 use crate::group::{
     Assignor, CONSUMER_PROTOCOL_TYPE, JoinGroup, Joined, Member, MemberAssignment, MemberRef, OFFSETS_TOPIC,
-    Pending, Subscription,
+    Pending, StickyUserData, Subscription,
 };
 
 /// Told of the partitions a subscribed consumer gains and gives up, from inside `poll`. The
@@ -102,6 +103,11 @@ pub(super) struct Membership {
     next_refresh: Instant,
     /// As leader: the partition counts the assignment was computed from.
     assigned_counts: Option<BTreeMap<String, u32>>,
+    /// When the coordinator last heard from this member.
+    last_renewed: Instant,
+    /// The last assignment and its generation, which the eager sticky assignor's members
+    /// send as user data (they own nothing when they join).
+    previous: StickyUserData,
 }
 
 enum Phase {
@@ -136,7 +142,8 @@ impl Consumer {
     /// Joins the consumer's group and consumes the partitions of `topics` the group assigns
     /// it, rebalancing as members come and go. Topics that do not exist yet are picked up
     /// when created. Needs a `group.id`; calling it on a consumer with an `assign`ed
-    /// assignment is an error. Subscribing again replaces the subscription.
+    /// assignment is an error, and so is a name no topic can have (empty, say). Subscribing
+    /// again replaces the subscription; an error changes nothing.
     ///
     /// ```
     /// use std::time::Duration;
@@ -172,6 +179,9 @@ impl Consumer {
         if topics.is_empty() {
             return self.unsubscribe();
         }
+        for t in &topics {
+            crate::broker::validate_topic_name(t)?;
+        }
         self.start_subscription(Topics::List(topics))
     }
 
@@ -204,6 +214,7 @@ impl Consumer {
 
     fn start_subscription(&mut self, topics: Topics) -> Result<()> {
         let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
+        crate::group::offsets::validate_group_id(&group)?;
         if self.manual {
             return Err(Error::IllegalState(
                 "subscribe on a consumer with assigned partitions (assign an empty list first)",
@@ -231,6 +242,8 @@ impl Consumer {
                     rejoin: false,
                     next_refresh: Instant::now(),
                     assigned_counts: None,
+                    last_renewed: Instant::now(),
+                    previous: StickyUserData::default(),
                 })
             }
         }
@@ -272,10 +285,29 @@ impl Consumer {
         self.unsubscribe()
     }
 
+    /// Dropping: as `close`, except while the thread panics. Then the records returned were
+    /// probably not all processed, so positions are not committed and the listener hears
+    /// its partitions were lost, not handed over.
     pub(super) fn shut_down(&mut self) {
-        if let Err(e) = self.unsubscribe() {
+        let result = if std::thread::panicking() {
+            self.leave_uncommitted()
+        } else {
+            self.unsubscribe()
+        };
+        if let Err(e) = result {
             log::warn!("closing a consumer of group {:?}: {e}", self.config.group_id);
         }
+    }
+
+    /// Leaves the group without committing, telling the listener the partitions are lost.
+    fn leave_uncommitted(&mut self) -> Result<()> {
+        let owned = self.assignment();
+        if self.membership.is_some() && !owned.is_empty() {
+            self.tell(|l, c| l.on_partitions_lost(c, &owned));
+        }
+        let result = self.leave_group(Ok(()));
+        self.membership = None;
+        result
     }
 
     /// Gives the partitions up cleanly and leaves the group; a static member stays (it is
@@ -292,7 +324,16 @@ impl Consumer {
         if !owned.is_empty() && matches!(m.phase, Phase::Stable) {
             self.tell(|l, c| l.on_partitions_revoked(c, &owned));
         }
-        let m = self.membership.as_mut().expect("checked above");
+        self.leave_group(result)
+    }
+
+    /// Sends LeaveGroup (unless static) and drops the assignment; `result` is what came
+    /// before, to which this step's errors are added.
+    fn leave_group(&mut self, mut result: Result<()>) -> Result<()> {
+        let Some(m) = self.membership.as_mut() else {
+            self.set_assignment(&[])?;
+            return result;
+        };
         m.phase = Phase::Unjoined;
         if !m.member.member_id.is_empty() && m.member.group_instance_id.is_none() {
             let left = self
@@ -334,7 +375,10 @@ impl Consumer {
                     m.phase = Phase::Stable;
                     if !m.rejoin {
                         match coordinator.heartbeat(&m.group, &m.member) {
-                            Ok(()) => return Ok(true),
+                            Ok(()) => {
+                                m.last_renewed = Instant::now();
+                                return Ok(true);
+                            }
                             Err(Error::RebalanceInProgress { .. }) => {}
                             Err(e) if is_membership_loss(&e) => self.lose(e)?,
                             Err(e) => return Err(e),
@@ -363,6 +407,26 @@ impl Consumer {
                     Some(Err(e)) => return Err(e),
                 },
             }
+        }
+    }
+
+    /// When a poll waiting for records must wake to renew the membership (`None` unless the
+    /// consumer is a stable member).
+    pub(super) fn renewal_due(&self) -> Option<Instant> {
+        let m = self.membership.as_ref()?;
+        matches!(m.phase, Phase::Stable).then(|| m.last_renewed + self.config.max_poll_interval / 3)
+    }
+
+    /// Renews a stable membership with a heartbeat if a third of `max.poll.interval.ms` has
+    /// passed, as a poll returns. Nothing else: a rebalance the heartbeat reveals is joined by
+    /// the next poll, after the records just returned have been processed.
+    pub(super) fn renew_if_due(&mut self) {
+        if self.renewal_due().is_none_or(|due| Instant::now() < due) {
+            return;
+        }
+        let m = self.membership.as_mut().expect("stable");
+        if self.broker.inner.groups.heartbeat(&m.group, &m.member).is_ok() {
+            m.last_renewed = Instant::now();
         }
     }
 
@@ -429,12 +493,15 @@ impl Consumer {
         };
         let signal = self.signal.clone();
         let m = self.membership.as_mut().expect("subscribed");
-        let metadata = Subscription {
-            topics: m.resolved.clone(),
-            owned,
-            user_data: None,
-        }
-        .encode();
+        let metadata = |assignor: &Assignor| {
+            let user_data = (*assignor == Assignor::Sticky).then(|| m.previous.encode());
+            Subscription {
+                topics: m.resolved.clone(),
+                owned: owned.clone(),
+                user_data,
+            }
+            .encode()
+        };
         let request = JoinGroup {
             member_id: m.member.member_id.clone(),
             group_instance_id: m.member.group_instance_id.clone(),
@@ -446,7 +513,7 @@ impl Consumer {
                 .config
                 .assignors
                 .iter()
-                .map(|a| (a.name().to_string(), metadata.clone()))
+                .map(|a| (a.name().to_string(), metadata(a)))
                 .collect(),
             notify: Some(signal),
         };
@@ -484,13 +551,35 @@ impl Consumer {
                 reason: format!("assignor {:?} is not one this consumer knows", joined.protocol),
             })?;
         let mut members = Vec::with_capacity(joined.members.len());
+        // Under eager sticky, what each member owned comes from its user data, with the
+        // generation it was assigned in: of two members claiming a partition, the later
+        // generation's claim stands (an older one is a member that lost it meanwhile).
+        let mut generations = Vec::with_capacity(joined.members.len());
         for jm in &joined.members {
             let s = Subscription::decode(&jm.metadata)?;
+            let previous = (assignor == Assignor::Sticky && s.owned.is_empty())
+                .then(|| s.user_data.as_deref().and_then(StickyUserData::decode))
+                .flatten();
+            let (owned, generation) = match previous {
+                Some(p) => (p.previous, p.generation.unwrap_or(-1)),
+                None => (s.owned, i32::MAX),
+            };
+            generations.push(generation);
             members.push(Member {
                 id: jm.member_id.clone(),
                 topics: s.topics,
-                owned: s.owned,
+                owned,
             });
+        }
+        let mut latest: BTreeMap<TopicPartition, i32> = BTreeMap::new();
+        for (m, &g) in members.iter().zip(&generations) {
+            for tp in &m.owned {
+                let claim = latest.entry(tp.clone()).or_insert(g);
+                *claim = (*claim).max(g);
+            }
+        }
+        for (m, &g) in members.iter_mut().zip(&generations) {
+            m.owned.retain(|tp| latest[tp] == g);
         }
         let topics: BTreeSet<&String> = members.iter().flat_map(|m| &m.topics).collect();
         let counts = partition_counts(&self.broker, topics.into_iter());
@@ -524,7 +613,7 @@ impl Consumer {
             if self.config.enable_auto_commit {
                 let positions: Vec<(TopicPartition, i64, &str)> = revoked
                     .iter()
-                    .filter_map(|tp| self.assigned[tp].position.map(|p| (tp.clone(), p, "")))
+                    .filter_map(|tp| self.committable(tp).map(|p| (tp.clone(), p, "")))
                     .collect();
                 let committed = self.commit_offsets(&positions);
                 self.refusal_logged(committed)?;
@@ -534,6 +623,10 @@ impl Consumer {
         self.set_assignment(&new)?;
         let m = self.membership.as_mut().expect("subscribed");
         m.phase = Phase::Stable;
+        m.previous = StickyUserData {
+            previous: new.clone(),
+            generation: Some(m.member.generation),
+        };
         if cooperative && !revoked.is_empty() {
             // The partitions given up go to their new owners in the next round.
             m.rejoin = true;

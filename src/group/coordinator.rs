@@ -11,6 +11,8 @@
 //!                        └───────────────── join, leave, expiry ◀─────┴──────────────────────┘
 //! ```
 //!
+//! - The first rebalance of an empty group waits `group.initial.rebalance.delay.ms` for more
+//!   members (zero by default; see [`GroupCoordinator::with_initial_rebalance_delay`]).
 //! - A rebalance waits for every known member to join again, up to the largest rebalance
 //!   timeout among them; members that do not are removed. Completing it bumps the generation,
 //!   picks the protocol (assignor) all members support by vote, picks a leader (the previous
@@ -22,9 +24,11 @@
 //!   for a join or sync reply. One that falls silent is removed, which starts a rebalance.
 //! - Static members (`group.instance.id`) keep their identity across restarts: joining again
 //!   with a known instance id replaces the old member id, fencing it, and does not rebalance
-//!   a stable group when nothing changed.
-//! - Offsets are committed under the group's lock, after checking the committer belongs to
-//!   the current generation (Kafka's rules: see [`GroupCoordinator::check_commit`]).
+//!   a stable group unless the protocol it would choose changes (leader or not).
+//! - Offsets are appended under the group's lock, after checking the committer belongs to
+//!   the current generation (Kafka's rules: see [`GroupCoordinator::check_commit`]); the wait
+//!   for the disk comes after the lock is released, so a slow disk never holds up
+//!   heartbeats and joins.
 //!
 //! Time only moves forward through requests and [`GroupCoordinator::tick`]: each request first
 //! expires what is due in its group; waiters and network front ends tick periodically.
@@ -221,6 +225,7 @@ impl MemberDescription {
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
     next_id: std::sync::atomic::AtomicU64,
+    initial_rebalance_delay: Duration,
 }
 
 #[derive(Debug)]
@@ -236,6 +241,24 @@ pub(crate) struct Group {
     instances: HashMap<String, String>,
     rebalance_deadline: Option<Instant>,
     joined_counter: u64,
+    /// `group.initial.rebalance.delay.ms`.
+    initial_delay: Duration,
+    /// While an empty group's first rebalance waits for more members: until when.
+    initial_wait: Option<InitialWait>,
+    /// Member ids given out by [`GroupCoordinator::reserve_member_id`], not yet joined with,
+    /// and until when they are kept.
+    pending: HashMap<String, Instant>,
+}
+
+/// The first rebalance of an empty group waiting for more members (Kafka's
+/// InitialDelayedJoin).
+#[derive(Debug)]
+struct InitialWait {
+    until: Instant,
+    /// How much longer the wait may still be extended.
+    remaining: Duration,
+    /// A member joined during this wait, which extends it.
+    new_member: bool,
 }
 
 #[derive(Debug)]
@@ -254,9 +277,20 @@ struct Member {
 }
 
 impl GroupCoordinator {
-    /// A coordinator with no groups.
+    /// A coordinator with no groups, and no initial rebalance delay.
     pub fn new() -> GroupCoordinator {
         GroupCoordinator::default()
+    }
+
+    /// Kafka's `group.initial.rebalance.delay.ms`: the first member to join an empty group
+    /// waits this long for others before the group's first generation completes, and each
+    /// member that joins meanwhile extends the wait by as much again, up to the rebalance
+    /// timeout in all; so members started together share one rebalance instead of one each.
+    /// Default zero (the first member is answered at once), which suits embedded groups
+    /// whose members start one by one; Kafka's default is 3 s.
+    pub fn with_initial_rebalance_delay(mut self, delay: Duration) -> GroupCoordinator {
+        self.initial_rebalance_delay = delay;
+        self
     }
 
     fn group(&self, group_id: &str) -> Option<Arc<Mutex<Group>>> {
@@ -267,7 +301,7 @@ impl GroupCoordinator {
         self.groups
             .lock()
             .entry(group_id.to_string())
-            .or_insert_with(|| Arc::new(Mutex::new(Group::new(group_id))))
+            .or_insert_with(|| Arc::new(Mutex::new(Group::new(group_id, self.initial_rebalance_delay))))
             .clone()
     }
 
@@ -287,6 +321,26 @@ impl GroupCoordinator {
             }
             g.expire(now);
             return g.join(request, now, &self.next_id);
+        }
+    }
+
+    /// A member id for a new dynamic member, which it must join with (Kafka's
+    /// MEMBER_ID_REQUIRED answer to a JoinGroup v4 or later with an empty member id). The
+    /// id is reserved for the request's session timeout; nothing else changes, so a client
+    /// that gives up on its join leaves no member behind to hold partitions.
+    pub fn reserve_member_id(&self, group_id: &str, request: &JoinGroup) -> Result<String> {
+        validate_join(group_id, request)?;
+        let now = Instant::now();
+        loop {
+            let group = self.group_or_create(group_id);
+            let mut g = group.lock();
+            if g.state == GroupState::Dead {
+                continue;
+            }
+            g.expire(now);
+            let id = new_member_id(&request.client_id, &self.next_id);
+            g.pending.insert(id.clone(), now + request.session_timeout);
+            return Ok(id);
         }
     }
 
@@ -391,8 +445,9 @@ impl GroupCoordinator {
         out
     }
 
-    /// Runs `write` (storing offsets) if `member` may commit for `group_id` now, holding the
-    /// group so no rebalance completes in between.
+    /// Runs `write` (appending offsets) if `member` may commit for `group_id` now, holding the
+    /// group so no rebalance completes in between. `write` must not wait for the disk: every
+    /// request to the group waits for it.
     ///
     /// Kafka's rules: a commit that names no member and generation -1 is a standalone
     /// consumer's, accepted only while the group has no members. Otherwise the member must be
@@ -425,28 +480,42 @@ impl GroupCoordinator {
         write()
     }
 
-    /// Removes an empty group; `GroupNotEmpty` if it has members. Runs `cleanup` (deleting
-    /// its offsets) under the group's lock, so no member can join meanwhile.
-    pub(crate) fn delete(&self, group_id: &str, cleanup: impl FnOnce() -> Result<()>) -> Result<()> {
-        let mut groups = self.groups.lock();
-        if let Some(group) = groups.get(group_id).cloned() {
-            let mut g = group.lock();
-            g.expire(Instant::now());
-            if !g.members.is_empty() {
-                return Err(Error::GroupNotEmpty {
-                    group: group_id.to_string(),
-                });
-            }
-            cleanup()?;
-            g.state = GroupState::Dead;
-            groups.remove(group_id);
-            return Ok(());
+    /// Removes an empty group; `GroupNotEmpty` if it has members. Runs `cleanup` (writing
+    /// its offsets' tombstones, without waiting for the disk) under the group's lock, so no
+    /// member can join or commit in between; the global map is not held meanwhile, as a join
+    /// that finds the group Dead looks it up again.
+    pub(crate) fn delete<T>(&self, group_id: &str, cleanup: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some(group) = self.group(group_id) else {
+            return cleanup();
+        };
+        let mut g = group.lock();
+        if g.state == GroupState::Dead {
+            // Deleted meanwhile: a new group of this id may exist by now.
+            drop(g);
+            return self.delete(group_id, cleanup);
         }
-        cleanup()
+        g.expire(Instant::now());
+        if !g.members.is_empty() {
+            return Err(Error::GroupNotEmpty {
+                group: group_id.to_string(),
+            });
+        }
+        let done = cleanup()?;
+        g.state = GroupState::Dead;
+        drop(g);
+        let mut groups = self.groups.lock();
+        if groups
+            .get(group_id)
+            .is_some_and(|current| Arc::ptr_eq(current, &group))
+        {
+            groups.remove(group_id);
+        }
+        Ok(done)
     }
 
     /// Fails with `GroupNotEmpty` if the group has members (offsets can only be reset on an
-    /// inactive group, as in Kafka), else runs `f` under the group's lock.
+    /// inactive group, as in Kafka), else runs `f` under the group's lock (so `f` must not
+    /// wait for the disk).
     pub(crate) fn while_inactive<T>(&self, group_id: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let Some(group) = self.group(group_id) else {
             return f();
@@ -462,6 +531,16 @@ impl GroupCoordinator {
     }
 }
 
+/// A fresh member id: the client id (or "member"), a counter and the time.
+fn new_member_id(client_id: &str, ids: &std::sync::atomic::AtomicU64) -> String {
+    format!(
+        "{}-{}-{:x}",
+        if client_id.is_empty() { "member" } else { client_id },
+        ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        crate::storage::now_ms()
+    )
+}
+
 fn unknown_member(group: &str, member: &str) -> Error {
     Error::UnknownMember {
         group: group.to_string(),
@@ -471,9 +550,7 @@ fn unknown_member(group: &str, member: &str) -> Error {
 
 fn validate_join(group_id: &str, r: &JoinGroup) -> Result<()> {
     let bad = |what: &str| Err(Error::InvalidGroupRequest(what.to_string()));
-    if group_id.is_empty() {
-        return bad("the group id is empty");
-    }
+    super::offsets::validate_group_id(group_id)?;
     if r.session_timeout.is_zero() || r.session_timeout > MAX_TIMEOUT {
         return bad("the session timeout must be between 1 ms and 30 minutes");
     }
@@ -490,8 +567,11 @@ fn validate_join(group_id: &str, r: &JoinGroup) -> Result<()> {
 }
 
 impl Group {
-    fn new(id: &str) -> Group {
+    fn new(id: &str, initial_delay: Duration) -> Group {
         Group {
+            initial_delay,
+            initial_wait: None,
+            pending: HashMap::new(),
             id: id.to_string(),
             state: GroupState::Empty,
             generation: 0,
@@ -581,17 +661,13 @@ impl Group {
             }
         }
         let (tx, rx) = reply();
-        if r.member_id.is_empty() {
-            let new_id = format!(
-                "{}-{}-{:x}",
-                if r.client_id.is_empty() {
-                    "member"
-                } else {
-                    &r.client_id
-                },
-                ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                crate::storage::now_ms()
-            );
+        let reserved = !r.member_id.is_empty() && self.pending.remove(&r.member_id).is_some();
+        if r.member_id.is_empty() || reserved {
+            let new_id = if reserved {
+                r.member_id.clone()
+            } else {
+                new_member_id(&r.client_id, ids)
+            };
             match r
                 .group_instance_id
                 .clone()
@@ -653,15 +729,30 @@ impl Group {
         };
         m.update(r, now);
         self.members.insert(id.clone(), m);
+        if let Some(wait) = &mut self.initial_wait {
+            wait.new_member = true;
+        }
         if self.state != GroupState::PreparingRebalance {
+            let was_empty = self.state == GroupState::Empty;
             self.prepare_rebalance(now);
+            if was_empty && !self.initial_delay.is_zero() {
+                let timeout = self.rebalance_deadline.map_or(Duration::ZERO, |d| d - now);
+                self.initial_wait = Some(InitialWait {
+                    until: now + self.initial_delay.min(timeout),
+                    remaining: timeout.saturating_sub(self.initial_delay),
+                    new_member: false,
+                });
+            }
         }
         self.await_join(&id, tx);
         self.try_complete_join(now);
     }
 
     /// A static member came back under a new member id: it takes the old one's place, and the
-    /// old id is fenced.
+    /// old id is fenced. As in Kafka, a stable group answers it with the current generation
+    /// (the leader with the members, its assignment coming from SyncGroup) unless the protocol
+    /// the group would now choose differs; its metadata is not compared whole, since a
+    /// restarted member no longer lists the partitions it owned.
     fn replace_static(
         &mut self,
         old: &str,
@@ -681,7 +772,6 @@ impl Group {
         if let Some(t) = m.awaiting_sync.take() {
             t.send(Err(fenced()));
         }
-        let changed = m.protocols != r.protocols;
         m.update(r, now);
         if let Some(instance) = &m.instance_id {
             self.instances.insert(instance.clone(), new_id.clone());
@@ -691,9 +781,10 @@ impl Group {
             self.leader = Some(new_id.clone());
         }
         self.members.insert(new_id.clone(), m);
+        let same_protocol = self.protocol.as_deref() == Some(self.vote().as_str());
         match self.state {
-            GroupState::Stable if !changed && !was_leader => {
-                tx.send(Ok(self.joined_reply(&new_id, false)));
+            GroupState::Stable if same_protocol => {
+                tx.send(Ok(self.joined_reply(&new_id, was_leader)));
             }
             GroupState::PreparingRebalance => {
                 self.await_join(&new_id, tx);
@@ -744,6 +835,19 @@ impl Group {
     fn try_complete_join(&mut self, now: Instant) {
         if self.state != GroupState::PreparingRebalance {
             return;
+        }
+        if let Some(wait) = &mut self.initial_wait {
+            if now < wait.until && !self.members.is_empty() {
+                return;
+            }
+            if wait.new_member && !wait.remaining.is_zero() && !self.members.is_empty() {
+                let more = self.initial_delay.min(wait.remaining);
+                wait.until = now + more;
+                wait.remaining -= more;
+                wait.new_member = false;
+                return;
+            }
+            self.initial_wait = None;
         }
         let all_joined = self.members.values().all(|m| m.awaiting_join.is_some());
         let timed_out = self.rebalance_deadline.is_some_and(|d| now >= d);
@@ -908,6 +1012,7 @@ impl Group {
 
     /// Removes members whose session ran out and completes a rebalance whose time is up.
     fn expire(&mut self, now: Instant) {
+        self.pending.retain(|_, until| now < *until);
         let dead: Vec<String> = self
             .members
             .iter()

@@ -13,6 +13,6 @@ pub use coordinator::{
     GroupCoordinator, GroupDescription, GroupState, JoinGroup, Joined, JoinedMember, MAX_TIMEOUT,
     MemberDescription, MemberRef,
 };
-pub use offsets::{OFFSETS_TOPIC, OffsetAndMetadata};
-pub use protocol::{CONSUMER_PROTOCOL_TYPE, MemberAssignment, Subscription};
+pub use offsets::{MAX_GROUP_ID_BYTES, MAX_OFFSET_METADATA_BYTES, OFFSETS_TOPIC, OffsetAndMetadata};
+pub use protocol::{CONSUMER_PROTOCOL_TYPE, MemberAssignment, StickyUserData, Subscription};
 pub use reply::Pending;

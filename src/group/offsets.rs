@@ -11,23 +11,68 @@
 //!        | commit timestamp i64
 //! ```
 //!
+//! A commit is written in two steps, as Kafka appends under the group's lock and waits for
+//! replication outside it: [`OffsetStore::append`] writes the records to the page cache (the
+//! log's order is the commits' order, so it runs where the caller fixes that order, under the
+//! group's lock), and [`Written::durable`] waits for `fdatasync` and only then shows the
+//! commit to readers, outside any lock other requests need. The log is kept with
+//! [`Fsync::Never`] for that reason; nothing is acknowledged before `durable` returns.
+//!
 //! The topic is compacted, as in Kafka: the cleaner keeps the latest commit of each key, and a
 //! deleted group's tombstones go after `delete.retention.ms`, so replaying it on open costs
 //! about one record per committed partition (plus what was written since the last clean).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::wire::{Reader, put_string};
+use super::wire::{MAX_STRING_BYTES, Reader, put_string};
 use crate::config::{CleanupPolicy, Fsync, LogConfig, TopicConfig};
 use crate::consumer::TopicPartition;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::{BatchBuilder, Compression, PartitionLog};
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The longest commit metadata stored, in bytes (Kafka's `offset.metadata.max.bytes`
+/// default). Longer metadata is refused with [`Error::OffsetMetadataTooLarge`].
+pub const MAX_OFFSET_METADATA_BYTES: usize = 4096;
+
+/// The longest group id, in bytes: the most the i16 length of Kafka's offset-commit key
+/// holds. A longer one is refused with [`Error::InvalidGroupId`].
+pub const MAX_GROUP_ID_BYTES: usize = MAX_STRING_BYTES;
+
+/// Refuses a group id that is empty or too long to store.
+pub(crate) fn validate_group_id(group: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidGroupId {
+            len: group.len(),
+            reason,
+        })
+    };
+    if group.is_empty() {
+        return bad("it is empty");
+    }
+    if group.len() > MAX_GROUP_ID_BYTES {
+        return bad("it is longer than 32767 bytes");
+    }
+    Ok(())
+}
+
+/// Refuses a commit whose metadata is longer than [`MAX_OFFSET_METADATA_BYTES`].
+pub(crate) fn validate_metadata(tp: &TopicPartition, metadata: &str) -> Result<()> {
+    if metadata.len() > MAX_OFFSET_METADATA_BYTES {
+        return Err(Error::OffsetMetadataTooLarge {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            len: metadata.len(),
+            max: MAX_OFFSET_METADATA_BYTES,
+        });
+    }
+    Ok(())
+}
 
 /// A committed offset: the next record the group will read, with the committer's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,16 +91,38 @@ type Key = (String, String, u32);
 #[derive(Debug)]
 pub(crate) struct OffsetStore {
     log: PartitionLog,
-    latest: RwLock<HashMap<Key, OffsetAndMetadata>>,
-    /// Serializes commits so the in-memory view follows the log's order.
-    writing: Mutex<()>,
+    /// The latest durable record of each key. A deletion stays as `None`, so that a commit
+    /// made durable later but written earlier cannot bring the key back.
+    latest: RwLock<HashMap<Key, Latest>>,
+    /// Serializes appends, so that each commit's records are one batch at known offsets, and
+    /// holds the keys whose last record appended (durable yet or not) is a commit: what a
+    /// deletion must cover, including commits still waiting for the disk.
+    writing: Mutex<HashSet<Key>>,
 }
 
-/// The offsets topic's config: durable and compacted (Kafka's `offsets.topic.*` defaults).
+#[derive(Debug)]
+struct Latest {
+    /// The record's offset in the offsets topic.
+    at: i64,
+    value: Option<OffsetAndMetadata>,
+}
+
+/// Records appended but not yet durable; [`Written::durable`] waits for them.
+#[must_use = "a commit is not stored until it is durable"]
+#[derive(Debug)]
+pub(crate) struct Written {
+    store: std::sync::Arc<OffsetStore>,
+    /// The offset of the first record; the others follow densely.
+    base: i64,
+    entries: Vec<(Key, Option<OffsetAndMetadata>)>,
+}
+
+/// The offsets topic's config: compacted (Kafka's `offsets.topic.*` defaults), and synced by
+/// the store itself before it acknowledges anything (see the module's doc).
 pub(crate) fn topic_config() -> TopicConfig {
     TopicConfig::default().with_log(
         LogConfig::default()
-            .fsync(Fsync::Always)
+            .fsync(Fsync::Never)
             .cleanup_policy(CleanupPolicy::Compact)
             .retention_ms(None)
             .segment_bytes(100 << 20)
@@ -128,7 +195,13 @@ impl OffsetStore {
                 }
                 Some(v) => match parse_value(v) {
                     Some(o) => {
-                        latest.insert(key, o);
+                        latest.insert(
+                            key,
+                            Latest {
+                                at: r.offset,
+                                value: Some(o),
+                            },
+                        );
                     }
                     None => log::warn!(
                         "skipping an unreadable value at offset {} of {OFFSETS_TOPIC}",
@@ -137,59 +210,117 @@ impl OffsetStore {
                 },
             }
         }
+        let live = latest.keys().cloned().collect();
         Ok(OffsetStore {
             log,
             latest: RwLock::new(latest),
-            writing: Mutex::new(()),
+            writing: Mutex::new(live),
         })
     }
 
-    /// Commits offsets for a group, all in one batch: all are stored, or none.
-    pub(crate) fn commit(&self, group: &str, offsets: &[(TopicPartition, OffsetAndMetadata)]) -> Result<()> {
-        self.write(group, offsets.iter().map(|(tp, o)| (tp, Some(o))))
-    }
-
-    /// Deletes a group's committed offsets (tombstones for each).
-    pub(crate) fn delete_group(&self, group: &str) -> Result<()> {
-        let tps: Vec<TopicPartition> = self
-            .latest
-            .read()
-            .keys()
-            .filter(|(g, _, _)| g == group)
-            .map(|(_, t, p)| TopicPartition::new(t.clone(), *p))
-            .collect();
-        self.write(group, tps.iter().map(|tp| (tp, None)))
-    }
-
-    fn write<'a>(
-        &self,
+    /// Writes a group's commit, all in one batch, without waiting for the disk: the commit is
+    /// stored (and visible) once [`Written::durable`] returns. A group id or metadata past
+    /// its limit refuses the whole commit before anything is written.
+    pub(crate) fn append(
+        self: &std::sync::Arc<Self>,
         group: &str,
-        entries: impl Iterator<Item = (&'a TopicPartition, Option<&'a OffsetAndMetadata>)> + Clone,
-    ) -> Result<()> {
-        let mut batch = BatchBuilder::new(Compression::None);
-        let now = crate::storage::now_ms();
-        for (tp, o) in entries.clone() {
-            batch.push(
-                now,
-                Some(&key_bytes(group, tp)),
-                o.map(value_bytes).as_deref(),
-                &[],
-            );
+        offsets: &[(TopicPartition, OffsetAndMetadata)],
+    ) -> Result<Written> {
+        validate_group_id(group)?;
+        for (tp, o) in offsets {
+            validate_metadata(tp, &o.metadata)?;
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let _writing = self.writing.lock();
-        self.log.append(batch.finish()?)?;
-        let mut latest = self.latest.write();
-        for (tp, o) in entries {
-            let key = (group.to_string(), tp.topic.clone(), tp.partition);
-            match o {
-                Some(o) => latest.insert(key, o.clone()),
-                None => latest.remove(&key),
-            };
+        let entries = offsets
+            .iter()
+            .map(|(tp, o)| (tp.clone(), Some(o.clone())))
+            .collect();
+        self.write(group, |_| entries)
+    }
+
+    /// Writes tombstones for every committed offset of a group, without waiting for the disk
+    /// (see [`OffsetStore::append`]).
+    pub(crate) fn append_delete_group(self: &std::sync::Arc<Self>, group: &str) -> Result<Written> {
+        self.write(group, |live| {
+            live.iter()
+                .filter(|(g, _, _)| g == group)
+                .map(|(_, t, p)| (TopicPartition::new(t.clone(), *p), None))
+                .collect()
+        })
+    }
+
+    /// Deletes every group's committed offsets of `topic` (a deleted topic's), durably: a
+    /// topic created later under the same name starts without them, as in Kafka.
+    pub(crate) fn delete_topic(self: &std::sync::Arc<Self>, topic: &str) -> Result<()> {
+        let groups: HashSet<String> = self
+            .writing
+            .lock()
+            .iter()
+            .filter(|(_, t, _)| t == topic)
+            .map(|(g, _, _)| g.clone())
+            .collect();
+        // A group that commits for the topic meanwhile can only name a partition that no
+        // longer exists, which commits refuse.
+        for group in groups {
+            self.write(&group, |live| {
+                live.iter()
+                    .filter(|(g, t, _)| *g == group && t == topic)
+                    .map(|(_, t, p)| (TopicPartition::new(t.clone(), *p), None))
+                    .collect()
+            })?
+            .durable()?;
         }
         Ok(())
+    }
+
+    /// Appends one batch for `group`: the records `entries` picks (a commit, or `None` to
+    /// delete), given the keys that hold a commit now, under the lock that orders appends.
+    fn write(
+        self: &std::sync::Arc<Self>,
+        group: &str,
+        entries: impl FnOnce(&HashSet<Key>) -> Vec<(TopicPartition, Option<OffsetAndMetadata>)>,
+    ) -> Result<Written> {
+        let mut live = self.writing.lock();
+        let entries = entries(&live);
+        let mut batch = BatchBuilder::new(Compression::None);
+        let now = crate::storage::now_ms();
+        let mut written = Vec::new();
+        for (tp, o) in &entries {
+            let o = o.as_ref();
+            let key = key_bytes(group, tp);
+            let value = o.map(value_bytes);
+            // What is acknowledged must be what a reopen reads back: a record that would not
+            // parse is skipped on open, losing the commit.
+            let readable = parse_key(&key)
+                .is_some_and(|(g, t, p)| g == group && t == tp.topic && p == tp.partition)
+                && value.as_deref().is_none_or(|v| parse_value(v).as_ref() == o);
+            if !readable {
+                return Err(Error::InvalidGroupRequest(format!(
+                    "the commit for {tp} of group {group:?} would not read back"
+                )));
+            }
+            batch.push(now, Some(&key), value.as_deref(), &[]);
+            written.push(((group.to_string(), tp.topic.clone(), tp.partition), o.cloned()));
+        }
+        if batch.is_empty() {
+            return Ok(Written {
+                store: self.clone(),
+                base: 0,
+                entries: written,
+            });
+        }
+        let info = self.log.append(batch.finish()?)?;
+        for (key, o) in &written {
+            match o {
+                Some(_) => live.insert(key.clone()),
+                None => live.remove(key),
+            };
+        }
+        drop(live);
+        Ok(Written {
+            store: self.clone(),
+            base: info.base_offset,
+            entries: written,
+        })
     }
 
     /// The committed offset of `tp` for `group`.
@@ -197,12 +328,18 @@ impl OffsetStore {
         self.latest
             .read()
             .get(&(group.to_string(), tp.topic.clone(), tp.partition))
-            .cloned()
+            .and_then(|l| l.value.clone())
     }
 
     /// Every group with committed offsets, sorted.
     pub(crate) fn groups(&self) -> Vec<String> {
-        let mut groups: Vec<String> = self.latest.read().keys().map(|(g, _, _)| g.clone()).collect();
+        let mut groups: Vec<String> = self
+            .latest
+            .read()
+            .iter()
+            .filter(|(_, l)| l.value.is_some())
+            .map(|((g, _, _), _)| g.clone())
+            .collect();
         groups.sort();
         groups.dedup();
         groups
@@ -215,10 +352,31 @@ impl OffsetStore {
             .read()
             .iter()
             .filter(|((g, _, _), _)| g == group)
-            .map(|((_, t, p), o)| (TopicPartition::new(t.clone(), *p), o.clone()))
+            .filter_map(|((_, t, p), l)| Some((TopicPartition::new(t.clone(), *p), l.value.clone()?)))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+}
+
+impl Written {
+    /// Waits until the records are on disk (sharing one `fdatasync` with concurrent commits),
+    /// then shows them to readers. On an error nothing is shown; the log refuses writes
+    /// until reopened if the sync failed.
+    pub(crate) fn durable(self) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        self.store.log.flush()?;
+        let mut latest = self.store.latest.write();
+        for (at, (key, value)) in (self.base..).zip(self.entries) {
+            // Commits become durable in any order; the log's order decides.
+            if latest.get(&key).is_some_and(|l| l.at > at) {
+                continue;
+            }
+            latest.insert(key, Latest { at, value });
+        }
+        Ok(())
     }
 }
 

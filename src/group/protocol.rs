@@ -12,6 +12,15 @@
 //!   version i16 | assigned_partitions [topic string, partitions [i32]] | user_data bytes (nullable)
 //! ```
 //!
+//! The eager `sticky` assignor's members put their previous assignment in the subscription's
+//! user data, since they revoke everything before joining and so own nothing when they join
+//! (Kafka's `StickyAssignor` user data, version 1; version 0 lacks the generation):
+//!
+//! ```text
+//! StickyUserData:
+//!   previous_assignment [topic string, partitions [i32]] | generation i32
+//! ```
+//!
 //! Arrays carry an i32 count, strings an i16 length, bytes an i32 length (-1 for null), all
 //! big-endian: the classic (non-flexible) encoding.
 
@@ -132,6 +141,34 @@ fn put_partitions(out: &mut Vec<u8>, tps: &[TopicPartition]) {
     }
 }
 
+/// The eager `sticky` assignor's user data: a member's previous assignment and the generation
+/// it was given in (`None`: version 0, which has none).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StickyUserData {
+    /// The partitions the member owned before it revoked them to join.
+    pub previous: Vec<TopicPartition>,
+    /// The generation of that assignment.
+    pub generation: Option<i32>,
+}
+
+impl StickyUserData {
+    /// The encoding (version 1).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_partitions(&mut out, &self.previous);
+        out.extend_from_slice(&self.generation.unwrap_or(-1).to_be_bytes());
+        out
+    }
+
+    /// Decodes version 0 or 1; `None` if the bytes are neither.
+    pub fn decode(bytes: &[u8]) -> Option<StickyUserData> {
+        let mut r = Reader(bytes);
+        let previous = r.partitions()?;
+        let generation = if r.is_done() { None } else { Some(r.i32()?) };
+        r.is_done().then_some(StickyUserData { previous, generation })
+    }
+}
+
 impl Reader<'_> {
     /// Partitions grouped by topic, as `put_partitions` writes them.
     fn partitions(&mut self) -> Option<Vec<TopicPartition>> {
@@ -170,6 +207,26 @@ mod tests {
             MemberAssignment::decode(&[]).unwrap(),
             MemberAssignment::default()
         );
+    }
+
+    #[test]
+    fn sticky_user_data_round_trips_in_kafkas_layout() {
+        let d = StickyUserData {
+            previous: vec![TopicPartition::new("t", 2), TopicPartition::new("t", 5)],
+            generation: Some(7),
+        };
+        let bytes = d.encode();
+        // One topic "t" with partitions 2 and 5, then generation 7.
+        assert_eq!(
+            bytes,
+            [
+                0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 5, 0, 0, 0, 7
+            ]
+        );
+        assert_eq!(StickyUserData::decode(&bytes), Some(d.clone()));
+        let v0 = StickyUserData::decode(&bytes[..bytes.len() - 4]).unwrap();
+        assert_eq!((v0.previous, v0.generation), (d.previous, None));
+        assert_eq!(StickyUserData::decode(&bytes[..5]), None);
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! and values, consumer subscriptions and assignments): a string is an i16 length and bytes,
 //! nullable bytes an i32 length (-1 for null), an array an i32 count.
 
-/// Appends a string.
+/// The longest string the encoding holds: its length is an i16.
+pub(super) const MAX_STRING_BYTES: usize = i16::MAX as usize;
+
+/// Appends a string. Callers bound its length by [`MAX_STRING_BYTES`]: a longer one would be
+/// written with a wrapped length that no reader can parse.
 pub(super) fn put_string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as i16).to_be_bytes());
     out.extend_from_slice(s.as_bytes());

@@ -25,6 +25,8 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::NoSuchGroup { .. } => E::GroupIdNotFound,
         Error::GroupNotEmpty { .. } => E::NonEmptyGroup,
         Error::InvalidGroupRequest(_) => E::InvalidRequest,
+        Error::InvalidGroupId { .. } => E::InvalidGroupId,
+        Error::OffsetMetadataTooLarge { .. } => E::OffsetMetadataTooLarge,
         Error::Io { .. }
         | Error::Poisoned { .. }
         | Error::ChecksumMismatch { .. }

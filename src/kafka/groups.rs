@@ -1,6 +1,7 @@
 //! The group APIs, each a call on the broker's one group coordinator (shared with in-process
 //! consumers), and committed offsets in its one offset store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{NODE_ID, Server, codes};
 use crate::consumer::TopicPartition;
+use crate::group::offsets::{validate_group_id, validate_metadata};
 use crate::group::{JoinGroup, MemberRef, OffsetAndMetadata};
 
 fn text(s: impl Into<String>) -> StrBytes {
@@ -47,7 +49,9 @@ pub(super) fn find_coordinator(server: &Server, request: FindCoordinatorRequest)
         .with_port(i32::from(server.port))
 }
 
-/// Joins through the coordinator; a new member's id starts with its client id.
+/// Joins through the coordinator; a new member's id starts with its client id. From v4 a new
+/// dynamic member is first answered MEMBER_ID_REQUIRED with its id, as Kafka does, and joins
+/// with it: a join the client gave up on leaves no member behind.
 pub(super) async fn join_group(
     server: &Server,
     request: JoinGroupRequest,
@@ -75,7 +79,19 @@ pub(super) async fn join_group(
             .collect(),
         notify: None,
     };
-    let pending = server.broker.coordinator().join_group(&request.group_id.0, join);
+    let coordinator = server.broker.coordinator();
+    if version >= 4 && join.member_id.is_empty() && join.group_instance_id.is_none() {
+        let reply = JoinGroupResponse::default().with_generation_id(-1);
+        return match coordinator.reserve_member_id(&request.group_id.0, &join) {
+            Ok(id) => reply
+                .with_error_code(ResponseError::MemberIdRequired.code())
+                .with_member_id(text(id)),
+            Err(e) => reply
+                .with_error_code(codes::code(&e))
+                .with_member_id(request.member_id),
+        };
+    }
+    let pending = coordinator.join_group(&request.group_id.0, join);
     match pending.await {
         Ok(joined) => JoinGroupResponse::default()
             .with_generation_id(joined.generation)
@@ -170,9 +186,23 @@ pub(super) fn leave_group(server: &Server, request: LeaveGroupRequest, version: 
     LeaveGroupResponse::default().with_members(members)
 }
 
-/// Commits as the coordinator allows (Kafka's generation rules); all partitions or none, each
-/// answered with the outcome.
-pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> OffsetCommitResponse {
+/// Commits as the coordinator allows (Kafka's generation rules), each partition answered. As
+/// in Kafka, a partition that does not exist (UNKNOWN_TOPIC_OR_PARTITION) or whose metadata is
+/// over `offset.metadata.max.bytes` (OFFSET_METADATA_TOO_LARGE) is left out and the others
+/// are committed together; a refusal by the group, or a failed write, answers all of those.
+///
+/// Runs on the blocking pool: a commit waits for `fdatasync`.
+pub(super) async fn offset_commit(
+    server: &Arc<Server>,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || commit_offsets(&server, request))
+        .await
+        .expect("commits do not panic")
+}
+
+fn commit_offsets(server: &Server, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
     let me = member(
         &request.member_id,
@@ -180,43 +210,54 @@ pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> Of
         request.generation_id_or_member_epoch,
     );
     let now = crate::storage::now_ms();
-    // Every partition must exist; the first that does not refuses the whole commit.
-    let entries: crate::Result<Vec<(TopicPartition, OffsetAndMetadata)>> = request
+    let checked: Vec<Vec<crate::Result<(TopicPartition, OffsetAndMetadata)>>> = request
         .topics
         .iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
-        .map(|(t, p)| {
-            server.log(&t.name.0, p.partition_index)?;
-            let meta = OffsetAndMetadata {
-                offset: p.committed_offset,
-                metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
-                commit_timestamp: now,
-            };
-            Ok((
-                TopicPartition::new(t.name.0.to_string(), p.partition_index as u32),
-                meta,
-            ))
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    server.log(&t.name.0, p.partition_index)?;
+                    let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index as u32);
+                    let metadata = p.committed_metadata.as_deref().unwrap_or("").to_string();
+                    validate_metadata(&tp, &metadata)?;
+                    let meta = OffsetAndMetadata {
+                        offset: p.committed_offset,
+                        metadata,
+                        commit_timestamp: now,
+                    };
+                    Ok((tp, meta))
+                })
+                .collect()
         })
         .collect();
-    let outcome = entries.and_then(|entries| {
+    let entries: Vec<(TopicPartition, OffsetAndMetadata)> = checked
+        .iter()
+        .flatten()
+        .filter_map(|c| c.as_ref().ok().cloned())
+        .collect();
+    let outcome = validate_group_id(&group).and_then(|()| {
         let store = server.broker.inner.offsets()?;
         server
             .broker
             .coordinator()
-            .check_commit(&group, &me, || store.commit(&group, &entries))
+            .check_commit(&group, &me, || store.append(&group, &entries))?
+            .durable()
     });
-    let code = outcome.err().map_or(0, |e| codes::code(&e));
+    let committed_code = outcome.err().map_or(0, |e| codes::code(&e));
     let topics = request
         .topics
         .into_iter()
-        .map(|t| {
+        .zip(checked)
+        .map(|(t, checked)| {
             let partitions = t
                 .partitions
                 .iter()
-                .map(|p| {
+                .zip(checked)
+                .map(|(p, c)| {
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(code)
+                        .with_error_code(c.err().map_or(committed_code, |e| codes::code(&e)))
                 })
                 .collect();
             OffsetCommitResponseTopic::default()
@@ -229,7 +270,16 @@ pub(super) fn offset_commit(server: &Server, request: OffsetCommitRequest) -> Of
 
 /// The committed offsets of the partitions asked for (null: all the group has), -1 where
 /// there is none.
-pub(super) fn offset_fetch(server: &Server, request: OffsetFetchRequest) -> OffsetFetchResponse {
+///
+/// Runs on the blocking pool: the first use of the offset store creates and reads its topic.
+pub(super) async fn offset_fetch(server: &Arc<Server>, request: OffsetFetchRequest) -> OffsetFetchResponse {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || fetch_offsets(&server, request))
+        .await
+        .expect("offset fetches do not panic")
+}
+
+fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchResponse {
     let store = match server.broker.inner.offsets() {
         Ok(store) => store,
         Err(e) => return OffsetFetchResponse::default().with_error_code(codes::code(&e)),
@@ -280,7 +330,16 @@ pub(super) fn offset_fetch(server: &Server, request: OffsetFetchRequest) -> Offs
 }
 
 /// Groups with members or committed offsets, with their states (v4 can filter by state).
-pub(super) fn list_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsResponse {
+///
+/// Runs on the blocking pool: the first use of the offset store creates and reads its topic.
+pub(super) async fn list_groups(server: &Arc<Server>, request: ListGroupsRequest) -> ListGroupsResponse {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || listed_groups(&server, request))
+        .await
+        .expect("listing groups does not panic")
+}
+
+fn listed_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsResponse {
     let groups = match server.broker.list_groups() {
         Ok(groups) => groups,
         Err(e) => return ListGroupsResponse::default().with_error_code(codes::code(&e)),
