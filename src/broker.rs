@@ -746,6 +746,7 @@ impl BrokerInner {
 
     /// Checks that a user's `create_topic` would accept these, changing nothing: as
     /// [`BrokerInner::check_topic`], and internal topics are the broker's to create.
+    #[cfg(feature = "kafka")] // for the Kafka front end's CreateTopics validate-only
     pub(crate) fn check_new_topic(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
         refuse_internal(name)?;
         self.check_topic(name, partitions, config)

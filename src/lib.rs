@@ -1,24 +1,29 @@
 //! # rivulet
 //!
 //! An embeddable event log: what SQLite is to a database server, rivulet is to Kafka. An
-//! application links it in and gets Kafka's model over a segmented append-only log on local
-//! disk, with no server to run.
+//! application links it in and gets Kafka's model (topics, partitions, offsets, consumer
+//! groups, retention, compaction) over a segmented append-only log on local disk, with no
+//! server to run.
 //!
 //! ## Layers
 //!
 //! ```text
-//!   Producer  Consumer  group  admin      the embedded API (group coordination to come)
-//!   Broker                                topics, the data directory
-//!   storage                               one partition's log
+//!   kafka (feature)              the Kafka wire protocol, served from the layers below
+//!   Producer  Consumer  group    the embedded API: a batching producer; consumers that are
+//!                                assigned partitions or join groups (Kafka's group protocol,
+//!                                shared with Kafka clients); committed offsets
+//!   Broker                       topics, the data directory, background work
+//!   storage                      one partition's log
 //! ```
 //!
 //! A [`Broker`] owns a data directory of topics; a [`Producer`] sends records to them (keyed
 //! records partitioned as Kafka's Java client does, records of many threads batched together);
-//! a [`Consumer`] reads assigned partitions and commits its group's offsets to
+//! a [`Consumer`] reads assigned partitions, or subscribes as a member of a group whose
+//! partitions the members share ([`Assignor`]), and commits the group's offsets to
 //! `__consumer_offsets`.
 //!
 //! The [`storage`] layer is one partition's log, knowing nothing of topics, groups or
-//! networks:
+//! networks, and usable on its own ([`storage::PartitionLog`]):
 //!
 //! - batches in Kafka's RecordBatch v2 format, on disk and on the wire alike
 //!   ([`storage::BatchBuilder`], [`storage::Batch`], [`storage::RecordBatch`]);
@@ -26,31 +31,35 @@
 //! - durability as a stated policy ([`Fsync`]) with group commit, a high watermark that only
 //!   covers durable records, and poisoning after a failed fsync;
 //! - crash recovery that truncates a torn tail and never returns a record that failed its CRC;
-//! - retention by age and size, truncation, and `delete_records_before`.
+//! - retention by age and size, compaction, truncation, and `delete_records_before`.
 //!
-//! The on-disk format and the write and recovery paths are specified in `docs/format.md`.
+//! The on-disk format and the write, truncation and recovery paths are specified in
+//! `docs/format.md`.
 //!
 //! ## Quickstart
 //!
 //! ```
-//! use rivulet::storage::{BatchBuilder, Compression, PartitionLog};
-//! use rivulet::{Fsync, LogConfig};
+//! use std::time::Duration;
+//! use rivulet::{Broker, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let log = PartitionLog::open(dir.path(), LogConfig::default().fsync(Fsync::Always))?;
+//! let broker = Broker::open(dir.path())?;
+//! broker.create_topic("meters", 3, TopicConfig::default())?; // fsync per append by default
 //!
-//! let mut batch = BatchBuilder::new(Compression::None);
-//! batch.push(1_700_000_000_000, Some(b"sensor-1"), Some(b"21.5"), &[("unit", Some(b"C"))]);
-//! batch.push(1_700_000_001_000, Some(b"sensor-2"), Some(b"19.0"), &[]);
-//! let info = log.append(batch.finish()?)?; // returns once fdatasync has
-//! assert_eq!((info.base_offset, info.last_offset), (0, 1));
+//! let producer = Producer::new(&broker); // share it: records from many threads share batches
+//! let sent = producer.send(ProducerRecord::new("meters", b"2.3 kVA").key(b"house-7"))?;
 //!
-//! let mut reader = log.reader(0);
-//! while let Some(record) = reader.next()? {
-//!     println!("{} {:?} = {:?}", record.offset, record.key, record.value);
+//! let config = ConsumerConfig::default().group_id("alerts").auto_offset_reset(OffsetReset::Earliest);
+//! let mut consumer = Consumer::new(&broker, config);
+//! consumer.subscribe(["meters"])?; // joins group "alerts"; members share the partitions
+//! let mut received = Vec::new();
+//! while received.is_empty() {
+//!     for record in consumer.poll(Duration::from_secs(1))?.iter() {
+//!         received.push((record.partition, record.offset, record.value.map(<[u8]>::to_vec)));
+//!     }
 //! }
-//! let at = log.offset_for_timestamp(1_700_000_000_500)?.unwrap();
-//! assert_eq!(at.offset, 1);
+//! assert_eq!(received, [(sent.partition, sent.offset, Some(b"2.3 kVA".to_vec()))]);
+//! consumer.commit()?; // a restarted consumer of the group resumes after these
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -62,6 +71,7 @@
 //! | `snappy` | yes     | snappy batches (`snap`)                |
 //! | `lz4`    | yes     | LZ4 frame batches (`lz4_flex`)         |
 //! | `zstd`   | yes     | zstd batches (`zstd`)                  |
+//! | `kafka`  | no      | the Kafka wire protocol ([`kafka::serve`], `tokio`, `kafka-protocol`) and `examples/broker.rs` |
 //!
 //! A batch that uses a codec left out of the build is a clear error
 //! ([`BatchError::CodecDisabled`]).
@@ -88,4 +98,6 @@ pub use consumer::{
     RebalanceListener, TopicPartition,
 };
 pub use error::{BatchError, Error, Result};
+pub use group::Assignor;
 pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};
+pub use storage::Header;

@@ -1,7 +1,7 @@
 //! rivulet side by side with its peers and with probes of the machine, in one run.
 //!
 //! `cargo run --release -p rivulet-compare` runs everything (about ten minutes) and prints one
-//! Markdown table: each DESIGN.md target, rivulet's figure, the peer's or probe's measured
+//! Markdown table: each of the project's performance targets, rivulet's figure, the peer's or probe's measured
 //! alternately with it (A B A B, medians, after untimed warm-ups), the ratio and whether the
 //! target is met. `--quick` runs every comparison once at a small size, to check the harness
 //! works (CI does); `--dir PATH` puts the scratch files somewhere else than the system's temp

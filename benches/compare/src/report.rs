@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::measure::Pair;
 
 /// One line of the table: what was measured, at what durability, rivulet's figure, the
-/// peer's or probe's, their ratio and the DESIGN.md target it is judged against.
+/// peer's or probe's, their ratio and the project's target it is judged against.
 pub struct Row {
     pub what: String,
     pub durability: &'static str,
