@@ -9,7 +9,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
-use super::{Server, admin, apis, fetch, groups, guard, metadata, produce};
+use super::{MAX_RESPONSE_BYTES, Server, admin, apis, fetch, groups, guard, metadata, produce};
 
 /// Why a connection is closed.
 pub(super) type Refusal = String;
@@ -187,14 +187,25 @@ impl Request {
         Ok(request)
     }
 
-    /// The response frame (without its length): header, then body.
+    /// The response frame (without its length): header, then body. Sized before it is
+    /// encoded: one over [`MAX_RESPONSE_BYTES`] is refused, so no frame's length wraps.
     fn reply<T: Encodable>(&self, response: T) -> Result<BytesMut, Refusal> {
-        let mut out = BytesMut::new();
         let header = ResponseHeader::default().with_correlation_id(self.header.correlation_id);
+        let header_version = self.api.response_header_version(self.version);
+        let failed = |e| format!("could not encode a {:?} response: {e}", self.api);
+        let size = header.compute_size(header_version).map_err(failed)?
+            + response.compute_size(self.version).map_err(failed)?;
+        if size > MAX_RESPONSE_BYTES {
+            return Err(format!(
+                "a {:?} response of {size} bytes, over the limit of {MAX_RESPONSE_BYTES}",
+                self.api
+            ));
+        }
+        let mut out = BytesMut::with_capacity(size);
         header
-            .encode(&mut out, self.api.response_header_version(self.version))
+            .encode(&mut out, header_version)
             .and_then(|()| response.encode(&mut out, self.version))
-            .map_err(|e| format!("could not encode a {:?} response: {e}", self.api))?;
+            .map_err(failed)?;
         Ok(out)
     }
 }

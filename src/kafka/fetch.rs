@@ -12,14 +12,15 @@ use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
 
-use super::{Server, codes};
+use super::{FETCH_MAX_BYTES, Server, codes};
 use crate::error::Result;
 use crate::storage::{PartitionLog, Signal};
 
 /// Answers once `min_bytes` are there or `max_wait_ms` has passed, whichever is first, with
 /// whole batches from the one holding each partition's fetch offset: at least one batch (the
 /// first partition with data gets one even above the limits), then up to the partition and
-/// response byte limits.
+/// response byte limits. The response limit is the request's `max_bytes`, at most
+/// [`FETCH_MAX_BYTES`].
 pub(super) async fn fetch(server: &Server, request: FetchRequest) -> FetchResponse {
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let logs: Vec<Vec<Option<PartitionLog>>> = request
@@ -59,7 +60,7 @@ pub(super) async fn fetch(server: &Server, request: FetchRequest) -> FetchRespon
 /// One pass over the partitions: the response, the record bytes in it, and whether any
 /// partition had an error (which answers at once, as Kafka does).
 fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchResponse, usize, bool) {
-    let mut budget = request.max_bytes.max(0) as usize;
+    let mut budget = (request.max_bytes.max(0) as usize).min(FETCH_MAX_BYTES);
     let mut total = 0;
     let mut failed = false;
     let responses = request

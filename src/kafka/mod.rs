@@ -162,6 +162,19 @@ impl Server {
     }
 }
 
+/// The most record bytes one Fetch response carries, whatever the request's `max_bytes` asks
+/// for: Kafka's broker setting `fetch.max.bytes` at its default, 55 MiB. As in Kafka, the first
+/// batch of a response is returned whole even when it is larger.
+pub const FETCH_MAX_BYTES: usize = 55 << 20;
+
+/// The largest response built: a request whose response would be larger closes its
+/// connection, with a warning in the log, before the response is encoded (256 MiB). The
+/// answers of the APIs served are bounded by the request's own size, by
+/// [`FETCH_MAX_BYTES`] and by what the broker holds (names asked for more than once are
+/// answered once); this limit keeps the last of these, and any length, within what a frame's
+/// `i32` length can carry.
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// The id of the one broker.
 const NODE_ID: i32 = 0;
 
