@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::TcpStream;
 
 use super::{MAX_RESPONSE_BYTES, Server, admin, apis, fetch, groups, guard, metadata, produce};
@@ -21,11 +24,16 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
     let (read, write) = stream.into_split();
     let mut read = BufReader::new(read);
     let mut write = BufWriter::new(write);
+    let idle = server.config.connections_max_idle;
     loop {
-        let frame = match read_frame(&mut read, server.config.max_frame_bytes).await {
+        let frame = match read_frame(&mut read, server.config.max_frame_bytes, idle).await {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
-            Err(why) => {
+            Err(Closed::Idle) => {
+                log::debug!("closing the connection from {peer}: idle for {idle:?}");
+                break;
+            }
+            Err(Closed::Refused(why)) => {
                 log::warn!("closing the connection from {peer}: {why}");
                 break;
             }
@@ -35,7 +43,21 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
             i16::from_be_bytes([frame[0], frame[1]]),
             i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
         );
-        let answer = handle(server, frame).await;
+        let answer = if api == ApiKey::Fetch as i16 {
+            // A long poll ends when its client leaves, rather than holding the connection's
+            // slot until its deadline.
+            let answering = handle(server, frame);
+            tokio::pin!(answering);
+            tokio::select! {
+                answer = &mut answering => answer,
+                () = client_left(&mut read) => {
+                    log::debug!("connection from {peer}: closed by the client during a fetch");
+                    break;
+                }
+            }
+        } else {
+            handle(server, frame).await
+        };
         let took = started.elapsed();
         log::trace!("{peer}: API {api} #{correlation} answered in {took:?}");
         if took > std::time::Duration::from_secs(5) {
@@ -63,33 +85,84 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
     log::debug!("connection from {peer} closed");
 }
 
+/// Why [`read_frame`] gives up on a connection.
+enum Closed {
+    /// Nothing arrived for `connections.max.idle.ms`.
+    Idle,
+    /// The bytes cannot be served.
+    Refused(Refusal),
+}
+
 /// The next request frame; `None` at a clean end of stream. The length is checked before
-/// anything is read, and the buffer grows only as bytes arrive.
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+/// anything is read, and the buffer grows only as bytes arrive. Every wait for bytes, before or
+/// inside a frame, ends after `idle`.
+async fn read_frame<R: AsyncRead + Unpin>(
     read: &mut R,
     max: usize,
-) -> Result<Option<Bytes>, Refusal> {
-    let len = match read.read_i32().await {
-        Ok(len) => len,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    if len < 8 || len as usize > max {
-        return Err(format!("a request of {len} bytes (at least 8, at most {max})"));
+    idle: Duration,
+) -> Result<Option<Bytes>, Closed> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < prefix.len() {
+        match idle_read(read, &mut prefix[got..], idle).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(Closed::Refused("the stream ended inside a length".to_string())),
+            n => got += n,
+        }
     }
+    let len = i32::from_be_bytes(prefix);
+    if len < 8 || len as usize > max {
+        return Err(Closed::Refused(format!(
+            "a request of {len} bytes (at least 8, at most {max})"
+        )));
+    }
+    let len = len as usize;
     let mut frame = Vec::new();
-    let got = read
-        .take(len as u64)
-        .read_to_end(&mut frame)
-        .await
-        .map_err(|e| e.to_string())?;
-    if got != len as usize {
-        return Err(format!(
-            "the stream ended {} bytes into a {len}-byte request",
-            got
-        ));
+    while frame.len() < len {
+        let want = (len - frame.len()).min(READ_CHUNK);
+        frame.reserve(want);
+        let mut limited = (&mut *read).take(want as u64);
+        match tokio::time::timeout(idle, limited.read_buf(&mut frame)).await {
+            Err(_) => return Err(Closed::Idle),
+            Ok(Err(e)) => return Err(Closed::Refused(e.to_string())),
+            Ok(Ok(0)) => {
+                return Err(Closed::Refused(format!(
+                    "the stream ended {} bytes into a {len}-byte request",
+                    frame.len()
+                )));
+            }
+            Ok(Ok(_)) => {}
+        }
     }
     Ok(Some(Bytes::from(frame)))
+}
+
+/// How much of a frame is read at once: the buffer grows by at most this much ahead of the
+/// bytes that arrived.
+const READ_CHUNK: usize = 64 << 10;
+
+/// One read into `buf`, given up after `idle`; 0 at the end of the stream.
+async fn idle_read<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut [u8],
+    idle: Duration,
+) -> Result<usize, Closed> {
+    match tokio::time::timeout(idle, read.read(buf)).await {
+        Err(_) => Err(Closed::Idle),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(0),
+        Ok(Err(e)) => Err(Closed::Refused(e.to_string())),
+        Ok(Ok(n)) => Ok(n),
+    }
+}
+
+/// Completes when the client has closed the connection (or it failed). Bytes the client sends
+/// meanwhile (a pipelined request) stay buffered for the next [`read_frame`]; once there are
+/// some this never completes, and the request being answered runs to its end.
+async fn client_left<R: AsyncBufRead + Unpin>(read: &mut R) {
+    match read.fill_buf().await {
+        Ok([]) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// Answers one request: `None` for a produce with acks 0, which gets no response.

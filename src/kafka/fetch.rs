@@ -12,17 +12,19 @@ use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
 
-use super::{FETCH_MAX_BYTES, Server, codes};
+use super::{FETCH_MAX_BYTES, FETCH_MAX_WAIT, Server, codes};
 use crate::error::Result;
 use crate::storage::{PartitionLog, Signal};
 
-/// Answers once `min_bytes` are there or `max_wait_ms` has passed, whichever is first, with
+/// Answers once `min_bytes` are there or `max_wait_ms` (at most [`FETCH_MAX_WAIT`]) has
+/// passed, whichever is first, with
 /// whole batches from the one holding each partition's fetch offset: at least one batch (the
 /// first partition with data gets one even above the limits), then up to the partition and
 /// response byte limits. The response limit is the request's `max_bytes`, at most
 /// [`FETCH_MAX_BYTES`].
 pub(super) async fn fetch(server: &Server, request: FetchRequest) -> FetchResponse {
-    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(FETCH_MAX_WAIT);
+    let deadline = Instant::now() + wait;
     let logs: Vec<Vec<Option<PartitionLog>>> = request
         .topics
         .iter()

@@ -59,6 +59,7 @@ pub struct ServerConfig {
     advertised: Option<(String, u16)>,
     max_frame_bytes: usize,
     max_connections: usize,
+    connections_max_idle: Duration,
     cluster_id: String,
 }
 
@@ -68,6 +69,7 @@ impl Default for ServerConfig {
             advertised: None,
             max_frame_bytes: 100 << 20,
             max_connections: 1024,
+            connections_max_idle: Duration::from_secs(600),
             cluster_id: "rivulet".to_string(),
         }
     }
@@ -91,6 +93,15 @@ impl ServerConfig {
     /// The most connections served at once (default 1,024); more are closed as they arrive.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// `connections.max.idle.ms`: a connection that sends nothing for this long between or
+    /// inside requests is closed (default 10 minutes, as in Kafka), so departed clients do not
+    /// hold the connection slots of [`max_connections`](Self::max_connections). A request being
+    /// answered does not count as idle; a long-polling Fetch waits at most [`FETCH_MAX_WAIT`].
+    pub fn connections_max_idle(mut self, idle: Duration) -> Self {
+        self.connections_max_idle = idle.max(Duration::from_millis(1));
         self
     }
 
@@ -166,6 +177,11 @@ impl Server {
 /// for: Kafka's broker setting `fetch.max.bytes` at its default, 55 MiB. As in Kafka, the first
 /// batch of a response is returned whole even when it is larger.
 pub const FETCH_MAX_BYTES: usize = 55 << 20;
+
+/// The longest a Fetch long-polls for data, whatever its `max_wait_ms` asks for (30 s, the
+/// default request timeout of Kafka's clients): it then answers with what there is. A client
+/// that closes its connection during the wait ends it at once.
+pub const FETCH_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// The largest response built: a request whose response would be larger closes its
 /// connection, with a warning in the log, before the response is encoded (256 MiB). The
