@@ -38,7 +38,7 @@ pub(super) struct PartitionProducers {
     by_id: HashMap<i64, Producer>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Producer {
     epoch: i16,
     recent: VecDeque<Sent>,
@@ -51,7 +51,15 @@ struct Sent {
     info: AppendInfo,
 }
 
+/// Where [`PartitionProducers::plan`] notes a batch it has judged but not yet seen written.
+const UNWRITTEN: AppendInfo = AppendInfo {
+    base_offset: -1,
+    last_offset: -1,
+    log_append_time: -1,
+};
+
 /// What to do with a batch.
+#[derive(Debug, Clone)]
 pub(super) enum Verdict {
     /// Not a retry: append it.
     Append,
@@ -150,6 +158,36 @@ impl PartitionProducers {
             );
         }
         Verdict::Append
+    }
+
+    /// Judges a partition's record set in order, each batch as if the ones before it that are
+    /// to be appended had been: what to do with each, or the first refusal. Changes nothing.
+    /// Batches of no idempotent producer (`producer_id < 0`) are appended.
+    pub(super) fn plan(&self, headers: &[BatchHeader]) -> Result<Vec<Verdict>, (ResponseError, String)> {
+        // The producers of this set only: a partition may remember many.
+        let mut scratch = PartitionProducers::default();
+        for h in headers.iter().filter(|h| h.producer_id >= 0) {
+            if let Some(p) = self.by_id.get(&h.producer_id) {
+                scratch.by_id.entry(h.producer_id).or_insert_with(|| p.clone());
+            }
+        }
+        let mut plan = Vec::with_capacity(headers.len());
+        for h in headers {
+            if h.producer_id < 0 {
+                plan.push(Verdict::Append);
+                continue;
+            }
+            let verdict = scratch.check(h);
+            match &verdict {
+                Verdict::Refuse(code, why) => return Err((*code, why.clone())),
+                // Offsets are not known yet: a later batch of the set is judged on sequences,
+                // and one repeating this batch answers with the set's first append.
+                Verdict::Append => scratch.record(h, UNWRITTEN),
+                Verdict::Duplicate(_) => {}
+            }
+            plan.push(verdict);
+        }
+        Ok(plan)
     }
 
     /// Notes a batch that was appended.

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use super::conn::Refusal;
 use super::idempotence::Verdict;
 use super::{Server, codes};
-use crate::Fsync;
 use crate::broker::refuse_internal;
 use crate::error::{BatchError, Error};
-use crate::storage::{AppendInfo, MAX_BATCH_LEN, RecordBatch, TimestampType, frame_len};
+use crate::storage::{AppendInfo, Batch, BatchHeader, MAX_BATCH_LEN, RecordBatch, TimestampType, frame_len};
+use crate::{Fsync, LogConfig};
 
 pub(super) async fn produce(server: &Arc<Server>, request: ProduceRequest) -> ProduceResponse {
     // An append to a log kept with `Fsync::Always` waits for an fsync, so it runs off the
@@ -105,6 +105,11 @@ fn append_all(server: &Server, request: ProduceRequest) -> Vec<TopicProduceRespo
 /// Appends one partition's record set: the first batch's append (its first answer, for a
 /// retried batch of an idempotent producer), the log start offset, and whether the log stamps
 /// append times.
+///
+/// The set is judged whole before any of it is written, as Kafka does: every batch's frame,
+/// CRC and records, its size against `max.message.bytes`, keys on a compacted topic, and the
+/// idempotence checks of the batches in order. A set with one bad batch is refused whole, so a
+/// client's retry of it cannot duplicate the batches before the bad one.
 fn append(
     server: &Server,
     topic: &str,
@@ -114,6 +119,7 @@ fn append(
     refuse_internal(topic)?;
     let log = server.log(topic, partition)?;
     let index = partition as u32; // known: the log exists
+    let config = log.config();
     let mut batches = Vec::new();
     let mut rest = &records[..];
     while !rest.is_empty() {
@@ -126,6 +132,7 @@ fn append(
                 "transactional batches are not served".to_string(),
             ));
         }
+        fits(&config, &batch)?;
         batches.push(batch);
         rest = tail;
     }
@@ -137,31 +144,52 @@ fn append(
     let idempotent = batches.iter().any(|b| b.header().producer_id >= 0);
     let state = idempotent.then(|| server.producers.partition(topic, index));
     let mut state = state.as_ref().map(|s| s.lock());
+    let headers: Vec<BatchHeader> = batches.iter().map(RecordBatch::header).collect();
+    let plan = match &state {
+        Some(state) => state
+            .plan(&headers)
+            .map_err(|(code, why)| Refused::Code(code, why))?,
+        None => vec![Verdict::Append; batches.len()],
+    };
     let mut first = None;
-    for batch in batches {
-        let h = batch.header();
-        if let Some(state) = state.as_mut().filter(|_| h.producer_id >= 0) {
-            match state.check(&h) {
-                Verdict::Append => {}
-                Verdict::Duplicate(info) => {
-                    first.get_or_insert(info);
-                    continue;
-                }
-                Verdict::Refuse(code, why) => return Err(Refused::Code(code, why)),
-            }
-            let info = log.append(batch)?;
-            state.record(&h, info);
+    for ((batch, h), verdict) in batches.into_iter().zip(&headers).zip(plan) {
+        if let Verdict::Duplicate(info) = verdict {
             first.get_or_insert(info);
-        } else {
-            first.get_or_insert(log.append(batch)?);
+            continue;
         }
+        let info = log.append(batch)?;
+        if let Some(state) = state.as_mut().filter(|_| h.producer_id >= 0) {
+            state.record(h, info);
+        }
+        first.get_or_insert(info);
     }
-    let append_time = log.config().get_timestamp_type() == TimestampType::LogAppendTime;
+    let append_time = config.get_timestamp_type() == TimestampType::LogAppendTime;
     Ok((
         first.expect("one batch at least"),
         log.log_start_offset(),
         append_time,
     ))
+}
+
+/// Refuses a batch the log would refuse for its config, before anything of its set is
+/// written: one larger than `max.message.bytes`, or a keyless record in a compacted topic.
+fn fits(config: &LogConfig, batch: &RecordBatch) -> Result<(), Error> {
+    let max = config.get_max_message_bytes();
+    if batch.len() > max {
+        return Err(Error::BatchTooLarge {
+            size: batch.len(),
+            max,
+        });
+    }
+    if config.get_cleanup_policy().compacts() {
+        let (view, _) = Batch::parse(batch.as_bytes())?;
+        for (index, record) in view.records()?.iter().enumerate() {
+            if record?.key.is_none() {
+                return Err(Error::KeyRequired { index });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first Produce version the `kafka-protocol` crate decodes (RecordBatch v2).
