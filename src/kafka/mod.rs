@@ -183,6 +183,14 @@ pub const FETCH_MAX_BYTES: usize = 55 << 20;
 /// that closes its connection during the wait ends it at once.
 pub const FETCH_MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// How many times its topic's `max.message.bytes` a produced batch may take once
+/// decompressed (32, so 32 MiB at the default of 1 MiB; never more than
+/// [`MAX_DECOMPRESSED_BYTES`](crate::storage::MAX_DECOMPRESSED_BYTES), 128 MiB). Decompression
+/// stops as soon as the output passes it, and the batch's record set is refused with
+/// `INVALID_RECORD`, nothing of it written. Producers fill batches up to about
+/// `max.message.bytes` before compression, so real batches stay far below it.
+pub const PRODUCE_DECOMPRESSION_RATIO: usize = 32;
+
 /// The largest response built: a request whose response would be larger closes its
 /// connection, with a warning in the log, before the response is encoded (256 MiB). The
 /// answers of the APIs served are bounded by the request's own size, by

@@ -11,19 +11,23 @@ use std::sync::Arc;
 
 use super::conn::Refusal;
 use super::idempotence::Verdict;
-use super::{Server, codes};
+use super::{PRODUCE_DECOMPRESSION_RATIO, Server, codes};
 use crate::broker::refuse_internal;
 use crate::error::{BatchError, Error};
-use crate::storage::{AppendInfo, Batch, BatchHeader, MAX_BATCH_LEN, RecordBatch, TimestampType, frame_len};
+use crate::storage::{
+    AppendInfo, Batch, BatchHeader, Compression, HEADER_LEN, MAX_BATCH_LEN, RecordBatch, TimestampType,
+    frame_len,
+};
 use crate::{Fsync, LogConfig};
 
 pub(super) async fn produce(server: &Arc<Server>, request: ProduceRequest) -> ProduceResponse {
-    // An append to a log kept with `Fsync::Always` waits for an fsync, so it runs off the
-    // async workers. Any other append is a write into the page cache, done here: handing it
+    // An append to a log kept with `Fsync::Always` waits for an fsync, and a compressed batch
+    // is decompressed to check its records (up to `PRODUCE_DECOMPRESSION_RATIO` times the
+    // topic's `max.message.bytes`), so these run off the async workers. Any other append is a write into the page cache, done here: handing it
     // to the blocking pool and back costs more than the write (one client's request took
     // 1.25x Redis's XADD through the pool). The one wait left is a segment roll's sync of the
     // sealed segment, once per segment.
-    let responses = if waits_for_disk(server, &request) {
+    let responses = if waits_for_disk(server, &request) || compressed(&request) {
         let server = server.clone();
         tokio::task::spawn_blocking(move || append_all(&server, request))
             .await
@@ -41,6 +45,19 @@ fn waits_for_disk(server: &Server, request: &ProduceRequest) -> bool {
             server
                 .log(&topic.name, p.index)
                 .is_ok_and(|log| log.fsync() == Fsync::Always)
+        })
+    })
+}
+
+/// Whether any batch of the request is compressed (as its first batch per partition says: a
+/// producer compresses all its batches alike, and any batch is decompressed off the workers
+/// when one is).
+fn compressed(request: &ProduceRequest) -> bool {
+    request.topic_data.iter().any(|topic| {
+        topic.partition_data.iter().any(|p| {
+            p.records.as_ref().is_some_and(|set| {
+                set.len() >= HEADER_LEN && BatchHeader::decode(set).compression() != Ok(Compression::None)
+            })
         })
     })
 }
@@ -125,7 +142,13 @@ fn append(
     while !rest.is_empty() {
         let len = frame_len(rest, MAX_BATCH_LEN)?;
         let (batch, tail) = rest.split_at(len.min(rest.len()));
-        let batch = RecordBatch::from_bytes(batch.to_vec())?;
+        // The size is checked before anything is decompressed, and decompression stops at
+        // its limit.
+        fits_size(&config, batch.len())?;
+        let limit = config
+            .get_max_message_bytes()
+            .saturating_mul(PRODUCE_DECOMPRESSION_RATIO);
+        let batch = RecordBatch::from_bytes_within(batch.to_vec(), limit)?;
         if batch.header().is_transactional() {
             return Err(Refused::Code(
                 ResponseError::InvalidRecord,
@@ -174,13 +197,7 @@ fn append(
 /// Refuses a batch the log would refuse for its config, before anything of its set is
 /// written: one larger than `max.message.bytes`, or a keyless record in a compacted topic.
 fn fits(config: &LogConfig, batch: &RecordBatch) -> Result<(), Error> {
-    let max = config.get_max_message_bytes();
-    if batch.len() > max {
-        return Err(Error::BatchTooLarge {
-            size: batch.len(),
-            max,
-        });
-    }
+    fits_size(config, batch.len())?;
     if config.get_cleanup_policy().compacts() {
         let (view, _) = Batch::parse(batch.as_bytes())?;
         for (index, record) in view.records()?.iter().enumerate() {
@@ -188,6 +205,15 @@ fn fits(config: &LogConfig, batch: &RecordBatch) -> Result<(), Error> {
                 return Err(Error::KeyRequired { index });
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses a batch of `size` bytes over `max.message.bytes`.
+fn fits_size(config: &LogConfig, size: usize) -> Result<(), Error> {
+    let max = config.get_max_message_bytes();
+    if size > max {
+        return Err(Error::BatchTooLarge { size, max });
     }
     Ok(())
 }
