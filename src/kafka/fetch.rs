@@ -86,19 +86,24 @@ fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchRes
                             .with_last_stable_offset(-1)
                             .with_log_start_offset(-1);
                     };
-                    let (hw, start) = (log.high_watermark(), log.log_start_offset());
-                    let reply = reply
-                        .with_high_watermark(hw)
-                        .with_last_stable_offset(hw)
-                        .with_log_start_offset(start);
+                    // The offsets reported are those of the view the records were read from,
+                    // so the high watermark is never below a returned record.
+                    let offsets = |reply: PartitionData, hw: i64, start: i64| {
+                        reply
+                            .with_high_watermark(hw)
+                            .with_last_stable_offset(hw)
+                            .with_log_start_offset(start)
+                    };
                     // The first batch is returned whatever its size, if nothing came before it.
                     let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
                     let limit = if total == 0 { limit.max(1) } else { limit };
                     if limit == 0 {
-                        return reply.with_records(Some(Bytes::new()));
+                        return offsets(reply, log.high_watermark(), log.log_start_offset())
+                            .with_records(Some(Bytes::new()));
                     }
                     match log.read(p.fetch_offset, limit) {
                         Ok(fetch) => {
+                            let reply = offsets(reply, fetch.high_watermark(), fetch.log_start_offset());
                             let mut bytes = fetch.into_bytes();
                             if total > 0 && bytes.len() > limit {
                                 bytes.clear(); // over the limits, and not the first
@@ -109,7 +114,8 @@ fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchRes
                         }
                         Err(e) => {
                             failed = true;
-                            reply.with_error_code(codes::code(&e))
+                            offsets(reply, log.high_watermark(), log.log_start_offset())
+                                .with_error_code(codes::code(&e))
                         }
                     }
                 })

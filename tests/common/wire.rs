@@ -38,10 +38,13 @@ pub async fn exchange(stream: &mut TcpStream, frame: &[u8]) -> Option<Bytes> {
     receive(stream).await
 }
 
-/// Sends one frame with its length prefix.
+/// Sends one frame with its length prefix, in one write (two small writes would wait on
+/// Nagle's algorithm for the server's delayed acknowledgement).
 pub async fn send(stream: &mut TcpStream, frame: &[u8]) -> Option<()> {
-    stream.write_u32(frame.len() as u32).await.ok()?;
-    stream.write_all(frame).await.ok()
+    let mut out = Vec::with_capacity(4 + frame.len());
+    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    out.extend_from_slice(frame);
+    stream.write_all(&out).await.ok()
 }
 
 /// The next response frame, or `None` if the server closed the connection.
