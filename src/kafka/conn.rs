@@ -201,7 +201,15 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
     };
     let response = match api {
         ApiKey::ApiVersions => request.reply(apis::api_versions(request.decode()?))?,
-        ApiKey::Metadata => request.reply(metadata::metadata(server, request.decode()?, version))?,
+        ApiKey::Metadata => {
+            let metadata_request = request.decode()?;
+            let answer = if metadata::may_create(server, &metadata_request, version) {
+                off_workers(server, move |s| metadata::metadata(s, metadata_request, version)).await
+            } else {
+                metadata::metadata(server, metadata_request, version)
+            };
+            request.reply(answer)?
+        }
         ApiKey::Produce => {
             let produce: kafka_protocol::messages::ProduceRequest = request.decode()?;
             let acks = produce.acks;
@@ -213,8 +221,14 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         }
         ApiKey::Fetch => request.reply(fetch::fetch(server, request.decode()?).await)?,
         ApiKey::ListOffsets => request.reply(fetch::list_offsets(server, request.decode()?))?,
-        ApiKey::CreateTopics => request.reply(admin::create_topics(server, request.decode()?))?,
-        ApiKey::DeleteTopics => request.reply(admin::delete_topics(server, request.decode()?, version))?,
+        ApiKey::CreateTopics => {
+            let create = request.decode()?;
+            request.reply(off_workers(server, move |s| admin::create_topics(s, create)).await)?
+        }
+        ApiKey::DeleteTopics => {
+            let delete = request.decode()?;
+            request.reply(off_workers(server, move |s| admin::delete_topics(s, delete, version)).await)?
+        }
         ApiKey::FindCoordinator => request.reply(groups::find_coordinator(server, request.decode()?))?,
         ApiKey::JoinGroup => {
             let client_id = request.header.client_id.as_deref().unwrap_or("").to_string();
@@ -229,11 +243,26 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
         ApiKey::InitProducerId => request.reply(server.producers.init(request.decode()?))?,
         ApiKey::DescribeConfigs => request.reply(admin::describe_configs(server, request.decode()?))?,
-        ApiKey::DeleteRecords => request.reply(admin::delete_records(server, request.decode()?))?,
+        ApiKey::DeleteRecords => {
+            let delete = request.decode()?;
+            request.reply(off_workers(server, move |s| admin::delete_records(s, delete)).await)?
+        }
         ApiKey::DescribeCluster => request.reply(admin::describe_cluster(server, request.decode()?))?,
         _ => unreachable!("apis::served lists only the APIs handled here"),
     };
     Ok(Some(response))
+}
+
+/// Runs `answer` on tokio's blocking pool: for requests that create, delete or truncate logs,
+/// which wait for fsyncs, so the async workers keep serving other connections meanwhile.
+async fn off_workers<R: Send + 'static>(
+    server: &Arc<Server>,
+    answer: impl FnOnce(&Server) -> R + Send + 'static,
+) -> R {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || answer(&server))
+        .await
+        .expect("admin handlers do not panic")
 }
 
 /// A request whose header has been read.

@@ -12,6 +12,19 @@ use kafka_protocol::protocol::StrBytes;
 use super::{NODE_ID, Server, codes};
 use crate::group::OFFSETS_TOPIC;
 
+/// Whether answering `request` may create a topic (which waits for the disk): it names a
+/// topic that does not exist, and auto-creation is allowed.
+pub(super) fn may_create(server: &Server, request: &MetadataRequest, version: i16) -> bool {
+    let create = version < 4 || request.allow_auto_topic_creation;
+    create
+        && request.topics.as_ref().is_some_and(|topics| {
+            topics
+                .iter()
+                .filter_map(|t| t.name.as_ref())
+                .any(|name| server.broker.inner.topic(name).is_err())
+        })
+}
+
 pub(super) fn metadata(server: &Server, request: MetadataRequest, version: i16) -> MetadataResponse {
     let inner = &server.broker.inner;
     // Before v4 a request could not say; Kafka created topics then.
