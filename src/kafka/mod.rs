@@ -52,6 +52,7 @@ use tokio::task::JoinSet;
 use crate::broker::Broker;
 
 pub use apis::API_VERSIONS;
+pub use idempotence::MAX_PRODUCER_IDS;
 
 /// Settings of the Kafka front end.
 #[derive(Debug, Clone)]
@@ -60,6 +61,7 @@ pub struct ServerConfig {
     max_frame_bytes: usize,
     max_connections: usize,
     connections_max_idle: Duration,
+    producer_id_expiration: Duration,
     cluster_id: String,
 }
 
@@ -70,6 +72,7 @@ impl Default for ServerConfig {
             max_frame_bytes: 100 << 20,
             max_connections: 1024,
             connections_max_idle: Duration::from_secs(600),
+            producer_id_expiration: Duration::from_secs(24 * 3600),
             cluster_id: "rivulet".to_string(),
         }
     }
@@ -102,6 +105,15 @@ impl ServerConfig {
     /// answered does not count as idle; a long-polling Fetch waits at most [`FETCH_MAX_WAIT`].
     pub fn connections_max_idle(mut self, idle: Duration) -> Self {
         self.connections_max_idle = idle.max(Duration::from_millis(1));
+        self
+    }
+
+    /// `producer.id.expiration.ms`: an idempotent producer's id, and its state in every
+    /// partition, are forgotten after this long without a batch or InitProducerId (default
+    /// one day, as in Kafka); its next batch gets `UNKNOWN_PRODUCER_ID` and it asks for a new
+    /// id. See also [`MAX_PRODUCER_IDS`].
+    pub fn producer_id_expiration(mut self, idle: Duration) -> Self {
+        self.producer_id_expiration = idle.max(Duration::from_millis(1));
         self
     }
 
@@ -161,8 +173,8 @@ impl Server {
             broker,
             host,
             port,
+            producers: idempotence::Producers::new(config.producer_id_expiration),
             config,
-            producers: idempotence::Producers::new(),
         }
     }
 
@@ -202,6 +214,9 @@ pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// The id of the one broker.
 const NODE_ID: i32 = 0;
 
+/// How often expired producer ids are swept away, at most.
+const PRODUCER_SWEEP: Duration = Duration::from_secs(60);
+
 /// How often group membership deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -231,12 +246,20 @@ pub async fn serve_with(
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let server = Arc::new(Server::new(broker, (host, port), config));
     let ticker = {
-        let broker = server.broker.clone();
+        let server = server.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(TICK);
+            let sweep_every = (server.config.producer_id_expiration / 2).min(PRODUCER_SWEEP);
+            let mut swept = tokio::time::Instant::now();
             loop {
                 every.tick().await;
-                broker.coordinator().tick();
+                server.broker.coordinator().tick();
+                if swept.elapsed() >= sweep_every {
+                    swept = tokio::time::Instant::now();
+                    let server = server.clone();
+                    // It locks every partition's producer state in turn: off the workers.
+                    tokio::task::spawn_blocking(move || server.producers.expire());
+                }
             }
         })
     };

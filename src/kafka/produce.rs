@@ -134,8 +134,9 @@ fn append(
     records: Bytes,
 ) -> Result<(AppendInfo, i64, bool), Refused> {
     refuse_internal(topic)?;
-    let log = server.log(topic, partition)?;
-    let index = partition as u32; // known: the log exists
+    let topic = server.broker.inner.topic(topic)?;
+    let index = u32::try_from(partition).unwrap_or(u32::MAX);
+    let log = topic.partition(index)?;
     let config = log.config();
     let mut batches = Vec::new();
     let mut rest = &records[..];
@@ -164,10 +165,16 @@ fn append(
     }
     // An idempotent producer's batches are judged and written under the partition's producer
     // state, so a retry cannot slip in between.
-    let idempotent = batches.iter().any(|b| b.header().producer_id >= 0);
-    let state = idempotent.then(|| server.producers.partition(topic, index));
-    let mut state = state.as_ref().map(|s| s.lock());
     let headers: Vec<BatchHeader> = batches.iter().map(RecordBatch::header).collect();
+    let idempotent = headers.iter().any(|h| h.producer_id >= 0);
+    if idempotent {
+        server
+            .producers
+            .admit(&headers)
+            .map_err(|(code, why)| Refused::Code(code, why))?;
+    }
+    let state = idempotent.then(|| server.producers.partition(&topic, index));
+    let mut state = state.as_ref().map(|s| s.lock());
     let plan = match &state {
         Some(state) => state
             .plan(&headers)
