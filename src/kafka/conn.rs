@@ -215,6 +215,19 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
             let acks = produce.acks;
             let response = produce::produce(server, produce).await;
             if acks == 0 {
+                // No response tells the client of a refusal, so the connection is closed, as
+                // Kafka does: the client notices, refreshes its metadata and reconnects.
+                let refused = response
+                    .responses
+                    .iter()
+                    .flat_map(|t| t.partition_responses.iter().map(move |p| (t, p)))
+                    .find(|(_, p)| p.error_code != 0);
+                if let Some((t, p)) = refused {
+                    return Err(format!(
+                        "a produce with acks 0 to {}-{} was refused with error {}",
+                        &*t.name.0, p.index, p.error_code
+                    ));
+                }
                 return Ok(None);
             }
             request.reply(response)?
