@@ -15,26 +15,28 @@ use super::{PRODUCE_DECOMPRESSION_RATIO, Server, codes};
 use crate::broker::refuse_internal;
 use crate::error::{BatchError, Error};
 use crate::storage::{
-    AppendInfo, Batch, BatchHeader, Compression, HEADER_LEN, MAX_BATCH_LEN, RecordBatch, TimestampType,
-    frame_len,
+    AppendInfo, Batch, BatchBuilder, BatchHeader, Compression, HEADER_LEN, MAX_BATCH_LEN, RecordBatch,
+    TimestampType, frame_len,
 };
-use crate::{Fsync, LogConfig};
+use crate::{CompressionType, Fsync, LogConfig};
 
 pub(super) async fn produce(server: &Arc<Server>, request: ProduceRequest) -> ProduceResponse {
-    // An append to a log kept with `Fsync::Always` waits for an fsync, and a compressed batch
-    // is decompressed to check its records (up to `PRODUCE_DECOMPRESSION_RATIO` times the
-    // topic's `max.message.bytes`), so these run off the async workers. Any other append is a write into the page cache, done here: handing it
+    // An append to a log kept with `Fsync::Always` waits for an fsync, a compressed batch is
+    // decompressed to check its records (up to `PRODUCE_DECOMPRESSION_RATIO` times the topic's
+    // `max.message.bytes`), and a topic with its own codec compresses batches again, so these
+    // run off the async workers. Any other append is a write into the page cache, done here: handing it
     // to the blocking pool and back costs more than the write (one client's request took
     // 1.25x Redis's XADD through the pool). The one wait left is a segment roll's sync of the
     // sealed segment, once per segment.
-    let responses = if waits_for_disk(server, &request) || compressed(&request) {
-        let server = server.clone();
-        tokio::task::spawn_blocking(move || append_all(&server, request))
-            .await
-            .expect("appends do not panic")
-    } else {
-        append_all(server, request)
-    };
+    let responses =
+        if waits_for_disk(server, &request) || compressed(&request) || recompresses(server, &request) {
+            let server = server.clone();
+            tokio::task::spawn_blocking(move || append_all(&server, request))
+                .await
+                .expect("appends do not panic")
+        } else {
+            append_all(server, request)
+        };
     ProduceResponse::default().with_responses(responses)
 }
 
@@ -58,6 +60,16 @@ fn compressed(request: &ProduceRequest) -> bool {
             p.records.as_ref().is_some_and(|set| {
                 set.len() >= HEADER_LEN && BatchHeader::decode(set).compression() != Ok(Compression::None)
             })
+        })
+    })
+}
+
+/// Whether the request writes to a topic whose `compression.type` names a codec, so that its
+/// batches may be compressed again.
+fn recompresses(server: &Server, request: &ProduceRequest) -> bool {
+    request.topic_data.iter().any(|topic| {
+        server.broker.inner.topic(&topic.name).is_ok_and(|t| {
+            matches!(t.config.read().get_compression(), CompressionType::Codec(c) if c != Compression::None)
         })
     })
 }
@@ -138,6 +150,7 @@ fn append(
     let index = u32::try_from(partition).unwrap_or(u32::MAX);
     let log = topic.partition(index)?;
     let config = log.config();
+    let codec = topic.config.read().get_compression();
     let mut batches = Vec::new();
     let mut rest = &records[..];
     while !rest.is_empty() {
@@ -156,6 +169,7 @@ fn append(
                 "transactional batches are not served".to_string(),
             ));
         }
+        let batch = recompress(codec, batch, limit)?;
         fits(&config, &batch)?;
         batches.push(batch);
         rest = tail;
@@ -214,6 +228,40 @@ fn fits(config: &LogConfig, batch: &RecordBatch) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The batch as the topic's `compression.type` stores it: as produced under `producer`, else
+/// compressed again with the topic's codec if the producer used another, as Kafka does. The
+/// records, offsets, timestamps and producer fields are kept; `max.message.bytes` applies to
+/// the result.
+fn recompress(codec: CompressionType, batch: RecordBatch, limit: usize) -> Result<RecordBatch, Error> {
+    let h = batch.header();
+    let CompressionType::Codec(codec) = codec else {
+        return Ok(batch);
+    };
+    if h.compression()? == codec || h.is_control() {
+        return Ok(batch);
+    }
+    let (view, _) = Batch::parse(batch.as_bytes())?;
+    let records = view.records_within(limit)?;
+    let mut b = BatchBuilder::with_capacity(codec, batch.len()).producer(
+        h.producer_id,
+        h.producer_epoch,
+        h.base_sequence,
+    );
+    for r in records.iter() {
+        let r = r?;
+        let (headers, count) = r.raw_headers();
+        b.push_encoded(
+            (r.offset - h.base_offset) as i32,
+            r.timestamp,
+            r.key,
+            r.value,
+            headers,
+            count,
+        );
+    }
+    Ok(b.last_offset_delta(h.last_offset_delta).finish()?)
 }
 
 /// Refuses a batch of `size` bytes over `max.message.bytes`.
