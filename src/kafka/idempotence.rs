@@ -41,8 +41,11 @@ pub(super) struct Producers {
     next_id: AtomicI64,
     expiration: Duration,
     issued: Mutex<HashMap<i64, Issued>>,
-    partitions: Mutex<HashMap<(String, u32), (Weak<Topic>, SharedProducers)>>,
+    partitions: Mutex<HashMap<(String, u32), OfTopic>>,
 }
+
+/// A partition's producer state, with the topic it was made for (not kept alive by it).
+type OfTopic = (Weak<Topic>, SharedProducers);
 
 /// A producer id handed out by InitProducerId.
 #[derive(Debug, Clone, Copy)]
