@@ -324,3 +324,32 @@ impl Request {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::FetchResponse;
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+
+    use super::*;
+
+    #[test]
+    fn a_response_over_the_limit_is_refused_before_it_is_encoded() {
+        let request = Request {
+            api: ApiKey::Fetch,
+            version: 11,
+            header: RequestHeader::default(),
+            body: Bytes::new(),
+        };
+        let fetch = |records: usize| {
+            // Zeroed pages the encoder would touch; sizing does not.
+            let records = Bytes::from(vec![0u8; records]);
+            FetchResponse::default().with_responses(vec![
+                FetchableTopicResponse::default()
+                    .with_partitions(vec![PartitionData::default().with_records(Some(records))]),
+            ])
+        };
+        assert!(request.reply(fetch(1 << 20)).is_ok());
+        let refused = request.reply(fetch(MAX_RESPONSE_BYTES)).unwrap_err();
+        assert!(refused.contains("over the limit"), "{refused}");
+    }
+}

@@ -203,12 +203,12 @@ pub const FETCH_MAX_WAIT: Duration = Duration::from_secs(30);
 /// `max.message.bytes` before compression, so real batches stay far below it.
 pub const PRODUCE_DECOMPRESSION_RATIO: usize = 32;
 
-/// The largest response built: a request whose response would be larger closes its
-/// connection, with a warning in the log, before the response is encoded (256 MiB). The
-/// answers of the APIs served are bounded by the request's own size, by
-/// [`FETCH_MAX_BYTES`] and by what the broker holds (names asked for more than once are
-/// answered once); this limit keeps the last of these, and any length, within what a frame's
-/// `i32` length can carry.
+/// The largest response sent (256 MiB): a request whose response would be larger closes its
+/// connection, with a warning in the log, before the response is encoded. Responses are
+/// otherwise bounded by the request's size, by [`FETCH_MAX_BYTES`], or by what the broker
+/// holds (Metadata, DescribeGroups and DescribeConfigs answer a name asked for more than once
+/// once); this limit bounds the last kind too, and keeps every frame's length within its
+/// `i32`.
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
 /// The id of the one broker.
