@@ -51,15 +51,22 @@ fn waits_for_disk(server: &Server, request: &ProduceRequest) -> bool {
     })
 }
 
-/// Whether any batch of the request is compressed (as its first batch per partition says: a
-/// producer compresses all its batches alike, and any batch is decompressed off the workers
-/// when one is).
+/// Whether any batch of the request is compressed (read from the batches' headers alone).
 fn compressed(request: &ProduceRequest) -> bool {
     request.topic_data.iter().any(|topic| {
         topic.partition_data.iter().any(|p| {
-            p.records.as_ref().is_some_and(|set| {
-                set.len() >= HEADER_LEN && BatchHeader::decode(set).compression() != Ok(Compression::None)
-            })
+            let mut rest = p.records.as_deref().unwrap_or_default();
+            while rest.len() >= HEADER_LEN {
+                if BatchHeader::decode(rest).compression() != Ok(Compression::None) {
+                    return true;
+                }
+                // A bad frame refuses the set before anything after it is looked at.
+                let Ok(len) = frame_len(rest, MAX_BATCH_LEN) else {
+                    return false;
+                };
+                rest = &rest[len.min(rest.len())..];
+            }
+            false
         })
     })
 }
