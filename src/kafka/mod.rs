@@ -5,7 +5,8 @@
 //! [`serve`] runs on tokio and answers requests with the `kafka-protocol` crate's schemas:
 //!
 //! - produced batches are checked (frame, CRC-32C, record count and offsets) and stored as
-//!   received, their offsets assigned by patching the header; fetches hand the stored batches
+//!   received (compressed again only for a topic whose `compression.type` names another
+//!   codec), their offsets assigned by patching the header; fetches hand the stored batches
 //!   back as they are, never re-encoded;
 //! - one broker (node 0) leads every partition; the high watermark is what the log has made
 //!   durable under its fsync policy, so acks 1 and -1 mean the same;

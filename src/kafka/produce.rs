@@ -1,5 +1,7 @@
-//! Produce: each partition's record set is checked whole (every batch's frame, CRC-32C and
-//! record count) before any of it is written, then stored as received.
+//! Produce: each partition's record set is checked whole (every batch's frame, CRC-32C,
+//! records, size and keys, and the idempotence checks) before any of it is written, then
+//! stored as received, or compressed again for a topic whose `compression.type` names another
+//! codec.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
