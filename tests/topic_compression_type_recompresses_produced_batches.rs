@@ -3,7 +3,6 @@
 //! producer's codec. Records, offsets and producer fields are kept.
 #![cfg(feature = "kafka")]
 
-#[path = "common/mod.rs"]
 mod common;
 #[path = "common/wire.rs"]
 mod wire;
