@@ -76,3 +76,59 @@ async fn by_default_a_connection_idle_for_10_minutes_is_closed() {
         "closed after {after:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_responses_is_closed_and_frees_its_slot() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use rivulet::storage::{BatchBuilder, Compression};
+    use rivulet::{Fsync, TopicConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let log = broker.partition("t", 0).unwrap();
+    for _ in 0..16 {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(1, None, Some(&vec![1u8; 512 << 10]), &[]);
+        log.append(b.finish().unwrap()).unwrap();
+    }
+    let idle = Duration::from_millis(300);
+    let config = ServerConfig::default()
+        .max_connections(1)
+        .connections_max_idle(idle);
+    let (addr, _stop) = wire::serve(&broker, config).await;
+
+    // Asks for 8 MiB again and again and reads none of it, until the server stops taking
+    // requests (its writes to the full socket wait).
+    let fetch = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![FetchPartition::default().with_partition_max_bytes(64 << 20)]),
+        ]);
+    let fetch = wire::request(ApiKey::Fetch, 11, &fetch);
+    let mut deaf = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..8 {
+        let sent = tokio::time::timeout(Duration::from_secs(2), wire::send(&mut deaf, &fetch)).await;
+        if !matches!(sent, Ok(Some(()))) {
+            break;
+        }
+    }
+
+    // The one slot serves a new client soon after.
+    let versions = wire::request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if wire::exchange(&mut s, &versions).await.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot is still held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(deaf);
+}

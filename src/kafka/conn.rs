@@ -8,7 +8,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter,
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
 };
 use tokio::net::TcpStream;
 
@@ -65,17 +65,17 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
         }
         match answer {
             Ok(None) => {}
-            Ok(Some(response)) => {
-                let sent = async {
-                    write.write_u32(response.len() as u32).await?;
-                    write.write_all(&response).await?;
-                    write.flush().await
-                };
-                if let Err(e) = sent.await {
+            Ok(Some(response)) => match write_frame(&mut write, &response, idle).await {
+                Ok(()) => {}
+                Err(Closed::Idle) => {
+                    log::debug!("closing the connection from {peer}: not reading for {idle:?}");
+                    break;
+                }
+                Err(Closed::Refused(e)) => {
                     log::debug!("connection from {peer}: {e}");
                     break;
                 }
-            }
+            },
             Err(why) => {
                 log::warn!("closing the connection from {peer}: {why}");
                 break;
@@ -119,7 +119,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     let len = len as usize;
     let mut frame = Vec::new();
     while frame.len() < len {
-        let want = (len - frame.len()).min(READ_CHUNK);
+        let want = (len - frame.len()).min(CHUNK);
         frame.reserve(want);
         let mut limited = (&mut *read).take(want as u64);
         match tokio::time::timeout(idle, limited.read_buf(&mut frame)).await {
@@ -137,9 +137,29 @@ async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(Bytes::from(frame)))
 }
 
-/// How much of a frame is read at once: the buffer grows by at most this much ahead of the
-/// bytes that arrived.
-const READ_CHUNK: usize = 64 << 10;
+/// Writes a response frame. A client that takes none of it for `idle` (it stopped reading)
+/// is given up on, as one that sends nothing is.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    response: &[u8],
+    idle: Duration,
+) -> Result<(), Closed> {
+    let timed = |done: Result<Result<(), std::io::Error>, _>| match done {
+        Err(_) => Err(Closed::Idle),
+        Ok(Err(e)) => Err(Closed::Refused(e.to_string())),
+        Ok(Ok(())) => Ok(()),
+    };
+    let len = (response.len() as u32).to_be_bytes();
+    timed(tokio::time::timeout(idle, write.write_all(&len)).await)?;
+    for chunk in response.chunks(CHUNK) {
+        timed(tokio::time::timeout(idle, write.write_all(chunk)).await)?;
+    }
+    timed(tokio::time::timeout(idle, write.flush()).await)
+}
+
+/// How much of a frame is read or written at once (when reading, the buffer grows by at most
+/// this much ahead of the bytes that arrived).
+const CHUNK: usize = 64 << 10;
 
 /// One read into `buf`, given up after `idle`; 0 at the end of the stream.
 async fn idle_read<R: AsyncRead + Unpin>(

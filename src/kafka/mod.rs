@@ -101,7 +101,8 @@ impl ServerConfig {
     }
 
     /// `connections.max.idle.ms`: a connection that sends nothing for this long between or
-    /// inside requests is closed (default 10 minutes, as in Kafka), so departed clients do not
+    /// inside requests, or takes none of a response for this long, is closed (default 10
+    /// minutes, as in Kafka), so departed clients do not
     /// hold the connection slots of [`max_connections`](Self::max_connections). A request being
     /// answered does not count as idle; a long-polling Fetch waits at most [`FETCH_MAX_WAIT`].
     pub fn connections_max_idle(mut self, idle: Duration) -> Self {
