@@ -9,7 +9,9 @@
 //! Options: `--data DIR` (default `./data`), `--listen ADDR` (default `127.0.0.1:9092`:
 //! loopback only; port 0 picks a free port, which the start line prints), `--advertised HOST:PORT` (what clients are told to connect to; default the
 //! listen address), `--fsync always|never` (default `always`: every produce is on disk before
-//! it is acknowledged). Ctrl-C stops it and closes the log cleanly.
+//! it is acknowledged), `--idle-ms N` (Kafka's `connections.max.idle.ms`: connections silent
+//! this long are closed; default 600000, 10 minutes). Ctrl-C stops it and closes the log
+//! cleanly.
 
 use std::process::ExitCode;
 
@@ -21,6 +23,7 @@ struct Options {
     listen: String,
     advertised: Option<(String, u16)>,
     fsync: Fsync,
+    idle: Option<std::time::Duration>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -29,6 +32,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         listen: "127.0.0.1:9092".into(),
         advertised: None,
         fsync: Fsync::Always,
+        idle: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -48,6 +52,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                     other => return Err(format!("--fsync is always or never, not {other}")),
                 }
             }
+            "--idle-ms" => {
+                let v = value()?;
+                let ms = v
+                    .parse()
+                    .map_err(|_| format!("--idle-ms is milliseconds, not {v}"))?;
+                o.idle = Some(std::time::Duration::from_millis(ms));
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -65,7 +76,7 @@ async fn main() -> ExitCode {
                 eprintln!("{why}");
             }
             eprintln!(
-                "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never]"
+                "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] [--idle-ms N]"
             );
             return ExitCode::from(2);
         }
@@ -92,6 +103,9 @@ async fn main() -> ExitCode {
     let mut config = ServerConfig::default();
     if let Some((host, port)) = o.advertised {
         config = config.advertised(host, port);
+    }
+    if let Some(idle) = o.idle {
+        config = config.connections_max_idle(idle);
     }
     let bound = listener.local_addr().map_or(o.listen.clone(), |a| a.to_string());
     log::info!("rivulet serving Kafka on {bound} from {}", o.data);

@@ -1,6 +1,9 @@
 //! Topic and cluster admin: CreateTopics, DeleteTopics, DescribeConfigs, DeleteRecords and
 //! DescribeCluster.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_records_response::{
@@ -8,6 +11,7 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
@@ -111,8 +115,7 @@ pub(super) fn describe_configs(server: &Server, request: DescribeConfigsRequest)
     const BROKER: i8 = 4;
     /// Kafka's config source for a topic's own setting.
     const TOPIC_CONFIG: i8 = 1;
-    let results = request
-        .resources
+    let results = once_each(request.resources)
         .into_iter()
         .map(|r| {
             let reply = DescribeConfigsResult::default()
@@ -154,6 +157,30 @@ pub(super) fn describe_configs(server: &Server, request: DescribeConfigsRequest)
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// Each resource once, as Kafka answers it, asking for the keys of all its mentions (all keys
+/// if one mention asks for all): a resource named many times costs one answer, so a response
+/// is bounded by the topics that exist plus the names in the request.
+fn once_each(resources: Vec<DescribeConfigsResource>) -> Vec<DescribeConfigsResource> {
+    let mut out: Vec<DescribeConfigsResource> = Vec::new();
+    let mut at: HashMap<(i8, StrBytes), usize> = HashMap::new();
+    for r in resources {
+        match at.entry((r.resource_type, r.resource_name.clone())) {
+            Entry::Occupied(e) => {
+                let kept = &mut out[*e.get()].configuration_keys;
+                match (kept.as_mut(), r.configuration_keys) {
+                    (Some(keys), Some(more)) => keys.extend(more),
+                    _ => *kept = None,
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
 }
 
 /// Moves each partition's log start offset up to the offset given (-1: the high watermark).

@@ -2,14 +2,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::TcpStream;
 
-use super::{Server, admin, apis, fetch, groups, guard, metadata, produce};
+use super::{MAX_RESPONSE_BYTES, Server, admin, apis, fetch, groups, guard, metadata, produce};
 
 /// Why a connection is closed.
 pub(super) type Refusal = String;
@@ -21,11 +24,16 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
     let (read, write) = stream.into_split();
     let mut read = BufReader::new(read);
     let mut write = BufWriter::new(write);
+    let idle = server.config.connections_max_idle;
     loop {
-        let frame = match read_frame(&mut read, server.config.max_frame_bytes).await {
+        let frame = match read_frame(&mut read, server.config.max_frame_bytes, idle).await {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
-            Err(why) => {
+            Err(Closed::Idle) => {
+                log::debug!("closing the connection from {peer}: idle for {idle:?}");
+                break;
+            }
+            Err(Closed::Refused(why)) => {
                 log::warn!("closing the connection from {peer}: {why}");
                 break;
             }
@@ -35,7 +43,21 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
             i16::from_be_bytes([frame[0], frame[1]]),
             i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
         );
-        let answer = handle(server, frame).await;
+        let answer = if api == ApiKey::Fetch as i16 {
+            // A long poll ends when its client leaves, rather than holding the connection's
+            // slot until its deadline.
+            let answering = handle(server, frame);
+            tokio::pin!(answering);
+            tokio::select! {
+                answer = &mut answering => answer,
+                () = client_left(&mut read) => {
+                    log::debug!("connection from {peer}: closed by the client during a fetch");
+                    break;
+                }
+            }
+        } else {
+            handle(server, frame).await
+        };
         let took = started.elapsed();
         log::trace!("{peer}: API {api} #{correlation} answered in {took:?}");
         if took > std::time::Duration::from_secs(5) {
@@ -43,17 +65,17 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
         }
         match answer {
             Ok(None) => {}
-            Ok(Some(response)) => {
-                let sent = async {
-                    write.write_u32(response.len() as u32).await?;
-                    write.write_all(&response).await?;
-                    write.flush().await
-                };
-                if let Err(e) = sent.await {
+            Ok(Some(response)) => match write_frame(&mut write, &response, idle).await {
+                Ok(()) => {}
+                Err(Closed::Idle) => {
+                    log::debug!("closing the connection from {peer}: not reading for {idle:?}");
+                    break;
+                }
+                Err(Closed::Refused(e)) => {
                     log::debug!("connection from {peer}: {e}");
                     break;
                 }
-            }
+            },
             Err(why) => {
                 log::warn!("closing the connection from {peer}: {why}");
                 break;
@@ -63,33 +85,104 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
     log::debug!("connection from {peer} closed");
 }
 
+/// Why [`read_frame`] gives up on a connection.
+enum Closed {
+    /// Nothing arrived for `connections.max.idle.ms`.
+    Idle,
+    /// The bytes cannot be served.
+    Refused(Refusal),
+}
+
 /// The next request frame; `None` at a clean end of stream. The length is checked before
-/// anything is read, and the buffer grows only as bytes arrive.
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+/// anything is read, and the buffer grows only as bytes arrive. Every wait for bytes, before or
+/// inside a frame, ends after `idle`.
+async fn read_frame<R: AsyncRead + Unpin>(
     read: &mut R,
     max: usize,
-) -> Result<Option<Bytes>, Refusal> {
-    let len = match read.read_i32().await {
-        Ok(len) => len,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    if len < 8 || len as usize > max {
-        return Err(format!("a request of {len} bytes (at least 8, at most {max})"));
+    idle: Duration,
+) -> Result<Option<Bytes>, Closed> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < prefix.len() {
+        match idle_read(read, &mut prefix[got..], idle).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(Closed::Refused("the stream ended inside a length".to_string())),
+            n => got += n,
+        }
     }
+    let len = i32::from_be_bytes(prefix);
+    if len < 8 || len as usize > max {
+        return Err(Closed::Refused(format!(
+            "a request of {len} bytes (at least 8, at most {max})"
+        )));
+    }
+    let len = len as usize;
     let mut frame = Vec::new();
-    let got = read
-        .take(len as u64)
-        .read_to_end(&mut frame)
-        .await
-        .map_err(|e| e.to_string())?;
-    if got != len as usize {
-        return Err(format!(
-            "the stream ended {} bytes into a {len}-byte request",
-            got
-        ));
+    while frame.len() < len {
+        let want = (len - frame.len()).min(CHUNK);
+        frame.reserve(want);
+        let mut limited = (&mut *read).take(want as u64);
+        match tokio::time::timeout(idle, limited.read_buf(&mut frame)).await {
+            Err(_) => return Err(Closed::Idle),
+            Ok(Err(e)) => return Err(Closed::Refused(e.to_string())),
+            Ok(Ok(0)) => {
+                return Err(Closed::Refused(format!(
+                    "the stream ended {} bytes into a {len}-byte request",
+                    frame.len()
+                )));
+            }
+            Ok(Ok(_)) => {}
+        }
     }
     Ok(Some(Bytes::from(frame)))
+}
+
+/// Writes a response frame. A client that takes none of it for `idle` (it stopped reading)
+/// is given up on, as one that sends nothing is.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    response: &[u8],
+    idle: Duration,
+) -> Result<(), Closed> {
+    let timed = |done: Result<Result<(), std::io::Error>, _>| match done {
+        Err(_) => Err(Closed::Idle),
+        Ok(Err(e)) => Err(Closed::Refused(e.to_string())),
+        Ok(Ok(())) => Ok(()),
+    };
+    let len = (response.len() as u32).to_be_bytes();
+    timed(tokio::time::timeout(idle, write.write_all(&len)).await)?;
+    for chunk in response.chunks(CHUNK) {
+        timed(tokio::time::timeout(idle, write.write_all(chunk)).await)?;
+    }
+    timed(tokio::time::timeout(idle, write.flush()).await)
+}
+
+/// How much of a frame is read or written at once (when reading, the buffer grows by at most
+/// this much ahead of the bytes that arrived).
+const CHUNK: usize = 64 << 10;
+
+/// One read into `buf`, given up after `idle`; 0 at the end of the stream.
+async fn idle_read<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut [u8],
+    idle: Duration,
+) -> Result<usize, Closed> {
+    match tokio::time::timeout(idle, read.read(buf)).await {
+        Err(_) => Err(Closed::Idle),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(0),
+        Ok(Err(e)) => Err(Closed::Refused(e.to_string())),
+        Ok(Ok(n)) => Ok(n),
+    }
+}
+
+/// Completes when the client has closed the connection (or it failed). Bytes the client sends
+/// meanwhile (a pipelined request) stay buffered for the next [`read_frame`]; once there are
+/// some this never completes, and the request being answered runs to its end.
+async fn client_left<R: AsyncBufRead + Unpin>(read: &mut R) {
+    match read.fill_buf().await {
+        Ok([]) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// Answers one request: `None` for a produce with acks 0, which gets no response.
@@ -128,20 +221,47 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
     };
     let response = match api {
         ApiKey::ApiVersions => request.reply(apis::api_versions(request.decode()?))?,
-        ApiKey::Metadata => request.reply(metadata::metadata(server, request.decode()?, version))?,
+        ApiKey::Metadata => {
+            let metadata_request = request.decode()?;
+            let answer = if metadata::may_create(server, &metadata_request, version) {
+                off_workers(server, move |s| metadata::metadata(s, metadata_request, version)).await
+            } else {
+                metadata::metadata(server, metadata_request, version)
+            };
+            request.reply(answer)?
+        }
         ApiKey::Produce => {
             let produce: kafka_protocol::messages::ProduceRequest = request.decode()?;
             let acks = produce.acks;
             let response = produce::produce(server, produce).await;
             if acks == 0 {
+                // No response tells the client of a refusal, so the connection is closed, as
+                // Kafka does: the client notices, refreshes its metadata and reconnects.
+                let refused = response
+                    .responses
+                    .iter()
+                    .flat_map(|t| t.partition_responses.iter().map(move |p| (t, p)))
+                    .find(|(_, p)| p.error_code != 0);
+                if let Some((t, p)) = refused {
+                    return Err(format!(
+                        "a produce with acks 0 to {}-{} was refused with error {}",
+                        &*t.name.0, p.index, p.error_code
+                    ));
+                }
                 return Ok(None);
             }
             request.reply(response)?
         }
         ApiKey::Fetch => request.reply(fetch::fetch(server, request.decode()?).await)?,
         ApiKey::ListOffsets => request.reply(fetch::list_offsets(server, request.decode()?))?,
-        ApiKey::CreateTopics => request.reply(admin::create_topics(server, request.decode()?))?,
-        ApiKey::DeleteTopics => request.reply(admin::delete_topics(server, request.decode()?, version))?,
+        ApiKey::CreateTopics => {
+            let create = request.decode()?;
+            request.reply(off_workers(server, move |s| admin::create_topics(s, create)).await)?
+        }
+        ApiKey::DeleteTopics => {
+            let delete = request.decode()?;
+            request.reply(off_workers(server, move |s| admin::delete_topics(s, delete, version)).await)?
+        }
         ApiKey::FindCoordinator => request.reply(groups::find_coordinator(server, request.decode()?))?,
         ApiKey::JoinGroup => {
             let client_id = request.header.client_id.as_deref().unwrap_or("").to_string();
@@ -156,11 +276,26 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
         ApiKey::InitProducerId => request.reply(server.producers.init(request.decode()?))?,
         ApiKey::DescribeConfigs => request.reply(admin::describe_configs(server, request.decode()?))?,
-        ApiKey::DeleteRecords => request.reply(admin::delete_records(server, request.decode()?))?,
+        ApiKey::DeleteRecords => {
+            let delete = request.decode()?;
+            request.reply(off_workers(server, move |s| admin::delete_records(s, delete)).await)?
+        }
         ApiKey::DescribeCluster => request.reply(admin::describe_cluster(server, request.decode()?))?,
         _ => unreachable!("apis::served lists only the APIs handled here"),
     };
     Ok(Some(response))
+}
+
+/// Runs `answer` on tokio's blocking pool: for requests that create, delete or truncate logs,
+/// which wait for fsyncs, so the async workers keep serving other connections meanwhile.
+async fn off_workers<R: Send + 'static>(
+    server: &Arc<Server>,
+    answer: impl FnOnce(&Server) -> R + Send + 'static,
+) -> R {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || answer(&server))
+        .await
+        .expect("admin handlers do not panic")
 }
 
 /// A request whose header has been read.
@@ -187,14 +322,54 @@ impl Request {
         Ok(request)
     }
 
-    /// The response frame (without its length): header, then body.
+    /// The response frame (without its length): header, then body. Sized before it is
+    /// encoded: one over [`MAX_RESPONSE_BYTES`] is refused, so no frame's length wraps.
     fn reply<T: Encodable>(&self, response: T) -> Result<BytesMut, Refusal> {
-        let mut out = BytesMut::new();
         let header = ResponseHeader::default().with_correlation_id(self.header.correlation_id);
+        let header_version = self.api.response_header_version(self.version);
+        let failed = |e| format!("could not encode a {:?} response: {e}", self.api);
+        let size = header.compute_size(header_version).map_err(failed)?
+            + response.compute_size(self.version).map_err(failed)?;
+        if size > MAX_RESPONSE_BYTES {
+            return Err(format!(
+                "a {:?} response of {size} bytes, over the limit of {MAX_RESPONSE_BYTES}",
+                self.api
+            ));
+        }
+        let mut out = BytesMut::with_capacity(size);
         header
-            .encode(&mut out, self.api.response_header_version(self.version))
+            .encode(&mut out, header_version)
             .and_then(|()| response.encode(&mut out, self.version))
-            .map_err(|e| format!("could not encode a {:?} response: {e}", self.api))?;
+            .map_err(failed)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::FetchResponse;
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+
+    use super::*;
+
+    #[test]
+    fn a_response_over_the_limit_is_refused_before_it_is_encoded() {
+        let request = Request {
+            api: ApiKey::Fetch,
+            version: 11,
+            header: RequestHeader::default(),
+            body: Bytes::new(),
+        };
+        let fetch = |records: usize| {
+            // Zeroed pages the encoder would touch; sizing does not.
+            let records = Bytes::from(vec![0u8; records]);
+            FetchResponse::default().with_responses(vec![
+                FetchableTopicResponse::default()
+                    .with_partitions(vec![PartitionData::default().with_records(Some(records))]),
+            ])
+        };
+        assert!(request.reply(fetch(1 << 20)).is_ok());
+        let refused = request.reply(fetch(MAX_RESPONSE_BYTES)).unwrap_err();
+        assert!(refused.contains("over the limit"), "{refused}");
     }
 }

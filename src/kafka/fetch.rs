@@ -12,16 +12,19 @@ use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
 
-use super::{Server, codes};
+use super::{FETCH_MAX_BYTES, FETCH_MAX_WAIT, Server, codes};
 use crate::error::Result;
 use crate::storage::{PartitionLog, Signal};
 
-/// Answers once `min_bytes` are there or `max_wait_ms` has passed, whichever is first, with
+/// Answers once `min_bytes` are there or `max_wait_ms` (at most [`FETCH_MAX_WAIT`]) has
+/// passed, whichever is first, with
 /// whole batches from the one holding each partition's fetch offset: at least one batch (the
 /// first partition with data gets one even above the limits), then up to the partition and
-/// response byte limits.
+/// response byte limits. The response limit is the request's `max_bytes`, at most
+/// [`FETCH_MAX_BYTES`].
 pub(super) async fn fetch(server: &Server, request: FetchRequest) -> FetchResponse {
-    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(FETCH_MAX_WAIT);
+    let deadline = Instant::now() + wait;
     let logs: Vec<Vec<Option<PartitionLog>>> = request
         .topics
         .iter()
@@ -59,7 +62,7 @@ pub(super) async fn fetch(server: &Server, request: FetchRequest) -> FetchRespon
 /// One pass over the partitions: the response, the record bytes in it, and whether any
 /// partition had an error (which answers at once, as Kafka does).
 fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchResponse, usize, bool) {
-    let mut budget = request.max_bytes.max(0) as usize;
+    let mut budget = (request.max_bytes.max(0) as usize).min(FETCH_MAX_BYTES);
     let mut total = 0;
     let mut failed = false;
     let responses = request
@@ -83,19 +86,24 @@ fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchRes
                             .with_last_stable_offset(-1)
                             .with_log_start_offset(-1);
                     };
-                    let (hw, start) = (log.high_watermark(), log.log_start_offset());
-                    let reply = reply
-                        .with_high_watermark(hw)
-                        .with_last_stable_offset(hw)
-                        .with_log_start_offset(start);
+                    // The offsets reported are those of the view the records were read from,
+                    // so the high watermark is never below a returned record.
+                    let offsets = |reply: PartitionData, hw: i64, start: i64| {
+                        reply
+                            .with_high_watermark(hw)
+                            .with_last_stable_offset(hw)
+                            .with_log_start_offset(start)
+                    };
                     // The first batch is returned whatever its size, if nothing came before it.
                     let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
                     let limit = if total == 0 { limit.max(1) } else { limit };
                     if limit == 0 {
-                        return reply.with_records(Some(Bytes::new()));
+                        return offsets(reply, log.high_watermark(), log.log_start_offset())
+                            .with_records(Some(Bytes::new()));
                     }
                     match log.read(p.fetch_offset, limit) {
                         Ok(fetch) => {
+                            let reply = offsets(reply, fetch.high_watermark(), fetch.log_start_offset());
                             let mut bytes = fetch.into_bytes();
                             if total > 0 && bytes.len() > limit {
                                 bytes.clear(); // over the limits, and not the first
@@ -106,7 +114,8 @@ fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchRes
                         }
                         Err(e) => {
                             failed = true;
-                            reply.with_error_code(codes::code(&e))
+                            offsets(reply, log.high_watermark(), log.log_start_offset())
+                                .with_error_code(codes::code(&e))
                         }
                     }
                 })

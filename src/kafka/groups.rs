@@ -373,9 +373,12 @@ fn listed_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsRespo
 /// coordinator has never seen is Dead with no members, as in Kafka.
 pub(super) fn describe_groups(server: &Server, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
     let coordinator = server.broker.coordinator();
+    // Each group is described once however often it is named, as Kafka does.
+    let mut seen = std::collections::HashSet::new();
     let groups = request
         .groups
         .into_iter()
+        .filter(|id| seen.insert(id.clone()))
         .map(|id| {
             let reply = DescribedGroup::default().with_group_id(id.clone());
             let Some(d) = coordinator.describe(&id.0) else {

@@ -4,29 +4,54 @@
 //! sequence is refused with `OUT_OF_ORDER_SEQUENCE_NUMBER`; an older epoch with
 //! `INVALID_PRODUCER_EPOCH`.
 //!
-//! The state is held in memory: after a restart a producer's first batch on a partition is
-//! taken as it comes (as for a producer never seen), so a retry that spans a restart can be
-//! written twice. Nothing acknowledged is lost either way.
+//! Only ids this broker issued are accepted: a batch of any other id (never issued, expired
+//! after [`producer.id.expiration.ms`](super::ServerConfig::producer_id_expiration) without a
+//! batch, or issued before a restart) is refused with `UNKNOWN_PRODUCER_ID`, and the client
+//! asks for a new id. At most [`MAX_PRODUCER_IDS`] ids are live; past that, issuing one
+//! forgets the least recently used. A partition's state belongs to the topic it was made for:
+//! a topic deleted and created again starts with none.
+//!
+//! The state is held in memory: a retry that spans a restart is written under the producer's
+//! new id, so it can be written twice. Nothing acknowledged is lost either way.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use parking_lot::Mutex;
 
+use crate::broker::Topic;
 use crate::storage::{AppendInfo, BatchHeader};
 
 /// How many recent batches per producer and partition are remembered (Kafka's number: a
 /// producer has at most five requests in flight).
 const REMEMBERED: usize = 5;
 
-/// Every partition's producer state, and the next producer id.
+/// The most producer ids live at once (100,000). Issuing one more forgets the least recently
+/// used (a hundredth of the table at a time, so a flood of InitProducerId costs little each);
+/// a forgotten producer's next batch gets `UNKNOWN_PRODUCER_ID` and it asks for a new id.
+pub const MAX_PRODUCER_IDS: usize = 100_000;
+
+/// Every issued producer id, every partition's producer state, and the next producer id.
 #[derive(Debug)]
 pub(super) struct Producers {
     next_id: AtomicI64,
-    partitions: Mutex<HashMap<(String, u32), SharedProducers>>,
+    expiration: Duration,
+    issued: Mutex<HashMap<i64, Issued>>,
+    partitions: Mutex<HashMap<(String, u32), OfTopic>>,
+}
+
+/// A partition's producer state, with the topic it was made for (not kept alive by it).
+type OfTopic = (Weak<Topic>, SharedProducers);
+
+/// A producer id handed out by InitProducerId.
+#[derive(Debug, Clone, Copy)]
+struct Issued {
+    epoch: i16,
+    last_used: Instant,
 }
 
 /// One partition's producer state, locked for a produce.
@@ -38,7 +63,7 @@ pub(super) struct PartitionProducers {
     by_id: HashMap<i64, Producer>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Producer {
     epoch: i16,
     recent: VecDeque<Sent>,
@@ -51,7 +76,15 @@ struct Sent {
     info: AppendInfo,
 }
 
+/// Where [`PartitionProducers::plan`] notes a batch it has judged but not yet seen written.
+const UNWRITTEN: AppendInfo = AppendInfo {
+    base_offset: -1,
+    last_offset: -1,
+    log_append_time: -1,
+};
+
 /// What to do with a batch.
+#[derive(Debug, Clone)]
 pub(super) enum Verdict {
     /// Not a retry: append it.
     Append,
@@ -62,17 +95,22 @@ pub(super) enum Verdict {
 }
 
 impl Producers {
-    pub(super) fn new() -> Producers {
+    /// Producers whose ids expire after `expiration` without a batch.
+    pub(super) fn new(expiration: Duration) -> Producers {
         // Ids from the clock, so a restarted broker does not hand out an id again.
         let seed = crate::storage::now_ms().saturating_mul(1000);
         Producers {
             next_id: AtomicI64::new(seed),
+            expiration,
+            issued: Mutex::new(HashMap::new()),
             partitions: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A new producer id with epoch 0, or (v3+, for a producer that names its id and epoch)
-    /// the same id with the next epoch. Transactions are not served.
+    /// A new producer id with epoch 0, or (v3+, for a producer that names an id this broker
+    /// issued and its current epoch) the same id with the next epoch. Any other id named gets
+    /// a new one, as Kafka answers a producer without a transactional id. Transactions are not
+    /// served.
     pub(super) fn init(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
         if request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
             return InitProducerIdResponse::default()
@@ -80,23 +118,111 @@ impl Producers {
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1);
         }
-        let (id, epoch) = if request.producer_id.0 >= 0 && (0..i16::MAX).contains(&request.producer_epoch) {
+        let now = Instant::now();
+        let mut issued = self.issued.lock();
+        let bump = issued
+            .get(&request.producer_id.0)
+            .filter(|p| !self.expired(p, now))
+            .is_some_and(|p| p.epoch == request.producer_epoch && p.epoch < i16::MAX);
+        let (id, epoch) = if bump {
             (request.producer_id.0, request.producer_epoch + 1)
         } else {
+            if issued.len() >= MAX_PRODUCER_IDS {
+                self.make_room(&mut issued, now);
+            }
             (self.next_id.fetch_add(1, Ordering::Relaxed), 0)
         };
+        issued.insert(
+            id,
+            Issued {
+                epoch,
+                last_used: now,
+            },
+        );
         InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch)
     }
 
-    /// The producer state of one partition; hold its lock across check, append and record.
-    pub(super) fn partition(&self, topic: &str, partition: u32) -> SharedProducers {
-        self.partitions
-            .lock()
-            .entry((topic.to_string(), partition))
-            .or_default()
-            .clone()
+    fn expired(&self, p: &Issued, now: Instant) -> bool {
+        now.saturating_duration_since(p.last_used) >= self.expiration
+    }
+
+    /// Forgets expired ids, then, if the table is still full, the least recently used
+    /// hundredth of it.
+    fn make_room(&self, issued: &mut HashMap<i64, Issued>, now: Instant) {
+        issued.retain(|_, p| !self.expired(p, now));
+        if issued.len() < MAX_PRODUCER_IDS {
+            return;
+        }
+        let mut ages: Vec<(Instant, i64)> = issued.iter().map(|(&id, p)| (p.last_used, id)).collect();
+        let evict = (MAX_PRODUCER_IDS / 100).max(1);
+        ages.select_nth_unstable(evict - 1);
+        for &(_, id) in &ages[..evict] {
+            issued.remove(&id);
+        }
+        log::warn!("{MAX_PRODUCER_IDS} producer ids are live: forgot the {evict} least recently used");
+    }
+
+    /// Checks that every idempotent batch of a record set is of an id this broker issued, in
+    /// an epoch it issued, and notes the ids as used.
+    pub(super) fn admit(&self, headers: &[BatchHeader]) -> Result<(), (ResponseError, String)> {
+        let now = Instant::now();
+        let mut issued = self.issued.lock();
+        for h in headers.iter().filter(|h| h.producer_id >= 0) {
+            let Some(p) = issued.get_mut(&h.producer_id).filter(|p| !self.expired(p, now)) else {
+                return Err((
+                    ResponseError::UnknownProducerId,
+                    format!(
+                        "producer id {} was not issued by this broker, or has expired",
+                        h.producer_id
+                    ),
+                ));
+            };
+            if h.producer_epoch > p.epoch {
+                return Err((
+                    ResponseError::InvalidProducerEpoch,
+                    format!(
+                        "epoch {} of producer {} was never issued",
+                        h.producer_epoch, h.producer_id
+                    ),
+                ));
+            }
+            p.last_used = now;
+        }
+        Ok(())
+    }
+
+    /// The producer state of one partition of `topic`; hold its lock across check, append and
+    /// record. State made for an earlier topic of the same name is dropped.
+    pub(super) fn partition(&self, topic: &Arc<Topic>, partition: u32) -> SharedProducers {
+        let mut partitions = self.partitions.lock();
+        let entry = partitions
+            .entry((topic.name.clone(), partition))
+            .or_insert_with(|| (Arc::downgrade(topic), SharedProducers::default()));
+        if !Weak::ptr_eq(&entry.0, &Arc::downgrade(topic)) {
+            *entry = (Arc::downgrade(topic), SharedProducers::default());
+        }
+        entry.1.clone()
+    }
+
+    /// Forgets expired ids, and every partition's state of ids no longer issued or of topics
+    /// deleted: run now and then, so idle producers cost nothing.
+    pub(super) fn expire(&self) {
+        let now = Instant::now();
+        let issued = {
+            let mut issued = self.issued.lock();
+            issued.retain(|_, p| !self.expired(p, now));
+            issued.keys().copied().collect::<std::collections::HashSet<i64>>()
+        };
+        let states: Vec<SharedProducers> = {
+            let mut partitions = self.partitions.lock();
+            partitions.retain(|_, (topic, _)| topic.strong_count() > 0);
+            partitions.values().map(|(_, state)| state.clone()).collect()
+        };
+        for state in states {
+            state.lock().by_id.retain(|id, _| issued.contains(id));
+        }
     }
 }
 
@@ -152,6 +278,36 @@ impl PartitionProducers {
         Verdict::Append
     }
 
+    /// Judges a partition's record set in order, each batch as if the ones before it that are
+    /// to be appended had been: what to do with each, or the first refusal. Changes nothing.
+    /// Batches of no idempotent producer (`producer_id < 0`) are appended.
+    pub(super) fn plan(&self, headers: &[BatchHeader]) -> Result<Vec<Verdict>, (ResponseError, String)> {
+        // The producers of this set only: a partition may remember many.
+        let mut scratch = PartitionProducers::default();
+        for h in headers.iter().filter(|h| h.producer_id >= 0) {
+            if let Some(p) = self.by_id.get(&h.producer_id) {
+                scratch.by_id.entry(h.producer_id).or_insert_with(|| p.clone());
+            }
+        }
+        let mut plan = Vec::with_capacity(headers.len());
+        for h in headers {
+            if h.producer_id < 0 {
+                plan.push(Verdict::Append);
+                continue;
+            }
+            let verdict = scratch.check(h);
+            match &verdict {
+                Verdict::Refuse(code, why) => return Err((*code, why.clone())),
+                // Offsets are not known yet: a later batch of the set is judged on sequences,
+                // and one repeating this batch answers with the set's first append.
+                Verdict::Append => scratch.record(h, UNWRITTEN),
+                Verdict::Duplicate(_) => {}
+            }
+            plan.push(verdict);
+        }
+        Ok(plan)
+    }
+
     /// Notes a batch that was appended.
     pub(super) fn record(&mut self, h: &BatchHeader, info: AppendInfo) {
         let p = self.by_id.entry(h.producer_id).or_insert(Producer {
@@ -201,6 +357,36 @@ mod tests {
             last_offset: base,
             log_append_time: 0,
         }
+    }
+
+    fn init(producers: &Producers) -> i64 {
+        let request = InitProducerIdRequest::default().with_producer_id(ProducerId(-1));
+        producers.init(request).producer_id.0
+    }
+
+    #[test]
+    fn the_table_of_ids_is_bounded_and_forgets_the_least_recently_used() {
+        let producers = Producers::new(Duration::from_secs(3600));
+        let first = init(&producers);
+        let kept = init(&producers);
+        for _ in 2..MAX_PRODUCER_IDS {
+            init(&producers);
+        }
+        // The second id is used: the first is now the least recently used.
+        producers.admit(&[header(kept, 0, 0, 1)]).unwrap();
+        let last = init(&producers);
+        assert!(producers.issued.lock().len() <= MAX_PRODUCER_IDS);
+        assert!(matches!(
+            producers.admit(&[header(first, 0, 0, 1)]),
+            Err((ResponseError::UnknownProducerId, _))
+        ));
+        producers.admit(&[header(kept, 0, 0, 1)]).unwrap();
+        producers.admit(&[header(last, 0, 0, 1)]).unwrap();
+        // An epoch never issued is refused.
+        assert!(matches!(
+            producers.admit(&[header(last, 1, 0, 1)]),
+            Err((ResponseError::InvalidProducerEpoch, _))
+        ));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Metadata: one broker (this one) leads every partition. Topics asked for by name are
 //! created if the broker auto-creates topics and the client allows it.
 
+use std::collections::HashSet;
+
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -10,16 +12,34 @@ use kafka_protocol::protocol::StrBytes;
 use super::{NODE_ID, Server, codes};
 use crate::group::OFFSETS_TOPIC;
 
+/// Whether answering `request` may create a topic (which waits for the disk): it names a
+/// topic that does not exist, and auto-creation is allowed.
+pub(super) fn may_create(server: &Server, request: &MetadataRequest, version: i16) -> bool {
+    let create = version < 4 || request.allow_auto_topic_creation;
+    create
+        && request.topics.as_ref().is_some_and(|topics| {
+            topics
+                .iter()
+                .filter_map(|t| t.name.as_ref())
+                .any(|name| server.broker.inner.topic(name).is_err())
+        })
+}
+
 pub(super) fn metadata(server: &Server, request: MetadataRequest, version: i16) -> MetadataResponse {
     let inner = &server.broker.inner;
     // Before v4 a request could not say; Kafka created topics then.
     let create = version < 4 || request.allow_auto_topic_creation;
     let topics: Vec<(String, bool)> = match request.topics {
-        Some(t) if !(t.is_empty() && version == 0) => t
-            .into_iter()
-            .filter_map(|t| t.name)
-            .map(|n| (n.0.to_string(), create))
-            .collect(),
+        // Each name is answered once however often it is asked for, as Kafka does: the
+        // response is bounded by the topics that exist plus the names in the request.
+        Some(t) if !(t.is_empty() && version == 0) => {
+            let mut seen = HashSet::new();
+            t.into_iter()
+                .filter_map(|t| t.name)
+                .filter(|n| seen.insert(n.0.clone()))
+                .map(|n| (n.0.to_string(), create))
+                .collect()
+        }
         // Null (or, in v0, empty) asks for every topic, none of them created.
         _ => server
             .broker

@@ -5,7 +5,8 @@
 //! [`serve`] runs on tokio and answers requests with the `kafka-protocol` crate's schemas:
 //!
 //! - produced batches are checked (frame, CRC-32C, record count and offsets) and stored as
-//!   received, their offsets assigned by patching the header; fetches hand the stored batches
+//!   received (compressed again only for a topic whose `compression.type` names another
+//!   codec), their offsets assigned by patching the header; fetches hand the stored batches
 //!   back as they are, never re-encoded;
 //! - one broker (node 0) leads every partition; the high watermark is what the log has made
 //!   durable under its fsync policy, so acks 1 and -1 mean the same;
@@ -52,6 +53,7 @@ use tokio::task::JoinSet;
 use crate::broker::Broker;
 
 pub use apis::API_VERSIONS;
+pub use idempotence::MAX_PRODUCER_IDS;
 
 /// Settings of the Kafka front end.
 #[derive(Debug, Clone)]
@@ -59,6 +61,8 @@ pub struct ServerConfig {
     advertised: Option<(String, u16)>,
     max_frame_bytes: usize,
     max_connections: usize,
+    connections_max_idle: Duration,
+    producer_id_expiration: Duration,
     cluster_id: String,
 }
 
@@ -68,6 +72,8 @@ impl Default for ServerConfig {
             advertised: None,
             max_frame_bytes: 100 << 20,
             max_connections: 1024,
+            connections_max_idle: Duration::from_secs(600),
+            producer_id_expiration: Duration::from_secs(24 * 3600),
             cluster_id: "rivulet".to_string(),
         }
     }
@@ -91,6 +97,25 @@ impl ServerConfig {
     /// The most connections served at once (default 1,024); more are closed as they arrive.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// `connections.max.idle.ms`: a connection that sends nothing for this long between or
+    /// inside requests, or takes none of a response for this long, is closed (default 10
+    /// minutes, as in Kafka), so departed clients do not
+    /// hold the connection slots of [`max_connections`](Self::max_connections). A request being
+    /// answered does not count as idle; a long-polling Fetch waits at most [`FETCH_MAX_WAIT`].
+    pub fn connections_max_idle(mut self, idle: Duration) -> Self {
+        self.connections_max_idle = idle.max(Duration::from_millis(1));
+        self
+    }
+
+    /// `producer.id.expiration.ms`: an idempotent producer's id, and its state in every
+    /// partition, are forgotten after this long without a batch or InitProducerId (default
+    /// one day, as in Kafka); its next batch gets `UNKNOWN_PRODUCER_ID` and it asks for a new
+    /// id. See also [`MAX_PRODUCER_IDS`].
+    pub fn producer_id_expiration(mut self, idle: Duration) -> Self {
+        self.producer_id_expiration = idle.max(Duration::from_millis(1));
         self
     }
 
@@ -150,8 +175,8 @@ impl Server {
             broker,
             host,
             port,
+            producers: idempotence::Producers::new(config.producer_id_expiration),
             config,
-            producers: idempotence::Producers::new(),
         }
     }
 
@@ -162,8 +187,37 @@ impl Server {
     }
 }
 
+/// The most record bytes one Fetch response carries, whatever the request's `max_bytes` asks
+/// for: Kafka's broker setting `fetch.max.bytes` at its default, 55 MiB. As in Kafka, the first
+/// batch of a response is returned whole even when it is larger.
+pub const FETCH_MAX_BYTES: usize = 55 << 20;
+
+/// The longest a Fetch long-polls for data, whatever its `max_wait_ms` asks for (30 s, the
+/// default request timeout of Kafka's clients): it then answers with what there is. A client
+/// that closes its connection during the wait ends it at once.
+pub const FETCH_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// How many times its topic's `max.message.bytes` a produced batch may take once
+/// decompressed (32, so 32 MiB at the default of 1 MiB; never more than
+/// [`MAX_DECOMPRESSED_BYTES`](crate::storage::MAX_DECOMPRESSED_BYTES), 128 MiB). Decompression
+/// stops as soon as the output passes it, and the batch's record set is refused with
+/// `INVALID_RECORD`, nothing of it written. Producers fill batches up to about
+/// `max.message.bytes` before compression, so real batches stay far below it.
+pub const PRODUCE_DECOMPRESSION_RATIO: usize = 32;
+
+/// The largest response sent (256 MiB): a request whose response would be larger closes its
+/// connection, with a warning in the log, before the response is encoded. Responses are
+/// otherwise bounded by the request's size, by [`FETCH_MAX_BYTES`], or by what the broker
+/// holds (Metadata, DescribeGroups and DescribeConfigs answer a name asked for more than once
+/// once); this limit bounds the last kind too, and keeps every frame's length within its
+/// `i32`.
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// The id of the one broker.
 const NODE_ID: i32 = 0;
+
+/// How often expired producer ids are swept away, at most.
+const PRODUCER_SWEEP: Duration = Duration::from_secs(60);
 
 /// How often group membership deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -194,12 +248,20 @@ pub async fn serve_with(
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let server = Arc::new(Server::new(broker, (host, port), config));
     let ticker = {
-        let broker = server.broker.clone();
+        let server = server.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(TICK);
+            let sweep_every = (server.config.producer_id_expiration / 2).min(PRODUCER_SWEEP);
+            let mut swept = tokio::time::Instant::now();
             loop {
                 every.tick().await;
-                broker.coordinator().tick();
+                server.broker.coordinator().tick();
+                if swept.elapsed() >= sweep_every {
+                    swept = tokio::time::Instant::now();
+                    let server = server.clone();
+                    // It locks every partition's producer state in turn: off the workers.
+                    tokio::task::spawn_blocking(move || server.producers.expire());
+                }
             }
         })
     };

@@ -1,5 +1,7 @@
-//! Produce: each partition's record set is checked whole (every batch's frame, CRC-32C and
-//! record count) before any of it is written, then stored as received.
+//! Produce: each partition's record set is checked whole (every batch's frame, CRC-32C,
+//! records, size and keys, and the idempotence checks) before any of it is written, then
+//! stored as received, or compressed again for a topic whose `compression.type` names another
+//! codec.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -11,26 +13,32 @@ use std::sync::Arc;
 
 use super::conn::Refusal;
 use super::idempotence::Verdict;
-use super::{Server, codes};
-use crate::Fsync;
+use super::{PRODUCE_DECOMPRESSION_RATIO, Server, codes};
 use crate::broker::refuse_internal;
 use crate::error::{BatchError, Error};
-use crate::storage::{AppendInfo, MAX_BATCH_LEN, RecordBatch, TimestampType, frame_len};
+use crate::storage::{
+    AppendInfo, Batch, BatchBuilder, BatchHeader, Compression, HEADER_LEN, MAX_BATCH_LEN, RecordBatch,
+    TimestampType, frame_len,
+};
+use crate::{CompressionType, Fsync, LogConfig};
 
 pub(super) async fn produce(server: &Arc<Server>, request: ProduceRequest) -> ProduceResponse {
-    // An append to a log kept with `Fsync::Always` waits for an fsync, so it runs off the
-    // async workers. Any other append is a write into the page cache, done here: handing it
+    // An append to a log kept with `Fsync::Always` waits for an fsync, a compressed batch is
+    // decompressed to check its records (up to `PRODUCE_DECOMPRESSION_RATIO` times the topic's
+    // `max.message.bytes`), and a topic with its own codec compresses batches again, so these
+    // run off the async workers. Any other append is a write into the page cache, done here: handing it
     // to the blocking pool and back costs more than the write (one client's request took
     // 1.25x Redis's XADD through the pool). The one wait left is a segment roll's sync of the
     // sealed segment, once per segment.
-    let responses = if waits_for_disk(server, &request) {
-        let server = server.clone();
-        tokio::task::spawn_blocking(move || append_all(&server, request))
-            .await
-            .expect("appends do not panic")
-    } else {
-        append_all(server, request)
-    };
+    let responses =
+        if waits_for_disk(server, &request) || compressed(&request) || recompresses(server, &request) {
+            let server = server.clone();
+            tokio::task::spawn_blocking(move || append_all(&server, request))
+                .await
+                .expect("appends do not panic")
+        } else {
+            append_all(server, request)
+        };
     ProduceResponse::default().with_responses(responses)
 }
 
@@ -41,6 +49,36 @@ fn waits_for_disk(server: &Server, request: &ProduceRequest) -> bool {
             server
                 .log(&topic.name, p.index)
                 .is_ok_and(|log| log.fsync() == Fsync::Always)
+        })
+    })
+}
+
+/// Whether any batch of the request is compressed (read from the batches' headers alone).
+fn compressed(request: &ProduceRequest) -> bool {
+    request.topic_data.iter().any(|topic| {
+        topic.partition_data.iter().any(|p| {
+            let mut rest = p.records.as_deref().unwrap_or_default();
+            while rest.len() >= HEADER_LEN {
+                if BatchHeader::decode(rest).compression() != Ok(Compression::None) {
+                    return true;
+                }
+                // A bad frame refuses the set before anything after it is looked at.
+                let Ok(len) = frame_len(rest, MAX_BATCH_LEN) else {
+                    return false;
+                };
+                rest = &rest[len.min(rest.len())..];
+            }
+            false
+        })
+    })
+}
+
+/// Whether the request writes to a topic whose `compression.type` names a codec, so that its
+/// batches may be compressed again.
+fn recompresses(server: &Server, request: &ProduceRequest) -> bool {
+    request.topic_data.iter().any(|topic| {
+        server.broker.inner.topic(&topic.name).is_ok_and(|t| {
+            matches!(t.config.read().get_compression(), CompressionType::Codec(c) if c != Compression::None)
         })
     })
 }
@@ -105,6 +143,11 @@ fn append_all(server: &Server, request: ProduceRequest) -> Vec<TopicProduceRespo
 /// Appends one partition's record set: the first batch's append (its first answer, for a
 /// retried batch of an idempotent producer), the log start offset, and whether the log stamps
 /// append times.
+///
+/// The set is judged whole before any of it is written, as Kafka does: every batch's frame,
+/// CRC and records, its size against `max.message.bytes`, keys on a compacted topic, and the
+/// idempotence checks of the batches in order. A set with one bad batch is refused whole, so a
+/// client's retry of it cannot duplicate the batches before the bad one.
 fn append(
     server: &Server,
     topic: &str,
@@ -112,20 +155,31 @@ fn append(
     records: Bytes,
 ) -> Result<(AppendInfo, i64, bool), Refused> {
     refuse_internal(topic)?;
-    let log = server.log(topic, partition)?;
-    let index = partition as u32; // known: the log exists
+    let topic = server.broker.inner.topic(topic)?;
+    let index = u32::try_from(partition).unwrap_or(u32::MAX);
+    let log = topic.partition(index)?;
+    let config = log.config();
+    let codec = topic.config.read().get_compression();
     let mut batches = Vec::new();
     let mut rest = &records[..];
     while !rest.is_empty() {
         let len = frame_len(rest, MAX_BATCH_LEN)?;
         let (batch, tail) = rest.split_at(len.min(rest.len()));
-        let batch = RecordBatch::from_bytes(batch.to_vec())?;
+        // The size is checked before anything is decompressed, and decompression stops at
+        // its limit.
+        fits_size(&config, batch.len())?;
+        let limit = config
+            .get_max_message_bytes()
+            .saturating_mul(PRODUCE_DECOMPRESSION_RATIO);
+        let batch = RecordBatch::from_bytes_within(batch.to_vec(), limit)?;
         if batch.header().is_transactional() {
             return Err(Refused::Code(
                 ResponseError::InvalidRecord,
                 "transactional batches are not served".to_string(),
             ));
         }
+        let batch = recompress(codec, batch, limit)?;
+        fits(&config, &batch)?;
         batches.push(batch);
         rest = tail;
     }
@@ -134,34 +188,98 @@ fn append(
     }
     // An idempotent producer's batches are judged and written under the partition's producer
     // state, so a retry cannot slip in between.
-    let idempotent = batches.iter().any(|b| b.header().producer_id >= 0);
-    let state = idempotent.then(|| server.producers.partition(topic, index));
-    let mut state = state.as_ref().map(|s| s.lock());
-    let mut first = None;
-    for batch in batches {
-        let h = batch.header();
-        if let Some(state) = state.as_mut().filter(|_| h.producer_id >= 0) {
-            match state.check(&h) {
-                Verdict::Append => {}
-                Verdict::Duplicate(info) => {
-                    first.get_or_insert(info);
-                    continue;
-                }
-                Verdict::Refuse(code, why) => return Err(Refused::Code(code, why)),
-            }
-            let info = log.append(batch)?;
-            state.record(&h, info);
-            first.get_or_insert(info);
-        } else {
-            first.get_or_insert(log.append(batch)?);
-        }
+    let headers: Vec<BatchHeader> = batches.iter().map(RecordBatch::header).collect();
+    let idempotent = headers.iter().any(|h| h.producer_id >= 0);
+    if idempotent {
+        server
+            .producers
+            .admit(&headers)
+            .map_err(|(code, why)| Refused::Code(code, why))?;
     }
-    let append_time = log.config().get_timestamp_type() == TimestampType::LogAppendTime;
+    let state = idempotent.then(|| server.producers.partition(&topic, index));
+    let mut state = state.as_ref().map(|s| s.lock());
+    let plan = match &state {
+        Some(state) => state
+            .plan(&headers)
+            .map_err(|(code, why)| Refused::Code(code, why))?,
+        None => vec![Verdict::Append; batches.len()],
+    };
+    let mut first = None;
+    for ((batch, h), verdict) in batches.into_iter().zip(&headers).zip(plan) {
+        if let Verdict::Duplicate(info) = verdict {
+            first.get_or_insert(info);
+            continue;
+        }
+        let info = log.append(batch)?;
+        if let Some(state) = state.as_mut().filter(|_| h.producer_id >= 0) {
+            state.record(h, info);
+        }
+        first.get_or_insert(info);
+    }
+    let append_time = config.get_timestamp_type() == TimestampType::LogAppendTime;
     Ok((
         first.expect("one batch at least"),
         log.log_start_offset(),
         append_time,
     ))
+}
+
+/// Refuses a batch the log would refuse for its config, before anything of its set is
+/// written: one larger than `max.message.bytes`, or a keyless record in a compacted topic.
+fn fits(config: &LogConfig, batch: &RecordBatch) -> Result<(), Error> {
+    fits_size(config, batch.len())?;
+    if config.get_cleanup_policy().compacts() {
+        let (view, _) = Batch::parse(batch.as_bytes())?;
+        for (index, record) in view.records()?.iter().enumerate() {
+            if record?.key.is_none() {
+                return Err(Error::KeyRequired { index });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The batch as the topic's `compression.type` stores it: as produced under `producer`, else
+/// compressed again with the topic's codec if the producer used another, as Kafka does. The
+/// records, offsets, timestamps and producer fields are kept; `max.message.bytes` applies to
+/// the result.
+fn recompress(codec: CompressionType, batch: RecordBatch, limit: usize) -> Result<RecordBatch, Error> {
+    let h = batch.header();
+    let CompressionType::Codec(codec) = codec else {
+        return Ok(batch);
+    };
+    if h.compression()? == codec || h.is_control() {
+        return Ok(batch);
+    }
+    let (view, _) = Batch::parse(batch.as_bytes())?;
+    let records = view.records_within(limit)?;
+    let mut b = BatchBuilder::with_capacity(codec, batch.len()).producer(
+        h.producer_id,
+        h.producer_epoch,
+        h.base_sequence,
+    );
+    for r in records.iter() {
+        let r = r?;
+        let (headers, count) = r.raw_headers();
+        b.push_encoded(
+            (r.offset - h.base_offset) as i32,
+            r.timestamp,
+            r.key,
+            r.value,
+            headers,
+            count,
+        );
+    }
+    Ok(b.last_offset_delta(h.last_offset_delta).finish()?)
+}
+
+/// Refuses a batch of `size` bytes over `max.message.bytes`.
+fn fits_size(config: &LogConfig, size: usize) -> Result<(), Error> {
+    let max = config.get_max_message_bytes();
+    if size > max {
+        return Err(Error::BatchTooLarge { size, max });
+    }
+    Ok(())
 }
 
 /// The first Produce version the `kafka-protocol` crate decodes (RecordBatch v2).

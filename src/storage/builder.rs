@@ -300,6 +300,13 @@ impl RecordBatch {
     /// frame and CRC, and every record in it, which must have offset deltas 0, 1, 2, ... as a
     /// producer writes them.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, BatchError> {
+        Self::from_bytes_within(bytes, compression::MAX_DECOMPRESSED_BYTES)
+    }
+
+    /// [`from_bytes`](Self::from_bytes), refusing a compressed batch whose records take more
+    /// than `limit` bytes (at most [`MAX_DECOMPRESSED_BYTES`](crate::storage::MAX_DECOMPRESSED_BYTES))
+    /// before more than that is decompressed.
+    pub fn from_bytes_within(bytes: Vec<u8>, limit: usize) -> Result<Self, BatchError> {
         let (batch, rest) = Batch::parse(&bytes)?;
         if !rest.is_empty() {
             return Err(BatchError::LengthOutOfBounds {
@@ -318,7 +325,7 @@ impl RecordBatch {
                 reason: "a produced batch must have last offset delta = count - 1",
             });
         }
-        let records = batch.records()?;
+        let records = batch.records_within(limit)?;
         for (i, record) in records.iter().enumerate() {
             let record = record?;
             if record.offset - h.base_offset != i as i64 {

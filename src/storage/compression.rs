@@ -27,13 +27,26 @@ pub(crate) fn compress(codec: Compression, input: &[u8], out: &mut Vec<u8>) -> R
 }
 
 /// Decompresses `input`, refusing to produce more than [`MAX_DECOMPRESSED_BYTES`].
-pub(crate) fn decompress(codec: Compression, input: &[u8]) -> Result<Vec<u8>, BatchError> {
+#[cfg(test)]
+fn decompress(codec: Compression, input: &[u8]) -> Result<Vec<u8>, BatchError> {
+    decompress_within(codec, input, MAX_DECOMPRESSED_BYTES)
+}
+
+/// Decompresses `input`, stopping with an error as soon as the output would pass `limit`
+/// bytes (at most [`MAX_DECOMPRESSED_BYTES`]): no more than that is ever allocated or
+/// decompressed.
+pub(crate) fn decompress_within(
+    codec: Compression,
+    input: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, BatchError> {
+    let limit = limit.min(MAX_DECOMPRESSED_BYTES);
     match codec {
         Compression::None => Ok(input.to_vec()),
-        Compression::Gzip => gzip::decompress(input),
-        Compression::Snappy => snappy::decompress(input),
-        Compression::Lz4 => lz4::decompress(input),
-        Compression::Zstd => zstd::decompress(input),
+        Compression::Gzip => gzip::decompress(input, limit),
+        Compression::Snappy => snappy::decompress(input, limit),
+        Compression::Lz4 => lz4::decompress(input, limit),
+        Compression::Zstd => zstd::decompress(input, limit),
     }
 }
 
@@ -46,17 +59,21 @@ fn failed(codec: Compression, reason: impl ToString) -> BatchError {
 
 /// Reads a decompressing stream to its end, stopping with an error past the size limit.
 #[allow(dead_code)] // unused when every streaming codec is disabled
-fn read_bounded(codec: Compression, reader: impl std::io::Read) -> Result<Vec<u8>, BatchError> {
+fn read_bounded(codec: Compression, reader: impl std::io::Read, limit: usize) -> Result<Vec<u8>, BatchError> {
     use std::io::Read;
     let mut out = Vec::new();
     reader
-        .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
+        .take(limit as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| failed(codec, e))?;
-    if out.len() > MAX_DECOMPRESSED_BYTES {
-        return Err(failed(codec, "output exceeds the 128 MiB limit"));
+    if out.len() > limit {
+        return Err(too_large(codec, limit));
     }
     Ok(out)
+}
+
+fn too_large(codec: Compression, limit: usize) -> BatchError {
+    failed(codec, format!("output exceeds the limit of {limit} bytes"))
 }
 
 #[cfg(feature = "gzip")]
@@ -72,8 +89,8 @@ mod gzip {
         Ok(())
     }
 
-    pub(super) fn decompress(input: &[u8]) -> Result<Vec<u8>, BatchError> {
-        read_bounded(Compression::Gzip, flate2::read::GzDecoder::new(input))
+    pub(super) fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+        read_bounded(Compression::Gzip, flate2::read::GzDecoder::new(input), limit)
     }
 }
 
@@ -89,8 +106,8 @@ mod lz4 {
         Ok(())
     }
 
-    pub(super) fn decompress(input: &[u8]) -> Result<Vec<u8>, BatchError> {
-        read_bounded(Compression::Lz4, lz4_flex::frame::FrameDecoder::new(input))
+    pub(super) fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+        read_bounded(Compression::Lz4, lz4_flex::frame::FrameDecoder::new(input), limit)
     }
 }
 
@@ -105,10 +122,10 @@ mod zstd {
         Ok(())
     }
 
-    pub(super) fn decompress(input: &[u8]) -> Result<Vec<u8>, BatchError> {
+    pub(super) fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
         let decoder =
             ::zstd::stream::read::Decoder::with_buffer(input).map_err(|e| failed(Compression::Zstd, e))?;
-        read_bounded(Compression::Zstd, decoder)
+        read_bounded(Compression::Zstd, decoder, limit)
     }
 }
 
@@ -140,10 +157,10 @@ mod snappy {
         Ok(())
     }
 
-    pub(super) fn decompress(input: &[u8]) -> Result<Vec<u8>, BatchError> {
+    pub(super) fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
         if !input.starts_with(XERIAL_MAGIC) {
             let mut out = Vec::new();
-            raw_block(input, &mut out)?;
+            raw_block(input, &mut out, limit)?;
             return Ok(out);
         }
         let mut rest = input
@@ -158,17 +175,17 @@ mod snappy {
             let block = rest
                 .get(4..4 + len)
                 .ok_or_else(|| failed(Compression::Snappy, "block runs past the end"))?;
-            raw_block(block, &mut out)?;
+            raw_block(block, &mut out, limit)?;
             rest = &rest[4 + len..];
         }
         Ok(out)
     }
 
     /// Appends one raw snappy block's contents, checking the size it declares first.
-    fn raw_block(block: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
+    fn raw_block(block: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), BatchError> {
         let len = snap::raw::decompress_len(block).map_err(|e| failed(Compression::Snappy, e))?;
-        if out.len() + len > MAX_DECOMPRESSED_BYTES {
-            return Err(failed(Compression::Snappy, "output exceeds the 128 MiB limit"));
+        if out.len().saturating_add(len) > limit {
+            return Err(too_large(Compression::Snappy, limit));
         }
         let start = out.len();
         out.resize(start + len, 0);
@@ -189,7 +206,7 @@ macro_rules! disabled_codec {
             pub(super) fn compress(_: &[u8], _: &mut Vec<u8>) -> Result<(), BatchError> {
                 Err(BatchError::CodecDisabled(Compression::$codec))
             }
-            pub(super) fn decompress(_: &[u8]) -> Result<Vec<u8>, BatchError> {
+            pub(super) fn decompress(_: &[u8], _: usize) -> Result<Vec<u8>, BatchError> {
                 Err(BatchError::CodecDisabled(Compression::$codec))
             }
         }
@@ -219,6 +236,20 @@ mod tests {
             let mut out = Vec::new();
             compress(codec, &input, &mut out).unwrap();
             assert_eq!(decompress(codec, &out).unwrap(), input, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn decompression_stops_at_its_limit() {
+        let input = vec![0u8; 1 << 20];
+        for codec in ALL.into_iter().filter(|c| *c != Compression::None) {
+            let mut out = Vec::new();
+            compress(codec, &input, &mut out).unwrap();
+            assert_eq!(decompress_within(codec, &out, 1 << 20).unwrap().len(), 1 << 20);
+            assert!(
+                decompress_within(codec, &out, (1 << 20) - 1).is_err(),
+                "{codec:?}: one byte over the limit"
+            );
         }
     }
 

@@ -332,11 +332,18 @@ impl<'a> Batch<'a> {
     /// The records. Borrows from the batch when it is uncompressed; a compressed batch is
     /// decompressed into a buffer owned by the returned value.
     pub fn records(&self) -> Result<Records<'a>, BatchError> {
+        self.records_within(compression::MAX_DECOMPRESSED_BYTES)
+    }
+
+    /// [`records`](Self::records), refusing a compressed batch whose records take more than
+    /// `limit` bytes (at most [`MAX_DECOMPRESSED_BYTES`](compression::MAX_DECOMPRESSED_BYTES))
+    /// before more than that is decompressed.
+    pub fn records_within(&self, limit: usize) -> Result<Records<'a>, BatchError> {
         let body = &self.bytes[HEADER_LEN..];
         let body = match self.header.compression()? {
             Compression::None => Cow::Borrowed(body),
             codec => {
-                let plain = compression::decompress(codec, body)?;
+                let plain = compression::decompress_within(codec, body, limit)?;
                 check_count(&self.header, Some(plain.len()))?;
                 Cow::Owned(plain)
             }
