@@ -453,6 +453,10 @@ pub enum BatchError {
     /// The batch has no records. Empty batches are only produced by compaction.
     #[error("the batch has no records")]
     Empty,
+    /// An appended batch carries the cleaner's delete horizon (attribute bit 6), which only
+    /// compaction sets: taken at its word, its tombstones would skip `delete.retention.ms`.
+    #[error("attribute bit 6 (the cleaner's delete horizon) is set; only compaction sets it")]
+    DeleteHorizonSet,
 }
 
 /// Attaches the operation and path to an `io::Error`.

@@ -299,3 +299,49 @@ fn the_offsets_topic_cannot_be_created_by_hand() -> Result<(), Box<dyn std::erro
     assert_eq!(broker.partition_count(rivulet::group::OFFSETS_TOPIC)?, 1);
     Ok(())
 }
+
+#[test]
+fn a_compressed_batch_no_reader_could_decompress_is_refused_before_it_is_written() {
+    use rivulet::storage::MAX_DECOMPRESSED_BYTES;
+    use rivulet::{Broker, CompressionType, Producer, ProducerRecord, TopicConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path()).unwrap();
+    let config = TopicConfig::default()
+        .with_log(config())
+        .compression(CompressionType::Codec(Compression::Zstd));
+    broker.create_topic("t", 1, config).unwrap();
+    // Zeros compress to a few KB, well under max.message.bytes, but no reader would inflate
+    // them: readers stop at MAX_DECOMPRESSED_BYTES.
+    let huge = vec![0u8; MAX_DECOMPRESSED_BYTES + 1];
+    let producer = Producer::new(&broker);
+    let err = producer
+        .send(ProducerRecord::new("t", &huge).partition(0))
+        .unwrap_err();
+    assert!(err.to_string().contains("uncompressed"), "{err}");
+    let log = broker.partition("t", 0).unwrap();
+    assert_eq!(log.log_end_offset(), 0);
+    producer
+        .send(ProducerRecord::new("t", b"small").partition(0))
+        .unwrap();
+    assert_eq!(read_all(&log, 0).len(), 1, "the log reads on");
+}
+
+#[test]
+fn a_batch_claiming_the_cleaners_delete_horizon_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config()).unwrap();
+    // A tombstone whose batch says its delete horizon passed at the epoch: a clean would drop
+    // it at once, before consumers had `delete.retention.ms` to see it.
+    let mut bytes = batch(&[Rec::new(1_000, Some(b"k"), None)], Compression::None).into_bytes();
+    bytes[22] |= 0x40; // attributes, low byte: bit 6
+    bytes[27..35].copy_from_slice(&0i64.to_be_bytes()); // base timestamp: the horizon
+    let crc = rivulet::storage::compute_crc(&bytes);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    let forged = RecordBatch::from_bytes(bytes).unwrap();
+    assert_eq!(forged.header().delete_horizon(), Some(0));
+    assert!(matches!(
+        log.append(forged),
+        Err(Error::InvalidBatch(BatchError::DeleteHorizonSet))
+    ));
+    assert_eq!(log.log_end_offset(), 0);
+}

@@ -18,7 +18,7 @@ use crate::broker::refuse_internal;
 use crate::error::{BatchError, Error};
 use crate::storage::{
     AppendInfo, Batch, BatchBuilder, BatchHeader, Compression, HEADER_LEN, MAX_BATCH_LEN, RecordBatch,
-    TimestampType, frame_len,
+    TimestampType, check_batch, frame_len,
 };
 use crate::{CompressionType, Fsync, LogConfig};
 
@@ -179,7 +179,8 @@ fn append(
             ));
         }
         let batch = recompress(codec, batch, limit)?;
-        fits(&config, &batch)?;
+        // Whatever the log would refuse, before anything of the set is written.
+        check_batch(&batch, &config)?;
         batches.push(batch);
         rest = tail;
     }
@@ -222,21 +223,6 @@ fn append(
         log.log_start_offset(),
         append_time,
     ))
-}
-
-/// Refuses a batch the log would refuse for its config, before anything of its set is
-/// written: one larger than `max.message.bytes`, or a keyless record in a compacted topic.
-fn fits(config: &LogConfig, batch: &RecordBatch) -> Result<(), Error> {
-    fits_size(config, batch.len())?;
-    if config.get_cleanup_policy().compacts() {
-        let (view, _) = Batch::parse(batch.as_bytes())?;
-        for (index, record) in view.records()?.iter().enumerate() {
-            if record?.key.is_none() {
-                return Err(Error::KeyRequired { index });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The batch as the topic's `compression.type` stores it: as produced under `producer`, else

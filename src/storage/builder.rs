@@ -234,12 +234,27 @@ impl BatchBuilder {
     }
 
     /// Compresses, fills in the header and the CRC, and returns the batch with base offset 0
-    /// (the log assigns the real one).
+    /// (the log assigns the real one). Refuses an empty batch, and a compressed one whose
+    /// records take more than [`MAX_DECOMPRESSED_BYTES`](crate::storage::MAX_DECOMPRESSED_BYTES)
+    /// uncompressed: no reader would decompress it.
     pub fn finish(mut self) -> Result<RecordBatch, BatchError> {
         if self.count == 0 {
             return Err(BatchError::Empty);
         }
         if self.compression != Compression::None {
+            // Every reader refuses to decompress more than this: a batch past it could be
+            // appended but never read back.
+            if self.staged.len() > compression::MAX_DECOMPRESSED_BYTES {
+                return Err(BatchError::Decompression {
+                    codec: self.compression,
+                    reason: format!(
+                        "the records take {} bytes uncompressed, more than the {} a batch may \
+                         decompress to",
+                        self.staged.len(),
+                        compression::MAX_DECOMPRESSED_BYTES
+                    ),
+                });
+            }
             compression::compress(self.compression, &self.staged, &mut self.buf)?;
         }
         if self.buf.len() > MAX_BATCH_LEN {

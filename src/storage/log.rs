@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::config::{Fsync, LogConfig};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{BatchError, Error, IoContext, Result};
 use crate::storage::builder::RecordBatch;
 use crate::storage::compaction::CleanStats;
 use crate::storage::format::{Batch, TimestampType};
@@ -322,6 +322,26 @@ pub(super) struct SyncState {
     pub(super) syncing: bool,
 }
 
+/// Refuses, changing nothing, a batch that a log with `config` does not take whatever its
+/// state: one larger than `max.message.bytes`, one carrying the cleaner's delete horizon, and
+/// on a compacted log one with a keyless record. A caller appending several batches as one
+/// (a Kafka record set) checks them all first.
+pub(crate) fn check_batch(batch: &RecordBatch, config: &LogConfig) -> Result<()> {
+    if batch.len() > config.max_message_bytes {
+        return Err(Error::BatchTooLarge {
+            size: batch.len(),
+            max: config.max_message_bytes,
+        });
+    }
+    if batch.header().delete_horizon().is_some() {
+        return Err(Error::InvalidBatch(BatchError::DeleteHorizonSet));
+    }
+    if config.cleanup_policy.compacts() {
+        check_keyed(batch)?;
+    }
+    Ok(())
+}
+
 /// A compacted log keeps records by key: refuses a batch with a keyless record.
 fn check_keyed(batch: &RecordBatch) -> Result<()> {
     let (view, _) = Batch::parse_trusted(batch.as_bytes());
@@ -549,15 +569,7 @@ impl Inner {
 
     fn append(&self, mut batch: RecordBatch) -> Result<AppendInfo> {
         let config = self.cfg();
-        if batch.len() > config.max_message_bytes {
-            return Err(Error::BatchTooLarge {
-                size: batch.len(),
-                max: config.max_message_bytes,
-            });
-        }
-        if config.cleanup_policy.compacts() {
-            check_keyed(&batch)?;
-        }
+        check_batch(&batch, &config)?;
         let now = now_ms();
         let (info, generation) = {
             let mut w = self.writer.lock();
