@@ -262,3 +262,45 @@ fn a_compacting_log_refuses_a_batch_with_a_keyless_record_whole() {
     assert_eq!(log.log_end_offset(), 1, "nothing was written");
     assert_eq!(read_all(&log, 0).len(), 1);
 }
+
+#[test]
+fn a_clean_that_fails_after_committing_poisons_the_log_until_reopened() {
+    let now = now_ms();
+    let batches = workload(11, now);
+    let mut poisoned = 0;
+    for n in 0..200u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultyFs::new();
+        let log = PartitionLog::builder(dir.path())
+            .config(config().fsync(Fsync::Never))
+            .fs(std::sync::Arc::new(fs.clone()))
+            .open()
+            .unwrap();
+        let (before, active_base) = fill(&log, &batches);
+        log.flush().unwrap();
+        let after = model(&before, active_base);
+        fs.fail_sync_after(n);
+        if log.compact().is_ok() {
+            assert!(poisoned > 0, "no sync of the install failed");
+            return;
+        }
+        fs.clear_faults();
+        if dir.path().join("clean.commit").exists() {
+            // The files on disk may be the cleaned ones, the segments in memory the old
+            // ones: nothing may change the log until a reopen finishes the install.
+            assert!(
+                matches!(
+                    log.append(batch(&[Rec::new(now, Some(b"k"), Some(b"v"))], Compression::None)),
+                    Err(rivulet::Error::Poisoned { .. })
+                ),
+                "sync {n} failed after the commit and the log still takes appends"
+            );
+            assert!(log.truncate_to(1).is_err());
+            poisoned += 1;
+            drop(log);
+            let log = PartitionLog::open(dir.path(), config()).unwrap();
+            assert_eq!(read_all(&log, 0), after, "sync {n}");
+        }
+    }
+    panic!("the clean never finished");
+}

@@ -24,6 +24,7 @@
 //! runs one now.
 
 use std::collections::HashMap;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -174,18 +175,31 @@ impl Inner {
         let commit = Checkpoint {
             cleaned_to: stats.cleaned_to,
         };
-        meta::write(&*self.fs, &self.dir.join(COMMIT_FILE), &commit)?;
-        install(&*self.fs, &self.dir, commit)?;
-        let mut replaced = Vec::with_capacity(now.len());
-        for seg in &sealed {
-            let fresh = Segment::open(&*self.fs, &self.dir, seg.base_offset, None)?;
-            if fresh.load(config.index_interval_bytes, false)?.is_none() {
-                fresh.rebuild(config.index_interval_bytes, false, config.segment_index_bytes)?;
-                fresh.seal()?;
+        // From the commit marker on, the files on disk may be the cleaned ones while the
+        // segments in memory are the old ones, whose files the install unlinks: a failure
+        // here poisons the log, and reopening it finishes the install.
+        let committed = || -> Result<Vec<Arc<Segment>>> {
+            meta::write(&*self.fs, &self.dir.join(COMMIT_FILE), &commit)?;
+            install(&*self.fs, &self.dir, commit)?;
+            let mut replaced = Vec::with_capacity(now.len());
+            for seg in &sealed {
+                let fresh = Segment::open(&*self.fs, &self.dir, seg.base_offset, None)?;
+                if fresh.load(config.index_interval_bytes, false)?.is_none() {
+                    fresh.rebuild(config.index_interval_bytes, false, config.segment_index_bytes)?;
+                    fresh.seal()?;
+                }
+                fresh.publish_all();
+                replaced.push(Arc::new(fresh));
             }
-            fresh.publish_all();
-            replaced.push(Arc::new(fresh));
-        }
+            Ok(replaced)
+        };
+        let mut replaced = match committed() {
+            Ok(replaced) => replaced,
+            Err(e) => {
+                self.poison(io::Error::other(format!("installing a clean: {e}")));
+                return Err(e);
+            }
+        };
         replaced.extend(now[sealed.len()..].iter().cloned());
         *self.segments.write() = Arc::new(replaced);
         self.cleaned_to.store(stats.cleaned_to, Ordering::Release);
