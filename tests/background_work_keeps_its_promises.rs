@@ -32,7 +32,7 @@ fn interval_fsyncs_keep_their_period_while_another_log_compacts() {
     let cleaning = Arc::new(AtomicBool::new(false));
     let synced = Arc::new(AtomicBool::new(false));
     let (c, s) = (cleaning.clone(), synced.clone());
-    fs.before_sync_dir(move |path| {
+    fs.before_sync(move |path| {
         if path.ends_with("cleaning") {
             c.store(true, Ordering::SeqCst);
             let until = Instant::now() + PATIENCE;
@@ -91,7 +91,7 @@ fn a_panic_in_background_work_poisons_that_log_and_spares_the_others() {
     failing.append(simple_batch(0, 5, 1_000)).unwrap();
     failing.roll().unwrap();
     let log_dir = dirs[0].path().to_path_buf();
-    fs.before_sync_dir(move |path| {
+    fs.before_sync(move |path| {
         if path == log_dir {
             panic!("injected: a bug in retention");
         }

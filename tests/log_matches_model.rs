@@ -313,7 +313,9 @@ fn run(policy: Fsync, mapped: bool, compacted: bool, ops: Vec<Op>) -> Result<(),
                 let new_end = log.truncate_to(offset).unwrap();
                 check_truncation(&model, offset, new_end)?;
                 if offset < model.next_offset {
+                    // A truncation syncs what it keeps.
                     model.cut_at(new_end);
+                    model.sync_all();
                 }
             }
             Op::Compact(racing) => {
@@ -329,7 +331,7 @@ fn run(policy: Fsync, mapped: bool, compacted: bool, ops: Vec<Op>) -> Result<(),
                 let staged = Arc::new(Barrier::new(2));
                 let resume = Arc::new(Barrier::new(2));
                 let (s, r) = (staged.clone(), resume.clone());
-                fs.before_sync_dir(move |path| {
+                fs.before_sync(move |path| {
                     if path.ends_with("cleaning") {
                         s.wait();
                         r.wait();
@@ -357,6 +359,7 @@ fn run(policy: Fsync, mapped: bool, compacted: bool, ops: Vec<Op>) -> Result<(),
                     check_truncation(&model, offset, new_end)?;
                     if truncated {
                         model.cut_at(new_end);
+                        model.sync_all();
                     }
                     if appended > 0 {
                         let recs: Vec<Rec> = (0..appended)
@@ -387,7 +390,7 @@ fn run(policy: Fsync, mapped: bool, compacted: bool, ops: Vec<Op>) -> Result<(),
                     resume.wait();
                 }
                 let outcome = cleaner.join().unwrap().unwrap();
-                fs.before_sync_dir(|_| {});
+                fs.before_sync(|_| {});
                 match outcome {
                     Some(_) if truncated => {
                         prop_assert!(false, "a clean installed after a truncation overtook it")

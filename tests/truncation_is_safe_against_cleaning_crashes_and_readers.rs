@@ -57,7 +57,7 @@ fn a_clean_that_a_truncation_overtakes_installs_nothing_and_later_appends_stay()
     let staged = Arc::new(Barrier::new(2));
     let resume = Arc::new(Barrier::new(2));
     let (s, r) = (staged.clone(), resume.clone());
-    fs.before_sync_dir(move |path| {
+    fs.before_sync(move |path| {
         if path.ends_with("cleaning") {
             s.wait();
             r.wait();
@@ -78,7 +78,7 @@ fn a_clean_that_a_truncation_overtakes_installs_nothing_and_later_appends_stay()
         cleaner.join().unwrap().unwrap().is_none(),
         "the clean must give up: its segments changed under it"
     );
-    fs.before_sync_dir(|_| {});
+    fs.before_sync(|_| {});
     assert_eq!(read_all(&log, 0), before, "the clean changed the log");
     let more = log.append(simple_batch(2, 1, 3_000)).unwrap();
     assert_eq!(
@@ -221,4 +221,43 @@ fn a_compacted_segment_made_active_by_a_truncation_keeps_its_records_after_a_cra
     log.append(simple_batch(0, 1, 1_000)).unwrap();
     std::thread::sleep(Duration::from_millis(1));
     assert_eq!(read_all(&log, 0).len(), kept.len() + 1);
+}
+
+#[test]
+fn a_durable_append_waiting_for_its_sync_survives_a_truncation_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new();
+    let log = open(dir.path(), config(), &fs);
+    log.append(simple_batch(0, 10, 1_000)).unwrap();
+    // The next sync of the segment stops until the truncation below is done.
+    let syncing = Arc::new(Barrier::new(2));
+    let truncated = Arc::new(Barrier::new(2));
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (s, t, a) = (syncing.clone(), truncated.clone(), armed.clone());
+    fs.before_sync(move |path| {
+        if path.extension().is_some_and(|e| e == "log") && a.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            s.wait();
+            t.wait();
+        }
+    });
+    std::thread::scope(|scope| {
+        // A's batch, 10-19: A syncs for it and is stopped in that sync.
+        let a = scope.spawn(|| log.append(simple_batch(10, 10, 1_000)));
+        syncing.wait();
+        // B's batch, 20-29, waits for A's sync.
+        let b = scope.spawn(|| log.append(simple_batch(20, 10, 1_000)));
+        while log.log_end_offset() < 30 {
+            std::thread::yield_now();
+        }
+        // The cut goes between them: A's batch stays, B's goes.
+        assert_eq!(log.truncate_to(25).unwrap(), 20);
+        truncated.wait();
+        let a = a.join().unwrap();
+        assert!(a.is_ok(), "A's batch survived, yet its append failed: {a:?}");
+        assert!(matches!(b.join().unwrap(), Err(Error::Truncated { .. })));
+    });
+    // What the truncation kept is durable and visible at once.
+    assert_eq!(log.high_watermark(), 20);
+    assert_eq!(read_all(&log, 0).len(), 20);
 }

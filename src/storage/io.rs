@@ -155,11 +155,11 @@ struct FaultState {
     syncs: AtomicU64,
     /// Small appends may go through a map of the file (see [`FaultyFs::map_appends`]).
     map_appends: AtomicBool,
-    /// Called before every directory sync (see [`FaultyFs::before_sync_dir`]).
-    sync_dir_hook: Mutex<Option<SyncDirHook>>,
+    /// Called before every sync (see [`FaultyFs::before_sync`]).
+    sync_hook: Mutex<Option<SyncHook>>,
 }
 
-type SyncDirHook = Arc<dyn Fn(&Path) + Send + Sync>;
+type SyncHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
 impl fmt::Debug for FaultyFs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -206,11 +206,19 @@ impl FaultyFs {
         self.state.map_appends.store(true, Ordering::SeqCst);
     }
 
-    /// Calls `hook` with the directory before every directory sync, on the syncing thread:
-    /// a test can stop background work at a chosen step (a compaction syncs its staging
-    /// directory `cleaning` before it installs) and change the log meanwhile.
-    pub fn before_sync_dir(&self, hook: impl Fn(&Path) + Send + Sync + 'static) {
-        *self.state.sync_dir_hook.lock() = Some(Arc::new(hook));
+    /// Calls `hook` with the path before every sync of a file or a directory, on the syncing
+    /// thread: a test can stop work at a chosen step (a compaction syncs its staging directory
+    /// `cleaning` before it installs; a group commit syncs the segment's `.log` file) and
+    /// change the log meanwhile.
+    pub fn before_sync(&self, hook: impl Fn(&Path) + Send + Sync + 'static) {
+        *self.state.sync_hook.lock() = Some(Arc::new(hook));
+    }
+
+    fn run_sync_hook(&self, path: &Path) {
+        let hook = self.state.sync_hook.lock().clone();
+        if let Some(hook) = hook {
+            hook(path);
+        }
     }
 
     /// Disarms all faults.
@@ -315,10 +323,7 @@ impl Fs for FaultyFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let hook = self.state.sync_dir_hook.lock().clone();
-        if let Some(hook) = hook {
-            hook(dir);
-        }
+        self.run_sync_hook(dir);
         self.step()?;
         self.state.syncs.fetch_add(1, Ordering::SeqCst);
         if Self::trips(&self.state.syncs_left) {
@@ -355,6 +360,7 @@ impl FsFile for FaultyFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.fs.run_sync_hook(&self.path);
         self.fs.step()?;
         let state = &self.fs.state;
         state.syncs.fetch_add(1, Ordering::SeqCst);

@@ -10,6 +10,7 @@
 //! lock (so appends continue meanwhile), then advances the durable mark and the high watermark
 //! for everyone its sync covered (group commit). A failed fsync poisons the log.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::future::Future;
 use std::io;
@@ -320,6 +321,36 @@ pub(super) struct SyncState {
     pub(super) durable: i64,
     /// A sync is under way.
     pub(super) syncing: bool,
+    /// The last truncations: the truncation count each brought the log to, and the first
+    /// offset it removed. An append waiting for a sync when a truncation came learns from
+    /// them whether its batch survived.
+    pub(super) cuts: VecDeque<(u64, i64)>,
+}
+
+impl SyncState {
+    /// How many truncations `cuts` remembers.
+    const CUTS_KEPT: usize = 32;
+
+    /// Notes a truncation that brought the count to `count` and removed offsets from `first`.
+    pub(super) fn note_cut(&mut self, count: u64, first: i64) {
+        if self.cuts.len() == Self::CUTS_KEPT {
+            self.cuts.pop_front();
+        }
+        self.cuts.push_back((count, first));
+    }
+
+    /// Whether the offsets below `end` survived every truncation after the count was
+    /// `generation` (false if those truncations are too many to remember).
+    fn survived(&self, generation: u64, end: i64) -> bool {
+        self.cuts
+            .front()
+            .is_some_and(|&(count, _)| count <= generation + 1)
+            && self
+                .cuts
+                .iter()
+                .filter(|&&(count, _)| count > generation)
+                .all(|&(_, first)| first >= end)
+    }
 }
 
 /// Refuses, changing nothing, a batch that a log with `config` does not take whatever its
@@ -756,7 +787,7 @@ impl Inner {
     pub(super) fn sync_to(&self, target: i64, generation: u64) -> Result<()> {
         let mut s = self.sync.lock();
         loop {
-            if self.truncations.load(Ordering::SeqCst) != generation {
+            if self.truncations.load(Ordering::SeqCst) != generation && !s.survived(generation, target) {
                 return Err(Error::Truncated { offset: target });
             }
             if s.durable >= target {

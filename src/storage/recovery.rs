@@ -1,6 +1,7 @@
 //! Opening a log: checking the directory, taking its lock, and recovering its segments. The
 //! procedure is numbered in `docs/format.md` ("Recovery").
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
@@ -168,6 +169,7 @@ impl Inner {
             sync: Mutex::new(SyncState {
                 durable: log_end,
                 syncing: false,
+                cuts: VecDeque::new(),
             }),
             synced: Condvar::new(),
             waiters: Mutex::new(()),

@@ -43,7 +43,8 @@ impl Inner {
             .map_or(offset, |(_, h)| h.base_offset.min(offset));
         {
             let mut s = self.sync.lock();
-            self.truncations.fetch_add(1, Ordering::SeqCst);
+            let count = self.truncations.fetch_add(1, Ordering::SeqCst) + 1;
+            s.note_cut(count, first_cut);
             s.durable = s.durable.min(first_cut);
             self.high_watermark.fetch_min(first_cut, Ordering::SeqCst);
         }
@@ -72,11 +73,14 @@ impl Inner {
                 return Err(e);
             }
         };
+        // Everything below the new end is durable now: the kept segment was just synced, the
+        // ones before it at their rolls. Appends waiting for a sync of it are answered.
         {
             let mut s = self.sync.lock();
-            s.durable = s.durable.min(new_end);
+            s.durable = new_end;
             self.log_end.store(new_end, Ordering::Release);
             self.high_watermark.fetch_min(new_end, Ordering::SeqCst);
+            self.publish(&last, last.size(), new_end);
         }
         self.synced.notify_all();
         // Segments from the new end on hold no cleaned records any more.
