@@ -377,12 +377,13 @@ impl Broker {
     /// Deletes a topic and all its records, and every group's committed offsets of it (as
     /// Kafka does: a topic created later under the name starts without them).
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        self.inner.delete_topic(name)?;
-        // Only a broker that has stored offsets has any to delete.
-        if self.inner.topic(OFFSETS_TOPIC).is_ok() {
-            self.inner.offsets()?.delete_topic(name)?;
-        }
-        Ok(())
+        // Only a broker that has stored offsets has any to delete. (The store is opened
+        // before the admin lock is taken: opening it may create its topic.)
+        let offsets = match self.inner.topic(OFFSETS_TOPIC) {
+            Ok(_) => Some(self.inner.offsets()?),
+            Err(_) => None,
+        };
+        self.inner.delete_topic(name, offsets.as_ref())
     }
 
     /// The names of all topics, sorted.
@@ -793,15 +794,28 @@ impl BrokerInner {
         Ok(())
     }
 
-    fn delete_topic(&self, name: &str) -> Result<()> {
+    /// Deletes a topic, and its committed offsets from `offsets`.
+    ///
+    /// The steps are ordered so that no failure or crash leaves a deleted topic whose commits
+    /// a topic created later under its name would inherit: the topic leaves the open topics
+    /// first (commits to it are refused from then on), its commits are deleted durably, and
+    /// only then is the registry written without it. Until the registry is written a failure
+    /// puts the topic back (a crash leaves it in the registry), and deleting it again finishes
+    /// the job. The admin lock is held throughout, so no topic of the name is created meanwhile.
+    fn delete_topic(&self, name: &str, offsets: Option<&Arc<OffsetStore>>) -> Result<()> {
         let _admin = self.admin.lock();
         self.check_open()?;
         refuse_internal(name)?;
         let topic = self.topic(name)?;
-        let mut next = self.topics.read().clone();
+        let before = self.topics.read().clone();
+        let mut next = before.clone();
         next.remove(name);
-        self.persist(&next)?;
-        *self.topics.write() = next;
+        *self.topics.write() = next.clone();
+        let forgotten = offsets.map_or(Ok(()), |o| o.delete_topic(name));
+        if let Err(e) = forgotten.and_then(|()| self.persist(&next)) {
+            *self.topics.write() = before;
+            return Err(e);
+        }
         drop_partitions(&self.dir, &topic)
     }
 

@@ -91,3 +91,32 @@ fn a_consumer_still_holding_a_deleted_topic_does_not_commit_it() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn a_deletion_whose_commit_tombstones_fail_keeps_the_topic_for_a_retry() -> Result {
+    let dir = tempfile::tempdir()?;
+    let fs = rivulet::storage::FaultyFs::new();
+    let broker = Broker::builder(dir.path())
+        .fs(std::sync::Arc::new(fs.clone()))
+        .open()?;
+    broker.create_topic("t", 1, TopicConfig::default())?;
+    produce(&broker, "t", 10)?;
+    commit(&broker, "g", "t", 10)?;
+    // The sync of the tombstones fails: the topic must not be gone with its commits left.
+    fs.fail_sync_after(0);
+    assert!(broker.delete_topic("t").is_err());
+    fs.clear_faults();
+    drop(broker);
+    let broker = Broker::open(dir.path())?;
+    assert!(
+        broker.list_topics().contains(&"t".to_string()),
+        "the topic went, its commits stayed"
+    );
+    broker.delete_topic("t")?;
+    broker.create_topic("t", 1, TopicConfig::default())?;
+    assert!(
+        broker.group_offsets("g")?.is_empty(),
+        "the recreated topic inherited commits"
+    );
+    Ok(())
+}
