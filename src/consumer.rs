@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::group::{Assignor, MemberRef, OffsetAndMetadata};
-use crate::storage::ReadPin;
 use crate::storage::format::{self, HEADER_LEN, RecordContext};
 use crate::storage::{Batch, Compression, Headers, PartitionLog, Signal, TimestampOffset};
+use crate::storage::{Oversized, ReadPin};
 
 mod membership;
 
@@ -674,7 +674,11 @@ fn fetch(
         .take()
         .and_then(|b| Arc::try_unwrap(b).ok())
         .unwrap_or_default();
-    let fetch = match a.log.inner.read_pinned(position, fetch_bytes, &mut a.pinned, buf) {
+    let fetch = match a
+        .log
+        .inner
+        .read_pinned(position, fetch_bytes, Oversized::Read, &mut a.pinned, buf)
+    {
         Ok(f) => f,
         Err(Error::OffsetOutOfRange { .. }) => {
             a.position = None;
@@ -682,7 +686,7 @@ fn fetch(
             let position = resolve(tp, a, reset)?;
             a.log
                 .inner
-                .read_pinned(position, fetch_bytes, &mut a.pinned, Vec::new())?
+                .read_pinned(position, fetch_bytes, Oversized::Read, &mut a.pinned, Vec::new())?
         }
         Err(e) => return Err(e),
     };

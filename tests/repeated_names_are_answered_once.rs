@@ -147,3 +147,77 @@ async fn a_fetch_asking_for_2_gib_gets_at_most_fetch_max_bytes() {
         "{records} bytes of records"
     );
 }
+
+#[tokio::test]
+async fn a_fetch_naming_a_partition_many_times_reads_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    let config = TopicConfig::default().with_log(LogConfig::default().fsync(Fsync::Never));
+    broker.create_topic("t", 1, config).unwrap();
+    let log = broker.partition("t", 0).unwrap();
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(1, None, Some(&vec![7u8; 1 << 19]), &[]);
+    log.append(b.finish().unwrap()).unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+
+    // Each mention used to read the 512 KiB batch again (and throw it away, over its limit).
+    let partitions = vec![
+        FetchPartition::default()
+            .with_partition(0)
+            .with_partition_max_bytes(1);
+        5_000
+    ];
+    let request = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(i32::MAX)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name("t"))
+                .with_partitions(partitions),
+        ]);
+    let frame = wire::exchange(&mut s, &wire::request(ApiKey::Fetch, 11, &request))
+        .await
+        .unwrap();
+    let reply: FetchResponse = wire::response(ApiKey::Fetch, 11, frame);
+    assert_eq!(reply.responses.len(), 1);
+    assert_eq!(
+        reply.responses[0].partitions.len(),
+        1,
+        "one answer for the partition"
+    );
+    let records = reply.responses[0].partitions[0].records.as_ref().unwrap();
+    assert!(records.len() > 1 << 19, "the first batch comes whole");
+}
+
+#[tokio::test]
+async fn list_offsets_naming_a_partition_many_times_answers_it_once() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // Each lookup by timestamp may read and decompress batches.
+    let partitions = vec![
+        ListOffsetsPartition::default()
+            .with_partition_index(0)
+            .with_timestamp(0);
+        5_000
+    ];
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(name("t"))
+                .with_partitions(partitions),
+        ]);
+    let frame = wire::exchange(&mut s, &wire::request(ApiKey::ListOffsets, 1, &request))
+        .await
+        .unwrap();
+    let reply: ListOffsetsResponse = wire::response(ApiKey::ListOffsets, 1, frame);
+    assert_eq!(reply.topics.len(), 1);
+    assert_eq!(reply.topics[0].partitions.len(), 1);
+}

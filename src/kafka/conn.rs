@@ -253,7 +253,16 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
             request.reply(response)?
         }
         ApiKey::Fetch => request.reply(fetch::fetch(server, request.decode()?).await)?,
-        ApiKey::ListOffsets => request.reply(fetch::list_offsets(server, request.decode()?))?,
+        ApiKey::ListOffsets => {
+            let list: kafka_protocol::messages::ListOffsetsRequest = request.decode()?;
+            // A lookup by timestamp reads (and may decompress) batches from the disk.
+            let answer = if fetch::reads_batches(&list) {
+                off_workers(server, move |s| fetch::list_offsets(s, list)).await
+            } else {
+                fetch::list_offsets(server, list)
+            };
+            request.reply(answer)?
+        }
         ApiKey::CreateTopics => {
             let create = request.decode()?;
             request.reply(off_workers(server, move |s| admin::create_topics(s, create)).await)?
@@ -287,7 +296,8 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
 }
 
 /// Runs `answer` on tokio's blocking pool: for requests that create, delete or truncate logs,
-/// which wait for fsyncs, so the async workers keep serving other connections meanwhile.
+/// which wait for fsyncs, or that read batches from the disk, so the async workers keep
+/// serving other connections meanwhile.
 async fn off_workers<R: Send + 'static>(
     server: &Arc<Server>,
     answer: impl FnOnce(&Server) -> R + Send + 'static,

@@ -1,5 +1,6 @@
 //! Fetch, which long-polls and hands stored batches back as they are, and ListOffsets.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +23,16 @@ use crate::storage::{PartitionLog, Signal};
 /// first partition with data gets one even above the limits), then up to the partition and
 /// response byte limits. The response limit is the request's `max_bytes`, at most
 /// [`FETCH_MAX_BYTES`].
-pub(super) async fn fetch(server: &Server, request: FetchRequest) -> FetchResponse {
+pub(super) async fn fetch(server: &Server, mut request: FetchRequest) -> FetchResponse {
+    // A partition named twice is read once, as Kafka reads it: otherwise one small request
+    // naming a partition thousands of times would have it read thousands of times a pass.
+    let mut seen = HashSet::new();
+    for topic in &mut request.topics {
+        topic
+            .partitions
+            .retain(|p| seen.insert((topic.topic.clone(), p.partition)));
+    }
+    request.topics.retain(|t| !t.partitions.is_empty());
     let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(FETCH_MAX_WAIT);
     let deadline = Instant::now() + wait;
     let logs: Vec<Vec<Option<PartitionLog>>> = request
@@ -101,7 +111,14 @@ fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchRes
                         return offsets(reply, log.high_watermark(), log.log_start_offset())
                             .with_records(Some(Bytes::new()));
                     }
-                    match log.read(p.fetch_offset, limit) {
+                    // Past the first batch of the response, a batch over the limits is left
+                    // for the next fetch without being read.
+                    let read = if total == 0 {
+                        log.read(p.fetch_offset, limit)
+                    } else {
+                        log.read_at_most(p.fetch_offset, limit)
+                    };
+                    match read {
                         Ok(fetch) => {
                             let reply = offsets(reply, fetch.high_watermark(), fetch.log_start_offset());
                             let mut bytes = fetch.into_bytes();
@@ -128,16 +145,29 @@ fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchRes
     (FetchResponse::default().with_responses(responses), total, failed)
 }
 
+/// Whether answering `request` looks records up by timestamp, which reads batches.
+pub(super) fn reads_batches(request: &ListOffsetsRequest) -> bool {
+    request
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .any(|p| p.timestamp >= 0)
+}
+
 /// ListOffsets: -2 is the log start offset, -1 the high watermark, any other timestamp the
-/// first record at or after it (offset -1 if there is none).
+/// first record at or after it (offset -1 if there is none). A partition named twice is
+/// answered once.
 pub(super) fn list_offsets(server: &Server, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut seen = HashSet::new();
     let topics = request
         .topics
         .into_iter()
         .map(|t| {
+            let name = t.name.clone();
             let partitions = t
                 .partitions
                 .into_iter()
+                .filter(|p| seen.insert((name.clone(), p.partition_index)))
                 .map(|p| {
                     let reply =
                         ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);

@@ -27,7 +27,7 @@ use crate::config::{Fsync, LogConfig};
 use crate::error::{BatchError, Error, IoContext, Result};
 use crate::storage::builder::RecordBatch;
 use crate::storage::compaction::CleanStats;
-use crate::storage::format::{Batch, TimestampType};
+use crate::storage::format::{Batch, BatchHeader, TimestampType};
 use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{Fs, StdFs};
 use crate::storage::reader::{Fetch, LogReader};
@@ -155,6 +155,22 @@ pub(crate) struct Inner {
     /// Bumped by every truncation, under the `sync` lock, before it changes anything: syncs,
     /// cleans and reader pins captured under an older count are stale.
     pub(super) truncations: AtomicU64,
+}
+
+/// What a read does with a first batch larger than its byte limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Oversized {
+    /// Returns it whole: a reader must be able to get past any batch.
+    Read,
+    /// Leaves it unread.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    Skip,
+}
+
+impl Oversized {
+    fn skips(self, first: &BatchHeader, max_bytes: usize) -> bool {
+        self == Oversized::Skip && first.total_len() > max_bytes
+    }
 }
 
 /// The segment a reader read last, so that its next read can skip the segment lookup and
@@ -448,7 +464,17 @@ impl PartitionLog {
     /// high watermark returns nothing; reading outside `[log start, log end]` is
     /// [`Error::OffsetOutOfRange`].
     pub fn read(&self, from: i64, max_bytes: usize) -> Result<Fetch> {
-        self.inner.read(from, max_bytes)
+        self.inner
+            .read_pinned(from, max_bytes, Oversized::Read, &mut None, Vec::new())
+    }
+
+    /// Like [`PartitionLog::read`], but a first batch larger than `max_bytes` is neither read
+    /// nor returned (the fetch is empty): for a fetch that already holds other partitions'
+    /// batches.
+    #[cfg(feature = "kafka")]
+    pub(crate) fn read_at_most(&self, from: i64, max_bytes: usize) -> Result<Fetch> {
+        self.inner
+            .read_pinned(from, max_bytes, Oversized::Skip, &mut None, Vec::new())
     }
 
     /// A reader of records from offset `from`.
@@ -864,10 +890,6 @@ impl Inner {
         }
     }
 
-    fn read(&self, from: i64, max_bytes: usize) -> Result<Fetch> {
-        self.read_pinned(from, max_bytes, &mut None, Vec::new())
-    }
-
     /// Reads as [`PartitionLog::read`] does, but first from `pin`, the segment the caller read
     /// last, if it still holds `from`: a reader finishes a segment that compaction replaced
     /// under it. The segment read from is pinned for next time; `buf` is reused for the bytes.
@@ -878,6 +900,7 @@ impl Inner {
         &self,
         from: i64,
         max_bytes: usize,
+        oversized: Oversized,
         pin: &mut Option<ReadPin>,
         buf: Vec<u8>,
     ) -> Result<Fetch> {
@@ -903,7 +926,7 @@ impl Inner {
             let seg = &p.segment;
             let limit = seg.readable();
             if let Some((pos, header)) = seg.find(from, limit)? {
-                if header.base_offset >= hw {
+                if header.base_offset >= hw || oversized.skips(&header, max_bytes) {
                     return empty();
                 }
                 let bytes = seg.read(pos, &header, max_bytes, limit, hw, buf)?;
@@ -917,7 +940,7 @@ impl Inner {
         for seg in &segments[first..] {
             let limit = seg.readable();
             if let Some((pos, header)) = seg.find(from, limit)? {
-                if header.base_offset >= hw {
+                if header.base_offset >= hw || oversized.skips(&header, max_bytes) {
                     return empty();
                 }
                 let bytes = seg.read(pos, &header, max_bytes, limit, hw, buf)?;

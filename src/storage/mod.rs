@@ -38,8 +38,10 @@ pub use format::{
 };
 pub use housekeeper::Housekeeper;
 pub use io::{FaultyFs, Fs, FsFile, StdFs};
+#[cfg(feature = "kafka")]
+pub(crate) use log::check_batch;
 pub use log::{AppendInfo, LogBuilder, PartitionLog, RaisedPast, Signal, TimestampOffset};
-pub(crate) use log::{ReadPin, check_batch, now_ms, watch};
+pub(crate) use log::{Oversized, ReadPin, now_ms, watch};
 pub use meta::MAX_METADATA_BYTES;
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
 pub use recovery::FORMAT_VERSION;

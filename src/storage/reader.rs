@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{BatchError, Error, Result};
 use crate::storage::format::{self, Batch, Compression, HEADER_LEN, Record, RecordContext};
-use crate::storage::log::{PartitionLog, ReadPin};
+use crate::storage::log::{Oversized, PartitionLog, ReadPin};
 
 /// Whole batches read from a log, every one of which passed its CRC check.
 #[derive(Debug, Clone, Default)]
@@ -234,10 +234,13 @@ impl LogReader {
             }
             if self.next_batch >= self.fetch.bytes.len() {
                 let buf = std::mem::take(&mut self.fetch).into_bytes();
-                self.fetch =
-                    self.log
-                        .inner
-                        .read_pinned(self.position, self.fetch_bytes, &mut self.pinned, buf)?;
+                self.fetch = self.log.inner.read_pinned(
+                    self.position,
+                    self.fetch_bytes,
+                    Oversized::Read,
+                    &mut self.pinned,
+                    buf,
+                )?;
                 self.next_batch = 0;
                 if self.fetch.is_empty() {
                     return Ok(false);
