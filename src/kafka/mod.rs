@@ -134,6 +134,8 @@ struct Server {
     port: u16,
     config: ServerConfig,
     producers: idempotence::Producers,
+    /// Permits for produce requests whose batches are decompressed or compressed again.
+    inflating: tokio::sync::Semaphore,
 }
 
 /// Answers request frames as a connection would, without a socket: for fuzzing the request
@@ -176,6 +178,7 @@ impl Server {
             host,
             port,
             producers: idempotence::Producers::new(config.producer_id_expiration),
+            inflating: tokio::sync::Semaphore::new(PRODUCE_INFLATING_AT_ONCE),
             config,
         }
     }
@@ -204,6 +207,13 @@ pub const FETCH_MAX_WAIT: Duration = Duration::from_secs(30);
 /// `INVALID_RECORD`, nothing of it written. Producers fill batches up to about
 /// `max.message.bytes` before compression, so real batches stay far below it.
 pub const PRODUCE_DECOMPRESSION_RATIO: usize = 32;
+
+/// How many produce requests have their batches decompressed (or compressed again, for a
+/// topic's `compression.type`) at once; others wait their turn. Each holds one batch's
+/// records uncompressed at a time, up to [`PRODUCE_DECOMPRESSION_RATIO`] times its topic's
+/// `max.message.bytes` and as much again while compressing: with tokio's blocking pool of up
+/// to 512 threads, unbounded, that could be tens of GiB.
+pub const PRODUCE_INFLATING_AT_ONCE: usize = 8;
 
 /// The largest response sent (256 MiB): a request whose response would be larger closes its
 /// connection, with a warning in the log, before the response is encoded. Responses are

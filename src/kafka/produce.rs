@@ -30,15 +30,26 @@ pub(super) async fn produce(server: &Arc<Server>, request: ProduceRequest) -> Pr
     // to the blocking pool and back costs more than the write (one client's request took
     // 1.25x Redis's XADD through the pool). The one wait left is a segment roll's sync of the
     // sealed segment, once per segment.
-    let responses =
-        if waits_for_disk(server, &request) || compressed(&request) || recompresses(server, &request) {
-            let server = server.clone();
-            tokio::task::spawn_blocking(move || append_all(&server, request))
-                .await
-                .expect("appends do not panic")
+    let inflates = compressed(&request) || recompresses(server, &request);
+    let responses = if inflates || waits_for_disk(server, &request) {
+        let _turn = if inflates {
+            Some(
+                server
+                    .inflating
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed"),
+            )
         } else {
-            append_all(server, request)
+            None
         };
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || append_all(&server, request))
+            .await
+            .expect("appends do not panic")
+    } else {
+        append_all(server, request)
+    };
     ProduceResponse::default().with_responses(responses)
 }
 
