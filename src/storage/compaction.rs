@@ -79,6 +79,11 @@ pub(super) fn recover(fs: &dyn Fs, dir: &Path) -> Result<i64> {
     Ok(meta::read::<Checkpoint>(&dir.join(CHECKPOINT_FILE))?.map_or(0, |c| c.cleaned_to))
 }
 
+/// Records that the log is clean below `cleaned_to`.
+pub(super) fn write_checkpoint(fs: &dyn Fs, dir: &Path, cleaned_to: i64) -> Result<()> {
+    meta::write(fs, &dir.join(CHECKPOINT_FILE), &Checkpoint { cleaned_to })
+}
+
 /// Step 3: moves the staged files over the originals. Safe to repeat after a crash.
 fn install(fs: &dyn Fs, dir: &Path, commit: Checkpoint) -> Result<()> {
     let staging = dir.join(STAGING_DIR);
@@ -90,7 +95,7 @@ fn install(fs: &dyn Fs, dir: &Path, commit: Checkpoint) -> Result<()> {
         }
     }
     fs.sync_dir(dir).ctx("fsync", dir)?;
-    meta::write(fs, &dir.join(CHECKPOINT_FILE), &commit)?;
+    write_checkpoint(fs, dir, commit.cleaned_to)?;
     let marker = dir.join(COMMIT_FILE);
     fs.remove_file(&marker).ctx("remove", &marker)?;
     if staging.exists() {

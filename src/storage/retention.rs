@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 
 use crate::error::{Error, IoContext, Result};
 use crate::storage::log::Inner;
-use crate::storage::meta;
 use crate::storage::recovery::{FORMAT_VERSION, LogMeta, META_FILE};
 use crate::storage::segment::Segment;
+use crate::storage::{compaction, meta};
 
 impl Inner {
     /// Cuts the log at the batch holding `offset`.
@@ -83,11 +83,19 @@ impl Inner {
             self.publish(&last, last.size(), new_end);
         }
         self.synced.notify_all();
-        // Segments from the new end on hold no cleaned records any more.
-        self.cleaned_to.fetch_min(new_end, Ordering::AcqRel);
         w.active = last;
         w.first_append = None;
         w.first_timestamp = None;
+        // Offsets from the new end on hold no cleaned records any more: the checkpoint comes
+        // down with it, so that recovery checks segments written there as strictly as any and
+        // the cleaner counts them dirty. A checkpoint left higher (by a crash or a failure
+        // here) only makes both looser, so a failure is not the truncation's.
+        if self.cleaned_to.load(Ordering::Acquire) > new_end {
+            self.cleaned_to.store(new_end, Ordering::Release);
+            if let Err(e) = compaction::write_checkpoint(&*self.fs, &self.dir, new_end) {
+                log::warn!("{}: lowering the cleaner's checkpoint: {e}", self.dir.display());
+            }
+        }
         // Cutting below the log start empties the log; it restarts at the new end. (A crash
         // before this write is harmless: open never puts the log start past the log end.)
         if new_end < start {
