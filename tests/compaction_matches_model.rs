@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Rec, batch, read_all};
+use common::{Rec, batch, now_ms, read_all};
 use rivulet::storage::{Compression, FaultyFs, PartitionLog};
 use rivulet::{CleanupPolicy, Fsync, LogConfig};
 
@@ -99,13 +99,6 @@ fn model(all: &[Rec], active_base: i64) -> Vec<Rec> {
         .collect()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 #[test]
 fn a_clean_keeps_what_the_model_keeps() {
     for seed in 1..=20u64 {
@@ -186,22 +179,28 @@ fn a_tombstone_stays_delete_retention_after_the_first_clean_that_saw_it() {
     assert_eq!(left[0].key.as_deref(), Some(&b"other"[..]));
 }
 
+/// A log on a fault-injecting file system, filled with `batches` and synced (written without
+/// a sync per append, which is faster), with its records before and after a clean.
+fn faulty_filled(batches: &[Vec<Rec>]) -> (tempfile::TempDir, FaultyFs, PartitionLog, Vec<Rec>, Vec<Rec>) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new();
+    let log = PartitionLog::builder(dir.path())
+        .config(config().fsync(Fsync::Never))
+        .fs(std::sync::Arc::new(fs.clone()))
+        .open()
+        .unwrap();
+    let (before, active_base) = fill(&log, batches);
+    log.flush().unwrap();
+    let after = model(&before, active_base);
+    (dir, fs, log, before, after)
+}
+
 #[test]
 fn a_crash_at_any_step_of_a_clean_leaves_the_old_or_the_new_log() {
     let now = now_ms();
     let batches = workload(7, now);
     for n in 0..2_000u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = FaultyFs::new();
-        // Written without a sync per append (faster), then made durable before the crash.
-        let log = PartitionLog::builder(dir.path())
-            .config(config().fsync(Fsync::Never))
-            .fs(std::sync::Arc::new(fs.clone()))
-            .open()
-            .unwrap();
-        let (before, active_base) = fill(&log, &batches);
-        log.flush().unwrap();
-        let after = model(&before, active_base);
+        let (dir, fs, log, before, after) = faulty_filled(&batches);
         fs.crash_after_ops(n);
         let result = log.compact();
         if result.is_ok() {
@@ -269,16 +268,7 @@ fn a_clean_that_fails_after_committing_poisons_the_log_until_reopened() {
     let batches = workload(11, now);
     let mut poisoned = 0;
     for n in 0..200u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = FaultyFs::new();
-        let log = PartitionLog::builder(dir.path())
-            .config(config().fsync(Fsync::Never))
-            .fs(std::sync::Arc::new(fs.clone()))
-            .open()
-            .unwrap();
-        let (before, active_base) = fill(&log, &batches);
-        log.flush().unwrap();
-        let after = model(&before, active_base);
+        let (dir, fs, log, _, after) = faulty_filled(&batches);
         fs.fail_sync_after(n);
         if log.compact().is_ok() {
             assert!(poisoned > 0, "no sync of the install failed");

@@ -15,10 +15,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Rec, batch, read_all};
+use common::{Rec, batch, pause_cleans_after_staging, read_all};
 use proptest::prelude::*;
 use rivulet::storage::{Compression, FaultyFs, PartitionLog};
 use rivulet::{CleanupPolicy, Fsync, LogConfig};
@@ -328,15 +328,7 @@ fn run(policy: Fsync, mapped: bool, compacted: bool, ops: Vec<Op>) -> Result<(),
                 };
                 // The clean stops after staging its copies, until the main thread has cut the
                 // log and appended to it.
-                let staged = Arc::new(Barrier::new(2));
-                let resume = Arc::new(Barrier::new(2));
-                let (s, r) = (staged.clone(), resume.clone());
-                fs.before_sync(move |path| {
-                    if path.ends_with("cleaning") {
-                        s.wait();
-                        r.wait();
-                    }
-                });
+                let (staged, resume) = pause_cleans_after_staging(&fs);
                 let cleaner = {
                     let log = log.clone();
                     std::thread::spawn(move || log.compact())

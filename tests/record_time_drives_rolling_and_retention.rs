@@ -6,18 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::simple_batch;
+use common::{now_ms, simple_batch};
 use rivulet::storage::PartitionLog;
 use rivulet::{Broker, Error, Fsync, LogConfig, Producer, ProducerRecord, TopicConfig};
 
 const HOUR_MS: i64 = 3_600_000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 #[test]
 fn a_low_volume_log_restarted_often_still_rolls_by_segment_ms() {

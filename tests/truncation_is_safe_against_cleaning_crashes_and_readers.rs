@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{Rec, batch, read_all, simple_batch};
+use common::{Rec, batch, pause_cleans_after_staging, read_all, simple_batch};
 use rivulet::storage::{Compression, FaultyFs, PartitionLog};
 use rivulet::{CleanupPolicy, Error, Fsync, LogConfig};
 
@@ -54,15 +54,7 @@ fn a_clean_that_a_truncation_overtakes_installs_nothing_and_later_appends_stay()
     fill(&log, 3, 5);
     // The clean stops after staging its copies; meanwhile the log is cut inside its last
     // sealed segment, which makes that segment the active one, and appended to.
-    let staged = Arc::new(Barrier::new(2));
-    let resume = Arc::new(Barrier::new(2));
-    let (s, r) = (staged.clone(), resume.clone());
-    fs.before_sync(move |path| {
-        if path.ends_with("cleaning") {
-            s.wait();
-            r.wait();
-        }
-    });
+    let (staged, resume) = pause_cleans_after_staging(&fs);
     let cleaner = {
         let log = log.clone();
         std::thread::spawn(move || log.compact())

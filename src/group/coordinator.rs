@@ -312,6 +312,12 @@ impl GroupCoordinator {
             return Pending::ready(Err(e));
         }
         let now = Instant::now();
+        self.with_live_group(group_id, now, |g| g.join(request, now, &self.next_id))
+    }
+
+    /// Runs `f` on `group_id` (created if needed) under its lock, once its expired members
+    /// are gone.
+    fn with_live_group<R>(&self, group_id: &str, now: Instant, f: impl FnOnce(&mut Group) -> R) -> R {
         loop {
             let group = self.group_or_create(group_id);
             let mut g = group.lock();
@@ -320,7 +326,7 @@ impl GroupCoordinator {
                 continue;
             }
             g.expire(now);
-            return g.join(request, now, &self.next_id);
+            return f(&mut g);
         }
     }
 
@@ -331,17 +337,11 @@ impl GroupCoordinator {
     pub fn reserve_member_id(&self, group_id: &str, request: &JoinGroup) -> Result<String> {
         validate_join(group_id, request)?;
         let now = Instant::now();
-        loop {
-            let group = self.group_or_create(group_id);
-            let mut g = group.lock();
-            if g.state == GroupState::Dead {
-                continue;
-            }
-            g.expire(now);
+        Ok(self.with_live_group(group_id, now, |g| {
             let id = new_member_id(&request.client_id, &self.next_id);
             g.pending.insert(id.clone(), now + request.session_timeout);
-            return Ok(id);
-        }
+            id
+        }))
     }
 
     /// SyncGroup: the leader sends every member's assignment; every member gets its own share

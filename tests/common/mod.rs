@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests: owned records and batch construction.
 #![allow(dead_code)] // each test file uses a different subset
 
-use rivulet::storage::{BatchBuilder, Compression, PartitionLog, Record, RecordBatch};
+use std::sync::{Arc, Barrier};
+
+use rivulet::storage::{BatchBuilder, Compression, FaultyFs, PartitionLog, Record, RecordBatch};
 
 /// A record as the tests compare it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,4 +93,28 @@ pub fn wait_until(patience: std::time::Duration, mut ready: impl FnMut() -> bool
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Makes compactions of logs on `fs` stop after staging their copies (at the sync of the
+/// staging directory), before they install them: the first barrier is passed once a clean
+/// is there, the second lets it go on. `fs.before_sync(|_| {})` disarms it.
+pub fn pause_cleans_after_staging(fs: &FaultyFs) -> (Arc<Barrier>, Arc<Barrier>) {
+    let staged = Arc::new(Barrier::new(2));
+    let resume = Arc::new(Barrier::new(2));
+    let (s, r) = (staged.clone(), resume.clone());
+    fs.before_sync(move |path| {
+        if path.ends_with("cleaning") {
+            s.wait();
+            r.wait();
+        }
+    });
+    (staged, resume)
 }
