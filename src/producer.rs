@@ -574,8 +574,7 @@ fn split(batch: &RecordBatch, at: usize) -> Result<[RecordBatch; 2]> {
     for (i, record) in records.iter().enumerate() {
         let r = record?;
         let (half, delta) = if i < at { (0, i) } else { (1, i - at) };
-        let (raw, count) = r.raw_headers();
-        halves[half].push_encoded(delta as i32, r.timestamp, r.key, r.value, raw, count);
+        halves[half].push_copy(delta as i32, &r);
     }
     let [front, back] = halves;
     Ok([front.finish()?, back.finish()?])

@@ -257,15 +257,7 @@ fn recompress(codec: CompressionType, batch: RecordBatch, limit: usize) -> Resul
     );
     for r in records.iter() {
         let r = r?;
-        let (headers, count) = r.raw_headers();
-        b.push_encoded(
-            (r.offset - h.base_offset) as i32,
-            r.timestamp,
-            r.key,
-            r.value,
-            headers,
-            count,
-        );
+        b.push_copy((r.offset - h.base_offset) as i32, &r);
     }
     Ok(b.last_offset_delta(h.last_offset_delta).finish()?)
 }

@@ -134,22 +134,16 @@ impl BatchBuilder {
         );
     }
 
-    /// Appends a record at `offset_delta` (which must be above the previous record's) whose
-    /// headers are already encoded: the cleaner copies records this way, keeping their offsets.
-    pub(crate) fn push_encoded(
-        &mut self,
-        offset_delta: i32,
-        timestamp: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        raw_headers: &[u8],
-        header_count: u32,
-    ) {
+    /// Copies a stored record into the batch at `offset_delta` (which must be above the
+    /// previous record's), its headers as they are encoded: the cleaner, the producer's split
+    /// and recompression copy records this way.
+    pub(crate) fn push_copy(&mut self, offset_delta: i32, record: &Record<'_>) {
+        let (raw_headers, header_count) = record.raw_headers();
         self.put_record(
             offset_delta,
-            timestamp,
-            key,
-            value,
+            record.timestamp,
+            record.key,
+            record.value,
             header_count as i32,
             raw_headers.len(),
             |out| out.extend_from_slice(raw_headers),

@@ -357,15 +357,7 @@ fn clean_batch(
     for r in records.iter() {
         let r = r.map_err(Error::InvalidBatch)?;
         if keep(&r) {
-            let (raw, count) = r.raw_headers();
-            b.push_encoded(
-                (r.offset - h.base_offset) as i32,
-                r.timestamp,
-                r.key,
-                r.value,
-                raw,
-                count,
-            );
+            b.push_copy((r.offset - h.base_offset) as i32, &r);
         }
     }
     let mut rebuilt = b
