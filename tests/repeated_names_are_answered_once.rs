@@ -221,3 +221,39 @@ async fn list_offsets_naming_a_partition_many_times_answers_it_once() {
     assert_eq!(reply.topics.len(), 1);
     assert_eq!(reply.topics[0].partitions.len(), 1);
 }
+
+#[tokio::test]
+async fn offset_fetch_naming_a_partition_many_times_answers_it_once() {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
+    use rivulet::{Consumer, ConsumerConfig, TopicPartition};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    // A commit with the most metadata a commit may carry: each answer repeats it.
+    let mut c = Consumer::new(&broker, ConsumerConfig::default().group_id("g"));
+    let tp = TopicPartition::new("t", 0);
+    c.assign(std::slice::from_ref(&tp)).unwrap();
+    c.commit_offsets(&[(tp, 0, &"m".repeat(4096))]).unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_topics(Some(vec![
+            OffsetFetchRequestTopic::default()
+                .with_name(name("t"))
+                .with_partition_indexes(vec![0; 10_000]),
+        ]));
+    let frame = wire::request(ApiKey::OffsetFetch, 1, &request);
+    assert!(frame.len() < 64 << 10, "a small request: {} bytes", frame.len());
+    let reply = wire::exchange(&mut s, &frame).await.expect("an answer");
+    // 10,000 answers of 4 KiB each were 40 MB.
+    assert!(reply.len() < 64 << 10, "a response of {} bytes", reply.len());
+    let reply: OffsetFetchResponse = wire::response(ApiKey::OffsetFetch, 1, reply);
+    assert_eq!(reply.topics.len(), 1);
+    assert_eq!(reply.topics[0].partitions.len(), 1);
+    assert_eq!(
+        reply.topics[0].partitions[0].metadata.as_deref().map(str::len),
+        Some(4096)
+    );
+}

@@ -1,6 +1,7 @@
 //! The group APIs, each a call on the broker's one group coordinator (shared with in-process
 //! consumers), and committed offsets in its one offset store.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -286,10 +287,21 @@ fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchRes
     };
     let group = &request.group_id.0;
     let asked: Vec<(String, Vec<i32>)> = match request.topics {
-        Some(topics) => topics
-            .into_iter()
-            .map(|t| (t.name.0.to_string(), t.partition_indexes))
-            .collect(),
+        // A partition asked for more than once is answered once, as Kafka does: each answer
+        // carries up to 4 KiB of metadata.
+        Some(topics) => {
+            let mut seen = HashSet::new();
+            topics
+                .into_iter()
+                .map(|t| {
+                    let topic = t.name.0.to_string();
+                    let mut partitions = t.partition_indexes;
+                    partitions.retain(|&p| seen.insert((topic.clone(), p)));
+                    (topic, partitions)
+                })
+                .filter(|(_, partitions)| !partitions.is_empty())
+                .collect()
+        }
         None => {
             let mut all: Vec<(String, Vec<i32>)> = Vec::new();
             for (tp, _) in store.group_offsets(group) {
