@@ -43,15 +43,18 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
             i16::from_be_bytes([frame[0], frame[1]]),
             i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
         );
-        let answer = if api == ApiKey::Fetch as i16 {
-            // A long poll ends when its client leaves, rather than holding the connection's
-            // slot until its deadline.
+        let waits = [ApiKey::Fetch, ApiKey::JoinGroup, ApiKey::SyncGroup].map(|k| k as i16);
+        let answer = if waits.contains(&api) {
+            // A long poll, or a join waiting for a rebalance (as long as the client's rebalance
+            // timeout), ends when its client leaves, rather than holding the connection's slot
+            // until its deadline. A member that left this way is gone after its session
+            // timeout, as one whose process died.
             let answering = handle(server, frame);
             tokio::pin!(answering);
             tokio::select! {
                 answer = &mut answering => answer,
                 () = client_left(&mut read) => {
-                    log::debug!("connection from {peer}: closed by the client during a fetch");
+                    log::debug!("connection from {peer}: closed by the client during API {api}");
                     break;
                 }
             }
