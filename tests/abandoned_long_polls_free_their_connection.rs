@@ -1,6 +1,5 @@
 //! A client that leaves during a long-polling Fetch, or a JoinGroup waiting for a rebalance,
-//! frees its connection slot at once, however
-//! long the Fetch asked to wait.
+//! frees its connection slot at once, however long the request asked to wait.
 #![cfg(feature = "kafka")]
 
 #[path = "common/wire.rs"]
