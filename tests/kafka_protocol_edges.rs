@@ -418,3 +418,22 @@ async fn a_commit_naming_an_unknown_partition_stores_the_known_ones() {
     assert_eq!(codes(frame), [0]);
     assert_eq!(broker.group_offsets("g").unwrap()[0].committed.offset, 7);
 }
+
+#[tokio::test]
+async fn bytes_after_a_request_body_are_ignored_as_kafka_ignores_them() {
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _broker, _stop) = start(dir.path()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // librdkafka 2.14 ends its "all topics" Metadata request with 3 such bytes.
+    for version in [4, 9, 12] {
+        let all = MetadataRequest::default().with_topics(None);
+        let mut frame = request(ApiKey::Metadata, version, &all);
+        frame.put_slice(&[0, 0, 0]);
+        let reply = exchange(&mut s, &frame)
+            .await
+            .expect("an answer, not a closed connection");
+        let reply: MetadataResponse = response(ApiKey::Metadata, version, reply);
+        assert_eq!(reply.brokers.len(), 1, "v{version}");
+    }
+}
