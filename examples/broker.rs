@@ -10,8 +10,11 @@
 //! loopback only; port 0 picks a free port, which the start line prints), `--advertised HOST:PORT` (what clients are told to connect to; default the
 //! listen address), `--fsync always|never` (default `always`: every produce is on disk before
 //! it is acknowledged), `--idle-ms N` (Kafka's `connections.max.idle.ms`: connections silent
-//! this long are closed; default 600000, 10 minutes). Ctrl-C stops it and closes the log
-//! cleanly.
+//! this long are closed; default 600000, 10 minutes), `--num-partitions N` (Kafka's
+//! `num.partitions`: how many partitions an auto-created topic gets; default 1) and
+//! `--auto-create-topics true|false` (Kafka's `auto.create.topics.enable`: whether producing
+//! to or asking metadata of an unknown topic creates it; default true). Ctrl-C stops it and
+//! closes the log cleanly.
 
 use std::process::ExitCode;
 
@@ -24,6 +27,8 @@ struct Options {
     advertised: Option<(String, u16)>,
     fsync: Fsync,
     idle: Option<std::time::Duration>,
+    num_partitions: u32,
+    auto_create: bool,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -33,6 +38,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         advertised: None,
         fsync: Fsync::Always,
         idle: None,
+        num_partitions: 1,
+        auto_create: true,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -59,6 +66,21 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                     .map_err(|_| format!("--idle-ms is milliseconds, not {v}"))?;
                 o.idle = Some(std::time::Duration::from_millis(ms));
             }
+            "--num-partitions" => {
+                let v = value()?;
+                o.num_partitions = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("--num-partitions is a count of at least 1, not {v}"))?;
+            }
+            "--auto-create-topics" => {
+                o.auto_create = match value()?.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => return Err(format!("--auto-create-topics is true or false, not {other}")),
+                }
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -76,7 +98,8 @@ async fn main() -> ExitCode {
                 eprintln!("{why}");
             }
             eprintln!(
-                "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] [--idle-ms N]"
+                "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] \
+                 [--idle-ms N] [--num-partitions N] [--auto-create-topics true|false]"
             );
             return ExitCode::from(2);
         }
@@ -84,6 +107,8 @@ async fn main() -> ExitCode {
     // Kafka's group.initial.rebalance.delay.ms: clients started together share one rebalance.
     let broker = match Broker::builder(&o.data)
         .fsync(o.fsync)
+        .num_partitions(o.num_partitions)
+        .auto_create_topics(o.auto_create)
         .group_initial_rebalance_delay(std::time::Duration::from_secs(3))
         .open()
     {

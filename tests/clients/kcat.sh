@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# kcat (Debian's package: librdkafka 2.0) against the example broker at $1: metadata (-L),
-# produce with each codec (-P), consume (-C), and a group consumer (-G) that commits and, run
-# again, resumes after its commits.
+# kcat (Debian's package: librdkafka 2.0) against the example broker at $1, started with
+# `--num-partitions 2`: metadata (-L), produce with each codec (-P) to auto-created topics of
+# two partitions, consume (-C), and a group consumer (-G) that commits and, run again, resumes
+# after its commits.
 set -euo pipefail
 B=$1
 fail() { echo "kcat check failed: $*" >&2; exit 1; }
@@ -16,7 +17,8 @@ for codec in none gzip snappy lz4 zstd; do
     want=$(seq 1 200 | awk '{print "k" $1 "=v" $1}' | sort)
     [ "$got" = "$want" ] || fail "$codec: consumed records differ from those produced"
 done
-k -L | grep -q 'topic "kcat-zstd" with 1 partitions' || fail "-L does not list the new topics"
+k -L | grep -q 'topic "kcat-zstd" with 2 partitions' ||
+    fail "-L does not list the new topics with --num-partitions 2"
 
 first=$(k -G kcat-group kcat-none -e -q -f '%s\n' -X auto.offset.reset=earliest | wc -l)
 [ "$first" -eq 200 ] || fail "-G read $first records, not 200"
