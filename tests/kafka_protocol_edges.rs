@@ -371,6 +371,18 @@ async fn transactions_are_refused_with_kafkas_codes() {
         Some(Bytes::from(b.finish().unwrap().as_bytes().to_vec()));
     assert_eq!(produce(&mut s, &request).await, (87, -1));
     assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 0);
+
+    // A transaction coordinator: TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), which clients do
+    // not retry, rather than COORDINATOR_NOT_AVAILABLE, which they retry for most of a minute.
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    let find = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_static_str("txn"))
+        .with_key_type(1);
+    let frame = exchange(&mut s, &crate::request(ApiKey::FindCoordinator, 3, &find))
+        .await
+        .unwrap();
+    let reply: FindCoordinatorResponse = response(ApiKey::FindCoordinator, 3, frame);
+    assert_eq!((reply.error_code, reply.node_id.0), (53, -1));
 }
 
 #[tokio::test]

@@ -37,9 +37,21 @@ fn text(s: impl Into<String>) -> StrBytes {
 /// This broker coordinates every group (key type 0); transactions (1) are not served.
 pub(super) fn find_coordinator(server: &Server, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
     let reply = FindCoordinatorResponse::default();
-    if request.key_type != 0 {
+    // Transactions are not served: a transaction coordinator is refused with an error clients
+    // do not retry (COORDINATOR_NOT_AVAILABLE had them retry for most of a minute); an
+    // unknown key type is a bad request, as in Kafka.
+    let refused = match request.key_type {
+        0 => None,
+        1 => Some((
+            ResponseError::TransactionalIdAuthorizationFailed,
+            "transactions are not served by this broker",
+        )),
+        _ => Some((ResponseError::InvalidRequest, "an unknown coordinator key type")),
+    };
+    if let Some((error, message)) = refused {
         return reply
-            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_error_code(error.code())
+            .with_error_message(Some(text(message)))
             .with_node_id(BrokerId(-1))
             .with_host(text(""))
             .with_port(-1);
