@@ -429,7 +429,7 @@ impl Broker {
     }
 
     /// Raises a topic's partition count to `total` (Kafka's CreatePartitions; partitions are
-    /// never removed).
+    /// never removed). At most [`MAX_PARTITIONS`]; internal topics keep theirs.
     pub fn add_partitions(&self, name: &str, total: u32) -> Result<()> {
         self.inner.add_partitions(name, total)
     }
@@ -819,18 +819,27 @@ impl BrokerInner {
         drop_partitions(&self.dir, &topic)
     }
 
-    fn add_partitions(&self, name: &str, total: u32) -> Result<()> {
-        let _admin = self.admin.lock();
+    /// Checks that [`Broker::add_partitions`] would accept these, changing nothing; returns
+    /// the topic. Internal topics keep their partitions (the offset store reads one).
+    pub(crate) fn check_add_partitions(&self, name: &str, total: u32) -> Result<Arc<Topic>> {
         self.check_open()?;
+        refuse_internal(name)?;
         let topic = self.topic(name)?;
-        let current = topic.partitions.read().clone();
-        if total <= current.len() as u32 || total > MAX_PARTITIONS {
+        let current = topic.partitions.read().len() as u32;
+        if total <= current || total > MAX_PARTITIONS {
             return Err(Error::InvalidPartitions {
                 topic: name.to_string(),
                 count: total,
                 reason: "the new count must exceed the current one and be at most 10000",
             });
         }
+        Ok(topic)
+    }
+
+    fn add_partitions(&self, name: &str, total: u32) -> Result<()> {
+        let _admin = self.admin.lock();
+        let topic = self.check_add_partitions(name, total)?;
+        let current = topic.partitions.read().clone();
         let config = topic.config.read().log.clone();
         let mut logs = Vec::clone(&current);
         for p in current.len() as u32..total {

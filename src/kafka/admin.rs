@@ -1,10 +1,11 @@
-//! Topic and cluster admin: CreateTopics, DeleteTopics, DescribeConfigs, DeleteRecords and
-//! DescribeCluster.
+//! Topic and cluster admin: CreateTopics, CreatePartitions, DeleteTopics, DescribeConfigs,
+//! DeleteRecords and DescribeCluster.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -16,9 +17,10 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -64,6 +66,69 @@ pub(super) fn create_topics(server: &Server, request: CreateTopicsRequest) -> Cr
         })
         .collect();
     CreateTopicsResponse::default().with_topics(topics)
+}
+
+/// Raises topics' partition counts (Kafka's CreatePartitions): each entry gives a topic's new
+/// total. Replica assignments, if given, must put each new partition on this broker alone. A
+/// topic named twice is refused (INVALID_REQUEST), as Kafka refuses it. With
+/// `validate_only`, only checks.
+pub(super) fn create_partitions(
+    server: &Server,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let broker = &server.broker;
+    let mut named: HashMap<TopicName, usize> = HashMap::new();
+    for t in &request.topics {
+        *named.entry(t.name.clone()).or_default() += 1;
+    }
+    let results = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let reply = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            let refuse = |code: i16, why: String| {
+                reply
+                    .clone()
+                    .with_error_code(code)
+                    .with_error_message(Some(StrBytes::from(why)))
+            };
+            if named[&t.name] > 1 {
+                return refuse(
+                    ResponseError::InvalidRequest.code(),
+                    "the topic is named twice".into(),
+                );
+            }
+            let total = u32::try_from(t.count).unwrap_or(0);
+            if let Some(assignments) = &t.assignments {
+                let current = broker
+                    .inner
+                    .topic(&t.name.0)
+                    .map_or(0, |t| t.partitions.read().len());
+                let alone =
+                    |a: &kafka_protocol::messages::create_partitions_request::CreatePartitionsAssignment| {
+                        a.broker_ids == [BrokerId(NODE_ID)]
+                    };
+                if assignments.len() != (total as usize).saturating_sub(current)
+                    || !assignments.iter().all(alone)
+                {
+                    return refuse(
+                        ResponseError::InvalidReplicaAssignment.code(),
+                        format!("each new partition must be assigned to broker {NODE_ID} alone"),
+                    );
+                }
+            }
+            let outcome = if request.validate_only {
+                broker.inner.check_add_partitions(&t.name.0, total).map(drop)
+            } else {
+                broker.add_partitions(&t.name.0, total)
+            };
+            match outcome {
+                Ok(()) => reply,
+                Err(e) => refuse(codes::code(&e), e.to_string()),
+            }
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
 }
 
 /// The topic config a CreateTopics entry asks for: the broker's defaults, then each entry.

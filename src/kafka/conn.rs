@@ -270,6 +270,10 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
             let create = request.decode()?;
             request.reply(off_workers(server, move |s| admin::create_topics(s, create)).await)?
         }
+        ApiKey::CreatePartitions => {
+            let create = request.decode()?;
+            request.reply(off_workers(server, move |s| admin::create_partitions(s, create)).await)?
+        }
         ApiKey::DeleteTopics => {
             let delete = request.decode()?;
             request.reply(off_workers(server, move |s| admin::delete_topics(s, delete, version)).await)?

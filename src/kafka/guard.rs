@@ -186,6 +186,16 @@ const CREATE_TOPICS: &[Field] = &[
     since(1, Fixed(1)),
 ];
 
+const CREATE_PARTITIONS: &[Field] = &[
+    all(Array(&[
+        all(Str),
+        all(Fixed(4)),
+        all(Array(&[all(FixedArray(4))])),
+    ])),
+    all(Fixed(4)),
+    all(Fixed(1)),
+];
+
 const DELETE_TOPICS: &[Field] = &[
     since(6, Array(&[all(Str), all(Fixed(16))])),
     until(5, StrArray),
@@ -224,6 +234,7 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::ListGroups => LIST_GROUPS,
         ApiKey::ApiVersions => API_VERSIONS,
         ApiKey::CreateTopics => CREATE_TOPICS,
+        ApiKey::CreatePartitions => CREATE_PARTITIONS,
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::InitProducerId => INIT_PRODUCER_ID,
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
@@ -512,6 +523,20 @@ mod tests {
                                 .with_name(s("retention.ms"))
                                 .with_value(Some(s("1000"))),
                         ]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::CreatePartitions => CreatePartitionsRequest::default()
+                .with_topics(vec![
+                    create_partitions_request::CreatePartitionsTopic::default()
+                        .with_name(topic())
+                        .with_count(3)
+                        .with_assignments(Some(vec![
+                            create_partitions_request::CreatePartitionsAssignment::default()
+                                .with_broker_ids(vec![BrokerId(0)]),
+                        ])),
+                    create_partitions_request::CreatePartitionsTopic::default()
+                        .with_name(topic())
+                        .with_assignments(None),
                 ])
                 .encode(&mut out, v),
             ApiKey::DeleteTopics => {
