@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
@@ -18,10 +19,11 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -351,6 +353,39 @@ fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchRes
         })
         .collect();
     OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// Deletes groups and their committed offsets, as Kafka does: a group with members is
+/// NON_EMPTY_GROUP, one the broker does not know GROUP_ID_NOT_FOUND, and a group named twice
+/// is answered once.
+///
+/// Runs on the blocking pool: a deletion waits for the offsets' tombstones to be synced.
+pub(super) async fn delete_groups(
+    server: &Arc<Server>,
+    request: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut seen = HashSet::new();
+        let results = request
+            .groups_names
+            .into_iter()
+            .filter(|g| seen.insert(g.clone()))
+            .map(|group| {
+                let deleted = validate_group_id(&group.0)
+                    .and_then(|()| server.broker.describe_group(&group.0))
+                    .and_then(|_| server.broker.delete_group(&group.0));
+                let reply = DeletableGroupResult::default().with_group_id(group);
+                match deleted {
+                    Ok(()) => reply,
+                    Err(e) => reply.with_error_code(codes::code(&e)),
+                }
+            })
+            .collect();
+        DeleteGroupsResponse::default().with_results(results)
+    })
+    .await
+    .expect("group deletions do not panic")
 }
 
 /// Groups with members or committed offsets, with their states (v4 can filter by state).

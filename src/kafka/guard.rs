@@ -170,6 +170,8 @@ const SYNC_GROUP: &[Field] = &[
 
 const DESCRIBE_GROUPS: &[Field] = &[all(StrArray), since(3, Fixed(1))];
 
+const DELETE_GROUPS: &[Field] = &[all(StrArray)];
+
 const LIST_GROUPS: &[Field] = &[since(4, StrArray), since(5, StrArray)];
 
 const API_VERSIONS: &[Field] = &[since(3, Str), since(3, Str)];
@@ -232,6 +234,7 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::SyncGroup => SYNC_GROUP,
         ApiKey::DescribeGroups => DESCRIBE_GROUPS,
         ApiKey::ListGroups => LIST_GROUPS,
+        ApiKey::DeleteGroups => DELETE_GROUPS,
         ApiKey::ApiVersions => API_VERSIONS,
         ApiKey::CreateTopics => CREATE_TOPICS,
         ApiKey::CreatePartitions => CREATE_PARTITIONS,
@@ -538,6 +541,9 @@ mod tests {
                         .with_name(topic())
                         .with_assignments(None),
                 ])
+                .encode(&mut out, v),
+            ApiKey::DeleteGroups => DeleteGroupsRequest::default()
+                .with_groups_names(vec![GroupId(s("g")), GroupId(s("h"))])
                 .encode(&mut out, v),
             ApiKey::DeleteTopics => {
                 let mut r = DeleteTopicsRequest::default();
