@@ -151,12 +151,12 @@ pub(super) fn reads_batches(request: &ListOffsetsRequest) -> bool {
         .topics
         .iter()
         .flat_map(|t| &t.partitions)
-        .any(|p| p.timestamp >= 0)
+        .any(|p| p.timestamp >= 0 || p.timestamp == -3)
 }
 
-/// ListOffsets: -2 is the log start offset, -1 the high watermark, any other timestamp the
-/// first record at or after it (offset -1 if there is none). A partition named twice is
-/// answered once.
+/// ListOffsets: -2 is the log start offset, -1 the high watermark, -3 the first record with
+/// the largest timestamp (v7, KIP-734), any other timestamp the first record at or after it
+/// (offset -1 if there is none). A partition named twice is answered once.
 pub(super) fn list_offsets(server: &Server, request: ListOffsetsRequest) -> ListOffsetsResponse {
     let mut seen = HashSet::new();
     let topics = request
@@ -192,12 +192,12 @@ pub(super) fn list_offsets(server: &Server, request: ListOffsetsRequest) -> List
 }
 
 fn lookup(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64)> {
-    Ok(match timestamp {
-        -2 => (log.log_start_offset(), -1),
-        -1 => (log.high_watermark(), -1),
-        ts => match log.offset_for_timestamp(ts)? {
-            Some(found) => (found.offset, found.timestamp),
-            None => (-1, -1),
-        },
-    })
+    let found = match timestamp {
+        -2 => return Ok((log.log_start_offset(), -1)),
+        -1 => return Ok((log.high_watermark(), -1)),
+        -3 => log.offset_of_max_timestamp()?,
+        ts if ts < 0 => None,
+        ts => log.offset_for_timestamp(ts)?,
+    };
+    Ok(found.map_or((-1, -1), |f| (f.offset, f.timestamp)))
 }

@@ -482,6 +482,16 @@ impl PartitionLog {
         LogReader::new(self.clone(), from)
     }
 
+    /// The first record with the largest timestamp, among records below the high watermark
+    /// (Kafka's ListOffsets for `MAX_TIMESTAMP`); `None` if no record has a timestamp.
+    pub fn offset_of_max_timestamp(&self) -> Result<Option<TimestampOffset>> {
+        let max = self.inner.snapshot().iter().map(|s| s.max_timestamp()).max();
+        match max {
+            Some(max) if max >= 0 => self.offset_for_timestamp(max),
+            _ => Ok(None),
+        }
+    }
+
     /// The first offset whose record has a timestamp at or after `timestamp`, among records
     /// below the high watermark; `None` if there is none.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampOffset>> {
