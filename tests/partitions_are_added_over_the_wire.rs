@@ -1,5 +1,6 @@
 //! CreatePartitions raises a topic's partition count as Kafka does, checks everything before it
-//! changes anything, and refuses what one broker cannot do.
+//! changes anything, and refuses what one broker cannot do; CreateTopics takes a partition
+//! count from manual replica assignments.
 #![cfg(feature = "kafka")]
 
 #[path = "common/wire.rs"]
@@ -80,4 +81,51 @@ async fn create_partitions_raises_the_count_and_refuses_what_it_cannot_do() {
     );
     assert_eq!(count(&broker), 4);
     drop(broker);
+}
+
+#[tokio::test]
+async fn create_topics_takes_its_partition_count_from_replica_assignments() {
+    use kafka_protocol::messages::create_topics_request::{CreatableReplicaAssignment, CreatableTopic};
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let assigned = |name: &'static str, brokers: &[i32], count: i32| {
+        CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_num_partitions(count)
+            .with_replication_factor(-1)
+            .with_assignments(
+                brokers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| {
+                        CreatableReplicaAssignment::default()
+                            .with_partition_index(i as i32)
+                            .with_broker_ids(vec![BrokerId(b)])
+                    })
+                    .collect(),
+            )
+    };
+    let request = CreateTopicsRequest::default().with_topics(vec![
+        assigned("three", &[0, 0, 0], -1),
+        assigned("elsewhere", &[0, 5], -1),
+        assigned("counted", &[0], 4),
+    ]);
+    let frame = wire::exchange(&mut s, &wire::request(ApiKey::CreateTopics, 5, &request))
+        .await
+        .expect("an answer");
+    let reply: CreateTopicsResponse = wire::response(ApiKey::CreateTopics, 5, frame);
+    let got: Vec<(i16, i32)> = reply
+        .topics
+        .iter()
+        .map(|t| (t.error_code, t.num_partitions))
+        .collect();
+    // INVALID_REPLICA_ASSIGNMENT (39) for a replica on another broker; INVALID_REQUEST (42)
+    // for a count beside the assignments.
+    assert_eq!(got, [(0, 3), (39, -1), (42, -1)]);
+    assert_eq!(broker.describe_topic("three").unwrap().partitions.len(), 3);
+    assert!(broker.describe_topic("elsewhere").is_err());
+    assert!(broker.describe_topic("counted").is_err());
 }

@@ -29,8 +29,9 @@ use crate::broker::refuse_internal;
 use crate::config::TopicConfig;
 use crate::error::Result;
 
-/// Creates each topic with its partition count (-1: the broker's default) and configs. A
-/// replication factor above 1 cannot be met by one broker. With `validate_only`, only checks.
+/// Creates each topic with its partition count (-1: the broker's default, or as many as its
+/// replica assignments name, each on this broker) and configs. A replication factor above 1
+/// cannot be met by one broker. With `validate_only`, only checks.
 pub(super) fn create_topics(server: &Server, request: CreateTopicsRequest) -> CreateTopicsResponse {
     let broker = &server.broker;
     let topics = request
@@ -39,7 +40,30 @@ pub(super) fn create_topics(server: &Server, request: CreateTopicsRequest) -> Cr
         .map(|t| {
             let reply = CreatableTopicResult::default().with_name(t.name.clone());
             let (defaults, default_partitions) = broker.inner.topic_defaults();
-            let partitions = if t.num_partitions == -1 {
+            let partitions = if !t.assignments.is_empty() {
+                // Manual assignments give the partition count, as in Kafka, which then wants
+                // no count or replication factor beside them; one broker holds every replica.
+                if t.num_partitions != -1 || t.replication_factor != -1 {
+                    return reply
+                        .with_error_code(ResponseError::InvalidRequest.code())
+                        .with_error_message(Some(StrBytes::from_static_str(
+                            "with replica assignments, the partition count and replication factor are -1",
+                        )));
+                }
+                let here = t
+                    .assignments
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| a.partition_index == i as i32 && a.broker_ids == [BrokerId(NODE_ID)]);
+                if !here {
+                    return reply
+                        .with_error_code(ResponseError::InvalidReplicaAssignment.code())
+                        .with_error_message(Some(StrBytes::from(format!(
+                            "partitions 0, 1, ... must each be assigned to broker {NODE_ID} alone"
+                        ))));
+                }
+                t.assignments.len() as i32
+            } else if t.num_partitions == -1 {
                 default_partitions as i32
             } else {
                 t.num_partitions
