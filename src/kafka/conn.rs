@@ -12,7 +12,7 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 
-use super::{MAX_RESPONSE_BYTES, Server, admin, apis, fetch, groups, guard, metadata, produce};
+use super::{MAX_RESPONSE_BYTES, Server, admin, apis, fetch, groups, guard, metadata, produce, single_node};
 
 /// Why a connection is closed.
 pub(super) type Refusal = String;
@@ -297,6 +297,17 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
             let delete = request.decode()?;
             request.reply(off_workers(server, move |s| admin::delete_records(s, delete)).await)?
         }
+        ApiKey::DescribeLogDirs => {
+            request.reply(single_node::describe_log_dirs(server, request.decode()?))?
+        }
+        ApiKey::ListPartitionReassignments => request.reply(single_node::list_partition_reassignments(
+            server,
+            request.decode()?,
+        ))?,
+        ApiKey::ElectLeaders => request.reply(single_node::elect_leaders(server, request.decode()?))?,
+        ApiKey::DescribeAcls => request.reply(single_node::describe_acls(server, request.decode()?))?,
+        ApiKey::CreateAcls => request.reply(single_node::create_acls(server, request.decode()?))?,
+        ApiKey::DeleteAcls => request.reply(single_node::delete_acls(server, request.decode()?))?,
         ApiKey::DescribeCluster => request.reply(admin::describe_cluster(server, request.decode()?))?,
         _ => unreachable!("apis::served lists only the APIs handled here"),
     };

@@ -219,6 +219,33 @@ const DELETE_RECORDS: &[Field] = &[
 
 const DESCRIBE_CLUSTER: &[Field] = &[all(Fixed(1)), since(1, Fixed(1)), since(2, Fixed(1))];
 
+/// A topic's name and partitions (DescribeLogDirs, ListPartitionReassignments, ElectLeaders).
+const TOPIC_PARTITIONS: &[Field] = &[all(Str), all(FixedArray(4))];
+
+const DESCRIBE_LOG_DIRS: &[Field] = &[all(Array(TOPIC_PARTITIONS))];
+
+const LIST_PARTITION_REASSIGNMENTS: &[Field] = &[all(Fixed(4)), all(Array(TOPIC_PARTITIONS))];
+
+const ELECT_LEADERS: &[Field] = &[since(1, Fixed(1)), all(Array(TOPIC_PARTITIONS)), all(Fixed(4))];
+
+/// An ACL or an ACL filter: resource type, name, pattern type, principal, host, operation,
+/// permission type.
+const ACL: &[Field] = &[
+    all(Fixed(1)),
+    all(Str),
+    all(Fixed(1)),
+    all(Str),
+    all(Str),
+    all(Fixed(1)),
+    all(Fixed(1)),
+];
+
+const DESCRIBE_ACLS: &[Field] = ACL;
+
+const CREATE_ACLS: &[Field] = &[all(Array(ACL))];
+
+const DELETE_ACLS: &[Field] = &[all(Array(ACL))];
+
 fn layout(api: ApiKey) -> Option<&'static [Field]> {
     Some(match api {
         ApiKey::Produce => PRODUCE,
@@ -243,6 +270,12 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
         ApiKey::DeleteRecords => DELETE_RECORDS,
         ApiKey::DescribeCluster => DESCRIBE_CLUSTER,
+        ApiKey::DescribeLogDirs => DESCRIBE_LOG_DIRS,
+        ApiKey::ListPartitionReassignments => LIST_PARTITION_REASSIGNMENTS,
+        ApiKey::ElectLeaders => ELECT_LEADERS,
+        ApiKey::DescribeAcls => DESCRIBE_ACLS,
+        ApiKey::CreateAcls => CREATE_ACLS,
+        ApiKey::DeleteAcls => DELETE_ACLS,
         _ => return None,
     })
 }
@@ -575,6 +608,45 @@ mod tests {
                 ])
                 .encode(&mut out, v),
             ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(&mut out, v),
+            ApiKey::DescribeLogDirs => DescribeLogDirsRequest::default()
+                .with_topics(Some(vec![
+                    describe_log_dirs_request::DescribableLogDirTopic::default()
+                        .with_topic(topic())
+                        .with_partitions(vec![0, 1]),
+                ]))
+                .encode(&mut out, v),
+            ApiKey::ListPartitionReassignments => ListPartitionReassignmentsRequest::default()
+                .with_topics(Some(vec![
+                    list_partition_reassignments_request::ListPartitionReassignmentsTopics::default()
+                        .with_name(topic())
+                        .with_partition_indexes(vec![0]),
+                ]))
+                .encode(&mut out, v),
+            ApiKey::ElectLeaders => ElectLeadersRequest::default()
+                .with_topic_partitions(Some(vec![
+                    elect_leaders_request::TopicPartitions::default()
+                        .with_topic(topic())
+                        .with_partitions(vec![0, 1]),
+                ]))
+                .encode(&mut out, v),
+            ApiKey::DescribeAcls => DescribeAclsRequest::default()
+                .with_resource_name_filter(Some(s("topic")))
+                .with_principal_filter(Some(s("User:me")))
+                .with_host_filter(None)
+                .encode(&mut out, v),
+            ApiKey::CreateAcls => CreateAclsRequest::default()
+                .with_creations(vec![
+                    create_acls_request::AclCreation::default()
+                        .with_resource_name(s("topic"))
+                        .with_principal(s("User:me"))
+                        .with_host(s("*")),
+                ])
+                .encode(&mut out, v),
+            ApiKey::DeleteAcls => DeleteAclsRequest::default()
+                .with_filters(vec![
+                    delete_acls_request::DeleteAclsFilter::default().with_resource_name_filter(Some(s("t"))),
+                ])
+                .encode(&mut out, v),
             other => panic!("no sample for {other:?}"),
         };
         result.unwrap_or_else(|e| panic!("{api:?} v{v}: {e}"));

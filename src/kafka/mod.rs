@@ -40,6 +40,7 @@ mod guard;
 mod idempotence;
 mod metadata;
 mod produce;
+mod single_node;
 
 use std::future::Future;
 use std::io;

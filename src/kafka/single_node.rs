@@ -1,0 +1,166 @@
+//! What one broker answers from its own state, as Kafka answers it: log directories with the
+//! partitions' real sizes, no partition reassignments under way, no leaders to elect (every
+//! partition's only replica leads it), and ACLs refused as SECURITY_DISABLED (Kafka's answer
+//! when no authorizer is configured).
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_acls_response::AclCreationResult;
+use kafka_protocol::messages::delete_acls_response::DeleteAclsFilterResult;
+use kafka_protocol::messages::describe_log_dirs_response::{
+    DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+};
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use kafka_protocol::messages::{
+    CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse, DescribeAclsRequest,
+    DescribeAclsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, ElectLeadersRequest,
+    ElectLeadersResponse, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::Server;
+
+const NO_AUTHORIZER: &str = "no authorizer is configured on this broker";
+
+/// The partitions a request names (`None`: every partition of every topic), each with whether
+/// it exists, in order, a partition named twice once.
+fn named(
+    server: &Server,
+    wanted: Option<Vec<(TopicName, Vec<i32>)>>,
+) -> BTreeMap<TopicName, BTreeMap<i32, bool>> {
+    let count = |topic: &str| {
+        server
+            .broker
+            .inner
+            .topic(topic)
+            .map_or(0, |t| t.partitions.read().len() as i32)
+    };
+    let mut out: BTreeMap<TopicName, BTreeMap<i32, bool>> = BTreeMap::new();
+    match wanted {
+        None => {
+            for name in server.broker.list_topics() {
+                let partitions = (0..count(&name)).map(|p| (p, true)).collect();
+                out.insert(TopicName(StrBytes::from(name)), partitions);
+            }
+        }
+        Some(topics) => {
+            for (topic, partitions) in topics {
+                let n = count(&topic.0);
+                let entry = out.entry(topic).or_default();
+                entry.extend(partitions.into_iter().map(|p| (p, (0..n).contains(&p))));
+            }
+        }
+    }
+    out
+}
+
+/// DescribeLogDirs: the one data directory, with the size of each partition asked for that
+/// exists (all of them if the request names none).
+pub(super) fn describe_log_dirs(server: &Server, request: DescribeLogDirsRequest) -> DescribeLogDirsResponse {
+    let wanted = request
+        .topics
+        .map(|topics| topics.into_iter().map(|t| (t.topic, t.partitions)).collect());
+    let topics = named(server, wanted)
+        .into_iter()
+        .filter_map(|(name, partitions)| {
+            let partitions: Vec<DescribeLogDirsPartition> = partitions
+                .into_iter()
+                .filter(|&(_, exists)| exists)
+                .filter_map(|(p, _)| {
+                    let log = server.log(&name.0, p).ok()?;
+                    Some(
+                        DescribeLogDirsPartition::default()
+                            .with_partition_index(p)
+                            .with_partition_size(log.size_bytes() as i64)
+                            .with_offset_lag(0),
+                    )
+                })
+                .collect();
+            (!partitions.is_empty()).then(|| {
+                DescribeLogDirsTopic::default()
+                    .with_name(name)
+                    .with_partitions(partitions)
+            })
+        })
+        .collect();
+    let dir = server.broker.dir().display().to_string();
+    DescribeLogDirsResponse::default().with_results(vec![
+        DescribeLogDirsResult::default()
+            .with_log_dir(StrBytes::from(dir))
+            .with_topics(topics)
+            .with_total_bytes(-1)
+            .with_usable_bytes(-1),
+    ])
+}
+
+/// ListPartitionReassignments: none is ever under way on one broker.
+pub(super) fn list_partition_reassignments(
+    _server: &Server,
+    _request: ListPartitionReassignmentsRequest,
+) -> ListPartitionReassignmentsResponse {
+    ListPartitionReassignmentsResponse::default()
+}
+
+/// ElectLeaders: every partition's one replica already leads it, so each election asked for
+/// succeeds without changing anything; an unknown partition is UNKNOWN_TOPIC_OR_PARTITION.
+pub(super) fn elect_leaders(server: &Server, request: ElectLeadersRequest) -> ElectLeadersResponse {
+    let wanted = request
+        .topic_partitions
+        .map(|topics| topics.into_iter().map(|t| (t.topic, t.partitions)).collect());
+    let results = named(server, wanted)
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let partition_result = partitions
+                .into_iter()
+                .map(|(p, exists)| {
+                    let result = PartitionResult::default().with_partition_id(p);
+                    if exists {
+                        result
+                    } else {
+                        result.with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                    }
+                })
+                .collect();
+            ReplicaElectionResult::default()
+                .with_topic(topic)
+                .with_partition_result(partition_result)
+        })
+        .collect();
+    ElectLeadersResponse::default().with_replica_election_results(results)
+}
+
+/// DescribeAcls: SECURITY_DISABLED.
+pub(super) fn describe_acls(_server: &Server, _request: DescribeAclsRequest) -> DescribeAclsResponse {
+    DescribeAclsResponse::default()
+        .with_error_code(ResponseError::SecurityDisabled.code())
+        .with_error_message(Some(StrBytes::from_static_str(NO_AUTHORIZER)))
+}
+
+/// CreateAcls: SECURITY_DISABLED for each creation.
+pub(super) fn create_acls(_server: &Server, request: CreateAclsRequest) -> CreateAclsResponse {
+    let results = request
+        .creations
+        .iter()
+        .map(|_| {
+            AclCreationResult::default()
+                .with_error_code(ResponseError::SecurityDisabled.code())
+                .with_error_message(Some(StrBytes::from_static_str(NO_AUTHORIZER)))
+        })
+        .collect();
+    CreateAclsResponse::default().with_results(results)
+}
+
+/// DeleteAcls: SECURITY_DISABLED for each filter.
+pub(super) fn delete_acls(_server: &Server, request: DeleteAclsRequest) -> DeleteAclsResponse {
+    let results = request
+        .filters
+        .iter()
+        .map(|_| {
+            DeleteAclsFilterResult::default()
+                .with_error_code(ResponseError::SecurityDisabled.code())
+                .with_error_message(Some(StrBytes::from_static_str(NO_AUTHORIZER)))
+        })
+        .collect();
+    DeleteAclsResponse::default().with_filter_results(results)
+}

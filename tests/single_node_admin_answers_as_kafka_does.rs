@@ -1,0 +1,127 @@
+//! What one broker answers from its own state, as Kafka answers it: DescribeLogDirs with the
+//! partitions' real sizes, no partition reassignments, leader elections that change nothing
+//! (and refuse unknown partitions), and ACL requests refused as SECURITY_DISABLED.
+#![cfg(feature = "kafka")]
+
+#[path = "common/wire.rs"]
+mod wire;
+
+use kafka_protocol::messages::create_acls_request::AclCreation;
+use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
+use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use rivulet::{Broker, Fsync, Producer, ProducerRecord, TopicConfig};
+use tokio::net::TcpStream;
+
+fn t(name: &'static str) -> TopicName {
+    TopicName(StrBytes::from_static_str(name))
+}
+
+#[tokio::test]
+async fn log_dirs_reassignments_elections_and_acls_answer_as_on_one_kafka_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 2, TopicConfig::default()).unwrap();
+    let producer = Producer::new(&broker);
+    for _ in 0..10 {
+        producer
+            .send(ProducerRecord::new("t", b"value").partition(1))
+            .unwrap();
+    }
+    let size = broker.partition("t", 1).unwrap().size_bytes() as i64;
+    assert!(size > 0);
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    macro_rules! ask {
+        ($api:ident, $version:expr, $request:expr, $response:ty) => {{
+            let frame = wire::exchange(&mut s, &wire::request(ApiKey::$api, $version, &$request))
+                .await
+                .expect("an answer");
+            let reply: $response = wire::response(ApiKey::$api, $version, frame);
+            reply
+        }};
+    }
+
+    // Log dirs: the data directory, partition 1's real size, the unknown partition 7 left out.
+    let dirs = ask!(
+        DescribeLogDirs,
+        4,
+        DescribeLogDirsRequest::default().with_topics(Some(vec![
+            DescribableLogDirTopic::default()
+                .with_topic(t("t"))
+                .with_partitions(vec![1, 1, 7]),
+        ])),
+        DescribeLogDirsResponse
+    );
+    assert_eq!(dirs.results.len(), 1);
+    let result = &dirs.results[0];
+    assert_eq!(result.log_dir.as_str(), dir.path().display().to_string());
+    let partitions: Vec<(i32, i64)> = result.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.partition_size))
+        .collect();
+    assert_eq!(partitions, [(1, size)]);
+    // Every partition when none is named.
+    let all = ask!(
+        DescribeLogDirs,
+        1,
+        DescribeLogDirsRequest::default().with_topics(None),
+        DescribeLogDirsResponse
+    );
+    assert_eq!(all.results[0].topics[0].partitions.len(), 2);
+
+    let reassignments = ask!(
+        ListPartitionReassignments,
+        0,
+        ListPartitionReassignmentsRequest::default().with_topics(None),
+        ListPartitionReassignmentsResponse
+    );
+    assert_eq!((reassignments.error_code, reassignments.topics.len()), (0, 0));
+
+    // UNKNOWN_TOPIC_OR_PARTITION (3) for partition 9; the others need nothing done.
+    let elected = ask!(
+        ElectLeaders,
+        2,
+        ElectLeadersRequest::default().with_topic_partitions(Some(vec![
+            TopicPartitions::default()
+                .with_topic(t("t"))
+                .with_partitions(vec![0, 1, 9]),
+        ])),
+        ElectLeadersResponse
+    );
+    let results: Vec<(i32, i16)> = elected.replica_election_results[0]
+        .partition_result
+        .iter()
+        .map(|p| (p.partition_id, p.error_code))
+        .collect();
+    assert_eq!(results, [(0, 0), (1, 0), (9, 3)]);
+
+    // SECURITY_DISABLED (54).
+    let described = ask!(
+        DescribeAcls,
+        3,
+        DescribeAclsRequest::default(),
+        DescribeAclsResponse
+    );
+    assert_eq!(described.error_code, 54);
+    let created = ask!(
+        CreateAcls,
+        3,
+        CreateAclsRequest::default().with_creations(vec![AclCreation::default(); 2]),
+        CreateAclsResponse
+    );
+    assert_eq!(
+        created.results.iter().map(|r| r.error_code).collect::<Vec<_>>(),
+        [54, 54]
+    );
+    let deleted = ask!(
+        DeleteAcls,
+        1,
+        DeleteAclsRequest::default().with_filters(vec![DeleteAclsFilter::default()]),
+        DeleteAclsResponse
+    );
+    assert_eq!(deleted.filter_results[0].error_code, 54);
+}
