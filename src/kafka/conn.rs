@@ -12,7 +12,10 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 
-use super::{MAX_RESPONSE_BYTES, Server, admin, apis, fetch, groups, guard, metadata, produce, single_node};
+use super::{
+    MAX_RESPONSE_BYTES, Server, admin, alter_configs, apis, fetch, groups, guard, metadata, produce,
+    single_node,
+};
 
 /// Why a connection is closed.
 pub(super) type Refusal = String;
@@ -293,6 +296,17 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
         ApiKey::InitProducerId => request.reply(server.producers.init(request.decode()?))?,
         ApiKey::DescribeConfigs => request.reply(admin::describe_configs(server, request.decode()?))?,
+        ApiKey::AlterConfigs => {
+            let alter = request.decode()?;
+            request.reply(off_workers(server, move |s| alter_configs::alter_configs(s, alter)).await)?
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let alter = request.decode()?;
+            let answer = off_workers(server, move |s| {
+                alter_configs::incremental_alter_configs(s, alter)
+            });
+            request.reply(answer.await)?
+        }
         ApiKey::DeleteRecords => {
             let delete = request.decode()?;
             request.reply(off_workers(server, move |s| admin::delete_records(s, delete)).await)?

@@ -212,6 +212,24 @@ const DESCRIBE_CONFIGS: &[Field] = &[
     since(3, Fixed(1)),
 ];
 
+const ALTER_CONFIGS: &[Field] = &[
+    all(Array(&[
+        all(Fixed(1)),
+        all(Str),
+        all(Array(&[all(Str), all(Str)])),
+    ])),
+    all(Fixed(1)),
+];
+
+const INCREMENTAL_ALTER_CONFIGS: &[Field] = &[
+    all(Array(&[
+        all(Fixed(1)),
+        all(Str),
+        all(Array(&[all(Str), all(Fixed(1)), all(Str)])),
+    ])),
+    all(Fixed(1)),
+];
+
 const DELETE_RECORDS: &[Field] = &[
     all(Array(&[all(Str), all(Array(&[all(Fixed(4)), all(Fixed(8))]))])),
     all(Fixed(4)),
@@ -268,6 +286,8 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::InitProducerId => INIT_PRODUCER_ID,
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
+        ApiKey::AlterConfigs => ALTER_CONFIGS,
+        ApiKey::IncrementalAlterConfigs => INCREMENTAL_ALTER_CONFIGS,
         ApiKey::DeleteRecords => DELETE_RECORDS,
         ApiKey::DescribeCluster => DESCRIBE_CLUSTER,
         ApiKey::DescribeLogDirs => DESCRIBE_LOG_DIRS,
@@ -608,6 +628,31 @@ mod tests {
                 ])
                 .encode(&mut out, v),
             ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(&mut out, v),
+            ApiKey::AlterConfigs => AlterConfigsRequest::default()
+                .with_resources(vec![
+                    alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(s("topic"))
+                        .with_configs(vec![
+                            alter_configs_request::AlterableConfig::default()
+                                .with_name(s("retention.ms"))
+                                .with_value(Some(s("1000"))),
+                        ]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::default()
+                .with_resources(vec![
+                    incremental_alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(s("topic"))
+                        .with_configs(vec![
+                            incremental_alter_configs_request::AlterableConfig::default()
+                                .with_name(s("retention.ms"))
+                                .with_config_operation(1)
+                                .with_value(None),
+                        ]),
+                ])
+                .encode(&mut out, v),
             ApiKey::DescribeLogDirs => DescribeLogDirsRequest::default()
                 .with_topics(Some(vec![
                     describe_log_dirs_request::DescribableLogDirTopic::default()

@@ -31,6 +31,7 @@
 //! ```
 
 mod admin;
+mod alter_configs;
 mod apis;
 mod codes;
 mod conn;

@@ -1,0 +1,231 @@
+//! AlterConfigs and IncrementalAlterConfigs for topics: the new configuration is checked
+//! whole and then applied to the topic's open partitions at once (`Broker::alter_topic_config`).
+//!
+//! AlterConfigs replaces a topic's settings: what it names is set, the rest returns to the
+//! broker's defaults, as Kafka replaces a topic's dynamic configs. IncrementalAlterConfigs
+//! changes only what it names: SET, DELETE (back to the default), and APPEND or SUBTRACT for
+//! the one list-valued setting, `cleanup.policy`. Broker resources are not alterable here.
+
+use std::collections::HashSet;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, alter_configs_response, incremental_alter_configs_response,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{Server, codes};
+use crate::broker::refuse_internal;
+use crate::config::TopicConfig;
+use crate::error::{Error, Result};
+
+/// Kafka's resource type of a topic.
+const TOPIC: i8 = 2;
+
+/// One change IncrementalAlterConfigs asks for (AlterConfigs asks only for sets).
+#[derive(Debug)]
+enum Change<'a> {
+    Set(&'a str, &'a str),
+    Delete(&'a str),
+    Append(&'a str, &'a str),
+    Subtract(&'a str, &'a str),
+}
+
+/// The outcome for one resource: `None` for success, or an error code and its message.
+type Outcome = Option<(i16, String)>;
+
+/// Checks and (unless `validate_only`) applies `changes` to a topic's configuration, starting
+/// from `base` (its current one, or the defaults for AlterConfigs).
+fn alter(
+    server: &Server,
+    resource_type: i8,
+    name: &str,
+    base: impl FnOnce(&TopicConfig) -> TopicConfig,
+    changes: &[Change<'_>],
+    validate_only: bool,
+) -> Outcome {
+    if resource_type != TOPIC {
+        let why = "only topic configs are alterable on this broker".to_string();
+        return Some((ResponseError::InvalidRequest.code(), why));
+    }
+    let altered = refuse_internal(name)
+        .and_then(|()| server.broker.inner.topic(name))
+        .and_then(|topic| {
+            let (defaults, _) = server.broker.inner.topic_defaults();
+            let mut config = base(&topic.config.read());
+            for change in changes {
+                apply(&mut config, &defaults, change)?;
+            }
+            Ok(config)
+        })
+        .and_then(|config| {
+            if validate_only {
+                Ok(())
+            } else {
+                server.broker.alter_topic_config(name, config)
+            }
+        });
+    altered.err().map(|e| (codes::code(&e), e.to_string()))
+}
+
+fn apply(config: &mut TopicConfig, defaults: &TopicConfig, change: &Change<'_>) -> Result<()> {
+    let list = |name: &str| -> Result<Vec<String>> {
+        if name != "cleanup.policy" {
+            return Err(Error::InvalidConfig {
+                name: "config operation",
+                value: name.to_string(),
+                reason: "APPEND and SUBTRACT apply to list settings (cleanup.policy) only",
+            });
+        }
+        let current = value_of(config, name);
+        Ok(current.split(',').map(|s| s.trim().to_string()).collect())
+    };
+    match *change {
+        Change::Set(name, value) => config.set(name, value),
+        Change::Delete(name) => config.set(name, &value_of(defaults, name)),
+        Change::Append(name, value) => {
+            let mut values = list(name)?;
+            for v in value.split(',').map(str::trim) {
+                if !values.iter().any(|have| have == v) {
+                    values.push(v.to_string());
+                }
+            }
+            config.set(name, &values.join(","))
+        }
+        Change::Subtract(name, value) => {
+            let gone: Vec<&str> = value.split(',').map(str::trim).collect();
+            let values: Vec<String> = list(name)?
+                .into_iter()
+                .filter(|v| !gone.contains(&v.as_str()))
+                .collect();
+            config.set(name, &values.join(","))
+        }
+    }
+}
+
+/// The value of setting `name` in `config`, as DescribeConfigs lists it ("" if unknown: the
+/// set that follows refuses the name).
+fn value_of(config: &TopicConfig, name: &str) -> String {
+    config
+        .entries()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map_or(String::new(), |(_, v)| v)
+}
+
+/// Resources named twice are refused, as Kafka refuses them.
+fn duplicates<'a>(resources: impl Iterator<Item = (i8, &'a str)>) -> HashSet<(i8, String)> {
+    let mut seen = HashSet::new();
+    let mut twice = HashSet::new();
+    for (kind, name) in resources {
+        if !seen.insert((kind, name)) {
+            twice.insert((kind, name.to_string()));
+        }
+    }
+    twice
+}
+
+fn named_twice() -> Outcome {
+    Some((
+        ResponseError::InvalidRequest.code(),
+        "the resource is named twice".to_string(),
+    ))
+}
+
+/// AlterConfigs: each topic gets the settings named, the rest the broker's defaults.
+pub(super) fn alter_configs(server: &Server, request: AlterConfigsRequest) -> AlterConfigsResponse {
+    let twice = duplicates(
+        request
+            .resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    let responses = request
+        .resources
+        .iter()
+        .map(|r| {
+            let outcome = if twice.contains(&(r.resource_type, r.resource_name.to_string())) {
+                named_twice()
+            } else {
+                let changes: Vec<Change<'_>> = r
+                    .configs
+                    .iter()
+                    .map(|c| match &c.value {
+                        Some(v) => Change::Set(c.name.as_str(), v.as_str()),
+                        None => Change::Delete(c.name.as_str()),
+                    })
+                    .collect();
+                let defaults = |_: &TopicConfig| server.broker.inner.topic_defaults().0;
+                alter(
+                    server,
+                    r.resource_type,
+                    &r.resource_name,
+                    defaults,
+                    &changes,
+                    request.validate_only,
+                )
+            };
+            let (code, message) = outcome.map_or((0, None), |(c, m)| (c, Some(StrBytes::from(m))));
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone())
+        })
+        .collect();
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+/// IncrementalAlterConfigs: each topic's named settings change, the rest stay.
+pub(super) fn incremental_alter_configs(
+    server: &Server,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let twice = duplicates(
+        request
+            .resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    let responses = request
+        .resources
+        .iter()
+        .map(|r| {
+            let changes: Result<Vec<Change<'_>>, String> = r
+                .configs
+                .iter()
+                .map(|c| {
+                    let name = c.name.as_str();
+                    let value = c.value.as_deref().unwrap_or("");
+                    match c.config_operation {
+                        0 => Ok(Change::Set(name, value)),
+                        1 => Ok(Change::Delete(name)),
+                        2 => Ok(Change::Append(name, value)),
+                        3 => Ok(Change::Subtract(name, value)),
+                        op => Err(format!("unknown config operation {op}")),
+                    }
+                })
+                .collect();
+            let outcome = match changes {
+                _ if twice.contains(&(r.resource_type, r.resource_name.to_string())) => named_twice(),
+                Err(why) => Some((ResponseError::InvalidRequest.code(), why)),
+                Ok(changes) => alter(
+                    server,
+                    r.resource_type,
+                    &r.resource_name,
+                    TopicConfig::clone,
+                    &changes,
+                    request.validate_only,
+                ),
+            };
+            let (code, message) = outcome.map_or((0, None), |(c, m)| (c, Some(StrBytes::from(m))));
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone())
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
