@@ -584,6 +584,41 @@ impl Broker {
             .durable()
     }
 
+    /// Deletes a group's committed offsets of `partitions` (Kafka's OffsetDelete), durably,
+    /// answering each partition: one whose topic a member of the group is subscribed to is
+    /// refused ([`Error::GroupSubscribedToTopic`]: the member would commit it again), the
+    /// others are deleted (nothing to delete is no error). A group the broker does not know is
+    /// [`Error::NoSuchGroup`].
+    pub fn delete_committed_offsets(
+        &self,
+        group: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, Result<()>)>> {
+        self.describe_group(group)?;
+        let store = self.inner.offsets()?;
+        let (written, answers) = self.inner.groups.with_subscriptions(group, |subscribed| {
+            let in_use = |tp: &TopicPartition| subscribed.is_none_or(|s| s.contains(&tp.topic));
+            let free: Vec<TopicPartition> = partitions.iter().filter(|tp| !in_use(tp)).cloned().collect();
+            let answers = partitions
+                .iter()
+                .map(|tp| {
+                    let answer = if in_use(tp) {
+                        Err(Error::GroupSubscribedToTopic {
+                            group: group.to_string(),
+                            topic: tp.topic.clone(),
+                        })
+                    } else {
+                        Ok(())
+                    };
+                    (tp.clone(), answer)
+                })
+                .collect();
+            Ok((store.append_delete_partitions(group, &free)?, answers))
+        })?;
+        written.durable()?;
+        Ok(answers)
+    }
+
     /// Deletes a group and its committed offsets. The group must have no active members
     /// ([`Error::GroupNotEmpty`]).
     pub fn delete_group(&self, group: &str) -> Result<()> {

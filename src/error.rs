@@ -367,6 +367,16 @@ pub enum Error {
         index: usize,
     },
 
+    /// Committed offsets of a topic that members of the group are subscribed to cannot be
+    /// deleted (Kafka's GROUP_SUBSCRIBED_TO_TOPIC): the group would commit them again.
+    #[error("group {group:?} has members subscribed to topic {topic:?}")]
+    GroupSubscribedToTopic {
+        /// The group.
+        group: String,
+        /// The topic.
+        topic: String,
+    },
+
     /// A record was given a negative timestamp; as Kafka's producer does, it is refused
     /// (leave the timestamp unset for the current time). Nothing was written.
     #[error("invalid timestamp {timestamp}: a record's timestamp must not be negative")]

@@ -35,13 +35,13 @@
 //! Membership is held in memory: after a restart members join again, and committed offsets
 //! (which are durable) are where they resume.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::protocol::MemberAssignment;
+use super::protocol::{CONSUMER_PROTOCOL_TYPE, MemberAssignment, Subscription};
 use super::reply::{Pending, Replier, reply};
 use crate::consumer::TopicPartition;
 use crate::error::{Error, Result};
@@ -516,6 +516,35 @@ impl GroupCoordinator {
     /// Fails with `GroupNotEmpty` if the group has members (offsets can only be reset on an
     /// inactive group, as in Kafka), else runs `f` under the group's lock (so `f` must not
     /// wait for the disk).
+    /// Runs `f` under the group's lock with what its members are subscribed to: `None` if any
+    /// member's subscription cannot be read as a consumer's (another protocol type), then
+    /// everything counts as in use. A group without members subscribes to nothing.
+    pub(crate) fn with_subscriptions<T>(
+        &self,
+        group_id: &str,
+        f: impl FnOnce(Option<&BTreeSet<String>>) -> Result<T>,
+    ) -> Result<T> {
+        let Some(group) = self.group(group_id) else {
+            return f(Some(&BTreeSet::new()));
+        };
+        let mut g = group.lock();
+        g.expire(Instant::now());
+        let mut topics = BTreeSet::new();
+        for member in g.members.values() {
+            let subscription = member
+                .protocols
+                .first()
+                .and_then(|(_, metadata)| Subscription::decode(metadata).ok());
+            match subscription {
+                Some(s) if g.protocol_type.as_deref() == Some(CONSUMER_PROTOCOL_TYPE) => {
+                    topics.extend(s.topics)
+                }
+                _ => return f(None),
+            }
+        }
+        f(Some(&topics))
+    }
+
     pub(crate) fn while_inactive<T>(&self, group_id: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let Some(group) = self.group(group_id) else {
             return f();

@@ -248,6 +248,22 @@ impl OffsetStore {
         })
     }
 
+    /// Writes tombstones for a group's committed offsets of `partitions` (those it has),
+    /// without waiting for the disk (see [`OffsetStore::append`]).
+    pub(crate) fn append_delete_partitions(
+        self: &std::sync::Arc<Self>,
+        group: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Written> {
+        self.write(group, |live| {
+            partitions
+                .iter()
+                .filter(|tp| live.contains(&(group.to_string(), tp.topic.clone(), tp.partition)))
+                .map(|tp| (tp.clone(), None))
+                .collect()
+        })
+    }
+
     /// Deletes every group's committed offsets of `topic` (a deleted topic's), durably: a
     /// topic created later under the same name starts without them, as in Kafka.
     pub(crate) fn delete_topic(self: &std::sync::Arc<Self>, topic: &str) -> Result<()> {

@@ -24,6 +24,7 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::InconsistentGroupProtocol { .. } => E::InconsistentGroupProtocol,
         Error::NoSuchGroup { .. } => E::GroupIdNotFound,
         Error::GroupNotEmpty { .. } => E::NonEmptyGroup,
+        Error::GroupSubscribedToTopic { .. } => E::GroupSubscribedToTopic,
         Error::InvalidGroupRequest(_) => E::InvalidRequest,
         Error::InvalidGroupId { .. } => E::InvalidGroupId,
         Error::OffsetMetadataTooLarge { .. } => E::OffsetMetadataTooLarge,

@@ -292,6 +292,7 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         ApiKey::OffsetCommit => request.reply(groups::offset_commit(server, request.decode()?).await)?,
         ApiKey::OffsetFetch => request.reply(groups::offset_fetch(server, request.decode()?).await)?,
         ApiKey::ListGroups => request.reply(groups::list_groups(server, request.decode()?).await)?,
+        ApiKey::OffsetDelete => request.reply(groups::offset_delete(server, request.decode()?).await)?,
         ApiKey::DeleteGroups => request.reply(groups::delete_groups(server, request.decode()?).await)?,
         ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
         ApiKey::InitProducerId => request.reply(server.producers.init(request.decode()?))?,

@@ -15,6 +15,9 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
@@ -22,8 +25,8 @@ use kafka_protocol::messages::{
     BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
     FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    SyncGroupRequest, SyncGroupResponse, TopicName,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -386,6 +389,57 @@ pub(super) async fn delete_groups(
     })
     .await
     .expect("group deletions do not panic")
+}
+
+/// Deletes a group's committed offsets of the partitions named (Kafka's OffsetDelete): a
+/// partition whose topic a member is subscribed to is GROUP_SUBSCRIBED_TO_TOPIC, the others
+/// are deleted; an unknown group is GROUP_ID_NOT_FOUND. A partition named twice is answered
+/// once.
+///
+/// Runs on the blocking pool: the deletion waits for its tombstones to be synced.
+pub(super) async fn offset_delete(
+    server: &Arc<Server>,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || {
+        let group = request.group_id.0.to_string();
+        let mut seen = HashSet::new();
+        let mut partitions = Vec::new();
+        for t in &request.topics {
+            for p in &t.partitions {
+                let Ok(index) = u32::try_from(p.partition_index) else {
+                    continue;
+                };
+                if seen.insert((t.name.clone(), index)) {
+                    partitions.push(TopicPartition::new(t.name.0.to_string(), index));
+                }
+            }
+        }
+        let answers = match validate_group_id(&group)
+            .and_then(|()| server.broker.delete_committed_offsets(&group, &partitions))
+        {
+            Ok(answers) => answers,
+            Err(e) => return OffsetDeleteResponse::default().with_error_code(codes::code(&e)),
+        };
+        let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
+        for (tp, answer) in answers {
+            let partition = OffsetDeleteResponsePartition::default()
+                .with_partition_index(tp.partition as i32)
+                .with_error_code(answer.err().map_or(0, |e| codes::code(&e)));
+            match topics.last_mut().filter(|t| t.name.0.as_str() == tp.topic) {
+                Some(topic) => topic.partitions.push(partition),
+                None => topics.push(
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(TopicName(text(tp.topic)))
+                        .with_partitions(vec![partition]),
+                ),
+            }
+        }
+        OffsetDeleteResponse::default().with_topics(topics)
+    })
+    .await
+    .expect("offset deletions do not panic")
 }
 
 /// Groups with members or committed offsets, with their states (v4 can filter by state).

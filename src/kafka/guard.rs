@@ -172,6 +172,8 @@ const DESCRIBE_GROUPS: &[Field] = &[all(StrArray), since(3, Fixed(1))];
 
 const DELETE_GROUPS: &[Field] = &[all(StrArray)];
 
+const OFFSET_DELETE: &[Field] = &[all(Str), all(Array(&[all(Str), all(Array(&[all(Fixed(4))]))]))];
+
 const LIST_GROUPS: &[Field] = &[since(4, StrArray), since(5, StrArray)];
 
 const API_VERSIONS: &[Field] = &[since(3, Str), since(3, Str)];
@@ -280,6 +282,7 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::DescribeGroups => DESCRIBE_GROUPS,
         ApiKey::ListGroups => LIST_GROUPS,
         ApiKey::DeleteGroups => DELETE_GROUPS,
+        ApiKey::OffsetDelete => OFFSET_DELETE,
         ApiKey::ApiVersions => API_VERSIONS,
         ApiKey::CreateTopics => CREATE_TOPICS,
         ApiKey::CreatePartitions => CREATE_PARTITIONS,
@@ -593,6 +596,17 @@ mod tests {
                     create_partitions_request::CreatePartitionsTopic::default()
                         .with_name(topic())
                         .with_assignments(None),
+                ])
+                .encode(&mut out, v),
+            ApiKey::OffsetDelete => OffsetDeleteRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default(),
+                            offset_delete_request::OffsetDeleteRequestPartition::default(),
+                        ]),
                 ])
                 .encode(&mut out, v),
             ApiKey::DeleteGroups => DeleteGroupsRequest::default()
