@@ -571,6 +571,7 @@ impl Broker {
             .map(|(tp, o)| {
                 let meta = OffsetAndMetadata {
                     offset: *o,
+                    leader_epoch: -1,
                     metadata: String::new(),
                     commit_timestamp: now,
                 };

@@ -503,6 +503,7 @@ impl Consumer {
             .map(|(tp, offset, metadata)| {
                 let meta = OffsetAndMetadata {
                     offset: *offset,
+                    leader_epoch: -1,
                     metadata: metadata.to_string(),
                     commit_timestamp: now,
                 };

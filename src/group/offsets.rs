@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! key:   version i16 = 1 | group (i16 length, bytes) | topic (i16 length, bytes) | partition i32
-//! value: version i16 = 3 | offset i64 | leader epoch i32 (-1) | metadata (i16 length, bytes)
+//! value: version i16 = 3 | offset i64 | leader epoch i32 | metadata (i16 length, bytes)
 //!        | commit timestamp i64
 //! ```
 //!
@@ -79,6 +79,9 @@ pub(crate) fn validate_metadata(tp: &TopicPartition, metadata: &str) -> Result<(
 pub struct OffsetAndMetadata {
     /// The offset of the next record to consume.
     pub offset: i64,
+    /// The leader epoch of the last record consumed, as a Kafka client commits it (-1 if
+    /// none: in-process consumers commit none).
+    pub leader_epoch: i32,
     /// Free text stored with the commit (Kafka's commit metadata).
     pub metadata: String,
     /// When it was committed, in milliseconds since the Unix epoch.
@@ -143,7 +146,7 @@ fn value_bytes(o: &OffsetAndMetadata) -> Vec<u8> {
     let mut v = Vec::with_capacity(26 + o.metadata.len());
     v.extend_from_slice(&3i16.to_be_bytes());
     v.extend_from_slice(&o.offset.to_be_bytes());
-    v.extend_from_slice(&(-1i32).to_be_bytes());
+    v.extend_from_slice(&o.leader_epoch.to_be_bytes());
     put_string(&mut v, &o.metadata);
     v.extend_from_slice(&o.commit_timestamp.to_be_bytes());
     v
@@ -164,11 +167,12 @@ fn parse_value(v: &[u8]) -> Option<OffsetAndMetadata> {
         return None;
     }
     let offset = f.i64()?;
-    let _leader_epoch = f.i32()?;
+    let leader_epoch = f.i32()?;
     let metadata = f.string()?;
     let commit_timestamp = f.i64()?;
     Some(OffsetAndMetadata {
         offset,
+        leader_epoch,
         metadata,
         commit_timestamp,
     })
@@ -408,6 +412,7 @@ mod tests {
         assert_eq!(parse_key(&k), Some(("billing".into(), "orders".into(), 7)));
         let o = OffsetAndMetadata {
             offset: 42,
+            leader_epoch: 5,
             metadata: "m".into(),
             commit_timestamp: 1_700_000_000_000,
         };

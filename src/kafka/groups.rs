@@ -241,6 +241,7 @@ fn commit_offsets(server: &Server, request: OffsetCommitRequest) -> OffsetCommit
                     validate_metadata(&tp, &metadata)?;
                     let meta = OffsetAndMetadata {
                         offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
                         metadata,
                         commit_timestamp: now,
                     };
@@ -339,14 +340,16 @@ fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchRes
                     let committed = u32::try_from(p)
                         .ok()
                         .and_then(|i| store.committed(group, &TopicPartition::new(topic.clone(), i)));
-                    let reply = OffsetFetchResponsePartition::default()
-                        .with_partition_index(p)
-                        .with_committed_leader_epoch(-1);
+                    let reply = OffsetFetchResponsePartition::default().with_partition_index(p);
                     match committed {
                         Some(c) => reply
                             .with_committed_offset(c.offset)
+                            .with_committed_leader_epoch(c.leader_epoch)
                             .with_metadata(Some(text(c.metadata))),
-                        None => reply.with_committed_offset(-1).with_metadata(Some(text(""))),
+                        None => reply
+                            .with_committed_offset(-1)
+                            .with_committed_leader_epoch(-1)
+                            .with_metadata(Some(text(""))),
                     }
                 })
                 .collect();
