@@ -144,3 +144,89 @@ async fn topic_configs_change_as_asked_and_apply_to_the_open_partitions() {
         "back to the default"
     );
 }
+
+#[tokio::test]
+async fn describe_configs_reports_sources_types_synonyms_and_the_brokers_settings() {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path())
+        .fsync(Fsync::Never)
+        .num_partitions(3)
+        .open()
+        .unwrap();
+    let mut config = TopicConfig::default();
+    config.set("retention.ms", "1000").unwrap();
+    broker.create_topic("t", 1, config).unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let resource = |kind: i8, name: &'static str, keys: &[&'static str]| {
+        DescribeConfigsResource::default()
+            .with_resource_type(kind)
+            .with_resource_name(StrBytes::from_static_str(name))
+            .with_configuration_keys(Some(keys.iter().map(|k| StrBytes::from_static_str(k)).collect()))
+    };
+    let request = DescribeConfigsRequest::default()
+        .with_include_synonyms(true)
+        .with_resources(vec![
+            resource(2, "t", &["retention.ms", "segment.bytes"]),
+            resource(4, "0", &["num.partitions", "log.retention.ms"]),
+        ]);
+    let frame = wire::exchange(&mut s, &wire::request(ApiKey::DescribeConfigs, 4, &request))
+        .await
+        .expect("an answer");
+    let reply: DescribeConfigsResponse = wire::response(ApiKey::DescribeConfigs, 4, frame);
+    let entries = |i: usize| -> Vec<(String, String, i8, i8, bool, Vec<(String, i8)>)> {
+        reply.results[i]
+            .configs
+            .iter()
+            .map(|c| {
+                let synonyms = c
+                    .synonyms
+                    .iter()
+                    .map(|s| (s.name.to_string(), s.source))
+                    .collect();
+                (
+                    c.name.to_string(),
+                    c.value.as_deref().unwrap_or("").to_string(),
+                    c.config_source,
+                    c.config_type,
+                    c.read_only,
+                    synonyms,
+                )
+            })
+            .collect()
+    };
+    let week = (7 * 24 * 3600 * 1000u64).to_string();
+    // The topic's own setting (DYNAMIC_TOPIC_CONFIG, 1) over the broker's default
+    // (DEFAULT_CONFIG, 5); types LONG (5) and INT (3).
+    assert_eq!(
+        entries(0),
+        [
+            (
+                "retention.ms".into(),
+                "1000".into(),
+                1,
+                5,
+                false,
+                vec![("retention.ms".into(), 1), ("log.retention.ms".into(), 5)]
+            ),
+            (
+                "segment.bytes".into(),
+                (1u64 << 30).to_string(),
+                5,
+                3,
+                false,
+                vec![("log.segment.bytes".into(), 5)]
+            ),
+        ]
+    );
+    // The broker's settings: read-only here, STATIC_BROKER_CONFIG (4).
+    assert_eq!(
+        entries(1),
+        [
+            ("log.retention.ms".into(), week, 4, 5, true, vec![]),
+            ("num.partitions".into(), "3".into(), 4, 3, true, vec![]),
+        ]
+    );
+}

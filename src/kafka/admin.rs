@@ -1,8 +1,7 @@
-//! Topic and cluster admin: CreateTopics, CreatePartitions, DeleteTopics, DescribeConfigs,
-//! DeleteRecords and DescribeCluster.
+//! Topic and cluster admin: CreateTopics, CreatePartitions, DeleteTopics, DeleteRecords and
+//! DescribeCluster.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -12,15 +11,10 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
-};
 use kafka_protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    TopicName,
+    DescribeClusterRequest, DescribeClusterResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -195,81 +189,6 @@ pub(super) fn delete_topics(
         })
         .collect();
     DeleteTopicsResponse::default().with_responses(responses)
-}
-
-/// A topic's settings (resource type 2) by their Kafka names, all or the keys asked for; a
-/// broker (type 4) has none to report here.
-pub(super) fn describe_configs(server: &Server, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
-    const TOPIC: i8 = 2;
-    const BROKER: i8 = 4;
-    /// Kafka's config source for a topic's own setting.
-    const TOPIC_CONFIG: i8 = 1;
-    let results = once_each(request.resources)
-        .into_iter()
-        .map(|r| {
-            let reply = DescribeConfigsResult::default()
-                .with_resource_type(r.resource_type)
-                .with_resource_name(r.resource_name.clone());
-            match r.resource_type {
-                TOPIC => match server.broker.describe_topic(&r.resource_name) {
-                    Ok(topic) => {
-                        let wanted = |name: &str| {
-                            r.configuration_keys
-                                .as_ref()
-                                .is_none_or(|keys| keys.iter().any(|k| &**k == name))
-                        };
-                        let configs = topic
-                            .config
-                            .entries()
-                            .into_iter()
-                            .filter(|(name, _)| wanted(name))
-                            .map(|(name, value)| {
-                                DescribeConfigsResourceResult::default()
-                                    .with_name(StrBytes::from_static_str(name))
-                                    .with_value(Some(StrBytes::from(value)))
-                                    .with_config_source(TOPIC_CONFIG)
-                            })
-                            .collect();
-                        reply.with_configs(configs)
-                    }
-                    Err(e) => reply
-                        .with_error_code(codes::code(&e))
-                        .with_error_message(Some(StrBytes::from(e.to_string()))),
-                },
-                BROKER => reply,
-                other => reply
-                    .with_error_code(ResponseError::InvalidRequest.code())
-                    .with_error_message(Some(StrBytes::from(format!(
-                        "resource type {other} is not served"
-                    )))),
-            }
-        })
-        .collect();
-    DescribeConfigsResponse::default().with_results(results)
-}
-
-/// Each resource once, as Kafka answers it, asking for the keys of all its mentions (all keys
-/// if one mention asks for all): a resource named many times costs one answer, so a response
-/// is bounded by the topics that exist plus the names in the request.
-fn once_each(resources: Vec<DescribeConfigsResource>) -> Vec<DescribeConfigsResource> {
-    let mut out: Vec<DescribeConfigsResource> = Vec::new();
-    let mut at: HashMap<(i8, StrBytes), usize> = HashMap::new();
-    for r in resources {
-        match at.entry((r.resource_type, r.resource_name.clone())) {
-            Entry::Occupied(e) => {
-                let kept = &mut out[*e.get()].configuration_keys;
-                match (kept.as_mut(), r.configuration_keys) {
-                    (Some(keys), Some(more)) => keys.extend(more),
-                    _ => *kept = None,
-                }
-            }
-            Entry::Vacant(e) => {
-                e.insert(out.len());
-                out.push(r);
-            }
-        }
-    }
-    out
 }
 
 /// Moves each partition's log start offset up to the offset given (-1: the high watermark).

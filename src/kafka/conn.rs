@@ -13,8 +13,8 @@ use tokio::io::{
 use tokio::net::TcpStream;
 
 use super::{
-    MAX_RESPONSE_BYTES, Server, admin, alter_configs, apis, fetch, groups, guard, metadata, produce,
-    single_node,
+    MAX_RESPONSE_BYTES, Server, admin, alter_configs, apis, describe_configs, fetch, groups, guard, metadata,
+    produce, single_node,
 };
 
 /// Why a connection is closed.
@@ -296,7 +296,9 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         ApiKey::DeleteGroups => request.reply(groups::delete_groups(server, request.decode()?).await)?,
         ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
         ApiKey::InitProducerId => request.reply(server.producers.init(request.decode()?))?,
-        ApiKey::DescribeConfigs => request.reply(admin::describe_configs(server, request.decode()?))?,
+        ApiKey::DescribeConfigs => {
+            request.reply(describe_configs::describe_configs(server, request.decode()?))?
+        }
         ApiKey::AlterConfigs => {
             let alter = request.decode()?;
             request.reply(off_workers(server, move |s| alter_configs::alter_configs(s, alter)).await)?

@@ -35,6 +35,7 @@ mod alter_configs;
 mod apis;
 mod codes;
 mod conn;
+mod describe_configs;
 mod fetch;
 mod groups;
 mod guard;
