@@ -176,7 +176,9 @@ async fn describe_configs_reports_sources_types_synonyms_and_the_brokers_setting
         .await
         .expect("an answer");
     let reply: DescribeConfigsResponse = wire::response(ApiKey::DescribeConfigs, 4, frame);
-    let entries = |i: usize| -> Vec<(String, String, i8, i8, bool, Vec<(String, i8)>)> {
+    /// Name, value, source, type, read-only, and synonyms (name, source).
+    type Entry = (String, String, i8, i8, bool, Vec<(String, i8)>);
+    let entries = |i: usize| -> Vec<Entry> {
         reply.results[i]
             .configs
             .iter()
