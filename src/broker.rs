@@ -456,11 +456,13 @@ impl Broker {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn alter_topic_config_entries(&self, name: &str, entries: &[(&str, &str)]) -> Result<()> {
-        let mut config = self.inner.topic(name)?.config.read().clone();
-        for (k, v) in entries {
-            config.set(k, v)?;
-        }
-        self.alter_topic_config(name, config)
+        self.inner.alter_topic_config_with(name, false, |current| {
+            let mut config = current.clone();
+            for (k, v) in entries {
+                config.set(k, v)?;
+            }
+            Ok(config)
+        })
     }
 
     /// The number of partitions of a topic.
@@ -587,9 +589,11 @@ impl Broker {
 
     /// Deletes a group's committed offsets of `partitions` (Kafka's OffsetDelete), durably,
     /// answering each partition: one whose topic a member of the group is subscribed to is
-    /// refused ([`Error::GroupSubscribedToTopic`]: the member would commit it again), the
-    /// others are deleted (nothing to delete is no error). A group the broker does not know is
-    /// [`Error::NoSuchGroup`].
+    /// refused ([`Error::GroupSubscribedToTopic`]: the member would commit it again), one that
+    /// does not exist is [`Error::UnknownTopic`] or [`Error::UnknownPartition`], the others are
+    /// deleted (nothing to delete is no error). A group the broker does not know is
+    /// [`Error::NoSuchGroup`]; one whose members' subscriptions are not a consumer's is
+    /// [`Error::GroupNotEmpty`].
     pub fn delete_committed_offsets(
         &self,
         group: &str,
@@ -598,21 +602,29 @@ impl Broker {
         self.describe_group(group)?;
         let store = self.inner.offsets()?;
         let (written, answers) = self.inner.groups.with_subscriptions(group, |subscribed| {
-            let in_use = |tp: &TopicPartition| subscribed.is_none_or(|s| s.contains(&tp.topic));
-            let free: Vec<TopicPartition> = partitions.iter().filter(|tp| !in_use(tp)).cloned().collect();
-            let answers = partitions
+            let Some(subscribed) = subscribed else {
+                return Err(Error::GroupNotEmpty {
+                    group: group.to_string(),
+                });
+            };
+            let answers: Vec<(TopicPartition, Result<()>)> = partitions
                 .iter()
                 .map(|tp| {
-                    let answer = if in_use(tp) {
+                    let answer = if subscribed.contains(&tp.topic) {
                         Err(Error::GroupSubscribedToTopic {
                             group: group.to_string(),
                             topic: tp.topic.clone(),
                         })
                     } else {
-                        Ok(())
+                        self.partition(&tp.topic, tp.partition).map(drop)
                     };
                     (tp.clone(), answer)
                 })
+                .collect();
+            let free: Vec<TopicPartition> = answers
+                .iter()
+                .filter(|(_, answer)| answer.is_ok())
+                .map(|(tp, _)| tp.clone())
                 .collect();
             Ok((store.append_delete_partitions(group, &free)?, answers))
         })?;
@@ -902,10 +914,26 @@ impl BrokerInner {
     }
 
     fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()> {
+        self.alter_topic_config_with(name, false, |_| Ok(config))
+    }
+
+    /// Replaces a topic's configuration with what `alter` makes of the current one, under the
+    /// admin lock, so concurrent alterations cannot undo each other (each starts from the
+    /// last one's result). With `validate_only`, or if nothing changes, nothing is written.
+    pub(crate) fn alter_topic_config_with(
+        &self,
+        name: &str,
+        validate_only: bool,
+        alter: impl FnOnce(&TopicConfig) -> Result<TopicConfig>,
+    ) -> Result<()> {
         let _admin = self.admin.lock();
         self.check_open()?;
-        config.log.validate()?;
         let topic = self.topic(name)?;
+        let config = alter(&topic.config.read())?;
+        config.log.validate()?;
+        if validate_only || *topic.config.read() == config {
+            return Ok(());
+        }
         let old = std::mem::replace(&mut *topic.config.write(), config.clone());
         if let Err(e) = self.persist(&self.topics.read()) {
             *topic.config.write() = old;

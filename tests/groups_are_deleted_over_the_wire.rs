@@ -92,7 +92,11 @@ async fn offset_delete_deletes_offsets_of_topics_no_member_subscribes_to() {
         };
         OffsetDeleteRequest::default()
             .with_group_id(GroupId(StrBytes::from_static_str(group)))
-            .with_topics(vec![topic("t", &[0]), topic("u", &[0, 0])])
+            .with_topics(vec![
+                topic("t", &[0]),
+                topic("u", &[0, 0, 5, -1]),
+                topic("nope", &[0]),
+            ])
     };
     let frame = wire::exchange(&mut s, &wire::request(ApiKey::OffsetDelete, 0, &ask("g")))
         .await
@@ -107,8 +111,21 @@ async fn offset_delete_deletes_offsets_of_topics_no_member_subscribes_to() {
                 .map(move |p| (t.name.0.as_str(), p.partition_index, p.error_code))
         })
         .collect();
-    // GROUP_SUBSCRIBED_TO_TOPIC (86) for "t"; "u" deleted, named twice but answered once.
-    assert_eq!((reply.error_code, got), (0, vec![("t", 0, 86), ("u", 0, 0)]));
+    // GROUP_SUBSCRIBED_TO_TOPIC (86) for "t"; "u"-0 deleted, named twice but answered once;
+    // UNKNOWN_TOPIC_OR_PARTITION (3) for a partition or topic that does not exist.
+    assert_eq!(
+        (reply.error_code, got),
+        (
+            0,
+            vec![
+                ("t", 0, 86),
+                ("u", 0, 0),
+                ("u", 5, 3),
+                ("u", -1, 3),
+                ("nope", 0, 3)
+            ]
+        )
+    );
     let left: Vec<String> = broker
         .group_offsets("g")
         .unwrap()

@@ -1,6 +1,6 @@
 //! What one broker answers from its own state, as Kafka answers it: DescribeLogDirs with the
-//! partitions' real sizes, no partition reassignments, leader elections that change nothing
-//! (and refuse unknown partitions), and ACL requests refused as SECURITY_DISABLED.
+//! partitions' real sizes, no partition reassignments, no leader election needed (unknown
+//! partitions refused), and ACL requests refused as SECURITY_DISABLED.
 #![cfg(feature = "kafka")]
 
 #[path = "common/wire.rs"]
@@ -81,7 +81,8 @@ async fn log_dirs_reassignments_elections_and_acls_answer_as_on_one_kafka_broker
     );
     assert_eq!((reassignments.error_code, reassignments.topics.len()), (0, 0));
 
-    // UNKNOWN_TOPIC_OR_PARTITION (3) for partition 9; the others need nothing done.
+    // ELECTION_NOT_NEEDED (84): each partition's one replica leads it;
+    // UNKNOWN_TOPIC_OR_PARTITION (3) for partition 9.
     let elected = ask!(
         ElectLeaders,
         2,
@@ -97,7 +98,15 @@ async fn log_dirs_reassignments_elections_and_acls_answer_as_on_one_kafka_broker
         .iter()
         .map(|p| (p.partition_id, p.error_code))
         .collect();
-    assert_eq!(results, [(0, 0), (1, 0), (9, 3)]);
+    assert_eq!(results, [(0, 84), (1, 84), (9, 3)]);
+    // Asked for every partition: none needs an election, so none is listed.
+    let all = ask!(
+        ElectLeaders,
+        2,
+        ElectLeadersRequest::default().with_topic_partitions(None),
+        ElectLeadersResponse
+    );
+    assert_eq!((all.error_code, all.replica_election_results.len()), (0, 0));
 
     // SECURITY_DISABLED (54).
     let described = ask!(

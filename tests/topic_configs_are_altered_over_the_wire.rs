@@ -120,6 +120,43 @@ async fn topic_configs_change_as_asked_and_apply_to_the_open_partitions() {
         incremental(&mut s, vec![resource(2, "nope", vec![])], false).await,
         [3]
     );
+    // DELETE of a setting this broker does not have: absent already, as Kafka takes it.
+    let absent = vec![change("min.insync.replicas", DELETE, None)];
+    assert_eq!(
+        incremental(&mut s, vec![resource(2, "t", absent)], false).await,
+        [0]
+    );
+    // INVALID_REQUEST (42): a SET without a value, a setting named twice.
+    let no_value = vec![change("retention.ms", SET, None)];
+    assert_eq!(
+        incremental(&mut s, vec![resource(2, "t", no_value)], false).await,
+        [42]
+    );
+    let named_twice = vec![
+        change("retention.ms", SET, Some("5")),
+        change("retention.ms", DELETE, None),
+    ];
+    assert_eq!(
+        incremental(&mut s, vec![resource(2, "t", named_twice)], false).await,
+        [42]
+    );
+    // flush.ms and flush.messages are one fsync policy: DELETE of either restores the
+    // default's whole (here fsync never, for the broker's default).
+    let interval = vec![change("flush.ms", SET, Some("250"))];
+    assert_eq!(
+        incremental(&mut s, vec![resource(2, "t", interval)], false).await,
+        [0]
+    );
+    assert_eq!(
+        log.config().get_fsync(),
+        Fsync::Interval(std::time::Duration::from_millis(250))
+    );
+    let default_flush = vec![change("flush.messages", DELETE, None)];
+    assert_eq!(
+        incremental(&mut s, vec![resource(2, "t", default_flush)], false).await,
+        [0]
+    );
+    assert_eq!(log.config().get_fsync(), Fsync::Never);
 
     // AlterConfigs: what it names is set, every other setting returns to its default.
     let request = AlterConfigsRequest::default().with_resources(vec![

@@ -513,9 +513,6 @@ impl GroupCoordinator {
         Ok(done)
     }
 
-    /// Fails with `GroupNotEmpty` if the group has members (offsets can only be reset on an
-    /// inactive group, as in Kafka), else runs `f` under the group's lock (so `f` must not
-    /// wait for the disk).
     /// Runs `f` under the group's lock with what its members are subscribed to: `None` if any
     /// member's subscription cannot be read as a consumer's (another protocol type), then
     /// everything counts as in use. A group without members subscribes to nothing.
@@ -545,6 +542,9 @@ impl GroupCoordinator {
         f(Some(&topics))
     }
 
+    /// Fails with `GroupNotEmpty` if the group has members (offsets can only be reset on an
+    /// inactive group, as in Kafka), else runs `f` under the group's lock (so `f` must not
+    /// wait for the disk).
     pub(crate) fn while_inactive<T>(&self, group_id: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let Some(group) = self.group(group_id) else {
             return f();

@@ -44,11 +44,10 @@ pub(super) fn create_topics(server: &Server, request: CreateTopicsRequest) -> Cr
                             "with replica assignments, the partition count and replication factor are -1",
                         )));
                 }
-                let here = t
-                    .assignments
-                    .iter()
-                    .enumerate()
-                    .all(|(i, a)| a.partition_index == i as i32 && a.broker_ids == [BrokerId(NODE_ID)]);
+                let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
+                indexes.sort_unstable();
+                let here = indexes.iter().enumerate().all(|(i, &p)| p == i as i32)
+                    && t.assignments.iter().all(|a| a.broker_ids == [BrokerId(NODE_ID)]);
                 if !here {
                     return reply
                         .with_error_code(ResponseError::InvalidReplicaAssignment.code())
@@ -118,10 +117,10 @@ pub(super) fn create_partitions(
             }
             let total = u32::try_from(t.count).unwrap_or(0);
             if let Some(assignments) = &t.assignments {
-                let current = broker
-                    .inner
-                    .topic(&t.name.0)
-                    .map_or(0, |t| t.partitions.read().len());
+                let current = match broker.inner.topic(&t.name.0) {
+                    Ok(topic) => topic.partitions.read().len(),
+                    Err(e) => return refuse(codes::code(&e), e.to_string()),
+                };
                 let alone =
                     |a: &kafka_protocol::messages::create_partitions_request::CreatePartitionsAssignment| {
                         a.broker_ids == [BrokerId(NODE_ID)]

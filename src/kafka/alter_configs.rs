@@ -32,6 +32,17 @@ enum Change<'a> {
     Subtract(&'a str, &'a str),
 }
 
+impl Change<'_> {
+    fn name(&self) -> &str {
+        match *self {
+            Change::Set(name, _)
+            | Change::Delete(name)
+            | Change::Append(name, _)
+            | Change::Subtract(name, _) => name,
+        }
+    }
+}
+
 /// The outcome for one resource: `None` for success, or an error code and its message.
 type Outcome = Option<(i16, String)>;
 
@@ -49,23 +60,24 @@ fn alter(
         let why = "only topic configs are alterable on this broker".to_string();
         return Some((ResponseError::InvalidRequest.code(), why));
     }
-    let altered = refuse_internal(name)
-        .and_then(|()| server.broker.inner.topic(name))
-        .and_then(|topic| {
-            let (defaults, _) = server.broker.inner.topic_defaults();
-            let mut config = base(&topic.config.read());
-            for change in changes {
-                apply(&mut config, &defaults, change)?;
-            }
-            Ok(config)
-        })
-        .and_then(|config| {
-            if validate_only {
-                Ok(())
-            } else {
-                server.broker.alter_topic_config(name, config)
-            }
-        });
+    let mut names = HashSet::new();
+    if !changes.iter().all(|c| names.insert(c.name())) {
+        let why = "a setting is named twice".to_string();
+        return Some((ResponseError::InvalidRequest.code(), why));
+    }
+    let (defaults, _) = server.broker.inner.topic_defaults();
+    let altered = refuse_internal(name).and_then(|()| {
+        server
+            .broker
+            .inner
+            .alter_topic_config_with(name, validate_only, |current| {
+                let mut config = base(current);
+                for change in changes {
+                    apply(&mut config, &defaults, change)?;
+                }
+                Ok(config)
+            })
+    });
     altered.err().map(|e| (codes::code(&e), e.to_string()))
 }
 
@@ -83,6 +95,15 @@ fn apply(config: &mut TopicConfig, defaults: &TopicConfig, change: &Change<'_>) 
     };
     match *change {
         Change::Set(name, value) => config.set(name, value),
+        // `flush.messages` and `flush.ms` are one setting here (the fsync policy): back to the
+        // default's whole, not through one of its two names.
+        Change::Delete("flush.messages" | "flush.ms") => {
+            let fsync = defaults.log().get_fsync();
+            *config = config.clone().with_log(config.log().clone().fsync(fsync));
+            Ok(())
+        }
+        // A setting this broker does not have is absent already, as Kafka takes it.
+        Change::Delete(name) if value_of(defaults, name).is_empty() => Ok(()),
         Change::Delete(name) => config.set(name, &value_of(defaults, name)),
         Change::Append(name, value) => {
             let mut values = list(name)?;
@@ -197,13 +218,14 @@ pub(super) fn incremental_alter_configs(
                 .iter()
                 .map(|c| {
                     let name = c.name.as_str();
-                    let value = c.value.as_deref().unwrap_or("");
-                    match c.config_operation {
-                        0 => Ok(Change::Set(name, value)),
-                        1 => Ok(Change::Delete(name)),
-                        2 => Ok(Change::Append(name, value)),
-                        3 => Ok(Change::Subtract(name, value)),
-                        op => Err(format!("unknown config operation {op}")),
+                    let value = c.value.as_deref();
+                    match (c.config_operation, value) {
+                        (1, _) => Ok(Change::Delete(name)),
+                        (0, Some(value)) => Ok(Change::Set(name, value)),
+                        (2, Some(value)) => Ok(Change::Append(name, value)),
+                        (3, Some(value)) => Ok(Change::Subtract(name, value)),
+                        (0..=3, None) => Err(format!("no value to set {name} to")),
+                        (op, _) => Err(format!("unknown config operation {op}")),
                     }
                 })
                 .collect();

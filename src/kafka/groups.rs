@@ -1,7 +1,7 @@
 //! The group APIs, each a call on the broker's one group coordinator (shared with in-process
 //! consumers), and committed offsets in its one offset store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -372,6 +372,33 @@ pub(super) async fn delete_groups(
 ) -> DeleteGroupsResponse {
     let server = server.clone();
     tokio::task::spawn_blocking(move || {
+        // The groups with offsets, read once for the whole request: a request of many names
+        // must not read the store once a name.
+        let with_offsets: HashSet<String> = match server.broker.inner.offsets() {
+            Ok(store) => store.groups().into_iter().collect(),
+            Err(e) => {
+                let code = codes::code(&e);
+                let results = request
+                    .groups_names
+                    .into_iter()
+                    .map(|g| {
+                        DeletableGroupResult::default()
+                            .with_group_id(g)
+                            .with_error_code(code)
+                    })
+                    .collect();
+                return DeleteGroupsResponse::default().with_results(results);
+            }
+        };
+        let known = |group: &str| {
+            if with_offsets.contains(group) || server.broker.coordinator().describe(group).is_some() {
+                Ok(())
+            } else {
+                Err(crate::Error::NoSuchGroup {
+                    group: group.to_string(),
+                })
+            }
+        };
         let mut seen = HashSet::new();
         let results = request
             .groups_names
@@ -379,8 +406,8 @@ pub(super) async fn delete_groups(
             .filter(|g| seen.insert(g.clone()))
             .map(|group| {
                 let deleted = validate_group_id(&group.0)
-                    .and_then(|()| server.broker.describe_group(&group.0))
-                    .and_then(|_| server.broker.delete_group(&group.0));
+                    .and_then(|()| known(&group.0))
+                    .and_then(|()| server.broker.delete_group(&group.0));
                 let reply = DeletableGroupResult::default().with_group_id(group);
                 match deleted {
                     Ok(()) => reply,
@@ -407,15 +434,18 @@ pub(super) async fn offset_delete(
     let server = server.clone();
     tokio::task::spawn_blocking(move || {
         let group = request.group_id.0.to_string();
+        // Each partition asked for is answered once; a negative index names none.
         let mut seen = HashSet::new();
         let mut partitions = Vec::new();
+        let mut impossible = Vec::new();
         for t in &request.topics {
             for p in &t.partitions {
-                let Ok(index) = u32::try_from(p.partition_index) else {
+                if !seen.insert((t.name.clone(), p.partition_index)) {
                     continue;
-                };
-                if seen.insert((t.name.clone(), index)) {
-                    partitions.push(TopicPartition::new(t.name.0.to_string(), index));
+                }
+                match u32::try_from(p.partition_index) {
+                    Ok(index) => partitions.push(TopicPartition::new(t.name.0.to_string(), index)),
+                    Err(_) => impossible.push((t.name.0.to_string(), p.partition_index)),
                 }
             }
         }
@@ -425,19 +455,28 @@ pub(super) async fn offset_delete(
             Ok(answers) => answers,
             Err(e) => return OffsetDeleteResponse::default().with_error_code(codes::code(&e)),
         };
+        let unknown = ResponseError::UnknownTopicOrPartition.code();
+        let answered = answers
+            .into_iter()
+            .map(|(tp, answer)| {
+                (
+                    tp.topic,
+                    tp.partition as i32,
+                    answer.err().map_or(0, |e| codes::code(&e)),
+                )
+            })
+            .chain(impossible.into_iter().map(|(topic, p)| (topic, p, unknown)));
         let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
-        for (tp, answer) in answers {
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for (topic, index, code) in answered {
             let partition = OffsetDeleteResponsePartition::default()
-                .with_partition_index(tp.partition as i32)
-                .with_error_code(answer.err().map_or(0, |e| codes::code(&e)));
-            match topics.last_mut().filter(|t| t.name.0.as_str() == tp.topic) {
-                Some(topic) => topic.partitions.push(partition),
-                None => topics.push(
-                    OffsetDeleteResponseTopic::default()
-                        .with_name(TopicName(text(tp.topic)))
-                        .with_partitions(vec![partition]),
-                ),
-            }
+                .with_partition_index(index)
+                .with_error_code(code);
+            let i = *at.entry(topic.clone()).or_insert_with(|| {
+                topics.push(OffsetDeleteResponseTopic::default().with_name(TopicName(text(topic))));
+                topics.len() - 1
+            });
+            topics[i].partitions.push(partition);
         }
         OffsetDeleteResponse::default().with_topics(topics)
     })

@@ -1,5 +1,5 @@
 //! What one broker answers from its own state, as Kafka answers it: log directories with the
-//! partitions' real sizes, no partition reassignments under way, no leaders to elect (every
+//! partitions' real sizes, no partition reassignments under way, no election needed (every
 //! partition's only replica leads it), and ACLs refused as SECURITY_DISABLED (Kafka's answer
 //! when no authorizer is configured).
 
@@ -102,24 +102,28 @@ pub(super) fn list_partition_reassignments(
     ListPartitionReassignmentsResponse::default()
 }
 
-/// ElectLeaders: every partition's one replica already leads it, so each election asked for
-/// succeeds without changing anything; an unknown partition is UNKNOWN_TOPIC_OR_PARTITION.
+/// ElectLeaders: every partition's one replica already leads it, so no election is needed:
+/// each partition named is ELECTION_NOT_NEEDED (an unknown one UNKNOWN_TOPIC_OR_PARTITION),
+/// and a request for all partitions lists none, as Kafka answers when nothing needs electing.
 pub(super) fn elect_leaders(server: &Server, request: ElectLeadersRequest) -> ElectLeadersResponse {
-    let wanted = request
-        .topic_partitions
-        .map(|topics| topics.into_iter().map(|t| (t.topic, t.partitions)).collect());
-    let results = named(server, wanted)
+    let Some(topics) = request.topic_partitions else {
+        return ElectLeadersResponse::default();
+    };
+    let wanted = topics.into_iter().map(|t| (t.topic, t.partitions)).collect();
+    let results = named(server, Some(wanted))
         .into_iter()
         .map(|(topic, partitions)| {
             let partition_result = partitions
                 .into_iter()
                 .map(|(p, exists)| {
-                    let result = PartitionResult::default().with_partition_id(p);
-                    if exists {
-                        result
+                    let error = if exists {
+                        ResponseError::ElectionNotNeeded
                     } else {
-                        result.with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                    }
+                        ResponseError::UnknownTopicOrPartition
+                    };
+                    PartitionResult::default()
+                        .with_partition_id(p)
+                        .with_error_code(error.code())
                 })
                 .collect();
             ReplicaElectionResult::default()
