@@ -14,6 +14,25 @@ use rivulet::kafka::ServerConfig;
 use rivulet::{Broker, Fsync, TopicConfig};
 use tokio::net::TcpStream;
 
+/// Sends `request` on a connection to a server with one connection slot, leaves while it is
+/// being answered, and checks that the slot then serves a new client soon after.
+async fn leave_during(addr: std::net::SocketAddr, request: &[u8]) {
+    let mut leaver = TcpStream::connect(addr).await.unwrap();
+    wire::send(&mut leaver, request).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(leaver);
+    let versions = wire::request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if wire::exchange(&mut s, &versions).await.is_some() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the slot is still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_long_poll_of_a_departed_client_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
@@ -32,24 +51,7 @@ async fn a_long_poll_of_a_departed_client_frees_its_slot() {
                 .with_topic(TopicName(StrBytes::from_static_str("t")))
                 .with_partitions(vec![FetchPartition::default().with_partition_max_bytes(1 << 20)]),
         ]);
-    let mut leaver = TcpStream::connect(addr).await.unwrap();
-    wire::send(&mut leaver, &wire::request(ApiKey::Fetch, 11, &forever))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    drop(leaver);
-
-    // The one slot serves a new client soon after.
-    let versions = wire::request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        if wire::exchange(&mut s, &versions).await.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the slot is still held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    leave_during(addr, &wire::request(ApiKey::Fetch, 11, &forever)).await;
 }
 
 #[tokio::test]
@@ -78,21 +80,5 @@ async fn a_join_waiting_for_a_rebalance_of_a_departed_client_frees_its_slot() {
                     0, 1, 0, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0,
                 ])),
         ]);
-    let mut leaver = TcpStream::connect(addr).await.unwrap();
-    wire::send(&mut leaver, &wire::request(ApiKey::JoinGroup, 3, &join))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    drop(leaver);
-
-    let versions = wire::request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        if wire::exchange(&mut s, &versions).await.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the slot is still held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    leave_during(addr, &wire::request(ApiKey::JoinGroup, 3, &join)).await;
 }
