@@ -773,13 +773,22 @@ impl BrokerInner {
 
     /// Writes the registry from the open topics.
     fn persist(&self, topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
+        self.persist_grown(topics, None)
+    }
+
+    /// Writes the registry from the open topics, with `grown`'s topic at its new partition
+    /// count (partitions opened but not yet published).
+    fn persist_grown(&self, topics: &BTreeMap<String, Arc<Topic>>, grown: Option<(&str, u32)>) -> Result<()> {
         let registry = Registry {
             version: REGISTRY_VERSION,
             topics: topics
                 .values()
                 .map(|t| TopicRecord {
                     name: t.name.clone(),
-                    partitions: t.partitions.read().len() as u32,
+                    partitions: match grown {
+                        Some((name, count)) if name == t.name => count,
+                        _ => t.partitions.read().len() as u32,
+                    },
                     config: t.config.read().clone(),
                 })
                 .collect(),
@@ -899,17 +908,19 @@ impl BrokerInner {
                 &config,
             )?);
         }
-        *topic.partitions.write() = Arc::new(logs);
+        // The registry names the new partitions before anyone can write to them: a failed
+        // write removes partitions nobody has seen, never records a producer was told are
+        // stored. (A crash in between leaves the opened partitions in the registry, or, before
+        // it, their directories, which the next open removes.)
         let topics = self.topics.read().clone();
-        if let Err(e) = self.persist(&topics) {
-            let added: Vec<_> = topic.partitions.read()[current.len()..].to_vec();
-            *topic.partitions.write() = current;
-            for log in added {
+        if let Err(e) = self.persist_grown(&topics, Some((name, total))) {
+            for log in &logs[current.len()..] {
                 log.close()?;
                 std::fs::remove_dir_all(log.dir()).ctx("remove", log.dir())?;
             }
             return Err(e);
         }
+        *topic.partitions.write() = Arc::new(logs);
         Ok(())
     }
 

@@ -164,3 +164,25 @@ fn a_foreign_directory_is_refused_and_leftover_partitions_are_removed() {
     assert!(dir.path().join("kept-0").exists());
     assert_eq!(broker.list_topics(), ["kept"]);
 }
+
+#[test]
+fn partitions_added_while_the_registry_cannot_be_written_never_appear() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path()).unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    // The registry is written to `topics.tmp` and renamed: a directory there fails the write.
+    std::fs::create_dir(dir.path().join("topics.tmp")).unwrap();
+    assert!(broker.add_partitions("t", 3).is_err());
+    assert_eq!(broker.describe_topic("t").unwrap().partitions.len(), 1);
+    assert!(
+        broker.partition("t", 1).is_err(),
+        "a partition no registry names was writable"
+    );
+    assert!(!dir.path().join("t-1").exists() && !dir.path().join("t-2").exists());
+    std::fs::remove_dir(dir.path().join("topics.tmp")).unwrap();
+    broker.add_partitions("t", 3).unwrap();
+    broker.close().unwrap();
+    drop(broker);
+    let broker = Broker::open(dir.path()).unwrap();
+    assert_eq!(broker.describe_topic("t").unwrap().partitions.len(), 3);
+}
