@@ -77,3 +77,37 @@ async fn a_refused_batch_refuses_its_whole_record_set() {
     assert_eq!(produce(&mut s, "t", &set).await, 0);
     assert_eq!(end("t"), 2);
 }
+
+/// A compacted topic refuses a batch with keyless records naming each of them, as Kafka does,
+/// so that a client fails those records alone as invalid and can send the batch's others again.
+#[tokio::test]
+async fn a_compacted_topic_names_each_keyless_record_it_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    let compacted = TopicConfig::default()
+        .with_log(LogConfig::default().fsync(Fsync::Never))
+        .cleanup_policy(CleanupPolicy::Compact);
+    broker.create_topic("compacted", 1, compacted).unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+
+    let mut b = BatchBuilder::new(Compression::Zstd);
+    for i in 0..5 {
+        let key = (i % 2 == 0).then_some(&b"k"[..]);
+        b.push(1_000 + i, key, Some(b"v"), &[]);
+    }
+    let set = Bytes::from(b.finish().unwrap().as_bytes().to_vec());
+    let frame = wire::request(ApiKey::Produce, 9, &wire::produce_request("compacted", set));
+    let reply: ProduceResponse =
+        wire::response(ApiKey::Produce, 9, wire::exchange(&mut s, &frame).await.unwrap());
+    let partition = &reply.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, 87);
+    let named: Vec<i32> = partition.record_errors.iter().map(|e| e.batch_index).collect();
+    assert_eq!(named, [1, 3]);
+    let why = partition.record_errors[0]
+        .batch_index_error_message
+        .as_ref()
+        .unwrap();
+    assert!(why.contains("without key"), "{why}");
+    assert_eq!(broker.partition("compacted", 0).unwrap().log_end_offset(), 0);
+}

@@ -1,11 +1,16 @@
 //! What one broker answers from its own state, as Kafka answers it: DescribeLogDirs with the
 //! partitions' real sizes, no partition reassignments, no leader election needed (unknown
-//! partitions refused), and ACL requests refused as SECURITY_DISABLED.
+//! partitions refused), replicas already in the one log directory and on the one broker, and
+//! ACL requests refused as SECURITY_DISABLED.
 #![cfg(feature = "kafka")]
 
 #[path = "common/wire.rs"]
 mod wire;
 
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
+use kafka_protocol::messages::alter_replica_log_dirs_request::{AlterReplicaLogDir, AlterReplicaLogDirTopic};
 use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
 use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
@@ -133,4 +138,89 @@ async fn log_dirs_reassignments_elections_and_acls_answer_as_on_one_kafka_broker
         DeleteAclsResponse
     );
     assert_eq!(deleted.filter_results[0].error_code, 54);
+}
+
+#[tokio::test]
+async fn replicas_stay_in_the_one_log_dir_and_on_the_one_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 2, TopicConfig::default()).unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    macro_rules! ask {
+        ($api:ident, $version:expr, $request:expr, $response:ty) => {{
+            let frame = wire::exchange(&mut s, &wire::request(ApiKey::$api, $version, &$request))
+                .await
+                .expect("an answer");
+            let reply: $response = wire::response(ApiKey::$api, $version, frame);
+            reply
+        }};
+    }
+    let in_dir = |path: String, partitions: Vec<i32>| {
+        AlterReplicaLogDir::default()
+            .with_path(StrBytes::from(path))
+            .with_topics(vec![
+                AlterReplicaLogDirTopic::default()
+                    .with_name(t("t"))
+                    .with_partitions(partitions),
+            ])
+    };
+
+    // The data directory: partition 0 is there already (NONE), partition 5 is no replica here
+    // (REPLICA_NOT_AVAILABLE, 9); another directory is LOG_DIR_NOT_FOUND (57).
+    let moved = ask!(
+        AlterReplicaLogDirs,
+        2,
+        AlterReplicaLogDirsRequest::default().with_dirs(vec![
+            in_dir(dir.path().display().to_string(), vec![0, 5]),
+            in_dir("/elsewhere".to_string(), vec![1]),
+        ]),
+        AlterReplicaLogDirsResponse
+    );
+    let results: Vec<(i32, i16)> = moved.results[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.error_code))
+        .collect();
+    assert_eq!(results, [(0, 0), (1, 57), (5, 9)]);
+    assert_eq!(broker.partition("t", 0).unwrap().size_bytes(), 0);
+
+    // To broker 0 alone: done at once. To another broker or none: INVALID_REPLICA_ASSIGNMENT
+    // (39). A cancellation: NO_REASSIGNMENT_IN_PROGRESS (85). Partition 4: unknown (3).
+    let reassign = |index: i32, replicas: Option<Vec<i32>>| {
+        ReassignablePartition::default()
+            .with_partition_index(index)
+            .with_replicas(replicas.map(|r| r.into_iter().map(BrokerId).collect()))
+    };
+    let reassigned = ask!(
+        AlterPartitionReassignments,
+        0,
+        AlterPartitionReassignmentsRequest::default().with_topics(vec![
+            ReassignableTopic::default()
+                .with_name(t("t"))
+                .with_partitions(vec![
+                    reassign(0, Some(vec![0])),
+                    reassign(1, Some(vec![0, 1])),
+                    reassign(1, Some(vec![])),
+                    reassign(0, None),
+                    reassign(4, Some(vec![0])),
+                ]),
+        ]),
+        AlterPartitionReassignmentsResponse
+    );
+    assert_eq!(reassigned.error_code, 0);
+    let results: Vec<(i32, i16)> = reassigned.responses[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.error_code))
+        .collect();
+    assert_eq!(results, [(0, 0), (1, 39), (1, 39), (0, 85), (4, 3)]);
+    // Nothing is under way afterwards.
+    let listed = ask!(
+        ListPartitionReassignments,
+        0,
+        ListPartitionReassignmentsRequest::default().with_topics(None),
+        ListPartitionReassignmentsResponse
+    );
+    assert!(listed.topics.is_empty());
 }

@@ -248,6 +248,16 @@ const LIST_PARTITION_REASSIGNMENTS: &[Field] = &[all(Fixed(4)), all(Array(TOPIC_
 
 const ELECT_LEADERS: &[Field] = &[since(1, Fixed(1)), all(Array(TOPIC_PARTITIONS)), all(Fixed(4))];
 
+const ALTER_REPLICA_LOG_DIRS: &[Field] = &[all(Array(&[all(Str), all(Array(TOPIC_PARTITIONS))]))];
+
+const ALTER_PARTITION_REASSIGNMENTS: &[Field] = &[
+    all(Fixed(4)),
+    all(Array(&[
+        all(Str),
+        all(Array(&[all(Fixed(4)), all(FixedArray(4))])),
+    ])),
+];
+
 /// An ACL or an ACL filter: resource type, name, pattern type, principal, host, operation,
 /// permission type.
 const ACL: &[Field] = &[
@@ -296,6 +306,8 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::DescribeLogDirs => DESCRIBE_LOG_DIRS,
         ApiKey::ListPartitionReassignments => LIST_PARTITION_REASSIGNMENTS,
         ApiKey::ElectLeaders => ELECT_LEADERS,
+        ApiKey::AlterReplicaLogDirs => ALTER_REPLICA_LOG_DIRS,
+        ApiKey::AlterPartitionReassignments => ALTER_PARTITION_REASSIGNMENTS,
         ApiKey::DescribeAcls => DESCRIBE_ACLS,
         ApiKey::CreateAcls => CREATE_ACLS,
         ApiKey::DeleteAcls => DELETE_ACLS,
@@ -687,6 +699,31 @@ mod tests {
                         .with_topic(topic())
                         .with_partitions(vec![0, 1]),
                 ]))
+                .encode(&mut out, v),
+            ApiKey::AlterReplicaLogDirs => AlterReplicaLogDirsRequest::default()
+                .with_dirs(vec![
+                    alter_replica_log_dirs_request::AlterReplicaLogDir::default()
+                        .with_path(s("/data"))
+                        .with_topics(vec![
+                            alter_replica_log_dirs_request::AlterReplicaLogDirTopic::default()
+                                .with_name(topic())
+                                .with_partitions(vec![0, 1]),
+                        ]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::AlterPartitionReassignments => AlterPartitionReassignmentsRequest::default()
+                .with_timeout_ms(1000)
+                .with_topics(vec![
+                    alter_partition_reassignments_request::ReassignableTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![
+                            alter_partition_reassignments_request::ReassignablePartition::default()
+                                .with_replicas(Some(vec![BrokerId(0), BrokerId(1)])),
+                            alter_partition_reassignments_request::ReassignablePartition::default()
+                                .with_partition_index(1)
+                                .with_replicas(None),
+                        ]),
+                ])
                 .encode(&mut out, v),
             ApiKey::DescribeAcls => DescribeAclsRequest::default()
                 .with_resource_name_filter(Some(s("topic")))

@@ -5,7 +5,9 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
@@ -94,11 +96,14 @@ fn recompresses(server: &Server, request: &ProduceRequest) -> bool {
     })
 }
 
-/// Why a partition's record set was refused: one of rivulet's errors, or an idempotence
-/// check's error code.
+/// Why a partition's record set was refused: one of rivulet's errors, an idempotence check's
+/// error code, or the records of a batch that a compacted topic refuses for want of a key
+/// (their indexes in the batch, which Kafka reports per record so that a client can tell them
+/// from the batch's other records).
 enum Refused {
     Error(Error),
     Code(ResponseError, String),
+    Keyless(Vec<i32>),
 }
 
 impl From<Error> for Refused {
@@ -130,12 +135,14 @@ fn append_all(server: &Server, request: ProduceRequest) -> Vec<TopicProduceRespo
                             .with_log_append_time_ms(if append_time { info.log_append_time } else { -1 })
                             .with_log_start_offset(log_start),
                         Err(refused) => {
-                            let (code, message) = match refused {
-                                Refused::Error(e) => (codes::code(&e), e.to_string()),
-                                Refused::Code(code, message) => (code.code(), message),
+                            let (code, message, records) = match refused {
+                                Refused::Error(e) => (codes::code(&e), e.to_string(), Vec::new()),
+                                Refused::Code(code, message) => (code.code(), message, Vec::new()),
+                                Refused::Keyless(indexes) => keyless_reply(&name, p.index, indexes),
                             };
                             reply
                                 .with_error_code(code)
+                                .with_record_errors(records)
                                 .with_error_message(Some(StrBytes::from(message)))
                                 .with_base_offset(-1)
                                 .with_log_append_time_ms(-1)
@@ -191,7 +198,10 @@ fn append(
         }
         let batch = recompress(codec, batch, limit)?;
         // Whatever the log would refuse, before anything of the set is written.
-        check_batch(&batch, &config)?;
+        check_batch(&batch, &config).map_err(|e| match e {
+            Error::KeyRequired { .. } => Refused::Keyless(keyless_records(&batch)),
+            e => e.into(),
+        })?;
         batches.push(batch);
         rest = tail;
     }
@@ -234,6 +244,42 @@ fn append(
         log.log_start_offset(),
         append_time,
     ))
+}
+
+/// The indexes in `batch` of its records without a key.
+fn keyless_records(batch: &RecordBatch) -> Vec<i32> {
+    let Ok((view, _)) = Batch::parse(batch.as_bytes()) else {
+        return Vec::new();
+    };
+    let Ok(records) = view.records() else {
+        return Vec::new();
+    };
+    (0i32..)
+        .zip(records.iter())
+        .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.key.is_none()))
+        .map(|(index, _)| index)
+        .collect()
+}
+
+/// The answer for a batch refused by a compacted topic: INVALID_RECORD, with an error per
+/// keyless record as Kafka gives them (clients fail those records with INVALID_RECORD and the
+/// batch's other records with an error of their own, so that they can be sent again).
+fn keyless_reply(
+    topic: &str,
+    partition: i32,
+    indexes: Vec<i32>,
+) -> (i16, String, Vec<BatchIndexAndErrorMessage>) {
+    let why =
+        format!("Compacted topic cannot accept message without key in topic partition {topic}-{partition}.");
+    let records = indexes
+        .into_iter()
+        .map(|index| {
+            BatchIndexAndErrorMessage::default()
+                .with_batch_index(index)
+                .with_batch_index_error_message(Some(StrBytes::from(why.clone())))
+        })
+        .collect();
+    (ResponseError::InvalidRecord.code(), why, records)
 }
 
 /// The batch as the topic's `compression.type` stores it: as produced under `producer`, else

@@ -1,11 +1,18 @@
 //! What one broker answers from its own state, as Kafka answers it: log directories with the
-//! partitions' real sizes, no partition reassignments under way, no election needed (every
-//! partition's only replica leads it), and ACLs refused as SECURITY_DISABLED (Kafka's answer
-//! when no authorizer is configured).
+//! partitions' real sizes (a replica "moved" to the directory it is in stays there), no
+//! partition reassignments under way (one to the broker's own replica is done at once), no
+//! election needed (every partition's only replica leads it), and ACLs refused as
+//! SECURITY_DISABLED (Kafka's answer when no authorizer is configured).
 
 use std::collections::BTreeMap;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::alter_partition_reassignments_response::{
+    ReassignablePartitionResponse, ReassignableTopicResponse,
+};
+use kafka_protocol::messages::alter_replica_log_dirs_response::{
+    AlterReplicaLogDirPartitionResult, AlterReplicaLogDirTopicResult,
+};
 use kafka_protocol::messages::create_acls_response::AclCreationResult;
 use kafka_protocol::messages::delete_acls_response::DeleteAclsFilterResult;
 use kafka_protocol::messages::describe_log_dirs_response::{
@@ -13,13 +20,15 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 };
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
-    CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse, DescribeAclsRequest,
-    DescribeAclsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, ElectLeadersRequest,
-    ElectLeadersResponse, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, TopicName,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, AlterReplicaLogDirsRequest,
+    AlterReplicaLogDirsResponse, BrokerId, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest,
+    DeleteAclsResponse, DescribeAclsRequest, DescribeAclsResponse, DescribeLogDirsRequest,
+    DescribeLogDirsResponse, ElectLeadersRequest, ElectLeadersResponse, ListPartitionReassignmentsRequest,
+    ListPartitionReassignmentsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::Server;
+use super::{NODE_ID, Server};
 
 const NO_AUTHORIZER: &str = "no authorizer is configured on this broker";
 
@@ -100,6 +109,100 @@ pub(super) fn list_partition_reassignments(
     _request: ListPartitionReassignmentsRequest,
 ) -> ListPartitionReassignmentsResponse {
     ListPartitionReassignmentsResponse::default()
+}
+
+/// AlterReplicaLogDirs: the broker has one log directory, so a partition asked to move to it
+/// is already there (NONE, nothing done); another directory is LOG_DIR_NOT_FOUND, and a
+/// partition the broker does not have REPLICA_NOT_AVAILABLE, as Kafka answers them.
+pub(super) fn alter_replica_log_dirs(
+    server: &Server,
+    request: AlterReplicaLogDirsRequest,
+) -> AlterReplicaLogDirsResponse {
+    let ours = server.broker.dir();
+    let mut results: BTreeMap<TopicName, BTreeMap<i32, i16>> = BTreeMap::new();
+    for dir in request.dirs {
+        let known = std::path::Path::new(dir.path.as_str()) == ours;
+        let wanted = dir.topics.into_iter().map(|t| (t.name, t.partitions)).collect();
+        for (topic, partitions) in named(server, Some(wanted)) {
+            let entry = results.entry(topic).or_default();
+            for (p, exists) in partitions {
+                let error = match (known, exists) {
+                    (false, _) => ResponseError::LogDirNotFound.code(),
+                    (true, false) => ResponseError::ReplicaNotAvailable.code(),
+                    (true, true) => 0,
+                };
+                entry.insert(p, error);
+            }
+        }
+    }
+    let results = results
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|(p, error)| {
+                    AlterReplicaLogDirPartitionResult::default()
+                        .with_partition_index(p)
+                        .with_error_code(error)
+                })
+                .collect();
+            AlterReplicaLogDirTopicResult::default()
+                .with_topic_name(topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    AlterReplicaLogDirsResponse::default().with_results(results)
+}
+
+/// AlterPartitionReassignments: a partition's only replica is on this broker, so a
+/// reassignment to exactly that replica is complete at once (NONE); any other replica list is
+/// INVALID_REPLICA_ASSIGNMENT (no other broker is live), a cancellation (no replicas)
+/// NO_REASSIGNMENT_IN_PROGRESS, and an unknown partition UNKNOWN_TOPIC_OR_PARTITION.
+pub(super) fn alter_partition_reassignments(
+    server: &Server,
+    request: AlterPartitionReassignmentsRequest,
+) -> AlterPartitionReassignmentsResponse {
+    let responses = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let count = server
+                .broker
+                .inner
+                .topic(&topic.name)
+                .map_or(0, |t| t.partitions.read().len() as i32);
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let (error, message) = if !(0..count).contains(&p.partition_index) {
+                        (Some(ResponseError::UnknownTopicOrPartition), None)
+                    } else {
+                        match p.replicas.as_deref() {
+                            None => (Some(ResponseError::NoReassignmentInProgress), None),
+                            Some([BrokerId(NODE_ID)]) => (None, None),
+                            Some([]) => (
+                                Some(ResponseError::InvalidReplicaAssignment),
+                                Some("the replica list cannot be empty"),
+                            ),
+                            Some(_) => (
+                                Some(ResponseError::InvalidReplicaAssignment),
+                                Some("this cluster has one broker: a partition's only replica is broker 0"),
+                            ),
+                        }
+                    };
+                    ReassignablePartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(error.map_or(0, |e| e.code()))
+                        .with_error_message(message.map(StrBytes::from_static_str))
+                })
+                .collect();
+            ReassignableTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    AlterPartitionReassignmentsResponse::default().with_responses(responses)
 }
 
 /// ElectLeaders: every partition's one replica already leads it, so no election is needed:
