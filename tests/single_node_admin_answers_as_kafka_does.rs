@@ -224,3 +224,65 @@ async fn replicas_stay_in_the_one_log_dir_and_on_the_one_broker() {
     );
     assert!(listed.topics.is_empty());
 }
+
+/// Asked what it may do, a client is told every operation of the resource type, as Kafka answers
+/// without an authorizer; not asked, the field is left at Kafka's "not asked" value.
+#[tokio::test]
+async fn authorized_operations_are_every_operation_when_asked() {
+    const NOT_ASKED: i32 = i32::MIN;
+    // Bits of Kafka's ACL operation codes: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
+    // DESCRIBE 8, CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12.
+    let bits = |ops: &[u32]| ops.iter().map(|op| 1i32 << op).sum::<i32>();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    macro_rules! ask {
+        ($api:ident, $version:expr, $request:expr, $response:ty) => {{
+            let frame = wire::exchange(&mut s, &wire::request(ApiKey::$api, $version, &$request))
+                .await
+                .expect("an answer");
+            let reply: $response = wire::response(ApiKey::$api, $version, frame);
+            reply
+        }};
+    }
+    for asked in [true, false] {
+        let metadata = ask!(
+            Metadata,
+            10,
+            MetadataRequest::default()
+                .with_topics(None)
+                .with_include_topic_authorized_operations(asked)
+                .with_include_cluster_authorized_operations(asked),
+            MetadataResponse
+        );
+        let cluster = ask!(
+            DescribeCluster,
+            1,
+            DescribeClusterRequest::default().with_include_cluster_authorized_operations(asked),
+            DescribeClusterResponse
+        );
+        let groups = ask!(
+            DescribeGroups,
+            5,
+            DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(StrBytes::from_static_str("g"))])
+                .with_include_authorized_operations(asked),
+            DescribeGroupsResponse
+        );
+        let (topic, clusters, group) = if asked {
+            (
+                bits(&[3, 4, 5, 6, 7, 8, 10, 11]),
+                bits(&[5, 7, 8, 9, 10, 11, 12]),
+                bits(&[3, 6, 8]),
+            )
+        } else {
+            (NOT_ASKED, NOT_ASKED, NOT_ASKED)
+        };
+        assert_eq!(metadata.topics[0].topic_authorized_operations, topic);
+        assert_eq!(metadata.cluster_authorized_operations, clusters);
+        assert_eq!(cluster.cluster_authorized_operations, clusters);
+        assert_eq!(groups.groups[0].authorized_operations, group);
+    }
+}

@@ -227,8 +227,14 @@ pub(super) fn delete_records(server: &Server, request: DeleteRecordsRequest) -> 
 }
 
 /// The one broker, which is also the controller.
-pub(super) fn describe_cluster(server: &Server, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub(super) fn describe_cluster(server: &Server, request: DescribeClusterRequest) -> DescribeClusterResponse {
+    let operations = if request.include_cluster_authorized_operations {
+        super::single_node::CLUSTER_OPERATIONS
+    } else {
+        super::single_node::NOT_ASKED
+    };
     DescribeClusterResponse::default()
+        .with_cluster_authorized_operations(operations)
         .with_endpoint_type(1)
         .with_cluster_id(StrBytes::from(server.config.cluster_id.clone()))
         .with_controller_id(BrokerId(NODE_ID))

@@ -528,6 +528,11 @@ fn listed_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsRespo
 /// coordinator has never seen is Dead with no members, as in Kafka.
 pub(super) fn describe_groups(server: &Server, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
     let coordinator = server.broker.coordinator();
+    let operations = if request.include_authorized_operations {
+        super::single_node::GROUP_OPERATIONS
+    } else {
+        super::single_node::NOT_ASKED
+    };
     // Each group is described once however often it is named, as Kafka does.
     let mut seen = std::collections::HashSet::new();
     let groups = request
@@ -535,7 +540,9 @@ pub(super) fn describe_groups(server: &Server, request: DescribeGroupsRequest) -
         .into_iter()
         .filter(|id| seen.insert(id.clone()))
         .map(|id| {
-            let reply = DescribedGroup::default().with_group_id(id.clone());
+            let reply = DescribedGroup::default()
+                .with_group_id(id.clone())
+                .with_authorized_operations(operations);
             let Some(d) = coordinator.describe(&id.0) else {
                 return reply.with_group_state(text("Dead"));
             };

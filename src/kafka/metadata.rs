@@ -9,6 +9,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use super::single_node::{CLUSTER_OPERATIONS, NOT_ASKED, TOPIC_OPERATIONS};
 use super::{NODE_ID, Server, codes};
 use crate::group::OFFSETS_TOPIC;
 
@@ -27,6 +28,16 @@ pub(super) fn may_create(server: &Server, request: &MetadataRequest, version: i1
 
 pub(super) fn metadata(server: &Server, request: MetadataRequest, version: i16) -> MetadataResponse {
     let inner = &server.broker.inner;
+    let topic_operations = if request.include_topic_authorized_operations {
+        TOPIC_OPERATIONS
+    } else {
+        NOT_ASKED
+    };
+    let cluster_operations = if request.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS
+    } else {
+        NOT_ASKED
+    };
     // Before v4 a request could not say; Kafka created topics then.
     let create = version < 4 || request.allow_auto_topic_creation;
     let topics: Vec<(String, bool)> = match request.topics {
@@ -62,7 +73,9 @@ pub(super) fn metadata(server: &Server, request: MetadataRequest, version: i16) 
             match found {
                 Ok(topic) => {
                     let partitions = topic.partitions.read().len() as i32;
-                    reply.with_partitions((0..partitions).map(partition).collect())
+                    reply
+                        .with_partitions((0..partitions).map(partition).collect())
+                        .with_topic_authorized_operations(topic_operations)
                 }
                 Err(e) => reply.with_error_code(codes::code(&e)),
             }
@@ -78,6 +91,7 @@ pub(super) fn metadata(server: &Server, request: MetadataRequest, version: i16) 
         .with_cluster_id(Some(StrBytes::from(server.config.cluster_id.clone())))
         .with_controller_id(BrokerId(NODE_ID))
         .with_topics(topics)
+        .with_cluster_authorized_operations(cluster_operations)
 }
 
 fn partition(index: i32) -> MetadataResponsePartition {

@@ -32,6 +32,59 @@ use super::{NODE_ID, Server};
 
 const NO_AUTHORIZER: &str = "no authorizer is configured on this broker";
 
+/// Kafka's ACL operations that the resources served support, by their codes.
+mod op {
+    pub const READ: u8 = 3;
+    pub const WRITE: u8 = 4;
+    pub const CREATE: u8 = 5;
+    pub const DELETE: u8 = 6;
+    pub const ALTER: u8 = 7;
+    pub const DESCRIBE: u8 = 8;
+    pub const CLUSTER_ACTION: u8 = 9;
+    pub const DESCRIBE_CONFIGS: u8 = 10;
+    pub const ALTER_CONFIGS: u8 = 11;
+    pub const IDEMPOTENT_WRITE: u8 = 12;
+}
+
+/// An authorized-operations field: a bit per operation code.
+const fn operations(codes: &[u8]) -> i32 {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < codes.len() {
+        bits |= 1 << codes[i];
+        i += 1;
+    }
+    bits
+}
+
+/// What a client may do with a topic, a group and the cluster when it asks (Metadata,
+/// DescribeGroups, DescribeCluster): with no authorizer, as Kafka answers then, every operation
+/// the resource type supports.
+pub(super) const TOPIC_OPERATIONS: i32 = operations(&[
+    op::READ,
+    op::WRITE,
+    op::CREATE,
+    op::DELETE,
+    op::ALTER,
+    op::DESCRIBE,
+    op::DESCRIBE_CONFIGS,
+    op::ALTER_CONFIGS,
+]);
+/// See [`TOPIC_OPERATIONS`].
+pub(super) const GROUP_OPERATIONS: i32 = operations(&[op::READ, op::DESCRIBE, op::DELETE]);
+/// See [`TOPIC_OPERATIONS`].
+pub(super) const CLUSTER_OPERATIONS: i32 = operations(&[
+    op::CREATE,
+    op::CLUSTER_ACTION,
+    op::DESCRIBE_CONFIGS,
+    op::ALTER_CONFIGS,
+    op::IDEMPOTENT_WRITE,
+    op::ALTER,
+    op::DESCRIBE,
+]);
+/// The authorized-operations field of a client that did not ask for it.
+pub(super) const NOT_ASKED: i32 = i32::MIN;
+
 /// The partitions a request names (`None`: every partition of every topic), each with whether
 /// it exists, in order, a partition named twice once.
 fn named(

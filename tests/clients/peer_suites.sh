@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Runs Kafka clients' own test suites against the example broker: librdkafka 2.14.2's tests
+# (the ones tests/clients/librdkafka-tests.txt marks `ci`, or with --full every one it marks
+# `ci` or `full`) and kafka-python 3.0.11's integration tests. See docs/compatibility.md.
+#
+#   tests/clients/peer_suites.sh [--full]
+#
+# The suites' sources are read from PEERS (default: ../shared/peers beside the repository, else
+# /work/shared/peers), unpacked and built in SCRATCH (default: a new temporary directory; give
+# one to reuse a build). Needs a C toolchain, libzstd-dev and zlib1g-dev, and kafka-python's test
+# requirements (installed by .ci/run). Exits non-zero if any test fails.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+
+full=false
+[ "${1:-}" = "--full" ] && full=true
+
+peers=${PEERS:-}
+for candidate in "$repo/../shared/peers" /work/shared/peers; do
+    [ -n "$peers" ] && break
+    [ -f "$candidate/librdkafka-2.14.2.tar.gz" ] && peers=$candidate
+done
+[ -n "$peers" ] || { echo "the peer suites' sources are not found: set PEERS" >&2; exit 2; }
+scratch=${SCRATCH:-$(mktemp -d)}
+mkdir -p "$scratch"
+scratch=$(cd "$scratch" && pwd)
+
+rdkafka=$scratch/librdkafka-2.14.2
+if [ ! -x "$rdkafka/tests/test-runner" ]; then
+    echo "building librdkafka 2.14.2 and its test runner in $rdkafka"
+    tar xzf "$peers/librdkafka-2.14.2.tar.gz" -C "$scratch"
+    (
+        cd "$rdkafka"
+        ./configure --disable-curl --disable-sasl --disable-ssl --disable-gssapi --disable-lz4-ext >"$scratch/configure.log" 2>&1
+        make -j2 libs >"$scratch/make.log" 2>&1
+        make -j2 -C tests build >"$scratch/make-tests.log" 2>&1
+    ) || { tail -n 30 "$scratch"/*.log; exit 1; }
+fi
+kpython=$scratch/kafka-python-3.0.11
+[ -d "$kpython/test" ] || tar xzf "$peers/kafka-python-3.0.11-tests.tar.gz" -C "$scratch"
+
+cargo build -q --features kafka --example broker
+data=$scratch/broker-data
+rm -rf "$data"
+log=$scratch/broker.log
+# Kafka's test setups create topics with 4 partitions (num.partitions=4).
+target/debug/examples/broker --data "$data" --listen 127.0.0.1:0 --fsync never --num-partitions 4 >"$log" 2>&1 &
+broker=$!
+trap 'kill "$broker" 2>/dev/null || true' EXIT
+addr=""
+for _ in $(seq 100); do
+    addr=$(grep -o "on 127.0.0.1:[0-9]*" "$log" | cut -c4- || true)
+    [ -n "$addr" ] && break
+    sleep 0.1
+done
+[ -n "$addr" ] || { cat "$log"; echo "the broker did not start" >&2; exit 1; }
+
+if $full; then
+    tests=$(awk '$2 == "ci" || $2 == "full" { print $1 }' tests/clients/librdkafka-tests.txt)
+else
+    tests=$(awk '$2 == "ci" { print $1 }' tests/clients/librdkafka-tests.txt)
+fi
+status=0
+echo "librdkafka 2.14.2's tests against $addr"
+# shellcheck disable=SC2086
+LOG_DIR=$scratch/librdkafka-logs tests/clients/librdkafka_suite.sh "$rdkafka/tests" "$addr" $tests || status=1
+
+echo "kafka-python 3.0.11's integration tests against $addr"
+# KAFKA_VERSION: the Kafka release whose API versions the broker's ApiVersions answer matches,
+# as kafka-python infers it (test_kafka_version_infer checks the two agree).
+kafka_version=3.8.0
+mkdir -p "$scratch/kafka-root"
+(
+    cd "$kpython"
+    KAFKA_ROOT=$scratch/kafka-root KAFKA_VERSION=$kafka_version \
+        KAFKA_URI=PLAINTEXT://$addr timeout 900 python3 -m pytest test/integration -p no:cacheprovider \
+        --timeout 120 -q -rfEs \
+        --deselect test/integration/test_sasl_integration.py \
+        --deselect test/integration/test_ssl_integration.py \
+        $(sed -e '/^#/d' -e '/^$/d' -e 's/^/--deselect test\/integration\//' -e 's/ .*//' "$repo/tests/clients/kafka-python-deselected.txt")
+) >"$scratch/kafka-python.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$scratch/kafka-python.log" | tail -n 30
+
+kill -INT "$broker"
+wait "$broker" || true
+trap - EXIT
+grep -q "closed cleanly" "$log" || { tail -n 30 "$log"; echo "the broker did not stop cleanly" >&2; status=1; }
+exit $status
