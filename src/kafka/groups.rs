@@ -487,6 +487,9 @@ pub(super) async fn offset_delete(
 /// Groups with members or committed offsets, with their states (v4 can filter by state).
 ///
 /// Runs on the blocking pool: the first use of the offset store creates and reads its topic.
+/// The type of every group served, as ListGroups v5 names it.
+const CLASSIC: &str = "classic";
+
 pub(super) async fn list_groups(server: &Arc<Server>, request: ListGroupsRequest) -> ListGroupsResponse {
     let server = server.clone();
     tokio::task::spawn_blocking(move || listed_groups(&server, request))
@@ -500,8 +503,15 @@ fn listed_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsRespo
         Err(e) => return ListGroupsResponse::default().with_error_code(codes::code(&e)),
     };
     let coordinator = server.broker.coordinator();
+    // Every group here is a classic one (KIP-848's consumer groups are not served).
+    let classic = request.types_filter.is_empty()
+        || request
+            .types_filter
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(CLASSIC));
     let groups = groups
         .into_iter()
+        .filter(|_| classic)
         .filter(|(_, state)| {
             request.states_filter.is_empty()
                 || request
@@ -519,6 +529,7 @@ fn listed_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsRespo
                 .with_group_id(GroupId(text(id)))
                 .with_protocol_type(text(protocol_type))
                 .with_group_state(text(state.name()))
+                .with_group_type(StrBytes::from_static_str(CLASSIC))
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)

@@ -578,6 +578,9 @@ mod tests {
                 if v >= 4 {
                     r = r.with_states_filter(vec![s("Stable")]);
                 }
+                if v >= 5 {
+                    r = r.with_types_filter(vec![s("classic"), s("consumer")]);
+                }
                 r.encode(&mut out, v)
             }
             ApiKey::ApiVersions => ApiVersionsRequest::default().encode(&mut out, v),
