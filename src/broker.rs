@@ -729,6 +729,11 @@ impl BrokerInner {
     }
 
     /// The topic, created with the broker's defaults if it is unknown and auto-creation is on.
+    /// Whether a topic is created when a Kafka client asks for one that does not exist.
+    pub(crate) fn auto_creates(&self) -> bool {
+        self.settings.auto_create
+    }
+
     pub(crate) fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>> {
         match self.topic(name) {
             Err(Error::UnknownTopic { .. }) if self.settings.auto_create => {

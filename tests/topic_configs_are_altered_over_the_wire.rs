@@ -269,3 +269,36 @@ async fn describe_configs_reports_sources_types_synonyms_and_the_brokers_setting
         ]
     );
 }
+
+/// `message.format.version`, which Kafka 3 takes and ignores (every batch is v2), is taken
+/// when it names a Kafka version and changes nothing; anything else is refused.
+#[tokio::test]
+async fn the_ignored_message_format_version_is_taken_and_checked() {
+    const SET: i8 = 0;
+    const DELETE: i8 = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let before = broker.describe_topic("t").unwrap().config.entries();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let version = |v: &'static str| resource(2, "t", vec![change("message.format.version", SET, Some(v))]);
+    for good in ["0.10.0.0", "0.10.0", "2.8-IV1", "3.0"] {
+        assert_eq!(
+            incremental(&mut s, vec![version(good)], false).await,
+            [0],
+            "{good}"
+        );
+    }
+    let deleted = resource(2, "t", vec![change("message.format.version", DELETE, None)]);
+    assert_eq!(incremental(&mut s, vec![deleted], false).await, [0]);
+    for bad in ["", "ten", "1", "0.10.0.0.0", "0.10-IV", "0..1"] {
+        // INVALID_CONFIG (40).
+        assert_eq!(
+            incremental(&mut s, vec![version(bad)], false).await,
+            [40],
+            "{bad:?}"
+        );
+    }
+    assert_eq!(broker.describe_topic("t").unwrap().config.entries(), before);
+}

@@ -1,5 +1,5 @@
-//! Topic and cluster admin: CreateTopics, CreatePartitions, DeleteTopics, DeleteRecords and
-//! DescribeCluster.
+//! Topic and cluster admin: CreateTopics, CreatePartitions, DeleteTopics, DeleteRecords,
+//! DescribeCluster and InitProducerId, each with the permission Kafka asks for.
 
 use std::collections::HashMap;
 
@@ -14,10 +14,12 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeClusterRequest, DescribeClusterResponse, TopicName,
+    DescribeClusterRequest, DescribeClusterResponse, InitProducerIdRequest, InitProducerIdResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::acls::{CLUSTER_NAME, Client, op, resource};
 use super::{NODE_ID, Server, codes};
 use crate::broker::refuse_internal;
 use crate::config::TopicConfig;
@@ -25,14 +27,23 @@ use crate::error::Result;
 
 /// Creates each topic with its partition count (-1: the broker's default, or as many as its
 /// replica assignments name, each on this broker) and configs. A replication factor above 1
-/// cannot be met by one broker. With `validate_only`, only checks.
-pub(super) fn create_topics(server: &Server, request: CreateTopicsRequest) -> CreateTopicsResponse {
+/// cannot be met by one broker. With `validate_only`, only checks. Needs CREATE on the cluster
+/// or the topic.
+pub(super) fn create_topics(
+    server: &Server,
+    client: &Client,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let broker = &server.broker;
+    let on_cluster = client.may_on_cluster(server, op::CREATE);
     let topics = request
         .topics
         .into_iter()
         .map(|t| {
             let reply = CreatableTopicResult::default().with_name(t.name.clone());
+            if !on_cluster && !client.may(server, op::CREATE, resource::TOPIC, &t.name) {
+                return reply.with_error_code(ResponseError::TopicAuthorizationFailed.code());
+            }
             let (defaults, default_partitions) = broker.inner.topic_defaults();
             let partitions = if !t.assignments.is_empty() {
                 // Manual assignments give the partition count, as in Kafka, which then wants
@@ -88,9 +99,10 @@ pub(super) fn create_topics(server: &Server, request: CreateTopicsRequest) -> Cr
 /// Raises topics' partition counts (Kafka's CreatePartitions): each entry gives a topic's new
 /// total. Replica assignments, if given, must put each new partition on this broker alone. A
 /// topic named twice is refused (INVALID_REQUEST), as Kafka refuses it. With
-/// `validate_only`, only checks.
+/// `validate_only`, only checks. Needs ALTER on the topic.
 pub(super) fn create_partitions(
     server: &Server,
+    client: &Client,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let broker = &server.broker;
@@ -113,6 +125,12 @@ pub(super) fn create_partitions(
                 return refuse(
                     ResponseError::InvalidRequest.code(),
                     "the topic is named twice".into(),
+                );
+            }
+            if !client.may(server, op::ALTER, resource::TOPIC, &t.name) {
+                return refuse(
+                    ResponseError::TopicAuthorizationFailed.code(),
+                    "the client may not alter the topic".into(),
                 );
             }
             let total = u32::try_from(t.count).unwrap_or(0);
@@ -154,16 +172,22 @@ fn topic_config(
     configs: &[kafka_protocol::messages::create_topics_request::CreatableTopicConfig],
 ) -> Result<TopicConfig> {
     for entry in configs {
-        if let Some(value) = &entry.value {
-            config.set(&entry.name, value)?;
+        match &entry.value {
+            Some(value) if entry.name.as_str() == super::alter_configs::IGNORED => {
+                super::alter_configs::check_ignored(value)?;
+            }
+            Some(value) => config.set(&entry.name, value)?,
+            None => {}
         }
     }
     Ok(config)
 }
 
-/// Deletes topics by name (topic ids, v6, are not known here: `UNKNOWN_TOPIC_ID`).
+/// Deletes topics by name (topic ids, v6, are not known here: `UNKNOWN_TOPIC_ID`). Needs
+/// DELETE on the topic.
 pub(super) fn delete_topics(
     server: &Server,
+    client: &Client,
     request: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -179,6 +203,9 @@ pub(super) fn delete_topics(
                 return DeletableTopicResult::default().with_error_code(ResponseError::UnknownTopicId.code());
             };
             let reply = DeletableTopicResult::default().with_name(Some(name.clone()));
+            if !client.may(server, op::DELETE, resource::TOPIC, &name) {
+                return reply.with_error_code(ResponseError::TopicAuthorizationFailed.code());
+            }
             match refuse_internal(&name.0).and_then(|()| server.broker.delete_topic(&name.0)) {
                 Ok(()) => reply,
                 Err(e) => reply
@@ -191,17 +218,28 @@ pub(super) fn delete_topics(
 }
 
 /// Moves each partition's log start offset up to the offset given (-1: the high watermark).
-pub(super) fn delete_records(server: &Server, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+/// Needs DELETE on the topic.
+pub(super) fn delete_records(
+    server: &Server,
+    client: &Client,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let topics = request
         .topics
         .into_iter()
         .map(|t| {
+            let allowed = client.may(server, op::DELETE, resource::TOPIC, &t.name);
             let partitions = t
                 .partitions
                 .iter()
                 .map(|p| {
                     let reply =
                         DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+                    if !allowed {
+                        return reply
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                            .with_low_watermark(-1);
+                    }
                     let done = refuse_internal(&t.name.0)
                         .and_then(|()| server.log(&t.name.0, p.partition_index))
                         .and_then(|log| {
@@ -226,10 +264,23 @@ pub(super) fn delete_records(server: &Server, request: DeleteRecordsRequest) -> 
     DeleteRecordsResponse::default().with_topics(topics)
 }
 
-/// The one broker, which is also the controller.
-pub(super) fn describe_cluster(server: &Server, request: DescribeClusterRequest) -> DescribeClusterResponse {
+/// The one broker, which is also the controller. Needs DESCRIBE on the cluster.
+pub(super) fn describe_cluster(
+    server: &Server,
+    client: &Client,
+    request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    if !client.may_on_cluster(server, op::DESCRIBE) {
+        return DescribeClusterResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let operations = if request.include_cluster_authorized_operations {
-        super::single_node::CLUSTER_OPERATIONS
+        server.acls.operations(
+            &client.host,
+            resource::CLUSTER,
+            CLUSTER_NAME,
+            super::single_node::CLUSTER_OPERATIONS,
+        )
     } else {
         super::single_node::NOT_ASKED
     };
@@ -244,4 +295,19 @@ pub(super) fn describe_cluster(server: &Server, request: DescribeClusterRequest)
                 .with_host(StrBytes::from(server.host.clone()))
                 .with_port(i32::from(server.port)),
         ])
+}
+
+/// InitProducerId for an idempotent producer: needs IDEMPOTENT_WRITE on the cluster.
+pub(super) fn init_producer_id(
+    server: &Server,
+    client: &Client,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    if !client.may_on_cluster(server, op::IDEMPOTENT_WRITE) {
+        return InitProducerIdResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_producer_id((-1).into())
+            .with_producer_epoch(-1);
+    }
+    server.producers.init(request)
 }

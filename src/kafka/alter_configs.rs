@@ -15,6 +15,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::acls::{Client, op, resource};
 use super::{Server, codes};
 use crate::broker::refuse_internal;
 use crate::config::TopicConfig;
@@ -81,6 +82,27 @@ fn alter(
     altered.err().map(|e| (codes::code(&e), e.to_string()))
 }
 
+/// `message.format.version`: deprecated by Kafka 3.0, which ignores it (every batch is written in
+/// the v2 format) but still takes it, and removed in Kafka 4.0. It is taken, checked as a
+/// Kafka version, and not kept.
+pub(super) const IGNORED: &str = "message.format.version";
+
+/// Checks a value of [`IGNORED`]: a Kafka version such as `0.10.0`, `0.10.0.0` or `2.8-IV1`.
+pub(super) fn check_ignored(value: &str) -> Result<()> {
+    let (version, iv) = value.split_once("-IV").unwrap_or((value, "0"));
+    let parts: Vec<&str> = version.split('.').collect();
+    let number = |p: &str| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit());
+    if (2..=4).contains(&parts.len()) && parts.iter().all(|p| number(p)) && number(iv) {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            name: IGNORED,
+            value: value.to_string(),
+            reason: "not a Kafka version",
+        })
+    }
+}
+
 fn apply(config: &mut TopicConfig, defaults: &TopicConfig, change: &Change<'_>) -> Result<()> {
     let list = |name: &str| -> Result<Vec<String>> {
         if name != "cleanup.policy" {
@@ -94,6 +116,8 @@ fn apply(config: &mut TopicConfig, defaults: &TopicConfig, change: &Change<'_>) 
         Ok(current.split(',').map(|s| s.trim().to_string()).collect())
     };
     match *change {
+        Change::Set(IGNORED, value) => check_ignored(value),
+        Change::Delete(IGNORED) => Ok(()),
         Change::Set(name, value) => config.set(name, value),
         // `flush.messages` and `flush.ms` are one setting here (the fsync policy): back to the
         // default's whole, not through one of its two names.
@@ -154,8 +178,29 @@ fn named_twice() -> Outcome {
     ))
 }
 
+/// The refusal of a client that may not ALTER_CONFIGS the resource (the topic, or the cluster
+/// for a broker's settings).
+fn denied(server: &Server, client: &Client, resource_type: i8, name: &str) -> Outcome {
+    let (allowed, code) = if resource_type == TOPIC {
+        (
+            client.may(server, op::ALTER_CONFIGS, resource::TOPIC, name),
+            ResponseError::TopicAuthorizationFailed,
+        )
+    } else {
+        (
+            client.may_on_cluster(server, op::ALTER_CONFIGS),
+            ResponseError::ClusterAuthorizationFailed,
+        )
+    };
+    (!allowed).then(|| (code.code(), "the client may not alter these settings".to_string()))
+}
+
 /// AlterConfigs: each topic gets the settings named, the rest the broker's defaults.
-pub(super) fn alter_configs(server: &Server, request: AlterConfigsRequest) -> AlterConfigsResponse {
+pub(super) fn alter_configs(
+    server: &Server,
+    client: &Client,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     let twice = duplicates(
         request
             .resources
@@ -168,6 +213,8 @@ pub(super) fn alter_configs(server: &Server, request: AlterConfigsRequest) -> Al
         .map(|r| {
             let outcome = if twice.contains(&(r.resource_type, r.resource_name.to_string())) {
                 named_twice()
+            } else if let Some(refusal) = denied(server, client, r.resource_type, &r.resource_name) {
+                Some(refusal)
             } else {
                 let changes: Vec<Change<'_>> = r
                     .configs
@@ -201,6 +248,7 @@ pub(super) fn alter_configs(server: &Server, request: AlterConfigsRequest) -> Al
 /// IncrementalAlterConfigs: each topic's named settings change, the rest stay.
 pub(super) fn incremental_alter_configs(
     server: &Server,
+    client: &Client,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let twice = duplicates(
@@ -229,8 +277,10 @@ pub(super) fn incremental_alter_configs(
                     }
                 })
                 .collect();
+            let refused = denied(server, client, r.resource_type, &r.resource_name);
             let outcome = match changes {
                 _ if twice.contains(&(r.resource_type, r.resource_name.to_string())) => named_twice(),
+                _ if refused.is_some() => refused,
                 Err(why) => Some((ResponseError::InvalidRequest.code(), why)),
                 Ok(changes) => alter(
                     server,

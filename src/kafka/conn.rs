@@ -12,6 +12,7 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 
+use super::acls::{self, Client};
 use super::{
     MAX_RESPONSE_BYTES, Server, admin, alter_configs, apis, describe_configs, fetch, groups, guard, metadata,
     produce, single_node,
@@ -28,6 +29,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
     let mut read = BufReader::new(read);
     let mut write = BufWriter::new(write);
     let idle = server.config.connections_max_idle;
+    let client = Client::at(peer);
     loop {
         let frame = match read_frame(&mut read, server.config.max_frame_bytes, idle).await {
             Ok(Some(frame)) => frame,
@@ -52,7 +54,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
             // timeout), ends when its client leaves, rather than holding the connection's slot
             // until its deadline. A member that left this way is gone after its session
             // timeout, as one whose process died.
-            let answering = handle(server, frame);
+            let answering = handle(server, &client, frame);
             tokio::pin!(answering);
             tokio::select! {
                 answer = &mut answering => answer,
@@ -62,7 +64,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, server: &Arc<Serv
                 }
             }
         } else {
-            handle(server, frame).await
+            handle(server, &client, frame).await
         };
         let took = started.elapsed();
         log::trace!("{peer}: API {api} #{correlation} answered in {took:?}");
@@ -192,7 +194,11 @@ async fn client_left<R: AsyncBufRead + Unpin>(read: &mut R) {
 }
 
 /// Answers one request: `None` for a produce with acks 0, which gets no response.
-pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Option<BytesMut>, Refusal> {
+pub(super) async fn handle(
+    server: &Arc<Server>,
+    client: &Client,
+    mut frame: Bytes,
+) -> Result<Option<BytesMut>, Refusal> {
     if frame.len() < 8 {
         return Err(format!("a request of {} bytes", frame.len()));
     }
@@ -225,115 +231,164 @@ pub(super) async fn handle(server: &Arc<Server>, mut frame: Bytes) -> Result<Opt
         header,
         body: frame,
     };
-    let response =
-        match api {
-            ApiKey::ApiVersions => request.reply(apis::api_versions(request.decode()?))?,
-            ApiKey::Metadata => {
-                let metadata_request = request.decode()?;
-                let answer = if metadata::may_create(server, &metadata_request, version) {
-                    off_workers(server, move |s| metadata::metadata(s, metadata_request, version)).await
-                } else {
-                    metadata::metadata(server, metadata_request, version)
-                };
-                request.reply(answer)?
-            }
-            ApiKey::Produce => {
-                let produce: kafka_protocol::messages::ProduceRequest = request.decode()?;
-                let acks = produce.acks;
-                let response = produce::produce(server, produce).await;
-                if acks == 0 {
-                    // No response tells the client of a refusal, so the connection is closed, as
-                    // Kafka does: the client notices, refreshes its metadata and reconnects.
-                    let refused = response
-                        .responses
-                        .iter()
-                        .flat_map(|t| t.partition_responses.iter().map(move |p| (t, p)))
-                        .find(|(_, p)| p.error_code != 0);
-                    if let Some((t, p)) = refused {
-                        return Err(format!(
-                            "a produce with acks 0 to {}-{} was refused with error {}",
-                            &*t.name.0, p.index, p.error_code
-                        ));
-                    }
-                    return Ok(None);
+    let response = match api {
+        ApiKey::ApiVersions => request.reply(apis::api_versions(request.decode()?))?,
+        ApiKey::Metadata => {
+            let metadata_request = request.decode()?;
+            let answer = if metadata::may_create(server, &metadata_request, version) {
+                {
+                    let client = client.clone();
+                    off_workers(server, move |s| {
+                        metadata::metadata(s, &client, metadata_request, version)
+                    })
+                    .await
                 }
-                request.reply(response)?
+            } else {
+                metadata::metadata(server, client, metadata_request, version)
+            };
+            request.reply(answer)?
+        }
+        ApiKey::Produce => {
+            let produce: kafka_protocol::messages::ProduceRequest = request.decode()?;
+            let acks = produce.acks;
+            let response = produce::produce(server, client, produce).await;
+            if acks == 0 {
+                // No response tells the client of a refusal, so the connection is closed, as
+                // Kafka does: the client notices, refreshes its metadata and reconnects.
+                let refused = response
+                    .responses
+                    .iter()
+                    .flat_map(|t| t.partition_responses.iter().map(move |p| (t, p)))
+                    .find(|(_, p)| p.error_code != 0);
+                if let Some((t, p)) = refused {
+                    return Err(format!(
+                        "a produce with acks 0 to {}-{} was refused with error {}",
+                        &*t.name.0, p.index, p.error_code
+                    ));
+                }
+                return Ok(None);
             }
-            ApiKey::Fetch => request.reply(fetch::fetch(server, request.decode()?).await)?,
-            ApiKey::ListOffsets => {
-                let list: kafka_protocol::messages::ListOffsetsRequest = request.decode()?;
-                // A lookup by timestamp reads (and may decompress) batches from the disk.
-                let answer = if fetch::reads_batches(&list) {
-                    off_workers(server, move |s| fetch::list_offsets(s, list)).await
-                } else {
-                    fetch::list_offsets(server, list)
-                };
-                request.reply(answer)?
-            }
-            ApiKey::CreateTopics => {
-                let create = request.decode()?;
-                request.reply(off_workers(server, move |s| admin::create_topics(s, create)).await)?
-            }
-            ApiKey::CreatePartitions => {
-                let create = request.decode()?;
-                request.reply(off_workers(server, move |s| admin::create_partitions(s, create)).await)?
-            }
-            ApiKey::DeleteTopics => {
-                let delete = request.decode()?;
-                request.reply(off_workers(server, move |s| admin::delete_topics(s, delete, version)).await)?
-            }
-            ApiKey::FindCoordinator => request.reply(groups::find_coordinator(server, request.decode()?))?,
-            ApiKey::JoinGroup => {
-                let client_id = request.header.client_id.as_deref().unwrap_or("").to_string();
-                request.reply(groups::join_group(server, request.decode()?, version, client_id).await)?
-            }
-            ApiKey::SyncGroup => request.reply(groups::sync_group(server, request.decode()?).await)?,
-            ApiKey::Heartbeat => request.reply(groups::heartbeat(server, request.decode()?))?,
-            ApiKey::LeaveGroup => request.reply(groups::leave_group(server, request.decode()?, version))?,
-            ApiKey::OffsetCommit => request.reply(groups::offset_commit(server, request.decode()?).await)?,
-            ApiKey::OffsetFetch => request.reply(groups::offset_fetch(server, request.decode()?).await)?,
-            ApiKey::ListGroups => request.reply(groups::list_groups(server, request.decode()?).await)?,
-            ApiKey::OffsetDelete => request.reply(groups::offset_delete(server, request.decode()?).await)?,
-            ApiKey::DeleteGroups => request.reply(groups::delete_groups(server, request.decode()?).await)?,
-            ApiKey::DescribeGroups => request.reply(groups::describe_groups(server, request.decode()?))?,
-            ApiKey::InitProducerId => request.reply(server.producers.init(request.decode()?))?,
-            ApiKey::DescribeConfigs => {
-                request.reply(describe_configs::describe_configs(server, request.decode()?))?
-            }
-            ApiKey::AlterConfigs => {
-                let alter = request.decode()?;
-                request.reply(off_workers(server, move |s| alter_configs::alter_configs(s, alter)).await)?
-            }
-            ApiKey::IncrementalAlterConfigs => {
-                let alter = request.decode()?;
-                let answer = off_workers(server, move |s| {
-                    alter_configs::incremental_alter_configs(s, alter)
-                });
-                request.reply(answer.await)?
-            }
-            ApiKey::DeleteRecords => {
-                let delete = request.decode()?;
-                request.reply(off_workers(server, move |s| admin::delete_records(s, delete)).await)?
-            }
-            ApiKey::DescribeLogDirs => {
-                request.reply(single_node::describe_log_dirs(server, request.decode()?))?
-            }
-            ApiKey::ListPartitionReassignments => request.reply(
-                single_node::list_partition_reassignments(server, request.decode()?),
-            )?,
-            ApiKey::ElectLeaders => request.reply(single_node::elect_leaders(server, request.decode()?))?,
-            ApiKey::AlterReplicaLogDirs => {
-                request.reply(single_node::alter_replica_log_dirs(server, request.decode()?))?
-            }
-            ApiKey::AlterPartitionReassignments => request.reply(
-                single_node::alter_partition_reassignments(server, request.decode()?),
-            )?,
-            ApiKey::DescribeAcls => request.reply(single_node::describe_acls(server, request.decode()?))?,
-            ApiKey::CreateAcls => request.reply(single_node::create_acls(server, request.decode()?))?,
-            ApiKey::DeleteAcls => request.reply(single_node::delete_acls(server, request.decode()?))?,
-            ApiKey::DescribeCluster => request.reply(admin::describe_cluster(server, request.decode()?))?,
-            _ => unreachable!("apis::served lists only the APIs handled here"),
-        };
+            request.reply(response)?
+        }
+        ApiKey::Fetch => request.reply(fetch::fetch(server, client, request.decode()?).await)?,
+        ApiKey::ListOffsets => {
+            let list: kafka_protocol::messages::ListOffsetsRequest = request.decode()?;
+            // A lookup by timestamp reads (and may decompress) batches from the disk.
+            let answer = if fetch::reads_batches(&list) {
+                let client = client.clone();
+                off_workers(server, move |s| fetch::list_offsets(s, &client, list)).await
+            } else {
+                fetch::list_offsets(server, client, list)
+            };
+            request.reply(answer)?
+        }
+        ApiKey::CreateTopics => {
+            let (create, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| admin::create_topics(s, &client, create)).await)?
+        }
+        ApiKey::CreatePartitions => {
+            let (create, client) = (request.decode()?, client.clone());
+            let answer = off_workers(server, move |s| admin::create_partitions(s, &client, create));
+            request.reply(answer.await)?
+        }
+        ApiKey::DeleteTopics => {
+            let (delete, client) = (request.decode()?, client.clone());
+            let answer = off_workers(server, move |s| admin::delete_topics(s, &client, delete, version));
+            request.reply(answer.await)?
+        }
+        ApiKey::FindCoordinator => {
+            request.reply(groups::find_coordinator(server, client, request.decode()?))?
+        }
+        ApiKey::JoinGroup => {
+            let client_id = request.header.client_id.as_deref().unwrap_or("").to_string();
+            request.reply(groups::join_group(server, client, request.decode()?, version, client_id).await)?
+        }
+        ApiKey::SyncGroup => request.reply(groups::sync_group(server, client, request.decode()?).await)?,
+        ApiKey::Heartbeat => request.reply(groups::heartbeat(server, client, request.decode()?))?,
+        ApiKey::LeaveGroup => {
+            request.reply(groups::leave_group(server, client, request.decode()?, version))?
+        }
+        ApiKey::OffsetCommit => {
+            request.reply(groups::offset_commit(server, client, request.decode()?).await)?
+        }
+        ApiKey::OffsetFetch => {
+            request.reply(groups::offset_fetch(server, client, request.decode()?, version).await)?
+        }
+        ApiKey::ListGroups => request.reply(groups::list_groups(server, client, request.decode()?).await)?,
+        ApiKey::OffsetDelete => {
+            request.reply(groups::offset_delete(server, client, request.decode()?).await)?
+        }
+        ApiKey::DeleteGroups => {
+            request.reply(groups::delete_groups(server, client, request.decode()?).await)?
+        }
+        ApiKey::DescribeGroups => {
+            request.reply(groups::describe_groups(server, client, request.decode()?))?
+        }
+        ApiKey::InitProducerId => {
+            request.reply(admin::init_producer_id(server, client, request.decode()?))?
+        }
+        ApiKey::DescribeConfigs => request.reply(describe_configs::describe_configs(
+            server,
+            client,
+            request.decode()?,
+        ))?,
+        ApiKey::AlterConfigs => {
+            let (alter, client) = (request.decode()?, client.clone());
+            let answer = off_workers(server, move |s| alter_configs::alter_configs(s, &client, alter));
+            request.reply(answer.await)?
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let (alter, client) = (request.decode()?, client.clone());
+            let answer = off_workers(server, move |s| {
+                alter_configs::incremental_alter_configs(s, &client, alter)
+            });
+            request.reply(answer.await)?
+        }
+        ApiKey::DeleteRecords => {
+            let (delete, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| admin::delete_records(s, &client, delete)).await)?
+        }
+        ApiKey::DescribeLogDirs => request.reply(single_node::describe_log_dirs(
+            server,
+            client,
+            request.decode()?,
+            version,
+        ))?,
+        ApiKey::ListPartitionReassignments => request.reply(single_node::list_partition_reassignments(
+            server,
+            client,
+            request.decode()?,
+        ))?,
+        ApiKey::ElectLeaders => request.reply(single_node::elect_leaders(
+            server,
+            client,
+            request.decode()?,
+            version,
+        ))?,
+        ApiKey::AlterReplicaLogDirs => request.reply(single_node::alter_replica_log_dirs(
+            server,
+            client,
+            request.decode()?,
+        ))?,
+        ApiKey::AlterPartitionReassignments => request.reply(single_node::alter_partition_reassignments(
+            server,
+            client,
+            request.decode()?,
+        ))?,
+        ApiKey::DescribeAcls => request.reply(acls::describe_acls(server, client, request.decode()?))?,
+        ApiKey::CreateAcls => {
+            let (create, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| acls::create_acls(s, &client, create)).await)?
+        }
+        ApiKey::DeleteAcls => {
+            let (delete, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| acls::delete_acls(s, &client, delete)).await)?
+        }
+        ApiKey::DescribeCluster => {
+            request.reply(admin::describe_cluster(server, client, request.decode()?))?
+        }
+        _ => unreachable!("apis::served lists only the APIs handled here"),
+    };
     Ok(Some(response))
 }
 

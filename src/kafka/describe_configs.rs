@@ -14,6 +14,7 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use super::acls::{Client, op, resource};
 use super::{Server, codes};
 
 const TOPIC: i8 = 2;
@@ -56,8 +57,13 @@ fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from(s.into())
 }
 
-/// Answers each resource once (see [`once_each`]).
-pub(super) fn describe_configs(server: &Server, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+/// Answers each resource once (see [`once_each`]). Needs DESCRIBE_CONFIGS on the topic, or on
+/// the cluster for a broker's settings.
+pub(super) fn describe_configs(
+    server: &Server,
+    client: &Client,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let synonyms = request.include_synonyms;
     let (defaults, partitions) = server.broker.inner.topic_defaults();
     let default_of: HashMap<&str, String> = defaults.entries().into_iter().collect();
@@ -72,7 +78,13 @@ pub(super) fn describe_configs(server: &Server, request: DescribeConfigsRequest)
                     .as_ref()
                     .is_none_or(|keys| keys.iter().any(|k| &**k == name))
             };
+            let allowed = match r.resource_type {
+                TOPIC => client.may(server, op::DESCRIBE_CONFIGS, resource::TOPIC, &r.resource_name),
+                _ => client.may_on_cluster(server, op::DESCRIBE_CONFIGS),
+            };
             match r.resource_type {
+                TOPIC if !allowed => reply.with_error_code(ResponseError::TopicAuthorizationFailed.code()),
+                BROKER if !allowed => reply.with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
                 TOPIC => match server.broker.describe_topic(&r.resource_name) {
                     Ok(topic) => {
                         let configs = topic

@@ -13,6 +13,7 @@ use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
 
+use super::acls::{Client, op, resource};
 use super::{FETCH_MAX_BYTES, FETCH_MAX_WAIT, Server, codes};
 use crate::error::Result;
 use crate::storage::{PartitionLog, Signal};
@@ -23,7 +24,43 @@ use crate::storage::{PartitionLog, Signal};
 /// first partition with data gets one even above the limits), then up to the partition and
 /// response byte limits. The response limit is the request's `max_bytes`, at most
 /// [`FETCH_MAX_BYTES`].
-pub(super) async fn fetch(server: &Server, mut request: FetchRequest) -> FetchResponse {
+/// Reads what `client` may READ; a topic it may not is answered TOPIC_AUTHORIZATION_FAILED
+/// for each of its partitions (and does not make the fetch return early, as in Kafka).
+pub(super) async fn fetch(server: &Server, client: &Client, mut request: FetchRequest) -> FetchResponse {
+    let (allowed, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topics)
+        .into_iter()
+        .partition(|t| client.may(server, op::READ, resource::TOPIC, &t.topic));
+    request.topics = allowed;
+    let denied: Vec<FetchableTopicResponse> = denied
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_preferred_read_replica(BrokerId(-1))
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    if request.topics.is_empty() && !denied.is_empty() {
+        return FetchResponse::default().with_responses(denied);
+    }
+    let mut response = fetch_allowed(server, request).await;
+    response.responses.extend(denied);
+    response
+}
+
+async fn fetch_allowed(server: &Server, mut request: FetchRequest) -> FetchResponse {
     // A partition named twice is read once, as Kafka reads it: otherwise one small request
     // naming a partition thousands of times would have it read thousands of times a pass.
     let mut seen = HashSet::new();
@@ -157,13 +194,19 @@ pub(super) fn reads_batches(request: &ListOffsetsRequest) -> bool {
 /// ListOffsets: -2 is the log start offset, -1 the high watermark, -3 the first record with
 /// the largest timestamp (v7, KIP-734), any other timestamp the first record at or after it
 /// (offset -1 if there is none). A partition named twice is answered once.
-pub(super) fn list_offsets(server: &Server, request: ListOffsetsRequest) -> ListOffsetsResponse {
+/// A topic the client may not DESCRIBE is answered TOPIC_AUTHORIZATION_FAILED.
+pub(super) fn list_offsets(
+    server: &Server,
+    client: &Client,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let mut seen = HashSet::new();
     let topics = request
         .topics
         .into_iter()
         .map(|t| {
             let name = t.name.clone();
+            let allowed = client.may(server, op::DESCRIBE, resource::TOPIC, &name);
             let partitions = t
                 .partitions
                 .into_iter()
@@ -171,6 +214,12 @@ pub(super) fn list_offsets(server: &Server, request: ListOffsetsRequest) -> List
                 .map(|p| {
                     let reply =
                         ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+                    if !allowed {
+                        return reply
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1);
+                    }
                     let found = server
                         .log(&t.name.0, p.partition_index)
                         .and_then(|log| lookup(&log, p.timestamp));

@@ -30,6 +30,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::acls::{Client, op, resource};
 use super::{NODE_ID, Server, codes};
 use crate::consumer::TopicPartition;
 use crate::group::offsets::{validate_group_id, validate_metadata};
@@ -39,13 +40,30 @@ fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from(s.into())
 }
 
-/// This broker coordinates every group (key type 0); transactions (1) are not served.
-pub(super) fn find_coordinator(server: &Server, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
+/// Whether `client` may do `operation` on `group`.
+fn may(server: &Server, client: &Client, operation: i8, group: &str) -> bool {
+    client.may(server, operation, resource::GROUP, group)
+}
+
+const GROUP_DENIED: i16 = ResponseError::GroupAuthorizationFailed.code();
+const TOPIC_DENIED: i16 = ResponseError::TopicAuthorizationFailed.code();
+
+/// This broker coordinates every group (key type 0; DESCRIBE on the group needed);
+/// transactions (1) are not served.
+pub(super) fn find_coordinator(
+    server: &Server,
+    client: &Client,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
     let reply = FindCoordinatorResponse::default();
     // Transactions are not served: a transaction coordinator is refused with an error clients
     // do not retry (COORDINATOR_NOT_AVAILABLE had them retry for most of a minute); an
     // unknown key type is a bad request, as in Kafka.
     let refused = match request.key_type {
+        0 if !may(server, client, op::DESCRIBE, &request.key) => Some((
+            ResponseError::GroupAuthorizationFailed,
+            "the client may not describe the group",
+        )),
         0 => None,
         1 => Some((
             ResponseError::TransactionalIdAuthorizationFailed,
@@ -69,13 +87,21 @@ pub(super) fn find_coordinator(server: &Server, request: FindCoordinatorRequest)
 
 /// Joins through the coordinator; a new member's id starts with its client id. From v4 a new
 /// dynamic member is first answered MEMBER_ID_REQUIRED with its id, as Kafka does, and joins
-/// with it: a join the client gave up on leaves no member behind.
+/// with it: a join the client gave up on leaves no member behind. Needs READ on the group, as
+/// the other membership requests do.
 pub(super) async fn join_group(
     server: &Server,
+    client: &Client,
     request: JoinGroupRequest,
     version: i16,
     client_id: String,
 ) -> JoinGroupResponse {
+    if !may(server, client, op::READ, &request.group_id) {
+        return JoinGroupResponse::default()
+            .with_error_code(GROUP_DENIED)
+            .with_generation_id(-1)
+            .with_member_id(request.member_id);
+    }
     let session = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
     // v0 has no rebalance timeout: the session timeout stands in, as in Kafka.
     let rebalance = if version == 0 {
@@ -144,7 +170,14 @@ fn member(member_id: &StrBytes, instance: &Option<StrBytes>, generation: i32) ->
     }
 }
 
-pub(super) async fn sync_group(server: &Server, request: SyncGroupRequest) -> SyncGroupResponse {
+pub(super) async fn sync_group(
+    server: &Server,
+    client: &Client,
+    request: SyncGroupRequest,
+) -> SyncGroupResponse {
+    if !may(server, client, op::READ, &request.group_id) {
+        return SyncGroupResponse::default().with_error_code(GROUP_DENIED);
+    }
     let me = member(
         &request.member_id,
         &request.group_instance_id,
@@ -168,7 +201,10 @@ pub(super) async fn sync_group(server: &Server, request: SyncGroupRequest) -> Sy
     }
 }
 
-pub(super) fn heartbeat(server: &Server, request: HeartbeatRequest) -> HeartbeatResponse {
+pub(super) fn heartbeat(server: &Server, client: &Client, request: HeartbeatRequest) -> HeartbeatResponse {
+    if !may(server, client, op::READ, &request.group_id) {
+        return HeartbeatResponse::default().with_error_code(GROUP_DENIED);
+    }
     let me = member(
         &request.member_id,
         &request.group_instance_id,
@@ -181,7 +217,15 @@ pub(super) fn heartbeat(server: &Server, request: HeartbeatRequest) -> Heartbeat
 }
 
 /// Before v3 one member leaves; from v3 a list of members, each answered.
-pub(super) fn leave_group(server: &Server, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+pub(super) fn leave_group(
+    server: &Server,
+    client: &Client,
+    request: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    if !may(server, client, op::READ, &request.group_id) {
+        return LeaveGroupResponse::default().with_error_code(GROUP_DENIED);
+    }
     let coordinator = server.broker.coordinator();
     let group = &request.group_id.0;
     if version < 3 {
@@ -208,44 +252,56 @@ pub(super) fn leave_group(server: &Server, request: LeaveGroupRequest, version: 
 /// in Kafka, a partition that does not exist (UNKNOWN_TOPIC_OR_PARTITION) or whose metadata is
 /// over `offset.metadata.max.bytes` (OFFSET_METADATA_TOO_LARGE) is left out and the others
 /// are committed together; a refusal by the group, or a failed write, answers all of those.
+/// Needs READ on the group and on each topic (TOPIC_AUTHORIZATION_FAILED for a topic, and it
+/// is left out).
 ///
 /// Runs on the blocking pool: a commit waits for `fdatasync`.
 pub(super) async fn offset_commit(
     server: &Arc<Server>,
+    client: &Client,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
-    let server = server.clone();
-    tokio::task::spawn_blocking(move || commit_offsets(&server, request))
+    let (server, client) = (server.clone(), client.clone());
+    tokio::task::spawn_blocking(move || commit_offsets(&server, &client, request))
         .await
         .expect("commits do not panic")
 }
 
-fn commit_offsets(server: &Server, request: OffsetCommitRequest) -> OffsetCommitResponse {
+fn commit_offsets(server: &Server, client: &Client, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
+    let group_allowed = may(server, client, op::READ, &group);
     let me = member(
         &request.member_id,
         &request.group_instance_id,
         request.generation_id_or_member_epoch,
     );
     let now = crate::storage::now_ms();
-    let checked: Vec<Vec<crate::Result<(TopicPartition, OffsetAndMetadata)>>> = request
+    // Each partition's entry, or the error code it is answered with.
+    let checked: Vec<Vec<Result<(TopicPartition, OffsetAndMetadata), i16>>> = request
         .topics
         .iter()
         .map(|t| {
+            let topic_allowed = client.may(server, op::READ, resource::TOPIC, &t.name);
             t.partitions
                 .iter()
                 .map(|p| {
-                    server.log(&t.name.0, p.partition_index)?;
-                    let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index as u32);
-                    let metadata = p.committed_metadata.as_deref().unwrap_or("").to_string();
-                    validate_metadata(&tp, &metadata)?;
-                    let meta = OffsetAndMetadata {
-                        offset: p.committed_offset,
-                        leader_epoch: p.committed_leader_epoch,
-                        metadata,
-                        commit_timestamp: now,
+                    if !topic_allowed {
+                        return Err(TOPIC_DENIED);
+                    }
+                    let entry = || {
+                        server.log(&t.name.0, p.partition_index)?;
+                        let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index as u32);
+                        let metadata = p.committed_metadata.as_deref().unwrap_or("").to_string();
+                        validate_metadata(&tp, &metadata)?;
+                        let meta = OffsetAndMetadata {
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata,
+                            commit_timestamp: now,
+                        };
+                        Ok((tp, meta))
                     };
-                    Ok((tp, meta))
+                    entry().map_err(|e: crate::Error| codes::code(&e))
                 })
                 .collect()
         })
@@ -255,15 +311,19 @@ fn commit_offsets(server: &Server, request: OffsetCommitRequest) -> OffsetCommit
         .flatten()
         .filter_map(|c| c.as_ref().ok().cloned())
         .collect();
-    let outcome = validate_group_id(&group).and_then(|()| {
-        let store = server.broker.inner.offsets()?;
-        server
-            .broker
-            .coordinator()
-            .check_commit(&group, &me, || store.append(&group, &entries))?
-            .durable()
-    });
-    let committed_code = outcome.err().map_or(0, |e| codes::code(&e));
+    let committed_code = if group_allowed {
+        let outcome = validate_group_id(&group).and_then(|()| {
+            let store = server.broker.inner.offsets()?;
+            server
+                .broker
+                .coordinator()
+                .check_commit(&group, &me, || store.append(&group, &entries))?
+                .durable()
+        });
+        outcome.err().map_or(0, |e| codes::code(&e))
+    } else {
+        GROUP_DENIED
+    };
     let topics = request
         .topics
         .into_iter()
@@ -276,7 +336,7 @@ fn commit_offsets(server: &Server, request: OffsetCommitRequest) -> OffsetCommit
                 .map(|(p, c)| {
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(c.err().map_or(committed_code, |e| codes::code(&e)))
+                        .with_error_code(c.err().unwrap_or(committed_code))
                 })
                 .collect();
             OffsetCommitResponseTopic::default()
@@ -288,17 +348,50 @@ fn commit_offsets(server: &Server, request: OffsetCommitRequest) -> OffsetCommit
 }
 
 /// The committed offsets of the partitions asked for (null: all the group has), -1 where
-/// there is none.
+/// there is none. Needs DESCRIBE on the group and on each topic: a topic the client may not
+/// describe is answered TOPIC_AUTHORIZATION_FAILED when named, and left out of "all".
 ///
 /// Runs on the blocking pool: the first use of the offset store creates and reads its topic.
-pub(super) async fn offset_fetch(server: &Arc<Server>, request: OffsetFetchRequest) -> OffsetFetchResponse {
-    let server = server.clone();
-    tokio::task::spawn_blocking(move || fetch_offsets(&server, request))
+pub(super) async fn offset_fetch(
+    server: &Arc<Server>,
+    client: &Client,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    let (server, client) = (server.clone(), client.clone());
+    tokio::task::spawn_blocking(move || fetch_offsets(&server, &client, request, version))
         .await
         .expect("offset fetches do not panic")
 }
 
-fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchResponse {
+fn fetch_offsets(
+    server: &Server,
+    client: &Client,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    if !may(server, client, op::DESCRIBE, &request.group_id) {
+        // v1 has no error field of its own: each partition named says so.
+        if version >= 2 {
+            return OffsetFetchResponse::default().with_error_code(GROUP_DENIED);
+        }
+        let topics = request.topics.unwrap_or_default().into_iter().map(|t| {
+            let partitions = t
+                .partition_indexes
+                .iter()
+                .map(|&p| {
+                    OffsetFetchResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_committed_offset(-1)
+                        .with_error_code(GROUP_DENIED)
+                })
+                .collect();
+            OffsetFetchResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        });
+        return OffsetFetchResponse::default().with_topics(topics.collect());
+    }
     let store = match server.broker.inner.offsets() {
         Ok(store) => store,
         Err(e) => return OffsetFetchResponse::default().with_error_code(codes::code(&e)),
@@ -323,6 +416,9 @@ fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchRes
         None => {
             let mut all: Vec<(String, Vec<i32>)> = Vec::new();
             for (tp, _) in store.group_offsets(group) {
+                if !client.may(server, op::DESCRIBE, resource::TOPIC, &tp.topic) {
+                    continue;
+                }
                 match all.iter_mut().find(|(t, _)| *t == tp.topic) {
                     Some((_, ps)) => ps.push(tp.partition as i32),
                     None => all.push((tp.topic.clone(), vec![tp.partition as i32])),
@@ -334,9 +430,16 @@ fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchRes
     let topics = asked
         .into_iter()
         .map(|(topic, partitions)| {
+            let allowed = client.may(server, op::DESCRIBE, resource::TOPIC, &topic);
             let partitions = partitions
                 .into_iter()
                 .map(|p| {
+                    if !allowed {
+                        return OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(-1)
+                            .with_error_code(TOPIC_DENIED);
+                    }
                     let committed = u32::try_from(p)
                         .ok()
                         .and_then(|i| store.committed(group, &TopicPartition::new(topic.clone(), i)));
@@ -363,14 +466,15 @@ fn fetch_offsets(server: &Server, request: OffsetFetchRequest) -> OffsetFetchRes
 
 /// Deletes groups and their committed offsets, as Kafka does: a group with members is
 /// NON_EMPTY_GROUP, one the broker does not know GROUP_ID_NOT_FOUND, and a group named twice
-/// is answered once.
+/// is answered once. Needs DELETE on each group.
 ///
 /// Runs on the blocking pool: a deletion waits for the offsets' tombstones to be synced.
 pub(super) async fn delete_groups(
     server: &Arc<Server>,
+    client: &Client,
     request: DeleteGroupsRequest,
 ) -> DeleteGroupsResponse {
-    let server = server.clone();
+    let (server, client) = (server.clone(), client.clone());
     tokio::task::spawn_blocking(move || {
         // The groups with offsets, read once for the whole request: a request of many names
         // must not read the store once a name.
@@ -405,6 +509,11 @@ pub(super) async fn delete_groups(
             .into_iter()
             .filter(|g| seen.insert(g.clone()))
             .map(|group| {
+                if !may(&server, &client, op::DELETE, &group) {
+                    return DeletableGroupResult::default()
+                        .with_group_id(group)
+                        .with_error_code(GROUP_DENIED);
+                }
                 let deleted = validate_group_id(&group.0)
                     .and_then(|()| known(&group.0))
                     .and_then(|()| server.broker.delete_group(&group.0));
@@ -424,28 +533,37 @@ pub(super) async fn delete_groups(
 /// Deletes a group's committed offsets of the partitions named (Kafka's OffsetDelete): a
 /// partition whose topic a member is subscribed to is GROUP_SUBSCRIBED_TO_TOPIC, the others
 /// are deleted; an unknown group is GROUP_ID_NOT_FOUND. A partition named twice is answered
-/// once.
+/// once. Needs DELETE on the group and READ on each topic (TOPIC_AUTHORIZATION_FAILED for
+/// a topic, its offsets kept).
 ///
 /// Runs on the blocking pool: the deletion waits for its tombstones to be synced.
 pub(super) async fn offset_delete(
     server: &Arc<Server>,
+    client: &Client,
     request: OffsetDeleteRequest,
 ) -> OffsetDeleteResponse {
-    let server = server.clone();
+    let (server, client) = (server.clone(), client.clone());
     tokio::task::spawn_blocking(move || {
         let group = request.group_id.0.to_string();
+        if !may(&server, &client, op::DELETE, &group) {
+            return OffsetDeleteResponse::default().with_error_code(GROUP_DENIED);
+        }
         // Each partition asked for is answered once; a negative index names none.
         let mut seen = HashSet::new();
         let mut partitions = Vec::new();
+        let unknown = ResponseError::UnknownTopicOrPartition.code();
+        // Partitions answered without being looked at, with their error codes.
         let mut impossible = Vec::new();
         for t in &request.topics {
+            let allowed = client.may(&server, op::READ, resource::TOPIC, &t.name);
             for p in &t.partitions {
                 if !seen.insert((t.name.clone(), p.partition_index)) {
                     continue;
                 }
                 match u32::try_from(p.partition_index) {
+                    _ if !allowed => impossible.push((t.name.0.to_string(), p.partition_index, TOPIC_DENIED)),
                     Ok(index) => partitions.push(TopicPartition::new(t.name.0.to_string(), index)),
-                    Err(_) => impossible.push((t.name.0.to_string(), p.partition_index)),
+                    Err(_) => impossible.push((t.name.0.to_string(), p.partition_index, unknown)),
                 }
             }
         }
@@ -455,7 +573,6 @@ pub(super) async fn offset_delete(
             Ok(answers) => answers,
             Err(e) => return OffsetDeleteResponse::default().with_error_code(codes::code(&e)),
         };
-        let unknown = ResponseError::UnknownTopicOrPartition.code();
         let answered = answers
             .into_iter()
             .map(|(tp, answer)| {
@@ -465,7 +582,7 @@ pub(super) async fn offset_delete(
                     answer.err().map_or(0, |e| codes::code(&e)),
                 )
             })
-            .chain(impossible.into_iter().map(|(topic, p)| (topic, p, unknown)));
+            .chain(impossible);
         let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
         let mut at: HashMap<String, usize> = HashMap::new();
         for (topic, index, code) in answered {
@@ -484,20 +601,26 @@ pub(super) async fn offset_delete(
     .expect("offset deletions do not panic")
 }
 
-/// Groups with members or committed offsets, with their states (v4 can filter by state).
-///
-/// Runs on the blocking pool: the first use of the offset store creates and reads its topic.
 /// The type of every group served, as ListGroups v5 names it.
 const CLASSIC: &str = "classic";
 
-pub(super) async fn list_groups(server: &Arc<Server>, request: ListGroupsRequest) -> ListGroupsResponse {
-    let server = server.clone();
-    tokio::task::spawn_blocking(move || listed_groups(&server, request))
+/// Groups with members or committed offsets, with their states (v4 can filter by state, v5 by
+/// type): all of them for a client that may DESCRIBE the cluster, else those it may describe.
+///
+/// Runs on the blocking pool: the first use of the offset store creates and reads its topic.
+pub(super) async fn list_groups(
+    server: &Arc<Server>,
+    client: &Client,
+    request: ListGroupsRequest,
+) -> ListGroupsResponse {
+    let (server, client) = (server.clone(), client.clone());
+    tokio::task::spawn_blocking(move || listed_groups(&server, &client, request))
         .await
         .expect("listing groups does not panic")
 }
 
-fn listed_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsResponse {
+fn listed_groups(server: &Server, client: &Client, request: ListGroupsRequest) -> ListGroupsResponse {
+    let every = client.may_on_cluster(server, op::DESCRIBE);
     let groups = match server.broker.list_groups() {
         Ok(groups) => groups,
         Err(e) => return ListGroupsResponse::default().with_error_code(codes::code(&e)),
@@ -512,6 +635,7 @@ fn listed_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsRespo
     let groups = groups
         .into_iter()
         .filter(|_| classic)
+        .filter(|(id, _)| every || may(server, client, op::DESCRIBE, id))
         .filter(|(_, state)| {
             request.states_filter.is_empty()
                 || request
@@ -536,13 +660,25 @@ fn listed_groups(server: &Server, request: ListGroupsRequest) -> ListGroupsRespo
 }
 
 /// Each group's state, protocol and members with their metadata and assignments; a group the
-/// coordinator has never seen is Dead with no members, as in Kafka.
-pub(super) fn describe_groups(server: &Server, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+/// coordinator has never seen is Dead with no members, as in Kafka. Needs DESCRIBE on each
+/// group.
+pub(super) fn describe_groups(
+    server: &Server,
+    client: &Client,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
     let coordinator = server.broker.coordinator();
-    let operations = if request.include_authorized_operations {
-        super::single_node::GROUP_OPERATIONS
-    } else {
-        super::single_node::NOT_ASKED
+    let operations = |group: &str| {
+        if request.include_authorized_operations {
+            server.acls.operations(
+                &client.host,
+                resource::GROUP,
+                group,
+                super::single_node::GROUP_OPERATIONS,
+            )
+        } else {
+            super::single_node::NOT_ASKED
+        }
     };
     // Each group is described once however often it is named, as Kafka does.
     let mut seen = std::collections::HashSet::new();
@@ -551,9 +687,11 @@ pub(super) fn describe_groups(server: &Server, request: DescribeGroupsRequest) -
         .into_iter()
         .filter(|id| seen.insert(id.clone()))
         .map(|id| {
-            let reply = DescribedGroup::default()
-                .with_group_id(id.clone())
-                .with_authorized_operations(operations);
+            let reply = DescribedGroup::default().with_group_id(id.clone());
+            if !may(server, client, op::DESCRIBE, &id) {
+                return reply.with_error_code(GROUP_DENIED);
+            }
+            let reply = reply.with_authorized_operations(operations(&id));
             let Some(d) = coordinator.describe(&id.0) else {
                 return reply.with_group_state(text("Dead"));
             };

@@ -3,12 +3,14 @@
 
 use std::collections::HashSet;
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use super::acls::{CLUSTER_NAME, Client, op, resource};
 use super::single_node::{CLUSTER_OPERATIONS, NOT_ASKED, TOPIC_OPERATIONS};
 use super::{NODE_ID, Server, codes};
 use crate::group::OFFSETS_TOPIC;
@@ -26,18 +28,34 @@ pub(super) fn may_create(server: &Server, request: &MetadataRequest, version: i1
         })
 }
 
-pub(super) fn metadata(server: &Server, request: MetadataRequest, version: i16) -> MetadataResponse {
+/// Topics the client may not DESCRIBE are answered TOPIC_AUTHORIZATION_FAILED when named and
+/// left out of a listing of all; one is auto-created only if the client may CREATE it (on the
+/// cluster or the topic), as Kafka does.
+pub(super) fn metadata(
+    server: &Server,
+    client: &Client,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let inner = &server.broker.inner;
-    let topic_operations = if request.include_topic_authorized_operations {
-        TOPIC_OPERATIONS
-    } else {
-        NOT_ASKED
+    let host = &client.host;
+    let topic_operations = |name: &str| {
+        if request.include_topic_authorized_operations {
+            server
+                .acls
+                .operations(host, resource::TOPIC, name, TOPIC_OPERATIONS)
+        } else {
+            NOT_ASKED
+        }
     };
     let cluster_operations = if request.include_cluster_authorized_operations {
-        CLUSTER_OPERATIONS
+        server
+            .acls
+            .operations(host, resource::CLUSTER, CLUSTER_NAME, CLUSTER_OPERATIONS)
     } else {
         NOT_ASKED
     };
+    let may_create_any = client.may_on_cluster(server, op::CREATE);
     // Before v4 a request could not say; Kafka created topics then.
     let create = version < 4 || request.allow_auto_topic_creation;
     let topics: Vec<(String, bool)> = match request.topics {
@@ -51,31 +69,44 @@ pub(super) fn metadata(server: &Server, request: MetadataRequest, version: i16) 
                 .map(|n| (n.0.to_string(), create))
                 .collect()
         }
-        // Null (or, in v0, empty) asks for every topic, none of them created.
+        // Null (or, in v0, empty) asks for every topic, none of them created; those the client
+        // may not describe are left out.
         _ => server
             .broker
             .list_topics()
             .into_iter()
+            .filter(|t| client.may(server, op::DESCRIBE, resource::TOPIC, t))
             .map(|t| (t, false))
             .collect(),
     };
     let topics = topics
         .into_iter()
         .map(|(name, create)| {
+            let reply = MetadataResponseTopic::default()
+                .with_name(Some(TopicName(StrBytes::from(name.clone()))))
+                .with_is_internal(name == OFFSETS_TOPIC);
+            if !client.may(server, op::DESCRIBE, resource::TOPIC, &name) {
+                return reply.with_error_code(ResponseError::TopicAuthorizationFailed.code());
+            }
+            if create
+                && inner.auto_creates()
+                && !may_create_any
+                && !client.may(server, op::CREATE, resource::TOPIC, &name)
+                && inner.topic(&name).is_err()
+            {
+                return reply.with_error_code(ResponseError::TopicAuthorizationFailed.code());
+            }
             let found = if create {
                 crate::broker::validate_topic_name(&name).and_then(|()| inner.topic_or_create(&name))
             } else {
                 inner.topic(&name)
             };
-            let reply = MetadataResponseTopic::default()
-                .with_name(Some(TopicName(StrBytes::from(name.clone()))))
-                .with_is_internal(name == OFFSETS_TOPIC);
             match found {
                 Ok(topic) => {
                     let partitions = topic.partitions.read().len() as i32;
                     reply
                         .with_partitions((0..partitions).map(partition).collect())
-                        .with_topic_authorized_operations(topic_operations)
+                        .with_topic_authorized_operations(topic_operations(&name))
                 }
                 Err(e) => reply.with_error_code(codes::code(&e)),
             }

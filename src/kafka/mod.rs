@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+mod acls;
 mod admin;
 mod alter_configs;
 mod apis;
@@ -139,6 +140,7 @@ struct Server {
     producers: idempotence::Producers,
     /// Permits for produce requests whose batches are decompressed or compressed again.
     inflating: tokio::sync::Semaphore,
+    acls: acls::Acls,
 }
 
 /// Answers request frames as a connection would, without a socket: for fuzzing the request
@@ -154,11 +156,10 @@ impl Frames {
     /// Frames for `broker`, advertised as 127.0.0.1:9092.
     pub fn new(broker: Broker) -> Frames {
         Frames {
-            server: Arc::new(Server::new(
-                broker,
-                ("127.0.0.1".to_string(), 9092),
-                ServerConfig::default(),
-            )),
+            server: Arc::new(
+                Server::new(broker, ("127.0.0.1".to_string(), 9092), ServerConfig::default())
+                    .expect("the broker's ACLs are readable"),
+            ),
         }
     }
 
@@ -168,22 +169,26 @@ impl Frames {
         if frame.len() > self.server.config.max_frame_bytes {
             return Err("oversized".to_string());
         }
-        conn::handle(&self.server, bytes::Bytes::copy_from_slice(frame))
+        let client = acls::Client {
+            host: "127.0.0.1".to_string(),
+        };
+        conn::handle(&self.server, &client, bytes::Bytes::copy_from_slice(frame))
             .await
             .map(|r| r.map(|b| b.to_vec()))
     }
 }
 
 impl Server {
-    fn new(broker: Broker, (host, port): (String, u16), config: ServerConfig) -> Server {
-        Server {
+    fn new(broker: Broker, (host, port): (String, u16), config: ServerConfig) -> crate::Result<Server> {
+        Ok(Server {
+            acls: acls::Acls::open(broker.dir())?,
             broker,
             host,
             port,
             producers: idempotence::Producers::new(config.producer_id_expiration),
             inflating: tokio::sync::Semaphore::new(PRODUCE_INFLATING_AT_ONCE),
             config,
-        }
+        })
     }
 
     /// A partition's log by the wire's `i32` index (a negative one is unknown).
@@ -259,7 +264,7 @@ pub async fn serve_with(
         .clone()
         .unwrap_or_else(|| (local.ip().to_string(), local.port()));
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    let server = Arc::new(Server::new(broker, (host, port), config));
+    let server = Arc::new(Server::new(broker, (host, port), config).map_err(io::Error::other)?);
     let ticker = {
         let server = server.clone();
         tokio::spawn(async move {

@@ -13,6 +13,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use std::sync::Arc;
 
+use super::acls::{Client, op, resource};
 use super::conn::Refusal;
 use super::idempotence::Verdict;
 use super::{PRODUCE_DECOMPRESSION_RATIO, Server, codes};
@@ -24,7 +25,40 @@ use crate::storage::{
 };
 use crate::{CompressionType, Fsync, LogConfig};
 
-pub(super) async fn produce(server: &Arc<Server>, request: ProduceRequest) -> ProduceResponse {
+/// Appends what `client` may WRITE; a topic it may not is answered
+/// TOPIC_AUTHORIZATION_FAILED for each of its partitions, nothing of it written.
+pub(super) async fn produce(
+    server: &Arc<Server>,
+    client: &Client,
+    mut request: ProduceRequest,
+) -> ProduceResponse {
+    let (allowed, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topic_data)
+        .into_iter()
+        .partition(|t| client.may(server, op::WRITE, resource::TOPIC, &t.name));
+    request.topic_data = allowed;
+    let denied = denied.into_iter().map(|topic| {
+        let partitions = topic
+            .partition_data
+            .iter()
+            .map(|p| {
+                PartitionProduceResponse::default()
+                    .with_index(p.index)
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_base_offset(-1)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(-1)
+            })
+            .collect();
+        TopicProduceResponse::default()
+            .with_name(topic.name)
+            .with_partition_responses(partitions)
+    });
+    let mut response = appended(server, request).await;
+    response.responses.extend(denied);
+    response
+}
+
+async fn appended(server: &Arc<Server>, request: ProduceRequest) -> ProduceResponse {
     // An append to a log kept with `Fsync::Always` waits for an fsync, a compressed batch is
     // decompressed to check its records (up to `PRODUCE_DECOMPRESSION_RATIO` times the topic's
     // `max.message.bytes`), and a topic with its own codec compresses batches again, so these

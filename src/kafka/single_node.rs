@@ -1,8 +1,8 @@
 //! What one broker answers from its own state, as Kafka answers it: log directories with the
 //! partitions' real sizes (a replica "moved" to the directory it is in stays there), no
 //! partition reassignments under way (one to the broker's own replica is done at once), no
-//! election needed (every partition's only replica leads it), and ACLs refused as
-//! SECURITY_DISABLED (Kafka's answer when no authorizer is configured).
+//! election needed (every partition's only replica leads it). Each needs the cluster
+//! permission Kafka asks for (DESCRIBE to look, ALTER to change).
 
 use std::collections::BTreeMap;
 
@@ -13,54 +13,24 @@ use kafka_protocol::messages::alter_partition_reassignments_response::{
 use kafka_protocol::messages::alter_replica_log_dirs_response::{
     AlterReplicaLogDirPartitionResult, AlterReplicaLogDirTopicResult,
 };
-use kafka_protocol::messages::create_acls_response::AclCreationResult;
-use kafka_protocol::messages::delete_acls_response::DeleteAclsFilterResult;
 use kafka_protocol::messages::describe_log_dirs_response::{
     DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
 };
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, AlterReplicaLogDirsRequest,
-    AlterReplicaLogDirsResponse, BrokerId, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest,
-    DeleteAclsResponse, DescribeAclsRequest, DescribeAclsResponse, DescribeLogDirsRequest,
-    DescribeLogDirsResponse, ElectLeadersRequest, ElectLeadersResponse, ListPartitionReassignmentsRequest,
+    AlterReplicaLogDirsResponse, BrokerId, DescribeLogDirsRequest, DescribeLogDirsResponse,
+    ElectLeadersRequest, ElectLeadersResponse, ListPartitionReassignmentsRequest,
     ListPartitionReassignmentsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::acls::{Client, op};
 use super::{NODE_ID, Server};
 
-const NO_AUTHORIZER: &str = "no authorizer is configured on this broker";
-
-/// Kafka's ACL operations that the resources served support, by their codes.
-mod op {
-    pub const READ: u8 = 3;
-    pub const WRITE: u8 = 4;
-    pub const CREATE: u8 = 5;
-    pub const DELETE: u8 = 6;
-    pub const ALTER: u8 = 7;
-    pub const DESCRIBE: u8 = 8;
-    pub const CLUSTER_ACTION: u8 = 9;
-    pub const DESCRIBE_CONFIGS: u8 = 10;
-    pub const ALTER_CONFIGS: u8 = 11;
-    pub const IDEMPOTENT_WRITE: u8 = 12;
-}
-
-/// An authorized-operations field: a bit per operation code.
-const fn operations(codes: &[u8]) -> i32 {
-    let mut bits = 0;
-    let mut i = 0;
-    while i < codes.len() {
-        bits |= 1 << codes[i];
-        i += 1;
-    }
-    bits
-}
-
-/// What a client may do with a topic, a group and the cluster when it asks (Metadata,
-/// DescribeGroups, DescribeCluster): with no authorizer, as Kafka answers then, every operation
-/// the resource type supports.
-pub(super) const TOPIC_OPERATIONS: i32 = operations(&[
+/// The operations Kafka's authorized-operations fields list for a topic, a group and the
+/// cluster (every operation the resource type supports).
+pub(super) const TOPIC_OPERATIONS: &[i8] = &[
     op::READ,
     op::WRITE,
     op::CREATE,
@@ -69,11 +39,11 @@ pub(super) const TOPIC_OPERATIONS: i32 = operations(&[
     op::DESCRIBE,
     op::DESCRIBE_CONFIGS,
     op::ALTER_CONFIGS,
-]);
+];
 /// See [`TOPIC_OPERATIONS`].
-pub(super) const GROUP_OPERATIONS: i32 = operations(&[op::READ, op::DESCRIBE, op::DELETE]);
+pub(super) const GROUP_OPERATIONS: &[i8] = &[op::READ, op::DESCRIBE, op::DELETE];
 /// See [`TOPIC_OPERATIONS`].
-pub(super) const CLUSTER_OPERATIONS: i32 = operations(&[
+pub(super) const CLUSTER_OPERATIONS: &[i8] = &[
     op::CREATE,
     op::CLUSTER_ACTION,
     op::DESCRIBE_CONFIGS,
@@ -81,7 +51,7 @@ pub(super) const CLUSTER_OPERATIONS: i32 = operations(&[
     op::IDEMPOTENT_WRITE,
     op::ALTER,
     op::DESCRIBE,
-]);
+];
 /// The authorized-operations field of a client that did not ask for it.
 pub(super) const NOT_ASKED: i32 = i32::MIN;
 
@@ -119,7 +89,21 @@ fn named(
 
 /// DescribeLogDirs: the one data directory, with the size of each partition asked for that
 /// exists (all of them if the request names none).
-pub(super) fn describe_log_dirs(server: &Server, request: DescribeLogDirsRequest) -> DescribeLogDirsResponse {
+pub(super) fn describe_log_dirs(
+    server: &Server,
+    client: &Client,
+    request: DescribeLogDirsRequest,
+    version: i16,
+) -> DescribeLogDirsResponse {
+    if !client.may_on_cluster(server, op::DESCRIBE) {
+        // Before v3 there is no error field: no directories, then.
+        let error = if version >= 3 {
+            ResponseError::ClusterAuthorizationFailed.code()
+        } else {
+            0
+        };
+        return DescribeLogDirsResponse::default().with_error_code(error);
+    }
     let wanted = request
         .topics
         .map(|topics| topics.into_iter().map(|t| (t.topic, t.partitions)).collect());
@@ -158,9 +142,14 @@ pub(super) fn describe_log_dirs(server: &Server, request: DescribeLogDirsRequest
 
 /// ListPartitionReassignments: none is ever under way on one broker.
 pub(super) fn list_partition_reassignments(
-    _server: &Server,
+    server: &Server,
+    client: &Client,
     _request: ListPartitionReassignmentsRequest,
 ) -> ListPartitionReassignmentsResponse {
+    if !client.may_on_cluster(server, op::DESCRIBE) {
+        return ListPartitionReassignmentsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     ListPartitionReassignmentsResponse::default()
 }
 
@@ -169,8 +158,10 @@ pub(super) fn list_partition_reassignments(
 /// partition the broker does not have REPLICA_NOT_AVAILABLE, as Kafka answers them.
 pub(super) fn alter_replica_log_dirs(
     server: &Server,
+    client: &Client,
     request: AlterReplicaLogDirsRequest,
 ) -> AlterReplicaLogDirsResponse {
+    let allowed = client.may_on_cluster(server, op::ALTER);
     let ours = server.broker.dir();
     let mut results: BTreeMap<TopicName, BTreeMap<i32, i16>> = BTreeMap::new();
     for dir in request.dirs {
@@ -180,6 +171,7 @@ pub(super) fn alter_replica_log_dirs(
             let entry = results.entry(topic).or_default();
             for (p, exists) in partitions {
                 let error = match (known, exists) {
+                    _ if !allowed => ResponseError::ClusterAuthorizationFailed.code(),
                     (false, _) => ResponseError::LogDirNotFound.code(),
                     (true, false) => ResponseError::ReplicaNotAvailable.code(),
                     (true, true) => 0,
@@ -213,8 +205,13 @@ pub(super) fn alter_replica_log_dirs(
 /// NO_REASSIGNMENT_IN_PROGRESS, and an unknown partition UNKNOWN_TOPIC_OR_PARTITION.
 pub(super) fn alter_partition_reassignments(
     server: &Server,
+    client: &Client,
     request: AlterPartitionReassignmentsRequest,
 ) -> AlterPartitionReassignmentsResponse {
+    if !client.may_on_cluster(server, op::ALTER) {
+        return AlterPartitionReassignmentsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let responses = request
         .topics
         .into_iter()
@@ -261,9 +258,21 @@ pub(super) fn alter_partition_reassignments(
 /// ElectLeaders: every partition's one replica already leads it, so no election is needed:
 /// each partition named is ELECTION_NOT_NEEDED (an unknown one UNKNOWN_TOPIC_OR_PARTITION),
 /// and a request for all partitions lists none, as Kafka answers when nothing needs electing.
-pub(super) fn elect_leaders(server: &Server, request: ElectLeadersRequest) -> ElectLeadersResponse {
+pub(super) fn elect_leaders(
+    server: &Server,
+    client: &Client,
+    request: ElectLeadersRequest,
+    version: i16,
+) -> ElectLeadersResponse {
+    // Refused, each partition named says so (v0 has no other error field).
+    let allowed = client.may_on_cluster(server, op::ALTER);
     let Some(topics) = request.topic_partitions else {
-        return ElectLeadersResponse::default();
+        let error = if allowed || version == 0 {
+            0
+        } else {
+            ResponseError::ClusterAuthorizationFailed.code()
+        };
+        return ElectLeadersResponse::default().with_error_code(error);
     };
     let wanted = topics.into_iter().map(|t| (t.topic, t.partitions)).collect();
     let results = named(server, Some(wanted))
@@ -272,7 +281,9 @@ pub(super) fn elect_leaders(server: &Server, request: ElectLeadersRequest) -> El
             let partition_result = partitions
                 .into_iter()
                 .map(|(p, exists)| {
-                    let error = if exists {
+                    let error = if !allowed {
+                        ResponseError::ClusterAuthorizationFailed
+                    } else if exists {
                         ResponseError::ElectionNotNeeded
                     } else {
                         ResponseError::UnknownTopicOrPartition
@@ -288,39 +299,4 @@ pub(super) fn elect_leaders(server: &Server, request: ElectLeadersRequest) -> El
         })
         .collect();
     ElectLeadersResponse::default().with_replica_election_results(results)
-}
-
-/// DescribeAcls: SECURITY_DISABLED.
-pub(super) fn describe_acls(_server: &Server, _request: DescribeAclsRequest) -> DescribeAclsResponse {
-    DescribeAclsResponse::default()
-        .with_error_code(ResponseError::SecurityDisabled.code())
-        .with_error_message(Some(StrBytes::from_static_str(NO_AUTHORIZER)))
-}
-
-/// CreateAcls: SECURITY_DISABLED for each creation.
-pub(super) fn create_acls(_server: &Server, request: CreateAclsRequest) -> CreateAclsResponse {
-    let results = request
-        .creations
-        .iter()
-        .map(|_| {
-            AclCreationResult::default()
-                .with_error_code(ResponseError::SecurityDisabled.code())
-                .with_error_message(Some(StrBytes::from_static_str(NO_AUTHORIZER)))
-        })
-        .collect();
-    CreateAclsResponse::default().with_results(results)
-}
-
-/// DeleteAcls: SECURITY_DISABLED for each filter.
-pub(super) fn delete_acls(_server: &Server, request: DeleteAclsRequest) -> DeleteAclsResponse {
-    let results = request
-        .filters
-        .iter()
-        .map(|_| {
-            DeleteAclsFilterResult::default()
-                .with_error_code(ResponseError::SecurityDisabled.code())
-                .with_error_message(Some(StrBytes::from_static_str(NO_AUTHORIZER)))
-        })
-        .collect();
-    DeleteAclsResponse::default().with_filter_results(results)
 }
