@@ -284,6 +284,7 @@ pub(super) fn describe_cluster(
     } else {
         super::single_node::NOT_ASKED
     };
+    let (host, port) = server.advertised();
     DescribeClusterResponse::default()
         .with_cluster_authorized_operations(operations)
         .with_endpoint_type(1)
@@ -292,8 +293,8 @@ pub(super) fn describe_cluster(
         .with_brokers(vec![
             DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(NODE_ID))
-                .with_host(StrBytes::from(server.host.clone()))
-                .with_port(i32::from(server.port)),
+                .with_host(StrBytes::from(host))
+                .with_port(i32::from(port)),
         ])
 }
 

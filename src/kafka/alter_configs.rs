@@ -16,13 +16,14 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::acls::{Client, op, resource};
-use super::{Server, codes};
+use super::{Server, broker_configs, codes};
 use crate::broker::refuse_internal;
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
 
-/// Kafka's resource type of a topic.
+/// Kafka's resource types of a topic and of a broker.
 const TOPIC: i8 = 2;
+const BROKER: i8 = 4;
 
 /// One change IncrementalAlterConfigs asks for (AlterConfigs asks only for sets).
 #[derive(Debug)]
@@ -57,13 +58,13 @@ fn alter(
     changes: &[Change<'_>],
     validate_only: bool,
 ) -> Outcome {
-    if resource_type != TOPIC {
-        let why = "only topic configs are alterable on this broker".to_string();
-        return Some((ResponseError::InvalidRequest.code(), why));
-    }
     let mut names = HashSet::new();
     if !changes.iter().all(|c| names.insert(c.name())) {
         let why = "a setting is named twice".to_string();
+        return Some((ResponseError::InvalidRequest.code(), why));
+    }
+    if resource_type != TOPIC {
+        let why = "only topic and broker configs are alterable on this broker".to_string();
         return Some((ResponseError::InvalidRequest.code(), why));
     }
     let (defaults, _) = server.broker.inner.topic_defaults();
@@ -101,6 +102,42 @@ pub(super) fn check_ignored(value: &str) -> Result<()> {
             reason: "not a Kafka version",
         })
     }
+}
+
+/// Checks and (unless `validate_only`) applies `changes` to the broker's dynamic settings
+/// (after clearing them all, with `replace`, as AlterConfigs does).
+fn alter_broker(
+    server: &Server,
+    name: &str,
+    changes: &[Change<'_>],
+    replace: bool,
+    validate_only: bool,
+) -> Outcome {
+    let invalid = |why: String| Some((ResponseError::InvalidRequest.code(), why));
+    if name != super::NODE_ID.to_string() {
+        return invalid(format!(
+            "this is broker {}; cluster-wide defaults are not alterable",
+            super::NODE_ID
+        ));
+    }
+    let mut names = HashSet::new();
+    if !changes.iter().all(|c| names.insert(c.name())) {
+        return invalid("a setting is named twice".to_string());
+    }
+    let changes: Result<Vec<broker_configs::Change<'_>>, String> = changes
+        .iter()
+        .map(|c| match *c {
+            Change::Set(name, value) => Ok((name, Some(value))),
+            Change::Delete(name) => Ok((name, None)),
+            Change::Append(name, _) | Change::Subtract(name, _) => Err(format!(
+                "{name}: APPEND and SUBTRACT apply to topic settings only"
+            )),
+        })
+        .collect();
+    let altered = changes.and_then(|changes| server.dynamic.alter(&changes, replace, validate_only));
+    altered
+        .err()
+        .map(|why| (ResponseError::InvalidConfig.code(), why))
 }
 
 fn apply(config: &mut TopicConfig, defaults: &TopicConfig, change: &Change<'_>) -> Result<()> {
@@ -215,6 +252,16 @@ pub(super) fn alter_configs(
                 named_twice()
             } else if let Some(refusal) = denied(server, client, r.resource_type, &r.resource_name) {
                 Some(refusal)
+            } else if r.resource_type == BROKER {
+                let changes: Vec<Change<'_>> = r
+                    .configs
+                    .iter()
+                    .map(|c| match &c.value {
+                        Some(v) => Change::Set(c.name.as_str(), v.as_str()),
+                        None => Change::Delete(c.name.as_str()),
+                    })
+                    .collect();
+                alter_broker(server, &r.resource_name, &changes, true, request.validate_only)
             } else {
                 let changes: Vec<Change<'_>> = r
                     .configs
@@ -282,6 +329,9 @@ pub(super) fn incremental_alter_configs(
                 _ if twice.contains(&(r.resource_type, r.resource_name.to_string())) => named_twice(),
                 _ if refused.is_some() => refused,
                 Err(why) => Some((ResponseError::InvalidRequest.code(), why)),
+                Ok(changes) if r.resource_type == BROKER => {
+                    alter_broker(server, &r.resource_name, &changes, false, request.validate_only)
+                }
                 Ok(changes) => alter(
                     server,
                     r.resource_type,

@@ -22,6 +22,7 @@ const BROKER: i8 = 4;
 
 /// Kafka's config sources.
 const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+const DYNAMIC_BROKER_CONFIG: i8 = 2;
 const STATIC_BROKER_CONFIG: i8 = 4;
 const DEFAULT_CONFIG: i8 = 5;
 
@@ -141,18 +142,18 @@ pub(super) fn describe_configs(
                     settings.push(("num.partitions", partitions.to_string(), INT));
                     settings.push(("broker.id", super::NODE_ID.to_string(), INT));
                     settings.sort_unstable();
-                    let configs = settings
-                        .into_iter()
-                        .filter(|(name, _, _)| wanted(name))
-                        .map(|(name, value, kind)| {
-                            DescribeConfigsResourceResult::default()
-                                .with_name(StrBytes::from_static_str(name))
-                                .with_value(Some(text(value)))
-                                .with_read_only(true)
-                                .with_config_source(STATIC_BROKER_CONFIG)
-                                .with_config_type(kind)
-                        })
-                        .collect();
+                    let fixed = settings.into_iter().map(|(name, value, kind)| {
+                        DescribeConfigsResourceResult::default()
+                            .with_name(StrBytes::from_static_str(name))
+                            .with_value(Some(text(value)))
+                            .with_read_only(true)
+                            .with_config_source(STATIC_BROKER_CONFIG)
+                            .with_config_type(kind)
+                    });
+                    let mut configs: Vec<DescribeConfigsResourceResult> =
+                        fixed.chain(dynamic_settings(server, synonyms)).collect();
+                    configs.retain(|c| wanted(&c.name));
+                    configs.sort_by(|a, b| a.name.cmp(&b.name));
                     reply.with_configs(configs)
                 }
                 other => reply
@@ -162,6 +163,54 @@ pub(super) fn describe_configs(
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// The broker's alterable settings: `advertised.listeners` (from the server's configuration,
+/// or its default, the listener's address, unless altered) and the dynamic ones kept.
+fn dynamic_settings(server: &Server, synonyms: bool) -> Vec<DescribeConfigsResourceResult> {
+    let kept = server.dynamic.settings();
+    let (host, port) = server.advertised();
+    let advertised = format!("PLAINTEXT://{host}:{port}");
+    let configured = if server.config.advertised.is_some() {
+        STATIC_BROKER_CONFIG
+    } else {
+        DEFAULT_CONFIG
+    };
+    let entry = |name: &str, value: String, source: i8, kind: i8| {
+        let mut entry = DescribeConfigsResourceResult::default()
+            .with_name(text(name))
+            .with_value(Some(text(value.clone())))
+            .with_read_only(false)
+            .with_config_source(source)
+            .with_config_type(kind);
+        if synonyms {
+            entry = entry.with_synonyms(vec![
+                DescribeConfigsSynonym::default()
+                    .with_name(text(name))
+                    .with_value(Some(text(value)))
+                    .with_source(source),
+            ]);
+        }
+        entry
+    };
+    let mut out = vec![];
+    if !kept.contains_key(super::broker_configs::ADVERTISED_LISTENERS) {
+        out.push(entry(
+            super::broker_configs::ADVERTISED_LISTENERS,
+            advertised,
+            configured,
+            LIST,
+        ));
+    }
+    for (name, value) in kept {
+        let kind = if name == super::broker_configs::ADVERTISED_LISTENERS {
+            LIST
+        } else {
+            STRING
+        };
+        out.push(entry(&name, value, DYNAMIC_BROKER_CONFIG, kind));
+    }
+    out
 }
 
 /// Each resource once, as Kafka answers it, asking for the keys of all its mentions (all keys

@@ -79,10 +79,11 @@ pub(super) fn find_coordinator(
             .with_host(text(""))
             .with_port(-1);
     }
+    let (host, port) = server.advertised();
     reply
         .with_node_id(BrokerId(NODE_ID))
-        .with_host(text(server.host.clone()))
-        .with_port(i32::from(server.port))
+        .with_host(text(host))
+        .with_port(i32::from(port))
 }
 
 /// Joins through the coordinator; a new member's id starts with its client id. From v4 a new

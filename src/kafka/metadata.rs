@@ -112,12 +112,13 @@ pub(super) fn metadata(
             }
         })
         .collect();
+    let (host, port) = server.advertised();
     MetadataResponse::default()
         .with_brokers(vec![
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(NODE_ID))
-                .with_host(StrBytes::from(server.host.clone()))
-                .with_port(i32::from(server.port)),
+                .with_host(StrBytes::from(host))
+                .with_port(i32::from(port)),
         ])
         .with_cluster_id(Some(StrBytes::from(server.config.cluster_id.clone())))
         .with_controller_id(BrokerId(NODE_ID))

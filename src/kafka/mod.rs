@@ -34,6 +34,7 @@ mod acls;
 mod admin;
 mod alter_configs;
 mod apis;
+mod broker_configs;
 mod codes;
 mod conn;
 mod describe_configs;
@@ -134,8 +135,8 @@ impl ServerConfig {
 #[derive(Debug)]
 struct Server {
     broker: Broker,
-    host: String,
-    port: u16,
+    /// The broker's dynamic settings, the address it advertises among them.
+    dynamic: broker_configs::BrokerConfigs,
     config: ServerConfig,
     producers: idempotence::Producers,
     /// Permits for produce requests whose batches are decompressed or compressed again.
@@ -182,13 +183,17 @@ impl Server {
     fn new(broker: Broker, (host, port): (String, u16), config: ServerConfig) -> crate::Result<Server> {
         Ok(Server {
             acls: acls::Acls::open(broker.dir())?,
+            dynamic: broker_configs::BrokerConfigs::open(broker.dir(), (host, port))?,
             broker,
-            host,
-            port,
             producers: idempotence::Producers::new(config.producer_id_expiration),
             inflating: tokio::sync::Semaphore::new(PRODUCE_INFLATING_AT_ONCE),
             config,
         })
+    }
+
+    /// The host and port clients are told to connect to.
+    fn advertised(&self) -> (String, u16) {
+        self.dynamic.advertised()
     }
 
     /// A partition's log by the wire's `i32` index (a negative one is unknown).
