@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use super::acls::{self, Client};
 use super::{
     MAX_RESPONSE_BYTES, Server, admin, alter_configs, apis, describe_configs, fetch, groups, guard, metadata,
-    produce, single_node,
+    produce, scram, single_node,
 };
 
 /// Why a connection is closed.
@@ -383,6 +383,13 @@ pub(super) async fn handle(
         ApiKey::DeleteAcls => {
             let (delete, client) = (request.decode()?, client.clone());
             request.reply(off_workers(server, move |s| acls::delete_acls(s, &client, delete)).await)?
+        }
+        ApiKey::DescribeUserScramCredentials => {
+            request.reply(scram::describe(server, client, request.decode()?))?
+        }
+        ApiKey::AlterUserScramCredentials => {
+            let (alter, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| scram::alter(s, &client, alter)).await)?
         }
         ApiKey::DescribeCluster => {
             request.reply(admin::describe_cluster(server, client, request.decode()?))?

@@ -272,6 +272,19 @@ const ACL: &[Field] = &[
 
 const DESCRIBE_ACLS: &[Field] = ACL;
 
+const DESCRIBE_USER_SCRAM_CREDENTIALS: &[Field] = &[all(Array(&[all(Str)]))];
+
+const ALTER_USER_SCRAM_CREDENTIALS: &[Field] = &[
+    all(Array(&[all(Str), all(Fixed(1))])),
+    all(Array(&[
+        all(Str),
+        all(Fixed(1)),
+        all(Fixed(4)),
+        all(Bytes),
+        all(Bytes),
+    ])),
+];
+
 const CREATE_ACLS: &[Field] = &[all(Array(ACL))];
 
 const DELETE_ACLS: &[Field] = &[all(Array(ACL))];
@@ -311,6 +324,8 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::DescribeAcls => DESCRIBE_ACLS,
         ApiKey::CreateAcls => CREATE_ACLS,
         ApiKey::DeleteAcls => DELETE_ACLS,
+        ApiKey::DescribeUserScramCredentials => DESCRIBE_USER_SCRAM_CREDENTIALS,
+        ApiKey::AlterUserScramCredentials => ALTER_USER_SCRAM_CREDENTIALS,
         _ => return None,
     })
 }
@@ -744,6 +759,26 @@ mod tests {
             ApiKey::DeleteAcls => DeleteAclsRequest::default()
                 .with_filters(vec![
                     delete_acls_request::DeleteAclsFilter::default().with_resource_name_filter(Some(s("t"))),
+                ])
+                .encode(&mut out, v),
+            ApiKey::DescribeUserScramCredentials => DescribeUserScramCredentialsRequest::default()
+                .with_users(Some(vec![
+                    describe_user_scram_credentials_request::UserName::default().with_name(s("alice")),
+                ]))
+                .encode(&mut out, v),
+            ApiKey::AlterUserScramCredentials => AlterUserScramCredentialsRequest::default()
+                .with_deletions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                        .with_name(s("bob"))
+                        .with_mechanism(1),
+                ])
+                .with_upsertions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                        .with_name(s("alice"))
+                        .with_mechanism(2)
+                        .with_iterations(8192)
+                        .with_salt(bytes::Bytes::from_static(b"salt"))
+                        .with_salted_password(bytes::Bytes::from_static(b"salted")),
                 ])
                 .encode(&mut out, v),
             other => panic!("no sample for {other:?}"),

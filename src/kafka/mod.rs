@@ -44,6 +44,7 @@ mod guard;
 mod idempotence;
 mod metadata;
 mod produce;
+mod scram;
 mod single_node;
 
 use std::future::Future;
@@ -142,6 +143,7 @@ struct Server {
     /// Permits for produce requests whose batches are decompressed or compressed again.
     inflating: tokio::sync::Semaphore,
     acls: acls::Acls,
+    scram: scram::Credentials,
 }
 
 /// Answers request frames as a connection would, without a socket: for fuzzing the request
@@ -183,6 +185,7 @@ impl Server {
     fn new(broker: Broker, (host, port): (String, u16), config: ServerConfig) -> crate::Result<Server> {
         Ok(Server {
             acls: acls::Acls::open(broker.dir())?,
+            scram: scram::Credentials::open(broker.dir())?,
             dynamic: broker_configs::BrokerConfigs::open(broker.dir(), (host, port))?,
             broker,
             producers: idempotence::Producers::new(config.producer_id_expiration),
