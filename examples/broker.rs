@@ -13,8 +13,10 @@
 //! this long are closed; default 600000, 10 minutes), `--num-partitions N` (Kafka's
 //! `num.partitions`: how many partitions an auto-created topic gets; default 1) and
 //! `--auto-create-topics true|false` (Kafka's `auto.create.topics.enable`: whether producing
-//! to or asking metadata of an unknown topic creates it; default true). Ctrl-C stops it and
-//! closes the log cleanly.
+//! to or asking metadata of an unknown topic creates it; default true) and `--acls
+//! true|false` (whether ACLs are kept and applied, as by Kafka's authorizer with
+//! `allow.everyone.if.no.acl.found=true`; default false, as a Kafka broker without an
+//! authorizer). Ctrl-C stops it and closes the log cleanly.
 
 use std::process::ExitCode;
 
@@ -29,6 +31,7 @@ struct Options {
     idle: Option<std::time::Duration>,
     num_partitions: u32,
     auto_create: bool,
+    acls: bool,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -40,6 +43,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         idle: None,
         num_partitions: 1,
         auto_create: true,
+        acls: false,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -74,18 +78,21 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                     .filter(|&n| n > 0)
                     .ok_or(format!("--num-partitions is a count of at least 1, not {v}"))?;
             }
-            "--auto-create-topics" => {
-                o.auto_create = match value()?.as_str() {
-                    "true" => true,
-                    "false" => false,
-                    other => return Err(format!("--auto-create-topics is true or false, not {other}")),
-                }
-            }
+            "--auto-create-topics" => o.auto_create = boolean(&flag, &value()?)?,
+            "--acls" => o.acls = boolean(&flag, &value()?)?,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
     }
     Ok(o)
+}
+
+fn boolean(flag: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{flag} is true or false, not {other}")),
+    }
 }
 
 #[tokio::main]
@@ -99,7 +106,7 @@ async fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] \
-                 [--idle-ms N] [--num-partitions N] [--auto-create-topics true|false]"
+                 [--idle-ms N] [--num-partitions N] [--auto-create-topics true|false] [--acls true|false]"
             );
             return ExitCode::from(2);
         }
@@ -125,7 +132,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut config = ServerConfig::default();
+    let mut config = ServerConfig::default().acls(o.acls);
     if let Some((host, port)) = o.advertised {
         config = config.advertised(host, port);
     }

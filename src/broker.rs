@@ -244,6 +244,9 @@ pub(crate) struct BrokerInner {
     /// Group membership.
     pub(crate) groups: GroupCoordinator,
     closed: AtomicBool,
+    /// What a network front end keeps beside the broker's own state (the Kafka front end's
+    /// ACLs, for one), once per broker however many servers share it.
+    pub(crate) front_end: Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 /// An open topic.
@@ -708,6 +711,7 @@ impl BrokerInner {
             offsets: Mutex::new(None),
             groups: GroupCoordinator::new().with_initial_rebalance_delay(initial_rebalance_delay),
             closed: AtomicBool::new(false),
+            front_end: Mutex::new(None),
         })
     }
 
@@ -728,12 +732,12 @@ impl BrokerInner {
             })
     }
 
-    /// The topic, created with the broker's defaults if it is unknown and auto-creation is on.
     /// Whether a topic is created when a Kafka client asks for one that does not exist.
     pub(crate) fn auto_creates(&self) -> bool {
         self.settings.auto_create
     }
 
+    /// The topic, created with the broker's defaults if it is unknown and auto-creation is on.
     pub(crate) fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>> {
         match self.topic(name) {
             Err(Error::UnknownTopic { .. }) if self.settings.auto_create => {

@@ -14,6 +14,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rivulet::kafka::ServerConfig;
 use rivulet::storage::{BatchBuilder, Compression};
 use rivulet::{Broker, Fsync, TopicConfig};
 use tokio::net::TcpStream;
@@ -34,6 +35,10 @@ const TOPIC_DENIED: i16 = 29;
 const GROUP_DENIED: i16 = 30;
 const CLUSTER_DENIED: i16 = 31;
 const INVALID_REQUEST: i16 = 42;
+
+fn with_acls() -> ServerConfig {
+    ServerConfig::default().acls(true)
+}
 
 fn text(t: &'static str) -> StrBytes {
     StrBytes::from_static_str(t)
@@ -116,7 +121,7 @@ async fn acls_decide_what_clients_may_do_and_survive_a_restart() {
     let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
     broker.create_topic("t", 1, TopicConfig::default()).unwrap();
     broker.create_topic("u", 1, TopicConfig::default()).unwrap();
-    let (addr, stop) = wire::serve(&broker, Default::default()).await;
+    let (addr, stop) = wire::serve(&broker, with_acls()).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let c = &mut c;
 
@@ -176,7 +181,7 @@ async fn acls_decide_what_clients_may_do_and_survive_a_restart() {
 
     // Kept across a restart of the server.
     drop(stop);
-    let (addr, stop) = wire::serve(&broker, Default::default()).await;
+    let (addr, stop) = wire::serve(&broker, with_acls()).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let c = &mut c;
     assert_eq!(produce(c, "t").await, TOPIC_DENIED);
@@ -212,9 +217,13 @@ async fn acls_decide_what_clients_may_do_and_survive_a_restart() {
         create(c, vec![acl(TOPIC, "x", "User:*", READ, ALLOW)]).await,
         [CLUSTER_DENIED]
     );
-    let cluster: DescribeClusterResponse =
-        ask(c, ApiKey::DescribeCluster, 0, &DescribeClusterRequest::default()).await;
-    assert_eq!(cluster.error_code, CLUSTER_DENIED);
+    // DescribeCluster is answered, as Kafka answers it, saying the client may do nothing.
+    let asked = DescribeClusterRequest::default().with_include_cluster_authorized_operations(true);
+    let cluster: DescribeClusterResponse = ask(c, ApiKey::DescribeCluster, 1, &asked).await;
+    assert_eq!(
+        (cluster.error_code, cluster.cluster_authorized_operations),
+        (0, 0)
+    );
     let described: DescribeAclsResponse =
         ask(c, ApiKey::DescribeAcls, 3, &DescribeAclsRequest::default()).await;
     assert_eq!(described.error_code, CLUSTER_DENIED);
@@ -234,4 +243,74 @@ async fn acls_decide_what_clients_may_do_and_survive_a_restart() {
     assert_eq!(made.topics[0].error_code, 0);
     assert!(broker.partition("new", 0).is_ok());
     drop(stop);
+}
+
+/// ACLs name hosts as IP addresses; a DENY for one host wins over an ALLOW for all, PREFIXED
+/// patterns cover the names they begin, and every server of a broker applies the same ACLs.
+#[tokio::test]
+async fn hosts_prefixes_and_servers_sharing_a_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    for topic in ["logs-a", "metrics-a", "other"] {
+        broker.create_topic(topic, 1, TopicConfig::default()).unwrap();
+    }
+    let (a, _stop_a) = wire::serve(&broker, with_acls()).await;
+    let (b, _stop_b) = wire::serve(&broker, with_acls()).await;
+    let mut a = TcpStream::connect(a).await.unwrap();
+    let mut b = TcpStream::connect(b).await.unwrap();
+
+    let mut prefixed = acl(TOPIC, "logs-", "User:*", ALL, ALLOW);
+    prefixed.resource_pattern_type = 4; // PREFIXED
+    let mut here = acl(TOPIC, "logs-", "User:ANONYMOUS", WRITE, DENY);
+    here.resource_pattern_type = 4;
+    here.host = text("127.0.0.1");
+    let mut elsewhere = acl(TOPIC, "other", "User:*", WRITE, DENY);
+    elsewhere.host = text("10.9.9.9");
+    let mut metrics = acl(TOPIC, "metrics-", "User:*", ALL, ALLOW);
+    metrics.resource_pattern_type = 4;
+    let mut not_here = acl(TOPIC, "metrics-a", "User:*", WRITE, DENY);
+    not_here.host = text("10.9.9.9");
+    let created = create(&mut a, vec![prefixed, here, elsewhere, metrics, not_here]).await;
+    assert_eq!(created, [0; 5]);
+
+    // Through the other server too: WRITE denied from 127.0.0.1 on logs-*, READ allowed.
+    for c in [&mut a, &mut b] {
+        assert_eq!(produce(c, "logs-a").await, TOPIC_DENIED);
+        assert_eq!(fetch(c, "logs-a").await, 0);
+        // A DENY for another host does not apply here, but it names "other", which no ALLOW
+        // covers: from then on nothing is allowed on it.
+        assert_eq!(produce(c, "other").await, TOPIC_DENIED);
+        // A DENY for another host beside an ALLOW for all: allowed here.
+        assert_eq!(produce(c, "metrics-a").await, 0);
+    }
+}
+
+/// A server that does not apply ACLs (the default) answers ACL requests SECURITY_DISABLED and
+/// lets every client do everything, whatever ACLs the data directory holds.
+#[tokio::test]
+async fn without_acls_everything_is_allowed_and_acl_requests_are_refused() {
+    const SECURITY_DISABLED: i16 = 54;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    {
+        let (addr, _stop) = wire::serve(&broker, with_acls()).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(
+            create(&mut c, vec![acl(TOPIC, "t", "User:*", ALL, DENY)]).await,
+            [0]
+        );
+        assert_eq!(produce(&mut c, "t").await, TOPIC_DENIED);
+    }
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let c = &mut c;
+    assert_eq!(produce(c, "t").await, 0);
+    assert_eq!(
+        create(c, vec![acl(TOPIC, "t", "User:*", READ, ALLOW)]).await,
+        [SECURITY_DISABLED]
+    );
+    let described: DescribeAclsResponse =
+        ask(c, ApiKey::DescribeAcls, 3, &DescribeAclsRequest::default()).await;
+    assert_eq!(described.error_code, SECURITY_DISABLED);
 }

@@ -7,7 +7,7 @@
 //! `User:ANONYMOUS` and a host, or `*`, to apply. The lists are kept in the broker's data
 //! directory (`acls.meta`, replaced atomically), so they survive restarts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,9 +33,12 @@ use crate::storage::meta;
 const FILE: &str = "acls.meta";
 /// The layout of that file.
 const VERSION: u32 = 1;
-/// The most ACLs kept: each change rewrites the file, and each check looks through the ACLs
-/// naming a resource by prefix.
-pub const MAX_ACLS: usize = 100_000;
+/// The most ACLs a broker keeps (each change rewrites their file); a creation past it is
+/// refused.
+pub const MAX_ACLS: usize = 10_000;
+/// The longest resource name, principal or host an ACL may have. With [`MAX_ACLS`] it bounds
+/// the ACLs' file and the memory they take.
+pub const MAX_ACL_FIELD_BYTES: usize = 1_024;
 
 /// The principal every client is: the front end authenticates no one.
 pub(super) const ANONYMOUS: &str = "User:ANONYMOUS";
@@ -119,6 +122,11 @@ impl Acl {
     /// PREFIXED, an unknown or ANY resource type, operation or permission, an empty resource
     /// name, or a principal without its `Type:` prefix.
     pub(super) fn validate(&self) -> std::result::Result<(), String> {
+        for field in [&self.resource_name, &self.principal, &self.host] {
+            if field.len() > MAX_ACL_FIELD_BYTES {
+                return Err(format!("an ACL's names are at most {MAX_ACL_FIELD_BYTES} bytes"));
+            }
+        }
         if !(resource::TOPIC..=resource::USER).contains(&self.resource_type) {
             return Err(format!("invalid resource type {}", self.resource_type));
         }
@@ -147,16 +155,6 @@ impl Acl {
             ));
         }
         Ok(())
-    }
-
-    /// Whether the ACL's pattern covers the resource `name` of `resource_type`.
-    fn covers(&self, resource_type: i8, name: &str) -> bool {
-        self.resource_type == resource_type
-            && match self.pattern_type {
-                pattern::LITERAL => self.resource_name == name || self.resource_name == WILDCARD,
-                pattern::PREFIXED => name.starts_with(&self.resource_name),
-                _ => false,
-            }
     }
 
     /// Whether the ACL's entry applies to this client.
@@ -211,52 +209,67 @@ fn implies(granted: i8, wanted: i8) -> bool {
         || (wanted == op::DESCRIBE_CONFIGS && granted == op::ALTER_CONFIGS)
 }
 
-/// The ACLs, indexed for checks: LITERAL ones by resource, PREFIXED ones in a list.
+/// A host as ACLs and clients name it: an IP address in its canonical text (an IPv4 address
+/// mapped into IPv6 as IPv4, IPv6 compressed), anything else (`*`, a name) as given.
+pub(super) fn canonical_host(host: &str) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().to_string(),
+        Err(_) => host.to_string(),
+    }
+}
+
+/// ACLs by resource type, then name.
+type ByName = HashMap<i8, HashMap<String, Vec<Acl>>>;
+
+/// The ACLs, indexed for checks: by resource type and name, LITERAL and PREFIXED apart, so a
+/// check looks up the resource's name, the wildcard, and each prefix of the name.
 #[derive(Default)]
 struct Index {
     all: Vec<Acl>,
-    literal: HashMap<(i8, String), Vec<Acl>>,
-    prefixed: Vec<Acl>,
+    literal: ByName,
+    prefixed: ByName,
+    /// The resource types any ACL names.
+    types: HashSet<i8>,
 }
 
 impl Index {
     fn new(all: Vec<Acl>) -> Index {
-        let mut literal: HashMap<(i8, String), Vec<Acl>> = HashMap::new();
-        let mut prefixed = Vec::new();
+        let mut index = Index::default();
         for acl in &all {
-            if acl.pattern_type == pattern::PREFIXED {
-                prefixed.push(acl.clone());
+            let by_name = if acl.pattern_type == pattern::PREFIXED {
+                &mut index.prefixed
             } else {
-                literal
-                    .entry((acl.resource_type, acl.resource_name.clone()))
-                    .or_default()
-                    .push(acl.clone());
-            }
+                &mut index.literal
+            };
+            by_name
+                .entry(acl.resource_type)
+                .or_default()
+                .entry(acl.resource_name.clone())
+                .or_default()
+                .push(acl.clone());
+            index.types.insert(acl.resource_type);
         }
-        Index {
-            all,
-            literal,
-            prefixed,
-        }
+        index.all = all;
+        index
     }
 
     /// The ACLs that cover a resource.
     fn covering<'a>(&'a self, resource_type: i8, name: &'a str) -> impl Iterator<Item = &'a Acl> {
-        let literal = |n: &str| {
-            self.literal
-                .get(&(resource_type, n.to_string()))
-                .into_iter()
-                .flatten()
-        };
-        let wildcard = (name != WILDCARD)
-            .then(|| literal(WILDCARD))
+        let literal = self.literal.get(&resource_type);
+        let prefixed = self.prefixed.get(&resource_type);
+        let exact = literal.and_then(|m| m.get(name)).into_iter().flatten();
+        let wildcard = literal
+            .filter(|_| name != WILDCARD)
+            .and_then(|m| m.get(WILDCARD))
             .into_iter()
             .flatten();
-        literal(name).chain(wildcard).chain(
-            self.prefixed
-                .iter()
-                .filter(move |a| a.covers(resource_type, name)),
-        )
+        let prefixes = prefixed.into_iter().flat_map(move |m| {
+            name.char_indices()
+                .map(|(i, c)| &name[..i + c.len_utf8()])
+                .filter_map(move |prefix| m.get(prefix))
+                .flatten()
+        });
+        exact.chain(wildcard).chain(prefixes)
     }
 }
 
@@ -287,22 +300,24 @@ impl Acls {
     /// The ACLs kept in `dir` (none if the file is not there).
     pub(super) fn open(dir: &Path) -> Result<Acls> {
         let path = dir.join(FILE);
-        let acls = match meta::read::<Stored>(&path)? {
-            None => Vec::new(),
-            Some(s) if s.version > VERSION => {
-                return Err(Error::UnsupportedFormat {
-                    path,
-                    found: s.version,
-                    supported: VERSION,
-                });
-            }
-            Some(s) => s.acls,
-        };
+        let acls = Self::read(&path)?;
         Ok(Acls {
             path,
             current: RwLock::new(Arc::new(Index::new(acls))),
             changing: Mutex::new(()),
         })
+    }
+
+    fn read(path: &Path) -> Result<Vec<Acl>> {
+        match meta::read::<Stored>(path)? {
+            None => Ok(Vec::new()),
+            Some(s) if s.version > VERSION => Err(Error::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found: s.version,
+                supported: VERSION,
+            }),
+            Some(s) => Ok(s.acls),
+        }
     }
 
     /// Whether a client at `host` may do `operation` on the resource `name` of `resource_type`.
@@ -327,13 +342,21 @@ impl Acls {
         allowed || !any
     }
 
-    /// The authorized-operations field for a client at `host` on a resource: a bit for each of
-    /// `operations` it may do.
-    pub(super) fn operations(&self, host: &str, resource_type: i8, name: &str, operations: &[i8]) -> i32 {
-        operations
-            .iter()
-            .filter(|&&o| self.allows(host, o, resource_type, name))
-            .fold(0, |bits, &o| bits | (1 << o))
+    /// Whether a client at `host` may do `operation` on some resource of `resource_type`, as
+    /// Kafka's authorization by resource type answers it: when no ACL names a resource of the
+    /// type, or when one that allows it names a resource it is not denied on.
+    pub(super) fn allows_some(&self, host: &str, operation: i8, resource_type: i8) -> bool {
+        let index = self.current.read().clone();
+        if !index.types.contains(&resource_type) {
+            return true;
+        }
+        index.all.iter().any(|acl| {
+            acl.resource_type == resource_type
+                && acl.permission == permission::ALLOW
+                && acl.applies_to(host)
+                && implies(acl.operation, operation)
+                && self.allows(host, operation, resource_type, &acl.resource_name)
+        })
     }
 
     /// The ACLs `filter` selects.
@@ -345,11 +368,15 @@ impl Acls {
     /// Adds `acls` (each already valid; one already kept is kept once), all or none: an error
     /// if they would pass [`MAX_ACLS`] or cannot be written.
     pub(super) fn create(&self, acls: &[Acl]) -> std::result::Result<(), String> {
+        if acls.len() > MAX_ACLS {
+            return Err(format!("a broker keeps at most {MAX_ACLS} ACLs"));
+        }
         let _changing = self.changing.lock();
         let index = self.current.read().clone();
+        let mut kept: HashSet<&Acl> = index.all.iter().collect();
         let mut all = index.all.clone();
         for acl in acls {
-            if !all.contains(acl) {
+            if kept.insert(acl) {
                 all.push(acl.clone());
             }
         }
@@ -362,33 +389,43 @@ impl Acls {
         Ok(())
     }
 
-    /// Removes the ACLs each filter selects: the ones each removed, in order (an ACL two
-    /// filters select is counted by the first), or an error if nothing could be written.
+    /// Removes the ACLs the filters select: for each filter, the ones it selects (an ACL
+    /// two filters select is listed by both, as Kafka lists it), or an error if nothing could
+    /// be written.
     pub(super) fn delete(&self, filters: &[Filter]) -> std::result::Result<Vec<Vec<Acl>>, String> {
         let _changing = self.changing.lock();
         let index = self.current.read().clone();
-        let mut kept = index.all.clone();
-        let mut removed = Vec::with_capacity(filters.len());
-        for filter in filters {
-            let (gone, rest): (Vec<Acl>, Vec<Acl>) = kept.into_iter().partition(|a| filter.matches(a));
-            kept = rest;
-            removed.push(gone);
-        }
-        if kept.len() != index.all.len() {
+        let removed: Vec<Vec<Acl>> = filters
+            .iter()
+            .map(|f| index.all.iter().filter(|a| f.matches(a)).cloned().collect())
+            .collect();
+        let gone: HashSet<&Acl> = removed.iter().flatten().collect();
+        if !gone.is_empty() {
+            let kept = index.all.iter().filter(|a| !gone.contains(a)).cloned().collect();
             self.install(kept)?;
         }
         Ok(removed)
     }
 
-    /// Writes `acls` to the file, then makes them the current ones.
+    /// Writes `acls` to the file, then makes them the current ones. If the write fails, the
+    /// ACLs are what the file then holds (a failure after its rename leaves the new ones).
     fn install(&self, acls: Vec<Acl>) -> std::result::Result<(), String> {
         let stored = Stored {
             version: VERSION,
             acls,
         };
-        meta::write(&StdFs, &self.path, &stored).map_err(|e| e.to_string())?;
-        *self.current.write() = Arc::new(Index::new(stored.acls));
-        Ok(())
+        match meta::write(&StdFs, &self.path, &stored) {
+            Ok(()) => {
+                *self.current.write() = Arc::new(Index::new(stored.acls));
+                Ok(())
+            }
+            Err(e) => {
+                if let Ok(on_disk) = Self::read(&self.path) {
+                    *self.current.write() = Arc::new(Index::new(on_disk));
+                }
+                Err(e.to_string())
+            }
+        }
     }
 }
 
@@ -402,13 +439,18 @@ pub(super) struct Client {
 impl Client {
     pub(super) fn at(peer: std::net::SocketAddr) -> Client {
         Client {
-            host: peer.ip().to_string(),
+            host: peer.ip().to_canonical().to_string(),
         }
     }
 
-    /// Whether this client may do `operation` on the resource `name` of `resource_type`.
+    /// Whether this client may do `operation` on the resource `name` of `resource_type`
+    /// (anything, on a server that does not apply ACLs).
     pub(super) fn may(&self, server: &Server, operation: i8, resource_type: i8, name: &str) -> bool {
-        server.acls.allows(&self.host, operation, resource_type, name)
+        !server.config.acls
+            || server
+                .shared
+                .acls
+                .allows(&self.host, operation, resource_type, name)
     }
 
     /// Whether this client may do `operation` on the cluster.
@@ -422,6 +464,7 @@ fn text(s: String) -> StrBytes {
 }
 
 const CLUSTER_DENIED: &str = "the client may not do this on the cluster";
+const NO_AUTHORIZER: &str = "this server applies no ACLs (see ServerConfig::acls)";
 
 /// DescribeAcls: the ACLs the filter selects, grouped by resource pattern (DESCRIBE on the
 /// cluster needed).
@@ -435,6 +478,9 @@ pub(super) fn describe_acls(
             .with_error_code(code.code())
             .with_error_message(Some(text(why)))
     };
+    if !server.config.acls {
+        return refuse(ResponseError::SecurityDisabled, NO_AUTHORIZER.to_string());
+    }
     if !client.may_on_cluster(server, op::DESCRIBE) {
         return refuse(
             ResponseError::ClusterAuthorizationFailed,
@@ -446,7 +492,7 @@ pub(super) fn describe_acls(
         resource_name: request.resource_name_filter.map(|n| n.to_string()),
         pattern_type: request.pattern_type_filter,
         principal: request.principal_filter.map(|n| n.to_string()),
-        host: request.host_filter.map(|n| n.to_string()),
+        host: request.host_filter.map(|n| canonical_host(&n)),
         operation: request.operation,
         permission: request.permission_type,
     };
@@ -455,7 +501,7 @@ pub(super) fn describe_acls(
     }
     let mut resources: Vec<DescribeAclsResource> = Vec::new();
     let mut at: HashMap<(i8, String, i8), usize> = HashMap::new();
-    for acl in server.acls.describe(&filter) {
+    for acl in server.shared.acls.describe(&filter) {
         let key = (acl.resource_type, acl.resource_name.clone(), acl.pattern_type);
         let i = *at.entry(key).or_insert_with(|| {
             resources.push(
@@ -489,12 +535,15 @@ pub(super) fn create_acls(
             .with_error_code(code.code())
             .with_error_message(Some(StrBytes::from(why.to_string())))
     };
-    if !client.may_on_cluster(server, op::ALTER) {
-        let results = request
-            .creations
-            .iter()
-            .map(|_| refused(ResponseError::ClusterAuthorizationFailed, CLUSTER_DENIED))
-            .collect();
+    let denied = match () {
+        () if !server.config.acls => Some((ResponseError::SecurityDisabled, NO_AUTHORIZER)),
+        () if !client.may_on_cluster(server, op::ALTER) => {
+            Some((ResponseError::ClusterAuthorizationFailed, CLUSTER_DENIED))
+        }
+        () => None,
+    };
+    if let Some((code, why)) = denied {
+        let results = request.creations.iter().map(|_| refused(code, why)).collect();
         return CreateAclsResponse::default().with_results(results);
     }
     let checked: Vec<std::result::Result<Acl, String>> = request
@@ -506,7 +555,7 @@ pub(super) fn create_acls(
                 resource_name: c.resource_name.to_string(),
                 pattern_type: c.resource_pattern_type,
                 principal: c.principal.to_string(),
-                host: c.host.to_string(),
+                host: canonical_host(&c.host),
                 operation: c.operation,
                 permission: c.permission_type,
             };
@@ -517,7 +566,7 @@ pub(super) fn create_acls(
     let written = if valid.is_empty() {
         Ok(())
     } else {
-        server.acls.create(&valid)
+        server.shared.acls.create(&valid)
     };
     let results = checked
         .iter()
@@ -541,12 +590,15 @@ pub(super) fn delete_acls(
             .with_error_code(code.code())
             .with_error_message(Some(StrBytes::from(why.to_string())))
     };
-    if !client.may_on_cluster(server, op::ALTER) {
-        let results = request
-            .filters
-            .iter()
-            .map(|_| refused(ResponseError::ClusterAuthorizationFailed, CLUSTER_DENIED))
-            .collect();
+    let denied = match () {
+        () if !server.config.acls => Some((ResponseError::SecurityDisabled, NO_AUTHORIZER)),
+        () if !client.may_on_cluster(server, op::ALTER) => {
+            Some((ResponseError::ClusterAuthorizationFailed, CLUSTER_DENIED))
+        }
+        () => None,
+    };
+    if let Some((code, why)) = denied {
+        let results = request.filters.iter().map(|_| refused(code, why)).collect();
         return DeleteAclsResponse::default().with_filter_results(results);
     }
     let filters: Vec<Filter> = request
@@ -557,7 +609,7 @@ pub(super) fn delete_acls(
             resource_name: f.resource_name_filter.map(|n| n.to_string()),
             pattern_type: f.pattern_type_filter,
             principal: f.principal_filter.map(|n| n.to_string()),
-            host: f.host_filter.map(|n| n.to_string()),
+            host: f.host_filter.map(|n| canonical_host(&n)),
             operation: f.operation,
             permission: f.permission_type,
         })
@@ -569,7 +621,7 @@ pub(super) fn delete_acls(
         .filter(|(_, c)| c.is_ok())
         .map(|(f, _)| f.clone())
         .collect();
-    let removed = server.acls.delete(&valid);
+    let removed = server.shared.acls.delete(&valid);
     let mut removed = match removed {
         Ok(r) => r.into_iter(),
         Err(why) => {
@@ -669,10 +721,12 @@ mod tests {
         // The group's ACL names another principal: the anonymous client may not.
         assert!(!acls.allows("10.0.0.1", READ, GROUP, "g"));
         assert!(acls.allows("10.0.0.1", READ, GROUP, "h"));
-        assert_eq!(
-            acls.operations("10.0.0.1", TOPIC, "t", &[READ, WRITE, DESCRIBE]),
-            (1 << READ) | (1 << DESCRIBE)
-        );
+        // Some topic may be written from anywhere (logs-*); only .1 may read one (t).
+        assert!(acls.allows_some("10.0.0.9", WRITE, TOPIC));
+        assert!(acls.allows_some("10.0.0.1", READ, TOPIC));
+        assert!(!acls.allows_some("10.0.0.9", READ, TOPIC));
+        // No ACL names a transactional id: every client may.
+        assert!(acls.allows_some("10.0.0.9", WRITE, 5));
 
         // Kept across a reopening; deleted by filter.
         let acls = Acls::open(dir.path()).unwrap();
@@ -694,7 +748,8 @@ mod tests {
         };
         assert_eq!(acls.describe(&matching_t).len(), 3);
         let removed = acls.delete(&[matching_t, everything.clone()]).unwrap();
-        assert_eq!((removed[0].len(), removed[1].len()), (3, 2));
+        // An ACL both filters select is listed by both, as Kafka lists it.
+        assert_eq!((removed[0].len(), removed[1].len()), (3, 5));
         assert!(Acls::open(dir.path()).unwrap().describe(&everything).is_empty());
     }
 

@@ -264,19 +264,16 @@ pub(super) fn delete_records(
     DeleteRecordsResponse::default().with_topics(topics)
 }
 
-/// The one broker, which is also the controller. Needs DESCRIBE on the cluster.
+/// The one broker, which is also the controller. Answered to every client, as Kafka does;
+/// the cluster's authorized operations say what this one may do.
 pub(super) fn describe_cluster(
     server: &Server,
     client: &Client,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    if !client.may_on_cluster(server, op::DESCRIBE) {
-        return DescribeClusterResponse::default()
-            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
-    }
     let operations = if request.include_cluster_authorized_operations {
-        server.acls.operations(
-            &client.host,
+        server.operations(
+            client,
             resource::CLUSTER,
             CLUSTER_NAME,
             super::single_node::CLUSTER_OPERATIONS,
@@ -298,13 +295,20 @@ pub(super) fn describe_cluster(
         ])
 }
 
-/// InitProducerId for an idempotent producer: needs IDEMPOTENT_WRITE on the cluster.
+/// InitProducerId for an idempotent producer: needs IDEMPOTENT_WRITE on the cluster or, as
+/// since Kafka 3.0, WRITE on some topic.
 pub(super) fn init_producer_id(
     server: &Server,
     client: &Client,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
-    if !client.may_on_cluster(server, op::IDEMPOTENT_WRITE) {
+    let allowed = client.may_on_cluster(server, op::IDEMPOTENT_WRITE)
+        || !server.config.acls
+        || server
+            .shared
+            .acls
+            .allows_some(&client.host, op::WRITE, resource::TOPIC);
+    if !allowed {
         return InitProducerIdResponse::default()
             .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
             .with_producer_id((-1).into())

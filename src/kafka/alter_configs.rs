@@ -134,7 +134,7 @@ fn alter_broker(
             )),
         })
         .collect();
-    let altered = changes.and_then(|changes| server.dynamic.alter(&changes, replace, validate_only));
+    let altered = changes.and_then(|changes| server.shared.settings.alter(&changes, replace, validate_only));
     altered
         .err()
         .map(|why| (ResponseError::InvalidConfig.code(), why))

@@ -29,10 +29,11 @@ const VERSION: u32 = 1;
 /// The setting that changes the advertised address.
 pub(super) const ADVERTISED_LISTENERS: &str = "advertised.listeners";
 
-/// The most dynamic settings kept, and the longest value: bounds on what requests can make the
-/// file hold.
+/// The most dynamic settings kept, the longest name and the longest value: bounds on what
+/// requests can make the file hold.
 const MAX_SETTINGS: usize = 1_000;
-const MAX_VALUE_BYTES: usize = 32_767;
+const MAX_NAME_BYTES: usize = 256;
+const MAX_VALUE_BYTES: usize = 4_096;
 
 /// One change to the dynamic settings: a value, or `None` to delete the setting.
 pub(super) type Change<'a> = (&'a str, Option<&'a str>);
@@ -47,8 +48,6 @@ struct Stored {
 pub(super) struct BrokerConfigs {
     path: PathBuf,
     settings: RwLock<BTreeMap<String, String>>,
-    /// The address configured when the server started.
-    configured: (String, u16),
     /// Held by a change from reading the settings to installing the new ones.
     changing: Mutex<()>,
 }
@@ -89,8 +88,8 @@ fn listener(value: &str) -> std::result::Result<(String, u16), String> {
 }
 
 impl BrokerConfigs {
-    /// The settings kept in `dir`, for a server configured to advertise `configured`.
-    pub(super) fn open(dir: &Path, configured: (String, u16)) -> Result<BrokerConfigs> {
+    /// The settings kept in `dir`.
+    pub(super) fn open(dir: &Path) -> Result<BrokerConfigs> {
         let path = dir.join(FILE);
         let settings = match meta::read::<Stored>(&path)? {
             None => BTreeMap::new(),
@@ -106,18 +105,18 @@ impl BrokerConfigs {
         Ok(BrokerConfigs {
             path,
             settings: RwLock::new(settings),
-            configured,
             changing: Mutex::new(()),
         })
     }
 
-    /// The host and port clients are told to connect to.
-    pub(super) fn advertised(&self) -> (String, u16) {
+    /// The host and port clients are told to connect to, by a server configured to advertise
+    /// `configured`.
+    pub(super) fn advertised(&self, configured: &(String, u16)) -> (String, u16) {
         self.settings
             .read()
             .get(ADVERTISED_LISTENERS)
             .and_then(|v| listener(v).ok())
-            .unwrap_or_else(|| self.configured.clone())
+            .unwrap_or_else(|| configured.clone())
     }
 
     /// The dynamic settings, by name.
@@ -134,6 +133,9 @@ impl BrokerConfigs {
         validate_only: bool,
     ) -> std::result::Result<(), String> {
         for &(name, value) in changes {
+            if name.len() > MAX_NAME_BYTES {
+                return Err(format!("a setting's name is at most {MAX_NAME_BYTES} bytes"));
+            }
             if !alterable(name) {
                 return Err(format!("{name} cannot be altered while the broker runs"));
             }
@@ -168,7 +170,13 @@ impl BrokerConfigs {
             version: VERSION,
             settings: next,
         };
-        meta::write(&StdFs, &self.path, &stored).map_err(|e| e.to_string())?;
+        if let Err(e) = meta::write(&StdFs, &self.path, &stored) {
+            // A failure after the file's rename leaves the new settings in it.
+            if let Ok(Some(on_disk)) = meta::read::<Stored>(&self.path) {
+                *self.settings.write() = on_disk.settings;
+            }
+            return Err(e.to_string());
+        }
         *self.settings.write() = stored.settings;
         Ok(())
     }
@@ -201,7 +209,7 @@ mod tests {
     fn settings_are_altered_whole_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let configured = ("127.0.0.1".to_string(), 9092);
-        let configs = BrokerConfigs::open(dir.path(), configured.clone()).unwrap();
+        let configs = BrokerConfigs::open(dir.path()).unwrap();
         let moved = (ADVERTISED_LISTENERS, Some("PLAINTEXT://kafka.example:19092"));
         // A change with one refused setting changes nothing.
         assert!(
@@ -209,10 +217,10 @@ mod tests {
                 .alter(&[moved, ("log.retention.ms", Some("1"))], false, false)
                 .is_err()
         );
-        assert_eq!(configs.advertised(), configured);
+        assert_eq!(configs.advertised(&configured), configured);
         // Validated only: nothing changes.
         configs.alter(&[moved], false, true).unwrap();
-        assert_eq!(configs.advertised(), configured);
+        assert_eq!(configs.advertised(&configured), configured);
         configs
             .alter(
                 &[moved, ("sasl.kerberos.min.time.before.relogin", Some("58000"))],
@@ -220,21 +228,19 @@ mod tests {
                 false,
             )
             .unwrap();
-        assert_eq!(configs.advertised(), ("kafka.example".to_string(), 19092));
+        assert_eq!(
+            configs.advertised(&configured),
+            ("kafka.example".to_string(), 19092)
+        );
         // Kept across a reopening; replaced whole by AlterConfigs.
-        let configs = BrokerConfigs::open(dir.path(), configured.clone()).unwrap();
+        let configs = BrokerConfigs::open(dir.path()).unwrap();
         assert_eq!(configs.settings().len(), 2);
         configs
             .alter(&[("ssl.protocol", Some("TLSv1.3"))], true, false)
             .unwrap();
-        assert_eq!(configs.advertised(), configured);
+        assert_eq!(configs.advertised(&configured), configured);
         assert_eq!(configs.settings().keys().collect::<Vec<_>>(), ["ssl.protocol"]);
         configs.alter(&[("ssl.protocol", None)], false, false).unwrap();
-        assert!(
-            BrokerConfigs::open(dir.path(), configured)
-                .unwrap()
-                .settings()
-                .is_empty()
-        );
+        assert!(BrokerConfigs::open(dir.path()).unwrap().settings().is_empty());
     }
 }

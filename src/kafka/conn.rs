@@ -375,7 +375,11 @@ pub(super) async fn handle(
             client,
             request.decode()?,
         ))?,
-        ApiKey::DescribeAcls => request.reply(acls::describe_acls(server, client, request.decode()?))?,
+        ApiKey::DescribeAcls => {
+            // Up to MAX_ACLS matched and copied: off the workers.
+            let (describe, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| acls::describe_acls(s, &client, describe)).await)?
+        }
         ApiKey::CreateAcls => {
             let (create, client) = (request.decode()?, client.clone());
             request.reply(off_workers(server, move |s| acls::create_acls(s, &client, create)).await)?

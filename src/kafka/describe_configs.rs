@@ -168,7 +168,7 @@ pub(super) fn describe_configs(
 /// The broker's alterable settings: `advertised.listeners` (from the server's configuration,
 /// or its default, the listener's address, unless altered) and the dynamic ones kept.
 fn dynamic_settings(server: &Server, synonyms: bool) -> Vec<DescribeConfigsResourceResult> {
-    let kept = server.dynamic.settings();
+    let kept = server.shared.settings.settings();
     let (host, port) = server.advertised();
     let advertised = format!("PLAINTEXT://{host}:{port}");
     let configured = if server.config.advertised.is_some() {

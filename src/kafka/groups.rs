@@ -337,7 +337,12 @@ fn commit_offsets(server: &Server, client: &Client, request: OffsetCommitRequest
                 .map(|(p, c)| {
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(c.err().unwrap_or(committed_code))
+                        .with_error_code(match c {
+                            // Refused by the group, every partition says so, whatever else.
+                            _ if !group_allowed => GROUP_DENIED,
+                            Err(code) => code,
+                            Ok(_) => committed_code,
+                        })
                 })
                 .collect();
             OffsetCommitResponseTopic::default()
@@ -671,8 +676,8 @@ pub(super) fn describe_groups(
     let coordinator = server.broker.coordinator();
     let operations = |group: &str| {
         if request.include_authorized_operations {
-            server.acls.operations(
-                &client.host,
+            server.operations(
+                client,
                 resource::GROUP,
                 group,
                 super::single_node::GROUP_OPERATIONS,

@@ -38,20 +38,15 @@ pub(super) fn metadata(
     version: i16,
 ) -> MetadataResponse {
     let inner = &server.broker.inner;
-    let host = &client.host;
     let topic_operations = |name: &str| {
         if request.include_topic_authorized_operations {
-            server
-                .acls
-                .operations(host, resource::TOPIC, name, TOPIC_OPERATIONS)
+            server.operations(client, resource::TOPIC, name, TOPIC_OPERATIONS)
         } else {
             NOT_ASKED
         }
     };
     let cluster_operations = if request.include_cluster_authorized_operations {
-        server
-            .acls
-            .operations(host, resource::CLUSTER, CLUSTER_NAME, CLUSTER_OPERATIONS)
+        server.operations(client, resource::CLUSTER, CLUSTER_NAME, CLUSTER_OPERATIONS)
     } else {
         NOT_ASKED
     };

@@ -58,6 +58,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 
+pub use acls::{MAX_ACL_FIELD_BYTES, MAX_ACLS};
 pub use apis::API_VERSIONS;
 pub use idempotence::MAX_PRODUCER_IDS;
 
@@ -70,6 +71,7 @@ pub struct ServerConfig {
     connections_max_idle: Duration,
     producer_id_expiration: Duration,
     cluster_id: String,
+    acls: bool,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +83,7 @@ impl Default for ServerConfig {
             connections_max_idle: Duration::from_secs(600),
             producer_id_expiration: Duration::from_secs(24 * 3600),
             cluster_id: "rivulet".to_string(),
+            acls: false,
         }
     }
 }
@@ -130,20 +133,62 @@ impl ServerConfig {
         self.cluster_id = id.into();
         self
     }
+
+    /// Whether ACLs are kept and applied (default no, as a Kafka broker without an authorizer:
+    /// ACL requests are answered SECURITY_DISABLED and every client may do everything).
+    ///
+    /// With ACLs, requests are authorized as Kafka's authorizer does with
+    /// `allow.everyone.if.no.acl.found=true`: a resource no ACL names is open to every client;
+    /// once ACLs name it, only what they allow is, and a DENY wins. Every client is the
+    /// principal `User:ANONYMOUS` (the front end authenticates no one), known by its IP
+    /// address as the ACL host. The ACLs are kept in the data directory (`acls.meta`) and
+    /// shared by every server of the broker. There are no super users: an ACL that denies
+    /// the cluster's ALTER to every client is undone by stopping the broker and deleting
+    /// `acls.meta`.
+    pub fn acls(mut self, enabled: bool) -> Self {
+        self.acls = enabled;
+        self
+    }
 }
 
 /// What every connection shares.
 #[derive(Debug)]
 struct Server {
     broker: Broker,
-    /// The broker's dynamic settings, the address it advertises among them.
-    dynamic: broker_configs::BrokerConfigs,
     config: ServerConfig,
     producers: idempotence::Producers,
     /// Permits for produce requests whose batches are decompressed or compressed again.
     inflating: tokio::sync::Semaphore,
+    /// The address this server was configured to advertise.
+    configured: (String, u16),
+    shared: Arc<Shared>,
+}
+
+/// What the front end keeps once per broker, however many servers share it: ACLs, SCRAM
+/// credentials and the broker's dynamic settings, each with its file in the data directory.
+#[derive(Debug)]
+struct Shared {
     acls: acls::Acls,
     scram: scram::Credentials,
+    settings: broker_configs::BrokerConfigs,
+}
+
+impl Shared {
+    /// The broker's shared front-end state, opened by its first server.
+    fn of(broker: &Broker) -> crate::Result<Arc<Shared>> {
+        let mut slot = broker.inner.front_end.lock();
+        if let Some(shared) = slot.clone().and_then(|s| s.downcast::<Shared>().ok()) {
+            return Ok(shared);
+        }
+        let dir = broker.dir();
+        let shared = Arc::new(Shared {
+            acls: acls::Acls::open(dir)?,
+            scram: scram::Credentials::open(dir)?,
+            settings: broker_configs::BrokerConfigs::open(dir)?,
+        });
+        *slot = Some(shared.clone());
+        Ok(shared)
+    }
 }
 
 /// Answers request frames as a connection would, without a socket: for fuzzing the request
@@ -184,9 +229,8 @@ impl Frames {
 impl Server {
     fn new(broker: Broker, (host, port): (String, u16), config: ServerConfig) -> crate::Result<Server> {
         Ok(Server {
-            acls: acls::Acls::open(broker.dir())?,
-            scram: scram::Credentials::open(broker.dir())?,
-            dynamic: broker_configs::BrokerConfigs::open(broker.dir(), (host, port))?,
+            shared: Shared::of(&broker)?,
+            configured: (host, port),
             broker,
             producers: idempotence::Producers::new(config.producer_id_expiration),
             inflating: tokio::sync::Semaphore::new(PRODUCE_INFLATING_AT_ONCE),
@@ -196,7 +240,16 @@ impl Server {
 
     /// The host and port clients are told to connect to.
     fn advertised(&self) -> (String, u16) {
-        self.dynamic.advertised()
+        self.shared.settings.advertised(&self.configured)
+    }
+
+    /// The authorized-operations field for `client` on a resource: a bit for each of
+    /// `operations` it may do.
+    fn operations(&self, client: &acls::Client, resource_type: i8, name: &str, operations: &[i8]) -> i32 {
+        operations
+            .iter()
+            .filter(|&&o| client.may(self, o, resource_type, name))
+            .fold(0, |bits, &o| bits | (1 << o))
     }
 
     /// A partition's log by the wire's `i32` index (a negative one is unknown).

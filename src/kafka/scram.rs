@@ -33,8 +33,9 @@ const VERSION: u32 = 1;
 /// Kafka's bounds on a credential's iterations.
 const MIN_ITERATIONS: i32 = 4096;
 const MAX_ITERATIONS: i32 = 16384;
-/// The most users with credentials kept.
-pub const MAX_USERS: usize = 100_000;
+/// The most users with credentials kept, and the longest user name: bounds on the file.
+const MAX_USERS: usize = 10_000;
+const MAX_USER_BYTES: usize = 1_024;
 /// Kafka's codes of SCRAM-SHA-256 and SCRAM-SHA-512.
 const MECHANISMS: [i8; 2] = [1, 2];
 
@@ -110,7 +111,7 @@ pub(super) fn describe(
         return DescribeUserScramCredentialsResponse::default()
             .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
     }
-    let users = server.scram.users.read().clone();
+    let users = server.shared.scram.users.read().clone();
     let info = |mechanisms: &BTreeMap<i8, i32>| {
         mechanisms
             .iter()
@@ -187,8 +188,8 @@ pub(super) fn alter(
             .push((u.mechanism, Some(u.iterations)));
     }
     let allowed = client.may_on_cluster(server, op::ALTER);
-    let _changing = server.scram.changing.lock();
-    let current = server.scram.users.read().clone();
+    let _changing = server.shared.scram.changing.lock();
+    let current = server.shared.scram.users.read().clone();
     let mut next = current.clone();
     let mut outcome: Vec<(String, Option<(ResponseError, String)>)> = Vec::new();
     for (user, changes) in changes {
@@ -223,9 +224,20 @@ pub(super) fn alter(
             version: VERSION,
             users: next,
         };
-        meta::write(&StdFs, &server.scram.path, &stored)
-            .map(|()| *server.scram.users.write() = stored.users)
-            .map_err(|e| e.to_string())
+        let scram = &server.shared.scram;
+        match meta::write(&StdFs, &scram.path, &stored) {
+            Ok(()) => {
+                *scram.users.write() = stored.users;
+                Ok(())
+            }
+            Err(e) => {
+                // A failure after the file's rename leaves the new credentials in it.
+                if let Ok(Some(on_disk)) = meta::read::<Stored>(&scram.path) {
+                    *scram.users.write() = on_disk.users;
+                }
+                Err(e.to_string())
+            }
+        }
     } else {
         Ok(())
     };
@@ -257,10 +269,10 @@ fn check(
     changes: &[(i8, Option<i32>)],
     has: Option<&BTreeMap<i8, i32>>,
 ) -> Option<(ResponseError, String)> {
-    if user.is_empty() {
+    if user.is_empty() || user.len() > MAX_USER_BYTES {
         return Some((
             ResponseError::UnacceptableCredential,
-            "the user name must not be empty".to_string(),
+            format!("a user name has 1 to {MAX_USER_BYTES} bytes"),
         ));
     }
     let mut seen = std::collections::HashSet::new();
