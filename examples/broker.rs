@@ -16,7 +16,10 @@
 //! to or asking metadata of an unknown topic creates it; default true) and `--acls
 //! true|false` (whether ACLs are kept and applied, as by Kafka's authorizer with
 //! `allow.everyone.if.no.acl.found=true`; default false, as a Kafka broker without an
-//! authorizer). Ctrl-C stops it and closes the log cleanly.
+//! authorizer) and `--group-initial-rebalance-delay-ms N` (Kafka's
+//! `group.initial.rebalance.delay.ms`: how long a new group waits for more members before its
+//! first rebalance; default 3000, Kafka's default; Kafka's shipped `server.properties` sets 0
+//! for development). Ctrl-C stops it and closes the log cleanly.
 
 use std::process::ExitCode;
 
@@ -32,6 +35,7 @@ struct Options {
     num_partitions: u32,
     auto_create: bool,
     acls: bool,
+    rebalance_delay: std::time::Duration,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -44,6 +48,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         num_partitions: 1,
         auto_create: true,
         acls: false,
+        rebalance_delay: std::time::Duration::from_secs(3),
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -80,6 +85,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             }
             "--auto-create-topics" => o.auto_create = boolean(&flag, &value()?)?,
             "--acls" => o.acls = boolean(&flag, &value()?)?,
+            "--group-initial-rebalance-delay-ms" => {
+                let v = value()?;
+                let ms = v.parse().map_err(|_| format!("{flag} is milliseconds, not {v}"))?;
+                o.rebalance_delay = std::time::Duration::from_millis(ms);
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -106,7 +116,8 @@ async fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] \
-                 [--idle-ms N] [--num-partitions N] [--auto-create-topics true|false] [--acls true|false]"
+                 [--idle-ms N] [--num-partitions N] [--auto-create-topics true|false] [--acls true|false] \
+                 [--group-initial-rebalance-delay-ms N]"
             );
             return ExitCode::from(2);
         }
@@ -116,7 +127,7 @@ async fn main() -> ExitCode {
         .fsync(o.fsync)
         .num_partitions(o.num_partitions)
         .auto_create_topics(o.auto_create)
-        .group_initial_rebalance_delay(std::time::Duration::from_secs(3))
+        .group_initial_rebalance_delay(o.rebalance_delay)
         .open()
     {
         Ok(b) => b,

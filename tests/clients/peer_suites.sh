@@ -44,8 +44,10 @@ cargo build -q --features kafka --example broker
 data=$scratch/broker-data
 rm -rf "$data"
 log=$scratch/broker.log
-# As the suites' own Kafka setups: topics auto-created with 4 partitions, ACLs applied.
-target/debug/examples/broker --data "$data" --listen 127.0.0.1:0 --fsync never --num-partitions 4 --acls true >"$log" 2>&1 &
+# As the suites' own Kafka setups: topics auto-created with 4 partitions, ACLs applied, no
+# initial rebalance delay (Kafka's shipped server.properties).
+target/debug/examples/broker --data "$data" --listen 127.0.0.1:0 --fsync never --num-partitions 4 \
+    --acls true --group-initial-rebalance-delay-ms 0 >"$log" 2>&1 &
 broker=$!
 trap 'kill "$broker" 2>/dev/null || true' EXIT
 addr=""
