@@ -87,7 +87,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--acls" => o.acls = boolean(&flag, &value()?)?,
             "--group-initial-rebalance-delay-ms" => {
                 let v = value()?;
-                let ms = v.parse().map_err(|_| format!("{flag} is milliseconds, not {v}"))?;
+                let ms = v
+                    .parse()
+                    .map_err(|_| format!("{flag} is milliseconds, not {v}"))?;
                 o.rebalance_delay = std::time::Duration::from_millis(ms);
             }
             "--help" | "-h" => return Err(String::new()),

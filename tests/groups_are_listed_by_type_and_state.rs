@@ -29,7 +29,9 @@ async fn groups_are_listed_with_their_type_and_filtered_by_it() {
             .with_types_filter(types.iter().map(|t| StrBytes::from_static_str(t)).collect())
             .with_states_filter(states.iter().map(|t| StrBytes::from_static_str(t)).collect())
     };
-    let cases: [(&[&str], &[&str], &[(&str, &str)]); 5] = [
+    // Types asked for, states asked for, and the groups listed with their types.
+    type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case<'_>; 5] = [
         (&[], &[], &[("g", "classic")]),
         (&["Classic"], &[], &[("g", "classic")]),
         (&["consumer"], &[], &[]),
