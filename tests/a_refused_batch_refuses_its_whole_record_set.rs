@@ -111,3 +111,29 @@ async fn a_compacted_topic_names_each_keyless_record_it_refuses() {
     assert!(why.contains("without key"), "{why}");
     assert_eq!(broker.partition("compacted", 0).unwrap().log_end_offset(), 0);
 }
+
+/// A batch of thousands of keyless records is refused naming the first thousand: the answer is
+/// bounded, whatever the batch holds.
+#[tokio::test]
+async fn a_refusal_names_at_most_a_thousand_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    let compacted = TopicConfig::default()
+        .with_log(LogConfig::default().fsync(Fsync::Never))
+        .cleanup_policy(CleanupPolicy::Compact);
+    broker.create_topic("compacted", 1, compacted).unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut b = BatchBuilder::new(Compression::Zstd);
+    for i in 0..5_000 {
+        b.push(1_000 + i, None, Some(b"v"), &[]);
+    }
+    let set = Bytes::from(b.finish().unwrap().as_bytes().to_vec());
+    let frame = wire::request(ApiKey::Produce, 9, &wire::produce_request("compacted", set));
+    let reply: ProduceResponse =
+        wire::response(ApiKey::Produce, 9, wire::exchange(&mut s, &frame).await.unwrap());
+    let partition = &reply.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, 87);
+    let named: Vec<i32> = partition.record_errors.iter().map(|e| e.batch_index).collect();
+    assert_eq!(named, (0..1_000).collect::<Vec<i32>>());
+}

@@ -151,6 +151,18 @@ async fn acls_decide_what_clients_may_do_and_survive_a_restart() {
     assert_eq!(fetch(c, "t").await, 0);
     assert_eq!(metadata(c, "t").await, 0);
     assert_eq!(produce(c, "u").await, 0);
+    // What the client may do on t, when it asks: READ, and DESCRIBE with it.
+    let asked = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(TopicName(text("t")))),
+        ]))
+        .with_allow_auto_topic_creation(false)
+        .with_include_topic_authorized_operations(true);
+    let reply: MetadataResponse = ask(c, ApiKey::Metadata, 9, &asked).await;
+    assert_eq!(
+        reply.topics[0].topic_authorized_operations,
+        (1 << READ) | (1 << 8)
+    );
     // Group g: everything denied.
     assert_eq!(find_coordinator(c, "g").await, GROUP_DENIED);
     assert_eq!(find_coordinator(c, "h").await, 0);
@@ -179,8 +191,9 @@ async fn acls_decide_what_clients_may_do_and_survive_a_restart() {
     found.sort_unstable();
     assert_eq!(found, [(READ, ALLOW), (WRITE, DENY)]);
 
-    // Kept across a restart of the server.
+    // Kept across a restart: the broker reopened from its directory.
     drop(stop);
+    let broker = wire::reopen(broker, dir.path()).await;
     let (addr, stop) = wire::serve(&broker, with_acls()).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let c = &mut c;
@@ -313,4 +326,226 @@ async fn without_acls_everything_is_allowed_and_acl_requests_are_refused() {
     let described: DescribeAclsResponse =
         ask(c, ApiKey::DescribeAcls, 3, &DescribeAclsRequest::default()).await;
     assert_eq!(described.error_code, SECURITY_DISABLED);
+}
+
+/// Every kind of request on a denied resource is refused with Kafka's error and changes
+/// nothing: group membership and offsets, configs, topic administration, auto-creation and
+/// idempotent producer ids.
+#[tokio::test]
+async fn denied_requests_say_so_and_change_nothing() {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    const PREFIXED: i8 = 4;
+    const CREATE: i8 = 5;
+    const ALTER: i8 = 7;
+    const DESCRIBE: i8 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::builder(dir.path()).fsync(Fsync::Never).open().unwrap();
+    for topic in ["t", "u"] {
+        broker.create_topic(topic, 1, TopicConfig::default()).unwrap();
+    }
+    let (addr, _stop) = wire::serve(&broker, with_acls()).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let c = &mut c;
+    let commit = |group: &'static str, topic: &'static str| {
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(text(topic)))
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default().with_committed_offset(1),
+                    ]),
+            ])
+    };
+    // Offsets of groups g and h on t and u, committed while nothing is denied.
+    for (group, topic) in [("g", "t"), ("h", "t"), ("h", "u")] {
+        let reply: OffsetCommitResponse = ask(c, ApiKey::OffsetCommit, 8, &commit(group, topic)).await;
+        assert_eq!(reply.topics[0].partitions[0].error_code, 0);
+    }
+    let mut auto = acl(TOPIC, "auto-", "User:*", CREATE, DENY);
+    auto.resource_pattern_type = PREFIXED;
+    let created = create(
+        c,
+        vec![
+            acl(TOPIC, "t", "User:*", ALL, DENY),
+            acl(GROUP, "g", "User:*", ALL, DENY),
+            // ALTER allowed (to manage ACLs), DESCRIBE (which ALTER implies) denied.
+            acl(CLUSTER, "kafka-cluster", "User:*", ALTER, ALLOW),
+            acl(CLUSTER, "kafka-cluster", "User:*", DESCRIBE, DENY),
+            auto,
+        ],
+    )
+    .await;
+    assert_eq!(created, [0; 5]);
+
+    // Group g: membership and offsets.
+    let join = JoinGroupRequest::default()
+        .with_group_id(GroupId(text("g")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_member_id(text("m"))
+        .with_protocol_type(text("consumer"));
+    let joined: JoinGroupResponse = ask(c, ApiKey::JoinGroup, 5, &join).await;
+    assert_eq!(joined.error_code, GROUP_DENIED);
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(text("g")))
+        .with_member_id(text("m"));
+    let synced: SyncGroupResponse = ask(c, ApiKey::SyncGroup, 4, &sync).await;
+    assert_eq!(synced.error_code, GROUP_DENIED);
+    let beat = HeartbeatRequest::default()
+        .with_group_id(GroupId(text("g")))
+        .with_member_id(text("m"));
+    let beaten: HeartbeatResponse = ask(c, ApiKey::Heartbeat, 4, &beat).await;
+    assert_eq!(beaten.error_code, GROUP_DENIED);
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(GroupId(text("g")))
+        .with_member_id(text("m"));
+    let left: LeaveGroupResponse = ask(c, ApiKey::LeaveGroup, 2, &leave).await;
+    assert_eq!(left.error_code, GROUP_DENIED);
+    // OffsetCommit: the group refused (every partition says so), or a topic.
+    let reply: OffsetCommitResponse = ask(c, ApiKey::OffsetCommit, 8, &commit("g", "u")).await;
+    assert_eq!(reply.topics[0].partitions[0].error_code, GROUP_DENIED);
+    let reply: OffsetCommitResponse = ask(c, ApiKey::OffsetCommit, 8, &commit("h", "t")).await;
+    assert_eq!(reply.topics[0].partitions[0].error_code, TOPIC_DENIED);
+    // OffsetFetch: v1 says so per partition, v7 for the request; h's offsets of t are left out
+    // of "all of them".
+    let named = |group: &'static str| {
+        OffsetFetchRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(text("u")))
+                    .with_partition_indexes(vec![0]),
+            ]))
+    };
+    let v1: OffsetFetchResponse = ask(c, ApiKey::OffsetFetch, 1, &named("g")).await;
+    assert_eq!(v1.topics[0].partitions[0].error_code, GROUP_DENIED);
+    let v7: OffsetFetchResponse = ask(c, ApiKey::OffsetFetch, 7, &named("g")).await;
+    assert_eq!(v7.error_code, GROUP_DENIED);
+    let all: OffsetFetchResponse = ask(c, ApiKey::OffsetFetch, 7, &named("h").with_topics(None)).await;
+    let topics: Vec<&str> = all.topics.iter().map(|t| t.name.0.as_str()).collect();
+    assert_eq!(topics, ["u"]);
+    // ListGroups without DESCRIBE on the cluster: the groups the client may describe.
+    let listed: ListGroupsResponse = ask(c, ApiKey::ListGroups, 4, &ListGroupsRequest::default()).await;
+    let groups: Vec<&str> = listed.groups.iter().map(|g| g.group_id.0.as_str()).collect();
+    assert_eq!(groups, ["h"]);
+    let deleted: DeleteGroupsResponse = ask(
+        c,
+        ApiKey::DeleteGroups,
+        2,
+        &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(text("g"))]),
+    )
+    .await;
+    assert_eq!(deleted.results[0].error_code, GROUP_DENIED);
+    let offsets_deleted: OffsetDeleteResponse = ask(
+        c,
+        ApiKey::OffsetDelete,
+        0,
+        &OffsetDeleteRequest::default().with_group_id(GroupId(text("g"))),
+    )
+    .await;
+    assert_eq!(offsets_deleted.error_code, GROUP_DENIED);
+    assert_eq!(broker.group_offsets("g").unwrap().len(), 1);
+
+    // Configs of topic t and of the broker (the cluster has an ACL, none allowing them).
+    let resource = |kind: i8, name: &'static str| {
+        DescribeConfigsResource::default()
+            .with_resource_type(kind)
+            .with_resource_name(text(name))
+            .with_configuration_keys(None)
+    };
+    let described: DescribeConfigsResponse = ask(
+        c,
+        ApiKey::DescribeConfigs,
+        4,
+        &DescribeConfigsRequest::default().with_resources(vec![resource(2, "t"), resource(4, "0")]),
+    )
+    .await;
+    let codes: Vec<i16> = described.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(codes, [TOPIC_DENIED, CLUSTER_DENIED]);
+    let alter = |kind: i8, name: &'static str, setting: &'static str, value: &'static str| {
+        AlterConfigsResource::default()
+            .with_resource_type(kind)
+            .with_resource_name(text(name))
+            .with_configs(vec![
+                AlterableConfig::default()
+                    .with_name(text(setting))
+                    .with_value(Some(text(value))),
+            ])
+    };
+    let altered: IncrementalAlterConfigsResponse = ask(
+        c,
+        ApiKey::IncrementalAlterConfigs,
+        1,
+        &IncrementalAlterConfigsRequest::default().with_resources(vec![
+            alter(2, "t", "retention.ms", "1000"),
+            alter(4, "0", "ssl.protocol", "TLSv1.3"),
+        ]),
+    )
+    .await;
+    let codes: Vec<i16> = altered.responses.iter().map(|r| r.error_code).collect();
+    assert_eq!(codes, [TOPIC_DENIED, CLUSTER_DENIED]);
+    assert_eq!(broker.describe_topic("t").unwrap().config, TopicConfig::default());
+
+    // Topic administration on t.
+    let deleted: DeleteTopicsResponse = ask(
+        c,
+        ApiKey::DeleteTopics,
+        5,
+        &DeleteTopicsRequest::default().with_topic_names(vec![TopicName(text("t"))]),
+    )
+    .await;
+    assert_eq!(deleted.responses[0].error_code, TOPIC_DENIED);
+    let records = DeleteRecordsRequest::default().with_topics(vec![
+        delete_records_request::DeleteRecordsTopic::default()
+            .with_name(TopicName(text("t")))
+            .with_partitions(vec![
+                delete_records_request::DeleteRecordsPartition::default().with_offset(-1),
+            ]),
+    ]);
+    let records: DeleteRecordsResponse = ask(c, ApiKey::DeleteRecords, 2, &records).await;
+    assert_eq!(records.topics[0].partitions[0].error_code, TOPIC_DENIED);
+    let more = CreatePartitionsRequest::default().with_topics(vec![
+        create_partitions_request::CreatePartitionsTopic::default()
+            .with_name(TopicName(text("t")))
+            .with_count(3)
+            .with_assignments(None),
+    ]);
+    let more: CreatePartitionsResponse = ask(c, ApiKey::CreatePartitions, 3, &more).await;
+    assert_eq!(more.results[0].error_code, TOPIC_DENIED);
+    assert_eq!(broker.describe_topic("t").unwrap().partitions.len(), 1);
+
+    // Auto-creation refused where CREATE is denied (auto-*), allowed where no ACL says.
+    for (topic, code) in [("auto-x", TOPIC_DENIED), ("fresh", 0)] {
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(TopicName(text(topic)))),
+            ]))
+            .with_allow_auto_topic_creation(true);
+        let reply: MetadataResponse = ask(c, ApiKey::Metadata, 9, &request).await;
+        assert_eq!(reply.topics[0].error_code, code, "{topic}");
+        assert_eq!(broker.partition(topic, 0).is_ok(), code == 0, "{topic}");
+    }
+
+    // An idempotent producer id: the cluster's IDEMPOTENT_WRITE is not allowed, but writing
+    // to some topic is (Kafka's probe of an unnamed topic); once every topic's WRITE is
+    // denied, it is refused.
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id((-1).into())
+        .with_producer_epoch(-1);
+    let issued: InitProducerIdResponse = ask(c, ApiKey::InitProducerId, 4, &init).await;
+    assert_eq!(issued.error_code, 0);
+    assert_eq!(create(c, vec![acl(TOPIC, "*", "User:*", WRITE, DENY)]).await, [0]);
+    let refused: InitProducerIdResponse = ask(c, ApiKey::InitProducerId, 4, &init).await;
+    assert_eq!(refused.error_code, CLUSTER_DENIED);
 }

@@ -125,8 +125,9 @@ async fn advertised_listeners_change_at_once_and_survive_a_restart() {
         ("PLAINTEXT://kafka.example:19092".to_string(), 2, false)
     );
 
-    // Kept across a restart of the server.
+    // Kept across a restart: the broker reopened from its directory.
     drop(stop);
+    let broker = wire::reopen(broker, dir.path()).await;
     let (addr, stop) = wire::serve(&broker, Default::default()).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let c = &mut c;

@@ -110,10 +110,18 @@ async fn scram_credentials_are_checked_listed_and_kept_without_secrets() {
             upsert("bob", SHA_256, 100),
             upsert("dave", 7, 8192),
             upsert("", SHA_256, 8192),
+            upsert("erin", SHA_256, 8192).with_salt(Bytes::new()),
         ],
     )
     .await;
-    let expected = [("", 93), ("alice", 0), ("bob", 93), ("carol", 91), ("dave", 33)];
+    let expected = [
+        ("", 93),
+        ("alice", 0),
+        ("bob", 93),
+        ("carol", 91),
+        ("dave", 33),
+        ("erin", 93),
+    ];
     let expected: Vec<(String, i16)> = expected.iter().map(|&(u, e)| (u.to_string(), e)).collect();
     assert_eq!(altered, expected);
 
@@ -128,8 +136,10 @@ async fn scram_credentials_are_checked_listed_and_kept_without_secrets() {
     );
     assert_eq!(describe(c, None).await, std::slice::from_ref(&alice));
 
-    // Kept across a restart; the file holds no salt or salted password.
+    // Kept across a restart (the broker reopened from its directory); the file holds no salt
+    // or salted password.
     drop(stop);
+    let broker = wire::reopen(broker, dir.path()).await;
     let (addr, stop) = wire::serve(&broker, Default::default()).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let c = &mut c;

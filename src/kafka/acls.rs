@@ -230,6 +230,9 @@ struct Index {
     prefixed: ByName,
     /// The resource types any ACL names.
     types: HashSet<i8>,
+    /// The lengths of the PREFIXED ACLs' names, by resource type: the prefixes of a name
+    /// worth looking up.
+    prefix_lengths: HashMap<i8, std::collections::BTreeSet<usize>>,
 }
 
 impl Index {
@@ -248,6 +251,13 @@ impl Index {
                 .or_default()
                 .push(acl.clone());
             index.types.insert(acl.resource_type);
+            if acl.pattern_type == pattern::PREFIXED {
+                index
+                    .prefix_lengths
+                    .entry(acl.resource_type)
+                    .or_default()
+                    .insert(acl.resource_name.len());
+            }
         }
         index.all = all;
         index
@@ -263,9 +273,13 @@ impl Index {
             .and_then(|m| m.get(WILDCARD))
             .into_iter()
             .flatten();
-        let prefixes = prefixed.into_iter().flat_map(move |m| {
-            name.char_indices()
-                .map(|(i, c)| &name[..i + c.len_utf8()])
+        // Only the lengths some PREFIXED ACL has: at most as many lookups as distinct lengths,
+        // each hashing at most MAX_ACL_FIELD_BYTES, however long the name.
+        let lengths = self.prefix_lengths.get(&resource_type);
+        let prefixes = prefixed.zip(lengths).into_iter().flat_map(move |(m, lengths)| {
+            lengths
+                .range(..=name.len())
+                .filter_map(move |&n| name.get(..n))
                 .filter_map(move |prefix| m.get(prefix))
                 .flatten()
         });
@@ -343,11 +357,12 @@ impl Acls {
     }
 
     /// Whether a client at `host` may do `operation` on some resource of `resource_type`, as
-    /// Kafka's authorization by resource type answers it: when no ACL names a resource of the
-    /// type, or when one that allows it names a resource it is not denied on.
+    /// Kafka's authorization by resource type answers it: when it may on a resource named
+    /// "hardcode" (Kafka's own probe: true when no wildcard or prefix denies it or names it),
+    /// or when an ACL that allows it names a resource it is not denied on.
     pub(super) fn allows_some(&self, host: &str, operation: i8, resource_type: i8) -> bool {
         let index = self.current.read().clone();
-        if !index.types.contains(&resource_type) {
+        if !index.types.contains(&resource_type) || self.allows(host, operation, resource_type, "hardcode") {
             return true;
         }
         index.all.iter().any(|acl| {
@@ -751,6 +766,35 @@ mod tests {
         // An ACL both filters select is listed by both, as Kafka lists it.
         assert_eq!((removed[0].len(), removed[1].len()), (3, 5));
         assert!(Acls::open(dir.path()).unwrap().describe(&everything).is_empty());
+    }
+
+    #[test]
+    fn hosts_are_compared_as_canonical_addresses() {
+        assert_eq!(canonical_host("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(canonical_host("0:0:0:0:0:0:0:1"), "::1");
+        for kept in ["*", "10.0.0.1", "example.com"] {
+            assert_eq!(canonical_host(kept), kept);
+        }
+        // A PREFIXED ACL covers a long name through one lookup of its own length.
+        let dir = tempfile::tempdir().unwrap();
+        let acls = Acls::open(dir.path()).unwrap();
+        acls.create(&[acl(
+            resource::TOPIC,
+            "ab",
+            pattern::PREFIXED,
+            ANY_USER,
+            "*",
+            op::WRITE,
+            permission::DENY,
+        )])
+        .unwrap();
+        let long = format!("ab{}", "x".repeat(32_000));
+        assert!(!acls.allows("::1", op::WRITE, resource::TOPIC, &long));
+        assert!(
+            !acls.allows("::1", op::READ, resource::TOPIC, &long),
+            "named, so only what is allowed"
+        );
+        assert!(acls.allows("::1", op::WRITE, resource::TOPIC, "a"));
     }
 
     #[test]

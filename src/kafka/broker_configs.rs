@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -47,7 +48,7 @@ struct Stored {
 /// The broker's dynamic settings.
 pub(super) struct BrokerConfigs {
     path: PathBuf,
-    settings: RwLock<BTreeMap<String, String>>,
+    settings: RwLock<Arc<BTreeMap<String, String>>>,
     /// Held by a change from reading the settings to installing the new ones.
     changing: Mutex<()>,
 }
@@ -64,6 +65,12 @@ pub(super) fn alterable(name: &str) -> bool {
         || name.starts_with("sasl.")
         || name.starts_with("ssl.")
         || name.starts_with("listener.name.")
+}
+
+/// Whether `name` is a secret (a password, a JAAS configuration, a private key): Kafka keeps
+/// those encrypted and never shows them. None is kept here, since nothing would use it.
+fn secret(name: &str) -> bool {
+    name.contains("password") || name.ends_with("jaas.config") || name.ends_with("keystore.key")
 }
 
 /// The host and port of a `PLAINTEXT://HOST:PORT` listener.
@@ -104,7 +111,7 @@ impl BrokerConfigs {
         };
         Ok(BrokerConfigs {
             path,
-            settings: RwLock::new(settings),
+            settings: RwLock::new(Arc::new(settings)),
             changing: Mutex::new(()),
         })
     }
@@ -120,7 +127,7 @@ impl BrokerConfigs {
     }
 
     /// The dynamic settings, by name.
-    pub(super) fn settings(&self) -> BTreeMap<String, String> {
+    pub(super) fn settings(&self) -> Arc<BTreeMap<String, String>> {
         self.settings.read().clone()
     }
 
@@ -139,6 +146,11 @@ impl BrokerConfigs {
             if !alterable(name) {
                 return Err(format!("{name} cannot be altered while the broker runs"));
             }
+            if secret(name) && value.is_some() {
+                return Err(format!(
+                    "{name} is a secret, and secrets are not kept: no TLS or SASL is served"
+                ));
+            }
             if let Some(value) = value {
                 if value.len() > MAX_VALUE_BYTES {
                     return Err(format!("the value of {name} is over {MAX_VALUE_BYTES} bytes"));
@@ -152,7 +164,7 @@ impl BrokerConfigs {
         let mut next = if replace {
             BTreeMap::new()
         } else {
-            self.settings.read().clone()
+            BTreeMap::clone(&self.settings.read())
         };
         for &(name, value) in changes {
             match value {
@@ -163,7 +175,7 @@ impl BrokerConfigs {
         if next.len() > MAX_SETTINGS {
             return Err(format!("a broker keeps at most {MAX_SETTINGS} dynamic settings"));
         }
-        if validate_only || next == *self.settings.read() {
+        if validate_only || next == **self.settings.read() {
             return Ok(());
         }
         let stored = Stored {
@@ -173,11 +185,11 @@ impl BrokerConfigs {
         if let Err(e) = meta::write(&StdFs, &self.path, &stored) {
             // A failure after the file's rename leaves the new settings in it.
             if let Ok(Some(on_disk)) = meta::read::<Stored>(&self.path) {
-                *self.settings.write() = on_disk.settings;
+                *self.settings.write() = Arc::new(on_disk.settings);
             }
             return Err(e.to_string());
         }
-        *self.settings.write() = stored.settings;
+        *self.settings.write() = Arc::new(stored.settings);
         Ok(())
     }
 }
@@ -240,6 +252,17 @@ mod tests {
             .unwrap();
         assert_eq!(configs.advertised(&configured), configured);
         assert_eq!(configs.settings().keys().collect::<Vec<_>>(), ["ssl.protocol"]);
+        // Secrets are not kept.
+        assert!(
+            configs
+                .alter(&[("ssl.keystore.password", Some("x"))], false, false)
+                .is_err()
+        );
+        assert!(
+            configs
+                .alter(&[("sasl.jaas.config", Some("x"))], false, false)
+                .is_err()
+        );
         configs.alter(&[("ssl.protocol", None)], false, false).unwrap();
         assert!(BrokerConfigs::open(dir.path()).unwrap().settings().is_empty());
     }

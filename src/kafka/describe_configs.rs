@@ -202,7 +202,8 @@ fn dynamic_settings(server: &Server, synonyms: bool) -> Vec<DescribeConfigsResou
             LIST,
         ));
     }
-    for (name, value) in kept {
+    for (name, value) in kept.iter() {
+        let (name, value) = (name.clone(), value.clone());
         let kind = if name == super::broker_configs::ADVERTISED_LISTENERS {
             LIST
         } else {

@@ -90,7 +90,10 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// The host and port clients are told to connect to (Kafka's `advertised.listeners`).
-    /// Default: the address the listener is bound to.
+    /// Default: the address the listener is bound to. A dynamic `advertised.listeners`, set
+    /// over the wire (IncrementalAlterConfigs on broker "0"), overrides it for every server of
+    /// the broker until it is deleted, also after restarts, as a Kafka broker's dynamic
+    /// settings override its `server.properties`.
     pub fn advertised(mut self, host: impl Into<String>, port: u16) -> Self {
         self.advertised = Some((host.into(), port));
         self
@@ -135,7 +138,9 @@ impl ServerConfig {
     }
 
     /// Whether ACLs are kept and applied (default no, as a Kafka broker without an authorizer:
-    /// ACL requests are answered SECURITY_DISABLED and every client may do everything).
+    /// ACL requests are answered SECURITY_DISABLED and every client may do everything). Every
+    /// server of a broker should say the same: the ACLs are the broker's, and a server that
+    /// does not apply them lets its clients do anything.
     ///
     /// With ACLs, requests are authorized as Kafka's authorizer does with
     /// `allow.everyone.if.no.acl.found=true`: a resource no ACL names is open to every client;
@@ -244,8 +249,12 @@ impl Server {
     }
 
     /// The authorized-operations field for `client` on a resource: a bit for each of
-    /// `operations` it may do.
+    /// `operations` it may do. On the cluster, nothing unless it may DESCRIBE it, as Kafka
+    /// answers.
     fn operations(&self, client: &acls::Client, resource_type: i8, name: &str, operations: &[i8]) -> i32 {
+        if resource_type == acls::resource::CLUSTER && !client.may_on_cluster(self, acls::op::DESCRIBE) {
+            return 0;
+        }
         operations
             .iter()
             .filter(|&&o| client.may(self, o, resource_type, name))

@@ -280,7 +280,12 @@ fn append(
     ))
 }
 
-/// The indexes in `batch` of its records without a key.
+/// The most keyless records a refusal names: a batch may hold millions of records, and the
+/// answer is built in memory. A client fails the records named as invalid and may send the
+/// others again, whose next refusal names the next ones.
+const MAX_RECORD_ERRORS: usize = 1_000;
+
+/// The indexes in `batch` of its first [`MAX_RECORD_ERRORS`] records without a key.
 fn keyless_records(batch: &RecordBatch) -> Vec<i32> {
     let Ok((view, _)) = Batch::parse(batch.as_bytes()) else {
         return Vec::new();
@@ -292,6 +297,7 @@ fn keyless_records(batch: &RecordBatch) -> Vec<i32> {
         .zip(records.iter())
         .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.key.is_none()))
         .map(|(index, _)| index)
+        .take(MAX_RECORD_ERRORS)
         .collect()
 }
 
@@ -305,12 +311,14 @@ fn keyless_reply(
 ) -> (i16, String, Vec<BatchIndexAndErrorMessage>) {
     let why =
         format!("Compacted topic cannot accept message without key in topic partition {topic}-{partition}.");
+    // One message shared by every record's error.
+    let shared = StrBytes::from(why.clone());
     let records = indexes
         .into_iter()
         .map(|index| {
             BatchIndexAndErrorMessage::default()
                 .with_batch_index(index)
-                .with_batch_index_error_message(Some(StrBytes::from(why.clone())))
+                .with_batch_index_error_message(Some(shared.clone()))
         })
         .collect();
     (ResponseError::InvalidRecord.code(), why, records)

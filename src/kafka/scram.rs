@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
@@ -51,7 +52,7 @@ struct Stored {
 /// The SCRAM credentials of one broker.
 pub(super) struct Credentials {
     path: PathBuf,
-    users: RwLock<Users>,
+    users: RwLock<Arc<Users>>,
     changing: Mutex<()>,
 }
 
@@ -77,7 +78,7 @@ impl Credentials {
         };
         Ok(Credentials {
             path,
-            users: RwLock::new(users),
+            users: RwLock::new(Arc::new(users)),
             changing: Mutex::new(()),
         })
     }
@@ -173,8 +174,9 @@ pub(super) fn alter(
     client: &Client,
     request: AlterUserScramCredentialsRequest,
 ) -> AlterUserScramCredentialsResponse {
-    // Each user's changes: (mechanism, Some(iterations) to upsert or None to delete).
-    let mut changes: BTreeMap<String, Vec<(i8, Option<i32>)>> = BTreeMap::new();
+    // Each user's changes: (mechanism, Some(iterations, whether a salt and a salted password
+    // came) to upsert or None to delete).
+    let mut changes: BTreeMap<String, Vec<(i8, Option<(i32, bool)>)>> = BTreeMap::new();
     for d in &request.deletions {
         changes
             .entry(d.name.to_string())
@@ -182,15 +184,15 @@ pub(super) fn alter(
             .push((d.mechanism, None));
     }
     for u in &request.upsertions {
-        changes
-            .entry(u.name.to_string())
-            .or_default()
-            .push((u.mechanism, Some(u.iterations)));
+        changes.entry(u.name.to_string()).or_default().push((
+            u.mechanism,
+            Some((u.iterations, !u.salt.is_empty() && !u.salted_password.is_empty())),
+        ));
     }
     let allowed = client.may_on_cluster(server, op::ALTER);
     let _changing = server.shared.scram.changing.lock();
     let current = server.shared.scram.users.read().clone();
-    let mut next = current.clone();
+    let mut next = Users::clone(&current);
     let mut outcome: Vec<(String, Option<(ResponseError, String)>)> = Vec::new();
     for (user, changes) in changes {
         let refused = if !allowed {
@@ -205,7 +207,7 @@ pub(super) fn alter(
             let mechanisms = next.entry(user.clone()).or_default();
             for &(mechanism, iterations) in &changes {
                 match iterations {
-                    Some(i) => mechanisms.insert(mechanism, i),
+                    Some((i, _)) => mechanisms.insert(mechanism, i),
                     None => mechanisms.remove(&mechanism),
                 };
             }
@@ -219,7 +221,7 @@ pub(super) fn alter(
         Err(format!(
             "a broker keeps the credentials of at most {MAX_USERS} users"
         ))
-    } else if next != current {
+    } else if next != *current {
         let stored = Stored {
             version: VERSION,
             users: next,
@@ -227,13 +229,13 @@ pub(super) fn alter(
         let scram = &server.shared.scram;
         match meta::write(&StdFs, &scram.path, &stored) {
             Ok(()) => {
-                *scram.users.write() = stored.users;
+                *scram.users.write() = Arc::new(stored.users);
                 Ok(())
             }
             Err(e) => {
                 // A failure after the file's rename leaves the new credentials in it.
                 if let Ok(Some(on_disk)) = meta::read::<Stored>(&scram.path) {
-                    *scram.users.write() = on_disk.users;
+                    *scram.users.write() = Arc::new(on_disk.users);
                 }
                 Err(e.to_string())
             }
@@ -262,11 +264,11 @@ pub(super) fn alter(
 }
 
 /// Why `user`'s changes are refused, as Kafka refuses them: an empty name, a mechanism named
-/// twice, an unknown mechanism, iterations out of Kafka's bounds, the deletion of a credential
-/// the user does not have.
+/// twice, an unknown mechanism, an empty salt or salted password, iterations out of Kafka's
+/// bounds, the deletion of a credential the user does not have.
 fn check(
     user: &str,
-    changes: &[(i8, Option<i32>)],
+    changes: &[(i8, Option<(i32, bool)>)],
     has: Option<&BTreeMap<i8, i32>>,
 ) -> Option<(ResponseError, String)> {
     if user.is_empty() || user.len() > MAX_USER_BYTES {
@@ -290,7 +292,13 @@ fn check(
             ));
         }
         match iterations {
-            Some(i) if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&i) => {
+            Some((_, false)) => {
+                return Some((
+                    ResponseError::UnacceptableCredential,
+                    "the salt and the salted password must not be empty".to_string(),
+                ));
+            }
+            Some((i, _)) if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&i) => {
                 return Some((
                     ResponseError::UnacceptableCredential,
                     format!("{i} iterations: between {MIN_ITERATIONS} and {MAX_ITERATIONS} are taken"),

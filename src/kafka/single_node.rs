@@ -298,5 +298,13 @@ pub(super) fn elect_leaders(
                 .with_partition_result(partition_result)
         })
         .collect();
-    ElectLeadersResponse::default().with_replica_election_results(results)
+    // Refused, the request says so too where it can (v1+), as Kafka does.
+    let error = if allowed || version == 0 {
+        0
+    } else {
+        ResponseError::ClusterAuthorizationFailed.code()
+    };
+    ElectLeadersResponse::default()
+        .with_error_code(error)
+        .with_replica_election_results(results)
 }

@@ -91,3 +91,16 @@ pub fn produce_request(topic: &'static str, records: Bytes) -> ProduceRequest {
                 ]),
         ])
 }
+
+/// `broker` dropped and its directory opened again (with `Fsync::Never`), once the servers
+/// that held it have let it go: what a restart of the process finds.
+pub async fn reopen(broker: Broker, dir: &std::path::Path) -> Broker {
+    drop(broker);
+    for _ in 0..500 {
+        match Broker::builder(dir).fsync(rivulet::Fsync::Never).open() {
+            Ok(broker) => return broker,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    panic!("the broker in {} did not open again", dir.display());
+}
