@@ -43,6 +43,10 @@ const MECHANISMS: [i8; 2] = [1, 2];
 /// Each user's credentials: mechanism → iterations.
 type Users = BTreeMap<String, BTreeMap<i8, i32>>;
 
+/// One change to a user's credentials: the mechanism, and to upsert, the iterations and
+/// whether both a salt and a salted password came (`None` deletes).
+type Change = (i8, Option<(i32, bool)>);
+
 #[derive(Serialize, Deserialize)]
 struct Stored {
     version: u32,
@@ -174,9 +178,7 @@ pub(super) fn alter(
     client: &Client,
     request: AlterUserScramCredentialsRequest,
 ) -> AlterUserScramCredentialsResponse {
-    // Each user's changes: (mechanism, Some(iterations, whether a salt and a salted password
-    // came) to upsert or None to delete).
-    let mut changes: BTreeMap<String, Vec<(i8, Option<(i32, bool)>)>> = BTreeMap::new();
+    let mut changes: BTreeMap<String, Vec<Change>> = BTreeMap::new();
     for d in &request.deletions {
         changes
             .entry(d.name.to_string())
@@ -266,11 +268,7 @@ pub(super) fn alter(
 /// Why `user`'s changes are refused, as Kafka refuses them: an empty name, a mechanism named
 /// twice, an unknown mechanism, an empty salt or salted password, iterations out of Kafka's
 /// bounds, the deletion of a credential the user does not have.
-fn check(
-    user: &str,
-    changes: &[(i8, Option<(i32, bool)>)],
-    has: Option<&BTreeMap<i8, i32>>,
-) -> Option<(ResponseError, String)> {
+fn check(user: &str, changes: &[Change], has: Option<&BTreeMap<i8, i32>>) -> Option<(ResponseError, String)> {
     if user.is_empty() || user.len() > MAX_USER_BYTES {
         return Some((
             ResponseError::UnacceptableCredential,
