@@ -853,7 +853,9 @@ impl ConsumerRecords {
             let (batch, _) = Batch::parse_trusted(&bytes[at..]);
             let header = *batch.header();
             let end = at + header.total_len();
-            if header.next_offset() <= next || header.record_count == 0 {
+            // Control batches (transaction markers, a replicated log's own entries) are not
+            // records: stepped over, as Kafka's consumers step over them.
+            if header.next_offset() <= next || header.record_count == 0 || header.is_control() {
                 next = next.max(header.next_offset());
                 at = end;
                 continue;

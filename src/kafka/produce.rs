@@ -230,6 +230,13 @@ fn append(
                 "transactional batches are not served".to_string(),
             ));
         }
+        if batch.header().is_control() {
+            // Control batches are the broker's own (markers, a replicated log's entries).
+            return Err(Refused::Code(
+                ResponseError::InvalidRecord,
+                "clients are not allowed to write control batches".to_string(),
+            ));
+        }
         let batch = recompress(codec, batch, limit)?;
         // Whatever the log would refuse, before anything of the set is written.
         check_batch(&batch, &config).map_err(|e| match e {
