@@ -1,5 +1,6 @@
 //! Arbitrary bytes as a Kafka request frame, through the header and layout checks, the
-//! `kafka-protocol` decoders and the handlers, against a broker with a topic. Nothing may
+//! `kafka-protocol` decoders and the handlers (ACLs applied, so that the ACL requests change
+//! them and every request is authorized), against a broker with a topic. Nothing may
 //! panic, hang or allocate without bound; a bad frame is answered or refused (which closes
 //! the connection), and the broker keeps serving.
 #![no_main]
@@ -8,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use rivulet::kafka::Frames;
+use rivulet::kafka::{Frames, ServerConfig};
 use rivulet::{Broker, Fsync, TopicConfig};
 
 struct Harness {
@@ -30,7 +31,7 @@ fn harness() -> &'static Harness {
         Harness {
             _dir: dir,
             runtime,
-            frames: Frames::new(broker),
+            frames: Frames::with_config(broker, ServerConfig::default().acls(true)),
         }
     })
 }

@@ -208,10 +208,15 @@ pub struct Frames {
 impl Frames {
     /// Frames for `broker`, advertised as 127.0.0.1:9092.
     pub fn new(broker: Broker) -> Frames {
+        Frames::with_config(broker, ServerConfig::default())
+    }
+
+    /// Frames for `broker` served with `config` (ACLs on, say), advertised as 127.0.0.1:9092.
+    pub fn with_config(broker: Broker, config: ServerConfig) -> Frames {
         Frames {
             server: Arc::new(
-                Server::new(broker, ("127.0.0.1".to_string(), 9092), ServerConfig::default())
-                    .expect("the broker's ACLs are readable"),
+                Server::new(broker, ("127.0.0.1".to_string(), 9092), config)
+                    .expect("the broker's ACLs, credentials and settings are readable"),
             ),
         }
     }
