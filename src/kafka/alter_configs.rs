@@ -58,11 +58,6 @@ fn alter(
     changes: &[Change<'_>],
     validate_only: bool,
 ) -> Outcome {
-    let mut names = HashSet::new();
-    if !changes.iter().all(|c| names.insert(c.name())) {
-        let why = "a setting is named twice".to_string();
-        return Some((ResponseError::InvalidRequest.code(), why));
-    }
     if resource_type != TOPIC {
         let why = "only topic and broker configs are alterable on this broker".to_string();
         return Some((ResponseError::InvalidRequest.code(), why));
@@ -119,10 +114,6 @@ fn alter_broker(
             "this is broker {}; cluster-wide defaults are not alterable",
             super::NODE_ID
         ));
-    }
-    let mut names = HashSet::new();
-    if !changes.iter().all(|c| names.insert(c.name())) {
-        return invalid("a setting is named twice".to_string());
     }
     let changes: Result<Vec<broker_configs::Change<'_>>, String> = changes
         .iter()
@@ -232,6 +223,51 @@ fn denied(server: &Server, client: &Client, resource_type: i8, name: &str) -> Ou
     (!allowed).then(|| (code.code(), "the client may not alter these settings".to_string()))
 }
 
+/// The outcome for one resource of either request: refused if named twice or not the
+/// client's to alter, or if its changes did not decode; else the changes applied to a topic
+/// or to the broker. With `replace` (AlterConfigs), what is not named returns to its default:
+/// a topic starts from the broker's defaults, the broker's dynamic settings from none.
+fn outcome(
+    server: &Server,
+    client: &Client,
+    twice: &HashSet<(i8, String)>,
+    (resource_type, name): (i8, &str),
+    changes: Result<Vec<Change<'_>>, String>,
+    replace: bool,
+    validate_only: bool,
+) -> Outcome {
+    if twice.contains(&(resource_type, name.to_string())) {
+        return named_twice();
+    }
+    if let Some(refusal) = denied(server, client, resource_type, name) {
+        return Some(refusal);
+    }
+    let changes = match changes {
+        Ok(changes) => changes,
+        Err(why) => return Some((ResponseError::InvalidRequest.code(), why)),
+    };
+    let mut names = HashSet::new();
+    if !changes.iter().all(|c| names.insert(c.name())) {
+        let why = "a setting is named twice".to_string();
+        return Some((ResponseError::InvalidRequest.code(), why));
+    }
+    if resource_type == BROKER {
+        return alter_broker(server, name, &changes, replace, validate_only);
+    }
+    let base = |current: &TopicConfig| {
+        if replace {
+            server.broker.inner.topic_defaults().0
+        } else {
+            current.clone()
+        }
+    };
+    alter(server, resource_type, name, base, &changes, validate_only)
+}
+
+fn message(outcome: Outcome) -> (i16, Option<StrBytes>) {
+    outcome.map_or((0, None), |(c, m)| (c, Some(StrBytes::from(m))))
+}
+
 /// AlterConfigs: each topic gets the settings named, the rest the broker's defaults.
 pub(super) fn alter_configs(
     server: &Server,
@@ -248,40 +284,24 @@ pub(super) fn alter_configs(
         .resources
         .iter()
         .map(|r| {
-            let outcome = if twice.contains(&(r.resource_type, r.resource_name.to_string())) {
-                named_twice()
-            } else if let Some(refusal) = denied(server, client, r.resource_type, &r.resource_name) {
-                Some(refusal)
-            } else if r.resource_type == BROKER {
-                let changes: Vec<Change<'_>> = r
-                    .configs
-                    .iter()
-                    .map(|c| match &c.value {
-                        Some(v) => Change::Set(c.name.as_str(), v.as_str()),
-                        None => Change::Delete(c.name.as_str()),
-                    })
-                    .collect();
-                alter_broker(server, &r.resource_name, &changes, true, request.validate_only)
-            } else {
-                let changes: Vec<Change<'_>> = r
-                    .configs
-                    .iter()
-                    .map(|c| match &c.value {
-                        Some(v) => Change::Set(c.name.as_str(), v.as_str()),
-                        None => Change::Delete(c.name.as_str()),
-                    })
-                    .collect();
-                let defaults = |_: &TopicConfig| server.broker.inner.topic_defaults().0;
-                alter(
-                    server,
-                    r.resource_type,
-                    &r.resource_name,
-                    defaults,
-                    &changes,
-                    request.validate_only,
-                )
-            };
-            let (code, message) = outcome.map_or((0, None), |(c, m)| (c, Some(StrBytes::from(m))));
+            let changes = r
+                .configs
+                .iter()
+                .map(|c| match &c.value {
+                    Some(v) => Ok(Change::Set(c.name.as_str(), v.as_str())),
+                    None => Ok(Change::Delete(c.name.as_str())),
+                })
+                .collect();
+            let resource = (r.resource_type, r.resource_name.as_str());
+            let (code, message) = message(outcome(
+                server,
+                client,
+                &twice,
+                resource,
+                changes,
+                true,
+                request.validate_only,
+            ));
             alter_configs_response::AlterConfigsResourceResponse::default()
                 .with_error_code(code)
                 .with_error_message(message)
@@ -324,24 +344,16 @@ pub(super) fn incremental_alter_configs(
                     }
                 })
                 .collect();
-            let refused = denied(server, client, r.resource_type, &r.resource_name);
-            let outcome = match changes {
-                _ if twice.contains(&(r.resource_type, r.resource_name.to_string())) => named_twice(),
-                _ if refused.is_some() => refused,
-                Err(why) => Some((ResponseError::InvalidRequest.code(), why)),
-                Ok(changes) if r.resource_type == BROKER => {
-                    alter_broker(server, &r.resource_name, &changes, false, request.validate_only)
-                }
-                Ok(changes) => alter(
-                    server,
-                    r.resource_type,
-                    &r.resource_name,
-                    TopicConfig::clone,
-                    &changes,
-                    request.validate_only,
-                ),
-            };
-            let (code, message) = outcome.map_or((0, None), |(c, m)| (c, Some(StrBytes::from(m))));
+            let resource = (r.resource_type, r.resource_name.as_str());
+            let (code, message) = message(outcome(
+                server,
+                client,
+                &twice,
+                resource,
+                changes,
+                false,
+                request.validate_only,
+            ));
             incremental_alter_configs_response::AlterConfigsResourceResponse::default()
                 .with_error_code(code)
                 .with_error_message(message)
