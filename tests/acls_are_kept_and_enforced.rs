@@ -7,13 +7,15 @@
 #[path = "common/wire.rs"]
 mod wire;
 
+use wire::ask;
+
 use bytes::Bytes;
 use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rivulet::kafka::ServerConfig;
 use rivulet::storage::{BatchBuilder, Compression};
 use rivulet::{Broker, Fsync, TopicConfig};
@@ -53,18 +55,6 @@ fn acl(kind: i8, name: &'static str, principal: &'static str, operation: i8, per
         .with_host(text("*"))
         .with_operation(operation)
         .with_permission_type(permission)
-}
-
-async fn ask<Req: Encodable, Resp: Decodable>(
-    s: &mut TcpStream,
-    api: ApiKey,
-    version: i16,
-    request: &Req,
-) -> Resp {
-    let frame = wire::exchange(s, &wire::request(api, version, request))
-        .await
-        .expect("an answer");
-    wire::response(api, version, frame)
 }
 
 async fn create(s: &mut TcpStream, acls: Vec<AclCreation>) -> Vec<i16> {

@@ -6,10 +6,12 @@
 #[path = "common/wire.rs"]
 mod wire;
 
+use wire::ask;
+
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rivulet::{Broker, Fsync};
 use tokio::net::TcpStream;
 
@@ -19,18 +21,6 @@ const DELETE: i8 = 1;
 
 fn text(t: &'static str) -> StrBytes {
     StrBytes::from_static_str(t)
-}
-
-async fn ask<Req: Encodable, Resp: Decodable>(
-    s: &mut TcpStream,
-    api: ApiKey,
-    version: i16,
-    request: &Req,
-) -> Resp {
-    let frame = wire::exchange(s, &wire::request(api, version, request))
-        .await
-        .expect("an answer");
-    wire::response(api, version, frame)
 }
 
 async fn alter(

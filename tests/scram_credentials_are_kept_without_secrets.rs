@@ -12,7 +12,7 @@ use kafka_protocol::messages::alter_user_scram_credentials_request::{
 };
 use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rivulet::{Broker, Fsync};
 use tokio::net::TcpStream;
 
@@ -21,13 +21,6 @@ const SHA_512: i8 = 2;
 
 fn text(t: &'static str) -> StrBytes {
     StrBytes::from_static_str(t)
-}
-
-async fn ask<Req: Encodable, Resp: Decodable>(s: &mut TcpStream, api: ApiKey, request: &Req) -> Resp {
-    let frame = wire::exchange(s, &wire::request(api, 0, request))
-        .await
-        .expect("an answer");
-    wire::response(api, 0, frame)
 }
 
 fn upsert(user: &'static str, mechanism: i8, iterations: i32) -> ScramCredentialUpsertion {
@@ -53,7 +46,8 @@ async fn alter(
     let request = AlterUserScramCredentialsRequest::default()
         .with_deletions(deletions)
         .with_upsertions(upsertions);
-    let reply: AlterUserScramCredentialsResponse = ask(s, ApiKey::AlterUserScramCredentials, &request).await;
+    let reply: AlterUserScramCredentialsResponse =
+        wire::ask(s, ApiKey::AlterUserScramCredentials, 0, &request).await;
     reply
         .results
         .iter()
@@ -70,7 +64,7 @@ async fn describe(s: &mut TcpStream, users: Option<&[&'static str]>) -> Vec<(Str
     });
     let request = DescribeUserScramCredentialsRequest::default().with_users(users);
     let reply: DescribeUserScramCredentialsResponse =
-        ask(s, ApiKey::DescribeUserScramCredentials, &request).await;
+        wire::ask(s, ApiKey::DescribeUserScramCredentials, 0, &request).await;
     assert_eq!(reply.error_code, 0);
     reply
         .results

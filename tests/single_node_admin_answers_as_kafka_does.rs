@@ -18,6 +18,14 @@ use kafka_protocol::protocol::StrBytes;
 use rivulet::{Broker, Fsync, Producer, ProducerRecord, TopicConfig};
 use tokio::net::TcpStream;
 
+/// `ask!(stream, Api, version, request, Response)`: the answer to one request.
+macro_rules! ask {
+    ($s:ident, $api:ident, $version:expr, $request:expr, $response:ty) => {{
+        let reply: $response = wire::ask(&mut $s, ApiKey::$api, $version, &$request).await;
+        reply
+    }};
+}
+
 fn t(name: &'static str) -> TopicName {
     TopicName(StrBytes::from_static_str(name))
 }
@@ -37,18 +45,10 @@ async fn log_dirs_reassignments_and_elections_answer_as_on_one_kafka_broker() {
     assert!(size > 0);
     let (addr, _stop) = wire::serve(&broker, Default::default()).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    macro_rules! ask {
-        ($api:ident, $version:expr, $request:expr, $response:ty) => {{
-            let frame = wire::exchange(&mut s, &wire::request(ApiKey::$api, $version, &$request))
-                .await
-                .expect("an answer");
-            let reply: $response = wire::response(ApiKey::$api, $version, frame);
-            reply
-        }};
-    }
 
     // Log dirs: the data directory, partition 1's real size, the unknown partition 7 left out.
     let dirs = ask!(
+        s,
         DescribeLogDirs,
         4,
         DescribeLogDirsRequest::default().with_topics(Some(vec![
@@ -69,6 +69,7 @@ async fn log_dirs_reassignments_and_elections_answer_as_on_one_kafka_broker() {
     assert_eq!(partitions, [(1, size)]);
     // Every partition when none is named.
     let all = ask!(
+        s,
         DescribeLogDirs,
         1,
         DescribeLogDirsRequest::default().with_topics(None),
@@ -77,6 +78,7 @@ async fn log_dirs_reassignments_and_elections_answer_as_on_one_kafka_broker() {
     assert_eq!(all.results[0].topics[0].partitions.len(), 2);
 
     let reassignments = ask!(
+        s,
         ListPartitionReassignments,
         0,
         ListPartitionReassignmentsRequest::default().with_topics(None),
@@ -87,6 +89,7 @@ async fn log_dirs_reassignments_and_elections_answer_as_on_one_kafka_broker() {
     // ELECTION_NOT_NEEDED (84): each partition's one replica leads it;
     // UNKNOWN_TOPIC_OR_PARTITION (3) for partition 9.
     let elected = ask!(
+        s,
         ElectLeaders,
         2,
         ElectLeadersRequest::default().with_topic_partitions(Some(vec![
@@ -104,6 +107,7 @@ async fn log_dirs_reassignments_and_elections_answer_as_on_one_kafka_broker() {
     assert_eq!(results, [(0, 84), (1, 84), (9, 3)]);
     // Asked for every partition: none needs an election, so none is listed.
     let all = ask!(
+        s,
         ElectLeaders,
         2,
         ElectLeadersRequest::default().with_topic_partitions(None),
@@ -119,15 +123,6 @@ async fn replicas_stay_in_the_one_log_dir_and_on_the_one_broker() {
     broker.create_topic("t", 2, TopicConfig::default()).unwrap();
     let (addr, _stop) = wire::serve(&broker, Default::default()).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    macro_rules! ask {
-        ($api:ident, $version:expr, $request:expr, $response:ty) => {{
-            let frame = wire::exchange(&mut s, &wire::request(ApiKey::$api, $version, &$request))
-                .await
-                .expect("an answer");
-            let reply: $response = wire::response(ApiKey::$api, $version, frame);
-            reply
-        }};
-    }
     let in_dir = |path: String, partitions: Vec<i32>| {
         AlterReplicaLogDir::default()
             .with_path(StrBytes::from(path))
@@ -141,6 +136,7 @@ async fn replicas_stay_in_the_one_log_dir_and_on_the_one_broker() {
     // The data directory: partition 0 is there already (NONE), partition 5 is no replica here
     // (REPLICA_NOT_AVAILABLE, 9); another directory is LOG_DIR_NOT_FOUND (57).
     let moved = ask!(
+        s,
         AlterReplicaLogDirs,
         2,
         AlterReplicaLogDirsRequest::default().with_dirs(vec![
@@ -165,6 +161,7 @@ async fn replicas_stay_in_the_one_log_dir_and_on_the_one_broker() {
             .with_replicas(replicas.map(|r| r.into_iter().map(BrokerId).collect()))
     };
     let reassigned = ask!(
+        s,
         AlterPartitionReassignments,
         0,
         AlterPartitionReassignmentsRequest::default().with_topics(vec![
@@ -189,6 +186,7 @@ async fn replicas_stay_in_the_one_log_dir_and_on_the_one_broker() {
     assert_eq!(results, [(0, 0), (1, 39), (1, 39), (0, 85), (4, 3)]);
     // Nothing is under way afterwards.
     let listed = ask!(
+        s,
         ListPartitionReassignments,
         0,
         ListPartitionReassignmentsRequest::default().with_topics(None),
@@ -210,17 +208,9 @@ async fn authorized_operations_are_every_operation_when_asked() {
     broker.create_topic("t", 1, TopicConfig::default()).unwrap();
     let (addr, _stop) = wire::serve(&broker, Default::default()).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    macro_rules! ask {
-        ($api:ident, $version:expr, $request:expr, $response:ty) => {{
-            let frame = wire::exchange(&mut s, &wire::request(ApiKey::$api, $version, &$request))
-                .await
-                .expect("an answer");
-            let reply: $response = wire::response(ApiKey::$api, $version, frame);
-            reply
-        }};
-    }
     for asked in [true, false] {
         let metadata = ask!(
+            s,
             Metadata,
             10,
             MetadataRequest::default()
@@ -230,12 +220,14 @@ async fn authorized_operations_are_every_operation_when_asked() {
             MetadataResponse
         );
         let cluster = ask!(
+            s,
             DescribeCluster,
             1,
             DescribeClusterRequest::default().with_include_cluster_authorized_operations(asked),
             DescribeClusterResponse
         );
         let groups = ask!(
+            s,
             DescribeGroups,
             5,
             DescribeGroupsRequest::default()

@@ -76,6 +76,19 @@ pub fn response<T: Decodable>(api: ApiKey, version: i16, mut frame: Bytes) -> T 
     T::decode(&mut frame, version).unwrap()
 }
 
+/// Sends `request` as `api` at `version` and decodes its answer (the server must answer).
+pub async fn ask<Req: Encodable, Resp: Decodable>(
+    stream: &mut TcpStream,
+    api: ApiKey,
+    version: i16,
+    request: &Req,
+) -> Resp {
+    let frame = exchange(stream, &self::request(api, version, request))
+        .await
+        .expect("an answer");
+    response(api, version, frame)
+}
+
 /// A Produce (acks -1) of `records` to `topic`'s partition 0.
 pub fn produce_request(topic: &'static str, records: Bytes) -> ProduceRequest {
     ProduceRequest::default()
