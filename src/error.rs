@@ -92,6 +92,16 @@ pub enum Error {
         log_end: i64,
     },
 
+    /// A replica's copy of a batch was to go at `expected`, but the replica's log ends at
+    /// `log_end`: the two logs have diverged, and nothing was written.
+    #[error("a replicated batch for offset {expected} does not follow the log end {log_end}")]
+    OffsetMismatch {
+        /// The base offset the batch carries.
+        expected: i64,
+        /// Where the log ends.
+        log_end: i64,
+    },
+
     /// Records that were waiting to become durable were truncated away by `truncate_to`.
     #[error("records from offset {offset} were truncated before they became durable")]
     Truncated {

@@ -79,6 +79,8 @@
 #![warn(missing_docs)]
 
 mod broker;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod config;
 mod consumer;
 mod error;

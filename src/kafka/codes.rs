@@ -32,7 +32,8 @@ pub(super) fn code(e: &Error) -> i16 {
         | Error::Poisoned { .. }
         | Error::ChecksumMismatch { .. }
         | Error::CorruptSegment { .. }
-        | Error::Truncated { .. } => E::KafkaStorageError,
+        | Error::Truncated { .. }
+        | Error::OffsetMismatch { .. } => E::KafkaStorageError,
         _ => E::UnknownServerError,
     };
     kind.code()

@@ -312,6 +312,21 @@ impl RecordBatch {
         Self::from_bytes_within(bytes, compression::MAX_DECOMPRESSED_BYTES)
     }
 
+    /// Checks one batch as a log stores it (a replica's copy of a leader's batch): its frame and
+    /// CRC, but not its records, which compaction may have thinned or emptied.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn from_stored(bytes: Vec<u8>) -> Result<Self, BatchError> {
+        let (batch, rest) = Batch::parse(&bytes)?;
+        if !rest.is_empty() {
+            return Err(BatchError::LengthOutOfBounds {
+                length: batch.header.batch_length as i64,
+                min: (bytes.len() - LENGTH_PREFIX) as i64,
+                max: (bytes.len() - LENGTH_PREFIX) as i64,
+            });
+        }
+        Ok(RecordBatch { bytes })
+    }
+
     /// [`from_bytes`](Self::from_bytes), refusing a compressed batch whose records take more
     /// than `limit` bytes (at most [`MAX_DECOMPRESSED_BYTES`](crate::storage::MAX_DECOMPRESSED_BYTES))
     /// before more than that is decompressed.

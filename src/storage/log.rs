@@ -86,6 +86,7 @@ pub struct LogBuilder {
     config: LogConfig,
     fs: Arc<dyn Fs>,
     housekeeper: Option<Housekeeper>,
+    replicated: bool,
 }
 
 impl LogBuilder {
@@ -108,6 +109,15 @@ impl LogBuilder {
         self
     }
 
+    /// Opens the log as a replica whose owner decides what readers see (see
+    /// [`Inner::replicated`]).
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn replicated(mut self) -> Self {
+        self.replicated = true;
+        self
+    }
+
     /// Opens the log, creating it if the directory is missing or empty, recovering it if it
     /// was not closed cleanly.
     pub fn open(self) -> Result<PartitionLog> {
@@ -116,7 +126,14 @@ impl LogBuilder {
             Some(h) => h,
             None => Housekeeper::new()?,
         };
-        let inner = Arc::new(Inner::open(self.dir, self.config, self.fs, housekeeper.clone())?);
+        let inner = Inner::open(
+            self.dir,
+            self.config,
+            self.fs,
+            housekeeper.clone(),
+            self.replicated,
+        )?;
+        let inner = Arc::new(inner);
         housekeeper.register(&inner);
         Ok(PartitionLog { inner })
     }
@@ -155,6 +172,11 @@ pub(crate) struct Inner {
     /// Bumped by every truncation, under the `sync` lock, before it changes anything: syncs,
     /// cleans and reader pins captured under an older count are stale.
     pub(super) truncations: AtomicU64,
+    /// The log is one replica of a replicated partition, and its owner moves the high
+    /// watermark ([`PartitionLog::commit_to`]): an append is readable by the owner at once
+    /// ([`PartitionLog::read_unpublished`]) and waits for no sync; a sync only makes it
+    /// durable; and retention is the owner's to apply.
+    pub(super) replicated: bool,
 }
 
 /// What a read does with a first batch larger than its byte limit.
@@ -420,6 +442,7 @@ impl PartitionLog {
             config: LogConfig::default(),
             fs: Arc::new(StdFs),
             housekeeper: None,
+            replicated: false,
         }
     }
 
@@ -457,6 +480,66 @@ impl PartitionLog {
     /// `Poisoned` and the batch is not acknowledged (it may or may not survive a crash).
     pub fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {
         self.inner.append(batch)
+    }
+
+    /// Writes a batch of a replicated log without waiting for a sync, and makes it readable
+    /// through [`read_unpublished`](Self::read_unpublished) at once: the leader's own batch
+    /// (`at` is `None`: offsets and log append time are assigned here) or a replica's copy of
+    /// one (`at` is its base offset, which must be the log end: [`Error::OffsetMismatch`]
+    /// otherwise, and nothing is written). The batch is durable after a
+    /// [`flush`](Self::flush); readers see it after a [`commit_to`](Self::commit_to).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn append_entry(&self, batch: RecordBatch, at: Option<i64>) -> Result<AppendInfo> {
+        debug_assert!(self.inner.replicated, "append_entry is for replicated logs");
+        let config = self.inner.cfg();
+        self.inner.write(batch, at, &config).map(|(info, _)| info)
+    }
+
+    /// Lets readers of a replicated log see the offsets below `end` (at most the log end).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn commit_to(&self, end: i64) {
+        let end = end.min(self.log_end_offset());
+        if end > self.high_watermark() {
+            self.inner.advance_high_watermark(end);
+        }
+    }
+
+    /// Reads as [`read`](Self::read) does, but up to the log end rather than the high
+    /// watermark: a replicated log's own view of what it holds.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn read_unpublished(&self, from: i64, max_bytes: usize) -> Result<Fetch> {
+        let end = self.log_end_offset();
+        self.inner
+            .read_below(from, max_bytes, Oversized::Read, &mut None, Vec::new(), end)
+    }
+
+    /// Calls `f` with the header of every batch from the one that holds `from` to the log end,
+    /// reading headers only.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn for_each_header(
+        &self,
+        from: i64,
+        mut f: impl FnMut(&BatchHeader) -> Result<()>,
+    ) -> Result<()> {
+        let segments = self.inner.snapshot();
+        let first = segments
+            .partition_point(|s| s.base_offset <= from)
+            .saturating_sub(1);
+        for seg in &segments[first..] {
+            let limit = seg.readable();
+            let Some((mut pos, mut header)) = seg.find(from, limit)? else {
+                continue;
+            };
+            loop {
+                f(&header)?;
+                pos += header.total_len() as u64;
+                if pos >= limit {
+                    break;
+                }
+                header = seg.header_at(pos, limit)?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads whole batches starting with the one that holds `from`, up to about `max_bytes`
@@ -634,54 +717,10 @@ impl Inner {
         self.config.read().clone()
     }
 
-    fn append(&self, mut batch: RecordBatch) -> Result<AppendInfo> {
+    fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {
         let config = self.cfg();
         check_batch(&batch, &config)?;
-        let now = now_ms();
-        let (info, generation) = {
-            let mut w = self.writer.lock();
-            self.check_writable()?;
-            self.unmark_clean(&mut w)?;
-            let base = self.log_end.load(Ordering::Relaxed);
-            let last = base + batch.header().last_offset_delta as i64;
-            let timestamp = match config.timestamp_type {
-                TimestampType::LogAppendTime => now,
-                TimestampType::CreateTime => batch.header().max_timestamp,
-            };
-            self.maybe_roll(&mut w, &config, batch.len(), last, timestamp)?;
-            batch.set_base_offset(base);
-            if config.timestamp_type == TimestampType::LogAppendTime {
-                batch.set_log_append_time(now);
-            }
-            let header = batch.header();
-            match w.active.append(
-                batch.as_bytes(),
-                &header,
-                config.index_interval_bytes,
-                config.fsync != Fsync::Always,
-            ) {
-                Ok(()) => {}
-                Err(AppendError::NothingWritten(e)) => return Err(e),
-                Err(AppendError::Damaged(e)) => {
-                    self.poison(io::Error::other(e.to_string()));
-                    return Err(e);
-                }
-            }
-            w.first_append.get_or_insert_with(Instant::now);
-            let end = header.next_offset();
-            self.log_end.store(end, Ordering::Release);
-            if config.fsync == Fsync::Never {
-                self.publish(&w.active, w.active.size(), end);
-            }
-            let info = AppendInfo {
-                base_offset: base,
-                last_offset: end - 1,
-                log_append_time: now,
-            };
-            // Only a durable append waits for a sync, and needs the truncation generation.
-            let generation = (config.fsync == Fsync::Always).then(|| self.truncations.load(Ordering::SeqCst));
-            (info, generation)
-        };
+        let (info, generation) = self.write(batch, None, &config)?;
         if let Some(generation) = generation {
             self.sync_to(info.last_offset + 1, generation)
                 .map_err(|e| match e {
@@ -692,6 +731,69 @@ impl Inner {
                 })?;
         }
         Ok(info)
+    }
+
+    /// Writes `batch` at the log end: assigns its offsets and (under log append time, unless
+    /// it is a replica's copy, `at` its base offset) its timestamp. Returns what it did and,
+    /// when the caller must wait for a sync before acknowledging, the truncation count.
+    fn write(
+        &self,
+        mut batch: RecordBatch,
+        at: Option<i64>,
+        config: &LogConfig,
+    ) -> Result<(AppendInfo, Option<u64>)> {
+        let now = now_ms();
+        let mut w = self.writer.lock();
+        self.check_writable()?;
+        let base = self.log_end.load(Ordering::Relaxed);
+        if let Some(at) = at
+            && at != base
+        {
+            return Err(Error::OffsetMismatch {
+                expected: at,
+                log_end: base,
+            });
+        }
+        self.unmark_clean(&mut w)?;
+        let last = base + batch.header().last_offset_delta as i64;
+        let stamp = config.timestamp_type == TimestampType::LogAppendTime && at.is_none();
+        let timestamp = if stamp { now } else { batch.header().max_timestamp };
+        self.maybe_roll(&mut w, config, batch.len(), last, timestamp)?;
+        batch.set_base_offset(base);
+        if stamp {
+            batch.set_log_append_time(now);
+        }
+        let header = batch.header();
+        match w.active.append(
+            batch.as_bytes(),
+            &header,
+            config.index_interval_bytes,
+            config.fsync != Fsync::Always,
+        ) {
+            Ok(()) => {}
+            Err(AppendError::NothingWritten(e)) => return Err(e),
+            Err(AppendError::Damaged(e)) => {
+                self.poison(io::Error::other(e.to_string()));
+                return Err(e);
+            }
+        }
+        w.first_append.get_or_insert_with(Instant::now);
+        let end = header.next_offset();
+        self.log_end.store(end, Ordering::Release);
+        if self.replicated {
+            w.active.publish(w.active.size());
+        } else if config.fsync == Fsync::Never {
+            self.publish(&w.active, w.active.size(), end);
+        }
+        let info = AppendInfo {
+            base_offset: base,
+            last_offset: end - 1,
+            log_append_time: now,
+        };
+        // Only a durable append waits for a sync, and needs the truncation generation.
+        let generation = (config.fsync == Fsync::Always && !self.replicated)
+            .then(|| self.truncations.load(Ordering::SeqCst));
+        Ok((info, generation))
     }
 
     /// Before the first change to the active segment after a clean open: removes the
@@ -787,9 +889,17 @@ impl Inner {
         Ok(())
     }
 
-    /// Lets readers see `segment` up to `position` and the log up to `end_offset`.
+    /// Lets readers see `segment` up to `position` and the log up to `end_offset` (a
+    /// replica's readers only up to where its owner commits).
     pub(super) fn publish(&self, segment: &Segment, position: u64, end_offset: i64) {
         segment.publish(position);
+        if !self.replicated {
+            self.advance_high_watermark(end_offset);
+        }
+    }
+
+    /// Moves the high watermark up to `end_offset` and wakes the readers waiting for it.
+    pub(super) fn advance_high_watermark(&self, end_offset: i64) {
         self.high_watermark.fetch_max(end_offset, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
             let _g = self.waiters.lock();
@@ -915,6 +1025,19 @@ impl Inner {
         buf: Vec<u8>,
     ) -> Result<Fetch> {
         let hw = self.high_watermark.load(Ordering::SeqCst);
+        self.read_below(from, max_bytes, oversized, pin, buf, hw)
+    }
+
+    /// Reads as `read_pinned` does, with `hw` as the end of what may be read.
+    fn read_below(
+        &self,
+        from: i64,
+        max_bytes: usize,
+        oversized: Oversized,
+        pin: &mut Option<ReadPin>,
+        buf: Vec<u8>,
+        hw: i64,
+    ) -> Result<Fetch> {
         let start = self.log_start.load(Ordering::SeqCst);
         // Records below the log start were deleted on purpose (retention, DeleteRecords): a
         // pinned segment that still holds them must not hand them out.

@@ -45,3 +45,5 @@ pub(crate) use log::{Oversized, ReadPin, now_ms, watch};
 pub use meta::MAX_METADATA_BYTES;
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
 pub use recovery::FORMAT_VERSION;
+#[cfg(feature = "cluster")]
+pub(crate) use recovery::REPLICA_FILE;

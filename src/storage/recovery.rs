@@ -23,6 +23,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub(super) const META_FILE: &str = "log.meta";
 pub(super) const LOCK_FILE: &str = ".lock";
 pub(super) const CLEAN_SHUTDOWN_FILE: &str = ".clean_shutdown";
+/// State that the owner of a replicated log keeps beside it (its vote, where its entries
+/// start): the log keeps it, and leaves it alone.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) const REPLICA_FILE: &str = "replica.meta";
 
 /// The contents of `log.meta`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -38,6 +42,7 @@ impl Inner {
         config: LogConfig,
         fs: Arc<dyn Fs>,
         housekeeper: Housekeeper,
+        replicated: bool,
     ) -> Result<Inner> {
         if dir.exists() && !dir.is_dir() {
             return Err(Error::NotALog {
@@ -165,7 +170,8 @@ impl Inner {
             segments: RwLock::new(Arc::new(segments)),
             log_start: AtomicI64::new(log_start),
             log_end: AtomicI64::new(log_end),
-            high_watermark: AtomicI64::new(log_end),
+            // A replica's owner knows how much of it is committed, and says so.
+            high_watermark: AtomicI64::new(if replicated { log_start } else { log_end }),
             sync: Mutex::new(SyncState {
                 durable: log_end,
                 syncing: false,
@@ -182,6 +188,7 @@ impl Inner {
             cleaning: Mutex::new(()),
             cleaned_to: AtomicI64::new(cleaned_to),
             truncations: AtomicU64::new(0),
+            replicated,
             dir,
         })
     }
@@ -224,6 +231,7 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
                 META_FILE,
                 LOCK_FILE,
                 CLEAN_SHUTDOWN_FILE,
+                REPLICA_FILE,
                 compaction::CHECKPOINT_FILE,
             ]
             .contains(&name.as_str()) => {}

@@ -164,7 +164,8 @@ impl Inner {
 
     pub(crate) fn enforce_retention(&self, now: i64) -> Result<usize> {
         let _w = self.writer.lock();
-        if self.closed.load(Ordering::Acquire) || !self.cfg().cleanup_policy.deletes() {
+        // A replica's segments go when its owner purges them, at a point all replicas agree on.
+        if self.closed.load(Ordering::Acquire) || self.replicated || !self.cfg().cleanup_policy.deletes() {
             return Ok(0);
         }
         let segments = self.snapshot();

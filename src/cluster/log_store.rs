@@ -1,0 +1,575 @@
+//! A partition's segment log as its Raft log (openraft's `RaftLogStorage`): no second copy of
+//! the data.
+//!
+//! Raft counts entries, Kafka counts records: each entry is one batch, and the [`EntryIndex`]
+//! maps an entry's index to its batch's base offset. It holds an offset per entry (offsets,
+//! unlike file positions, survive compaction, which keeps every batch of a replicated log) and
+//! the first index of each term; it lives in memory and is rebuilt on open by reading the
+//! headers of the batches from the first entry's offset, which `replica.meta` records with the
+//! vote and the purge point.
+//!
+//! The log has three ends: what Raft can read (every append, at once), what is durable (after
+//! a sync), and the high watermark consumers read below, which only the state machine moves,
+//! when entries commit. Writes (appends, syncs, truncations, purges, the vote) run in order on
+//! the replica's own I/O thread, never on the async runtime: an append returns once its batch
+//! is readable, and its callback fires once a sync covers it, one sync for all the appends
+//! that queued meanwhile (group commit). The vote is saved only after every earlier append is
+//! durable.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::RaftLogStorage;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::cluster::entry::{self, UNASSIGNED};
+use crate::cluster::raft::{Entry, IoFlushed, LogId, LogState, TypeConfig, Vote, log_id, term_of};
+use crate::config::Fsync;
+use crate::error::{Error, Result};
+use crate::storage::{Fs, PartitionLog, REPLICA_FILE, meta};
+
+/// Bytes read per storage read when collecting entries.
+const READ_CHUNK: usize = 1 << 20;
+
+/// What `replica.meta` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct ReplicaMeta {
+    /// The last vote this replica cast or saw.
+    vote: Option<Vote>,
+    /// The last entry purged (no longer in the log).
+    purged: Option<LogId>,
+    /// The index of the log's first entry.
+    first_index: u64,
+    /// Its offset (where the next entry goes, if the log holds none).
+    first_offset: i64,
+    /// An entry known committed, at most the last one this replica had made durable.
+    committed: Option<LogId>,
+}
+
+/// Entry index to offset, and the terms of the entries.
+#[derive(Debug, Default)]
+pub(crate) struct EntryIndex {
+    purged: Option<LogId>,
+    first_index: u64,
+    /// The base offset of each entry from `first_index` on.
+    offsets: VecDeque<i64>,
+    /// The offset after the last entry (the log end, for the entries' purposes).
+    end_offset: i64,
+    /// `(first index, term)` of each run of entries of one term, in order.
+    terms: VecDeque<(u64, u64)>,
+}
+
+impl EntryIndex {
+    fn new(purged: Option<LogId>, first_index: u64, first_offset: i64) -> Self {
+        EntryIndex {
+            purged,
+            first_index,
+            offsets: VecDeque::new(),
+            end_offset: first_offset,
+            terms: VecDeque::new(),
+        }
+    }
+
+    /// The index the next entry takes.
+    pub(crate) fn next_index(&self) -> u64 {
+        self.first_index + self.offsets.len() as u64
+    }
+
+    /// The base offset of the entry at `index`, or the offset after the last entry for the
+    /// next index; `None` outside the log.
+    pub(crate) fn offset_of(&self, index: u64) -> Option<i64> {
+        if index == self.next_index() {
+            return Some(self.end_offset);
+        }
+        let i = index.checked_sub(self.first_index)?;
+        self.offsets.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// The term of the entry at `index`, if the log holds it.
+    pub(crate) fn term_of(&self, index: u64) -> Option<u64> {
+        if index < self.first_index || index >= self.next_index() {
+            return None;
+        }
+        let run = self.terms.partition_point(|&(first, _)| first <= index);
+        Some(self.terms[run - 1].1)
+    }
+
+    /// The id of the last entry, or the purge point if the log holds none.
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        match self.next_index().checked_sub(1) {
+            Some(last) if last >= self.first_index => Some(log_id(self.term_of(last)?, last)),
+            _ => self.purged,
+        }
+    }
+
+    fn push(&mut self, index: u64, term: u64, base_offset: i64, end_offset: i64) {
+        debug_assert_eq!(index, self.next_index());
+        if self.terms.back().is_none_or(|&(_, t)| t != term) {
+            self.terms.push_back((index, term));
+        }
+        self.offsets.push_back(base_offset);
+        self.end_offset = end_offset;
+    }
+
+    /// Forgets the entries after `last` (all of them for `None`); returns the offset the log
+    /// must be cut at.
+    fn truncate_after(&mut self, last: Option<u64>) -> i64 {
+        let keep = last.map_or(self.first_index, |l| (l + 1).max(self.first_index));
+        if let Some(cut) = self.offset_of(keep) {
+            let n = (keep - self.first_index) as usize;
+            self.offsets.truncate(n);
+            self.end_offset = cut;
+            while self.terms.back().is_some_and(|&(first, _)| first >= keep) {
+                self.terms.pop_back();
+            }
+        }
+        self.end_offset
+    }
+
+    /// Forgets the entries up to `upto` inclusive; the log starts after it.
+    fn purge(&mut self, upto: LogId) {
+        if self.purged.is_some_and(|p| p.index >= upto.index) {
+            return;
+        }
+        self.purged = Some(upto);
+        let next = upto.index + 1;
+        if next <= self.first_index {
+            return;
+        }
+        let first_offset = self.offset_of(next).unwrap_or(self.end_offset);
+        let drop = ((next - self.first_index) as usize).min(self.offsets.len());
+        self.offsets.drain(..drop);
+        if self.offsets.is_empty() {
+            self.terms.clear();
+        } else {
+            // The run holding the new first entry stays, starting there.
+            let run = self.terms.partition_point(|&(first, _)| first <= next);
+            self.terms.drain(..run - 1);
+            if let Some(front) = self.terms.front_mut() {
+                front.0 = next;
+            }
+        }
+        self.first_index = next;
+        self.end_offset = self.end_offset.max(first_offset);
+    }
+
+    fn first_offset(&self) -> i64 {
+        self.offsets.front().copied().unwrap_or(self.end_offset)
+    }
+}
+
+/// One replica of a partition: its log, the entry index, and the saved Raft state. Shared by
+/// the log store, its readers and the state machine.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    pub(crate) log: PartitionLog,
+    fs: Arc<dyn Fs>,
+    meta_path: PathBuf,
+    pub(crate) index: RwLock<EntryIndex>,
+    /// What `replica.meta` holds (written only by the I/O thread).
+    saved: Mutex<ReplicaMeta>,
+}
+
+impl Replica {
+    /// Takes over `log` (opened as replicated) and rebuilds its entry index.
+    pub(crate) fn open(log: PartitionLog, fs: Arc<dyn Fs>) -> Result<Arc<Replica>> {
+        let meta_path = log.dir().join(REPLICA_FILE);
+        let saved: ReplicaMeta = meta::read(&meta_path)?.unwrap_or_default();
+        let mut index = EntryIndex::new(saved.purged, saved.first_index, saved.first_offset);
+        let end = log.log_end_offset();
+        if saved.first_offset > end
+            || log.log_start_offset() > saved.first_offset && end > log.log_start_offset()
+        {
+            return Err(Error::NotALog {
+                path: log.dir().to_path_buf(),
+                reason: format!(
+                    "its replica's entries start at offset {}, outside its log [{}, {end})",
+                    saved.first_offset,
+                    log.log_start_offset()
+                ),
+            });
+        }
+        if saved.first_offset < end {
+            let mut next = saved.first_offset;
+            log.for_each_header(saved.first_offset, |h| {
+                if h.base_offset != next {
+                    return Err(Error::NotALog {
+                        path: log.dir().to_path_buf(),
+                        reason: format!(
+                            "a batch at offset {} where its replica's entry at offset {next} was due",
+                            h.base_offset
+                        ),
+                    });
+                }
+                let term = u64::try_from(h.partition_leader_epoch).unwrap_or(0);
+                index.push(index.next_index(), term, h.base_offset, h.next_offset());
+                next = h.next_offset();
+                Ok(())
+            })?;
+        }
+        Ok(Arc::new(Replica {
+            log,
+            fs,
+            meta_path,
+            index: RwLock::new(index),
+            saved: Mutex::new(saved),
+        }))
+    }
+
+    /// The entries in `[start, end)` that the log holds.
+    pub(crate) fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let (from, offsets) = {
+            let idx = self.index.read();
+            let start = start.max(idx.first_index);
+            let end = end.min(idx.next_index());
+            if start >= end {
+                return Ok(Vec::new());
+            }
+            let skip = (start - idx.first_index) as usize;
+            let take = (end - start) as usize;
+            let offsets: Vec<i64> = idx.offsets.iter().skip(skip).take(take).copied().collect();
+            (start, offsets)
+        };
+        let mut entries = Vec::with_capacity(offsets.len());
+        let mut want = offsets.iter().copied().peekable();
+        while let Some(&offset) = want.peek() {
+            let fetch = self
+                .log
+                .read_unpublished(offset, READ_CHUNK)
+                .map_err(io::Error::other)?;
+            if fetch.is_empty() {
+                break;
+            }
+            for batch in fetch.batches() {
+                let Some(&expected) = want.peek() else { break };
+                if batch.header().base_offset != expected {
+                    return Err(io::Error::other(format!(
+                        "entry {} is not at offset {expected} (a batch at {} is)",
+                        from + entries.len() as u64,
+                        batch.header().base_offset
+                    )));
+                }
+                let index = from + entries.len() as u64;
+                let (id, payload) = entry::from_batch(index, batch.as_bytes().to_vec())?;
+                entries.push(Entry::new(id, payload));
+                want.next();
+            }
+        }
+        // A truncation that raced the read leaves fewer entries: the caller sees a shorter log.
+        Ok(entries)
+    }
+
+    /// Appends `entries` (on the I/O thread): each must take the next index, except the
+    /// first entry of an empty log, which may start it anywhere.
+    pub(crate) fn append(&self, entries: Vec<Entry>) -> io::Result<()> {
+        for e in entries {
+            let index = e.log_id.index;
+            let next = self.index.read().next_index();
+            if index != next {
+                let empty = self.index.read().offsets.is_empty();
+                if !empty || index < next {
+                    return Err(io::Error::other(format!(
+                        "entry {index} appended where entry {next} is due"
+                    )));
+                }
+                // An empty log restarted further on (entries before it were never here).
+                let mut saved = self.saved.lock().clone();
+                saved.first_index = index;
+                saved.first_offset = self.index.read().end_offset;
+                self.save(saved)?;
+                self.index.write().first_index = index;
+            }
+            let batch = entry::to_batch(&e.log_id, &e.payload)?;
+            let base = batch.header().base_offset;
+            let at = (base != UNASSIGNED).then_some(base);
+            let info = self.log.append_entry(batch, at).map_err(io::Error::other)?;
+            self.index
+                .write()
+                .push(index, term_of(&e.log_id), info.base_offset, info.last_offset + 1);
+        }
+        Ok(())
+    }
+
+    /// Makes every append so far durable (under the log's policy: `Fsync::Always` syncs; the
+    /// others leave it to the page cache and the interval flusher).
+    fn sync(&self) -> io::Result<()> {
+        if self.log.config().fsync == Fsync::Always {
+            self.log.flush().map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn truncate_after(&self, last: Option<LogId>) -> io::Result<()> {
+        let mut idx = self.index.write();
+        let cut = idx.truncate_after(last.map(|l| l.index));
+        if cut < self.log.log_end_offset() {
+            self.log.truncate_to(cut).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn purge(&self, upto: LogId) -> io::Result<()> {
+        let (first_index, first_offset) = {
+            let mut idx = self.index.write();
+            if idx.purged.is_some_and(|p| p.index >= upto.index) {
+                return Ok(());
+            }
+            idx.purge(upto);
+            (idx.first_index, idx.first_offset())
+        };
+        let mut saved = self.saved.lock().clone();
+        saved.purged = Some(upto);
+        saved.first_index = first_index;
+        saved.first_offset = first_offset;
+        self.save(saved)?;
+        // Whole segments below the new first entry can go; consumers read from there on.
+        let start = first_offset.min(self.log.high_watermark());
+        if start > self.log.log_start_offset() {
+            self.log.delete_records_before(start).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    fn save_vote(&self, vote: Vote) -> io::Result<()> {
+        let mut saved = self.saved.lock().clone();
+        saved.vote = Some(vote);
+        self.save(saved)
+    }
+
+    /// Writes `replica.meta` (every append before it is durable: the I/O thread syncs first),
+    /// with the committed id that is known and held here.
+    fn save(&self, mut saved: ReplicaMeta) -> io::Result<()> {
+        if let Some(c) = saved.committed {
+            let idx = self.index.read();
+            let held = idx.last_log_id().filter(|l| l.index < c.index);
+            if let Some(l) = held {
+                saved.committed = Some(l);
+            }
+        }
+        meta::write(&*self.fs, &self.meta_path, &saved).map_err(io::Error::other)?;
+        *self.saved.lock() = saved;
+        Ok(())
+    }
+
+    fn note_committed(&self, committed: Option<LogId>) {
+        self.saved.lock().committed = committed;
+    }
+}
+
+/// A write for the I/O thread.
+enum Write {
+    Append {
+        entries: Vec<Entry>,
+        readable: oneshot::Sender<io::Result<()>>,
+        durable: IoFlushed,
+    },
+    Vote(Vote, oneshot::Sender<io::Result<()>>),
+    Truncate(Option<LogId>, oneshot::Sender<io::Result<()>>),
+    Purge(LogId, oneshot::Sender<io::Result<()>>),
+}
+
+/// The replica's I/O thread: runs the writes in order, and syncs when it runs out of them
+/// before it answers the appends' callbacks (and before any other write).
+fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
+    let mut unsynced: Vec<IoFlushed> = Vec::new();
+    let sync = |unsynced: &mut Vec<IoFlushed>| {
+        if unsynced.is_empty() {
+            return Ok(());
+        }
+        let result = replica.sync();
+        for done in unsynced.drain(..) {
+            done.io_completed(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+        result
+    };
+    loop {
+        let write = match writes.try_recv() {
+            Ok(w) => w,
+            Err(mpsc::TryRecvError::Empty) => {
+                let _ = sync(&mut unsynced);
+                match writes.recv() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => {
+                let _ = sync(&mut unsynced);
+                return;
+            }
+        };
+        match write {
+            Write::Append {
+                entries,
+                readable,
+                durable,
+            } => match replica.append(entries) {
+                Ok(()) => {
+                    let _ = readable.send(Ok(()));
+                    unsynced.push(durable);
+                }
+                Err(e) => {
+                    durable.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                    let _ = readable.send(Err(e));
+                }
+            },
+            Write::Vote(vote, done) => {
+                let r = sync(&mut unsynced).and_then(|()| replica.save_vote(vote));
+                let _ = done.send(r);
+            }
+            Write::Truncate(last, done) => {
+                let r = sync(&mut unsynced).and_then(|()| replica.truncate_after(last));
+                let _ = done.send(r);
+            }
+            Write::Purge(upto, done) => {
+                let r = sync(&mut unsynced).and_then(|()| replica.purge(upto));
+                let _ = done.send(r);
+            }
+        }
+    }
+}
+
+/// openraft's log store over a [`Replica`].
+pub(crate) struct LogStore {
+    replica: Arc<Replica>,
+    writes: mpsc::Sender<Write>,
+}
+
+impl LogStore {
+    /// Starts the replica's I/O thread; it ends when the store is dropped.
+    pub(crate) fn new(replica: Arc<Replica>) -> io::Result<LogStore> {
+        let (writes, rx) = mpsc::channel();
+        let r = replica.clone();
+        thread::Builder::new()
+            .name(format!("rivulet-raft-io {}", replica.log.dir().display()))
+            .spawn(move || run_writes(r, rx))?;
+        Ok(LogStore { replica, writes })
+    }
+
+    async fn ask(&self, write: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Write) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(write(tx))
+            .map_err(|_| io::Error::other("the replica's I/O thread has stopped"))?;
+        rx.await
+            .map_err(|_| io::Error::other("the replica's I/O thread has stopped"))?
+    }
+}
+
+/// Reads entries for replication and apply.
+#[derive(Clone)]
+pub(crate) struct LogReader {
+    replica: Arc<Replica>,
+}
+
+/// `range`'s bounds as `[start, end)`.
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl openraft::RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let (start, end) = bounds(&range);
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || replica.read_entries(start, end))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        Ok(self.replica.saved.lock().vote)
+    }
+}
+
+impl openraft::RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        self.get_log_reader().await.try_get_log_entries(range).await
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        Ok(self.replica.saved.lock().vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState> {
+        let idx = self.replica.index.read();
+        Ok(LogState {
+            last_purged_log_id: idx.purged,
+            last_log_id: idx.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        LogReader {
+            replica: self.replica.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let vote = *vote;
+        self.ask(|done| Write::Vote(vote, done)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        // Kept with the next write of `replica.meta`: an older committed id is still a
+        // committed one, so a late save loses nothing but replay on restart.
+        self.replica.note_committed(committed);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        Ok(self.replica.saved.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IoFlushed) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.ask(|readable| Write::Append {
+            entries,
+            readable,
+            durable: callback,
+        })
+        .await
+    }
+
+    async fn truncate_after(&mut self, last: Option<LogId>) -> io::Result<()> {
+        self.ask(|done| Write::Truncate(last, done)).await
+    }
+
+    async fn purge(&mut self, upto: LogId) -> io::Result<()> {
+        self.ask(|done| Write::Purge(upto, done)).await
+    }
+}

@@ -1,0 +1,146 @@
+//! A partition's Raft state machine. The records are already in the log (it is the Raft log),
+//! so applying an entry only lets consumers see it: the high watermark moves past it. The
+//! state machine also tracks the membership, and its snapshots are metadata only: the last
+//! applied entry, the membership, and the offset after the last applied entry (where a
+//! replica that installs the snapshot restarts its log).
+
+use std::io;
+
+use futures_util::StreamExt;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::entry::Payload;
+use crate::cluster::log_store::Replica;
+use crate::cluster::raft::{Appended, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::storage::format::Batch;
+
+use std::sync::Arc;
+
+/// A snapshot's data: where the log continues after the snapshot's last entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SnapshotData {
+    /// The offset of the entry after the snapshot's last one.
+    pub(crate) next_offset: i64,
+}
+
+/// What the state machine has applied.
+#[derive(Debug, Clone, Default)]
+struct Applied {
+    last: Option<LogId>,
+    membership: StoredMembership,
+    /// The offset after the last applied entry.
+    next_offset: i64,
+}
+
+/// The state machine of one replica.
+pub(crate) struct StateMachine {
+    replica: Arc<Replica>,
+    applied: Applied,
+    snapshot: Option<(SnapshotMeta, SnapshotData)>,
+}
+
+impl StateMachine {
+    pub(crate) fn new(replica: Arc<Replica>) -> StateMachine {
+        StateMachine {
+            replica,
+            applied: Applied::default(),
+            snapshot: None,
+        }
+    }
+
+    /// The offsets of the batch an entry is stored as, if it carries its stored bytes.
+    fn offsets_of(payload: &Payload) -> Option<Appended> {
+        let bytes = match payload {
+            Payload::Normal(r) | Payload::Blank(Some(r)) | Payload::Membership(_, Some(r)) => &r.0,
+            _ => return None,
+        };
+        let (batch, _) = Batch::parse(bytes).ok()?;
+        let h = batch.header();
+        (h.base_offset >= 0).then(|| Appended {
+            base_offset: h.base_offset,
+            last_offset: h.last_offset(),
+        })
+    }
+}
+
+/// Builds metadata-only snapshots.
+pub(crate) struct SnapshotBuilder {
+    meta: SnapshotMeta,
+    data: SnapshotData,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot<SnapshotData>> {
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: self.data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        Ok((self.applied.last, self.applied.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
+    where
+        S: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let offsets = Self::offsets_of(&entry.payload);
+            if let Some(o) = offsets {
+                self.replica.log.commit_to(o.last_offset + 1);
+                self.applied.next_offset = o.last_offset + 1;
+            }
+            if let Payload::Membership(m, _) = &entry.payload {
+                self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+            }
+            self.applied.last = Some(entry.log_id);
+            if let Some(r) = responder {
+                r.send(offsets.unwrap_or(Appended {
+                    base_offset: -1,
+                    last_offset: -1,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let meta = SnapshotMeta {
+            last_log_id: self.applied.last,
+            last_membership: self.applied.membership.clone(),
+        };
+        let data = SnapshotData {
+            next_offset: self.applied.next_offset,
+        };
+        self.snapshot = Some((meta.clone(), data));
+        SnapshotBuilder { meta, data }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        self.applied = Applied {
+            last: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            next_offset: snapshot.next_offset,
+        };
+        self.snapshot = Some((meta.clone(), snapshot));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot<SnapshotData>>> {
+        Ok(self
+            .snapshot
+            .clone()
+            .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
