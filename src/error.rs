@@ -92,6 +92,14 @@ pub enum Error {
         log_end: i64,
     },
 
+    /// Replication between the nodes of a cluster failed (no leader, a lost quorum, a peer
+    /// that could not be reached in time).
+    #[error("replication: {reason}")]
+    Cluster {
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A replica's copy of a batch was to go at `expected`, but the replica's log ends at
     /// `log_end`: the two logs have diverged, and nothing was written.
     #[error("a replicated batch for offset {expected} does not follow the log end {log_end}")]

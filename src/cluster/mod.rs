@@ -7,13 +7,17 @@
 //! - `raft`: the one place that names openraft's types;
 //! - `entry`: entries as Kafka batches (control batches for openraft's own entries);
 //! - `log_store`: the log as openraft's log storage, with its entry index and I/O thread;
-//! - `state_machine`: commit moves the high watermark; metadata-only snapshots.
+//! - `state_machine`: commit moves the high watermark; metadata-only snapshots;
+//! - `peer`: the peer link, one connection per pair of nodes shared by all groups;
+//! - `partition`: one running replica of a partition.
 
 // The replica's parts are used by their tests until the cluster that runs them lands.
 #![cfg_attr(not(test), allow(dead_code))]
 
 mod entry;
 mod log_store;
+mod partition;
+mod peer;
 mod raft;
 mod state_machine;
 

@@ -1,0 +1,468 @@
+//! The peer link: Raft's messages between nodes, over one TCP connection from each node to
+//! each peer, shared by all the Raft groups of the two (openraft-multi's `GroupRouter`).
+//!
+//! A frame is a 4-byte big-endian length and a postcard-encoded [`Message`], at most
+//! [`MAX_FRAME`] bytes. A connection opens with a `Hello` naming both ends, so that a peer
+//! address that now belongs to another node is refused rather than fed another node's
+//! messages. Requests carry an id; their responses may come back in any order. A request
+//! times out after openraft's hard time-to-live; a lost connection fails its pending requests
+//! and the next request reconnects.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::AnyError;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft_multi::{GroupNetworkAdapter, GroupRouter};
+use parking_lot::{Mutex, RwLock};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cluster::raft::{Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::cluster::state_machine::{SnapshotData, StateMachine};
+
+/// The largest frame a node sends or accepts: a full AppendEntries of the largest batches.
+pub(crate) const MAX_FRAME: usize = 128 << 20;
+
+/// How long a node waits to connect to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A Raft group: a partition (or, with an empty topic, the controller).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct GroupId {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+}
+
+pub(crate) type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Message {
+    Hello { from: NodeId, to: NodeId },
+    Request { id: u64, group: GroupId, rpc: Rpc },
+    Response { id: u64, result: Result<Reply, String> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Rpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: SnapshotData,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Append(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    Snapshot(SnapshotResponse<TypeConfig>),
+}
+
+async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), message: &Message) -> io::Result<()> {
+    let bytes = postcard::to_stdvec(message).map_err(io::Error::other)?;
+    if bytes.len() > MAX_FRAME {
+        return Err(io::Error::other(format!(
+            "a {}-byte peer message is over the {MAX_FRAME}-byte limit",
+            bytes.len()
+        )));
+    }
+    w.write_u32(bytes.len() as u32).await?;
+    w.write_all(&bytes).await?;
+    w.flush().await
+}
+
+/// The next frame; `None` at a clean end of the stream.
+async fn read_frame<T: DeserializeOwned>(r: &mut (impl AsyncReadExt + Unpin)) -> io::Result<Option<T>> {
+    let len = match r.read_u32().await {
+        Ok(len) => len as usize,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a peer sent a {len}-byte frame, over the {MAX_FRAME}-byte limit"),
+        ));
+    }
+    let mut bytes = vec![0; len];
+    r.read_exact(&mut bytes).await?;
+    postcard::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>>;
+
+/// One open connection to a peer.
+#[derive(Clone)]
+struct Link {
+    out: mpsc::UnboundedSender<Message>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+}
+
+impl Link {
+    async fn open(me: NodeId, target: NodeId, addr: SocketAddr) -> io::Result<Link> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
+        stream.set_nodelay(true)?;
+        let (mut reader, mut writer) = stream.into_split();
+        write_frame(&mut writer, &Message::Hello { from: me, to: target }).await?;
+        let (out, mut queue) = mpsc::unbounded_channel::<Message>();
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let link = Link {
+            out,
+            pending: pending.clone(),
+            alive: alive.clone(),
+        };
+        let writer_alive = alive.clone();
+        tokio::spawn(async move {
+            while let Some(message) = queue.recv().await {
+                if let Err(e) = write_frame(&mut writer, &message).await {
+                    log::debug!("peer link to node {target} at {addr}: {e}");
+                    break;
+                }
+            }
+            writer_alive.store(false, Ordering::SeqCst);
+        });
+        tokio::spawn(async move {
+            loop {
+                match read_frame::<Message>(&mut reader).await {
+                    Ok(Some(Message::Response { id, result })) => {
+                        if let Some(tx) = pending.lock().remove(&id) {
+                            let _ = tx.send(result);
+                        }
+                    }
+                    Ok(Some(other)) => {
+                        log::warn!("node {target} at {addr} sent {other:?} where a response was due");
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::debug!("peer link to node {target} at {addr}: {e}");
+                        break;
+                    }
+                }
+            }
+            alive.store(false, Ordering::SeqCst);
+            // Dropping the senders fails the requests still waiting.
+            pending.lock().clear();
+        });
+        Ok(link)
+    }
+}
+
+/// Sends Raft's messages to peers, one shared connection per peer.
+#[derive(Clone)]
+pub(crate) struct Router {
+    inner: Arc<RouterInner>,
+}
+
+struct RouterInner {
+    me: NodeId,
+    peers: RwLock<HashMap<NodeId, SocketAddr>>,
+    links: tokio::sync::Mutex<HashMap<NodeId, Link>>,
+    next_id: AtomicU64,
+}
+
+fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
+    Unreachable::new(&AnyError::error(e.to_string()))
+}
+
+impl Router {
+    pub(crate) fn new(me: NodeId) -> Router {
+        Router {
+            inner: Arc::new(RouterInner {
+                me,
+                peers: RwLock::new(HashMap::new()),
+                links: tokio::sync::Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Where node `id` listens for its peers.
+    pub(crate) fn set_peer(&self, id: NodeId, addr: SocketAddr) {
+        self.inner.peers.write().insert(id, addr);
+    }
+
+    async fn link(&self, target: NodeId) -> Result<Link, Unreachable<TypeConfig>> {
+        let mut links = self.inner.links.lock().await;
+        if let Some(link) = links.get(&target)
+            && link.alive.load(Ordering::SeqCst)
+        {
+            return Ok(link.clone());
+        }
+        let addr = self.inner.peers.read().get(&target).copied();
+        let addr = addr.ok_or_else(|| unreachable(format!("no address for node {target}")))?;
+        let link = Link::open(self.inner.me, target, addr)
+            .await
+            .map_err(unreachable)?;
+        links.insert(target, link.clone());
+        Ok(link)
+    }
+
+    /// Sends `rpc` for `group` to `target` and waits for the reply for at most `ttl`.
+    async fn call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: Rpc,
+        ttl: Duration,
+    ) -> Result<Reply, RPCError<TypeConfig>> {
+        let link = self.link(target).await.map_err(RPCError::Unreachable)?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        link.pending.lock().insert(id, tx);
+        if link.out.send(Message::Request { id, group, rpc }).is_err() {
+            link.pending.lock().remove(&id);
+            return Err(RPCError::Unreachable(unreachable("the peer link closed")));
+        }
+        match tokio::time::timeout(ttl, rx).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(remote))) => Err(RPCError::Network(NetworkError::new(&AnyError::error(remote)))),
+            Ok(Err(_)) => Err(RPCError::Unreachable(unreachable("the peer link closed"))),
+            Err(_) => {
+                link.pending.lock().remove(&id);
+                Err(RPCError::Network(NetworkError::new(&AnyError::error(format!(
+                    "no reply from node {target} in {ttl:?}"
+                )))))
+            }
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&AnyError::error(format!(
+        "an unexpected reply: {reply:?}"
+    ))))
+}
+
+impl GroupRouter<TypeConfig, GroupId> for Router {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(target, group, Rpc::Append(rpc), option.hard_ttl())
+            .await?
+        {
+            Reply::Append(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(target, group, Rpc::Vote(rpc), option.hard_ttl())
+            .await?
+        {
+            Reply::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pre_vote(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(target, group, Rpc::PreVote(rpc), option.hard_ttl())
+            .await?
+        {
+            Reply::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        vote: Vote,
+        snapshot: Snapshot<SnapshotData>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let rpc = Rpc::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
+        match self.call(target, group, rpc, option.hard_ttl()).await {
+            Ok(Reply::Snapshot(r)) => Ok(r),
+            Ok(other) => Err(StreamingError::Network(NetworkError::new(&AnyError::error(
+                format!("an unexpected reply: {other:?}"),
+            )))),
+            Err(RPCError::Unreachable(e)) => Err(StreamingError::Unreachable(e)),
+            Err(e) => Err(StreamingError::Network(NetworkError::new(&AnyError::error(
+                e.to_string(),
+            )))),
+        }
+    }
+}
+
+/// openraft's network factory for one group: clients bound to (peer, group) on the router.
+pub(crate) struct Network {
+    pub(crate) router: Router,
+    pub(crate) group: GroupId,
+}
+
+impl openraft::network::RaftNetworkFactory<TypeConfig> for Network {
+    type Network = GroupNetworkAdapter<TypeConfig, GroupId, Router>;
+
+    async fn new_client(&mut self, target: NodeId, _node: &Node) -> Self::Network {
+        GroupNetworkAdapter::new(self.router.clone(), target, self.group.clone())
+    }
+}
+
+/// The Raft groups a node serves, by id.
+#[derive(Default)]
+pub(crate) struct Groups {
+    rafts: RwLock<HashMap<GroupId, Raft>>,
+}
+
+impl Groups {
+    pub(crate) fn insert(&self, group: GroupId, raft: Raft) {
+        self.rafts.write().insert(group, raft);
+    }
+
+    pub(crate) fn remove(&self, group: &GroupId) -> Option<Raft> {
+        self.rafts.write().remove(group)
+    }
+
+    pub(crate) fn get(&self, group: &GroupId) -> Option<Raft> {
+        self.rafts.read().get(group).cloned()
+    }
+
+    async fn dispatch(&self, group: GroupId, rpc: Rpc) -> Result<Reply, String> {
+        let raft = self
+            .get(&group)
+            .ok_or_else(|| format!("no replica of {}-{} here", group.topic, group.partition))?;
+        match rpc {
+            Rpc::Append(r) => raft
+                .append_entries(r)
+                .await
+                .map(Reply::Append)
+                .map_err(|e| e.to_string()),
+            Rpc::Vote(r) => raft.vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
+            Rpc::PreVote(r) => raft.pre_vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
+            Rpc::Snapshot { vote, meta, data } => raft
+                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                .await
+                .map(Reply::Snapshot)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Returns when `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|&stop| stop).await;
+}
+
+/// Serves node `me`'s groups to its peers on `listener` until `shutdown` turns true.
+pub(crate) async fn serve(
+    me: NodeId,
+    listener: TcpListener,
+    groups: Arc<Groups>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, from) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("node {me}: accepting a peer: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => return,
+        };
+        let groups = groups.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_peer(me, stream, groups, shutdown).await {
+                log::debug!("node {me}: the peer link from {from}: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_peer(
+    me: NodeId,
+    stream: TcpStream,
+    groups: Arc<Groups>,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.into_split();
+    match read_frame::<Message>(&mut reader).await? {
+        Some(Message::Hello { to, .. }) if to == me => {}
+        Some(Message::Hello { from, to }) => {
+            return Err(io::Error::other(format!(
+                "node {from} took this node for node {to}, but it is node {me}"
+            )));
+        }
+        _ => return Err(io::Error::other("a peer link that did not start with Hello")),
+    }
+    let (out, mut queue) = mpsc::unbounded_channel::<Message>();
+    let writing = tokio::spawn(async move {
+        while let Some(message) = queue.recv().await {
+            if write_frame(&mut writer, &message).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let message = tokio::select! {
+            m = read_frame::<Message>(&mut reader) => m?,
+            _ = stopped(&mut shutdown) => None,
+        };
+        let Some(message) = message else { break };
+        let Message::Request { id, group, rpc } = message else {
+            return Err(io::Error::other("a peer sent something other than a request"));
+        };
+        let groups = groups.clone();
+        let out = out.clone();
+        tokio::spawn(async move {
+            let result = groups.dispatch(group, rpc).await;
+            let _ = out.send(Message::Response { id, result });
+        });
+    }
+    drop(out);
+    writing.abort();
+    Ok(())
+}
