@@ -1,17 +1,22 @@
 //! Starting one replica of a partition: its log (opened as replicated), the Raft log and
 //! state machine over it, and its Raft group on the node's router.
 
+use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tokio::runtime::Handle;
 
 use crate::cluster::entry::{Records, UNASSIGNED};
 use crate::cluster::log_store::{LogStore, Replica};
-use crate::cluster::peer::{GroupId, Network, Raft, Router};
+use crate::cluster::peer::{GroupId, Network, Proposed, Raft, Router, propose_here};
 use crate::cluster::raft::{Appended, NodeId};
 use crate::cluster::state_machine::StateMachine;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
-use crate::storage::{PartitionLog, RecordBatch, StdFs};
+use crate::storage::{AppendInfo, PartitionLog, RecordBatch, Replicate, StdFs};
 
 /// Raft's timing and limits for a partition group: a leader heartbeats every 100 ms and is
 /// replaced after 0.5 to 1 s of silence; an AppendEntries carries at most 64 batches. Raft
@@ -36,14 +41,19 @@ pub(crate) fn cluster_error(e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// How long an append waits for a leader to take it before it gives up.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One running replica of a partition.
 pub(crate) struct PartitionReplica {
     pub(crate) raft: Raft,
     pub(crate) replica: Arc<Replica>,
+    appender: Appender,
 }
 
 impl PartitionReplica {
-    /// Opens the replica in `dir` and starts its Raft group as node `me`.
+    /// Opens the replica in `dir` and starts its Raft group as node `me`; the log's appends go
+    /// through the group from then on.
     pub(crate) async fn start(
         me: NodeId,
         dir: PathBuf,
@@ -59,20 +69,128 @@ impl PartitionReplica {
         .map_err(cluster_error)??;
         let store = LogStore::new(replica.clone()).map_err(cluster_error)?;
         let sm = StateMachine::new(replica.clone());
-        let raft = Raft::new(me, raft_config()?, Network { router, group }, store, sm)
+        let network = Network {
+            router: router.clone(),
+            group: group.clone(),
+        };
+        let raft = Raft::new(me, raft_config()?, network, store, sm)
             .await
             .map_err(cluster_error)?;
-        Ok(PartitionReplica { raft, replica })
+        let appender = Appender(Arc::new(AppenderState {
+            me,
+            raft: RwLock::new(Some(raft.clone())),
+            router,
+            group,
+            runtime: Handle::current(),
+        }));
+        replica.log.replicate_through(Arc::new(appender.clone()));
+        Ok(PartitionReplica {
+            raft,
+            replica,
+            appender,
+        })
     }
 
-    /// Appends `batch` through Raft (this replica must lead): returns once it is committed.
-    pub(crate) async fn propose(&self, mut batch: RecordBatch) -> Result<Appended> {
+    /// Appends `batch` through Raft, at whichever node leads: returns once it is committed.
+    pub(crate) async fn propose(&self, batch: RecordBatch) -> Result<Appended> {
+        self.appender.append_anywhere(batch).await
+    }
+
+    /// Stops the replica's Raft group; its log refuses appends from then on.
+    pub(crate) async fn shutdown(&self) -> Result<()> {
+        self.appender.0.raft.write().take();
+        self.raft.shutdown().await.map_err(cluster_error)
+    }
+}
+
+/// Takes a replicated log's appends to the partition's leader.
+#[derive(Clone)]
+struct Appender(Arc<AppenderState>);
+
+struct AppenderState {
+    me: NodeId,
+    /// `None` once the replica stops (the log holds the appender: this breaks the cycle).
+    raft: RwLock<Option<Raft>>,
+    router: Router,
+    group: GroupId,
+    runtime: Handle,
+}
+
+impl fmt::Debug for Appender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.0;
+        write!(
+            f,
+            "Appender(node {}, {}-{})",
+            s.me, s.group.topic, s.group.partition
+        )
+    }
+}
+
+impl Appender {
+    /// Proposes `batch` to the local replica, or to the leader it names, until one takes it
+    /// (at most [`PROPOSE_TIMEOUT`]). Only a refusal that says nothing was appended ("not the
+    /// leader") is tried again; any other failure leaves the outcome unknown and is returned.
+    async fn append_anywhere(&self, mut batch: RecordBatch) -> Result<Appended> {
+        let s = &self.0;
         batch.set_base_offset(UNASSIGNED);
-        let written = self
-            .raft
-            .client_write(Records(batch.into_bytes()))
-            .await
-            .map_err(cluster_error)?;
-        Ok(written.data)
+        let records = Records(batch.into_bytes());
+        let deadline = Instant::now() + PROPOSE_TIMEOUT;
+        let mut target = s.me;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let proposed = if target == s.me {
+                let raft = s
+                    .raft
+                    .read()
+                    .clone()
+                    .ok_or_else(|| cluster_error("the replica has stopped"))?;
+                propose_here(&raft, records.clone()).await
+            } else {
+                s.router
+                    .propose(target, s.group.clone(), records.clone(), left)
+                    .await
+            };
+            let leader = match proposed.map_err(cluster_error)? {
+                Proposed::Appended(a) => return Ok(a),
+                Proposed::NotLeader(leader) => leader,
+                // A leader that went away: ask the local replica who leads now.
+                Proposed::Unreachable(_) => None,
+            };
+            if Instant::now() >= deadline {
+                return Err(cluster_error(format!(
+                    "no leader of {}-{} took the batch in {PROPOSE_TIMEOUT:?}",
+                    s.group.topic, s.group.partition
+                )));
+            }
+            match leader {
+                Some(l) if l != target => target = l,
+                // No leader known (an election is on), or the named one refused.
+                _ => {
+                    target = s.me;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Replicate for Appender {
+    fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {
+        // Run on the cluster's runtime and wait here: callers are threads of their own (or
+        // the blocking pool), never the runtime's workers.
+        let (tx, rx) = mpsc::sync_channel(1);
+        let appender = self.clone();
+        self.0.runtime.spawn(async move {
+            let _ = tx.send(appender.append_anywhere(batch).await);
+        });
+        let a = rx
+            .recv()
+            .map_err(|_| cluster_error("the cluster has stopped"))??;
+        Ok(AppendInfo {
+            base_offset: a.base_offset,
+            last_offset: a.last_offset,
+            log_append_time: a.max_timestamp,
+        })
     }
 }

@@ -29,7 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cluster::raft::{Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::cluster::entry::Records;
+use crate::cluster::raft::{Appended, Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::state_machine::{SnapshotData, StateMachine};
 
 /// The largest frame a node sends or accepts: a full AppendEntries of the largest batches.
@@ -64,6 +65,8 @@ enum Rpc {
         meta: SnapshotMeta,
         data: SnapshotData,
     },
+    /// A batch for the group's leader to append (from a node that does not lead it).
+    Propose(Records),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +74,30 @@ enum Reply {
     Append(AppendEntriesResponse<TypeConfig>),
     Vote(VoteResponse<TypeConfig>),
     Snapshot(SnapshotResponse<TypeConfig>),
+    Appended(Appended),
+    /// The node does not lead the group; the leader it knows of.
+    NotLeader(Option<NodeId>),
+}
+
+/// What came of a batch proposed to a group.
+#[derive(Debug)]
+pub(crate) enum Proposed {
+    Appended(Appended),
+    /// Not appended: the node asked does not lead the group (the leader it knows of).
+    NotLeader(Option<NodeId>),
+    /// Not sent: the node could not be reached.
+    Unreachable(String),
+}
+
+/// Proposes `records` to the local replica `raft`.
+pub(crate) async fn propose_here(raft: &Raft, records: Records) -> Result<Proposed, String> {
+    match raft.client_write(records).await {
+        Ok(written) => Ok(Proposed::Appended(written.data)),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Ok(Proposed::NotLeader(f.leader_id)),
+            None => Err(e.to_string()),
+        },
+    }
 }
 
 async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), message: &Message) -> io::Result<()> {
@@ -249,6 +276,30 @@ impl Router {
     }
 }
 
+impl Router {
+    /// Proposes `records` to node `target`'s replica of `group` (its leader, it is hoped).
+    pub(crate) async fn propose(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        records: Records,
+        ttl: Duration,
+    ) -> Result<Proposed, String> {
+        // Only a failure to connect proves the batch was not sent.
+        let link = match self.link(target).await {
+            Ok(link) => link,
+            Err(e) => return Ok(Proposed::Unreachable(e.to_string())),
+        };
+        drop(link);
+        match self.call(target, group, Rpc::Propose(records), ttl).await {
+            Ok(Reply::Appended(a)) => Ok(Proposed::Appended(a)),
+            Ok(Reply::NotLeader(l)) => Ok(Proposed::NotLeader(l)),
+            Ok(other) => Err(unexpected(other).to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 fn unexpected(reply: Reply) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&AnyError::error(format!(
         "an unexpected reply: {reply:?}"
@@ -378,6 +429,11 @@ impl Groups {
                 .map_err(|e| e.to_string()),
             Rpc::Vote(r) => raft.vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
             Rpc::PreVote(r) => raft.pre_vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
+            Rpc::Propose(records) => match propose_here(&raft, records).await? {
+                Proposed::Appended(a) => Ok(Reply::Appended(a)),
+                Proposed::NotLeader(l) => Ok(Reply::NotLeader(l)),
+                Proposed::Unreachable(why) => Err(why),
+            },
             Rpc::Snapshot { vote, meta, data } => raft
                 .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
                 .await

@@ -18,6 +18,8 @@ pub(crate) struct Appended {
     pub(crate) base_offset: i64,
     /// The offset of its last record.
     pub(crate) last_offset: i64,
+    /// Its largest timestamp (the log's clock, under `LogAppendTime`).
+    pub(crate) max_timestamp: i64,
 }
 
 openraft::declare_raft_types!(

@@ -61,6 +61,7 @@ impl StateMachine {
         (h.base_offset >= 0).then(|| Appended {
             base_offset: h.base_offset,
             last_offset: h.last_offset(),
+            max_timestamp: h.max_timestamp,
         })
     }
 }
@@ -109,6 +110,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 r.send(offsets.unwrap_or(Appended {
                     base_offset: -1,
                     last_offset: -1,
+                    max_timestamp: -1,
                 }));
             }
         }

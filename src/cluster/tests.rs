@@ -338,27 +338,29 @@ fn bytes_below(replica: &Replica, end: i64) -> Vec<u8> {
     out
 }
 
-/// Proposes batches of values `first..first + n` through whichever of `nodes` leads,
-/// retrying a refused one (a leader change); returns what was acknowledged.
+/// Appends batches of values `first..first + n` at each of `nodes` in turn (those that do not
+/// lead forward to the one that does), half through the async path and half through
+/// `PartitionLog::append` on a thread of its own, as a producer does; returns what was
+/// acknowledged.
 async fn propose_values(nodes: &[&TestNode], first: usize, n: usize) -> Vec<(i64, Vec<u8>)> {
     let mut acked = Vec::new();
     for v in first..first + n {
         let value = format!("value-{v}").into_bytes();
-        let mut done = false;
-        for _ in 0..50 {
-            let l = leader(nodes).await;
-            let mut b = BatchBuilder::new(Compression::None);
-            b.push(1_700_000_000_000, None, Some(&value), &[]);
-            match nodes[l].replica.propose(b.finish().unwrap()).await {
-                Ok(a) => {
-                    acked.push((a.base_offset, value.clone()));
-                    done = true;
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        assert!(done, "value {v} was never acknowledged");
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(1_700_000_000_000, None, Some(&value), &[]);
+        let batch = b.finish().unwrap();
+        let node = nodes[v % nodes.len()];
+        let base_offset = if v % 2 == 0 {
+            node.replica.propose(batch).await.expect("a proposal").base_offset
+        } else {
+            let log = node.replica.replica.log.clone();
+            tokio::task::spawn_blocking(move || log.append(batch))
+                .await
+                .unwrap()
+                .expect("an append")
+                .base_offset
+        };
+        acked.push((base_offset, value));
     }
     acked
 }

@@ -177,6 +177,17 @@ pub(crate) struct Inner {
     /// ([`PartitionLog::read_unpublished`]) and waits for no sync; a sync only makes it
     /// durable; and retention is the owner's to apply.
     pub(super) replicated: bool,
+    /// How a replicated log's [`PartitionLog::append`] reaches its leader, once its owner
+    /// has said.
+    #[cfg(feature = "cluster")]
+    pub(super) replicator: OnceLock<Arc<dyn Replicate>>,
+}
+
+/// The owner of a replicated log, to which its appends go: it puts a batch through
+/// replication and answers once the batch is committed, or with why not.
+#[cfg(feature = "cluster")]
+pub(crate) trait Replicate: Send + Sync + std::fmt::Debug {
+    fn append(&self, batch: RecordBatch) -> Result<AppendInfo>;
 }
 
 /// What a read does with a first batch larger than its byte limit.
@@ -479,7 +490,21 @@ impl PartitionLog {
     /// I/O errors such as a full disk. Under `Fsync::Always` a failed fsync is reported as
     /// `Poisoned` and the batch is not acknowledged (it may or may not survive a crash).
     pub fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {
+        #[cfg(feature = "cluster")]
+        if self.inner.replicated {
+            check_batch(&batch, &self.inner.cfg())?;
+            let replicator = self.inner.replicator.get().ok_or_else(|| Error::Cluster {
+                reason: format!("{} is not replicating yet", self.inner.dir.display()),
+            })?;
+            return replicator.append(batch);
+        }
         self.inner.append(batch)
+    }
+
+    /// Sends this replicated log's appends to `replicator` from now on.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn replicate_through(&self, replicator: Arc<dyn Replicate>) {
+        let _ = self.inner.replicator.set(replicator);
     }
 
     /// Writes a batch of a replicated log without waiting for a sync, and makes it readable

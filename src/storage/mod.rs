@@ -38,6 +38,8 @@ pub use format::{
 };
 pub use housekeeper::Housekeeper;
 pub use io::{FaultyFs, Fs, FsFile, StdFs};
+#[cfg(feature = "cluster")]
+pub(crate) use log::Replicate;
 #[cfg(feature = "kafka")]
 pub(crate) use log::check_batch;
 pub use log::{AppendInfo, LogBuilder, PartitionLog, RaisedPast, Signal, TimestampOffset};

@@ -189,6 +189,8 @@ impl Inner {
             cleaned_to: AtomicI64::new(cleaned_to),
             truncations: AtomicU64::new(0),
             replicated,
+            #[cfg(feature = "cluster")]
+            replicator: OnceLock::new(),
             dir,
         })
     }
