@@ -415,12 +415,7 @@ async fn three_replicas_keep_every_acknowledged_batch_through_a_failover() {
     // The leader stops: its Raft and its peer server.
     let old = leader(&all).await;
     nodes[old].stop.send(true).unwrap();
-    nodes[old]
-        .replica
-        .raft
-        .shutdown()
-        .await
-        .expect("the leader stops");
+    nodes[old].replica.shutdown().await.expect("the leader stops");
     nodes[old].groups.remove(&GroupId {
         topic: "t".into(),
         partition: 0,
