@@ -150,6 +150,9 @@ pub struct BrokerBuilder {
     num_partitions: u32,
     fs: Arc<dyn Fs>,
     initial_rebalance_delay: std::time::Duration,
+    /// Every partition is one replica of a replicated partition (a cluster's node).
+    #[cfg(feature = "cluster")]
+    pub(crate) replicated: bool,
 }
 
 impl BrokerBuilder {
@@ -194,6 +197,14 @@ impl BrokerBuilder {
     pub fn group_initial_rebalance_delay(mut self, delay: std::time::Duration) -> Self {
         self.initial_rebalance_delay = delay;
         self
+    }
+
+    /// Whether the broker's partitions are replicas of a cluster's partitions.
+    fn replicas(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        return self.replicated;
+        #[cfg(not(feature = "cluster"))]
+        false
     }
 
     /// Opens (or creates) the broker's data directory.
@@ -247,6 +258,19 @@ pub(crate) struct BrokerInner {
     /// What a network front end keeps beside the broker's own state (the Kafka front end's
     /// ACLs, for one), once per broker however many servers share it.
     pub(crate) front_end: Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>,
+    /// The cluster this broker is a node of, which decides topic changes for all its nodes.
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: std::sync::OnceLock<Arc<dyn Coordinate>>,
+}
+
+/// Decides changes to the set of topics for every node of a cluster: each call returns once
+/// the change is decided and this node has made it (through the `*_here` methods).
+#[cfg(feature = "cluster")]
+pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
+    fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()>;
+    fn delete_topic(&self, name: &str) -> Result<()>;
+    fn add_partitions(&self, name: &str, total: u32) -> Result<()>;
+    fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()>;
 }
 
 /// An open topic.
@@ -363,6 +387,8 @@ impl Broker {
             num_partitions: 1,
             fs: Arc::new(StdFs),
             initial_rebalance_delay: std::time::Duration::ZERO,
+            #[cfg(feature = "cluster")]
+            replicated: false,
         }
     }
 
@@ -380,13 +406,13 @@ impl Broker {
     /// Deletes a topic and all its records, and every group's committed offsets of it (as
     /// Kafka does: a topic created later under the name starts without them).
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        // Only a broker that has stored offsets has any to delete. (The store is opened
-        // before the admin lock is taken: opening it may create its topic.)
-        let offsets = match self.inner.topic(OFFSETS_TOPIC) {
-            Ok(_) => Some(self.inner.offsets()?),
-            Err(_) => None,
-        };
-        self.inner.delete_topic(name, offsets.as_ref())
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.inner.cluster.get() {
+            refuse_internal(name)?;
+            self.inner.topic(name)?;
+            return cluster.delete_topic(name);
+        }
+        self.inner.delete_topic_here(name)
     }
 
     /// The names of all topics, sorted.
@@ -692,7 +718,7 @@ impl BrokerInner {
         for record in &registry.topics {
             let topic = open_topic(
                 &dir,
-                (&housekeeper, &settings.fs),
+                (&housekeeper, &settings.fs, settings.replicas()),
                 &record.name,
                 record.partitions,
                 &record.config,
@@ -712,6 +738,8 @@ impl BrokerInner {
             groups: GroupCoordinator::new().with_initial_rebalance_delay(initial_rebalance_delay),
             closed: AtomicBool::new(false),
             front_end: Mutex::new(None),
+            #[cfg(feature = "cluster")]
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -761,10 +789,11 @@ impl BrokerInner {
 
     /// The committed-offset store, creating the offsets topic on first use.
     pub(crate) fn offsets(&self) -> Result<Arc<OffsetStore>> {
-        let mut slot = self.offsets.lock();
-        if let Some(store) = slot.as_ref() {
+        if let Some(store) = self.offsets.lock().as_ref() {
             return Ok(store.clone());
         }
+        // The slot is not held while the topic is created: in a cluster, creating it waits for
+        // the node to apply the creation, and applying a topic's deletion opens the store.
         match self.create_topic(OFFSETS_TOPIC, 1, offsets::topic_config()) {
             Ok(()) => {}
             Err(Error::TopicExists { .. }) => {
@@ -774,6 +803,10 @@ impl BrokerInner {
                 }
             }
             Err(e) => return Err(e),
+        }
+        let mut slot = self.offsets.lock();
+        if let Some(store) = slot.as_ref() {
+            return Ok(store.clone());
         }
         let store = Arc::new(OffsetStore::open(self.partition(OFFSETS_TOPIC, 0)?)?);
         *slot = Some(store.clone());
@@ -840,11 +873,21 @@ impl BrokerInner {
     }
 
     fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            self.check_topic(name, partitions, &config)?;
+            return cluster.create_topic(name, partitions, config);
+        }
+        self.create_topic_here(name, partitions, config)
+    }
+
+    /// Creates a topic on this node alone.
+    pub(crate) fn create_topic_here(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
         let _admin = self.admin.lock();
         self.check_topic(name, partitions, &config)?;
         let topic = Arc::new(open_topic(
             &self.dir,
-            (&self.housekeeper, &self.settings.fs),
+            (&self.housekeeper, &self.settings.fs, self.settings.replicas()),
             name,
             partitions,
             &config,
@@ -858,6 +901,17 @@ impl BrokerInner {
         }
         *self.topics.write() = next;
         Ok(())
+    }
+
+    /// Deletes a topic and its committed offsets on this node alone.
+    pub(crate) fn delete_topic_here(&self, name: &str) -> Result<()> {
+        // Only a broker that has stored offsets has any to delete. (The store is opened
+        // before the admin lock is taken: opening it may create its topic.)
+        let offsets = match self.topic(OFFSETS_TOPIC) {
+            Ok(_) => Some(self.offsets()?),
+            Err(_) => None,
+        };
+        self.delete_topic(name, offsets.as_ref())
     }
 
     /// Deletes a topic, and its committed offsets from `offsets`.
@@ -903,6 +957,16 @@ impl BrokerInner {
     }
 
     fn add_partitions(&self, name: &str, total: u32) -> Result<()> {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            self.check_add_partitions(name, total)?;
+            return cluster.add_partitions(name, total);
+        }
+        self.add_partitions_here(name, total)
+    }
+
+    /// Adds partitions on this node alone.
+    pub(crate) fn add_partitions_here(&self, name: &str, total: u32) -> Result<()> {
         let _admin = self.admin.lock();
         let topic = self.check_add_partitions(name, total)?;
         let current = topic.partitions.read().clone();
@@ -911,7 +975,7 @@ impl BrokerInner {
         for p in current.len() as u32..total {
             logs.push(open_partition(
                 &self.dir,
-                (&self.housekeeper, &self.settings.fs),
+                (&self.housekeeper, &self.settings.fs, self.settings.replicas()),
                 name,
                 p,
                 &config,
@@ -946,7 +1010,7 @@ impl BrokerInner {
         validate_only: bool,
         alter: impl FnOnce(&TopicConfig) -> Result<TopicConfig>,
     ) -> Result<()> {
-        let _admin = self.admin.lock();
+        let admin = self.admin.lock();
         self.check_open()?;
         let topic = self.topic(name)?;
         let config = alter(&topic.config.read())?;
@@ -954,6 +1018,32 @@ impl BrokerInner {
         if validate_only || *topic.config.read() == config {
             return Ok(());
         }
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            drop(admin);
+            return cluster.alter_topic_config(name, config);
+        }
+        self.install_topic_config(&admin, &topic, config)
+    }
+
+    /// Sets a topic's configuration on this node alone.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn alter_topic_config_here(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let admin = self.admin.lock();
+        let topic = self.topic(name)?;
+        if *topic.config.read() == config {
+            return Ok(());
+        }
+        self.install_topic_config(&admin, &topic, config)
+    }
+
+    /// Persists and applies `config` as `topic`'s (the admin lock held).
+    fn install_topic_config(
+        &self,
+        _admin: &parking_lot::MutexGuard<'_, ()>,
+        topic: &Topic,
+        config: TopicConfig,
+    ) -> Result<()> {
         let old = std::mem::replace(&mut *topic.config.write(), config.clone());
         if let Err(e) = self.persist(&self.topics.read()) {
             *topic.config.write() = old;
@@ -1005,23 +1095,31 @@ impl Topic {
     }
 }
 
+/// What opening a partition takes: the broker's housekeeper and file system, and whether its
+/// partitions are replicas.
+type PartitionIo<'a> = (&'a Housekeeper, &'a Arc<dyn Fs>, bool);
+
 fn open_partition(
     dir: &Path,
-    (housekeeper, fs): (&Housekeeper, &Arc<dyn Fs>),
+    (housekeeper, fs, replicated): PartitionIo<'_>,
     topic: &str,
     partition: u32,
     config: &crate::LogConfig,
 ) -> Result<PartitionLog> {
-    PartitionLog::builder(partition_dir(dir, topic, partition))
+    let builder = PartitionLog::builder(partition_dir(dir, topic, partition))
         .config(config.clone())
         .housekeeper(housekeeper)
-        .fs(fs.clone())
-        .open()
+        .fs(fs.clone());
+    #[cfg(feature = "cluster")]
+    let builder = if replicated { builder.replicated() } else { builder };
+    #[cfg(not(feature = "cluster"))]
+    let _ = replicated;
+    builder.open()
 }
 
 fn open_topic(
     dir: &Path,
-    io: (&Housekeeper, &Arc<dyn Fs>),
+    io: PartitionIo<'_>,
     name: &str,
     partitions: u32,
     config: &TopicConfig,

@@ -80,7 +80,7 @@
 
 mod broker;
 #[cfg(feature = "cluster")]
-mod cluster;
+pub mod cluster;
 mod config;
 mod consumer;
 mod error;

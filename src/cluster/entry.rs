@@ -30,6 +30,9 @@ pub(crate) const LEADER_CHANGE_CONTROL_TYPE: i16 = 2;
 /// The control record type of a membership entry: rivulet's own, far from Kafka's (0 to 6).
 pub(crate) const MEMBERSHIP_CONTROL_TYPE: i16 = 0x5256;
 
+/// Kafka's "no timestamp".
+const NO_TIMESTAMP: i64 = -1;
+
 /// The base offset a leader's new batch carries until its log assigns one.
 pub(crate) const UNASSIGNED: i64 = -1;
 
@@ -95,7 +98,13 @@ pub(crate) fn to_batch(id: &LogId, payload: &Payload) -> io::Result<RecordBatch>
             let mut b = BatchBuilder::new(Compression::None).control(true);
             let mut key = [0u8; 4];
             key[2..].copy_from_slice(&kind.to_be_bytes());
-            b.push(crate::storage::now_ms(), Some(&key), Some(&value), &[]);
+            // A membership batch has no timestamp: replicas that each start a new group with
+            // the same members write the same bytes.
+            let timestamp = match payload {
+                Payload::Membership(..) => NO_TIMESTAMP,
+                _ => crate::storage::now_ms(),
+            };
+            b.push(timestamp, Some(&key), Some(&value), &[]);
             let mut batch = b.finish().map_err(invalid)?;
             batch.set_base_offset(UNASSIGNED);
             batch

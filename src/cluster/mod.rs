@@ -1,19 +1,45 @@
 //! Replication of partitions between embedded instances (feature `cluster`).
 //!
-//! Each partition is a Raft group (openraft) whose Raft log is the partition's own segment
-//! log: one entry per batch, the term stamped into the batch's partition leader epoch.
-//! This module holds the parts each replica is built of:
+//! A [`Cluster`] is one node: a [`Broker`] whose partitions are replicas, kept in step with
+//! the other nodes' over a peer link. Each partition is a Raft group (openraft) whose Raft
+//! log is the partition's own segment log: one entry per batch, the term stamped into the
+//! batch's partition leader epoch. A controller group decides the topics and which nodes
+//! hold each partition. An append is acknowledged once a majority of the partition's
+//! replicas hold it; consumers see only such records.
+//!
+//! ```no_run
+//! use rivulet::cluster::ClusterBuilder;
+//! use rivulet::{Producer, ProducerRecord, TopicConfig};
+//!
+//! // The same three voters on every node; this is node 1 (nodes 2 and 3 run likewise).
+//! let voters = [
+//!     (1, "127.0.0.1:19092".parse()?),
+//!     (2, "127.0.0.1:19093".parse()?),
+//!     (3, "127.0.0.1:19094".parse()?),
+//! ];
+//! let node = ClusterBuilder::new(1, "/var/lib/app/rivulet")
+//!     .peer_listen("127.0.0.1:19092".parse()?)
+//!     .voters(voters)
+//!     .start()?;
+//! node.wait_ready(std::time::Duration::from_secs(30))?;
+//! let broker = node.broker();
+//! broker.create_topic("orders", 3, TopicConfig::default())?; // on every node
+//! Producer::new(broker).send(ProducerRecord::new("orders", b"42"))?; // on a majority
+//! node.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The parts of a node:
 //!
 //! - `raft`: the one place that names openraft's types;
 //! - `entry`: entries as Kafka batches (control batches for openraft's own entries);
 //! - `log_store`: the log as openraft's log storage, with its entry index and I/O thread;
 //! - `state_machine`: commit moves the high watermark; metadata-only snapshots;
 //! - `peer`: the peer link, one connection per pair of nodes shared by all groups;
-//! - `partition`: one running replica of a partition.
+//! - `partition`: one running replica of a partition, and its appends' way to the leader;
+//! - `controller`: the metadata group, applied to each node's broker.
 
-// The replica's parts are used by their tests until the cluster that runs them lands.
-#![cfg_attr(not(test), allow(dead_code))]
-
+mod controller;
 mod entry;
 mod log_store;
 mod partition;
@@ -23,3 +49,436 @@ mod state_machine;
 
 #[cfg(test)]
 mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::watch::WatchReceiver;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::watch;
+
+pub use controller::NodeInfo;
+
+use crate::broker::{Broker, BrokerBuilder};
+use crate::cluster::controller::{Command, Controller, Coordinator, controller_group};
+use crate::cluster::partition::{PartitionReplica, cluster_error};
+use crate::cluster::peer::{GroupId, Groups, Router};
+use crate::cluster::raft::{Node, NodeId};
+use crate::cluster::state_machine::ControllerHook;
+use crate::config::{Fsync, LogConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::storage::{PartitionLog, StdFs, meta};
+
+/// The file recording which node a data directory belongs to, and its cluster's voters.
+const NODE_FILE: &str = "node.meta";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NodeRecord {
+    node_id: u64,
+    voters: Vec<(u64, SocketAddr)>,
+}
+
+/// Starts one node of a cluster.
+#[derive(Debug)]
+pub struct ClusterBuilder {
+    node_id: u64,
+    dir: PathBuf,
+    peer_listen: Option<SocketAddr>,
+    voters: Vec<(u64, SocketAddr)>,
+    kafka_address: Option<String>,
+    broker: Option<BrokerBuilder>,
+    runtime: Option<Handle>,
+    replication_factor: usize,
+}
+
+impl ClusterBuilder {
+    /// Node `node_id` (unique in the cluster, never reused) with its data in `dir`.
+    pub fn new(node_id: u64, dir: impl AsRef<Path>) -> ClusterBuilder {
+        ClusterBuilder {
+            node_id,
+            dir: dir.as_ref().to_path_buf(),
+            peer_listen: None,
+            voters: Vec::new(),
+            kafka_address: None,
+            broker: None,
+            runtime: None,
+            replication_factor: 3,
+        }
+    }
+
+    /// Where the node listens for its peers (default: its own address in the voters list).
+    pub fn peer_listen(mut self, addr: SocketAddr) -> Self {
+        self.peer_listen = Some(addr);
+        self
+    }
+
+    /// The founding nodes and their peer addresses: the same list on every node, this node
+    /// among them. A data directory remembers its node id and voters, and refuses others.
+    pub fn voters(mut self, voters: impl IntoIterator<Item = (u64, SocketAddr)>) -> Self {
+        self.voters = voters.into_iter().collect();
+        self
+    }
+
+    /// The `host:port` Kafka clients reach this node at, which the cluster tells them.
+    pub fn kafka_address(mut self, addr: impl Into<String>) -> Self {
+        self.kafka_address = Some(addr.into());
+        self
+    }
+
+    /// The node's broker settings (its directory is the cluster's data directory).
+    pub fn broker(mut self, configure: impl FnOnce(BrokerBuilder) -> BrokerBuilder) -> Self {
+        self.broker = Some(configure(Broker::builder(&self.dir)));
+        self
+    }
+
+    /// Runs the node's network and Raft tasks on `runtime` (default: a runtime of its own).
+    pub fn runtime(mut self, runtime: Handle) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// How many nodes hold each partition of a new topic (default 3; at most the number of
+    /// nodes).
+    pub fn replication_factor(mut self, n: usize) -> Self {
+        self.replication_factor = n.max(1);
+        self
+    }
+
+    /// Starts the node: opens its broker, joins its peers, and starts the controller and the
+    /// replicas it holds. Returns before the cluster is ready ([`Cluster::wait_ready`]).
+    pub fn start(self) -> Result<Cluster> {
+        let me = self.node_id;
+        let bad = |reason: String| Error::Cluster { reason };
+        let mut ids: Vec<u64> = self.voters.iter().map(|v| v.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.voters.len() {
+            return Err(bad("the voters list names a node twice".into()));
+        }
+        let own = self.voters.iter().find(|v| v.0 == me).map(|v| v.1);
+        let Some(own) = own else {
+            return Err(bad(format!("node {me} is not in the voters list")));
+        };
+        let peer_listen = self.peer_listen.unwrap_or(own);
+        let cluster_dir = self.dir.join("cluster");
+        // Checked before anything is written; recorded once the broker has taken the directory.
+        let record = check_node(&cluster_dir, me, &self.voters)?;
+
+        let (own_runtime, handle) = match self.runtime {
+            Some(h) => (None, h),
+            None => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("rivulet-cluster")
+                    .build()
+                    .ctx("start", &cluster_dir)?;
+                let h = rt.handle().clone();
+                (Some(rt), h)
+            }
+        };
+        let mut builder = self.broker.unwrap_or_else(|| Broker::builder(&self.dir));
+        builder.replicated = true;
+        let broker = builder.open()?;
+        let recorded = std::fs::create_dir_all(&cluster_dir)
+            .ctx("create", &cluster_dir)
+            .and_then(|()| match record {
+                Some(record) => meta::write(&StdFs, &cluster_dir.join(NODE_FILE), &record),
+                None => Ok(()),
+            });
+        if let Err(e) = recorded {
+            let _ = broker.close();
+            return Err(e);
+        }
+        let router = Router::new(me);
+        for &(id, addr) in &self.voters {
+            router.set_peer(id, addr);
+        }
+        let groups = Arc::new(Groups::default());
+        let controller = Arc::new(Controller::new(
+            me,
+            broker.clone(),
+            router.clone(),
+            groups.clone(),
+            cluster_dir.join("controller.meta"),
+            handle.clone(),
+        )?);
+        let mut controller_mut = controller;
+        if let Some(c) = Arc::get_mut(&mut controller_mut) {
+            c.replication_factor = self.replication_factor;
+        }
+        let controller = controller_mut;
+        let (stop, stopped) = watch::channel(false);
+        let node = NodeInfo {
+            id: me,
+            peer_address: peer_listen,
+            kafka_address: self.kafka_address.clone(),
+        };
+        let voters = self.voters.clone();
+        let started = {
+            let controller = controller.clone();
+            let groups = groups.clone();
+            let router = router.clone();
+            let metadata_dir = cluster_dir.join("metadata");
+            run_on(&handle, async move {
+                let listener = tokio::net::TcpListener::bind(peer_listen)
+                    .await
+                    .map_err(|e| cluster_error(format!("listening for peers on {peer_listen}: {e}")))?;
+                let (applying, to_apply) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(controller.clone().run(to_apply));
+                let log = tokio::task::spawn_blocking(move || {
+                    PartitionLog::builder(&metadata_dir)
+                        .config(LogConfig::default().fsync(Fsync::Always))
+                        .replicated()
+                        .open()
+                })
+                .await
+                .map_err(cluster_error)??;
+                let hook = ControllerHook {
+                    applying,
+                    saved: controller.saved(),
+                };
+                let metadata =
+                    PartitionReplica::start(me, log, router, controller_group(), Some(hook)).await?;
+                groups.insert(controller_group(), metadata.raft.clone());
+                let raft = metadata.raft.clone();
+                let _ = controller.metadata.set(metadata);
+                tokio::spawn(peer::serve(me, listener, groups, stopped));
+                if !raft.is_initialized().await.map_err(cluster_error)? {
+                    let members: BTreeMap<NodeId, Node> =
+                        voters.iter().map(|v| (v.0, Node::default())).collect();
+                    if let Err(e) = raft.initialize(members).await {
+                        log::debug!("node {me}: starting the controller group: {e}");
+                    }
+                }
+                for topic in controller.topics() {
+                    controller.start_replicas(&topic).await?;
+                }
+                // Registered once the controller has a leader (retried until then).
+                let c = controller.clone();
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(600);
+                    while Instant::now() < deadline {
+                        match c.submit(Command::RegisterNode(node.clone())).await {
+                            Ok(()) => return,
+                            Err(e) => log::debug!("node {me}: registering: {e}"),
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                });
+                Ok(())
+            })
+        };
+        if let Err(e) = started {
+            let _ = broker.close();
+            return Err(e);
+        }
+        let _ = broker
+            .inner
+            .cluster
+            .set(Arc::new(Coordinator(controller.clone())));
+        Ok(Cluster {
+            inner: Arc::new(ClusterInner {
+                me,
+                broker,
+                controller,
+                handle,
+                runtime: parking_lot::Mutex::new(own_runtime),
+                stop,
+            }),
+        })
+    }
+}
+
+/// Refuses a data directory that belongs to another node or another cluster; for a new one,
+/// the record of this node's id and voters to write into it.
+fn check_node(dir: &Path, me: u64, voters: &[(u64, SocketAddr)]) -> Result<Option<NodeRecord>> {
+    let path = dir.join(NODE_FILE);
+    let mut sorted = voters.to_vec();
+    sorted.sort_unstable();
+    let record = NodeRecord {
+        node_id: me,
+        voters: sorted,
+    };
+    match meta::read::<NodeRecord>(&path)? {
+        Some(saved) if saved.node_id != me => Err(Error::Cluster {
+            reason: format!(
+                "{} belongs to node {}, not node {me}",
+                dir.display(),
+                saved.node_id
+            ),
+        }),
+        Some(saved) if saved.voters != record.voters => Err(Error::Cluster {
+            reason: format!(
+                "{} belongs to a cluster with voters {:?}, not {:?}",
+                dir.display(),
+                saved.voters,
+                record.voters
+            ),
+        }),
+        Some(_) => Ok(None),
+        None => Ok(Some(record)),
+    }
+}
+
+/// Runs `f` on `runtime` and waits for it on this thread.
+fn run_on<T: Send + 'static>(
+    runtime: &Handle,
+    f: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv()
+        .map_err(|_| cluster_error("the cluster's runtime has stopped"))?
+}
+
+/// One node of a cluster. Its [`broker`](Cluster::broker) is used as a single node's is:
+/// producers' appends go to each partition's leader (at whichever node it is) and return
+/// once a majority holds them; topic changes are decided by the controller and made on every
+/// node.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    inner: Arc<ClusterInner>,
+}
+
+#[derive(Debug)]
+struct ClusterInner {
+    me: u64,
+    broker: Broker,
+    controller: Arc<Controller>,
+    handle: Handle,
+    runtime: parking_lot::Mutex<Option<Runtime>>,
+    stop: watch::Sender<bool>,
+}
+
+/// The state of one partition's replicas, as a node that holds one sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaState {
+    /// The node that leads the partition, if one does.
+    pub leader: Option<u64>,
+    /// The leader's term: Kafka's leader epoch.
+    pub epoch: u64,
+    /// The nodes holding the partition.
+    pub replicas: Vec<u64>,
+    /// The replicas known to hold everything committed (the leader's view; a follower
+    /// reports all replicas).
+    pub in_sync: Vec<u64>,
+}
+
+impl Cluster {
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.me
+    }
+
+    /// The node's broker: topics, producers and consumers work on it as on a single node's.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// The nodes that have registered with the cluster.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.inner.controller.nodes()
+    }
+
+    /// Waits until the controller has a leader, this node is registered, and every partition
+    /// replica it holds has a leader; at most `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.ready()? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(cluster_error(format!(
+                    "the cluster was not ready within {timeout:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ready(&self) -> Result<bool> {
+        let c = self.inner.controller.clone();
+        let me = self.inner.me;
+        run_on(&self.inner.handle, async move {
+            let Some(metadata) = c.metadata.get() else {
+                return Ok(false);
+            };
+            if metadata.raft.current_leader().await.is_none() || !c.nodes().iter().any(|n| n.id == me) {
+                return Ok(false);
+            }
+            for raft in c.rafts().await {
+                if raft.current_leader().await.is_none() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// The replicas of a partition this node holds: leader, epoch, replicas, in sync.
+    pub fn replica_state(&self, topic: &str, partition: u32) -> Result<ReplicaState> {
+        let replicas = self
+            .inner
+            .controller
+            .assignment(topic, partition)
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: topic.to_string(),
+            })?;
+        let c = self.inner.controller.clone();
+        let group = GroupId {
+            topic: topic.to_string(),
+            partition: partition as i32,
+        };
+        let raft = run_on(
+            &self.inner.handle,
+            async move { Ok(c.replica_raft(&group).await) },
+        )?;
+        let Some(raft) = raft else {
+            return Err(cluster_error(format!(
+                "node {} holds no replica of {topic}-{partition}",
+                self.inner.me
+            )));
+        };
+        let m = raft.metrics().borrow_watched().clone();
+        let in_sync = match (&m.replication, m.last_log_index) {
+            (Some(progress), Some(last)) => progress
+                .iter()
+                .filter(|(_, matched)| matched.is_some_and(|id| id.index + IN_SYNC_LAG >= last))
+                .map(|(&id, _)| id)
+                .collect(),
+            _ => replicas.clone(),
+        };
+        Ok(ReplicaState {
+            leader: m.current_leader,
+            epoch: m.current_term,
+            replicas,
+            in_sync,
+        })
+    }
+
+    /// Stops the node: its replicas, its peer link and its broker. The other nodes carry on
+    /// (a majority of each group's replicas keeps it available).
+    pub fn shutdown(&self) -> Result<()> {
+        let _ = self.inner.stop.send(true);
+        let c = self.inner.controller.clone();
+        let stopped = run_on(&self.inner.handle, async move {
+            c.stop_all().await;
+            Ok(())
+        });
+        let closed = self.inner.broker.close();
+        if let Some(rt) = self.inner.runtime.lock().take() {
+            rt.shutdown_background();
+        }
+        stopped.and(closed)
+    }
+}
+
+/// How many entries a replica may trail its leader by and still count as in sync.
+const IN_SYNC_LAG: u64 = 100;

@@ -2,7 +2,6 @@
 //! state machine over it, and its Raft group on the node's router.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,7 @@ use crate::cluster::entry::{Records, UNASSIGNED};
 use crate::cluster::log_store::{LogStore, Replica};
 use crate::cluster::peer::{GroupId, Network, Proposed, Raft, Router, propose_here};
 use crate::cluster::raft::{Appended, NodeId};
-use crate::cluster::state_machine::StateMachine;
-use crate::config::LogConfig;
+use crate::cluster::state_machine::{ControllerHook, StateMachine};
 use crate::error::{Error, Result};
 use crate::storage::{AppendInfo, PartitionLog, RecordBatch, Replicate, StdFs};
 
@@ -54,21 +52,37 @@ pub(crate) struct PartitionReplica {
 impl PartitionReplica {
     /// Opens the replica in `dir` and starts its Raft group as node `me`; the log's appends go
     /// through the group from then on.
-    pub(crate) async fn start(
+    #[cfg(test)]
+    pub(crate) async fn open(
         me: NodeId,
-        dir: PathBuf,
-        config: LogConfig,
+        dir: std::path::PathBuf,
+        config: crate::config::LogConfig,
         router: Router,
         group: GroupId,
     ) -> Result<PartitionReplica> {
-        let replica = tokio::task::spawn_blocking(move || {
-            let log = PartitionLog::builder(&dir).config(config).replicated().open()?;
-            Replica::open(log, Arc::new(StdFs))
+        let log = tokio::task::spawn_blocking(move || {
+            PartitionLog::builder(&dir).config(config).replicated().open()
         })
         .await
         .map_err(cluster_error)??;
+        Self::start(me, log, router, group, None).await
+    }
+
+    /// Starts the Raft group of `log` (opened as replicated) as node `me`; the log's appends
+    /// go through the group from then on. A controller's state machine sends what it applies
+    /// to `controller`.
+    pub(crate) async fn start(
+        me: NodeId,
+        log: PartitionLog,
+        router: Router,
+        group: GroupId,
+        controller: Option<ControllerHook>,
+    ) -> Result<PartitionReplica> {
+        let replica = tokio::task::spawn_blocking(move || Replica::open(log, Arc::new(StdFs)))
+            .await
+            .map_err(cluster_error)??;
         let store = LogStore::new(replica.clone()).map_err(cluster_error)?;
-        let sm = StateMachine::new(replica.clone());
+        let sm = StateMachine::new(replica.clone(), controller);
         let network = Network {
             router: router.clone(),
             group: group.clone(),

@@ -18,6 +18,8 @@ use crate::storage::format::Batch;
 
 use std::sync::Arc;
 
+use tokio::sync::{mpsc, oneshot};
+
 /// A snapshot's data: where the log continues after the snapshot's last entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SnapshotData {
@@ -34,19 +36,50 @@ struct Applied {
     next_offset: i64,
 }
 
+/// An entry the controller's state machine applies, for the controller to act on; it answers
+/// `done` once it has (and saved that it has).
+pub(crate) struct Applying {
+    pub(crate) id: LogId,
+    pub(crate) payload: Payload,
+    pub(crate) done: oneshot::Sender<()>,
+}
+
+/// Where a controller's state machine sends what it applies, and what it had applied when it
+/// last saved.
+pub(crate) struct ControllerHook {
+    pub(crate) applying: mpsc::UnboundedSender<Applying>,
+    pub(crate) saved: (Option<LogId>, StoredMembership),
+}
+
 /// The state machine of one replica.
 pub(crate) struct StateMachine {
     replica: Arc<Replica>,
     applied: Applied,
     snapshot: Option<(SnapshotMeta, SnapshotData)>,
+    applying: Option<mpsc::UnboundedSender<Applying>>,
 }
 
 impl StateMachine {
-    pub(crate) fn new(replica: Arc<Replica>) -> StateMachine {
+    pub(crate) fn new(replica: Arc<Replica>, controller: Option<ControllerHook>) -> StateMachine {
+        let (applying, applied) = match controller {
+            Some(ControllerHook {
+                applying,
+                saved: (last, membership),
+            }) => (
+                Some(applying),
+                Applied {
+                    last,
+                    membership,
+                    next_offset: 0,
+                },
+            ),
+            None => (None, Applied::default()),
+        };
         StateMachine {
             replica,
-            applied: Applied::default(),
+            applied,
             snapshot: None,
+            applying,
         }
     }
 
@@ -106,6 +139,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
             }
             self.applied.last = Some(entry.log_id);
+            if let Some(tx) = &self.applying {
+                let (done, applied) = oneshot::channel();
+                let a = Applying {
+                    id: entry.log_id,
+                    payload: entry.payload.clone(),
+                    done,
+                };
+                if tx.send(a).is_err() || applied.await.is_err() {
+                    return Err(io::Error::other("the controller has stopped"));
+                }
+            }
             if let Some(r) = responder {
                 r.send(offsets.unwrap_or(Appended {
                     base_offset: -1,

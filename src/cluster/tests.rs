@@ -50,7 +50,7 @@ fn open(dir: &std::path::Path) -> (LogStore, StateMachine) {
         .expect("the log opens");
     let replica = Replica::open(log, Arc::new(StdFs)).expect("the replica opens");
     let store = LogStore::new(replica.clone()).expect("the I/O thread starts");
-    (store, StateMachine::new(replica))
+    (store, StateMachine::new(replica, None))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +267,7 @@ async fn start_nodes(dirs: &[tempfile::TempDir]) -> Vec<TestNode> {
             segment_bytes: 4096,
             ..LogConfig::default()
         };
-        let replica = PartitionReplica::start(id, dir.path().join("t-0"), config, router, group.clone())
+        let replica = PartitionReplica::open(id, dir.path().join("t-0"), config, router, group.clone())
             .await
             .expect("the replica starts");
         groups.insert(group.clone(), replica.raft.clone());

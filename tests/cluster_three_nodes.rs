@@ -1,0 +1,143 @@
+//! Three cluster nodes in one process, on loopback: topics made on one node exist on all,
+//! records produced at any node are acknowledged once a majority holds them and are read at
+//! every node, a stopped leader is replaced without losing an acknowledged record, and a
+//! restarted node catches up.
+#![cfg(feature = "cluster")]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use rivulet::cluster::{Cluster, ClusterBuilder};
+use rivulet::{Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig, TopicPartition};
+
+const READY: Duration = Duration::from_secs(30);
+
+/// Free loopback ports for the peers (bound and released: a test machine's ports are not
+/// contended enough for another process to take one meanwhile).
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+fn start(id: u64, dir: &std::path::Path, voters: &[(u64, SocketAddr)]) -> Cluster {
+    ClusterBuilder::new(id, dir)
+        .voters(voters.iter().copied())
+        .start()
+        .expect("the node starts")
+}
+
+/// Waits (bounded) for `check` to hold.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every record of `topic` a node's broker holds below its high watermark, by
+/// (partition, offset).
+fn read_all(node: &Cluster, topic: &str, partitions: u32) -> BTreeMap<(u32, i64), Vec<u8>> {
+    let mut consumer = Consumer::new(
+        node.broker(),
+        ConsumerConfig::default().auto_offset_reset(OffsetReset::Earliest),
+    );
+    let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(topic, p)).collect();
+    consumer.assign(&tps).unwrap();
+    let mut out = BTreeMap::new();
+    loop {
+        let records = consumer.poll(Duration::from_millis(200)).unwrap();
+        if records.is_empty() {
+            return out;
+        }
+        for r in records.iter() {
+            out.insert((r.partition, r.offset), r.value.unwrap_or_default().to_vec());
+        }
+    }
+}
+
+#[test]
+fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs = free_addrs(3);
+    let voters: Vec<(u64, SocketAddr)> = (1..=3).zip(addrs).collect();
+    let mut nodes: Vec<Option<Cluster>> = (0..3)
+        .map(|i| Some(start(i as u64 + 1, dirs[i].path(), &voters)))
+        .collect();
+    for n in nodes.iter().flatten() {
+        n.wait_ready(READY).expect("the node is ready");
+    }
+    let node = |nodes: &Vec<Option<Cluster>>, i: usize| nodes[i].clone().expect("a running node");
+    assert_eq!(node(&nodes, 0).nodes().len(), 3, "every node registered");
+
+    // A topic made at node 1 exists at every node, each partition on all three.
+    node(&nodes, 0)
+        .broker()
+        .create_topic("orders", 3, TopicConfig::default())
+        .unwrap();
+    for i in 0..3 {
+        let n = node(&nodes, i);
+        eventually("the topic everywhere", || {
+            n.broker().list_topics().contains(&"orders".to_string())
+        });
+        n.wait_ready(READY).unwrap();
+    }
+    let state = node(&nodes, 0).replica_state("orders", 0).unwrap();
+    assert_eq!(state.replicas.len(), 3);
+    assert!(state.leader.is_some() && state.epoch >= 1, "{state:?}");
+
+    // Records produced at node 2 are acknowledged and read at node 3.
+    let mut acked = BTreeMap::new();
+    let producer = Producer::new(node(&nodes, 1).broker());
+    for i in 0..60 {
+        let value = format!("order-{i}");
+        let m = producer
+            .send(ProducerRecord::new("orders", value.as_bytes()).key(format!("k{i}").as_bytes()))
+            .expect("an acknowledged record");
+        acked.insert((m.partition, m.offset), value.into_bytes());
+    }
+    let third = node(&nodes, 2);
+    eventually("node 3 reads every record", || {
+        read_all(&third, "orders", 3) == acked
+    });
+
+    // The leader of partition 0 stops; the others carry on and lose nothing.
+    let leader = state.leader.unwrap() as usize - 1;
+    nodes[leader].take().unwrap().shutdown().expect("the node stops");
+    let survivor = (0..3).find(|&i| i != leader).unwrap();
+    let producer = Producer::new(node(&nodes, survivor).broker());
+    for i in 60..90 {
+        let value = format!("order-{i}");
+        let m = producer
+            .send(ProducerRecord::new("orders", value.as_bytes()).key(format!("k{i}").as_bytes()))
+            .expect("an acknowledged record after the failover");
+        acked.insert((m.partition, m.offset), value.into_bytes());
+    }
+    for i in (0..3).filter(|&i| i != leader) {
+        let n = node(&nodes, i);
+        eventually("a survivor reads every record", || {
+            read_all(&n, "orders", 3) == acked
+        });
+    }
+
+    // The stopped node comes back with its directory and catches up.
+    let back = start(leader as u64 + 1, dirs[leader].path(), &voters);
+    back.wait_ready(READY).unwrap();
+    eventually("the restarted node reads every record", || {
+        read_all(&back, "orders", 3) == acked
+    });
+    nodes[leader] = Some(back);
+
+    // A data directory refuses another node id, and another voters list.
+    let other = ClusterBuilder::new(9, dirs[0].path())
+        .voters([(9, voters[0].1)])
+        .start();
+    assert!(other.is_err(), "a directory of node 1 started as node 9");
+
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().unwrap();
+    }
+}
