@@ -20,6 +20,17 @@
 //! `group.initial.rebalance.delay.ms`: how long a new group waits for more members before its
 //! first rebalance; default 3000, Kafka's default; Kafka's shipped `server.properties` sets 0
 //! for development). Ctrl-C stops it and closes the log cleanly.
+//!
+//! Built with the `cluster` feature, it is one node of a replicated cluster when given
+//! `--node-id N --peer-listen ADDR --voters ID@ADDR,ID@ADDR,...` (the same voters on every
+//! node; each node's own entry is its peer address). Topics it creates automatically, or with
+//! replication factor -1, are held by min(3, nodes) nodes:
+//!
+//! ```text
+//! cargo run --release --features kafka,cluster --example broker -- --data ./n1 \
+//!     --listen 127.0.0.1:9092 --node-id 1 --peer-listen 127.0.0.1:19092 \
+//!     --voters 1@127.0.0.1:19092,2@127.0.0.1:19093,3@127.0.0.1:19094
+//! ```
 
 use std::process::ExitCode;
 
@@ -36,6 +47,9 @@ struct Options {
     auto_create: bool,
     acls: bool,
     rebalance_delay: std::time::Duration,
+    node_id: Option<u64>,
+    peer_listen: Option<std::net::SocketAddr>,
+    voters: Vec<(u64, std::net::SocketAddr)>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -49,6 +63,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         auto_create: true,
         acls: false,
         rebalance_delay: std::time::Duration::from_secs(3),
+        node_id: None,
+        peer_listen: None,
+        voters: Vec::new(),
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -92,11 +109,89 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                     .map_err(|_| format!("{flag} is milliseconds, not {v}"))?;
                 o.rebalance_delay = std::time::Duration::from_millis(ms);
             }
+            "--node-id" => {
+                let v = value()?;
+                o.node_id = Some(v.parse().map_err(|_| format!("--node-id is a number, not {v}"))?);
+            }
+            "--peer-listen" => {
+                let v = value()?;
+                o.peer_listen = Some(
+                    v.parse()
+                        .map_err(|_| format!("--peer-listen is IP:PORT, not {v}"))?,
+                );
+            }
+            "--voters" => {
+                for voter in value()?.split(',') {
+                    let bad = || format!("--voters is ID@IP:PORT,..., not {voter}");
+                    let (id, addr) = voter.split_once('@').ok_or_else(bad)?;
+                    o.voters
+                        .push((id.parse().map_err(|_| bad())?, addr.parse().map_err(|_| bad())?));
+                }
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
     }
     Ok(o)
+}
+
+/// The broker alone, or as one node of a cluster.
+enum Node {
+    Alone(Broker),
+    #[cfg(feature = "cluster")]
+    Clustered(rivulet::cluster::Cluster),
+}
+
+impl Node {
+    fn broker(&self) -> Broker {
+        match self {
+            Node::Alone(b) => b.clone(),
+            #[cfg(feature = "cluster")]
+            Node::Clustered(c) => c.broker().clone(),
+        }
+    }
+
+    fn close(&self) -> rivulet::Result<()> {
+        match self {
+            Node::Alone(b) => b.close(),
+            #[cfg(feature = "cluster")]
+            Node::Clustered(c) => c.shutdown(),
+        }
+    }
+}
+
+/// Opens the broker, starting it as a cluster's node if the options say so.
+async fn open(o: &Options, builder: rivulet::BrokerBuilder, kafka: &str) -> Result<Node, String> {
+    if o.node_id.is_none() && o.voters.is_empty() {
+        return builder.open().map(Node::Alone).map_err(|e| e.to_string());
+    }
+    #[cfg(feature = "cluster")]
+    {
+        let id = o.node_id.ok_or("--voters needs --node-id")?;
+        let mut cluster = rivulet::cluster::ClusterBuilder::new(id, &o.data)
+            .voters(o.voters.iter().copied())
+            .kafka_address(
+                o.advertised
+                    .as_ref()
+                    .map_or(kafka.to_string(), |(h, p)| format!("{h}:{p}")),
+            )
+            .broker(|_| builder);
+        if let Some(addr) = o.peer_listen {
+            cluster = cluster.peer_listen(addr);
+        }
+        // Starting blocks on the cluster's own runtime.
+        let node = tokio::task::spawn_blocking(move || cluster.start())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        log::info!("node {id} of a cluster of {} voters", o.voters.len());
+        Ok(Node::Clustered(node))
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = kafka;
+        Err("--node-id and --voters need a build with the cluster feature".into())
+    }
 }
 
 fn boolean(flag: &str, value: &str) -> Result<bool, String> {
@@ -119,23 +214,9 @@ async fn main() -> ExitCode {
             eprintln!(
                 "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] \
                  [--idle-ms N] [--num-partitions N] [--auto-create-topics true|false] [--acls true|false] \
-                 [--group-initial-rebalance-delay-ms N]"
+                 [--group-initial-rebalance-delay-ms N] [--node-id N --peer-listen ADDR --voters ID@ADDR,...]"
             );
             return ExitCode::from(2);
-        }
-    };
-    // Kafka's group.initial.rebalance.delay.ms: clients started together share one rebalance.
-    let broker = match Broker::builder(&o.data)
-        .fsync(o.fsync)
-        .num_partitions(o.num_partitions)
-        .auto_create_topics(o.auto_create)
-        .group_initial_rebalance_delay(o.rebalance_delay)
-        .open()
-    {
-        Ok(b) => b,
-        Err(e) => {
-            log::error!("cannot open {}: {e}", o.data);
-            return ExitCode::FAILURE;
         }
     };
     let listener = match tokio::net::TcpListener::bind(&o.listen).await {
@@ -145,6 +226,21 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let bound = listener.local_addr().map_or(o.listen.clone(), |a| a.to_string());
+    // Kafka's group.initial.rebalance.delay.ms: clients started together share one rebalance.
+    let builder = Broker::builder(&o.data)
+        .fsync(o.fsync)
+        .num_partitions(o.num_partitions)
+        .auto_create_topics(o.auto_create)
+        .group_initial_rebalance_delay(o.rebalance_delay);
+    let node = match open(&o, builder, &bound).await {
+        Ok(node) => node,
+        Err(e) => {
+            log::error!("cannot open {}: {e}", o.data);
+            return ExitCode::FAILURE;
+        }
+    };
+    let broker = node.broker();
     let mut config = ServerConfig::default().acls(o.acls);
     if let Some((host, port)) = o.advertised {
         config = config.advertised(host, port);
@@ -152,7 +248,6 @@ async fn main() -> ExitCode {
     if let Some(idle) = o.idle {
         config = config.connections_max_idle(idle);
     }
-    let bound = listener.local_addr().map_or(o.listen.clone(), |a| a.to_string());
     log::info!("rivulet serving Kafka on {bound} from {}", o.data);
     let stop = async {
         tokio::signal::ctrl_c().await.ok();
@@ -161,7 +256,7 @@ async fn main() -> ExitCode {
     if let Err(e) = rivulet::kafka::serve_with(listener, broker.clone(), config, stop).await {
         log::error!("serving stopped: {e}");
     }
-    match broker.close() {
+    match node.close() {
         Ok(()) => {
             log::info!("stopped; the log is closed cleanly");
             ExitCode::SUCCESS

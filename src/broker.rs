@@ -271,6 +271,28 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     fn delete_topic(&self, name: &str) -> Result<()>;
     fn add_partitions(&self, name: &str, total: u32) -> Result<()>;
     fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()>;
+    /// This node's id.
+    fn node_id(&self) -> u64;
+    /// Every registered node: its id and where it serves Kafka clients.
+    fn kafka_nodes(&self) -> Vec<(u64, Option<String>)>;
+    /// The node that leads the controller, if one does.
+    fn controller(&self) -> Option<u64>;
+    /// Where a partition's replicas are, as this node last heard.
+    fn placement(&self, topic: &str, partition: u32) -> Option<Placement>;
+}
+
+/// Where a partition's replicas are, as a cluster node last heard.
+#[cfg(feature = "cluster")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The node that leads the partition, if one does.
+    pub(crate) leader: Option<u64>,
+    /// The leader's term (Kafka's leader epoch).
+    pub(crate) epoch: u64,
+    /// The nodes that hold the partition.
+    pub(crate) replicas: Vec<u64>,
+    /// Those known to hold what is committed.
+    pub(crate) in_sync: Vec<u64>,
 }
 
 /// An open topic.

@@ -15,12 +15,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use crate::broker::{Broker, Coordinate};
+use crate::broker::{Broker, Coordinate, Placement};
 use crate::cluster::entry::Payload;
 use crate::cluster::partition::{PartitionReplica, cluster_error};
 use crate::cluster::peer::{GroupId, Groups, Router};
@@ -38,6 +39,9 @@ pub(crate) fn controller_group() -> GroupId {
         partition: 0,
     }
 }
+
+/// How many entries a replica may trail its leader by and still count as in sync.
+pub(crate) const IN_SYNC_LAG: u64 = 100;
 
 /// How long a command waits to be applied on the node that submitted it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,6 +114,8 @@ pub(crate) struct Controller {
     /// The replication factor of new topics: at most this many nodes hold a partition.
     pub(crate) replication_factor: usize,
     runtime: Handle,
+    /// Where each group's replicas are, as this node's replicas last saw it.
+    leaders: Arc<parking_lot::RwLock<HashMap<GroupId, Placement>>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -144,6 +150,7 @@ impl Controller {
             outcomes: Mutex::new(VecDeque::new()),
             replication_factor: 3,
             runtime,
+            leaders: Arc::default(),
         })
     }
 
@@ -179,10 +186,6 @@ impl Controller {
             .values()
             .map(|r| r.raft.clone())
             .collect()
-    }
-
-    pub(crate) async fn replica_raft(&self, group: &GroupId) -> Option<crate::cluster::peer::Raft> {
-        self.replicas.lock().await.get(group).map(|r| r.raft.clone())
     }
 
     /// Applies what the controller's state machine hands over, in order, until it stops.
@@ -335,9 +338,54 @@ impl Controller {
                 }
             }
             self.groups.insert(group.clone(), replica.raft.clone());
+            self.watch_leader(group.clone(), &replica.raft, nodes.clone());
             running.insert(group, replica);
         }
         Ok(())
+    }
+
+    /// Keeps the leaders table up to date with what `raft` (a replica of `group`, held by
+    /// `replicas`) knows, until the replica stops.
+    pub(crate) fn watch_leader(
+        &self,
+        group: GroupId,
+        raft: &crate::cluster::peer::Raft,
+        replicas: Vec<NodeId>,
+    ) {
+        let mut metrics = raft.metrics();
+        let leaders = self.leaders.clone();
+        tokio::spawn(async move {
+            loop {
+                let placement = {
+                    let m = metrics.borrow_watched();
+                    let in_sync = match (&m.replication, m.last_log_index) {
+                        (Some(progress), Some(last)) => progress
+                            .iter()
+                            .filter(|(_, matched)| matched.is_some_and(|id| id.index + IN_SYNC_LAG >= last))
+                            .map(|(&id, _)| id)
+                            .collect(),
+                        _ => replicas.clone(),
+                    };
+                    Placement {
+                        leader: m.current_leader,
+                        epoch: m.current_term,
+                        replicas: replicas.clone(),
+                        in_sync,
+                    }
+                };
+                if leaders.read().get(&group) != Some(&placement) {
+                    leaders.write().insert(group.clone(), placement);
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Where `group`'s replicas are, as this node last heard.
+    pub(crate) fn placement(&self, group: &GroupId) -> Option<Placement> {
+        self.leaders.read().get(group).cloned()
     }
 
     /// Stops this node's replicas of `topic`.
@@ -346,6 +394,7 @@ impl Controller {
         let groups: Vec<GroupId> = running.keys().filter(|g| g.topic == topic).cloned().collect();
         for group in groups {
             self.groups.remove(&group);
+            self.leaders.write().remove(&group);
             if let Some(replica) = running.remove(&group)
                 && let Err(e) = replica.shutdown().await
             {
@@ -494,5 +543,29 @@ impl Coordinate for Coordinator {
             config,
         };
         self.0.wait(async move { c.submit(command).await })
+    }
+
+    fn node_id(&self) -> u64 {
+        self.0.me
+    }
+
+    fn kafka_nodes(&self) -> Vec<(u64, Option<String>)> {
+        self.0
+            .nodes()
+            .into_iter()
+            .map(|n| (n.id, n.kafka_address))
+            .collect()
+    }
+
+    fn controller(&self) -> Option<u64> {
+        self.0.placement(&controller_group()).and_then(|p| p.leader)
+    }
+
+    fn placement(&self, topic: &str, partition: u32) -> Option<Placement> {
+        let group = GroupId {
+            topic: topic.to_string(),
+            partition: partition as i32,
+        };
+        self.0.placement(&group)
     }
 }

@@ -56,7 +56,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::async_runtime::watch::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
@@ -244,6 +243,8 @@ impl ClusterBuilder {
                 let metadata =
                     PartitionReplica::start(me, log, router, controller_group(), Some(hook)).await?;
                 groups.insert(controller_group(), metadata.raft.clone());
+                let voter_ids: Vec<NodeId> = voters.iter().map(|v| v.0).collect();
+                controller.watch_leader(controller_group(), &metadata.raft, voter_ids);
                 let raft = metadata.raft.clone();
                 let _ = controller.metadata.set(metadata);
                 tokio::spawn(peer::serve(me, listener, groups, stopped));
@@ -422,44 +423,29 @@ impl Cluster {
         })
     }
 
-    /// The replicas of a partition this node holds: leader, epoch, replicas, in sync.
+    /// The replicas of a partition, as this node last heard: leader, epoch, replicas, in sync
+    /// (the leader's view; a follower reports every replica in sync).
     pub fn replica_state(&self, topic: &str, partition: u32) -> Result<ReplicaState> {
-        let replicas = self
-            .inner
-            .controller
-            .assignment(topic, partition)
-            .ok_or_else(|| Error::UnknownTopic {
-                topic: topic.to_string(),
-            })?;
-        let c = self.inner.controller.clone();
         let group = GroupId {
             topic: topic.to_string(),
             partition: partition as i32,
         };
-        let raft = run_on(
-            &self.inner.handle,
-            async move { Ok(c.replica_raft(&group).await) },
-        )?;
-        let Some(raft) = raft else {
-            return Err(cluster_error(format!(
-                "node {} holds no replica of {topic}-{partition}",
-                self.inner.me
-            )));
-        };
-        let m = raft.metrics().borrow_watched().clone();
-        let in_sync = match (&m.replication, m.last_log_index) {
-            (Some(progress), Some(last)) => progress
-                .iter()
-                .filter(|(_, matched)| matched.is_some_and(|id| id.index + IN_SYNC_LAG >= last))
-                .map(|(&id, _)| id)
-                .collect(),
-            _ => replicas.clone(),
+        let Some(p) = self.inner.controller.placement(&group) else {
+            return match self.inner.controller.assignment(topic, partition) {
+                Some(_) => Err(cluster_error(format!(
+                    "node {} holds no replica of {topic}-{partition}",
+                    self.inner.me
+                ))),
+                None => Err(Error::UnknownTopic {
+                    topic: topic.to_string(),
+                }),
+            };
         };
         Ok(ReplicaState {
-            leader: m.current_leader,
-            epoch: m.current_term,
-            replicas,
-            in_sync,
+            leader: p.leader,
+            epoch: p.epoch,
+            replicas: p.replicas,
+            in_sync: p.in_sync,
         })
     }
 
@@ -479,6 +465,3 @@ impl Cluster {
         stopped.and(closed)
     }
 }
-
-/// How many entries a replica may trail its leader by and still count as in sync.
-const IN_SYNC_LAG: u64 = 100;

@@ -20,7 +20,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::acls::{CLUSTER_NAME, Client, op, resource};
-use super::{NODE_ID, Server, codes};
+use super::{Server, codes};
 use crate::broker::refuse_internal;
 use crate::config::TopicConfig;
 use crate::error::Result;
@@ -58,12 +58,15 @@ pub(super) fn create_topics(
                 let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
                 indexes.sort_unstable();
                 let here = indexes.iter().enumerate().all(|(i, &p)| p == i as i32)
-                    && t.assignments.iter().all(|a| a.broker_ids == [BrokerId(NODE_ID)]);
+                    && t.assignments
+                        .iter()
+                        .all(|a| a.broker_ids == [BrokerId(server.node_id())]);
                 if !here {
                     return reply
                         .with_error_code(ResponseError::InvalidReplicaAssignment.code())
                         .with_error_message(Some(StrBytes::from(format!(
-                            "partitions 0, 1, ... must each be assigned to broker {NODE_ID} alone"
+                            "partitions 0, 1, ... must each be assigned to broker {} alone",
+                            server.node_id()
                         ))));
                 }
                 t.assignments.len() as i32
@@ -141,14 +144,17 @@ pub(super) fn create_partitions(
                 };
                 let alone =
                     |a: &kafka_protocol::messages::create_partitions_request::CreatePartitionsAssignment| {
-                        a.broker_ids == [BrokerId(NODE_ID)]
+                        a.broker_ids == [BrokerId(server.node_id())]
                     };
                 if assignments.len() != (total as usize).saturating_sub(current)
                     || !assignments.iter().all(alone)
                 {
                     return refuse(
                         ResponseError::InvalidReplicaAssignment.code(),
-                        format!("each new partition must be assigned to broker {NODE_ID} alone"),
+                        format!(
+                            "each new partition must be assigned to broker {} alone",
+                            server.node_id()
+                        ),
                     );
                 }
             }
@@ -281,18 +287,23 @@ pub(super) fn describe_cluster(
     } else {
         super::single_node::NOT_ASKED
     };
-    let (host, port) = server.advertised();
     DescribeClusterResponse::default()
         .with_cluster_authorized_operations(operations)
         .with_endpoint_type(1)
         .with_cluster_id(StrBytes::from(server.config.cluster_id.clone()))
-        .with_controller_id(BrokerId(NODE_ID))
-        .with_brokers(vec![
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(NODE_ID))
-                .with_host(StrBytes::from(host))
-                .with_port(i32::from(port)),
-        ])
+        .with_controller_id(BrokerId(server.controller_id()))
+        .with_brokers(
+            server
+                .brokers()
+                .into_iter()
+                .map(|(id, host, port)| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(id))
+                        .with_host(StrBytes::from(host))
+                        .with_port(i32::from(port))
+                })
+                .collect(),
+        )
 }
 
 /// InitProducerId for an idempotent producer: needs IDEMPOTENT_WRITE on the cluster or, as

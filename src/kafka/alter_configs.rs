@@ -109,10 +109,10 @@ fn alter_broker(
     validate_only: bool,
 ) -> Outcome {
     let invalid = |why: String| Some((ResponseError::InvalidRequest.code(), why));
-    if name != super::NODE_ID.to_string() {
+    if name != server.node_id().to_string() {
         return invalid(format!(
             "this is broker {}; cluster-wide defaults are not alterable",
-            super::NODE_ID
+            server.node_id()
         ));
     }
     let changes: Result<Vec<broker_configs::Change<'_>>, String> = changes

@@ -140,7 +140,7 @@ pub(super) fn describe_configs(
                         .filter(|(name, _, _)| !name.is_empty())
                         .collect();
                     settings.push(("num.partitions", partitions.to_string(), INT));
-                    settings.push(("broker.id", super::NODE_ID.to_string(), INT));
+                    settings.push(("broker.id", server.node_id().to_string(), INT));
                     settings.sort_unstable();
                     let fixed = settings.into_iter().map(|(name, value, kind)| {
                         DescribeConfigsResourceResult::default()

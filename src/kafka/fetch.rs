@@ -72,13 +72,20 @@ async fn fetch_allowed(server: &Server, mut request: FetchRequest) -> FetchRespo
     request.topics.retain(|t| !t.partitions.is_empty());
     let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(FETCH_MAX_WAIT);
     let deadline = Instant::now() + wait;
-    let logs: Vec<Vec<Option<PartitionLog>>> = request
+    let logs: Vec<Vec<Result<PartitionLog, ResponseError>>> = request
         .topics
         .iter()
         .map(|t| {
             t.partitions
                 .iter()
-                .map(|p| server.log(&t.topic.0, p.partition).ok())
+                .map(|p| {
+                    let log = server
+                        .log(&t.topic.0, p.partition)
+                        .map_err(|_| ResponseError::UnknownTopicOrPartition)?;
+                    server.check_leader(&t.topic.0, p.partition)?;
+                    check_epoch(server, &t.topic.0, p.partition, p.current_leader_epoch)?;
+                    Ok(log)
+                })
                 .collect()
         })
         .collect();
@@ -108,7 +115,10 @@ async fn fetch_allowed(server: &Server, mut request: FetchRequest) -> FetchRespo
 
 /// One pass over the partitions: the response, the record bytes in it, and whether any
 /// partition had an error (which answers at once, as Kafka does).
-fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchResponse, usize, bool) {
+fn read(
+    request: &FetchRequest,
+    logs: &[Vec<Result<PartitionLog, ResponseError>>],
+) -> (FetchResponse, usize, bool) {
     let mut budget = (request.max_bytes.max(0) as usize).min(FETCH_MAX_BYTES);
     let mut total = 0;
     let mut failed = false;
@@ -125,13 +135,16 @@ fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchRes
                     let reply = PartitionData::default()
                         .with_partition_index(p.partition)
                         .with_preferred_read_replica(BrokerId(-1));
-                    let Some(log) = log else {
-                        failed = true;
-                        return reply
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                            .with_high_watermark(-1)
-                            .with_last_stable_offset(-1)
-                            .with_log_start_offset(-1);
+                    let log = match log {
+                        Ok(log) => log,
+                        Err(code) => {
+                            failed = true;
+                            return reply
+                                .with_error_code(code.code())
+                                .with_high_watermark(-1)
+                                .with_last_stable_offset(-1)
+                                .with_log_start_offset(-1);
+                        }
                     };
                     // The offsets reported are those of the view the records were read from,
                     // so the high watermark is never below a returned record.
@@ -182,6 +195,21 @@ fn read(request: &FetchRequest, logs: &[Vec<Option<PartitionLog>>]) -> (FetchRes
     (FetchResponse::default().with_responses(responses), total, failed)
 }
 
+/// Refuses a fetch that names a leader epoch other than the partition's: an older one is
+/// FENCED_LEADER_EPOCH, a newer one (this broker has not heard of it yet) UNKNOWN_LEADER_EPOCH.
+/// -1 names none.
+fn check_epoch(server: &Server, topic: &str, partition: i32, epoch: i32) -> Result<(), ResponseError> {
+    if epoch < 0 {
+        return Ok(());
+    }
+    let current = server.placement(topic, partition).epoch;
+    match epoch.cmp(&current) {
+        std::cmp::Ordering::Less => Err(ResponseError::FencedLeaderEpoch),
+        std::cmp::Ordering::Greater => Err(ResponseError::UnknownLeaderEpoch),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
+}
+
 /// Whether answering `request` looks records up by timestamp, which reads batches.
 pub(super) fn reads_batches(request: &ListOffsetsRequest) -> bool {
     request
@@ -223,6 +251,14 @@ pub(super) fn list_offsets(
                     let found = server
                         .log(&t.name.0, p.partition_index)
                         .and_then(|log| lookup(&log, p.timestamp));
+                    if found.is_ok()
+                        && let Err(code) = server.check_leader(&t.name.0, p.partition_index)
+                    {
+                        return reply
+                            .with_error_code(code.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1);
+                    }
                     match found {
                         Ok((offset, timestamp)) => reply.with_offset(offset).with_timestamp(timestamp),
                         Err(e) => reply

@@ -31,7 +31,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::acls::{Client, op, resource};
-use super::{NODE_ID, Server, codes};
+use super::{Server, codes};
 use crate::consumer::TopicPartition;
 use crate::group::offsets::{validate_group_id, validate_metadata};
 use crate::group::{JoinGroup, MemberRef, OffsetAndMetadata};
@@ -81,7 +81,7 @@ pub(super) fn find_coordinator(
     }
     let (host, port) = server.advertised();
     reply
-        .with_node_id(BrokerId(NODE_ID))
+        .with_node_id(BrokerId(server.node_id()))
         .with_host(text(host))
         .with_port(i32::from(port))
 }

@@ -12,7 +12,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::acls::{CLUSTER_NAME, Client, op, resource};
 use super::single_node::{CLUSTER_OPERATIONS, NOT_ASKED, TOPIC_OPERATIONS};
-use super::{NODE_ID, Server, codes};
+use super::{Server, codes};
 use crate::group::OFFSETS_TOPIC;
 
 /// Whether answering `request` may create a topic (which waits for the disk): it names a
@@ -100,32 +100,43 @@ pub(super) fn metadata(
                 Ok(topic) => {
                     let partitions = topic.partitions.read().len() as i32;
                     reply
-                        .with_partitions((0..partitions).map(partition).collect())
+                        .with_partitions((0..partitions).map(|p| partition(server, &name, p)).collect())
                         .with_topic_authorized_operations(topic_operations(&name))
                 }
                 Err(e) => reply.with_error_code(codes::code(&e)),
             }
         })
         .collect();
-    let (host, port) = server.advertised();
-    MetadataResponse::default()
-        .with_brokers(vec![
+    let brokers = server
+        .brokers()
+        .into_iter()
+        .map(|(id, host, port)| {
             MetadataResponseBroker::default()
-                .with_node_id(BrokerId(NODE_ID))
+                .with_node_id(BrokerId(id))
                 .with_host(StrBytes::from(host))
-                .with_port(i32::from(port)),
-        ])
+                .with_port(i32::from(port))
+        })
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from(server.config.cluster_id.clone())))
-        .with_controller_id(BrokerId(NODE_ID))
+        .with_controller_id(BrokerId(server.controller_id()))
         .with_topics(topics)
         .with_cluster_authorized_operations(cluster_operations)
 }
 
-fn partition(index: i32) -> MetadataResponsePartition {
-    MetadataResponsePartition::default()
+/// A partition's leader, epoch and replicas; LEADER_NOT_AVAILABLE while it has no leader.
+fn partition(server: &Server, topic: &str, index: i32) -> MetadataResponsePartition {
+    let view = server.placement(topic, index);
+    let ids = |ids: Vec<i32>| ids.into_iter().map(BrokerId).collect();
+    let reply = MetadataResponsePartition::default()
         .with_partition_index(index)
-        .with_leader_id(BrokerId(NODE_ID))
-        .with_leader_epoch(0)
-        .with_replica_nodes(vec![BrokerId(NODE_ID)])
-        .with_isr_nodes(vec![BrokerId(NODE_ID)])
+        .with_leader_id(BrokerId(view.leader.unwrap_or(-1)))
+        .with_leader_epoch(view.epoch)
+        .with_replica_nodes(ids(view.replicas))
+        .with_isr_nodes(ids(view.in_sync));
+    match view.leader {
+        Some(_) => reply,
+        None => reply.with_error_code(ResponseError::LeaderNotAvailable.code()),
+    }
 }

@@ -43,6 +43,7 @@ mod groups;
 mod guard;
 mod idempotence;
 mod metadata;
+mod placement;
 mod produce;
 mod scram;
 mod single_node;
@@ -305,9 +306,6 @@ pub const PRODUCE_INFLATING_AT_ONCE: usize = 8;
 /// once); this limit bounds the last kind too, and keeps every frame's length within its
 /// `i32`.
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
-
-/// The id of the one broker.
-const NODE_ID: i32 = 0;
 
 /// How often expired producer ids are swept away, at most.
 const PRODUCER_SWEEP: Duration = Duration::from_secs(60);

@@ -95,7 +95,7 @@ fn waits_for_disk(server: &Server, request: &ProduceRequest) -> bool {
         topic.partition_data.iter().any(|p| {
             server
                 .log(&topic.name, p.index)
-                .is_ok_and(|log| log.fsync() == Fsync::Always)
+                .is_ok_and(|log| log.fsync() == Fsync::Always || log.is_replicated())
         })
     })
 }
@@ -210,6 +210,9 @@ fn append(
     let topic = server.broker.inner.topic(topic)?;
     let index = u32::try_from(partition).unwrap_or(u32::MAX);
     let log = topic.partition(index)?;
+    server
+        .check_leader(&topic.name, partition)
+        .map_err(|code| Refused::Code(code, "this broker does not lead the partition".to_string()))?;
     let config = log.config();
     let codec = topic.config.read().get_compression();
     let mut batches = Vec::new();

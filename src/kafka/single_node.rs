@@ -25,8 +25,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::Server;
 use super::acls::{Client, op};
-use super::{NODE_ID, Server};
 
 /// The operations Kafka's authorized-operations fields list for a topic, a group and the
 /// cluster (every operation the resource type supports).
@@ -230,7 +230,7 @@ pub(super) fn alter_partition_reassignments(
                     } else {
                         match p.replicas.as_deref() {
                             None => (Some(ResponseError::NoReassignmentInProgress), None),
-                            Some([BrokerId(NODE_ID)]) => (None, None),
+                            Some([BrokerId(id)]) if *id == server.node_id() => (None, None),
                             Some([]) => (
                                 Some(ResponseError::InvalidReplicaAssignment),
                                 Some("the replica list cannot be empty"),

@@ -467,6 +467,13 @@ impl PartitionLog {
         self.inner.cfg()
     }
 
+    /// Whether the log is one replica of a replicated partition (its appends wait for
+    /// replication).
+    #[cfg(feature = "kafka")]
+    pub(crate) fn is_replicated(&self) -> bool {
+        self.inner.replicated
+    }
+
     /// The log's fsync policy, without copying the rest of its configuration.
     #[cfg(feature = "kafka")]
     pub(crate) fn fsync(&self) -> Fsync {
