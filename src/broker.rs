@@ -927,6 +927,11 @@ impl BrokerInner {
 
     /// Deletes a topic and its committed offsets on this node alone.
     pub(crate) fn delete_topic_here(&self, name: &str) -> Result<()> {
+        // A cluster deletes the committed offsets once, before every node deletes the topic.
+        #[cfg(feature = "cluster")]
+        if self.cluster.get().is_some() {
+            return self.delete_topic(name, None);
+        }
         // Only a broker that has stored offsets has any to delete. (The store is opened
         // before the admin lock is taken: opening it may create its topic.)
         let offsets = match self.topic(OFFSETS_TOPIC) {

@@ -478,6 +478,10 @@ pub enum BatchError {
         /// The codec's complaint, or the size limit that was hit.
         reason: String,
     },
+    /// A control batch (a transaction marker, a replicated log's own entry) appended as
+    /// records: control batches are written by the log's owner alone.
+    #[error("a control batch cannot be appended as records")]
+    ControlBatch,
     /// The batch has no records. Empty batches are only produced by compaction.
     #[error("the batch has no records")]
     Empty,

@@ -37,6 +37,7 @@ pub(crate) fn controller_group() -> GroupId {
     GroupId {
         topic: String::new(),
         partition: 0,
+        incarnation: 0,
     }
 }
 
@@ -76,6 +77,8 @@ pub(crate) enum Command {
     },
     AddPartitions {
         name: String,
+        /// The partition count the change was asked against: applied only at that count.
+        from: u32,
         /// The nodes holding each new partition.
         replicas: Vec<Vec<NodeId>>,
     },
@@ -91,8 +94,36 @@ pub(crate) struct ControllerState {
     pub(crate) applied: Option<LogId>,
     pub(crate) membership: StoredMembership,
     pub(crate) nodes: BTreeMap<NodeId, NodeInfo>,
-    /// The nodes holding each partition of each topic.
-    pub(crate) assignments: BTreeMap<String, Vec<Vec<NodeId>>>,
+    /// Each topic's incarnation and the nodes holding each of its partitions.
+    pub(crate) assignments: BTreeMap<String, Assignment>,
+}
+
+/// Which nodes hold a topic's partitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Assignment {
+    /// The index of the controller entry that created the topic: a topic deleted and created
+    /// again under its name is another incarnation, whose Raft groups are other groups.
+    pub(crate) incarnation: u64,
+    /// The nodes holding each partition.
+    pub(crate) replicas: Vec<Vec<NodeId>>,
+}
+
+/// Why a command could not be applied on this node: a refusal every node makes alike (the
+/// submitter is told), or a failure of this node's own (it stops applying).
+enum Failure {
+    Refused(Error),
+    Local(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io { .. } | Error::Poisoned { .. } | Error::NotALog { .. } | Error::Cluster { .. } => {
+                Failure::Local(e)
+            }
+            e => Failure::Refused(e),
+        }
+    }
 }
 
 /// A node's controller: applies the metadata log to the node, and submits changes to it.
@@ -169,8 +200,19 @@ impl Controller {
             .lock()
             .assignments
             .get(topic)?
+            .replicas
             .get(partition as usize)
             .cloned()
+    }
+
+    /// The group of a partition of the topic's current incarnation.
+    pub(crate) fn group_of(&self, topic: &str, partition: u32) -> Option<GroupId> {
+        let incarnation = self.state.lock().assignments.get(topic)?.incarnation;
+        Some(GroupId {
+            topic: topic.to_string(),
+            partition: partition as i32,
+            incarnation,
+        })
     }
 
     /// The topics the controller has assigned.
@@ -195,10 +237,20 @@ impl Controller {
                 Payload::Normal(records) => self.apply_records(a.id, &records.0).await,
                 Payload::Membership(m, stored) => {
                     self.state.lock().membership = StoredMembership::new(Some(a.id), m.clone());
-                    self.save(a.id);
-                    stored.as_ref().and_then(|r| next_offset(&r.0))
+                    self.save(a.id)
+                        .await
+                        .map(|()| stored.as_ref().and_then(|r| next_offset(&r.0)))
                 }
-                Payload::Blank(stored) => stored.as_ref().and_then(|r| next_offset(&r.0)),
+                Payload::Blank(stored) => Ok(stored.as_ref().and_then(|r| next_offset(&r.0))),
+            };
+            let end = match end {
+                Ok(end) => end,
+                Err(e) => {
+                    // Not answering `done` fails the state machine: the node's controller
+                    // replica stops rather than skip a change the other nodes made.
+                    log::error!("node {}: the controller stops applying at {}: {e}", self.me, a.id);
+                    return;
+                }
             };
             if let Some(end) = end {
                 self.applied.send_if_modified(|at| {
@@ -211,50 +263,58 @@ impl Controller {
         }
     }
 
-    /// Applies the commands of one batch; returns the offset after it.
-    async fn apply_records(&self, id: LogId, bytes: &[u8]) -> Option<i64> {
-        let Ok((batch, _)) = Batch::parse(bytes) else {
-            log::error!("node {}: an unreadable controller entry {id}", self.me);
-            return None;
-        };
+    /// Applies the commands of one batch; returns the offset after it. An entry this node
+    /// cannot read or apply (a newer version's command, a full disk) is an error.
+    async fn apply_records(&self, id: LogId, bytes: &[u8]) -> Result<Option<i64>> {
+        let (batch, _) = Batch::parse(bytes).map_err(Error::InvalidBatch)?;
         let base = batch.header().base_offset;
-        let commands: Vec<Command> = match batch.records() {
-            Ok(records) => records
-                .iter()
-                .filter_map(|r| r.ok())
-                .filter_map(|r| r.value.and_then(|v| postcard::from_bytes(v).ok()))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let mut commands = Vec::new();
+        for record in batch.records().map_err(Error::InvalidBatch)?.iter() {
+            let value = record.map_err(Error::InvalidBatch)?.value.unwrap_or_default();
+            let command: Command = postcard::from_bytes(value)
+                .map_err(|e| cluster_error(format!("controller entry {id} holds an unknown command: {e}")))?;
+            commands.push(command);
+        }
         for command in commands {
-            let outcome = self.execute(command).await;
-            if let Err(e) = &outcome {
-                log::info!("node {}: controller entry {id}: {e}", self.me);
-            }
+            let outcome = match self.execute(id, command).await {
+                Ok(()) => Ok(()),
+                Err(Failure::Refused(e)) => {
+                    log::info!("node {}: controller entry {id}: {e}", self.me);
+                    Err(e.to_string())
+                }
+                Err(Failure::Local(e)) => return Err(e),
+            };
             let mut outcomes = self.outcomes.lock();
             if outcomes.len() == OUTCOMES_KEPT {
                 outcomes.pop_front();
             }
-            outcomes.push_back((base, outcome.map_err(|e| e.to_string())));
+            outcomes.push_back((base, outcome));
         }
-        self.save(id);
-        Some(batch.header().next_offset())
+        self.save(id).await?;
+        Ok(Some(batch.header().next_offset()))
     }
 
-    fn save(&self, id: LogId) {
+    /// Saves what has been applied, up to `id`, once the controller's log is durable up to
+    /// it (a node never remembers applying an entry that its log could lose).
+    async fn save(&self, id: LogId) -> Result<()> {
         let state = {
             let mut s = self.state.lock();
             s.applied = Some(id);
             s.clone()
         };
-        if let Err(e) = meta::write(&StdFs, &self.state_path, &state) {
-            // The node replays from the last saved point on its next start.
-            log::error!("node {}: saving the controller's state: {e}", self.me);
-        }
+        let log = self.metadata.get().map(|m| m.replica.log.clone());
+        let path = self.state_path.clone();
+        blocking(move || {
+            if let Some(log) = log {
+                log.flush()?;
+            }
+            meta::write(&StdFs, &path, &state)
+        })
+        .await
     }
 
-    /// Makes `command`'s change on this node.
-    async fn execute(&self, command: Command) -> Result<()> {
+    /// Makes `command`'s change on this node; `id` is the command's entry.
+    async fn execute(&self, id: LogId, command: Command) -> std::result::Result<(), Failure> {
         let broker = self.broker.clone();
         match command {
             Command::RegisterNode(node) => {
@@ -268,41 +328,70 @@ impl Controller {
                 config,
                 replicas,
             } => {
-                self.state
-                    .lock()
-                    .assignments
-                    .entry(name.clone())
-                    .or_insert(replicas);
                 let n = name.clone();
                 let created = blocking(move || broker.inner.create_topic_here(&n, partitions, config)).await;
-                match created {
-                    Ok(()) | Err(Error::TopicExists { .. }) => self.start_replicas(&name).await?,
-                    Err(e) => return Err(e),
+                let ours = {
+                    let mut s = self.state.lock();
+                    match (&created, s.assignments.get(&name)) {
+                        // Applied again after a crash (the broker has it; the saved state may not).
+                        (Ok(()), _) | (Err(Error::TopicExists { .. }), None) => true,
+                        (Err(Error::TopicExists { .. }), Some(a)) => a.incarnation == id.index,
+                        _ => false,
+                    }
+                    .then(|| {
+                        let assignment = Assignment {
+                            incarnation: id.index,
+                            replicas,
+                        };
+                        s.assignments.insert(name.clone(), assignment);
+                    })
+                    .is_some()
+                };
+                if !ours {
+                    return created.map_err(Failure::from);
                 }
-                created
+                self.start_replicas(&name).await.map_err(Failure::Local)
             }
             Command::DeleteTopic { name } => {
+                // The replicas stop before their files go.
                 self.stop_replicas(&name).await;
                 self.state.lock().assignments.remove(&name);
                 let n = name.clone();
-                blocking(move || broker.inner.delete_topic_here(&n)).await
+                match blocking(move || broker.inner.delete_topic_here(&n)).await {
+                    Ok(()) | Err(Error::UnknownTopic { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
             }
-            Command::AddPartitions { name, replicas } => {
+            Command::AddPartitions { name, from, replicas } => {
                 let total = {
                     let mut s = self.state.lock();
-                    let assigned = s.assignments.entry(name.clone()).or_default();
-                    assigned.extend(replicas);
-                    assigned.len() as u32
+                    let Some(assigned) = s.assignments.get_mut(&name) else {
+                        return Err(Failure::Refused(Error::UnknownTopic { topic: name }));
+                    };
+                    if assigned.replicas.len() as u32 != from {
+                        return Err(Failure::Refused(Error::InvalidPartitions {
+                            topic: name,
+                            count: from + replicas.len() as u32,
+                            reason: "the partition count changed while the change was decided",
+                        }));
+                    }
+                    assigned.replicas.extend(replicas);
+                    assigned.replicas.len() as u32
                 };
                 let n = name.clone();
                 let added = blocking(move || broker.inner.add_partitions_here(&n, total)).await;
-                if added.is_ok() || self.broker.partition_count(&name).is_ok_and(|c| c >= total) {
-                    self.start_replicas(&name).await?;
+                match added {
+                    Ok(()) => {}
+                    // Applied again after a crash.
+                    Err(_) if self.broker.partition_count(&name).is_ok_and(|c| c >= total) => {}
+                    Err(e) => return Err(Failure::Local(e)),
                 }
-                added
+                self.start_replicas(&name).await.map_err(Failure::Local)
             }
             Command::AlterTopicConfig { name, config } => {
-                blocking(move || broker.inner.alter_topic_config_here(&name, config)).await
+                blocking(move || broker.inner.alter_topic_config_here(&name, config))
+                    .await
+                    .map_err(Failure::from)
             }
         }
     }
@@ -310,6 +399,8 @@ impl Controller {
     /// Starts the Raft groups of the partitions of `topic` that this node holds and does not
     /// run yet; a new group is started with its members as the assignment says.
     pub(crate) async fn start_replicas(&self, topic: &str) -> Result<()> {
+        // Held from reading the assignment on, so no deletion is applied in between.
+        let mut running = self.replicas.lock().await;
         let assigned = self
             .state
             .lock()
@@ -317,11 +408,11 @@ impl Controller {
             .get(topic)
             .cloned()
             .unwrap_or_default();
-        let mut running = self.replicas.lock().await;
-        for (p, nodes) in assigned.iter().enumerate() {
+        for (p, nodes) in assigned.replicas.iter().enumerate() {
             let group = GroupId {
                 topic: topic.to_string(),
                 partition: p as i32,
+                incarnation: assigned.incarnation,
             };
             if !nodes.contains(&self.me) || running.contains_key(&group) {
                 continue;
@@ -500,13 +591,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f).await.map_err(cluster_error)?
 }
 
-/// The broker's topic changes, decided by the controller.
+/// The broker's topic changes, decided by the controller. (The controller holds the broker:
+/// the broker holds it weakly.)
 #[derive(Debug)]
-pub(crate) struct Coordinator(pub(crate) Arc<Controller>);
+pub(crate) struct Coordinator(pub(crate) std::sync::Weak<Controller>);
+
+impl Coordinator {
+    fn get(&self) -> Result<Arc<Controller>> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| cluster_error("the cluster has stopped"))
+    }
+}
 
 impl Coordinate for Coordinator {
     fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
-        let c = self.0.clone();
+        let c = self.get()?;
         let replicas = c.assign(0, partitions);
         let command = Command::CreateTopic {
             name: name.to_string(),
@@ -514,58 +614,61 @@ impl Coordinate for Coordinator {
             config,
             replicas,
         };
-        self.0.wait(async move { c.submit(command).await })
+        c.clone().wait(async move { c.submit(command).await })
     }
 
     fn delete_topic(&self, name: &str) -> Result<()> {
-        let c = self.0.clone();
+        let c = self.get()?;
+        // The topic's committed offsets go first, once for the cluster (the offsets topic is
+        // replicated like any other), as a single node deletes them.
+        if c.broker.inner.topic(crate::group::OFFSETS_TOPIC).is_ok() {
+            c.broker.inner.offsets()?.delete_topic(name)?;
+        }
         let command = Command::DeleteTopic {
             name: name.to_string(),
         };
-        self.0.wait(async move { c.submit(command).await })
+        c.clone().wait(async move { c.submit(command).await })
     }
 
     fn add_partitions(&self, name: &str, total: u32) -> Result<()> {
-        let c = self.0.clone();
+        let c = self.get()?;
         let current = c.broker.partition_count(name)?;
-        let replicas = c.assign(current, total - current);
+        let replicas = c.assign(current, total.saturating_sub(current));
         let command = Command::AddPartitions {
             name: name.to_string(),
+            from: current,
             replicas,
         };
-        self.0.wait(async move { c.submit(command).await })
+        c.clone().wait(async move { c.submit(command).await })
     }
 
     fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()> {
-        let c = self.0.clone();
+        let c = self.get()?;
         let command = Command::AlterTopicConfig {
             name: name.to_string(),
             config,
         };
-        self.0.wait(async move { c.submit(command).await })
+        c.clone().wait(async move { c.submit(command).await })
     }
 
     fn node_id(&self) -> u64 {
-        self.0.me
+        self.get().map_or(0, |c| c.me)
     }
 
     fn kafka_nodes(&self) -> Vec<(u64, Option<String>)> {
-        self.0
-            .nodes()
-            .into_iter()
-            .map(|n| (n.id, n.kafka_address))
-            .collect()
+        let nodes = self.get().map(|c| c.nodes()).unwrap_or_default();
+        nodes.into_iter().map(|n| (n.id, n.kafka_address)).collect()
     }
 
     fn controller(&self) -> Option<u64> {
-        self.0.placement(&controller_group()).and_then(|p| p.leader)
+        self.get()
+            .ok()?
+            .placement(&controller_group())
+            .and_then(|p| p.leader)
     }
 
     fn placement(&self, topic: &str, partition: u32) -> Option<Placement> {
-        let group = GroupId {
-            topic: topic.to_string(),
-            partition: partition as i32,
-        };
-        self.0.placement(&group)
+        let c = self.get().ok()?;
+        c.placement(&c.group_of(topic, partition)?)
     }
 }

@@ -33,7 +33,6 @@ use tokio::sync::oneshot;
 
 use crate::cluster::entry::{self, UNASSIGNED};
 use crate::cluster::raft::{Entry, IoFlushed, LogId, LogState, TypeConfig, Vote, log_id, term_of};
-use crate::config::Fsync;
 use crate::error::{Error, Result};
 use crate::storage::{Fs, PartitionLog, REPLICA_FILE, meta};
 
@@ -177,13 +176,35 @@ pub(crate) struct Replica {
     pub(crate) index: RwLock<EntryIndex>,
     /// What `replica.meta` holds (written only by the I/O thread).
     saved: Mutex<ReplicaMeta>,
+    /// Why a sync failed: the log's state on disk is unknown from then on, and every later
+    /// write (a vote above all) is refused.
+    failed_sync: Mutex<Option<String>>,
 }
 
 impl Replica {
     /// Takes over `log` (opened as replicated) and rebuilds its entry index.
     pub(crate) fn open(log: PartitionLog, fs: Arc<dyn Fs>) -> Result<Arc<Replica>> {
         let meta_path = log.dir().join(REPLICA_FILE);
-        let saved: ReplicaMeta = meta::read(&meta_path)?.unwrap_or_default();
+        let saved: Option<ReplicaMeta> = meta::read(&meta_path)?;
+        if saved.is_none() && log.log_end_offset() > log.log_start_offset() {
+            // Records written by a single node: no Raft log agrees with them.
+            return Err(Error::NotALog {
+                path: log.dir().to_path_buf(),
+                reason: "it holds records but was never a replica".into(),
+            });
+        }
+        let saved = match saved {
+            Some(saved) => saved,
+            None => {
+                // Marks the log as a replica's from its first entry on.
+                let fresh = ReplicaMeta {
+                    first_offset: log.log_end_offset(),
+                    ..ReplicaMeta::default()
+                };
+                meta::write(&*fs, &meta_path, &fresh)?;
+                fresh
+            }
+        };
         let mut index = EntryIndex::new(saved.purged, saved.first_index, saved.first_offset);
         let end = log.log_end_offset();
         if saved.first_offset > end
@@ -210,7 +231,12 @@ impl Replica {
                         ),
                     });
                 }
-                let term = u64::try_from(h.partition_leader_epoch).unwrap_or(0);
+                let Ok(term) = u64::try_from(h.partition_leader_epoch) else {
+                    return Err(Error::NotALog {
+                        path: log.dir().to_path_buf(),
+                        reason: format!("the batch at offset {} has no leader epoch", h.base_offset),
+                    });
+                };
                 index.push(index.next_index(), term, h.base_offset, h.next_offset());
                 next = h.next_offset();
                 Ok(())
@@ -222,6 +248,7 @@ impl Replica {
             meta_path,
             index: RwLock::new(index),
             saved: Mutex::new(saved),
+            failed_sync: Mutex::new(None),
         }))
     }
 
@@ -241,22 +268,20 @@ impl Replica {
         };
         let mut entries = Vec::with_capacity(offsets.len());
         let mut want = offsets.iter().copied().peekable();
-        while let Some(&offset) = want.peek() {
-            let fetch = self
-                .log
-                .read_unpublished(offset, READ_CHUNK)
-                .map_err(io::Error::other)?;
+        // Stops short where the log no longer has what the index said: a truncation came.
+        'reading: while let Some(&offset) = want.peek() {
+            let fetch = match self.log.read_unpublished(offset, READ_CHUNK) {
+                Ok(fetch) => fetch,
+                Err(Error::OffsetOutOfRange { .. }) => break,
+                Err(e) => return Err(io::Error::other(e)),
+            };
             if fetch.is_empty() {
                 break;
             }
             for batch in fetch.batches() {
                 let Some(&expected) = want.peek() else { break };
                 if batch.header().base_offset != expected {
-                    return Err(io::Error::other(format!(
-                        "entry {} is not at offset {expected} (a batch at {} is)",
-                        from + entries.len() as u64,
-                        batch.header().base_offset
-                    )));
+                    break 'reading;
                 }
                 let index = from + entries.len() as u64;
                 let (id, payload) = entry::from_batch(index, batch.as_bytes().to_vec())?;
@@ -264,7 +289,25 @@ impl Replica {
                 want.next();
             }
         }
-        // A truncation that raced the read leaves fewer entries: the caller sees a shorter log.
+        // Only entries the index still holds as read are returned: after a truncation (and
+        // appends after it) other entries may be at these offsets.
+        let idx = self.index.read();
+        let held = |i: u64, term: Option<u64>| {
+            idx.offset_of(i) == offsets.get((i - from) as usize).copied()
+                && term.is_none_or(|t| idx.term_of(i) == Some(t))
+        };
+        let good = entries
+            .iter()
+            .take_while(|e| held(e.log_id.index, Some(term_of(&e.log_id))))
+            .count();
+        let next = from + good as u64;
+        if good == entries.len() && good < offsets.len() && held(next, None) {
+            return Err(io::Error::other(format!(
+                "entry {next} is not at offset {} as its index says",
+                offsets[good]
+            )));
+        }
+        entries.truncate(good);
         Ok(entries)
     }
 
@@ -299,18 +342,23 @@ impl Replica {
         Ok(())
     }
 
-    /// Makes every append so far durable (under the log's policy: `Fsync::Always` syncs; the
-    /// others leave it to the page cache and the interval flusher).
+    /// Makes every append so far durable. A replica syncs whatever the topic's policy: Raft
+    /// counts an entry a replica acknowledged as held by it, and its vote and commit point are
+    /// saved on disk, so an entry only in the page cache could be lost behind them.
     fn sync(&self) -> io::Result<()> {
-        if self.log.config().fsync == Fsync::Always {
-            self.log.flush().map_err(io::Error::other)?;
+        if let Some(why) = self.failed_sync.lock().as_ref() {
+            return Err(io::Error::other(format!("an earlier sync failed: {why}")));
         }
-        Ok(())
+        self.log.flush().map_err(|e| {
+            *self.failed_sync.lock() = Some(e.to_string());
+            io::Error::other(e)
+        })
     }
 
     pub(crate) fn truncate_after(&self, last: Option<LogId>) -> io::Result<()> {
-        let mut idx = self.index.write();
-        let cut = idx.truncate_after(last.map(|l| l.index));
+        // The index forgets the entries first (readers stop asking for them), then the log
+        // cuts them, outside the index's lock.
+        let cut = self.index.write().truncate_after(last.map(|l| l.index));
         if cut < self.log.log_end_offset() {
             self.log.truncate_to(cut).map_err(io::Error::other)?;
         }
@@ -334,7 +382,7 @@ impl Replica {
         // Whole segments below the new first entry can go; consumers read from there on.
         let start = first_offset.min(self.log.high_watermark());
         if start > self.log.log_start_offset() {
-            self.log.delete_records_before(start).map_err(io::Error::other)?;
+            self.log.purge_before(start).map_err(io::Error::other)?;
         }
         Ok(())
     }

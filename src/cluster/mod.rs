@@ -65,7 +65,7 @@ pub use controller::NodeInfo;
 use crate::broker::{Broker, BrokerBuilder};
 use crate::cluster::controller::{Command, Controller, Coordinator, controller_group};
 use crate::cluster::partition::{PartitionReplica, cluster_error};
-use crate::cluster::peer::{GroupId, Groups, Router};
+use crate::cluster::peer::{Groups, Router};
 use crate::cluster::raft::{Node, NodeId};
 use crate::cluster::state_machine::ControllerHook;
 use crate::config::{Fsync, LogConfig};
@@ -256,7 +256,9 @@ impl ClusterBuilder {
                     }
                 }
                 for topic in controller.topics() {
-                    controller.start_replicas(&topic).await?;
+                    if let Err(e) = controller.start_replicas(&topic).await {
+                        log::error!("node {me}: starting the replicas of {topic}: {e}");
+                    }
                 }
                 // Registered once the controller has a leader (retried until then).
                 let c = controller.clone();
@@ -280,7 +282,7 @@ impl ClusterBuilder {
         let _ = broker
             .inner
             .cluster
-            .set(Arc::new(Coordinator(controller.clone())));
+            .set(Arc::new(Coordinator(Arc::downgrade(&controller))));
         Ok(Cluster {
             inner: Arc::new(ClusterInner {
                 me,
@@ -426,11 +428,8 @@ impl Cluster {
     /// The replicas of a partition, as this node last heard: leader, epoch, replicas, in sync
     /// (the leader's view; a follower reports every replica in sync).
     pub fn replica_state(&self, topic: &str, partition: u32) -> Result<ReplicaState> {
-        let group = GroupId {
-            topic: topic.to_string(),
-            partition: partition as i32,
-        };
-        let Some(p) = self.inner.controller.placement(&group) else {
+        let group = self.inner.controller.group_of(topic, partition);
+        let Some(p) = group.and_then(|g| self.inner.controller.placement(&g)) else {
             return match self.inner.controller.assignment(topic, partition) {
                 Some(_) => Err(cluster_error(format!(
                     "node {} holds no replica of {topic}-{partition}",

@@ -151,6 +151,7 @@ impl Appender {
         let records = Records(batch.into_bytes());
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
         let mut target = s.me;
+        let mut redirects = 0u32;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let proposed = if target == s.me {
@@ -159,7 +160,7 @@ impl Appender {
                     .read()
                     .clone()
                     .ok_or_else(|| cluster_error("the replica has stopped"))?;
-                propose_here(&raft, records.clone()).await
+                propose_here(&raft, records.clone(), left).await
             } else {
                 s.router
                     .propose(target, s.group.clone(), records.clone(), left)
@@ -177,8 +178,16 @@ impl Appender {
                     s.group.topic, s.group.partition
                 )));
             }
+            redirects += 1;
             match leader {
-                Some(l) if l != target => target = l,
+                // Straight to the leader named, unless nodes keep naming each other (views
+                // that disagree during an election): then wait a little first.
+                Some(l) if l != target => {
+                    if redirects > 2 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    target = l;
+                }
                 // No leader known (an election is on), or the named one refused.
                 _ => {
                     target = s.me;

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::AnyError;
-use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::error::{
+    ClientWriteError, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -29,9 +31,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cluster::entry::Records;
+use crate::cluster::entry::{Records, UNASSIGNED};
 use crate::cluster::raft::{Appended, Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::state_machine::{SnapshotData, StateMachine};
+use crate::storage::RecordBatch;
 
 /// The largest frame a node sends or accepts: a full AppendEntries of the largest batches.
 pub(crate) const MAX_FRAME: usize = 128 << 20;
@@ -44,6 +47,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct GroupId {
     pub(crate) topic: String,
     pub(crate) partition: i32,
+    /// Which incarnation of the topic (one deleted and created again is another).
+    pub(crate) incarnation: u64,
 }
 
 pub(crate) type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -89,16 +94,24 @@ pub(crate) enum Proposed {
     Unreachable(String),
 }
 
-/// Proposes `records` to the local replica `raft`.
-pub(crate) async fn propose_here(raft: &Raft, records: Records) -> Result<Proposed, String> {
-    match raft.client_write(records).await {
+/// Proposes `records` to the local replica `raft`, waiting at most `ttl`. Only a refusal
+/// before the entry was appended is `NotLeader`; an entry appended and then discarded by a
+/// leader change may yet commit, so that is an error (outcome unknown), as is a timeout.
+pub(crate) async fn propose_here(raft: &Raft, records: Records, ttl: Duration) -> Result<Proposed, String> {
+    let written = tokio::time::timeout(ttl, raft.client_write(records))
+        .await
+        .map_err(|_| format!("not committed within {ttl:?}: the outcome is unknown"))?;
+    match written {
         Ok(written) => Ok(Proposed::Appended(written.data)),
-        Err(e) => match e.forward_to_leader() {
-            Some(f) => Ok(Proposed::NotLeader(f.leader_id)),
-            None => Err(e.to_string()),
-        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Ok(Proposed::NotLeader(f.leader_id))
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
+
+/// How long a leader waits for a batch proposed by another node to commit.
+const REMOTE_PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), message: &Message) -> io::Result<()> {
     let bytes = postcard::to_stdvec(message).map_err(io::Error::other)?;
@@ -429,11 +442,13 @@ impl Groups {
                 .map_err(|e| e.to_string()),
             Rpc::Vote(r) => raft.vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
             Rpc::PreVote(r) => raft.pre_vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
-            Rpc::Propose(records) => match propose_here(&raft, records).await? {
-                Proposed::Appended(a) => Ok(Reply::Appended(a)),
-                Proposed::NotLeader(l) => Ok(Reply::NotLeader(l)),
-                Proposed::Unreachable(why) => Err(why),
-            },
+            Rpc::Propose(records) => {
+                match propose_here(&raft, checked(records)?, REMOTE_PROPOSAL_TIMEOUT).await? {
+                    Proposed::Appended(a) => Ok(Reply::Appended(a)),
+                    Proposed::NotLeader(l) => Ok(Reply::NotLeader(l)),
+                    Proposed::Unreachable(why) => Err(why),
+                }
+            }
             Rpc::Snapshot { vote, meta, data } => raft
                 .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
                 .await
@@ -441,6 +456,16 @@ impl Groups {
                 .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// A batch another node proposes: one whole batch of records, not yet placed.
+fn checked(records: Records) -> Result<Records, String> {
+    let batch = RecordBatch::from_stored(records.0).map_err(|e| format!("a proposed batch: {e}"))?;
+    let h = batch.header();
+    if h.is_control() || h.base_offset != UNASSIGNED {
+        return Err("a proposed batch must be a batch of records, not yet placed".into());
+    }
+    Ok(Records(batch.into_bytes()))
 }
 
 /// Returns when `shutdown` turns true (or its sender is gone).

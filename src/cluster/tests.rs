@@ -251,6 +251,7 @@ async fn start_nodes(dirs: &[tempfile::TempDir]) -> Vec<TestNode> {
     let group = GroupId {
         topic: "t".into(),
         partition: 0,
+        incarnation: 0,
     };
     let mut nodes = Vec::new();
     for (i, (dir, listener)) in dirs.iter().zip(listeners).enumerate() {
@@ -419,6 +420,7 @@ async fn three_replicas_keep_every_acknowledged_batch_through_a_failover() {
     nodes[old].groups.remove(&GroupId {
         topic: "t".into(),
         partition: 0,
+        incarnation: 0,
     });
     let survivors: Vec<&TestNode> = nodes
         .iter()

@@ -137,7 +137,10 @@ impl Inner {
     pub(crate) fn compact(&self, now_ms: i64, force: bool) -> Result<Option<CleanStats>> {
         let _one_at_a_time = self.cleaning.lock();
         let config = self.cfg().clone();
-        if self.closed.load(Ordering::Acquire) || !config.cleanup_policy.compacts() {
+        // A replicated log is not compacted (yet): its cleaner would have to keep every batch
+        // (emptied ones too: Raft counts them), every control batch, and stop at the high
+        // watermark (a follower's tail may still be cut away).
+        if self.closed.load(Ordering::Acquire) || self.replicated || !config.cleanup_policy.compacts() {
             return Ok(None);
         }
         self.check_writable()?;

@@ -500,6 +500,10 @@ impl PartitionLog {
         #[cfg(feature = "cluster")]
         if self.inner.replicated {
             check_batch(&batch, &self.inner.cfg())?;
+            if batch.header().is_control() {
+                // A replicated log's control batches are its replication's own entries.
+                return Err(Error::InvalidBatch(BatchError::ControlBatch));
+            }
             let replicator = self.inner.replicator.get().ok_or_else(|| Error::Cluster {
                 reason: format!("{} is not replicating yet", self.inner.dir.display()),
             })?;
@@ -688,6 +692,18 @@ impl PartitionLog {
     /// longer readable, and segments wholly below it are deleted. `offset` may not pass the
     /// high watermark. Returns the log start offset.
     pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        if self.inner.replicated {
+            // Replicas move their start together, when their owner purges them.
+            return Err(Error::Cluster {
+                reason: "records of a replicated partition are deleted by retention alone".into(),
+            });
+        }
+        self.inner.delete_records_before(offset)
+    }
+
+    /// Moves a replicated log's start to `offset` (its owner's purge).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn purge_before(&self, offset: i64) -> Result<i64> {
         self.inner.delete_records_before(offset)
     }
 
