@@ -221,6 +221,7 @@ impl ClusterBuilder {
             let controller = controller.clone();
             let groups = groups.clone();
             let router = router.clone();
+            let router_for_peers = router.clone();
             let metadata_dir = cluster_dir.join("metadata");
             run_on(&handle, async move {
                 let listener = tokio::net::TcpListener::bind(peer_listen)
@@ -247,7 +248,7 @@ impl ClusterBuilder {
                 controller.watch_leader(controller_group(), &metadata.raft, voter_ids);
                 let raft = metadata.raft.clone();
                 let _ = controller.metadata.set(metadata);
-                tokio::spawn(peer::serve(me, listener, groups, stopped));
+                tokio::spawn(peer::serve(me, listener, groups, router_for_peers, stopped));
                 if !raft.is_initialized().await.map_err(cluster_error)? {
                     let members: BTreeMap<NodeId, Node> =
                         voters.iter().map(|v| (v.0, Node::default())).collect();

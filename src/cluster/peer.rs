@@ -113,7 +113,8 @@ pub(crate) async fn propose_here(raft: &Raft, records: Records, ttl: Duration) -
 /// How long a leader waits for a batch proposed by another node to commit.
 const REMOTE_PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), message: &Message) -> io::Result<()> {
+/// A message as a frame's payload, refused past [`MAX_FRAME`].
+fn encode(message: &Message) -> io::Result<Vec<u8>> {
     let bytes = postcard::to_stdvec(message).map_err(io::Error::other)?;
     if bytes.len() > MAX_FRAME {
         return Err(io::Error::other(format!(
@@ -121,22 +122,44 @@ async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), message: &Message) ->
             bytes.len()
         )));
     }
+    Ok(bytes)
+}
+
+async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> io::Result<()> {
     w.write_u32(bytes.len() as u32).await?;
-    w.write_all(&bytes).await?;
+    w.write_all(bytes).await?;
     w.flush().await
 }
 
-/// The next frame; `None` at a clean end of the stream.
-async fn read_frame<T: DeserializeOwned>(r: &mut (impl AsyncReadExt + Unpin)) -> io::Result<Option<T>> {
+/// The largest Hello: a connection's first frame, read before the peer is known.
+const MAX_HELLO: usize = 256;
+
+/// How long a new connection has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most peer connections a node serves at once, and the most requests in flight on one.
+const MAX_PEER_CONNECTIONS: usize = 256;
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// How long a request waits for its reply at least, whatever openraft asks: an AppendEntries
+/// carries up to 64 batches and its reply waits for the follower's fsync (openraft's own
+/// time-to-live for it is the heartbeat interval).
+const MIN_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The next frame, of at most `max` bytes; `None` at a clean end of the stream.
+async fn read_frame<T: DeserializeOwned>(
+    r: &mut (impl AsyncReadExt + Unpin),
+    max: usize,
+) -> io::Result<Option<T>> {
     let len = match r.read_u32().await {
         Ok(len) => len as usize,
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     };
-    if len > MAX_FRAME {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("a peer sent a {len}-byte frame, over the {MAX_FRAME}-byte limit"),
+            format!("a peer sent a {len}-byte frame, over the {max}-byte limit"),
         ));
     }
     let mut bytes = vec![0; len];
@@ -148,10 +171,16 @@ async fn read_frame<T: DeserializeOwned>(r: &mut (impl AsyncReadExt + Unpin)) ->
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>>;
 
+/// A request's frame, to be sent unless its caller has given up on it by then.
+struct Outgoing {
+    bytes: Vec<u8>,
+    deadline: tokio::time::Instant,
+}
+
 /// One open connection to a peer.
 #[derive(Clone)]
 struct Link {
-    out: mpsc::UnboundedSender<Message>,
+    out: mpsc::UnboundedSender<Outgoing>,
     pending: Pending,
     alive: Arc<AtomicBool>,
 }
@@ -163,8 +192,8 @@ impl Link {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
         stream.set_nodelay(true)?;
         let (mut reader, mut writer) = stream.into_split();
-        write_frame(&mut writer, &Message::Hello { from: me, to: target }).await?;
-        let (out, mut queue) = mpsc::unbounded_channel::<Message>();
+        write_frame(&mut writer, &encode(&Message::Hello { from: me, to: target })?).await?;
+        let (out, mut queue) = mpsc::unbounded_channel::<Outgoing>();
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let link = Link {
@@ -174,8 +203,12 @@ impl Link {
         };
         let writer_alive = alive.clone();
         tokio::spawn(async move {
-            while let Some(message) = queue.recv().await {
-                if let Err(e) = write_frame(&mut writer, &message).await {
+            while let Some(o) = queue.recv().await {
+                // A request its caller gave up on is not sent (openraft sends it again).
+                if o.deadline <= tokio::time::Instant::now() {
+                    continue;
+                }
+                if let Err(e) = write_frame(&mut writer, &o.bytes).await {
                     log::debug!("peer link to node {target} at {addr}: {e}");
                     break;
                 }
@@ -184,7 +217,7 @@ impl Link {
         });
         tokio::spawn(async move {
             loop {
-                match read_frame::<Message>(&mut reader).await {
+                match read_frame::<Message>(&mut reader, MAX_FRAME).await {
                     Ok(Some(Message::Response { id, result })) => {
                         if let Some(tx) = pending.lock().remove(&id) {
                             let _ = tx.send(result);
@@ -199,6 +232,9 @@ impl Link {
                         log::debug!("peer link to node {target} at {addr}: {e}");
                         break;
                     }
+                }
+                if !alive.load(Ordering::SeqCst) {
+                    break;
                 }
             }
             alive.store(false, Ordering::SeqCst);
@@ -218,7 +254,9 @@ pub(crate) struct Router {
 struct RouterInner {
     me: NodeId,
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
-    links: tokio::sync::Mutex<HashMap<NodeId, Link>>,
+    /// Each peer's link, behind a lock of its own: connecting to one that is down does not
+    /// hold up messages to the others.
+    links: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<Link>>>>>,
     next_id: AtomicU64,
 }
 
@@ -232,7 +270,7 @@ impl Router {
             inner: Arc::new(RouterInner {
                 me,
                 peers: RwLock::new(HashMap::new()),
-                links: tokio::sync::Mutex::new(HashMap::new()),
+                links: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
             }),
         }
@@ -243,9 +281,15 @@ impl Router {
         self.inner.peers.write().insert(id, addr);
     }
 
+    /// Whether `id` is a node this one knows.
+    pub(crate) fn knows(&self, id: NodeId) -> bool {
+        self.inner.peers.read().contains_key(&id)
+    }
+
     async fn link(&self, target: NodeId) -> Result<Link, Unreachable<TypeConfig>> {
-        let mut links = self.inner.links.lock().await;
-        if let Some(link) = links.get(&target)
+        let slot = self.inner.links.lock().entry(target).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(link) = slot.as_ref()
             && link.alive.load(Ordering::SeqCst)
         {
             return Ok(link.clone());
@@ -255,11 +299,12 @@ impl Router {
         let link = Link::open(self.inner.me, target, addr)
             .await
             .map_err(unreachable)?;
-        links.insert(target, link.clone());
+        *slot = Some(link.clone());
         Ok(link)
     }
 
-    /// Sends `rpc` for `group` to `target` and waits for the reply for at most `ttl`.
+    /// Sends `rpc` for `group` to `target` and waits for the reply for at most `ttl` (at
+    /// least [`MIN_RPC_TIMEOUT`]).
     async fn call(
         &self,
         target: NodeId,
@@ -267,23 +312,29 @@ impl Router {
         rpc: Rpc,
         ttl: Duration,
     ) -> Result<Reply, RPCError<TypeConfig>> {
-        let link = self.link(target).await.map_err(RPCError::Unreachable)?;
+        let network = |why: String| RPCError::Network(NetworkError::new(&AnyError::error(why)));
+        let ttl = ttl.max(MIN_RPC_TIMEOUT);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        // Too large a message fails alone, not the link it would have broken.
+        let bytes = encode(&Message::Request { id, group, rpc }).map_err(|e| network(e.to_string()))?;
+        let link = self.link(target).await.map_err(RPCError::Unreachable)?;
         let (tx, rx) = oneshot::channel();
         link.pending.lock().insert(id, tx);
-        if link.out.send(Message::Request { id, group, rpc }).is_err() {
+        let deadline = tokio::time::Instant::now() + ttl;
+        if link.out.send(Outgoing { bytes, deadline }).is_err() {
             link.pending.lock().remove(&id);
             return Err(RPCError::Unreachable(unreachable("the peer link closed")));
         }
-        match tokio::time::timeout(ttl, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(remote))) => Err(RPCError::Network(NetworkError::new(&AnyError::error(remote)))),
+            Ok(Ok(Err(remote))) => Err(network(remote)),
             Ok(Err(_)) => Err(RPCError::Unreachable(unreachable("the peer link closed"))),
             Err(_) => {
                 link.pending.lock().remove(&id);
-                Err(RPCError::Network(NetworkError::new(&AnyError::error(format!(
-                    "no reply from node {target} in {ttl:?}"
-                )))))
+                // A link that answers nothing for so long may be half open: the next request
+                // connects again.
+                link.alive.store(false, Ordering::SeqCst);
+                Err(network(format!("no reply from node {target} in {ttl:?}")))
             }
         }
     }
@@ -431,6 +482,19 @@ impl Groups {
     }
 
     async fn dispatch(&self, group: GroupId, rpc: Rpc) -> Result<Reply, String> {
+        let term = match &rpc {
+            Rpc::Append(r) => Some(r.vote.leader_id().term),
+            Rpc::Vote(r) | Rpc::PreVote(r) => Some(r.vote.leader_id().term),
+            Rpc::Snapshot { vote, .. } => Some(vote.leader_id().term),
+            Rpc::Propose(_) => None,
+        };
+        if term.is_some_and(|t| t > i32::MAX as u64) {
+            // A term must fit a Kafka leader epoch: one past it would wedge the group.
+            return Err(format!(
+                "term {} is past the largest leader epoch",
+                term.unwrap_or_default()
+            ));
+        }
         let raft = self
             .get(&group)
             .ok_or_else(|| format!("no replica of {}-{} here", group.topic, group.partition))?;
@@ -478,8 +542,10 @@ pub(crate) async fn serve(
     me: NodeId,
     listener: TcpListener,
     groups: Arc<Groups>,
+    router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
         let (stream, from) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -492,12 +558,18 @@ pub(crate) async fn serve(
             },
             _ = stopped(&mut shutdown) => return,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            log::warn!("node {me}: refusing a peer link from {from}: {MAX_PEER_CONNECTIONS} are open");
+            continue;
+        };
         let groups = groups.clone();
+        let router = router.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_peer(me, stream, groups, shutdown).await {
+            if let Err(e) = serve_peer(me, stream, groups, router, shutdown).await {
                 log::debug!("node {me}: the peer link from {from}: {e}");
             }
+            drop(permit);
         });
     }
 }
@@ -506,12 +578,21 @@ async fn serve_peer(
     me: NodeId,
     stream: TcpStream,
     groups: Arc<Groups>,
+    router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (mut reader, mut writer) = stream.into_split();
-    match read_frame::<Message>(&mut reader).await? {
-        Some(Message::Hello { to, .. }) if to == me => {}
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame::<Message>(&mut reader, MAX_HELLO))
+        .await
+        .map_err(|_| io::Error::other("no Hello in time"))??;
+    match hello {
+        Some(Message::Hello { from, to }) if to == me && router.knows(from) => {}
+        Some(Message::Hello { from, to }) if to == me => {
+            return Err(io::Error::other(format!(
+                "node {from} is not a node of this cluster"
+            )));
+        }
         Some(Message::Hello { from, to }) => {
             return Err(io::Error::other(format!(
                 "node {from} took this node for node {to}, but it is node {me}"
@@ -519,28 +600,42 @@ async fn serve_peer(
         }
         _ => return Err(io::Error::other("a peer link that did not start with Hello")),
     }
-    let (out, mut queue) = mpsc::unbounded_channel::<Message>();
+    let (out, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
     let writing = tokio::spawn(async move {
-        while let Some(message) = queue.recv().await {
-            if write_frame(&mut writer, &message).await.is_err() {
+        while let Some(bytes) = queue.recv().await {
+            if write_frame(&mut writer, &bytes).await.is_err() {
                 break;
             }
         }
     });
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let message = tokio::select! {
-            m = read_frame::<Message>(&mut reader) => m?,
+            m = read_frame::<Message>(&mut reader, MAX_FRAME) => m?,
             _ = stopped(&mut shutdown) => None,
         };
         let Some(message) = message else { break };
         let Message::Request { id, group, rpc } = message else {
             return Err(io::Error::other("a peer sent something other than a request"));
         };
+        // Past the limit, reading waits for a request to finish.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let groups = groups.clone();
         let out = out.clone();
         tokio::spawn(async move {
             let result = groups.dispatch(group, rpc).await;
-            let _ = out.send(Message::Response { id, result });
+            let response = encode(&Message::Response { id, result }).or_else(|e| {
+                encode(&Message::Response {
+                    id,
+                    result: Err(e.to_string()),
+                })
+            });
+            if let Ok(bytes) = response {
+                let _ = out.send(bytes);
+            }
+            drop(permit);
         });
     }
     drop(out);

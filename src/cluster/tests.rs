@@ -262,7 +262,7 @@ async fn start_nodes(dirs: &[tempfile::TempDir]) -> Vec<TestNode> {
         }
         let groups = Arc::new(Groups::default());
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(peer::serve(id, listener, groups.clone(), stopped));
+        tokio::spawn(peer::serve(id, listener, groups.clone(), router.clone(), stopped));
         let config = LogConfig {
             fsync: Fsync::Always,
             segment_bytes: 4096,
