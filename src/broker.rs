@@ -279,6 +279,9 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     fn controller(&self) -> Option<u64>;
     /// Where a partition's replicas are, as this node last heard.
     fn placement(&self, topic: &str, partition: u32) -> Option<Placement>;
+    /// Whether this node coordinates the cluster's groups now: it leads the offsets topic's
+    /// partition, and its offset store has read everything committed there.
+    fn coordinates_groups(&self) -> bool;
 }
 
 /// Where a partition's replicas are, as a cluster node last heard.
@@ -809,6 +812,13 @@ impl BrokerInner {
         topic.partition(partition)
     }
 
+    /// Forgets the committed-offset store read so far: it is read again on next use (a
+    /// cluster node that starts coordinating groups has commits other nodes made).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn forget_offsets(&self) {
+        self.offsets.lock().take();
+    }
+
     /// The committed-offset store, creating the offsets topic on first use.
     pub(crate) fn offsets(&self) -> Result<Arc<OffsetStore>> {
         if let Some(store) = self.offsets.lock().as_ref() {
@@ -894,7 +904,7 @@ impl BrokerInner {
         Ok(())
     }
 
-    fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
+    pub(crate) fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = self.cluster.get() {
             self.check_topic(name, partitions, &config)?;

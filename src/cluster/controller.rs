@@ -29,6 +29,7 @@ use crate::cluster::raft::{LogId, Node, NodeId, StoredMembership};
 use crate::cluster::state_machine::Applying;
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
+use crate::group::OFFSETS_TOPIC;
 use crate::storage::format::Batch;
 use crate::storage::{BatchBuilder, Compression, StdFs, meta};
 
@@ -147,6 +148,10 @@ pub(crate) struct Controller {
     runtime: Handle,
     /// Where each group's replicas are, as this node's replicas last saw it.
     leaders: Arc<parking_lot::RwLock<HashMap<GroupId, Placement>>>,
+    /// The cluster's founding voters.
+    voters: Vec<NodeId>,
+    /// The term in which this node took over coordinating groups (0: it does not).
+    coordinating: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -163,6 +168,7 @@ impl Controller {
         groups: Arc<Groups>,
         state_path: PathBuf,
         runtime: Handle,
+        voters: Vec<NodeId>,
     ) -> Result<Controller> {
         let state: ControllerState = meta::read(&state_path)?.unwrap_or_default();
         for node in state.nodes.values() {
@@ -182,6 +188,8 @@ impl Controller {
             replication_factor: 3,
             runtime,
             leaders: Arc::default(),
+            coordinating: Arc::default(),
+            voters,
         })
     }
 
@@ -189,6 +197,10 @@ impl Controller {
     pub(crate) fn saved(&self) -> (Option<LogId>, StoredMembership) {
         let s = self.state.lock();
         (s.applied, s.membership.clone())
+    }
+
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
@@ -445,6 +457,14 @@ impl Controller {
     ) {
         let mut metrics = raft.metrics();
         let leaders = self.leaders.clone();
+        let offsets = (group.topic == OFFSETS_TOPIC && group.partition == 0).then(|| {
+            (
+                raft.clone(),
+                self.coordinating.clone(),
+                Arc::downgrade(&self.broker.inner),
+                self.me,
+            )
+        });
         tokio::spawn(async move {
             loop {
                 let placement = {
@@ -464,6 +484,9 @@ impl Controller {
                         in_sync,
                     }
                 };
+                if let Some((raft, coordinating, broker, me)) = &offsets {
+                    take_over_groups(raft, coordinating, broker, *me, &placement);
+                }
                 if leaders.read().get(&group) != Some(&placement) {
                     leaders.write().insert(group.clone(), placement);
                 }
@@ -542,9 +565,17 @@ impl Controller {
     }
 
     /// Which nodes should hold each of `count` new partitions, the first `first`: spread
-    /// round-robin over the registered nodes, `replication_factor` each (at most all nodes).
+    /// round-robin over the cluster's nodes, `replication_factor` each (at most all nodes).
     pub(crate) fn assign(&self, first: u32, count: u32) -> Vec<Vec<NodeId>> {
-        let nodes: Vec<NodeId> = self.state.lock().nodes.keys().copied().collect();
+        // The founding voters, whether or not they have registered yet, and any other node
+        // that has.
+        let mut nodes: Vec<NodeId> = {
+            let s = self.state.lock();
+            let voters = s.membership.voter_ids().chain(self.voters.iter().copied());
+            voters.chain(s.nodes.keys().copied()).collect()
+        };
+        nodes.sort_unstable();
+        nodes.dedup();
         let nodes = if nodes.is_empty() { vec![self.me] } else { nodes };
         let rf = self.replication_factor.clamp(1, nodes.len());
         (first..first + count)
@@ -564,6 +595,44 @@ impl Controller {
         });
         rx.recv().map_err(|_| cluster_error("the cluster has stopped"))?
     }
+}
+
+/// Has this node coordinate the cluster's groups once it leads the offsets topic's partition
+/// and has applied everything committed there (its offset store is then read again); stops
+/// it as soon as it does not lead.
+fn take_over_groups(
+    raft: &crate::cluster::peer::Raft,
+    coordinating: &Arc<std::sync::atomic::AtomicU64>,
+    broker: &std::sync::Weak<crate::broker::BrokerInner>,
+    me: NodeId,
+    placement: &Placement,
+) {
+    use std::sync::atomic::Ordering;
+    let term = placement.epoch;
+    if placement.leader != Some(me) {
+        coordinating.store(0, Ordering::SeqCst);
+        return;
+    }
+    if coordinating.load(Ordering::SeqCst) == term {
+        return;
+    }
+    let (raft, coordinating, broker) = (raft.clone(), coordinating.clone(), broker.clone());
+    tokio::spawn(async move {
+        // Everything committed before this term is applied here once a read is linearizable.
+        if raft
+            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Some(broker) = broker.upgrade() else { return };
+        let leads = raft.metrics().borrow_watched().current_leader == Some(me);
+        if leads && raft.metrics().borrow_watched().current_term == term {
+            broker.forget_offsets();
+            coordinating.store(term, Ordering::SeqCst);
+        }
+    });
 }
 
 /// The error a submitter gets for a command its node applied with `why`.
@@ -665,6 +734,15 @@ impl Coordinate for Coordinator {
             .ok()?
             .placement(&controller_group())
             .and_then(|p| p.leader)
+    }
+
+    fn coordinates_groups(&self) -> bool {
+        self.get().is_ok_and(|c| {
+            let term = c.coordinating.load(std::sync::atomic::Ordering::SeqCst);
+            let group = c.group_of(OFFSETS_TOPIC, 0);
+            let placement = group.and_then(|g| c.placement(&g));
+            term != 0 && placement.is_some_and(|p| p.leader == Some(c.me) && p.epoch == term)
+        })
     }
 
     fn placement(&self, topic: &str, partition: u32) -> Option<Placement> {

@@ -70,6 +70,8 @@ use crate::cluster::raft::{Node, NodeId};
 use crate::cluster::state_machine::ControllerHook;
 use crate::config::{Fsync, LogConfig};
 use crate::error::{Error, IoContext, Result};
+use crate::group::OFFSETS_TOPIC;
+use crate::group::offsets::topic_config as offsets_topic_config;
 use crate::storage::{PartitionLog, StdFs, meta};
 
 /// The file recording which node a data directory belongs to, and its cluster's voters.
@@ -204,6 +206,7 @@ impl ClusterBuilder {
             groups.clone(),
             cluster_dir.join("controller.meta"),
             handle.clone(),
+            self.voters.iter().map(|v| v.0).collect(),
         )?);
         let mut controller_mut = controller;
         if let Some(c) = Arc::get_mut(&mut controller_mut) {
@@ -262,15 +265,29 @@ impl ClusterBuilder {
                     }
                 }
                 // Registered once the controller has a leader (retried until then).
+                // The offsets topic is made with the cluster, so that a group's coordinator
+                // (the leader of its partition) is known before anyone asks.
                 let c = controller.clone();
                 tokio::spawn(async move {
                     let deadline = Instant::now() + Duration::from_secs(600);
                     while Instant::now() < deadline {
                         match c.submit(Command::RegisterNode(node.clone())).await {
-                            Ok(()) => return,
+                            Ok(()) => break,
                             Err(e) => log::debug!("node {me}: registering: {e}"),
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    let broker = c.broker().clone();
+                    let made = tokio::task::spawn_blocking(move || {
+                        broker
+                            .inner
+                            .create_topic(OFFSETS_TOPIC, 1, offsets_topic_config())
+                    })
+                    .await;
+                    match made {
+                        Ok(Ok(())) | Ok(Err(Error::TopicExists { .. })) => {}
+                        Ok(Err(e)) => log::warn!("node {me}: making the offsets topic: {e}"),
+                        Err(e) => log::warn!("node {me}: making the offsets topic: {e}"),
                     }
                 });
                 Ok(())

@@ -45,6 +45,16 @@ fn may(server: &Server, client: &Client, operation: i8, group: &str) -> bool {
     client.may(server, operation, resource::GROUP, group)
 }
 
+/// Why a request for `group` is refused, if it is: the client may not do `operation` on it
+/// (GROUP_AUTHORIZATION_FAILED), or this broker does not coordinate groups (NOT_COORDINATOR:
+/// the client looks for its coordinator again).
+fn refused(server: &Server, client: &Client, operation: i8, group: &str) -> Option<i16> {
+    if !may(server, client, operation, group) {
+        return Some(GROUP_DENIED);
+    }
+    (!server.coordinates_groups()).then_some(ResponseError::NotCoordinator.code())
+}
+
 const GROUP_DENIED: i16 = ResponseError::GroupAuthorizationFailed.code();
 const TOPIC_DENIED: i16 = ResponseError::TopicAuthorizationFailed.code();
 
@@ -79,9 +89,16 @@ pub(super) fn find_coordinator(
             .with_host(text(""))
             .with_port(-1);
     }
-    let (host, port) = server.advertised();
+    let Some((id, host, port)) = server.group_coordinator() else {
+        return reply
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_error_message(Some(text("no broker coordinates groups yet")))
+            .with_node_id(BrokerId(-1))
+            .with_host(text(""))
+            .with_port(-1);
+    };
     reply
-        .with_node_id(BrokerId(server.node_id()))
+        .with_node_id(BrokerId(id))
         .with_host(text(host))
         .with_port(i32::from(port))
 }
@@ -97,9 +114,9 @@ pub(super) async fn join_group(
     version: i16,
     client_id: String,
 ) -> JoinGroupResponse {
-    if !may(server, client, op::READ, &request.group_id) {
+    if let Some(code) = refused(server, client, op::READ, &request.group_id) {
         return JoinGroupResponse::default()
-            .with_error_code(GROUP_DENIED)
+            .with_error_code(code)
             .with_generation_id(-1)
             .with_member_id(request.member_id);
     }
@@ -176,8 +193,8 @@ pub(super) async fn sync_group(
     client: &Client,
     request: SyncGroupRequest,
 ) -> SyncGroupResponse {
-    if !may(server, client, op::READ, &request.group_id) {
-        return SyncGroupResponse::default().with_error_code(GROUP_DENIED);
+    if let Some(code) = refused(server, client, op::READ, &request.group_id) {
+        return SyncGroupResponse::default().with_error_code(code);
     }
     let me = member(
         &request.member_id,
@@ -203,8 +220,8 @@ pub(super) async fn sync_group(
 }
 
 pub(super) fn heartbeat(server: &Server, client: &Client, request: HeartbeatRequest) -> HeartbeatResponse {
-    if !may(server, client, op::READ, &request.group_id) {
-        return HeartbeatResponse::default().with_error_code(GROUP_DENIED);
+    if let Some(code) = refused(server, client, op::READ, &request.group_id) {
+        return HeartbeatResponse::default().with_error_code(code);
     }
     let me = member(
         &request.member_id,
@@ -224,8 +241,8 @@ pub(super) fn leave_group(
     request: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
-    if !may(server, client, op::READ, &request.group_id) {
-        return LeaveGroupResponse::default().with_error_code(GROUP_DENIED);
+    if let Some(code) = refused(server, client, op::READ, &request.group_id) {
+        return LeaveGroupResponse::default().with_error_code(code);
     }
     let coordinator = server.broker.coordinator();
     let group = &request.group_id.0;
@@ -270,7 +287,8 @@ pub(super) async fn offset_commit(
 
 fn commit_offsets(server: &Server, client: &Client, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
-    let group_allowed = may(server, client, op::READ, &group);
+    let group_refused = refused(server, client, op::READ, &group);
+    let group_allowed = group_refused.is_none();
     let me = member(
         &request.member_id,
         &request.group_instance_id,
@@ -323,7 +341,7 @@ fn commit_offsets(server: &Server, client: &Client, request: OffsetCommitRequest
         });
         outcome.err().map_or(0, |e| codes::code(&e))
     } else {
-        GROUP_DENIED
+        group_refused.unwrap_or(GROUP_DENIED)
     };
     let topics = request
         .topics
@@ -339,7 +357,7 @@ fn commit_offsets(server: &Server, client: &Client, request: OffsetCommitRequest
                         .with_partition_index(p.partition_index)
                         .with_error_code(match c {
                             // Refused by the group, every partition says so, whatever else.
-                            _ if !group_allowed => GROUP_DENIED,
+                            _ if !group_allowed => group_refused.unwrap_or(GROUP_DENIED),
                             Err(code) => code,
                             Ok(_) => committed_code,
                         })
@@ -376,10 +394,10 @@ fn fetch_offsets(
     request: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
-    if !may(server, client, op::DESCRIBE, &request.group_id) {
+    if let Some(code) = refused(server, client, op::DESCRIBE, &request.group_id) {
         // v1 has no error field of its own: each partition named says so.
         if version >= 2 {
-            return OffsetFetchResponse::default().with_error_code(GROUP_DENIED);
+            return OffsetFetchResponse::default().with_error_code(code);
         }
         let topics = request.topics.unwrap_or_default().into_iter().map(|t| {
             let partitions = t
@@ -389,7 +407,7 @@ fn fetch_offsets(
                     OffsetFetchResponsePartition::default()
                         .with_partition_index(p)
                         .with_committed_offset(-1)
-                        .with_error_code(GROUP_DENIED)
+                        .with_error_code(code)
                 })
                 .collect();
             OffsetFetchResponseTopic::default()
@@ -515,10 +533,10 @@ pub(super) async fn delete_groups(
             .into_iter()
             .filter(|g| seen.insert(g.clone()))
             .map(|group| {
-                if !may(&server, &client, op::DELETE, &group) {
+                if let Some(code) = refused(&server, &client, op::DELETE, &group) {
                     return DeletableGroupResult::default()
                         .with_group_id(group)
-                        .with_error_code(GROUP_DENIED);
+                        .with_error_code(code);
                 }
                 let deleted = validate_group_id(&group.0)
                     .and_then(|()| known(&group.0))
@@ -551,8 +569,8 @@ pub(super) async fn offset_delete(
     let (server, client) = (server.clone(), client.clone());
     tokio::task::spawn_blocking(move || {
         let group = request.group_id.0.to_string();
-        if !may(&server, &client, op::DELETE, &group) {
-            return OffsetDeleteResponse::default().with_error_code(GROUP_DENIED);
+        if let Some(code) = refused(&server, &client, op::DELETE, &group) {
+            return OffsetDeleteResponse::default().with_error_code(code);
         }
         // Each partition asked for is answered once; a negative index names none.
         let mut seen = HashSet::new();
@@ -626,6 +644,10 @@ pub(super) async fn list_groups(
 }
 
 fn listed_groups(server: &Server, client: &Client, request: ListGroupsRequest) -> ListGroupsResponse {
+    // A broker lists the groups it coordinates, as Kafka's do.
+    if !server.coordinates_groups() {
+        return ListGroupsResponse::default();
+    }
     let every = client.may_on_cluster(server, op::DESCRIBE);
     let groups = match server.broker.list_groups() {
         Ok(groups) => groups,
@@ -694,8 +716,8 @@ pub(super) fn describe_groups(
         .filter(|id| seen.insert(id.clone()))
         .map(|id| {
             let reply = DescribedGroup::default().with_group_id(id.clone());
-            if !may(server, client, op::DESCRIBE, &id) {
-                return reply.with_error_code(GROUP_DENIED);
+            if let Some(code) = refused(server, client, op::DESCRIBE, &id) {
+                return reply.with_error_code(code);
             }
             let reply = reply.with_authorized_operations(operations(&id));
             let Some(d) = coordinator.describe(&id.0) else {

@@ -89,6 +89,27 @@ impl Server {
         }
     }
 
+    /// Whether this broker coordinates groups (alone, always).
+    pub(super) fn coordinates_groups(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = self.broker.inner.cluster.get() {
+            return c.coordinates_groups();
+        }
+        true
+    }
+
+    /// The broker that coordinates groups: id, host and port (`None` while none does).
+    pub(super) fn group_coordinator(&self) -> Option<(i32, String, u16)> {
+        let id = self.placement(crate::group::OFFSETS_TOPIC, 0).leader;
+        #[cfg(feature = "cluster")]
+        if self.broker.inner.cluster.get().is_some() {
+            return self.brokers().into_iter().find(|b| Some(b.0) == id);
+        }
+        let _ = id;
+        let (host, port) = self.advertised();
+        Some((self.node_id(), host, port))
+    }
+
     /// Refuses a request for a partition this broker does not lead.
     pub(super) fn check_leader(&self, topic: &str, partition: i32) -> Result<(), ResponseError> {
         match self.placement(topic, partition).leader {
