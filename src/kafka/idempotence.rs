@@ -39,6 +39,9 @@ pub const MAX_PRODUCER_IDS: usize = 100_000;
 #[derive(Debug)]
 pub(super) struct Producers {
     next_id: AtomicI64,
+    /// A cluster node's id: its ids end in it (ids of several nodes never collide), and it
+    /// accepts ids other nodes issued.
+    node: Option<i32>,
     expiration: Duration,
     issued: Mutex<HashMap<i64, Issued>>,
     partitions: Mutex<HashMap<(String, u32), OfTopic>>,
@@ -61,7 +64,13 @@ pub(super) type SharedProducers = Arc<Mutex<PartitionProducers>>;
 #[derive(Debug, Default)]
 pub(super) struct PartitionProducers {
     by_id: HashMap<i64, Producer>,
+    /// On a cluster's node, the leader epoch in which the state was read from the log.
+    #[cfg(feature = "cluster")]
+    read_in_epoch: Option<i32>,
 }
+
+/// How many ids apart a cluster node's ids are: each node's end in its id modulo this.
+const NODE_SLOTS: i64 = 1024;
 
 #[derive(Debug, Clone)]
 struct Producer {
@@ -96,11 +105,18 @@ pub(super) enum Verdict {
 
 impl Producers {
     /// Producers whose ids expire after `expiration` without a batch.
+    #[cfg(test)]
     pub(super) fn new(expiration: Duration) -> Producers {
+        Self::of_node(expiration, None)
+    }
+
+    /// The producers of a broker that is node `node` of a cluster (`None`: alone).
+    pub(super) fn of_node(expiration: Duration, node: Option<i32>) -> Producers {
         // Ids from the clock, so a restarted broker does not hand out an id again.
         let seed = crate::storage::now_ms().saturating_mul(1000);
         Producers {
             next_id: AtomicI64::new(seed),
+            node,
             expiration,
             issued: Mutex::new(HashMap::new()),
             partitions: Mutex::new(HashMap::new()),
@@ -130,7 +146,12 @@ impl Producers {
             if issued.len() >= MAX_PRODUCER_IDS {
                 self.make_room(&mut issued, now);
             }
-            (self.next_id.fetch_add(1, Ordering::Relaxed), 0)
+            let next = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = match self.node {
+                Some(node) => next.saturating_mul(NODE_SLOTS) + i64::from(node).rem_euclid(NODE_SLOTS),
+                None => next,
+            };
+            (id, 0)
         };
         issued.insert(
             id,
@@ -170,6 +191,17 @@ impl Producers {
         let now = Instant::now();
         let mut issued = self.issued.lock();
         for h in headers.iter().filter(|h| h.producer_id >= 0) {
+            if self.node.is_some() {
+                // Any node of the cluster may have issued it (a producer whose leader failed
+                // over comes with the id it had): its epoch is the newest seen.
+                let p = issued.entry(h.producer_id).or_insert(Issued {
+                    epoch: h.producer_epoch,
+                    last_used: now,
+                });
+                p.epoch = p.epoch.max(h.producer_epoch);
+                p.last_used = now;
+                continue;
+            }
             let Some(p) = issued.get_mut(&h.producer_id).filter(|p| !self.expired(p, now)) else {
                 return Err((
                     ResponseError::UnknownProducerId,
@@ -236,6 +268,39 @@ fn last_sequence(h: &BatchHeader) -> i32 {
 }
 
 impl PartitionProducers {
+    /// On a cluster's node, reads the state again from the tail of the partition's log if it
+    /// was read in another leader epoch: this node may not have led the partition since, and
+    /// the log holds every batch the leaders of the epochs between wrote (its headers name
+    /// producer, epoch and sequences), so a retry that reaches a new leader after a failover
+    /// is answered as a duplicate, not written again. The tail read is the last two segments.
+    #[cfg(feature = "cluster")]
+    pub(super) fn read_again_if_stale(
+        &mut self,
+        log: &crate::storage::PartitionLog,
+        epoch: i32,
+    ) -> crate::Result<()> {
+        if self.read_in_epoch == Some(epoch) {
+            return Ok(());
+        }
+        let mut fresh = PartitionProducers::default();
+        log.for_each_header(log.tail_start(2), |h| {
+            if h.producer_id >= 0 && !h.is_control() {
+                fresh.record(
+                    h,
+                    AppendInfo {
+                        base_offset: h.base_offset,
+                        last_offset: h.last_offset(),
+                        log_append_time: h.max_timestamp,
+                    },
+                );
+            }
+            Ok(())
+        })?;
+        self.by_id = fresh.by_id;
+        self.read_in_epoch = Some(epoch);
+        Ok(())
+    }
+
     /// Judges a batch from an idempotent producer (`producer_id >= 0`).
     pub(super) fn check(&self, h: &BatchHeader) -> Verdict {
         let Some(p) = self.by_id.get(&h.producer_id) else {

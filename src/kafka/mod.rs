@@ -239,11 +239,12 @@ impl Frames {
 
 impl Server {
     fn new(broker: Broker, (host, port): (String, u16), config: ServerConfig) -> crate::Result<Server> {
+        let node = node_of(&broker);
         Ok(Server {
             shared: Shared::of(&broker)?,
             configured: (host, port),
             broker,
-            producers: idempotence::Producers::new(config.producer_id_expiration),
+            producers: idempotence::Producers::of_node(config.producer_id_expiration, node),
             inflating: tokio::sync::Semaphore::new(PRODUCE_INFLATING_AT_ONCE),
             config,
         })
@@ -306,6 +307,16 @@ pub const PRODUCE_INFLATING_AT_ONCE: usize = 8;
 /// once); this limit bounds the last kind too, and keeps every frame's length within its
 /// `i32`.
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// The broker's node id in its cluster, if it is a cluster's node.
+fn node_of(broker: &Broker) -> Option<i32> {
+    #[cfg(feature = "cluster")]
+    if let Some(c) = broker.inner.cluster.get() {
+        return Some(i32::try_from(c.node_id()).unwrap_or(i32::MAX));
+    }
+    let _ = broker;
+    None
+}
 
 /// How often expired producer ids are swept away, at most.
 const PRODUCER_SWEEP: Duration = Duration::from_secs(60);

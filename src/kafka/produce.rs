@@ -264,6 +264,13 @@ fn append(
     }
     let state = idempotent.then(|| server.producers.partition(&topic, index));
     let mut state = state.as_ref().map(|s| s.lock());
+    #[cfg(feature = "cluster")]
+    if let Some(state) = state.as_mut()
+        && log.is_replicated()
+    {
+        let epoch = server.placement(&topic.name, partition).epoch;
+        state.read_again_if_stale(&log, epoch)?;
+    }
     let plan = match &state {
         Some(state) => state
             .plan(&headers)

@@ -549,6 +549,14 @@ impl PartitionLog {
             .read_below(from, max_bytes, Oversized::Read, &mut None, Vec::new(), end)
     }
 
+    /// The base offset of the `n`th segment from the end (the active one is the first).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn tail_start(&self, n: usize) -> i64 {
+        let segments = self.inner.snapshot();
+        let i = segments.len().saturating_sub(n.max(1));
+        segments[i].base_offset
+    }
+
     /// Calls `f` with the header of every batch from the one that holds `from` to the log end,
     /// reading headers only.
     #[cfg(feature = "cluster")]
