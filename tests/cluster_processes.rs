@@ -181,8 +181,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Every record delivery, acknowledged or not.
-struct Deliveries(Arc<Mutex<Vec<(i32, i64, Vec<u8>)>>>, Arc<AtomicU64>);
+/// Acknowledged records: partition, offset, value.
+type Acked = Arc<Mutex<Vec<(i32, i64, Vec<u8>)>>>;
+
+/// Every record delivery: those acknowledged, and a count of the others.
+struct Deliveries(Acked, Arc<AtomicU64>);
 
 impl ClientContext for Deliveries {}
 
@@ -240,11 +243,11 @@ fn read_back(bootstrap: &str) -> BTreeMap<(i32, i64), Vec<u8>> {
                 Instant::now() < deadline,
                 "partition {p} not read to {high} in 60 s"
             );
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                if m.partition() == p {
-                    out.insert((p, m.offset()), m.payload().unwrap_or_default().to_vec());
-                    next = m.offset() + 1;
-                }
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200))
+                && m.partition() == p
+            {
+                out.insert((p, m.offset()), m.payload().unwrap_or_default().to_vec());
+                next = m.offset() + 1;
             }
         }
     }
