@@ -41,7 +41,7 @@ fi
 kpython=$scratch/kafka-python-3.0.11
 [ -d "$kpython/test" ] || tar xzf "$peers/kafka-python-3.0.11-tests.tar.gz" -C "$scratch"
 
-cargo build -q --features kafka --example broker
+cargo build -q --features kafka,cluster --example broker
 data=$scratch/broker-data
 rm -rf "$data"
 log=$scratch/broker.log
