@@ -9,6 +9,7 @@
 //!
 //! ```text
 //!   kafka (feature)              the Kafka wire protocol, served from the layers below
+//!   cluster (feature)            partitions replicated between instances (Raft)
 //!   Producer  Consumer  group    the embedded API: a batching producer; consumers that are
 //!                                assigned partitions or join groups (Kafka's group protocol,
 //!                                shared with Kafka clients); committed offsets
@@ -72,6 +73,7 @@
 //! | `lz4`    | yes     | LZ4 frame batches (`lz4_flex`)         |
 //! | `zstd`   | yes     | zstd batches (`zstd`)                  |
 //! | `kafka`  | no      | the Kafka wire protocol ([`kafka::serve`], `tokio`, `kafka-protocol`) and `examples/broker.rs` |
+//! | `cluster`| no      | replication of partitions between instances ([`cluster`], `openraft`) |
 //!
 //! A batch that uses a codec left out of the build is a clear error
 //! ([`BatchError::CodecDisabled`]).

@@ -160,6 +160,10 @@ impl ClusterBuilder {
         if ids.len() != self.voters.len() {
             return Err(bad("the voters list names a node twice".into()));
         }
+        if ids.iter().any(|&id| id > i32::MAX as u64) {
+            // Node ids are Kafka broker ids.
+            return Err(bad(format!("node ids are at most {}", i32::MAX)));
+        }
         let own = self.voters.iter().find(|v| v.0 == me).map(|v| v.1);
         let Some(own) = own else {
             return Err(bad(format!("node {me} is not in the voters list")));
