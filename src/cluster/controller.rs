@@ -117,12 +117,17 @@ enum Failure {
 }
 
 impl From<Error> for Failure {
+    /// Only what every node decides alike from the same state is a refusal; anything else
+    /// (a disk, a closed broker) is this node's own failure.
     fn from(e: Error) -> Self {
         match e {
-            Error::Io { .. } | Error::Poisoned { .. } | Error::NotALog { .. } | Error::Cluster { .. } => {
-                Failure::Local(e)
-            }
-            e => Failure::Refused(e),
+            Error::TopicExists { .. }
+            | Error::UnknownTopic { .. }
+            | Error::InvalidTopicName { .. }
+            | Error::InvalidPartitions { .. }
+            | Error::InvalidConfig { .. }
+            | Error::InvalidArgument { .. } => Failure::Refused(e),
+            e => Failure::Local(e),
         }
     }
 }
@@ -144,7 +149,7 @@ pub(crate) struct Controller {
     /// What the last commands applied here came to, by their offset.
     outcomes: Mutex<VecDeque<(i64, std::result::Result<(), String>)>>,
     /// The replication factor of new topics: at most this many nodes hold a partition.
-    pub(crate) replication_factor: usize,
+    replication_factor: usize,
     runtime: Handle,
     /// Where each group's replicas are, as this node's replicas last saw it.
     leaders: Arc<parking_lot::RwLock<HashMap<GroupId, Placement>>>,
@@ -168,7 +173,7 @@ impl Controller {
         groups: Arc<Groups>,
         state_path: PathBuf,
         runtime: Handle,
-        voters: Vec<NodeId>,
+        (voters, replication_factor): (Vec<NodeId>, usize),
     ) -> Result<Controller> {
         let state: ControllerState = meta::read(&state_path)?.unwrap_or_default();
         for node in state.nodes.values() {
@@ -185,7 +190,7 @@ impl Controller {
             metadata: tokio::sync::OnceCell::new(),
             applied: watch::channel(0).0,
             outcomes: Mutex::new(VecDeque::new()),
-            replication_factor: 3,
+            replication_factor,
             runtime,
             leaders: Arc::default(),
             coordinating: Arc::default(),
@@ -318,7 +323,12 @@ impl Controller {
         let path = self.state_path.clone();
         blocking(move || {
             if let Some(log) = log {
-                log.flush()?;
+                match log.flush() {
+                    // A truncation of entries after it synced the rest: the applied one is
+                    // committed, so kept, and durable.
+                    Ok(()) | Err(Error::Truncated { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
             meta::write(&StdFs, &path, &state)
         })
@@ -369,10 +379,14 @@ impl Controller {
                 self.stop_replicas(&name).await;
                 self.state.lock().assignments.remove(&name);
                 let n = name.clone();
-                match blocking(move || broker.inner.delete_topic_here(&n)).await {
+                let deleted = match blocking(move || broker.inner.delete_topic_here(&n)).await {
                     Ok(()) | Err(Error::UnknownTopic { .. }) => Ok(()),
                     Err(e) => Err(e.into()),
-                }
+                };
+                // The topic's committed offsets were deleted (by the submitter) through the
+                // offsets topic: whichever node coordinates groups reads them again.
+                self.broker.inner.forget_offsets();
+                deleted
             }
             Command::AddPartitions { name, from, replicas } => {
                 let total = {

@@ -346,13 +346,19 @@ impl Replica {
     /// counts an entry a replica acknowledged as held by it, and its vote and commit point are
     /// saved on disk, so an entry only in the page cache could be lost behind them.
     fn sync(&self) -> io::Result<()> {
-        if let Some(why) = self.failed_sync.lock().as_ref() {
-            return Err(io::Error::other(format!("an earlier sync failed: {why}")));
-        }
+        self.check_synced()?;
         self.log.flush().map_err(|e| {
             *self.failed_sync.lock() = Some(e.to_string());
             io::Error::other(e)
         })
+    }
+
+    /// Refuses any write once a sync has failed.
+    fn check_synced(&self) -> io::Result<()> {
+        match self.failed_sync.lock().as_ref() {
+            Some(why) => Err(io::Error::other(format!("an earlier sync failed: {why}"))),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn truncate_after(&self, last: Option<LogId>) -> io::Result<()> {
@@ -473,15 +479,21 @@ fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
                 }
             },
             Write::Vote(vote, done) => {
-                let r = sync(&mut unsynced).and_then(|()| replica.save_vote(vote));
+                let r = sync(&mut unsynced)
+                    .and_then(|()| replica.check_synced())
+                    .and_then(|()| replica.save_vote(vote));
                 let _ = done.send(r);
             }
             Write::Truncate(last, done) => {
-                let r = sync(&mut unsynced).and_then(|()| replica.truncate_after(last));
+                let r = sync(&mut unsynced)
+                    .and_then(|()| replica.check_synced())
+                    .and_then(|()| replica.truncate_after(last));
                 let _ = done.send(r);
             }
             Write::Purge(upto, done) => {
-                let r = sync(&mut unsynced).and_then(|()| replica.purge(upto));
+                let r = sync(&mut unsynced)
+                    .and_then(|()| replica.check_synced())
+                    .and_then(|()| replica.purge(upto));
                 let _ = done.send(r);
             }
         }

@@ -74,6 +74,9 @@ use crate::group::OFFSETS_TOPIC;
 use crate::group::offsets::topic_config as offsets_topic_config;
 use crate::storage::{PartitionLog, StdFs, meta};
 
+/// The largest node id: the producer ids a node issues end in its id (modulo 1,024).
+pub const MAX_NODE_ID: u64 = 1023;
+
 /// The file recording which node a data directory belongs to, and its cluster's voters.
 const NODE_FILE: &str = "node.meta";
 
@@ -160,9 +163,9 @@ impl ClusterBuilder {
         if ids.len() != self.voters.len() {
             return Err(bad("the voters list names a node twice".into()));
         }
-        if ids.iter().any(|&id| id > i32::MAX as u64) {
-            // Node ids are Kafka broker ids.
-            return Err(bad(format!("node ids are at most {}", i32::MAX)));
+        if ids.iter().any(|&id| id > MAX_NODE_ID) {
+            // Node ids are Kafka broker ids, and end the producer ids a node issues.
+            return Err(bad(format!("node ids are at most {MAX_NODE_ID}")));
         }
         let own = self.voters.iter().find(|v| v.0 == me).map(|v| v.1);
         let Some(own) = own else {
@@ -203,24 +206,33 @@ impl ClusterBuilder {
             router.set_peer(id, addr);
         }
         let groups = Arc::new(Groups::default());
-        let controller = Arc::new(Controller::new(
+        let controller = match Controller::new(
             me,
             broker.clone(),
             router.clone(),
             groups.clone(),
             cluster_dir.join("controller.meta"),
             handle.clone(),
-            self.voters.iter().map(|v| v.0).collect(),
-        )?);
-        let mut controller_mut = controller;
-        if let Some(c) = Arc::get_mut(&mut controller_mut) {
-            c.replication_factor = self.replication_factor;
-        }
-        let controller = controller_mut;
+            (self.voters.iter().map(|v| v.0).collect(), self.replication_factor),
+        ) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                let _ = broker.close();
+                return Err(e);
+            }
+        };
         let (stop, stopped) = watch::channel(false);
+        let stop_registering = stop.subscribe();
+        // The broker defers its topic changes to the cluster before the controller applies
+        // any: an entry applied before would take the single node's way.
+        let _ = broker
+            .inner
+            .cluster
+            .set(Arc::new(Coordinator(Arc::downgrade(&controller))));
+        // Peers dial the address the voters list gives (the listen address may be 0.0.0.0).
         let node = NodeInfo {
             id: me,
-            peer_address: peer_listen,
+            peer_address: own,
             kafka_address: self.kafka_address.clone(),
         };
         let voters = self.voters.clone();
@@ -272,14 +284,21 @@ impl ClusterBuilder {
                 // The offsets topic is made with the cluster, so that a group's coordinator
                 // (the leader of its partition) is known before anyone asks.
                 let c = controller.clone();
+                let mut stopping = stop_registering;
                 tokio::spawn(async move {
-                    let deadline = Instant::now() + Duration::from_secs(600);
-                    while Instant::now() < deadline {
+                    // Until it is registered, however long the others take to come (or until
+                    // the node stops).
+                    let mut pause = Duration::from_millis(100);
+                    loop {
                         match c.submit(Command::RegisterNode(node.clone())).await {
                             Ok(()) => break,
                             Err(e) => log::debug!("node {me}: registering: {e}"),
                         }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = stopping.changed() => return,
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(2));
                     }
                     let broker = c.broker().clone();
                     let made = tokio::task::spawn_blocking(move || {
@@ -301,10 +320,6 @@ impl ClusterBuilder {
             let _ = broker.close();
             return Err(e);
         }
-        let _ = broker
-            .inner
-            .cluster
-            .set(Arc::new(Coordinator(Arc::downgrade(&controller))));
         Ok(Cluster {
             inner: Arc::new(ClusterInner {
                 me,

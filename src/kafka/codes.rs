@@ -34,6 +34,9 @@ pub(super) fn code(e: &Error) -> i16 {
         | Error::CorruptSegment { .. }
         | Error::Truncated { .. }
         | Error::OffsetMismatch { .. } => E::KafkaStorageError,
+        // Replication did not answer in time (no leader, a lost quorum): the outcome is
+        // unknown, and a client retries (an idempotent one without duplicating).
+        Error::Cluster { .. } => E::RequestTimedOut,
         _ => E::UnknownServerError,
     };
     kind.code()

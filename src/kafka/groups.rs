@@ -52,7 +52,19 @@ fn refused(server: &Server, client: &Client, operation: i8, group: &str) -> Opti
     if !may(server, client, operation, group) {
         return Some(GROUP_DENIED);
     }
-    (!server.coordinates_groups()).then_some(ResponseError::NotCoordinator.code())
+    if server.coordinates_groups() {
+        return None;
+    }
+    // Named by FindCoordinator but still reading what was committed before it led:
+    // the client waits and asks again.
+    let loading = server
+        .group_coordinator()
+        .is_some_and(|(id, _, _)| id == server.node_id());
+    Some(if loading {
+        ResponseError::CoordinatorLoadInProgress.code()
+    } else {
+        ResponseError::NotCoordinator.code()
+    })
 }
 
 const GROUP_DENIED: i16 = ResponseError::GroupAuthorizationFailed.code();

@@ -252,6 +252,11 @@ impl Producers {
             partitions.retain(|_, (topic, _)| topic.strong_count() > 0);
             partitions.values().map(|(_, state)| state.clone()).collect()
         };
+        // A cluster node's partition state holds producers other nodes issued (read from the
+        // log in a new leader epoch): it is kept as long as the topic.
+        if self.node.is_some() {
+            return;
+        }
         for state in states {
             state.lock().by_id.retain(|id, _| issued.contains(id));
         }
@@ -299,6 +304,13 @@ impl PartitionProducers {
         self.by_id = fresh.by_id;
         self.read_in_epoch = Some(epoch);
         Ok(())
+    }
+
+    /// Has the state read again from the log before it is next used: an append whose outcome
+    /// is unknown (it may yet commit) leaves it unsure.
+    #[cfg(feature = "cluster")]
+    pub(super) fn forget_reading(&mut self) {
+        self.read_in_epoch = None;
     }
 
     /// Judges a batch from an idempotent producer (`producer_id >= 0`).

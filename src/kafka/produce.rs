@@ -280,10 +280,25 @@ fn append(
     let mut first = None;
     for ((batch, h), verdict) in batches.into_iter().zip(&headers).zip(plan) {
         if let Verdict::Duplicate(info) = verdict {
+            // On a replica, the batch found may not be committed yet (written by a leader of
+            // an earlier epoch): it is acknowledged once it is.
+            if log.is_replicated() && !log.wait_for(info.last_offset, DUPLICATE_COMMIT_WAIT) {
+                return Err(Refused::Code(
+                    ResponseError::RequestTimedOut,
+                    "the batch is written but not yet committed".to_string(),
+                ));
+            }
             first.get_or_insert(info);
             continue;
         }
-        let info = log.append(batch)?;
+        let appended = log.append(batch);
+        #[cfg(feature = "cluster")]
+        if appended.is_err()
+            && let Some(state) = state.as_mut()
+        {
+            state.forget_reading();
+        }
+        let info = appended?;
         if let Some(state) = state.as_mut().filter(|_| h.producer_id >= 0) {
             state.record(h, info);
         }
@@ -296,6 +311,9 @@ fn append(
         append_time,
     ))
 }
+
+/// How long a retried batch found in a replica's log waits for it to commit.
+const DUPLICATE_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The most keyless records a refusal names: a batch may hold millions of records, and the
 /// answer is built in memory. A client fails the records named as invalid and may send the

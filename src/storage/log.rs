@@ -702,8 +702,10 @@ impl PartitionLog {
     pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
         if self.inner.replicated {
             // Replicas move their start together, when their owner purges them.
-            return Err(Error::Cluster {
-                reason: "records of a replicated partition are deleted by retention alone".into(),
+            return Err(Error::InvalidArgument {
+                name: "offset",
+                value: offset.to_string(),
+                reason: "records of a replicated partition are deleted by retention alone",
             });
         }
         self.inner.delete_records_before(offset)

@@ -5,7 +5,7 @@
 //! alternately with it (A B A B, medians, after untimed warm-ups), the ratio and whether the
 //! target is met. `--quick` runs every comparison once at a small size, to check the harness
 //! works (CI does); `--dir PATH` puts the scratch files somewhere else than the system's temp
-//! directory; `--only engine|latency|servers` runs one part. `memory` runs the memory checks
+//! directory; `--only engine|latency|servers|cluster` runs one part. `memory` runs the memory checks
 //! instead (a consumer reading a 10 GiB log, `--gib N` for another size; a broker holding
 //! 1,000 idle connections).
 //!
@@ -14,6 +14,7 @@
 //! is reported as not measured.
 
 mod broker;
+mod cluster;
 mod engine;
 mod inprocess;
 mod measure;
@@ -91,7 +92,12 @@ fn args() -> Args {
         match a.as_str() {
             "--quick" => out.plan = Plan::quick(),
             "--dir" => out.dir = PathBuf::from(it.next().expect("--dir takes a path")),
-            "--only" => out.only = Some(it.next().expect("--only takes engine, latency or servers")),
+            "--only" => {
+                out.only = Some(
+                    it.next()
+                        .expect("--only takes engine, latency, servers or cluster"),
+                )
+            }
             "memory" => out.memory = Some(10),
             "--gib" => {
                 out.memory = Some(
@@ -143,6 +149,10 @@ fn main() {
     if wanted("servers") {
         eprintln!("the broker against Redis Streams and NATS JetStream");
         server_rows(&mut table, root.path(), args.plan);
+    }
+    if wanted("cluster") {
+        eprintln!("a cluster of three nodes against one broker");
+        cluster_rows(&mut table, root.path(), args.plan);
     }
     println!("{}", table.render());
 }
@@ -315,6 +325,57 @@ fn slow_disk(before_us: f64, after_us: f64) -> String {
     } else {
         String::new()
     }
+}
+
+fn cluster_rows(table: &mut Table, root: &Path, plan: Plan) {
+    let n = plan.server_records / 10;
+    let value = [0x5a_u8; 100];
+    let one = broker::start(root, Fsync::Always);
+    let three = cluster::start(root);
+    let rounds = plan.rounds.min(5);
+    let p = Pair::run(rounds, || three.produce(n, &value), || one.produce(n, &value));
+    table.push(Row::compared(
+        "3-node cluster on loopback in one process, librdkafka producer, 100 B, acks=all, against one broker",
+        "fsync per batch",
+        &p,
+        "one broker",
+        per_sec,
+        Some(0.5),
+    ));
+    drop(three);
+    drop(one);
+    let mut times: Vec<f64> = (0..plan.rounds.min(3))
+        .map(|_| cluster::start(root).failover())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    table.push(Row {
+        what: format!(
+            "failover: the leader stops, to the first write acknowledged again ({} runs)",
+            times.len()
+        ),
+        durability: "fsync per batch",
+        ours: format!("{median:.2} s"),
+        theirs: String::new(),
+        ratio: String::new(),
+        target: "< 3 s".to_string(),
+        verdict: Verdict::from(median < 3.0),
+    });
+    // What idle partitions cost: heartbeats are per partition (not yet coalesced).
+    let partitions = if plan.rounds > 1 { 200 } else { 20 };
+    let per_node = cluster::idle_cost(root, partitions, plan.latency_secs.max(1.0) * 3.0);
+    table.push(Row {
+        what: format!(
+            "idle cost of {partitions} partitions a node (heartbeats every 100 ms); a core holds about {:.0}",
+            partitions as f64 / per_node.max(1e-6)
+        ),
+        durability: "",
+        ours: format!("{:.1}% of a core", per_node * 100.0),
+        theirs: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+        verdict: Verdict::Info,
+    });
 }
 
 fn server_rows(table: &mut Table, root: &Path, plan: Plan) {
