@@ -548,6 +548,9 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
     (start, end)
 }
 
+/// How many entries a stream of entries (apply's, after a restart) reads at a time.
+const STREAM_CHUNK: u64 = 64;
+
 impl openraft::RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
@@ -558,6 +561,42 @@ impl openraft::RaftLogReader<TypeConfig> for LogReader {
         tokio::task::spawn_blocking(move || replica.read_entries(start, end))
             .await
             .map_err(io::Error::other)?
+    }
+
+    /// Reads the range [`STREAM_CHUNK`] entries at a time as the stream is consumed, rather
+    /// than all at once: a replica that restarts applies everything committed since, which
+    /// may be much.
+    async fn entries_stream<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> impl futures_util::Stream<Item = io::Result<Entry>> + Send {
+        let (start, end) = bounds(&range);
+        let replica = self.replica.clone();
+        futures_util::stream::unfold(
+            (start, VecDeque::new(), false),
+            move |(next, mut ready, failed)| {
+                let replica = replica.clone();
+                async move {
+                    if let Some(e) = ready.pop_front() {
+                        return Some((Ok(e), (next, ready, failed)));
+                    }
+                    if failed || next >= end {
+                        return None;
+                    }
+                    let to = end.min(next.saturating_add(STREAM_CHUNK));
+                    let read = tokio::task::spawn_blocking(move || replica.read_entries(next, to)).await;
+                    match read.map_err(io::Error::other).and_then(|r| r) {
+                        Ok(entries) => {
+                            let mut ready: VecDeque<Entry> = entries.into();
+                            let n = ready.len() as u64;
+                            let first = ready.pop_front()?;
+                            Some((Ok(first), (next + n, ready, false)))
+                        }
+                        Err(e) => Some((Err(e), (next, ready, true))),
+                    }
+                }
+            },
+        )
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
