@@ -364,6 +364,22 @@ impl Router {
     }
 }
 
+impl Router {
+    /// A vote or a pre-vote, and its answer.
+    async fn ask_vote(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: Rpc,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(target, group, rpc, option.hard_ttl()).await? {
+            Reply::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 fn unexpected(reply: Reply) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&AnyError::error(format!(
         "an unexpected reply: {reply:?}"
@@ -380,10 +396,10 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
+        let reply = self
             .call(target, group, Rpc::Append(rpc), option.hard_ttl())
-            .await?
-        {
+            .await?;
+        match reply {
             Reply::Append(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -396,13 +412,7 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .call(target, group, Rpc::Vote(rpc), option.hard_ttl())
-            .await?
-        {
-            Reply::Vote(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.ask_vote(target, group, Rpc::Vote(rpc), option).await
     }
 
     async fn pre_vote(
@@ -412,13 +422,7 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .call(target, group, Rpc::PreVote(rpc), option.hard_ttl())
-            .await?
-        {
-            Reply::Vote(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.ask_vote(target, group, Rpc::PreVote(rpc), option).await
     }
 
     async fn full_snapshot(

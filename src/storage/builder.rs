@@ -288,6 +288,19 @@ fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
     }
 }
 
+/// The one batch `bytes` hold, whole (frame and CRC checked), with nothing after it.
+fn sole_batch(bytes: &[u8]) -> Result<Batch<'_>, BatchError> {
+    let (batch, rest) = Batch::parse(bytes)?;
+    if !rest.is_empty() {
+        return Err(BatchError::LengthOutOfBounds {
+            length: batch.header.batch_length as i64,
+            min: (bytes.len() - LENGTH_PREFIX) as i64,
+            max: (bytes.len() - LENGTH_PREFIX) as i64,
+        });
+    }
+    Ok(batch)
+}
+
 /// One whole, validated batch that the log can append: built by [`BatchBuilder`] or checked by
 /// [`RecordBatch::from_bytes`].
 #[derive(Clone, PartialEq, Eq)]
@@ -316,14 +329,7 @@ impl RecordBatch {
     /// CRC, but not its records, which compaction may have thinned or emptied.
     #[cfg(feature = "cluster")]
     pub(crate) fn from_stored(bytes: Vec<u8>) -> Result<Self, BatchError> {
-        let (batch, rest) = Batch::parse(&bytes)?;
-        if !rest.is_empty() {
-            return Err(BatchError::LengthOutOfBounds {
-                length: batch.header.batch_length as i64,
-                min: (bytes.len() - LENGTH_PREFIX) as i64,
-                max: (bytes.len() - LENGTH_PREFIX) as i64,
-            });
-        }
+        sole_batch(&bytes)?;
         Ok(RecordBatch { bytes })
     }
 
@@ -331,14 +337,7 @@ impl RecordBatch {
     /// than `limit` bytes (at most [`MAX_DECOMPRESSED_BYTES`](crate::storage::MAX_DECOMPRESSED_BYTES))
     /// before more than that is decompressed.
     pub fn from_bytes_within(bytes: Vec<u8>, limit: usize) -> Result<Self, BatchError> {
-        let (batch, rest) = Batch::parse(&bytes)?;
-        if !rest.is_empty() {
-            return Err(BatchError::LengthOutOfBounds {
-                length: batch.header.batch_length as i64,
-                min: (bytes.len() - LENGTH_PREFIX) as i64,
-                max: (bytes.len() - LENGTH_PREFIX) as i64,
-            });
-        }
+        let batch = sole_batch(&bytes)?;
         let h = batch.header;
         if h.record_count == 0 {
             return Err(BatchError::Empty);

@@ -104,26 +104,8 @@ impl Served {
     /// Records/s of producing `n` records of `value` with librdkafka's defaults and acks=all,
     /// every one acknowledged.
     pub fn produce(&self, n: usize, value: &[u8]) -> f64 {
-        let producer: BaseProducer = self.client().set("acks", "all").create().expect("a producer");
         let before = self.end_offset();
-        let start = Instant::now();
-        for _ in 0..n {
-            let mut record = BaseRecord::<(), [u8]>::to(TOPIC).payload(value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        producer.poll(Duration::from_millis(1));
-                        record = r;
-                    }
-                    Err((e, _)) => panic!("produce: {e}"),
-                }
-            }
-        }
-        producer
-            .flush(Duration::from_secs(300))
-            .expect("every record acknowledged");
-        let rate = n as f64 / start.elapsed().as_secs_f64();
+        let rate = produce_to(self.client(), n, value);
         assert_eq!(
             self.end_offset(),
             before + n as i64,
@@ -164,6 +146,30 @@ impl Served {
         std::hint::black_box(bytes);
         (n - 1) as f64 / start.expect("records were fetched").elapsed().as_secs_f64()
     }
+}
+
+/// Records/s of producing `n` records of `value` to topic "t" with librdkafka's defaults and
+/// acks=all, through a client configured by `client`, every one acknowledged.
+pub fn produce_to(mut client: ClientConfig, n: usize, value: &[u8]) -> f64 {
+    let producer: BaseProducer = client.set("acks", "all").create().expect("a producer");
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut record = BaseRecord::<(), [u8]>::to(TOPIC).payload(value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    producer.poll(Duration::from_millis(1));
+                    record = r;
+                }
+                Err((e, _)) => panic!("produce: {e}"),
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .expect("every record acknowledged");
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 /// One connection sending Produce requests (v7, acks=1, one record of `value` bytes) one at a

@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rivulet::cluster::{Cluster, ClusterBuilder};
 use rivulet::{Producer, ProducerRecord, TopicConfig};
 
@@ -134,29 +132,9 @@ impl Served {
     /// Records/s of producing `n` records of `value` with librdkafka's defaults and acks=all,
     /// every one acknowledged.
     pub fn produce(&self, n: usize, value: &[u8]) -> f64 {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("acks", "all")
-            .create()
-            .expect("a producer");
-        let start = Instant::now();
-        for _ in 0..n {
-            let mut record = BaseRecord::<(), [u8]>::to(TOPIC).payload(value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        producer.poll(Duration::from_millis(1));
-                        record = r;
-                    }
-                    Err((e, _)) => panic!("produce: {e}"),
-                }
-            }
-        }
-        producer
-            .flush(Duration::from_secs(300))
-            .expect("every record acknowledged");
-        n as f64 / start.elapsed().as_secs_f64()
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &self.bootstrap);
+        crate::broker::produce_to(client, n, value)
     }
 
     /// Seconds from the stop of the partition's leader to the first write acknowledged
