@@ -76,40 +76,35 @@ impl openraft::entry::RaftPayload for Payload {
     }
 }
 
-/// The batch that stores an entry: the stored bytes it was read with, or a new batch with
-/// base offset [`UNASSIGNED`]. Its partition leader epoch is the entry's term.
-pub(crate) fn to_batch(id: &LogId, payload: &Payload) -> io::Result<RecordBatch> {
+/// The batch that stores an entry: the stored bytes it was read with (moved, not copied), or
+/// a new batch with base offset [`UNASSIGNED`]. Its partition leader epoch is the entry's term.
+pub(crate) fn to_batch(id: &LogId, payload: Payload) -> io::Result<RecordBatch> {
     let term = crate::cluster::raft::term_of(id);
     let epoch = i32::try_from(term)
         .map_err(|_| io::Error::other(format!("term {term} does not fit a Kafka leader epoch")))?;
-    let stored = match payload {
+    let (kind, value) = match payload {
         Payload::Normal(Records(bytes))
         | Payload::Blank(Some(Records(bytes)))
-        | Payload::Membership(_, Some(Records(bytes))) => Some(bytes),
-        Payload::Blank(None) | Payload::Membership(_, None) => None,
-    };
-    let mut batch = match stored {
-        Some(bytes) => RecordBatch::from_stored(bytes.clone()).map_err(invalid)?,
-        None => {
-            let (kind, value) = match payload {
-                Payload::Membership(m, _) => (MEMBERSHIP_CONTROL_TYPE, encode_membership(m)),
-                _ => (LEADER_CHANGE_CONTROL_TYPE, leader_change(epoch)),
-            };
-            let mut b = BatchBuilder::new(Compression::None).control(true);
-            let mut key = [0u8; 4];
-            key[2..].copy_from_slice(&kind.to_be_bytes());
-            // A membership batch has no timestamp: replicas that each start a new group with
-            // the same members write the same bytes.
-            let timestamp = match payload {
-                Payload::Membership(..) => NO_TIMESTAMP,
-                _ => crate::storage::now_ms(),
-            };
-            b.push(timestamp, Some(&key), Some(&value), &[]);
-            let mut batch = b.finish().map_err(invalid)?;
-            batch.set_base_offset(UNASSIGNED);
-            batch
+        | Payload::Membership(_, Some(Records(bytes))) => {
+            let mut batch = RecordBatch::from_stored(bytes).map_err(invalid)?;
+            batch.set_partition_leader_epoch(epoch);
+            return Ok(batch);
         }
+        Payload::Membership(m, None) => (MEMBERSHIP_CONTROL_TYPE, encode_membership(&m)),
+        Payload::Blank(None) => (LEADER_CHANGE_CONTROL_TYPE, leader_change(epoch)),
     };
+    let mut b = BatchBuilder::new(Compression::None).control(true);
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&kind.to_be_bytes());
+    // A membership batch has no timestamp: replicas that each start a new group with the same
+    // members write the same bytes.
+    let timestamp = match kind {
+        MEMBERSHIP_CONTROL_TYPE => NO_TIMESTAMP,
+        _ => crate::storage::now_ms(),
+    };
+    b.push(timestamp, Some(&key), Some(&value), &[]);
+    let mut batch = b.finish().map_err(invalid)?;
+    batch.set_base_offset(UNASSIGNED);
     batch.set_partition_leader_epoch(epoch);
     Ok(batch)
 }

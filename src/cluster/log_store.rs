@@ -331,13 +331,14 @@ impl Replica {
                 self.save(saved)?;
                 self.index.write().first_index = index;
             }
-            let batch = entry::to_batch(&e.log_id, &e.payload)?;
+            let (id, payload) = (e.log_id, e.payload);
+            let batch = entry::to_batch(&id, payload)?;
             let base = batch.header().base_offset;
             let at = (base != UNASSIGNED).then_some(base);
             let info = self.log.append_entry(batch, at).map_err(io::Error::other)?;
             self.index
                 .write()
-                .push(index, term_of(&e.log_id), info.base_offset, info.last_offset + 1);
+                .push(index, term_of(&id), info.base_offset, info.last_offset + 1);
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::entry::Payload;
 use crate::cluster::log_store::Replica;
 use crate::cluster::raft::{Appended, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::storage::format::Batch;
+use crate::storage::format::{BatchHeader, HEADER_LEN};
 
 use std::sync::Arc;
 
@@ -83,14 +83,17 @@ impl StateMachine {
         }
     }
 
-    /// The offsets of the batch an entry is stored as, if it carries its stored bytes.
+    /// The offsets of the batch an entry is stored as, if it carries its stored bytes (read
+    /// from the log, whose read checked them: only the header is decoded here).
     fn offsets_of(payload: &Payload) -> Option<Appended> {
         let bytes = match payload {
             Payload::Normal(r) | Payload::Blank(Some(r)) | Payload::Membership(_, Some(r)) => &r.0,
             _ => return None,
         };
-        let (batch, _) = Batch::parse(bytes).ok()?;
-        let h = batch.header();
+        if bytes.len() < HEADER_LEN {
+            return None;
+        }
+        let h = BatchHeader::decode(bytes);
         (h.base_offset >= 0).then(|| Appended {
             base_offset: h.base_offset,
             last_offset: h.last_offset(),
