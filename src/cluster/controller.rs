@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, Coordinate, Placement};
 use crate::cluster::entry::Payload;
-use crate::cluster::partition::{PartitionReplica, cluster_error};
+use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
 use crate::cluster::peer::{GroupId, Groups, Router};
 use crate::cluster::raft::{LogId, Node, NodeId, StoredMembership};
 use crate::cluster::state_machine::Applying;
@@ -541,8 +541,9 @@ impl Controller {
         if let Some(metadata) = self.metadata.get() {
             self.groups.remove(&controller_group());
             let _ = metadata.shutdown().await;
-            // Not a topic of the broker's, which closes those.
-            if let Err(e) = metadata.replica.log.close() {
+            // Not a topic of the broker's, which closes those. (Closing syncs: off the runtime.)
+            let log = metadata.replica.log.clone();
+            if let Err(e) = blocking(move || log.close()).await {
                 log::warn!("node {}: closing the controller's log: {e}", self.me);
             }
         }
@@ -595,19 +596,6 @@ impl Controller {
         (first..first + count)
             .map(|p| (0..rf).map(|i| nodes[(p as usize + i) % nodes.len()]).collect())
             .collect()
-    }
-
-    /// Runs `f` on the controller's runtime and waits for it here (the caller's thread is not
-    /// one of the runtime's workers).
-    fn wait<T: Send + 'static>(
-        &self,
-        f: impl std::future::Future<Output = Result<T>> + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime.spawn(async move {
-            let _ = tx.send(f.await);
-        });
-        rx.recv().map_err(|_| cluster_error("the cluster has stopped"))?
     }
 }
 
@@ -697,7 +685,7 @@ impl Coordinate for Coordinator {
             config,
             replicas,
         };
-        c.clone().wait(async move { c.submit(command).await })
+        run_on(&c.runtime.clone(), async move { c.submit(command).await })
     }
 
     fn delete_topic(&self, name: &str) -> Result<()> {
@@ -710,7 +698,7 @@ impl Coordinate for Coordinator {
         let command = Command::DeleteTopic {
             name: name.to_string(),
         };
-        c.clone().wait(async move { c.submit(command).await })
+        run_on(&c.runtime.clone(), async move { c.submit(command).await })
     }
 
     fn add_partitions(&self, name: &str, total: u32) -> Result<()> {
@@ -722,7 +710,7 @@ impl Coordinate for Coordinator {
             from: current,
             replicas,
         };
-        c.clone().wait(async move { c.submit(command).await })
+        run_on(&c.runtime.clone(), async move { c.submit(command).await })
     }
 
     fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()> {
@@ -731,7 +719,7 @@ impl Coordinate for Coordinator {
             name: name.to_string(),
             config,
         };
-        c.clone().wait(async move { c.submit(command).await })
+        run_on(&c.runtime.clone(), async move { c.submit(command).await })
     }
 
     fn node_id(&self) -> u64 {

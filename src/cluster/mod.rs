@@ -64,7 +64,7 @@ pub use controller::NodeInfo;
 
 use crate::broker::{Broker, BrokerBuilder};
 use crate::cluster::controller::{Command, Controller, Coordinator, controller_group};
-use crate::cluster::partition::{PartitionReplica, cluster_error};
+use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
 use crate::cluster::peer::{Groups, Router};
 use crate::cluster::raft::{Node, NodeId};
 use crate::cluster::state_machine::ControllerHook;
@@ -362,19 +362,6 @@ fn check_node(dir: &Path, me: u64, voters: &[(u64, SocketAddr)]) -> Result<Optio
         Some(_) => Ok(None),
         None => Ok(Some(record)),
     }
-}
-
-/// Runs `f` on `runtime` and waits for it on this thread.
-fn run_on<T: Send + 'static>(
-    runtime: &Handle,
-    f: impl std::future::Future<Output = Result<T>> + Send + 'static,
-) -> Result<T> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime.spawn(async move {
-        let _ = tx.send(f.await);
-    });
-    rx.recv()
-        .map_err(|_| cluster_error("the cluster's runtime has stopped"))?
 }
 
 /// One node of a cluster. Its [`broker`](Cluster::broker) is used as a single node's is:

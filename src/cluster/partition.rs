@@ -198,18 +198,28 @@ impl Appender {
     }
 }
 
+/// Runs `f` on `runtime` and waits for it on this thread: for the cluster's blocking API,
+/// whose callers are threads of their own (or the blocking pool), never the runtime's
+/// workers.
+pub(crate) fn run_on<T: Send + 'static>(
+    runtime: &Handle,
+    f: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv()
+        .map_err(|_| cluster_error("the cluster's runtime has stopped"))?
+}
+
 impl Replicate for Appender {
     fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {
-        // Run on the cluster's runtime and wait here: callers are threads of their own (or
-        // the blocking pool), never the runtime's workers.
-        let (tx, rx) = mpsc::sync_channel(1);
         let appender = self.clone();
-        self.0.runtime.spawn(async move {
-            let _ = tx.send(appender.append_anywhere(batch).await);
-        });
-        let a = rx
-            .recv()
-            .map_err(|_| cluster_error("the cluster has stopped"))??;
+        let a = run_on(
+            &self.0.runtime,
+            async move { appender.append_anywhere(batch).await },
+        )?;
         Ok(AppendInfo {
             base_offset: a.base_offset,
             last_offset: a.last_offset,
