@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, Coordinate, Placement};
 use crate::cluster::entry::Payload;
+use crate::cluster::log_store::Io;
 use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
 use crate::cluster::peer::{GroupId, Groups, Router};
 use crate::cluster::raft::{LogId, Node, NodeId, StoredMembership};
@@ -444,8 +445,15 @@ impl Controller {
                 continue;
             }
             let log = self.broker.partition(topic, p as u32)?;
-            let replica =
-                PartitionReplica::start(self.me, log, self.router.clone(), group.clone(), None).await?;
+            let replica = PartitionReplica::start(
+                self.me,
+                log,
+                self.router.clone(),
+                group.clone(),
+                None,
+                Io::Threads,
+            )
+            .await?;
             if !replica.raft.is_initialized().await.map_err(cluster_error)? {
                 let members: BTreeMap<NodeId, Node> = nodes.iter().map(|&n| (n, Node::default())).collect();
                 // Every member starts the group with the same members: safe, and the group

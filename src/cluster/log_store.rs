@@ -36,6 +36,33 @@ use crate::cluster::raft::{Entry, IoFlushed, LogId, LogState, TypeConfig, Vote, 
 use crate::error::{Error, Result};
 use crate::storage::{Fs, PartitionLog, REPLICA_FILE, meta};
 
+/// Where a replica's storage work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Io {
+    /// Writes on the replica's own I/O thread, reads on the runtime's blocking threads: never
+    /// on the runtime's workers.
+    Threads,
+    /// Everything on the calling task, each append synced at once: for the deterministic
+    /// simulation, whose nodes all run on one thread. `sync: false` plants a bug (appends
+    /// reported durable without a sync) that the simulation's checker must catch.
+    #[cfg(test)]
+    Inline { sync: bool },
+}
+
+impl Io {
+    /// Runs `f`, which blocks, where this replica's storage work runs.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        match self {
+            Io::Threads => tokio::task::spawn_blocking(f).await.map_err(io::Error::other),
+            #[cfg(test)]
+            Io::Inline { .. } => Ok(f()),
+        }
+    }
+}
+
 /// Bytes read per storage read when collecting entries.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -174,6 +201,7 @@ pub(crate) struct Replica {
     fs: Arc<dyn Fs>,
     meta_path: PathBuf,
     pub(crate) index: RwLock<EntryIndex>,
+    pub(crate) io: Io,
     /// What `replica.meta` holds (written only by the I/O thread).
     saved: Mutex<ReplicaMeta>,
     /// Why a sync failed: the log's state on disk is unknown from then on, and every later
@@ -183,7 +211,7 @@ pub(crate) struct Replica {
 
 impl Replica {
     /// Takes over `log` (opened as replicated) and rebuilds its entry index.
-    pub(crate) fn open(log: PartitionLog, fs: Arc<dyn Fs>) -> Result<Arc<Replica>> {
+    pub(crate) fn open(log: PartitionLog, fs: Arc<dyn Fs>, io: Io) -> Result<Arc<Replica>> {
         let meta_path = log.dir().join(REPLICA_FILE);
         let saved: Option<ReplicaMeta> = meta::read(&meta_path)?;
         if saved.is_none() && log.log_end_offset() > log.log_start_offset() {
@@ -247,6 +275,7 @@ impl Replica {
             fs,
             meta_path,
             index: RwLock::new(index),
+            io,
             saved: Mutex::new(saved),
             failed_sync: Mutex::new(None),
         }))
@@ -432,38 +461,35 @@ enum Write {
     Purge(LogId, oneshot::Sender<io::Result<()>>),
 }
 
-/// The replica's I/O thread: runs the writes in order, and syncs when it runs out of them
-/// before it answers the appends' callbacks (and before any other write).
-fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
-    let mut unsynced: Vec<IoFlushed> = Vec::new();
-    let sync = |unsynced: &mut Vec<IoFlushed>| {
-        if unsynced.is_empty() {
+/// Runs a replica's writes in order, and syncs before it answers the appends' callbacks (and
+/// before any other write).
+struct Writer {
+    replica: Arc<Replica>,
+    /// Appends readable but not yet durable.
+    unsynced: Vec<IoFlushed>,
+}
+
+impl Writer {
+    fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced.is_empty() {
             return Ok(());
         }
-        let result = replica.sync();
-        for done in unsynced.drain(..) {
+        let result = match self.replica.io {
+            #[cfg(test)]
+            Io::Inline { sync: false } => Ok(()),
+            _ => self.replica.sync(),
+        };
+        for done in self.unsynced.drain(..) {
             done.io_completed(match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             });
         }
         result
-    };
-    loop {
-        let write = match writes.try_recv() {
-            Ok(w) => w,
-            Err(mpsc::TryRecvError::Empty) => {
-                let _ = sync(&mut unsynced);
-                match writes.recv() {
-                    Ok(w) => w,
-                    Err(_) => return,
-                }
-            }
-            Err(mpsc::TryRecvError::Disconnected) => {
-                let _ = sync(&mut unsynced);
-                return;
-            }
-        };
+    }
+
+    fn run(&mut self, write: Write) {
+        let replica = self.replica.clone();
         match write {
             Write::Append {
                 entries,
@@ -472,7 +498,7 @@ fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
             } => match replica.append(entries) {
                 Ok(()) => {
                     let _ = readable.send(Ok(()));
-                    unsynced.push(durable);
+                    self.unsynced.push(durable);
                 }
                 Err(e) => {
                     durable.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
@@ -480,19 +506,22 @@ fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
                 }
             },
             Write::Vote(vote, done) => {
-                let r = sync(&mut unsynced)
+                let r = self
+                    .sync()
                     .and_then(|()| replica.check_synced())
                     .and_then(|()| replica.save_vote(vote));
                 let _ = done.send(r);
             }
             Write::Truncate(last, done) => {
-                let r = sync(&mut unsynced)
+                let r = self
+                    .sync()
                     .and_then(|()| replica.check_synced())
                     .and_then(|()| replica.truncate_after(last));
                 let _ = done.send(r);
             }
             Write::Purge(upto, done) => {
-                let r = sync(&mut unsynced)
+                let r = self
+                    .sync()
                     .and_then(|()| replica.check_synced())
                     .and_then(|()| replica.purge(upto));
                 let _ = done.send(r);
@@ -501,28 +530,73 @@ fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
     }
 }
 
+/// The replica's I/O thread: runs the writes as they come, and syncs when it runs out of them
+/// (one sync for all the appends that queued meanwhile).
+fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
+    let mut writer = Writer {
+        replica,
+        unsynced: Vec::new(),
+    };
+    loop {
+        let write = match writes.try_recv() {
+            Ok(w) => w,
+            Err(mpsc::TryRecvError::Empty) => {
+                let _ = writer.sync();
+                match writes.recv() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => {
+                let _ = writer.sync();
+                return;
+            }
+        };
+        writer.run(write);
+    }
+}
+
 /// openraft's log store over a [`Replica`].
 pub(crate) struct LogStore {
     replica: Arc<Replica>,
-    writes: mpsc::Sender<Write>,
+    /// The I/O thread's queue (`None`: writes run inline).
+    writes: Option<mpsc::Sender<Write>>,
 }
 
 impl LogStore {
-    /// Starts the replica's I/O thread; it ends when the store is dropped.
+    /// Starts the replica's I/O thread, if its writes run on one; it ends when the store is
+    /// dropped.
     pub(crate) fn new(replica: Arc<Replica>) -> io::Result<LogStore> {
-        let (writes, rx) = mpsc::channel();
-        let r = replica.clone();
-        thread::Builder::new()
-            .name(format!("rivulet-raft-io {}", replica.log.dir().display()))
-            .spawn(move || run_writes(r, rx))?;
+        let writes = match replica.io {
+            Io::Threads => {
+                let (writes, rx) = mpsc::channel();
+                let r = replica.clone();
+                thread::Builder::new()
+                    .name(format!("rivulet-raft-io {}", replica.log.dir().display()))
+                    .spawn(move || run_writes(r, rx))?;
+                Some(writes)
+            }
+            #[cfg(test)]
+            Io::Inline { .. } => None,
+        };
         Ok(LogStore { replica, writes })
     }
 
     async fn ask(&self, write: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Write) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(write(tx))
-            .map_err(|_| io::Error::other("the replica's I/O thread has stopped"))?;
+        match &self.writes {
+            Some(writes) => writes
+                .send(write(tx))
+                .map_err(|_| io::Error::other("the replica's I/O thread has stopped"))?,
+            None => {
+                let mut writer = Writer {
+                    replica: self.replica.clone(),
+                    unsynced: Vec::new(),
+                };
+                writer.run(write(tx));
+                let _ = writer.sync();
+            }
+        }
         rx.await
             .map_err(|_| io::Error::other("the replica's I/O thread has stopped"))?
     }
@@ -559,9 +633,10 @@ impl openraft::RaftLogReader<TypeConfig> for LogReader {
     ) -> io::Result<Vec<Entry>> {
         let (start, end) = bounds(&range);
         let replica = self.replica.clone();
-        tokio::task::spawn_blocking(move || replica.read_entries(start, end))
-            .await
-            .map_err(io::Error::other)?
+        replica
+            .io
+            .blocking(move || replica.read_entries(start, end))
+            .await?
     }
 
     /// Reads the range [`STREAM_CHUNK`] entries at a time as the stream is consumed, rather
@@ -585,8 +660,12 @@ impl openraft::RaftLogReader<TypeConfig> for LogReader {
                         return None;
                     }
                     let to = end.min(next.saturating_add(STREAM_CHUNK));
-                    let read = tokio::task::spawn_blocking(move || replica.read_entries(next, to)).await;
-                    match read.map_err(io::Error::other).and_then(|r| r) {
+                    let io = replica.io;
+                    match io
+                        .blocking(move || replica.read_entries(next, to))
+                        .await
+                        .and_then(|r| r)
+                    {
                         Ok(entries) => {
                             let mut ready: VecDeque<Entry> = entries.into();
                             let n = ready.len() as u64;

@@ -41,12 +41,16 @@
 
 mod controller;
 mod entry;
+#[cfg(test)]
+mod fifo_watch;
 mod log_store;
 mod partition;
 mod peer;
 mod raft;
 mod state_machine;
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
 
@@ -64,6 +68,7 @@ pub use controller::NodeInfo;
 
 use crate::broker::{Broker, BrokerBuilder};
 use crate::cluster::controller::{Command, Controller, Coordinator, controller_group};
+use crate::cluster::log_store::Io;
 use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
 use crate::cluster::peer::{Groups, Router};
 use crate::cluster::raft::{Node, NodeId};
@@ -261,7 +266,8 @@ impl ClusterBuilder {
                     saved: controller.saved(),
                 };
                 let metadata =
-                    PartitionReplica::start(me, log, router, controller_group(), Some(hook)).await?;
+                    PartitionReplica::start(me, log, router, controller_group(), Some(hook), Io::Threads)
+                        .await?;
                 groups.insert(controller_group(), metadata.raft.clone());
                 let voter_ids: Vec<NodeId> = voters.iter().map(|v| v.0).collect();
                 controller.watch_leader(controller_group(), &metadata.raft, voter_ids);

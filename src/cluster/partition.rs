@@ -3,18 +3,19 @@
 
 use std::fmt;
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use tokio::runtime::Handle;
+use tokio::time::Instant;
 
 use crate::cluster::entry::{Records, UNASSIGNED};
-use crate::cluster::log_store::{LogStore, Replica};
+use crate::cluster::log_store::{Io, LogStore, Replica};
 use crate::cluster::peer::{GroupId, Network, Proposed, Raft, Router, propose_here};
 use crate::cluster::raft::{Appended, NodeId};
 use crate::cluster::state_machine::{ControllerHook, StateMachine};
 use crate::error::{Error, Result};
-use crate::storage::{AppendInfo, PartitionLog, RecordBatch, Replicate, StdFs};
+use crate::storage::{AppendInfo, PartitionLog, RecordBatch, Replicate};
 
 /// Raft's timing and limits for a partition group: a leader heartbeats every 100 ms and is
 /// replaced after 0.5 to 1 s of silence; an AppendEntries carries at most 64 batches. Raft
@@ -65,20 +66,25 @@ impl PartitionReplica {
         })
         .await
         .map_err(cluster_error)??;
-        Self::start(me, log, router, group, None).await
+        Self::start(me, log, router, group, None, Io::Threads).await
     }
 
     /// Starts the Raft group of `log` (opened as replicated) as node `me`; the log's appends
     /// go through the group from then on. A controller's state machine sends what it applies
-    /// to `controller`.
+    /// to `controller`. `io` says where its storage work runs.
     pub(crate) async fn start(
         me: NodeId,
         log: PartitionLog,
         router: Router,
         group: GroupId,
         controller: Option<ControllerHook>,
+        io: Io,
     ) -> Result<PartitionReplica> {
-        let replica = tokio::task::spawn_blocking(move || Replica::open(log, Arc::new(StdFs)))
+        let replica = io
+            .blocking(move || {
+                let fs = log.fs();
+                Replica::open(log, fs, io)
+            })
             .await
             .map_err(cluster_error)??;
         let store = LogStore::new(replica.clone()).map_err(cluster_error)?;

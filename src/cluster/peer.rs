@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use openraft::AnyError;
 use openraft::error::{
     ClientWriteError, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
@@ -27,7 +28,7 @@ use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -41,6 +42,48 @@ pub(crate) const MAX_FRAME: usize = 128 << 20;
 
 /// How long a node waits to connect to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The reading side of a connection between peers.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing side of a connection between peers.
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// How a node connects to its peers: TCP, or a simulated network in tests.
+pub(crate) trait Transport: Send + Sync + 'static {
+    /// Opens a connection to `addr`.
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<(ReadHalf, WriteHalf)>>;
+}
+
+/// Where a node takes its peers' connections.
+pub(crate) trait Listener: Send + 'static {
+    /// The next connection, and where it comes from.
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(ReadHalf, WriteHalf, SocketAddr)>>;
+}
+
+/// Peer links over TCP, without Nagle's delay.
+struct Tcp;
+
+impl Transport for Tcp {
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<(ReadHalf, WriteHalf)>> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            Ok((Box::new(r) as ReadHalf, Box::new(w) as WriteHalf))
+        })
+    }
+}
+
+impl Listener for TcpListener {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(ReadHalf, WriteHalf, SocketAddr)>> {
+        Box::pin(async move {
+            let (stream, from) = TcpListener::accept(self).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            Ok((Box::new(r) as ReadHalf, Box::new(w) as WriteHalf, from))
+        })
+    }
+}
 
 /// A Raft group: a partition (or, with an empty topic, the controller).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -186,12 +229,15 @@ struct Link {
 }
 
 impl Link {
-    async fn open(me: NodeId, target: NodeId, addr: SocketAddr) -> io::Result<Link> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    async fn open(
+        transport: &dyn Transport,
+        me: NodeId,
+        target: NodeId,
+        addr: SocketAddr,
+    ) -> io::Result<Link> {
+        let (mut reader, mut writer) = tokio::time::timeout(CONNECT_TIMEOUT, transport.connect(addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
-        stream.set_nodelay(true)?;
-        let (mut reader, mut writer) = stream.into_split();
         write_frame(&mut writer, &encode(&Message::Hello { from: me, to: target })?).await?;
         let (out, mut queue) = mpsc::unbounded_channel::<Outgoing>();
         let pending: Pending = Arc::default();
@@ -253,6 +299,7 @@ pub(crate) struct Router {
 
 struct RouterInner {
     me: NodeId,
+    transport: Box<dyn Transport>,
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
     /// Each peer's link, behind a lock of its own: connecting to one that is down does not
     /// hold up messages to the others.
@@ -266,9 +313,15 @@ fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
 
 impl Router {
     pub(crate) fn new(me: NodeId) -> Router {
+        Router::with_transport(me, Box::new(Tcp))
+    }
+
+    /// A router whose links go over `transport`.
+    pub(crate) fn with_transport(me: NodeId, transport: Box<dyn Transport>) -> Router {
         Router {
             inner: Arc::new(RouterInner {
                 me,
+                transport,
                 peers: RwLock::new(HashMap::new()),
                 links: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -296,7 +349,7 @@ impl Router {
         }
         let addr = self.inner.peers.read().get(&target).copied();
         let addr = addr.ok_or_else(|| unreachable(format!("no address for node {target}")))?;
-        let link = Link::open(self.inner.me, target, addr)
+        let link = Link::open(&*self.inner.transport, self.inner.me, target, addr)
             .await
             .map_err(unreachable)?;
         *slot = Some(link.clone());
@@ -544,14 +597,16 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// Serves node `me`'s groups to its peers on `listener` until `shutdown` turns true.
 pub(crate) async fn serve(
     me: NodeId,
-    listener: TcpListener,
+    mut listener: impl Listener,
     groups: Arc<Groups>,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
-        let (stream, from) = tokio::select! {
+        let (reader, writer, from) = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -560,7 +615,6 @@ pub(crate) async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => return,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             log::warn!("node {me}: refusing a peer link from {from}: {MAX_PEER_CONNECTIONS} are open");
@@ -570,7 +624,7 @@ pub(crate) async fn serve(
         let router = router.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_peer(me, stream, groups, router, shutdown).await {
+            if let Err(e) = serve_peer(me, (reader, writer), groups, router, shutdown).await {
                 log::debug!("node {me}: the peer link from {from}: {e}");
             }
             drop(permit);
@@ -580,13 +634,11 @@ pub(crate) async fn serve(
 
 async fn serve_peer(
     me: NodeId,
-    stream: TcpStream,
+    (mut reader, mut writer): (ReadHalf, WriteHalf),
     groups: Arc<Groups>,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (mut reader, mut writer) = stream.into_split();
     let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame::<Message>(&mut reader, MAX_HELLO))
         .await
         .map_err(|_| io::Error::other("no Hello in time"))??;
@@ -615,8 +667,9 @@ async fn serve_peer(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let message = tokio::select! {
-            m = read_frame::<Message>(&mut reader, MAX_FRAME) => m?,
+            biased;
             _ = stopped(&mut shutdown) => None,
+            m = read_frame::<Message>(&mut reader, MAX_FRAME) => m?,
         };
         let Some(message) = message else { break };
         let Message::Request { id, group, rpc } = message else {

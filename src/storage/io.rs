@@ -238,6 +238,12 @@ impl FaultyFs {
         self.state.syncs.load(Ordering::SeqCst)
     }
 
+    /// Whether the machine has crashed: by [`FaultyFs::crash`], or at the operation a
+    /// [`FaultyFs::crash_after_ops`] countdown chose.
+    pub fn crashed(&self) -> bool {
+        self.state.crashed.load(Ordering::SeqCst)
+    }
+
     /// Simulates a power cut: from now on every operation fails, and every file opened through
     /// this value is cut back to its synced length plus `keep(path, synced, written)` of its
     /// unsynced bytes (0 keeps only what was synced). Index files are left as they are: they

@@ -462,6 +462,12 @@ impl PartitionLog {
         &self.inner.dir
     }
 
+    /// The file system the log writes through.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn fs(&self) -> Arc<dyn Fs> {
+        self.inner.fs.clone()
+    }
+
     /// The log's configuration.
     pub fn config(&self) -> LogConfig {
         self.inner.cfg()
