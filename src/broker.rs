@@ -280,6 +280,10 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     fn controller(&self) -> Option<u64>;
     /// Where a partition's replicas are, as this node last heard.
     fn placement(&self, topic: &str, partition: u32) -> Option<Placement>;
+    /// Kafka's OffsetForLeaderEpoch at this node's replica: the largest epoch at most `epoch`
+    /// and the offset where the next begins (the log end after the current one); `None` for
+    /// an epoch past every one known.
+    fn epoch_end(&self, topic: &str, partition: u32, epoch: u64) -> Option<(u64, i64)>;
     /// Whether this node coordinates the cluster's groups now: it leads the offsets topic's
     /// partition, and its offset store has read everything committed there.
     fn coordinates_groups(&self) -> bool;

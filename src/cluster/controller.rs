@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, Coordinate, Placement};
 use crate::cluster::entry::Payload;
-use crate::cluster::log_store::Io;
+use crate::cluster::log_store::{Io, Replica};
 use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
 use crate::cluster::peer::{GroupId, Groups, Router};
 use crate::cluster::raft::{LogId, Node, NodeId, StoredMembership};
@@ -143,6 +143,8 @@ pub(crate) struct Controller {
     state: Mutex<ControllerState>,
     /// The node's running partition replicas.
     replicas: tokio::sync::Mutex<HashMap<GroupId, PartitionReplica>>,
+    /// Their storage, for lookups that do not wait (the term boundaries).
+    stores: parking_lot::RwLock<HashMap<GroupId, Arc<Replica>>>,
     /// The controller's own replica, once started.
     pub(crate) metadata: tokio::sync::OnceCell<PartitionReplica>,
     /// The offset after the last entry applied here.
@@ -188,6 +190,7 @@ impl Controller {
             state_path,
             state: Mutex::new(state),
             replicas: tokio::sync::Mutex::new(HashMap::new()),
+            stores: parking_lot::RwLock::default(),
             metadata: tokio::sync::OnceCell::new(),
             applied: watch::channel(0).0,
             outcomes: Mutex::new(VecDeque::new()),
@@ -464,6 +467,7 @@ impl Controller {
             }
             self.groups.insert(group.clone(), replica.raft.clone());
             self.watch_leader(group.clone(), &replica.raft, nodes.clone());
+            self.stores.write().insert(group.clone(), replica.replica.clone());
             running.insert(group, replica);
         }
         Ok(())
@@ -519,6 +523,16 @@ impl Controller {
         });
     }
 
+    /// Where the terms of a partition's replica here end, for Kafka's OffsetForLeaderEpoch
+    /// (see `EntryIndex::epoch_end`); `None` for a term past every one known, or a partition
+    /// of which this node holds no replica.
+    pub(crate) fn epoch_end(&self, topic: &str, partition: u32, term: u64) -> Option<(u64, i64)> {
+        let group = self.group_of(topic, partition)?;
+        let current = self.placement(&group)?.epoch;
+        let store = self.stores.read().get(&group)?.clone();
+        store.index.read().epoch_end(term, current)
+    }
+
     /// Where `group`'s replicas are, as this node last heard.
     pub(crate) fn placement(&self, group: &GroupId) -> Option<Placement> {
         self.leaders.read().get(group).cloned()
@@ -531,6 +545,7 @@ impl Controller {
         for group in groups {
             self.groups.remove(&group);
             self.leaders.write().remove(&group);
+            self.stores.write().remove(&group);
             if let Some(replica) = running.remove(&group)
                 && let Err(e) = replica.shutdown().await
             {
@@ -542,6 +557,7 @@ impl Controller {
     /// Stops every replica this node runs (the controller's last).
     pub(crate) async fn stop_all(&self) {
         let mut running = self.replicas.lock().await;
+        self.stores.write().clear();
         for (group, replica) in running.drain() {
             self.groups.remove(&group);
             let _ = replica.shutdown().await;
@@ -753,6 +769,10 @@ impl Coordinate for Coordinator {
             let placement = group.and_then(|g| c.placement(&g));
             term != 0 && placement.is_some_and(|p| p.leader == Some(c.me) && p.epoch == term)
         })
+    }
+
+    fn epoch_end(&self, topic: &str, partition: u32, epoch: u64) -> Option<(u64, i64)> {
+        self.get().ok()?.epoch_end(topic, partition, epoch)
     }
 
     fn placement(&self, topic: &str, partition: u32) -> Option<Placement> {

@@ -191,6 +191,30 @@ impl EntryIndex {
     fn first_offset(&self) -> i64 {
         self.offsets.front().copied().unwrap_or(self.end_offset)
     }
+
+    /// Kafka's OffsetForLeaderEpoch over the terms of the entries held, the current term
+    /// `current` beginning at the log end if it has no entry yet: the largest term at most
+    /// `requested`, and the offset where the next term begins (the log end after the last).
+    /// A term older than every one held gets itself and the first held term's start; one past
+    /// every term known, `None` (Kafka's undefined epoch).
+    pub(crate) fn epoch_end(&self, requested: u64, current: u64) -> Option<(u64, i64)> {
+        let mut starts: Vec<(u64, i64)> = Vec::with_capacity(self.terms.len() + 1);
+        for &(first, term) in &self.terms {
+            starts.push((term, self.offset_of(first)?));
+        }
+        if starts.last().is_none_or(|&(t, _)| t < current) {
+            starts.push((current, self.end_offset));
+        }
+        let later = starts.partition_point(|&(t, _)| t <= requested);
+        match starts.get(later) {
+            Some(&(_, next_start)) => {
+                let floor = later.checked_sub(1).map_or(requested, |i| starts[i].0);
+                Some((floor, next_start))
+            }
+            None if starts.last().is_some_and(|&(t, _)| t == requested) => Some((requested, self.end_offset)),
+            None => None,
+        }
+    }
 }
 
 /// One replica of a partition: its log, the entry index, and the saved Raft state. Shared by
@@ -750,5 +774,51 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, upto: LogId) -> io::Result<()> {
         self.ask(|done| Write::Purge(upto, done)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Terms 1 (offsets 0..10), 3 (10..20) and 4 (20..30) in three entries each.
+    fn index() -> EntryIndex {
+        let mut idx = EntryIndex::new(None, 1, 0);
+        for (i, term) in [1, 1, 1, 3, 3, 3, 4, 4, 4].into_iter().enumerate() {
+            let base = [0, 4, 7, 10, 12, 15, 20, 25, 28][i];
+            let end = [4, 7, 10, 12, 15, 20, 25, 28, 30][i];
+            idx.push(i as u64 + 1, term, base, end);
+        }
+        idx
+    }
+
+    /// As Kafka's leader epoch cache answers: the largest epoch at most the one asked for and
+    /// the next one's start; the log end for the current epoch; none past it.
+    #[test]
+    fn epoch_ends_follow_kafkas_leader_epoch_cache() {
+        let idx = index();
+        assert_eq!(idx.epoch_end(0, 4), Some((0, 0)), "older than every term held");
+        assert_eq!(idx.epoch_end(1, 4), Some((1, 10)));
+        assert_eq!(
+            idx.epoch_end(2, 4),
+            Some((1, 10)),
+            "a term with no entries: the one before"
+        );
+        assert_eq!(idx.epoch_end(3, 4), Some((3, 20)));
+        assert_eq!(
+            idx.epoch_end(4, 4),
+            Some((4, 30)),
+            "the current term ends at the log end"
+        );
+        assert_eq!(idx.epoch_end(5, 4), None, "past every term known");
+        // A leader of term 6 that has not written yet: its term begins at the log end.
+        assert_eq!(idx.epoch_end(5, 6), Some((4, 30)));
+        assert_eq!(idx.epoch_end(6, 6), Some((6, 30)));
+        assert_eq!(idx.epoch_end(7, 6), None);
+        // After a purge of term 1's entries, term 1 is older than every term held.
+        let mut purged = index();
+        purged.purge(log_id(1, 3));
+        assert_eq!(purged.epoch_end(1, 4), Some((1, 10)));
+        assert_eq!(purged.epoch_end(3, 4), Some((3, 20)));
     }
 }

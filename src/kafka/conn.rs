@@ -282,6 +282,9 @@ pub(super) async fn handle(
             };
             request.reply(answer)?
         }
+        ApiKey::OffsetForLeaderEpoch => {
+            request.reply(fetch::offset_for_leader_epoch(server, client, request.decode()?))?
+        }
         ApiKey::CreateTopics => {
             let (create, client) = (request.decode()?, client.clone());
             request.reply(off_workers(server, move |s| admin::create_topics(s, &client, create)).await)?

@@ -1,4 +1,5 @@
-//! Fetch, which long-polls and hands stored batches back as they are, and ListOffsets.
+//! Fetch, which long-polls and hands stored batches back as they are, ListOffsets and
+//! OffsetForLeaderEpoch.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -9,8 +10,12 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 
 use super::acls::{Client, op, resource};
@@ -274,6 +279,70 @@ pub(super) fn list_offsets(
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// OffsetForLeaderEpoch (KIP-101, KIP-320): for each partition, the largest leader epoch at
+/// most the one asked for and the offset where the next epoch begins (the log end after the
+/// current epoch), from which a consumer whose position lies past it learns that the log it
+/// read was truncated. Epoch -1 and -1 for an epoch past every one known. The partition's
+/// leader answers, after the request's current leader epoch is checked as a fetch's is; a
+/// topic the client may not DESCRIBE is answered TOPIC_AUTHORIZATION_FAILED.
+pub(super) fn offset_for_leader_epoch(
+    server: &Server,
+    client: &Client,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let allowed = client.may(server, op::DESCRIBE, resource::TOPIC, &t.topic);
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let reply = EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1);
+                    let answer = if allowed {
+                        epoch_end(
+                            server,
+                            &t.topic,
+                            p.partition,
+                            p.current_leader_epoch,
+                            p.leader_epoch,
+                        )
+                    } else {
+                        Err(ResponseError::TopicAuthorizationFailed.code())
+                    };
+                    match answer {
+                        Ok(Some((epoch, end))) => reply.with_leader_epoch(epoch).with_end_offset(end),
+                        Ok(None) => reply,
+                        Err(code) => reply.with_error_code(code),
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}
+
+/// One partition's answer to OffsetForLeaderEpoch, or its error code.
+fn epoch_end(
+    server: &Server,
+    topic: &str,
+    partition: i32,
+    current_epoch: i32,
+    epoch: i32,
+) -> std::result::Result<Option<(i32, i64)>, i16> {
+    let log = server.log(topic, partition).map_err(|e| codes::code(&e))?;
+    server.check_leader(topic, partition).map_err(|e| e.code())?;
+    check_epoch(server, topic, partition, current_epoch).map_err(|e| e.code())?;
+    Ok(server.epoch_end(topic, partition, epoch, &log))
 }
 
 fn lookup(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64)> {

@@ -107,6 +107,14 @@ const LIST_OFFSETS: &[Field] = &[
     since(10, Fixed(4)),
 ];
 
+const OFFSET_FOR_LEADER_EPOCH: &[Field] = &[
+    since(3, Fixed(4)),
+    all(Array(&[
+        all(Str),
+        all(Array(&[all(Fixed(4)), since(2, Fixed(4)), all(Fixed(4))])),
+    ])),
+];
+
 const METADATA: &[Field] = &[
     all(Array(&[since(10, Fixed(16)), all(Str)])),
     since(4, Fixed(1)),
@@ -294,6 +302,7 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::Produce => PRODUCE,
         ApiKey::Fetch => FETCH,
         ApiKey::ListOffsets => LIST_OFFSETS,
+        ApiKey::OffsetForLeaderEpoch => OFFSET_FOR_LEADER_EPOCH,
         ApiKey::Metadata => METADATA,
         ApiKey::OffsetCommit => OFFSET_COMMIT,
         ApiKey::OffsetFetch => OFFSET_FETCH,
@@ -519,6 +528,16 @@ mod tests {
                     list_offsets_request::ListOffsetsTopic::default()
                         .with_name(topic())
                         .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default()
+                .with_topics(vec![
+                    offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                        .with_topic(topic())
+                        .with_partitions(vec![
+                            offset_for_leader_epoch_request::OffsetForLeaderPartition::default();
+                            2
+                        ]),
                 ])
                 .encode(&mut out, v),
             ApiKey::Metadata => MetadataRequest::default()

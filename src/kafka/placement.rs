@@ -110,6 +110,26 @@ impl Server {
         Some((self.node_id(), host, port))
     }
 
+    /// OffsetForLeaderEpoch at this broker, which leads the partition: the largest epoch at
+    /// most `epoch` and where the next begins. A broker alone has one epoch, 0, ending at the
+    /// log end; an epoch past every one known (or below 0) is `None`.
+    pub(super) fn epoch_end(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: i32,
+        log: &crate::storage::PartitionLog,
+    ) -> Option<(i32, i64)> {
+        let requested = u64::try_from(epoch).ok()?;
+        #[cfg(feature = "cluster")]
+        if let Some(c) = self.broker.inner.cluster.get() {
+            let (epoch, end) = c.epoch_end(topic, u32::try_from(partition).ok()?, requested)?;
+            return Some((i32::try_from(epoch).ok()?, end));
+        }
+        let _ = (topic, partition);
+        (requested == 0).then(|| (0, log.log_end_offset()))
+    }
+
     /// Refuses a request for a partition this broker does not lead.
     pub(super) fn check_leader(&self, topic: &str, partition: i32) -> Result<(), ResponseError> {
         match self.placement(topic, partition).leader {
