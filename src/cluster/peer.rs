@@ -8,7 +8,7 @@
 //! times out after openraft's hard time-to-live; a lost connection fails its pending requests
 //! and the next request reconnects.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,7 +78,9 @@ impl Listener for TcpListener {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(ReadHalf, WriteHalf, SocketAddr)>> {
         Box::pin(async move {
             let (stream, from) = TcpListener::accept(self).await?;
-            stream.set_nodelay(true)?;
+            if let Err(e) = stream.set_nodelay(true) {
+                log::debug!("a peer link from {from}: {e}");
+            }
             let (r, w) = stream.into_split();
             Ok((Box::new(r) as ReadHalf, Box::new(w) as WriteHalf, from))
         })
@@ -212,7 +214,9 @@ async fn read_frame<T: DeserializeOwned>(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>>;
+/// Requests awaiting their responses, by id (ordered: a lost link fails them oldest first,
+/// the same way every time).
+type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Result<Reply, String>>>>>;
 
 /// A request's frame, to be sent unless its caller has given up on it by then.
 struct Outgoing {
@@ -611,7 +615,11 @@ pub(crate) async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     log::warn!("node {me}: accepting a peer: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::select! {
+                        biased;
+                        _ = stopped(&mut shutdown) => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
                     continue;
                 }
             },
