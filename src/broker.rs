@@ -269,6 +269,20 @@ pub(crate) struct BrokerInner {
 #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // what the Kafka front end asks
 pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()>;
+    /// Creates a topic whose partition `p` is held by the nodes `replicas[p]` (with
+    /// `validate_only`, checks the assignment and changes nothing).
+    fn create_topic_assigned(
+        &self,
+        name: &str,
+        replicas: Vec<Vec<u64>>,
+        config: TopicConfig,
+        validate_only: bool,
+    ) -> Result<()>;
+    /// The replication factor `factor` comes to (`None`: the cluster's default), or an error
+    /// if the cluster cannot meet it.
+    fn check_replication(&self, factor: Option<u16>) -> Result<usize>;
+    /// How many nodes hold each partition of `topic`.
+    fn replication_of(&self, topic: &str) -> Option<usize>;
     fn delete_topic(&self, name: &str) -> Result<()>;
     fn add_partitions(&self, name: &str, total: u32) -> Result<()>;
     fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()>;
@@ -287,6 +301,17 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     /// Whether this node coordinates the cluster's groups now: it leads the offsets topic's
     /// partition, and its offset store has read everything committed there.
     fn coordinates_groups(&self) -> bool;
+}
+
+/// Refuses more than one copy of a topic's partitions on a broker alone.
+fn check_alone(config: &TopicConfig) -> Result<()> {
+    match config.replication_factor {
+        Some(n) if n != 1 => Err(Error::InvalidReplicationFactor {
+            requested: u64::from(n),
+            available: 1,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Where a partition's replicas are, as a cluster node last heard.
@@ -886,7 +911,12 @@ impl BrokerInner {
     #[cfg(feature = "kafka")] // for the Kafka front end's CreateTopics validate-only
     pub(crate) fn check_new_topic(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
         refuse_internal(name)?;
-        self.check_topic(name, partitions, config)
+        self.check_topic(name, partitions, config)?;
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.check_replication(config.replication_factor).map(drop);
+        }
+        check_alone(config)
     }
 
     /// Checks that `create_topic` would accept these, changing nothing.
@@ -914,6 +944,34 @@ impl BrokerInner {
         if let Some(cluster) = self.cluster.get() {
             self.check_topic(name, partitions, &config)?;
             return cluster.create_topic(name, partitions, config);
+        }
+        check_alone(&config)?;
+        self.create_topic_here(name, partitions, config)
+    }
+
+    /// Creates a topic whose partition `p` is held by the nodes `replicas[p]` (Kafka's
+    /// CreateTopics with replica assignments); with `validate_only`, only checks. A broker
+    /// alone is node 0, and holds every partition alone.
+    pub(crate) fn create_topic_assigned(
+        &self,
+        name: &str,
+        replicas: Vec<Vec<u64>>,
+        config: TopicConfig,
+        validate_only: bool,
+    ) -> Result<()> {
+        let partitions = u32::try_from(replicas.len()).unwrap_or(u32::MAX);
+        self.check_new_topic(name, partitions, &config)?;
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.create_topic_assigned(name, replicas, config, validate_only);
+        }
+        if let Some(p) = replicas.iter().position(|r| r.as_slice() != [0]) {
+            return Err(Error::InvalidReplicaAssignment {
+                reason: format!("partition {p} must be held by broker 0 alone"),
+            });
+        }
+        if validate_only {
+            return Ok(());
         }
         self.create_topic_here(name, partitions, config)
     }

@@ -335,6 +335,10 @@ impl CleanupPolicy {
 pub struct TopicConfig {
     pub(crate) log: LogConfig,
     pub(crate) compression: CompressionType,
+    /// Taken when the topic is created; afterwards its partitions' replicas say it (so it is
+    /// neither stored nor sent with the config).
+    #[serde(skip)]
+    pub(crate) replication_factor: Option<u16>,
 }
 
 fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T> {
@@ -379,6 +383,27 @@ impl TopicConfig {
     /// The configured `compression.type`.
     pub fn get_compression(&self) -> CompressionType {
         self.compression
+    }
+
+    /// How many nodes of a cluster hold each partition of the topic (default: the cluster's
+    /// replication factor, at most the number of nodes). A broker that is not a cluster's
+    /// node holds one copy and refuses more. As in Kafka, this is taken when the topic is
+    /// created (or grows), and is not one of the settings of its logs: changing a topic's
+    /// configuration leaves its replicas as they are.
+    ///
+    /// ```
+    /// use rivulet::TopicConfig;
+    /// let config = TopicConfig::default().replication_factor(3);
+    /// assert_eq!(config.get_replication_factor(), Some(3));
+    /// ```
+    pub fn replication_factor(mut self, n: u16) -> Self {
+        self.replication_factor = Some(n);
+        self
+    }
+
+    /// The replication factor asked for, if one was.
+    pub fn get_replication_factor(&self) -> Option<u16> {
+        self.replication_factor
     }
 
     /// `cleanup.policy` of the topic's logs. Default [`CleanupPolicy::Delete`].

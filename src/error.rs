@@ -215,6 +215,23 @@ pub enum Error {
     #[error("the consumer has no group.id, which subscribing and committed offsets need")]
     NoGroup,
 
+    /// A topic's replication factor cannot be met: more copies than nodes, or none.
+    #[error("a replication factor of {requested} cannot be met by {available} node(s)")]
+    InvalidReplicationFactor {
+        /// The replication factor asked for.
+        requested: u64,
+        /// The nodes there are to hold copies.
+        available: usize,
+    },
+
+    /// Replica assignments that name unknown nodes, a node twice, or lists of unequal
+    /// lengths. Nothing was changed.
+    #[error("invalid replica assignment: {reason}")]
+    InvalidReplicaAssignment {
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// An argument is out of its range (a negative offset or timestamp, say), as Kafka's
     /// clients refuse it. Nothing was changed.
     #[error("invalid {name} {value}: {reason}")]

@@ -43,7 +43,9 @@ async fn a_broker_alone_has_one_epoch_ending_at_the_log_end() {
     broker.create_topic("t", 1, TopicConfig::default()).unwrap();
     let producer = Producer::new(&broker);
     for i in 0..5 {
-        producer.send(ProducerRecord::new("t", format!("v{i}").as_bytes())).unwrap();
+        producer
+            .send(ProducerRecord::new("t", format!("v{i}").as_bytes()))
+            .unwrap();
     }
     let (addr, _stop) = wire::serve(&broker, Default::default()).await;
     let mut s = TcpStream::connect(addr).await.unwrap();

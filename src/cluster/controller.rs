@@ -605,9 +605,9 @@ impl Controller {
 
     /// Which nodes should hold each of `count` new partitions, the first `first`: spread
     /// round-robin over the cluster's nodes, `replication_factor` each (at most all nodes).
-    pub(crate) fn assign(&self, first: u32, count: u32) -> Vec<Vec<NodeId>> {
-        // The founding voters, whether or not they have registered yet, and any other node
-        // that has.
+    /// The nodes that may hold replicas: the founding voters, whether or not they have
+    /// registered yet, and any other node that has.
+    fn holders(&self) -> Vec<NodeId> {
         let mut nodes: Vec<NodeId> = {
             let s = self.state.lock();
             let voters = s.membership.voter_ids().chain(self.voters.iter().copied());
@@ -615,11 +615,66 @@ impl Controller {
         };
         nodes.sort_unstable();
         nodes.dedup();
-        let nodes = if nodes.is_empty() { vec![self.me] } else { nodes };
-        let rf = self.replication_factor.clamp(1, nodes.len());
+        if nodes.is_empty() { vec![self.me] } else { nodes }
+    }
+
+    /// The replication factor `asked` for (the cluster's default, at most the number of
+    /// nodes, for `None`), if the nodes can meet it.
+    pub(crate) fn replication(&self, asked: Option<u16>) -> Result<usize> {
+        let nodes = self.holders().len();
+        match asked.map(usize::from) {
+            None => Ok(self.replication_factor.clamp(1, nodes)),
+            Some(n) if n == 0 || n > nodes => Err(Error::InvalidReplicationFactor {
+                requested: n as u64,
+                available: nodes,
+            }),
+            Some(n) => Ok(n),
+        }
+    }
+
+    /// Replicas for partitions `first..first + count`, `rf` nodes each, spread in turn.
+    pub(crate) fn assign(&self, first: u32, count: u32, rf: usize) -> Vec<Vec<NodeId>> {
+        let nodes = self.holders();
+        let rf = rf.clamp(1, nodes.len());
         (first..first + count)
             .map(|p| (0..rf).map(|i| nodes[(p as usize + i) % nodes.len()]).collect())
             .collect()
+    }
+
+    /// Checks replica assignments given by a client: each partition held by the same number
+    /// of distinct, known nodes.
+    fn check_assignment(&self, replicas: &[Vec<NodeId>]) -> Result<()> {
+        let nodes = self.holders();
+        let bad = |reason: String| Err(Error::InvalidReplicaAssignment { reason });
+        let Some(first) = replicas.first() else {
+            return bad("no partitions".into());
+        };
+        for (p, r) in replicas.iter().enumerate() {
+            if r.is_empty() || r.len() != first.len() {
+                return bad(format!(
+                    "partition {p} has {} replicas where {} are due",
+                    r.len(),
+                    first.len()
+                ));
+            }
+            if let Some(n) = r.iter().find(|n| !nodes.contains(n)) {
+                return bad(format!(
+                    "partition {p} names node {n}, which is not a node of the cluster"
+                ));
+            }
+            let mut sorted = r.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != r.len() {
+                return bad(format!("partition {p} names a node twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many nodes hold each partition of `topic`.
+    pub(crate) fn replication_of(&self, topic: &str) -> Option<usize> {
+        Some(self.state.lock().assignments.get(topic)?.replicas.first()?.len())
     }
 }
 
@@ -702,7 +757,8 @@ impl Coordinator {
 impl Coordinate for Coordinator {
     fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
         let c = self.get()?;
-        let replicas = c.assign(0, partitions);
+        let rf = c.replication(config.replication_factor)?;
+        let replicas = c.assign(0, partitions, rf);
         let command = Command::CreateTopic {
             name: name.to_string(),
             partitions,
@@ -710,6 +766,35 @@ impl Coordinate for Coordinator {
             replicas,
         };
         run_on(&c.runtime.clone(), async move { c.submit(command).await })
+    }
+
+    fn create_topic_assigned(
+        &self,
+        name: &str,
+        replicas: Vec<Vec<u64>>,
+        config: TopicConfig,
+        validate_only: bool,
+    ) -> Result<()> {
+        let c = self.get()?;
+        c.check_assignment(&replicas)?;
+        if validate_only {
+            return Ok(());
+        }
+        let command = Command::CreateTopic {
+            name: name.to_string(),
+            partitions: replicas.len() as u32,
+            config,
+            replicas,
+        };
+        run_on(&c.runtime.clone(), async move { c.submit(command).await })
+    }
+
+    fn check_replication(&self, factor: Option<u16>) -> Result<usize> {
+        self.get()?.replication(factor)
+    }
+
+    fn replication_of(&self, topic: &str) -> Option<usize> {
+        self.get().ok()?.replication_of(topic)
     }
 
     fn delete_topic(&self, name: &str) -> Result<()> {
@@ -728,7 +813,12 @@ impl Coordinate for Coordinator {
     fn add_partitions(&self, name: &str, total: u32) -> Result<()> {
         let c = self.get()?;
         let current = c.broker.partition_count(name)?;
-        let replicas = c.assign(current, total.saturating_sub(current));
+        // New partitions are held by as many nodes as the topic's others.
+        let rf = match c.replication_of(name) {
+            Some(rf) => rf,
+            None => c.replication(None)?,
+        };
+        let replicas = c.assign(current, total.saturating_sub(current), rf);
         let command = Command::AddPartitions {
             name: name.to_string(),
             from: current,

@@ -150,8 +150,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// How many nodes hold each partition of a new topic (default 3; at most the number of
-    /// nodes).
+    /// How many nodes hold each partition of a new topic that asks for no replication factor
+    /// of its own ([`TopicConfig::replication_factor`](crate::TopicConfig::replication_factor)):
+    /// default 3, at most the number of nodes.
     pub fn replication_factor(mut self, n: usize) -> Self {
         self.replication_factor = n.max(1);
         self

@@ -26,9 +26,9 @@ use crate::config::TopicConfig;
 use crate::error::Result;
 
 /// Creates each topic with its partition count (-1: the broker's default, or as many as its
-/// replica assignments name, each on this broker) and configs. A replication factor above 1
-/// cannot be met by one broker. With `validate_only`, only checks. Needs CREATE on the cluster
-/// or the topic.
+/// replica assignments name), replication factor (-1: the default; a broker alone holds one
+/// copy) or replica assignments, and configs. With `validate_only`, only checks. Needs CREATE
+/// on the cluster or the topic.
 pub(super) fn create_topics(
     server: &Server,
     client: &Client,
@@ -45,9 +45,18 @@ pub(super) fn create_topics(
                 return reply.with_error_code(ResponseError::TopicAuthorizationFailed.code());
             }
             let (defaults, default_partitions) = broker.inner.topic_defaults();
-            let partitions = if !t.assignments.is_empty() {
+            if t.replication_factor == 0 || t.replication_factor < -1 {
+                return reply
+                    .with_error_code(ResponseError::InvalidReplicationFactor.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "the replication factor is at least 1, or -1 for the default",
+                    )));
+            }
+            let assigned = if t.assignments.is_empty() {
+                None
+            } else {
                 // Manual assignments give the partition count, as in Kafka, which then wants
-                // no count or replication factor beside them; one broker holds every replica.
+                // no count or replication factor beside them.
                 if t.num_partitions != -1 || t.replication_factor != -1 {
                     return reply
                         .with_error_code(ResponseError::InvalidRequest.code())
@@ -55,41 +64,54 @@ pub(super) fn create_topics(
                             "with replica assignments, the partition count and replication factor are -1",
                         )));
                 }
-                let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
-                indexes.sort_unstable();
-                let here = indexes.iter().enumerate().all(|(i, &p)| p == i as i32)
-                    && t.assignments
-                        .iter()
-                        .all(|a| a.broker_ids == [BrokerId(server.node_id())]);
-                if !here {
-                    return reply
-                        .with_error_code(ResponseError::InvalidReplicaAssignment.code())
-                        .with_error_message(Some(StrBytes::from(format!(
-                            "partitions 0, 1, ... must each be assigned to broker {} alone",
-                            server.node_id()
-                        ))));
+                let mut assignments: Vec<_> = t.assignments.iter().collect();
+                assignments.sort_by_key(|a| a.partition_index);
+                let numbered = assignments
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| a.partition_index == i as i32);
+                let replicas: Option<Vec<Vec<u64>>> = assignments
+                    .iter()
+                    .map(|a| a.broker_ids.iter().map(|b| u64::try_from(b.0).ok()).collect())
+                    .collect();
+                match replicas {
+                    Some(replicas) if numbered => Some(replicas),
+                    _ => {
+                        return reply
+                            .with_error_code(ResponseError::InvalidReplicaAssignment.code())
+                            .with_error_message(Some(StrBytes::from_static_str(
+                                "partitions 0, 1, ... must each be assigned to brokers",
+                            )));
+                    }
                 }
-                t.assignments.len() as i32
-            } else if t.num_partitions == -1 {
-                default_partitions as i32
-            } else {
-                t.num_partitions
             };
-            if t.replication_factor > 1 {
-                return reply
-                    .with_error_code(ResponseError::InvalidReplicationFactor.code())
-                    .with_error_message(Some(StrBytes::from_static_str("this broker has one node")));
-            }
-            let created = topic_config(defaults, &t.configs).and_then(|config| {
+            let partitions = match &assigned {
+                Some(replicas) => replicas.len() as i32,
+                None if t.num_partitions == -1 => default_partitions as i32,
+                None => t.num_partitions,
+            };
+            let created = topic_config(defaults, &t.configs).and_then(|mut config| {
+                if let Ok(n) = u16::try_from(t.replication_factor) {
+                    config = config.replication_factor(n);
+                }
                 let partitions = u32::try_from(partitions).unwrap_or(0);
-                if request.validate_only {
-                    broker.inner.check_new_topic(&t.name.0, partitions, &config)
-                } else {
-                    broker.create_topic(&t.name.0, partitions, config)
+                match assigned {
+                    Some(replicas) => {
+                        broker
+                            .inner
+                            .create_topic_assigned(&t.name.0, replicas, config, request.validate_only)
+                    }
+                    None if request.validate_only => {
+                        broker.inner.check_new_topic(&t.name.0, partitions, &config)
+                    }
+                    None => broker.create_topic(&t.name.0, partitions, config),
                 }
             });
+            let replication = server.replication_factor(&t.name.0, t.replication_factor);
             match created {
-                Ok(()) => reply.with_num_partitions(partitions).with_replication_factor(1),
+                Ok(()) => reply
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(replication),
                 Err(e) => reply
                     .with_error_code(codes::code(&e))
                     .with_error_message(Some(StrBytes::from(e.to_string()))),

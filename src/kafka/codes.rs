@@ -16,6 +16,8 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::TopicExists { .. } => E::TopicAlreadyExists,
         Error::InvalidPartitions { .. } => E::InvalidPartitions,
         Error::InvalidConfig { .. } => E::InvalidConfig,
+        Error::InvalidReplicationFactor { .. } => E::InvalidReplicationFactor,
+        Error::InvalidReplicaAssignment { .. } => E::InvalidReplicaAssignment,
         Error::InvalidTimestamp { .. } => E::InvalidTimestamp,
         Error::UnknownMember { .. } => E::UnknownMemberId,
         Error::IllegalGeneration { .. } => E::IllegalGeneration,

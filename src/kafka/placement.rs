@@ -130,6 +130,22 @@ impl Server {
         (requested == 0).then(|| (0, log.log_end_offset()))
     }
 
+    /// How many brokers hold each partition of `topic`, as CreateTopics reports it: a
+    /// cluster's assignment once the topic exists (else the factor `asked`, or the default
+    /// for -1, as a validation-only request is answered); a broker alone holds one copy.
+    pub(super) fn replication_factor(&self, topic: &str, asked: i16) -> i16 {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = self.broker.inner.cluster.get() {
+            let asked = u16::try_from(asked).ok();
+            let n = c
+                .replication_of(topic)
+                .or_else(|| c.check_replication(asked).ok());
+            return n.and_then(|n| i16::try_from(n).ok()).unwrap_or(-1);
+        }
+        let _ = (topic, asked);
+        1
+    }
+
     /// Refuses a request for a partition this broker does not lead.
     pub(super) fn check_leader(&self, topic: &str, partition: i32) -> Result<(), ResponseError> {
         match self.placement(topic, partition).leader {
