@@ -210,6 +210,13 @@ impl BrokerBuilder {
     /// Opens (or creates) the broker's data directory.
     pub fn open(self) -> Result<Broker> {
         self.default_topic.log.validate()?;
+        #[cfg(feature = "cluster")]
+        let alone = !self.replicated;
+        #[cfg(not(feature = "cluster"))]
+        let alone = true;
+        if alone {
+            check_alone(&self.default_topic)?;
+        }
         if self.num_partitions == 0 || self.num_partitions > MAX_PARTITIONS {
             return Err(Error::InvalidConfig {
                 name: "num.partitions",
@@ -295,13 +302,23 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     /// Where a partition's replicas are, as this node last heard.
     fn placement(&self, topic: &str, partition: u32) -> Option<Placement>;
     /// Kafka's OffsetForLeaderEpoch at this node's replica: the largest epoch at most `epoch`
-    /// and the offset where the next begins (the log end after the current one); `None` for
-    /// an epoch past every one known.
-    fn epoch_end(&self, topic: &str, partition: u32, epoch: u64) -> Option<(u64, i64)>;
+    /// and the offset where the next begins (the log end after the current one), `None` for
+    /// an epoch past every one known; `Err` if this node holds no running replica.
+    fn epoch_end(
+        &self,
+        topic: &str,
+        partition: u32,
+        epoch: u64,
+    ) -> std::result::Result<Option<(u64, i64)>, NotHeld>;
     /// Whether this node coordinates the cluster's groups now: it leads the offsets topic's
     /// partition, and its offset store has read everything committed there.
     fn coordinates_groups(&self) -> bool;
 }
+
+/// This node holds no running replica of the partition (or is stopping).
+#[cfg(feature = "cluster")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotHeld;
 
 /// Refuses more than one copy of a topic's partitions on a broker alone.
 fn check_alone(config: &TopicConfig) -> Result<()> {
@@ -952,6 +969,7 @@ impl BrokerInner {
     /// Creates a topic whose partition `p` is held by the nodes `replicas[p]` (Kafka's
     /// CreateTopics with replica assignments); with `validate_only`, only checks. A broker
     /// alone is node 0, and holds every partition alone.
+    #[cfg(feature = "kafka")]
     pub(crate) fn create_topic_assigned(
         &self,
         name: &str,
@@ -977,7 +995,14 @@ impl BrokerInner {
     }
 
     /// Creates a topic on this node alone.
-    pub(crate) fn create_topic_here(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
+    pub(crate) fn create_topic_here(
+        &self,
+        name: &str,
+        partitions: u32,
+        mut config: TopicConfig,
+    ) -> Result<()> {
+        // Taken when the topic was placed; not kept with its config.
+        config.replication_factor = None;
         let _admin = self.admin.lock();
         self.check_topic(name, partitions, &config)?;
         let topic = Arc::new(open_topic(
@@ -1113,7 +1138,9 @@ impl BrokerInner {
         let admin = self.admin.lock();
         self.check_open()?;
         let topic = self.topic(name)?;
-        let config = alter(&topic.config.read())?;
+        let mut config = alter(&topic.config.read())?;
+        // Not a setting of the topic's logs: its replicas stay as they are.
+        config.replication_factor = None;
         config.log.validate()?;
         if validate_only || *topic.config.read() == config {
             return Ok(());

@@ -66,6 +66,19 @@ async fn a_broker_alone_holds_one_copy() {
     broker
         .create_topic("one", 1, TopicConfig::default().replication_factor(1))
         .unwrap();
+    // Taken at creation, not kept as a setting of the topic's logs.
+    let described = broker.describe_topic("one").unwrap().config;
+    assert_eq!(described.get_replication_factor(), None);
+    assert_eq!(described, TopicConfig::default());
+    // A default that a broker alone cannot meet is refused when it opens.
+    let other = tempfile::tempdir().unwrap();
+    let refused = Broker::builder(other.path())
+        .default_topic_config(TopicConfig::default().replication_factor(3))
+        .open();
+    assert!(
+        matches!(refused, Err(Error::InvalidReplicationFactor { .. })),
+        "{refused:?}"
+    );
 
     let (addr, _stop) = wire::serve(&broker, Default::default()).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -94,6 +107,11 @@ mod cluster {
     use std::time::Duration;
 
     use rivulet::cluster::{Cluster, ClusterBuilder};
+
+    use kafka_protocol::messages::create_partitions_request::{
+        CreatePartitionsAssignment, CreatePartitionsTopic,
+    };
+    use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
     use super::*;
 
@@ -210,12 +228,30 @@ mod cluster {
             "unequal lists"
         );
         assert_eq!(
+            create(&mut s, "z", -1, -1, &[&[1, 2], &[3, 1]], true).await,
+            (0, 2, 2),
+            "validation alone reports the assignment's replication factor"
+        );
+        assert_eq!(
             create(&mut s, "placed", -1, -1, &[&[1, 2], &[3, 1]], false).await,
             (0, 2, 2)
         );
+        // New partitions are placed like the topic's others: assignments are refused.
+        let grow = CreatePartitionsRequest::default()
+            .with_topics(vec![
+                CreatePartitionsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("placed")))
+                    .with_count(3)
+                    .with_assignments(Some(vec![
+                        CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(2), BrokerId(3)]),
+                    ])),
+            ])
+            .with_timeout_ms(30_000);
+        let grown: CreatePartitionsResponse = wire::ask(&mut s, ApiKey::CreatePartitions, 3, &grow).await;
+        assert_eq!(grown.results[0].error_code, bad);
         let topics = nodes[2].broker().list_topics();
         assert!(
-            !topics.contains(&"x".to_string()) && !topics.contains(&"y".to_string()),
+            !["x", "y", "z"].iter().any(|t| topics.contains(&t.to_string())),
             "{topics:?}"
         );
         let placed = nodes.clone();

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use crate::broker::{Broker, Coordinate, Placement};
+use crate::broker::{Broker, Coordinate, NotHeld, Placement};
 use crate::cluster::entry::Payload;
 use crate::cluster::log_store::{Io, Replica};
 use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
@@ -524,13 +524,18 @@ impl Controller {
     }
 
     /// Where the terms of a partition's replica here end, for Kafka's OffsetForLeaderEpoch
-    /// (see `EntryIndex::epoch_end`); `None` for a term past every one known, or a partition
-    /// of which this node holds no replica.
-    pub(crate) fn epoch_end(&self, topic: &str, partition: u32, term: u64) -> Option<(u64, i64)> {
-        let group = self.group_of(topic, partition)?;
-        let current = self.placement(&group)?.epoch;
-        let store = self.stores.read().get(&group)?.clone();
-        store.index.read().epoch_end(term, current)
+    /// (see `EntryIndex::epoch_end`): `None` for a term past every one known, `NotHeld` for a
+    /// partition of which this node runs no replica.
+    pub(crate) fn epoch_end(
+        &self,
+        topic: &str,
+        partition: u32,
+        term: u64,
+    ) -> std::result::Result<Option<(u64, i64)>, NotHeld> {
+        let group = self.group_of(topic, partition).ok_or(NotHeld)?;
+        let store = self.stores.read().get(&group).cloned().ok_or(NotHeld)?;
+        let current = self.placement(&group).ok_or(NotHeld)?.epoch;
+        Ok(store.index.read().epoch_end(term, current))
     }
 
     /// Where `group`'s replicas are, as this node last heard.
@@ -557,6 +562,8 @@ impl Controller {
     /// Stops every replica this node runs (the controller's last).
     pub(crate) async fn stop_all(&self) {
         let mut running = self.replicas.lock().await;
+        // Nothing is led here from now on: Kafka clients are sent elsewhere.
+        self.leaders.write().clear();
         self.stores.write().clear();
         for (group, replica) in running.drain() {
             self.groups.remove(&group);
@@ -861,8 +868,15 @@ impl Coordinate for Coordinator {
         })
     }
 
-    fn epoch_end(&self, topic: &str, partition: u32, epoch: u64) -> Option<(u64, i64)> {
-        self.get().ok()?.epoch_end(topic, partition, epoch)
+    fn epoch_end(
+        &self,
+        topic: &str,
+        partition: u32,
+        epoch: u64,
+    ) -> std::result::Result<Option<(u64, i64)>, NotHeld> {
+        self.get()
+            .map_err(|_| NotHeld)?
+            .epoch_end(topic, partition, epoch)
     }
 
     fn placement(&self, topic: &str, partition: u32) -> Option<Placement> {

@@ -42,9 +42,10 @@ pub(crate) enum Io {
     /// Writes on the replica's own I/O thread, reads on the runtime's blocking threads: never
     /// on the runtime's workers.
     Threads,
-    /// Everything on the calling task, each append synced at once: for the deterministic
-    /// simulation, whose nodes all run on one thread. `sync: false` plants a bug (appends
-    /// reported durable without a sync) that the simulation's checker must catch.
+    /// Everything on the calling task, an append's sync a moment later on a task of its own
+    /// (with the appends made meanwhile): for the deterministic simulation, whose nodes all
+    /// run on one thread. `sync: false` plants a bug (appends reported durable without a
+    /// sync) that the simulation's checker must catch.
     #[cfg(test)]
     Inline { sync: bool },
 }
@@ -583,8 +584,17 @@ fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
 /// openraft's log store over a [`Replica`].
 pub(crate) struct LogStore {
     replica: Arc<Replica>,
-    /// The I/O thread's queue (`None`: writes run inline).
-    writes: Option<mpsc::Sender<Write>>,
+    writes: Writes,
+}
+
+/// Where a store's writes go.
+enum Writes {
+    /// To the replica's I/O thread.
+    Thread(mpsc::Sender<Write>),
+    /// Run by the caller; the appends' sync comes a little later, from a task of its own
+    /// (as the I/O thread's would), so that a crash can find appends readable but not durable.
+    #[cfg(test)]
+    Inline(Arc<Mutex<Writer>>),
 }
 
 impl LogStore {
@@ -598,10 +608,13 @@ impl LogStore {
                 thread::Builder::new()
                     .name(format!("rivulet-raft-io {}", replica.log.dir().display()))
                     .spawn(move || run_writes(r, rx))?;
-                Some(writes)
+                Writes::Thread(writes)
             }
             #[cfg(test)]
-            Io::Inline { .. } => None,
+            Io::Inline { .. } => Writes::Inline(Arc::new(Mutex::new(Writer {
+                replica: replica.clone(),
+                unsynced: Vec::new(),
+            }))),
         };
         Ok(LogStore { replica, writes })
     }
@@ -609,16 +622,24 @@ impl LogStore {
     async fn ask(&self, write: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Write) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         match &self.writes {
-            Some(writes) => writes
+            Writes::Thread(writes) => writes
                 .send(write(tx))
                 .map_err(|_| io::Error::other("the replica's I/O thread has stopped"))?,
-            None => {
-                let mut writer = Writer {
-                    replica: self.replica.clone(),
-                    unsynced: Vec::new(),
-                };
-                writer.run(write(tx));
-                let _ = writer.sync();
+            #[cfg(test)]
+            Writes::Inline(writer) => {
+                let write = write(tx);
+                let append = matches!(write, Write::Append { .. });
+                writer.lock().run(write);
+                if append {
+                    // Synced within a millisecond or two of simulated time (the delay drawn
+                    // from the simulation's seed), with whatever else is pending by then.
+                    let delay = crate::cluster::raft::seeded_draw().unwrap_or(0) % 3;
+                    let writer = writer.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        let _ = writer.lock().sync();
+                    });
+                }
             }
         }
         rx.await

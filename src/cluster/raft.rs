@@ -63,6 +63,12 @@ pub(crate) fn seed_this_thread(seed: Option<u64>) {
     SEEDED.with(|s| s.set(seed));
 }
 
+/// A number drawn from the simulation's seed, if one runs on this thread.
+#[cfg(test)]
+pub(crate) fn seeded_draw() -> Option<u64> {
+    next_seed()
+}
+
 /// The next seed of a seeded thread (SplitMix64's step), if the thread is seeded.
 fn next_seed() -> Option<u64> {
     SEEDED.with(|s| {

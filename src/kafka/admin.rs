@@ -21,9 +21,12 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::acls::{CLUSTER_NAME, Client, op, resource};
 use super::{Server, codes};
-use crate::broker::refuse_internal;
+use crate::broker::{MAX_PARTITIONS, refuse_internal};
 use crate::config::TopicConfig;
 use crate::error::Result;
+
+/// The most replicas a partition's assignment may name: a cluster's node ids are 0 to 1023.
+const MAX_REPLICAS: usize = 1024;
 
 /// Creates each topic with its partition count (-1: the broker's default, or as many as its
 /// replica assignments name), replication factor (-1: the default; a broker alone holds one
@@ -70,10 +73,18 @@ pub(super) fn create_topics(
                     .iter()
                     .enumerate()
                     .all(|(i, a)| a.partition_index == i as i32);
-                let replicas: Option<Vec<Vec<u64>>> = assignments
-                    .iter()
-                    .map(|a| a.broker_ids.iter().map(|b| u64::try_from(b.0).ok()).collect())
-                    .collect();
+                // Bounded before anything is copied: no partition has more replicas than a
+                // cluster can have nodes, no topic more partitions than a topic may have.
+                let sized = assignments.len() <= MAX_PARTITIONS as usize
+                    && assignments.iter().all(|a| a.broker_ids.len() <= MAX_REPLICAS);
+                let replicas: Option<Vec<Vec<u64>>> = if sized {
+                    assignments
+                        .iter()
+                        .map(|a| a.broker_ids.iter().map(|b| u64::try_from(b.0).ok()).collect())
+                        .collect()
+                } else {
+                    None
+                };
                 match replicas {
                     Some(replicas) if numbered => Some(replicas),
                     _ => {
@@ -89,6 +100,10 @@ pub(super) fn create_topics(
                 Some(replicas) => replicas.len() as i32,
                 None if t.num_partitions == -1 => default_partitions as i32,
                 None => t.num_partitions,
+            };
+            let asked = match &assigned {
+                Some(replicas) => replicas.first().map_or(-1, |r| r.len() as i16),
+                None => t.replication_factor,
             };
             let created = topic_config(defaults, &t.configs).and_then(|mut config| {
                 if let Ok(n) = u16::try_from(t.replication_factor) {
@@ -107,7 +122,7 @@ pub(super) fn create_topics(
                     None => broker.create_topic(&t.name.0, partitions, config),
                 }
             });
-            let replication = server.replication_factor(&t.name.0, t.replication_factor);
+            let replication = server.replication_factor(&t.name.0, asked);
             match created {
                 Ok(()) => reply
                     .with_num_partitions(partitions)
@@ -159,6 +174,13 @@ pub(super) fn create_partitions(
                 );
             }
             let total = u32::try_from(t.count).unwrap_or(0);
+            if t.assignments.is_some() && server.in_cluster() {
+                return refuse(
+                    ResponseError::InvalidReplicaAssignment.code(),
+                    "a cluster places new partitions like the topic's others: leave out replica assignments"
+                        .into(),
+                );
+            }
             if let Some(assignments) = &t.assignments {
                 let current = match broker.inner.topic(&t.name.0) {
                     Ok(topic) => topic.partitions.read().len(),

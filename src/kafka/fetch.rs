@@ -284,7 +284,8 @@ pub(super) fn list_offsets(
 /// OffsetForLeaderEpoch (KIP-101, KIP-320): for each partition, the largest leader epoch at
 /// most the one asked for and the offset where the next epoch begins (the log end after the
 /// current epoch), from which a consumer whose position lies past it learns that the log it
-/// read was truncated. Epoch -1 and -1 for an epoch past every one known. The partition's
+/// read was truncated. Epoch -1 and -1 for an epoch past every one known (a broker alone,
+/// which never truncates, ends every epoch at its log end). The partition's
 /// leader answers, after the request's current leader epoch is checked as a fetch's is; a
 /// topic the client may not DESCRIBE is answered TOPIC_AUTHORIZATION_FAILED.
 pub(super) fn offset_for_leader_epoch(
@@ -342,7 +343,9 @@ fn epoch_end(
     let log = server.log(topic, partition).map_err(|e| codes::code(&e))?;
     server.check_leader(topic, partition).map_err(|e| e.code())?;
     check_epoch(server, topic, partition, current_epoch).map_err(|e| e.code())?;
-    Ok(server.epoch_end(topic, partition, epoch, &log))
+    server
+        .epoch_end(topic, partition, epoch, &log)
+        .map_err(|e| e.code())
 }
 
 fn lookup(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64)> {

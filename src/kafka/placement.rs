@@ -34,6 +34,15 @@ impl Server {
         ALONE
     }
 
+    /// Whether this broker is a cluster's node.
+    pub(super) fn in_cluster(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if self.broker.inner.cluster.get().is_some() {
+            return true;
+        }
+        false
+    }
+
     /// Every broker clients may connect to: id, host and port.
     pub(super) fn brokers(&self) -> Vec<(i32, String, u16)> {
         let me = self.node_id();
@@ -111,23 +120,30 @@ impl Server {
     }
 
     /// OffsetForLeaderEpoch at this broker, which leads the partition: the largest epoch at
-    /// most `epoch` and where the next begins. A broker alone has one epoch, 0, ending at the
-    /// log end; an epoch past every one known (or below 0) is `None`.
+    /// most `epoch` and where the next begins, `None` for an epoch past every one known (or
+    /// below 0). A broker alone never truncates its log: whatever epoch its batches carry
+    /// (clients write their own), any epoch asked for ends at the log end. A cluster node that
+    /// runs no replica of the partition (it is stopping) is not its leader.
     pub(super) fn epoch_end(
         &self,
         topic: &str,
         partition: i32,
         epoch: i32,
         log: &crate::storage::PartitionLog,
-    ) -> Option<(i32, i64)> {
-        let requested = u64::try_from(epoch).ok()?;
+    ) -> Result<Option<(i32, i64)>, ResponseError> {
+        let Ok(requested) = u64::try_from(epoch) else {
+            return Ok(None);
+        };
         #[cfg(feature = "cluster")]
         if let Some(c) = self.broker.inner.cluster.get() {
-            let (epoch, end) = c.epoch_end(topic, u32::try_from(partition).ok()?, requested)?;
-            return Some((i32::try_from(epoch).ok()?, end));
+            let index = u32::try_from(partition).unwrap_or(u32::MAX);
+            let found = c
+                .epoch_end(topic, index, requested)
+                .map_err(|_| ResponseError::NotLeaderOrFollower)?;
+            return Ok(found.and_then(|(e, end)| Some((i32::try_from(e).ok()?, end))));
         }
-        let _ = (topic, partition);
-        (requested == 0).then(|| (0, log.log_end_offset()))
+        let _ = (topic, partition, requested);
+        Ok(Some((epoch, log.log_end_offset())))
     }
 
     /// How many brokers hold each partition of `topic`, as CreateTopics reports it: a

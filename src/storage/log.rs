@@ -556,7 +556,7 @@ impl PartitionLog {
     }
 
     /// The base offset of the `n`th segment from the end (the active one is the first).
-    #[cfg(feature = "cluster")]
+    #[cfg(all(feature = "cluster", feature = "kafka"))]
     pub(crate) fn tail_start(&self, n: usize) -> i64 {
         let segments = self.inner.snapshot();
         let i = segments.len().saturating_sub(n.max(1));
