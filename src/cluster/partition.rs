@@ -18,8 +18,9 @@ use crate::error::{Error, Result};
 use crate::storage::{AppendInfo, PartitionLog, RecordBatch, Replicate};
 
 /// Raft's timing and limits for a partition group: a leader heartbeats every 100 ms and is
-/// replaced after 0.5 to 1 s of silence; an AppendEntries carries at most 64 batches. Raft
-/// never purges the log on its own (the log is the partition's data: retention purges it).
+/// replaced after 0.5 to 1 s of silence; an AppendEntries carries at most 64 batches; a
+/// leader that restarts is elected again, in a new term. Raft never purges the log on its own
+/// (the log is the partition's data: retention purges it).
 pub(crate) fn raft_config() -> Result<Arc<openraft::Config>> {
     let config = openraft::Config {
         cluster_name: "rivulet".into(),
@@ -29,6 +30,11 @@ pub(crate) fn raft_config() -> Result<Arc<openraft::Config>> {
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: u64::MAX,
+        // A leader sends entries before its own sync covers them. Back after a power cut that
+        // lost such a tail, a leader that took its term up again would write other entries
+        // at the indexes its followers hold in that term, and Raft's log matching would take
+        // them for the same: a restarted leader stands for election in a new term instead.
+        enable_leader_restore: Some(false),
         ..openraft::Config::default()
     };
     config.validate().map(Arc::new).map_err(cluster_error)

@@ -43,7 +43,7 @@ const NODES: u64 = 3;
 const PARTITIONS: i32 = 2;
 const PEER_PORT: u16 = 7000;
 /// Seeds run by default (CI): a few minutes in all.
-const FIXED_SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
+const FIXED_SEEDS: [u64; 7] = [1, 2, 3, 4, 5, 6, 20];
 
 fn host(node: NodeId) -> String {
     format!("n{node}")
