@@ -333,7 +333,7 @@ fn check_alone(config: &TopicConfig) -> Result<()> {
 
 /// Where a partition's replicas are, as a cluster node last heard.
 #[cfg(feature = "cluster")]
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Placement {
     /// The node that leads the partition, if one does.
     pub(crate) leader: Option<u64>,

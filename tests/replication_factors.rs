@@ -261,6 +261,28 @@ mod cluster {
         .await
         .unwrap();
         assert_eq!((p0, p1), (vec![1, 2], vec![1, 3]));
+        // Node 3 holds no replica of partition 0, and still names its leader (as the leader
+        // tells it), so Kafka clients asking it are sent there.
+        let third = nodes[2].clone();
+        let state = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(state) = third.replica_state("placed", 0)
+                    && state.leader.is_some()
+                {
+                    return state;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node 3 never heard of the leader"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .unwrap();
+        assert!(matches!(state.leader, Some(1 | 2)), "{state:?}");
+        assert_eq!(state.replicas.len(), 2);
         for n in nodes {
             tokio::task::spawn_blocking(move || n.shutdown().unwrap())
                 .await

@@ -538,9 +538,77 @@ impl Controller {
         Ok(store.index.read().epoch_end(term, current))
     }
 
-    /// Where `group`'s replicas are, as this node last heard.
+    /// Where `group`'s replicas are, as this node last heard: from its own replica, or from
+    /// the group's leader if this node holds none.
     pub(crate) fn placement(&self, group: &GroupId) -> Option<Placement> {
-        self.leaders.read().get(group).cloned()
+        if let Some(local) = self.leaders.read().get(group) {
+            return Some(local.clone());
+        }
+        // Only for a group this node is not meant to hold: one it holds (starting, stopping)
+        // has no leader it can name.
+        if *group == controller_group() || self.assigned_here(group) {
+            return None;
+        }
+        self.groups.heard(group)
+    }
+
+    /// Whether the controller's assignment puts a replica of `group` on this node.
+    fn assigned_here(&self, group: &GroupId) -> bool {
+        let state = self.state.lock();
+        state.assignments.get(&group.topic).is_some_and(|a| {
+            a.incarnation == group.incarnation
+                && usize::try_from(group.partition)
+                    .ok()
+                    .and_then(|p| a.replicas.get(p))
+                    .is_some_and(|nodes| nodes.contains(&self.me))
+        })
+    }
+
+    /// Tells the other nodes, every [`LEADING_EVERY`], which groups this node leads, so that
+    /// nodes that hold no replica of a partition can name its leader; until `stop`.
+    pub(crate) async fn tell_leading(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut sending: HashMap<NodeId, Arc<std::sync::atomic::AtomicBool>> = HashMap::new();
+        // Numbered from the clock, so that a node's lists after a restart follow its earlier
+        // ones (a peer believes a stale list only for a few seconds anyway).
+        let mut seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|&s| s) => return,
+                _ = tokio::time::sleep(LEADING_EVERY) => {}
+            }
+            seq += 1;
+            let leading: Arc<Vec<(GroupId, Placement)>> = Arc::new(
+                self.leaders
+                    .read()
+                    .iter()
+                    .filter(|(_, p)| p.leader == Some(self.me))
+                    .map(|(g, p)| (g.clone(), p.clone()))
+                    .collect(),
+            );
+            for node in self.nodes() {
+                if node.id == self.me {
+                    continue;
+                }
+                // One list in flight per peer: a peer that does not answer skips lists rather
+                // than queue them.
+                let busy = sending.entry(node.id).or_default().clone();
+                if busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let router = self.router.clone();
+                let leading = leading.clone();
+                let me = self.me;
+                tokio::spawn(async move {
+                    if let Err(e) = router.tell_leading(node.id, seq, Vec::clone(&leading)).await {
+                        log::debug!("node {me}: telling node {} what it leads: {e}", node.id);
+                    }
+                    busy.store(false, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        }
     }
 
     /// Stops this node's replicas of `topic`.
@@ -684,6 +752,10 @@ impl Controller {
         Some(self.state.lock().assignments.get(topic)?.replicas.first()?.len())
     }
 }
+
+/// How often a node tells the others which groups it leads (a peer believes it for
+/// `peer::HEARD_FOR`).
+const LEADING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Has this node coordinate the cluster's groups once it leads the offsets topic's partition
 /// and has applied everything committed there (its offset store is then read again); stops

@@ -229,6 +229,7 @@ impl ClusterBuilder {
         };
         let (stop, stopped) = watch::channel(false);
         let stop_registering = stop.subscribe();
+        let stop_telling = stop.subscribe();
         // The broker defers its topic changes to the cluster before the controller applies
         // any: an entry applied before would take the single node's way.
         let _ = broker
@@ -275,6 +276,7 @@ impl ClusterBuilder {
                 let raft = metadata.raft.clone();
                 let _ = controller.metadata.set(metadata);
                 tokio::spawn(peer::serve(me, listener, groups, router_for_peers, stopped));
+                tokio::spawn(controller.clone().tell_leading(stop_telling));
                 if !raft.is_initialized().await.map_err(cluster_error)? {
                     let members: BTreeMap<NodeId, Node> =
                         voters.iter().map(|v| (v.0, Node::default())).collect();
@@ -457,7 +459,9 @@ impl Cluster {
     }
 
     /// The replicas of a partition, as this node last heard: leader, epoch, replicas, in sync
-    /// (the leader's view; a follower reports every replica in sync).
+    /// (the leader's view; a follower reports every replica in sync). A node that holds no
+    /// replica reports what the leader last told it (each leader tells the other nodes every
+    /// second).
     pub fn replica_state(&self, topic: &str, partition: u32) -> Result<ReplicaState> {
         let group = self.inner.controller.group_of(topic, partition);
         let Some(p) = group.and_then(|g| self.inner.controller.placement(&g)) else {

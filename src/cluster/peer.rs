@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::broker::Placement;
 use crate::cluster::entry::{Records, UNASSIGNED};
 use crate::cluster::raft::{Appended, Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::state_machine::{SnapshotData, StateMachine};
@@ -117,6 +118,12 @@ enum Rpc {
     },
     /// A batch for the group's leader to append (from a node that does not lead it).
     Propose(Records),
+    /// Every group the sender leads now, for nodes that hold no replica of them; `seq` counts
+    /// the sender's lists (sent for the controller's group, which every node runs).
+    Leading {
+        seq: u64,
+        leading: Vec<(GroupId, Placement)>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -127,6 +134,8 @@ enum Reply {
     Appended(Appended),
     /// The node does not lead the group; the leader it knows of.
     NotLeader(Option<NodeId>),
+    /// Taken.
+    Done,
 }
 
 /// What came of a batch proposed to a group.
@@ -154,6 +163,12 @@ pub(crate) async fn propose_here(raft: &Raft, records: Records, ttl: Duration) -
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// How long a node waits for a peer to take the list of groups it leads.
+const LEADING_TTL: Duration = Duration::from_secs(5);
+
+/// How long what a peer said it leads is believed without its saying it again.
+pub(crate) const HEARD_FOR: Duration = Duration::from_secs(5);
 
 /// How long a leader waits for a batch proposed by another node to commit.
 const REMOTE_PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -220,8 +235,21 @@ type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Result<Reply, String>>>>>
 
 /// A request's frame, to be sent unless its caller has given up on it by then.
 struct Outgoing {
+    id: u64,
     bytes: Vec<u8>,
     deadline: tokio::time::Instant,
+}
+
+/// What a request whose frame never reached the socket is failed with: the peer cannot have
+/// acted on it (a frame cut short by a failed write is never read whole).
+const NOT_SENT: &str = "not sent: the peer link failed first";
+
+/// Why a request got no reply.
+enum CallError {
+    /// It was never sent: trying again cannot repeat it.
+    NotSent(String),
+    /// It may have been acted on.
+    Failed(RPCError<TypeConfig>),
 }
 
 /// One open connection to a peer.
@@ -252,6 +280,7 @@ impl Link {
             alive: alive.clone(),
         };
         let writer_alive = alive.clone();
+        let unsent = pending.clone();
         tokio::spawn(async move {
             while let Some(o) = queue.recv().await {
                 // A request its caller gave up on is not sent (openraft sends it again).
@@ -260,6 +289,19 @@ impl Link {
                 }
                 if let Err(e) = write_frame(&mut writer, &o.bytes).await {
                     log::debug!("peer link to node {target} at {addr}: {e}");
+                    writer_alive.store(false, Ordering::SeqCst);
+                    // This request and those queued behind it never reached the peer whole.
+                    queue.close();
+                    let mut failed = vec![o.id];
+                    while let Ok(o) = queue.try_recv() {
+                        failed.push(o.id);
+                    }
+                    let mut pending = unsent.lock();
+                    for id in failed {
+                        if let Some(tx) = pending.remove(&id) {
+                            let _ = tx.send(Err(NOT_SENT.into()));
+                        }
+                    }
                     break;
                 }
             }
@@ -369,28 +411,54 @@ impl Router {
         rpc: Rpc,
         ttl: Duration,
     ) -> Result<Reply, RPCError<TypeConfig>> {
-        let network = |why: String| RPCError::Network(NetworkError::new(&AnyError::error(why)));
+        self.try_call(target, group, rpc, ttl).await.map_err(|e| match e {
+            CallError::NotSent(why) => RPCError::Unreachable(unreachable(why)),
+            CallError::Failed(e) => e,
+        })
+    }
+
+    /// [`Router::call`], telling a request that was never sent from one that may have been.
+    async fn try_call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: Rpc,
+        ttl: Duration,
+    ) -> Result<Reply, CallError> {
+        // A lost list of the groups a node leads is replaced a second later: its reply's delay
+        // says nothing about the link that Raft's requests share.
+        let gossip = matches!(rpc, Rpc::Leading { .. });
+        let network =
+            |why: String| CallError::Failed(RPCError::Network(NetworkError::new(&AnyError::error(why))));
         let ttl = ttl.max(MIN_RPC_TIMEOUT);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         // Too large a message fails alone, not the link it would have broken.
         let bytes = encode(&Message::Request { id, group, rpc }).map_err(|e| network(e.to_string()))?;
-        let link = self.link(target).await.map_err(RPCError::Unreachable)?;
+        let link = self
+            .link(target)
+            .await
+            .map_err(|e| CallError::NotSent(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         link.pending.lock().insert(id, tx);
         let deadline = tokio::time::Instant::now() + ttl;
-        if link.out.send(Outgoing { bytes, deadline }).is_err() {
+        if link.out.send(Outgoing { id, bytes, deadline }).is_err() {
             link.pending.lock().remove(&id);
-            return Err(RPCError::Unreachable(unreachable("the peer link closed")));
+            return Err(CallError::NotSent(NOT_SENT.into()));
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(remote))) if remote == NOT_SENT => Err(CallError::NotSent(remote)),
             Ok(Ok(Err(remote))) => Err(network(remote)),
-            Ok(Err(_)) => Err(RPCError::Unreachable(unreachable("the peer link closed"))),
+            Ok(Err(_)) => Err(CallError::Failed(RPCError::Unreachable(unreachable(
+                "the peer link closed",
+            )))),
             Err(_) => {
                 link.pending.lock().remove(&id);
                 // A link that answers nothing for so long may be half open: the next request
                 // connects again.
-                link.alive.store(false, Ordering::SeqCst);
+                if !gossip {
+                    link.alive.store(false, Ordering::SeqCst);
+                }
                 Err(network(format!("no reply from node {target} in {ttl:?}")))
             }
         }
@@ -406,22 +474,40 @@ impl Router {
         records: Records,
         ttl: Duration,
     ) -> Result<Proposed, String> {
-        // Only a failure to connect proves the batch was not sent.
-        let link = match self.link(target).await {
-            Ok(link) => link,
-            Err(e) => return Ok(Proposed::Unreachable(e.to_string())),
-        };
-        drop(link);
-        match self.call(target, group, Rpc::Propose(records), ttl).await {
+        // Only a batch that provably never reached the peer may be sent again.
+        match self.try_call(target, group, Rpc::Propose(records), ttl).await {
             Ok(Reply::Appended(a)) => Ok(Proposed::Appended(a)),
             Ok(Reply::NotLeader(l)) => Ok(Proposed::NotLeader(l)),
             Ok(other) => Err(unexpected(other).to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(CallError::NotSent(why)) => Ok(Proposed::Unreachable(why)),
+            Err(CallError::Failed(e)) => Err(e.to_string()),
         }
     }
 }
 
 impl Router {
+    /// Tells node `target` every group this node leads (list `seq` of this node's), within
+    /// [`LEADING_TTL`] (connecting included).
+    pub(crate) async fn tell_leading(
+        &self,
+        target: NodeId,
+        seq: u64,
+        leading: Vec<(GroupId, Placement)>,
+    ) -> Result<(), String> {
+        let group = GroupId {
+            topic: String::new(),
+            partition: 0,
+            incarnation: 0,
+        };
+        let told = self.call(target, group, Rpc::Leading { seq, leading }, LEADING_TTL);
+        match tokio::time::timeout(LEADING_TTL, told).await {
+            Ok(Ok(Reply::Done)) => Ok(()),
+            Ok(Ok(other)) => Err(unexpected(other).to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("not taken within {LEADING_TTL:?}")),
+        }
+    }
+
     /// A vote or a pre-vote, and its answer.
     async fn ask_vote(
         &self,
@@ -523,10 +609,19 @@ impl openraft::network::RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
-/// The Raft groups a node serves, by id.
+/// The Raft groups a node serves, by id, and what its peers said they lead.
 #[derive(Default)]
 pub(crate) struct Groups {
     rafts: RwLock<HashMap<GroupId, Raft>>,
+    /// What each peer last said it leads: the list's number, when it came, the groups.
+    heard: RwLock<HashMap<NodeId, Heard>>,
+}
+
+/// One peer's last list of the groups it leads.
+struct Heard {
+    seq: u64,
+    at: tokio::time::Instant,
+    leading: HashMap<GroupId, Placement>,
 }
 
 impl Groups {
@@ -542,12 +637,49 @@ impl Groups {
         self.rafts.read().get(group).cloned()
     }
 
-    async fn dispatch(&self, group: GroupId, rpc: Rpc) -> Result<Reply, String> {
+    /// Where `group`'s replicas are, as its leader said within [`HEARD_FOR`] (the latest
+    /// term heard of, if two nodes said they lead it).
+    pub(crate) fn heard(&self, group: &GroupId) -> Option<Placement> {
+        self.heard
+            .read()
+            .values()
+            .filter(|h| h.at.elapsed() < HEARD_FOR)
+            .filter_map(|h| h.leading.get(group))
+            .max_by_key(|p| p.epoch)
+            .cloned()
+    }
+
+    /// Takes node `from`'s list `seq` of the groups it leads, in place of its last one.
+    fn hear(&self, from: NodeId, seq: u64, leading: Vec<(GroupId, Placement)>) {
+        let leading: HashMap<GroupId, Placement> = leading
+            .into_iter()
+            // Only a leader speaks for its group, with a term a leader epoch can hold.
+            .filter(|(_, p)| p.leader == Some(from) && p.epoch <= i32::MAX as u64)
+            .collect();
+        let mut heard = self.heard.write();
+        if heard
+            .get(&from)
+            .is_some_and(|h| h.seq >= seq && h.at.elapsed() < HEARD_FOR)
+        {
+            return; // a list that was overtaken
+        }
+        let at = tokio::time::Instant::now();
+        heard.insert(from, Heard { seq, at, leading });
+    }
+
+    async fn dispatch(&self, from: NodeId, group: GroupId, rpc: Rpc) -> Result<Reply, String> {
         let term = match &rpc {
             Rpc::Append(r) => Some(r.vote.leader_id().term),
             Rpc::Vote(r) | Rpc::PreVote(r) => Some(r.vote.leader_id().term),
             Rpc::Snapshot { vote, .. } => Some(vote.leader_id().term),
-            Rpc::Propose(_) => None,
+            Rpc::Propose(_) | Rpc::Leading { .. } => None,
+        };
+        let rpc = match rpc {
+            Rpc::Leading { seq, leading } => {
+                self.hear(from, seq, leading);
+                return Ok(Reply::Done);
+            }
+            rpc => rpc,
         };
         if term.is_some_and(|t| t > i32::MAX as u64) {
             // A term must fit a Kafka leader epoch: one past it would wedge the group.
@@ -579,6 +711,7 @@ impl Groups {
                 .await
                 .map(Reply::Snapshot)
                 .map_err(|e| e.to_string()),
+            Rpc::Leading { .. } => Ok(Reply::Done), // taken above
         }
     }
 }
@@ -650,8 +783,8 @@ async fn serve_peer(
     let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame::<Message>(&mut reader, MAX_HELLO))
         .await
         .map_err(|_| io::Error::other("no Hello in time"))??;
-    match hello {
-        Some(Message::Hello { from, to }) if to == me && router.knows(from) => {}
+    let peer = match hello {
+        Some(Message::Hello { from, to }) if to == me && from != me && router.knows(from) => from,
         Some(Message::Hello { from, to }) if to == me => {
             return Err(io::Error::other(format!(
                 "node {from} is not a node of this cluster"
@@ -663,7 +796,7 @@ async fn serve_peer(
             )));
         }
         _ => return Err(io::Error::other("a peer link that did not start with Hello")),
-    }
+    };
     let (out, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
     let writing = tokio::spawn(async move {
         while let Some(bytes) = queue.recv().await {
@@ -690,7 +823,7 @@ async fn serve_peer(
         let groups = groups.clone();
         let out = out.clone();
         tokio::spawn(async move {
-            let result = groups.dispatch(group, rpc).await;
+            let result = groups.dispatch(peer, group, rpc).await;
             let response = encode(&Message::Response { id, result }).or_else(|e| {
                 encode(&Message::Response {
                     id,
