@@ -108,6 +108,13 @@ fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
     let leader = state.leader.unwrap() as usize - 1;
     nodes[leader].take().unwrap().shutdown().expect("the node stops");
     let survivor = (0..3).find(|&i| i != leader).unwrap();
+    // Once the survivors have a leader of their own. (A batch forwarded to the old leader as
+    // it stopped may fail with an unknown outcome, as it must: it may have been taken.)
+    eventually("a new leader", || {
+        node(&nodes, survivor)
+            .replica_state("orders", 0)
+            .is_ok_and(|s| s.leader.is_some_and(|l| l as usize - 1 != leader))
+    });
     let producer = Producer::new(node(&nodes, survivor).broker());
     for i in 60..90 {
         let value = format!("order-{i}");

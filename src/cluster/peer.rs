@@ -688,9 +688,13 @@ impl Groups {
                 term.unwrap_or_default()
             ));
         }
-        let raft = self
-            .get(&group)
-            .ok_or_else(|| format!("no replica of {}-{} here", group.topic, group.partition))?;
+        let Some(raft) = self.get(&group) else {
+            if matches!(rpc, Rpc::Propose(_)) {
+                // Certainly not appended here: the proposer asks its own replica again.
+                return Ok(Reply::NotLeader(None));
+            }
+            return Err(format!("no replica of {}-{} here", group.topic, group.partition));
+        };
         match rpc {
             Rpc::Append(r) => raft
                 .append_entries(r)

@@ -431,6 +431,10 @@ async fn three_replicas_keep_every_acknowledged_batch_through_a_failover() {
         .filter(|(i, _)| *i != old)
         .map(|(_, n)| n)
         .collect();
+    // Once they agree on a new leader. (A batch forwarded to the old leader as it stopped,
+    // over a link not yet seen closed, fails with an unknown outcome, as it must: the old
+    // leader may have taken it.)
+    leader(&survivors).await;
     acked.extend(propose_values(&survivors, 40, 40).await);
     let end = acked.last().unwrap().0 + 1;
     converge(&survivors, end).await;
