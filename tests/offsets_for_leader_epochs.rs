@@ -8,6 +8,10 @@
 #[path = "common/wire.rs"]
 mod wire;
 
+#[cfg(feature = "cluster")]
+#[path = "common/three_nodes.rs"]
+mod three_nodes;
+
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
@@ -68,10 +72,9 @@ async fn a_broker_alone_ends_every_epoch_at_its_log_end() {
 
 #[cfg(feature = "cluster")]
 mod cluster {
-    use std::net::{SocketAddr, TcpListener};
     use std::time::{Duration, Instant};
 
-    use rivulet::cluster::{Cluster, ClusterBuilder};
+    use rivulet::cluster::Cluster;
 
     use super::*;
 
@@ -104,31 +107,8 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_a_failover_the_old_epoch_ends_where_the_new_one_began() {
-        let listeners: Vec<TcpListener> = (0..3)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        drop(listeners);
-        let voters: Vec<(u64, SocketAddr)> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (i as u64 + 1, *a))
-            .collect();
-        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let (nodes, _dirs) = tokio::task::spawn_blocking(move || {
-            let nodes: Vec<Cluster> = dirs
-                .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    ClusterBuilder::new(i as u64 + 1, d.path().join("node"))
-                        .voters(voters.iter().copied())
-                        .start()
-                        .expect("the node starts")
-                })
-                .collect();
-            for n in &nodes {
-                n.wait_ready(Duration::from_secs(30)).unwrap();
-            }
+            let (nodes, dirs) = three_nodes::start();
             nodes[0]
                 .broker()
                 .create_topic("t", 1, TopicConfig::default())

@@ -7,6 +7,10 @@
 #[path = "common/wire.rs"]
 mod wire;
 
+#[cfg(feature = "cluster")]
+#[path = "common/three_nodes.rs"]
+mod three_nodes;
+
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableReplicaAssignment, CreatableTopic};
 use kafka_protocol::messages::{ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, TopicName};
@@ -103,10 +107,9 @@ async fn a_broker_alone_holds_one_copy() {
 
 #[cfg(feature = "cluster")]
 mod cluster {
-    use std::net::{SocketAddr, TcpListener};
     use std::time::Duration;
 
-    use rivulet::cluster::{Cluster, ClusterBuilder};
+    use rivulet::cluster::Cluster;
 
     use kafka_protocol::messages::create_partitions_request::{
         CreatePartitionsAssignment, CreatePartitionsTopic,
@@ -142,32 +145,8 @@ mod cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cluster_holds_as_many_copies_as_asked_where_asked() {
-        let listeners: Vec<TcpListener> = (0..3)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        drop(listeners);
-        let voters: Vec<(u64, SocketAddr)> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (i as u64 + 1, *a))
-            .collect();
-        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let paths: Vec<_> = dirs.iter().map(|d| d.path().join("node")).collect();
-        let nodes: Vec<Cluster> = tokio::task::spawn_blocking(move || {
-            let nodes: Vec<Cluster> = paths
-                .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    ClusterBuilder::new(i as u64 + 1, d)
-                        .voters(voters.iter().copied())
-                        .start()
-                        .expect("the node starts")
-                })
-                .collect();
-            for n in &nodes {
-                n.wait_ready(Duration::from_secs(30)).unwrap();
-            }
+        let (nodes, dirs) = tokio::task::spawn_blocking(move || {
+            let (nodes, dirs) = three_nodes::start();
             // In process: two copies of each partition, also of those added later.
             let broker = nodes[0].broker();
             broker
@@ -186,7 +165,7 @@ mod cluster {
                 "{refused:?}"
             );
             assert!(!broker.list_topics().contains(&"four".to_string()));
-            nodes
+            (nodes, dirs)
         })
         .await
         .unwrap();

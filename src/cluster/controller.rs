@@ -838,13 +838,7 @@ impl Coordinate for Coordinator {
         let c = self.get()?;
         let rf = c.replication(config.replication_factor)?;
         let replicas = c.assign(0, partitions, rf);
-        let command = Command::CreateTopic {
-            name: name.to_string(),
-            partitions,
-            config,
-            replicas,
-        };
-        run_on(&c.runtime.clone(), async move { c.submit(command).await })
+        self.create_topic_assigned(name, replicas, config, false)
     }
 
     fn create_topic_assigned(

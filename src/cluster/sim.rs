@@ -34,7 +34,7 @@ use crate::cluster::log_store::Io;
 use crate::cluster::partition::PartitionReplica;
 use crate::cluster::peer::{self, GroupId, Groups, Listener, Raft, ReadHalf, Router, Transport, WriteHalf};
 use crate::cluster::raft::{Node, NodeId, seed_this_thread, term_of};
-use crate::cluster::tests::{bytes_below, records_of};
+use crate::cluster::tests::{bytes_below, records_in, records_of};
 use crate::config::{Fsync, LogConfig};
 use crate::storage::{BatchBuilder, Compression, FaultyFs, PartitionLog};
 use openraft::async_runtime::WatchReceiver;
@@ -234,21 +234,17 @@ async fn consume(world: Arc<World>, replica: Arc<PartitionReplica>, session: (No
         let Ok(fetch) = log.read(next, 64 << 10) else {
             continue;
         };
-        let mut h = world.history.lock();
-        for batch in fetch.batches() {
-            next = batch.header().next_offset();
-            if batch.header().is_control() {
-                continue;
-            }
-            for r in batch.records().expect("records").iter() {
-                let r = r.expect("a record");
-                h.polled.push(Polled {
-                    session,
-                    offset: r.offset,
-                    value: r.value.unwrap_or_default().to_vec(),
-                });
-            }
+        if fetch.is_empty() {
+            continue;
         }
+        let mut read = Vec::new();
+        next = records_in(&fetch, &mut read);
+        let mut h = world.history.lock();
+        h.polled.extend(read.into_iter().map(|(offset, value)| Polled {
+            session,
+            offset,
+            value,
+        }));
     }
 }
 

@@ -309,17 +309,25 @@ pub(super) fn records_of(replica: &Replica) -> Vec<(i64, Vec<u8>)> {
         if fetch.is_empty() {
             return out;
         }
-        for batch in fetch.batches() {
-            from = batch.header().next_offset();
-            if batch.header().is_control() {
-                continue;
-            }
-            for r in batch.records().expect("records").iter() {
-                let r = r.expect("a record");
-                out.push((r.offset, r.value.unwrap_or_default().to_vec()));
-            }
+        from = records_in(&fetch, &mut out);
+    }
+}
+
+/// Appends the records (not control) of `fetch` to `out` as (offset, value); returns the
+/// offset after its last batch.
+pub(super) fn records_in(fetch: &crate::storage::Fetch, out: &mut Vec<(i64, Vec<u8>)>) -> i64 {
+    let mut next = -1;
+    for batch in fetch.batches() {
+        next = batch.header().next_offset();
+        if batch.header().is_control() {
+            continue;
+        }
+        for r in batch.records().expect("records").iter() {
+            let r = r.expect("a record");
+            out.push((r.offset, r.value.unwrap_or_default().to_vec()));
         }
     }
+    next
 }
 
 /// The raw bytes of a replica's log below `end`.
