@@ -199,21 +199,21 @@ impl EntryIndex {
     /// A term older than every one held gets itself and the first held term's start; one past
     /// every term known, `None` (Kafka's undefined epoch).
     pub(crate) fn epoch_end(&self, requested: u64, current: u64) -> Option<(u64, i64)> {
-        let mut starts: Vec<(u64, i64)> = Vec::with_capacity(self.terms.len() + 1);
-        for &(first, term) in &self.terms {
-            starts.push((term, self.offset_of(first)?));
+        let later = self.terms.partition_point(|&(_, t)| t <= requested);
+        let floor = later.checked_sub(1).map_or(requested, |i| self.terms[i].1);
+        if let Some(&(first, _)) = self.terms.get(later) {
+            return Some((floor, self.offset_of(first)?));
         }
-        if starts.last().is_none_or(|&(t, _)| t < current) {
-            starts.push((current, self.end_offset));
-        }
-        let later = starts.partition_point(|&(t, _)| t <= requested);
-        match starts.get(later) {
-            Some(&(_, next_start)) => {
-                let floor = later.checked_sub(1).map_or(requested, |i| starts[i].0);
-                Some((floor, next_start))
-            }
-            None if starts.last().is_some_and(|&(t, _)| t == requested) => Some((requested, self.end_offset)),
-            None => None,
+        // Every run held is at most `requested`; after them, the current term's (perhaps
+        // empty) run begins at the log end.
+        let last = match self.terms.back() {
+            Some(&(_, t)) if t >= current => t,
+            _ => current,
+        };
+        match last.cmp(&requested) {
+            std::cmp::Ordering::Greater => Some((floor, self.end_offset)),
+            std::cmp::Ordering::Equal => Some((requested, self.end_offset)),
+            std::cmp::Ordering::Less => None,
         }
     }
 }
