@@ -109,6 +109,17 @@ pub(crate) fn to_batch(id: &LogId, payload: Payload) -> io::Result<RecordBatch> 
     Ok(batch)
 }
 
+/// The base offset a payload's batch was stored at (a replica's copy of its leader's entry),
+/// or `None` for a new batch the log will place.
+pub(crate) fn stored_base_offset(payload: &Payload) -> Option<i64> {
+    let bytes = match payload {
+        Payload::Normal(r) | Payload::Blank(Some(r)) | Payload::Membership(_, Some(r)) => &r.0,
+        _ => return None,
+    };
+    let base = crate::storage::format::be_i64(bytes.get(..8)?, 0);
+    (base != UNASSIGNED).then_some(base)
+}
+
 /// The entry at `index` stored as `bytes` (one whole batch).
 pub(crate) fn from_batch(index: u64, bytes: Vec<u8>) -> io::Result<(LogId, Payload)> {
     let (batch, _) = Batch::parse(&bytes).map_err(invalid)?;

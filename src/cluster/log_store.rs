@@ -15,6 +15,15 @@
 //! is readable, and its callback fires once a sync covers it, one sync for all the appends
 //! that queued meanwhile (group commit). The vote is saved only after every earlier append is
 //! durable.
+//!
+//! Snapshots are metadata only (the last entry they cover, the membership, and the offset
+//! after it), kept in `snapshot.meta` and written by the I/O thread in order with the rest.
+//! Retention asks Raft to snapshot and purge the entries below the segments it would delete
+//! (see `partition.rs`); the purge then deletes them. A replica that installs its leader's
+//! snapshot because it lacks entries the leader has purged restarts its log, empty, at the
+//! snapshot's offset, and catches up from there by replication. Raft may hand the store the
+//! entries after such a snapshot before the state machine has installed it: those appends
+//! (and the writes after them) wait, parked, for the snapshot's write.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -32,9 +41,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::cluster::entry::{self, UNASSIGNED};
-use crate::cluster::raft::{Entry, IoFlushed, LogId, LogState, TypeConfig, Vote, log_id, term_of};
+use crate::cluster::raft::{
+    Entry, IoFlushed, LogId, LogState, SnapshotMeta, TypeConfig, Vote, log_id, term_of,
+};
+use crate::cluster::state_machine::SnapshotData;
 use crate::error::{Error, Result};
-use crate::storage::{Fs, PartitionLog, REPLICA_FILE, meta};
+use crate::storage::{Fs, PartitionLog, REPLICA_FILE, SNAPSHOT_FILE, meta};
 
 /// Where a replica's storage work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +92,17 @@ struct ReplicaMeta {
     first_offset: i64,
     /// An entry known committed, at most the last one this replica had made durable.
     committed: Option<LogId>,
+    /// The log is being restarted at `first_offset` (after a snapshot): if a crash came
+    /// first, opening the replica restarts it again before anything reads it.
+    restarting: bool,
+}
+
+/// What `snapshot.meta` holds: the replica's last snapshot, built here or installed from the
+/// leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SavedSnapshot {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) data: SnapshotData,
 }
 
 /// Entry index to offset, and the terms of the entries.
@@ -162,6 +185,17 @@ impl EntryIndex {
         self.end_offset
     }
 
+    /// The index of the last entry that ends at or below `offset`, if any does.
+    pub(crate) fn last_entry_below(&self, offset: i64) -> Option<u64> {
+        let ends_below = |i: usize| {
+            let end = self.offsets.get(i + 1).copied().unwrap_or(self.end_offset);
+            end <= offset
+        };
+        let n = self.offsets.partition_point(|&o| o < offset);
+        let last = (0..n).rev().find(|&i| ends_below(i))?;
+        Some(self.first_index + last as u64)
+    }
+
     /// Forgets the entries up to `upto` inclusive; the log starts after it.
     fn purge(&mut self, upto: LogId) {
         if self.purged.is_some_and(|p| p.index >= upto.index) {
@@ -229,6 +263,9 @@ pub(crate) struct Replica {
     pub(crate) io: Io,
     /// What `replica.meta` holds (written only by the I/O thread).
     saved: Mutex<ReplicaMeta>,
+    snapshot_path: PathBuf,
+    /// What `snapshot.meta` holds (written only by the I/O thread).
+    snapshot: Mutex<Option<SavedSnapshot>>,
     /// Why a sync failed: the log's state on disk is unknown from then on, and every later
     /// write (a vote above all) is refused.
     failed_sync: Mutex<Option<String>>,
@@ -238,7 +275,15 @@ impl Replica {
     /// Takes over `log` (opened as replicated) and rebuilds its entry index.
     pub(crate) fn open(log: PartitionLog, fs: Arc<dyn Fs>, io: Io) -> Result<Arc<Replica>> {
         let meta_path = log.dir().join(REPLICA_FILE);
-        let saved: Option<ReplicaMeta> = meta::read(&meta_path)?;
+        let snapshot_path = log.dir().join(SNAPSHOT_FILE);
+        let snapshot: Option<SavedSnapshot> = meta::read(&snapshot_path)?;
+        let mut saved: Option<ReplicaMeta> = meta::read(&meta_path)?;
+        if let Some(s) = saved.as_mut().filter(|s| s.restarting) {
+            // A restart after a snapshot that a crash interrupted: done again, whole.
+            log.restart_at(s.first_offset)?;
+            s.restarting = false;
+            meta::write(&*fs, &meta_path, &*s)?;
+        }
         if saved.is_none() && log.log_end_offset() > log.log_start_offset() {
             // Records written by a single node: no Raft log agrees with them.
             return Err(Error::NotALog {
@@ -302,8 +347,35 @@ impl Replica {
             index: RwLock::new(index),
             io,
             saved: Mutex::new(saved),
+            snapshot_path,
+            snapshot: Mutex::new(snapshot),
             failed_sync: Mutex::new(None),
         }))
+    }
+
+    /// The last snapshot this replica built or installed.
+    pub(crate) fn snapshot(&self) -> Option<SavedSnapshot> {
+        self.snapshot.lock().clone()
+    }
+
+    /// Whether `entries` begin past the next index where they cannot start the log anew:
+    /// after a snapshot that the state machine has yet to install (Raft appends nothing else
+    /// out of order).
+    fn waits_for_snapshot(&self, entries: &[Entry]) -> bool {
+        entries
+            .first()
+            .is_some_and(|e| e.log_id.index > self.index.read().next_index() && !self.starts_anew(e))
+    }
+
+    /// Whether `e` may be the first entry of this log at an index past the next one: the log
+    /// holds no entries and `e` goes at its end offset (or takes the offset given it).
+    fn starts_anew(&self, e: &Entry) -> bool {
+        let idx = self.index.read();
+        if e.log_id.index < idx.next_index() || !idx.offsets.is_empty() {
+            return false;
+        }
+        let at = entry::stored_base_offset(&e.payload);
+        at.is_none_or(|at| at == idx.end_offset)
     }
 
     /// The entries in `[start, end)` that the log holds.
@@ -366,19 +438,20 @@ impl Replica {
     }
 
     /// Appends `entries` (on the I/O thread): each must take the next index, except the
-    /// first entry of an empty log, which may start it anywhere.
+    /// first entry of an empty log, which may start it at a later index if it goes at the
+    /// log's end offset ([`Replica::starts_anew`]).
     pub(crate) fn append(&self, entries: Vec<Entry>) -> io::Result<()> {
         for e in entries {
             let index = e.log_id.index;
             let next = self.index.read().next_index();
             if index != next {
-                let empty = self.index.read().offsets.is_empty();
-                if !empty || index < next {
+                if !self.starts_anew(&e) {
                     return Err(io::Error::other(format!(
                         "entry {index} appended where entry {next} is due"
                     )));
                 }
-                // An empty log restarted further on (entries before it were never here).
+                // An empty log restarted further on, at its end offset (entries before it
+                // were never here).
                 let mut saved = self.saved.lock().clone();
                 saved.first_index = index;
                 saved.first_offset = self.index.read().end_offset;
@@ -427,6 +500,15 @@ impl Replica {
     }
 
     pub(crate) fn purge(&self, upto: LogId) -> io::Result<()> {
+        let beyond = upto.index >= self.index.read().next_index();
+        if let Some(snap) = self
+            .snapshot()
+            .filter(|s| beyond && s.meta.last_log_id == Some(upto))
+        {
+            // The snapshot took the place of entries this log lacks (its write was cut short
+            // by a crash): the log starts again where the snapshot ends.
+            return self.restart(upto, snap.data.next_offset);
+        }
         let (first_index, first_offset) = {
             let mut idx = self.index.write();
             if idx.purged.is_some_and(|p| p.index >= upto.index) {
@@ -446,6 +528,48 @@ impl Replica {
             self.log.purge_before(start).map_err(io::Error::other)?;
         }
         Ok(())
+    }
+
+    /// Keeps `snap` in `snapshot.meta`, and lets readers see what it covers. A snapshot whose
+    /// last entry this log neither holds nor has purged (its leader's, installed in place of
+    /// entries this replica lacks) restarts the log at its offset.
+    pub(crate) fn save_snapshot(&self, snap: SavedSnapshot) -> io::Result<()> {
+        meta::write(&*self.fs, &self.snapshot_path, &snap).map_err(io::Error::other)?;
+        *self.snapshot.lock() = Some(snap.clone());
+        let Some(last) = snap.meta.last_log_id else {
+            return Ok(());
+        };
+        let covered = {
+            let idx = self.index.read();
+            idx.term_of(last.index) == Some(term_of(&last))
+                || idx.purged.is_some_and(|p| p.index >= last.index)
+        };
+        if !covered {
+            self.restart(last, snap.data.next_offset)?;
+        }
+        self.log.commit_to(snap.data.next_offset);
+        Ok(())
+    }
+
+    /// Empties the log and starts it again at `offset`, as the entry after `last`, which a
+    /// snapshot covers. `replica.meta` says so first, so that a crash part way is finished on
+    /// open rather than leaving old batches where the new entries' offsets are.
+    fn restart(&self, last: LogId, offset: i64) -> io::Result<()> {
+        log::info!(
+            "{}: restarting the log at offset {offset} after the snapshot to entry {}",
+            self.log.dir().display(),
+            last.index
+        );
+        let mut saved = self.saved.lock().clone();
+        saved.purged = Some(last);
+        saved.first_index = last.index + 1;
+        saved.first_offset = offset;
+        saved.restarting = true;
+        self.save(saved.clone())?;
+        *self.index.write() = EntryIndex::new(Some(last), last.index + 1, offset);
+        self.log.restart_at(offset).map_err(io::Error::other)?;
+        saved.restarting = false;
+        self.save(saved)
     }
 
     fn save_vote(&self, vote: Vote) -> io::Result<()> {
@@ -484,6 +608,7 @@ enum Write {
     Vote(Vote, oneshot::Sender<io::Result<()>>),
     Truncate(Option<LogId>, oneshot::Sender<io::Result<()>>),
     Purge(LogId, oneshot::Sender<io::Result<()>>),
+    Snapshot(SavedSnapshot, oneshot::Sender<io::Result<()>>),
 }
 
 /// Runs a replica's writes in order, and syncs before it answers the appends' callbacks (and
@@ -492,6 +617,9 @@ struct Writer {
     replica: Arc<Replica>,
     /// Appends readable but not yet durable.
     unsynced: Vec<IoFlushed>,
+    /// Writes waiting, in order, for a snapshot's: entries that follow a snapshot the state
+    /// machine has not installed yet, and everything after them.
+    parked: VecDeque<Write>,
 }
 
 impl Writer {
@@ -513,7 +641,30 @@ impl Writer {
         result
     }
 
+    /// Runs `write`, or parks it behind the writes waiting for a snapshot.
     fn run(&mut self, write: Write) {
+        if let Write::Snapshot(..) = write {
+            self.execute(write);
+            // The writes parked for it, in order, until one is still early.
+            while let Some(parked) = self.parked.pop_front() {
+                if self.parks(&parked) {
+                    self.parked.push_front(parked);
+                    break;
+                }
+                self.execute(parked);
+            }
+        } else if !self.parked.is_empty() || self.parks(&write) {
+            self.parked.push_back(write);
+        } else {
+            self.execute(write);
+        }
+    }
+
+    fn parks(&self, write: &Write) -> bool {
+        matches!(write, Write::Append { entries, .. } if self.replica.waits_for_snapshot(entries))
+    }
+
+    fn execute(&mut self, write: Write) {
         let replica = self.replica.clone();
         match write {
             Write::Append {
@@ -551,6 +702,13 @@ impl Writer {
                     .and_then(|()| replica.purge(upto));
                 let _ = done.send(r);
             }
+            Write::Snapshot(snap, done) => {
+                let r = self
+                    .sync()
+                    .and_then(|()| replica.check_synced())
+                    .and_then(|()| replica.save_snapshot(snap));
+                let _ = done.send(r);
+            }
         }
     }
 }
@@ -561,6 +719,7 @@ fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
     let mut writer = Writer {
         replica,
         unsynced: Vec::new(),
+        parked: VecDeque::new(),
     };
     loop {
         let write = match writes.try_recv() {
@@ -587,8 +746,12 @@ pub(crate) struct LogStore {
     writes: Writes,
 }
 
-/// Where a store's writes go.
-enum Writes {
+/// Where a replica's writes go: the log store's, and its state machine's snapshots.
+#[derive(Clone)]
+pub(crate) struct Writes(WritesTo);
+
+#[derive(Clone)]
+enum WritesTo {
     /// To the replica's I/O thread.
     Thread(mpsc::Sender<Write>),
     /// Run by the caller; the appends' sync comes a little later, from a task of its own
@@ -608,25 +771,46 @@ impl LogStore {
                 thread::Builder::new()
                     .name(format!("rivulet-raft-io {}", replica.log.dir().display()))
                     .spawn(move || run_writes(r, rx))?;
-                Writes::Thread(writes)
+                WritesTo::Thread(writes)
             }
             #[cfg(test)]
-            Io::Inline { .. } => Writes::Inline(Arc::new(Mutex::new(Writer {
+            Io::Inline { .. } => WritesTo::Inline(Arc::new(Mutex::new(Writer {
                 replica: replica.clone(),
                 unsynced: Vec::new(),
+                parked: VecDeque::new(),
             }))),
         };
-        Ok(LogStore { replica, writes })
+        Ok(LogStore {
+            replica,
+            writes: Writes(writes),
+        })
+    }
+
+    /// Where the replica's writes go, for its state machine.
+    pub(crate) fn writes(&self) -> Writes {
+        self.writes.clone()
+    }
+
+    async fn ask(&self, write: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Write) -> io::Result<()> {
+        self.writes.ask(write).await
+    }
+}
+
+impl Writes {
+    /// Keeps `snap` as the replica's snapshot (restarting its log if it must), in order with
+    /// the replica's other writes.
+    pub(crate) async fn save_snapshot(&self, snap: SavedSnapshot) -> io::Result<()> {
+        self.ask(|done| Write::Snapshot(snap, done)).await
     }
 
     async fn ask(&self, write: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Write) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        match &self.writes {
-            Writes::Thread(writes) => writes
+        match &self.0 {
+            WritesTo::Thread(writes) => writes
                 .send(write(tx))
                 .map_err(|_| io::Error::other("the replica's I/O thread has stopped"))?,
             #[cfg(test)]
-            Writes::Inline(writer) => {
+            WritesTo::Inline(writer) => {
                 let write = write(tx);
                 let append = matches!(write, Write::Append { .. });
                 writer.lock().run(write);

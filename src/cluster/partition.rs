@@ -2,9 +2,11 @@
 //! state machine over it, and its Raft group on the node's router.
 
 use std::fmt;
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak, mpsc};
 use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use parking_lot::RwLock;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
@@ -94,7 +96,9 @@ impl PartitionReplica {
             .await
             .map_err(cluster_error)??;
         let store = LogStore::new(replica.clone()).map_err(cluster_error)?;
-        let sm = StateMachine::new(replica.clone(), controller);
+        // The controller's state is not in its snapshots: its log is never purged.
+        let purges = controller.is_none();
+        let sm = StateMachine::new(replica.clone(), store.writes(), controller);
         let network = Network {
             router: router.clone(),
             group: group.clone(),
@@ -108,6 +112,9 @@ impl PartitionReplica {
             router,
             group,
             runtime: Handle::current(),
+            replica: Arc::downgrade(&replica),
+            purges,
+            purging: AtomicBool::new(false),
         }));
         replica.log.replicate_through(Arc::new(appender.clone()));
         Ok(PartitionReplica {
@@ -140,7 +147,16 @@ struct AppenderState {
     router: Router,
     group: GroupId,
     runtime: Handle,
+    /// For retention's purges (weak: the replica's log holds the appender).
+    replica: Weak<Replica>,
+    /// Whether retention may purge the log (not the controller's).
+    purges: bool,
+    /// A purge is under way.
+    purging: AtomicBool,
 }
+
+/// How long a purge waits for the snapshot it asked for.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for Appender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -225,7 +241,54 @@ pub(crate) fn run_on<T: Send + 'static>(
         .map_err(|_| cluster_error("the cluster's runtime has stopped"))?
 }
 
+impl Appender {
+    /// Snapshots the state machine (if its last snapshot is older) and purges the entries up
+    /// to `upto`, which are applied.
+    async fn purge(raft: &Raft, upto: u64) -> std::result::Result<(), String> {
+        let covered = |m: &openraft::RaftMetrics<crate::cluster::raft::TypeConfig>| {
+            m.snapshot.is_some_and(|s| s.index >= upto)
+        };
+        if !covered(&raft.metrics().borrow_watched()) {
+            raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+            raft.wait(Some(SNAPSHOT_WAIT))
+                .metrics(covered, "a snapshot for retention")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())
+    }
+}
+
 impl Replicate for Appender {
+    /// Retention's purge: Raft purges only entries a snapshot covers, and a leader waits for
+    /// the replication that still reads them; the log store then deletes the segments below
+    /// the new first entry. One purge at a time; retention asks again on its next round.
+    fn purge_before(&self, offset: i64) {
+        let s = &self.0;
+        if !s.purges || s.purging.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let upto = s
+            .replica
+            .upgrade()
+            .and_then(|r| r.index.read().last_entry_below(offset));
+        let (Some(upto), Some(raft)) = (upto, s.raft.read().clone()) else {
+            s.purging.store(false, Ordering::Release);
+            return;
+        };
+        let this = self.clone();
+        s.runtime.spawn(async move {
+            if let Err(e) = Self::purge(&raft, upto).await {
+                log::warn!(
+                    "{}-{}: purging entries up to {upto} for retention: {e}",
+                    this.0.group.topic,
+                    this.0.group.partition
+                );
+            }
+            this.0.purging.store(false, Ordering::Release);
+        });
+    }
+
     fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {
         let appender = self.clone();
         let a = run_on(

@@ -2,7 +2,9 @@
 //! so applying an entry only lets consumers see it: the high watermark moves past it. The
 //! state machine also tracks the membership, and its snapshots are metadata only: the last
 //! applied entry, the membership, and the offset after the last applied entry (where a
-//! replica that installs the snapshot restarts its log).
+//! replica that installs the snapshot restarts its log). Snapshots are kept on disk by the
+//! replica's I/O thread (`snapshot.meta`), so that a replica whose log was purged restarts
+//! from its last one.
 
 use std::io;
 
@@ -12,7 +14,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::entry::Payload;
-use crate::cluster::log_store::Replica;
+use crate::cluster::log_store::{Replica, SavedSnapshot, Writes};
 use crate::cluster::raft::{Appended, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::storage::format::{BatchHeader, HEADER_LEN};
 
@@ -54,13 +56,18 @@ pub(crate) struct ControllerHook {
 /// The state machine of one replica.
 pub(crate) struct StateMachine {
     replica: Arc<Replica>,
+    /// Where the replica's snapshots are written.
+    writes: Writes,
     applied: Applied,
-    snapshot: Option<(SnapshotMeta, SnapshotData)>,
     applying: Option<mpsc::UnboundedSender<Applying>>,
 }
 
 impl StateMachine {
-    pub(crate) fn new(replica: Arc<Replica>, controller: Option<ControllerHook>) -> StateMachine {
+    pub(crate) fn new(
+        replica: Arc<Replica>,
+        writes: Writes,
+        controller: Option<ControllerHook>,
+    ) -> StateMachine {
         let (applying, applied) = match controller {
             Some(ControllerHook {
                 applying,
@@ -77,8 +84,8 @@ impl StateMachine {
         };
         StateMachine {
             replica,
+            writes,
             applied,
-            snapshot: None,
             applying,
         }
     }
@@ -102,16 +109,22 @@ impl StateMachine {
     }
 }
 
-/// Builds metadata-only snapshots.
+/// Builds metadata-only snapshots, and keeps them on disk.
 pub(crate) struct SnapshotBuilder {
     meta: SnapshotMeta,
     data: SnapshotData,
+    writes: Writes,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot<SnapshotData>> {
+        let saved = SavedSnapshot {
+            meta: self.meta.clone(),
+            data: self.data,
+        };
+        self.writes.save_snapshot(saved).await?;
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: self.data,
@@ -172,24 +185,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = SnapshotData {
             next_offset: self.applied.next_offset,
         };
-        self.snapshot = Some((meta.clone(), data));
-        SnapshotBuilder { meta, data }
+        SnapshotBuilder {
+            meta,
+            data,
+            writes: self.writes.clone(),
+        }
     }
 
+    /// Installs the leader's snapshot (or, on a restart, this replica's own last one): kept
+    /// on disk first, and the replica's log restarted at its offset if the log lacks the
+    /// entries it covers.
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        let saved = SavedSnapshot {
+            meta: meta.clone(),
+            data: snapshot,
+        };
+        self.writes.save_snapshot(saved).await?;
         self.applied = Applied {
             last: meta.last_log_id,
             membership: meta.last_membership.clone(),
             next_offset: snapshot.next_offset,
         };
-        self.snapshot = Some((meta.clone(), snapshot));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot<SnapshotData>>> {
-        Ok(self
-            .snapshot
-            .clone()
-            .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+        Ok(self.replica.snapshot().map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: s.data,
+        }))
     }
 }

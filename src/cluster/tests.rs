@@ -16,12 +16,12 @@ use crate::cluster::entry::{Payload, Records, UNASSIGNED};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cluster::log_store::{Io, LogStore, Replica};
+use crate::cluster::log_store::{Io, LogStore, Replica, SavedSnapshot};
 use crate::cluster::partition::PartitionReplica;
 use crate::cluster::peer::{self, GroupId, Groups, Router};
-use crate::cluster::raft::{Entry, LogId, Node, NodeId, TypeConfig, log_id};
-use crate::cluster::state_machine::StateMachine;
-use crate::config::{Fsync, LogConfig};
+use crate::cluster::raft::{Entry, LogId, Node, NodeId, SnapshotMeta, TypeConfig, log_id};
+use crate::cluster::state_machine::{SnapshotData, StateMachine};
+use crate::config::{CleanupPolicy, Fsync, LogConfig};
 use crate::storage::format::Batch;
 use crate::storage::{BatchBuilder, Compression};
 use crate::storage::{PartitionLog, StdFs};
@@ -50,7 +50,8 @@ fn open(dir: &std::path::Path) -> (LogStore, StateMachine) {
         .expect("the log opens");
     let replica = Replica::open(log, Arc::new(StdFs), Io::Threads).expect("the replica opens");
     let store = LogStore::new(replica.clone()).expect("the I/O thread starts");
-    (store, StateMachine::new(replica, None))
+    let writes = store.writes();
+    (store, StateMachine::new(replica, writes, None))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +102,14 @@ enum Op {
     /// Purge this fraction (in 1/8) of the entries.
     Purge(u8),
     Reopen,
+    /// Commit this fraction (in 1/8) of the entries, roll, and compact.
+    Compact(u8),
+    /// Install a snapshot `skip` entries past the last, whose next entry is `gap` offsets
+    /// from the log end (back too: a replica's tail may not have been committed).
+    Restart {
+        skip: u64,
+        gap: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -110,6 +119,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..=8).prop_map(Op::Truncate),
         1 => (0u8..=8).prop_map(Op::Purge),
         1 => Just(Op::Reopen),
+        1 => (0u8..=8).prop_map(Op::Compact),
+        1 => (1u64..4, -6i64..40).prop_map(|(skip, gap)| Op::Restart { skip, gap }),
     ]
 }
 
@@ -118,6 +129,7 @@ fn open_replica(dir: &Path) -> Arc<Replica> {
         .config(LogConfig {
             fsync: Fsync::Never,
             segment_bytes: 700, // a few batches a segment: purges delete segments
+            cleanup_policy: CleanupPolicy::Compact,
             ..LogConfig::default()
         })
         .replicated()
@@ -174,11 +186,28 @@ fn check(replica: &Replica, model: &[Expected], purged: Option<LogId>, end_offse
     assert!(first >= purged.map_or(0, |p| p.index + 1));
 }
 
+/// Every keyed record (control batches' aside) in a replica's log: (offset, key).
+fn keyed_records(replica: &Replica) -> Vec<(i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in replica.read_entries(0, u64::MAX).expect("entries read") {
+        if let Payload::Normal(Records(bytes)) = &e.payload {
+            let (batch, _) = Batch::parse(bytes).expect("a stored batch");
+            for r in batch.records().expect("records").iter() {
+                let r = r.expect("a record");
+                out.push((r.offset, r.key.expect("a key").to_vec()));
+            }
+        }
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// The entry index, truncation and purge against a model, through reopens (which rebuild
-    /// the index from the batches' headers and `replica.meta`).
+    /// The entry index, truncation, purge, compaction and restarts after a snapshot against a
+    /// model, through reopens (which rebuild the index from the batches' headers and
+    /// `replica.meta`). Compaction thins or empties batches but keeps every entry at its
+    /// offsets, and never the latest record of a key.
     #[test]
     fn entry_index_follows_a_model(ops in proptest::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
@@ -226,6 +255,55 @@ proptest! {
                     replica.log.close().expect("the log closes");
                     drop(replica);
                     replica = open_replica(dir.path());
+                }
+                Op::Compact(eighths) => {
+                    let k = model.len() * eighths as usize / 8;
+                    let committed = model.get(k).map_or(end_offset, |e| e.base_offset);
+                    replica.log.commit_to(committed);
+                    let committed = replica.log.high_watermark();
+                    replica.log.roll().expect("a roll");
+                    let before = keyed_records(&replica);
+                    replica.log.compact().expect("a clean");
+                    let after = keyed_records(&replica);
+                    let mut latest = BTreeMap::new();
+                    for (offset, key) in &before {
+                        latest.insert(key.clone(), *offset);
+                        if *offset >= committed {
+                            assert!(after.contains(&(*offset, key.clone())), "{offset} is not committed");
+                        }
+                    }
+                    for (key, offset) in latest {
+                        assert!(after.contains(&(offset, key.clone())), "the latest {key:?} went");
+                    }
+                    let read = replica.read_entries(0, u64::MAX).expect("entries read");
+                    for (got, want) in read.iter().zip(model.iter_mut()) {
+                        let count = match &got.payload {
+                            Payload::Normal(Records(bytes)) => {
+                                Batch::parse(bytes).expect("a stored batch").0.header().record_count as usize
+                            }
+                            _ => 0,
+                        };
+                        assert!(count <= want.records, "entry {} grew", want.index);
+                        want.records = count;
+                    }
+                }
+                Op::Restart { skip, gap } => {
+                    let last = model.last().map_or(purged.map_or(0, |p| p.index + 1), |e| e.index + 1)
+                        + skip - 1;
+                    let next_offset = (end_offset + gap).max(0);
+                    let snap = SavedSnapshot {
+                        meta: SnapshotMeta {
+                            last_log_id: Some(log_id(term, last)),
+                            last_membership: Default::default(),
+                        },
+                        data: SnapshotData { next_offset },
+                    };
+                    replica.save_snapshot(snap).expect("the snapshot is saved");
+                    model.clear();
+                    purged = Some(log_id(term, last));
+                    end_offset = next_offset;
+                    assert_eq!(replica.log.log_start_offset(), next_offset);
+                    assert_eq!(replica.log.high_watermark(), next_offset);
                 }
             }
             check(&replica, &model, purged, end_offset);

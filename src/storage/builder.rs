@@ -212,6 +212,23 @@ impl BatchBuilder {
         self
     }
 
+    /// The header of a stored batch whose records compaction removed every one of, keeping
+    /// its offset range, producer fields, flags and largest timestamp: a replicated log keeps
+    /// such a batch where a single node's cleaner drops the batch, because every batch is a
+    /// Raft entry and the entries' indexes may have no holes. Uncompressed (there is nothing
+    /// to compress), and without a delete horizon (there is no tombstone left).
+    pub(crate) fn emptied(h: &BatchHeader) -> RecordBatch {
+        let mut b = BatchBuilder::new(Compression::None).like(h);
+        b.attributes &= !(CODEC_MASK | DELETE_HORIZON_BIT);
+        b.base_timestamp = h.max_timestamp;
+        b.max_timestamp = h.max_timestamp;
+        b.last_offset_delta = h.last_offset_delta;
+        let mut batch = b.encode();
+        batch.set_base_offset(h.base_offset);
+        batch.set_partition_leader_epoch(h.partition_leader_epoch);
+        batch
+    }
+
     /// Records pushed so far.
     pub fn len(&self) -> usize {
         self.count as usize
@@ -258,6 +275,11 @@ impl BatchBuilder {
                 max: (MAX_BATCH_LEN - LENGTH_PREFIX) as i64,
             });
         }
+        Ok(self.encode())
+    }
+
+    /// Fills in the header and the CRC of the records in `buf`.
+    fn encode(mut self) -> RecordBatch {
         let length = (self.buf.len() - LENGTH_PREFIX) as i32;
         let b = &mut self.buf;
         b[BASE_OFFSET_AT..LENGTH_AT].copy_from_slice(&0i64.to_be_bytes());
@@ -274,7 +296,7 @@ impl BatchBuilder {
         b[RECORD_COUNT_AT..HEADER_LEN].copy_from_slice(&self.count.to_be_bytes());
         let crc = compute_crc(b);
         b[CRC_AT..ATTRIBUTES_AT].copy_from_slice(&crc.to_be_bytes());
-        Ok(RecordBatch { bytes: self.buf })
+        RecordBatch { bytes: self.buf }
     }
 }
 

@@ -5,6 +5,15 @@
 //! compacting log refuses them, so they date from before it compacted). Offsets never change:
 //! a batch that loses records keeps its base and last offsets, and a batch that loses all of
 //! them disappears, leaving a gap readers step over. The active segment is never touched.
+//! Control batches are kept whole, and their keys are not records' keys.
+//!
+//! A replicated log (one replica of a replicated partition) is cleaned the same way with two
+//! differences: a batch that loses all its records stays as an empty batch (the same offsets,
+//! producer fields and flags, no records), because each batch is a Raft entry and entries may
+//! leave no holes; and only segments wholly below the high watermark are cleaned, because a
+//! replica's uncommitted tail may still be cut away and replaced by its leader's. Each replica
+//! cleans on its own schedule, so replicas hold the same offsets with the same records kept
+//! or not yet cleaned, and their bytes may differ where one has cleaned and another not.
 //!
 //! A clean is all-or-nothing across the segments it rewrites (a mix could resurrect a deleted
 //! key: a cleaned segment without its tombstone next to an uncleaned one with the old value):
@@ -137,10 +146,7 @@ impl Inner {
     pub(crate) fn compact(&self, now_ms: i64, force: bool) -> Result<Option<CleanStats>> {
         let _one_at_a_time = self.cleaning.lock();
         let config = self.cfg().clone();
-        // A replicated log is not compacted (yet): its cleaner would have to keep every batch
-        // (emptied ones too: Raft counts them), every control batch, and stop at the high
-        // watermark (a follower's tail may still be cut away).
-        if self.closed.load(Ordering::Acquire) || self.replicated || !config.cleanup_policy.compacts() {
+        if self.closed.load(Ordering::Acquire) || !config.cleanup_policy.compacts() {
             return Ok(None);
         }
         self.check_writable()?;
@@ -148,7 +154,14 @@ impl Inner {
         // then gives up (below) rather than install copies of records the log no longer has.
         let truncations = self.truncations.load(Ordering::SeqCst);
         let segments = self.snapshot();
-        let sealed: Vec<Arc<Segment>> = segments[..segments.len() - 1].to_vec();
+        // The sealed segments, up to the first that reaches past the high watermark (a
+        // replica's tail there is not committed yet).
+        let committed = self.high_watermark.load(Ordering::Acquire);
+        let cleanable = segments[..segments.len() - 1]
+            .iter()
+            .take_while(|s| !self.replicated || s.next_offset() <= committed)
+            .count();
+        let sealed: Vec<Arc<Segment>> = segments[..cleanable].to_vec();
         let cleaned_to = self.cleaned_to.load(Ordering::Acquire);
         let total: u64 = sealed.iter().map(|s| s.size()).sum();
         let dirty: u64 = sealed
@@ -235,6 +248,9 @@ impl Inner {
         let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
         for seg in sealed {
             for_each_batch(seg, |batch| {
+                if batch.header().is_control() {
+                    return Ok(());
+                }
                 for_each_record(&batch, |r| {
                     if let Some(k) = r.key {
                         match latest.get_mut(k) {
@@ -273,9 +289,14 @@ impl Inner {
             )?;
             for_each_batch(seg, |batch| {
                 let kept = clean_batch(&batch, &latest, tombstones, &mut stats)?;
+                let emptied;
                 let bytes = match &kept {
                     Kept::All => batch.as_bytes(),
                     Kept::Some(b) => b.as_bytes(),
+                    Kept::None if self.replicated => {
+                        emptied = BatchBuilder::emptied(batch.header());
+                        emptied.as_bytes()
+                    }
                     Kept::None => return Ok(()),
                 };
                 let header = *Batch::parse_trusted(bytes).0.header();
@@ -327,6 +348,9 @@ fn clean_batch(
     stats: &mut CleanStats,
 ) -> Result<Kept> {
     let h = batch.header();
+    if h.is_control() || h.record_count == 0 {
+        return Ok(Kept::All);
+    }
     let expired = h.delete_horizon().is_some_and(|at| at <= tombstones.now_ms);
     let keep = |r: &Record<'_>| match r.key {
         None => false,

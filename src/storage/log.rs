@@ -188,6 +188,11 @@ pub(crate) struct Inner {
 #[cfg(feature = "cluster")]
 pub(crate) trait Replicate: Send + Sync + std::fmt::Debug {
     fn append(&self, batch: RecordBatch) -> Result<AppendInfo>;
+
+    /// Asks for the log's entries below `offset` (an entry boundary at most the high
+    /// watermark) to be purged, as retention would delete them; returns at once, and the
+    /// purge comes later (through [`PartitionLog::purge_before`]) or not at all.
+    fn purge_before(&self, offset: i64);
 }
 
 /// What a read does with a first batch larger than its byte limit.
@@ -721,6 +726,13 @@ impl PartitionLog {
     #[cfg(feature = "cluster")]
     pub(crate) fn purge_before(&self, offset: i64) -> Result<i64> {
         self.inner.delete_records_before(offset)
+    }
+
+    /// Empties a replicated log and starts it again at `offset` (its owner installed a
+    /// snapshot in place of the entries it lacked).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn restart_at(&self, offset: i64) -> Result<()> {
+        self.inner.restart_at(offset)
     }
 
     /// Applies `retention.ms` (judged at `now_ms`) and `retention.bytes`: deletes the oldest

@@ -27,6 +27,9 @@ pub(super) const CLEAN_SHUTDOWN_FILE: &str = ".clean_shutdown";
 /// start): the log keeps it, and leaves it alone.
 #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) const REPLICA_FILE: &str = "replica.meta";
+/// The last snapshot of a replica's Raft state machine (metadata only), kept by its owner.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) const SNAPSHOT_FILE: &str = "snapshot.meta";
 
 /// The contents of `log.meta`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -234,6 +237,7 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
                 LOCK_FILE,
                 CLEAN_SHUTDOWN_FILE,
                 REPLICA_FILE,
+                SNAPSHOT_FILE,
                 compaction::CHECKPOINT_FILE,
             ]
             .contains(&name.as_str()) => {}

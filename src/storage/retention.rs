@@ -105,6 +105,71 @@ impl Inner {
         Ok(new_end)
     }
 
+    /// Empties the log and starts it again at `offset`, before or after its end: for a
+    /// replica that installed its leader's snapshot in place of entries its leader no longer
+    /// holds. Readers learn first (as of a truncation); on disk the old segments go from the
+    /// last back, each removal durable before the next, then the new empty segment and the
+    /// log start are written. A crash part way leaves a prefix of the old log (or an empty one
+    /// at the old start), which the owner restarts again; a failure poisons the log.
+    #[cfg(feature = "cluster")]
+    pub(super) fn restart_at(&self, offset: i64) -> Result<()> {
+        let mut w = self.writer.lock();
+        self.check_writable()?;
+        self.unmark_clean(&mut w)?;
+        let config = self.cfg();
+        let segments = self.snapshot();
+        let start = self.log_start.load(Ordering::Acquire);
+        {
+            let mut s = self.sync.lock();
+            let count = self.truncations.fetch_add(1, Ordering::SeqCst) + 1;
+            s.note_cut(count, start.min(offset));
+            s.durable = s.durable.min(start.min(offset));
+            self.high_watermark.fetch_min(start.min(offset), Ordering::SeqCst);
+        }
+        let on_disk = || -> Result<Arc<Segment>> {
+            for old in segments.iter().rev() {
+                old.delete_files(&*self.fs)?;
+                self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
+            }
+            let fresh = Arc::new(Segment::open(
+                &*self.fs,
+                &self.dir,
+                offset,
+                Some(config.segment_index_bytes),
+            )?);
+            self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
+            self.write_meta(offset)?;
+            Ok(fresh)
+        };
+        let fresh = match on_disk() {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                self.poison(io::Error::other(format!("restarting at offset {offset}: {e}")));
+                return Err(e);
+            }
+        };
+        *self.segments.write() = Arc::new(vec![fresh.clone()]);
+        {
+            let mut s = self.sync.lock();
+            s.durable = offset;
+            self.log_start.store(offset, Ordering::Release);
+            self.log_end.store(offset, Ordering::Release);
+            self.high_watermark.store(offset, Ordering::SeqCst);
+            self.publish(&fresh, 0, offset);
+        }
+        self.synced.notify_all();
+        w.active = fresh;
+        w.first_append = None;
+        w.first_timestamp = None;
+        if self.cleaned_to.load(Ordering::Acquire) > offset {
+            self.cleaned_to.store(offset, Ordering::Release);
+            if let Err(e) = compaction::write_checkpoint(&*self.fs, &self.dir, offset) {
+                log::warn!("{}: lowering the cleaner's checkpoint: {e}", self.dir.display());
+            }
+        }
+        Ok(())
+    }
+
     /// Whether every batch of `segment` starts at the offset after the previous one: true of
     /// a segment compaction never rewrote (it leaves gaps), which recovery can then check
     /// more strictly.
@@ -164,11 +229,37 @@ impl Inner {
 
     pub(crate) fn enforce_retention(&self, now: i64) -> Result<usize> {
         let _w = self.writer.lock();
-        // A replica's segments go when its owner purges them, at a point all replicas agree on.
-        if self.closed.load(Ordering::Acquire) || self.replicated || !self.cfg().cleanup_policy.deletes() {
+        if self.closed.load(Ordering::Acquire) || !self.cfg().cleanup_policy.deletes() {
             return Ok(0);
         }
         let segments = self.snapshot();
+        let n = self.expired_segments(&segments, now);
+        if self.replicated {
+            // A replica's segments go when its owner purges its Raft log up to them, and only
+            // below the high watermark (entries that are not committed may not be purged).
+            #[cfg(feature = "cluster")]
+            if n > 0 {
+                let before = segments[n]
+                    .base_offset
+                    .min(self.high_watermark.load(Ordering::Acquire));
+                if before > self.log_start.load(Ordering::Acquire)
+                    && let Some(replicator) = self.replicator.get()
+                {
+                    replicator.purge_before(before);
+                }
+            }
+            return Ok(0);
+        }
+        self.drop_front(&segments, n)?;
+        if n > 0 {
+            log::info!("{}: retention deleted {n} segment(s)", self.dir.display());
+        }
+        Ok(n)
+    }
+
+    /// How many of the oldest sealed segments fall outside `retention.ms` (judged at `now`)
+    /// or `retention.bytes`.
+    fn expired_segments(&self, segments: &[Arc<Segment>], now: i64) -> usize {
         let sealed = &segments[..segments.len() - 1];
         let mut n = 0;
         if let Some(age) = self.cfg().retention_ms {
@@ -190,10 +281,6 @@ impl Inner {
                 n += 1;
             }
         }
-        self.drop_front(&segments, n)?;
-        if n > 0 {
-            log::info!("{}: retention deleted {n} segment(s)", self.dir.display());
-        }
-        Ok(n)
+        n
     }
 }
