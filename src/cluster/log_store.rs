@@ -742,7 +742,7 @@ fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
 
 /// openraft's log store over a [`Replica`].
 pub(crate) struct LogStore {
-    replica: Arc<Replica>,
+    pub(super) replica: Arc<Replica>,
     writes: Writes,
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use openraft::testing::log::{StoreBuilder, Suite};
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -319,45 +320,61 @@ struct TestNode {
     replica: PartitionReplica,
 }
 
+/// The partition the in-process test clusters replicate.
+fn test_group() -> GroupId {
+    GroupId {
+        topic: "t".into(),
+        partition: 0,
+        incarnation: 0,
+    }
+}
+
 /// Starts `n` nodes on loopback, each with a replica of partition `t-0` in its own directory.
-async fn start_nodes(dirs: &[tempfile::TempDir]) -> Vec<TestNode> {
+async fn start_nodes(dirs: &[tempfile::TempDir]) -> (Vec<TestNode>, Vec<SocketAddr>) {
     let mut listeners = Vec::new();
     for _ in dirs {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("a loopback port"));
     }
     let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let group = GroupId {
-        topic: "t".into(),
-        partition: 0,
-        incarnation: 0,
-    };
     let mut nodes = Vec::new();
     for (i, (dir, listener)) in dirs.iter().zip(listeners).enumerate() {
-        let id = i as NodeId + 1;
-        let router = Router::new(id);
-        for (j, addr) in addrs.iter().enumerate() {
-            router.set_peer(j as NodeId + 1, *addr);
-        }
-        let groups = Arc::new(Groups::default());
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn(peer::serve(id, listener, groups.clone(), router.clone(), stopped));
-        let config = LogConfig {
-            fsync: Fsync::Always,
-            segment_bytes: 4096,
-            ..LogConfig::default()
-        };
-        let replica = PartitionReplica::open(id, dir.path().join("t-0"), config, router, group.clone())
-            .await
-            .expect("the replica starts");
-        groups.insert(group.clone(), replica.raft.clone());
-        nodes.push(TestNode {
-            id,
-            groups,
-            stop,
-            replica,
-        });
+        nodes.push(start_node(i as NodeId + 1, dir.path(), listener, &addrs).await);
     }
-    nodes
+    (nodes, addrs)
+}
+
+/// Starts node `id` (its peers at `addrs`, in id order) with its replica of `t-0` in `dir`.
+async fn start_node(id: NodeId, dir: &Path, listener: TcpListener, addrs: &[SocketAddr]) -> TestNode {
+    let router = Router::new(id);
+    for (j, addr) in addrs.iter().enumerate() {
+        router.set_peer(j as NodeId + 1, *addr);
+    }
+    let groups = Arc::new(Groups::default());
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(peer::serve(id, listener, groups.clone(), router.clone(), stopped));
+    let config = LogConfig {
+        fsync: Fsync::Always,
+        segment_bytes: 4096,
+        ..LogConfig::default()
+    };
+    let replica = PartitionReplica::open(id, dir.join("t-0"), config, router, test_group())
+        .await
+        .expect("the replica starts");
+    groups.insert(test_group(), replica.raft.clone());
+    TestNode {
+        id,
+        groups,
+        stop,
+        replica,
+    }
+}
+
+/// Stops a node: its Raft and its peer server.
+async fn stop_node(node: &TestNode) {
+    node.stop.send(true).unwrap();
+    node.replica.shutdown().await.expect("the node stops");
+    node.groups.remove(&test_group());
+    node.replica.replica.log.close().expect("the log closes");
 }
 
 /// The node that leads, once all the given nodes agree on one (within 10 s).
@@ -381,7 +398,7 @@ async fn leader(nodes: &[&TestNode]) -> usize {
 /// Every record (not control) in a replica's log: (offset, value).
 pub(super) fn records_of(replica: &Replica) -> Vec<(i64, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut from = 0;
+    let mut from = replica.log.log_start_offset();
     loop {
         let fetch = replica.log.read_unpublished(from, 1 << 20).expect("a read");
         if fetch.is_empty() {
@@ -479,7 +496,7 @@ async fn converge(nodes: &[&TestNode], end: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_keep_every_acknowledged_batch_through_a_failover() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes = start_nodes(&dirs).await;
+    let (nodes, _) = start_nodes(&dirs).await;
     let members: BTreeMap<NodeId, Node> = nodes.iter().map(|n| (n.id, Node::default())).collect();
     nodes[0]
         .replica
@@ -504,13 +521,7 @@ async fn three_replicas_keep_every_acknowledged_batch_through_a_failover() {
 
     // The leader stops: its Raft and its peer server.
     let old = leader(&all).await;
-    nodes[old].stop.send(true).unwrap();
-    nodes[old].replica.shutdown().await.expect("the leader stops");
-    nodes[old].groups.remove(&GroupId {
-        topic: "t".into(),
-        partition: 0,
-        incarnation: 0,
-    });
+    stop_node(&nodes[old]).await;
     let survivors: Vec<&TestNode> = nodes
         .iter()
         .enumerate()
@@ -540,5 +551,154 @@ async fn three_replicas_keep_every_acknowledged_batch_through_a_failover() {
         bytes_below(&survivors[0].replica.replica, end),
         bytes_below(&survivors[1].replica.replica, end),
         "the survivors' logs differ"
+    );
+}
+
+/// Waits (10 s at most) until `ready` holds.
+async fn eventually(what: &str, ready: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within 10 s");
+}
+
+/// Retention purges each replica below the segments it deletes (Raft snapshots, then purges
+/// its log); a replica that was down meanwhile, behind its leader's purge point, installs the
+/// leader's snapshot, restarts its log at the snapshot's offset and catches up by
+/// replication; and it restarts from its own snapshot afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_the_replicas_and_a_lagging_one_restarts_from_a_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut nodes, addrs) = start_nodes(&dirs).await;
+    let members: BTreeMap<NodeId, Node> = nodes.iter().map(|n| (n.id, Node::default())).collect();
+    nodes[0]
+        .replica
+        .raft
+        .initialize(members)
+        .await
+        .expect("the group initializes");
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let mut acked = propose_values(&all, 0, 10).await;
+    converge(&all, acked.last().unwrap().0 + 1).await;
+
+    // Node 3 stops; the others write many segments' worth and apply retention.
+    stop_node(&nodes[2]).await;
+    let two: Vec<&TestNode> = nodes[..2].iter().collect();
+    leader(&two).await;
+    acked.extend(propose_values(&two, 10, 300).await);
+    let end = acked.last().unwrap().0 + 1;
+    converge(&two, end).await;
+    for n in &two {
+        let log = &n.replica.replica.log;
+        let mut config = log.config();
+        config.retention_bytes = Some(8192);
+        log.set_config(config).expect("retention is set");
+    }
+    for n in &two {
+        let log = n.replica.replica.log.clone();
+        eventually("retention purges the log", || {
+            log.enforce_retention(crate::storage::now_ms())
+                .expect("retention runs");
+            log.log_start_offset() > 100
+        })
+        .await;
+        assert!(
+            log.size_bytes() < 4 * 4096,
+            "node {} kept {} bytes",
+            n.id,
+            log.size_bytes()
+        );
+    }
+    let start = two
+        .iter()
+        .map(|n| n.replica.replica.log.log_start_offset())
+        .max()
+        .unwrap();
+
+    // Node 3 comes back: what it lacks is purged everywhere, so it takes a snapshot.
+    let listener = TcpListener::bind(addrs[2]).await.expect("node 3's port again");
+    nodes[2] = start_node(3, dirs[2].path(), listener, &addrs).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    converge(&all, end).await;
+    let third = &nodes[2].replica.replica;
+    assert!(
+        third.log.log_start_offset() >= start,
+        "node 3 restarted its log at {}, below the purge point {start}",
+        third.log.log_start_offset()
+    );
+    assert!(
+        third.snapshot().is_some(),
+        "node 3 keeps the snapshot it installed"
+    );
+    acked.extend(propose_values(&all, 310, 20).await);
+    let end = acked.last().unwrap().0 + 1;
+    converge(&all, end).await;
+
+    // And node 3 restarts from its own snapshot and log.
+    stop_node(&nodes[2]).await;
+    let listener = TcpListener::bind(addrs[2]).await.expect("node 3's port again");
+    nodes[2] = start_node(3, dirs[2].path(), listener, &addrs).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    converge(&all, end).await;
+    let from = nodes[2].replica.replica.log.log_start_offset();
+    for n in &all {
+        let held: BTreeMap<i64, Vec<u8>> = records_of(&n.replica.replica).into_iter().collect();
+        for (offset, value) in acked.iter().filter(|(o, _)| *o >= from) {
+            assert_eq!(held.get(offset), Some(value), "node {} at offset {offset}", n.id);
+        }
+    }
+}
+
+/// Entries that follow a snapshot which the state machine has not installed yet (Raft may
+/// hand them to the store first) wait for the snapshot's write, which restarts the log at the
+/// snapshot's offset, and then go where the leader put them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_after_a_snapshot_wait_for_its_install() {
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _sm) = open(dir.path());
+    let writes = store.writes();
+    let first: Vec<Entry> = (0..3).map(|i| entry(1, i, 2)).collect();
+    store
+        .append(first, IOFlushed::noop())
+        .await
+        .expect("entries append");
+
+    // The leader's entry 10, stored at offset 100.
+    let mut leaders = match entry(2, 10, 3).payload {
+        Payload::Normal(Records(bytes)) => crate::storage::RecordBatch::from_stored(bytes).unwrap(),
+        _ => unreachable!(),
+    };
+    leaders.set_base_offset(100);
+    let after = Entry::new_normal(log_id(2, 10), Records(leaders.into_bytes()));
+    let mut appending =
+        tokio::spawn(async move { store.append(vec![after], IOFlushed::noop()).await.map(|()| store) });
+    tokio::select! {
+        _ = &mut appending => panic!("an entry past the log end appended before its snapshot"),
+        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+    }
+    let snap = SavedSnapshot {
+        meta: SnapshotMeta {
+            last_log_id: Some(log_id(2, 9)),
+            last_membership: Default::default(),
+        },
+        data: SnapshotData { next_offset: 100 },
+    };
+    writes.save_snapshot(snap).await.expect("the snapshot is saved");
+    let store = appending
+        .await
+        .unwrap()
+        .expect("the entry appends after the snapshot");
+    let replica = &store.replica;
+    assert_eq!(replica.log.log_start_offset(), 100);
+    assert_eq!(replica.log.log_end_offset(), 103);
+    assert_eq!(replica.index.read().offset_of(10), Some(100));
+    assert_eq!(
+        replica.index.read().offset_of(3),
+        None,
+        "the old entries are gone"
     );
 }
