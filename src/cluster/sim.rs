@@ -3,14 +3,18 @@
 //!
 //! Three nodes hold two partitions. On every node, producers append batches through the
 //! node's own replica (appends at a follower go to the leader over the peer link) and
-//! consumers read what is committed. Meanwhile a schedule drawn from the seed crashes nodes
+//! consumers read what is committed. The second partition keeps little (small segments,
+//! `retention.bytes` of one segment, applied twice a simulated second): its replicas snapshot
+//! and purge their logs, and a replica that was down while its leader purged restarts its
+//! log from the leader's snapshot; its consumers that fall below the log start start over
+//! at it. Meanwhile a schedule drawn from the seed crashes nodes
 //! (every file cut back to what was synced, sometimes with a torn tail; sometimes all nodes
 //! at once), restarts them, partitions links (both ways or one way) and holds messages. Every
 //! step checks Raft's safety properties as the nodes report them: one leader per term, and a
 //! committed entry that never changes its term. At the end the faults heal, the nodes catch
 //! up, and a checker reads the history: every acknowledged record at its offset, no offset
 //! with two values, no value at two offsets, no consumer that skipped a record or went back,
-//! and replicas identical byte for byte.
+//! and replicas identical byte for byte (from the latest log start among them on).
 //!
 //! Everything runs on the test's thread in an order fixed by the seed: turmoil's network and
 //! clock, the nodes' storage work (inline, [`Io::Inline`]) and openraft's random draws
@@ -34,7 +38,7 @@ use crate::cluster::log_store::Io;
 use crate::cluster::partition::PartitionReplica;
 use crate::cluster::peer::{self, GroupId, Groups, Listener, Raft, ReadHalf, Router, Transport, WriteHalf};
 use crate::cluster::raft::{Node, NodeId, seed_this_thread, term_of};
-use crate::cluster::tests::{bytes_below, records_in, records_of};
+use crate::cluster::tests::{bytes_between, records_in, records_of};
 use crate::config::{Fsync, LogConfig};
 use crate::storage::{BatchBuilder, Compression, FaultyFs, PartitionLog};
 use openraft::async_runtime::WatchReceiver;
@@ -42,6 +46,8 @@ use openraft::async_runtime::WatchReceiver;
 const NODES: u64 = 3;
 const PARTITIONS: i32 = 2;
 const PEER_PORT: u16 = 7000;
+/// The partition retention trims.
+const RETAINED: i32 = 1;
 /// Seeds run by default (CI): a few minutes in all.
 const FIXED_SEEDS: [u64; 7] = [1, 2, 3, 4, 5, 6, 20];
 
@@ -89,10 +95,14 @@ struct Acked {
     value: Vec<u8>,
 }
 
-/// A record a consumer read, in one consumer's session (a node's boot).
+/// One consumer's session: a node's boot, a partition, and how many times the consumer
+/// started over at the log start (its position fell below it).
+type Session = (NodeId, u64, i32, u32);
+
+/// A record a consumer read, in one session.
 #[derive(Debug, Clone)]
 struct Polled {
-    session: (NodeId, u64, i32),
+    session: Session,
     offset: i64,
     value: Vec<u8>,
 }
@@ -102,6 +112,8 @@ struct Polled {
 struct History {
     acked: Vec<Acked>,
     polled: Vec<Polled>,
+    /// Where each session began reading.
+    began: BTreeMap<Session, i64>,
     /// Proposals that failed: their outcome is unknown.
     unknown: u64,
 }
@@ -153,9 +165,14 @@ async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
     let mut replicas = Vec::new();
     for p in 0..PARTITIONS {
         let dir = world.root.join(host(me)).join(format!("t-{p}"));
+        // Retention only when the simulation applies it (no housekeeper's round on a clock
+        // of its own), and for the second partition only.
         let config = LogConfig {
             fsync: Fsync::Always,
-            segment_bytes: 16 << 10,
+            segment_bytes: if p == RETAINED { 4 << 10 } else { 16 << 10 },
+            retention_ms: None,
+            retention_bytes: (p == RETAINED).then_some(4 << 10),
+            retention_check_interval: Duration::from_secs(1 << 20),
             ..LogConfig::default()
         };
         let log = PartitionLog::builder(&dir)
@@ -225,14 +242,24 @@ async fn produce(
     }
 }
 
-/// Reads the node's committed records from the start, as a consumer polls.
-async fn consume(world: Arc<World>, replica: Arc<PartitionReplica>, session: (NodeId, u64, i32)) {
+/// Reads the node's committed records from the start, as a consumer polls; when its
+/// position falls below the log start, it starts over there, in a new session.
+async fn consume(world: Arc<World>, replica: Arc<PartitionReplica>, (me, boot, p): (NodeId, u64, i32)) {
     let log = replica.replica.log.clone();
     let mut next = log.log_start_offset();
+    let mut session = (me, boot, p, 0);
+    world.history.lock().began.insert(session, next);
     loop {
         tokio::time::sleep(Duration::from_millis(25)).await;
-        let Ok(fetch) = log.read(next, 64 << 10) else {
-            continue;
+        let fetch = match log.read(next, 64 << 10) {
+            Ok(fetch) => fetch,
+            Err(crate::Error::OffsetOutOfRange { log_start, .. }) if next < log_start => {
+                next = log_start;
+                session.3 += 1;
+                world.history.lock().began.insert(session, next);
+                continue;
+            }
+            Err(_) => continue,
         };
         if fetch.is_empty() {
             continue;
@@ -295,6 +322,10 @@ struct RaftChecks {
     progress: BTreeMap<(NodeId, u64, usize), Progress>,
     /// A digest of what the nodes reported at each step, for replays to compare.
     trace: Vec<u64>,
+    /// (node, partition) -> its log's end at the last step; and how many times a log
+    /// restarted past it (from a leader's snapshot).
+    ends: BTreeMap<(NodeId, usize), i64>,
+    restarts: u64,
 }
 
 impl RaftChecks {
@@ -370,6 +401,13 @@ impl RaftChecks {
                     }
                 }
                 self.progress.insert((node, boot, p), (committed, applied, upto));
+                if let Some(store) = replicas.get(&node).and_then(|r| r.get(p)) {
+                    let end = store.log.log_end_offset();
+                    let before = self.ends.insert((node, p), end);
+                    if before.is_some_and(|e| store.log.log_start_offset() > e) {
+                        self.restarts += 1;
+                    }
+                }
             }
         }
     }
@@ -418,6 +456,9 @@ struct Outcome {
     crashes: u64,
     io_crashes: u64,
     links: u64,
+    /// Logs restarted from a leader's snapshot, and the retained partition's final start.
+    restarts: u64,
+    retained_from: i64,
     acked: usize,
     polled: usize,
     unknown: u64,
@@ -478,6 +519,15 @@ fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
         checks.check(&world, violations);
     };
     while step < fault_steps {
+        // Twice a simulated second, retention on every node.
+        if step.is_multiple_of(500) && step > 2000 {
+            let replicas = world.replicas.lock().clone();
+            for r in replicas.values() {
+                let _ = r[RETAINED as usize]
+                    .log
+                    .enforce_retention(crate::storage::now_ms());
+            }
+        }
         // Every 200 ms of simulated time, perhaps a fault.
         if step.is_multiple_of(200) && step > 2000 {
             // The link a link fault would strike.
@@ -603,6 +653,13 @@ fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
     }
     let history = std::mem::take(&mut *world.history.lock());
     let digest = check_history(&world, &history, &mut violations);
+    let retained_from = world
+        .replicas
+        .lock()
+        .values()
+        .map(|r| r[RETAINED as usize].log.log_start_offset())
+        .min()
+        .unwrap_or_default();
     seed_this_thread(None);
     drop(sim);
     Outcome {
@@ -610,6 +667,8 @@ fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
         crashes,
         io_crashes,
         links,
+        restarts: checks.restarts,
+        retained_from,
         acked: history.acked.len(),
         polled: history.polled.len(),
         unknown: history.unknown,
@@ -639,21 +698,32 @@ fn check_history(world: &World, history: &History, violations: &mut Vec<String>)
     let replicas = world.replicas.lock();
     let mut digest = DefaultHasher::new();
     let mut finals: Vec<BTreeMap<i64, Vec<u8>>> = Vec::new();
+    let mut starts: Vec<i64> = Vec::new();
     for p in 0..PARTITIONS as usize {
         let Some(first) = replicas.values().next() else {
             violations.push("no node is up at the end".into());
             return 0;
         };
         let end = first[p].log.high_watermark();
-        let bytes = bytes_below(&first[p], end);
+        // What every replica still holds (retention trims them each on its own).
+        let start = replicas
+            .values()
+            .map(|r| r[p].log.log_start_offset())
+            .max()
+            .unwrap_or_default();
+        starts.push(start);
+        let bytes = bytes_between(&first[p], start, end);
         for (node, r) in replicas.iter() {
-            if bytes_below(&r[p], end) != bytes {
+            if bytes_between(&r[p], start, end) != bytes {
                 violations.push(format!(
                     "partition {p}: node {node}'s log differs from the others'"
                 ));
             }
         }
-        let records = records_of(&first[p]);
+        let records: Vec<(i64, Vec<u8>)> = records_of(&first[p])
+            .into_iter()
+            .filter(|(offset, _)| *offset >= start)
+            .collect();
         // Records, not bytes: a leader's first batch carries the wall clock's time.
         records.hash(&mut digest);
         let mut by_offset = BTreeMap::new();
@@ -669,7 +739,11 @@ fn check_history(world: &World, history: &History, violations: &mut Vec<String>)
         }
         finals.push(by_offset);
     }
-    for a in &history.acked {
+    for a in history
+        .acked
+        .iter()
+        .filter(|a| a.offset >= starts[a.partition as usize])
+    {
         let held = finals[a.partition as usize].get(&a.offset);
         if held != Some(&a.value) {
             violations.push(format!(
@@ -681,7 +755,7 @@ fn check_history(world: &World, history: &History, violations: &mut Vec<String>)
             ));
         }
     }
-    let mut sessions: BTreeMap<(NodeId, u64, i32), Vec<&Polled>> = BTreeMap::new();
+    let mut sessions: BTreeMap<Session, Vec<&Polled>> = BTreeMap::new();
     for polled in &history.polled {
         sessions.entry(polled.session).or_default().push(polled);
     }
@@ -690,8 +764,9 @@ fn check_history(world: &World, history: &History, violations: &mut Vec<String>)
         for (p, final_log) in finals.iter().enumerate() {
             let last = final_log.keys().next_back();
             let read = sessions
-                .get(&(node, boot, p as i32))
-                .and_then(|polls| polls.last())
+                .range((node, boot, p as i32, 0)..=(node, boot, p as i32, u32::MAX))
+                .next_back()
+                .and_then(|(_, polls)| polls.last())
                 .map(|polled| polled.offset);
             if last.is_some() && read.as_ref() != last {
                 violations.push(format!(
@@ -712,16 +787,18 @@ fn check_history(world: &World, history: &History, violations: &mut Vec<String>)
                 ));
             }
         }
-        // A session reads from the log's start (no purge here): nothing before its first read.
+        // A session reads from where it began (the log start then): nothing between.
+        let began = history.began.get(&session).copied().unwrap_or_default();
         if let Some(first) = polls.first()
-            && let Some((skipped, _)) = final_log.range(..first.offset).next()
+            && let Some((skipped, _)) = final_log.range(began..first.offset).next()
         {
             violations.push(format!(
                 "consumer {session:?} began at offset {} past {skipped}",
                 first.offset
             ));
         }
-        for polled in polls {
+        let start = starts[session.2 as usize];
+        for polled in polls.iter().filter(|p| p.offset >= start) {
             if final_log.get(&polled.offset) != Some(&polled.value) {
                 violations.push(format!(
                     "consumer {session:?} read {} at offset {}, which the log does not hold there",
@@ -763,10 +840,12 @@ fn simulated_faults_lose_no_acknowledged_record() {
     for seed in seeds() {
         let out = simulate(seed, seconds(), false);
         eprintln!(
-            "seed {seed}: {} crashes ({} in storage work), {} links cut or held; {} acknowledged, {} polled, {} unknown outcomes, {} violations",
+            "seed {seed}: {} crashes ({} in storage work), {} links cut or held, {} logs restarted from a snapshot, retained from {}; {} acknowledged, {} polled, {} unknown outcomes, {} violations",
             out.crashes,
             out.io_crashes,
             out.links,
+            out.restarts,
+            out.retained_from,
             out.acked,
             out.polled,
             out.unknown,

@@ -426,9 +426,13 @@ pub(super) fn records_in(fetch: &crate::storage::Fetch, out: &mut Vec<(i64, Vec<
 }
 
 /// The raw bytes of a replica's log below `end`.
-pub(super) fn bytes_below(replica: &Replica, end: i64) -> Vec<u8> {
+fn bytes_below(replica: &Replica, end: i64) -> Vec<u8> {
+    bytes_between(replica, 0, end)
+}
+
+/// The raw bytes of a replica's log in `[from, end)` (from a batch boundary).
+pub(super) fn bytes_between(replica: &Replica, mut from: i64, end: i64) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut from = 0;
     while from < end {
         let fetch = replica.log.read_unpublished(from, 1 << 20).expect("a read");
         if fetch.is_empty() {
