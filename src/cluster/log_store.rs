@@ -21,9 +21,11 @@
 //! Retention asks Raft to snapshot and purge the entries below the segments it would delete
 //! (see `partition.rs`); the purge then deletes them. A replica that installs its leader's
 //! snapshot because it lacks entries the leader has purged restarts its log, empty, at the
-//! snapshot's offset, and catches up from there by replication. Raft may hand the store the
-//! entries after such a snapshot before the state machine has installed it: those appends
-//! (and the writes after them) wait, parked, for the snapshot's write.
+//! snapshot's offset, and catches up from there by replication. (openraft appends the
+//! entries after such a snapshot only once the state machine has installed it: the purge it
+//! orders with the install waits for the snapshot, and every later command waits behind it.)
+//! The restart is announced in `restart.meta` before the log changes, and finished by the
+//! next open if a crash cuts it short, so old batches are never taken for the new entries.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -45,8 +47,8 @@ use crate::cluster::raft::{
     Entry, IoFlushed, LogId, LogState, SnapshotMeta, TypeConfig, Vote, log_id, term_of,
 };
 use crate::cluster::state_machine::SnapshotData;
-use crate::error::{Error, Result};
-use crate::storage::{Fs, PartitionLog, REPLICA_FILE, SNAPSHOT_FILE, meta};
+use crate::error::{Error, IoContext, Result};
+use crate::storage::{Fs, PartitionLog, REPLICA_FILE, RESTART_FILE, SNAPSHOT_FILE, meta};
 
 /// Where a replica's storage work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +94,14 @@ struct ReplicaMeta {
     first_offset: i64,
     /// An entry known committed, at most the last one this replica had made durable.
     committed: Option<LogId>,
-    /// The log is being restarted at `first_offset` (after a snapshot): if a crash came
-    /// first, opening the replica restarts it again before anything reads it.
-    restarting: bool,
+}
+
+/// What `restart.meta` holds while a replica's log restarts after a snapshot: the
+/// snapshot's last entry and the offset after it, where the log starts again.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Restart {
+    pub(crate) last: LogId,
+    pub(crate) offset: i64,
 }
 
 /// What `snapshot.meta` holds: the replica's last snapshot, built here or installed from the
@@ -103,6 +110,16 @@ struct ReplicaMeta {
 pub(crate) struct SavedSnapshot {
     pub(crate) meta: SnapshotMeta,
     pub(crate) data: SnapshotData,
+}
+
+/// `saved` once the log restarts as `r` says.
+fn restarted(saved: ReplicaMeta, r: Restart) -> ReplicaMeta {
+    ReplicaMeta {
+        purged: Some(r.last),
+        first_index: r.last.index + 1,
+        first_offset: r.offset,
+        ..saved
+    }
 }
 
 /// Entry index to offset, and the terms of the entries.
@@ -278,11 +295,17 @@ impl Replica {
         let snapshot_path = log.dir().join(SNAPSHOT_FILE);
         let snapshot: Option<SavedSnapshot> = meta::read(&snapshot_path)?;
         let mut saved: Option<ReplicaMeta> = meta::read(&meta_path)?;
-        if let Some(s) = saved.as_mut().filter(|s| s.restarting) {
+        let restart_path = log.dir().join(RESTART_FILE);
+        if let Some(r) = meta::read::<Restart>(&restart_path)? {
             // A restart after a snapshot that a crash interrupted: done again, whole.
-            log.restart_at(s.first_offset)?;
-            s.restarting = false;
-            meta::write(&*fs, &meta_path, &*s)?;
+            let s = restarted(saved.unwrap_or_default(), r);
+            meta::write(&*fs, &meta_path, &s)?;
+            log.restart_at(r.offset)?;
+            // Durably gone before any entry is appended: a marker that came back after a
+            // crash would restart the log again, over entries acknowledged since.
+            fs.remove_file(&restart_path).ctx("remove", &restart_path)?;
+            fs.sync_dir(log.dir()).ctx("fsync", log.dir())?;
+            saved = Some(s);
         }
         if saved.is_none() && log.log_end_offset() > log.log_start_offset() {
             // Records written by a single node: no Raft log agrees with them.
@@ -356,15 +379,6 @@ impl Replica {
     /// The last snapshot this replica built or installed.
     pub(crate) fn snapshot(&self) -> Option<SavedSnapshot> {
         self.snapshot.lock().clone()
-    }
-
-    /// Whether `entries` begin past the next index where they cannot start the log anew:
-    /// after a snapshot that the state machine has yet to install (Raft appends nothing else
-    /// out of order).
-    fn waits_for_snapshot(&self, entries: &[Entry]) -> bool {
-        entries
-            .first()
-            .is_some_and(|e| e.log_id.index > self.index.read().next_index() && !self.starts_anew(e))
     }
 
     /// Whether `e` may be the first entry of this log at an index past the next one: the log
@@ -533,9 +547,19 @@ impl Replica {
     /// Keeps `snap` in `snapshot.meta`, and lets readers see what it covers. A snapshot whose
     /// last entry this log neither holds nor has purged (its leader's, installed in place of
     /// entries this replica lacks) restarts the log at its offset.
+    ///
+    /// A snapshot older than the one kept changes nothing (a snapshot this replica built
+    /// may be written after its leader's newer one was installed); the one kept again (a
+    /// restart's) is not written again.
     pub(crate) fn save_snapshot(&self, snap: SavedSnapshot) -> io::Result<()> {
-        meta::write(&*self.fs, &self.snapshot_path, &snap).map_err(io::Error::other)?;
-        *self.snapshot.lock() = Some(snap.clone());
+        let kept = self.snapshot().and_then(|s| s.meta.last_log_id);
+        if snap.meta.last_log_id < kept {
+            return Ok(());
+        }
+        if snap.meta.last_log_id > kept {
+            meta::write(&*self.fs, &self.snapshot_path, &snap).map_err(io::Error::other)?;
+            *self.snapshot.lock() = Some(snap.clone());
+        }
         let Some(last) = snap.meta.last_log_id else {
             return Ok(());
         };
@@ -552,7 +576,7 @@ impl Replica {
     }
 
     /// Empties the log and starts it again at `offset`, as the entry after `last`, which a
-    /// snapshot covers. `replica.meta` says so first, so that a crash part way is finished on
+    /// snapshot covers. `restart.meta` says so first, so that a crash part way is finished on
     /// open rather than leaving old batches where the new entries' offsets are.
     fn restart(&self, last: LogId, offset: i64) -> io::Result<()> {
         log::info!(
@@ -560,16 +584,16 @@ impl Replica {
             self.log.dir().display(),
             last.index
         );
-        let mut saved = self.saved.lock().clone();
-        saved.purged = Some(last);
-        saved.first_index = last.index + 1;
-        saved.first_offset = offset;
-        saved.restarting = true;
-        self.save(saved.clone())?;
+        let marker = self.log.dir().join(RESTART_FILE);
+        meta::write(&*self.fs, &marker, &Restart { last, offset }).map_err(io::Error::other)?;
+        let saved = self.saved.lock().clone();
+        self.save(restarted(saved, Restart { last, offset }))?;
         *self.index.write() = EntryIndex::new(Some(last), last.index + 1, offset);
         self.log.restart_at(offset).map_err(io::Error::other)?;
-        saved.restarting = false;
-        self.save(saved)
+        // Durably gone before any entry is appended: a marker that came back after a crash
+        // would restart the log again, over entries acknowledged since.
+        self.fs.remove_file(&marker)?;
+        self.fs.sync_dir(self.log.dir())
     }
 
     fn save_vote(&self, vote: Vote) -> io::Result<()> {
@@ -617,9 +641,6 @@ struct Writer {
     replica: Arc<Replica>,
     /// Appends readable but not yet durable.
     unsynced: Vec<IoFlushed>,
-    /// Writes waiting, in order, for a snapshot's: entries that follow a snapshot the state
-    /// machine has not installed yet, and everything after them.
-    parked: VecDeque<Write>,
 }
 
 impl Writer {
@@ -641,30 +662,7 @@ impl Writer {
         result
     }
 
-    /// Runs `write`, or parks it behind the writes waiting for a snapshot.
     fn run(&mut self, write: Write) {
-        if let Write::Snapshot(..) = write {
-            self.execute(write);
-            // The writes parked for it, in order, until one is still early.
-            while let Some(parked) = self.parked.pop_front() {
-                if self.parks(&parked) {
-                    self.parked.push_front(parked);
-                    break;
-                }
-                self.execute(parked);
-            }
-        } else if !self.parked.is_empty() || self.parks(&write) {
-            self.parked.push_back(write);
-        } else {
-            self.execute(write);
-        }
-    }
-
-    fn parks(&self, write: &Write) -> bool {
-        matches!(write, Write::Append { entries, .. } if self.replica.waits_for_snapshot(entries))
-    }
-
-    fn execute(&mut self, write: Write) {
         let replica = self.replica.clone();
         match write {
             Write::Append {
@@ -719,7 +717,6 @@ fn run_writes(replica: Arc<Replica>, writes: mpsc::Receiver<Write>) {
     let mut writer = Writer {
         replica,
         unsynced: Vec::new(),
-        parked: VecDeque::new(),
     };
     loop {
         let write = match writes.try_recv() {
@@ -777,7 +774,6 @@ impl LogStore {
             Io::Inline { .. } => WritesTo::Inline(Arc::new(Mutex::new(Writer {
                 replica: replica.clone(),
                 unsynced: Vec::new(),
-                parked: VecDeque::new(),
             }))),
         };
         Ok(LogStore {

@@ -276,16 +276,24 @@ impl Replicate for Appender {
             s.purging.store(false, Ordering::Release);
             return;
         };
-        let this = self.clone();
+        // Lets the next purge go when this one ends, however it ends (a runtime shutting
+        // down drops the task unrun).
+        struct Done(Appender);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.0.purging.store(false, Ordering::Release);
+            }
+        }
+        let done = Done(self.clone());
         s.runtime.spawn(async move {
             if let Err(e) = Self::purge(&raft, upto).await {
+                let s = &done.0.0;
                 log::warn!(
                     "{}-{}: purging entries up to {upto} for retention: {e}",
-                    this.0.group.topic,
-                    this.0.group.partition
+                    s.group.topic,
+                    s.group.partition
                 );
             }
-            this.0.purging.store(false, Ordering::Release);
         });
     }
 

@@ -17,7 +17,7 @@ use crate::cluster::entry::{Payload, Records, UNASSIGNED};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cluster::log_store::{Io, LogStore, Replica, SavedSnapshot};
+use crate::cluster::log_store::{Io, LogStore, Replica, Restart, SavedSnapshot};
 use crate::cluster::partition::PartitionReplica;
 use crate::cluster::peer::{self, GroupId, Groups, Router};
 use crate::cluster::raft::{Entry, LogId, Node, NodeId, SnapshotMeta, TypeConfig, log_id};
@@ -656,11 +656,12 @@ async fn retention_purges_the_replicas_and_a_lagging_one_restarts_from_a_snapsho
     }
 }
 
-/// Entries that follow a snapshot which the state machine has not installed yet (Raft may
-/// hand them to the store first) wait for the snapshot's write, which restarts the log at the
-/// snapshot's offset, and then go where the leader put them.
+/// An entry past the log end is refused until a snapshot covers the entries before it;
+/// the snapshot restarts the log at its offset, where the entry then goes; a snapshot older
+/// than the one kept changes nothing; and a restart that a crash cut short (its marker still
+/// there) is finished when the replica opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_after_a_snapshot_wait_for_its_install() {
+async fn a_snapshot_past_the_log_restarts_it() {
     use openraft::storage::{IOFlushed, RaftLogStorage};
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _sm) = open(dir.path());
@@ -678,31 +679,60 @@ async fn entries_after_a_snapshot_wait_for_its_install() {
     };
     leaders.set_base_offset(100);
     let after = Entry::new_normal(log_id(2, 10), Records(leaders.into_bytes()));
-    let mut appending =
-        tokio::spawn(async move { store.append(vec![after], IOFlushed::noop()).await.map(|()| store) });
-    tokio::select! {
-        _ = &mut appending => panic!("an entry past the log end appended before its snapshot"),
-        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-    }
-    let snap = SavedSnapshot {
+    let refused = store.append(vec![after.clone()], IOFlushed::noop()).await;
+    assert!(
+        refused.is_err(),
+        "an entry past the log end appended without its snapshot"
+    );
+    let snapshot = |term, index, next_offset| SavedSnapshot {
         meta: SnapshotMeta {
-            last_log_id: Some(log_id(2, 9)),
+            last_log_id: Some(log_id(term, index)),
             last_membership: Default::default(),
         },
-        data: SnapshotData { next_offset: 100 },
+        data: SnapshotData { next_offset },
     };
-    writes.save_snapshot(snap).await.expect("the snapshot is saved");
-    let store = appending
+    writes
+        .save_snapshot(snapshot(2, 9, 100))
         .await
-        .unwrap()
+        .expect("the snapshot is saved");
+    store
+        .append(vec![after], IOFlushed::noop())
+        .await
         .expect("the entry appends after the snapshot");
-    let replica = &store.replica;
+    let replica = store.replica.clone();
     assert_eq!(replica.log.log_start_offset(), 100);
     assert_eq!(replica.log.log_end_offset(), 103);
     assert_eq!(replica.index.read().offset_of(10), Some(100));
     assert_eq!(
-        replica.index.read().offset_of(3),
+        replica.index.read().offset_of(2),
         None,
         "the old entries are gone"
     );
+
+    // A snapshot this replica built before it installed its leader's newer one.
+    writes
+        .save_snapshot(snapshot(1, 2, 6))
+        .await
+        .expect("an older snapshot is taken");
+    assert_eq!(replica.snapshot().unwrap().meta.last_log_id, Some(log_id(2, 9)));
+    assert_eq!(
+        replica.log.log_start_offset(),
+        100,
+        "an older snapshot restarted the log"
+    );
+
+    // A crash after the restart's marker was written: the open finishes the restart.
+    let marker = Restart {
+        last: log_id(2, 40),
+        offset: 500,
+    };
+    crate::storage::meta::write(&StdFs, &dir.path().join(crate::storage::RESTART_FILE), &marker).unwrap();
+    drop(store);
+    replica.log.close().expect("the log closes");
+    drop(replica);
+    let (store, _sm) = open(dir.path());
+    assert_eq!(store.replica.log.log_start_offset(), 500);
+    assert_eq!(store.replica.log.log_end_offset(), 500);
+    assert_eq!(store.replica.index.read().next_index(), 41);
+    assert!(!dir.path().join(crate::storage::RESTART_FILE).exists());
 }

@@ -12,8 +12,10 @@
 //! producer fields and flags, no records), because each batch is a Raft entry and entries may
 //! leave no holes; and only segments wholly below the high watermark are cleaned, because a
 //! replica's uncommitted tail may still be cut away and replaced by its leader's. Each replica
-//! cleans on its own schedule, so replicas hold the same offsets with the same records kept
-//! or not yet cleaned, and their bytes may differ where one has cleaned and another not.
+//! cleans on its own schedule, so replicas hold the same batches at the same offsets, and
+//! their bytes may differ where one has cleaned and another not. As in Kafka, a replica that
+//! was away for longer than `delete.retention.ms` may catch up from batches whose tombstones
+//! its leader's cleaner already removed, and keep the older value of such a key.
 //!
 //! A clean is all-or-nothing across the segments it rewrites (a mix could resurrect a deleted
 //! key: a cleaned segment without its tombstone next to an uncleaned one with the old value):

@@ -48,4 +48,4 @@ pub use meta::MAX_METADATA_BYTES;
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
 pub use recovery::FORMAT_VERSION;
 #[cfg(feature = "cluster")]
-pub(crate) use recovery::{REPLICA_FILE, SNAPSHOT_FILE};
+pub(crate) use recovery::{REPLICA_FILE, RESTART_FILE, SNAPSHOT_FILE};

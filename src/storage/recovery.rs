@@ -30,6 +30,9 @@ pub(crate) const REPLICA_FILE: &str = "replica.meta";
 /// The last snapshot of a replica's Raft state machine (metadata only), kept by its owner.
 #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) const SNAPSHOT_FILE: &str = "snapshot.meta";
+/// Present while a replica's log restarts after a snapshot (its owner finishes the restart).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) const RESTART_FILE: &str = "restart.meta";
 
 /// The contents of `log.meta`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -238,6 +241,7 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
                 CLEAN_SHUTDOWN_FILE,
                 REPLICA_FILE,
                 SNAPSHOT_FILE,
+                RESTART_FILE,
                 compaction::CHECKPOINT_FILE,
             ]
             .contains(&name.as_str()) => {}
