@@ -81,6 +81,14 @@ impl Io {
 /// Bytes read per storage read when collecting entries.
 const READ_CHUNK: usize = 1 << 20;
 
+/// About how many bytes of entries one AppendEntries carries (one entry more than fits, at
+/// most): with [`MAX_ENTRY_BYTES`], well inside the peer link's frame limit.
+const REPLICATION_BYTES: usize = 16 << 20;
+
+/// The largest batch a replicated partition takes, whatever its `max.message.bytes`: one
+/// entry must fit in an AppendEntries, whose frame is at most 128 MiB.
+pub(crate) const MAX_ENTRY_BYTES: usize = 64 << 20;
+
 /// What `replica.meta` holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct ReplicaMeta {
@@ -392,9 +400,10 @@ impl Replica {
         at.is_none_or(|at| at == idx.end_offset)
     }
 
-    /// The entries in `[start, end)` that the log holds.
-    pub(crate) fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
-        let (from, offsets) = {
+    /// The entries in `[start, end)` that the log holds, stopping after the first entry that
+    /// takes their bytes to `budget` or past it.
+    pub(crate) fn read_entries(&self, start: u64, end: u64, budget: usize) -> io::Result<Vec<Entry>> {
+        let (from, mut offsets) = {
             let idx = self.index.read();
             let start = start.max(idx.first_index);
             let end = end.min(idx.next_index());
@@ -407,7 +416,8 @@ impl Replica {
             (start, offsets)
         };
         let mut entries = Vec::with_capacity(offsets.len());
-        let mut want = offsets.iter().copied().peekable();
+        let mut bytes = 0usize;
+        let mut want = offsets.clone().into_iter().peekable();
         // Stops short where the log no longer has what the index said: a truncation came.
         'reading: while let Some(&offset) = want.peek() {
             let fetch = match self.log.read_unpublished(offset, READ_CHUNK) {
@@ -427,6 +437,11 @@ impl Replica {
                 let (id, payload) = entry::from_batch(index, batch.as_bytes().to_vec())?;
                 entries.push(Entry::new(id, payload));
                 want.next();
+                bytes += batch.as_bytes().len();
+                if bytes >= budget {
+                    offsets.truncate(entries.len());
+                    break 'reading;
+                }
             }
         }
         // Only entries the index still holds as read are returned: after a truncation (and
@@ -860,7 +875,17 @@ impl openraft::RaftLogReader<TypeConfig> for LogReader {
         let replica = self.replica.clone();
         replica
             .io
-            .blocking(move || replica.read_entries(start, end))
+            .blocking(move || replica.read_entries(start, end, usize::MAX))
+            .await?
+    }
+
+    /// Replication's reads: about [`REPLICATION_BYTES`] of entries at most (one at least), so
+    /// that a run of large batches never makes an AppendEntries too large to send.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let replica = self.replica.clone();
+        replica
+            .io
+            .blocking(move || replica.read_entries(start, end, REPLICATION_BYTES))
             .await?
     }
 
@@ -887,7 +912,7 @@ impl openraft::RaftLogReader<TypeConfig> for LogReader {
                     let to = end.min(next.saturating_add(STREAM_CHUNK));
                     let io = replica.io;
                     match io
-                        .blocking(move || replica.read_entries(next, to))
+                        .blocking(move || replica.read_entries(next, to, usize::MAX))
                         .await
                         .and_then(|r| r)
                     {

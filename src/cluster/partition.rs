@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::cluster::entry::{Records, UNASSIGNED};
-use crate::cluster::log_store::{Io, LogStore, Replica};
+use crate::cluster::log_store::{Io, LogStore, MAX_ENTRY_BYTES, Replica};
 use crate::cluster::peer::{GroupId, Network, Proposed, Raft, Router, propose_here};
 use crate::cluster::raft::{Appended, NodeId};
 use crate::cluster::state_machine::{ControllerHook, StateMachine};
@@ -175,6 +175,12 @@ impl Appender {
     /// leader") is tried again; any other failure leaves the outcome unknown and is returned.
     async fn append_anywhere(&self, mut batch: RecordBatch) -> Result<Appended> {
         let s = &self.0;
+        if batch.len() > MAX_ENTRY_BYTES {
+            return Err(Error::BatchTooLarge {
+                size: batch.len(),
+                max: MAX_ENTRY_BYTES,
+            });
+        }
         batch.set_base_offset(UNASSIGNED);
         let records = Records(batch.into_bytes());
         let deadline = Instant::now() + PROPOSE_TIMEOUT;

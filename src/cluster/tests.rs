@@ -17,7 +17,7 @@ use crate::cluster::entry::{Payload, Records, UNASSIGNED};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cluster::log_store::{Io, LogStore, Replica, Restart, SavedSnapshot};
+use crate::cluster::log_store::{Io, LogStore, MAX_ENTRY_BYTES, Replica, Restart, SavedSnapshot};
 use crate::cluster::partition::PartitionReplica;
 use crate::cluster::peer::{self, GroupId, Groups, Router};
 use crate::cluster::raft::{Entry, LogId, Node, NodeId, SnapshotMeta, TypeConfig, log_id};
@@ -161,8 +161,13 @@ fn check(replica: &Replica, model: &[Expected], purged: Option<LogId>, end_offse
     }
     drop(idx);
     let first = model.first().map_or(next, |e| e.index);
-    let read = replica.read_entries(0, u64::MAX).expect("entries read");
+    let read = replica
+        .read_entries(0, u64::MAX, usize::MAX)
+        .expect("entries read");
     assert_eq!(read.len(), model.len(), "entries read back");
+    // Replication's reads stop at the first entry that reaches their byte budget.
+    let one = replica.read_entries(0, u64::MAX, 1).expect("entries read");
+    assert_eq!(one.len(), model.len().min(1), "a read with a budget of one byte");
     for (got, want) in read.iter().zip(model) {
         assert_eq!(got.log_id, log_id(want.term, want.index));
         let (base, count) = match &got.payload {
@@ -190,7 +195,10 @@ fn check(replica: &Replica, model: &[Expected], purged: Option<LogId>, end_offse
 /// Every keyed record (control batches' aside) in a replica's log: (offset, key).
 fn keyed_records(replica: &Replica) -> Vec<(i64, Vec<u8>)> {
     let mut out = Vec::new();
-    for e in replica.read_entries(0, u64::MAX).expect("entries read") {
+    for e in replica
+        .read_entries(0, u64::MAX, usize::MAX)
+        .expect("entries read")
+    {
         if let Payload::Normal(Records(bytes)) = &e.payload {
             let (batch, _) = Batch::parse(bytes).expect("a stored batch");
             for r in batch.records().expect("records").iter() {
@@ -276,7 +284,7 @@ proptest! {
                     for (key, offset) in latest {
                         assert!(after.contains(&(offset, key.clone())), "the latest {key:?} went");
                     }
-                    let read = replica.read_entries(0, u64::MAX).expect("entries read");
+                    let read = replica.read_entries(0, u64::MAX, usize::MAX).expect("entries read");
                     for (got, want) in read.iter().zip(model.iter_mut()) {
                         let count = match &got.payload {
                             Payload::Normal(Records(bytes)) => {
@@ -735,4 +743,33 @@ async fn a_snapshot_past_the_log_restarts_it() {
     assert_eq!(store.replica.log.log_end_offset(), 500);
     assert_eq!(store.replica.index.read().next_index(), 41);
     assert!(!dir.path().join(crate::storage::RESTART_FILE).exists());
+}
+
+/// A batch larger than one AppendEntries may carry is refused before anything is written,
+/// whatever the topic's `max.message.bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_too_large_to_replicate_is_refused() {
+    let dirs = vec![tempfile::tempdir().unwrap()];
+    let (nodes, _) = start_nodes(&dirs).await;
+    let members: BTreeMap<NodeId, Node> = [(1, Node::default())].into();
+    nodes[0]
+        .replica
+        .raft
+        .initialize(members)
+        .await
+        .expect("the group initializes");
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(1_700_000_000_000, None, Some(&vec![7u8; MAX_ENTRY_BYTES]), &[]);
+    let batch = b.finish().unwrap();
+    leader(&[&nodes[0]]).await;
+    let end = nodes[0].replica.replica.log.log_end_offset();
+    match nodes[0].replica.propose(batch).await {
+        Err(crate::Error::BatchTooLarge { max, .. }) => assert_eq!(max, MAX_ENTRY_BYTES),
+        other => panic!("a batch over {MAX_ENTRY_BYTES} bytes was not refused: {other:?}"),
+    }
+    assert_eq!(
+        nodes[0].replica.replica.log.log_end_offset(),
+        end,
+        "something was written"
+    );
 }
