@@ -292,6 +292,15 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     fn replication_of(&self, topic: &str) -> Option<usize>;
     fn delete_topic(&self, name: &str) -> Result<()>;
     fn add_partitions(&self, name: &str, total: u32) -> Result<()>;
+    /// Raises `name`'s partition count to `total`, the new partitions held by the nodes
+    /// `replicas` names (one list per new partition); with `validate_only`, only checks.
+    fn add_partitions_assigned(
+        &self,
+        name: &str,
+        total: u32,
+        replicas: Vec<Vec<u64>>,
+        validate_only: bool,
+    ) -> Result<()>;
     fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()>;
     /// This node's id.
     fn node_id(&self) -> u64;
@@ -1088,6 +1097,25 @@ impl BrokerInner {
             return cluster.add_partitions(name, total);
         }
         self.add_partitions_here(name, total)
+    }
+
+    /// Raises a topic's partition count in a cluster, with the nodes holding each new
+    /// partition given (Kafka's CreatePartitions with assignments).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn add_partitions_assigned(
+        &self,
+        name: &str,
+        total: u32,
+        replicas: Vec<Vec<u64>>,
+        validate_only: bool,
+    ) -> Result<()> {
+        self.check_add_partitions(name, total)?;
+        match self.cluster.get() {
+            Some(cluster) => cluster.add_partitions_assigned(name, total, replicas, validate_only),
+            None => Err(Error::Cluster {
+                reason: "a broker alone places partitions on itself".into(),
+            }),
+        }
     }
 
     /// Adds partitions on this node alone.

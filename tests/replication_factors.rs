@@ -143,6 +143,36 @@ mod cluster {
         }
     }
 
+    /// CreatePartitions raising `topic` to `count` partitions placed as `assignments` say;
+    /// returns the error code.
+    async fn grow(
+        s: &mut TcpStream,
+        topic: &'static str,
+        count: i32,
+        assignments: &[&[i32]],
+        validate_only: bool,
+    ) -> i16 {
+        let request = CreatePartitionsRequest::default()
+            .with_topics(vec![
+                CreatePartitionsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str(topic)))
+                    .with_count(count)
+                    .with_assignments(Some(
+                        assignments
+                            .iter()
+                            .map(|a| {
+                                CreatePartitionsAssignment::default()
+                                    .with_broker_ids(a.iter().map(|&b| BrokerId(b)).collect())
+                            })
+                            .collect(),
+                    )),
+            ])
+            .with_timeout_ms(30_000)
+            .with_validate_only(validate_only);
+        let grown: CreatePartitionsResponse = wire::ask(s, ApiKey::CreatePartitions, 3, &request).await;
+        grown.results[0].error_code
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cluster_holds_as_many_copies_as_asked_where_asked() {
         let (nodes, dirs) = tokio::task::spawn_blocking(move || {
@@ -215,19 +245,29 @@ mod cluster {
             create(&mut s, "placed", -1, -1, &[&[1, 2], &[3, 1]], false).await,
             (0, 2, 2)
         );
-        // New partitions are placed like the topic's others: assignments are refused.
-        let grow = CreatePartitionsRequest::default()
-            .with_topics(vec![
-                CreatePartitionsTopic::default()
-                    .with_name(TopicName(StrBytes::from_static_str("placed")))
-                    .with_count(3)
-                    .with_assignments(Some(vec![
-                        CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(2), BrokerId(3)]),
-                    ])),
-            ])
-            .with_timeout_ms(30_000);
-        let grown: CreatePartitionsResponse = wire::ask(&mut s, ApiKey::CreatePartitions, 3, &grow).await;
-        assert_eq!(grown.results[0].error_code, bad);
+        // New partitions go where assignments say, as many replicas as the topic's others.
+        assert_eq!(
+            grow(&mut s, "placed", 3, &[&[2]], false).await,
+            bad,
+            "too few replicas"
+        );
+        assert_eq!(
+            grow(&mut s, "placed", 3, &[&[2, 9]], false).await,
+            bad,
+            "an unknown node"
+        );
+        assert_eq!(
+            grow(&mut s, "placed", 3, &[&[2, 3], &[1, 2]], false).await,
+            bad,
+            "more assignments than new partitions"
+        );
+        assert_eq!(
+            grow(&mut s, "placed", 3, &[&[2, 3]], true).await,
+            0,
+            "validation alone"
+        );
+        assert_eq!(nodes[0].broker().partition_count("placed").unwrap(), 2);
+        assert_eq!(grow(&mut s, "placed", 3, &[&[2, 3]], false).await, 0);
         let topics = nodes[2].broker().list_topics();
         assert!(
             !["x", "y", "z"].iter().any(|t| topics.contains(&t.to_string())),
@@ -240,6 +280,11 @@ mod cluster {
         .await
         .unwrap();
         assert_eq!((p0, p1), (vec![1, 2], vec![1, 3]));
+        let placed = nodes.clone();
+        let p2 = tokio::task::spawn_blocking(move || holders(&placed, "placed", 2))
+            .await
+            .unwrap();
+        assert_eq!(p2, vec![2, 3]);
         // Node 3 holds no replica of partition 0, and still names its leader (as the leader
         // tells it), so Kafka clients asking it are sent there.
         let third = nodes[2].clone();

@@ -900,6 +900,44 @@ impl Coordinate for Coordinator {
         run_on(&c.runtime.clone(), async move { c.submit(command).await })
     }
 
+    fn add_partitions_assigned(
+        &self,
+        name: &str,
+        total: u32,
+        replicas: Vec<Vec<u64>>,
+        validate_only: bool,
+    ) -> Result<()> {
+        let c = self.get()?;
+        let current = c.broker.partition_count(name)?;
+        let new = total.saturating_sub(current) as usize;
+        if replicas.len() != new {
+            return Err(Error::InvalidReplicaAssignment {
+                reason: format!("{} assignments for {new} new partitions", replicas.len()),
+            });
+        }
+        c.check_assignment(&replicas)?;
+        // As many replicas as the topic's other partitions, as Kafka wants.
+        if let Some(rf) = c.replication_of(name)
+            && replicas[0].len() != rf
+        {
+            return Err(Error::InvalidReplicaAssignment {
+                reason: format!(
+                    "{} replicas for each new partition where the topic's others have {rf}",
+                    replicas[0].len()
+                ),
+            });
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let command = Command::AddPartitions {
+            name: name.to_string(),
+            from: current,
+            replicas,
+        };
+        run_on(&c.runtime.clone(), async move { c.submit(command).await })
+    }
+
     fn alter_topic_config(&self, name: &str, config: TopicConfig) -> Result<()> {
         let c = self.get()?;
         let command = Command::AlterTopicConfig {

@@ -137,9 +137,10 @@ pub(super) fn create_topics(
 }
 
 /// Raises topics' partition counts (Kafka's CreatePartitions): each entry gives a topic's new
-/// total. Replica assignments, if given, must put each new partition on this broker alone. A
-/// topic named twice is refused (INVALID_REQUEST), as Kafka refuses it. With
-/// `validate_only`, only checks. Needs ALTER on the topic.
+/// total. Replica assignments, if given, name the nodes of a cluster that hold each new
+/// partition (as many as hold the topic's others), or put each on a broker alone. A topic
+/// named twice is refused (INVALID_REQUEST), as Kafka refuses it. With `validate_only`, only
+/// checks. Needs ALTER on the topic.
 pub(super) fn create_partitions(
     server: &Server,
     client: &Client,
@@ -174,12 +175,31 @@ pub(super) fn create_partitions(
                 );
             }
             let total = u32::try_from(t.count).unwrap_or(0);
-            if t.assignments.is_some() && server.in_cluster() {
-                return refuse(
-                    ResponseError::InvalidReplicaAssignment.code(),
-                    "a cluster places new partitions like the topic's others: leave out replica assignments"
-                        .into(),
-                );
+            #[cfg(feature = "cluster")]
+            if let Some(assignments) = t.assignments.as_ref().filter(|_| server.in_cluster()) {
+                // Bounded before copying: no more lists than new partitions may exist, none
+                // longer than a partition's replicas may be.
+                let sized = assignments.len() <= MAX_PARTITIONS as usize
+                    && assignments.iter().all(|a| a.broker_ids.len() <= MAX_REPLICAS);
+                if !sized {
+                    return refuse(
+                        ResponseError::InvalidReplicaAssignment.code(),
+                        "more assignments or replicas than a topic can have".into(),
+                    );
+                }
+                let replicas = assignments
+                    .iter()
+                    .map(|a| a.broker_ids.iter().map(|b| b.0 as u64).collect())
+                    .collect();
+                return match broker.inner.add_partitions_assigned(
+                    &t.name.0,
+                    total,
+                    replicas,
+                    request.validate_only,
+                ) {
+                    Ok(()) => reply,
+                    Err(e) => refuse(codes::code(&e), e.to_string()),
+                };
             }
             if let Some(assignments) = &t.assignments {
                 let current = match broker.inner.topic(&t.name.0) {
