@@ -307,6 +307,29 @@ mod cluster {
         .unwrap();
         assert!(matches!(state.leader, Some(1 | 2)), "{state:?}");
         assert_eq!(state.replicas.len(), 2);
+        // An in-process producer at node 3 appends to it all the same: through its leader.
+        let (third, first) = (nodes[2].clone(), nodes[0].clone());
+        tokio::task::spawn_blocking(move || {
+            let producer = rivulet::Producer::new(third.broker());
+            let records = [rivulet::ProducerRecord::new("placed", b"from node 3")];
+            let sent = producer.send_batch("placed", Some(0), &records).unwrap();
+            let log = first.broker().partition("placed", 0).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while log.high_watermark() <= sent[0].offset {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node 1 never saw the record"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let fetch = log.read(sent[0].offset, 1 << 20).unwrap();
+            let batch = fetch.batches().next().expect("the batch");
+            let records = batch.records().unwrap();
+            let record = records.iter().next().unwrap().unwrap();
+            assert_eq!(record.value, Some(&b"from node 3"[..]));
+        })
+        .await
+        .unwrap();
         for n in nodes {
             tokio::task::spawn_blocking(move || n.shutdown().unwrap())
                 .await

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use crate::broker::{Broker, Coordinate, NotHeld, Placement};
 use crate::cluster::entry::Payload;
 use crate::cluster::log_store::{Io, Replica};
-use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
+use crate::cluster::partition::{PartitionReplica, cluster_error, forward_appends, run_on};
 use crate::cluster::peer::{GroupId, Groups, Router};
 use crate::cluster::raft::{LogId, Node, NodeId, StoredMembership};
 use crate::cluster::state_machine::Applying;
@@ -444,7 +444,13 @@ impl Controller {
                 partition: p as i32,
                 incarnation: assigned.incarnation,
             };
-            if !nodes.contains(&self.me) || running.contains_key(&group) {
+            if running.contains_key(&group) {
+                continue;
+            }
+            if !nodes.contains(&self.me) {
+                // In-process appends here go to the partition's leader.
+                let log = self.broker.partition(topic, p as u32)?;
+                forward_appends(&log, self.me, self.router.clone(), group, self.groups.clone());
                 continue;
             }
             let log = self.broker.partition(topic, p as u32)?;

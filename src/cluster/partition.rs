@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::cluster::entry::{Records, UNASSIGNED};
 use crate::cluster::log_store::{Io, LogStore, MAX_ENTRY_BYTES, Replica};
-use crate::cluster::peer::{GroupId, Network, Proposed, Raft, Router, propose_here};
+use crate::cluster::peer::{GroupId, Groups, Network, Proposed, Raft, Router, propose_here};
 use crate::cluster::raft::{Appended, NodeId};
 use crate::cluster::state_machine::{ControllerHook, StateMachine};
 use crate::error::{Error, Result};
@@ -115,6 +115,7 @@ impl PartitionReplica {
             replica: Arc::downgrade(&replica),
             purges,
             purging: AtomicBool::new(false),
+            leaders: None,
         }));
         replica.log.replicate_through(Arc::new(appender.clone()));
         Ok(PartitionReplica {
@@ -153,6 +154,9 @@ struct AppenderState {
     purges: bool,
     /// A purge is under way.
     purging: AtomicBool,
+    /// For a node that holds no replica of the group (no local Raft): where the leaders the
+    /// other nodes name are, to forward appends to.
+    leaders: Option<Arc<Groups>>,
 }
 
 /// How long a purge waits for the snapshot it asked for.
@@ -184,26 +188,32 @@ impl Appender {
         batch.set_base_offset(UNASSIGNED);
         let records = Records(batch.into_bytes());
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
-        let mut target = s.me;
+        // A node that holds no replica asks the leader the others name (none yet: it waits
+        // for one, as for an election).
+        let fallback = || match &s.leaders {
+            None => Some(s.me),
+            Some(leaders) => leaders.heard(&s.group).and_then(|p| p.leader),
+        };
+        let mut target = fallback();
         let mut redirects = 0u32;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let proposed = if target == s.me {
-                let raft = s
-                    .raft
-                    .read()
-                    .clone()
-                    .ok_or_else(|| cluster_error("the replica has stopped"))?;
-                propose_here(&raft, records.clone(), left).await
-            } else {
-                s.router
-                    .propose(target, s.group.clone(), records.clone(), left)
-                    .await
+            let proposed = match target {
+                None => Ok(Proposed::NotLeader(None)),
+                Some(t) if t == s.me && s.leaders.is_none() => {
+                    let raft = s
+                        .raft
+                        .read()
+                        .clone()
+                        .ok_or_else(|| cluster_error("the replica has stopped"))?;
+                    propose_here(&raft, records.clone(), left).await
+                }
+                Some(t) => s.router.propose(t, s.group.clone(), records.clone(), left).await,
             };
             let leader = match proposed.map_err(cluster_error)? {
                 Proposed::Appended(a) => return Ok(a),
                 Proposed::NotLeader(leader) => leader,
-                // A leader that went away: ask the local replica who leads now.
+                // A leader that went away: ask again who leads now.
                 Proposed::Unreachable(_) => None,
             };
             if Instant::now() >= deadline {
@@ -216,16 +226,16 @@ impl Appender {
             match leader {
                 // Straight to the leader named, unless nodes keep naming each other (views
                 // that disagree during an election): then wait a little first.
-                Some(l) if l != target => {
+                Some(l) if Some(l) != target => {
                     if redirects > 2 {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    target = l;
+                    target = Some(l);
                 }
                 // No leader known (an election is on), or the named one refused.
                 _ => {
-                    target = s.me;
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    target = fallback();
                 }
             }
         }
@@ -263,6 +273,28 @@ impl Appender {
         }
         raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())
     }
+}
+
+/// Where the appends to `log` go at a node that holds no replica of its partition: to the
+/// leader the other nodes name, over the peer link.
+pub(crate) fn forward_appends(
+    log: &PartitionLog,
+    me: NodeId,
+    router: Router,
+    group: GroupId,
+    leaders: Arc<Groups>,
+) {
+    log.replicate_through(Arc::new(Appender(Arc::new(AppenderState {
+        me,
+        raft: RwLock::new(None),
+        router,
+        group,
+        runtime: Handle::current(),
+        replica: Weak::new(),
+        purges: false,
+        purging: AtomicBool::new(false),
+        leaders: Some(leaders),
+    }))));
 }
 
 impl Replicate for Appender {
