@@ -264,6 +264,7 @@ pub(crate) struct BrokerInner {
     closed: AtomicBool,
     /// What a network front end keeps beside the broker's own state (the Kafka front end's
     /// ACLs, for one), once per broker however many servers share it.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub(crate) front_end: Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>,
     /// The cluster this broker is a node of, which decides topic changes for all its nodes.
     #[cfg(feature = "cluster")]
@@ -842,6 +843,7 @@ impl BrokerInner {
     }
 
     /// Whether a topic is created when a Kafka client asks for one that does not exist.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub(crate) fn auto_creates(&self) -> bool {
         self.settings.auto_create
     }
@@ -1101,7 +1103,7 @@ impl BrokerInner {
 
     /// Raises a topic's partition count in a cluster, with the nodes holding each new
     /// partition given (Kafka's CreatePartitions with assignments).
-    #[cfg(feature = "cluster")]
+    #[cfg(all(feature = "cluster", feature = "kafka"))]
     pub(crate) fn add_partitions_assigned(
         &self,
         name: &str,

@@ -35,12 +35,9 @@ impl Server {
     }
 
     /// Whether this broker is a cluster's node.
+    #[cfg(feature = "cluster")]
     pub(super) fn in_cluster(&self) -> bool {
-        #[cfg(feature = "cluster")]
-        if self.broker.inner.cluster.get().is_some() {
-            return true;
-        }
-        false
+        self.broker.inner.cluster.get().is_some()
     }
 
     /// Every broker clients may connect to: id, host and port.
