@@ -551,7 +551,7 @@ fn append_splitting(
     first: usize,
 ) -> Vec<(usize, Result<AppendInfo, Arc<Error>>)> {
     let count = batch.header().record_count as usize;
-    if count < 2 || batch.len() <= log.config().get_max_message_bytes() {
+    if count < 2 || batch.len() <= log.max_batch_bytes() {
         return vec![(first, log.append(batch).map_err(Arc::new))];
     }
     let halves = split(&batch, count / 2);

@@ -448,9 +448,13 @@ impl Controller {
                 continue;
             }
             if !nodes.contains(&self.me) {
-                // In-process appends here go to the partition's leader.
-                let log = self.broker.partition(topic, p as u32)?;
-                forward_appends(&log, self.me, self.router.clone(), group, self.groups.clone());
+                // In-process appends here go to the partition's leader; but not offset
+                // commits, which the coordinator must apply (they fail here, as before).
+                if topic != OFFSETS_TOPIC
+                    && let Ok(log) = self.broker.partition(topic, p as u32)
+                {
+                    forward_appends(&log, self.me, self.router.clone(), group, self.groups.clone());
+                }
                 continue;
             }
             let log = self.broker.partition(topic, p as u32)?;

@@ -81,13 +81,13 @@ impl Io {
 /// Bytes read per storage read when collecting entries.
 const READ_CHUNK: usize = 1 << 20;
 
-/// About how many bytes of entries one AppendEntries carries (one entry more than fits, at
-/// most): with [`MAX_ENTRY_BYTES`], well inside the peer link's frame limit.
+/// How many bytes of entries one AppendEntries carries at most (or one entry, whatever its
+/// size: at most [`MAX_ENTRY_BYTES`]), well inside the peer link's frame limit.
 const REPLICATION_BYTES: usize = 16 << 20;
 
 /// The largest batch a replicated partition takes, whatever its `max.message.bytes`: one
 /// entry must fit in an AppendEntries, whose frame is at most 128 MiB.
-pub(crate) const MAX_ENTRY_BYTES: usize = 64 << 20;
+pub(crate) const MAX_ENTRY_BYTES: usize = crate::storage::MAX_REPLICATED_BATCH;
 
 /// What `replica.meta` holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -400,8 +400,8 @@ impl Replica {
         at.is_none_or(|at| at == idx.end_offset)
     }
 
-    /// The entries in `[start, end)` that the log holds, stopping after the first entry that
-    /// takes their bytes to `budget` or past it.
+    /// The entries in `[start, end)` that the log holds, stopping before the first entry that
+    /// would take their bytes past `budget` (the first entry is read whatever its size).
     pub(crate) fn read_entries(&self, start: u64, end: u64, budget: usize) -> io::Result<Vec<Entry>> {
         let (from, mut offsets) = {
             let idx = self.index.read();
@@ -433,15 +433,17 @@ impl Replica {
                 if batch.header().base_offset != expected {
                     break 'reading;
                 }
+                // Past the budget with this entry: it waits for the next read, unless it is
+                // the first (a read always makes progress).
+                bytes += batch.as_bytes().len();
+                if bytes > budget && !entries.is_empty() {
+                    offsets.truncate(entries.len());
+                    break 'reading;
+                }
                 let index = from + entries.len() as u64;
                 let (id, payload) = entry::from_batch(index, batch.as_bytes().to_vec())?;
                 entries.push(Entry::new(id, payload));
                 want.next();
-                bytes += batch.as_bytes().len();
-                if bytes >= budget {
-                    offsets.truncate(entries.len());
-                    break 'reading;
-                }
             }
         }
         // Only entries the index still holds as read are returned: after a truncation (and

@@ -284,6 +284,9 @@ pub(crate) fn forward_appends(
     group: GroupId,
     leaders: Arc<Groups>,
 ) {
+    if log.is_replicating() {
+        return;
+    }
     log.replicate_through(Arc::new(Appender(Arc::new(AppenderState {
         me,
         raft: RwLock::new(None),

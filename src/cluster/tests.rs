@@ -746,7 +746,8 @@ async fn a_snapshot_past_the_log_restarts_it() {
 }
 
 /// A batch larger than one AppendEntries may carry is refused before anything is written,
-/// whatever the topic's `max.message.bytes`.
+/// whatever the topic's `max.message.bytes` (a Kafka record set checks all its batches
+/// against the same limit before writing any).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_too_large_to_replicate_is_refused() {
     let dirs = vec![tempfile::tempdir().unwrap()];
@@ -762,7 +763,20 @@ async fn a_batch_too_large_to_replicate_is_refused() {
     b.push(1_700_000_000_000, None, Some(&vec![7u8; MAX_ENTRY_BYTES]), &[]);
     let batch = b.finish().unwrap();
     leader(&[&nodes[0]]).await;
-    let end = nodes[0].replica.replica.log.log_end_offset();
+    let log = nodes[0].replica.replica.log.clone();
+    let end = log.log_end_offset();
+    let mut config = log.config();
+    config.max_message_bytes = 2 * MAX_ENTRY_BYTES;
+    log.set_config(config).unwrap();
+    // Through the log, as producers and Kafka clients append: refused before replication.
+    let (appended, batch) = tokio::task::spawn_blocking(move || (log.append(batch.clone()), batch))
+        .await
+        .unwrap();
+    match appended {
+        Err(crate::Error::BatchTooLarge { max, .. }) => assert_eq!(max, MAX_ENTRY_BYTES),
+        other => panic!("a batch over {MAX_ENTRY_BYTES} bytes was not refused: {other:?}"),
+    }
+    // Through the group itself.
     match nodes[0].replica.propose(batch).await {
         Err(crate::Error::BatchTooLarge { max, .. }) => assert_eq!(max, MAX_ENTRY_BYTES),
         other => panic!("a batch over {MAX_ENTRY_BYTES} bytes was not refused: {other:?}"),

@@ -242,7 +242,7 @@ fn append(
         }
         let batch = recompress(codec, batch, limit)?;
         // Whatever the log would refuse, before anything of the set is written.
-        check_batch(&batch, &config).map_err(|e| match e {
+        check_batch(&batch, &config, log.is_replicated()).map_err(|e| match e {
             Error::KeyRequired { .. } => Refused::Keyless(keyless_records(&batch)),
             e => e.into(),
         })?;

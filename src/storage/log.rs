@@ -407,15 +407,30 @@ impl SyncState {
     }
 }
 
+/// The largest batch a replicated log takes, whatever its `max.message.bytes`: each batch is
+/// a Raft entry, and one entry must fit in one replication request (whose frame on the peer
+/// link is at most 128 MiB).
+pub(crate) const MAX_REPLICATED_BATCH: usize = 64 << 20;
+
+/// The largest batch a log with `config` takes: `max.message.bytes`, and at most
+/// [`MAX_REPLICATED_BATCH`] if it is `replicated`.
+pub(crate) fn batch_limit(config: &LogConfig, replicated: bool) -> usize {
+    match replicated {
+        true => config.max_message_bytes.min(MAX_REPLICATED_BATCH),
+        false => config.max_message_bytes,
+    }
+}
+
 /// Refuses, changing nothing, a batch that a log with `config` does not take whatever its
-/// state: one larger than `max.message.bytes`, one carrying the cleaner's delete horizon, and
+/// state: one larger than its [`batch_limit`], one carrying the cleaner's delete horizon, and
 /// on a compacted log one with a keyless record. A caller appending several batches as one
 /// (a Kafka record set) checks them all first.
-pub(crate) fn check_batch(batch: &RecordBatch, config: &LogConfig) -> Result<()> {
-    if batch.len() > config.max_message_bytes {
+pub(crate) fn check_batch(batch: &RecordBatch, config: &LogConfig, replicated: bool) -> Result<()> {
+    let max = batch_limit(config, replicated);
+    if batch.len() > max {
         return Err(Error::BatchTooLarge {
             size: batch.len(),
-            max: config.max_message_bytes,
+            max,
         });
     }
     if batch.header().delete_horizon().is_some() {
@@ -485,6 +500,11 @@ impl PartitionLog {
         self.inner.replicated
     }
 
+    /// The largest batch the log takes (see [`batch_limit`]).
+    pub(crate) fn max_batch_bytes(&self) -> usize {
+        batch_limit(&self.inner.config.read(), self.inner.replicated)
+    }
+
     /// The log's fsync policy, without copying the rest of its configuration.
     #[cfg(feature = "kafka")]
     pub(crate) fn fsync(&self) -> Fsync {
@@ -510,7 +530,7 @@ impl PartitionLog {
     pub fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {
         #[cfg(feature = "cluster")]
         if self.inner.replicated {
-            check_batch(&batch, &self.inner.cfg())?;
+            check_batch(&batch, &self.inner.cfg(), true)?;
             if batch.header().is_control() {
                 // A replicated log's control batches are its replication's own entries.
                 return Err(Error::InvalidBatch(BatchError::ControlBatch));
@@ -526,7 +546,18 @@ impl PartitionLog {
     /// Sends this replicated log's appends to `replicator` from now on.
     #[cfg(feature = "cluster")]
     pub(crate) fn replicate_through(&self, replicator: Arc<dyn Replicate>) {
-        let _ = self.inner.replicator.set(replicator);
+        if self.inner.replicator.set(replicator).is_err() {
+            log::warn!(
+                "{}: already replicating through another owner; kept that one",
+                self.inner.dir.display()
+            );
+        }
+    }
+
+    /// Whether the log's appends go to an owner already.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn is_replicating(&self) -> bool {
+        self.inner.replicator.get().is_some()
     }
 
     /// Writes a batch of a replicated log without waiting for a sync, and makes it readable
@@ -795,7 +826,7 @@ impl Inner {
 
     fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {
         let config = self.cfg();
-        check_batch(&batch, &config)?;
+        check_batch(&batch, &config, self.replicated)?;
         let (info, generation) = self.write(batch, None, &config)?;
         if let Some(generation) = generation {
             self.sync_to(info.last_offset + 1, generation)
