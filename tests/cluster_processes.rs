@@ -270,6 +270,58 @@ fn batches_of(data: &Path, partition: u32) -> Vec<u8> {
     out
 }
 
+/// Each partition's size in bytes at the node serving Kafka clients at `kafka` (its
+/// DescribeLogDirs answer), or `None` if it does not answer.
+fn partition_sizes(kafka: &str) -> Option<BTreeMap<i32, i64>> {
+    use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+    use kafka_protocol::messages::{
+        ApiKey, DescribeLogDirsRequest, DescribeLogDirsResponse, RequestHeader, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    let version = 1;
+    let mut frame = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::DescribeLogDirs as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .encode(
+            &mut frame,
+            ApiKey::DescribeLogDirs.request_header_version(version),
+        )
+        .ok()?;
+    DescribeLogDirsRequest::default()
+        .with_topics(Some(vec![
+            DescribableLogDirTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partitions((0..PARTITIONS as i32).collect()),
+        ]))
+        .encode(&mut frame, version)
+        .ok()?;
+    let mut s = TcpStream::connect(kafka).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(&(frame.len() as u32).to_be_bytes()).ok()?;
+    s.write_all(&frame).ok()?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    let mut body = bytes::Bytes::from(body);
+    ResponseHeader::decode(
+        &mut body,
+        ApiKey::DescribeLogDirs.response_header_version(version),
+    )
+    .ok()?;
+    let response = DescribeLogDirsResponse::decode(&mut body, version).ok()?;
+    let sizes = response
+        .results
+        .iter()
+        .flat_map(|d| &d.topics)
+        .flat_map(|t| &t.partitions)
+        .map(|p| (p.partition_index, p.partition_size))
+        .collect();
+    Some(sizes)
+}
+
 #[test]
 fn a_cluster_of_processes_keeps_every_acknowledged_record_through_kills_stops_and_link_faults() {
     let dir = tempfile::tempdir().unwrap();
@@ -430,9 +482,20 @@ fn a_cluster_of_processes_keeps_every_acknowledged_record_through_kills_stops_an
     }
     drop(group);
 
-    // Given a moment to bring every replica up to date, the nodes stop; their replicas of
-    // each partition are identical, and hold every acknowledged record.
-    thread::sleep(Duration::from_secs(3));
+    // Once every replica is up to date (every node reports the same sizes: a follower that
+    // was stopped or cut off may take a few seconds to be sent what it missed), the nodes
+    // stop; their replicas of each partition are identical, and hold every acknowledged
+    // record.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sizes: Vec<_> = nodes.iter().map(|n| partition_sizes(&n.kafka)).collect();
+        let settled = sizes[0].as_ref().is_some_and(|s| s.len() == PARTITIONS as usize)
+            && sizes.iter().all(|s| *s == sizes[0]);
+        if settled || Instant::now() >= deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
     for n in &mut nodes {
         n.stop();
     }
