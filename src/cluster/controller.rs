@@ -902,12 +902,7 @@ impl Coordinate for Coordinator {
             None => c.replication(None)?,
         };
         let replicas = c.assign(current, total.saturating_sub(current), rf);
-        let command = Command::AddPartitions {
-            name: name.to_string(),
-            from: current,
-            replicas,
-        };
-        run_on(&c.runtime.clone(), async move { c.submit(command).await })
+        self.add_partitions_assigned(name, total, replicas, false)
     }
 
     fn add_partitions_assigned(

@@ -109,14 +109,18 @@ pub(crate) fn to_batch(id: &LogId, payload: Payload) -> io::Result<RecordBatch> 
     Ok(batch)
 }
 
+/// The batch a payload carries, if it carries one (read from a log, or a new batch).
+pub(crate) fn batch_of(payload: &Payload) -> Option<&[u8]> {
+    match payload {
+        Payload::Normal(r) | Payload::Blank(Some(r)) | Payload::Membership(_, Some(r)) => Some(&r.0),
+        _ => None,
+    }
+}
+
 /// The base offset a payload's batch was stored at (a replica's copy of its leader's entry),
 /// or `None` for a new batch the log will place.
 pub(crate) fn stored_base_offset(payload: &Payload) -> Option<i64> {
-    let bytes = match payload {
-        Payload::Normal(r) | Payload::Blank(Some(r)) | Payload::Membership(_, Some(r)) => &r.0,
-        _ => return None,
-    };
-    let base = crate::storage::format::be_i64(bytes.get(..8)?, 0);
+    let base = crate::storage::format::be_i64(batch_of(payload)?.get(..8)?, 0);
     (base != UNASSIGNED).then_some(base)
 }
 

@@ -120,14 +120,24 @@ pub(crate) struct SavedSnapshot {
     pub(crate) data: SnapshotData,
 }
 
-/// `saved` once the log restarts as `r` says.
-fn restarted(saved: ReplicaMeta, r: Restart) -> ReplicaMeta {
-    ReplicaMeta {
+/// The part of a restart after its `restart.meta` is written (also what an open finishes):
+/// `replica.meta` says where the entries now start, the log restarts there, and the marker
+/// goes. Returns what `replica.meta` now holds.
+fn finish_restart(fs: &dyn Fs, log: &PartitionLog, saved: ReplicaMeta, r: Restart) -> Result<ReplicaMeta> {
+    let saved = ReplicaMeta {
         purged: Some(r.last),
         first_index: r.last.index + 1,
         first_offset: r.offset,
         ..saved
-    }
+    };
+    meta::write(fs, &log.dir().join(REPLICA_FILE), &saved)?;
+    log.restart_at(r.offset)?;
+    // Durably gone before any entry is appended: a marker that came back after a crash would
+    // restart the log again, over entries acknowledged since.
+    let marker = log.dir().join(RESTART_FILE);
+    fs.remove_file(&marker).ctx("remove", &marker)?;
+    fs.sync_dir(log.dir()).ctx("fsync", log.dir())?;
+    Ok(saved)
 }
 
 /// Entry index to offset, and the terms of the entries.
@@ -306,14 +316,7 @@ impl Replica {
         let restart_path = log.dir().join(RESTART_FILE);
         if let Some(r) = meta::read::<Restart>(&restart_path)? {
             // A restart after a snapshot that a crash interrupted: done again, whole.
-            let s = restarted(saved.unwrap_or_default(), r);
-            meta::write(&*fs, &meta_path, &s)?;
-            log.restart_at(r.offset)?;
-            // Durably gone before any entry is appended: a marker that came back after a
-            // crash would restart the log again, over entries acknowledged since.
-            fs.remove_file(&restart_path).ctx("remove", &restart_path)?;
-            fs.sync_dir(log.dir()).ctx("fsync", log.dir())?;
-            saved = Some(s);
+            saved = Some(finish_restart(&*fs, &log, saved.unwrap_or_default(), r)?);
         }
         if saved.is_none() && log.log_end_offset() > log.log_start_offset() {
             // Records written by a single node: no Raft log agrees with them.
@@ -417,7 +420,8 @@ impl Replica {
         };
         let mut entries = Vec::with_capacity(offsets.len());
         let mut bytes = 0usize;
-        let mut want = offsets.clone().into_iter().peekable();
+        let mut budget_cut = None;
+        let mut want = offsets.iter().copied().peekable();
         // Stops short where the log no longer has what the index said: a truncation came.
         'reading: while let Some(&offset) = want.peek() {
             let fetch = match self.log.read_unpublished(offset, READ_CHUNK) {
@@ -437,7 +441,7 @@ impl Replica {
                 // the first (a read always makes progress).
                 bytes += batch.as_bytes().len();
                 if bytes > budget && !entries.is_empty() {
-                    offsets.truncate(entries.len());
+                    budget_cut = Some(entries.len());
                     break 'reading;
                 }
                 let index = from + entries.len() as u64;
@@ -445,6 +449,9 @@ impl Replica {
                 entries.push(Entry::new(id, payload));
                 want.next();
             }
+        }
+        if let Some(n) = budget_cut {
+            offsets.truncate(n);
         }
         // Only entries the index still holds as read are returned: after a truncation (and
         // appends after it) other entries may be at these offsets.
@@ -601,16 +608,16 @@ impl Replica {
             self.log.dir().display(),
             last.index
         );
+        let r = Restart { last, offset };
         let marker = self.log.dir().join(RESTART_FILE);
-        meta::write(&*self.fs, &marker, &Restart { last, offset }).map_err(io::Error::other)?;
-        let saved = self.saved.lock().clone();
-        self.save(restarted(saved, Restart { last, offset }))?;
+        meta::write(&*self.fs, &marker, &r).map_err(io::Error::other)?;
+        // Readers stop asking for the old entries before the log lets them go.
         *self.index.write() = EntryIndex::new(Some(last), last.index + 1, offset);
-        self.log.restart_at(offset).map_err(io::Error::other)?;
-        // Durably gone before any entry is appended: a marker that came back after a crash
-        // would restart the log again, over entries acknowledged since.
-        self.fs.remove_file(&marker)?;
-        self.fs.sync_dir(self.log.dir())
+        let saved = self.saved.lock().clone();
+        let saved = self.held_committed(saved);
+        let saved = finish_restart(&*self.fs, &self.log, saved, r).map_err(io::Error::other)?;
+        *self.saved.lock() = saved;
+        Ok(())
     }
 
     fn save_vote(&self, vote: Vote) -> io::Result<()> {
@@ -621,17 +628,23 @@ impl Replica {
 
     /// Writes `replica.meta` (every append before it is durable: the I/O thread syncs first),
     /// with the committed id that is known and held here.
-    fn save(&self, mut saved: ReplicaMeta) -> io::Result<()> {
-        if let Some(c) = saved.committed {
-            let idx = self.index.read();
-            let held = idx.last_log_id().filter(|l| l.index < c.index);
-            if let Some(l) = held {
-                saved.committed = Some(l);
-            }
-        }
+    fn save(&self, saved: ReplicaMeta) -> io::Result<()> {
+        let saved = self.held_committed(saved);
         meta::write(&*self.fs, &self.meta_path, &saved).map_err(io::Error::other)?;
         *self.saved.lock() = saved;
         Ok(())
+    }
+
+    /// `saved` with its committed id no further than the last entry held (a later one is
+    /// still committed, but a restart would look for it here).
+    fn held_committed(&self, mut saved: ReplicaMeta) -> ReplicaMeta {
+        if let Some(c) = saved.committed {
+            let idx = self.index.read();
+            if let Some(l) = idx.last_log_id().filter(|l| l.index < c.index) {
+                saved.committed = Some(l);
+            }
+        }
+        saved
     }
 
     fn note_committed(&self, committed: Option<LogId>) {
@@ -696,35 +709,26 @@ impl Writer {
                     let _ = readable.send(Err(e));
                 }
             },
-            Write::Vote(vote, done) => {
-                let r = self
-                    .sync()
-                    .and_then(|()| replica.check_synced())
-                    .and_then(|()| replica.save_vote(vote));
-                let _ = done.send(r);
-            }
-            Write::Truncate(last, done) => {
-                let r = self
-                    .sync()
-                    .and_then(|()| replica.check_synced())
-                    .and_then(|()| replica.truncate_after(last));
-                let _ = done.send(r);
-            }
-            Write::Purge(upto, done) => {
-                let r = self
-                    .sync()
-                    .and_then(|()| replica.check_synced())
-                    .and_then(|()| replica.purge(upto));
-                let _ = done.send(r);
-            }
-            Write::Snapshot(snap, done) => {
-                let r = self
-                    .sync()
-                    .and_then(|()| replica.check_synced())
-                    .and_then(|()| replica.save_snapshot(snap));
-                let _ = done.send(r);
-            }
+            Write::Vote(vote, done) => self.after_sync(done, |r| r.save_vote(vote)),
+            Write::Truncate(last, done) => self.after_sync(done, |r| r.truncate_after(last)),
+            Write::Purge(upto, done) => self.after_sync(done, |r| r.purge(upto)),
+            Write::Snapshot(snap, done) => self.after_sync(done, |r| r.save_snapshot(snap)),
         }
+    }
+
+    /// Runs `write` once every earlier append is durable (unless a sync has failed), and
+    /// answers `done` with how it went.
+    fn after_sync(
+        &mut self,
+        done: oneshot::Sender<io::Result<()>>,
+        write: impl FnOnce(&Replica) -> io::Result<()>,
+    ) {
+        let replica = self.replica.clone();
+        let r = self
+            .sync()
+            .and_then(|()| replica.check_synced())
+            .and_then(|()| write(&replica));
+        let _ = done.send(r);
     }
 }
 

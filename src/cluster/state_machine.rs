@@ -93,10 +93,7 @@ impl StateMachine {
     /// The offsets of the batch an entry is stored as, if it carries its stored bytes (read
     /// from the log, whose read checked them: only the header is decoded here).
     fn offsets_of(payload: &Payload) -> Option<Appended> {
-        let bytes = match payload {
-            Payload::Normal(r) | Payload::Blank(Some(r)) | Payload::Membership(_, Some(r)) => &r.0,
-            _ => return None,
-        };
+        let bytes = crate::cluster::entry::batch_of(payload)?;
         if bytes.len() < HEADER_LEN {
             return None;
         }

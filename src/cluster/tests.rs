@@ -351,6 +351,20 @@ async fn start_nodes(dirs: &[tempfile::TempDir]) -> (Vec<TestNode>, Vec<SocketAd
     (nodes, addrs)
 }
 
+/// Starts a node in each of `dirs` ([`start_nodes`]) and their group of `t-0`, every node
+/// a member.
+async fn start_group(dirs: &[tempfile::TempDir]) -> (Vec<TestNode>, Vec<SocketAddr>) {
+    let (nodes, addrs) = start_nodes(dirs).await;
+    let members: BTreeMap<NodeId, Node> = nodes.iter().map(|n| (n.id, Node::default())).collect();
+    nodes[0]
+        .replica
+        .raft
+        .initialize(members)
+        .await
+        .expect("the group initializes");
+    (nodes, addrs)
+}
+
 /// Starts node `id` (its peers at `addrs`, in id order) with its replica of `t-0` in `dir`.
 async fn start_node(id: NodeId, dir: &Path, listener: TcpListener, addrs: &[SocketAddr]) -> TestNode {
     let router = Router::new(id);
@@ -508,14 +522,7 @@ async fn converge(nodes: &[&TestNode], end: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_keep_every_acknowledged_batch_through_a_failover() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (nodes, _) = start_nodes(&dirs).await;
-    let members: BTreeMap<NodeId, Node> = nodes.iter().map(|n| (n.id, Node::default())).collect();
-    nodes[0]
-        .replica
-        .raft
-        .initialize(members)
-        .await
-        .expect("the group initializes");
+    let (nodes, _) = start_group(&dirs).await;
     let all: Vec<&TestNode> = nodes.iter().collect();
 
     let mut acked = propose_values(&all, 0, 40).await;
@@ -584,14 +591,7 @@ async fn eventually(what: &str, ready: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_purges_the_replicas_and_a_lagging_one_restarts_from_a_snapshot() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (mut nodes, addrs) = start_nodes(&dirs).await;
-    let members: BTreeMap<NodeId, Node> = nodes.iter().map(|n| (n.id, Node::default())).collect();
-    nodes[0]
-        .replica
-        .raft
-        .initialize(members)
-        .await
-        .expect("the group initializes");
+    let (mut nodes, addrs) = start_group(&dirs).await;
     let all: Vec<&TestNode> = nodes.iter().collect();
     let mut acked = propose_values(&all, 0, 10).await;
     converge(&all, acked.last().unwrap().0 + 1).await;
@@ -751,14 +751,7 @@ async fn a_snapshot_past_the_log_restarts_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_too_large_to_replicate_is_refused() {
     let dirs = vec![tempfile::tempdir().unwrap()];
-    let (nodes, _) = start_nodes(&dirs).await;
-    let members: BTreeMap<NodeId, Node> = [(1, Node::default())].into();
-    nodes[0]
-        .replica
-        .raft
-        .initialize(members)
-        .await
-        .expect("the group initializes");
+    let (nodes, _) = start_group(&dirs).await;
     let mut b = BatchBuilder::new(Compression::None);
     b.push(1_700_000_000_000, None, Some(&vec![7u8; MAX_ENTRY_BYTES]), &[]);
     let batch = b.finish().unwrap();

@@ -369,6 +369,16 @@ pub(super) struct Writer {
     pub(super) marked_clean: bool,
 }
 
+impl Writer {
+    /// Makes `segment` the active one, its age for `segment.ms` unknown until its first
+    /// batch.
+    pub(super) fn restart_active(&mut self, segment: Arc<Segment>) {
+        self.active = segment;
+        self.first_append = None;
+        self.first_timestamp = None;
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct SyncState {
     /// Offsets below this are on disk.
@@ -990,9 +1000,7 @@ impl Inner {
         let mut list = Vec::clone(&self.snapshot());
         list.push(new.clone());
         *self.segments.write() = Arc::new(list);
-        w.active = new;
-        w.first_append = None;
-        w.first_timestamp = None;
+        w.restart_active(new);
         Ok(())
     }
 

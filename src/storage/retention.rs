@@ -41,13 +41,7 @@ impl Inner {
         let first_cut = last
             .find(offset, last.size())?
             .map_or(offset, |(_, h)| h.base_offset.min(offset));
-        {
-            let mut s = self.sync.lock();
-            let count = self.truncations.fetch_add(1, Ordering::SeqCst) + 1;
-            s.note_cut(count, first_cut);
-            s.durable = s.durable.min(first_cut);
-            self.high_watermark.fetch_min(first_cut, Ordering::SeqCst);
-        }
+        self.announce_cut(first_cut);
         *self.segments.write() = Arc::new(segments[..keep].to_vec());
         let on_disk = || -> Result<i64> {
             for dropped in segments[keep..].iter().rev() {
@@ -83,19 +77,8 @@ impl Inner {
             self.publish(&last, last.size(), new_end);
         }
         self.synced.notify_all();
-        w.active = last;
-        w.first_append = None;
-        w.first_timestamp = None;
-        // Offsets from the new end on hold no cleaned records any more: the checkpoint comes
-        // down with it, so that recovery checks segments written there as strictly as any and
-        // the cleaner counts them dirty. A checkpoint left higher (by a crash or a failure
-        // here) only makes both looser, so a failure is not the truncation's.
-        if self.cleaned_to.load(Ordering::Acquire) > new_end {
-            self.cleaned_to.store(new_end, Ordering::Release);
-            if let Err(e) = compaction::write_checkpoint(&*self.fs, &self.dir, new_end) {
-                log::warn!("{}: lowering the cleaner's checkpoint: {e}", self.dir.display());
-            }
-        }
+        w.restart_active(last);
+        self.lower_checkpoint(new_end);
         // Cutting below the log start empties the log; it restarts at the new end. (A crash
         // before this write is harmless: open never puts the log start past the log end.)
         if new_end < start {
@@ -118,14 +101,7 @@ impl Inner {
         self.unmark_clean(&mut w)?;
         let config = self.cfg();
         let segments = self.snapshot();
-        let start = self.log_start.load(Ordering::Acquire);
-        {
-            let mut s = self.sync.lock();
-            let count = self.truncations.fetch_add(1, Ordering::SeqCst) + 1;
-            s.note_cut(count, start.min(offset));
-            s.durable = s.durable.min(start.min(offset));
-            self.high_watermark.fetch_min(start.min(offset), Ordering::SeqCst);
-        }
+        self.announce_cut(self.log_start.load(Ordering::Acquire).min(offset));
         let on_disk = || -> Result<Arc<Segment>> {
             for old in segments.iter().rev() {
                 old.delete_files(&*self.fs)?;
@@ -158,16 +134,33 @@ impl Inner {
             self.publish(&fresh, 0, offset);
         }
         self.synced.notify_all();
-        w.active = fresh;
-        w.first_append = None;
-        w.first_timestamp = None;
-        if self.cleaned_to.load(Ordering::Acquire) > offset {
-            self.cleaned_to.store(offset, Ordering::Release);
-            if let Err(e) = compaction::write_checkpoint(&*self.fs, &self.dir, offset) {
+        w.restart_active(fresh);
+        self.lower_checkpoint(offset);
+        Ok(())
+    }
+
+    /// Tells readers, syncs and the cleaner, before anything on disk changes, that the offsets
+    /// from `first` on are going: the truncation count is bumped and the durable end and the
+    /// high watermark lowered below them.
+    fn announce_cut(&self, first: i64) {
+        let mut s = self.sync.lock();
+        let count = self.truncations.fetch_add(1, Ordering::SeqCst) + 1;
+        s.note_cut(count, first);
+        s.durable = s.durable.min(first);
+        self.high_watermark.fetch_min(first, Ordering::SeqCst);
+    }
+
+    /// Offsets from `end` on hold no cleaned records any more: the checkpoint comes down with
+    /// it, so that recovery checks segments written there as strictly as any and the cleaner
+    /// counts them dirty. A checkpoint left higher (by a crash or a failure here) only makes
+    /// both looser, so a failure is only logged.
+    fn lower_checkpoint(&self, end: i64) {
+        if self.cleaned_to.load(Ordering::Acquire) > end {
+            self.cleaned_to.store(end, Ordering::Release);
+            if let Err(e) = compaction::write_checkpoint(&*self.fs, &self.dir, end) {
                 log::warn!("{}: lowering the cleaner's checkpoint: {e}", self.dir.display());
             }
         }
-        Ok(())
     }
 
     /// Whether every batch of `segment` starts at the offset after the previous one: true of
