@@ -31,6 +31,10 @@
 //!     --listen 127.0.0.1:9092 --node-id 1 --peer-listen 127.0.0.1:19092 \
 //!     --voters 1@127.0.0.1:19092,2@127.0.0.1:19093,3@127.0.0.1:19094
 //! ```
+//!
+//! A node joins a running cluster with `--seeds ADDR,...` (peer addresses of some of its
+//! nodes) in place of `--voters`, with a node id new to the cluster and its own
+//! `--peer-listen` address; restarted, it needs no seed.
 
 use std::process::ExitCode;
 
@@ -50,6 +54,7 @@ struct Options {
     node_id: Option<u64>,
     peer_listen: Option<std::net::SocketAddr>,
     voters: Vec<(u64, std::net::SocketAddr)>,
+    seeds: Vec<std::net::SocketAddr>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -66,6 +71,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         node_id: None,
         peer_listen: None,
         voters: Vec::new(),
+        seeds: Vec::new(),
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -128,6 +134,14 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                         .push((id.parse().map_err(|_| bad())?, addr.parse().map_err(|_| bad())?));
                 }
             }
+            "--seeds" => {
+                for seed in value()?.split(',') {
+                    let addr = seed
+                        .parse()
+                        .map_err(|_| format!("--seeds is IP:PORT,..., not {seed}"))?;
+                    o.seeds.push(addr);
+                }
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -162,14 +176,15 @@ impl Node {
 
 /// Opens the broker, starting it as a cluster's node if the options say so.
 async fn open(o: &Options, builder: rivulet::BrokerBuilder, kafka: &str) -> Result<Node, String> {
-    if o.node_id.is_none() && o.voters.is_empty() {
+    if o.node_id.is_none() && o.voters.is_empty() && o.seeds.is_empty() {
         return builder.open().map(Node::Alone).map_err(|e| e.to_string());
     }
     #[cfg(feature = "cluster")]
     {
-        let id = o.node_id.ok_or("--voters needs --node-id")?;
+        let id = o.node_id.ok_or("--voters and --seeds need --node-id")?;
         let mut cluster = rivulet::cluster::ClusterBuilder::new(id, &o.data)
             .voters(o.voters.iter().copied())
+            .seeds(o.seeds.iter().copied())
             .kafka_address(
                 o.advertised
                     .as_ref()
@@ -184,13 +199,13 @@ async fn open(o: &Options, builder: rivulet::BrokerBuilder, kafka: &str) -> Resu
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        log::info!("node {id} of a cluster of {} voters", o.voters.len());
+        log::info!("node {id} of a cluster started");
         Ok(Node::Clustered(node))
     }
     #[cfg(not(feature = "cluster"))]
     {
         let _ = kafka;
-        Err("--node-id and --voters need a build with the cluster feature".into())
+        Err("--node-id, --voters and --seeds need a build with the cluster feature".into())
     }
 }
 
@@ -214,7 +229,7 @@ async fn main() -> ExitCode {
             eprintln!(
                 "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] \
                  [--idle-ms N] [--num-partitions N] [--auto-create-topics true|false] [--acls true|false] \
-                 [--group-initial-rebalance-delay-ms N] [--node-id N --peer-listen ADDR --voters ID@ADDR,...]"
+                 [--group-initial-rebalance-delay-ms N] [--node-id N --peer-listen ADDR (--voters ID@ADDR,... | --seeds ADDR,...)]"
             );
             return ExitCode::from(2);
         }

@@ -3,8 +3,8 @@
 //! steady rate while the leader of a partition is killed with SIGKILL and started again, its
 //! successor is stopped with SIGSTOP for 3 s, and the proxies delay, cut one way and drop
 //! the peer links. Afterwards every acknowledged record is read back at the offset it was
-//! acknowledged at, no record is there twice, a consumer group reads every record, and the
-//! replicas of every partition hold identical batches.
+//! acknowledged at, no record is there twice, a consumer group reads every record, a fourth
+//! broker joins through a seed, and the replicas of every partition hold identical batches.
 #![cfg(all(feature = "kafka", feature = "cluster"))]
 
 use std::collections::{BTreeMap, HashSet};
@@ -481,6 +481,53 @@ fn a_cluster_of_processes_keeps_every_acknowledged_record_through_kills_stops_an
         }
     }
     drop(group);
+
+    // A fourth broker joins through node 1's peer address (as the README starts one); Kafka
+    // clients see four brokers.
+    let data = dir.path().join("n4");
+    let kafka = format!("127.0.0.1:{}", free_port());
+    let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        &kafka,
+        "--node-id",
+        "4",
+        "--peer-listen",
+        &peer.to_string(),
+        "--seeds",
+        &proxies[0].addr.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut fourth = Node {
+        id: 4,
+        data,
+        args,
+        child: None,
+        kafka,
+    };
+    fourth.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &fourth.kafka)
+            .create()
+            .unwrap();
+        let brokers = consumer
+            .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+            .map_or(0, |md| md.brokers().len());
+        if brokers == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fourth broker lists {brokers} brokers"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    fourth.stop();
 
     // Once every replica is up to date (every node reports the same sizes: a follower that
     // was stopped or cut off may take a few seconds to be sent what it missed), the nodes

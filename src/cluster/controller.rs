@@ -22,10 +22,11 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::{Broker, Coordinate, NotHeld, Placement};
+use crate::cluster::MAX_NODE_ID;
 use crate::cluster::entry::Payload;
 use crate::cluster::log_store::{Io, Replica};
 use crate::cluster::partition::{PartitionReplica, cluster_error, forward_appends, run_on};
-use crate::cluster::peer::{GroupId, Groups, Router};
+use crate::cluster::peer::{GroupId, Groups, MAX_KAFKA_ADDRESS, Router, Welcome};
 use crate::cluster::raft::{LogId, Node, NodeId, StoredMembership};
 use crate::cluster::state_machine::Applying;
 use crate::config::TopicConfig;
@@ -42,6 +43,26 @@ pub(crate) fn controller_group() -> GroupId {
         incarnation: 0,
     }
 }
+
+/// The voters of the controller's group among the cluster's founding nodes: the first five
+/// (by id) of five or more, the first three of three or four, else all. The others, and
+/// every node that joins later, follow the controller's log as learners: more voters would
+/// make each change wait for more nodes without surviving more failures that matter.
+pub(crate) fn controller_voters(founders: &[NodeId]) -> Vec<NodeId> {
+    let mut ids = founders.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let n = match ids.len() {
+        n if n >= 5 => 5,
+        n if n >= 3 => 3,
+        n => n,
+    };
+    ids.truncate(n);
+    ids
+}
+
+/// How often the controller's leader looks for registered nodes its group lacks.
+const LEARNERS_EVERY: Duration = Duration::from_secs(1);
 
 /// How many entries a replica may trail its leader by and still count as in sync.
 pub(crate) const IN_SYNC_LAG: u64 = 100;
@@ -88,6 +109,9 @@ pub(crate) enum Command {
         name: String,
         config: TopicConfig,
     },
+    /// A node that is not a founder asks to be registered: refused (alike on every node) if
+    /// its id is a founder's, another address's, or that of a node holding replicas.
+    Join(NodeInfo),
 }
 
 /// What `controller.meta` holds.
@@ -156,8 +180,10 @@ pub(crate) struct Controller {
     runtime: Handle,
     /// Where each group's replicas are, as this node's replicas last saw it.
     leaders: Arc<parking_lot::RwLock<HashMap<GroupId, Placement>>>,
-    /// The cluster's founding voters.
-    voters: Vec<NodeId>,
+    /// The cluster's founding nodes and their peer addresses.
+    founders: Vec<(NodeId, SocketAddr)>,
+    /// Pokes the task that adds registered nodes to the controller's group.
+    registered: tokio::sync::Notify,
     /// The term in which this node took over coordinating groups (0: it does not).
     coordinating: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -176,7 +202,7 @@ impl Controller {
         groups: Arc<Groups>,
         state_path: PathBuf,
         runtime: Handle,
-        (voters, replication_factor): (Vec<NodeId>, usize),
+        (founders, replication_factor): (Vec<(NodeId, SocketAddr)>, usize),
     ) -> Result<Controller> {
         let state: ControllerState = meta::read(&state_path)?.unwrap_or_default();
         for node in state.nodes.values() {
@@ -198,7 +224,8 @@ impl Controller {
             runtime,
             leaders: Arc::default(),
             coordinating: Arc::default(),
-            voters,
+            founders,
+            registered: tokio::sync::Notify::new(),
         })
     }
 
@@ -346,6 +373,7 @@ impl Controller {
             Command::RegisterNode(node) => {
                 self.router.set_peer(node.id, node.peer_address);
                 self.state.lock().nodes.insert(node.id, node);
+                self.registered.notify_one();
                 Ok(())
             }
             Command::CreateTopic {
@@ -422,6 +450,15 @@ impl Controller {
                 blocking(move || broker.inner.alter_topic_config_here(&name, config))
                     .await
                     .map_err(Failure::from)
+            }
+            Command::Join(node) => {
+                if let Some(why) = self.refuse_join(&node) {
+                    return Err(Failure::Refused(cluster_error(why)));
+                }
+                self.router.set_peer(node.id, node.peer_address);
+                self.state.lock().nodes.insert(node.id, node);
+                self.registered.notify_one();
+                Ok(())
             }
         }
     }
@@ -621,6 +658,105 @@ impl Controller {
         }
     }
 
+    /// Registers `node`, which asks to join the cluster through this node; answers with the
+    /// cluster's nodes once this node has applied the registration (see
+    /// [`Controller::refuse_join`] for what is refused).
+    pub(crate) async fn admit(&self, node: NodeInfo) -> std::result::Result<Welcome, String> {
+        if node.id > MAX_NODE_ID {
+            return Err(format!("node ids are at most {MAX_NODE_ID}, not {}", node.id));
+        }
+        if node
+            .kafka_address
+            .as_ref()
+            .is_some_and(|a| a.len() > MAX_KAFKA_ADDRESS)
+        {
+            return Err(format!("a Kafka address is at most {MAX_KAFKA_ADDRESS} bytes"));
+        }
+        // Checked here to answer at once, and again where it counts: as the controller
+        // applies the join, in log order with any other join under the same id.
+        if let Some(why) = self.refuse_join(&node) {
+            return Err(why);
+        }
+        self.submit(Command::Join(node))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Welcome {
+            founders: self.founders.clone(),
+            nodes: self.nodes(),
+        })
+    }
+
+    /// Why `node` may not join, if it may not: its id is a founder's, or a registered node's
+    /// at another address, or a registered node's that holds replicas (a node that lost its
+    /// data must not come back under its old id; one that joined and never got replicas may
+    /// ask again, as after a crash before it heard the answer).
+    fn refuse_join(&self, node: &NodeInfo) -> Option<String> {
+        if self.founders.iter().any(|f| f.0 == node.id) {
+            return Some(format!(
+                "node {} is a founding voter of the cluster: it starts with the voters list",
+                node.id
+            ));
+        }
+        let s = self.state.lock();
+        let known = s.nodes.get(&node.id)?;
+        if known.peer_address != node.peer_address {
+            return Some(format!(
+                "node id {} is taken by the node at {}",
+                node.id, known.peer_address
+            ));
+        }
+        let holds = s
+            .assignments
+            .values()
+            .any(|a| a.replicas.iter().any(|r| r.contains(&node.id)));
+        holds.then(|| {
+            format!(
+                "node {} holds replicas: it restarts with its data directory, or joins under a \
+                 new id",
+                node.id
+            )
+        })
+    }
+
+    /// At the controller's leader, adds every founding and registered node that its group
+    /// lacks as a learner (so it applies the metadata log), until `stop`.
+    pub(crate) async fn add_learners(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|&s| s) => return,
+                _ = self.registered.notified() => {}
+                _ = tokio::time::sleep(LEARNERS_EVERY) => {}
+            }
+            let Some(metadata) = self.metadata.get() else {
+                continue;
+            };
+            let raft = metadata.raft.clone();
+            let missing: Vec<NodeId> = {
+                let m = raft.metrics().borrow_watched().clone();
+                if m.current_leader != Some(self.me) {
+                    continue;
+                }
+                let membership = m.membership_config.membership();
+                let members: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+                let s = self.state.lock();
+                let wanted = self.founders.iter().map(|f| f.0).chain(s.nodes.keys().copied());
+                wanted.filter(|id| !members.contains(id)).collect()
+            };
+            for id in missing {
+                // One membership entry each; a change still in progress fails this one,
+                // which the next round tries again.
+                match raft.add_learner(id, Node::default(), false).await {
+                    Ok(_) => log::info!("node {}: node {id} follows the controller", self.me),
+                    Err(e) => {
+                        log::debug!("node {}: adding node {id} to the controller: {e}", self.me);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops this node's replicas of `topic`.
     async fn stop_replicas(&self, topic: &str) {
         let mut running = self.replicas.lock().await;
@@ -695,7 +831,7 @@ impl Controller {
     fn holders(&self) -> Vec<NodeId> {
         let mut nodes: Vec<NodeId> = {
             let s = self.state.lock();
-            let voters = s.membership.voter_ids().chain(self.voters.iter().copied());
+            let voters = s.membership.voter_ids().chain(self.founders.iter().map(|f| f.0));
             voters.chain(s.nodes.keys().copied()).collect()
         };
         nodes.sort_unstable();

@@ -60,6 +60,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
@@ -67,10 +68,10 @@ use tokio::sync::watch;
 pub use controller::NodeInfo;
 
 use crate::broker::{Broker, BrokerBuilder};
-use crate::cluster::controller::{Command, Controller, Coordinator, controller_group};
+use crate::cluster::controller::{Command, Controller, Coordinator, controller_group, controller_voters};
 use crate::cluster::log_store::Io;
 use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
-use crate::cluster::peer::{Groups, Router};
+use crate::cluster::peer::{Groups, MAX_KAFKA_ADDRESS, Router, Welcome};
 use crate::cluster::raft::{Node, NodeId};
 use crate::cluster::state_machine::ControllerHook;
 use crate::config::{Fsync, LogConfig};
@@ -98,6 +99,7 @@ pub struct ClusterBuilder {
     dir: PathBuf,
     peer_listen: Option<SocketAddr>,
     voters: Vec<(u64, SocketAddr)>,
+    seeds: Vec<SocketAddr>,
     kafka_address: Option<String>,
     broker: Option<BrokerBuilder>,
     runtime: Option<Handle>,
@@ -112,6 +114,7 @@ impl ClusterBuilder {
             dir: dir.as_ref().to_path_buf(),
             peer_listen: None,
             voters: Vec::new(),
+            seeds: Vec::new(),
             kafka_address: None,
             broker: None,
             runtime: None,
@@ -127,8 +130,23 @@ impl ClusterBuilder {
 
     /// The founding nodes and their peer addresses: the same list on every node, this node
     /// among them. A data directory remembers its node id and voters, and refuses others.
+    /// The first three founders by id (five, of five or more) vote in the controller's group;
+    /// the others follow it as learners (see [`Cluster::controller_quorum`]).
     pub fn voters(mut self, voters: impl IntoIterator<Item = (u64, SocketAddr)>) -> Self {
         self.voters = voters.into_iter().collect();
+        self
+    }
+
+    /// Joins a running cluster instead of founding one: the peer addresses of some of its
+    /// nodes, asked in turn to register this node (which needs its own
+    /// [`peer_listen`](ClusterBuilder::peer_listen) address, reachable from them). Once it
+    /// has joined, the data directory remembers the cluster, and a restart asks no seed.
+    ///
+    /// A node that joins holds replicas of the partitions made after it joined (and of those
+    /// whose replica assignments name it); it follows the controller's log without voting
+    /// in it. Its id must be new to the cluster.
+    pub fn seeds(mut self, seeds: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.seeds = seeds.into_iter().collect();
         self
     }
 
@@ -163,25 +181,30 @@ impl ClusterBuilder {
     pub fn start(self) -> Result<Cluster> {
         let me = self.node_id;
         let bad = |reason: String| Error::Cluster { reason };
-        let mut ids: Vec<u64> = self.voters.iter().map(|v| v.0).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.len() != self.voters.len() {
-            return Err(bad("the voters list names a node twice".into()));
-        }
-        if ids.iter().any(|&id| id > MAX_NODE_ID) {
+        if me > MAX_NODE_ID {
             // Node ids are Kafka broker ids, and end the producer ids a node issues.
             return Err(bad(format!("node ids are at most {MAX_NODE_ID}")));
         }
-        let own = self.voters.iter().find(|v| v.0 == me).map(|v| v.1);
-        let Some(own) = own else {
-            return Err(bad(format!("node {me} is not in the voters list")));
-        };
-        let peer_listen = self.peer_listen.unwrap_or(own);
+        if self
+            .kafka_address
+            .as_ref()
+            .is_some_and(|a| a.len() > MAX_KAFKA_ADDRESS)
+        {
+            return Err(bad(format!(
+                "a Kafka address is at most {MAX_KAFKA_ADDRESS} bytes"
+            )));
+        }
         let cluster_dir = self.dir.join("cluster");
-        // Checked before anything is written; recorded once the broker has taken the directory.
-        let record = check_node(&cluster_dir, me, &self.voters)?;
-
+        let joining = match (self.voters.is_empty(), self.seeds.is_empty()) {
+            (false, false) => return Err(bad("a node takes the voters list or seeds, not both".into())),
+            (true, true) => {
+                return Err(bad(
+                    "a node needs the voters list (to found a cluster) or seeds (to join one)".into(),
+                ));
+            }
+            (true, false) => true,
+            (false, true) => false,
+        };
         let (own_runtime, handle) = match self.runtime {
             Some(h) => (None, h),
             None => {
@@ -193,6 +216,54 @@ impl ClusterBuilder {
                 let h = rt.handle().clone();
                 (Some(rt), h)
             }
+        };
+        // Checked before anything is written; recorded once the broker has taken the directory.
+        let (own, peer_listen, founders, record, welcome) = if joining {
+            let listen = self
+                .peer_listen
+                .ok_or_else(|| bad("a node that joins needs its peer listen address".into()))?;
+            if listen.ip().is_unspecified() || listen.port() == 0 {
+                return Err(bad(format!(
+                    "a node that joins listens for its peers at an address they can reach, not {listen}"
+                )));
+            }
+            let node = NodeInfo {
+                id: me,
+                peer_address: listen,
+                kafka_address: self.kafka_address.clone(),
+            };
+            match meta::read::<NodeRecord>(&cluster_dir.join(NODE_FILE))? {
+                // It joined before: its record names the cluster's founders.
+                Some(saved) if saved.node_id == me => (listen, listen, saved.voters, None, None),
+                Some(saved) => return Err(belongs_to_another(&cluster_dir, saved.node_id, me)),
+                None => {
+                    let welcome = join(&handle, &self.seeds, node)?;
+                    let mut founders = welcome.founders.clone();
+                    founders.sort_unstable();
+                    let record = NodeRecord {
+                        node_id: me,
+                        voters: founders.clone(),
+                    };
+                    (listen, listen, founders, Some(record), Some(welcome))
+                }
+            }
+        } else {
+            let mut ids: Vec<u64> = self.voters.iter().map(|v| v.0).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != self.voters.len() {
+                return Err(bad("the voters list names a node twice".into()));
+            }
+            if ids.iter().any(|&id| id > MAX_NODE_ID) {
+                return Err(bad(format!("node ids are at most {MAX_NODE_ID}")));
+            }
+            let own = self.voters.iter().find(|v| v.0 == me).map(|v| v.1);
+            let Some(own) = own else {
+                return Err(bad(format!("node {me} is not in the voters list")));
+            };
+            let record = check_node(&cluster_dir, me, &self.voters)?;
+            let listen = self.peer_listen.unwrap_or(own);
+            (own, listen, self.voters.clone(), record, None)
         };
         let mut builder = self.broker.unwrap_or_else(|| Broker::builder(&self.dir));
         builder.replicated = true;
@@ -208,8 +279,11 @@ impl ClusterBuilder {
             return Err(e);
         }
         let router = Router::new(me);
-        for &(id, addr) in &self.voters {
+        for &(id, addr) in &founders {
             router.set_peer(id, addr);
+        }
+        for node in welcome.iter().flat_map(|w| &w.nodes) {
+            router.set_peer(node.id, node.peer_address);
         }
         let groups = Arc::new(Groups::default());
         let controller = match Controller::new(
@@ -219,7 +293,7 @@ impl ClusterBuilder {
             groups.clone(),
             cluster_dir.join("controller.meta"),
             handle.clone(),
-            (self.voters.iter().map(|v| v.0).collect(), self.replication_factor),
+            (founders.clone(), self.replication_factor),
         ) {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -242,7 +316,18 @@ impl ClusterBuilder {
             peer_address: own,
             kafka_address: self.kafka_address.clone(),
         };
-        let voters = self.voters.clone();
+        let voters = controller_voters(&founders.iter().map(|f| f.0).collect::<Vec<_>>());
+        let stop_adding = stop.subscribe();
+        let admitting = Arc::downgrade(&controller);
+        groups.admit_with(Arc::new(move |node| {
+            let controller = admitting.clone();
+            Box::pin(async move {
+                match controller.upgrade() {
+                    Some(c) => c.admit(node).await,
+                    None => Err("the node is stopping".into()),
+                }
+            })
+        }));
         let started = {
             let controller = controller.clone();
             let groups = groups.clone();
@@ -271,15 +356,17 @@ impl ClusterBuilder {
                     PartitionReplica::start(me, log, router, controller_group(), Some(hook), Io::Threads)
                         .await?;
                 groups.insert(controller_group(), metadata.raft.clone());
-                let voter_ids: Vec<NodeId> = voters.iter().map(|v| v.0).collect();
-                controller.watch_leader(controller_group(), &metadata.raft, voter_ids);
+                controller.watch_leader(controller_group(), &metadata.raft, voters.clone());
                 let raft = metadata.raft.clone();
                 let _ = controller.metadata.set(metadata);
                 tokio::spawn(peer::serve(me, listener, groups, router_for_peers, stopped));
                 tokio::spawn(controller.clone().tell_leading(stop_telling));
-                if !raft.is_initialized().await.map_err(cluster_error)? {
+                tokio::spawn(controller.clone().add_learners(stop_adding));
+                // The controller's voters start its group; the other nodes are added to it
+                // as learners by its leader.
+                if voters.contains(&me) && !raft.is_initialized().await.map_err(cluster_error)? {
                     let members: BTreeMap<NodeId, Node> =
-                        voters.iter().map(|v| (v.0, Node::default())).collect();
+                        voters.iter().map(|&v| (v, Node::default())).collect();
                     if let Err(e) = raft.initialize(members).await {
                         log::debug!("node {me}: starting the controller group: {e}");
                     }
@@ -353,13 +440,7 @@ fn check_node(dir: &Path, me: u64, voters: &[(u64, SocketAddr)]) -> Result<Optio
         voters: sorted,
     };
     match meta::read::<NodeRecord>(&path)? {
-        Some(saved) if saved.node_id != me => Err(Error::Cluster {
-            reason: format!(
-                "{} belongs to node {}, not node {me}",
-                dir.display(),
-                saved.node_id
-            ),
-        }),
+        Some(saved) if saved.node_id != me => Err(belongs_to_another(dir, saved.node_id, me)),
         Some(saved) if saved.voters != record.voters => Err(Error::Cluster {
             reason: format!(
                 "{} belongs to a cluster with voters {:?}, not {:?}",
@@ -371,6 +452,46 @@ fn check_node(dir: &Path, me: u64, voters: &[(u64, SocketAddr)]) -> Result<Optio
         Some(_) => Ok(None),
         None => Ok(Some(record)),
     }
+}
+
+fn belongs_to_another(dir: &Path, owner: u64, me: u64) -> Error {
+    Error::Cluster {
+        reason: format!("{} belongs to node {owner}, not node {me}", dir.display()),
+    }
+}
+
+/// How long a node that joins keeps asking its seeds to register it.
+const JOIN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Has one of `seeds` register `node` with its cluster: the seeds are asked in turn until
+/// one answers (at most [`JOIN_DEADLINE`]); a refusal is returned at once.
+fn join(handle: &Handle, seeds: &[SocketAddr], node: NodeInfo) -> Result<Welcome> {
+    let seeds = seeds.to_vec();
+    run_on(handle, async move {
+        let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
+        let mut last = String::new();
+        loop {
+            for &seed in &seeds {
+                match peer::join(&peer::Tcp, seed, node.clone()).await {
+                    Ok(Ok(welcome)) => return Ok(welcome),
+                    Ok(Err(refused)) => {
+                        return Err(cluster_error(format!(
+                            "{seed} refused node {}: {refused}",
+                            node.id
+                        )));
+                    }
+                    Err(e) => last = format!("{seed}: {e}"),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(cluster_error(format!(
+                    "no seed registered node {} within {JOIN_DEADLINE:?} (last: {last})",
+                    node.id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
 }
 
 /// One node of a cluster. Its [`broker`](Cluster::broker) is used as a single node's is:
@@ -390,6 +511,20 @@ struct ClusterInner {
     handle: Handle,
     runtime: parking_lot::Mutex<Option<Runtime>>,
     stop: watch::Sender<bool>,
+}
+
+/// The controller's group as a node sees it: who leads it, in which term, which nodes vote
+/// in it and which follow it without voting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerQuorum {
+    /// The node that leads the controller's group, if one does.
+    pub leader: Option<u64>,
+    /// Its term.
+    pub term: u64,
+    /// The nodes whose votes elect the controller and commit its changes.
+    pub voters: Vec<u64>,
+    /// The nodes that follow the controller's log without voting.
+    pub learners: Vec<u64>,
 }
 
 /// The state of one partition's replicas, as a node that holds one sees it.
@@ -420,6 +555,26 @@ impl Cluster {
     /// The nodes that have registered with the cluster.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.inner.controller.nodes()
+    }
+
+    /// The controller's group as this node last heard (empty before the node has joined it).
+    pub fn controller_quorum(&self) -> ControllerQuorum {
+        let Some(metadata) = self.inner.controller.metadata.get() else {
+            return ControllerQuorum {
+                leader: None,
+                term: 0,
+                voters: Vec::new(),
+                learners: Vec::new(),
+            };
+        };
+        let m = metadata.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        ControllerQuorum {
+            leader: m.current_leader,
+            term: m.current_term,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
     }
 
     /// Waits until the controller has a leader, this node is registered, and every partition

@@ -4,7 +4,9 @@
 //! A frame is a 4-byte big-endian length and a postcard-encoded [`Message`], at most
 //! [`MAX_FRAME`] bytes. A connection opens with a `Hello` naming both ends, so that a peer
 //! address that now belongs to another node is refused rather than fed another node's
-//! messages. Requests carry an id; their responses may come back in any order. A request
+//! messages. A node that is not yet part of the cluster opens instead with `Join`, naming
+//! itself; the node it asks has the controller register it and answers with the cluster's
+//! nodes, then closes the connection. Requests carry an id; their responses may come back in any order. A request
 //! times out after openraft's hard time-to-live; a lost connection fails its pending requests
 //! and the next request reconnects.
 
@@ -33,6 +35,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::Placement;
+use crate::cluster::MAX_NODE_ID;
+use crate::cluster::controller::NodeInfo;
 use crate::cluster::entry::{Records, UNASSIGNED};
 use crate::cluster::raft::{Appended, Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::state_machine::{SnapshotData, StateMachine};
@@ -62,7 +66,7 @@ pub(crate) trait Listener: Send + 'static {
 }
 
 /// Peer links over TCP, without Nagle's delay.
-struct Tcp;
+pub(crate) struct Tcp;
 
 impl Transport for Tcp {
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<(ReadHalf, WriteHalf)>> {
@@ -101,9 +105,59 @@ pub(crate) type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Message {
-    Hello { from: NodeId, to: NodeId },
-    Request { id: u64, group: GroupId, rpc: Rpc },
-    Response { id: u64, result: Result<Reply, String> },
+    Hello {
+        from: NodeId,
+        to: NodeId,
+    },
+    Request {
+        id: u64,
+        group: GroupId,
+        rpc: Rpc,
+    },
+    Response {
+        id: u64,
+        result: Result<Reply, String>,
+    },
+    /// A new node asks to be registered (the only frame on its connection).
+    Join(NodeInfo),
+    /// The answer to `Join`.
+    Joined(Result<Welcome, String>),
+}
+
+/// What a node that joins is told: the cluster's founding voters and its registered nodes
+/// (itself among them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Welcome {
+    pub(crate) founders: Vec<(NodeId, SocketAddr)>,
+    pub(crate) nodes: Vec<NodeInfo>,
+}
+
+/// Registers a node that asks to join, at the node it asks: the controller's doing.
+pub(crate) type Admit = Arc<dyn Fn(NodeInfo) -> BoxFuture<'static, Result<Welcome, String>> + Send + Sync>;
+
+/// How long a node that joins waits for the node it asks to register it (the controller
+/// commits and applies the registration meanwhile).
+pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Asks the node at `seed` to register `node` with its cluster. `Ok(Err(why))` is the
+/// cluster's refusal; `Err` a failure to ask (the seed unreachable or not answering).
+pub(crate) async fn join(
+    transport: &dyn Transport,
+    seed: SocketAddr,
+    node: NodeInfo,
+) -> io::Result<Result<Welcome, String>> {
+    let (mut reader, mut writer) = tokio::time::timeout(CONNECT_TIMEOUT, transport.connect(seed))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {seed}")))??;
+    write_frame(&mut writer, &encode(&Message::Join(node))?).await?;
+    let answer = tokio::time::timeout(JOIN_TIMEOUT, read_frame::<Message>(&mut reader, MAX_WELCOME))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {seed}")))??;
+    match answer {
+        Some(Message::Joined(answer)) => Ok(answer),
+        Some(other) => Err(io::Error::other(format!("{seed} answered {other:?} to a Join"))),
+        None => Err(io::Error::other(format!("{seed} closed the connection"))),
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -191,8 +245,14 @@ async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> io::
     w.flush().await
 }
 
-/// The largest Hello: a connection's first frame, read before the peer is known.
-const MAX_HELLO: usize = 256;
+/// The largest first frame of a connection (a Hello or a Join), read before the peer is known.
+const MAX_HELLO: usize = 1024;
+
+/// The longest Kafka address a node that joins may give.
+pub(crate) const MAX_KAFKA_ADDRESS: usize = 255;
+
+/// The largest answer to a Join: every node of the largest cluster.
+const MAX_WELCOME: usize = 2 * (MAX_NODE_ID as usize + 1) * MAX_HELLO;
 
 /// How long a new connection has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -615,6 +675,8 @@ pub(crate) struct Groups {
     rafts: RwLock<HashMap<GroupId, Raft>>,
     /// What each peer last said it leads: the list's number, when it came, the groups.
     heard: RwLock<HashMap<NodeId, Heard>>,
+    /// Registers nodes that ask to join (none: they are refused).
+    admit: std::sync::OnceLock<Admit>,
 }
 
 /// One peer's last list of the groups it leads.
@@ -635,6 +697,11 @@ impl Groups {
 
     pub(crate) fn get(&self, group: &GroupId) -> Option<Raft> {
         self.rafts.read().get(group).cloned()
+    }
+
+    /// Has `admit` register the nodes that ask to join through this one.
+    pub(crate) fn admit_with(&self, admit: Admit) {
+        let _ = self.admit.set(admit);
     }
 
     /// Where `group`'s replicas are, as its leader said within [`HEARD_FOR`] (the latest
@@ -788,6 +855,14 @@ async fn serve_peer(
         .await
         .map_err(|_| io::Error::other("no Hello in time"))??;
     let peer = match hello {
+        Some(Message::Join(node)) => {
+            let answer = match groups.admit.get() {
+                Some(admit) => admit(node).await,
+                None => Err(format!("node {me} does not admit nodes yet")),
+            };
+            write_frame(&mut writer, &encode(&Message::Joined(answer))?).await?;
+            return Ok(());
+        }
         Some(Message::Hello { from, to }) if to == me && from != me && router.knows(from) => from,
         Some(Message::Hello { from, to }) if to == me => {
             return Err(io::Error::other(format!(

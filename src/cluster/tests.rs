@@ -780,3 +780,14 @@ async fn a_batch_too_large_to_replicate_is_refused() {
         "something was written"
     );
 }
+
+#[test]
+fn the_controller_is_voted_for_by_three_or_five_founders() {
+    use crate::cluster::controller::controller_voters;
+    assert_eq!(controller_voters(&[7]), [7]);
+    assert_eq!(controller_voters(&[2, 1]), [1, 2]);
+    assert_eq!(controller_voters(&[3, 1, 2]), [1, 2, 3]);
+    assert_eq!(controller_voters(&[4, 3, 2, 1]), [1, 2, 3]);
+    assert_eq!(controller_voters(&[5, 4, 3, 2, 1]), [1, 2, 3, 4, 5]);
+    assert_eq!(controller_voters(&[9, 8, 7, 6, 5, 4, 3]), [3, 4, 5, 6, 7]);
+}
