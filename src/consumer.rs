@@ -391,7 +391,7 @@ impl Consumer {
     pub fn seek_to_beginning(&mut self, partitions: &[TopicPartition]) -> Result<()> {
         for tp in partitions {
             let a = self.assigned_mut(tp)?;
-            a.position = Some(a.log.log_start_offset());
+            a.position = Some(bounds(a)?.0);
         }
         Ok(())
     }
@@ -400,7 +400,7 @@ impl Consumer {
     pub fn seek_to_end(&mut self, partitions: &[TopicPartition]) -> Result<()> {
         for tp in partitions {
             let a = self.assigned_mut(tp)?;
-            a.position = Some(a.log.high_watermark());
+            a.position = Some(bounds(a)?.1);
         }
         Ok(())
     }
@@ -563,7 +563,11 @@ impl Consumer {
                 return Ok(records);
             }
             // A member waiting in poll is alive: it wakes to renew its membership in time.
-            let wake = self.renewal_due().map_or(deadline, |due| due.min(deadline));
+            let mut wake = self.renewal_due().map_or(deadline, |due| due.min(deadline));
+            // Records read at another node signal nothing here: asked for again shortly.
+            if self.reads_elsewhere() {
+                wake = wake.min(Instant::now() + READ_ELSEWHERE_EVERY);
+            }
             if !self.signal.wait_past_spinning(seen, wake, self.config.poll_spin) && wake >= deadline {
                 self.renew_if_due();
                 return Ok(records);
@@ -574,6 +578,13 @@ impl Consumer {
                 return Ok(ConsumerRecords::default());
             }
         }
+    }
+
+    /// Whether a partition the consumer reads is read at another node of a cluster.
+    fn reads_elsewhere(&self) -> bool {
+        self.assigned
+            .values()
+            .any(|a| !a.paused && a.log.reads_elsewhere())
     }
 
     /// Commits the positions of the records returned so far, under auto-commit's error
@@ -617,7 +628,16 @@ impl Consumer {
             if a.paused {
                 continue;
             }
-            let position = resolve(tp, a, reset)?;
+            let position = match resolve(tp, a, reset) {
+                Ok(p) => p,
+                // A partition read at another node that cannot answer now: none of its
+                // records this time.
+                Err(e) if a.log.reads_elsewhere() && !matches!(e, Error::NoOffset { .. }) => {
+                    log::debug!("{tp}: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let (bytes, at) = match a.buffered.take() {
                 Some(b) if b.position == position => (b.bytes, b.at),
                 _ => match fetch(tp, a, reset, position, fetch_bytes)? {
@@ -648,6 +668,10 @@ impl Drop for Consumer {
     }
 }
 
+/// How often `poll` asks again for records of a partition read at another node of a cluster
+/// (one this node holds no replica of), while it waits.
+const READ_ELSEWHERE_EVERY: Duration = Duration::from_millis(100);
+
 /// Refuses a negative offset or timestamp, as Kafka's clients do.
 fn refuse_negative(name: &'static str, value: i64) -> Result<()> {
     if value < 0 {
@@ -670,6 +694,9 @@ fn fetch(
     position: i64,
     fetch_bytes: usize,
 ) -> Result<Option<Arc<Vec<u8>>>> {
+    if a.log.reads_elsewhere() {
+        return fetch_elsewhere(tp, a, reset, position, fetch_bytes);
+    }
     let buf = a
         .spare
         .take()
@@ -694,14 +721,54 @@ fn fetch(
     Ok((!fetch.is_empty()).then(|| Arc::new(fetch.into_bytes())))
 }
 
+/// [`fetch`] for a partition of a cluster that this node holds no replica of: read at its
+/// leader. A read that fails (no leader known, none reachable) returns nothing this time.
+fn fetch_elsewhere(
+    tp: &TopicPartition,
+    a: &mut Assigned,
+    reset: OffsetReset,
+    position: i64,
+    fetch_bytes: usize,
+) -> Result<Option<Arc<Vec<u8>>>> {
+    let read = |a: &Assigned, position: i64| {
+        a.log
+            .read_elsewhere(Some(position), fetch_bytes)
+            .unwrap_or_else(|| Err(Error::IllegalState("the partition is read here now")))
+    };
+    let fetched = match read(a, position) {
+        Err(e @ Error::OffsetOutOfRange { .. }) if reset == OffsetReset::None => return Err(e),
+        Err(Error::OffsetOutOfRange { .. }) => {
+            a.position = None;
+            resolve(tp, a, reset).and_then(|position| read(a, position))
+        }
+        other => other,
+    };
+    match fetched {
+        Ok(fetch) => Ok((!fetch.is_empty()).then(|| Arc::new(fetch.into_bytes()))),
+        Err(e) => {
+            log::debug!("{tp}: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The log start and high watermark of `a`'s partition (asked of its leader where this node
+/// holds no replica of it).
+fn bounds(a: &Assigned) -> Result<(i64, i64)> {
+    match a.log.read_elsewhere(None, 0) {
+        Some(read) => read.map(|f| (f.log_start_offset(), f.high_watermark())),
+        None => Ok((a.log.log_start_offset(), a.log.high_watermark())),
+    }
+}
+
 /// The position of `a`, set by the reset policy if it has none.
 fn resolve(tp: &TopicPartition, a: &mut Assigned, reset: OffsetReset) -> Result<i64> {
     if let Some(p) = a.position {
         return Ok(p);
     }
     let p = match reset {
-        OffsetReset::Earliest => a.log.log_start_offset(),
-        OffsetReset::Latest => a.log.high_watermark(),
+        OffsetReset::Earliest => bounds(a)?.0,
+        OffsetReset::Latest => bounds(a)?.1,
         OffsetReset::None => {
             return Err(Error::NoOffset {
                 topic: tp.topic.clone(),

@@ -1,7 +1,8 @@
 //! Clusters of more than three nodes, in one process on loopback: of four founders, three
 //! vote in the controller's group and one follows it as a learner; a node started with seeds
-//! joins a running cluster, learns its topics, holds replicas of topics made after it, and
-//! restarts without its seeds. A join that would reuse a taken node id is refused and writes
+//! joins a running cluster, learns its topics, reads and writes the partitions it holds no
+//! replica of at their leaders, holds replicas of topics made after it, and restarts without
+//! its seeds. A join that would reuse a taken node id is refused and writes
 //! nothing.
 #![cfg(feature = "cluster")]
 
@@ -193,6 +194,29 @@ fn a_node_joins_through_a_seed_and_restarts_without_it() {
     eventually("node 1 reads node 4's records", || {
         read_all(&nodes[0], "before", 2) == before
     });
+    // And its consumers read the partitions at their leaders.
+    eventually("node 4 reads every record", || {
+        read_all(&fourth, "before", 2) == before
+    });
+    let mut latest = Consumer::new(
+        fourth.broker(),
+        ConsumerConfig::default().auto_offset_reset(OffsetReset::Latest),
+    );
+    let p0 = TopicPartition::new("before", 0);
+    latest.assign(std::slice::from_ref(&p0)).unwrap();
+    let end = before
+        .keys()
+        .filter(|(p, _)| *p == 0)
+        .map(|(_, o)| o + 1)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        latest.position(&p0).unwrap(),
+        end,
+        "the end, as the leader has it"
+    );
+    latest.seek_to_beginning(std::slice::from_ref(&p0)).unwrap();
+    assert_eq!(latest.position(&p0).unwrap(), 0);
 
     // Another node may not take node 4's id.
     let taken = refused(join(4, fresh.path(), addrs[4], &[addrs[0]]));

@@ -513,6 +513,8 @@ impl Controller {
                 }
             }
             self.groups.insert(group.clone(), replica.raft.clone());
+            self.groups
+                .serve_reads(group.clone(), replica.replica.log.clone());
             self.watch_leader(group.clone(), &replica.raft, nodes.clone());
             self.stores.write().insert(group.clone(), replica.replica.clone());
             running.insert(group, replica);

@@ -17,7 +17,7 @@ use crate::cluster::peer::{GroupId, Groups, Network, Proposed, Raft, Router, pro
 use crate::cluster::raft::{Appended, NodeId};
 use crate::cluster::state_machine::{ControllerHook, StateMachine};
 use crate::error::{Error, Result};
-use crate::storage::{AppendInfo, PartitionLog, RecordBatch, Replicate};
+use crate::storage::{AppendInfo, Fetch, PartitionLog, RecordBatch, Replicate};
 
 /// Raft's timing and limits for a partition group: a leader heartbeats every 100 ms and is
 /// replaced after 0.5 to 1 s of silence; an AppendEntries carries at most 64 batches; a
@@ -158,6 +158,9 @@ struct AppenderState {
     /// other nodes name are, to forward appends to.
     leaders: Option<Arc<Groups>>,
 }
+
+/// How long a node that holds no replica waits for a read at the leader.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a purge waits for the snapshot it asked for.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
@@ -336,6 +339,26 @@ impl Replicate for Appender {
                 );
             }
         });
+    }
+
+    fn reads_elsewhere(&self) -> bool {
+        self.0.leaders.is_some()
+    }
+
+    /// At a node that holds no replica: reads at the leader the other nodes name.
+    fn read_elsewhere(&self, from: Option<i64>, max_bytes: usize) -> Option<Result<Fetch>> {
+        let s = &self.0;
+        let leaders = s.leaders.as_ref()?;
+        let Some(leader) = leaders.heard(&s.group).and_then(|p| p.leader) else {
+            return Some(Err(cluster_error(format!(
+                "no leader of {}-{} is known yet",
+                s.group.topic, s.group.partition
+            ))));
+        };
+        let (router, group) = (s.router.clone(), s.group.clone());
+        Some(run_on(&s.runtime, async move {
+            router.read(leader, group, from, max_bytes, READ_TIMEOUT).await
+        }))
     }
 
     fn append(&self, batch: RecordBatch) -> Result<AppendInfo> {

@@ -38,9 +38,10 @@ use crate::broker::Placement;
 use crate::cluster::MAX_NODE_ID;
 use crate::cluster::controller::NodeInfo;
 use crate::cluster::entry::{Records, UNASSIGNED};
+use crate::cluster::partition::cluster_error;
 use crate::cluster::raft::{Appended, Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::state_machine::{SnapshotData, StateMachine};
-use crate::storage::RecordBatch;
+use crate::storage::{Fetch, PartitionLog, RecordBatch};
 
 /// The largest frame a node sends or accepts: a full AppendEntries of the largest batches.
 pub(crate) const MAX_FRAME: usize = 128 << 20;
@@ -178,6 +179,12 @@ enum Rpc {
         seq: u64,
         leading: Vec<(GroupId, Placement)>,
     },
+    /// Committed batches of the group's log from offset `from` (none: only the log's bounds),
+    /// for a node that holds no replica of it.
+    Read {
+        from: Option<i64>,
+        max_bytes: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -188,6 +195,17 @@ enum Reply {
     Appended(Appended),
     /// The node does not lead the group; the leader it knows of.
     NotLeader(Option<NodeId>),
+    /// Batches read, below the high watermark, and the log's bounds when read.
+    Read {
+        bytes: Vec<u8>,
+        high_watermark: i64,
+        log_start: i64,
+    },
+    /// The offset read from is outside the log.
+    OutOfRange {
+        log_start: i64,
+        log_end: i64,
+    },
     /// Taken.
     Done,
 }
@@ -546,6 +564,37 @@ impl Router {
 }
 
 impl Router {
+    /// Reads `group`'s log at node `target` from `from` (`None`: only its bounds), at most
+    /// `max_bytes` past the first batch, waiting at most `ttl`.
+    pub(crate) async fn read(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        from: Option<i64>,
+        max_bytes: usize,
+        ttl: Duration,
+    ) -> crate::Result<Fetch> {
+        let max_bytes = max_bytes.min(MAX_READ_BYTES) as u32;
+        let read = self.call(target, group, Rpc::Read { from, max_bytes }, ttl);
+        let reply = tokio::time::timeout(ttl, read)
+            .await
+            .map_err(|_| cluster_error(format!("node {target} did not answer a read in {ttl:?}")))?
+            .map_err(cluster_error)?;
+        match reply {
+            Reply::Read {
+                bytes,
+                high_watermark,
+                log_start,
+            } => Ok(Fetch::new(bytes, high_watermark, log_start)),
+            Reply::OutOfRange { log_start, log_end } => Err(crate::Error::OffsetOutOfRange {
+                offset: from.unwrap_or_default(),
+                log_start,
+                log_end,
+            }),
+            other => Err(cluster_error(unexpected(other))),
+        }
+    }
+
     /// Tells node `target` every group this node leads (list `seq` of this node's), within
     /// [`LEADING_TTL`] (connecting included).
     pub(crate) async fn tell_leading(
@@ -673,6 +722,8 @@ impl openraft::network::RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Default)]
 pub(crate) struct Groups {
     rafts: RwLock<HashMap<GroupId, Raft>>,
+    /// The logs of the partition groups, for nodes that read them from here.
+    logs: RwLock<HashMap<GroupId, PartitionLog>>,
     /// What each peer last said it leads: the list's number, when it came, the groups.
     heard: RwLock<HashMap<NodeId, Heard>>,
     /// Registers nodes that ask to join (none: they are refused).
@@ -691,7 +742,13 @@ impl Groups {
         self.rafts.write().insert(group, raft);
     }
 
+    /// Serves reads of `log`, the log of `group`'s replica here, to nodes that hold none.
+    pub(crate) fn serve_reads(&self, group: GroupId, log: PartitionLog) {
+        self.logs.write().insert(group, log);
+    }
+
     pub(crate) fn remove(&self, group: &GroupId) -> Option<Raft> {
+        self.logs.write().remove(group);
         self.rafts.write().remove(group)
     }
 
@@ -739,13 +796,14 @@ impl Groups {
             Rpc::Append(r) => Some(r.vote.leader_id().term),
             Rpc::Vote(r) | Rpc::PreVote(r) => Some(r.vote.leader_id().term),
             Rpc::Snapshot { vote, .. } => Some(vote.leader_id().term),
-            Rpc::Propose(_) | Rpc::Leading { .. } => None,
+            Rpc::Propose(_) | Rpc::Leading { .. } | Rpc::Read { .. } => None,
         };
         let rpc = match rpc {
             Rpc::Leading { seq, leading } => {
                 self.hear(from, seq, leading);
                 return Ok(Reply::Done);
             }
+            Rpc::Read { from, max_bytes } => return self.read(&group, from, max_bytes).await,
             rpc => rpc,
         };
         if term.is_some_and(|t| t > i32::MAX as u64) {
@@ -782,10 +840,43 @@ impl Groups {
                 .await
                 .map(Reply::Snapshot)
                 .map_err(|e| e.to_string()),
-            Rpc::Leading { .. } => Ok(Reply::Done), // taken above
+            Rpc::Leading { .. } | Rpc::Read { .. } => Err("answered above".into()),
+        }
+    }
+
+    /// Reads `group`'s log here for another node: at most [`MAX_READ_BYTES`] (or the first
+    /// batch whole), off the runtime's workers.
+    async fn read(&self, group: &GroupId, from: Option<i64>, max_bytes: u32) -> Result<Reply, String> {
+        let log = self.logs.read().get(group).cloned();
+        let Some(log) = log else {
+            return Err(format!("no replica of {}-{} here", group.topic, group.partition));
+        };
+        let max_bytes = (max_bytes as usize).min(MAX_READ_BYTES);
+        let read = tokio::task::spawn_blocking(move || {
+            let bounds = || Fetch::new(Vec::new(), log.high_watermark(), log.log_start_offset());
+            match from {
+                None => Ok(bounds()),
+                Some(from) => log.read(from, max_bytes),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match read {
+            Ok(fetch) => Ok(Reply::Read {
+                high_watermark: fetch.high_watermark(),
+                log_start: fetch.log_start_offset(),
+                bytes: fetch.into_bytes(),
+            }),
+            Err(crate::Error::OffsetOutOfRange {
+                log_start, log_end, ..
+            }) => Ok(Reply::OutOfRange { log_start, log_end }),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
+
+/// The most bytes one read for another node returns (past its first batch).
+const MAX_READ_BYTES: usize = 8 << 20;
 
 /// A batch another node proposes: one whole batch of records, not yet placed.
 fn checked(records: Records) -> Result<Records, String> {

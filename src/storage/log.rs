@@ -193,6 +193,19 @@ pub(crate) trait Replicate: Send + Sync + std::fmt::Debug {
     /// watermark) to be purged, as retention would delete them; returns at once, and the
     /// purge comes later (through [`PartitionLog::purge_before`]) or not at all.
     fn purge_before(&self, offset: i64);
+
+    /// For a log of which this node holds no replica: reads the partition at a node that
+    /// holds one (waiting for it), from `from` (`None`: only its bounds), at most `max_bytes`
+    /// past the first batch. `None` for a log that is read here.
+    fn read_elsewhere(&self, from: Option<i64>, max_bytes: usize) -> Option<Result<Fetch>> {
+        let _ = (from, max_bytes);
+        None
+    }
+
+    /// Whether the log is read at another node ([`Replicate::read_elsewhere`]).
+    fn reads_elsewhere(&self) -> bool {
+        false
+    }
 }
 
 /// What a read does with a first batch larger than its byte limit.
@@ -562,6 +575,26 @@ impl PartitionLog {
                 self.inner.dir.display()
             );
         }
+    }
+
+    /// For a cluster's partition of which this node holds no replica, reads it at a node that
+    /// holds one (see [`Replicate::read_elsewhere`]); `None` for a log that is read here.
+    pub(crate) fn read_elsewhere(&self, from: Option<i64>, max_bytes: usize) -> Option<Result<Fetch>> {
+        #[cfg(feature = "cluster")]
+        if let Some(replicator) = self.inner.replicator.get() {
+            return replicator.read_elsewhere(from, max_bytes);
+        }
+        let _ = (from, max_bytes);
+        None
+    }
+
+    /// Whether the log is read at another node (see [`PartitionLog::read_elsewhere`]).
+    pub(crate) fn reads_elsewhere(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if let Some(replicator) = self.inner.replicator.get() {
+            return replicator.reads_elsewhere();
+        }
+        false
     }
 
     /// Whether the log's appends go to an owner already.
