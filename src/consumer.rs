@@ -733,7 +733,7 @@ fn fetch_elsewhere(
     let read = |a: &Assigned, position: i64| {
         a.log
             .read_elsewhere(Some(position), fetch_bytes)
-            .unwrap_or_else(|| Err(Error::IllegalState("the partition is read here now")))
+            .unwrap_or(Err(Error::IllegalState("the partition is read here now")))
     };
     let fetched = match read(a, position) {
         Err(e @ Error::OffsetOutOfRange { .. }) if reset == OffsetReset::None => return Err(e),
