@@ -34,7 +34,7 @@
 //!
 //! A node joins a running cluster with `--seeds ADDR,...` (peer addresses of some of its
 //! nodes) in place of `--voters`, with a node id new to the cluster and its own
-//! `--peer-listen` address; restarted, it needs no seed.
+//! `--peer-listen` address; restarted, it needs neither seeds nor `--peer-listen`.
 
 use std::process::ExitCode;
 

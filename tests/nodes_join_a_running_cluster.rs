@@ -242,13 +242,27 @@ fn a_node_joins_through_a_seed_and_restarts_without_it() {
         read_all(&fourth, "after", 2) == after
     });
 
-    // Node 4 restarts from its data directory; its seed is gone (no seed is asked).
+    // Node 4 restarts from its data directory alone (its seeds are not asked: one that is
+    // gone does not matter); not as a founder, and a founder does not restart as a joiner.
     fourth.shutdown().unwrap();
     after.extend(produce(&nodes[2], "after", 30, 30));
+    let as_founder = ClusterBuilder::new(4, dirs[3].path())
+        .voters(voters.iter().copied())
+        .start();
+    assert!(refused(as_founder).contains("joined its cluster"));
+    let founder_dir = tempfile::tempdir().unwrap();
+    found(9, founder_dir.path(), &[(9, addrs[4])]).shutdown().unwrap();
+    let founder_joins = refused(join(9, founder_dir.path(), addrs[4], &[addrs[0]]));
+    assert!(founder_joins.contains("founding voter"), "{founder_joins}");
+    let fourth = ClusterBuilder::new(4, dirs[3].path())
+        .start()
+        .expect("node 4 restarts");
+    fourth.wait_ready(READY).expect("node 4 is ready again");
+    eventually("node 4 catches up", || read_all(&fourth, "after", 2) == after);
+    fourth.shutdown().unwrap();
     let unreachable = free_addrs(1);
     let fourth = join(4, dirs[3].path(), addrs[3], &unreachable).expect("node 4 restarts");
     fourth.wait_ready(READY).expect("node 4 is ready again");
-    eventually("node 4 catches up", || read_all(&fourth, "after", 2) == after);
     for n in nodes.into_iter().chain([fourth]) {
         n.shutdown().unwrap();
     }

@@ -9,7 +9,7 @@
 //! does nothing, so replay is safe. Partition leaders are not controller state: each
 //! partition group elects its own.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::cluster::MAX_NODE_ID;
 use crate::cluster::entry::Payload;
 use crate::cluster::log_store::{Io, Replica};
 use crate::cluster::partition::{PartitionReplica, cluster_error, forward_appends, run_on};
-use crate::cluster::peer::{GroupId, Groups, MAX_KAFKA_ADDRESS, Router, Welcome};
+use crate::cluster::peer::{GroupId, Groups, MAX_KAFKA_ADDRESS, NotJoined, Router, Welcome};
 use crate::cluster::raft::{LogId, Node, NodeId, StoredMembership};
 use crate::cluster::state_machine::Applying;
 use crate::config::TopicConfig;
@@ -122,6 +122,9 @@ pub(crate) struct ControllerState {
     pub(crate) nodes: BTreeMap<NodeId, NodeInfo>,
     /// Each topic's incarnation and the nodes holding each of its partitions.
     pub(crate) assignments: BTreeMap<String, Assignment>,
+    /// Nodes that joined and have not started yet (they register themselves once they have):
+    /// they are given no replicas until then.
+    pub(crate) joining: BTreeSet<NodeId>,
 }
 
 /// Which nodes hold a topic's partitions.
@@ -372,7 +375,9 @@ impl Controller {
         match command {
             Command::RegisterNode(node) => {
                 self.router.set_peer(node.id, node.peer_address);
-                self.state.lock().nodes.insert(node.id, node);
+                let mut s = self.state.lock();
+                s.joining.remove(&node.id);
+                s.nodes.insert(node.id, node);
                 self.registered.notify_one();
                 Ok(())
             }
@@ -456,7 +461,11 @@ impl Controller {
                     return Err(Failure::Refused(cluster_error(why)));
                 }
                 self.router.set_peer(node.id, node.peer_address);
-                self.state.lock().nodes.insert(node.id, node);
+                let mut s = self.state.lock();
+                if !s.nodes.contains_key(&node.id) {
+                    s.joining.insert(node.id);
+                }
+                s.nodes.insert(node.id, node);
                 self.registered.notify_one();
                 Ok(())
             }
@@ -663,35 +672,51 @@ impl Controller {
     /// Registers `node`, which asks to join the cluster through this node; answers with the
     /// cluster's nodes once this node has applied the registration (see
     /// [`Controller::refuse_join`] for what is refused).
-    pub(crate) async fn admit(&self, node: NodeInfo) -> std::result::Result<Welcome, String> {
+    pub(crate) async fn admit(&self, node: NodeInfo) -> std::result::Result<Welcome, NotJoined> {
+        let refused = |why: String| Err(NotJoined::Refused(why));
         if node.id > MAX_NODE_ID {
-            return Err(format!("node ids are at most {MAX_NODE_ID}, not {}", node.id));
+            return refused(format!("node ids are at most {MAX_NODE_ID}, not {}", node.id));
         }
         if node
             .kafka_address
             .as_ref()
             .is_some_and(|a| a.len() > MAX_KAFKA_ADDRESS)
         {
-            return Err(format!("a Kafka address is at most {MAX_KAFKA_ADDRESS} bytes"));
+            return refused(format!("a Kafka address is at most {MAX_KAFKA_ADDRESS} bytes"));
         }
         // Checked here to answer at once, and again where it counts: as the controller
         // applies the join, in log order with any other join under the same id.
         if let Some(why) = self.refuse_join(&node) {
-            return Err(why);
+            return refused(why);
         }
-        self.submit(Command::Join(node))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Welcome {
+        let welcome = || Welcome {
             founders: self.founders.clone(),
             nodes: self.nodes(),
-        })
+        };
+        // Asked again (its answer was lost): nothing more to decide.
+        if self.state.lock().nodes.get(&node.id) == Some(&node) {
+            return Ok(welcome());
+        }
+        if !self.router.reachable(node.peer_address).await {
+            return refused(format!(
+                "node {} cannot reach node {}'s peer address {}",
+                self.me, node.id, node.peer_address
+            ));
+        }
+        match self.submit(Command::Join(node.clone())).await {
+            Ok(()) => Ok(welcome()),
+            // Refused as the command was applied, or not decided yet.
+            Err(e) => match self.refuse_join(&node) {
+                Some(why) => refused(why),
+                None => Err(NotJoined::Unavailable(e.to_string())),
+            },
+        }
     }
 
     /// Why `node` may not join, if it may not: its id is a founder's, or a registered node's
-    /// at another address, or a registered node's that holds replicas (a node that lost its
-    /// data must not come back under its old id; one that joined and never got replicas may
-    /// ask again, as after a crash before it heard the answer).
+    /// at another address, or that of a node that started and holds replicas (a node that
+    /// lost its data must not come back under its old id; one that joined and never started
+    /// may ask again, as after a crash before it heard the answer).
     fn refuse_join(&self, node: &NodeInfo) -> Option<String> {
         if self.founders.iter().any(|f| f.0 == node.id) {
             return Some(format!(
@@ -711,7 +736,7 @@ impl Controller {
             .assignments
             .values()
             .any(|a| a.replicas.iter().any(|r| r.contains(&node.id)));
-        holds.then(|| {
+        (holds && !s.joining.contains(&node.id)).then(|| {
             format!(
                 "node {} holds replicas: it restarts with its data directory, or joins under a \
                  new id",
@@ -829,12 +854,13 @@ impl Controller {
     /// Which nodes should hold each of `count` new partitions, the first `first`: spread
     /// round-robin over the cluster's nodes, `replication_factor` each (at most all nodes).
     /// The nodes that may hold replicas: the founding voters, whether or not they have
-    /// registered yet, and any other node that has.
+    /// registered yet, and any other node that has joined and started.
     fn holders(&self) -> Vec<NodeId> {
         let mut nodes: Vec<NodeId> = {
             let s = self.state.lock();
             let voters = s.membership.voter_ids().chain(self.founders.iter().map(|f| f.0));
-            voters.chain(s.nodes.keys().copied()).collect()
+            let started = s.nodes.keys().filter(|id| !s.joining.contains(id));
+            voters.chain(started.copied()).collect()
         };
         nodes.sort_unstable();
         nodes.dedup();

@@ -71,7 +71,7 @@ use crate::broker::{Broker, BrokerBuilder};
 use crate::cluster::controller::{Command, Controller, Coordinator, controller_group, controller_voters};
 use crate::cluster::log_store::Io;
 use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
-use crate::cluster::peer::{Groups, MAX_KAFKA_ADDRESS, Router, Welcome};
+use crate::cluster::peer::{Groups, MAX_KAFKA_ADDRESS, NotJoined, Router, Welcome};
 use crate::cluster::raft::{Node, NodeId};
 use crate::cluster::state_machine::ControllerHook;
 use crate::config::{Fsync, LogConfig};
@@ -89,7 +89,10 @@ const NODE_FILE: &str = "node.meta";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct NodeRecord {
     node_id: u64,
+    /// The cluster's founding voters.
     voters: Vec<(u64, SocketAddr)>,
+    /// A node that joined the cluster: its peer address (a founder's is in the voters list).
+    peer_address: Option<SocketAddr>,
 }
 
 /// Starts one node of a cluster.
@@ -139,8 +142,9 @@ impl ClusterBuilder {
 
     /// Joins a running cluster instead of founding one: the peer addresses of some of its
     /// nodes, asked in turn to register this node (which needs its own
-    /// [`peer_listen`](ClusterBuilder::peer_listen) address, reachable from them). Once it
-    /// has joined, the data directory remembers the cluster, and a restart asks no seed.
+    /// [`peer_listen`](ClusterBuilder::peer_listen) address, reachable from them: they check).
+    /// Once it has joined, the data directory remembers the cluster and the node's peer
+    /// address, and a restart needs neither seeds nor the voters list.
     ///
     /// A node that joins holds replicas of the partitions made after it joined (and of those
     /// whose replica assignments name it); it follows the controller's log without voting
@@ -195,16 +199,31 @@ impl ClusterBuilder {
             )));
         }
         let cluster_dir = self.dir.join("cluster");
-        let joining = match (self.voters.is_empty(), self.seeds.is_empty()) {
-            (false, false) => return Err(bad("a node takes the voters list or seeds, not both".into())),
-            (true, true) => {
+        if !self.voters.is_empty() && !self.seeds.is_empty() {
+            return Err(bad("a node takes the voters list or seeds, not both".into()));
+        }
+        let saved = meta::read::<NodeRecord>(&cluster_dir.join(NODE_FILE))?;
+        match &saved {
+            Some(saved) if saved.node_id != me => {
+                return Err(belongs_to_another(&cluster_dir, saved.node_id, me));
+            }
+            Some(saved) if saved.peer_address.is_some() && !self.voters.is_empty() => {
+                return Err(bad(format!(
+                    "node {me} joined its cluster: it starts with its data directory alone (or seeds)"
+                )));
+            }
+            Some(saved) if saved.peer_address.is_none() && self.voters.is_empty() => {
+                return Err(bad(format!(
+                    "node {me} is a founding voter of its cluster: it starts with the voters list"
+                )));
+            }
+            None if self.voters.is_empty() && self.seeds.is_empty() => {
                 return Err(bad(
                     "a node needs the voters list (to found a cluster) or seeds (to join one)".into(),
                 ));
             }
-            (true, false) => true,
-            (false, true) => false,
-        };
+            _ => {}
+        }
         let (own_runtime, handle) = match self.runtime {
             Some(h) => (None, h),
             None => {
@@ -217,34 +236,47 @@ impl ClusterBuilder {
                 (Some(rt), h)
             }
         };
+        let listen = |addr: SocketAddr| {
+            run_on(&handle, async move {
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| cluster_error(format!("listening for peers on {addr}: {e}")))
+            })
+        };
         // Checked before anything is written; recorded once the broker has taken the directory.
-        let (own, peer_listen, founders, record, welcome) = if joining {
-            let listen = self
-                .peer_listen
-                .ok_or_else(|| bad("a node that joins needs its peer listen address".into()))?;
-            if listen.ip().is_unspecified() || listen.port() == 0 {
-                return Err(bad(format!(
-                    "a node that joins listens for its peers at an address they can reach, not {listen}"
-                )));
-            }
-            let node = NodeInfo {
-                id: me,
-                peer_address: listen,
-                kafka_address: self.kafka_address.clone(),
-            };
-            match meta::read::<NodeRecord>(&cluster_dir.join(NODE_FILE))? {
-                // It joined before: its record names the cluster's founders.
-                Some(saved) if saved.node_id == me => (listen, listen, saved.voters, None, None),
-                Some(saved) => return Err(belongs_to_another(&cluster_dir, saved.node_id, me)),
-                None => {
+        let (own, listener, founders, record, welcome) = if self.voters.is_empty() {
+            match saved {
+                // It joined before: its record names its address and the cluster's founders.
+                Some(NodeRecord {
+                    voters,
+                    peer_address: Some(own),
+                    ..
+                }) => (own, listen(self.peer_listen.unwrap_or(own))?, voters, None, None),
+                _ => {
+                    let own = self
+                        .peer_listen
+                        .ok_or_else(|| bad("a node that joins needs its peer listen address".into()))?;
+                    if own.ip().is_unspecified() || own.port() == 0 {
+                        return Err(bad(format!(
+                            "a node that joins listens for its peers at an address they can reach, not {own}"
+                        )));
+                    }
+                    // Listening first: the seed checks that it can reach the new node.
+                    let listener = listen(own)?;
+                    let node = NodeInfo {
+                        id: me,
+                        peer_address: own,
+                        kafka_address: self.kafka_address.clone(),
+                    };
                     let welcome = join(&handle, &self.seeds, node)?;
                     let mut founders = welcome.founders.clone();
                     founders.sort_unstable();
                     let record = NodeRecord {
                         node_id: me,
                         voters: founders.clone(),
+                        peer_address: Some(own),
                     };
-                    (listen, listen, founders, Some(record), Some(welcome))
+                    (own, listener, founders, Some(record), Some(welcome))
                 }
             }
         } else {
@@ -262,8 +294,8 @@ impl ClusterBuilder {
                 return Err(bad(format!("node {me} is not in the voters list")));
             };
             let record = check_node(&cluster_dir, me, &self.voters)?;
-            let listen = self.peer_listen.unwrap_or(own);
-            (own, listen, self.voters.clone(), record, None)
+            let listener = listen(self.peer_listen.unwrap_or(own))?;
+            (own, listener, self.voters.clone(), record, None)
         };
         let mut builder = self.broker.unwrap_or_else(|| Broker::builder(&self.dir));
         builder.replicated = true;
@@ -324,7 +356,7 @@ impl ClusterBuilder {
             Box::pin(async move {
                 match controller.upgrade() {
                     Some(c) => c.admit(node).await,
-                    None => Err("the node is stopping".into()),
+                    None => Err(NotJoined::Unavailable("the node is stopping".into())),
                 }
             })
         }));
@@ -335,9 +367,6 @@ impl ClusterBuilder {
             let router_for_peers = router.clone();
             let metadata_dir = cluster_dir.join("metadata");
             run_on(&handle, async move {
-                let listener = tokio::net::TcpListener::bind(peer_listen)
-                    .await
-                    .map_err(|e| cluster_error(format!("listening for peers on {peer_listen}: {e}")))?;
                 let (applying, to_apply) = tokio::sync::mpsc::unbounded_channel();
                 tokio::spawn(controller.clone().run(to_apply));
                 let log = tokio::task::spawn_blocking(move || {
@@ -438,6 +467,7 @@ fn check_node(dir: &Path, me: u64, voters: &[(u64, SocketAddr)]) -> Result<Optio
     let record = NodeRecord {
         node_id: me,
         voters: sorted,
+        peer_address: None,
     };
     match meta::read::<NodeRecord>(&path)? {
         Some(saved) if saved.node_id != me => Err(belongs_to_another(dir, saved.node_id, me)),
@@ -472,15 +502,15 @@ fn join(handle: &Handle, seeds: &[SocketAddr], node: NodeInfo) -> Result<Welcome
         let mut last = String::new();
         loop {
             for &seed in &seeds {
-                match peer::join(&peer::Tcp, seed, node.clone()).await {
-                    Ok(Ok(welcome)) => return Ok(welcome),
-                    Ok(Err(refused)) => {
-                        return Err(cluster_error(format!(
-                            "{seed} refused node {}: {refused}",
-                            node.id
-                        )));
+                let asked = peer::join(&peer::Tcp, seed, node.clone());
+                match tokio::time::timeout_at(deadline, asked).await {
+                    Ok(Ok(Ok(welcome))) => return Ok(welcome),
+                    Ok(Ok(Err(NotJoined::Refused(why)))) => {
+                        return Err(cluster_error(format!("{seed} refused node {}: {why}", node.id)));
                     }
-                    Err(e) => last = format!("{seed}: {e}"),
+                    Ok(Ok(Err(NotJoined::Unavailable(why)))) => last = format!("{seed}: {why}"),
+                    Ok(Err(e)) => last = format!("{seed}: {e}"),
+                    Err(_) => break,
                 }
             }
             if tokio::time::Instant::now() >= deadline {

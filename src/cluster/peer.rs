@@ -122,7 +122,7 @@ enum Message {
     /// A new node asks to be registered (the only frame on its connection).
     Join(NodeInfo),
     /// The answer to `Join`.
-    Joined(Result<Welcome, String>),
+    Joined(Result<Welcome, NotJoined>),
 }
 
 /// What a node that joins is told: the cluster's founding voters and its registered nodes
@@ -133,20 +133,41 @@ pub(crate) struct Welcome {
     pub(crate) nodes: Vec<NodeInfo>,
 }
 
+/// Why a node that asked to join was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum NotJoined {
+    /// The cluster refuses it (its id is taken, say): asking again would not help.
+    Refused(String),
+    /// Not now (no controller leader, the node asked is busy or stopping): it may ask again.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for NotJoined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotJoined::Refused(why) | NotJoined::Unavailable(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Registers a node that asks to join, at the node it asks: the controller's doing.
-pub(crate) type Admit = Arc<dyn Fn(NodeInfo) -> BoxFuture<'static, Result<Welcome, String>> + Send + Sync>;
+pub(crate) type Admit = Arc<dyn Fn(NodeInfo) -> BoxFuture<'static, Result<Welcome, NotJoined>> + Send + Sync>;
+
+/// How many joins a node handles at once (each waits for the controller); more are told to
+/// ask again, so that joins never take the connections Raft's traffic needs.
+const MAX_JOINS: usize = 4;
 
 /// How long a node that joins waits for the node it asks to register it (the controller
 /// commits and applies the registration meanwhile).
 pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// Asks the node at `seed` to register `node` with its cluster. `Ok(Err(why))` is the
-/// cluster's refusal; `Err` a failure to ask (the seed unreachable or not answering).
+/// Asks the node at `seed` to register `node` with its cluster. `Ok(Err(_))` is the seed's
+/// answer; `Err` a failure to ask (the seed unreachable or not answering).
 pub(crate) async fn join(
     transport: &dyn Transport,
     seed: SocketAddr,
     node: NodeInfo,
-) -> io::Result<Result<Welcome, String>> {
+) -> io::Result<Result<Welcome, NotJoined>> {
     let (mut reader, mut writer) = tokio::time::timeout(CONNECT_TIMEOUT, transport.connect(seed))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {seed}")))??;
@@ -564,6 +585,12 @@ impl Router {
 }
 
 impl Router {
+    /// Whether a connection to `addr` opens (it is closed at once).
+    pub(crate) async fn reachable(&self, addr: SocketAddr) -> bool {
+        let connect = self.inner.transport.connect(addr);
+        matches!(tokio::time::timeout(CONNECT_TIMEOUT, connect).await, Ok(Ok(_)))
+    }
+
     /// Reads `group`'s log at node `target` from `from` (`None`: only its bounds), at most
     /// `max_bytes` past the first batch, waiting at most `ttl`.
     pub(crate) async fn read(
@@ -726,8 +753,10 @@ pub(crate) struct Groups {
     logs: RwLock<HashMap<GroupId, PartitionLog>>,
     /// What each peer last said it leads: the list's number, when it came, the groups.
     heard: RwLock<HashMap<NodeId, Heard>>,
-    /// Registers nodes that ask to join (none: they are refused).
+    /// Registers nodes that ask to join (none yet: they are told to ask again).
     admit: std::sync::OnceLock<Admit>,
+    /// The joins being handled ([`MAX_JOINS`] at most).
+    joins: std::sync::atomic::AtomicUsize,
 }
 
 /// One peer's last list of the groups it leads.
@@ -759,6 +788,28 @@ impl Groups {
     /// Has `admit` register the nodes that ask to join through this one.
     pub(crate) fn admit_with(&self, admit: Admit) {
         let _ = self.admit.set(admit);
+    }
+
+    /// Registers `node`, which asks node `me` to join: [`MAX_JOINS`] at a time, each for at
+    /// most [`JOIN_TIMEOUT`] (less than the joining node waits, so it hears why).
+    async fn admit(&self, me: NodeId, node: NodeInfo) -> Result<Welcome, NotJoined> {
+        struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let busy = |why: String| Err(NotJoined::Unavailable(why));
+        let Some(admit) = self.admit.get() else {
+            return busy(format!("node {me} is starting"));
+        };
+        if self.joins.fetch_add(1, Ordering::SeqCst) >= MAX_JOINS {
+            self.joins.fetch_sub(1, Ordering::SeqCst);
+            return busy(format!("node {me} is handling {MAX_JOINS} joins"));
+        }
+        let _slot = Slot(&self.joins);
+        let answer = tokio::time::timeout(JOIN_TIMEOUT - CONNECT_TIMEOUT, admit(node)).await;
+        answer.unwrap_or_else(|_| busy(format!("node {me} had no answer from the controller in time")))
     }
 
     /// Where `group`'s replicas are, as its leader said within [`HEARD_FOR`] (the latest
@@ -947,10 +998,7 @@ async fn serve_peer(
         .map_err(|_| io::Error::other("no Hello in time"))??;
     let peer = match hello {
         Some(Message::Join(node)) => {
-            let answer = match groups.admit.get() {
-                Some(admit) => admit(node).await,
-                None => Err(format!("node {me} does not admit nodes yet")),
-            };
+            let answer = groups.admit(me, node).await;
             write_frame(&mut writer, &encode(&Message::Joined(answer))?).await?;
             return Ok(());
         }
