@@ -323,6 +323,10 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     /// Whether this node coordinates the cluster's groups now: it leads the offsets topic's
     /// partition, and its offset store has read everything committed there.
     fn coordinates_groups(&self) -> bool;
+    /// Where this node's in-process group members go: `None` if this node coordinates the
+    /// cluster's groups, the coordinator at another node if one leads the offsets topic's
+    /// partition, else `CoordinatorNotAvailable` for `group`.
+    fn group_coordinator(&self, group: &str) -> Result<Option<Arc<dyn crate::group::RemoteCoordinator>>>;
 }
 
 /// This node holds no running replica of the partition (or is stopping).
@@ -875,6 +879,29 @@ impl BrokerInner {
     #[cfg(feature = "cluster")]
     pub(crate) fn forget_offsets(&self) {
         self.offsets.lock().take();
+    }
+
+    /// The coordinator of a cluster's groups at another node, for this node's in-process
+    /// members of `group` (`None`: this node's own coordinator).
+    pub(crate) fn remote_coordinator(
+        &self,
+        group: &str,
+    ) -> Result<Option<Arc<dyn crate::group::RemoteCoordinator>>> {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.group_coordinator(group);
+        }
+        let _ = group;
+        Ok(None)
+    }
+
+    /// Whether the broker is a cluster's node.
+    pub(crate) fn is_clustered(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if self.cluster.get().is_some() {
+            return true;
+        }
+        false
     }
 
     /// The committed-offset store, creating the offsets topic on first use.

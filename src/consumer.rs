@@ -308,6 +308,14 @@ impl Consumer {
                 opened.push((tp.clone(), self.broker.partition(&tp.topic, tp.partition)?));
             }
         }
+        // A group's committed offset is where its consumers resume.
+        let committed = match (&self.config.group_id, opened.is_empty()) {
+            (Some(_), false) => {
+                let tps: Vec<TopicPartition> = opened.iter().map(|(tp, _)| tp.clone()).collect();
+                self.committed(&tps)?
+            }
+            _ => vec![None; opened.len()],
+        };
         let mut next = BTreeMap::new();
         for tp in partitions {
             if let Some(a) = self.assigned.remove(tp) {
@@ -317,16 +325,8 @@ impl Consumer {
         for a in self.assigned.values() {
             a.log.unwatch(&self.signal);
         }
-        let store = match (&self.config.group_id, opened.is_empty()) {
-            (Some(_), false) => Some(self.broker.inner.offsets()?),
-            _ => None,
-        };
-        for (tp, log) in opened {
-            // A group's committed offset is where its consumers resume.
-            let committed = match (&self.config.group_id, &store) {
-                (Some(group), Some(store)) => store.committed(group, &tp).map(|o| o.offset),
-                _ => None,
-            };
+        for ((tp, log), committed) in opened.into_iter().zip(committed) {
+            let committed = committed.map(|o| o.offset);
             log.watch(&self.signal);
             let a = Assigned {
                 log,
@@ -510,7 +510,6 @@ impl Consumer {
                 (tp.clone(), meta)
             })
             .collect();
-        let store = self.broker.inner.offsets()?;
         let member = match &self.membership {
             Some(m) => m.member.clone(),
             None => MemberRef {
@@ -518,18 +517,29 @@ impl Consumer {
                 ..MemberRef::default()
             },
         };
-        self.broker
-            .inner
-            .groups
-            .check_commit(&group, &member, || store.append(&group, &entries))?
-            .durable()?;
+        match self.broker.inner.remote_coordinator(&group)? {
+            // A cluster's coordinator at another node checks and writes them there.
+            Some(remote) => remote.commit(&group, &member, entries)?,
+            None => {
+                let store = self.broker.inner.offsets()?;
+                self.broker
+                    .inner
+                    .groups
+                    .check_commit(&group, &member, || store.append(&group, &entries))?
+                    .durable()?;
+            }
+        }
         self.last_commit = Instant::now();
         Ok(())
     }
 
-    /// The group's committed offsets of these partitions (`None` where there is none).
+    /// The group's committed offsets of these partitions (`None` where there is none). In a
+    /// cluster, the node that coordinates groups is asked.
     pub fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<Option<OffsetAndMetadata>>> {
         let group = self.config.group_id.as_deref().ok_or(Error::NoGroup)?;
+        if let Some(remote) = self.broker.inner.remote_coordinator(group)? {
+            return remote.committed(group, partitions);
+        }
         let store = self.broker.inner.offsets()?;
         Ok(partitions.iter().map(|tp| store.committed(group, tp)).collect())
     }

@@ -327,6 +327,15 @@ pub enum Error {
         group: String,
     },
 
+    /// No node of the cluster coordinates groups now (the offsets topic's partition is
+    /// electing a leader, or its new leader is still reading the commits): nothing was
+    /// changed; the request may be made again.
+    #[error("group {group:?}: no node coordinates groups now; try again")]
+    CoordinatorNotAvailable {
+        /// The group.
+        group: String,
+    },
+
     /// Another member has joined with the same `group.instance.id` and replaced this one.
     #[error("group {group:?}: instance id {instance:?} now belongs to another member")]
     FencedInstanceId {

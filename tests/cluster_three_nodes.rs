@@ -148,3 +148,134 @@ fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
         n.shutdown().unwrap();
     }
 }
+
+/// The partitions each consumer holds, if together they hold every partition of a topic of
+/// `partitions` partitions, each once, and each consumer some.
+fn settled(consumers: &[Consumer], partitions: u32) -> Option<BTreeMap<u32, usize>> {
+    let mut owners = BTreeMap::new();
+    for (i, c) in consumers.iter().enumerate() {
+        let held = c.assignment();
+        if held.is_empty() {
+            return None;
+        }
+        for tp in held {
+            if owners.insert(tp.partition, i).is_some() {
+                return None;
+            }
+        }
+    }
+    (owners.len() == partitions as usize).then_some(owners)
+}
+
+/// Polls every consumer in turn until they share the topic's partitions; returns the owner
+/// of each partition.
+fn share(consumers: &mut [Consumer], partitions: u32) -> BTreeMap<u32, usize> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for c in consumers.iter_mut() {
+            c.poll(Duration::from_millis(50)).unwrap();
+        }
+        if let Some(owners) = settled(consumers, partitions) {
+            return owners;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the consumers did not share the partitions"
+        );
+    }
+}
+
+#[test]
+fn consumers_at_every_node_share_one_group_and_its_commits() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let voters: Vec<(u64, SocketAddr)> = (1..=3).zip(free_addrs(3)).collect();
+    let nodes: Vec<Cluster> = (0..3)
+        .map(|i| start(i as u64 + 1, dirs[i].path(), &voters))
+        .collect();
+    for n in &nodes {
+        n.wait_ready(READY).expect("the node is ready");
+    }
+    nodes[0]
+        .broker()
+        .create_topic("jobs", 6, TopicConfig::default())
+        .unwrap();
+    for n in &nodes {
+        eventually("the topic everywhere", || {
+            n.broker().list_topics().contains(&"jobs".to_string())
+        });
+        n.wait_ready(READY).unwrap();
+    }
+    let producer = Producer::new(nodes[0].broker());
+    let mut sent = BTreeMap::new();
+    for i in 0..60 {
+        let value = format!("job-{i}");
+        let m = producer
+            .send(ProducerRecord::new("jobs", value.as_bytes()).key(format!("k{i}").as_bytes()))
+            .unwrap();
+        sent.insert((m.partition, m.offset), value.into_bytes());
+    }
+
+    // One member at each node: whichever node coordinates groups, they form one group.
+    let config = ConsumerConfig::default()
+        .group_id("workers")
+        .auto_offset_reset(OffsetReset::Earliest)
+        .enable_auto_commit(false);
+    let mut consumers: Vec<Consumer> = nodes
+        .iter()
+        .map(|n| Consumer::new(n.broker(), config.clone()))
+        .collect();
+    for c in &mut consumers {
+        c.subscribe(["jobs"]).unwrap();
+    }
+    let owners = share(&mut consumers, 6);
+
+    // Each reads its own partitions from the start, and commits.
+    let mut read = BTreeMap::new();
+    for (i, c) in consumers.iter_mut().enumerate() {
+        let held = c.assignment();
+        c.seek_to_beginning(&held).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let records = c.poll(Duration::from_millis(100)).unwrap();
+            for r in records.iter() {
+                assert_eq!(
+                    owners[&r.partition], i,
+                    "a record of a partition another member holds"
+                );
+                read.insert((r.partition, r.offset), r.value.unwrap_or_default().to_vec());
+            }
+            let wanted = sent.keys().filter(|(p, _)| owners[p] == i).count();
+            if read.keys().filter(|(p, _)| owners[p] == i).count() == wanted {
+                break;
+            }
+            assert!(Instant::now() < deadline, "member {i} did not read its records");
+        }
+        c.commit().unwrap();
+    }
+    assert_eq!(read, sent);
+
+    // The group's commits are the same seen from any node.
+    let ends: Vec<Option<i64>> = (0..6)
+        .map(|p| sent.keys().filter(|(q, _)| *q == p).map(|(_, o)| o + 1).max())
+        .collect();
+    let tps: Vec<TopicPartition> = (0..6).map(|p| TopicPartition::new("jobs", p)).collect();
+    for n in &nodes {
+        let looker = Consumer::new(n.broker(), config.clone());
+        let committed: Vec<Option<i64>> = looker
+            .committed(&tps)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.map(|c| c.offset))
+            .collect();
+        assert_eq!(committed, ends, "node {} sees the group's commits", n.node_id());
+    }
+
+    // A member leaves; the two others take its partitions over.
+    let leaving = consumers.remove(0);
+    leaving.close().unwrap();
+    share(&mut consumers, 6);
+    drop(consumers);
+    for n in nodes {
+        n.shutdown().unwrap();
+    }
+}

@@ -1141,6 +1141,25 @@ impl Coordinate for Coordinator {
         })
     }
 
+    fn group_coordinator(&self, group: &str) -> Result<Option<Arc<dyn crate::group::RemoteCoordinator>>> {
+        if self.coordinates_groups() {
+            return Ok(None);
+        }
+        let c = self.get()?;
+        let placement = c.group_of(OFFSETS_TOPIC, 0).and_then(|g| c.placement(&g));
+        match placement.and_then(|p| p.leader) {
+            Some(leader) if leader != c.me => Ok(Some(crate::cluster::groups::at(
+                leader,
+                c.router.clone(),
+                c.runtime.clone(),
+            ))),
+            // No leader, or this node leads and is still reading the commits.
+            _ => Err(Error::CoordinatorNotAvailable {
+                group: group.to_string(),
+            }),
+        }
+    }
+
     fn epoch_end(
         &self,
         topic: &str,

@@ -37,12 +37,14 @@
 //! - `state_machine`: commit moves the high watermark; metadata-only snapshots;
 //! - `peer`: the peer link, one connection per pair of nodes shared by all groups;
 //! - `partition`: one running replica of a partition, and its appends' way to the leader;
+//! - `groups`: in-process group members' requests, for the node that coordinates groups;
 //! - `controller`: the metadata group, applied to each node's broker.
 
 mod controller;
 mod entry;
 #[cfg(test)]
 mod fifo_watch;
+mod groups;
 mod log_store;
 mod partition;
 mod peer;
@@ -67,7 +69,7 @@ use tokio::sync::watch;
 
 pub use controller::NodeInfo;
 
-use crate::broker::{Broker, BrokerBuilder};
+use crate::broker::{Broker, BrokerBuilder, Coordinate};
 use crate::cluster::controller::{Command, Controller, Coordinator, controller_group, controller_voters};
 use crate::cluster::log_store::Io;
 use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
@@ -360,6 +362,16 @@ impl ClusterBuilder {
                 }
             })
         }));
+        let coordinating = Arc::downgrade(&controller);
+        groups.coordinate_with(Arc::new(move |call| {
+            let coordinator = Coordinator(coordinating.clone());
+            Box::pin(async move {
+                let Some(broker) = coordinating_broker(&coordinator) else {
+                    return Err(groups::GroupRefusal::NotCoordinator);
+                };
+                groups::serve(broker, || coordinator.coordinates_groups(), call).await
+            })
+        }));
         let started = {
             let controller = controller.clone();
             let groups = groups.clone();
@@ -482,6 +494,11 @@ fn check_node(dir: &Path, me: u64, voters: &[(u64, SocketAddr)]) -> Result<Optio
         Some(_) => Ok(None),
         None => Ok(Some(record)),
     }
+}
+
+/// The broker of the node `coordinator` belongs to, unless it is stopping.
+fn coordinating_broker(coordinator: &Coordinator) -> Option<Broker> {
+    coordinator.0.upgrade().map(|c| c.broker().clone())
 }
 
 fn belongs_to_another(dir: &Path, owner: u64, me: u64) -> Error {

@@ -38,6 +38,7 @@ use crate::broker::Placement;
 use crate::cluster::MAX_NODE_ID;
 use crate::cluster::controller::NodeInfo;
 use crate::cluster::entry::{Records, UNASSIGNED};
+use crate::cluster::groups::{GroupAnswer, GroupCall, GroupRefusal};
 use crate::cluster::partition::cluster_error;
 use crate::cluster::raft::{Appended, Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::state_machine::{SnapshotData, StateMachine};
@@ -206,6 +207,9 @@ enum Rpc {
         from: Option<i64>,
         max_bytes: u32,
     },
+    /// A consumer group request of a member at the sender, for the node that coordinates
+    /// groups (sent for no Raft group).
+    Group(GroupCall),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -227,6 +231,8 @@ enum Reply {
         log_start: i64,
         log_end: i64,
     },
+    /// The group coordinator's answer.
+    Group(Result<GroupAnswer, GroupRefusal>),
     /// Taken.
     Done,
 }
@@ -585,6 +591,23 @@ impl Router {
 }
 
 impl Router {
+    /// Sends a member's group request to node `target`, which coordinates groups (it is
+    /// hoped); `Err` if it was not answered (the link failed, or `ttl` passed).
+    pub(crate) async fn group_call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        call: GroupCall,
+        ttl: Duration,
+    ) -> Result<Result<GroupAnswer, GroupRefusal>, String> {
+        match tokio::time::timeout(ttl, self.call(target, group, Rpc::Group(call), ttl)).await {
+            Ok(Ok(Reply::Group(answer))) => Ok(answer),
+            Ok(Ok(other)) => Err(unexpected(other).to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer from node {target} in {ttl:?}")),
+        }
+    }
+
     /// Whether a connection to `addr` opens (it is closed at once).
     pub(crate) async fn reachable(&self, addr: SocketAddr) -> bool {
         let connect = self.inner.transport.connect(addr);
@@ -757,7 +780,13 @@ pub(crate) struct Groups {
     admit: std::sync::OnceLock<Admit>,
     /// The joins being handled ([`MAX_JOINS`] at most).
     joins: std::sync::atomic::AtomicUsize,
+    /// Runs other nodes' members' group requests on this node's coordinator.
+    coordinate: std::sync::OnceLock<Coordinate>,
 }
+
+/// Runs a group request of a member at another node here.
+pub(crate) type Coordinate =
+    Arc<dyn Fn(GroupCall) -> BoxFuture<'static, Result<GroupAnswer, GroupRefusal>> + Send + Sync>;
 
 /// One peer's last list of the groups it leads.
 struct Heard {
@@ -783,6 +812,11 @@ impl Groups {
 
     pub(crate) fn get(&self, group: &GroupId) -> Option<Raft> {
         self.rafts.read().get(group).cloned()
+    }
+
+    /// Has `coordinate` run the group requests of members at other nodes.
+    pub(crate) fn coordinate_with(&self, coordinate: Coordinate) {
+        let _ = self.coordinate.set(coordinate);
     }
 
     /// Has `admit` register the nodes that ask to join through this one.
@@ -847,7 +881,7 @@ impl Groups {
             Rpc::Append(r) => Some(r.vote.leader_id().term),
             Rpc::Vote(r) | Rpc::PreVote(r) => Some(r.vote.leader_id().term),
             Rpc::Snapshot { vote, .. } => Some(vote.leader_id().term),
-            Rpc::Propose(_) | Rpc::Leading { .. } | Rpc::Read { .. } => None,
+            Rpc::Propose(_) | Rpc::Leading { .. } | Rpc::Read { .. } | Rpc::Group(_) => None,
         };
         let rpc = match rpc {
             Rpc::Leading { seq, leading } => {
@@ -855,6 +889,13 @@ impl Groups {
                 return Ok(Reply::Done);
             }
             Rpc::Read { from, max_bytes } => return self.read(&group, from, max_bytes).await,
+            Rpc::Group(call) => {
+                let answer = match self.coordinate.get() {
+                    Some(coordinate) => coordinate(call).await,
+                    None => Err(GroupRefusal::NotCoordinator),
+                };
+                return Ok(Reply::Group(answer));
+            }
             rpc => rpc,
         };
         if term.is_some_and(|t| t > i32::MAX as u64) {
@@ -891,7 +932,7 @@ impl Groups {
                 .await
                 .map(Reply::Snapshot)
                 .map_err(|e| e.to_string()),
-            Rpc::Leading { .. } | Rpc::Read { .. } => Err("answered above".into()),
+            Rpc::Leading { .. } | Rpc::Read { .. } | Rpc::Group(_) => Err("answered above".into()),
         }
     }
 

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use regex::Regex;
@@ -22,7 +23,7 @@ use super::{Consumer, TopicPartition};
 use crate::error::{Error, Result};
 use crate::group::{
     Assignor, CONSUMER_PROTOCOL_TYPE, JoinGroup, Joined, Member, MemberAssignment, MemberRef, OFFSETS_TOPIC,
-    Pending, StickyUserData, Subscription,
+    Pending, RemoteCoordinator, StickyUserData, Subscription,
 };
 
 /// Told of the partitions a subscribed consumer gains and gives up, from inside `poll`. The
@@ -336,15 +337,16 @@ impl Consumer {
         };
         m.phase = Phase::Unjoined;
         if !m.member.member_id.is_empty() && m.member.group_instance_id.is_none() {
-            let left = self
-                .broker
-                .inner
-                .groups
-                .leave_group(&m.group, &m.member.member_id, None);
+            let left = coordinator(&self.broker, &m.group)
+                .and_then(|c| c.leave_group(&m.group, &m.member.member_id));
             m.member.member_id.clear();
             m.member.generation = -1;
+            // A coordinator that cannot be reached expires the member after its session.
             if let Err(e) = left
-                && !matches!(e, Error::UnknownMember { .. })
+                && !matches!(
+                    e,
+                    Error::UnknownMember { .. } | Error::CoordinatorNotAvailable { .. }
+                )
             {
                 result = result.and(Err(e));
             }
@@ -367,54 +369,85 @@ impl Consumer {
     pub(super) fn drive_group(&mut self, deadline: Instant) -> Result<bool> {
         self.refresh_topics();
         loop {
-            let m = self.membership.as_mut().expect("only called when subscribed");
-            let coordinator = &self.broker.inner.groups;
-            match std::mem::replace(&mut m.phase, Phase::Unjoined) {
-                Phase::Unjoined => self.start_join()?,
-                Phase::Stable => {
-                    m.phase = Phase::Stable;
-                    if !m.rejoin {
-                        match coordinator.heartbeat(&m.group, &m.member) {
-                            Ok(()) => {
-                                m.last_renewed = Instant::now();
-                                return Ok(true);
-                            }
-                            Err(Error::RebalanceInProgress { .. }) => {}
-                            Err(e) if is_membership_loss(&e) => self.lose(e)?,
-                            Err(e) => return Err(e),
-                        }
+            let step = self.group_step(deadline);
+            match step {
+                Ok(Some(stable)) => return Ok(stable),
+                Ok(None) => {}
+                // No node of the cluster coordinates groups now: a stable member keeps its
+                // partitions meanwhile; any other starts its join again a little later.
+                Err(Error::CoordinatorNotAvailable { .. }) => {
+                    let m = self.membership.as_mut().expect("subscribed");
+                    if matches!(m.phase, Phase::Stable) {
+                        return Ok(true);
                     }
-                    self.start_join()?;
+                    m.phase = Phase::Unjoined;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(COORDINATOR_RETRY.min(deadline - now));
                 }
-                Phase::Joining(pending) => match self.wait_for(&pending, deadline) {
-                    None => {
-                        self.membership.as_mut().expect("subscribed").phase = Phase::Joining(pending);
-                        return Ok(false);
-                    }
-                    Some(Ok(joined)) => self.joined(joined)?,
-                    Some(Err(e)) if is_membership_loss(&e) => self.lose(e)?,
-                    Some(Err(Error::RebalanceInProgress { .. })) => {}
-                    Some(Err(e)) => return Err(e),
-                },
-                Phase::Syncing(pending) => match self.wait_for(&pending, deadline) {
-                    None => {
-                        self.membership.as_mut().expect("subscribed").phase = Phase::Syncing(pending);
-                        return Ok(false);
-                    }
-                    Some(Ok(bytes)) => self.synced(&bytes)?,
-                    Some(Err(e)) if is_membership_loss(&e) => self.lose(e)?,
-                    Some(Err(Error::RebalanceInProgress { .. })) => {}
-                    Some(Err(e)) => return Err(e),
-                },
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// One step towards a stable assignment: `Some(stable?)` once the poll should go on (or
+    /// give up until the next one), `None` to take another step.
+    fn group_step(&mut self, deadline: Instant) -> Result<Option<bool>> {
+        let m = self.membership.as_mut().expect("only called when subscribed");
+        match std::mem::replace(&mut m.phase, Phase::Unjoined) {
+            Phase::Unjoined => self.start_join()?,
+            Phase::Stable => {
+                m.phase = Phase::Stable;
+                if !m.rejoin {
+                    match coordinator(&self.broker, &m.group).and_then(|c| c.heartbeat(&m.group, &m.member)) {
+                        Ok(()) => {
+                            m.last_renewed = Instant::now();
+                            return Ok(Some(true));
+                        }
+                        Err(Error::RebalanceInProgress { .. }) => {}
+                        Err(e) if is_membership_loss(&e) => self.lose(e)?,
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.start_join()?;
+            }
+            Phase::Joining(pending) => match self.wait_for(&pending, deadline) {
+                None => {
+                    self.membership.as_mut().expect("subscribed").phase = Phase::Joining(pending);
+                    return Ok(Some(false));
+                }
+                Some(Ok(joined)) => self.joined(joined)?,
+                Some(Err(e)) if is_membership_loss(&e) => self.lose(e)?,
+                Some(Err(Error::RebalanceInProgress { .. })) => {}
+                Some(Err(e)) => return Err(e),
+            },
+            Phase::Syncing(pending) => match self.wait_for(&pending, deadline) {
+                None => {
+                    self.membership.as_mut().expect("subscribed").phase = Phase::Syncing(pending);
+                    return Ok(Some(false));
+                }
+                Some(Ok(bytes)) => self.synced(&bytes)?,
+                Some(Err(e)) if is_membership_loss(&e) => self.lose(e)?,
+                Some(Err(Error::RebalanceInProgress { .. })) => {}
+                Some(Err(e)) => return Err(e),
+            },
+        }
+        Ok(None)
     }
 
     /// When a poll waiting for records must wake to renew the membership (`None` unless the
     /// consumer is a stable member).
     pub(super) fn renewal_due(&self) -> Option<Instant> {
         let m = self.membership.as_ref()?;
-        matches!(m.phase, Phase::Stable).then(|| m.last_renewed + self.config.max_poll_interval / 3)
+        let mut every = self.config.max_poll_interval / 3;
+        if self.broker.inner.is_clustered() {
+            // A coordinator at another node cannot wake this member when a rebalance starts:
+            // its heartbeats tell it, as a Kafka client's do.
+            every = every.min(CLUSTER_HEARTBEAT);
+        }
+        matches!(m.phase, Phase::Stable).then(|| m.last_renewed + every)
     }
 
     /// Renews a stable membership with a heartbeat if a third of `max.poll.interval.ms` has
@@ -425,7 +458,11 @@ impl Consumer {
             return;
         }
         let m = self.membership.as_mut().expect("stable");
-        if self.broker.inner.groups.heartbeat(&m.group, &m.member).is_ok() {
+        let beat = coordinator(&self.broker, &m.group).and_then(|c| c.heartbeat(&m.group, &m.member));
+        if let Err(Error::RebalanceInProgress { .. }) = beat {
+            m.rejoin = true;
+        }
+        if beat.is_ok() {
             m.last_renewed = Instant::now();
         }
     }
@@ -438,7 +475,9 @@ impl Consumer {
             if let Some(v) = pending.wait_until(deadline.min(now + TICK)) {
                 return Some(v);
             }
-            self.broker.inner.groups.tick_group(group);
+            if let Ok(Coordinator::Here(broker)) = coordinator(&self.broker, group) {
+                broker.inner.groups.tick_group(group);
+            }
             if Instant::now() >= deadline {
                 return pending.try_take();
             }
@@ -517,8 +556,9 @@ impl Consumer {
                 .collect(),
             notify: Some(signal),
         };
+        let joining = coordinator(&self.broker, &m.group)?.join_group(&m.group, request);
         m.rejoin = false;
-        m.phase = Phase::Joining(self.broker.inner.groups.join_group(&m.group, request));
+        m.phase = Phase::Joining(joining);
         Ok(())
     }
 
@@ -535,12 +575,8 @@ impl Consumer {
         }
         m.member.member_id = joined.member_id;
         m.member.generation = joined.generation;
-        m.phase = Phase::Syncing(
-            self.broker
-                .inner
-                .groups
-                .sync_group(&m.group, &m.member, assignments),
-        );
+        m.phase =
+            Phase::Syncing(coordinator(&self.broker, &m.group)?.sync_group(&m.group, &m.member, assignments));
         Ok(())
     }
 
@@ -660,9 +696,68 @@ impl Consumer {
 }
 
 /// Errors by which the group refuses a commit: it is rebalancing, or has moved on without
-/// this member.
+/// this member (or, in a cluster, no node coordinates groups at the moment).
 pub(super) fn is_group_refusal(e: &Error) -> bool {
-    is_membership_loss(e) || matches!(e, Error::RebalanceInProgress { .. })
+    is_membership_loss(e)
+        || matches!(
+            e,
+            Error::RebalanceInProgress { .. } | Error::CoordinatorNotAvailable { .. }
+        )
+}
+
+/// How long a member waits before asking again when no node coordinates groups.
+const COORDINATOR_RETRY: Duration = Duration::from_millis(100);
+
+/// How often a stable member of a cluster's group renews its membership (at most).
+const CLUSTER_HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// Where a group's requests go: this node's coordinator, or a cluster's at another node.
+enum Coordinator {
+    Here(crate::Broker),
+    There(Arc<dyn RemoteCoordinator>),
+}
+
+/// The coordinator of `group` for this node's members.
+fn coordinator(broker: &crate::Broker, group: &str) -> Result<Coordinator> {
+    Ok(match broker.inner.remote_coordinator(group)? {
+        None => Coordinator::Here(broker.clone()),
+        Some(remote) => Coordinator::There(remote),
+    })
+}
+
+impl Coordinator {
+    fn join_group(&self, group: &str, request: JoinGroup) -> Pending<Result<Joined>> {
+        match self {
+            Coordinator::Here(b) => b.inner.groups.join_group(group, request),
+            Coordinator::There(r) => r.join_group(group, request),
+        }
+    }
+
+    fn sync_group(
+        &self,
+        group: &str,
+        member: &MemberRef,
+        assignments: Vec<(String, Vec<u8>)>,
+    ) -> Pending<Result<Vec<u8>>> {
+        match self {
+            Coordinator::Here(b) => b.inner.groups.sync_group(group, member, assignments),
+            Coordinator::There(r) => r.sync_group(group, member, assignments),
+        }
+    }
+
+    fn heartbeat(&self, group: &str, member: &MemberRef) -> Result<()> {
+        match self {
+            Coordinator::Here(b) => b.inner.groups.heartbeat(group, member),
+            Coordinator::There(r) => r.heartbeat(group, member),
+        }
+    }
+
+    fn leave_group(&self, group: &str, member_id: &str) -> Result<()> {
+        match self {
+            Coordinator::Here(b) => b.inner.groups.leave_group(group, member_id, None),
+            Coordinator::There(r) => r.leave_group(group, member_id),
+        }
+    }
 }
 
 /// Errors that mean the member is no longer part of the current generation.

@@ -16,3 +16,34 @@ pub use coordinator::{
 pub use offsets::{MAX_GROUP_ID_BYTES, MAX_OFFSET_METADATA_BYTES, OFFSETS_TOPIC, OffsetAndMetadata};
 pub use protocol::{CONSUMER_PROTOCOL_TYPE, MemberAssignment, StickyUserData, Subscription};
 pub use reply::Pending;
+#[cfg(feature = "cluster")]
+pub(crate) use reply::reply as reply_pair;
+
+/// The group coordinator of a cluster at another node, to which this node's in-process
+/// members send their requests (over the peer link). The calls answer as the coordinator's
+/// own do; [`Error::CoordinatorNotAvailable`](crate::Error::CoordinatorNotAvailable) when no
+/// node coordinates groups now.
+pub(crate) trait RemoteCoordinator: Send + Sync {
+    fn join_group(&self, group: &str, request: JoinGroup) -> Pending<crate::Result<Joined>>;
+    fn sync_group(
+        &self,
+        group: &str,
+        member: &MemberRef,
+        assignments: Vec<(String, Vec<u8>)>,
+    ) -> Pending<crate::Result<Vec<u8>>>;
+    fn heartbeat(&self, group: &str, member: &MemberRef) -> crate::Result<()>;
+    fn leave_group(&self, group: &str, member_id: &str) -> crate::Result<()>;
+    /// Commits `offsets` for `member` of `group`, as [`GroupCoordinator::check_commit`] and
+    /// the offset store do; returns once they are durable.
+    fn commit(
+        &self,
+        group: &str,
+        member: &MemberRef,
+        offsets: Vec<(crate::TopicPartition, OffsetAndMetadata)>,
+    ) -> crate::Result<()>;
+    fn committed(
+        &self,
+        group: &str,
+        partitions: &[crate::TopicPartition],
+    ) -> crate::Result<Vec<Option<OffsetAndMetadata>>>;
+}

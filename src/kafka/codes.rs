@@ -22,6 +22,7 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::UnknownMember { .. } => E::UnknownMemberId,
         Error::IllegalGeneration { .. } => E::IllegalGeneration,
         Error::RebalanceInProgress { .. } => E::RebalanceInProgress,
+        Error::CoordinatorNotAvailable { .. } => E::CoordinatorNotAvailable,
         Error::FencedInstanceId { .. } => E::FencedInstanceId,
         Error::InconsistentGroupProtocol { .. } => E::InconsistentGroupProtocol,
         Error::NoSuchGroup { .. } => E::GroupIdNotFound,

@@ -1,0 +1,534 @@
+//! In-process group members at a node that does not coordinate the cluster's groups: their
+//! requests (join, sync, heartbeat, leave, commit, committed offsets) go over the peer link
+//! to the node that does (the leader of the offsets topic's partition), which runs them on
+//! its own coordinator and offset store, as it runs Kafka clients' requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+
+use crate::TopicPartition;
+use crate::broker::Broker;
+use crate::cluster::partition::{cluster_error, run_on};
+use crate::cluster::peer::{GroupId, Router};
+use crate::cluster::raft::NodeId;
+use crate::error::{Error, Result};
+use crate::group::offsets::{validate_group_id, validate_metadata};
+use crate::group::{
+    JoinGroup, Joined, JoinedMember, MemberRef, OffsetAndMetadata, Pending, RemoteCoordinator,
+};
+
+/// A group request from a member at another node.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum GroupCall {
+    Join {
+        group: String,
+        member_id: String,
+        group_instance_id: Option<String>,
+        client_id: String,
+        session_timeout: Duration,
+        rebalance_timeout: Duration,
+        protocol_type: String,
+        protocols: Vec<(String, Vec<u8>)>,
+    },
+    Sync {
+        group: String,
+        member: Member,
+        assignments: Vec<(String, Vec<u8>)>,
+    },
+    Heartbeat {
+        group: String,
+        member: Member,
+    },
+    Leave {
+        group: String,
+        member_id: String,
+    },
+    Commit {
+        group: String,
+        member: Member,
+        offsets: Vec<(String, u32, Committed)>,
+    },
+    Committed {
+        group: String,
+        partitions: Vec<(String, u32)>,
+    },
+}
+
+/// A member as a request names it ([`MemberRef`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Member {
+    member_id: String,
+    group_instance_id: Option<String>,
+    generation: i32,
+}
+
+/// A committed offset ([`OffsetAndMetadata`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Committed {
+    offset: i64,
+    leader_epoch: i32,
+    metadata: String,
+    commit_timestamp: i64,
+}
+
+/// The coordinator's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum GroupAnswer {
+    Joined {
+        generation: i32,
+        protocol: String,
+        leader: String,
+        member_id: String,
+        /// For the leader: each member's id, static id and metadata.
+        members: Vec<(String, Option<String>, Vec<u8>)>,
+    },
+    Synced(Vec<u8>),
+    Done,
+    Committed(Vec<Option<Committed>>),
+}
+
+/// Why the coordinator refused: the group errors a member acts on, kept as they are.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum GroupRefusal {
+    UnknownMember {
+        member: String,
+    },
+    IllegalGeneration {
+        generation: i32,
+        current: i32,
+    },
+    RebalanceInProgress,
+    FencedInstanceId {
+        instance: String,
+    },
+    InconsistentGroupProtocol {
+        reason: String,
+    },
+    /// The node asked does not coordinate groups (any more).
+    NotCoordinator,
+    Other(String),
+}
+
+impl From<&MemberRef> for Member {
+    fn from(m: &MemberRef) -> Member {
+        Member {
+            member_id: m.member_id.clone(),
+            group_instance_id: m.group_instance_id.clone(),
+            generation: m.generation,
+        }
+    }
+}
+
+impl From<Member> for MemberRef {
+    fn from(m: Member) -> MemberRef {
+        MemberRef {
+            member_id: m.member_id,
+            group_instance_id: m.group_instance_id,
+            generation: m.generation,
+        }
+    }
+}
+
+impl From<&OffsetAndMetadata> for Committed {
+    fn from(o: &OffsetAndMetadata) -> Committed {
+        Committed {
+            offset: o.offset,
+            leader_epoch: o.leader_epoch,
+            metadata: o.metadata.clone(),
+            commit_timestamp: o.commit_timestamp,
+        }
+    }
+}
+
+impl From<Committed> for OffsetAndMetadata {
+    fn from(c: Committed) -> OffsetAndMetadata {
+        OffsetAndMetadata {
+            offset: c.offset,
+            leader_epoch: c.leader_epoch,
+            metadata: c.metadata,
+            commit_timestamp: c.commit_timestamp,
+        }
+    }
+}
+
+impl GroupRefusal {
+    fn of(e: Error) -> GroupRefusal {
+        match e {
+            Error::UnknownMember { member, .. } => GroupRefusal::UnknownMember { member },
+            Error::IllegalGeneration {
+                generation, current, ..
+            } => GroupRefusal::IllegalGeneration { generation, current },
+            Error::RebalanceInProgress { .. } => GroupRefusal::RebalanceInProgress,
+            Error::FencedInstanceId { instance, .. } => GroupRefusal::FencedInstanceId { instance },
+            Error::InconsistentGroupProtocol { reason, .. } => {
+                GroupRefusal::InconsistentGroupProtocol { reason }
+            }
+            Error::CoordinatorNotAvailable { .. } => GroupRefusal::NotCoordinator,
+            e => GroupRefusal::Other(e.to_string()),
+        }
+    }
+
+    fn into_error(self, group: &str) -> Error {
+        let group = group.to_string();
+        match self {
+            GroupRefusal::UnknownMember { member } => Error::UnknownMember { group, member },
+            GroupRefusal::IllegalGeneration { generation, current } => Error::IllegalGeneration {
+                group,
+                generation,
+                current,
+            },
+            GroupRefusal::RebalanceInProgress => Error::RebalanceInProgress { group },
+            GroupRefusal::FencedInstanceId { instance } => Error::FencedInstanceId { group, instance },
+            GroupRefusal::InconsistentGroupProtocol { reason } => {
+                Error::InconsistentGroupProtocol { group, reason }
+            }
+            GroupRefusal::NotCoordinator => Error::CoordinatorNotAvailable { group },
+            GroupRefusal::Other(why) => cluster_error(format!("group {group:?} at its coordinator: {why}")),
+        }
+    }
+}
+
+/// How long a request that waits for nothing but the coordinator (and, for a commit, the
+/// offsets topic's replication) may take.
+const CALL_TTL: Duration = Duration::from_secs(15);
+
+/// How long a SyncGroup may wait at the coordinator for the leader's assignment (Kafka's
+/// default rebalance timeout, and a margin).
+const SYNC_TTL: Duration = Duration::from_secs(330);
+
+/// How often a coordinator waiting to answer a join or sync expires what is due in the
+/// group (no member at this node ticks it).
+const TICK: Duration = Duration::from_millis(100);
+
+/// The group coordinator at node `target`, as this node's members reach it.
+pub(crate) struct RemoteGroups {
+    pub(crate) target: NodeId,
+    pub(crate) router: Router,
+    pub(crate) runtime: Handle,
+}
+
+/// The group id the calls travel under (they belong to no Raft group).
+fn no_group() -> GroupId {
+    GroupId {
+        topic: String::new(),
+        partition: -1,
+        incarnation: 0,
+    }
+}
+
+impl RemoteGroups {
+    /// Sends `call` and waits for its answer (off the runtime: for the consumer's thread).
+    fn call(&self, group: &str, call: GroupCall, ttl: Duration) -> Result<GroupAnswer> {
+        let (router, target) = (self.router.clone(), self.target);
+        let answer = run_on(&self.runtime, async move {
+            Ok(router.group_call(target, no_group(), call, ttl).await)
+        })?;
+        answer_of(group, answer)
+    }
+
+    /// Sends `call` and answers `pending` when it is answered.
+    fn later<T: Send + 'static>(
+        &self,
+        group: &str,
+        call: GroupCall,
+        ttl: Duration,
+        answer: impl FnOnce(GroupAnswer) -> Result<T> + Send + 'static,
+    ) -> Pending<Result<T>> {
+        let (tx, rx) = crate::group::reply_pair();
+        let (router, target, group) = (self.router.clone(), self.target, group.to_string());
+        self.runtime.spawn(async move {
+            let answered = router.group_call(target, no_group(), call, ttl).await;
+            tx.send(answer_of(&group, answered).and_then(answer));
+        });
+        rx
+    }
+}
+
+/// The coordinator's answer as the coordinator's own calls return it: a link that failed is
+/// a coordinator not available (the member asks again, wherever the coordinator is by then).
+fn answer_of(
+    group: &str,
+    answered: std::result::Result<std::result::Result<GroupAnswer, GroupRefusal>, String>,
+) -> Result<GroupAnswer> {
+    match answered {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(refusal)) => Err(refusal.into_error(group)),
+        Err(why) => {
+            log::debug!("group {group:?}: the coordinator did not answer: {why}");
+            Err(Error::CoordinatorNotAvailable {
+                group: group.to_string(),
+            })
+        }
+    }
+}
+
+fn unexpected(group: &str, answer: GroupAnswer) -> Error {
+    cluster_error(format!("group {group:?}: an unexpected answer {answer:?}"))
+}
+
+impl RemoteCoordinator for RemoteGroups {
+    fn join_group(&self, group: &str, request: JoinGroup) -> Pending<Result<Joined>> {
+        let ttl = request.rebalance_timeout + Duration::from_secs(30);
+        let call = GroupCall::Join {
+            group: group.to_string(),
+            member_id: request.member_id,
+            group_instance_id: request.group_instance_id,
+            client_id: request.client_id,
+            session_timeout: request.session_timeout,
+            rebalance_timeout: request.rebalance_timeout,
+            protocol_type: request.protocol_type,
+            protocols: request.protocols,
+        };
+        let name = group.to_string();
+        self.later(group, call, ttl, move |answer| match answer {
+            GroupAnswer::Joined {
+                generation,
+                protocol,
+                leader,
+                member_id,
+                members,
+            } => Ok(Joined {
+                generation,
+                protocol,
+                leader,
+                member_id,
+                members: members
+                    .into_iter()
+                    .map(|(member_id, group_instance_id, metadata)| JoinedMember {
+                        member_id,
+                        group_instance_id,
+                        metadata,
+                    })
+                    .collect(),
+            }),
+            other => Err(unexpected(&name, other)),
+        })
+    }
+
+    fn sync_group(
+        &self,
+        group: &str,
+        member: &MemberRef,
+        assignments: Vec<(String, Vec<u8>)>,
+    ) -> Pending<Result<Vec<u8>>> {
+        let call = GroupCall::Sync {
+            group: group.to_string(),
+            member: member.into(),
+            assignments,
+        };
+        let name = group.to_string();
+        self.later(group, call, SYNC_TTL, move |answer| match answer {
+            GroupAnswer::Synced(bytes) => Ok(bytes),
+            other => Err(unexpected(&name, other)),
+        })
+    }
+
+    fn heartbeat(&self, group: &str, member: &MemberRef) -> Result<()> {
+        let call = GroupCall::Heartbeat {
+            group: group.to_string(),
+            member: member.into(),
+        };
+        match self.call(group, call, CALL_TTL)? {
+            GroupAnswer::Done => Ok(()),
+            other => Err(unexpected(group, other)),
+        }
+    }
+
+    fn leave_group(&self, group: &str, member_id: &str) -> Result<()> {
+        let call = GroupCall::Leave {
+            group: group.to_string(),
+            member_id: member_id.to_string(),
+        };
+        match self.call(group, call, CALL_TTL)? {
+            GroupAnswer::Done => Ok(()),
+            other => Err(unexpected(group, other)),
+        }
+    }
+
+    fn commit(
+        &self,
+        group: &str,
+        member: &MemberRef,
+        offsets: Vec<(TopicPartition, OffsetAndMetadata)>,
+    ) -> Result<()> {
+        let call = GroupCall::Commit {
+            group: group.to_string(),
+            member: member.into(),
+            offsets: offsets
+                .iter()
+                .map(|(tp, o)| (tp.topic.clone(), tp.partition, o.into()))
+                .collect(),
+        };
+        match self.call(group, call, CALL_TTL)? {
+            GroupAnswer::Done => Ok(()),
+            other => Err(unexpected(group, other)),
+        }
+    }
+
+    fn committed(
+        &self,
+        group: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<Option<OffsetAndMetadata>>> {
+        let call = GroupCall::Committed {
+            group: group.to_string(),
+            partitions: partitions
+                .iter()
+                .map(|tp| (tp.topic.clone(), tp.partition))
+                .collect(),
+        };
+        match self.call(group, call, CALL_TTL)? {
+            GroupAnswer::Committed(found) if found.len() == partitions.len() => Ok(found
+                .into_iter()
+                .map(|c| c.map(OffsetAndMetadata::from))
+                .collect()),
+            other => Err(unexpected(group, other)),
+        }
+    }
+}
+
+/// Runs a member's `call` on this node's coordinator, if this node coordinates the
+/// cluster's groups (`coordinates` says so); the waits for a rebalance are awaited, the
+/// rest runs on the blocking pool (a commit holds its group while the offsets topic
+/// replicates it).
+pub(crate) async fn serve(
+    broker: Broker,
+    coordinates: impl Fn() -> bool,
+    call: GroupCall,
+) -> std::result::Result<GroupAnswer, GroupRefusal> {
+    if !coordinates() {
+        return Err(GroupRefusal::NotCoordinator);
+    }
+    match call {
+        GroupCall::Join {
+            group,
+            member_id,
+            group_instance_id,
+            client_id,
+            session_timeout,
+            rebalance_timeout,
+            protocol_type,
+            protocols,
+        } => {
+            let request = JoinGroup {
+                member_id,
+                group_instance_id,
+                client_id,
+                session_timeout,
+                rebalance_timeout,
+                protocol_type,
+                protocols,
+                notify: None,
+            };
+            let pending = broker.inner.groups.join_group(&group, request);
+            let joined = ticking(&broker, &group, pending)
+                .await
+                .map_err(GroupRefusal::of)?;
+            Ok(GroupAnswer::Joined {
+                generation: joined.generation,
+                protocol: joined.protocol,
+                leader: joined.leader,
+                member_id: joined.member_id,
+                members: joined
+                    .members
+                    .into_iter()
+                    .map(|m| (m.member_id, m.group_instance_id, m.metadata))
+                    .collect(),
+            })
+        }
+        GroupCall::Sync {
+            group,
+            member,
+            assignments,
+        } => {
+            let pending = broker
+                .inner
+                .groups
+                .sync_group(&group, &member.into(), assignments);
+            let synced = ticking(&broker, &group, pending)
+                .await
+                .map_err(GroupRefusal::of)?;
+            Ok(GroupAnswer::Synced(synced))
+        }
+        call => blocking(broker, call).await,
+    }
+}
+
+/// Awaits `pending` from `group`, expiring what falls due in the group meanwhile.
+async fn ticking<T>(broker: &Broker, group: &str, mut pending: Pending<T>) -> T {
+    loop {
+        tokio::select! {
+            answer = &mut pending => return answer,
+            _ = tokio::time::sleep(TICK) => broker.inner.groups.tick_group(group),
+        }
+    }
+}
+
+/// The calls that wait for nothing but locks and the offsets topic, on the blocking pool.
+async fn blocking(broker: Broker, call: GroupCall) -> std::result::Result<GroupAnswer, GroupRefusal> {
+    let ran = tokio::task::spawn_blocking(move || -> Result<GroupAnswer> {
+        let groups = &broker.inner.groups;
+        match call {
+            GroupCall::Heartbeat { group, member } => {
+                groups.heartbeat(&group, &member.into())?;
+                Ok(GroupAnswer::Done)
+            }
+            GroupCall::Leave { group, member_id } => {
+                groups.leave_group(&group, &member_id, None)?;
+                Ok(GroupAnswer::Done)
+            }
+            GroupCall::Commit {
+                group,
+                member,
+                offsets,
+            } => {
+                validate_group_id(&group)?;
+                let entries: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
+                    .into_iter()
+                    .map(|(topic, partition, c)| (TopicPartition::new(topic, partition), c.into()))
+                    .collect();
+                for (tp, o) in &entries {
+                    validate_metadata(tp, &o.metadata)?;
+                }
+                let store = broker.inner.offsets()?;
+                groups
+                    .check_commit(&group, &member.into(), || store.append(&group, &entries))?
+                    .durable()?;
+                Ok(GroupAnswer::Done)
+            }
+            GroupCall::Committed { group, partitions } => {
+                let store = broker.inner.offsets()?;
+                let found = partitions
+                    .into_iter()
+                    .map(|(topic, p)| {
+                        store
+                            .committed(&group, &TopicPartition::new(topic, p))
+                            .as_ref()
+                            .map(Committed::from)
+                    })
+                    .collect();
+                Ok(GroupAnswer::Committed(found))
+            }
+            GroupCall::Join { .. } | GroupCall::Sync { .. } => {
+                Err(cluster_error("a join or sync reached the blocking pool"))
+            }
+        }
+    })
+    .await;
+    match ran {
+        Ok(answer) => answer.map_err(GroupRefusal::of),
+        Err(e) => Err(GroupRefusal::Other(e.to_string())),
+    }
+}
+
+/// The remote coordinator of a cluster whose groups node `leader` coordinates.
+pub(crate) fn at(leader: NodeId, router: Router, runtime: Handle) -> Arc<dyn RemoteCoordinator> {
+    Arc::new(RemoteGroups {
+        target: leader,
+        router,
+        runtime,
+    })
+}
