@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use rivulet::cluster::{Cluster, ClusterBuilder};
+use rivulet::cluster::{Cluster, ClusterBuilder, Timing};
 use rivulet::{Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig, TopicPartition};
 
 const READY: Duration = Duration::from_secs(60);
@@ -28,6 +28,15 @@ fn found(id: u64, dir: &std::path::Path, voters: &[(u64, SocketAddr)]) -> Cluste
         .voters(voters.iter().copied())
         .start()
         .expect("the node starts")
+}
+
+/// Faster timing than the default, as every node of a cluster may be given.
+fn brisk() -> Timing {
+    Timing {
+        heartbeat: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(300),
+        election_timeout_max: Duration::from_millis(600),
+    }
 }
 
 fn join(
@@ -95,7 +104,13 @@ fn of_four_founders_three_vote_for_the_controller_and_one_follows() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let voters: Vec<(u64, SocketAddr)> = (1..=4).zip(free_addrs(4)).collect();
     let nodes: Vec<Cluster> = (0..4)
-        .map(|i| found(i as u64 + 1, dirs[i].path(), &voters))
+        .map(|i| {
+            ClusterBuilder::new(i as u64 + 1, dirs[i].path())
+                .voters(voters.iter().copied())
+                .timing(brisk())
+                .start()
+                .expect("the node starts")
+        })
         .collect();
     for n in &nodes {
         n.wait_ready(READY).expect("the node is ready");
@@ -164,6 +179,15 @@ fn a_node_joins_through_a_seed_and_restarts_without_it() {
         .seeds([addrs[0]])
         .start();
     assert!(refused(both).contains("not both"));
+    let slow_heartbeat = Timing {
+        heartbeat: Duration::from_secs(1),
+        ..Timing::default()
+    };
+    let bad_timing = ClusterBuilder::new(9, fresh.path())
+        .voters([(9, addrs[4])])
+        .timing(slow_heartbeat)
+        .start();
+    assert!(refused(bad_timing).contains("longer than the heartbeat"));
     let no_listen = ClusterBuilder::new(9, fresh.path()).seeds([addrs[0]]).start();
     assert!(refused(no_listen).contains("peer listen address"));
     let founder = refused(join(2, fresh.path(), addrs[4], &[addrs[1]]));

@@ -189,6 +189,8 @@ pub(crate) struct Controller {
     registered: tokio::sync::Notify,
     /// The term in which this node took over coordinating groups (0: it does not).
     coordinating: Arc<std::sync::atomic::AtomicU64>,
+    /// Raft's settings for the node's groups.
+    raft_config: Arc<openraft::Config>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -206,6 +208,7 @@ impl Controller {
         state_path: PathBuf,
         runtime: Handle,
         (founders, replication_factor): (Vec<(NodeId, SocketAddr)>, usize),
+        raft_config: Arc<openraft::Config>,
     ) -> Result<Controller> {
         let state: ControllerState = meta::read(&state_path)?.unwrap_or_default();
         for node in state.nodes.values() {
@@ -229,6 +232,7 @@ impl Controller {
             coordinating: Arc::default(),
             founders,
             registered: tokio::sync::Notify::new(),
+            raft_config,
         })
     }
 
@@ -510,7 +514,7 @@ impl Controller {
                 self.router.clone(),
                 group.clone(),
                 None,
-                Io::Threads,
+                (Io::Threads, self.raft_config.clone()),
             )
             .await?;
             if !replica.raft.is_initialized().await.map_err(cluster_error)? {

@@ -72,7 +72,7 @@ pub use controller::NodeInfo;
 use crate::broker::{Broker, BrokerBuilder, Coordinate};
 use crate::cluster::controller::{Command, Controller, Coordinator, controller_group, controller_voters};
 use crate::cluster::log_store::Io;
-use crate::cluster::partition::{PartitionReplica, cluster_error, run_on};
+use crate::cluster::partition::{PartitionReplica, cluster_error, raft_config, run_on};
 use crate::cluster::peer::{Groups, MAX_KAFKA_ADDRESS, NotJoined, Router, Welcome};
 use crate::cluster::raft::{Node, NodeId};
 use crate::cluster::state_machine::ControllerHook;
@@ -109,6 +109,61 @@ pub struct ClusterBuilder {
     broker: Option<BrokerBuilder>,
     runtime: Option<Handle>,
     replication_factor: usize,
+    timing: Timing,
+}
+
+/// Raft's timing: how often leaders heartbeat, and how long followers wait before they
+/// elect another leader. Give every node of a cluster the same. The defaults suit nodes on one
+/// network: heartbeats every 100 ms, an election after 0.5 to 1 s of silence (a failed leader
+/// is replaced in about 2 s). Longer timeouts ride out longer pauses (a slow disk, a stalled
+/// process) without an election, and make failover slower by as much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often a leader tells its followers it is there.
+    pub heartbeat: Duration,
+    /// The shortest time a follower waits without hearing from its leader before it stands
+    /// for election (each wait is drawn between this and `election_timeout_max`).
+    pub election_timeout_min: Duration,
+    /// The longest such wait.
+    pub election_timeout_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+        }
+    }
+}
+
+impl Timing {
+    /// Refuses timing Raft cannot work with: a heartbeat of at least 1 ms and at most 10 s,
+    /// shorter than the shortest election timeout, which is shorter than the longest, at
+    /// most 60 s.
+    fn check(&self) -> Result<()> {
+        let refuse = |reason: &'static str| {
+            Err(Error::InvalidArgument {
+                name: "timing",
+                value: format!("{self:?}"),
+                reason,
+            })
+        };
+        if self.heartbeat < Duration::from_millis(1) || self.heartbeat > Duration::from_secs(10) {
+            return refuse("the heartbeat is between 1 ms and 10 s");
+        }
+        if self.election_timeout_min <= self.heartbeat {
+            return refuse("the shortest election timeout is longer than the heartbeat");
+        }
+        if self.election_timeout_max <= self.election_timeout_min {
+            return refuse("the longest election timeout is longer than the shortest");
+        }
+        if self.election_timeout_max > Duration::from_secs(60) {
+            return refuse("the longest election timeout is at most 60 s");
+        }
+        Ok(())
+    }
 }
 
 impl ClusterBuilder {
@@ -124,7 +179,15 @@ impl ClusterBuilder {
             broker: None,
             runtime: None,
             replication_factor: 3,
+            timing: Timing::default(),
         }
+    }
+
+    /// Raft's timing for every group this node runs (default [`Timing::default`]); give every
+    /// node the same.
+    pub fn timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// Where the node listens for its peers (default: its own address in the voters list).
@@ -200,6 +263,8 @@ impl ClusterBuilder {
                 "a Kafka address is at most {MAX_KAFKA_ADDRESS} bytes"
             )));
         }
+        self.timing.check()?;
+        let raft_config = raft_config(&self.timing)?;
         let cluster_dir = self.dir.join("cluster");
         if !self.voters.is_empty() && !self.seeds.is_empty() {
             return Err(bad("a node takes the voters list or seeds, not both".into()));
@@ -328,6 +393,7 @@ impl ClusterBuilder {
             cluster_dir.join("controller.meta"),
             handle.clone(),
             (founders.clone(), self.replication_factor),
+            raft_config.clone(),
         ) {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -393,9 +459,15 @@ impl ClusterBuilder {
                     applying,
                     saved: controller.saved(),
                 };
-                let metadata =
-                    PartitionReplica::start(me, log, router, controller_group(), Some(hook), Io::Threads)
-                        .await?;
+                let metadata = PartitionReplica::start(
+                    me,
+                    log,
+                    router,
+                    controller_group(),
+                    Some(hook),
+                    (Io::Threads, raft_config),
+                )
+                .await?;
                 groups.insert(controller_group(), metadata.raft.clone());
                 controller.watch_leader(controller_group(), &metadata.raft, voters.clone());
                 let raft = metadata.raft.clone();

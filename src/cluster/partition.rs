@@ -11,6 +11,7 @@ use parking_lot::RwLock;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
+use crate::cluster::Timing;
 use crate::cluster::entry::{Records, UNASSIGNED};
 use crate::cluster::log_store::{Io, LogStore, MAX_ENTRY_BYTES, Replica};
 use crate::cluster::peer::{GroupId, Groups, Network, Proposed, Raft, Router, propose_here};
@@ -19,16 +20,17 @@ use crate::cluster::state_machine::{ControllerHook, StateMachine};
 use crate::error::{Error, Result};
 use crate::storage::{AppendInfo, Fetch, PartitionLog, RecordBatch, Replicate};
 
-/// Raft's timing and limits for a partition group: a leader heartbeats every 100 ms and is
-/// replaced after 0.5 to 1 s of silence; an AppendEntries carries at most 64 batches; a
-/// leader that restarts is elected again, in a new term. Raft never purges the log on its own
-/// (the log is the partition's data: retention purges it).
-pub(crate) fn raft_config() -> Result<Arc<openraft::Config>> {
+/// Raft's settings for a group with `timing` (by default a leader heartbeats every 100 ms
+/// and is replaced after 0.5 to 1 s of silence): an AppendEntries carries at most 64
+/// batches; a leader that restarts is elected again, in a new term. Raft never purges the
+/// log on its own (the log is the partition's data: retention purges it).
+pub(crate) fn raft_config(timing: &Timing) -> Result<Arc<openraft::Config>> {
+    let ms = |d: Duration| d.as_millis() as u64;
     let config = openraft::Config {
         cluster_name: "rivulet".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        heartbeat_interval: ms(timing.heartbeat),
+        election_timeout_min: ms(timing.election_timeout_min),
+        election_timeout_max: ms(timing.election_timeout_max),
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: u64::MAX,
@@ -74,7 +76,8 @@ impl PartitionReplica {
         })
         .await
         .map_err(cluster_error)??;
-        Self::start(me, log, router, group, None, Io::Threads).await
+        let config = raft_config(&Timing::default())?;
+        Self::start(me, log, router, group, None, (Io::Threads, config)).await
     }
 
     /// Starts the Raft group of `log` (opened as replicated) as node `me`; the log's appends
@@ -86,7 +89,7 @@ impl PartitionReplica {
         router: Router,
         group: GroupId,
         controller: Option<ControllerHook>,
-        io: Io,
+        (io, config): (Io, Arc<openraft::Config>),
     ) -> Result<PartitionReplica> {
         let replica = io
             .blocking(move || {
@@ -103,7 +106,7 @@ impl PartitionReplica {
             router: router.clone(),
             group: group.clone(),
         };
-        let raft = Raft::new(me, raft_config()?, network, store, sm)
+        let raft = Raft::new(me, config, network, store, sm)
             .await
             .map_err(cluster_error)?;
         let appender = Appender(Arc::new(AppenderState {

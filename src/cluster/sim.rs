@@ -180,7 +180,8 @@ async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
             .fs(Arc::new(fs.clone()))
             .replicated()
             .open()?;
-        let replica = PartitionReplica::start(me, log, router.clone(), group(p), None, io).await?;
+        let config = crate::cluster::partition::raft_config(&crate::cluster::Timing::default())?;
+        let replica = PartitionReplica::start(me, log, router.clone(), group(p), None, (io, config)).await?;
         groups.insert(group(p), replica.raft.clone());
         if !replica.raft.is_initialized().await? {
             let members: BTreeMap<NodeId, Node> = (1..=NODES).map(|n| (n, Node::default())).collect();

@@ -791,3 +791,24 @@ fn the_controller_is_voted_for_by_three_or_five_founders() {
     assert_eq!(controller_voters(&[5, 4, 3, 2, 1]), [1, 2, 3, 4, 5]);
     assert_eq!(controller_voters(&[9, 8, 7, 6, 5, 4, 3]), [3, 4, 5, 6, 7]);
 }
+
+#[test]
+fn timing_reaches_raft() {
+    use crate::cluster::Timing;
+    use crate::cluster::partition::raft_config;
+    let timing = Timing {
+        heartbeat: Duration::from_millis(40),
+        election_timeout_min: Duration::from_millis(250),
+        election_timeout_max: Duration::from_millis(700),
+    };
+    let c = raft_config(&timing).unwrap();
+    assert_eq!(
+        (
+            c.heartbeat_interval,
+            c.election_timeout_min,
+            c.election_timeout_max
+        ),
+        (40, 250, 700)
+    );
+    assert_eq!(c.enable_leader_restore, Some(false));
+}
