@@ -207,8 +207,11 @@ impl Controller {
         groups: Arc<Groups>,
         state_path: PathBuf,
         runtime: Handle,
-        (founders, replication_factor): (Vec<(NodeId, SocketAddr)>, usize),
-        raft_config: Arc<openraft::Config>,
+        (founders, replication_factor, raft_config): (
+            Vec<(NodeId, SocketAddr)>,
+            usize,
+            Arc<openraft::Config>,
+        ),
     ) -> Result<Controller> {
         let state: ControllerState = meta::read(&state_path)?.unwrap_or_default();
         for node in state.nodes.values() {

@@ -392,8 +392,7 @@ impl ClusterBuilder {
             groups.clone(),
             cluster_dir.join("controller.meta"),
             handle.clone(),
-            (founders.clone(), self.replication_factor),
-            raft_config.clone(),
+            (founders.clone(), self.replication_factor, raft_config.clone()),
         ) {
             Ok(c) => Arc::new(c),
             Err(e) => {
