@@ -302,20 +302,45 @@ impl Consumer {
 
     /// Makes `partitions` the assignment, opening new ones before changing anything.
     fn set_assignment(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        let resume = self.resume_points(partitions)?;
+        self.apply_assignment(partitions, &resume)
+    }
+
+    /// Where the group's consumers resume those of `partitions` not assigned yet: their
+    /// committed offsets (asked of the coordinator, which in a cluster may be another node).
+    pub(super) fn resume_points(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
+        let new: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|tp| !self.assigned.contains_key(tp))
+            .cloned()
+            .collect();
+        if self.config.group_id.is_none() || new.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let committed = self.committed(&new)?;
+        Ok(new
+            .into_iter()
+            .zip(committed)
+            .filter_map(|(tp, c)| Some((tp, c?.offset)))
+            .collect())
+    }
+
+    /// Makes `partitions` the assignment, new ones starting at `resume` (else per
+    /// `auto.offset.reset`), opening them before changing anything.
+    pub(super) fn apply_assignment(
+        &mut self,
+        partitions: &[TopicPartition],
+        resume: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<()> {
         let mut opened = Vec::new();
         for tp in partitions {
             if !self.assigned.contains_key(tp) {
                 opened.push((tp.clone(), self.broker.partition(&tp.topic, tp.partition)?));
             }
         }
-        // A group's committed offset is where its consumers resume.
-        let committed = match (&self.config.group_id, opened.is_empty()) {
-            (Some(_), false) => {
-                let tps: Vec<TopicPartition> = opened.iter().map(|(tp, _)| tp.clone()).collect();
-                self.committed(&tps)?
-            }
-            _ => vec![None; opened.len()],
-        };
         let mut next = BTreeMap::new();
         for tp in partitions {
             if let Some(a) = self.assigned.remove(tp) {
@@ -325,13 +350,12 @@ impl Consumer {
         for a in self.assigned.values() {
             a.log.unwatch(&self.signal);
         }
-        for ((tp, log), committed) in opened.into_iter().zip(committed) {
-            let committed = committed.map(|o| o.offset);
+        for (tp, log) in opened {
             log.watch(&self.signal);
             let a = Assigned {
                 log,
                 topic: Arc::from(tp.topic.as_str()),
-                position: committed,
+                position: resume.get(&tp).copied(),
                 paused: false,
                 buffered: None,
                 spare: None,
@@ -746,6 +770,12 @@ fn fetch_elsewhere(
             .unwrap_or(Err(Error::IllegalState("the partition is read here now")))
     };
     let fetched = match read(a, position) {
+        // Past the end of the leader's log: a leader that does not have everything yet (or
+        // was deposed meanwhile); the position stands, and is read again later.
+        Err(Error::OffsetOutOfRange { log_start, .. }) if position >= log_start => {
+            log::debug!("{tp}: offset {position} is past the end of the leader's log");
+            return Ok(None);
+        }
         Err(e @ Error::OffsetOutOfRange { .. }) if reset == OffsetReset::None => return Err(e),
         Err(Error::OffsetOutOfRange { .. }) => {
             a.position = None;

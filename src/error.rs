@@ -328,8 +328,9 @@ pub enum Error {
     },
 
     /// No node of the cluster coordinates groups now (the offsets topic's partition is
-    /// electing a leader, or its new leader is still reading the commits): nothing was
-    /// changed; the request may be made again.
+    /// electing a leader, or its new leader is still reading the commits), or the node that
+    /// did stopped answering: the request may be made again. A commit that failed so may
+    /// yet have been taken (its outcome is unknown).
     #[error("group {group:?}: no node coordinates groups now; try again")]
     CoordinatorNotAvailable {
         /// The group.

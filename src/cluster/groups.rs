@@ -17,22 +17,15 @@ use crate::cluster::raft::NodeId;
 use crate::error::{Error, Result};
 use crate::group::offsets::{validate_group_id, validate_metadata};
 use crate::group::{
-    JoinGroup, Joined, JoinedMember, MemberRef, OffsetAndMetadata, Pending, RemoteCoordinator,
+    JoinGroup, Joined, JoinedMember, MAX_TIMEOUT, MemberRef, OffsetAndMetadata, Pending, RemoteCoordinator,
 };
 
 /// A group request from a member at another node.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum GroupCall {
-    Join {
-        group: String,
-        member_id: String,
-        group_instance_id: Option<String>,
-        client_id: String,
-        session_timeout: Duration,
-        rebalance_timeout: Duration,
-        protocol_type: String,
-        protocols: Vec<(String, Vec<u8>)>,
-    },
+    /// A member id for a new member to join with.
+    Reserve(Join),
+    Join(Join),
     Sync {
         group: String,
         member: Member,
@@ -55,6 +48,49 @@ pub(crate) enum GroupCall {
         group: String,
         partitions: Vec<(String, u32)>,
     },
+}
+
+/// A JoinGroup ([`JoinGroup`]) for `group`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Join {
+    group: String,
+    member_id: String,
+    group_instance_id: Option<String>,
+    client_id: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocol_type: String,
+    protocols: Vec<(String, Vec<u8>)>,
+}
+
+impl Join {
+    fn of(group: &str, request: JoinGroup) -> Join {
+        Join {
+            group: group.to_string(),
+            member_id: request.member_id,
+            group_instance_id: request.group_instance_id,
+            client_id: request.client_id,
+            session_timeout: request.session_timeout,
+            rebalance_timeout: request.rebalance_timeout,
+            protocol_type: request.protocol_type,
+            protocols: request.protocols,
+        }
+    }
+
+    /// The group and the request.
+    fn request(self) -> (String, JoinGroup) {
+        let request = JoinGroup {
+            member_id: self.member_id,
+            group_instance_id: self.group_instance_id,
+            client_id: self.client_id,
+            session_timeout: self.session_timeout,
+            rebalance_timeout: self.rebalance_timeout,
+            protocol_type: self.protocol_type,
+            protocols: self.protocols,
+            notify: None,
+        };
+        (self.group, request)
+    }
 }
 
 /// A member as a request names it ([`MemberRef`]).
@@ -86,6 +122,7 @@ pub(crate) enum GroupAnswer {
         members: Vec<(String, Option<String>, Vec<u8>)>,
     },
     Synced(Vec<u8>),
+    Reserved(String),
     Done,
     Committed(Vec<Option<Committed>>),
 }
@@ -195,9 +232,10 @@ impl GroupRefusal {
 /// offsets topic's replication) may take.
 const CALL_TTL: Duration = Duration::from_secs(15);
 
-/// How long a SyncGroup may wait at the coordinator for the leader's assignment (Kafka's
-/// default rebalance timeout, and a margin).
-const SYNC_TTL: Duration = Duration::from_secs(330);
+/// How long a JoinGroup or SyncGroup may wait at the coordinator: a rebalance waits for the
+/// group's longest rebalance timeout, at most [`MAX_TIMEOUT`]. (A member stops waiting
+/// sooner if another node coordinates groups meanwhile.)
+const REBALANCE_TTL: Duration = Duration::from_secs(MAX_TIMEOUT.as_secs() + 30);
 
 /// How often a coordinator waiting to answer a join or sync expires what is due in the
 /// group (no member at this node ticks it).
@@ -270,20 +308,25 @@ fn unexpected(group: &str, answer: GroupAnswer) -> Error {
 }
 
 impl RemoteCoordinator for RemoteGroups {
-    fn join_group(&self, group: &str, request: JoinGroup) -> Pending<Result<Joined>> {
-        let ttl = request.rebalance_timeout + Duration::from_secs(30);
-        let call = GroupCall::Join {
-            group: group.to_string(),
-            member_id: request.member_id,
-            group_instance_id: request.group_instance_id,
-            client_id: request.client_id,
-            session_timeout: request.session_timeout,
-            rebalance_timeout: request.rebalance_timeout,
-            protocol_type: request.protocol_type,
-            protocols: request.protocols,
+    fn node(&self) -> u64 {
+        self.target
+    }
+
+    fn reserve_member_id(&self, group: &str, request: &JoinGroup) -> Result<String> {
+        let request = JoinGroup {
+            notify: None,
+            ..request.clone()
         };
+        match self.call(group, GroupCall::Reserve(Join::of(group, request)), CALL_TTL)? {
+            GroupAnswer::Reserved(id) => Ok(id),
+            other => Err(unexpected(group, other)),
+        }
+    }
+
+    fn join_group(&self, group: &str, request: JoinGroup) -> Pending<Result<Joined>> {
+        let call = GroupCall::Join(Join::of(group, request));
         let name = group.to_string();
-        self.later(group, call, ttl, move |answer| match answer {
+        self.later(group, call, REBALANCE_TTL, move |answer| match answer {
             GroupAnswer::Joined {
                 generation,
                 protocol,
@@ -320,7 +363,7 @@ impl RemoteCoordinator for RemoteGroups {
             assignments,
         };
         let name = group.to_string();
-        self.later(group, call, SYNC_TTL, move |answer| match answer {
+        self.later(group, call, REBALANCE_TTL, move |answer| match answer {
             GroupAnswer::Synced(bytes) => Ok(bytes),
             other => Err(unexpected(&name, other)),
         })
@@ -391,9 +434,9 @@ impl RemoteCoordinator for RemoteGroups {
 }
 
 /// Runs a member's `call` on this node's coordinator, if this node coordinates the
-/// cluster's groups (`coordinates` says so); the waits for a rebalance are awaited, the
-/// rest runs on the blocking pool (a commit holds its group while the offsets topic
-/// replicates it).
+/// cluster's groups (`coordinates` says so, asked again while a rebalance is awaited). Every
+/// step that takes a group's lock runs on the blocking pool: a commit holds the lock while
+/// the offsets topic replicates it, which needs the runtime's workers.
 pub(crate) async fn serve(
     broker: Broker,
     coordinates: impl Fn() -> bool,
@@ -403,30 +446,11 @@ pub(crate) async fn serve(
         return Err(GroupRefusal::NotCoordinator);
     }
     match call {
-        GroupCall::Join {
-            group,
-            member_id,
-            group_instance_id,
-            client_id,
-            session_timeout,
-            rebalance_timeout,
-            protocol_type,
-            protocols,
-        } => {
-            let request = JoinGroup {
-                member_id,
-                group_instance_id,
-                client_id,
-                session_timeout,
-                rebalance_timeout,
-                protocol_type,
-                protocols,
-                notify: None,
-            };
-            let pending = broker.inner.groups.join_group(&group, request);
-            let joined = ticking(&broker, &group, pending)
-                .await
-                .map_err(GroupRefusal::of)?;
+        GroupCall::Join(join) => {
+            let (group, request) = join.request();
+            let (b, g) = (broker.clone(), group.clone());
+            let pending = off_workers(move || Ok(b.inner.groups.join_group(&g, request))).await?;
+            let joined = ticking(&broker, &group, pending, &coordinates).await?;
             Ok(GroupAnswer::Joined {
                 generation: joined.generation,
                 protocol: joined.protocol,
@@ -444,83 +468,112 @@ pub(crate) async fn serve(
             member,
             assignments,
         } => {
-            let pending = broker
-                .inner
-                .groups
-                .sync_group(&group, &member.into(), assignments);
-            let synced = ticking(&broker, &group, pending)
-                .await
-                .map_err(GroupRefusal::of)?;
+            let (b, g) = (broker.clone(), group.clone());
+            let pending =
+                off_workers(move || Ok(b.inner.groups.sync_group(&g, &member.into(), assignments))).await?;
+            let synced = ticking(&broker, &group, pending, &coordinates).await?;
             Ok(GroupAnswer::Synced(synced))
         }
-        call => blocking(broker, call).await,
+        call => off_workers(move || answer(&broker, call)).await,
     }
 }
 
-/// Awaits `pending` from `group`, expiring what falls due in the group meanwhile.
-async fn ticking<T>(broker: &Broker, group: &str, mut pending: Pending<T>) -> T {
+/// Awaits `pending` from `group`, expiring what falls due in the group meanwhile; refused
+/// once this node no longer coordinates groups (the member asks the node that does).
+async fn ticking<T>(
+    broker: &Broker,
+    group: &str,
+    mut pending: Pending<Result<T>>,
+    coordinates: &impl Fn() -> bool,
+) -> std::result::Result<T, GroupRefusal> {
     loop {
         tokio::select! {
-            answer = &mut pending => return answer,
-            _ = tokio::time::sleep(TICK) => broker.inner.groups.tick_group(group),
+            answer = &mut pending => return answer.map_err(GroupRefusal::of),
+            _ = tokio::time::sleep(TICK) => {
+                if !coordinates() {
+                    return Err(GroupRefusal::NotCoordinator);
+                }
+                let (b, g) = (broker.clone(), group.to_string());
+                off_workers(move || {
+                    b.inner.groups.tick_group(&g);
+                    Ok(())
+                })
+                .await?;
+            }
         }
     }
 }
 
-/// The calls that wait for nothing but locks and the offsets topic, on the blocking pool.
-async fn blocking(broker: Broker, call: GroupCall) -> std::result::Result<GroupAnswer, GroupRefusal> {
-    let ran = tokio::task::spawn_blocking(move || -> Result<GroupAnswer> {
-        let groups = &broker.inner.groups;
-        match call {
-            GroupCall::Heartbeat { group, member } => {
-                groups.heartbeat(&group, &member.into())?;
-                Ok(GroupAnswer::Done)
-            }
-            GroupCall::Leave { group, member_id } => {
-                groups.leave_group(&group, &member_id, None)?;
-                Ok(GroupAnswer::Done)
-            }
-            GroupCall::Commit {
-                group,
-                member,
-                offsets,
-            } => {
-                validate_group_id(&group)?;
-                let entries: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
-                    .into_iter()
-                    .map(|(topic, partition, c)| (TopicPartition::new(topic, partition), c.into()))
-                    .collect();
-                for (tp, o) in &entries {
-                    validate_metadata(tp, &o.metadata)?;
-                }
-                let store = broker.inner.offsets()?;
-                groups
-                    .check_commit(&group, &member.into(), || store.append(&group, &entries))?
-                    .durable()?;
-                Ok(GroupAnswer::Done)
-            }
-            GroupCall::Committed { group, partitions } => {
-                let store = broker.inner.offsets()?;
-                let found = partitions
-                    .into_iter()
-                    .map(|(topic, p)| {
-                        store
-                            .committed(&group, &TopicPartition::new(topic, p))
-                            .as_ref()
-                            .map(Committed::from)
-                    })
-                    .collect();
-                Ok(GroupAnswer::Committed(found))
-            }
-            GroupCall::Join { .. } | GroupCall::Sync { .. } => {
-                Err(cluster_error("a join or sync reached the blocking pool"))
-            }
-        }
-    })
-    .await;
-    match ran {
+/// Runs `f` on the blocking pool.
+async fn off_workers<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::result::Result<T, GroupRefusal> {
+    match tokio::task::spawn_blocking(f).await {
         Ok(answer) => answer.map_err(GroupRefusal::of),
         Err(e) => Err(GroupRefusal::Other(e.to_string())),
+    }
+}
+
+/// Answers the calls that wait for nothing but locks and the offsets topic (on the blocking
+/// pool). A commit is checked as one made here would be.
+fn answer(broker: &Broker, call: GroupCall) -> Result<GroupAnswer> {
+    let groups = &broker.inner.groups;
+    match call {
+        GroupCall::Reserve(join) => {
+            let (group, request) = join.request();
+            Ok(GroupAnswer::Reserved(groups.reserve_member_id(&group, &request)?))
+        }
+        GroupCall::Heartbeat { group, member } => {
+            groups.heartbeat(&group, &member.into())?;
+            Ok(GroupAnswer::Done)
+        }
+        GroupCall::Leave { group, member_id } => {
+            groups.leave_group(&group, &member_id, None)?;
+            Ok(GroupAnswer::Done)
+        }
+        GroupCall::Commit {
+            group,
+            member,
+            offsets,
+        } => {
+            validate_group_id(&group)?;
+            let entries: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
+                .into_iter()
+                .map(|(topic, partition, c)| (TopicPartition::new(topic, partition), c.into()))
+                .collect();
+            for (tp, o) in &entries {
+                broker.partition(&tp.topic, tp.partition)?;
+                if o.offset < 0 {
+                    return Err(Error::InvalidArgument {
+                        name: "offset",
+                        value: o.offset.to_string(),
+                        reason: "it must not be negative",
+                    });
+                }
+                validate_metadata(tp, &o.metadata)?;
+            }
+            let store = broker.inner.offsets()?;
+            groups
+                .check_commit(&group, &member.into(), || store.append(&group, &entries))?
+                .durable()?;
+            Ok(GroupAnswer::Done)
+        }
+        GroupCall::Committed { group, partitions } => {
+            let store = broker.inner.offsets()?;
+            let found = partitions
+                .into_iter()
+                .map(|(topic, p)| {
+                    store
+                        .committed(&group, &TopicPartition::new(topic, p))
+                        .as_ref()
+                        .map(Committed::from)
+                })
+                .collect();
+            Ok(GroupAnswer::Committed(found))
+        }
+        GroupCall::Join(_) | GroupCall::Sync { .. } => {
+            Err(cluster_error("a join or sync is awaited, not answered"))
+        }
     }
 }
 

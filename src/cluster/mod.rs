@@ -232,6 +232,8 @@ impl ClusterBuilder {
     }
 
     /// Runs the node's network and Raft tasks on `runtime` (default: a runtime of its own).
+    /// The broker's calls (producers, consumers, admin) wait for those tasks: make them from
+    /// threads of your own or the runtime's blocking pool, never from its worker threads.
     pub fn runtime(mut self, runtime: Handle) -> Self {
         self.runtime = Some(runtime);
         self

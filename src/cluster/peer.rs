@@ -600,7 +600,9 @@ impl Router {
         call: GroupCall,
         ttl: Duration,
     ) -> Result<Result<GroupAnswer, GroupRefusal>, String> {
-        match tokio::time::timeout(ttl, self.call(target, group, Rpc::Group(call), ttl)).await {
+        // The call's own timeout comes first (and forgets the request).
+        let called = self.call(target, group, Rpc::Group(call), ttl);
+        match tokio::time::timeout(ttl + Duration::from_secs(1), called).await {
             Ok(Ok(Reply::Group(answer))) => Ok(answer),
             Ok(Ok(other)) => Err(unexpected(other).to_string()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -626,7 +628,8 @@ impl Router {
     ) -> crate::Result<Fetch> {
         let max_bytes = max_bytes.min(MAX_READ_BYTES) as u32;
         let read = self.call(target, group, Rpc::Read { from, max_bytes }, ttl);
-        let reply = tokio::time::timeout(ttl, read)
+        // The call's own timeout comes first (and forgets the request).
+        let reply = tokio::time::timeout(ttl + Duration::from_secs(1), read)
             .await
             .map_err(|_| cluster_error(format!("node {target} did not answer a read in {ttl:?}")))?
             .map_err(cluster_error)?;
@@ -936,13 +939,22 @@ impl Groups {
         }
     }
 
-    /// Reads `group`'s log here for another node: at most [`MAX_READ_BYTES`] (or the first
-    /// batch whole), off the runtime's workers.
+    /// Reads `group`'s log here for another node, if this node leads the group: at most
+    /// [`MAX_READ_BYTES`] (or the first batch whole), off the runtime's workers.
     async fn read(&self, group: &GroupId, from: Option<i64>, max_bytes: u32) -> Result<Reply, String> {
         let log = self.logs.read().get(group).cloned();
-        let Some(log) = log else {
+        let (Some(log), Some(raft)) = (log, self.get(group)) else {
             return Err(format!("no replica of {}-{} here", group.topic, group.partition));
         };
+        // Only the leader answers: a deposed or lagging replica's shorter log would send the
+        // reader back (a position past its end looks out of range there).
+        let m = openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).clone();
+        if m.current_leader != Some(m.id) {
+            return Err(format!(
+                "node {} does not lead {}-{}",
+                m.id, group.topic, group.partition
+            ));
+        }
         let max_bytes = (max_bytes as usize).min(MAX_READ_BYTES);
         let read = tokio::task::spawn_blocking(move || {
             let bounds = || Fetch::new(Vec::new(), log.high_watermark(), log.log_start_offset());

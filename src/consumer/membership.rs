@@ -113,8 +113,10 @@ pub(super) struct Membership {
 
 enum Phase {
     Unjoined,
-    Joining(Pending<Result<Joined>>),
-    Syncing(Pending<Result<Vec<u8>>>),
+    /// A join, and the coordinator it was sent to (`None`: this node's).
+    Joining(Pending<Result<Joined>>, Option<u64>),
+    /// A sync, and the coordinator it was sent to.
+    Syncing(Pending<Result<Vec<u8>>>, Option<u64>),
     Stable,
 }
 
@@ -122,8 +124,8 @@ impl fmt::Debug for Membership {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let phase = match self.phase {
             Phase::Unjoined => "unjoined",
-            Phase::Joining(_) => "joining",
-            Phase::Syncing(_) => "syncing",
+            Phase::Joining(..) => "joining",
+            Phase::Syncing(..) => "syncing",
             Phase::Stable => "stable",
         };
         f.debug_struct("Membership")
@@ -378,6 +380,8 @@ impl Consumer {
                 Err(Error::CoordinatorNotAvailable { .. }) => {
                     let m = self.membership.as_mut().expect("subscribed");
                     if matches!(m.phase, Phase::Stable) {
+                        // Asked again when its next heartbeat is due.
+                        m.last_renewed = Instant::now();
                         return Ok(true);
                     }
                     m.phase = Phase::Unjoined;
@@ -401,7 +405,14 @@ impl Consumer {
             Phase::Stable => {
                 m.phase = Phase::Stable;
                 if !m.rejoin {
-                    match coordinator(&self.broker, &m.group).and_then(|c| c.heartbeat(&m.group, &m.member)) {
+                    let c = coordinator(&self.broker, &m.group)?;
+                    // A coordinator at another node is asked only when a heartbeat is due.
+                    if matches!(c, Coordinator::There(_))
+                        && Instant::now() < m.last_renewed + CLUSTER_HEARTBEAT
+                    {
+                        return Ok(Some(true));
+                    }
+                    match c.heartbeat(&m.group, &m.member) {
                         Ok(()) => {
                             m.last_renewed = Instant::now();
                             return Ok(Some(true));
@@ -413,9 +424,9 @@ impl Consumer {
                 }
                 self.start_join()?;
             }
-            Phase::Joining(pending) => match self.wait_for(&pending, deadline) {
+            Phase::Joining(pending, at) => match self.wait_for(&pending, at, deadline) {
                 None => {
-                    self.membership.as_mut().expect("subscribed").phase = Phase::Joining(pending);
+                    self.membership.as_mut().expect("subscribed").phase = Phase::Joining(pending, at);
                     return Ok(Some(false));
                 }
                 Some(Ok(joined)) => self.joined(joined)?,
@@ -423,9 +434,9 @@ impl Consumer {
                 Some(Err(Error::RebalanceInProgress { .. })) => {}
                 Some(Err(e)) => return Err(e),
             },
-            Phase::Syncing(pending) => match self.wait_for(&pending, deadline) {
+            Phase::Syncing(pending, at) => match self.wait_for(&pending, at, deadline) {
                 None => {
-                    self.membership.as_mut().expect("subscribed").phase = Phase::Syncing(pending);
+                    self.membership.as_mut().expect("subscribed").phase = Phase::Syncing(pending, at);
                     return Ok(Some(false));
                 }
                 Some(Ok(bytes)) => self.synced(&bytes)?,
@@ -467,16 +478,27 @@ impl Consumer {
         }
     }
 
-    /// Waits for a reply from the coordinator, expiring what is due in the group meanwhile.
-    fn wait_for<T>(&self, pending: &Pending<T>, deadline: Instant) -> Option<T> {
+    /// Waits for a reply from the coordinator `at` (`None`: this node's), expiring what is due
+    /// in the group meanwhile. A reply from a coordinator that is no longer the group's will
+    /// not come: that is `CoordinatorNotAvailable` (the member joins again).
+    fn wait_for<T>(
+        &self,
+        pending: &Pending<Result<T>>,
+        at: Option<u64>,
+        deadline: Instant,
+    ) -> Option<Result<T>> {
         let group = &self.membership.as_ref().expect("subscribed").group;
         loop {
             let now = Instant::now();
             if let Some(v) = pending.wait_until(deadline.min(now + TICK)) {
                 return Some(v);
             }
-            if let Ok(Coordinator::Here(broker)) = coordinator(&self.broker, group) {
-                broker.inner.groups.tick_group(group);
+            match coordinator(&self.broker, group) {
+                Ok(Coordinator::Here(broker)) if at.is_none() => broker.inner.groups.tick_group(group),
+                Ok(Coordinator::There(remote)) if at == Some(remote.node()) => {}
+                _ => {
+                    return Some(Err(Error::CoordinatorNotAvailable { group: group.clone() }));
+                }
             }
             if Instant::now() >= deadline {
                 return pending.try_take();
@@ -556,9 +578,21 @@ impl Consumer {
                 .collect(),
             notify: Some(signal),
         };
-        let joining = coordinator(&self.broker, &m.group)?.join_group(&m.group, request);
+        let c = coordinator(&self.broker, &m.group)?;
+        let mut request = request;
+        if let Coordinator::There(remote) = &c
+            && request.member_id.is_empty()
+            && request.group_instance_id.is_none()
+        {
+            // A new member takes an id before it joins, so that a join whose answer is lost
+            // is made again under the same id rather than leave another member behind.
+            let id = remote.reserve_member_id(&m.group, &request)?;
+            m.member.member_id = id.clone();
+            request.member_id = id;
+        }
+        let joining = c.join_group(&m.group, request);
         m.rejoin = false;
-        m.phase = Phase::Joining(joining);
+        m.phase = Phase::Joining(joining, c.node());
         Ok(())
     }
 
@@ -575,8 +609,8 @@ impl Consumer {
         }
         m.member.member_id = joined.member_id;
         m.member.generation = joined.generation;
-        m.phase =
-            Phase::Syncing(coordinator(&self.broker, &m.group)?.sync_group(&m.group, &m.member, assignments));
+        let c = coordinator(&self.broker, &m.group)?;
+        m.phase = Phase::Syncing(c.sync_group(&m.group, &m.member, assignments), c.node());
         Ok(())
     }
 
@@ -641,6 +675,8 @@ impl Consumer {
         // A partition of a topic deleted since the leader looked cannot be consumed.
         new.retain(|tp| self.broker.partition(&tp.topic, tp.partition).is_ok());
         new.sort();
+        // Asked before anything changes (the listener hears of nothing if this fails).
+        let resume = self.resume_points(&new)?;
         let cooperative = self.membership.as_ref().expect("subscribed").cooperative;
         let owned = self.assignment();
         let revoked: Vec<TopicPartition> = owned.iter().filter(|tp| !new.contains(tp)).cloned().collect();
@@ -656,7 +692,7 @@ impl Consumer {
             }
             self.tell(|l, c| l.on_partitions_revoked(c, &revoked));
         }
-        self.set_assignment(&new)?;
+        self.apply_assignment(&new, &resume)?;
         let m = self.membership.as_mut().expect("subscribed");
         m.phase = Phase::Stable;
         m.previous = StickyUserData {
@@ -726,6 +762,14 @@ fn coordinator(broker: &crate::Broker, group: &str) -> Result<Coordinator> {
 }
 
 impl Coordinator {
+    /// The coordinator's node, if it is another.
+    fn node(&self) -> Option<u64> {
+        match self {
+            Coordinator::Here(_) => None,
+            Coordinator::There(r) => Some(r.node()),
+        }
+    }
+
     fn join_group(&self, group: &str, request: JoinGroup) -> Pending<Result<Joined>> {
         match self {
             Coordinator::Here(b) => b.inner.groups.join_group(group, request),

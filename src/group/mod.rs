@@ -24,6 +24,10 @@ pub(crate) use reply::reply as reply_pair;
 /// own do; [`Error::CoordinatorNotAvailable`](crate::Error::CoordinatorNotAvailable) when no
 /// node coordinates groups now.
 pub(crate) trait RemoteCoordinator: Send + Sync {
+    /// The node that coordinates.
+    fn node(&self) -> u64;
+    /// A member id for a new member to join with ([`GroupCoordinator::reserve_member_id`]).
+    fn reserve_member_id(&self, group: &str, request: &JoinGroup) -> crate::Result<String>;
     fn join_group(&self, group: &str, request: JoinGroup) -> Pending<crate::Result<Joined>>;
     fn sync_group(
         &self,

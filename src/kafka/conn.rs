@@ -307,9 +307,17 @@ pub(super) async fn handle(
             request.reply(groups::join_group(server, client, request.decode()?, version, client_id).await)?
         }
         ApiKey::SyncGroup => request.reply(groups::sync_group(server, client, request.decode()?).await)?,
-        ApiKey::Heartbeat => request.reply(groups::heartbeat(server, client, request.decode()?))?,
+        // A group's lock may be held by a commit waiting for the offsets topic's replication:
+        // requests that take it run off the workers.
+        ApiKey::Heartbeat => {
+            let (beat, client) = (request.decode()?, client.clone());
+            let answer = off_workers(server, move |s| groups::heartbeat(s, &client, beat));
+            request.reply(answer.await)?
+        }
         ApiKey::LeaveGroup => {
-            request.reply(groups::leave_group(server, client, request.decode()?, version))?
+            let (leave, client) = (request.decode()?, client.clone());
+            let answer = off_workers(server, move |s| groups::leave_group(s, &client, leave, version));
+            request.reply(answer.await)?
         }
         ApiKey::OffsetCommit => {
             request.reply(groups::offset_commit(server, client, request.decode()?).await)?
@@ -325,7 +333,9 @@ pub(super) async fn handle(
             request.reply(groups::delete_groups(server, client, request.decode()?).await)?
         }
         ApiKey::DescribeGroups => {
-            request.reply(groups::describe_groups(server, client, request.decode()?))?
+            let (describe, client) = (request.decode()?, client.clone());
+            let answer = off_workers(server, move |s| groups::describe_groups(s, &client, describe));
+            request.reply(answer.await)?
         }
         ApiKey::InitProducerId => {
             request.reply(admin::init_producer_id(server, client, request.decode()?))?
@@ -409,14 +419,14 @@ pub(super) async fn handle(
 /// Runs `answer` on tokio's blocking pool: for requests that create, delete or truncate logs,
 /// which wait for fsyncs, or that read batches from the disk, so the async workers keep
 /// serving other connections meanwhile.
-async fn off_workers<R: Send + 'static>(
+pub(super) async fn off_workers<R: Send + 'static>(
     server: &Arc<Server>,
     answer: impl FnOnce(&Server) -> R + Send + 'static,
 ) -> R {
     let server = server.clone();
     tokio::task::spawn_blocking(move || answer(&server))
         .await
-        .expect("admin handlers do not panic")
+        .expect("handlers do not panic")
 }
 
 /// A request whose header has been read.

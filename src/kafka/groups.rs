@@ -31,6 +31,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::acls::{Client, op, resource};
+use super::conn::off_workers;
 use super::{Server, codes};
 use crate::consumer::TopicPartition;
 use crate::group::offsets::{validate_group_id, validate_metadata};
@@ -120,7 +121,7 @@ pub(super) fn find_coordinator(
 /// with it: a join the client gave up on leaves no member behind. Needs READ on the group, as
 /// the other membership requests do.
 pub(super) async fn join_group(
-    server: &Server,
+    server: &Arc<Server>,
     client: &Client,
     request: JoinGroupRequest,
     version: i16,
@@ -153,10 +154,13 @@ pub(super) async fn join_group(
             .collect(),
         notify: None,
     };
-    let coordinator = server.broker.coordinator();
+    let group = request.group_id.0.to_string();
     if version >= 4 && join.member_id.is_empty() && join.group_instance_id.is_none() {
         let reply = JoinGroupResponse::default().with_generation_id(-1);
-        return match coordinator.reserve_member_id(&request.group_id.0, &join) {
+        let reserved = off_workers(server, move |s| {
+            s.broker.coordinator().reserve_member_id(&group, &join)
+        });
+        return match reserved.await {
             Ok(id) => reply
                 .with_error_code(ResponseError::MemberIdRequired.code())
                 .with_member_id(text(id)),
@@ -165,8 +169,9 @@ pub(super) async fn join_group(
                 .with_member_id(request.member_id),
         };
     }
-    let pending = coordinator.join_group(&request.group_id.0, join);
-    match pending.await {
+    // Taking the group's lock may wait for a commit's replication: off the workers.
+    let pending = off_workers(server, move |s| s.broker.coordinator().join_group(&group, join));
+    match pending.await.await {
         Ok(joined) => JoinGroupResponse::default()
             .with_generation_id(joined.generation)
             .with_protocol_type(Some(text(request.protocol_type.to_string())))
@@ -201,7 +206,7 @@ fn member(member_id: &StrBytes, instance: &Option<StrBytes>, generation: i32) ->
 }
 
 pub(super) async fn sync_group(
-    server: &Server,
+    server: &Arc<Server>,
     client: &Client,
     request: SyncGroupRequest,
 ) -> SyncGroupResponse {
@@ -218,11 +223,12 @@ pub(super) async fn sync_group(
         .into_iter()
         .map(|a| (a.member_id.to_string(), a.assignment.to_vec()))
         .collect();
-    let pending = server
-        .broker
-        .coordinator()
-        .sync_group(&request.group_id.0, &me, assignments);
-    match pending.await {
+    let group = request.group_id.0.to_string();
+    // Taking the group's lock may wait for a commit's replication: off the workers.
+    let pending = off_workers(server, move |s| {
+        s.broker.coordinator().sync_group(&group, &me, assignments)
+    });
+    match pending.await.await {
         Ok(assignment) => SyncGroupResponse::default()
             .with_protocol_type(request.protocol_type)
             .with_protocol_name(request.protocol_name)

@@ -357,7 +357,9 @@ pub async fn serve_with(
             let mut swept = tokio::time::Instant::now();
             loop {
                 every.tick().await;
-                server.broker.coordinator().tick();
+                // A group's lock may be held by a commit waiting for replication: off the workers.
+                let ticking = server.clone();
+                let _ = tokio::task::spawn_blocking(move || ticking.broker.coordinator().tick()).await;
                 if swept.elapsed() >= sweep_every {
                     swept = tokio::time::Instant::now();
                     let server = server.clone();
