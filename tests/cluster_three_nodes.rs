@@ -270,12 +270,34 @@ fn consumers_at_every_node_share_one_group_and_its_commits() {
         assert_eq!(committed, ends, "node {} sees the group's commits", n.node_id());
     }
 
-    // A member leaves; the two others take its partitions over.
-    let leaving = consumers.remove(0);
-    leaving.close().unwrap();
+    // The node that coordinates groups stops (its member leaves first): another takes over,
+    // the two other members share every partition again, and the commits are kept.
+    let coordinator = nodes[0]
+        .replica_state("__consumer_offsets", 0)
+        .unwrap()
+        .leader
+        .expect("a coordinator") as usize
+        - 1;
+    let mut nodes: Vec<Option<Cluster>> = nodes.into_iter().map(Some).collect();
+    consumers.remove(coordinator).close().unwrap();
+    nodes[coordinator].take().unwrap().shutdown().unwrap();
     share(&mut consumers, 6);
+    for (n, c) in nodes.iter().flatten().zip(&consumers) {
+        let committed: Vec<Option<i64>> = c
+            .committed(&tps)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.map(|c| c.offset))
+            .collect();
+        assert_eq!(
+            committed,
+            ends,
+            "node {} sees the commits after the failover",
+            n.node_id()
+        );
+    }
     drop(consumers);
-    for n in nodes {
+    for n in nodes.into_iter().flatten() {
         n.shutdown().unwrap();
     }
 }
