@@ -10,6 +10,7 @@
 //! partition group elects its own.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -169,9 +170,9 @@ pub(crate) struct Controller {
     state_path: PathBuf,
     state: Mutex<ControllerState>,
     /// The node's running partition replicas.
-    replicas: tokio::sync::Mutex<HashMap<GroupId, PartitionReplica>>,
+    replicas: tokio::sync::Mutex<BTreeMap<GroupId, PartitionReplica>>,
     /// Their storage, for lookups that do not wait (the term boundaries).
-    stores: parking_lot::RwLock<HashMap<GroupId, Arc<Replica>>>,
+    stores: parking_lot::RwLock<BTreeMap<GroupId, Arc<Replica>>>,
     /// The controller's own replica, once started.
     pub(crate) metadata: tokio::sync::OnceCell<PartitionReplica>,
     /// The offset after the last entry applied here.
@@ -182,7 +183,7 @@ pub(crate) struct Controller {
     replication_factor: usize,
     runtime: Handle,
     /// Where each group's replicas are, as this node's replicas last saw it.
-    leaders: Arc<parking_lot::RwLock<HashMap<GroupId, Placement>>>,
+    leaders: Arc<parking_lot::RwLock<BTreeMap<GroupId, Placement>>>,
     /// The cluster's founding nodes and their peer addresses.
     founders: Vec<(NodeId, SocketAddr)>,
     /// Pokes the task that adds registered nodes to the controller's group.
@@ -191,6 +192,8 @@ pub(crate) struct Controller {
     coordinating: Arc<std::sync::atomic::AtomicU64>,
     /// Raft's settings for the node's groups.
     raft_config: Arc<openraft::Config>,
+    /// Where blocking work runs.
+    io: Io,
 }
 
 impl std::fmt::Debug for Controller {
@@ -207,12 +210,14 @@ impl Controller {
         groups: Arc<Groups>,
         state_path: PathBuf,
         runtime: Handle,
-        (founders, replication_factor, raft_config): (
-            Vec<(NodeId, SocketAddr)>,
-            usize,
-            Arc<openraft::Config>,
-        ),
+        settings: Settings,
     ) -> Result<Controller> {
+        let Settings {
+            founders,
+            replication_factor,
+            raft_config,
+            io,
+        } = settings;
         let state: ControllerState = meta::read(&state_path)?.unwrap_or_default();
         for node in state.nodes.values() {
             router.set_peer(node.id, node.peer_address);
@@ -224,7 +229,7 @@ impl Controller {
             groups,
             state_path,
             state: Mutex::new(state),
-            replicas: tokio::sync::Mutex::new(HashMap::new()),
+            replicas: tokio::sync::Mutex::new(BTreeMap::new()),
             stores: parking_lot::RwLock::default(),
             metadata: tokio::sync::OnceCell::new(),
             applied: watch::channel(0).0,
@@ -236,6 +241,7 @@ impl Controller {
             founders,
             registered: tokio::sync::Notify::new(),
             raft_config,
+            io,
         })
     }
 
@@ -247,6 +253,11 @@ impl Controller {
 
     pub(crate) fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Runs `f`, which blocks, where the node's blocking work runs.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        self.io.blocking(f).await.map_err(cluster_error)?
     }
 
     pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
@@ -362,7 +373,7 @@ impl Controller {
         };
         let log = self.metadata.get().map(|m| m.replica.log.clone());
         let path = self.state_path.clone();
-        blocking(move || {
+        self.blocking(move || {
             if let Some(log) = log {
                 match log.flush() {
                     // A truncation of entries after it synced the rest: the applied one is
@@ -395,7 +406,9 @@ impl Controller {
                 replicas,
             } => {
                 let n = name.clone();
-                let created = blocking(move || broker.inner.create_topic_here(&n, partitions, config)).await;
+                let created = self
+                    .blocking(move || broker.inner.create_topic_here(&n, partitions, config))
+                    .await;
                 let ours = {
                     let mut s = self.state.lock();
                     match (&created, s.assignments.get(&name)) {
@@ -423,7 +436,7 @@ impl Controller {
                 self.stop_replicas(&name).await;
                 self.state.lock().assignments.remove(&name);
                 let n = name.clone();
-                let deleted = match blocking(move || broker.inner.delete_topic_here(&n)).await {
+                let deleted = match self.blocking(move || broker.inner.delete_topic_here(&n)).await {
                     Ok(()) | Err(Error::UnknownTopic { .. }) => Ok(()),
                     Err(e) => Err(e.into()),
                 };
@@ -449,7 +462,9 @@ impl Controller {
                     assigned.replicas.len() as u32
                 };
                 let n = name.clone();
-                let added = blocking(move || broker.inner.add_partitions_here(&n, total)).await;
+                let added = self
+                    .blocking(move || broker.inner.add_partitions_here(&n, total))
+                    .await;
                 match added {
                     Ok(()) => {}
                     // Applied again after a crash.
@@ -458,11 +473,10 @@ impl Controller {
                 }
                 self.start_replicas(&name).await.map_err(Failure::Local)
             }
-            Command::AlterTopicConfig { name, config } => {
-                blocking(move || broker.inner.alter_topic_config_here(&name, config))
-                    .await
-                    .map_err(Failure::from)
-            }
+            Command::AlterTopicConfig { name, config } => self
+                .blocking(move || broker.inner.alter_topic_config_here(&name, config))
+                .await
+                .map_err(Failure::from),
             Command::Join(node) => {
                 if let Some(why) = self.refuse_join(&node) {
                     return Err(Failure::Refused(cluster_error(why)));
@@ -517,7 +531,7 @@ impl Controller {
                 self.router.clone(),
                 group.clone(),
                 None,
-                (Io::Threads, self.raft_config.clone()),
+                (self.io, self.raft_config.clone()),
             )
             .await?;
             if !replica.raft.is_initialized().await.map_err(cluster_error)? {
@@ -553,7 +567,7 @@ impl Controller {
                 raft.clone(),
                 self.coordinating.clone(),
                 Arc::downgrade(&self.broker.inner),
-                self.me,
+                (self.me, self.io),
             )
         });
         tokio::spawn(async move {
@@ -813,7 +827,7 @@ impl Controller {
         // Nothing is led here from now on: Kafka clients are sent elsewhere.
         self.leaders.write().clear();
         self.stores.write().clear();
-        for (group, replica) in running.drain() {
+        for (group, replica) in std::mem::take(&mut *running) {
             self.groups.remove(&group);
             let _ = replica.shutdown().await;
         }
@@ -822,7 +836,7 @@ impl Controller {
             let _ = metadata.shutdown().await;
             // Not a topic of the broker's, which closes those. (Closing syncs: off the runtime.)
             let log = metadata.replica.log.clone();
-            if let Err(e) = blocking(move || log.close()).await {
+            if let Err(e) = self.blocking(move || log.close()).await {
                 log::warn!("node {}: closing the controller's log: {e}", self.me);
             }
         }
@@ -945,13 +959,18 @@ fn take_over_groups(
     raft: &crate::cluster::peer::Raft,
     coordinating: &Arc<std::sync::atomic::AtomicU64>,
     broker: &std::sync::Weak<crate::broker::BrokerInner>,
-    me: NodeId,
+    (me, io): (NodeId, Io),
     placement: &Placement,
 ) {
     use std::sync::atomic::Ordering;
     let term = placement.epoch;
     if placement.leader != Some(me) {
-        coordinating.store(0, Ordering::SeqCst);
+        // It coordinated until now: its groups' members are sent on to the node that does.
+        if coordinating.swap(0, Ordering::SeqCst) != 0
+            && let Some(broker) = broker.upgrade()
+        {
+            tokio::spawn(io.blocking(move || broker.groups.reset()));
+        }
         return;
     }
     if coordinating.load(Ordering::SeqCst) == term {
@@ -970,8 +989,18 @@ fn take_over_groups(
         let Some(broker) = broker.upgrade() else { return };
         let leads = raft.metrics().borrow_watched().current_leader == Some(me);
         if leads && raft.metrics().borrow_watched().current_term == term {
-            broker.forget_offsets();
-            coordinating.store(term, Ordering::SeqCst);
+            // Whatever it knew of the groups from an earlier term is stale; the offsets are
+            // read again. (Off the workers: a commit may hold a group's lock.)
+            let forgot = io
+                .blocking(move || {
+                    broker.groups.reset();
+                    broker.forget_offsets();
+                })
+                .await;
+            let still = raft.metrics().borrow_watched().current_term == term;
+            if forgot.is_ok() && still {
+                coordinating.store(term, Ordering::SeqCst);
+            }
         }
     });
 }
@@ -997,8 +1026,16 @@ fn next_offset(bytes: &[u8]) -> Option<i64> {
     Batch::parse(bytes).ok().map(|(b, _)| b.header().next_offset())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(cluster_error)?
+/// A node's cluster settings, as its controller keeps them.
+pub(crate) struct Settings {
+    /// The cluster's founding nodes and their peer addresses.
+    pub(crate) founders: Vec<(NodeId, SocketAddr)>,
+    /// The replication factor of new topics that ask for none.
+    pub(crate) replication_factor: usize,
+    /// Raft's settings for the node's groups.
+    pub(crate) raft_config: Arc<openraft::Config>,
+    /// Where blocking work runs (the blocking pool; inline in the simulation).
+    pub(crate) io: Io,
 }
 
 /// The broker's topic changes, decided by the controller. (The controller holds the broker:

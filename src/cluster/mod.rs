@@ -70,7 +70,9 @@ use tokio::sync::watch;
 pub use controller::NodeInfo;
 
 use crate::broker::{Broker, BrokerBuilder, Coordinate};
-use crate::cluster::controller::{Command, Controller, Coordinator, controller_group, controller_voters};
+use crate::cluster::controller::{
+    Command, Controller, Coordinator, Settings, controller_group, controller_voters,
+};
 use crate::cluster::log_store::Io;
 use crate::cluster::partition::{PartitionReplica, cluster_error, raft_config, run_on};
 use crate::cluster::peer::{Groups, MAX_KAFKA_ADDRESS, NotJoined, Router, Welcome};
@@ -267,6 +269,8 @@ impl ClusterBuilder {
         }
         self.timing.check()?;
         let raft_config = raft_config(&self.timing)?;
+        // Blocking work runs on the runtime's blocking pool.
+        let io = Io::Threads;
         let cluster_dir = self.dir.join("cluster");
         if !self.voters.is_empty() && !self.seeds.is_empty() {
             return Err(bad("a node takes the voters list or seeds, not both".into()));
@@ -394,7 +398,12 @@ impl ClusterBuilder {
             groups.clone(),
             cluster_dir.join("controller.meta"),
             handle.clone(),
-            (founders.clone(), self.replication_factor, raft_config.clone()),
+            Settings {
+                founders: founders.clone(),
+                replication_factor: self.replication_factor,
+                raft_config: raft_config.clone(),
+                io,
+            },
         ) {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -448,14 +457,15 @@ impl ClusterBuilder {
             run_on(&handle, async move {
                 let (applying, to_apply) = tokio::sync::mpsc::unbounded_channel();
                 tokio::spawn(controller.clone().run(to_apply));
-                let log = tokio::task::spawn_blocking(move || {
-                    PartitionLog::builder(&metadata_dir)
-                        .config(LogConfig::default().fsync(Fsync::Always))
-                        .replicated()
-                        .open()
-                })
-                .await
-                .map_err(cluster_error)??;
+                let log = io
+                    .blocking(move || {
+                        PartitionLog::builder(&metadata_dir)
+                            .config(LogConfig::default().fsync(Fsync::Always))
+                            .replicated()
+                            .open()
+                    })
+                    .await
+                    .map_err(cluster_error)??;
                 let hook = ControllerHook {
                     applying,
                     saved: controller.saved(),
@@ -466,7 +476,7 @@ impl ClusterBuilder {
                     router,
                     controller_group(),
                     Some(hook),
-                    (Io::Threads, raft_config),
+                    (io, raft_config),
                 )
                 .await?;
                 groups.insert(controller_group(), metadata.raft.clone());

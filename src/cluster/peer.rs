@@ -95,7 +95,7 @@ impl Listener for TcpListener {
 }
 
 /// A Raft group: a partition (or, with an empty topic, the controller).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub(crate) struct GroupId {
     pub(crate) topic: String,
     pub(crate) partition: i32,
@@ -778,7 +778,7 @@ pub(crate) struct Groups {
     /// The logs of the partition groups, for nodes that read them from here.
     logs: RwLock<HashMap<GroupId, PartitionLog>>,
     /// What each peer last said it leads: the list's number, when it came, the groups.
-    heard: RwLock<HashMap<NodeId, Heard>>,
+    heard: RwLock<BTreeMap<NodeId, Heard>>,
     /// Registers nodes that ask to join (none yet: they are told to ask again).
     admit: std::sync::OnceLock<Admit>,
     /// The joins being handled ([`MAX_JOINS`] at most).

@@ -416,6 +416,30 @@ impl GroupCoordinator {
         }
     }
 
+    /// Forgets every group (a cluster's node that stops or starts coordinating the groups:
+    /// what it knew may be stale). Members waiting for a join or sync are told no node
+    /// coordinates now, so they look for the one that does and join again.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn reset(&self) {
+        let groups: Vec<_> = self.groups.lock().drain().map(|(_, g)| g).collect();
+        for group in groups {
+            let mut g = group.lock();
+            g.state = GroupState::Dead;
+            let id = g.id.clone();
+            let gone = || Error::CoordinatorNotAvailable { group: id.clone() };
+            for (_, mut m) in std::mem::take(&mut g.members) {
+                if let Some(t) = m.awaiting_join.take() {
+                    t.send(Err(gone()));
+                }
+                if let Some(t) = m.awaiting_sync.take() {
+                    t.send(Err(gone()));
+                }
+            }
+            g.instances.clear();
+            g.leader = None;
+        }
+    }
+
     /// Expires what is due in one group.
     pub(crate) fn tick_group(&self, group_id: &str) {
         if let Some(g) = self.group(group_id) {
@@ -1101,5 +1125,50 @@ impl Member {
         self.protocols = r.protocols;
         self.notify = r.notify;
         self.last_heard = now;
+    }
+}
+
+#[cfg(all(test, feature = "cluster"))]
+mod tests {
+    use super::*;
+
+    fn join(delay: bool) -> JoinGroup {
+        JoinGroup {
+            member_id: String::new(),
+            group_instance_id: if delay { None } else { Some("static".into()) },
+            client_id: "c".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Vec::new())],
+            notify: None,
+        }
+    }
+
+    #[test]
+    fn a_reset_forgets_the_groups_and_sends_waiting_members_away() {
+        // The first member waits for others (the initial delay); the reset answers it.
+        let c = GroupCoordinator::new().with_initial_rebalance_delay(Duration::from_secs(60));
+        let waiting = c.join_group("g", join(true));
+        assert!(waiting.try_take().is_none());
+        c.reset();
+        let answer = waiting.wait_until(Instant::now() + Duration::from_secs(1));
+        assert!(
+            matches!(answer, Some(Err(Error::CoordinatorNotAvailable { ref group })) if group == "g"),
+            "{answer:?}"
+        );
+        assert!(c.list().is_empty());
+        // The group starts afresh: a static member joins it as new.
+        let c = GroupCoordinator::new();
+        let first = c
+            .join_group("g", join(false))
+            .wait_until(Instant::now() + Duration::from_secs(1));
+        let first = first.expect("answered").expect("joined");
+        c.reset();
+        let again = c
+            .join_group("g", join(false))
+            .wait_until(Instant::now() + Duration::from_secs(1));
+        let again = again.expect("answered").expect("joined");
+        assert_eq!((first.generation, again.generation), (1, 1));
     }
 }
