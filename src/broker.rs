@@ -975,7 +975,7 @@ impl BrokerInner {
     }
 
     /// Checks that `create_topic` would accept these, changing nothing.
-    fn check_topic(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
+    pub(crate) fn check_topic(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
         self.check_open()?;
         validate_topic_name(name)?;
         if partitions == 0 || partitions > MAX_PARTITIONS {

@@ -842,6 +842,22 @@ impl Controller {
         }
     }
 
+    /// Creates `name` with its partitions spread over the cluster (as the broker's
+    /// `create_topic` does in a cluster), without holding a thread while it waits.
+    pub(crate) async fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
+        self.broker.inner.check_topic(name, partitions, &config)?;
+        let rf = self.replication(config.replication_factor)?;
+        let replicas = self.assign(0, partitions, rf);
+        self.check_assignment(&replicas)?;
+        let command = Command::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            config,
+            replicas,
+        };
+        self.submit(command).await
+    }
+
     /// Proposes `command` and waits until this node has applied it; returns what it came to.
     pub(crate) async fn submit(&self, command: Command) -> Result<()> {
         let metadata = self

@@ -62,6 +62,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::{Handle, Runtime};
@@ -252,6 +253,26 @@ impl ClusterBuilder {
     /// Starts the node: opens its broker, joins its peers, and starts the controller and the
     /// replicas it holds. Returns before the cluster is ready ([`Cluster::wait_ready`]).
     pub fn start(self) -> Result<Cluster> {
+        let (own_runtime, handle) = match self.runtime.clone() {
+            Some(h) => (None, h),
+            None => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("rivulet-cluster")
+                    .build()
+                    .ctx("start", &self.dir.join("cluster"))?;
+                let h = rt.handle().clone();
+                (Some(rt), h)
+            }
+        };
+        let cluster = run_on(&handle, self.start_on(handle.clone(), Seams::tcp()))?;
+        *cluster.inner.runtime.lock() = own_runtime;
+        Ok(cluster)
+    }
+
+    /// [`start`](ClusterBuilder::start), on the runtime `handle` names (it runs there), with
+    /// `seams` to reach and hear the peers and to run blocking work (the simulation's own).
+    pub(crate) async fn start_on(self, handle: Handle, seams: Seams) -> Result<Cluster> {
         let me = self.node_id;
         let bad = |reason: String| Error::Cluster { reason };
         if me > MAX_NODE_ID {
@@ -269,13 +290,16 @@ impl ClusterBuilder {
         }
         self.timing.check()?;
         let raft_config = raft_config(&self.timing)?;
-        // Blocking work runs on the runtime's blocking pool.
-        let io = Io::Threads;
+        let io = seams.io;
         let cluster_dir = self.dir.join("cluster");
         if !self.voters.is_empty() && !self.seeds.is_empty() {
             return Err(bad("a node takes the voters list or seeds, not both".into()));
         }
-        let saved = meta::read::<NodeRecord>(&cluster_dir.join(NODE_FILE))?;
+        let node_file = cluster_dir.join(NODE_FILE);
+        let saved = io
+            .blocking(move || meta::read::<NodeRecord>(&node_file))
+            .await
+            .map_err(cluster_error)??;
         match &saved {
             Some(saved) if saved.node_id != me => {
                 return Err(belongs_to_another(&cluster_dir, saved.node_id, me));
@@ -297,24 +321,13 @@ impl ClusterBuilder {
             }
             _ => {}
         }
-        let (own_runtime, handle) = match self.runtime {
-            Some(h) => (None, h),
-            None => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .thread_name("rivulet-cluster")
-                    .build()
-                    .ctx("start", &cluster_dir)?;
-                let h = rt.handle().clone();
-                (Some(rt), h)
-            }
-        };
         let listen = |addr: SocketAddr| {
-            run_on(&handle, async move {
-                tokio::net::TcpListener::bind(addr)
+            let bound = (seams.bind)(addr);
+            async move {
+                bound
                     .await
                     .map_err(|e| cluster_error(format!("listening for peers on {addr}: {e}")))
-            })
+            }
         };
         // Checked before anything is written; recorded once the broker has taken the directory.
         let (own, listener, founders, record, welcome) = if self.voters.is_empty() {
@@ -324,7 +337,13 @@ impl ClusterBuilder {
                     voters,
                     peer_address: Some(own),
                     ..
-                }) => (own, listen(self.peer_listen.unwrap_or(own))?, voters, None, None),
+                }) => (
+                    own,
+                    listen(self.peer_listen.unwrap_or(own)).await?,
+                    voters,
+                    None,
+                    None,
+                ),
                 _ => {
                     let own = self
                         .peer_listen
@@ -335,13 +354,13 @@ impl ClusterBuilder {
                         )));
                     }
                     // Listening first: the seed checks that it can reach the new node.
-                    let listener = listen(own)?;
+                    let listener = listen(own).await?;
                     let node = NodeInfo {
                         id: me,
                         peer_address: own,
                         kafka_address: self.kafka_address.clone(),
                     };
-                    let welcome = join(&handle, &self.seeds, node)?;
+                    let welcome = join(&*seams.transport, &self.seeds, node).await?;
                     let mut founders = welcome.founders.clone();
                     founders.sort_unstable();
                     let record = NodeRecord {
@@ -366,24 +385,38 @@ impl ClusterBuilder {
             let Some(own) = own else {
                 return Err(bad(format!("node {me} is not in the voters list")));
             };
-            let record = check_node(&cluster_dir, me, &self.voters)?;
-            let listener = listen(self.peer_listen.unwrap_or(own))?;
+            let (dir, voters) = (cluster_dir.clone(), self.voters.clone());
+            let record = io
+                .blocking(move || check_node(&dir, me, &voters))
+                .await
+                .map_err(cluster_error)??;
+            let listener = listen(self.peer_listen.unwrap_or(own)).await?;
             (own, listener, self.voters.clone(), record, None)
         };
         let mut builder = self.broker.unwrap_or_else(|| Broker::builder(&self.dir));
         builder.replicated = true;
-        let broker = builder.open()?;
-        let recorded = std::fs::create_dir_all(&cluster_dir)
-            .ctx("create", &cluster_dir)
-            .and_then(|()| match record {
-                Some(record) => meta::write(&StdFs, &cluster_dir.join(NODE_FILE), &record),
-                None => Ok(()),
-            });
+        let broker = io
+            .blocking(move || builder.open())
+            .await
+            .map_err(cluster_error)??;
+        let dir = cluster_dir.clone();
+        let recorded = io
+            .blocking(move || {
+                std::fs::create_dir_all(&dir)
+                    .ctx("create", &dir)
+                    .and_then(|()| match record {
+                        Some(record) => meta::write(&StdFs, &dir.join(NODE_FILE), &record),
+                        None => Ok(()),
+                    })
+            })
+            .await
+            .map_err(cluster_error)
+            .and_then(|written| written);
         if let Err(e) = recorded {
             let _ = broker.close();
             return Err(e);
         }
-        let router = Router::new(me);
+        let router = Router::with_transport(me, seams.transport.clone());
         for &(id, addr) in &founders {
             router.set_peer(id, addr);
         }
@@ -391,20 +424,22 @@ impl ClusterBuilder {
             router.set_peer(node.id, node.peer_address);
         }
         let groups = Arc::new(Groups::default());
-        let controller = match Controller::new(
-            me,
-            broker.clone(),
-            router.clone(),
-            groups.clone(),
-            cluster_dir.join("controller.meta"),
-            handle.clone(),
-            Settings {
+        let made = {
+            let (broker, router, groups, handle) =
+                (broker.clone(), router.clone(), groups.clone(), handle.clone());
+            let state_path = cluster_dir.join("controller.meta");
+            let settings = Settings {
                 founders: founders.clone(),
                 replication_factor: self.replication_factor,
                 raft_config: raft_config.clone(),
                 io,
-            },
-        ) {
+            };
+            io.blocking(move || Controller::new(me, broker, router, groups, state_path, handle, settings))
+                .await
+                .map_err(cluster_error)
+                .and_then(|made| made)
+        };
+        let controller = match made {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 let _ = broker.close();
@@ -454,7 +489,7 @@ impl ClusterBuilder {
             let router = router.clone();
             let router_for_peers = router.clone();
             let metadata_dir = cluster_dir.join("metadata");
-            run_on(&handle, async move {
+            async move {
                 let (applying, to_apply) = tokio::sync::mpsc::unbounded_channel();
                 tokio::spawn(controller.clone().run(to_apply));
                 let log = io
@@ -520,21 +555,14 @@ impl ClusterBuilder {
                         }
                         pause = (pause * 2).min(Duration::from_secs(2));
                     }
-                    let broker = c.broker().clone();
-                    let made = tokio::task::spawn_blocking(move || {
-                        broker
-                            .inner
-                            .create_topic(OFFSETS_TOPIC, 1, offsets_topic_config())
-                    })
-                    .await;
-                    match made {
-                        Ok(Ok(())) | Ok(Err(Error::TopicExists { .. })) => {}
-                        Ok(Err(e)) => log::warn!("node {me}: making the offsets topic: {e}"),
+                    match c.create_topic(OFFSETS_TOPIC, 1, offsets_topic_config()).await {
+                        Ok(()) | Err(Error::TopicExists { .. }) => {}
                         Err(e) => log::warn!("node {me}: making the offsets topic: {e}"),
                     }
                 });
                 Ok(())
-            })
+            }
+            .await
         };
         if let Err(e) = started {
             let _ = broker.close();
@@ -546,7 +574,7 @@ impl ClusterBuilder {
                 broker,
                 controller,
                 handle,
-                runtime: parking_lot::Mutex::new(own_runtime),
+                runtime: parking_lot::Mutex::new(None),
                 stop,
             }),
         })
@@ -595,33 +623,58 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Has one of `seeds` register `node` with its cluster: the seeds are asked in turn until
 /// one answers (at most [`JOIN_DEADLINE`]); a refusal is returned at once.
-fn join(handle: &Handle, seeds: &[SocketAddr], node: NodeInfo) -> Result<Welcome> {
-    let seeds = seeds.to_vec();
-    run_on(handle, async move {
-        let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
-        let mut last = String::new();
-        loop {
-            for &seed in &seeds {
-                let asked = peer::join(&peer::Tcp, seed, node.clone());
-                match tokio::time::timeout_at(deadline, asked).await {
-                    Ok(Ok(Ok(welcome))) => return Ok(welcome),
-                    Ok(Ok(Err(NotJoined::Refused(why)))) => {
-                        return Err(cluster_error(format!("{seed} refused node {}: {why}", node.id)));
-                    }
-                    Ok(Ok(Err(NotJoined::Unavailable(why)))) => last = format!("{seed}: {why}"),
-                    Ok(Err(e)) => last = format!("{seed}: {e}"),
-                    Err(_) => break,
+async fn join(transport: &dyn peer::Transport, seeds: &[SocketAddr], node: NodeInfo) -> Result<Welcome> {
+    let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
+    let mut last = String::new();
+    loop {
+        for &seed in seeds {
+            let asked = peer::join(transport, seed, node.clone());
+            match tokio::time::timeout_at(deadline, asked).await {
+                Ok(Ok(Ok(welcome))) => return Ok(welcome),
+                Ok(Ok(Err(NotJoined::Refused(why)))) => {
+                    return Err(cluster_error(format!("{seed} refused node {}: {why}", node.id)));
                 }
+                Ok(Ok(Err(NotJoined::Unavailable(why)))) => last = format!("{seed}: {why}"),
+                Ok(Err(e)) => last = format!("{seed}: {e}"),
+                Err(_) => break,
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(cluster_error(format!(
-                    "no seed registered node {} within {JOIN_DEADLINE:?} (last: {last})",
-                    node.id
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-    })
+        if tokio::time::Instant::now() >= deadline {
+            return Err(cluster_error(format!(
+                "no seed registered node {} within {JOIN_DEADLINE:?} (last: {last})",
+                node.id
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What a node is started with beside its builder's settings: how it reaches its peers, how
+/// it listens for them, and where its blocking work runs (a simulation passes its own).
+pub(crate) struct Seams {
+    pub(crate) transport: Arc<dyn peer::Transport>,
+    pub(crate) bind: Bind,
+    pub(crate) io: Io,
+}
+
+/// Listens for peers at an address.
+pub(crate) type Bind =
+    Box<dyn Fn(SocketAddr) -> BoxFuture<'static, std::io::Result<Box<dyn peer::Listener>>> + Send + Sync>;
+
+impl Seams {
+    /// TCP, and the runtime's blocking pool.
+    fn tcp() -> Seams {
+        Seams {
+            transport: Arc::new(peer::Tcp),
+            bind: Box::new(|addr| {
+                Box::pin(async move {
+                    let listener = tokio::net::TcpListener::bind(addr).await?;
+                    Ok(Box::new(listener) as Box<dyn peer::Listener>)
+                })
+            }),
+            io: Io::Threads,
+        }
+    }
 }
 
 /// One node of a cluster. Its [`broker`](Cluster::broker) is used as a single node's is:

@@ -81,6 +81,12 @@ impl Transport for Tcp {
     }
 }
 
+impl Listener for Box<dyn Listener> {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(ReadHalf, WriteHalf, SocketAddr)>> {
+        (**self).accept()
+    }
+}
+
 impl Listener for TcpListener {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(ReadHalf, WriteHalf, SocketAddr)>> {
         Box::pin(async move {
@@ -450,7 +456,7 @@ pub(crate) struct Router {
 
 struct RouterInner {
     me: NodeId,
-    transport: Box<dyn Transport>,
+    transport: Arc<dyn Transport>,
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
     /// Each peer's link, behind a lock of its own: connecting to one that is down does not
     /// hold up messages to the others.
@@ -463,12 +469,13 @@ fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
 }
 
 impl Router {
+    #[cfg(test)]
     pub(crate) fn new(me: NodeId) -> Router {
-        Router::with_transport(me, Box::new(Tcp))
+        Router::with_transport(me, Arc::new(Tcp))
     }
 
     /// A router whose links go over `transport`.
-    pub(crate) fn with_transport(me: NodeId, transport: Box<dyn Transport>) -> Router {
+    pub(crate) fn with_transport(me: NodeId, transport: Arc<dyn Transport>) -> Router {
         Router {
             inner: Arc::new(RouterInner {
                 me,

@@ -147,7 +147,7 @@ async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
     // Small appends go through a map of the file, as they do on the real file system.
     fs.map_appends();
     world.fs.lock().insert(me, fs.clone());
-    let router = Router::with_transport(me, Box::new(SimNet));
+    let router = Router::with_transport(me, Arc::new(SimNet));
     for n in 1..=NODES {
         router.set_peer(n, SocketAddr::new(turmoil::lookup(host(n)), PEER_PORT));
     }
