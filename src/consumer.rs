@@ -258,6 +258,8 @@ struct Assigned {
     spare: Option<Arc<Vec<u8>>>,
     /// The segment read last (see `read_pinned`).
     pinned: Option<ReadPin>,
+    /// For a partition read at another node: the highest high watermark its leaders gave.
+    seen_end: i64,
 }
 
 /// The rest of a fetch: whole batches from byte `at` on, good while the consumer's position
@@ -360,6 +362,7 @@ impl Consumer {
                 buffered: None,
                 spare: None,
                 pinned: None,
+                seen_end: 0,
             };
             next.insert(tp, a);
         }
@@ -770,9 +773,10 @@ fn fetch_elsewhere(
             .unwrap_or(Err(Error::IllegalState("the partition is read here now")))
     };
     let fetched = match read(a, position) {
-        // Past the end of the leader's log: a leader that does not have everything yet (or
-        // was deposed meanwhile); the position stands, and is read again later.
-        Err(Error::OffsetOutOfRange { log_start, .. }) if position >= log_start => {
+        // Past the end of the leader's log, but not of what a leader had committed before: a
+        // new leader that does not have everything yet; the position stands, and is read
+        // again later.
+        Err(Error::OffsetOutOfRange { log_start, .. }) if position >= log_start && position <= a.seen_end => {
             log::debug!("{tp}: offset {position} is past the end of the leader's log");
             return Ok(None);
         }
@@ -784,7 +788,10 @@ fn fetch_elsewhere(
         other => other,
     };
     match fetched {
-        Ok(fetch) => Ok((!fetch.is_empty()).then(|| Arc::new(fetch.into_bytes()))),
+        Ok(fetch) => {
+            a.seen_end = a.seen_end.max(fetch.high_watermark());
+            Ok((!fetch.is_empty()).then(|| Arc::new(fetch.into_bytes())))
+        }
         Err(e) => {
             log::debug!("{tp}: {e}");
             Ok(None)

@@ -188,8 +188,8 @@ pub(crate) struct Controller {
     founders: Vec<(NodeId, SocketAddr)>,
     /// Pokes the task that adds registered nodes to the controller's group.
     registered: tokio::sync::Notify,
-    /// The term in which this node took over coordinating groups (0: it does not).
-    coordinating: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether this node coordinates groups, since which term.
+    coordinating: Arc<Coordinating>,
     /// Raft's settings for the node's groups.
     raft_config: Arc<openraft::Config>,
     /// Where blocking work runs.
@@ -973,7 +973,7 @@ const LEADING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// it as soon as it does not lead.
 fn take_over_groups(
     raft: &crate::cluster::peer::Raft,
-    coordinating: &Arc<std::sync::atomic::AtomicU64>,
+    coordinating: &Arc<Coordinating>,
     broker: &std::sync::Weak<crate::broker::BrokerInner>,
     (me, io): (NodeId, Io),
     placement: &Placement,
@@ -981,30 +981,37 @@ fn take_over_groups(
     use std::sync::atomic::Ordering;
     let term = placement.epoch;
     if placement.leader != Some(me) {
-        // It coordinated until now: its groups' members are sent on to the node that does.
-        if coordinating.swap(0, Ordering::SeqCst) != 0
+        coordinating.claimed.store(0, Ordering::SeqCst);
+        // It coordinated until now: its groups' members are sent on to the node that does
+        // (unless it has taken them over again by the time this runs).
+        if coordinating.term.swap(0, Ordering::SeqCst) != 0
             && let Some(broker) = broker.upgrade()
         {
-            tokio::spawn(io.blocking(move || broker.groups.reset()));
+            let still = coordinating.clone();
+            tokio::spawn(io.blocking(move || {
+                if still.claimed.load(Ordering::SeqCst) == 0 {
+                    broker.groups.reset();
+                }
+            }));
         }
         return;
     }
-    if coordinating.load(Ordering::SeqCst) == term {
+    // One take-over per term (the metrics change with every heartbeat's answer).
+    if coordinating.claimed.swap(term, Ordering::SeqCst) == term {
         return;
     }
     let (raft, coordinating, broker) = (raft.clone(), coordinating.clone(), broker.clone());
     tokio::spawn(async move {
+        let leads = || {
+            let m = raft.metrics().borrow_watched().clone();
+            m.current_leader == Some(me) && m.current_term == term
+        };
         // Everything committed before this term is applied here once a read is linearizable.
-        if raft
+        let read = raft
             .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
-            .await
-            .is_err()
-        {
-            return;
-        }
+            .await;
         let Some(broker) = broker.upgrade() else { return };
-        let leads = raft.metrics().borrow_watched().current_leader == Some(me);
-        if leads && raft.metrics().borrow_watched().current_term == term {
+        if read.is_ok() && leads() {
             // Whatever it knew of the groups from an earlier term is stale; the offsets are
             // read again. (Off the workers: a commit may hold a group's lock.)
             let forgot = io
@@ -1013,12 +1020,24 @@ fn take_over_groups(
                     broker.forget_offsets();
                 })
                 .await;
-            let still = raft.metrics().borrow_watched().current_term == term;
-            if forgot.is_ok() && still {
-                coordinating.store(term, Ordering::SeqCst);
+            if forgot.is_ok() && leads() {
+                coordinating.term.store(term, Ordering::SeqCst);
+                return;
             }
         }
+        // Not taken over: a later change of the metrics tries again.
+        let _ = coordinating
+            .claimed
+            .compare_exchange(term, 0, Ordering::SeqCst, Ordering::SeqCst);
     });
+}
+
+/// Whether this node coordinates the cluster's groups: the term in which it took them over
+/// (0: it does not), and the term whose take-over has begun.
+#[derive(Debug, Default)]
+pub(crate) struct Coordinating {
+    term: std::sync::atomic::AtomicU64,
+    claimed: std::sync::atomic::AtomicU64,
 }
 
 /// The error a submitter gets for a command its node applied with `why`.
@@ -1194,7 +1213,7 @@ impl Coordinate for Coordinator {
 
     fn coordinates_groups(&self) -> bool {
         self.get().is_ok_and(|c| {
-            let term = c.coordinating.load(std::sync::atomic::Ordering::SeqCst);
+            let term = c.coordinating.term.load(std::sync::atomic::Ordering::SeqCst);
             let group = c.group_of(OFFSETS_TOPIC, 0);
             let placement = group.and_then(|g| c.placement(&g));
             term != 0 && placement.is_some_and(|p| p.leader == Some(c.me) && p.epoch == term)

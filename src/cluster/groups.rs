@@ -23,8 +23,6 @@ use crate::group::{
 /// A group request from a member at another node.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum GroupCall {
-    /// A member id for a new member to join with.
-    Reserve(Join),
     Join(Join),
     Sync {
         group: String,
@@ -48,6 +46,8 @@ pub(crate) enum GroupCall {
         group: String,
         partitions: Vec<(String, u32)>,
     },
+    /// A member id for a new member to join with.
+    Reserve(Join),
 }
 
 /// A JoinGroup ([`JoinGroup`]) for `group`.
@@ -122,9 +122,9 @@ pub(crate) enum GroupAnswer {
         members: Vec<(String, Option<String>, Vec<u8>)>,
     },
     Synced(Vec<u8>),
-    Reserved(String),
     Done,
     Committed(Vec<Option<Committed>>),
+    Reserved(String),
 }
 
 /// Why the coordinator refused: the group errors a member acts on, kept as they are.
@@ -147,6 +147,16 @@ pub(crate) enum GroupRefusal {
     /// The node asked does not coordinate groups (any more).
     NotCoordinator,
     Other(String),
+    /// A commit named a topic or partition the coordinator does not know (nodes apply topic
+    /// changes each in its own time).
+    UnknownTopic {
+        topic: String,
+    },
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
 }
 
 impl From<&MemberRef> for Member {
@@ -204,6 +214,16 @@ impl GroupRefusal {
                 GroupRefusal::InconsistentGroupProtocol { reason }
             }
             Error::CoordinatorNotAvailable { .. } => GroupRefusal::NotCoordinator,
+            Error::UnknownTopic { topic } => GroupRefusal::UnknownTopic { topic },
+            Error::UnknownPartition {
+                topic,
+                partition,
+                partitions,
+            } => GroupRefusal::UnknownPartition {
+                topic,
+                partition,
+                partitions,
+            },
             e => GroupRefusal::Other(e.to_string()),
         }
     }
@@ -223,6 +243,16 @@ impl GroupRefusal {
                 Error::InconsistentGroupProtocol { group, reason }
             }
             GroupRefusal::NotCoordinator => Error::CoordinatorNotAvailable { group },
+            GroupRefusal::UnknownTopic { topic } => Error::UnknownTopic { topic },
+            GroupRefusal::UnknownPartition {
+                topic,
+                partition,
+                partitions,
+            } => Error::UnknownPartition {
+                topic,
+                partition,
+                partitions,
+            },
             GroupRefusal::Other(why) => cluster_error(format!("group {group:?} at its coordinator: {why}")),
         }
     }

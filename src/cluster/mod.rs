@@ -235,8 +235,9 @@ impl ClusterBuilder {
     }
 
     /// Runs the node's network and Raft tasks on `runtime` (default: a runtime of its own).
-    /// The broker's calls (producers, consumers, admin) wait for those tasks: make them from
-    /// threads of your own or the runtime's blocking pool, never from its worker threads.
+    /// `start` and the broker's calls (producers, consumers, admin) wait for those tasks:
+    /// make them from threads of your own or the runtime's blocking pool, never from its
+    /// worker threads.
     pub fn runtime(mut self, runtime: Handle) -> Self {
         self.runtime = Some(runtime);
         self
@@ -265,9 +266,19 @@ impl ClusterBuilder {
                 (Some(rt), h)
             }
         };
-        let cluster = run_on(&handle, self.start_on(handle.clone(), Seams::tcp()))?;
-        *cluster.inner.runtime.lock() = own_runtime;
-        Ok(cluster)
+        match run_on(&handle, self.start_on(handle.clone(), Seams::tcp())) {
+            Ok(cluster) => {
+                *cluster.inner.runtime.lock() = own_runtime;
+                Ok(cluster)
+            }
+            Err(e) => {
+                // Without waiting (a caller in an async context may not block).
+                if let Some(rt) = own_runtime {
+                    rt.shutdown_background();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// [`start`](ClusterBuilder::start), on the runtime `handle` names (it runs there), with
@@ -413,7 +424,8 @@ impl ClusterBuilder {
             .map_err(cluster_error)
             .and_then(|written| written);
         if let Err(e) = recorded {
-            let _ = broker.close();
+            let closing = broker.clone();
+            let _ = io.blocking(move || closing.close()).await;
             return Err(e);
         }
         let router = Router::with_transport(me, seams.transport.clone());
@@ -442,7 +454,8 @@ impl ClusterBuilder {
         let controller = match made {
             Ok(c) => Arc::new(c),
             Err(e) => {
-                let _ = broker.close();
+                let closing = broker.clone();
+                let _ = io.blocking(move || closing.close()).await;
                 return Err(e);
             }
         };
@@ -565,7 +578,8 @@ impl ClusterBuilder {
             .await
         };
         if let Err(e) = started {
-            let _ = broker.close();
+            let closing = broker.clone();
+            let _ = io.blocking(move || closing.close()).await;
             return Err(e);
         }
         Ok(Cluster {

@@ -399,6 +399,7 @@ impl Consumer {
     /// One step towards a stable assignment: `Some(stable?)` once the poll should go on (or
     /// give up until the next one), `None` to take another step.
     fn group_step(&mut self, deadline: Instant) -> Result<Option<bool>> {
+        let every = self.renewal_every();
         let m = self.membership.as_mut().expect("only called when subscribed");
         match std::mem::replace(&mut m.phase, Phase::Unjoined) {
             Phase::Unjoined => self.start_join()?,
@@ -407,9 +408,7 @@ impl Consumer {
                 if !m.rejoin {
                     let c = coordinator(&self.broker, &m.group)?;
                     // A coordinator at another node is asked only when a heartbeat is due.
-                    if matches!(c, Coordinator::There(_))
-                        && Instant::now() < m.last_renewed + CLUSTER_HEARTBEAT
-                    {
+                    if matches!(c, Coordinator::There(_)) && Instant::now() < m.last_renewed + every {
                         return Ok(Some(true));
                     }
                     match c.heartbeat(&m.group, &m.member) {
@@ -452,13 +451,20 @@ impl Consumer {
     /// consumer is a stable member).
     pub(super) fn renewal_due(&self) -> Option<Instant> {
         let m = self.membership.as_ref()?;
-        let mut every = self.config.max_poll_interval / 3;
+        matches!(m.phase, Phase::Stable).then(|| m.last_renewed + self.renewal_every())
+    }
+
+    /// How often a stable member renews its membership: every third of
+    /// `max.poll.interval.ms`, and in a cluster every 3 s at most (a coordinator at another
+    /// node cannot wake the member when a rebalance starts: its heartbeats tell it, as a
+    /// Kafka client's do).
+    fn renewal_every(&self) -> Duration {
+        let every = self.config.max_poll_interval / 3;
         if self.broker.inner.is_clustered() {
-            // A coordinator at another node cannot wake this member when a rebalance starts:
-            // its heartbeats tell it, as a Kafka client's do.
-            every = every.min(CLUSTER_HEARTBEAT);
+            every.min(CLUSTER_HEARTBEAT)
+        } else {
+            every
         }
-        matches!(m.phase, Phase::Stable).then(|| m.last_renewed + every)
     }
 
     /// Renews a stable membership with a heartbeat if a third of `max.poll.interval.ms` has

@@ -428,6 +428,10 @@ impl GroupCoordinator {
             let id = g.id.clone();
             let gone = || Error::CoordinatorNotAvailable { group: id.clone() };
             for (_, mut m) in std::mem::take(&mut g.members) {
+                // An in-process member learns at once that its membership is gone.
+                if let Some(s) = &m.notify {
+                    s.raise();
+                }
                 if let Some(t) = m.awaiting_join.take() {
                     t.send(Err(gone()));
                 }

@@ -424,9 +424,12 @@ pub(super) async fn off_workers<R: Send + 'static>(
     answer: impl FnOnce(&Server) -> R + Send + 'static,
 ) -> R {
     let server = server.clone();
-    tokio::task::spawn_blocking(move || answer(&server))
-        .await
-        .expect("handlers do not panic")
+    match tokio::task::spawn_blocking(move || answer(&server)).await {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down, and this connection with it.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// A request whose header has been read.
