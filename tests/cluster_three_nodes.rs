@@ -4,8 +4,13 @@
 //! restarted node catches up.
 #![cfg(feature = "cluster")]
 
+#[path = "common/three_nodes.rs"]
+mod three_nodes;
+
+use three_nodes::{eventually, found, free_addrs, read_all};
+
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rivulet::cluster::{Cluster, ClusterBuilder};
@@ -13,59 +18,13 @@ use rivulet::{Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, T
 
 const READY: Duration = Duration::from_secs(30);
 
-/// Free loopback ports for the peers (bound and released: a test machine's ports are not
-/// contended enough for another process to take one meanwhile).
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
-fn start(id: u64, dir: &std::path::Path, voters: &[(u64, SocketAddr)]) -> Cluster {
-    ClusterBuilder::new(id, dir)
-        .voters(voters.iter().copied())
-        .start()
-        .expect("the node starts")
-}
-
-/// Waits (bounded) for `check` to hold.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every record of `topic` a node's broker holds below its high watermark, by
-/// (partition, offset).
-fn read_all(node: &Cluster, topic: &str, partitions: u32) -> BTreeMap<(u32, i64), Vec<u8>> {
-    let mut consumer = Consumer::new(
-        node.broker(),
-        ConsumerConfig::default().auto_offset_reset(OffsetReset::Earliest),
-    );
-    let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(topic, p)).collect();
-    consumer.assign(&tps).unwrap();
-    let mut out = BTreeMap::new();
-    loop {
-        let records = consumer.poll(Duration::from_millis(200)).unwrap();
-        if records.is_empty() {
-            return out;
-        }
-        for r in records.iter() {
-            out.insert((r.partition, r.offset), r.value.unwrap_or_default().to_vec());
-        }
-    }
-}
-
 #[test]
 fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs = free_addrs(3);
     let voters: Vec<(u64, SocketAddr)> = (1..=3).zip(addrs).collect();
     let mut nodes: Vec<Option<Cluster>> = (0..3)
-        .map(|i| Some(start(i as u64 + 1, dirs[i].path(), &voters)))
+        .map(|i| Some(found(i as u64 + 1, dirs[i].path(), &voters)))
         .collect();
     for n in nodes.iter().flatten() {
         n.wait_ready(READY).expect("the node is ready");
@@ -131,7 +90,7 @@ fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
     }
 
     // The stopped node comes back with its directory and catches up.
-    let back = start(leader as u64 + 1, dirs[leader].path(), &voters);
+    let back = found(leader as u64 + 1, dirs[leader].path(), &voters);
     back.wait_ready(READY).unwrap();
     eventually("the restarted node reads every record", || {
         read_all(&back, "orders", 3) == acked
@@ -190,7 +149,7 @@ fn consumers_at_every_node_share_one_group_and_its_commits() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let voters: Vec<(u64, SocketAddr)> = (1..=3).zip(free_addrs(3)).collect();
     let nodes: Vec<Cluster> = (0..3)
-        .map(|i| start(i as u64 + 1, dirs[i].path(), &voters))
+        .map(|i| found(i as u64 + 1, dirs[i].path(), &voters))
         .collect();
     for n in &nodes {
         n.wait_ready(READY).expect("the node is ready");

@@ -6,29 +6,19 @@
 //! nothing.
 #![cfg(feature = "cluster")]
 
+#[path = "common/three_nodes.rs"]
+mod three_nodes;
+
+use three_nodes::{eventually, found, free_addrs, read_all};
+
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use rivulet::cluster::{Cluster, ClusterBuilder, Timing};
 use rivulet::{Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig, TopicPartition};
 
 const READY: Duration = Duration::from_secs(60);
-
-/// Free loopback ports for the peers (bound and released).
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
-fn found(id: u64, dir: &std::path::Path, voters: &[(u64, SocketAddr)]) -> Cluster {
-    ClusterBuilder::new(id, dir)
-        .voters(voters.iter().copied())
-        .start()
-        .expect("the node starts")
-}
 
 /// Faster timing than the default, as every node of a cluster may be given.
 fn brisk() -> Timing {
@@ -49,35 +39,6 @@ fn join(
         .peer_listen(listen)
         .seeds(seeds.iter().copied())
         .start()
-}
-
-/// Waits (bounded) for `check` to hold.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every record of `topic` a node's broker holds below its high watermark.
-fn read_all(node: &Cluster, topic: &str, partitions: u32) -> BTreeMap<(u32, i64), Vec<u8>> {
-    let mut consumer = Consumer::new(
-        node.broker(),
-        ConsumerConfig::default().auto_offset_reset(OffsetReset::Earliest),
-    );
-    let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(topic, p)).collect();
-    consumer.assign(&tps).unwrap();
-    let mut out = BTreeMap::new();
-    loop {
-        let records = consumer.poll(Duration::from_millis(200)).unwrap();
-        if records.is_empty() {
-            return out;
-        }
-        for r in records.iter() {
-            out.insert((r.partition, r.offset), r.value.unwrap_or_default().to_vec());
-        }
-    }
 }
 
 /// Sends `n` records to `topic` at `node`; returns them by (partition, offset).

@@ -297,6 +297,14 @@ impl RemoteGroups {
         answer_of(group, answer)
     }
 
+    /// Sends `call`, which is answered `Done` when it succeeds.
+    fn done(&self, group: &str, call: GroupCall) -> Result<()> {
+        match self.call(group, call, CALL_TTL)? {
+            GroupAnswer::Done => Ok(()),
+            other => Err(unexpected(group, other)),
+        }
+    }
+
     /// Sends `call` and answers `pending` when it is answered.
     fn later<T: Send + 'static>(
         &self,
@@ -404,10 +412,7 @@ impl RemoteCoordinator for RemoteGroups {
             group: group.to_string(),
             member: member.into(),
         };
-        match self.call(group, call, CALL_TTL)? {
-            GroupAnswer::Done => Ok(()),
-            other => Err(unexpected(group, other)),
-        }
+        self.done(group, call)
     }
 
     fn leave_group(&self, group: &str, member_id: &str) -> Result<()> {
@@ -415,10 +420,7 @@ impl RemoteCoordinator for RemoteGroups {
             group: group.to_string(),
             member_id: member_id.to_string(),
         };
-        match self.call(group, call, CALL_TTL)? {
-            GroupAnswer::Done => Ok(()),
-            other => Err(unexpected(group, other)),
-        }
+        self.done(group, call)
     }
 
     fn commit(
@@ -435,10 +437,7 @@ impl RemoteCoordinator for RemoteGroups {
                 .map(|(tp, o)| (tp.topic.clone(), tp.partition, o.into()))
                 .collect(),
         };
-        match self.call(group, call, CALL_TTL)? {
-            GroupAnswer::Done => Ok(()),
-            other => Err(unexpected(group, other)),
-        }
+        self.done(group, call)
     }
 
     fn committed(
