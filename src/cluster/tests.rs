@@ -812,3 +812,55 @@ fn timing_reaches_raft() {
     );
     assert_eq!(c.enable_leader_restore, Some(false));
 }
+
+#[test]
+fn a_seed_refuses_a_node_it_cannot_reach_and_answers_a_repeated_join_without_a_new_command() {
+    use crate::cluster::controller::NodeInfo;
+    use crate::cluster::peer::NotJoined;
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let node = crate::cluster::ClusterBuilder::new(1, dir.path())
+        .voters([(1, seed)])
+        .start()
+        .unwrap();
+    node.wait_ready(Duration::from_secs(30)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ask = |peer_address: SocketAddr| {
+        let joiner = NodeInfo {
+            id: 7,
+            peer_address,
+            kafka_address: None,
+        };
+        rt.block_on(peer::join(&peer::Tcp, seed, joiner))
+            .expect("the seed answers")
+    };
+    // Nothing listens there: refused, and nothing registered.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    match ask(closed) {
+        Err(NotJoined::Refused(why)) => assert!(why.contains("cannot reach"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!node.nodes().iter().any(|n| n.id == 7));
+    // Listening: registered; asked again, answered from what is registered.
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let welcome = ask(open.local_addr().unwrap()).expect("joined");
+    assert!(welcome.nodes.iter().any(|n| n.id == 7));
+    let log_end = || {
+        let metadata = node.inner.controller.metadata.get().expect("started");
+        metadata.replica.log.log_end_offset()
+    };
+    let before = log_end();
+    let again = ask(open.local_addr().unwrap()).expect("joined again");
+    assert_eq!(again, welcome);
+    assert_eq!(log_end(), before, "no new command");
+    node.shutdown().unwrap();
+}
