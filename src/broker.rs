@@ -765,6 +765,12 @@ impl Broker {
 }
 
 impl BrokerInner {
+    /// The file system the broker's logs are on.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn fs(&self) -> Arc<dyn Fs> {
+        self.settings.fs.clone()
+    }
+
     fn open(settings: BrokerBuilder) -> Result<BrokerInner> {
         let dir = settings.dir.clone();
         if dir.exists() && !dir.is_dir() {

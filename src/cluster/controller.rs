@@ -964,6 +964,44 @@ impl Controller {
     }
 }
 
+/// For the deterministic simulation, which drives whole nodes without threads of its own.
+#[cfg(test)]
+impl Controller {
+    /// The Raft groups this node runs (the controller's first), with their logs.
+    pub(crate) fn members(&self) -> Vec<(GroupId, crate::cluster::peer::Raft, Arc<Replica>)> {
+        let mut out = Vec::new();
+        if let Some(m) = self.metadata.get() {
+            out.push((controller_group(), m.raft.clone(), m.replica.clone()));
+        }
+        let stores = self.stores.read().clone();
+        for (group, store) in stores {
+            if let Some(raft) = self.groups.get(&group) {
+                out.push((group, raft, store));
+            }
+        }
+        out
+    }
+
+    /// Appends `batch` to a partition this node holds a replica of, at whichever node leads
+    /// it, as the broker's appends do (without a thread that waits).
+    pub(crate) async fn propose(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: crate::storage::RecordBatch,
+    ) -> Result<crate::cluster::raft::Appended> {
+        let group = self
+            .group_of(topic, partition)
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: topic.to_string(),
+            })?;
+        let appender = self.replicas.lock().await.get(&group).map(|r| r.appender());
+        let appender =
+            appender.ok_or_else(|| cluster_error(format!("no replica of {topic}-{partition} runs here")))?;
+        appender.append_anywhere(batch).await
+    }
+}
+
 /// How often a node tells the others which groups it leads (a peer believes it for
 /// `peer::HEARD_FOR`).
 const LEADING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -1002,28 +1040,39 @@ fn take_over_groups(
     }
     let (raft, coordinating, broker) = (raft.clone(), coordinating.clone(), broker.clone());
     tokio::spawn(async move {
+        // Leads in this term, its leadership established (a stopped replica keeps reporting
+        // the leader and term it last had, but not this state).
         let leads = || {
             let m = raft.metrics().borrow_watched().clone();
-            m.current_leader == Some(me) && m.current_term == term
+            m.state == openraft::ServerState::Leader && m.current_leader == Some(me) && m.current_term == term
         };
-        // Everything committed before this term is applied here once a read is linearizable.
-        let read = raft
-            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
-            .await;
-        let Some(broker) = broker.upgrade() else { return };
-        if read.is_ok() && leads() {
-            // Whatever it knew of the groups from an earlier term is stale; the offsets are
-            // read again. (Off the workers: a commit may hold a group's lock.)
-            let forgot = io
-                .blocking(move || {
-                    broker.groups.reset();
-                    broker.forget_offsets();
-                })
+        // Tried again while this node leads in this term, at a pause: asking again at every
+        // change of the metrics, when a read fails at once, would spin.
+        while leads() {
+            // Everything committed before this term is applied here once a read is
+            // linearizable.
+            let read = raft
+                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
                 .await;
-            if forgot.is_ok() && leads() {
-                coordinating.term.store(term, Ordering::SeqCst);
-                return;
+            if let Err(openraft::error::RaftError::Fatal(_)) = read {
+                return; // the replica has stopped
             }
+            let Some(broker) = broker.upgrade() else { return };
+            if read.is_ok() && leads() {
+                // Whatever it knew of the groups from an earlier term is stale; the offsets
+                // are read again. (Off the workers: a commit may hold a group's lock.)
+                let forgot = io
+                    .blocking(move || {
+                        broker.groups.reset();
+                        broker.forget_offsets();
+                    })
+                    .await;
+                if forgot.is_ok() && leads() {
+                    coordinating.term.store(term, Ordering::SeqCst);
+                    return;
+                }
+            }
+            tokio::time::sleep(TAKE_OVER_RETRY).await;
         }
         // Not taken over: a later change of the metrics tries again.
         let _ = coordinating
@@ -1031,6 +1080,10 @@ fn take_over_groups(
             .compare_exchange(term, 0, Ordering::SeqCst, Ordering::SeqCst);
     });
 }
+
+/// How long a node that leads the offsets topic waits before it tries again to take the
+/// groups over.
+const TAKE_OVER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether this node coordinates the cluster's groups: the term in which it took them over
 /// (0: it does not), and the term whose take-over has begun.

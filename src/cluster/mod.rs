@@ -502,6 +502,8 @@ impl ClusterBuilder {
             let router = router.clone();
             let router_for_peers = router.clone();
             let metadata_dir = cluster_dir.join("metadata");
+            // On the broker's file system, as its partitions are.
+            let fs = broker.inner.fs();
             async move {
                 let (applying, to_apply) = tokio::sync::mpsc::unbounded_channel();
                 tokio::spawn(controller.clone().run(to_apply));
@@ -509,6 +511,7 @@ impl ClusterBuilder {
                     .blocking(move || {
                         PartitionLog::builder(&metadata_dir)
                             .config(LogConfig::default().fsync(Fsync::Always))
+                            .fs(fs)
                             .replicated()
                             .open()
                     })

@@ -133,6 +133,13 @@ impl PartitionReplica {
         self.appender.append_anywhere(batch).await
     }
 
+    /// What appends to this replica's partition (at whichever node leads it), to hold
+    /// without holding the replica.
+    #[cfg(test)]
+    pub(crate) fn appender(&self) -> Appender {
+        self.appender.clone()
+    }
+
     /// Stops the replica's Raft group; its log refuses appends from then on.
     pub(crate) async fn shutdown(&self) -> Result<()> {
         self.appender.0.raft.write().take();
@@ -142,7 +149,7 @@ impl PartitionReplica {
 
 /// Takes a replicated log's appends to the partition's leader.
 #[derive(Clone)]
-struct Appender(Arc<AppenderState>);
+pub(crate) struct Appender(Arc<AppenderState>);
 
 struct AppenderState {
     me: NodeId,
@@ -183,7 +190,7 @@ impl Appender {
     /// Proposes `batch` to the local replica, or to the leader it names, until one takes it
     /// (at most [`PROPOSE_TIMEOUT`]). Only a refusal that says nothing was appended ("not the
     /// leader") is tried again; any other failure leaves the outcome unknown and is returned.
-    async fn append_anywhere(&self, mut batch: RecordBatch) -> Result<Appended> {
+    pub(crate) async fn append_anywhere(&self, mut batch: RecordBatch) -> Result<Appended> {
         let s = &self.0;
         if batch.len() > MAX_ENTRY_BYTES {
             return Err(Error::BatchTooLarge {
