@@ -1048,36 +1048,51 @@ fn take_over_groups(
         };
         // Tried again while this node leads in this term, at a pause: asking again at every
         // change of the metrics, when a read fails at once, would spin.
-        while leads() {
-            // Everything committed before this term is applied here once a read is
-            // linearizable.
-            let read = raft
-                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
-                .await;
-            if let Err(openraft::error::RaftError::Fatal(_)) = read {
-                return; // the replica has stopped
-            }
-            let Some(broker) = broker.upgrade() else { return };
-            if read.is_ok() && leads() {
-                // Whatever it knew of the groups from an earlier term is stale; the offsets
-                // are read again. (Off the workers: a commit may hold a group's lock.)
-                let forgot = io
-                    .blocking(move || {
-                        broker.groups.reset();
-                        broker.forget_offsets();
-                    })
+        loop {
+            while leads() {
+                // Everything committed before this term is applied here once a read is
+                // linearizable.
+                let read = raft
+                    .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
                     .await;
-                if forgot.is_ok() && leads() {
-                    coordinating.term.store(term, Ordering::SeqCst);
-                    return;
+                if let Err(openraft::error::RaftError::Fatal(_)) = read {
+                    return; // the replica has stopped
                 }
+                let Some(broker) = broker.upgrade() else { return };
+                if read.is_ok() && leads() {
+                    // Whatever it knew of the groups from an earlier term is stale; the offsets
+                    // are read again. (Off the workers: a commit may hold a group's lock.)
+                    let forgot = io
+                        .blocking(move || {
+                            broker.groups.reset();
+                            broker.forget_offsets();
+                        })
+                        .await;
+                    if forgot.is_ok() && leads() {
+                        coordinating.term.store(term, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                tokio::time::sleep(TAKE_OVER_RETRY).await;
             }
-            tokio::time::sleep(TAKE_OVER_RETRY).await;
+            // Not taken over: a later change of the metrics tries again. One that came while
+            // this task held the claim found it taken; if it made this node lead after all, the
+            // claim is taken back and the take-over tried again here (a leader alone may see no
+            // further change).
+            let released = coordinating
+                .claimed
+                .compare_exchange(term, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            let again = released
+                && leads()
+                && coordinating
+                    .claimed
+                    .compare_exchange(0, term, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
+            if !again {
+                return;
+            }
         }
-        // Not taken over: a later change of the metrics tries again.
-        let _ = coordinating
-            .claimed
-            .compare_exchange(term, 0, Ordering::SeqCst, Ordering::SeqCst);
     });
 }
 
