@@ -424,8 +424,7 @@ impl ClusterBuilder {
             .map_err(cluster_error)
             .and_then(|written| written);
         if let Err(e) = recorded {
-            let closing = broker.clone();
-            let _ = io.blocking(move || closing.close()).await;
+            close_after_failed_start(&broker, io).await;
             return Err(e);
         }
         let router = Router::with_transport(me, seams.transport.clone());
@@ -454,8 +453,7 @@ impl ClusterBuilder {
         let controller = match made {
             Ok(c) => Arc::new(c),
             Err(e) => {
-                let closing = broker.clone();
-                let _ = io.blocking(move || closing.close()).await;
+                close_after_failed_start(&broker, io).await;
                 return Err(e);
             }
         };
@@ -581,8 +579,7 @@ impl ClusterBuilder {
             .await
         };
         if let Err(e) = started {
-            let closing = broker.clone();
-            let _ = io.blocking(move || closing.close()).await;
+            close_after_failed_start(&broker, io).await;
             return Err(e);
         }
         Ok(Cluster {
@@ -596,6 +593,12 @@ impl ClusterBuilder {
             }),
         })
     }
+}
+
+/// Closes the broker of a node whose start failed (closing syncs: where blocking work runs).
+async fn close_after_failed_start(broker: &Broker, io: Io) {
+    let closing = broker.clone();
+    let _ = io.blocking(move || closing.close()).await;
 }
 
 /// Refuses a data directory that belongs to another node or another cluster; for a new one,

@@ -12,18 +12,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rand::RngExt;
 use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
 
 use super::{
-    History, Member, Nodes, PEER_PORT, Seeded, SimListener, SimNet, batch_of, build_sim, check_history,
-    consume, drive, host, inline_io, mix, node_dir, record_outcome, same_logs, scratch, seconds, seeds,
+    Common, Member, Nodes, PEER_PORT, Run, Seeded, SimListener, SimNet, assert_replays, batch_of, build_sim,
+    consume, drive, host, record_outcome, same_logs, scratch, seconds, seeds,
 };
 use crate::cluster::controller::Controller;
 use crate::cluster::log_store::Replica;
@@ -33,7 +31,6 @@ use crate::cluster::tests::bytes_between;
 use crate::cluster::{Cluster, ClusterBuilder, Seams};
 use crate::config::{LogConfig, TopicConfig};
 use crate::group::OFFSETS_TOPIC;
-use crate::storage::FaultyFs;
 
 const NODES: u64 = 3;
 /// The topic the producers write.
@@ -44,17 +41,9 @@ const FIXED_SEEDS: [u64; 3] = [1, 2, 3];
 
 /// What the driver and the nodes share.
 struct World {
-    seed: u64,
-    root: PathBuf,
-    /// Plants a bug: replicas report appends durable without syncing them.
-    planted: bool,
-    history: Arc<Mutex<History>>,
-    fs: Mutex<BTreeMap<NodeId, FaultyFs>>,
+    common: Common,
     /// The live nodes.
     clusters: Mutex<BTreeMap<NodeId, Cluster>>,
-    boots: Mutex<BTreeMap<NodeId, u64>>,
-    /// Set when the producers are to stop (the final phase).
-    quiet: AtomicBool,
     /// The topics whose creation a node was told succeeded.
     created: Mutex<BTreeSet<String>>,
 }
@@ -70,16 +59,8 @@ fn name_of(group: &GroupId) -> String {
 impl Nodes for World {
     const COUNT: u64 = NODES;
 
-    fn seed(&self) -> u64 {
-        self.seed
-    }
-
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn file_systems(&self) -> &Mutex<BTreeMap<NodeId, FaultyFs>> {
-        &self.fs
+    fn common(&self) -> &Common {
+        &self.common
     }
 
     fn forget(&self, node: NodeId) {
@@ -88,7 +69,6 @@ impl Nodes for World {
 
     fn members(&self) -> BTreeMap<NodeId, (u64, Vec<Member>)> {
         let clusters = self.clusters.lock().clone();
-        let boots = self.boots.lock().clone();
         clusters
             .into_iter()
             .map(|(node, cluster)| {
@@ -99,17 +79,9 @@ impl Nodes for World {
                     .into_iter()
                     .map(|(group, raft, store)| (name_of(&group), raft, store))
                     .collect();
-                (node, (boots.get(&node).copied().unwrap_or_default(), members))
+                (node, (self.common.boot_of(node), members))
             })
             .collect()
-    }
-
-    fn acked(&self) -> usize {
-        self.history.lock().acked.len()
-    }
-
-    fn quiet(&self) {
-        self.quiet.store(true, Ordering::SeqCst);
     }
 
     /// Every node up, running the same groups (every topic has a replica on every node), with
@@ -126,16 +98,7 @@ impl Nodes for World {
 
 /// Starts node `me` as a [`Cluster`], then its workload. Runs until the node crashes.
 async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
-    let boot = {
-        let mut boots = world.boots.lock();
-        let b = boots.entry(me).or_default();
-        *b += 1;
-        *b
-    };
-    let fs = FaultyFs::new();
-    // Small appends go through a map of the file, as they do on the real file system.
-    fs.map_appends();
-    world.fs.lock().insert(me, fs.clone());
+    let (boot, fs) = world.common.boot(me);
     let voters: Vec<(u64, SocketAddr)> = (1..=NODES)
         .map(|n| (n, SocketAddr::new(turmoil::lookup(host(n)), PEER_PORT)))
         .collect();
@@ -147,10 +110,10 @@ async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
                 Ok(Box::new(SimListener(listener)) as Box<dyn Listener>)
             })
         }),
-        io: inline_io(world.planted),
+        io: world.common.io(),
     };
     let on_fs = fs.clone();
-    let started = ClusterBuilder::new(me, node_dir(&world.root, me))
+    let started = ClusterBuilder::new(me, world.common.dir(me))
         .voters(voters)
         .peer_listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PEER_PORT))
         .broker(move |b| b.fs(Arc::new(on_fs)))
@@ -164,10 +127,10 @@ async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
     };
     world.clusters.lock().insert(me, cluster.clone());
     let controller = cluster.inner.controller.clone();
-    let rng = SmallRng::seed_from_u64(mix(&(world.seed, me, boot)));
+    let rng = world.common.rng(&(me, boot));
     tokio::spawn(make_topics(world.clone(), controller.clone(), (me, boot), rng));
     for p in 0..PARTITIONS {
-        let rng = SmallRng::seed_from_u64(mix(&(world.seed, me, boot, p)));
+        let rng = world.common.rng(&(me, boot, p));
         tokio::spawn(produce(
             world.clone(),
             controller.clone(),
@@ -176,7 +139,7 @@ async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
         ));
         let broker = cluster.broker().clone();
         tokio::spawn(consume(
-            world.history.clone(),
+            world.common.history.clone(),
             move || broker.partition(TOPIC, p).ok(),
             (me, boot, p as i32, 0),
         ));
@@ -206,7 +169,7 @@ async fn make_topics(
         }
     }
     tokio::time::sleep(Duration::from_millis(rng.random_range(1000..15_000))).await;
-    if world.quiet.load(Ordering::SeqCst) {
+    if world.common.is_quiet() {
         return;
     }
     let name = format!("x-{me}-{boot}");
@@ -219,14 +182,19 @@ async fn make_topics(
 /// pauses, once this node runs its replica, until the run turns quiet.
 async fn produce(world: Arc<World>, controller: Arc<Controller>, who: (NodeId, u64, i32), mut rng: SmallRng) {
     let mut seq = 0u64;
-    while !world.quiet.load(Ordering::SeqCst) {
+    while !world.common.is_quiet() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(10..60))).await;
         if controller.group_of(TOPIC, who.2 as u32).is_none() {
             continue;
         }
         let (batch, values) = batch_of(rng.random_range(1..=3), who, &mut seq);
         let outcome = controller.propose(TOPIC, who.2 as u32, batch).await;
-        record_outcome(&world.history, who.2, values, outcome.ok().map(|a| a.base_offset));
+        record_outcome(
+            &world.common.history,
+            who.2,
+            values,
+            outcome.ok().map(|a| a.base_offset),
+        );
     }
 }
 
@@ -302,29 +270,43 @@ fn check_agreement(world: &World, violations: &mut Vec<String>) {
 }
 
 struct Outcome {
-    violations: Vec<String>,
-    struck: super::Struck,
-    acked: usize,
-    polled: usize,
-    unknown: u64,
+    run: Run,
+    /// Topics created during the faults.
     topics: usize,
-    /// A digest of the final logs, to show a seed replays the same run.
-    digest: u64,
-    trace: Vec<u64>,
+}
+
+/// Every node's replica of each partition of the data topic (a violation for a node that
+/// runs none).
+fn data_replicas(world: &World, violations: &mut Vec<String>) -> BTreeMap<NodeId, Vec<Arc<Replica>>> {
+    let mut replicas = BTreeMap::new();
+    for (node, cluster) in world.clusters.lock().iter() {
+        let c = &cluster.inner.controller;
+        let members = c.members();
+        let held: Option<Vec<Arc<Replica>>> = (0..PARTITIONS)
+            .map(|p| {
+                let group = c.group_of(TOPIC, p)?;
+                members
+                    .iter()
+                    .find(|(g, _, _)| *g == group)
+                    .map(|(_, _, store)| store.clone())
+            })
+            .collect();
+        match held {
+            Some(held) => {
+                replicas.insert(*node, held);
+            }
+            None => violations.push(format!("node {node} holds no replica of {TOPIC}")),
+        }
+    }
+    replicas
 }
 
 /// Runs the simulation with `seed` for `seconds` of faults.
 fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
     let dir = scratch();
     let world = Arc::new(World {
-        seed,
-        root: dir.path().to_path_buf(),
-        planted,
-        history: Arc::default(),
-        fs: Mutex::default(),
+        common: Common::new(seed, dir.path(), planted),
         clusters: Mutex::default(),
-        boots: Mutex::default(),
-        quiet: AtomicBool::new(false),
         created: Mutex::default(),
     });
     let seeded = Seeded::new(seed);
@@ -334,45 +316,14 @@ fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
         sim.host(host(n), move || boot(w.clone(), n));
     }
     let mut driven = drive(&mut sim, &*world, seconds);
-    let history = std::mem::take(&mut *world.history.lock());
-    // The data topic's partitions, as every node holds them.
-    let mut replicas: BTreeMap<NodeId, Vec<Arc<Replica>>> = BTreeMap::new();
-    for (node, cluster) in world.clusters.lock().iter() {
-        let held: Option<Vec<Arc<Replica>>> = (0..PARTITIONS)
-            .map(|p| {
-                let group = cluster.inner.controller.group_of(TOPIC, p)?;
-                let members = cluster.inner.controller.members();
-                members
-                    .into_iter()
-                    .find(|(g, _, _)| *g == group)
-                    .map(|(_, _, store)| store)
-            })
-            .collect();
-        match held {
-            Some(held) => {
-                replicas.insert(*node, held);
-            }
-            None => driven
-                .violations
-                .push(format!("node {node} holds no replica of {TOPIC}")),
-        }
-    }
-    let boots = world.boots.lock().clone();
-    let digest = check_history(&replicas, &boots, &history, &mut driven.violations);
-    check_agreement(&world, &mut driven.violations);
+    let replicas = data_replicas(&world, &mut driven.violations);
+    let run = Run::new(&*world, driven, &replicas, |violations| {
+        check_agreement(&world, violations)
+    });
     let topics = world.created.lock().len();
     drop(seeded);
     drop(sim);
-    Outcome {
-        violations: driven.violations,
-        struck: driven.struck,
-        acked: history.acked.len(),
-        polled: history.polled.len(),
-        unknown: history.unknown,
-        topics,
-        digest,
-        trace: std::mem::take(&mut driven.checks.trace),
-    }
+    Outcome { run, topics }
 }
 
 /// Whole nodes under crashes, partitions and held messages: no acknowledged record is lost or
@@ -382,28 +333,18 @@ fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
 fn simulated_clusters_lose_no_acknowledged_record() {
     let mut created = 0;
     for seed in seeds(&FIXED_SEEDS) {
-        let out = simulate(seed, seconds(), false);
-        created += out.topics;
+        let Outcome { run, topics } = simulate(seed, seconds(), false);
+        created += topics;
         eprintln!(
-            "clusters, seed {seed}: {:?}; {} topics created during the faults; {} acknowledged, {} polled, {} unknown outcomes, {} violations",
-            out.struck,
-            out.topics,
-            out.acked,
-            out.polled,
-            out.unknown,
-            out.violations.len()
+            "clusters, seed {seed}: {:?}; {topics} topics created during the faults; {} acknowledged, {} polled, {} unknown outcomes, {} violations",
+            run.struck,
+            run.acked,
+            run.polled,
+            run.unknown,
+            run.violations.len()
         );
-        assert!(
-            out.acked > 100,
-            "seed {seed}: only {} records acknowledged",
-            out.acked
-        );
-        assert!(
-            out.violations.is_empty(),
-            "seed {seed} (rerun with SEEDS={seed}): {:#?}",
-            &out.violations[..out.violations.len().min(20)]
-        );
-        assert!(out.struck.crashes > 0, "seed {seed}: no node crashed");
+        run.assert_clean(seed);
+        assert!(run.struck.crashes > 0, "seed {seed}: no node crashed");
     }
     assert!(created > 0, "no topic was created during the faults");
 }
@@ -411,21 +352,7 @@ fn simulated_clusters_lose_no_acknowledged_record() {
 /// A seed replays the same run of whole nodes.
 #[test]
 fn a_seed_replays_the_same_run_of_whole_nodes() {
-    let a = simulate(11, 5, false);
-    let b = simulate(11, 5, false);
-    assert!(
-        a.violations.is_empty() && b.violations.is_empty(),
-        "{:?} {:?}",
-        a.violations,
-        b.violations
-    );
-    let diverged = (0..a.trace.len().min(b.trace.len())).find(|&i| a.trace[i] != b.trace[i]);
-    assert_eq!(diverged, None, "the runs diverged at the {diverged:?}th report");
-    assert_eq!(a.trace.len(), b.trace.len());
-    assert_eq!(
-        (a.acked, a.polled, a.unknown, a.digest),
-        (b.acked, b.polled, b.unknown, b.digest)
-    );
+    assert_replays(&simulate(11, 5, false).run, &simulate(11, 5, false).run);
 }
 
 /// The checker catches a planted bug in whole nodes too: appends acknowledged before they are
@@ -433,11 +360,9 @@ fn a_seed_replays_the_same_run_of_whole_nodes() {
 #[test]
 fn the_checker_catches_whole_nodes_acknowledging_before_sync() {
     let caught = (1..=4).any(|seed| {
-        let out = simulate(seed, seconds(), true);
+        let out = simulate(seed, seconds(), true).run;
         eprintln!("clusters, planted, seed {seed}: {:?}", out.violations.first());
-        out.violations
-            .iter()
-            .any(|v| v.contains("was acknowledged at offset"))
+        out.lost_acknowledged()
     });
     assert!(caught, "no seed's checker saw the lost acknowledged records");
 }

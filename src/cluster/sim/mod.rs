@@ -35,6 +35,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -115,24 +116,85 @@ struct History {
 /// handle, and its log.
 type Member = (String, Raft, Arc<Replica>);
 
+/// What a simulation's driver and its nodes share, whatever the nodes are.
+struct Common {
+    seed: u64,
+    /// Where the nodes' directories are.
+    root: PathBuf,
+    /// Plants a bug: replicas report appends durable without syncing them.
+    planted: bool,
+    history: Arc<Mutex<History>>,
+    /// The live nodes' file systems.
+    fs: Mutex<BTreeMap<NodeId, FaultyFs>>,
+    /// How many times each node has started.
+    boots: Mutex<BTreeMap<NodeId, u64>>,
+    /// Set when the producers are to stop (the final phase).
+    quiet: AtomicBool,
+}
+
+impl Common {
+    fn new(seed: u64, root: &Path, planted: bool) -> Common {
+        Common {
+            seed,
+            root: root.to_path_buf(),
+            planted,
+            history: Arc::default(),
+            fs: Mutex::default(),
+            boots: Mutex::default(),
+            quiet: AtomicBool::new(false),
+        }
+    }
+
+    /// Node `me` starts (again): the number of this boot, and the file system it runs on
+    /// until it crashes (small appends go through a map of the file, as they do on the real
+    /// file system).
+    fn boot(&self, me: NodeId) -> (u64, FaultyFs) {
+        let boot = {
+            let mut boots = self.boots.lock();
+            let b = boots.entry(me).or_default();
+            *b += 1;
+            *b
+        };
+        let fs = FaultyFs::new();
+        fs.map_appends();
+        self.fs.lock().insert(me, fs.clone());
+        (boot, fs)
+    }
+
+    fn boot_of(&self, node: NodeId) -> u64 {
+        self.boots.lock().get(&node).copied().unwrap_or_default()
+    }
+
+    fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::SeqCst)
+    }
+
+    /// Where node `node`'s files go.
+    fn dir(&self, node: NodeId) -> PathBuf {
+        self.root.join(host(node))
+    }
+
+    /// The nodes' storage work: inline, and synced unless a bug is planted.
+    fn io(&self) -> Io {
+        Io::Inline { sync: !self.planted }
+    }
+
+    /// A random source for `who`, drawn from the seed.
+    fn rng(&self, who: &impl Hash) -> SmallRng {
+        SmallRng::seed_from_u64(mix(&(self.seed, who)))
+    }
+}
+
 /// What a simulation's nodes are, for the driver that strikes them with faults and checks
 /// them at every step.
 trait Nodes {
     /// How many nodes there are (ids from 1).
     const COUNT: u64;
-    fn seed(&self) -> u64;
-    /// Where the nodes' directories are.
-    fn root(&self) -> &Path;
-    /// The live nodes' file systems.
-    fn file_systems(&self) -> &Mutex<BTreeMap<NodeId, FaultyFs>>;
+    fn common(&self) -> &Common;
     /// Drops what the simulation holds of `node`, which crashes.
     fn forget(&self, node: NodeId);
     /// Every live node's boot and the group replicas it runs.
     fn members(&self) -> BTreeMap<NodeId, (u64, Vec<Member>)>;
-    /// How many records producers were told are committed so far.
-    fn acked(&self) -> usize;
-    /// Stops the producers: the final phase.
-    fn quiet(&self);
     /// Whether every node is up and holds the same committed log for every group, all of it
     /// applied.
     fn converged(&self) -> bool;
@@ -206,7 +268,7 @@ impl RaftChecks {
     }
 
     fn check(&mut self, nodes: &impl Nodes, violations: &mut Vec<String>) {
-        let acked = nodes.acked();
+        let acked = nodes.common().history.lock().acked.len();
         for (node, (boot, members)) in nodes.members() {
             for (group, raft, store) in members {
                 let m = raft.metrics().borrow_watched().clone();
@@ -322,10 +384,11 @@ fn crash<N: Nodes>(
         sim.partition(host(me), host(o));
     }
     nodes.forget(me);
-    if let Some(fs) = nodes.file_systems().lock().remove(&me) {
-        let (root, seed) = (nodes.root().to_path_buf(), nodes.seed());
+    let common = nodes.common();
+    if let Some(fs) = common.fs.lock().remove(&me) {
+        let (root, seed) = (&common.root, common.seed);
         fs.crash(|path, synced, written| {
-            let name = path.strip_prefix(&root).unwrap_or(path).to_path_buf();
+            let name = path.strip_prefix(root).unwrap_or(path).to_path_buf();
             let h = mix(&(seed, name, synced, written));
             if h.is_multiple_of(3) {
                 h % (written - synced + 1)
@@ -355,7 +418,7 @@ struct Driven {
 /// step; then heals every fault, stops the producers and lets the nodes converge (a
 /// violation if they do not within 30 s) and the consumers catch up.
 fn drive<N: Nodes>(sim: &mut turmoil::Sim<'_>, nodes: &N, seconds: u64) -> Driven {
-    let mut rng = SmallRng::seed_from_u64(nodes.seed());
+    let mut rng = SmallRng::seed_from_u64(nodes.common().seed);
     let mut violations = Vec::new();
     let mut checks = RaftChecks::default();
     let mut struck = Struck::default();
@@ -401,7 +464,7 @@ fn drive<N: Nodes>(sim: &mut turmoil::Sim<'_>, nodes: &N, seconds: u64) -> Drive
                 // writes, syncs or renames (noticed below).
                 15..22 if down.is_empty() => {
                     let n = rng.random_range(1..=count);
-                    if let Some(fs) = nodes.file_systems().lock().get(&n) {
+                    if let Some(fs) = nodes.common().fs.lock().get(&n) {
                         fs.crash_after_ops(rng.random_range(0..40));
                     }
                 }
@@ -453,7 +516,7 @@ fn drive<N: Nodes>(sim: &mut turmoil::Sim<'_>, nodes: &N, seconds: u64) -> Drive
     }
     // Heal: no fault armed, every node up, every link whole, producers stopped; then the
     // nodes catch up.
-    for fs in nodes.file_systems().lock().values() {
+    for fs in nodes.common().fs.lock().values() {
         fs.clear_faults();
     }
     for n in crashed(nodes) {
@@ -467,7 +530,7 @@ fn drive<N: Nodes>(sim: &mut turmoil::Sim<'_>, nodes: &N, seconds: u64) -> Drive
         sim.repair(host(a), host(b));
         sim.release(host(a), host(b));
     }
-    nodes.quiet();
+    nodes.common().quiet.store(true, Ordering::SeqCst);
     let mut settled = false;
     for i in 0..30_000u64 {
         run(sim, &mut violations);
@@ -494,7 +557,8 @@ fn drive<N: Nodes>(sim: &mut turmoil::Sim<'_>, nodes: &N, seconds: u64) -> Drive
 /// The live nodes whose file system crashed (a crash in the middle of storage work).
 fn crashed(nodes: &impl Nodes) -> Vec<NodeId> {
     nodes
-        .file_systems()
+        .common()
+        .fs
         .lock()
         .iter()
         .filter(|(_, fs)| fs.crashed())
@@ -758,12 +822,80 @@ impl Drop for Seeded {
     }
 }
 
-/// Where a node's files go.
-fn node_dir(root: &Path, node: NodeId) -> PathBuf {
-    root.join(host(node))
+/// What a run came to.
+struct Run {
+    violations: Vec<String>,
+    struck: Struck,
+    acked: usize,
+    polled: usize,
+    unknown: u64,
+    /// A digest of the final logs, to show a seed replays the same run.
+    digest: u64,
+    trace: Vec<u64>,
 }
 
-/// A node's storage work: inline, and synced unless a bug is `planted`.
-fn inline_io(planted: bool) -> Io {
-    Io::Inline { sync: !planted }
+impl Run {
+    /// The run `driven` made, with its `history` checked (see [`check_history`]) against
+    /// `replicas`, every node's replica of each partition the producers wrote; and
+    /// `checked` too, what the simulation checks of its own.
+    fn new<N: Nodes>(
+        nodes: &N,
+        mut driven: Driven,
+        replicas: &BTreeMap<NodeId, Vec<Arc<Replica>>>,
+        checked: impl FnOnce(&mut Vec<String>),
+    ) -> Run {
+        let common = nodes.common();
+        let history = std::mem::take(&mut *common.history.lock());
+        let boots = common.boots.lock().clone();
+        let digest = check_history(replicas, &boots, &history, &mut driven.violations);
+        checked(&mut driven.violations);
+        Run {
+            violations: driven.violations,
+            struck: driven.struck,
+            acked: history.acked.len(),
+            polled: history.polled.len(),
+            unknown: history.unknown,
+            digest,
+            trace: driven.checks.trace,
+        }
+    }
+
+    /// Fails the test unless the run with `seed` acknowledged records and broke no rule.
+    fn assert_clean(&self, seed: u64) {
+        assert!(
+            self.acked > 100,
+            "seed {seed}: only {} records acknowledged",
+            self.acked
+        );
+        assert!(
+            self.violations.is_empty(),
+            "seed {seed} (rerun with SEEDS={seed}): {:#?}",
+            &self.violations[..self.violations.len().min(20)]
+        );
+    }
+
+    /// Whether the checker found an acknowledged record lost or moved.
+    fn lost_acknowledged(&self) -> bool {
+        self.violations
+            .iter()
+            .any(|v| v.contains("was acknowledged at offset"))
+    }
+}
+
+/// Fails the test unless two runs of one seed went the same way: the same reports at every
+/// step, the same records acknowledged and polled, the same final logs.
+fn assert_replays(a: &Run, b: &Run) {
+    assert!(
+        a.violations.is_empty() && b.violations.is_empty(),
+        "{:?} {:?}",
+        a.violations,
+        b.violations
+    );
+    let diverged = (0..a.trace.len().min(b.trace.len())).find(|&i| a.trace[i] != b.trace[i]);
+    assert_eq!(diverged, None, "the runs diverged at the {diverged:?}th report");
+    assert_eq!(a.trace.len(), b.trace.len());
+    assert_eq!(
+        (a.acked, a.polled, a.unknown, a.digest),
+        (b.acked, b.polled, b.unknown, b.digest)
+    );
 }

@@ -11,24 +11,23 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rand::RngExt;
 use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
 
 use super::{
-    History, Member, Nodes, PEER_PORT, Seeded, SimListener, SimNet, batch_of, build_sim, check_history,
-    consume, drive, host, inline_io, mix, node_dir, record_outcome, same_logs, scratch, seconds, seeds,
+    Common, Member, Nodes, PEER_PORT, Run, Seeded, SimListener, SimNet, assert_replays, batch_of, build_sim,
+    consume, drive, host, record_outcome, same_logs, scratch, seconds, seeds,
 };
 use crate::cluster::log_store::Replica;
 use crate::cluster::partition::PartitionReplica;
 use crate::cluster::peer::{self, GroupId, Groups, Raft, Router};
 use crate::cluster::raft::{Node, NodeId};
 use crate::config::{Fsync, LogConfig};
-use crate::storage::{FaultyFs, PartitionLog};
+use crate::storage::PartitionLog;
 
 const NODES: u64 = 3;
 const PARTITIONS: i32 = 2;
@@ -47,33 +46,17 @@ fn group(partition: i32) -> GroupId {
 
 /// What the driver and the nodes share.
 struct World {
-    seed: u64,
-    root: PathBuf,
-    /// Plants a bug: replicas report appends durable without syncing them.
-    planted: bool,
-    history: Arc<Mutex<History>>,
-    /// The live nodes' file systems and replicas, by node.
-    fs: Mutex<BTreeMap<NodeId, FaultyFs>>,
+    common: Common,
+    /// The live nodes' Raft groups and replicas, by node.
     rafts: Mutex<BTreeMap<NodeId, Vec<Raft>>>,
     replicas: Mutex<BTreeMap<NodeId, Vec<Arc<Replica>>>>,
-    boots: Mutex<BTreeMap<NodeId, u64>>,
-    /// Set when the producers are to stop (the final phase).
-    quiet: std::sync::atomic::AtomicBool,
 }
 
 impl Nodes for World {
     const COUNT: u64 = NODES;
 
-    fn seed(&self) -> u64 {
-        self.seed
-    }
-
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn file_systems(&self) -> &Mutex<BTreeMap<NodeId, FaultyFs>> {
-        &self.fs
+    fn common(&self) -> &Common {
+        &self.common
     }
 
     fn forget(&self, node: NodeId) {
@@ -84,7 +67,6 @@ impl Nodes for World {
     fn members(&self) -> BTreeMap<NodeId, (u64, Vec<Member>)> {
         let rafts = self.rafts.lock().clone();
         let replicas = self.replicas.lock().clone();
-        let boots = self.boots.lock().clone();
         rafts
             .into_iter()
             .filter_map(|(node, rafts)| {
@@ -95,17 +77,9 @@ impl Nodes for World {
                     .enumerate()
                     .map(|(p, (raft, store))| (format!("partition {p}"), raft, store))
                     .collect();
-                Some((node, (boots.get(&node).copied().unwrap_or_default(), members)))
+                Some((node, (self.common.boot_of(node), members)))
             })
             .collect()
-    }
-
-    fn acked(&self) -> usize {
-        self.history.lock().acked.len()
-    }
-
-    fn quiet(&self) {
-        self.quiet.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn converged(&self) -> bool {
@@ -129,16 +103,7 @@ impl Nodes for World {
 /// Starts node `me`: its replicas, its peer server, its producers and consumers. Runs until
 /// the node crashes.
 async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
-    let boot = {
-        let mut boots = world.boots.lock();
-        let b = boots.entry(me).or_default();
-        *b += 1;
-        *b
-    };
-    let fs = FaultyFs::new();
-    // Small appends go through a map of the file, as they do on the real file system.
-    fs.map_appends();
-    world.fs.lock().insert(me, fs.clone());
+    let (boot, fs) = world.common.boot(me);
     let router = Router::with_transport(me, Arc::new(SimNet));
     for n in 1..=NODES {
         router.set_peer(n, SocketAddr::new(turmoil::lookup(host(n)), PEER_PORT));
@@ -153,10 +118,10 @@ async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
         router.clone(),
         stopped,
     ));
-    let io = inline_io(world.planted);
+    let io = world.common.io();
     let mut replicas = Vec::new();
     for p in 0..PARTITIONS {
-        let dir = node_dir(&world.root, me).join(format!("t-{p}"));
+        let dir = world.common.dir(me).join(format!("t-{p}"));
         // Retention only when the simulation applies it (no housekeeper's round on a clock
         // of its own), and for the second partition only.
         let config = LogConfig {
@@ -191,11 +156,11 @@ async fn boot(world: Arc<World>, me: NodeId) -> turmoil::Result {
         .lock()
         .insert(me, replicas.iter().map(|r| r.replica.clone()).collect());
     for (p, replica) in replicas.iter().enumerate() {
-        let rng = SmallRng::seed_from_u64(mix(&(world.seed, me, boot, p)));
+        let rng = world.common.rng(&(me, boot, p));
         tokio::spawn(produce(world.clone(), replica.clone(), (me, boot, p as i32), rng));
         let log = replica.replica.log.clone();
         tokio::spawn(consume(
-            world.history.clone(),
+            world.common.history.clone(),
             move || Some(log.clone()),
             (me, boot, p as i32, 0),
         ));
@@ -212,41 +177,28 @@ async fn produce(
     mut rng: SmallRng,
 ) {
     let mut seq = 0u64;
-    while !world.quiet.load(std::sync::atomic::Ordering::SeqCst) {
+    while !world.common.is_quiet() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(10..60))).await;
         let (batch, values) = batch_of(rng.random_range(1..=3), who, &mut seq);
         let outcome = replica.propose(batch).await.ok().map(|a| a.base_offset);
-        record_outcome(&world.history, who.2, values, outcome);
+        record_outcome(&world.common.history, who.2, values, outcome);
     }
 }
 
 struct Outcome {
-    violations: Vec<String>,
-    struck: super::Struck,
+    run: Run,
     /// Logs restarted from a leader's snapshot, and the retained partition's final start.
     restarts: u64,
     retained_from: i64,
-    acked: usize,
-    polled: usize,
-    unknown: u64,
-    /// A digest of the final logs, to show a seed replays the same run.
-    digest: u64,
-    trace: Vec<u64>,
 }
 
 /// Runs the simulation with `seed` for `seconds` of faults.
 fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
     let dir = scratch();
     let world = Arc::new(World {
-        seed,
-        root: dir.path().to_path_buf(),
-        planted,
-        history: Arc::default(),
-        fs: Mutex::default(),
+        common: Common::new(seed, dir.path(), planted),
         rafts: Mutex::default(),
         replicas: Mutex::default(),
-        boots: Mutex::default(),
-        quiet: Default::default(),
     });
     let seeded = Seeded::new(seed);
     let mut sim = build_sim(seed, seconds);
@@ -254,11 +206,10 @@ fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
         let w = world.clone();
         sim.host(host(n), move || boot(w.clone(), n));
     }
-    let mut driven = drive(&mut sim, &*world, seconds);
-    let history = std::mem::take(&mut *world.history.lock());
+    let driven = drive(&mut sim, &*world, seconds);
+    let restarts = driven.checks.restarts;
     let replicas = world.replicas.lock().clone();
-    let boots = world.boots.lock().clone();
-    let digest = check_history(&replicas, &boots, &history, &mut driven.violations);
+    let run = Run::new(&*world, driven, &replicas, |_| {});
     let retained_from = replicas
         .values()
         .map(|r| r[RETAINED as usize].log.log_start_offset())
@@ -267,15 +218,9 @@ fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
     drop(seeded);
     drop(sim);
     Outcome {
-        violations: driven.violations,
-        struck: driven.struck,
-        restarts: driven.checks.restarts,
+        run,
+        restarts,
         retained_from,
-        acked: history.acked.len(),
-        polled: history.polled.len(),
-        unknown: history.unknown,
-        digest,
-        trace: std::mem::take(&mut driven.checks.trace),
     }
 }
 
@@ -284,48 +229,27 @@ fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
 #[test]
 fn simulated_faults_lose_no_acknowledged_record() {
     for seed in seeds(&FIXED_SEEDS) {
-        let out = simulate(seed, seconds(), false);
+        let Outcome {
+            run,
+            restarts,
+            retained_from,
+        } = simulate(seed, seconds(), false);
         eprintln!(
-            "seed {seed}: {:?}, {} logs restarted from a snapshot, retained from {}; {} acknowledged, {} polled, {} unknown outcomes, {} violations",
-            out.struck,
-            out.restarts,
-            out.retained_from,
-            out.acked,
-            out.polled,
-            out.unknown,
-            out.violations.len()
+            "seed {seed}: {:?}, {restarts} logs restarted from a snapshot, retained from {retained_from}; {} acknowledged, {} polled, {} unknown outcomes, {} violations",
+            run.struck,
+            run.acked,
+            run.polled,
+            run.unknown,
+            run.violations.len()
         );
-        assert!(
-            out.acked > 100,
-            "seed {seed}: only {} records acknowledged",
-            out.acked
-        );
-        assert!(
-            out.violations.is_empty(),
-            "seed {seed} (rerun with SEEDS={seed}): {:#?}",
-            &out.violations[..out.violations.len().min(20)]
-        );
+        run.assert_clean(seed);
     }
 }
 
 /// A seed replays the same run: the same records acknowledged, the same final logs.
 #[test]
 fn a_seed_replays_the_same_run() {
-    let a = simulate(11, 5, false);
-    let b = simulate(11, 5, false);
-    assert!(
-        a.violations.is_empty() && b.violations.is_empty(),
-        "{:?} {:?}",
-        a.violations,
-        b.violations
-    );
-    let diverged = (0..a.trace.len().min(b.trace.len())).find(|&i| a.trace[i] != b.trace[i]);
-    assert_eq!(diverged, None, "the runs diverged at the {diverged:?}th report");
-    assert_eq!(a.trace.len(), b.trace.len());
-    assert_eq!(
-        (a.acked, a.polled, a.unknown, a.digest),
-        (b.acked, b.polled, b.unknown, b.digest)
-    );
+    assert_replays(&simulate(11, 5, false).run, &simulate(11, 5, false).run);
 }
 
 /// The checker catches a planted bug: replicas that acknowledge appends without syncing them
@@ -333,11 +257,9 @@ fn a_seed_replays_the_same_run() {
 #[test]
 fn the_checker_catches_acknowledgements_before_sync() {
     let caught = (1..=3).any(|seed| {
-        let out = simulate(seed, 20, true);
+        let out = simulate(seed, 20, true).run;
         eprintln!("planted, seed {seed}: {:?}", out.violations.first());
-        out.violations
-            .iter()
-            .any(|v| v.contains("was acknowledged at offset"))
+        out.lost_acknowledged()
     });
     assert!(caught, "no seed's checker saw the lost acknowledged records");
 }
