@@ -46,6 +46,8 @@ struct World {
     clusters: Mutex<BTreeMap<NodeId, Cluster>>,
     /// The topics whose creation a node was told succeeded.
     created: Mutex<BTreeSet<String>>,
+    /// How long the faults last.
+    seconds: u64,
 }
 
 fn name_of(group: &GroupId) -> String {
@@ -168,7 +170,9 @@ async fn make_topics(
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    tokio::time::sleep(Duration::from_millis(rng.random_range(1000..15_000))).await;
+    // Within the first three quarters of the faults (a node that boots late may miss them).
+    let within = (world.seconds * 750).max(1001);
+    tokio::time::sleep(Duration::from_millis(rng.random_range(1000..within))).await;
     if world.common.is_quiet() {
         return;
     }
@@ -308,6 +312,7 @@ fn simulate(seed: u64, seconds: u64, planted: bool) -> Outcome {
         common: Common::new(seed, dir.path(), planted),
         clusters: Mutex::default(),
         created: Mutex::default(),
+        seconds,
     });
     let seeded = Seeded::new(seed);
     let mut sim = build_sim(seed, seconds);
@@ -336,17 +341,17 @@ fn simulated_clusters_lose_no_acknowledged_record() {
         let Outcome { run, topics } = simulate(seed, seconds(), false);
         created += topics;
         eprintln!(
-            "clusters, seed {seed}: {:?}; {topics} topics created during the faults; {} acknowledged, {} polled, {} unknown outcomes, {} violations",
-            run.struck,
-            run.acked,
-            run.polled,
-            run.unknown,
-            run.violations.len()
+            "clusters, seed {seed}: {topics} topics created during the faults; {}",
+            run.summary()
         );
         run.assert_clean(seed);
         assert!(run.struck.crashes > 0, "seed {seed}: no node crashed");
     }
-    assert!(created > 0, "no topic was created during the faults");
+    // (A short run, `SIM_SECONDS` of a few, may end before any node gets to it.)
+    assert!(
+        created > 0 || seconds() < 20,
+        "no topic was created during the faults"
+    );
 }
 
 /// A seed replays the same run of whole nodes.

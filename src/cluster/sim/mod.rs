@@ -874,6 +874,18 @@ impl Run {
         );
     }
 
+    /// What the run struck and saw, in a line.
+    fn summary(&self) -> String {
+        format!(
+            "{:?}; {} acknowledged, {} polled, {} unknown outcomes, {} violations",
+            self.struck,
+            self.acked,
+            self.polled,
+            self.unknown,
+            self.violations.len()
+        )
+    }
+
     /// Whether the checker found an acknowledged record lost or moved.
     fn lost_acknowledged(&self) -> bool {
         self.violations

@@ -235,12 +235,8 @@ fn simulated_faults_lose_no_acknowledged_record() {
             retained_from,
         } = simulate(seed, seconds(), false);
         eprintln!(
-            "seed {seed}: {:?}, {restarts} logs restarted from a snapshot, retained from {retained_from}; {} acknowledged, {} polled, {} unknown outcomes, {} violations",
-            run.struck,
-            run.acked,
-            run.polled,
-            run.unknown,
-            run.violations.len()
+            "seed {seed}: {restarts} logs restarted from a snapshot, retained from {retained_from}; {}",
+            run.summary()
         );
         run.assert_clean(seed);
     }
