@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::storage::format::Compression;
+pub use crate::storage::producers::ProducerError;
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -39,6 +40,16 @@ pub enum Error {
         /// The error the operating system reported.
         #[source]
         source: io::Error,
+    },
+
+    /// A producer's batch, or a marker ending its transaction, refused by what the partition
+    /// knows of the producer (see [`ProducerError`]). Nothing was written.
+    #[error("producer {producer_id}: {error}")]
+    Producer {
+        /// The producer's id.
+        producer_id: i64,
+        /// Why it was refused.
+        error: ProducerError,
     },
 
     /// A batch handed to the log is malformed. Nothing was written.

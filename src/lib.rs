@@ -101,7 +101,7 @@ pub use consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, ConsumerRecordsIter, OffsetReset,
     RebalanceListener, TopicPartition,
 };
-pub use error::{BatchError, Error, Result};
+pub use error::{BatchError, Error, ProducerError, Result};
 pub use group::Assignor;
 pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};
 pub use storage::Header;

@@ -2,7 +2,7 @@
 
 use kafka_protocol::error::ResponseError as E;
 
-use crate::error::{BatchError, Error};
+use crate::error::{BatchError, Error, ProducerError};
 
 /// The error code a Kafka client expects for `e`.
 pub(super) fn code(e: &Error) -> i16 {
@@ -31,6 +31,11 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::InvalidGroupRequest(_) => E::InvalidRequest,
         Error::InvalidGroupId { .. } => E::InvalidGroupId,
         Error::OffsetMetadataTooLarge { .. } => E::OffsetMetadataTooLarge,
+        Error::Producer { error, .. } => match error {
+            ProducerError::OldEpoch { .. } => E::InvalidProducerEpoch,
+            ProducerError::OutOfOrder { .. } => E::OutOfOrderSequenceNumber,
+            _ => E::InvalidTxnState,
+        },
         Error::Io { .. }
         | Error::Poisoned { .. }
         | Error::ChecksumMismatch { .. }

@@ -363,7 +363,7 @@ pub async fn serve_with(
                 if swept.elapsed() >= sweep_every {
                     swept = tokio::time::Instant::now();
                     let server = server.clone();
-                    // It locks every partition's producer state in turn: off the workers.
+                    // It walks every issued id: off the workers.
                     tokio::task::spawn_blocking(move || server.producers.expire());
                 }
             }

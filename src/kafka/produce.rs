@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use super::acls::{Client, op, resource};
 use super::conn::Refusal;
-use super::idempotence::Verdict;
 use super::{PRODUCE_DECOMPRESSION_RATIO, Server, codes};
 use crate::broker::refuse_internal;
 use crate::error::{BatchError, Error};
+use crate::storage::producers::Verdict;
 use crate::storage::{
     AppendInfo, Batch, BatchBuilder, BatchHeader, Compression, HEADER_LEN, MAX_BATCH_LEN, RecordBatch,
     TimestampType, check_batch, frame_len,
@@ -252,33 +252,23 @@ fn append(
     if batches.is_empty() {
         return Err(BatchError::Empty.into());
     }
-    // An idempotent producer's batches are judged and written under the partition's producer
-    // state, so a retry cannot slip in between.
+    // An idempotent producer's batches are judged against the log's producer state and
+    // written while no other caller judges, so a retry cannot slip in between.
     let headers: Vec<BatchHeader> = batches.iter().map(RecordBatch::header).collect();
     let idempotent = headers.iter().any(|h| h.producer_id >= 0);
     if idempotent {
         server
             .producers
-            .admit(&headers)
+            .admit(&log, &headers)
             .map_err(|(code, why)| Refused::Code(code, why))?;
     }
-    let state = idempotent.then(|| server.producers.partition(&topic, index));
-    let mut state = state.as_ref().map(|s| s.lock());
-    #[cfg(feature = "cluster")]
-    if let Some(state) = state.as_mut()
-        && log.is_replicated()
-    {
-        let epoch = server.placement(&topic.name, partition).epoch;
-        state.read_again_if_stale(&log, epoch)?;
-    }
-    let plan = match &state {
-        Some(state) => state
-            .plan(&headers)
-            .map_err(|(code, why)| Refused::Code(code, why))?,
-        None => vec![Verdict::Append; batches.len()],
+    let _producing = idempotent.then(|| log.producing());
+    let plan = match idempotent {
+        true => log.plan_producers(&headers)?,
+        false => vec![Verdict::Append; batches.len()],
     };
     let mut first = None;
-    for ((batch, h), verdict) in batches.into_iter().zip(&headers).zip(plan) {
+    for (batch, verdict) in batches.into_iter().zip(plan) {
         if let Verdict::Duplicate(info) = verdict {
             // On a replica, the batch found may not be committed yet (written by a leader of
             // an earlier epoch): it is acknowledged once it is.
@@ -291,18 +281,7 @@ fn append(
             first.get_or_insert(info);
             continue;
         }
-        let appended = log.append(batch);
-        #[cfg(feature = "cluster")]
-        if appended.is_err()
-            && let Some(state) = state.as_mut()
-        {
-            state.forget_reading();
-        }
-        let info = appended?;
-        if let Some(state) = state.as_mut().filter(|_| h.producer_id >= 0) {
-            state.record(h, info);
-        }
-        first.get_or_insert(info);
+        first.get_or_insert(log.append(batch)?);
     }
     let append_time = config.get_timestamp_type() == TimestampType::LogAppendTime;
     Ok((

@@ -25,11 +25,12 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::config::{Fsync, LogConfig};
 use crate::error::{BatchError, Error, IoContext, Result};
-use crate::storage::builder::RecordBatch;
+use crate::storage::builder::{BatchBuilder, RecordBatch};
 use crate::storage::compaction::CleanStats;
-use crate::storage::format::{Batch, BatchHeader, TimestampType};
+use crate::storage::format::{Batch, BatchHeader, Compression, TimestampType};
 use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{Fs, StdFs};
+use crate::storage::producers::{self, Marker, ProducerState};
 use crate::storage::reader::{Fetch, LogReader};
 use crate::storage::recovery::CLEAN_SHUTDOWN_FILE;
 use crate::storage::segment::{AppendError, Segment};
@@ -181,6 +182,12 @@ pub(crate) struct Inner {
     /// has said.
     #[cfg(feature = "cluster")]
     pub(super) replicator: OnceLock<Arc<dyn Replicate>>,
+    /// The producers that wrote to the log, as of its end (see the `producers` module):
+    /// changed under the writer lock, by every write and truncation.
+    pub(super) producers: Mutex<ProducerState>,
+    /// Held by a caller across judging a producer's batches and appending them (see
+    /// [`PartitionLog::producing`]).
+    pub(super) producing: Mutex<()>,
 }
 
 /// The owner of a replicated log, to which its appends go: it puts a batch through
@@ -554,8 +561,9 @@ impl PartitionLog {
         #[cfg(feature = "cluster")]
         if self.inner.replicated {
             check_batch(&batch, &self.inner.cfg(), true)?;
-            if batch.header().is_control() {
-                // A replicated log's control batches are its replication's own entries.
+            if batch.header().is_control() && batch.header().producer_id < 0 {
+                // A replicated log's control batches are its replication's own entries
+                // (transaction markers, of a producer, excepted).
                 return Err(Error::InvalidBatch(BatchError::ControlBatch));
             }
             let replicator = self.inner.replicator.get().ok_or_else(|| Error::Cluster {
@@ -616,6 +624,68 @@ impl PartitionLog {
         self.inner.write(batch, at, &config).map(|(info, _)| info)
     }
 
+    /// Serializes the callers that judge producers' batches and then append them (the Kafka
+    /// front end, the transaction coordinator's markers): held across
+    /// [`plan_producers`](Self::plan_producers) and the appends, no other producer's batch of
+    /// this log is judged in between.
+    pub(crate) fn producing(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.inner.producing.lock()
+    }
+
+    /// Judges a record set's batches against the producers that wrote to the log (see
+    /// `ProducerState::plan`): what to do with each, or why the set is refused.
+    #[cfg(feature = "kafka")]
+    pub(crate) fn plan_producers(&self, headers: &[BatchHeader]) -> Result<Vec<producers::Verdict>> {
+        self.inner.producers.lock().plan(headers)
+    }
+
+    /// Writes a transaction marker, COMMIT or ABORT, ending the open transaction of producer
+    /// `producer_id` in `epoch` (a marker for a producer with none open is written all the
+    /// same: the coordinator's retry of a marker it is unsure of). Refused, nothing written,
+    /// if the producer's epoch is newer or the marker's coordinator epoch older than the last
+    /// one seen. Returns once the marker is durable (committed, on a replicated log).
+    #[cfg_attr(not(test), allow(dead_code))] // until the transaction coordinator writes them
+    pub(crate) fn append_marker(&self, producer_id: i64, epoch: i16, marker: Marker) -> Result<AppendInfo> {
+        let _producing = self.producing();
+        if let Some(error) = self
+            .inner
+            .producers
+            .lock()
+            .check_marker(producer_id, epoch, marker)
+        {
+            return Err(Error::Producer { producer_id, error });
+        }
+        let mut b = BatchBuilder::new(Compression::None)
+            .producer(producer_id, epoch, -1)
+            .transactional(true)
+            .control(true);
+        let (key, value) = marker.record();
+        b.push(now_ms(), Some(&key), Some(&value), &[]);
+        self.append(b.finish()?)
+    }
+
+    /// The epoch the log knows for `producer_id`, if it wrote no longer than `max_age_ms`
+    /// before `now_ms`.
+    #[cfg(feature = "kafka")]
+    pub(crate) fn producer_epoch(&self, producer_id: i64, now_ms: i64, max_age_ms: i64) -> Option<i16> {
+        self.inner
+            .producers
+            .lock()
+            .known_epoch(producer_id, now_ms, max_age_ms)
+    }
+
+    /// The last stable offset: the end of what readers in `read_committed` may see, the
+    /// first offset of the earliest transaction not yet ended by a readable marker, else the
+    /// high watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        let mut state = self.inner.producers.lock();
+        if !state.has_unstable() {
+            return hw;
+        }
+        state.first_unstable(hw).map_or(hw, |first| first.min(hw))
+    }
+
     /// Lets readers of a replicated log see the offsets below `end` (at most the log end).
     #[cfg(feature = "cluster")]
     pub(crate) fn commit_to(&self, end: i64) {
@@ -632,14 +702,6 @@ impl PartitionLog {
         let end = self.log_end_offset();
         self.inner
             .read_below(from, max_bytes, Oversized::Read, &mut None, Vec::new(), end)
-    }
-
-    /// The base offset of the `n`th segment from the end (the active one is the first).
-    #[cfg(all(feature = "cluster", feature = "kafka"))]
-    pub(crate) fn tail_start(&self, n: usize) -> i64 {
-        let segments = self.inner.snapshot();
-        let i = segments.len().saturating_sub(n.max(1));
-        segments[i].base_offset
     }
 
     /// Calls `f` with the header of every batch from the one that holds `from` to the log end,
@@ -940,6 +1002,10 @@ impl Inner {
             last_offset: end - 1,
             log_append_time: now,
         };
+        if header.producer_id >= 0 {
+            let marker = header.is_control().then(|| Marker::of(&batch.view())).flatten();
+            self.producers.lock().apply(&header, marker, info);
+        }
         // Only a durable append waits for a sync, and needs the truncation generation.
         let generation = (config.fsync == Fsync::Always && !self.replicated)
             .then(|| self.truncations.load(Ordering::SeqCst));
@@ -1023,6 +1089,7 @@ impl Inner {
             end,
             Some(self.cfg().segment_index_bytes),
         )?);
+        self.snapshot_producers(end)?;
         self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
         {
             let mut s = self.sync.lock();
@@ -1283,6 +1350,22 @@ impl Inner {
     }
 
     /// The background fsync of `Fsync::Interval`.
+    /// Writes the producer state as the snapshot at `end` (the log end; the writer lock
+    /// held), forgetting idle producers first. The caller syncs the directory.
+    pub(super) fn snapshot_producers(&self, end: i64) -> Result<()> {
+        let mut state = self.producers.lock();
+        state.expire(now_ms());
+        producers::write_snapshot(&*self.fs, &self.dir, end, &state)
+    }
+
+    /// Rebuilds the producer state for a log now ending at `end` (after a truncation; the
+    /// writer lock held).
+    pub(super) fn rebuild_producers(&self, end: i64) -> Result<()> {
+        let state = producers::rebuild(&*self.fs, &self.dir, &self.snapshot(), end)?;
+        *self.producers.lock() = state;
+        Ok(())
+    }
+
     pub(crate) fn interval_flush(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) || self.poison.get().is_some() {
             return Ok(());
@@ -1310,6 +1393,7 @@ impl Inner {
         w.active.trim()?;
         w.active.sync()?;
         w.active.seal()?;
+        self.snapshot_producers(self.log_end.load(Ordering::Acquire))?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         self.fs.open(&marker, true).ctx("create", &marker)?;
         self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;

@@ -23,6 +23,7 @@ pub(crate) mod io;
 mod log;
 pub(crate) mod meta;
 mod mmap;
+pub(crate) mod producers;
 mod reader;
 mod recovery;
 mod retention;

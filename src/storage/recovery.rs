@@ -15,8 +15,8 @@ use crate::storage::compaction;
 use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{self, Fs};
 use crate::storage::log::{Inner, SyncState, Writer};
-use crate::storage::meta;
 use crate::storage::segment::{self, Segment};
+use crate::storage::{meta, producers};
 
 /// The on-disk format version this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -162,6 +162,8 @@ impl Inner {
             };
             meta::write(&*fs, &dir.join(META_FILE), &meta)?;
         }
+        // The producers as of the log end: the newest snapshot and the batches after it.
+        let producers = producers::rebuild(&*fs, &dir, &segments, log_end)?;
         Ok(Inner {
             config: RwLock::new(config),
             fs,
@@ -197,6 +199,8 @@ impl Inner {
             replicated,
             #[cfg(feature = "cluster")]
             replicator: OnceLock::new(),
+            producers: Mutex::new(producers),
+            producing: Mutex::new(()),
             dir,
         })
     }
@@ -235,6 +239,7 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
         match segment::parse_file_name(&name) {
             Some((base, "log")) => logs.push(base),
             Some((base, "index" | "timeindex")) => orphans.push((base, name)),
+            Some((_, producers::SNAPSHOT_SUFFIX)) => {}
             _ if [
                 META_FILE,
                 LOCK_FILE,

@@ -79,6 +79,10 @@ impl Inner {
         self.synced.notify_all();
         w.restart_active(last);
         self.lower_checkpoint(new_end);
+        if let Err(e) = self.rebuild_producers(new_end) {
+            self.poison(io::Error::other(format!("rebuilding the producer state: {e}")));
+            return Err(e);
+        }
         // Cutting below the log start empties the log; it restarts at the new end. (A crash
         // before this write is harmless: open never puts the log start past the log end.)
         if new_end < start {
@@ -136,6 +140,11 @@ impl Inner {
         self.synced.notify_all();
         w.restart_active(fresh);
         self.lower_checkpoint(offset);
+        // The producers of the entries it lacked are unknown to it (their batches are gone).
+        *self.producers.lock() = Default::default();
+        for old in crate::storage::producers::list_snapshots(&self.dir)? {
+            crate::storage::producers::remove_snapshot(&*self.fs, &self.dir, old)?;
+        }
         Ok(())
     }
 
