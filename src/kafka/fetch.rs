@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -15,7 +15,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 };
 use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProducerId,
 };
 
 use super::acls::{Client, op, resource};
@@ -125,6 +125,8 @@ fn read(
     logs: &[Vec<Result<PartitionLog, ResponseError>>],
 ) -> (FetchResponse, usize, bool) {
     let mut budget = (request.max_bytes.max(0) as usize).min(FETCH_MAX_BYTES);
+    // Fetch v4+: 1 is read_committed.
+    let committed = request.isolation_level == 1;
     let mut total = 0;
     let mut failed = false;
     let responses = request
@@ -153,29 +155,61 @@ fn read(
                     };
                     // The offsets reported are those of the view the records were read from,
                     // so the high watermark is never below a returned record.
-                    let offsets = |reply: PartitionData, hw: i64, start: i64| {
+                    let offsets = |reply: PartitionData, hw: i64, lso: i64, start: i64| {
                         reply
                             .with_high_watermark(hw)
-                            .with_last_stable_offset(hw)
+                            .with_last_stable_offset(lso)
                             .with_log_start_offset(start)
+                    };
+                    let now = |reply| match committed {
+                        true => offsets(
+                            reply,
+                            log.high_watermark(),
+                            log.last_stable_offset(),
+                            log.log_start_offset(),
+                        ),
+                        false => offsets(
+                            reply,
+                            log.high_watermark(),
+                            log.high_watermark(),
+                            log.log_start_offset(),
+                        ),
                     };
                     // The first batch is returned whatever its size, if nothing came before it.
                     let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
                     let limit = if total == 0 { limit.max(1) } else { limit };
                     if limit == 0 {
-                        return offsets(reply, log.high_watermark(), log.log_start_offset())
-                            .with_records(Some(Bytes::new()));
+                        return now(reply).with_records(Some(Bytes::new()));
                     }
                     // Past the first batch of the response, a batch over the limits is left
                     // for the next fetch without being read.
-                    let read = if total == 0 {
-                        log.read(p.fetch_offset, limit)
-                    } else {
-                        log.read_at_most(p.fetch_offset, limit)
+                    let read = match (committed, total == 0) {
+                        (true, first) => log.read_committed(p.fetch_offset, limit, !first),
+                        (false, true) => log.read(p.fetch_offset, limit),
+                        (false, false) => log.read_at_most(p.fetch_offset, limit),
                     };
                     match read {
                         Ok(fetch) => {
-                            let reply = offsets(reply, fetch.high_watermark(), fetch.log_start_offset());
+                            let reply = offsets(
+                                reply,
+                                fetch.high_watermark(),
+                                fetch.last_stable_offset(),
+                                fetch.log_start_offset(),
+                            );
+                            let reply = match committed {
+                                true => reply.with_aborted_transactions(Some(
+                                    fetch
+                                        .aborted_transactions()
+                                        .iter()
+                                        .map(|a| {
+                                            AbortedTransaction::default()
+                                                .with_producer_id(ProducerId(a.producer_id))
+                                                .with_first_offset(a.first_offset)
+                                        })
+                                        .collect(),
+                                )),
+                                false => reply,
+                            };
                             let mut bytes = fetch.into_bytes();
                             if total > 0 && bytes.len() > limit {
                                 bytes.clear(); // over the limits, and not the first
@@ -186,8 +220,7 @@ fn read(
                         }
                         Err(e) => {
                             failed = true;
-                            offsets(reply, log.high_watermark(), log.log_start_offset())
-                                .with_error_code(codes::code(&e))
+                            now(reply).with_error_code(codes::code(&e))
                         }
                     }
                 })
@@ -234,6 +267,8 @@ pub(super) fn list_offsets(
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let mut seen = HashSet::new();
+    // ListOffsets v2+: 1 is read_committed.
+    let committed = request.isolation_level == 1;
     let topics = request
         .topics
         .into_iter()
@@ -255,7 +290,7 @@ pub(super) fn list_offsets(
                     }
                     let found = server
                         .log(&t.name.0, p.partition_index)
-                        .and_then(|log| lookup(&log, p.timestamp));
+                        .and_then(|log| lookup(&log, p.timestamp, committed));
                     if found.is_ok()
                         && let Err(code) = server.check_leader(&t.name.0, p.partition_index)
                     {
@@ -348,13 +383,22 @@ fn epoch_end(
         .map_err(|e| e.code())
 }
 
-fn lookup(log: &PartitionLog, timestamp: i64) -> Result<(i64, i64)> {
+/// The offset (and its record's timestamp) ListOffsets answers for `timestamp`; under
+/// `read_committed` the latest offset is the last stable offset, and a record found by
+/// timestamp at or past it is not answered (as Kafka bounds both).
+fn lookup(log: &PartitionLog, timestamp: i64, committed: bool) -> Result<(i64, i64)> {
+    let end = match committed {
+        true => log.last_stable_offset(),
+        false => log.high_watermark(),
+    };
     let found = match timestamp {
         -2 => return Ok((log.log_start_offset(), -1)),
-        -1 => return Ok((log.high_watermark(), -1)),
+        -1 => return Ok((end, -1)),
         -3 => log.offset_of_max_timestamp()?,
         ts if ts < 0 => None,
         ts => log.offset_for_timestamp(ts)?,
     };
-    Ok(found.map_or((-1, -1), |f| (f.offset, f.timestamp)))
+    Ok(found
+        .filter(|f| f.offset < end)
+        .map_or((-1, -1), |f| (f.offset, f.timestamp)))
 }

@@ -34,6 +34,7 @@ use crate::storage::producers::{self, Marker, ProducerState};
 use crate::storage::reader::{Fetch, LogReader};
 use crate::storage::recovery::CLEAN_SHUTDOWN_FILE;
 use crate::storage::segment::{AppendError, Segment};
+use crate::storage::txnindex::{self, AbortedIndex, AbortedTransaction};
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +186,9 @@ pub(crate) struct Inner {
     /// The producers that wrote to the log, as of its end (see the `producers` module):
     /// changed under the writer lock, by every write and truncation.
     pub(super) producers: Mutex<ProducerState>,
+    /// Every transaction an ABORT marker ended, by marker (see the `txnindex` module):
+    /// changed under the writer lock.
+    pub(super) aborted: RwLock<AbortedIndex>,
     /// Held by a caller across judging a producer's batches and appending them (see
     /// [`PartitionLog::producing`]).
     pub(super) producing: Mutex<()>,
@@ -674,11 +678,28 @@ impl PartitionLog {
             .known_epoch(producer_id, now_ms, max_age_ms)
     }
 
+    /// The transactions aborted in the offsets from `from` to below `upto`, for a
+    /// `read_committed` reader of that range: it drops each one's batches (of that producer,
+    /// from its first offset) up to its ABORT marker. Ask after reading the
+    /// [`last_stable_offset`](Self::last_stable_offset) that bounds the range: every
+    /// transaction below it is indexed by then.
+    pub fn aborted_transactions(&self, from: i64, upto: i64) -> Vec<AbortedTransaction> {
+        let index = self.inner.aborted.read();
+        if index.is_empty() {
+            return Vec::new();
+        }
+        index.overlapping(from, upto)
+    }
+
     /// The last stable offset: the end of what readers in `read_committed` may see, the
     /// first offset of the earliest transaction not yet ended by a readable marker, else the
     /// high watermark.
     pub fn last_stable_offset(&self) -> i64 {
-        let hw = self.high_watermark();
+        self.last_stable_offset_below(self.high_watermark())
+    }
+
+    /// The last stable offset of a log whose high watermark is `hw`.
+    fn last_stable_offset_below(&self, hw: i64) -> i64 {
         let mut state = self.inner.producers.lock();
         if !state.has_unstable() {
             return hw;
@@ -749,6 +770,29 @@ impl PartitionLog {
     pub(crate) fn read_at_most(&self, from: i64, max_bytes: usize) -> Result<Fetch> {
         self.inner
             .read_pinned(from, max_bytes, Oversized::Skip, &mut None, Vec::new())
+    }
+
+    /// Reads as [`read`](Self::read) does for a reader in `read_committed`: below the last
+    /// stable offset rather than the high watermark, with the transactions aborted among the
+    /// batches read ([`Fetch::aborted_transactions`]). Control batches (markers) are returned
+    /// like any batch. `skip_oversized` as [`read_at_most`](Self::read_at_most).
+    pub fn read_committed(&self, from: i64, max_bytes: usize, skip_oversized: bool) -> Result<Fetch> {
+        let hw = self.high_watermark();
+        // The last stable offset first: every transaction below it is indexed by then.
+        let lso = self.last_stable_offset_below(hw);
+        let oversized = if skip_oversized {
+            Oversized::Skip
+        } else {
+            Oversized::Read
+        };
+        let fetch = self
+            .inner
+            .read_below(from, max_bytes, oversized, &mut None, Vec::new(), lso)?;
+        let aborted = match fetch.next_offset() {
+            Some(end) => self.aborted_transactions(from, end),
+            None => Vec::new(),
+        };
+        Ok(fetch.committed(hw, lso, aborted))
     }
 
     /// A reader of records from offset `from`.
@@ -1004,7 +1048,17 @@ impl Inner {
         };
         if header.producer_id >= 0 {
             let marker = header.is_control().then(|| Marker::of(&batch.view())).flatten();
-            self.producers.lock().apply(&header, marker, info);
+            let aborted = self.producers.lock().apply(&header, marker, info);
+            if let Some(aborted) = aborted {
+                let base = w.active.base_offset;
+                if let Err(e) = txnindex::append(&*self.fs, &self.dir, base, &aborted) {
+                    // The batch is written: the index no longer matches the log.
+                    return Err(
+                        self.poison(io::Error::other(format!("indexing an aborted transaction: {e}")))
+                    );
+                }
+                self.aborted.write().push(aborted);
+            }
         }
         // Only a durable append waits for a sync, and needs the truncation generation.
         let generation = (config.fsync == Fsync::Always && !self.replicated)
@@ -1075,7 +1129,10 @@ impl Inner {
     pub(super) fn roll_locked(&self, w: &mut Writer) -> Result<()> {
         let old = w.active.clone();
         old.trim()?;
-        if let Err(e) = old.sync() {
+        let synced = old
+            .sync()
+            .and_then(|()| txnindex::sync(&*self.fs, &self.dir, old.base_offset));
+        if let Err(e) = synced {
             return Err(match e {
                 Error::Io { source, .. } => self.poison(source),
                 e => e,
@@ -1361,9 +1418,15 @@ impl Inner {
     /// Rebuilds the producer state for a log now ending at `end` (after a truncation; the
     /// writer lock held).
     pub(super) fn rebuild_producers(&self, end: i64) -> Result<()> {
-        let state = producers::rebuild(&*self.fs, &self.dir, &self.snapshot(), end)?;
-        *self.producers.lock() = state;
-        Ok(())
+        let segments = self.snapshot();
+        let rebuilt = producers::rebuild(&*self.fs, &self.dir, &segments, end)?;
+        *self.producers.lock() = rebuilt.state;
+        let mut index = self.aborted.write();
+        index.truncate(rebuilt.from);
+        for aborted in rebuilt.aborted {
+            index.push(aborted);
+        }
+        txnindex::rewrite_from(&*self.fs, &self.dir, &segments, &index, rebuilt.from)
     }
 
     pub(crate) fn interval_flush(&self) -> Result<()> {
@@ -1392,6 +1455,7 @@ impl Inner {
         }
         w.active.trim()?;
         w.active.sync()?;
+        txnindex::sync(&*self.fs, &self.dir, w.active.base_offset)?;
         w.active.seal()?;
         self.snapshot_producers(self.log_end.load(Ordering::Acquire))?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);

@@ -28,6 +28,7 @@ mod reader;
 mod recovery;
 mod retention;
 pub(crate) mod segment;
+pub(crate) mod txnindex;
 mod varint;
 
 pub use builder::{BatchBuilder, HeaderRef, RecordBatch};
@@ -52,3 +53,4 @@ pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
 pub use recovery::FORMAT_VERSION;
 #[cfg(feature = "cluster")]
 pub(crate) use recovery::{REPLICA_FILE, RESTART_FILE, SNAPSHOT_FILE};
+pub use txnindex::AbortedTransaction;

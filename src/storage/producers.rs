@@ -30,6 +30,7 @@ use crate::storage::format::{Batch, BatchHeader, be_i16, be_i32, be_i64, crc32c}
 use crate::storage::io::Fs;
 use crate::storage::log::AppendInfo;
 use crate::storage::segment::Segment;
+use crate::storage::txnindex::Aborted;
 
 /// How many recent batches per producer are remembered (a producer has at most five
 /// requests in flight).
@@ -126,15 +127,6 @@ impl Marker {
         value[2..].copy_from_slice(&self.coordinator_epoch.to_be_bytes());
         (key, value)
     }
-}
-
-/// A transaction an ABORT marker ended: what the aborted-transaction index records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Aborted {
-    pub(crate) producer_id: i64,
-    pub(crate) first_offset: i64,
-    /// The marker's offset.
-    pub(crate) last_offset: i64,
 }
 
 /// Why a partition refused a producer's batch (or a marker ending its transaction).
@@ -360,10 +352,15 @@ impl ProducerState {
             if info.last_offset >= 0 {
                 self.ending.insert(first, info.last_offset);
             }
+            let last_stable_offset = self
+                .open
+                .first_key_value()
+                .map_or(info.last_offset + 1, |(&f, _)| f);
             return (!marker.commit).then_some(Aborted {
                 producer_id: h.producer_id,
                 first_offset: first,
                 last_offset: info.last_offset,
+                last_stable_offset,
             });
         }
         if p.recent.len() == REMEMBERED {
@@ -621,7 +618,14 @@ pub(crate) fn load_snapshot(fs: &dyn Fs, dir: &Path, end: i64) -> Result<Option<
 
 /// Applies to `state` every producer's batch of `segments` from the one that holds `from` to
 /// the end of what each segment holds, reading headers (and the records of markers) only.
-pub(crate) fn replay(segments: &[Arc<Segment>], from: i64, state: &mut ProducerState) -> Result<()> {
+///
+/// Returns the transactions the ABORT markers among them ended.
+pub(crate) fn replay(
+    segments: &[Arc<Segment>],
+    from: i64,
+    state: &mut ProducerState,
+) -> Result<Vec<Aborted>> {
+    let mut aborted = Vec::new();
     let first = segments
         .partition_point(|s| s.base_offset <= from)
         .saturating_sub(1);
@@ -644,7 +648,7 @@ pub(crate) fn replay(segments: &[Arc<Segment>], from: i64, state: &mut ProducerS
                     last_offset: h.last_offset(),
                     log_append_time: h.max_timestamp,
                 };
-                state.apply(&h, marker, info);
+                aborted.extend(state.apply(&h, marker, info));
             }
             pos += h.total_len() as u64;
             if pos >= limit {
@@ -653,20 +657,31 @@ pub(crate) fn replay(segments: &[Arc<Segment>], from: i64, state: &mut ProducerS
             h = seg.header_at(pos, limit)?;
         }
     }
-    Ok(())
+    Ok(aborted)
+}
+
+/// What [`rebuild`] found.
+pub(crate) struct Rebuilt {
+    pub(crate) state: ProducerState,
+    /// Where the batches it applied start (the snapshot's offset).
+    pub(crate) from: i64,
+    /// The transactions the ABORT markers among those batches ended.
+    pub(crate) aborted: Vec<Aborted>,
 }
 
 /// The producer state of a log whose segments are `segments`, ending at `end`: the newest
 /// snapshot at or below `end`, and the batches after it.
-pub(crate) fn rebuild(fs: &dyn Fs, dir: &Path, segments: &[Arc<Segment>], end: i64) -> Result<ProducerState> {
+pub(crate) fn rebuild(fs: &dyn Fs, dir: &Path, segments: &[Arc<Segment>], end: i64) -> Result<Rebuilt> {
     let (from, mut state) = match load_snapshot(fs, dir, end)? {
         Some(found) => found,
-        None => (i64::MIN, ProducerState::default()),
+        None => (segments[0].base_offset, ProducerState::default()),
     };
-    if from < end {
-        replay(segments, from.max(segments[0].base_offset), &mut state)?;
-    }
-    Ok(state)
+    let from = from.max(segments[0].base_offset);
+    let aborted = match from < end {
+        true => replay(segments, from, &mut state)?,
+        false => Vec::new(),
+    };
+    Ok(Rebuilt { state, from, aborted })
 }
 
 #[cfg(test)]
@@ -788,7 +803,8 @@ mod tests {
             Some(Aborted {
                 producer_id: 1,
                 first_offset: 10,
-                last_offset: 14
+                last_offset: 14,
+                last_stable_offset: 12,
             })
         );
         assert_eq!(state.first_unstable(14), Some(10));
@@ -907,7 +923,16 @@ mod tests {
             state
         }
 
+        /// The producers' digest and the aborted transactions the log holds, checked
+        /// against a full replay of its batches.
         fn digest(log: &PartitionLog) -> Digest {
+            let mut state = ProducerState::default();
+            let aborted = replay(&log.inner.snapshot(), log.log_start_offset(), &mut state).unwrap();
+            let mut index = crate::storage::txnindex::AbortedIndex::default();
+            for a in aborted {
+                index.push(a);
+            }
+            assert_eq!(*log.inner.aborted.read(), index, "the aborted transactions");
             log.inner.producers.lock().digest()
         }
 
@@ -945,7 +970,11 @@ mod tests {
                 write(&log, 1, false);
                 write(&log, 2, true);
                 if round % 2 == 1 {
-                    log.append_marker(2, 0, commit(round)).unwrap();
+                    let marker = Marker {
+                        commit: round != 3,
+                        coordinator_epoch: round,
+                    };
+                    log.append_marker(2, 0, marker).unwrap();
                 }
             }
             // Producer 2 leaves a transaction open; the log rolled several times.
@@ -954,6 +983,15 @@ mod tests {
             assert_eq!(digest(&log), replayed(&log).digest());
             let open_since = digest(&log)[&2].3.expect("an open transaction");
             assert_eq!(log.last_stable_offset(), open_since);
+            // The transaction aborted in round 3 is found by a range that overlaps it.
+            let aborted = log.aborted_transactions(0, log.log_end_offset());
+            assert_eq!(aborted.len(), 1, "{aborted:?}");
+            assert!(
+                log.aborted_transactions(aborted[0].first_offset + 1, i64::MAX)
+                    .len()
+                    == 1
+            );
+            assert!(log.aborted_transactions(0, aborted[0].first_offset).is_empty());
 
             // A clean close and open: the state is the snapshot's.
             let before = digest(&log);
@@ -978,14 +1016,22 @@ mod tests {
             // what survived after it.
             write(&log, 0, false);
             write(&log, 1, false);
+            let abort = Marker {
+                commit: false,
+                coordinator_epoch: 7,
+            };
+            log.append_marker(2, 0, abort).unwrap();
+            write(&log, 2, true);
             log.append_marker(2, 0, commit(7)).unwrap();
             write(&log, 1, false);
+            assert_eq!(log.aborted_transactions(0, i64::MAX).len(), 2);
             fs.crash(|_, _, _| 0).unwrap();
             drop(log);
             let fs = Arc::new(FaultyFs::new());
             let log = open(fs.clone());
             assert_eq!(digest(&log), replayed(&log).digest());
             assert_eq!(digest(&log)[&2].3, None);
+            assert_eq!(log.aborted_transactions(0, i64::MAX).len(), 2);
             assert_eq!(log.last_stable_offset(), log.high_watermark());
 
             // A truncation into an earlier segment: the state as of the new end.

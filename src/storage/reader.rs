@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::error::{BatchError, Error, Result};
 use crate::storage::format::{self, Batch, Compression, HEADER_LEN, Record, RecordContext};
 use crate::storage::log::{Oversized, PartitionLog, ReadPin};
+use crate::storage::txnindex::AbortedTransaction;
 
 /// Whole batches read from a log, every one of which passed its CRC check.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +14,15 @@ pub struct Fetch {
     bytes: Vec<u8>,
     high_watermark: i64,
     log_start_offset: i64,
+    /// Set by a `read_committed` read.
+    committed: Option<Committed>,
+}
+
+/// What a `read_committed` read adds to a fetch.
+#[derive(Debug, Clone, Default)]
+struct Committed {
+    last_stable_offset: i64,
+    aborted: Vec<AbortedTransaction>,
 }
 
 impl Fetch {
@@ -21,7 +31,40 @@ impl Fetch {
             bytes,
             high_watermark,
             log_start_offset,
+            committed: None,
         }
+    }
+
+    /// Makes this a `read_committed` read's fetch: read below `last_stable_offset`, of a log
+    /// whose high watermark was `high_watermark`, with the transactions aborted in it.
+    pub(crate) fn committed(
+        mut self,
+        high_watermark: i64,
+        last_stable_offset: i64,
+        aborted: Vec<AbortedTransaction>,
+    ) -> Self {
+        self.high_watermark = high_watermark;
+        self.committed = Some(Committed {
+            last_stable_offset,
+            aborted,
+        });
+        self
+    }
+
+    /// The last stable offset when the read happened (see
+    /// [`PartitionLog::last_stable_offset`]): the end of what a `read_committed` read
+    /// returns. The high watermark for any other read.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.committed
+            .as_ref()
+            .map_or(self.high_watermark, |c| c.last_stable_offset)
+    }
+
+    /// For a `read_committed` read, the transactions aborted among the batches returned:
+    /// each one's batches (of that producer, from its first offset up to its ABORT marker)
+    /// are to be dropped. Empty for any other read.
+    pub fn aborted_transactions(&self) -> &[AbortedTransaction] {
+        self.committed.as_ref().map_or(&[], |c| &c.aborted)
     }
 
     /// The stored bytes: whole RecordBatch v2 batches back to back, as a Kafka Fetch response

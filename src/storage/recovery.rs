@@ -16,7 +16,7 @@ use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{self, Fs};
 use crate::storage::log::{Inner, SyncState, Writer};
 use crate::storage::segment::{self, Segment};
-use crate::storage::{meta, producers};
+use crate::storage::{meta, producers, txnindex};
 
 /// The on-disk format version this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -162,8 +162,14 @@ impl Inner {
             };
             meta::write(&*fs, &dir.join(META_FILE), &meta)?;
         }
-        // The producers as of the log end: the newest snapshot and the batches after it.
-        let producers = producers::rebuild(&*fs, &dir, &segments, log_end)?;
+        // The producers as of the log end: the newest snapshot and the batches after it; the
+        // aborted transactions: the index files up to the snapshot, those batches after it.
+        let rebuilt = producers::rebuild(&*fs, &dir, &segments, log_end)?;
+        let mut aborted = txnindex::load(&dir, &segments, rebuilt.from)?;
+        for entry in rebuilt.aborted {
+            aborted.push(entry);
+        }
+        txnindex::rewrite_from(&*fs, &dir, &segments, &aborted, rebuilt.from)?;
         Ok(Inner {
             config: RwLock::new(config),
             fs,
@@ -199,7 +205,8 @@ impl Inner {
             replicated,
             #[cfg(feature = "cluster")]
             replicator: OnceLock::new(),
-            producers: Mutex::new(producers),
+            producers: Mutex::new(rebuilt.state),
+            aborted: RwLock::new(aborted),
             producing: Mutex::new(()),
             dir,
         })
@@ -238,7 +245,7 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
         let name = name.to_string_lossy().into_owned();
         match segment::parse_file_name(&name) {
             Some((base, "log")) => logs.push(base),
-            Some((base, "index" | "timeindex")) => orphans.push((base, name)),
+            Some((base, "index" | "timeindex" | txnindex::SUFFIX)) => orphans.push((base, name)),
             Some((_, producers::SNAPSHOT_SUFFIX)) => {}
             _ if [
                 META_FILE,

@@ -142,6 +142,7 @@ impl Inner {
         self.lower_checkpoint(offset);
         // The producers of the entries it lacked are unknown to it (their batches are gone).
         *self.producers.lock() = Default::default();
+        *self.aborted.write() = Default::default();
         for old in crate::storage::producers::list_snapshots(&self.dir)? {
             crate::storage::producers::remove_snapshot(&*self.fs, &self.dir, old)?;
         }
@@ -223,6 +224,7 @@ impl Inner {
         *self.segments.write() = Arc::new(segments[n..].to_vec());
         self.log_start
             .fetch_max(segments[n].base_offset, Ordering::AcqRel);
+        self.aborted.write().drop_below(segments[n].base_offset);
         for seg in &segments[..n] {
             seg.delete_files(&*self.fs)?;
         }

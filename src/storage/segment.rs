@@ -594,7 +594,8 @@ impl Segment {
     /// Removes the segment's files. Readers that still hold it keep reading through their open
     /// handles.
     pub(crate) fn delete_files(&self, fs: &dyn Fs) -> Result<()> {
-        for path in [&self.path, self.offsets.0.path(), self.times.0.path()] {
+        let aborted = self.path.with_extension(crate::storage::txnindex::SUFFIX);
+        for path in [&self.path, self.offsets.0.path(), self.times.0.path(), &aborted] {
             match fs.remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
