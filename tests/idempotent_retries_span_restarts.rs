@@ -77,3 +77,32 @@ async fn an_idempotent_retry_after_a_restart_is_not_written_twice() {
     assert_eq!(produce(&mut s, batch(id, 6)).await, (0, 6));
     assert_eq!(end(), 10);
 }
+
+/// A batch whose append failed (its fsync failed, poisoning the log) is not acknowledged by
+/// its retry: the retry finds the batch in the log, but the log never made it durable.
+#[tokio::test]
+async fn a_retry_of_a_batch_whose_fsync_failed_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = std::sync::Arc::new(rivulet::storage::FaultyFs::new());
+    let broker = Broker::builder(dir.path())
+        .fsync(Fsync::Always)
+        .fs(fs.clone())
+        .open()
+        .unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let (addr, _stop) = wire::serve(&broker, Default::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id((-1).into())
+        .with_producer_epoch(-1);
+    let reply: InitProducerIdResponse = wire::ask(&mut s, ApiKey::InitProducerId, 4, &init).await;
+    let id = reply.producer_id.0;
+    assert_eq!(produce(&mut s, batch(id, 0)).await, (0, 0));
+    fs.fail_sync_after(0);
+    let (code, _) = produce(&mut s, batch(id, 2)).await;
+    assert_ne!(code, 0, "the failed append is not acknowledged");
+    let (code, _) = produce(&mut s, batch(id, 2)).await;
+    assert_ne!(code, 0, "nor is its retry");
+}

@@ -138,6 +138,16 @@ impl Producers {
         headers: &[BatchHeader],
     ) -> Result<(), (ResponseError, String)> {
         let now = Instant::now();
+        // What the log knows of the set's producers, asked before the broker-wide table is
+        // locked (the log's state has its own lock).
+        let known: Vec<(i64, i16)> = match self.node {
+            Some(_) => Vec::new(),
+            None => headers
+                .iter()
+                .filter(|h| h.producer_id >= 0)
+                .filter_map(|h| Some((h.producer_id, self.known_to(log, h.producer_id)?)))
+                .collect(),
+        };
         let mut issued = self.issued.lock();
         for h in headers.iter().filter(|h| h.producer_id >= 0) {
             if self.node.is_some() {
@@ -152,11 +162,11 @@ impl Producers {
                 continue;
             }
             if issued.get(&h.producer_id).is_none_or(|p| self.expired(p, now))
-                && let Some(epoch) = self.known_to(log, h.producer_id)
+                && let Some(&(_, epoch)) = known.iter().find(|(id, _)| *id == h.producer_id)
             {
-                // Issued before a restart: the log still knows it (and an epoch bumped since
-                // is taken as issued).
-                let epoch = epoch.max(h.producer_epoch);
+                // Issued before a restart: the log still knows it (and the epoch after the
+                // one it knows may have been issued since, by a bump).
+                let epoch = epoch.saturating_add(1);
                 issued.insert(
                     h.producer_id,
                     Issued {

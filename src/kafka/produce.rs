@@ -270,15 +270,7 @@ fn append(
     let mut first = None;
     for (batch, verdict) in batches.into_iter().zip(plan) {
         if let Verdict::Duplicate(info) = verdict {
-            // On a replica, the batch found may not be committed yet (written by a leader of
-            // an earlier epoch): it is acknowledged once it is.
-            if log.is_replicated() && !log.wait_for(info.last_offset, DUPLICATE_COMMIT_WAIT) {
-                return Err(Refused::Code(
-                    ResponseError::RequestTimedOut,
-                    "the batch is written but not yet committed".to_string(),
-                ));
-            }
-            first.get_or_insert(info);
+            first.get_or_insert(answer_duplicate(&log, &batch.header(), info)?);
             continue;
         }
         first.get_or_insert(log.append(batch)?);
@@ -289,6 +281,37 @@ fn append(
         log.log_start_offset(),
         append_time,
     ))
+}
+
+/// The answer to a retry of a batch the log holds at `info`: that append, once it is
+/// readable (durable under the log's policy; committed, on a replica, where a leader of an
+/// earlier epoch may have written it), and only if the batch there is still this one (a
+/// truncation may have replaced it since it was judged). Otherwise a retriable error, and the
+/// client's next retry is judged again.
+fn answer_duplicate(
+    log: &crate::storage::PartitionLog,
+    h: &BatchHeader,
+    info: AppendInfo,
+) -> Result<AppendInfo, Refused> {
+    let retry = |why: &str| Refused::Code(ResponseError::RequestTimedOut, why.to_string());
+    if log.high_watermark() <= info.last_offset {
+        // Its first append may have failed (a failed fsync poisons the log).
+        log.check_writable()?;
+        if !log.wait_for(info.last_offset, DUPLICATE_COMMIT_WAIT) {
+            return Err(retry("the batch is written but not yet durable"));
+        }
+    }
+    let same = log.header_at(info.base_offset)?.is_some_and(|stored| {
+        stored.base_offset == info.base_offset
+            && stored.producer_id == h.producer_id
+            && stored.producer_epoch == h.producer_epoch
+            && stored.base_sequence == h.base_sequence
+            && stored.last_offset_delta == h.last_offset_delta
+    });
+    if !same {
+        return Err(retry("the log changed under the retried batch"));
+    }
+    Ok(info)
 }
 
 /// How long a retried batch found in a replica's log waits for it to commit.

@@ -565,7 +565,7 @@ impl PartitionLog {
         #[cfg(feature = "cluster")]
         if self.inner.replicated {
             check_batch(&batch, &self.inner.cfg(), true)?;
-            if batch.header().is_control() && batch.header().producer_id < 0 {
+            if batch.header().is_control() && Marker::of(&batch.view()).is_none() {
                 // A replicated log's control batches are its replication's own entries
                 // (transaction markers, of a producer, excepted).
                 return Err(Error::InvalidBatch(BatchError::ControlBatch));
@@ -689,6 +689,29 @@ impl PartitionLog {
             return Vec::new();
         }
         index.overlapping(from, upto)
+    }
+
+    /// Whether the log takes writes (not closed, not poisoned by a failed fsync).
+    #[cfg(feature = "kafka")]
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        self.inner.check_writable()
+    }
+
+    /// The header of the batch that holds `offset`, below the high watermark.
+    #[cfg(feature = "kafka")]
+    pub(crate) fn header_at(&self, offset: i64) -> Result<Option<BatchHeader>> {
+        let hw = self.high_watermark();
+        let segments = self.inner.snapshot();
+        let i = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        let Some(seg) = segments.get(i) else {
+            return Ok(None);
+        };
+        Ok(seg
+            .find(offset, seg.readable())?
+            .map(|(_, h)| h)
+            .filter(|h| h.base_offset <= offset && h.base_offset < hw))
     }
 
     /// The last stable offset: the end of what readers in `read_committed` may see, the
@@ -1146,7 +1169,7 @@ impl Inner {
             end,
             Some(self.cfg().segment_index_bytes),
         )?);
-        self.snapshot_producers(end)?;
+        self.snapshot_producers(end);
         self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
         {
             let mut s = self.sync.lock();
@@ -1409,10 +1432,23 @@ impl Inner {
     /// The background fsync of `Fsync::Interval`.
     /// Writes the producer state as the snapshot at `end` (the log end; the writer lock
     /// held), forgetting idle producers first. The caller syncs the directory.
-    pub(super) fn snapshot_producers(&self, end: i64) -> Result<()> {
-        let mut state = self.producers.lock();
-        state.expire(now_ms());
-        producers::write_snapshot(&*self.fs, &self.dir, end, &state)
+    ///
+    /// A failure is only logged: a snapshot spares recovery the batches before it, and
+    /// recovery falls back to an older one (or the log start) without it.
+    pub(super) fn snapshot_producers(&self, end: i64) {
+        // Encoded under the state's lock, written after: readers of the state (the last
+        // stable offset, a produce's checks) do not wait for the disk.
+        let bytes = {
+            let mut state = self.producers.lock();
+            state.expire(now_ms());
+            state.encode()
+        };
+        if let Err(e) = producers::write_snapshot(&*self.fs, &self.dir, end, &bytes) {
+            log::warn!(
+                "{}: writing the producer snapshot at {end}: {e}",
+                self.dir.display()
+            );
+        }
     }
 
     /// Rebuilds the producer state for a log now ending at `end` (after a truncation; the
@@ -1457,7 +1493,7 @@ impl Inner {
         w.active.sync()?;
         txnindex::sync(&*self.fs, &self.dir, w.active.base_offset)?;
         w.active.seal()?;
-        self.snapshot_producers(self.log_end.load(Ordering::Acquire))?;
+        self.snapshot_producers(self.log_end.load(Ordering::Acquire));
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         self.fs.open(&marker, true).ctx("create", &marker)?;
         self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;

@@ -39,7 +39,7 @@ pub(crate) const REMEMBERED: usize = 5;
 /// The most producers one partition remembers. Past it, a new producer makes room by
 /// forgetting the hundredth of them that wrote least recently (none with an open
 /// transaction); a forgotten producer's next batch is taken as a new producer's.
-pub(crate) const MAX_PRODUCERS: usize = 100_000;
+pub(crate) const MAX_PRODUCERS: usize = 10_000;
 
 /// How long a producer that writes nothing is remembered (Kafka's default
 /// `producer.id.expiration.ms`, one day), judged by its last batch's timestamp when a
@@ -105,7 +105,7 @@ impl Marker {
         }
         let records = batch.records().ok()?;
         let record = records.iter().next()?.ok()?;
-        let key = record.key.filter(|k| k.len() >= 4)?;
+        let key = record.key.filter(|k| k.len() >= 4 && be_i16(k, 0) == 0)?;
         let commit = match be_i16(key, 2) {
             COMMIT_TYPE => true,
             ABORT_TYPE => false,
@@ -344,7 +344,9 @@ impl ProducerState {
             p.epoch = h.producer_epoch;
             p.recent.clear();
         }
-        p.last_timestamp = p.last_timestamp.max(h.max_timestamp);
+        // The log's clock for a live write (a client's timestamps would decide which producers
+        // are forgotten first); the batch's own for a replayed one.
+        p.last_timestamp = p.last_timestamp.max(info.log_append_time);
         if let Some(marker) = marker {
             p.coordinator_epoch = marker.coordinator_epoch;
             let first = p.open_since.take()?;
@@ -565,15 +567,14 @@ pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<i64>> {
     Ok(found)
 }
 
-/// Writes `state` as the snapshot at `offset` (written whole, synced, renamed into place;
+/// Writes `bytes` (an encoded state) as the snapshot at `offset` (written whole, synced, renamed into place;
 /// the caller syncs the directory), and removes all but the newest [`SNAPSHOTS_KEPT`].
-pub(crate) fn write_snapshot(fs: &dyn Fs, dir: &Path, offset: i64, state: &ProducerState) -> Result<()> {
+pub(crate) fn write_snapshot(fs: &dyn Fs, dir: &Path, offset: i64, bytes: &[u8]) -> Result<()> {
     let path = snapshot_path(dir, offset);
     let tmp = path.with_extension("tmp");
-    let bytes = state.encode();
     let file = fs.open(&tmp, true).ctx("create", &tmp)?;
     file.set_len(0).ctx("truncate", &tmp)?;
-    file.write_all_at(&bytes, 0).ctx("write", &tmp)?;
+    file.write_all_at(bytes, 0).ctx("write", &tmp)?;
     file.sync_data().ctx("fsync", &tmp)?;
     drop(file);
     fs.rename(&tmp, &path).ctx("rename", &tmp)?;
@@ -597,67 +598,98 @@ pub(crate) fn remove_snapshot(fs: &dyn Fs, dir: &Path, offset: i64) -> Result<()
 /// `end` (taken before a crash or a truncation took those offsets back) are removed, and so
 /// are damaged ones. `None` if there is none.
 pub(crate) fn load_snapshot(fs: &dyn Fs, dir: &Path, end: i64) -> Result<Option<(i64, ProducerState)>> {
+    let removed = remove_snapshots_above(fs, dir, end)?;
     let mut all = list_snapshots(dir)?;
+    let mut found = None;
+    let mut damaged = false;
     while let Some(offset) = all.pop() {
-        if offset > end {
-            remove_snapshot(fs, dir, offset)?;
-            continue;
-        }
         let path = snapshot_path(dir, offset);
         let bytes = std::fs::read(&path).ctx("read", &path)?;
         match ProducerState::decode(&bytes) {
-            Some(state) => return Ok(Some((offset, state))),
+            Some(state) => {
+                found = Some((offset, state));
+                break;
+            }
             None => {
                 log::warn!("ignoring the damaged producer snapshot {}", path.display());
                 remove_snapshot(fs, dir, offset)?;
+                damaged = true;
             }
         }
     }
-    Ok(None)
+    // The removals are durable before anything is written past them: a snapshot taken back
+    // by a crash must not come back under offsets written since.
+    if damaged && !removed {
+        fs.sync_dir(dir).ctx("fsync", dir)?;
+    }
+    Ok(found)
+}
+
+/// Removes the snapshots above `end` and, if there were any, syncs the directory; returns
+/// whether there were.
+pub(crate) fn remove_snapshots_above(fs: &dyn Fs, dir: &Path, end: i64) -> Result<bool> {
+    let above: Vec<i64> = list_snapshots(dir)?.into_iter().filter(|&o| o > end).collect();
+    for &offset in &above {
+        remove_snapshot(fs, dir, offset)?;
+    }
+    if !above.is_empty() {
+        fs.sync_dir(dir).ctx("fsync", dir)?;
+    }
+    Ok(!above.is_empty())
 }
 
 /// Applies to `state` every producer's batch of `segments` from the one that holds `from` to
 /// the end of what each segment holds, reading headers (and the records of markers) only.
 ///
 /// Returns the transactions the ABORT markers among them ended.
-pub(crate) fn replay(
-    segments: &[Arc<Segment>],
-    from: i64,
-    state: &mut ProducerState,
-) -> Result<Vec<Aborted>> {
+pub(crate) fn replay(segments: &[Arc<Segment>], from: i64, state: &mut ProducerState) -> Vec<Aborted> {
     let mut aborted = Vec::new();
     let first = segments
         .partition_point(|s| s.base_offset <= from)
         .saturating_sub(1);
     for seg in &segments[first..] {
-        let limit = seg.size();
-        let Some((mut pos, mut h)) = seg.find(from, limit)? else {
-            continue;
-        };
-        loop {
-            if h.producer_id >= 0 {
-                let marker = match h.is_control() {
-                    true => {
-                        let bytes = seg.read(pos, &h, 0, limit, i64::MAX, Vec::new())?;
-                        Batch::parse(&bytes).ok().and_then(|(b, _)| Marker::of(&b))
-                    }
-                    false => None,
-                };
-                let info = AppendInfo {
-                    base_offset: h.base_offset,
-                    last_offset: h.last_offset(),
-                    log_append_time: h.max_timestamp,
-                };
-                aborted.extend(state.apply(&h, marker, info));
-            }
-            pos += h.total_len() as u64;
-            if pos >= limit {
-                break;
-            }
-            h = seg.header_at(pos, limit)?;
+        if let Err(e) = replay_segment(seg, from, state, &mut aborted) {
+            // A damaged batch (reported to whoever reads it) leaves the producers of the rest
+            // of its segment unknown here; their next batches are taken as new producers'.
+            log::warn!("reading the producers of {}: {e}", seg.path().display());
         }
     }
-    Ok(aborted)
+    aborted
+}
+
+/// [`replay`] of one segment.
+fn replay_segment(
+    seg: &Segment,
+    from: i64,
+    state: &mut ProducerState,
+    aborted: &mut Vec<Aborted>,
+) -> Result<()> {
+    let limit = seg.size();
+    let Some((mut pos, mut h)) = seg.find(from, limit)? else {
+        return Ok(());
+    };
+    loop {
+        if h.producer_id >= 0 {
+            let marker = match h.is_control() {
+                true => {
+                    let bytes = seg.read(pos, &h, 0, limit, i64::MAX, Vec::new())?;
+                    Batch::parse(&bytes).ok().and_then(|(b, _)| Marker::of(&b))
+                }
+                false => None,
+            };
+            let info = AppendInfo {
+                base_offset: h.base_offset,
+                last_offset: h.last_offset(),
+                log_append_time: h.max_timestamp,
+            };
+            aborted.extend(state.apply(&h, marker, info));
+        }
+        pos += h.total_len() as u64;
+        if pos >= limit {
+            return Ok(());
+        }
+        h = seg.header_at(pos, limit)?;
+    }
 }
 
 /// What [`rebuild`] found.
@@ -678,7 +710,7 @@ pub(crate) fn rebuild(fs: &dyn Fs, dir: &Path, segments: &[Arc<Segment>], end: i
     };
     let from = from.max(segments[0].base_offset);
     let aborted = match from < end {
-        true => replay(segments, from, &mut state)?,
+        true => replay(segments, from, &mut state),
         false => Vec::new(),
     };
     Ok(Rebuilt { state, from, aborted })
@@ -884,11 +916,11 @@ mod tests {
         let mut state = ProducerState::default();
         state.apply(&transactional(0, 0, 0, 1), None, at(0, 1));
         for id in 1..=MAX_PRODUCERS as i64 {
-            let h = BatchHeader {
-                max_timestamp: id,
-                ..header(id, 0, 0, 1)
+            let written = AppendInfo {
+                log_append_time: id,
+                ..at(id, 1)
             };
-            state.apply(&h, None, at(id, 1));
+            state.apply(&header(id, 0, 0, 1), None, written);
         }
         assert!(state.len() <= MAX_PRODUCERS);
         // The open transaction's producer is kept; the oldest others went.
@@ -919,7 +951,7 @@ mod tests {
         /// The state a full replay of the log from its start gives.
         fn replayed(log: &PartitionLog) -> ProducerState {
             let mut state = ProducerState::default();
-            replay(&log.inner.snapshot(), log.log_start_offset(), &mut state).unwrap();
+            replay(&log.inner.snapshot(), log.log_start_offset(), &mut state);
             state
         }
 
@@ -927,7 +959,7 @@ mod tests {
         /// against a full replay of its batches.
         fn digest(log: &PartitionLog) -> Digest {
             let mut state = ProducerState::default();
-            let aborted = replay(&log.inner.snapshot(), log.log_start_offset(), &mut state).unwrap();
+            let aborted = replay(&log.inner.snapshot(), log.log_start_offset(), &mut state);
             let mut index = crate::storage::txnindex::AbortedIndex::default();
             for a in aborted {
                 index.push(a);

@@ -170,6 +170,17 @@ impl Inner {
             aborted.push(entry);
         }
         txnindex::rewrite_from(&*fs, &dir, &segments, &aborted, rebuilt.from)?;
+        if rebuilt.from < log_end {
+            // What the replay found is kept, so the next open does not replay it again (a log
+            // written before snapshots, only read since, would replay all of it every time).
+            let bytes = rebuilt.state.encode();
+            if let Err(e) = producers::write_snapshot(&*fs, &dir, log_end, &bytes) {
+                log::warn!(
+                    "{}: writing the producer snapshot at {log_end}: {e}",
+                    dir.display()
+                );
+            }
+        }
         Ok(Inner {
             config: RwLock::new(config),
             fs,

@@ -44,6 +44,9 @@ impl Inner {
         self.announce_cut(first_cut);
         *self.segments.write() = Arc::new(segments[..keep].to_vec());
         let on_disk = || -> Result<i64> {
+            // The producer snapshots past the cut go first, durably: one taken back by a crash
+            // must not describe offsets written again since.
+            crate::storage::producers::remove_snapshots_above(&*self.fs, &self.dir, first_cut)?;
             for dropped in segments[keep..].iter().rev() {
                 dropped.delete_files(&*self.fs)?;
                 self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
@@ -107,6 +110,8 @@ impl Inner {
         let segments = self.snapshot();
         self.announce_cut(self.log_start.load(Ordering::Acquire).min(offset));
         let on_disk = || -> Result<Arc<Segment>> {
+            // The producers of the entries it lacked are unknown to it (their batches are gone).
+            crate::storage::producers::remove_snapshots_above(&*self.fs, &self.dir, i64::MIN)?;
             for old in segments.iter().rev() {
                 old.delete_files(&*self.fs)?;
                 self.fs.sync_dir(&self.dir).ctx("fsync", &self.dir)?;
@@ -140,12 +145,8 @@ impl Inner {
         self.synced.notify_all();
         w.restart_active(fresh);
         self.lower_checkpoint(offset);
-        // The producers of the entries it lacked are unknown to it (their batches are gone).
         *self.producers.lock() = Default::default();
         *self.aborted.write() = Default::default();
-        for old in crate::storage::producers::list_snapshots(&self.dir)? {
-            crate::storage::producers::remove_snapshot(&*self.fs, &self.dir, old)?;
-        }
         Ok(())
     }
 
