@@ -261,6 +261,11 @@ pub(crate) struct BrokerInner {
     offsets: Mutex<Option<Arc<OffsetStore>>>,
     /// Group membership.
     pub(crate) groups: GroupCoordinator,
+    /// The transaction coordinator, opened on first use.
+    transactions: Mutex<Option<Arc<crate::txn::TxnCoordinator>>>,
+    /// The next producer id to issue (ids from the clock, so a restarted broker does not
+    /// issue one again).
+    next_producer_id: std::sync::atomic::AtomicI64,
     closed: AtomicBool,
     /// What a network front end keeps beside the broker's own state (the Kafka front end's
     /// ACLs, for one), once per broker however many servers share it.
@@ -580,6 +585,13 @@ impl Broker {
         })
     }
 
+    /// The broker's transaction coordinator (opened, with its state topic
+    /// `__transaction_state`, on first use): what Kafka's transactional APIs answer from, and
+    /// where an application can describe and list transactions.
+    pub fn transactions(&self) -> Result<Arc<crate::txn::TxnCoordinator>> {
+        self.inner.transactions()
+    }
+
     /// The number of partitions of a topic.
     pub fn partition_count(&self, name: &str) -> Result<u32> {
         Ok(self.inner.topic(name)?.partitions.read().len() as u32)
@@ -828,6 +840,10 @@ impl BrokerInner {
             admin: Mutex::new(()),
             offsets: Mutex::new(None),
             groups: GroupCoordinator::new().with_initial_rebalance_delay(initial_rebalance_delay),
+            transactions: Mutex::new(None),
+            next_producer_id: std::sync::atomic::AtomicI64::new(
+                crate::storage::now_ms().saturating_mul(1000),
+            ),
             closed: AtomicBool::new(false),
             front_end: Mutex::new(None),
             #[cfg(feature = "cluster")]
@@ -934,6 +950,30 @@ impl BrokerInner {
         let store = Arc::new(OffsetStore::open(self.partition(OFFSETS_TOPIC, 0)?)?);
         *slot = Some(store.clone());
         Ok(store)
+    }
+
+    /// A producer id never issued before by this broker.
+    pub(crate) fn new_producer_id(&self) -> i64 {
+        self.next_producer_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The transaction coordinator, creating the state topic on first use.
+    pub(crate) fn transactions(self: &Arc<Self>) -> Result<Arc<crate::txn::TxnCoordinator>> {
+        use crate::txn::{TRANSACTION_STATE_TOPIC, TxnCoordinator, topic_config};
+        if let Some(c) = self.transactions.lock().as_ref() {
+            return Ok(c.clone());
+        }
+        match self.create_topic(TRANSACTION_STATE_TOPIC, 1, topic_config()) {
+            Ok(()) | Err(Error::TopicExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut slot = self.transactions.lock();
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = TxnCoordinator::open(self, self.partition(TRANSACTION_STATE_TOPIC, 0)?)?;
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
     /// Writes the registry from the open topics.
@@ -1249,6 +1289,9 @@ impl BrokerInner {
         let _admin = self.admin.lock();
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        if let Some(c) = self.transactions.lock().take() {
+            c.stop();
         }
         let mut first_error = None;
         for topic in self.topics.read().values() {

@@ -52,6 +52,51 @@ pub enum Error {
         error: ProducerError,
     },
 
+    /// A transactional producer was fenced: another producer with the same transactional id
+    /// started (bumping the epoch), or its transaction timed out and was aborted. The
+    /// producer must stop (a new one takes over the id).
+    #[error("transactional id {transactional_id:?}: producer epoch {epoch} is fenced by epoch {current}")]
+    ProducerFenced {
+        /// The transactional id.
+        transactional_id: String,
+        /// The producer's epoch.
+        epoch: i16,
+        /// The id's current epoch.
+        current: i16,
+    },
+    /// A transactional request that does not fit where the transaction is (ending one that
+    /// was never begun, committing offsets outside one, ...). Nothing changed.
+    #[error("transactional id {transactional_id:?}: {reason}")]
+    InvalidTxnState {
+        /// The transactional id.
+        transactional_id: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// The transaction's previous end is still being written; try again shortly.
+    #[error("transactional id {transactional_id:?}: the previous transaction is still completing")]
+    ConcurrentTransactions {
+        /// The transactional id.
+        transactional_id: String,
+    },
+    /// The producer id named is not the one the transactional id is bound to (or the id is
+    /// unknown).
+    #[error("transactional id {transactional_id:?} is not bound to producer id {producer_id}")]
+    InvalidProducerIdMapping {
+        /// The transactional id.
+        transactional_id: String,
+        /// The producer id named.
+        producer_id: i64,
+    },
+    /// A `transaction.timeout.ms` outside 1 ms to the coordinator's maximum.
+    #[error("transaction timeout {timeout_ms} ms is outside 1 to {max_ms} ms")]
+    InvalidTransactionTimeout {
+        /// The timeout asked for.
+        timeout_ms: i64,
+        /// The largest the coordinator takes (`transaction.max.timeout.ms`).
+        max_ms: i64,
+    },
+
     /// A batch handed to the log is malformed. Nothing was written.
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),

@@ -91,6 +91,7 @@ pub mod group;
 pub mod kafka;
 mod producer;
 pub mod storage;
+pub mod txn;
 
 pub use broker::{
     Broker, BrokerBuilder, GroupOffset, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, PartitionDescription,

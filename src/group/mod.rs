@@ -6,7 +6,7 @@ mod coordinator;
 pub(crate) mod offsets;
 mod protocol;
 mod reply;
-mod wire;
+pub(crate) mod wire;
 
 pub use assignor::{Assignment, Assignor, Member};
 pub use coordinator::{

@@ -18,6 +18,11 @@
 //! commit to readers, outside any lock other requests need. The log is kept with
 //! [`Fsync::Never`] for that reason; nothing is acknowledged before `durable` returns.
 //!
+//! A transaction's commits ([`OffsetStore::append_transactional`], Kafka's TxnOffsetCommit)
+//! are a transactional batch of the transaction's producer: pending, invisible to readers,
+//! until the transaction coordinator's marker ([`OffsetStore::complete_transaction`]) commits
+//! them (each where its record lies in the log, as a plain commit's) or aborts them.
+//!
 //! The topic is compacted, as in Kafka: the cleaner keeps the latest commit of each key, and a
 //! deleted group's tombstones go after `delete.retention.ms`, so replaying it on open costs
 //! about one record per committed partition (plus what was written since the last clean).
@@ -31,6 +36,7 @@ use super::wire::{MAX_STRING_BYTES, Reader, put_string};
 use crate::config::{CleanupPolicy, Fsync, LogConfig, TopicConfig};
 use crate::consumer::TopicPartition;
 use crate::error::{Error, Result};
+use crate::storage::producers::Marker;
 use crate::storage::{BatchBuilder, Compression, PartitionLog};
 
 /// The internal topic holding committed offsets.
@@ -101,9 +107,12 @@ pub(crate) struct OffsetStore {
     /// holds the keys whose last record appended (durable yet or not) is a commit: what a
     /// deletion must cover, including commits still waiting for the disk.
     writing: Mutex<HashSet<Key>>,
+    /// Transactions' commits that no marker has ended yet, by producer id: each key with the
+    /// offset of its record.
+    pending: Mutex<HashMap<i64, Vec<(Key, Latest)>>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Latest {
     /// The record's offset in the offsets topic.
     at: i64,
@@ -178,47 +187,162 @@ fn parse_value(v: &[u8]) -> Option<OffsetAndMetadata> {
     })
 }
 
+/// Puts a record read at `l.at` in `latest`, unless a record placed later in the log is
+/// there already.
+fn settle(latest: &mut HashMap<Key, Latest>, key: Key, l: Latest) {
+    if latest.get(&key).is_some_and(|old| old.at > l.at) {
+        return;
+    }
+    latest.insert(key, l);
+}
+
+/// A record of the offsets topic read at `offset`: its key and (`None` for a deletion) its
+/// commit. A record this build cannot read (another version, or damage that passed the CRC)
+/// is skipped: it must not keep every group from starting.
+fn read_record(
+    offset: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Option<(Key, Option<OffsetAndMetadata>)> {
+    let Some(key) = key.and_then(parse_key) else {
+        log::warn!("skipping an unreadable key at offset {offset} of {OFFSETS_TOPIC}");
+        return None;
+    };
+    match value {
+        None => Some((key, None)),
+        Some(v) => match parse_value(v) {
+            Some(o) => Some((key, Some(o))),
+            None => {
+                log::warn!("skipping an unreadable value at offset {offset} of {OFFSETS_TOPIC}");
+                None
+            }
+        },
+    }
+}
+
 impl OffsetStore {
     /// Opens the store on partition 0 of the offsets topic, reading every commit in it.
     pub(crate) fn open(log: PartitionLog) -> Result<OffsetStore> {
         let mut latest = HashMap::new();
-        let mut reader = log.reader(log.log_start_offset());
-        while let Some(r) = reader.next()? {
-            // A record this build cannot read (another version, or damage that passed the CRC)
-            // is skipped: it must not keep every group from starting.
-            let Some(key) = r.key.and_then(parse_key) else {
-                log::warn!(
-                    "skipping an unreadable key at offset {} of {OFFSETS_TOPIC}",
-                    r.offset
-                );
-                continue;
+        let mut pending: HashMap<i64, Vec<(Key, Latest)>> = HashMap::new();
+        let mut at = log.log_start_offset();
+        loop {
+            let fetch = log.read(at, 1 << 20)?;
+            let Some(next) = fetch.next_offset() else {
+                break;
             };
-            match r.value {
-                None => {
-                    latest.remove(&key);
-                }
-                Some(v) => match parse_value(v) {
-                    Some(o) => {
-                        latest.insert(
-                            key,
-                            Latest {
-                                at: r.offset,
-                                value: Some(o),
-                            },
-                        );
+            for batch in fetch.batches() {
+                let h = *batch.header();
+                if let Some(marker) = Marker::of(&batch) {
+                    let ended = pending.remove(&h.producer_id).unwrap_or_default();
+                    if marker.commit {
+                        for (key, l) in ended {
+                            settle(&mut latest, key, l);
+                        }
                     }
-                    None => log::warn!(
-                        "skipping an unreadable value at offset {} of {OFFSETS_TOPIC}",
-                        r.offset
-                    ),
-                },
+                    continue;
+                }
+                if h.is_control() {
+                    continue;
+                }
+                for r in batch.records().map_err(Error::InvalidBatch)?.iter() {
+                    let r = r.map_err(Error::InvalidBatch)?;
+                    let Some((key, value)) = read_record(r.offset, r.key, r.value) else {
+                        continue;
+                    };
+                    let l = Latest { at: r.offset, value };
+                    match h.is_transactional() {
+                        true => pending.entry(h.producer_id).or_default().push((key, l)),
+                        false => settle(&mut latest, key, l),
+                    }
+                }
             }
+            at = next;
         }
+        // Deletions were kept while reading, so that a later commit of a transaction cannot
+        // bring back what an earlier-placed deletion removed; they are forgotten now.
+        latest.retain(|_, l: &mut Latest| l.value.is_some());
         let live = latest.keys().cloned().collect();
         Ok(OffsetStore {
             log,
             latest: RwLock::new(latest),
             writing: Mutex::new(live),
+            pending: Mutex::new(pending),
+        })
+    }
+
+    /// Writes the commits of a transaction's producer (`producer_id` in `epoch`) for `group`,
+    /// as one transactional batch, and waits for the disk: they are pending until the
+    /// transaction's marker ends it ([`complete_transaction`](Self::complete_transaction)).
+    pub(crate) fn append_transactional(
+        &self,
+        group: &str,
+        producer_id: i64,
+        epoch: i16,
+        offsets: &[(TopicPartition, OffsetAndMetadata)],
+    ) -> Result<()> {
+        validate_group_id(group)?;
+        for (tp, o) in offsets {
+            validate_metadata(tp, &o.metadata)?;
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut batch = BatchBuilder::new(Compression::None)
+            .producer(producer_id, epoch, -1)
+            .transactional(true);
+        let now = crate::storage::now_ms();
+        for (tp, o) in offsets {
+            batch.push(now, Some(&key_bytes(group, tp)), Some(&value_bytes(o)), &[]);
+        }
+        let info = {
+            let _order = self.writing.lock();
+            self.log.append(batch.finish()?)?
+        };
+        // Synced outside the lock that orders appends, as a plain commit is.
+        self.log.flush()?;
+        let mut pending = self.pending.lock();
+        let entries = pending.entry(producer_id).or_default();
+        for ((tp, o), at) in offsets.iter().zip(info.base_offset..) {
+            let key = (group.to_string(), tp.topic.clone(), tp.partition);
+            entries.push((
+                key,
+                Latest {
+                    at,
+                    value: Some(o.clone()),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ends the transaction of `producer_id` (in `epoch`) in the offsets topic: writes its
+    /// marker durably, then shows its pending commits (`commit`) or drops them.
+    pub(crate) fn complete_transaction(&self, producer_id: i64, epoch: i16, marker: Marker) -> Result<()> {
+        self.log.append_marker(producer_id, epoch, marker)?;
+        self.log.flush()?;
+        let mut live = self.writing.lock();
+        let ended = self.pending.lock().remove(&producer_id).unwrap_or_default();
+        if marker.commit {
+            let mut latest = self.latest.write();
+            for (key, l) in ended {
+                if l.value.is_some() {
+                    live.insert(key.clone());
+                }
+                settle(&mut latest, key, l);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a transaction's commit for one of `partitions` of `group` is pending (Kafka's
+    /// OffsetFetch with `require_stable` answers UNSTABLE_OFFSET_COMMIT then).
+    #[cfg(feature = "kafka")]
+    pub(crate) fn has_pending(&self, group: &str, partitions: &[TopicPartition]) -> bool {
+        let pending = self.pending.lock();
+        pending.values().flatten().any(|((g, t, p), _)| {
+            g == group
+                && (partitions.is_empty() || partitions.iter().any(|tp| &tp.topic == t && tp.partition == *p))
         })
     }
 

@@ -54,6 +54,7 @@ pub(super) mod resource {
     pub const TOPIC: i8 = 2;
     pub const GROUP: i8 = 3;
     pub const CLUSTER: i8 = 4;
+    pub const TRANSACTIONAL_ID: i8 = 5;
     pub const USER: i8 = 7;
 }
 

@@ -31,6 +31,11 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::InvalidGroupRequest(_) => E::InvalidRequest,
         Error::InvalidGroupId { .. } => E::InvalidGroupId,
         Error::OffsetMetadataTooLarge { .. } => E::OffsetMetadataTooLarge,
+        Error::ProducerFenced { .. } => E::ProducerFenced,
+        Error::InvalidTxnState { .. } => E::InvalidTxnState,
+        Error::ConcurrentTransactions { .. } => E::ConcurrentTransactions,
+        Error::InvalidProducerIdMapping { .. } => E::InvalidProducerIdMapping,
+        Error::InvalidTransactionTimeout { .. } => E::InvalidTransactionTimeout,
         Error::Producer { error, .. } => match error {
             ProducerError::OldEpoch { .. } => E::InvalidProducerEpoch,
             ProducerError::OutOfOrder { .. } => E::OutOfOrderSequenceNumber,

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use super::acls::{self, Client};
 use super::{
     MAX_RESPONSE_BYTES, Server, admin, alter_configs, apis, describe_configs, fetch, groups, guard, metadata,
-    produce, scram, single_node,
+    produce, scram, single_node, txn,
 };
 
 /// Why a connection is closed.
@@ -338,7 +338,39 @@ pub(super) async fn handle(
             request.reply(answer.await)?
         }
         ApiKey::InitProducerId => {
-            request.reply(admin::init_producer_id(server, client, request.decode()?))?
+            let init: kafka_protocol::messages::InitProducerIdRequest = request.decode()?;
+            if init.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+                let client = client.clone();
+                request.reply(off_workers(server, move |s| txn::init_producer_id(s, &client, init)).await)?
+            } else {
+                request.reply(admin::init_producer_id(server, client, init))?
+            }
+        }
+        // The transaction coordinator waits for the disk: off the workers.
+        ApiKey::AddPartitionsToTxn => {
+            let (add, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| txn::add_partitions(s, &client, add)).await)?
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let (add, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| txn::add_offsets(s, &client, add)).await)?
+        }
+        ApiKey::TxnOffsetCommit => {
+            let (commit, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| txn::txn_offset_commit(s, &client, commit)).await)?
+        }
+        ApiKey::EndTxn => {
+            let (end, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| txn::end_txn(s, &client, end)).await)?
+        }
+        ApiKey::DescribeTransactions => {
+            let (describe, client) = (request.decode()?, client.clone());
+            request
+                .reply(off_workers(server, move |s| txn::describe_transactions(s, &client, describe)).await)?
+        }
+        ApiKey::ListTransactions => {
+            let (list, client) = (request.decode()?, client.clone());
+            request.reply(off_workers(server, move |s| txn::list_transactions(s, &client, list)).await)?
         }
         ApiKey::DescribeConfigs => request.reply(describe_configs::describe_configs(
             server,

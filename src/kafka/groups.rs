@@ -71,27 +71,32 @@ fn refused(server: &Server, client: &Client, operation: i8, group: &str) -> Opti
 const GROUP_DENIED: i16 = ResponseError::GroupAuthorizationFailed.code();
 const TOPIC_DENIED: i16 = ResponseError::TopicAuthorizationFailed.code();
 
-/// This broker coordinates every group (key type 0; DESCRIBE on the group needed);
-/// transactions (1) are not served.
+/// This broker coordinates every group (key type 0; DESCRIBE on the group needed) and, on a
+/// broker alone, every transactional id (1; DESCRIBE on it needed).
 pub(super) fn find_coordinator(
     server: &Server,
     client: &Client,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
     let reply = FindCoordinatorResponse::default();
-    // Transactions are not served: a transaction coordinator is refused with an error clients
-    // do not retry (COORDINATOR_NOT_AVAILABLE had them retry for most of a minute); an
-    // unknown key type is a bad request, as in Kafka.
+    // A transaction coordinator is this broker, alone (a cluster's nodes do not serve
+    // transactions yet: refused with an error clients do not retry); an unknown key type is
+    // a bad request, as in Kafka.
     let refused = match request.key_type {
         0 if !may(server, client, op::DESCRIBE, &request.key) => Some((
             ResponseError::GroupAuthorizationFailed,
             "the client may not describe the group",
         )),
         0 => None,
-        1 => Some((
+        1 if !client.may(server, op::DESCRIBE, resource::TRANSACTIONAL_ID, &request.key) => Some((
             ResponseError::TransactionalIdAuthorizationFailed,
-            "transactions are not served by this broker",
+            "the client may not describe the transactional id",
         )),
+        1 if server.broker.inner.is_clustered() => Some((
+            ResponseError::TransactionalIdAuthorizationFailed,
+            "transactions are not served by a cluster's nodes yet",
+        )),
+        1 => None,
         _ => Some((ResponseError::InvalidRequest, "an unknown coordinator key type")),
     };
     if let Some((error, message)) = refused {
@@ -482,9 +487,15 @@ fn fetch_offsets(
                             .with_committed_offset(-1)
                             .with_error_code(TOPIC_DENIED);
                     }
-                    let committed = u32::try_from(p)
-                        .ok()
-                        .and_then(|i| store.committed(group, &TopicPartition::new(topic.clone(), i)));
+                    let tp = TopicPartition::new(topic.clone(), u32::try_from(p).unwrap_or(u32::MAX));
+                    // v7: a transaction's commit for it is pending; the client asks again.
+                    if request.require_stable && store.has_pending(group, std::slice::from_ref(&tp)) {
+                        return OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(-1)
+                            .with_error_code(ResponseError::UnstableOffsetCommit.code());
+                    }
+                    let committed = store.committed(group, &tp);
                     let reply = OffsetFetchResponsePartition::default().with_partition_index(p);
                     match committed {
                         Some(c) => reply

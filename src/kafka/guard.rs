@@ -216,6 +216,36 @@ const DELETE_TOPICS: &[Field] = &[
 
 const INIT_PRODUCER_ID: &[Field] = &[all(Str), all(Fixed(4)), since(3, Fixed(8)), since(3, Fixed(2))];
 
+// Versions 0-3 (the transactional id, producer id and epoch, then what each names).
+const ADD_PARTITIONS_TO_TXN: &[Field] = &[
+    all(Str),
+    all(Fixed(8)),
+    all(Fixed(2)),
+    all(Array(&[all(Str), all(FixedArray(4))])),
+];
+const ADD_OFFSETS_TO_TXN: &[Field] = &[all(Str), all(Fixed(8)), all(Fixed(2)), all(Str)];
+const END_TXN: &[Field] = &[all(Str), all(Fixed(8)), all(Fixed(2)), all(Fixed(1))];
+const TXN_OFFSET_COMMIT: &[Field] = &[
+    all(Str),
+    all(Str),
+    all(Fixed(8)),
+    all(Fixed(2)),
+    since(3, Fixed(4)),
+    since(3, Str),
+    since(3, Str),
+    all(Array(&[
+        all(Str),
+        all(Array(&[
+            all(Fixed(4)),
+            all(Fixed(8)),
+            since(2, Fixed(4)),
+            all(Str),
+        ])),
+    ])),
+];
+const DESCRIBE_TRANSACTIONS: &[Field] = &[all(StrArray)];
+const LIST_TRANSACTIONS: &[Field] = &[all(StrArray), all(FixedArray(8)), since(1, Fixed(8))];
+
 const DESCRIBE_CONFIGS: &[Field] = &[
     all(Array(&[all(Fixed(1)), all(Str), all(StrArray)])),
     all(Fixed(1)),
@@ -320,6 +350,12 @@ fn layout(api: ApiKey) -> Option<&'static [Field]> {
         ApiKey::CreatePartitions => CREATE_PARTITIONS,
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::InitProducerId => INIT_PRODUCER_ID,
+        ApiKey::AddPartitionsToTxn => ADD_PARTITIONS_TO_TXN,
+        ApiKey::AddOffsetsToTxn => ADD_OFFSETS_TO_TXN,
+        ApiKey::EndTxn => END_TXN,
+        ApiKey::TxnOffsetCommit => TXN_OFFSET_COMMIT,
+        ApiKey::DescribeTransactions => DESCRIBE_TRANSACTIONS,
+        ApiKey::ListTransactions => LIST_TRANSACTIONS,
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
         ApiKey::AlterConfigs => ALTER_CONFIGS,
         ApiKey::IncrementalAlterConfigs => INCREMENTAL_ALTER_CONFIGS,
@@ -674,6 +710,42 @@ mod tests {
             }
             ApiKey::InitProducerId => InitProducerIdRequest::default()
                 .with_transactional_id(None)
+                .encode(&mut out, v),
+            ApiKey::AddPartitionsToTxn => AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(s("t")))
+                .with_v3_and_below_topics(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![0, 1]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::AddOffsetsToTxn => AddOffsetsToTxnRequest::default()
+                .with_transactional_id(TransactionalId(s("t")))
+                .with_group_id(GroupId(s("g")))
+                .encode(&mut out, v),
+            ApiKey::EndTxn => EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(s("t")))
+                .encode(&mut out, v),
+            ApiKey::TxnOffsetCommit => TxnOffsetCommitRequest::default()
+                .with_transactional_id(TransactionalId(s("t")))
+                .with_group_id(GroupId(s("g")))
+                .with_member_id(if v >= 3 { s("m") } else { s("") })
+                .with_group_instance_id(if v >= 3 { Some(s("i")) } else { None })
+                .with_topics(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![
+                            txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                .with_committed_metadata(Some(s("meta"))),
+                        ]),
+                ])
+                .encode(&mut out, v),
+            ApiKey::DescribeTransactions => DescribeTransactionsRequest::default()
+                .with_transactional_ids(vec![TransactionalId(s("t")), TransactionalId(s("u"))])
+                .encode(&mut out, v),
+            ApiKey::ListTransactions => ListTransactionsRequest::default()
+                .with_state_filters(vec![s("Ongoing")])
+                .with_producer_id_filters(vec![ProducerId(7)])
                 .encode(&mut out, v),
             ApiKey::DescribeConfigs => DescribeConfigsRequest::default()
                 .with_resources(vec![

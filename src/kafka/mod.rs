@@ -47,6 +47,7 @@ mod placement;
 mod produce;
 mod scram;
 mod single_node;
+mod txn;
 
 use std::future::Future;
 use std::io;

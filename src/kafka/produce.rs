@@ -67,7 +67,10 @@ async fn appended(server: &Arc<Server>, request: ProduceRequest) -> ProduceRespo
     // 1.25x Redis's XADD through the pool). The one wait left is a segment roll's sync of the
     // sealed segment, once per segment.
     let inflates = compressed(&request) || recompresses(server, &request);
-    let responses = if inflates || waits_for_disk(server, &request) {
+    // A transaction's records wait for its coordinator's lock, which an ending transaction
+    // holds while its markers are synced.
+    let transactional = request.transactional_id.is_some();
+    let responses = if inflates || transactional || waits_for_disk(server, &request) {
         let _turn = if inflates {
             Some(
                 server
@@ -227,12 +230,6 @@ fn append(
             .get_max_message_bytes()
             .saturating_mul(PRODUCE_DECOMPRESSION_RATIO);
         let batch = RecordBatch::from_bytes_within(batch.to_vec(), limit)?;
-        if batch.header().is_transactional() {
-            return Err(Refused::Code(
-                ResponseError::InvalidRecord,
-                "transactional batches are not served".to_string(),
-            ));
-        }
         if batch.header().is_control() {
             // Control batches are the broker's own (markers, a replicated log's entries).
             return Err(Refused::Code(
@@ -252,35 +249,69 @@ fn append(
     if batches.is_empty() {
         return Err(BatchError::Empty.into());
     }
-    // An idempotent producer's batches are judged against the log's producer state and
-    // written while no other caller judges, so a retry cannot slip in between.
     let headers: Vec<BatchHeader> = batches.iter().map(RecordBatch::header).collect();
-    let idempotent = headers.iter().any(|h| h.producer_id >= 0);
-    if idempotent {
-        server
-            .producers
-            .admit(&log, &headers)
-            .map_err(|(code, why)| Refused::Code(code, why))?;
-    }
-    let _producing = idempotent.then(|| log.producing());
-    let plan = match idempotent {
-        true => log.plan_producers(&headers)?,
+    let first = match headers.iter().find(|h| h.is_transactional()) {
+        Some(h) => {
+            // A transaction's records: its coordinator must have the partition in the
+            // producer's open transaction, and no end of it comes before they are written.
+            if headers
+                .iter()
+                .any(|o| (o.producer_id, o.producer_epoch) != (h.producer_id, h.producer_epoch))
+            {
+                return Err(Refused::Code(
+                    ResponseError::InvalidRecord,
+                    "a transaction's record set holds batches of one producer alone".to_string(),
+                ));
+            }
+            if server.broker.inner.is_clustered() {
+                return Err(Refused::Code(
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "transactions are not served by a cluster's nodes yet".to_string(),
+                ));
+            }
+            let coordinator = server.broker.inner.transactions()?;
+            let tp = crate::TopicPartition::new(topic.name.clone(), index);
+            coordinator.with_open_transaction(h.producer_id, h.producer_epoch, &tp, || {
+                Ok(append_judged(&log, batches, &headers))
+            })??
+        }
+        None => {
+            if headers.iter().any(|h| h.producer_id >= 0) {
+                server
+                    .producers
+                    .admit(&log, &headers)
+                    .map_err(|(code, why)| Refused::Code(code, why))?;
+            }
+            append_judged(&log, batches, &headers)?
+        }
+    };
+    let append_time = config.get_timestamp_type() == TimestampType::LogAppendTime;
+    Ok((first, log.log_start_offset(), append_time))
+}
+
+/// Appends a record set whose producers' batches (if any) are judged against the log's
+/// producer state first, while no other caller judges (so a retry cannot slip in between):
+/// the first batch's append (its first answer, for a retried batch).
+fn append_judged(
+    log: &crate::storage::PartitionLog,
+    batches: Vec<RecordBatch>,
+    headers: &[BatchHeader],
+) -> Result<AppendInfo, Refused> {
+    let judged = headers.iter().any(|h| h.producer_id >= 0);
+    let _producing = judged.then(|| log.producing());
+    let plan = match judged {
+        true => log.plan_producers(headers)?,
         false => vec![Verdict::Append; batches.len()],
     };
     let mut first = None;
     for (batch, verdict) in batches.into_iter().zip(plan) {
         if let Verdict::Duplicate(info) = verdict {
-            first.get_or_insert(answer_duplicate(&log, &batch.header(), info)?);
+            first.get_or_insert(answer_duplicate(log, &batch.header(), info)?);
             continue;
         }
         first.get_or_insert(log.append(batch)?);
     }
-    let append_time = config.get_timestamp_type() == TimestampType::LogAppendTime;
-    Ok((
-        first.expect("one batch at least"),
-        log.log_start_offset(),
-        append_time,
-    ))
+    Ok(first.expect("one batch at least"))
 }
 
 /// The answer to a retry of a batch the log holds at `info`: that append, once it is

@@ -1,0 +1,717 @@
+//! Transactions (Kafka's design, KIP-98): the transaction coordinator, which binds each
+//! transactional id to a producer id and epoch, keeps where each transaction is in the
+//! compacted topic `__transaction_state`, and ends transactions by writing COMMIT or ABORT
+//! markers to every partition they wrote to (the offsets topic's included, for offsets sent
+//! with the transaction).
+//!
+//! A transaction's life, as the coordinator sees it:
+//!
+//! 1. `init_producer_id`: the id gets a producer id (the same one again after a restart) and
+//!    the next epoch, which fences every older producer of the id: a transaction the older
+//!    one left open is aborted first, its markers written with the new epoch.
+//! 2. `add_partitions` (and `add_offsets` for a group's commits): the transaction is
+//!    Ongoing; records of the producer to those partitions are taken (checked against the
+//!    coordinator under its read lock, so no end can come between the check and the write).
+//! 3. `end`: the decision (PrepareCommit or PrepareAbort) is made durable, then every
+//!    partition's marker (each durable), then CompleteCommit or CompleteAbort, which need not
+//!    wait for the disk: a coordinator that restarts with a transaction still preparing
+//!    writes its markers again (a marker repeated is harmless: it ends nothing).
+//!
+//! A transaction open for longer than its `transaction.timeout.ms` is aborted by the
+//! coordinator's background thread, with the epoch bumped so that its producer is fenced; a
+//! transactional id unused for `transactional.id.expiration.ms` (seven days) is forgotten.
+
+pub(crate) mod state;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+pub use state::{TxnMetadata, TxnStatus};
+
+use crate::broker::BrokerInner;
+use crate::config::{CleanupPolicy, Fsync, LogConfig, TopicConfig};
+use crate::consumer::TopicPartition;
+use crate::error::{Error, Result};
+use crate::group::OFFSETS_TOPIC;
+use crate::storage::producers::Marker;
+use crate::storage::{BatchBuilder, Compression, PartitionLog, now_ms};
+
+/// The internal topic holding the transactions' states.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// The longest `transaction.timeout.ms` the coordinator takes (Kafka's
+/// `transaction.max.timeout.ms` default, 15 minutes).
+pub const MAX_TRANSACTION_TIMEOUT_MS: i32 = 900_000;
+
+/// How long a transactional id is remembered without use (Kafka's
+/// `transactional.id.expiration.ms` default, seven days).
+pub const TRANSACTIONAL_ID_EXPIRATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The most transactional ids remembered at once; a new one past it is refused until some
+/// expire.
+pub const MAX_TRANSACTIONAL_IDS: usize = 100_000;
+
+/// The largest record of one transaction's state: bounds how many partitions one
+/// transaction may write to.
+const MAX_STATE_BYTES: usize = 512 << 10;
+
+/// The coordinator epoch of a single broker's markers (a partition refuses markers of a
+/// coordinator older than the last one it saw).
+const COORDINATOR_EPOCH: i32 = 0;
+
+/// How often the background thread looks for transactions to time out or finish.
+const TICK: Duration = Duration::from_millis(500);
+
+/// The state topic's config: compacted, and synced by the coordinator itself before it
+/// acknowledges anything (as the offsets topic is).
+pub(crate) fn topic_config() -> TopicConfig {
+    TopicConfig::default().with_log(
+        LogConfig::default()
+            .fsync(Fsync::Never)
+            .cleanup_policy(CleanupPolicy::Compact)
+            .retention_ms(None)
+            .segment_bytes(100 << 20),
+    )
+}
+
+/// One transactional id's state (`None` once forgotten: a caller that finds it so looks it
+/// up again).
+type Slot = Arc<RwLock<Option<TxnMetadata>>>;
+
+/// The transaction coordinator of one broker. See the module's documentation.
+#[derive(Debug)]
+pub struct TxnCoordinator {
+    broker: Weak<BrokerInner>,
+    log: PartitionLog,
+    ids: Mutex<HashMap<String, Slot>>,
+    /// Which transactional id each producer id is bound to.
+    by_producer: RwLock<HashMap<i64, String>>,
+    stopped: AtomicBool,
+}
+
+impl TxnCoordinator {
+    /// Opens the coordinator on partition 0 of the state topic, reading every state in it,
+    /// and starts its background thread (which first finishes what a restart left
+    /// preparing).
+    pub(crate) fn open(broker: &Arc<BrokerInner>, log: PartitionLog) -> Result<Arc<TxnCoordinator>> {
+        let mut states: HashMap<String, TxnMetadata> = HashMap::new();
+        let mut reader = log.reader(log.log_start_offset());
+        while let Some(r) = reader.next()? {
+            let Some(id) = r.key.and_then(state::parse_key) else {
+                log::warn!(
+                    "skipping an unreadable key at offset {} of {TRANSACTION_STATE_TOPIC}",
+                    r.offset
+                );
+                continue;
+            };
+            match r.value.map(state::parse_value) {
+                None => {
+                    states.remove(&id);
+                }
+                Some(Some(m)) => {
+                    states.insert(id, m);
+                }
+                Some(None) => log::warn!(
+                    "skipping an unreadable value at offset {} of {TRANSACTION_STATE_TOPIC}",
+                    r.offset
+                ),
+            }
+        }
+        let by_producer = states.iter().map(|(id, m)| (m.producer_id, id.clone())).collect();
+        let ids = states
+            .into_iter()
+            .map(|(id, m)| (id, Arc::new(RwLock::new(Some(m)))))
+            .collect();
+        let coordinator = Arc::new(TxnCoordinator {
+            broker: Arc::downgrade(broker),
+            log,
+            ids: Mutex::new(ids),
+            by_producer: RwLock::new(by_producer),
+            stopped: AtomicBool::new(false),
+        });
+        let background = Arc::downgrade(&coordinator);
+        std::thread::Builder::new()
+            .name("rivulet-txn".into())
+            .spawn(move || {
+                while let Some(c) = background.upgrade() {
+                    if c.stopped.load(Ordering::Acquire) || c.broker.strong_count() == 0 {
+                        break;
+                    }
+                    c.tick(now_ms());
+                    drop(c);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| Error::Io {
+                op: "spawn",
+                path: "rivulet-txn".into(),
+                source: e,
+            })?;
+        Ok(coordinator)
+    }
+
+    /// Stops the background thread.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    fn broker(&self) -> Result<Arc<BrokerInner>> {
+        self.broker.upgrade().ok_or(Error::Closed)
+    }
+
+    /// The slot of `id`, if it is known.
+    fn slot(&self, id: &str) -> Option<Slot> {
+        self.ids.lock().get(id).cloned()
+    }
+
+    /// Binds `transactional_id` to a producer id and a new epoch (see the module's
+    /// documentation): returns them. `expected` is the producer id and epoch a producer that
+    /// has them names (KIP-360: it asks for the next epoch after an abortable error); a
+    /// producer that names others is fenced.
+    pub fn init_producer_id(
+        &self,
+        transactional_id: &str,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+    ) -> Result<(i64, i16)> {
+        validate_id(transactional_id)?;
+        if !(1..=MAX_TRANSACTION_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(Error::InvalidTransactionTimeout {
+                timeout_ms: timeout_ms.into(),
+                max_ms: MAX_TRANSACTION_TIMEOUT_MS.into(),
+            });
+        }
+        loop {
+            let slot = {
+                let mut ids = self.ids.lock();
+                if !ids.contains_key(transactional_id) && ids.len() >= MAX_TRANSACTIONAL_IDS {
+                    return Err(Error::InvalidTxnState {
+                        transactional_id: transactional_id.to_string(),
+                        reason: format!(
+                            "{MAX_TRANSACTIONAL_IDS} transactional ids are in use; \
+                             unused ones are forgotten after {TRANSACTIONAL_ID_EXPIRATION:?}"
+                        ),
+                    });
+                }
+                ids.entry(transactional_id.to_string()).or_default().clone()
+            };
+            let mut m = slot.write();
+            if m.is_none()
+                && !self
+                    .ids
+                    .lock()
+                    .get(transactional_id)
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
+            {
+                continue; // forgotten meanwhile: look it up again
+            }
+            let now = now_ms();
+            let next = match m.as_ref() {
+                None => TxnMetadata {
+                    producer_id: self.broker()?.new_producer_id(),
+                    producer_epoch: 0,
+                    timeout_ms,
+                    status: TxnStatus::Empty,
+                    partitions: BTreeSet::new(),
+                    last_update_ms: now,
+                    start_ms: -1,
+                },
+                Some(current) => {
+                    if let Some((id, epoch)) = expected.filter(|(id, _)| *id >= 0) {
+                        if id == current.producer_id
+                            && epoch.checked_add(1) == Some(current.producer_epoch)
+                            && !current.status.is_preparing()
+                            && current.status != TxnStatus::Ongoing
+                        {
+                            // A retry of the bump that gave the current epoch.
+                            return Ok((current.producer_id, current.producer_epoch));
+                        }
+                        if id != current.producer_id || epoch != current.producer_epoch {
+                            return Err(Error::ProducerFenced {
+                                transactional_id: transactional_id.to_string(),
+                                epoch,
+                                current: current.producer_epoch,
+                            });
+                        }
+                    }
+                    let mut current = current.clone();
+                    if current.status.is_preparing() {
+                        // A restart left it preparing: its markers first.
+                        let commit = current.status == TxnStatus::PrepareCommit;
+                        current = self.complete(transactional_id, current, commit)?;
+                    }
+                    if current.status == TxnStatus::Ongoing {
+                        // The older producer's transaction is aborted, fenced by the epoch
+                        // the new producer gets.
+                        let prepared = TxnMetadata {
+                            status: TxnStatus::PrepareEpochFence,
+                            ..fenced(&current, now)
+                        };
+                        self.persist(transactional_id, Some(&prepared), true)?;
+                        *m = Some(prepared.clone());
+                        let done = self.complete(transactional_id, prepared, false)?;
+                        TxnMetadata { timeout_ms, ..done }
+                    } else {
+                        TxnMetadata {
+                            timeout_ms,
+                            status: TxnStatus::Empty,
+                            partitions: BTreeSet::new(),
+                            last_update_ms: now,
+                            start_ms: -1,
+                            ..self.bump(&current, now)
+                        }
+                    }
+                }
+            };
+            self.persist(transactional_id, Some(&next), true)?;
+            if let Some(old) = m.as_ref().filter(|old| old.producer_id != next.producer_id) {
+                self.by_producer.write().remove(&old.producer_id);
+            }
+            self.by_producer
+                .write()
+                .insert(next.producer_id, transactional_id.to_string());
+            let answer = (next.producer_id, next.producer_epoch);
+            *m = Some(next);
+            return Ok(answer);
+        }
+    }
+
+    /// `m` with the next epoch (or, past the last epoch, a new producer id at epoch 0).
+    fn bump(&self, m: &TxnMetadata, now: i64) -> TxnMetadata {
+        let (producer_id, producer_epoch) = match m.producer_epoch.checked_add(1).filter(|&e| e < i16::MAX) {
+            Some(epoch) => (m.producer_id, epoch),
+            None => match self.broker() {
+                Ok(broker) => (broker.new_producer_id(), 0),
+                Err(_) => (m.producer_id, m.producer_epoch),
+            },
+        };
+        TxnMetadata {
+            producer_id,
+            producer_epoch,
+            last_update_ms: now,
+            ..m.clone()
+        }
+    }
+
+    /// Runs `f` on the state of `transactional_id` under its write lock, after checking that
+    /// `producer_id` and `epoch` are its current ones.
+    fn with_current<T>(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        f: impl FnOnce(&mut TxnMetadata) -> Result<T>,
+    ) -> Result<T> {
+        let unbound = || Error::InvalidProducerIdMapping {
+            transactional_id: transactional_id.to_string(),
+            producer_id,
+        };
+        let slot = self.slot(transactional_id).ok_or_else(unbound)?;
+        let mut guard = slot.write();
+        let m = guard.as_mut().ok_or_else(unbound)?;
+        if m.producer_id != producer_id {
+            return Err(unbound());
+        }
+        if epoch != m.producer_epoch {
+            return Err(Error::ProducerFenced {
+                transactional_id: transactional_id.to_string(),
+                epoch,
+                current: m.producer_epoch,
+            });
+        }
+        f(m)
+    }
+
+    /// Adds `partitions` to the transaction of `transactional_id` (producer `producer_id` in
+    /// `epoch`), which is Ongoing from then on. Every partition must exist.
+    pub fn add_partitions(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[TopicPartition],
+    ) -> Result<()> {
+        let broker = self.broker()?;
+        for tp in partitions {
+            if tp.topic != OFFSETS_TOPIC {
+                broker.partition(&tp.topic, tp.partition)?;
+            }
+        }
+        self.with_current(transactional_id, producer_id, epoch, |m| {
+            if m.status.is_preparing() {
+                return Err(Error::ConcurrentTransactions {
+                    transactional_id: transactional_id.to_string(),
+                });
+            }
+            let ongoing = m.status == TxnStatus::Ongoing;
+            if ongoing && partitions.iter().all(|tp| m.partitions.contains(tp)) {
+                return Ok(());
+            }
+            let now = now_ms();
+            let mut next = m.clone();
+            if !ongoing {
+                next.partitions.clear();
+                next.start_ms = now;
+            }
+            next.status = TxnStatus::Ongoing;
+            next.partitions.extend(partitions.iter().cloned());
+            next.last_update_ms = now;
+            self.persist(transactional_id, Some(&next), true)?;
+            *m = next;
+            Ok(())
+        })
+    }
+
+    /// Adds the offsets topic to the transaction, for the commits of `group` the producer
+    /// will send with it ([`commit_offsets`](Self::commit_offsets)).
+    pub fn add_offsets(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+    ) -> Result<()> {
+        crate::group::offsets::validate_group_id(group)?;
+        // The offsets topic exists from here on.
+        self.broker()?.offsets()?;
+        let offsets = [TopicPartition::new(OFFSETS_TOPIC, 0)];
+        self.add_partitions(transactional_id, producer_id, epoch, &offsets)
+    }
+
+    /// Writes `group`'s commits as part of the transaction (Kafka's TxnOffsetCommit): they
+    /// are shown to readers if the transaction commits. The transaction must be Ongoing
+    /// with the offsets topic added.
+    pub fn commit_offsets(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+        offsets: &[(TopicPartition, crate::group::OffsetAndMetadata)],
+    ) -> Result<()> {
+        let store = self.broker()?.offsets()?;
+        let slot = self
+            .slot(transactional_id)
+            .ok_or_else(|| Error::InvalidProducerIdMapping {
+                transactional_id: transactional_id.to_string(),
+                producer_id,
+            })?;
+        // Under the read lock: the transaction cannot end before the commits are written.
+        let guard = slot.read();
+        self.check_open_in(
+            transactional_id,
+            guard.as_ref(),
+            producer_id,
+            epoch,
+            &TopicPartition::new(OFFSETS_TOPIC, 0),
+        )?;
+        store.append_transactional(group, producer_id, epoch, offsets)
+    }
+
+    /// Runs `write` (a transactional batch of `producer_id` in `epoch` to `tp`) if the
+    /// producer's transaction is Ongoing with `tp` added, under the transaction's read
+    /// lock: no end of the transaction comes between the check and the write.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // the Kafka front end's produce
+    pub(crate) fn with_open_transaction<T>(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        tp: &TopicPartition,
+        write: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let id = self.by_producer.read().get(&producer_id).cloned();
+        let Some(id) = id else {
+            return Err(Error::InvalidTxnState {
+                transactional_id: String::new(),
+                reason: format!("producer id {producer_id} is bound to no transactional id"),
+            });
+        };
+        let slot = self.slot(&id).ok_or_else(|| Error::InvalidProducerIdMapping {
+            transactional_id: id.clone(),
+            producer_id,
+        })?;
+        let guard = slot.read();
+        self.check_open_in(&id, guard.as_ref(), producer_id, epoch, tp)?;
+        write()
+    }
+
+    fn check_open_in(
+        &self,
+        id: &str,
+        m: Option<&TxnMetadata>,
+        producer_id: i64,
+        epoch: i16,
+        tp: &TopicPartition,
+    ) -> Result<()> {
+        let Some(m) = m.filter(|m| m.producer_id == producer_id) else {
+            return Err(Error::InvalidProducerIdMapping {
+                transactional_id: id.to_string(),
+                producer_id,
+            });
+        };
+        if epoch != m.producer_epoch {
+            return Err(Error::ProducerFenced {
+                transactional_id: id.to_string(),
+                epoch,
+                current: m.producer_epoch,
+            });
+        }
+        if m.status != TxnStatus::Ongoing || !m.partitions.contains(tp) {
+            return Err(Error::InvalidTxnState {
+                transactional_id: id.to_string(),
+                reason: format!("{tp} was not added to an open transaction"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the transaction of `transactional_id`: commits it (`commit`) or aborts it, and
+    /// returns once every partition's marker is durable. Ending again the way it ended is
+    /// answered as the first time (a retry).
+    pub fn end(&self, transactional_id: &str, producer_id: i64, epoch: i16, commit: bool) -> Result<()> {
+        self.with_current(transactional_id, producer_id, epoch, |m| {
+            let invalid = |reason: &str| Error::InvalidTxnState {
+                transactional_id: transactional_id.to_string(),
+                reason: reason.to_string(),
+            };
+            match (m.status, commit) {
+                (TxnStatus::Ongoing, _) => {}
+                (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => return Ok(()),
+                (TxnStatus::PrepareCommit, true) | (TxnStatus::PrepareAbort, false) => {
+                    // A restart left it preparing: finish it.
+                    let done = self.complete(transactional_id, m.clone(), commit)?;
+                    *m = done;
+                    return Ok(());
+                }
+                (s, _) if s.is_preparing() => {
+                    return Err(Error::ConcurrentTransactions {
+                        transactional_id: transactional_id.to_string(),
+                    });
+                }
+                (TxnStatus::Empty, _) => return Err(invalid("no transaction is open")),
+                _ => return Err(invalid("the transaction already ended the other way")),
+            }
+            let prepared = TxnMetadata {
+                status: if commit {
+                    TxnStatus::PrepareCommit
+                } else {
+                    TxnStatus::PrepareAbort
+                },
+                last_update_ms: now_ms(),
+                ..m.clone()
+            };
+            self.persist(transactional_id, Some(&prepared), true)?;
+            *m = prepared.clone();
+            let done = self.complete(transactional_id, prepared, commit)?;
+            *m = done;
+            Ok(())
+        })
+    }
+
+    /// Writes the markers of a prepared transaction, then its completion (not waiting for
+    /// the disk): the state it ends in.
+    fn complete(&self, transactional_id: &str, prepared: TxnMetadata, commit: bool) -> Result<TxnMetadata> {
+        self.write_markers(&prepared, commit)?;
+        let done = TxnMetadata {
+            status: if commit {
+                TxnStatus::CompleteCommit
+            } else {
+                TxnStatus::CompleteAbort
+            },
+            partitions: BTreeSet::new(),
+            last_update_ms: now_ms(),
+            start_ms: -1,
+            ..prepared
+        };
+        self.persist(transactional_id, Some(&done), false)?;
+        Ok(done)
+    }
+
+    /// Writes the marker of `m`'s transaction to each of its partitions, at once, each
+    /// durable before this returns.
+    fn write_markers(&self, m: &TxnMetadata, commit: bool) -> Result<()> {
+        let broker = self.broker()?;
+        let marker = Marker {
+            commit,
+            coordinator_epoch: COORDINATOR_EPOCH,
+        };
+        let write = |tp: &TopicPartition| write_marker(&broker, tp, m.producer_id, m.producer_epoch, marker);
+        let results: Vec<Result<()>> = match m.partitions.len() {
+            0 | 1 => m.partitions.iter().map(write).collect(),
+            _ => std::thread::scope(|s| {
+                let running: Vec<_> = m.partitions.iter().map(|tp| s.spawn(move || write(tp))).collect();
+                running
+                    .into_iter()
+                    .map(|r| {
+                        r.join()
+                            .unwrap_or(Err(Error::IllegalState("a marker's writer panicked")))
+                    })
+                    .collect()
+            }),
+        };
+        results.into_iter().collect()
+    }
+
+    /// Writes `transactional_id`'s state (`None`: forgets it) to the state topic, durably if
+    /// `durable`.
+    fn persist(&self, transactional_id: &str, m: Option<&TxnMetadata>, durable: bool) -> Result<()> {
+        let value = m.map(state::value_bytes);
+        if let Some(v) = value.as_ref().filter(|v| v.len() > MAX_STATE_BYTES) {
+            return Err(Error::InvalidTxnState {
+                transactional_id: transactional_id.to_string(),
+                reason: format!(
+                    "the transaction names too many partitions ({} bytes of state, at most {MAX_STATE_BYTES})",
+                    v.len()
+                ),
+            });
+        }
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(
+            now_ms(),
+            Some(&state::key_bytes(transactional_id)),
+            value.as_deref(),
+            &[],
+        );
+        self.log.append(b.finish()?)?;
+        if durable {
+            self.log.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The state of `transactional_id`, if it is known.
+    pub fn describe(&self, transactional_id: &str) -> Option<TxnMetadata> {
+        self.slot(transactional_id)?.read().clone()
+    }
+
+    /// Every known transactional id with its state, sorted by id.
+    pub fn list(&self) -> Vec<(String, TxnMetadata)> {
+        let slots: Vec<(String, Slot)> = self
+            .ids
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut found: Vec<(String, TxnMetadata)> = slots
+            .into_iter()
+            .filter_map(|(id, slot)| Some((id, slot.read().clone()?)))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// Aborts the transactions open past their timeout (bumping their epochs, which fences
+    /// their producers), finishes those a restart left preparing, and forgets ids unused for
+    /// [`TRANSACTIONAL_ID_EXPIRATION`].
+    pub(crate) fn tick(&self, now: i64) {
+        let slots: Vec<(String, Slot)> = self
+            .ids
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let expiration = TRANSACTIONAL_ID_EXPIRATION.as_millis() as i64;
+        for (id, slot) in slots {
+            let mut guard = slot.write();
+            let Some(m) = guard.clone() else {
+                continue;
+            };
+            let result = match m.status {
+                TxnStatus::Ongoing if now.saturating_sub(m.start_ms) > i64::from(m.timeout_ms) => {
+                    log::info!(
+                        "transactional id {id:?}: aborting a transaction open past {} ms",
+                        m.timeout_ms
+                    );
+                    let prepared = TxnMetadata {
+                        status: TxnStatus::PrepareAbort,
+                        ..fenced(&m, now)
+                    };
+                    self.persist(&id, Some(&prepared), true).and_then(|()| {
+                        *guard = Some(prepared.clone());
+                        self.complete(&id, prepared, false)
+                    })
+                }
+                s if s.is_preparing() => self.complete(&id, m.clone(), s == TxnStatus::PrepareCommit),
+                TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort | TxnStatus::Dead
+                    if now.saturating_sub(m.last_update_ms) > expiration =>
+                {
+                    match self.persist(&id, None, false) {
+                        Ok(()) => {
+                            *guard = None;
+                            drop(guard);
+                            let mut ids = self.ids.lock();
+                            if ids.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                                ids.remove(&id);
+                            }
+                            let mut by_producer = self.by_producer.write();
+                            if by_producer.get(&m.producer_id) == Some(&id) {
+                                by_producer.remove(&m.producer_id);
+                            }
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => continue,
+            };
+            match result {
+                Ok(next) => *guard = Some(next),
+                Err(e) => log::warn!("transactional id {id:?}: {e}; tried again later"),
+            }
+        }
+    }
+}
+
+impl Drop for TxnCoordinator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `m` with the next epoch, for the markers of a transaction aborted to fence its producer
+/// (the same producer id: its open transaction is what the markers end). At the last epoch,
+/// the epoch stays; the next `init_producer_id` moves the id to a new producer id.
+fn fenced(m: &TxnMetadata, now: i64) -> TxnMetadata {
+    TxnMetadata {
+        producer_epoch: m.producer_epoch.saturating_add(1),
+        last_update_ms: now,
+        ..m.clone()
+    }
+}
+
+/// Writes one partition's marker durably: the offsets topic's through the offset store (which
+/// then shows or drops the transaction's commits). A partition deleted since is skipped.
+fn write_marker(
+    broker: &BrokerInner,
+    tp: &TopicPartition,
+    producer_id: i64,
+    epoch: i16,
+    marker: Marker,
+) -> Result<()> {
+    if tp.topic == OFFSETS_TOPIC {
+        return broker.offsets()?.complete_transaction(producer_id, epoch, marker);
+    }
+    let log = match broker.partition(&tp.topic, tp.partition) {
+        Ok(log) => log,
+        Err(Error::UnknownTopic { .. } | Error::UnknownPartition { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    log.append_marker(producer_id, epoch, marker)?;
+    log.flush()
+}
+
+/// Refuses an empty transactional id, or one too long for the state topic's key.
+fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > state::MAX_TRANSACTIONAL_ID_BYTES {
+        return Err(Error::InvalidArgument {
+            name: "transactional.id",
+            value: format!("{} bytes", id.len()),
+            reason: "a transactional id has 1 to 32,767 bytes",
+        });
+    }
+    Ok(())
+}
