@@ -346,35 +346,68 @@ async fn a_produce_with_acks_0_is_written_and_gets_no_response() {
 }
 
 #[tokio::test]
-async fn transactions_are_refused_with_kafkas_codes() {
-    use kafka_protocol::messages::TransactionalId;
+async fn transactional_requests_follow_kafkas_rules() {
+    use kafka_protocol::messages::{
+        EndTxnRequest, EndTxnResponse, FindCoordinatorRequest, FindCoordinatorResponse, TransactionalId,
+    };
     let dir = tempfile::tempdir().unwrap();
     let (addr, broker, _stop) = start(dir.path()).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    // A transactional id: TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), no producer id.
-    let init = InitProducerIdRequest::default()
-        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("txn"))))
-        .with_transaction_timeout_ms(60_000);
-    let frame = exchange(&mut s, &request(ApiKey::InitProducerId, 4, &init))
+    let init = |timeout: i32| {
+        InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("txn"))))
+            .with_transaction_timeout_ms(timeout)
+    };
+    // A timeout past transaction.max.timeout.ms: INVALID_TRANSACTION_TIMEOUT (50).
+    let frame = exchange(&mut s, &request(ApiKey::InitProducerId, 4, &init(900_001)))
         .await
         .unwrap();
     let reply: InitProducerIdResponse = response(ApiKey::InitProducerId, 4, frame);
-    assert_eq!((reply.error_code, reply.producer_id.0), (53, -1));
+    assert_eq!((reply.error_code, reply.producer_id.0), (50, -1));
+    // A transactional id gets a producer id at epoch 0, then the next epoch.
+    let frame = exchange(&mut s, &request(ApiKey::InitProducerId, 4, &init(60_000)))
+        .await
+        .unwrap();
+    let reply: InitProducerIdResponse = response(ApiKey::InitProducerId, 4, frame);
+    assert_eq!(reply.error_code, 0);
+    assert_eq!(reply.producer_epoch, 0);
+    let id = reply.producer_id.0;
+    let frame = exchange(&mut s, &request(ApiKey::InitProducerId, 4, &init(60_000)))
+        .await
+        .unwrap();
+    let reply: InitProducerIdResponse = response(ApiKey::InitProducerId, 4, frame);
+    assert_eq!(
+        (reply.error_code, reply.producer_id.0, reply.producer_epoch),
+        (0, id, 1)
+    );
 
-    // A transactional batch: INVALID_RECORD (87), nothing written.
+    // Its batch to a partition it did not add to a transaction: INVALID_TXN_STATE (48),
+    // nothing written.
     let mut b = BatchBuilder::new(Compression::None)
-        .producer(9, 0, 0)
+        .producer(id, 1, 0)
         .transactional(true);
     b.push(1, Some(b"k"), Some(b"v"), &[]);
-    let mut request = produce_request(9, 0, 0, 1);
+    let mut request = produce_request(id, 1, 0, 1);
     request.topic_data[0].partition_data[0].records =
         Some(Bytes::from(b.finish().unwrap().as_bytes().to_vec()));
-    assert_eq!(produce(&mut s, &request).await, (87, -1));
+    assert_eq!(produce(&mut s, &request).await, (48, -1));
     assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 0);
+    // Ending a transaction it never began: INVALID_TXN_STATE; with the old epoch:
+    // PRODUCER_FENCED (90).
+    for (epoch, code) in [(1, 48), (0, 90)] {
+        let end = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_static_str("txn")))
+            .with_producer_id(id.into())
+            .with_producer_epoch(epoch)
+            .with_committed(true);
+        let frame = exchange(&mut s, &crate::request(ApiKey::EndTxn, 1, &end))
+            .await
+            .unwrap();
+        let reply: EndTxnResponse = response(ApiKey::EndTxn, 1, frame);
+        assert_eq!(reply.error_code, code, "epoch {epoch}");
+    }
 
-    // A transaction coordinator: TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), which clients do
-    // not retry, rather than COORDINATOR_NOT_AVAILABLE, which they retry for most of a minute.
-    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    // The transaction coordinator is this broker.
     let find = FindCoordinatorRequest::default()
         .with_key(StrBytes::from_static_str("txn"))
         .with_key_type(1);
@@ -382,7 +415,7 @@ async fn transactions_are_refused_with_kafkas_codes() {
         .await
         .unwrap();
     let reply: FindCoordinatorResponse = response(ApiKey::FindCoordinator, 3, frame);
-    assert_eq!((reply.error_code, reply.node_id.0), (53, -1));
+    assert_eq!((reply.error_code, reply.port), (0, i32::from(addr.port())));
 }
 
 #[tokio::test]

@@ -389,5 +389,7 @@ pub(super) fn init_producer_id(
             .with_producer_id((-1).into())
             .with_producer_epoch(-1);
     }
-    server.producers.init(request)
+    server
+        .producers
+        .init(request, || server.broker.inner.new_producer_id())
 }

@@ -13,7 +13,6 @@
 //! are live; past that, issuing one forgets the least recently used.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
@@ -30,7 +29,6 @@ pub const MAX_PRODUCER_IDS: usize = 100_000;
 /// Every issued producer id, and the next one.
 #[derive(Debug)]
 pub(super) struct Producers {
-    next_id: AtomicI64,
     /// A cluster node's id: its ids end in it (ids of several nodes never collide), and it
     /// accepts ids other nodes issued.
     node: Option<i32>,
@@ -57,10 +55,7 @@ impl Producers {
 
     /// The producers of a broker that is node `node` of a cluster (`None`: alone).
     pub(super) fn of_node(expiration: Duration, node: Option<i32>) -> Producers {
-        // Ids from the clock, so a restarted broker does not hand out an id again.
-        let seed = crate::storage::now_ms().saturating_mul(1000);
         Producers {
-            next_id: AtomicI64::new(seed),
             node,
             expiration,
             issued: Mutex::new(HashMap::new()),
@@ -71,7 +66,14 @@ impl Producers {
     /// issued and its current epoch) the same id with the next epoch. Any other id named gets
     /// a new one, as Kafka answers a producer without a transactional id. Transactions are not
     /// served.
-    pub(super) fn init(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    ///
+    /// New ids come from `new_id` (the broker's, which the transaction coordinator's come
+    /// from too: the two never issue the same id).
+    pub(super) fn init(
+        &self,
+        request: InitProducerIdRequest,
+        new_id: impl FnOnce() -> i64,
+    ) -> InitProducerIdResponse {
         if request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
             return InitProducerIdResponse::default()
                 .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
@@ -90,7 +92,7 @@ impl Producers {
             if issued.len() >= MAX_PRODUCER_IDS {
                 self.make_room(&mut issued, now);
             }
-            let next = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let next = new_id();
             let id = match self.node {
                 Some(node) => next.saturating_mul(NODE_SLOTS) + i64::from(node).rem_euclid(NODE_SLOTS),
                 None => next,
@@ -233,9 +235,12 @@ mod tests {
         }
     }
 
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+
     fn init(producers: &Producers) -> i64 {
         let request = InitProducerIdRequest::default().with_producer_id(ProducerId(-1));
-        producers.init(request).producer_id.0
+        let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        producers.init(request, || next).producer_id.0
     }
 
     #[test]
