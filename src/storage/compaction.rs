@@ -157,11 +157,13 @@ impl Inner {
         let truncations = self.truncations.load(Ordering::SeqCst);
         let segments = self.snapshot();
         // The sealed segments, up to the first that reaches past the high watermark (a
-        // replica's tail there is not committed yet).
+        // replica's tail there is not committed yet) or the last stable offset (whether a
+        // transaction's records are kept is not known before its marker is readable).
         let committed = self.high_watermark.load(Ordering::Acquire);
+        let stable = self.last_stable_offset(committed);
         let cleanable = segments[..segments.len() - 1]
             .iter()
-            .take_while(|s| !self.replicated || s.next_offset() <= committed)
+            .take_while(|s| (!self.replicated || s.next_offset() <= committed) && s.next_offset() <= stable)
             .count();
         let sealed: Vec<Arc<Segment>> = segments[..cleanable].to_vec();
         let cleaned_to = self.cleaned_to.load(Ordering::Acquire);
@@ -246,11 +248,15 @@ impl Inner {
         now_ms: i64,
         total: u64,
     ) -> Result<CleanStats> {
+        // The aborted transactions' batches are not records to keep: an aborted value must not
+        // shadow a committed one of its key (readers in read_committed never see it).
+        let start = sealed.first().map_or(0, |s| s.base_offset);
+        let aborted = Aborted::of(self.aborted.read().since(start));
         // Pass 1: the latest offset of every key.
         let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
         for seg in sealed {
             for_each_batch(seg, |batch| {
-                if batch.header().is_control() {
+                if batch.header().is_control() || aborted.holds(batch.header()) {
                     return Ok(());
                 }
                 for_each_record(&batch, |r| {
@@ -290,7 +296,13 @@ impl Inner {
                 Some(config.segment_index_bytes),
             )?;
             for_each_batch(seg, |batch| {
-                let kept = clean_batch(&batch, &latest, tombstones, &mut stats)?;
+                let kept = match aborted.holds(batch.header()) {
+                    true => {
+                        stats.records_removed += batch.header().record_count.max(0) as u64;
+                        Kept::None
+                    }
+                    false => clean_batch(&batch, &latest, tombstones, &mut stats)?,
+                };
                 let emptied;
                 let bytes = match &kept {
                     Kept::All => batch.as_bytes(),
@@ -321,6 +333,34 @@ impl Inner {
             std::fs::remove_dir_all(&staging).ctx("remove", &staging)?;
         }
         Ok(None)
+    }
+}
+
+/// The aborted transactions a clean steps over: each producer's ranges, from a transaction's
+/// first offset to its ABORT marker.
+struct Aborted(HashMap<i64, Vec<(i64, i64)>>);
+
+impl Aborted {
+    fn of(entries: &[crate::storage::txnindex::Aborted]) -> Aborted {
+        let mut by_producer: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for e in entries {
+            by_producer
+                .entry(e.producer_id)
+                .or_default()
+                .push((e.first_offset, e.last_offset));
+        }
+        Aborted(by_producer)
+    }
+
+    /// Whether `h` is a batch of an aborted transaction.
+    fn holds(&self, h: &crate::storage::BatchHeader) -> bool {
+        h.is_transactional()
+            && !h.is_control()
+            && self.0.get(&h.producer_id).is_some_and(|ranges| {
+                ranges
+                    .iter()
+                    .any(|&(first, marker)| first <= h.base_offset && h.base_offset < marker)
+            })
     }
 }
 
@@ -396,4 +436,59 @@ fn clean_batch(
     rebuilt.set_base_offset(h.base_offset);
     rebuilt.set_partition_leader_epoch(h.partition_leader_epoch);
     Ok(Kept::Some(rebuilt))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{CleanupPolicy, Fsync, LogConfig};
+    use crate::storage::producers::Marker;
+    use crate::storage::{BatchBuilder, Compression, PartitionLog, RecordBatch};
+
+    fn record(key: &[u8], value: &[u8], producer: Option<i64>) -> RecordBatch {
+        let b = BatchBuilder::new(Compression::None);
+        let mut b = match producer {
+            Some(id) => b.producer(id, 0, 0).transactional(true),
+            None => b,
+        };
+        b.push(crate::storage::now_ms(), Some(key), Some(value), &[]);
+        b.finish().unwrap()
+    }
+
+    fn values(log: &PartitionLog) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut reader = log.reader(log.log_start_offset());
+        let mut out = Vec::new();
+        while let Some(r) = reader.next().unwrap() {
+            out.push((r.key.unwrap().to_vec(), r.value.unwrap().to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn aborted_values_never_shadow_committed_ones_and_open_transactions_stop_the_cleaner() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig::default()
+            .fsync(Fsync::Never)
+            .cleanup_policy(CleanupPolicy::Compact);
+        let log = PartitionLog::open(dir.path(), config).unwrap();
+        let abort = Marker {
+            commit: false,
+            coordinator_epoch: 0,
+        };
+        log.append(record(b"k", b"committed", None)).unwrap();
+        log.append(record(b"k", b"aborted", Some(7))).unwrap();
+        log.append_marker(7, 0, abort).unwrap();
+        log.roll().unwrap();
+        // An open transaction in the next segment: nothing from it on is cleaned.
+        log.append(record(b"j", b"open", Some(8))).unwrap();
+        log.append(record(b"j", b"plain", None)).unwrap();
+        log.roll().unwrap();
+        log.append(record(b"x", b"active", None)).unwrap();
+
+        let stats = log.compact().unwrap().expect("a clean");
+        assert_eq!(stats.segments, 1, "only the segment below the open transaction");
+        let kept = values(&log);
+        assert!(kept.contains(&(b"k".to_vec(), b"committed".to_vec())), "{kept:?}");
+        assert!(!kept.contains(&(b"k".to_vec(), b"aborted".to_vec())), "{kept:?}");
+        assert!(kept.contains(&(b"j".to_vec(), b"open".to_vec())), "{kept:?}");
+    }
 }

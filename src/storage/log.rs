@@ -723,11 +723,7 @@ impl PartitionLog {
 
     /// The last stable offset of a log whose high watermark is `hw`.
     fn last_stable_offset_below(&self, hw: i64) -> i64 {
-        let mut state = self.inner.producers.lock();
-        if !state.has_unstable() {
-            return hw;
-        }
-        state.first_unstable(hw).map_or(hw, |first| first.min(hw))
+        self.inner.last_stable_offset(hw)
     }
 
     /// Lets readers of a replicated log see the offsets below `end` (at most the log end).
@@ -990,6 +986,15 @@ impl Inner {
             dir: self.dir.clone(),
             cause,
         }
+    }
+
+    /// The last stable offset of the log if its high watermark is `hw`.
+    pub(super) fn last_stable_offset(&self, hw: i64) -> i64 {
+        let mut state = self.producers.lock();
+        if !state.has_unstable() {
+            return hw;
+        }
+        state.first_unstable(hw).map_or(hw, |first| first.min(hw))
     }
 
     pub(crate) fn cfg(&self) -> LogConfig {

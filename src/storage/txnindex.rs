@@ -122,6 +122,11 @@ impl AbortedIndex {
         self.entries.drain(..n);
     }
 
+    /// The transactions whose marker is at or after `from`.
+    pub(crate) fn since(&self, from: i64) -> &[Aborted] {
+        &self.entries[self.entries.partition_point(|e| e.last_offset < from)..]
+    }
+
     fn within(&self, from: i64, below: i64) -> &[Aborted] {
         let a = self.entries.partition_point(|e| e.last_offset < from);
         let b = self.entries.partition_point(|e| e.last_offset < below);
