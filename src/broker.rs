@@ -224,9 +224,16 @@ impl BrokerBuilder {
                 reason: "must be from 1 to 10000",
             });
         }
-        BrokerInner::open(self).map(|inner| Broker {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(BrokerInner::open(self)?);
+        // Transactions a crash left open or deciding hold their partitions' last stable
+        // offsets back until the coordinator ends them: it starts with the broker.
+        if alone
+            && inner.topic(crate::txn::TRANSACTION_STATE_TOPIC).is_ok()
+            && let Err(e) = inner.transactions()
+        {
+            log::error!("the transaction coordinator did not start: {e}");
+        }
+        Ok(Broker { inner })
     }
 }
 
@@ -450,13 +457,18 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
 
 /// Refuses creation, writes and deletion by users of an internal topic (as Kafka does).
 pub(crate) fn refuse_internal(topic: &str) -> Result<()> {
-    if topic == OFFSETS_TOPIC {
+    if is_internal(topic) {
         return Err(Error::InvalidTopicName {
             name: topic.to_string(),
             reason: "it is an internal topic, created and written only by the broker",
         });
     }
     Ok(())
+}
+
+/// Whether `topic` is one of the broker's own: the offsets topic, the transaction log.
+pub(crate) fn is_internal(topic: &str) -> bool {
+    topic == OFFSETS_TOPIC || topic == crate::txn::TRANSACTION_STATE_TOPIC
 }
 
 fn partition_dir(dir: &Path, topic: &str, partition: u32) -> PathBuf {
@@ -957,6 +969,18 @@ impl BrokerInner {
         self.next_producer_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Issues producer ids past `id` from now on (one a log or the transaction log holds).
+    pub(crate) fn issue_producer_ids_past(&self, id: i64) {
+        self.next_producer_id
+            .fetch_max(id.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// The transaction coordinator if it is open (without opening it).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub(crate) fn transactions_if_open(&self) -> Option<Arc<crate::txn::TxnCoordinator>> {
+        self.transactions.lock().clone()
+    }
+
     /// The transaction coordinator, creating the state topic on first use.
     pub(crate) fn transactions(self: &Arc<Self>) -> Result<Arc<crate::txn::TxnCoordinator>> {
         use crate::txn::{TRANSACTION_STATE_TOPIC, TxnCoordinator, topic_config};
@@ -964,7 +988,13 @@ impl BrokerInner {
             return Ok(c.clone());
         }
         match self.create_topic(TRANSACTION_STATE_TOPIC, 1, topic_config()) {
-            Ok(()) | Err(Error::TopicExists { .. }) => {}
+            Ok(()) => {}
+            Err(Error::TopicExists { .. }) => {
+                // Its config is the broker's: a compacted log it syncs itself.
+                if *self.topic(TRANSACTION_STATE_TOPIC)?.config.read() != topic_config() {
+                    self.alter_topic_config(TRANSACTION_STATE_TOPIC, topic_config())?;
+                }
+            }
             Err(e) => return Err(e),
         }
         let mut slot = self.transactions.lock();

@@ -61,9 +61,23 @@ pub enum OffsetReset {
     None,
 }
 
+/// Which records of transactions a consumer reads (`isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationLevel {
+    /// Every record, those of open and aborted transactions included (Kafka's Java client's
+    /// default). Transaction markers are never returned.
+    #[default]
+    ReadUncommitted,
+    /// Only records outside transactions and of committed ones: a partition is read up to
+    /// its last stable offset (the first record of its earliest open transaction), and the
+    /// records of aborted transactions are skipped.
+    ReadCommitted,
+}
+
 /// Settings of a consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
+    isolation_level: IsolationLevel,
     max_poll_records: usize,
     auto_offset_reset: OffsetReset,
     fetch_bytes: usize,
@@ -81,6 +95,7 @@ pub struct ConsumerConfig {
 impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
+            isolation_level: IsolationLevel::ReadUncommitted,
             max_poll_records: 500,
             auto_offset_reset: OffsetReset::Latest,
             fetch_bytes: 1 << 20,
@@ -183,6 +198,15 @@ impl ConsumerConfig {
         self
     }
 
+    /// Which records of transactions to read (`isolation.level`); default
+    /// [`IsolationLevel::ReadUncommitted`]. Under `ReadCommitted` a partition read at
+    /// another node of a cluster is read as under `ReadUncommitted` (a cluster's nodes do not
+    /// serve transactions yet).
+    pub fn isolation_level(mut self, level: IsolationLevel) -> Self {
+        self.isolation_level = level;
+        self
+    }
+
     /// How long a `poll` with nothing to return watches for records, yielding its core,
     /// before it sleeps. Default zero: it sleeps at once. Waking a sleeping thread takes the
     /// scheduler several microseconds (tens on some virtual machines), so on a machine with
@@ -260,6 +284,9 @@ struct Assigned {
     pinned: Option<ReadPin>,
     /// For a partition read at another node: the highest high watermark its leaders gave.
     seen_end: i64,
+    /// Under `read_committed`, the aborted transactions among the batches fetched last (the
+    /// buffered ones).
+    aborted: Vec<crate::storage::txnindex::Aborted>,
 }
 
 /// The rest of a fetch: whole batches from byte `at` on, good while the consumer's position
@@ -319,8 +346,11 @@ impl Consumer {
             .filter(|tp| !self.assigned.contains_key(tp))
             .cloned()
             .collect();
-        if self.config.group_id.is_none() || new.is_empty() {
+        let Some(group) = self.config.group_id.as_deref().filter(|_| !new.is_empty()) else {
             return Ok(BTreeMap::new());
+        };
+        if self.config.isolation_level == IsolationLevel::ReadCommitted {
+            self.wait_for_stable_offsets(group, &new)?;
         }
         let committed = self.committed(&new)?;
         Ok(new
@@ -328,6 +358,29 @@ impl Consumer {
             .zip(committed)
             .filter_map(|(tp, c)| Some((tp, c?.offset)))
             .collect())
+    }
+
+    /// Waits (at most [`STABLE_OFFSETS_WAIT`]) until no transaction's commit for `partitions`
+    /// of `group` is pending, as Kafka's consumers in `read_committed` ask for stable offsets
+    /// (KIP-447): a transaction that committed, or is committing, the group's offsets decides
+    /// where the group resumes. A transaction whose producer is gone ends when a new producer
+    /// of its transactional id starts, or when it times out.
+    fn wait_for_stable_offsets(&self, group: &str, partitions: &[TopicPartition]) -> Result<()> {
+        if self.broker.inner.is_clustered() {
+            return Ok(()); // a cluster's nodes do not serve transactions yet
+        }
+        let store = self.broker.inner.offsets()?;
+        let deadline = std::time::Instant::now() + STABLE_OFFSETS_WAIT;
+        while store.has_pending(group, partitions) {
+            if std::time::Instant::now() >= deadline {
+                log::warn!(
+                    "group {group:?}: offsets still pending a transaction after {STABLE_OFFSETS_WAIT:?}"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// Makes `partitions` the assignment, new ones starting at `resume` (else per
@@ -363,6 +416,7 @@ impl Consumer {
                 spare: None,
                 pinned: None,
                 seen_end: 0,
+                aborted: Vec::new(),
             };
             next.insert(tp, a);
         }
@@ -675,15 +729,16 @@ impl Consumer {
                 }
                 Err(e) => return Err(e),
             };
+            let committed = self.config.isolation_level == IsolationLevel::ReadCommitted;
             let (bytes, at) = match a.buffered.take() {
                 Some(b) if b.position == position => (b.bytes, b.at),
-                _ => match fetch(tp, a, reset, position, fetch_bytes)? {
+                _ => match fetch(tp, a, reset, position, fetch_bytes, committed)? {
                     Some(bytes) => (bytes, 0),
                     None => continue,
                 },
             };
             let position = a.position.expect("resolved by fetch");
-            let (next, at) = out.take(&a.topic, tp.partition, &bytes, at, position, left)?;
+            let (next, at) = out.take((&a.topic, tp.partition), &bytes, at, position, left, &a.aborted)?;
             a.position = Some(next);
             if at < bytes.len() {
                 a.buffered = Some(Buffered {
@@ -704,6 +759,10 @@ impl Drop for Consumer {
         self.shut_down();
     }
 }
+
+/// How long a `read_committed` consumer waits for a transaction's pending commit of its
+/// group's offsets to end before it takes the offsets committed so far.
+const STABLE_OFFSETS_WAIT: Duration = Duration::from_secs(60);
 
 /// How often `poll` asks again for records of a partition read at another node of a cluster
 /// (one this node holds no replica of), while it waits.
@@ -730,8 +789,10 @@ fn fetch(
     reset: OffsetReset,
     position: i64,
     fetch_bytes: usize,
+    committed: bool,
 ) -> Result<Option<Arc<Vec<u8>>>> {
     if a.log.reads_elsewhere() {
+        a.aborted.clear();
         return fetch_elsewhere(tp, a, reset, position, fetch_bytes);
     }
     let buf = a
@@ -739,19 +800,26 @@ fn fetch(
         .take()
         .and_then(|b| Arc::try_unwrap(b).ok())
         .unwrap_or_default();
-    let fetch = match a
-        .log
-        .inner
-        .read_pinned(position, fetch_bytes, Oversized::Read, &mut a.pinned, buf)
-    {
+    let read = |a: &mut Assigned, position: i64, buf: Vec<u8>| match committed {
+        true => {
+            let (fetch, aborted) = a
+                .log
+                .read_pinned_committed(position, fetch_bytes, &mut a.pinned, buf)?;
+            a.aborted = aborted;
+            Ok(fetch)
+        }
+        false => a
+            .log
+            .inner
+            .read_pinned(position, fetch_bytes, Oversized::Read, &mut a.pinned, buf),
+    };
+    let fetch = match read(a, position, buf) {
         Ok(f) => f,
         Err(Error::OffsetOutOfRange { .. }) => {
             a.position = None;
             resolve_out_of_range(tp, a, reset, position)?;
             let position = resolve(tp, a, reset)?;
-            a.log
-                .inner
-                .read_pinned(position, fetch_bytes, Oversized::Read, &mut a.pinned, Vec::new())?
+            read(a, position, Vec::new())?
         }
         Err(e) => return Err(e),
     };
@@ -945,12 +1013,12 @@ impl ConsumerRecords {
     /// holds more than `left` records is walked here. Records are decoded when iterated.
     fn take(
         &mut self,
-        topic: &Arc<str>,
-        partition: u32,
+        (topic, partition): (&Arc<str>, u32),
         bytes: &Arc<Vec<u8>>,
         mut at: usize,
         from: i64,
         left: usize,
+        aborted: &[crate::storage::txnindex::Aborted],
     ) -> Result<(i64, usize)> {
         let topic_index = match self.topics.iter().position(|t| Arc::ptr_eq(t, topic)) {
             Some(i) => i,
@@ -968,8 +1036,10 @@ impl ConsumerRecords {
             let header = *batch.header();
             let end = at + header.total_len();
             // Control batches (transaction markers, a replicated log's own entries) are not
-            // records: stepped over, as Kafka's consumers step over them.
-            if header.next_offset() <= next || header.record_count == 0 || header.is_control() {
+            // records: stepped over, as Kafka's consumers step over them; so are the batches of
+            // aborted transactions, under read_committed.
+            let dropped = aborted.iter().any(|a| a.covers(&header));
+            if header.next_offset() <= next || header.record_count == 0 || header.is_control() || dropped {
                 next = next.max(header.next_offset());
                 at = end;
                 continue;

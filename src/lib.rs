@@ -91,6 +91,7 @@ pub mod group;
 pub mod kafka;
 mod producer;
 pub mod storage;
+mod transactional;
 pub mod txn;
 
 pub use broker::{
@@ -99,10 +100,11 @@ pub use broker::{
 };
 pub use config::{CleanupPolicy, CompressionType, DEFAULT_MAX_MESSAGE_BYTES, Fsync, LogConfig, TopicConfig};
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, ConsumerRecordsIter, OffsetReset,
-    RebalanceListener, TopicPartition,
+    Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, ConsumerRecordsIter, IsolationLevel,
+    OffsetReset, RebalanceListener, TopicPartition,
 };
 pub use error::{BatchError, Error, ProducerError, Result};
 pub use group::Assignor;
 pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};
 pub use storage::Header;
+pub use transactional::{DEFAULT_TRANSACTION_TIMEOUT, Transaction, TransactionalProducer};

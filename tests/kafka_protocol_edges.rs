@@ -393,18 +393,18 @@ async fn transactional_requests_follow_kafkas_rules() {
     assert_eq!(produce(&mut s, &request).await, (48, -1));
     assert_eq!(broker.partition("t", 0).unwrap().log_end_offset(), 0);
     // Ending a transaction it never began: INVALID_TXN_STATE; with the old epoch:
-    // PRODUCER_FENCED (90).
-    for (epoch, code) in [(1, 48), (0, 90)] {
+    // INVALID_PRODUCER_EPOCH (47) before EndTxn v2, PRODUCER_FENCED (90) from it.
+    for (version, epoch, code) in [(1, 1, 48), (1, 0, 47), (3, 0, 90)] {
         let end = EndTxnRequest::default()
             .with_transactional_id(TransactionalId(StrBytes::from_static_str("txn")))
             .with_producer_id(id.into())
             .with_producer_epoch(epoch)
             .with_committed(true);
-        let frame = exchange(&mut s, &crate::request(ApiKey::EndTxn, 1, &end))
+        let frame = exchange(&mut s, &crate::request(ApiKey::EndTxn, version, &end))
             .await
             .unwrap();
-        let reply: EndTxnResponse = response(ApiKey::EndTxn, 1, frame);
-        assert_eq!(reply.error_code, code, "epoch {epoch}");
+        let reply: EndTxnResponse = response(ApiKey::EndTxn, version, frame);
+        assert_eq!(reply.error_code, code, "v{version}, epoch {epoch}");
     }
 
     // The transaction coordinator is this broker.

@@ -22,8 +22,8 @@ use regex::Regex;
 use super::{Consumer, TopicPartition};
 use crate::error::{Error, Result};
 use crate::group::{
-    Assignor, CONSUMER_PROTOCOL_TYPE, JoinGroup, Joined, Member, MemberAssignment, MemberRef, OFFSETS_TOPIC,
-    Pending, RemoteCoordinator, StickyUserData, Subscription,
+    Assignor, CONSUMER_PROTOCOL_TYPE, JoinGroup, Joined, Member, MemberAssignment, MemberRef, Pending,
+    RemoteCoordinator, StickyUserData, Subscription,
 };
 
 /// Told of the partitions a subscribed consumer gains and gives up, from inside `poll`. The
@@ -528,7 +528,7 @@ impl Consumer {
             Topics::Pattern(re) => broker
                 .list_topics()
                 .into_iter()
-                .filter(|t| t != OFFSETS_TOPIC && re.is_match(t))
+                .filter(|t| !crate::broker::is_internal(t) && re.is_match(t))
                 .collect(),
         };
         if resolved != m.resolved {

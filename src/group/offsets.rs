@@ -259,10 +259,13 @@ impl OffsetStore {
             }
             at = next;
         }
-        // Deletions were kept while reading, so that a later commit of a transaction cannot
-        // bring back what an earlier-placed deletion removed; they are forgotten now.
-        latest.retain(|_, l: &mut Latest| l.value.is_some());
-        let live = latest.keys().cloned().collect();
+        // Deletions stay (as `None`): a transaction still pending may commit an older-placed
+        // record of the key, which must not come back over them.
+        let live = latest
+            .iter()
+            .filter(|(_, l)| l.value.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
         Ok(OffsetStore {
             log,
             latest: RwLock::new(latest),
@@ -305,6 +308,8 @@ impl OffsetStore {
         let entries = pending.entry(producer_id).or_default();
         for ((tp, o), at) in offsets.iter().zip(info.base_offset..) {
             let key = (group.to_string(), tp.topic.clone(), tp.partition);
+            // A transaction's later commit of a key replaces its earlier one.
+            entries.retain(|(k, _)| *k != key);
             entries.push((
                 key,
                 Latest {
@@ -337,7 +342,6 @@ impl OffsetStore {
 
     /// Whether a transaction's commit for one of `partitions` of `group` is pending (Kafka's
     /// OffsetFetch with `require_stable` answers UNSTABLE_OFFSET_COMMIT then).
-    #[cfg(feature = "kafka")]
     pub(crate) fn has_pending(&self, group: &str, partitions: &[TopicPartition]) -> bool {
         let pending = self.pending.lock();
         pending.values().flatten().any(|((g, t, p), _)| {
@@ -368,6 +372,7 @@ impl OffsetStore {
     /// Writes tombstones for every committed offset of a group, without waiting for the disk
     /// (see [`OffsetStore::append`]).
     pub(crate) fn append_delete_group(self: &std::sync::Arc<Self>, group: &str) -> Result<Written> {
+        self.forget_pending(|(g, _, _)| g == group);
         self.write(group, |live| {
             live.iter()
                 .filter(|(g, _, _)| g == group)
@@ -395,6 +400,7 @@ impl OffsetStore {
     /// Deletes every group's committed offsets of `topic` (a deleted topic's), durably: a
     /// topic created later under the same name starts without them, as in Kafka.
     pub(crate) fn delete_topic(self: &std::sync::Arc<Self>, topic: &str) -> Result<()> {
+        self.forget_pending(|(_, t, _)| t == topic);
         let groups: HashSet<String> = self
             .writing
             .lock()
@@ -416,6 +422,15 @@ impl OffsetStore {
         Ok(())
     }
 
+    /// Drops the pending transactional commits of the keys `deleted` picks (a deleted group's,
+    /// topic's or partition's), as Kafka drops them: the transaction's marker must not bring
+    /// them back.
+    fn forget_pending(&self, deleted: impl Fn(&Key) -> bool) {
+        for entries in self.pending.lock().values_mut() {
+            entries.retain(|(k, _)| !deleted(k));
+        }
+    }
+
     /// Appends one batch for `group`: the records `entries` picks (a commit, or `None` to
     /// delete), given the keys that hold a commit now, under the lock that orders appends.
     fn write(
@@ -425,6 +440,14 @@ impl OffsetStore {
     ) -> Result<Written> {
         let mut live = self.writing.lock();
         let entries = entries(&live);
+        let deleted: HashSet<Key> = entries
+            .iter()
+            .filter(|(_, o)| o.is_none())
+            .map(|(tp, _)| (group.to_string(), tp.topic.clone(), tp.partition))
+            .collect();
+        if !deleted.is_empty() {
+            self.forget_pending(|k| deleted.contains(k));
+        }
         let mut batch = BatchBuilder::new(Compression::None);
         let now = crate::storage::now_ms();
         let mut written = Vec::new();

@@ -341,7 +341,9 @@ pub(super) async fn handle(
             let init: kafka_protocol::messages::InitProducerIdRequest = request.decode()?;
             if init.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
                 let client = client.clone();
-                request.reply(off_workers(server, move |s| txn::init_producer_id(s, &client, init)).await)?
+                request.reply(
+                    off_workers(server, move |s| txn::init_producer_id(s, &client, init, version)).await,
+                )?
             } else {
                 request.reply(admin::init_producer_id(server, client, init))?
             }
@@ -349,19 +351,25 @@ pub(super) async fn handle(
         // The transaction coordinator waits for the disk: off the workers.
         ApiKey::AddPartitionsToTxn => {
             let (add, client) = (request.decode()?, client.clone());
-            request.reply(off_workers(server, move |s| txn::add_partitions(s, &client, add)).await)?
+            request
+                .reply(off_workers(server, move |s| txn::add_partitions(s, &client, add, version)).await)?
         }
         ApiKey::AddOffsetsToTxn => {
             let (add, client) = (request.decode()?, client.clone());
-            request.reply(off_workers(server, move |s| txn::add_offsets(s, &client, add)).await)?
+            request.reply(off_workers(server, move |s| txn::add_offsets(s, &client, add, version)).await)?
         }
         ApiKey::TxnOffsetCommit => {
             let (commit, client) = (request.decode()?, client.clone());
-            request.reply(off_workers(server, move |s| txn::txn_offset_commit(s, &client, commit)).await)?
+            request.reply(
+                off_workers(server, move |s| {
+                    txn::txn_offset_commit(s, &client, commit, version)
+                })
+                .await,
+            )?
         }
         ApiKey::EndTxn => {
             let (end, client) = (request.decode()?, client.clone());
-            request.reply(off_workers(server, move |s| txn::end_txn(s, &client, end)).await)?
+            request.reply(off_workers(server, move |s| txn::end_txn(s, &client, end, version)).await)?
         }
         ApiKey::DescribeTransactions => {
             let (describe, client) = (request.decode()?, client.clone());

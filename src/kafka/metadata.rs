@@ -13,7 +13,6 @@ use kafka_protocol::protocol::StrBytes;
 use super::acls::{CLUSTER_NAME, Client, op, resource};
 use super::single_node::{CLUSTER_OPERATIONS, NOT_ASKED, TOPIC_OPERATIONS};
 use super::{Server, codes};
-use crate::group::OFFSETS_TOPIC;
 
 /// Whether answering `request` may create a topic (which waits for the disk): it names a
 /// topic that does not exist, and auto-creation is allowed.
@@ -79,7 +78,7 @@ pub(super) fn metadata(
         .map(|(name, create)| {
             let reply = MetadataResponseTopic::default()
                 .with_name(Some(TopicName(StrBytes::from(name.clone()))))
-                .with_is_internal(name == OFFSETS_TOPIC);
+                .with_is_internal(crate::broker::is_internal(&name));
             if !client.may(server, op::DESCRIBE, resource::TOPIC, &name) {
                 return reply.with_error_code(ResponseError::TopicAuthorizationFailed.code());
             }

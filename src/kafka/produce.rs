@@ -32,9 +32,19 @@ pub(super) async fn produce(
     client: &Client,
     mut request: ProduceRequest,
 ) -> ProduceResponse {
+    // A transaction's records need WRITE on its transactional id too (every partition is
+    // refused otherwise, as Kafka refuses them).
+    let id_denied = request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !client.may(server, op::WRITE, resource::TRANSACTIONAL_ID, &id.0));
     let (allowed, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topic_data)
         .into_iter()
-        .partition(|t| client.may(server, op::WRITE, resource::TOPIC, &t.name));
+        .partition(|t| !id_denied && client.may(server, op::WRITE, resource::TOPIC, &t.name));
+    let denied_code = match id_denied {
+        true => ResponseError::TransactionalIdAuthorizationFailed,
+        false => ResponseError::TopicAuthorizationFailed,
+    };
     request.topic_data = allowed;
     let denied = denied.into_iter().map(|topic| {
         let partitions = topic
@@ -43,7 +53,7 @@ pub(super) async fn produce(
             .map(|p| {
                 PartitionProduceResponse::default()
                     .with_index(p.index)
-                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_error_code(denied_code.code())
                     .with_base_offset(-1)
                     .with_log_append_time_ms(-1)
                     .with_log_start_offset(-1)
@@ -156,6 +166,7 @@ impl From<BatchError> for Refused {
 }
 
 fn append_all(server: &Server, request: ProduceRequest) -> Vec<TopicProduceResponse> {
+    let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
     request
         .topic_data
         .into_iter()
@@ -166,7 +177,8 @@ fn append_all(server: &Server, request: ProduceRequest) -> Vec<TopicProduceRespo
                 .into_iter()
                 .map(|p| {
                     let reply = PartitionProduceResponse::default().with_index(p.index);
-                    match append(server, &name, p.index, p.records.unwrap_or_default()) {
+                    let records = p.records.unwrap_or_default();
+                    match append(server, &name, p.index, records, transactional_id.as_deref()) {
                         Ok((info, log_start, append_time)) => reply
                             .with_base_offset(info.base_offset)
                             .with_log_append_time_ms(if append_time { info.log_append_time } else { -1 })
@@ -208,6 +220,7 @@ fn append(
     topic: &str,
     partition: i32,
     records: Bytes,
+    transactional_id: Option<&str>,
 ) -> Result<(AppendInfo, i64, bool), Refused> {
     refuse_internal(topic)?;
     let topic = server.broker.inner.topic(topic)?;
@@ -270,13 +283,48 @@ fn append(
                 ));
             }
             let coordinator = server.broker.inner.transactions()?;
+            if transactional_id.is_none()
+                || coordinator.bound_id(h.producer_id).as_deref() != transactional_id
+            {
+                return Err(Refused::Code(
+                    ResponseError::InvalidTxnState,
+                    "the request's transactional id is not the one the producer id is bound to".to_string(),
+                ));
+            }
             let tp = crate::TopicPartition::new(topic.name.clone(), index);
-            coordinator.with_open_transaction(h.producer_id, h.producer_epoch, &tp, || {
+            let checked = coordinator.with_open_transaction(h.producer_id, h.producer_epoch, &tp, || {
                 Ok(append_judged(&log, batches, &headers))
-            })??
+            });
+            // Produce answers a fenced producer INVALID_PRODUCER_EPOCH, whatever its version.
+            match checked {
+                Err(Error::ProducerFenced { .. }) => {
+                    return Err(Refused::Code(
+                        ResponseError::InvalidProducerEpoch,
+                        "the producer's epoch is fenced".to_string(),
+                    ));
+                }
+                Err(Error::InvalidProducerIdMapping { .. }) => {
+                    return Err(Refused::Code(
+                        ResponseError::InvalidTxnState,
+                        "the producer id is bound to no transactional id".to_string(),
+                    ));
+                }
+                other => other??,
+            }
         }
         None => {
             if headers.iter().any(|h| h.producer_id >= 0) {
+                // A transactional producer's id writes in its transactions alone.
+                if let Some(c) = server.broker.inner.transactions_if_open()
+                    && headers
+                        .iter()
+                        .any(|h| h.producer_id >= 0 && c.bound_id(h.producer_id).is_some())
+                {
+                    return Err(Refused::Code(
+                        ResponseError::InvalidTxnState,
+                        "a transactional producer's batch outside a transaction".to_string(),
+                    ));
+                }
                 server
                     .producers
                     .admit(&log, &headers)

@@ -49,11 +49,21 @@ fn code_of(result: Result<()>) -> i16 {
     result.err().map_or(0, |e| codes::code(&e))
 }
 
+/// `code` as a request of `version` expects it: PRODUCER_FENCED came with KIP-588 (in the
+/// version `since`); before it a fenced producer is INVALID_PRODUCER_EPOCH.
+fn for_version(code: i16, version: i16, since: i16) -> i16 {
+    if code == ResponseError::ProducerFenced.code() && version < since {
+        return ResponseError::InvalidProducerEpoch.code();
+    }
+    code
+}
+
 /// InitProducerId with a transactional id: the id's producer id and a new epoch.
 pub(super) fn init_producer_id(
     server: &Server,
     client: &Client,
     request: InitProducerIdRequest,
+    version: i16,
 ) -> InitProducerIdResponse {
     let id = request.transactional_id.as_ref().map_or("", |t| &t.0);
     let refused = |code: i16| {
@@ -74,7 +84,7 @@ pub(super) fn init_producer_id(
         Ok((producer_id, epoch)) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(producer_id))
             .with_producer_epoch(epoch),
-        Err(e) => refused(codes::code(&e)),
+        Err(e) => refused(for_version(codes::code(&e), version, 4)),
     }
 }
 
@@ -84,6 +94,7 @@ pub(super) fn add_partitions(
     server: &Server,
     client: &Client,
     request: AddPartitionsToTxnRequest,
+    version: i16,
 ) -> AddPartitionsToTxnResponse {
     let id = request.v3_and_below_transactional_id.0.to_string();
     let partitions: Vec<TopicPartition> = request
@@ -129,7 +140,7 @@ pub(super) fn add_partitions(
             Ok(Err((code, None))) => vec![code; partitions.len()],
         }
     };
-    let mut codes = codes.into_iter();
+    let mut codes = codes.into_iter().map(|code| for_version(code, version, 2));
     let results = request
         .v3_and_below_topics
         .into_iter()
@@ -166,6 +177,7 @@ pub(super) fn add_offsets(
     server: &Server,
     client: &Client,
     request: AddOffsetsToTxnRequest,
+    version: i16,
 ) -> AddOffsetsToTxnResponse {
     let id = &request.transactional_id.0;
     let code = if !may_write(server, client, id) {
@@ -183,7 +195,7 @@ pub(super) fn add_offsets(
             Err(code) => code,
         }
     };
-    AddOffsetsToTxnResponse::default().with_error_code(code)
+    AddOffsetsToTxnResponse::default().with_error_code(for_version(code, version, 2))
 }
 
 /// TxnOffsetCommit: the group's commits, shown if the transaction commits. A commit that
@@ -194,6 +206,7 @@ pub(super) fn txn_offset_commit(
     server: &Server,
     client: &Client,
     request: TxnOffsetCommitRequest,
+    version: i16,
 ) -> TxnOffsetCommitResponse {
     let id = request.transactional_id.0.to_string();
     let group = request.group_id.0.to_string();
@@ -236,7 +249,17 @@ pub(super) fn txn_offset_commit(
                     generation: request.generation_id,
                     group_instance_id: request.group_instance_id.as_ref().map(|s| s.to_string()),
                 };
-                let write = || {
+                // The member is checked under the group's lock; the commit is written (and
+                // synced) outside it, so the group's other requests do not wait for the disk.
+                let named = member.generation >= 0 || !member.member_id.is_empty();
+                let checked = match named {
+                    true => server
+                        .broker
+                        .coordinator()
+                        .check_commit(&group, &member, || Ok(())),
+                    false => Ok(()),
+                };
+                code_of(checked.and_then(|()| {
                     c.commit_offsets(
                         &id,
                         request.producer_id.0,
@@ -244,13 +267,7 @@ pub(super) fn txn_offset_commit(
                         &group,
                         &offsets,
                     )
-                };
-                let named = member.generation >= 0 || !member.member_id.is_empty();
-                let result = match named {
-                    true => server.broker.coordinator().check_commit(&group, &member, write),
-                    false => write(),
-                };
-                code_of(result)
+                }))
             }
         }
     };
@@ -264,7 +281,7 @@ pub(super) fn txn_offset_commit(
                 .map(|p| {
                     TxnOffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(code)
+                        .with_error_code(for_version(code, version, 3))
                 })
                 .collect();
             TxnOffsetCommitResponseTopic::default()
@@ -276,7 +293,12 @@ pub(super) fn txn_offset_commit(
 }
 
 /// EndTxn: commits or aborts, answered once every marker is durable.
-pub(super) fn end_txn(server: &Server, client: &Client, request: EndTxnRequest) -> EndTxnResponse {
+pub(super) fn end_txn(
+    server: &Server,
+    client: &Client,
+    request: EndTxnRequest,
+    version: i16,
+) -> EndTxnResponse {
     let id = &request.transactional_id.0;
     let code = if !may_write(server, client, id) {
         ResponseError::TransactionalIdAuthorizationFailed.code()
@@ -292,7 +314,7 @@ pub(super) fn end_txn(server: &Server, client: &Client, request: EndTxnRequest) 
         }
     };
     EndTxnResponse::default()
-        .with_error_code(code)
+        .with_error_code(for_version(code, version, 2))
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1)
 }
@@ -304,9 +326,12 @@ pub(super) fn describe_transactions(
     request: DescribeTransactionsRequest,
 ) -> DescribeTransactionsResponse {
     let c = coordinator(server);
+    // An id named twice is answered once (each answer may name a thousand partitions).
+    let mut seen = std::collections::HashSet::new();
     let states = request
         .transactional_ids
         .into_iter()
+        .filter(|id| seen.insert(id.0.clone()))
         .map(|id| {
             let reply = TransactionState::default()
                 .with_transactional_id(id.clone())
@@ -370,20 +395,20 @@ pub(super) fn list_transactions(
     let listed = c
         .list()
         .into_iter()
-        .filter(|(_, m)| states.is_empty() || states.contains(&m.status))
-        .filter(|(_, m)| {
+        .filter(|(_, _, status, _)| states.is_empty() || states.contains(status))
+        .filter(|(_, producer_id, _, _)| {
             request.producer_id_filters.is_empty()
-                || request.producer_id_filters.contains(&ProducerId(m.producer_id))
+                || request.producer_id_filters.contains(&ProducerId(*producer_id))
         })
-        .filter(|(_, m)| {
-            request.duration_filter < 0 || (m.start_ms >= 0 && now - m.start_ms >= request.duration_filter)
+        .filter(|(_, _, _, start)| {
+            request.duration_filter < 0 || (*start >= 0 && now - start >= request.duration_filter)
         })
-        .filter(|(id, _)| client.may(server, op::DESCRIBE, resource::TRANSACTIONAL_ID, id))
-        .map(|(id, m)| {
+        .filter(|(id, _, _, _)| client.may(server, op::DESCRIBE, resource::TRANSACTIONAL_ID, id))
+        .map(|(id, producer_id, status, _)| {
             ListedTransaction::default()
                 .with_transactional_id(TransactionalId(StrBytes::from(id)))
-                .with_producer_id(ProducerId(m.producer_id))
-                .with_transaction_state(StrBytes::from_static_str(m.status.name()))
+                .with_producer_id(ProducerId(producer_id))
+                .with_transaction_state(StrBytes::from_static_str(status.name()))
         })
         .collect();
     ListTransactionsResponse::default()

@@ -336,31 +336,17 @@ impl Inner {
     }
 }
 
-/// The aborted transactions a clean steps over: each producer's ranges, from a transaction's
-/// first offset to its ABORT marker.
-struct Aborted(HashMap<i64, Vec<(i64, i64)>>);
+/// The aborted transactions a clean steps over.
+struct Aborted(Vec<crate::storage::txnindex::Aborted>);
 
 impl Aborted {
     fn of(entries: &[crate::storage::txnindex::Aborted]) -> Aborted {
-        let mut by_producer: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
-        for e in entries {
-            by_producer
-                .entry(e.producer_id)
-                .or_default()
-                .push((e.first_offset, e.last_offset));
-        }
-        Aborted(by_producer)
+        Aborted(entries.to_vec())
     }
 
     /// Whether `h` is a batch of an aborted transaction.
     fn holds(&self, h: &crate::storage::BatchHeader) -> bool {
-        h.is_transactional()
-            && !h.is_control()
-            && self.0.get(&h.producer_id).is_some_and(|ranges| {
-                ranges
-                    .iter()
-                    .any(|&(first, marker)| first <= h.base_offset && h.base_offset < marker)
-            })
+        h.is_transactional() && self.0.iter().any(|a| a.covers(h))
     }
 }
 

@@ -638,7 +638,6 @@ impl PartitionLog {
 
     /// Judges a record set's batches against the producers that wrote to the log (see
     /// `ProducerState::plan`): what to do with each, or why the set is refused.
-    #[cfg(feature = "kafka")]
     pub(crate) fn plan_producers(&self, headers: &[BatchHeader]) -> Result<Vec<producers::Verdict>> {
         self.inner.producers.lock().plan(headers)
     }
@@ -812,6 +811,46 @@ impl PartitionLog {
             None => Vec::new(),
         };
         Ok(fetch.committed(hw, lso, aborted))
+    }
+
+    /// Reads as `read_pinned` does, below the last stable offset (for a consumer in
+    /// `read_committed`), with the aborted transactions among the batches read.
+    pub(crate) fn read_pinned_committed(
+        &self,
+        from: i64,
+        max_bytes: usize,
+        pin: &mut Option<ReadPin>,
+        buf: Vec<u8>,
+    ) -> Result<(Fetch, Vec<txnindex::Aborted>)> {
+        let hw = self.high_watermark();
+        let lso = self.inner.last_stable_offset(hw);
+        let fetch = self
+            .inner
+            .read_below(from, max_bytes, Oversized::Read, pin, buf, lso)?;
+        let aborted = match fetch.next_offset() {
+            Some(end) => {
+                let index = self.inner.aborted.read();
+                index
+                    .since(from)
+                    .iter()
+                    .filter(|e| e.first_offset < end)
+                    .copied()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        Ok((fetch, aborted))
+    }
+
+    /// Appends a transaction's batch without waiting for the disk whatever the log's policy:
+    /// nobody reads it before its transaction's marker, whose sync makes it durable too.
+    pub(crate) fn append_unsynced(&self, batch: RecordBatch) -> Result<AppendInfo> {
+        let config = self.inner.cfg();
+        check_batch(&batch, &config, self.inner.replicated)?;
+        if self.inner.replicated {
+            return self.append(batch);
+        }
+        self.inner.write(batch, None, &config).map(|(info, _)| info)
     }
 
     /// A reader of records from offset `from`.
@@ -1063,20 +1102,17 @@ impl Inner {
         }
         w.first_append.get_or_insert_with(Instant::now);
         let end = header.next_offset();
-        self.log_end.store(end, Ordering::Release);
-        if self.replicated {
-            w.active.publish(w.active.size());
-        } else if config.fsync == Fsync::Never {
-            self.publish(&w.active, w.active.size(), end);
-        }
         let info = AppendInfo {
             base_offset: base,
             last_offset: end - 1,
             log_append_time: now,
         };
+        // The producer state and the aborted-transaction index first: a reader that sees the
+        // batch (the high watermark past it) must also see the transaction it opens or ends.
         if header.producer_id >= 0 {
             let marker = header.is_control().then(|| Marker::of(&batch.view())).flatten();
-            let aborted = self.producers.lock().apply(&header, marker, info);
+            let mut state = self.producers.lock();
+            let aborted = state.apply(&header, marker, info);
             if let Some(aborted) = aborted {
                 let base = w.active.base_offset;
                 if let Err(e) = txnindex::append(&*self.fs, &self.dir, base, &aborted) {
@@ -1087,6 +1123,12 @@ impl Inner {
                 }
                 self.aborted.write().push(aborted);
             }
+        }
+        self.log_end.store(end, Ordering::Release);
+        if self.replicated {
+            w.active.publish(w.active.size());
+        } else if config.fsync == Fsync::Never {
+            self.publish(&w.active, w.active.size(), end);
         }
         // Only a durable append waits for a sync, and needs the truncation generation.
         let generation = (config.fsync == Fsync::Always && !self.replicated)

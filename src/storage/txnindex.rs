@@ -38,6 +38,16 @@ pub(crate) struct Aborted {
 }
 
 impl Aborted {
+    /// Whether `h` is a batch of this transaction (of its producer, from its first offset to
+    /// its marker).
+    pub(crate) fn covers(&self, h: &crate::storage::BatchHeader) -> bool {
+        h.is_transactional()
+            && !h.is_control()
+            && h.producer_id == self.producer_id
+            && self.first_offset <= h.base_offset
+            && h.base_offset < self.last_offset
+    }
+
     fn encode(&self) -> [u8; ENTRY] {
         let mut out = [0u8; ENTRY];
         out[..2].copy_from_slice(&VERSION.to_be_bytes());

@@ -53,7 +53,13 @@ pub const TRANSACTIONAL_ID_EXPIRATION: Duration = Duration::from_secs(7 * 24 * 3
 
 /// The most transactional ids remembered at once; a new one past it is refused until some
 /// expire.
-pub const MAX_TRANSACTIONAL_IDS: usize = 100_000;
+pub const MAX_TRANSACTIONAL_IDS: usize = 10_000;
+
+/// The most partitions one transaction writes to (the offsets topic's included).
+pub const MAX_TRANSACTION_PARTITIONS: usize = 1_000;
+
+/// How many threads write one transaction's markers at once.
+const MARKER_WRITERS: usize = 8;
 
 /// The largest record of one transaction's state: bounds how many partitions one
 /// transaction may write to.
@@ -90,6 +96,9 @@ pub struct TxnCoordinator {
     ids: Mutex<HashMap<String, Slot>>,
     /// Which transactional id each producer id is bound to.
     by_producer: RwLock<HashMap<i64, String>>,
+    /// The producer id and epoch each id's last KIP-360 bump was asked from: a retry of that
+    /// bump is answered with its epoch, and any other older epoch is fenced.
+    bumped_from: Mutex<HashMap<String, (i64, i16)>>,
     stopped: AtomicBool,
 }
 
@@ -122,6 +131,10 @@ impl TxnCoordinator {
             }
         }
         let by_producer = states.iter().map(|(id, m)| (m.producer_id, id.clone())).collect();
+        // New producer ids are issued past every recovered one.
+        if let Some(max) = states.values().map(|m| m.producer_id).max() {
+            broker.issue_producer_ids_past(max);
+        }
         let ids = states
             .into_iter()
             .map(|(id, m)| (id, Arc::new(RwLock::new(Some(m)))))
@@ -131,6 +144,7 @@ impl TxnCoordinator {
             log,
             ids: Mutex::new(ids),
             by_producer: RwLock::new(by_producer),
+            bumped_from: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
         });
         let background = Arc::downgrade(&coordinator);
@@ -222,7 +236,9 @@ impl TxnCoordinator {
                 },
                 Some(current) => {
                     if let Some((id, epoch)) = expected.filter(|(id, _)| *id >= 0) {
-                        if id == current.producer_id
+                        let retried = self.bumped_from.lock().get(transactional_id) == Some(&(id, epoch));
+                        if retried
+                            && id == current.producer_id
                             && epoch.checked_add(1) == Some(current.producer_epoch)
                             && !current.status.is_preparing()
                             && current.status != TxnStatus::Ongoing
@@ -254,6 +270,11 @@ impl TxnCoordinator {
                         self.persist(transactional_id, Some(&prepared), true)?;
                         *m = Some(prepared.clone());
                         let done = self.complete(transactional_id, prepared, false)?;
+                        // At the last epoch the fence could not bump it: a new producer id.
+                        let done = match done.producer_epoch {
+                            i16::MAX => self.bump(&done, now),
+                            _ => done,
+                        };
                         TxnMetadata { timeout_ms, ..done }
                     } else {
                         TxnMetadata {
@@ -267,7 +288,22 @@ impl TxnCoordinator {
                     }
                 }
             };
-            self.persist(transactional_id, Some(&next), true)?;
+            if let Err(e) = self.persist(transactional_id, Some(&next), true) {
+                if m.is_none() {
+                    drop(m);
+                    let mut ids = self.ids.lock();
+                    if ids.get(transactional_id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                        ids.remove(transactional_id);
+                    }
+                }
+                return Err(e);
+            }
+            let kip360 =
+                expected.filter(|&(id, _)| id >= 0 && m.as_ref().is_some_and(|c| c.producer_id == id));
+            match kip360 {
+                Some(from) => self.bumped_from.lock().insert(transactional_id.to_string(), from),
+                None => self.bumped_from.lock().remove(transactional_id),
+            };
             if let Some(old) = m.as_ref().filter(|old| old.producer_id != next.producer_id) {
                 self.by_producer.write().remove(&old.producer_id);
             }
@@ -360,6 +396,14 @@ impl TxnCoordinator {
             next.status = TxnStatus::Ongoing;
             next.partitions.extend(partitions.iter().cloned());
             next.last_update_ms = now;
+            if next.partitions.len() > MAX_TRANSACTION_PARTITIONS {
+                return Err(Error::InvalidTxnState {
+                    transactional_id: transactional_id.to_string(),
+                    reason: format!(
+                        "a transaction writes to at most {MAX_TRANSACTION_PARTITIONS} partitions"
+                    ),
+                });
+            }
             self.persist(transactional_id, Some(&next), true)?;
             *m = next;
             Ok(())
@@ -439,6 +483,12 @@ impl TxnCoordinator {
         write()
     }
 
+    /// The transactional id `producer_id` is bound to, if any.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // the Kafka front end's produce
+    pub(crate) fn bound_id(&self, producer_id: i64) -> Option<String> {
+        self.by_producer.read().get(&producer_id).cloned()
+    }
+
     fn check_open_in(
         &self,
         id: &str,
@@ -495,6 +545,7 @@ impl TxnCoordinator {
                 (TxnStatus::Empty, _) => return Err(invalid("no transaction is open")),
                 _ => return Err(invalid("the transaction already ended the other way")),
             }
+            pause_at("before-prepare");
             let prepared = TxnMetadata {
                 status: if commit {
                     TxnStatus::PrepareCommit
@@ -506,8 +557,15 @@ impl TxnCoordinator {
             };
             self.persist(transactional_id, Some(&prepared), true)?;
             *m = prepared.clone();
-            let done = self.complete(transactional_id, prepared, commit)?;
-            *m = done;
+            // Decided: the answer is success whatever happens to the markers now (as Kafka
+            // answers once the decision is durable); markers that fail are written again by
+            // the background thread.
+            match self.complete(transactional_id, prepared, commit) {
+                Ok(done) => *m = done,
+                Err(e) => log::warn!(
+                    "transactional id {transactional_id:?}: writing markers: {e}; tried again later"
+                ),
+            }
             Ok(())
         })
     }
@@ -515,6 +573,7 @@ impl TxnCoordinator {
     /// Writes the markers of a prepared transaction, then its completion (not waiting for
     /// the disk): the state it ends in.
     fn complete(&self, transactional_id: &str, prepared: TxnMetadata, commit: bool) -> Result<TxnMetadata> {
+        pause_at("after-prepare");
         self.write_markers(&prepared, commit)?;
         let done = TxnMetadata {
             status: if commit {
@@ -542,16 +601,42 @@ impl TxnCoordinator {
         let write = |tp: &TopicPartition| write_marker(&broker, tp, m.producer_id, m.producer_epoch, marker);
         let results: Vec<Result<()>> = match m.partitions.len() {
             0 | 1 => m.partitions.iter().map(write).collect(),
-            _ => std::thread::scope(|s| {
-                let running: Vec<_> = m.partitions.iter().map(|tp| s.spawn(move || write(tp))).collect();
-                running
-                    .into_iter()
-                    .map(|r| {
-                        r.join()
-                            .unwrap_or(Err(Error::IllegalState("a marker's writer panicked")))
-                    })
-                    .collect()
-            }),
+            // A crash test stops between two markers: one at a time.
+            _ if paused_at("between-markers") => m
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, tp)| {
+                    if i == 1 {
+                        pause_at("between-markers");
+                    }
+                    write(tp)
+                })
+                .collect(),
+            // At most MARKER_WRITERS threads, each writing a share of the markers.
+            n => {
+                let partitions: Vec<&TopicPartition> = m.partitions.iter().collect();
+                let share = n.div_ceil(MARKER_WRITERS);
+                std::thread::scope(|s| {
+                    let mut running = Vec::new();
+                    for chunk in partitions.chunks(share) {
+                        let spawned = std::thread::Builder::new()
+                            .name("rivulet-marker".into())
+                            .spawn_scoped(s, move || chunk.iter().map(|tp| write(tp)).collect::<Vec<_>>());
+                        running.push((chunk, spawned));
+                    }
+                    running
+                        .into_iter()
+                        .flat_map(|(chunk, spawned)| match spawned {
+                            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                                vec![Err(Error::IllegalState("a marker's writer panicked"))]
+                            }),
+                            // No thread to spare: this share is written here.
+                            Err(_) => chunk.iter().map(|tp| write(tp)).collect(),
+                        })
+                        .collect()
+                })
+            }
         };
         results.into_iter().collect()
     }
@@ -588,17 +673,22 @@ impl TxnCoordinator {
         self.slot(transactional_id)?.read().clone()
     }
 
-    /// Every known transactional id with its state, sorted by id.
-    pub fn list(&self) -> Vec<(String, TxnMetadata)> {
+    /// Every known transactional id with its producer id, status and the start of its open
+    /// transaction (-1 for none), sorted by id.
+    pub fn list(&self) -> Vec<(String, i64, TxnStatus, i64)> {
         let slots: Vec<(String, Slot)> = self
             .ids
             .lock()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let mut found: Vec<(String, TxnMetadata)> = slots
+        let mut found: Vec<(String, i64, TxnStatus, i64)> = slots
             .into_iter()
-            .filter_map(|(id, slot)| Some((id, slot.read().clone()?)))
+            .filter_map(|(id, slot)| {
+                let guard = slot.read();
+                let m = guard.as_ref()?;
+                Some((id, m.producer_id, m.status, m.start_ms))
+            })
             .collect();
         found.sort_by(|a, b| a.0.cmp(&b.0));
         found
@@ -616,7 +706,10 @@ impl TxnCoordinator {
             .collect();
         let expiration = TRANSACTIONAL_ID_EXPIRATION.as_millis() as i64;
         for (id, slot) in slots {
-            let mut guard = slot.write();
+            // One in use is looked at next time (a produce may hold it across a sync).
+            let Some(mut guard) = slot.try_write() else {
+                continue;
+            };
             let Some(m) = guard.clone() else {
                 continue;
             };
@@ -702,6 +795,26 @@ fn write_marker(
     };
     log.append_marker(producer_id, epoch, marker)?;
     log.flush()
+}
+
+/// Whether the process is to stop at `point` (feature `failpoints`, for rivulet's crash
+/// tests: `RIVULET_PAUSE_AT` names the point).
+fn paused_at(point: &str) -> bool {
+    cfg!(feature = "failpoints") && std::env::var("RIVULET_PAUSE_AT").is_ok_and(|p| p == point)
+}
+
+/// Stops the process at `point` if a crash test asks for it: says so on standard output and
+/// sleeps until the test kills it.
+fn pause_at(point: &str) {
+    if paused_at(point) {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "rivulet: paused at {point}");
+        let _ = out.flush();
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
 }
 
 /// Refuses an empty transactional id, or one too long for the state topic's key.
