@@ -1083,4 +1083,153 @@ mod tests {
             assert!(list_snapshots(dir.path()).unwrap().len() <= SNAPSHOTS_KEPT);
         }
     }
+
+    mod model {
+        use std::collections::{BTreeMap, BTreeSet};
+
+        use crate::LogConfig;
+        use crate::config::Fsync;
+        use crate::storage::producers::Marker;
+        use crate::storage::{BatchBuilder, Compression, PartitionLog};
+
+        /// What was appended, in offset order: a batch's first offset, its producer (-1 for
+        /// none) and, for a marker, whether it commits.
+        #[derive(Debug, Clone, Copy)]
+        enum Written {
+            Plain(i64),
+            Transactional(i64, i64),
+            Marker(i64, i64, bool),
+        }
+
+        /// The last stable offset and the offsets a read_committed reader sees below it, by
+        /// Kafka's rules, from what was appended (every offset below the log end readable).
+        fn expected(written: &[Written], end: i64) -> (i64, BTreeSet<i64>) {
+            let mut open: BTreeMap<i64, (i64, Vec<i64>)> = BTreeMap::new();
+            let mut visible = BTreeSet::new();
+            for w in written {
+                match *w {
+                    Written::Plain(at) => {
+                        visible.insert(at);
+                    }
+                    Written::Transactional(at, p) => open.entry(p).or_insert((at, Vec::new())).1.push(at),
+                    Written::Marker(_, p, commit) => {
+                        if let Some((_, batches)) = open.remove(&p)
+                            && commit
+                        {
+                            visible.extend(batches);
+                        }
+                    }
+                }
+            }
+            let lso = open.values().map(|(first, _)| *first).min().unwrap_or(end);
+            visible.retain(|&at| at < lso);
+            (lso, visible)
+        }
+
+        /// The offsets a read_committed read of the whole log returns as records.
+        fn read_committed(log: &PartitionLog) -> BTreeSet<i64> {
+            let mut seen = BTreeSet::new();
+            let mut at = log.log_start_offset();
+            loop {
+                let fetch = log.read_committed(at, 1 << 20, false).unwrap();
+                let Some(next) = fetch.next_offset() else {
+                    return seen;
+                };
+                let mut aborted = fetch.aborted_transactions().to_vec();
+                aborted.sort_by_key(|a| a.first_offset);
+                let mut aborted = std::collections::VecDeque::from(aborted);
+                // As a Kafka consumer drops them: each listed transaction's producer, from the
+                // transaction's first offset until that producer's marker.
+                let mut dropping: BTreeSet<i64> = BTreeSet::new();
+                for batch in fetch.batches() {
+                    let h = *batch.header();
+                    while aborted.front().is_some_and(|a| a.first_offset <= h.base_offset) {
+                        dropping.insert(aborted.pop_front().unwrap().producer_id);
+                    }
+                    if h.is_control() {
+                        dropping.remove(&h.producer_id);
+                        continue;
+                    }
+                    if h.is_transactional() && dropping.contains(&h.producer_id) {
+                        continue;
+                    }
+                    seen.insert(h.base_offset);
+                }
+                at = next;
+            }
+        }
+
+        #[test]
+        fn the_last_stable_offset_and_read_committed_follow_a_model() {
+            for seed in 1..=12u64 {
+                let dir = tempfile::tempdir().unwrap();
+                let config = LogConfig::default().fsync(Fsync::Never).segment_bytes(1_500);
+                let open = || PartitionLog::open(dir.path(), config.clone()).unwrap();
+                let mut log = open();
+                let mut written: Vec<Written> = Vec::new();
+                let mut sequence = [0i32; 4];
+                let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut rng = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                for step in 0..160 {
+                    let producer = 1 + (rng() % 3) as i64;
+                    match rng() % 10 {
+                        0..=2 => {
+                            let mut b = BatchBuilder::new(Compression::None);
+                            b.push(1, Some(b"k"), Some(b"plain"), &[]);
+                            let at = log.append(b.finish().unwrap()).unwrap().base_offset;
+                            written.push(Written::Plain(at));
+                        }
+                        3..=6 => {
+                            let seq = &mut sequence[producer as usize];
+                            let mut b = BatchBuilder::new(Compression::None)
+                                .producer(producer, 0, *seq)
+                                .transactional(true);
+                            b.push(1, Some(b"k"), Some(b"in a transaction"), &[]);
+                            *seq += 1;
+                            let at = log.append(b.finish().unwrap()).unwrap().base_offset;
+                            written.push(Written::Transactional(at, producer));
+                        }
+                        7 | 8 => {
+                            let commit = rng() % 2 == 0;
+                            let marker = Marker {
+                                commit,
+                                coordinator_epoch: 0,
+                            };
+                            let at = log.append_marker(producer, 0, marker).unwrap().base_offset;
+                            written.push(Written::Marker(at, producer, commit));
+                        }
+                        9 if rng() % 3 == 0 => {
+                            // A truncation (as a replica's): the state as of the new end.
+                            let end = log.log_end_offset();
+                            let cut = end - (rng() % 8) as i64;
+                            if cut >= log.log_start_offset() {
+                                log.truncate_to(cut).unwrap();
+                                written.retain(|w| match *w {
+                                    Written::Plain(at)
+                                    | Written::Transactional(at, _)
+                                    | Written::Marker(at, _, _) => at < cut,
+                                });
+                            }
+                        }
+                        _ => {
+                            // A restart: the producer state and the aborted transactions come
+                            // back from the snapshots, the index files and the batches after.
+                            log.close().unwrap();
+                            drop(log);
+                            log = open();
+                        }
+                    }
+                    let end = log.log_end_offset();
+                    let (lso, visible) = expected(&written, end);
+                    assert_eq!(log.last_stable_offset(), lso, "seed {seed} step {step}");
+                    assert_eq!(read_committed(&log), visible, "seed {seed} step {step}");
+                }
+            }
+        }
+    }
 }

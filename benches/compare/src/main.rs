@@ -5,7 +5,7 @@
 //! alternately with it (A B A B, medians, after untimed warm-ups), the ratio and whether the
 //! target is met. `--quick` runs every comparison once at a small size, to check the harness
 //! works (CI does); `--dir PATH` puts the scratch files somewhere else than the system's temp
-//! directory; `--only engine|latency|servers|cluster` runs one part. `memory` runs the memory checks
+//! directory; `--only engine|latency|servers|cluster|transactions` runs one part. `memory` runs the memory checks
 //! instead (a consumer reading a 10 GiB log, `--gib N` for another size; a broker holding
 //! 1,000 idle connections).
 //!
@@ -24,6 +24,7 @@ mod probe;
 mod redis;
 mod report;
 mod server;
+mod transactions;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -153,6 +154,10 @@ fn main() {
     if wanted("cluster") {
         eprintln!("a cluster of three nodes against one broker");
         cluster_rows(&mut table, root.path(), args.plan);
+    }
+    if wanted("transactions") {
+        eprintln!("exactly once against at least once");
+        transaction_rows(&mut table, root.path(), args.plan);
     }
     println!("{}", table.render());
 }
@@ -325,6 +330,37 @@ fn slow_disk(before_us: f64, after_us: f64) -> String {
     } else {
         String::new()
     }
+}
+
+fn transaction_rows(table: &mut Table, root: &Path, plan: Plan) {
+    let n = plan.server_records;
+    let p = Pair::run(
+        plan.rounds.min(5),
+        || transactions::exactly_once(root, n, 100),
+        || transactions::at_least_once(root, n, 100),
+    );
+    table.push(Row::compared(
+        "copy loop in process, 100 B, positions committed every 100 ms: exactly once (transactions) against at least once",
+        "fsync per batch",
+        &p,
+        "at least once",
+        per_sec,
+        Some(0.7),
+    ));
+    let commits = if plan.rounds > 1 { 1000 } else { 50 };
+    let (micros, _) = transactions::commit_cost(root, commits, false);
+    let (_, fsyncs) = transactions::commit_cost(root, commits.min(100), true);
+    table.push(Row {
+        what: format!(
+            "one commit: a record and the consumer's position (median of {commits}); fsyncs per commit"
+        ),
+        durability: "fsync per batch",
+        ours: format!("{micros:.0} us, {fsyncs:.1} fsyncs"),
+        theirs: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+        verdict: Verdict::Info,
+    });
 }
 
 fn cluster_rows(table: &mut Table, root: &Path, plan: Plan) {
