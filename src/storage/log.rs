@@ -793,7 +793,9 @@ impl PartitionLog {
     /// Reads as [`read`](Self::read) does for a reader in `read_committed`: below the last
     /// stable offset rather than the high watermark, with the transactions aborted among the
     /// batches read ([`Fetch::aborted_transactions`]). Control batches (markers) are returned
-    /// like any batch. `skip_oversized` as [`read_at_most`](Self::read_at_most).
+    /// like any batch. With `skip_oversized`, a first batch larger than `max_bytes` is left
+    /// unread (the fetch is empty), as a fetch that already holds other partitions' batches
+    /// needs.
     pub fn read_committed(&self, from: i64, max_bytes: usize, skip_oversized: bool) -> Result<Fetch> {
         let hw = self.high_watermark();
         // The last stable offset first: every transaction below it is indexed by then.
