@@ -828,3 +828,214 @@ fn validate_id(id: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::storage::producers::Verdict;
+    use crate::{Broker, Fsync};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Status {
+        Empty,
+        Ongoing,
+        Committed,
+        Aborted,
+    }
+
+    /// What a transactional id should be, by Kafka's rules.
+    #[derive(Debug, Clone)]
+    struct Model {
+        producer_id: i64,
+        epoch: i16,
+        status: Status,
+        partitions: BTreeSet<TopicPartition>,
+        /// The first offset its open transaction wrote at in each partition.
+        first: BTreeMap<TopicPartition, i64>,
+    }
+
+    fn open(dir: &std::path::Path) -> (Broker, Arc<TxnCoordinator>) {
+        let broker = Broker::builder(dir).fsync(Fsync::Never).open().unwrap();
+        let c = broker.transactions().unwrap();
+        (broker, c)
+    }
+
+    /// Writes one transactional record of `id`'s producer to `tp`, as the Kafka front end and
+    /// the embedded producer do: checked against the open transaction, judged, appended.
+    fn write(
+        broker: &Broker,
+        c: &TxnCoordinator,
+        m: &Model,
+        sequence: i32,
+        tp: &TopicPartition,
+    ) -> Result<i64> {
+        let log = broker.partition(&tp.topic, tp.partition)?;
+        c.with_open_transaction(m.producer_id, m.epoch, tp, || {
+            let mut b = BatchBuilder::new(Compression::None)
+                .producer(m.producer_id, m.epoch, sequence)
+                .transactional(true);
+            b.push(1, Some(b"k"), Some(b"v"), &[]);
+            let batch = b.finish()?;
+            let _producing = log.producing();
+            match log.plan_producers(&[batch.header()])?.remove(0) {
+                Verdict::Append => log.append_unsynced(batch).map(|i| i.base_offset),
+                other => panic!("judged {other:?}"),
+            }
+        })
+    }
+
+    #[test]
+    fn the_coordinator_and_the_last_stable_offsets_follow_a_model() {
+        let partitions: Vec<TopicPartition> = (0..3).map(|p| TopicPartition::new("t", p)).collect();
+        for seed in 1..=6u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut broker, mut c) = open(dir.path());
+            broker
+                .create_topic("t", 3, crate::TopicConfig::default())
+                .unwrap();
+            let ids = ["a", "b", "c"];
+            let mut models: BTreeMap<&str, Model> = BTreeMap::new();
+            let mut sequences: BTreeMap<(i64, i16, TopicPartition), i32> = BTreeMap::new();
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut rng = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            for step in 0..150 {
+                let id = ids[(rng() % 3) as usize];
+                let known = models.get(id).cloned();
+                let what = rng() % 12;
+                match (what, known) {
+                    (0 | 1, m) => {
+                        let (producer_id, epoch) = c.init_producer_id(id, 60_000, None).unwrap();
+                        let expected_epoch = m.as_ref().map_or(0, |m| m.epoch + 1);
+                        assert_eq!(epoch, expected_epoch, "seed {seed} step {step}: init {id}");
+                        if let Some(m) = &m {
+                            assert_eq!(producer_id, m.producer_id);
+                        }
+                        models.insert(
+                            id,
+                            Model {
+                                producer_id,
+                                epoch,
+                                // A new epoch starts Empty; one that fenced an open
+                                // transaction ends with its abort.
+                                status: match m.map(|m| m.status) {
+                                    Some(Status::Ongoing) => Status::Aborted,
+                                    _ => Status::Empty,
+                                },
+                                partitions: BTreeSet::new(),
+                                first: BTreeMap::new(),
+                            },
+                        );
+                    }
+                    (2, Some(m)) if m.epoch > 0 => {
+                        // An older epoch: fenced, wherever the transaction is.
+                        let stale = c.end(id, m.producer_id, m.epoch - 1, true);
+                        assert!(matches!(stale, Err(Error::ProducerFenced { .. })), "{stale:?}");
+                        let stale = c.init_producer_id(id, 60_000, Some((m.producer_id, m.epoch - 1)));
+                        assert!(matches!(stale, Err(Error::ProducerFenced { .. })), "{stale:?}");
+                    }
+                    (3..=5, Some(mut m)) => {
+                        let tp = partitions[(rng() % 3) as usize].clone();
+                        c.add_partitions(id, m.producer_id, m.epoch, std::slice::from_ref(&tp))
+                            .unwrap();
+                        if m.status != Status::Ongoing {
+                            m.partitions.clear();
+                            m.first.clear();
+                        }
+                        m.status = Status::Ongoing;
+                        m.partitions.insert(tp);
+                        models.insert(id, m);
+                    }
+                    (6..=8, Some(mut m)) => {
+                        let tp = partitions[(rng() % 3) as usize].clone();
+                        let key = (m.producer_id, m.epoch, tp.clone());
+                        let sequence = *sequences.get(&key).unwrap_or(&0);
+                        let written = write(&broker, &c, &m, sequence, &tp);
+                        if m.status == Status::Ongoing && m.partitions.contains(&tp) {
+                            let at = written.unwrap();
+                            sequences.insert(key, sequence + 1);
+                            m.first.entry(tp).or_insert(at);
+                            models.insert(id, m);
+                        } else {
+                            assert!(
+                                written.is_err(),
+                                "seed {seed} step {step}: a write outside a transaction"
+                            );
+                        }
+                    }
+                    (9 | 10, Some(mut m)) => {
+                        let commit = rng() % 2 == 0;
+                        let ended = c.end(id, m.producer_id, m.epoch, commit);
+                        match (m.status, commit) {
+                            (Status::Ongoing, _) => {
+                                ended.unwrap();
+                                m.status = if commit {
+                                    Status::Committed
+                                } else {
+                                    Status::Aborted
+                                };
+                                m.first.clear();
+                            }
+                            (Status::Committed, true) | (Status::Aborted, false) => ended.unwrap(),
+                            _ => assert!(matches!(ended, Err(Error::InvalidTxnState { .. })), "{ended:?}"),
+                        }
+                        models.insert(id, m);
+                    }
+                    (11, _) if rng() % 2 == 0 => {
+                        // Time passes beyond every timeout: open transactions are aborted and
+                        // their producers fenced (the epoch moves on).
+                        c.tick(now_ms() + 20 * 60 * 1000);
+                        for m in models.values_mut() {
+                            if m.status == Status::Ongoing {
+                                m.status = Status::Aborted;
+                                m.epoch += 1;
+                                m.first.clear();
+                            }
+                        }
+                    }
+                    (11, _) => {
+                        // A restart.
+                        c.stop();
+                        drop(c);
+                        broker.close().unwrap();
+                        drop(broker);
+                        (broker, c) = open(dir.path());
+                    }
+                    _ => continue,
+                }
+                for (id, m) in &models {
+                    let d = c.describe(id).expect("known");
+                    assert_eq!(
+                        (d.producer_id, d.producer_epoch),
+                        (m.producer_id, m.epoch),
+                        "seed {seed} step {step}: {id}"
+                    );
+                    let status = match d.status {
+                        TxnStatus::Empty => Status::Empty,
+                        TxnStatus::Ongoing => Status::Ongoing,
+                        TxnStatus::CompleteCommit => Status::Committed,
+                        TxnStatus::CompleteAbort => Status::Aborted,
+                        other => panic!("seed {seed} step {step}: {id} left {other:?}"),
+                    };
+                    assert_eq!(status, m.status, "seed {seed} step {step}: {id}");
+                }
+                for tp in &partitions {
+                    let log = broker.partition(&tp.topic, tp.partition).unwrap();
+                    let held = models.values().filter_map(|m| m.first.get(tp)).min();
+                    let expected = held.copied().unwrap_or(log.high_watermark());
+                    assert_eq!(
+                        log.last_stable_offset(),
+                        expected,
+                        "seed {seed} step {step}: {tp}"
+                    );
+                }
+            }
+        }
+    }
+}
