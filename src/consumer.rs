@@ -287,6 +287,8 @@ struct Assigned {
     /// Under `read_committed`, the aborted transactions among the batches fetched last (the
     /// buffered ones).
     aborted: Vec<crate::storage::txnindex::Aborted>,
+    /// Read in `read_committed`: its end is the last stable offset.
+    read_committed: bool,
 }
 
 /// The rest of a fetch: whole batches from byte `at` on, good while the consumer's position
@@ -417,6 +419,7 @@ impl Consumer {
                 pinned: None,
                 seen_end: 0,
                 aborted: Vec::new(),
+                read_committed: self.config.isolation_level == IsolationLevel::ReadCommitted,
             };
             next.insert(tp, a);
         }
@@ -761,7 +764,7 @@ impl Drop for Consumer {
 }
 
 /// How long a `read_committed` consumer waits for a transaction's pending commit of its
-/// group's offsets to end before it takes the offsets committed so far.
+/// group's offsets to end before it gives up ([`Error::UnstableOffsets`]).
 const STABLE_OFFSETS_WAIT: Duration = Duration::from_secs(60);
 
 /// How often `poll` asks again for records of a partition read at another node of a cluster
@@ -872,6 +875,9 @@ fn fetch_elsewhere(
 fn bounds(a: &Assigned) -> Result<(i64, i64)> {
     match a.log.read_elsewhere(None, 0) {
         Some(read) => read.map(|f| (f.log_start_offset(), f.high_watermark())),
+        // A read_committed consumer's end is the last stable offset: starting past the first
+        // record of an open transaction would return only part of it.
+        None if a.read_committed => Ok((a.log.log_start_offset(), a.log.last_stable_offset())),
         None => Ok((a.log.log_start_offset(), a.log.high_watermark())),
     }
 }

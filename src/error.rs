@@ -88,6 +88,14 @@ pub enum Error {
         /// The producer id named.
         producer_id: i64,
     },
+    /// A transaction's commit of the group's offsets is still pending (the transaction has
+    /// not ended): a `read_committed` consumer does not resume from the offsets committed
+    /// before it. Try again once the transaction ends (or times out).
+    #[error("group {group:?}: offsets are pending a transaction's end")]
+    UnstableOffsets {
+        /// The group.
+        group: String,
+    },
     /// A `transaction.timeout.ms` outside 1 ms to the coordinator's maximum.
     #[error("transaction timeout {timeout_ms} ms is outside 1 to {max_ms} ms")]
     InvalidTransactionTimeout {

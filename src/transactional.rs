@@ -5,9 +5,10 @@
 //! with the same transactional id fence each other.
 //!
 //! What a commit costs: a transaction's records are written without waiting for the disk
-//! (nobody reads them before the commit); the commit makes its decision durable (one fsync of
-//! the transaction log), then writes and syncs each partition's marker (one fsync a
-//! partition, all at once), which also makes the records before it durable.
+//! (`read_committed` readers do not see them before the commit); the commit syncs them (one
+//! fsync a partition kept with `Fsync::Always`, all at once), makes its decision durable (one
+//! fsync of the transaction log), then writes and syncs each partition's marker (one fsync a
+//! partition, all at once).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -72,6 +73,10 @@ pub struct TransactionalProducer {
     /// Where unkeyed records go, per topic (moved on at each transaction).
     sticky: HashMap<String, u32>,
     turn: u32,
+    /// A transaction ended badly (its end failed, or it was dropped and its abort failed):
+    /// the coordinator may still have it open, and the next `begin` aborts it first, so that
+    /// nothing of it is committed with the next one.
+    unsettled: bool,
 }
 
 impl TransactionalProducer {
@@ -98,7 +103,9 @@ impl TransactionalProducer {
             sequences: HashMap::new(),
             added: BTreeSet::new(),
             sticky: HashMap::new(),
-            turn: 0,
+            // Producers of one application spread their unkeyed records differently.
+            turn: producer_id as u32,
+            unsettled: false,
         })
     }
 
@@ -122,6 +129,16 @@ impl TransactionalProducer {
     /// Begins a transaction. It ends with [`Transaction::commit`] or
     /// [`Transaction::abort`]; dropped without either, it is aborted.
     pub fn begin(&mut self) -> Result<Transaction<'_>> {
+        if self.unsettled {
+            match self
+                .coordinator
+                .end(&self.id, self.producer_id, self.epoch, false)
+            {
+                // Aborted now, or it had ended after all.
+                Ok(()) | Err(Error::InvalidTxnState { .. }) => self.unsettled = false,
+                Err(e) => return Err(e),
+            }
+        }
         self.added.clear();
         self.turn = self.turn.wrapping_add(1);
         self.sticky.clear();
@@ -166,7 +183,8 @@ pub struct Transaction<'p> {
 impl Transaction<'_> {
     /// Writes `record` as part of the transaction: `read_committed` readers see it once the
     /// transaction commits, never if it aborts. Returns where it was written (without waiting
-    /// for the disk: the commit makes it durable).
+    /// for the disk: the commit makes it durable). A send that fails leaves the transaction
+    /// to be aborted (or committed without that record).
     pub fn send(&mut self, record: ProducerRecord<'_>) -> Result<RecordMetadata> {
         let topic = record.topic;
         let partition = record.partition;
@@ -200,10 +218,11 @@ impl Transaction<'_> {
         let index = p.choose(&t.name, count, &first)?;
         let log = t.partition(index)?;
         let tp = TopicPartition::new(t.name.clone(), index);
-        if !p.added.contains(&tp) {
-            p.coordinator
-                .add_partitions(&p.id, p.producer_id, p.epoch, std::slice::from_ref(&tp))?;
-            p.added.insert(tp.clone());
+        let config = log.config();
+        if let Some(index) = records.iter().position(|r| r.key.is_none())
+            && config.get_cleanup_policy().compacts()
+        {
+            return Err(Error::KeyRequired { index });
         }
         let codec = match t.config.read().get_compression() {
             CompressionType::Codec(c) => c,
@@ -221,10 +240,12 @@ impl Transaction<'_> {
             b.push(timestamp, r.key, r.value, &r.headers);
         }
         let batch = b.finish()?;
-        let config = log.config();
-        if records.iter().any(|r| r.key.is_none()) && config.get_cleanup_policy().compacts() {
-            let index = records.iter().position(|r| r.key.is_none()).unwrap_or(0);
-            return Err(Error::KeyRequired { index });
+        // What the log would refuse is refused before the partition joins the transaction.
+        crate::storage::check_batch(&batch, &config, log.is_replicated())?;
+        if !p.added.contains(&tp) {
+            p.coordinator
+                .add_partitions(&p.id, p.producer_id, p.epoch, std::slice::from_ref(&tp))?;
+            p.added.insert(tp.clone());
         }
         let header = batch.header();
         let info = p
@@ -297,8 +318,10 @@ impl Transaction<'_> {
         if p.added.is_empty() {
             return Ok(()); // nothing was written
         }
+        let ended = p.coordinator.end(&p.id, p.producer_id, p.epoch, commit);
         p.added.clear();
-        p.coordinator.end(&p.id, p.producer_id, p.epoch, commit)
+        p.unsettled = ended.is_err();
+        ended
     }
 }
 

@@ -36,6 +36,7 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::ConcurrentTransactions { .. } => E::ConcurrentTransactions,
         Error::InvalidProducerIdMapping { .. } => E::InvalidProducerIdMapping,
         Error::InvalidTransactionTimeout { .. } => E::InvalidTransactionTimeout,
+        Error::UnstableOffsets { .. } => E::UnstableOffsetCommit,
         Error::Producer { error, .. } => match error {
             ProducerError::OldEpoch { .. } => E::InvalidProducerEpoch,
             ProducerError::OutOfOrder { .. } => E::OutOfOrderSequenceNumber,

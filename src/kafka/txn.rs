@@ -249,17 +249,10 @@ pub(super) fn txn_offset_commit(
                     generation: request.generation_id,
                     group_instance_id: request.group_instance_id.as_ref().map(|s| s.to_string()),
                 };
-                // The member is checked under the group's lock; the commit is written (and
-                // synced) outside it, so the group's other requests do not wait for the disk.
-                let named = member.generation >= 0 || !member.member_id.is_empty();
-                let checked = match named {
-                    true => server
-                        .broker
-                        .coordinator()
-                        .check_commit(&group, &member, || Ok(())),
-                    false => Ok(()),
-                };
-                code_of(checked.and_then(|()| {
+                // Written under the group's lock when it names a member, as a plain commit
+                // is: a rebalance cannot come between the check and the write, so a fenced
+                // generation's offsets are refused.
+                let write = || {
                     c.commit_offsets(
                         &id,
                         request.producer_id.0,
@@ -267,7 +260,12 @@ pub(super) fn txn_offset_commit(
                         &group,
                         &offsets,
                     )
-                }))
+                };
+                let named = member.generation >= 0 || !member.member_id.is_empty();
+                code_of(match named {
+                    true => server.broker.coordinator().check_commit(&group, &member, write),
+                    false => write(),
+                })
             }
         }
     };

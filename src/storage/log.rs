@@ -529,7 +529,6 @@ impl PartitionLog {
 
     /// Whether the log is one replica of a replicated partition (its appends wait for
     /// replication).
-    #[cfg(feature = "kafka")]
     pub(crate) fn is_replicated(&self) -> bool {
         self.inner.replicated
     }
@@ -540,7 +539,6 @@ impl PartitionLog {
     }
 
     /// The log's fsync policy, without copying the rest of its configuration.
-    #[cfg(feature = "kafka")]
     pub(crate) fn fsync(&self) -> Fsync {
         self.inner.config.read().fsync
     }
@@ -832,12 +830,11 @@ impl PartitionLog {
         let aborted = match fetch.next_offset() {
             Some(end) => {
                 let index = self.inner.aborted.read();
-                index
-                    .since(from)
-                    .iter()
-                    .filter(|e| e.first_offset < end)
-                    .copied()
-                    .collect()
+                if index.is_empty() {
+                    Vec::new()
+                } else {
+                    index.overlapping_entries(from, end)
+                }
             }
             None => Vec::new(),
         };

@@ -102,14 +102,23 @@ impl AbortedIndex {
 
     /// The aborted transactions that overlap the offsets from `from` to below `upto`.
     pub(crate) fn overlapping(&self, from: i64, upto: i64) -> Vec<AbortedTransaction> {
+        self.overlapping_entries(from, upto)
+            .into_iter()
+            .map(|e| AbortedTransaction {
+                producer_id: e.producer_id,
+                first_offset: e.first_offset,
+            })
+            .collect()
+    }
+
+    /// The entries of the aborted transactions that overlap the offsets from `from` to below
+    /// `upto`.
+    pub(crate) fn overlapping_entries(&self, from: i64, upto: i64) -> Vec<Aborted> {
         let start = self.entries.partition_point(|e| e.last_offset < from);
         let mut found = Vec::new();
         for e in &self.entries[start..] {
             if e.first_offset < upto {
-                found.push(AbortedTransaction {
-                    producer_id: e.producer_id,
-                    first_offset: e.first_offset,
-                });
+                found.push(*e);
             }
             // Every transaction open when this one ended started at or after its last
             // stable offset; those ended later and not yet seen started later still.

@@ -290,7 +290,8 @@ impl TxnCoordinator {
             };
             if let Err(e) = self.persist(transactional_id, Some(&next), true) {
                 if m.is_none() {
-                    drop(m);
+                    // Removed while its lock is held, so no other caller takes it meanwhile
+                    // (no caller holds `ids` while it waits for a slot).
                     let mut ids = self.ids.lock();
                     if ids.get(transactional_id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                         ids.remove(transactional_id);
@@ -516,6 +517,14 @@ impl TxnCoordinator {
                 reason: format!("{tp} was not added to an open transaction"),
             });
         }
+        // Past its timeout a transaction takes nothing more: the background sweep aborts it
+        // (however busy its producer keeps its lock).
+        if now_ms().saturating_sub(m.start_ms) > i64::from(m.timeout_ms) {
+            return Err(Error::InvalidTxnState {
+                transactional_id: id.to_string(),
+                reason: format!("the transaction is open past its timeout of {} ms", m.timeout_ms),
+            });
+        }
         Ok(())
     }
 
@@ -546,6 +555,9 @@ impl TxnCoordinator {
                 _ => return Err(invalid("the transaction already ended the other way")),
             }
             pause_at("before-prepare");
+            if commit {
+                self.sync_records(m)?;
+            }
             let prepared = TxnMetadata {
                 status: if commit {
                     TxnStatus::PrepareCommit
@@ -598,47 +610,37 @@ impl TxnCoordinator {
             commit,
             coordinator_epoch: COORDINATOR_EPOCH,
         };
-        let write = |tp: &TopicPartition| write_marker(&broker, tp, m.producer_id, m.producer_epoch, marker);
-        let results: Vec<Result<()>> = match m.partitions.len() {
-            0 | 1 => m.partitions.iter().map(write).collect(),
+        if m.partitions.len() > 1 && paused_at("between-markers") {
             // A crash test stops between two markers: one at a time.
-            _ if paused_at("between-markers") => m
-                .partitions
-                .iter()
-                .enumerate()
-                .map(|(i, tp)| {
-                    if i == 1 {
-                        pause_at("between-markers");
-                    }
-                    write(tp)
-                })
-                .collect(),
-            // At most MARKER_WRITERS threads, each writing a share of the markers.
-            n => {
-                let partitions: Vec<&TopicPartition> = m.partitions.iter().collect();
-                let share = n.div_ceil(MARKER_WRITERS);
-                std::thread::scope(|s| {
-                    let mut running = Vec::new();
-                    for chunk in partitions.chunks(share) {
-                        let spawned = std::thread::Builder::new()
-                            .name("rivulet-marker".into())
-                            .spawn_scoped(s, move || chunk.iter().map(|tp| write(tp)).collect::<Vec<_>>());
-                        running.push((chunk, spawned));
-                    }
-                    running
-                        .into_iter()
-                        .flat_map(|(chunk, spawned)| match spawned {
-                            Ok(handle) => handle.join().unwrap_or_else(|_| {
-                                vec![Err(Error::IllegalState("a marker's writer panicked"))]
-                            }),
-                            // No thread to spare: this share is written here.
-                            Err(_) => chunk.iter().map(|tp| write(tp)).collect(),
-                        })
-                        .collect()
-                })
+            for (i, tp) in m.partitions.iter().enumerate() {
+                if i == 1 {
+                    pause_at("between-markers");
+                }
+                write_marker(&broker, tp, m.producer_id, m.producer_epoch, marker)?;
             }
-        };
-        results.into_iter().collect()
+            return Ok(());
+        }
+        on_each(&m.partitions, |tp| {
+            write_marker(&broker, tp, m.producer_id, m.producer_epoch, marker)
+        })
+    }
+
+    /// Before a commit is decided: syncs the transaction's records in every partition that
+    /// promises durability (`Fsync::Always`), so that no crash can take back a record of a
+    /// transaction whose commit survived it (records written by the embedded producer are
+    /// not synced one by one). Partitions of other policies promise less, and are left.
+    fn sync_records(&self, m: &TxnMetadata) -> Result<()> {
+        let broker = self.broker()?;
+        on_each(&m.partitions, |tp| {
+            if tp.topic == OFFSETS_TOPIC {
+                return Ok(()); // its commits were synced when written
+            }
+            match broker.partition(&tp.topic, tp.partition) {
+                Ok(log) if log.fsync() == Fsync::Always => log.flush(),
+                Ok(_) | Err(Error::UnknownTopic { .. } | Error::UnknownPartition { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     /// Writes `transactional_id`'s state (`None`: forgets it) to the state topic, durably if
@@ -707,7 +709,7 @@ impl TxnCoordinator {
         let expiration = TRANSACTIONAL_ID_EXPIRATION.as_millis() as i64;
         for (id, slot) in slots {
             // One in use is looked at next time (a produce may hold it across a sync).
-            let Some(mut guard) = slot.try_write() else {
+            let Some(mut guard) = slot.try_write_for(Duration::from_millis(20)) else {
                 continue;
             };
             let Some(m) = guard.clone() else {
@@ -744,6 +746,7 @@ impl TxnCoordinator {
                             if by_producer.get(&m.producer_id) == Some(&id) {
                                 by_producer.remove(&m.producer_id);
                             }
+                            self.bumped_from.lock().remove(&id);
                             continue;
                         }
                         Err(e) => Err(e),
@@ -763,6 +766,40 @@ impl Drop for TxnCoordinator {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs `f` on each of `partitions` on at most [`MARKER_WRITERS`] threads (each taking a
+/// share of them in turn), and returns the first error.
+fn on_each(
+    partitions: &BTreeSet<TopicPartition>,
+    f: impl Fn(&TopicPartition) -> Result<()> + Sync,
+) -> Result<()> {
+    let all: Vec<&TopicPartition> = partitions.iter().collect();
+    if all.len() < 2 {
+        return all.into_iter().try_for_each(f);
+    }
+    let f = &f;
+    let share = all.len().div_ceil(MARKER_WRITERS);
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let mut running = Vec::new();
+        for chunk in all.chunks(share) {
+            let spawned = std::thread::Builder::new()
+                .name("rivulet-marker".into())
+                .spawn_scoped(s, move || chunk.iter().map(|tp| f(tp)).collect::<Vec<_>>());
+            running.push((chunk, spawned));
+        }
+        running
+            .into_iter()
+            .flat_map(|(chunk, spawned)| match spawned {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| vec![Err(Error::IllegalState("a marker's writer panicked"))]),
+                // No thread to spare: this share is done here.
+                Err(_) => chunk.iter().map(|tp| f(tp)).collect(),
+            })
+            .collect()
+    });
+    results.into_iter().collect()
 }
 
 /// `m` with the next epoch, for the markers of a transaction aborted to fence its producer
