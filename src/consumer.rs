@@ -617,6 +617,20 @@ impl Consumer {
         Ok(())
     }
 
+    /// The consumer's group and its membership in it, as a commit names them (generation -1
+    /// and no member for a consumer outside the group's membership).
+    pub(crate) fn group_member(&self) -> Result<(String, MemberRef)> {
+        let group = self.config.group_id.clone().ok_or(Error::NoGroup)?;
+        let member = match &self.membership {
+            Some(m) => m.member.clone(),
+            None => MemberRef {
+                generation: -1,
+                ..MemberRef::default()
+            },
+        };
+        Ok((group, member))
+    }
+
     /// The group's committed offsets of these partitions (`None` where there is none). In a
     /// cluster, the node that coordinates groups is asked.
     pub fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<Option<OffsetAndMetadata>>> {

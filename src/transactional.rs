@@ -282,23 +282,38 @@ impl Transaction<'_> {
             p.coordinator.add_offsets(&p.id, p.producer_id, p.epoch, group)?;
             p.added.insert(offsets_tp);
         }
-        let now = now_ms();
-        let offsets: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
-            .iter()
-            .map(|(tp, offset)| {
-                (
-                    tp.clone(),
-                    OffsetAndMetadata {
-                        offset: *offset,
-                        leader_epoch: -1,
-                        metadata: String::new(),
-                        commit_timestamp: now,
-                    },
-                )
-            })
-            .collect();
         p.coordinator
-            .commit_offsets(&p.id, p.producer_id, p.epoch, group, &offsets)
+            .commit_offsets(&p.id, p.producer_id, p.epoch, group, &committed(offsets))
+    }
+
+    /// As [`send_offsets`](Self::send_offsets) for `consumer`'s group, checked against the
+    /// consumer's membership as Kafka checks `sendOffsetsToTransaction` with a consumer's
+    /// group metadata (KIP-447): a member the group no longer counts (an older generation,
+    /// after a rebalance gave its partitions to another member) is refused
+    /// ([`Error::IllegalGeneration`], [`Error::UnknownMember`]) and nothing is committed, so
+    /// a stalled instance cannot commit over the one that took its partitions.
+    pub fn send_offsets_for(
+        &mut self,
+        consumer: &crate::Consumer,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<()> {
+        let (group, member) = consumer.group_member()?;
+        let p = &mut *self.producer;
+        let named = member.generation >= 0 || !member.member_id.is_empty();
+        if !named {
+            return self.send_offsets(&group, offsets);
+        }
+        let offsets_tp = TopicPartition::new(crate::group::OFFSETS_TOPIC, 0);
+        if !p.added.contains(&offsets_tp) {
+            p.coordinator.add_offsets(&p.id, p.producer_id, p.epoch, &group)?;
+            p.added.insert(offsets_tp);
+        }
+        let entries = committed(offsets);
+        let broker = p.broker.inner.clone();
+        broker.groups.check_commit(&group, &member, || {
+            p.coordinator
+                .commit_offsets(&p.id, p.producer_id, p.epoch, &group, &entries)
+        })
     }
 
     /// Commits: every record sent and every offset committed in the transaction becomes
@@ -323,6 +338,25 @@ impl Transaction<'_> {
         p.unsettled = ended.is_err();
         ended
     }
+}
+
+/// Positions as commits (no metadata, no leader epoch, stamped now).
+fn committed(offsets: &[(TopicPartition, i64)]) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+    let now = now_ms();
+    offsets
+        .iter()
+        .map(|(tp, offset)| {
+            (
+                tp.clone(),
+                OffsetAndMetadata {
+                    offset: *offset,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    commit_timestamp: now,
+                },
+            )
+        })
+        .collect()
 }
 
 impl Drop for Transaction<'_> {

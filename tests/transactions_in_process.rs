@@ -215,3 +215,62 @@ fn a_copy_loop_killed_at_every_point_of_a_commit_copies_each_record_once() {
     let broker = open(dir.path());
     check(&broker);
 }
+
+/// A member the group no longer counts (its partitions went to another member in a
+/// rebalance it missed) cannot commit positions in a transaction: the zombie is fenced.
+#[test]
+fn offsets_sent_for_a_consumer_the_group_dropped_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    prepare(&broker);
+    let config = || {
+        ConsumerConfig::default()
+            .group_id("fenced")
+            .enable_auto_commit(false)
+            .auto_offset_reset(OffsetReset::Earliest)
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .max_poll_interval(Duration::from_millis(500))
+    };
+    let mut stalled = Consumer::new(&broker, config());
+    stalled.subscribe([INPUT]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stalled.assignment().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first member joins");
+        stalled.poll(Duration::from_millis(100)).unwrap();
+    }
+    let mut producer = TransactionalProducer::new(&broker, "zombie").unwrap();
+    // Its own membership is good now.
+    let mut txn = producer.begin().unwrap();
+    txn.send_offsets_for(&stalled, &[(TopicPartition::new(INPUT, 0), 1)])
+        .unwrap();
+    txn.commit().unwrap();
+
+    // Another member joins while the first stops polling: past its max.poll.interval, the
+    // group goes on without it.
+    let mut taker = Consumer::new(&broker, config());
+    taker.subscribe([INPUT]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while taker.assignment().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second member takes every partition"
+        );
+        taker.poll(Duration::from_millis(100)).unwrap();
+    }
+    let mut txn = producer.begin().unwrap();
+    let refused = txn.send_offsets_for(&stalled, &[(TopicPartition::new(INPUT, 0), 2)]);
+    assert!(
+        matches!(
+            refused,
+            Err(rivulet::Error::UnknownMember { .. } | rivulet::Error::IllegalGeneration { .. })
+        ),
+        "{refused:?}"
+    );
+    txn.abort().unwrap();
+    let committed = taker.committed(&[TopicPartition::new(INPUT, 0)]).unwrap();
+    assert_eq!(
+        committed[0].as_ref().map(|o| o.offset),
+        Some(1),
+        "the zombie's commit is not there"
+    );
+}
