@@ -599,7 +599,8 @@ impl Broker {
 
     /// The broker's transaction coordinator (opened, with its state topic
     /// `__transaction_state`, on first use): what Kafka's transactional APIs answer from, and
-    /// where an application can describe and list transactions.
+    /// where an application can describe and list transactions. A cluster's nodes do not
+    /// serve transactions yet ([`Error::Cluster`]).
     pub fn transactions(&self) -> Result<Arc<crate::txn::TxnCoordinator>> {
         self.inner.transactions()
     }
@@ -986,6 +987,13 @@ impl BrokerInner {
         use crate::txn::{TRANSACTION_STATE_TOPIC, TxnCoordinator, topic_config};
         if let Some(c) = self.transactions.lock().as_ref() {
             return Ok(c.clone());
+        }
+        if self.is_clustered() {
+            // One coordinator for the cluster is not built yet; one per node would decide
+            // the same transactions differently.
+            return Err(Error::Cluster {
+                reason: "transactions are not served by a cluster's nodes yet".to_string(),
+            });
         }
         match self.create_topic(TRANSACTION_STATE_TOPIC, 1, topic_config()) {
             Ok(()) => {}

@@ -46,6 +46,18 @@ fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
     }
     let state = node(&nodes, 0).replica_state("orders", 0).unwrap();
     assert_eq!(state.replicas.len(), 3);
+    // Transactions are not served by a cluster's nodes yet: refused, with nothing created.
+    let refused = rivulet::TransactionalProducer::new(node(&nodes, 0).broker(), "tx");
+    assert!(
+        matches!(refused, Err(rivulet::Error::Cluster { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        !node(&nodes, 0)
+            .broker()
+            .list_topics()
+            .contains(&"__transaction_state".to_string())
+    );
     assert!(state.leader.is_some() && state.epoch >= 1, "{state:?}");
 
     // Records produced at node 2 are acknowledged and read at node 3.
