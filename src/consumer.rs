@@ -375,10 +375,11 @@ impl Consumer {
         let deadline = std::time::Instant::now() + STABLE_OFFSETS_WAIT;
         while store.has_pending(group, partitions) {
             if std::time::Instant::now() >= deadline {
-                log::warn!(
-                    "group {group:?}: offsets still pending a transaction after {STABLE_OFFSETS_WAIT:?}"
-                );
-                break;
+                // Resuming from the offsets committed before the transaction could read its
+                // input twice: the caller tries again.
+                return Err(Error::UnstableOffsets {
+                    group: group.to_string(),
+                });
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -48,6 +48,7 @@ fn prepare(broker: &Broker) {
 /// positions committed in each, until the input is copied; every `abort_every`th transaction
 /// is aborted and the consumer sent back to the group's committed offsets.
 fn copy(broker: &Broker, abort_every: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     // The producer first: it ends what an earlier one of its id left (aborting an open
     // transaction, finishing a decided one), so the consumer starts from stable offsets.
     let mut producer = TransactionalProducer::new(broker, "copier-1").unwrap();
@@ -61,6 +62,7 @@ fn copy(broker: &Broker, abort_every: usize) {
     consumer.assign(&inputs()).unwrap();
     let mut transactions = 0;
     loop {
+        assert!(std::time::Instant::now() < deadline, "the copy did not finish");
         let records = consumer.poll(Duration::from_millis(200)).unwrap();
         if records.is_empty() {
             let done = inputs().iter().all(|tp| {
@@ -193,24 +195,41 @@ fn a_copy_loop_killed_at_every_point_of_a_commit_copies_each_record_once() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // The child's output is read on a thread of its own, so a child that never gets there
+        // fails the test instead of hanging it.
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut paused = false;
-        for line in stdout.lines() {
-            if line.unwrap().contains(&format!("rivulet: paused at {point}")) {
-                paused = true;
-                break;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wanted = format!("rivulet: paused at {point}");
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if line.contains(&wanted) {
+                    let _ = tx.send(());
+                    return;
+                }
             }
-        }
+        });
+        let paused = rx.recv_timeout(Duration::from_secs(120)).is_ok();
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert!(paused, "the child reached {point}");
     }
-    let status = Command::new(&exe)
+    let mut last = Command::new(&exe)
         .args([TEST_NAME, "--exact", "--nocapture", "--test-threads", "1"])
         .env(CHILD_DIR, dir.path())
         .stdout(Stdio::null())
-        .status()
+        .spawn()
         .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = last.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            last.kill().unwrap();
+            panic!("the last run did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(status.success());
     let broker = open(dir.path());
     check(&broker);
@@ -229,8 +248,11 @@ fn offsets_sent_for_a_consumer_the_group_dropped_are_refused() {
             .enable_auto_commit(false)
             .auto_offset_reset(OffsetReset::Earliest)
             .isolation_level(IsolationLevel::ReadCommitted)
-            .max_poll_interval(Duration::from_millis(500))
+            .max_poll_interval(Duration::from_secs(3))
     };
+    // The producer (and the coordinator, with its topic) first: the first member's session
+    // must not run out while they start.
+    let mut producer = TransactionalProducer::new(&broker, "zombie").unwrap();
     let mut stalled = Consumer::new(&broker, config());
     stalled.subscribe([INPUT]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -238,15 +260,15 @@ fn offsets_sent_for_a_consumer_the_group_dropped_are_refused() {
         assert!(std::time::Instant::now() < deadline, "the first member joins");
         stalled.poll(Duration::from_millis(100)).unwrap();
     }
-    let mut producer = TransactionalProducer::new(&broker, "zombie").unwrap();
-    // Its own membership is good now.
+    // Its own membership is good now (a poll just before renews its session).
+    stalled.poll(Duration::ZERO).unwrap();
     let mut txn = producer.begin().unwrap();
     txn.send_offsets_for(&stalled, &[(TopicPartition::new(INPUT, 0), 1)])
         .unwrap();
     txn.commit().unwrap();
 
-    // Another member joins while the first stops polling: past its max.poll.interval, the
-    // group goes on without it.
+    // Another member joins while the first stops polling: past its max.poll.interval (3 s),
+    // the group goes on without it.
     let mut taker = Consumer::new(&broker, config());
     taker.subscribe([INPUT]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

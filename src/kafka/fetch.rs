@@ -161,19 +161,10 @@ fn read(
                             .with_last_stable_offset(lso)
                             .with_log_start_offset(start)
                     };
-                    let now = |reply| match committed {
-                        true => offsets(
-                            reply,
-                            log.high_watermark(),
-                            log.last_stable_offset(),
-                            log.log_start_offset(),
-                        ),
-                        false => offsets(
-                            reply,
-                            log.high_watermark(),
-                            log.high_watermark(),
-                            log.log_start_offset(),
-                        ),
+                    let now = |reply| {
+                        let (hw, lso) = log.stable_bounds();
+                        let end = if committed { lso } else { hw };
+                        offsets(reply, hw, end, log.log_start_offset())
                     };
                     // The first batch is returned whatever its size, if nothing came before it.
                     let limit = (p.partition_max_bytes.max(0) as usize).min(budget);

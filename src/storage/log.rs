@@ -723,6 +723,14 @@ impl PartitionLog {
         self.inner.last_stable_offset(hw)
     }
 
+    /// The high watermark and the last stable offset, read together (the second never past
+    /// the first).
+    #[cfg(feature = "kafka")]
+    pub(crate) fn stable_bounds(&self) -> (i64, i64) {
+        let hw = self.high_watermark();
+        (hw, self.last_stable_offset_below(hw))
+    }
+
     /// Lets readers of a replicated log see the offsets below `end` (at most the log end).
     #[cfg(feature = "cluster")]
     pub(crate) fn commit_to(&self, end: i64) {
@@ -1032,7 +1040,12 @@ impl Inner {
         if !state.has_unstable() {
             return hw;
         }
-        state.first_unstable(hw).map_or(hw, |first| first.min(hw))
+        // A transaction open from below the log start (retention or DeleteRecords passed
+        // it) holds readers at the log start, as in Kafka: never below what can be read.
+        let start = self.log_start.load(Ordering::Acquire).min(hw);
+        state
+            .first_unstable(hw)
+            .map_or(hw, |first| first.clamp(start, hw))
     }
 
     pub(crate) fn cfg(&self) -> LogConfig {

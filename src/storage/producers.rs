@@ -1084,6 +1084,35 @@ mod tests {
         }
     }
 
+    mod edges {
+        use crate::LogConfig;
+        use crate::config::Fsync;
+        use crate::storage::{BatchBuilder, Compression, PartitionLog};
+
+        fn record(log: &PartitionLog, producer: Option<i64>) -> i64 {
+            let b = BatchBuilder::new(Compression::None);
+            let mut b = match producer {
+                Some(id) => b.producer(id, 0, -1).transactional(true),
+                None => b,
+            };
+            b.push(1, Some(b"k"), Some(b"v"), &[]);
+            log.append(b.finish().unwrap()).unwrap().base_offset
+        }
+
+        #[test]
+        fn the_last_stable_offset_is_never_below_the_log_start() {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path(), LogConfig::default().fsync(Fsync::Never)).unwrap();
+            record(&log, Some(7)); // a transaction opens at 0 and stays open
+            for _ in 0..5 {
+                record(&log, None);
+            }
+            assert_eq!(log.last_stable_offset(), 0);
+            log.delete_records_before(3).unwrap();
+            assert_eq!(log.last_stable_offset(), 3, "held at the log start, not below it");
+        }
+    }
+
     mod model {
         use std::collections::{BTreeMap, BTreeSet};
 

@@ -173,6 +173,11 @@ impl Inner {
         if rebuilt.from < log_end {
             // What the replay found is kept, so the next open does not replay it again (a log
             // written before snapshots, only read since, would replay all of it every time).
+            // The index files of the replayed segments are made durable first: past the
+            // snapshot, recovery trusts them.
+            for seg in segments.iter().filter(|s| s.next_offset() > rebuilt.from) {
+                txnindex::sync(&*fs, &dir, seg.base_offset)?;
+            }
             let bytes = rebuilt.state.encode();
             if let Err(e) = producers::write_snapshot(&*fs, &dir, log_end, &bytes) {
                 log::warn!(

@@ -569,6 +569,9 @@ impl TxnCoordinator {
             };
             self.persist(transactional_id, Some(&prepared), true)?;
             *m = prepared.clone();
+            if commit {
+                pause_at("after-prepare");
+            }
             // Decided: the answer is success whatever happens to the markers now (as Kafka
             // answers once the decision is durable); markers that fail are written again by
             // the background thread.
@@ -585,7 +588,6 @@ impl TxnCoordinator {
     /// Writes the markers of a prepared transaction, then its completion (not waiting for
     /// the disk): the state it ends in.
     fn complete(&self, transactional_id: &str, prepared: TxnMetadata, commit: bool) -> Result<TxnMetadata> {
-        pause_at("after-prepare");
         self.write_markers(&prepared, commit)?;
         let done = TxnMetadata {
             status: if commit {
@@ -610,7 +612,7 @@ impl TxnCoordinator {
             commit,
             coordinator_epoch: COORDINATOR_EPOCH,
         };
-        if m.partitions.len() > 1 && paused_at("between-markers") {
+        if commit && m.partitions.len() > 1 && paused_at("between-markers") {
             // A crash test stops between two markers: one at a time.
             for (i, tp) in m.partitions.iter().enumerate() {
                 if i == 1 {
@@ -700,6 +702,11 @@ impl TxnCoordinator {
     /// their producers), finishes those a restart left preparing, and forgets ids unused for
     /// [`TRANSACTIONAL_ID_EXPIRATION`].
     pub(crate) fn tick(&self, now: i64) {
+        self.tick_waiting(now, Duration::from_millis(20));
+    }
+
+    /// [`tick`](Self::tick), waiting up to `wait` for each busy id.
+    fn tick_waiting(&self, now: i64, wait: Duration) {
         let slots: Vec<(String, Slot)> = self
             .ids
             .lock()
@@ -709,7 +716,7 @@ impl TxnCoordinator {
         let expiration = TRANSACTIONAL_ID_EXPIRATION.as_millis() as i64;
         for (id, slot) in slots {
             // One in use is looked at next time (a produce may hold it across a sync).
-            let Some(mut guard) = slot.try_write_for(Duration::from_millis(20)) else {
+            let Some(mut guard) = slot.try_write_for(wait) else {
                 continue;
             };
             let Some(m) = guard.clone() else {
@@ -1027,7 +1034,7 @@ mod tests {
                     (11, _) if rng() % 2 == 0 => {
                         // Time passes beyond every timeout: open transactions are aborted and
                         // their producers fenced (the epoch moves on).
-                        c.tick(now_ms() + 20 * 60 * 1000);
+                        c.tick_waiting(now_ms() + 20 * 60 * 1000, Duration::from_secs(60));
                         for m in models.values_mut() {
                             if m.status == Status::Ongoing {
                                 m.status = Status::Aborted;
