@@ -234,11 +234,10 @@ pub(super) fn txn_offset_commit(
         ResponseError::TransactionalIdAuthorizationFailed.code()
     } else if !client.may(server, op::READ, resource::GROUP, &group) {
         ResponseError::GroupAuthorizationFailed.code()
-    } else if let Some(tp) = offsets
+    } else if offsets
         .iter()
-        .find(|(tp, _)| !client.may(server, op::READ, resource::TOPIC, &tp.topic))
+        .any(|(tp, _)| !client.may(server, op::READ, resource::TOPIC, &tp.topic))
     {
-        let _ = tp;
         ResponseError::TopicAuthorizationFailed.code()
     } else {
         match coordinator(server) {

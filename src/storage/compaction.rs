@@ -251,12 +251,13 @@ impl Inner {
         // The aborted transactions' batches are not records to keep: an aborted value must not
         // shadow a committed one of its key (readers in read_committed never see it).
         let start = sealed.first().map_or(0, |s| s.base_offset);
-        let aborted = Aborted::of(self.aborted.read().since(start));
+        let aborted = self.aborted.read().since(start).to_vec();
+        let dropped = |h: &crate::storage::BatchHeader| aborted.iter().any(|a| a.covers(h));
         // Pass 1: the latest offset of every key.
         let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
         for seg in sealed {
             for_each_batch(seg, |batch| {
-                if batch.header().is_control() || aborted.holds(batch.header()) {
+                if batch.header().is_control() || dropped(batch.header()) {
                     return Ok(());
                 }
                 for_each_record(&batch, |r| {
@@ -296,7 +297,7 @@ impl Inner {
                 Some(config.segment_index_bytes),
             )?;
             for_each_batch(seg, |batch| {
-                let kept = match aborted.holds(batch.header()) {
+                let kept = match dropped(batch.header()) {
                     true => {
                         stats.records_removed += batch.header().record_count.max(0) as u64;
                         Kept::None
@@ -333,20 +334,6 @@ impl Inner {
             std::fs::remove_dir_all(&staging).ctx("remove", &staging)?;
         }
         Ok(None)
-    }
-}
-
-/// The aborted transactions a clean steps over.
-struct Aborted(Vec<crate::storage::txnindex::Aborted>);
-
-impl Aborted {
-    fn of(entries: &[crate::storage::txnindex::Aborted]) -> Aborted {
-        Aborted(entries.to_vec())
-    }
-
-    /// Whether `h` is a batch of an aborted transaction.
-    fn holds(&self, h: &crate::storage::BatchHeader) -> bool {
-        h.is_transactional() && self.0.iter().any(|a| a.covers(h))
     }
 }
 

@@ -37,15 +37,21 @@ pub(crate) fn write<T: Serialize>(fs: &dyn Fs, path: &Path, value: &T) -> Result
     bytes.extend_from_slice(&crate::storage::format::crc32c(&payload).to_be_bytes());
     bytes.extend_from_slice(&payload);
 
+    replace_file(fs, path, &bytes)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs.sync_dir(dir).ctx("fsync", dir)
+}
+
+/// Puts `bytes` at `path` whole or not at all: written to `<path>.tmp`, synced, renamed over
+/// `path`. The caller syncs the directory when the rename must be durable.
+pub(crate) fn replace_file(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let file = fs.open(&tmp, true).ctx("create", &tmp)?;
     file.set_len(0).ctx("truncate", &tmp)?;
-    file.write_all_at(&bytes, 0).ctx("write", &tmp)?;
+    file.write_all_at(bytes, 0).ctx("write", &tmp)?;
     file.sync_data().ctx("fsync", &tmp)?;
     drop(file);
-    fs.rename(&tmp, path).ctx("rename", &tmp)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs.sync_dir(dir).ctx("fsync", dir)
+    fs.rename(&tmp, path).ctx("rename", &tmp)
 }
 
 /// Refuses a payload of `size` bytes past `max`.

@@ -571,13 +571,7 @@ pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<i64>> {
 /// the caller syncs the directory), and removes all but the newest [`SNAPSHOTS_KEPT`].
 pub(crate) fn write_snapshot(fs: &dyn Fs, dir: &Path, offset: i64, bytes: &[u8]) -> Result<()> {
     let path = snapshot_path(dir, offset);
-    let tmp = path.with_extension("tmp");
-    let file = fs.open(&tmp, true).ctx("create", &tmp)?;
-    file.set_len(0).ctx("truncate", &tmp)?;
-    file.write_all_at(bytes, 0).ctx("write", &tmp)?;
-    file.sync_data().ctx("fsync", &tmp)?;
-    drop(file);
-    fs.rename(&tmp, &path).ctx("rename", &tmp)?;
+    crate::storage::meta::replace_file(fs, &path, bytes)?;
     let all = list_snapshots(dir)?;
     for &old in all.iter().rev().skip(SNAPSHOTS_KEPT) {
         remove_snapshot(fs, dir, old)?;

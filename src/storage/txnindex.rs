@@ -238,13 +238,7 @@ pub(crate) fn rewrite_from(
         if want.is_empty() {
             fs.remove_file(&path).ctx("remove", &path)?;
         } else {
-            let tmp = path.with_extension("tmp");
-            let file = fs.open(&tmp, true).ctx("create", &tmp)?;
-            file.set_len(0).ctx("truncate", &tmp)?;
-            file.write_all_at(&bytes, 0).ctx("write", &tmp)?;
-            file.sync_data().ctx("fsync", &tmp)?;
-            drop(file);
-            fs.rename(&tmp, &path).ctx("rename", &tmp)?;
+            crate::storage::meta::replace_file(fs, &path, &bytes)?;
         }
         changed = true;
     }

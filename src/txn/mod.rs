@@ -33,7 +33,7 @@ use parking_lot::{Mutex, RwLock};
 pub use state::{TxnMetadata, TxnStatus};
 
 use crate::broker::BrokerInner;
-use crate::config::{CleanupPolicy, Fsync, LogConfig, TopicConfig};
+use crate::config::{Fsync, TopicConfig};
 use crate::consumer::TopicPartition;
 use crate::error::{Error, Result};
 use crate::group::OFFSETS_TOPIC;
@@ -75,13 +75,7 @@ const TICK: Duration = Duration::from_millis(500);
 /// The state topic's config: compacted, and synced by the coordinator itself before it
 /// acknowledges anything (as the offsets topic is).
 pub(crate) fn topic_config() -> TopicConfig {
-    TopicConfig::default().with_log(
-        LogConfig::default()
-            .fsync(Fsync::Never)
-            .cleanup_policy(CleanupPolicy::Compact)
-            .retention_ms(None)
-            .segment_bytes(100 << 20),
-    )
+    crate::group::offsets::topic_config()
 }
 
 /// One transactional id's state (`None` once forgotten: a caller that finds it so looks it
@@ -672,6 +666,15 @@ impl TxnCoordinator {
         Ok(())
     }
 
+    /// Every known id with its slot (taken out of the map's lock).
+    fn slots(&self) -> Vec<(String, Slot)> {
+        self.ids
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// The state of `transactional_id`, if it is known.
     pub fn describe(&self, transactional_id: &str) -> Option<TxnMetadata> {
         self.slot(transactional_id)?.read().clone()
@@ -680,12 +683,7 @@ impl TxnCoordinator {
     /// Every known transactional id with its producer id, status and the start of its open
     /// transaction (-1 for none), sorted by id.
     pub fn list(&self) -> Vec<(String, i64, TxnStatus, i64)> {
-        let slots: Vec<(String, Slot)> = self
-            .ids
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let slots = self.slots();
         let mut found: Vec<(String, i64, TxnStatus, i64)> = slots
             .into_iter()
             .filter_map(|(id, slot)| {
@@ -707,12 +705,7 @@ impl TxnCoordinator {
 
     /// [`tick`](Self::tick), waiting up to `wait` for each busy id.
     fn tick_waiting(&self, now: i64, wait: Duration) {
-        let slots: Vec<(String, Slot)> = self
-            .ids
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let slots = self.slots();
         let expiration = TRANSACTIONAL_ID_EXPIRATION.as_millis() as i64;
         for (id, slot) in slots {
             // One in use is looked at next time (a produce may hold it across a sync).
