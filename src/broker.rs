@@ -283,6 +283,10 @@ pub(crate) struct BrokerInner {
     pub(crate) cluster: std::sync::OnceLock<Arc<dyn Coordinate>>,
 }
 
+/// How many producer ids apart a cluster node's ids are: each node's end in its node id modulo
+/// this (node ids are below it).
+const NODE_SLOTS: i64 = 1024;
+
 /// Decides changes to the set of topics for every node of a cluster: each call returns once
 /// the change is decided and this node has made it (through the `*_here` methods).
 #[cfg(feature = "cluster")]
@@ -335,6 +339,24 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     /// Whether this node coordinates the cluster's groups now: it leads the offsets topic's
     /// partition, and its offset store has read everything committed there.
     fn coordinates_groups(&self) -> bool;
+    /// Appends `batch` to this node's replica of a partition while it leads it in `term`
+    /// (never at another node, nor in another term): returns once it is committed.
+    fn append_leading(
+        &self,
+        topic: &str,
+        partition: u32,
+        term: u64,
+        batch: crate::storage::RecordBatch,
+    ) -> Result<()>;
+    /// Asks the node that coordinates transactions whether producer `producer_id`'s
+    /// transaction in `epoch` is open with `tp` in it (`NotCoordinator` if none does).
+    fn check_transaction(
+        &self,
+        transactional_id: Option<&str>,
+        producer_id: i64,
+        epoch: i16,
+        tp: &crate::TopicPartition,
+    ) -> Result<()>;
     /// Where this node's in-process group members go: `None` if this node coordinates the
     /// cluster's groups, the coordinator at another node if one leads the offsets topic's
     /// partition, else `CoordinatorNotAvailable` for `group`.
@@ -965,15 +987,33 @@ impl BrokerInner {
         Ok(store)
     }
 
-    /// A producer id never issued before by this broker.
+    /// A producer id never issued before by this broker (nor by another node of its
+    /// cluster: a node's ids end in its id, modulo [`NODE_SLOTS`]).
     pub(crate) fn new_producer_id(&self) -> i64 {
-        self.next_producer_id.fetch_add(1, Ordering::Relaxed)
+        let next = self.next_producer_id.fetch_add(1, Ordering::Relaxed);
+        match self.node_slot() {
+            Some(slot) => next.saturating_mul(NODE_SLOTS) + slot,
+            None => next,
+        }
     }
 
     /// Issues producer ids past `id` from now on (one a log or the transaction log holds).
     pub(crate) fn issue_producer_ids_past(&self, id: i64) {
+        let counter = match self.node_slot() {
+            Some(_) => id / NODE_SLOTS,
+            None => id,
+        };
         self.next_producer_id
-            .fetch_max(id.saturating_add(1), Ordering::Relaxed);
+            .fetch_max(counter.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Where this node's producer ids end, for a cluster's node.
+    fn node_slot(&self) -> Option<i64> {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            return Some((cluster.node_id() as i64).rem_euclid(NODE_SLOTS));
+        }
+        None
     }
 
     /// The transaction coordinator if it is open (without opening it).
@@ -989,10 +1029,9 @@ impl BrokerInner {
             return Ok(c.clone());
         }
         if self.is_clustered() {
-            // One coordinator for the cluster is not built yet; one per node would decide
-            // the same transactions differently.
-            return Err(Error::Cluster {
-                reason: "transactions are not served by a cluster's nodes yet".to_string(),
+            // Opened by the node that leads the state topic's partition, once it has read it.
+            return Err(Error::NotCoordinator {
+                reason: "another node leads the transaction state, or none does yet".to_string(),
             });
         }
         match self.create_topic(TRANSACTION_STATE_TOPIC, 1, topic_config()) {
@@ -1009,9 +1048,84 @@ impl BrokerInner {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = TxnCoordinator::open(self, self.partition(TRANSACTION_STATE_TOPIC, 0)?)?;
+        let c = TxnCoordinator::open(self, self.partition(TRANSACTION_STATE_TOPIC, 0)?, None)?;
         *slot = Some(c.clone());
         Ok(c)
+    }
+
+    /// Has this cluster node coordinate transactions, as the leader of the state topic's
+    /// partition in `term` that has applied everything committed before it: the coordinator
+    /// of an earlier term stops (its calls under way end first), and a new one reads the
+    /// states.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn take_over_transactions(self: &Arc<Self>, term: u64) -> Result<()> {
+        use crate::txn::{TRANSACTION_STATE_TOPIC, TxnCoordinator};
+        self.release_transactions();
+        let c = TxnCoordinator::open(self, self.partition(TRANSACTION_STATE_TOPIC, 0)?, Some(term))?;
+        if let Some(old) = self.transactions.lock().replace(c) {
+            old.stop_and_drain();
+        }
+        Ok(())
+    }
+
+    /// Stops this cluster node's transaction coordinator: another node leads the state topic.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn release_transactions(&self) {
+        let old = self.transactions.lock().take();
+        if let Some(old) = old {
+            old.stop_and_drain();
+        }
+    }
+
+    /// Appends `batch` to this node's replica of `topic`'s `partition` while it leads it in
+    /// `term` (see [`Coordinate::append_leading`]).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn append_leading(
+        &self,
+        topic: &str,
+        partition: u32,
+        term: u64,
+        batch: crate::storage::RecordBatch,
+    ) -> Result<()> {
+        match self.cluster.get() {
+            Some(cluster) => cluster.append_leading(topic, partition, term, batch),
+            None => Err(Error::IllegalState("a broker alone leads no term")),
+        }
+    }
+
+    /// Refuses a write to `tp` by producer `producer_id` in `epoch` unless its transaction is
+    /// open with `tp` in it, as the transaction coordinator (here, or at the cluster's node
+    /// that coordinates transactions) knows it.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub(crate) fn check_transaction(
+        self: &Arc<Self>,
+        transactional_id: Option<&str>,
+        producer_id: i64,
+        epoch: i16,
+        tp: &crate::TopicPartition,
+    ) -> Result<()> {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get()
+            && self.transactions_if_open().is_none()
+        {
+            return cluster.check_transaction(transactional_id, producer_id, epoch, tp);
+        }
+        self.transactions()?
+            .check_open(transactional_id, producer_id, epoch, tp)
+    }
+
+    /// Ends producer `producer_id`'s transaction in the committed offsets: at the offset store
+    /// here, or at the node that coordinates a cluster's groups.
+    pub(crate) fn complete_offsets_transaction(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        marker: crate::storage::producers::Marker,
+    ) -> Result<()> {
+        if let Some(remote) = self.remote_coordinator("")? {
+            return remote.complete_transaction(producer_id, epoch, marker);
+        }
+        self.offsets()?.complete_transaction(producer_id, epoch, marker)
     }
 
     /// Writes the registry from the open topics.

@@ -164,6 +164,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// This cluster node does not coordinate transactions (another node leads the
+    /// transaction state topic's partition, or this one is still reading it): ask again, at
+    /// the coordinator the cluster names.
+    #[error("this node does not coordinate transactions now: {reason}")]
+    NotCoordinator {
+        /// Why.
+        reason: String,
+    },
+
     /// A replica's copy of a batch was to go at `expected`, but the replica's log ends at
     /// `log_end`: the two logs have diverged, and nothing was written.
     #[error("a replicated batch for offset {expected} does not follow the log end {log_end}")]

@@ -251,6 +251,10 @@ impl Transaction<'_> {
         let info = p
             .coordinator
             .with_open_transaction(p.producer_id, p.epoch, &tp, || {
+                if log.is_replicated() {
+                    // Judged by the partition's leader.
+                    return log.append(batch);
+                }
                 let _producing = log.producing();
                 match log.plan_producers(std::slice::from_ref(&header))?.remove(0) {
                     Verdict::Append => log.append_unsynced(batch),

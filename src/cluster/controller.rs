@@ -34,7 +34,7 @@ use crate::config::TopicConfig;
 use crate::error::{Error, Result};
 use crate::group::OFFSETS_TOPIC;
 use crate::storage::format::Batch;
-use crate::storage::{BatchBuilder, Compression, StdFs, meta};
+use crate::storage::{BatchBuilder, Compression, RecordBatch, StdFs, meta};
 
 /// The controller's group id (no topic has an empty name).
 pub(crate) fn controller_group() -> GroupId {
@@ -190,6 +190,8 @@ pub(crate) struct Controller {
     registered: tokio::sync::Notify,
     /// Whether this node coordinates groups, since which term.
     coordinating: Arc<Coordinating>,
+    /// Whether this node coordinates transactions, since which term.
+    transacting: Arc<Coordinating>,
     /// Raft's settings for the node's groups.
     raft_config: Arc<openraft::Config>,
     /// Where blocking work runs.
@@ -238,6 +240,7 @@ impl Controller {
             runtime,
             leaders: Arc::default(),
             coordinating: Arc::default(),
+            transacting: Arc::default(),
             founders,
             registered: tokio::sync::Notify::new(),
             raft_config,
@@ -562,12 +565,20 @@ impl Controller {
     ) {
         let mut metrics = raft.metrics();
         let leaders = self.leaders.clone();
-        let offsets = (group.topic == OFFSETS_TOPIC && group.partition == 0).then(|| {
+        // The leader of the offsets topic's partition coordinates groups; the state topic's,
+        // transactions.
+        let role = match (group.topic.as_str(), group.partition) {
+            (OFFSETS_TOPIC, 0) => Some((self.coordinating.clone(), &GROUPS)),
+            (crate::txn::TRANSACTION_STATE_TOPIC, 0) => Some((self.transacting.clone(), &TRANSACTIONS)),
+            _ => None,
+        };
+        let role = role.map(|(coordinating, role)| {
             (
                 raft.clone(),
-                self.coordinating.clone(),
+                coordinating,
                 Arc::downgrade(&self.broker.inner),
                 (self.me, self.io),
+                role,
             )
         });
         tokio::spawn(async move {
@@ -589,8 +600,8 @@ impl Controller {
                         in_sync,
                     }
                 };
-                if let Some((raft, coordinating, broker, me)) = &offsets {
-                    take_over_groups(raft, coordinating, broker, *me, &placement);
+                if let Some((raft, coordinating, broker, me, role)) = &role {
+                    take_over(raft, coordinating, broker, *me, &placement, role);
                 }
                 if leaders.read().get(&group) != Some(&placement) {
                     leaders.write().insert(group.clone(), placement);
@@ -1006,15 +1017,47 @@ impl Controller {
 /// `peer::HEARD_FOR`).
 const LEADING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Has this node coordinate the cluster's groups once it leads the offsets topic's partition
-/// and has applied everything committed there (its offset store is then read again); stops
-/// it as soon as it does not lead.
-fn take_over_groups(
+/// What a node does when it starts or stops coordinating something for the cluster (as the
+/// leader of a partition that keeps its state): `take` (on the blocking pool, once everything
+/// committed before its term is applied here) reads the state afresh for the term and says
+/// whether it did; `release` forgets it.
+struct Role {
+    take: fn(&Arc<crate::broker::BrokerInner>, u64) -> bool,
+    release: fn(&Arc<crate::broker::BrokerInner>),
+}
+
+/// Groups: whatever the node knew of them from an earlier term is stale, and the offsets are
+/// read again.
+const GROUPS: Role = Role {
+    take: |broker, _| {
+        broker.groups.reset();
+        broker.forget_offsets();
+        true
+    },
+    release: |broker| broker.groups.reset(),
+};
+
+/// Transactions: a coordinator of the term reads their states (the earlier one stops).
+const TRANSACTIONS: Role = Role {
+    take: |broker, term| match broker.take_over_transactions(term) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("taking over the transactions in term {term}: {e}");
+            false
+        }
+    },
+    release: |broker| broker.release_transactions(),
+};
+
+/// Has this node take on `role` once it leads the partition that keeps its state and has
+/// applied everything committed there; stops it as soon as it does not lead.
+fn take_over(
     raft: &crate::cluster::peer::Raft,
     coordinating: &Arc<Coordinating>,
     broker: &std::sync::Weak<crate::broker::BrokerInner>,
     (me, io): (NodeId, Io),
     placement: &Placement,
+    role: &'static Role,
 ) {
     use std::sync::atomic::Ordering;
     let term = placement.epoch;
@@ -1028,7 +1071,7 @@ fn take_over_groups(
             let still = coordinating.clone();
             tokio::spawn(io.blocking(move || {
                 if still.claimed.load(Ordering::SeqCst) == 0 {
-                    broker.groups.reset();
+                    (role.release)(&broker);
                 }
             }));
         }
@@ -1060,15 +1103,9 @@ fn take_over_groups(
                 }
                 let Some(broker) = broker.upgrade() else { return };
                 if read.is_ok() && leads() {
-                    // Whatever it knew of the groups from an earlier term is stale; the offsets
-                    // are read again. (Off the workers: a commit may hold a group's lock.)
-                    let forgot = io
-                        .blocking(move || {
-                            broker.groups.reset();
-                            broker.forget_offsets();
-                        })
-                        .await;
-                    if forgot.is_ok() && leads() {
+                    // Off the workers: a commit may hold a group's lock.
+                    let taken = io.blocking(move || (role.take)(&broker, term)).await;
+                    if taken.is_ok_and(|taken| taken) && leads() {
                         coordinating.term.store(term, Ordering::SeqCst);
                         return;
                     }
@@ -1100,8 +1137,8 @@ fn take_over_groups(
 /// groups over.
 const TAKE_OVER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Whether this node coordinates the cluster's groups: the term in which it took them over
-/// (0: it does not), and the term whose take-over has begun.
+/// Whether this node coordinates the cluster's groups (or transactions): the term in which it
+/// took them over (0: it does not), and the term whose take-over has begun.
 #[derive(Debug, Default)]
 pub(crate) struct Coordinating {
     term: std::sync::atomic::AtomicU64,
@@ -1322,4 +1359,59 @@ impl Coordinate for Coordinator {
         let c = self.get().ok()?;
         c.placement(&c.group_of(topic, partition)?)
     }
+
+    fn append_leading(&self, topic: &str, partition: u32, term: u64, batch: RecordBatch) -> Result<()> {
+        let c = self.get()?;
+        let not_leading = || Error::NotCoordinator {
+            reason: format!("node {} does not lead {topic}-{partition} in term {term}", c.me),
+        };
+        let group = c.group_of(topic, partition).ok_or_else(not_leading)?;
+        let raft = c.groups.get(&group).ok_or_else(not_leading)?;
+        let m = raft.metrics().borrow_watched().clone();
+        if m.state != openraft::ServerState::Leader
+            || m.current_leader != Some(c.me)
+            || m.current_term != term
+        {
+            return Err(not_leading());
+        }
+        let mut batch = batch;
+        batch.set_base_offset(crate::cluster::entry::UNASSIGNED);
+        let records = crate::cluster::entry::Records(batch.into_bytes());
+        let proposed = run_on(&c.runtime.clone(), async move {
+            crate::cluster::peer::propose_here(&raft, records, APPEND_LEADING_TIMEOUT)
+                .await
+                .map_err(cluster_error)
+        })?;
+        match proposed {
+            crate::cluster::peer::Proposed::Appended(_) => Ok(()),
+            _ => Err(not_leading()),
+        }
+    }
+
+    fn check_transaction(
+        &self,
+        transactional_id: Option<&str>,
+        producer_id: i64,
+        epoch: i16,
+        tp: &crate::TopicPartition,
+    ) -> Result<()> {
+        let c = self.get()?;
+        let placement = c
+            .group_of(crate::txn::TRANSACTION_STATE_TOPIC, 0)
+            .and_then(|g| c.placement(&g));
+        match placement.and_then(|p| p.leader) {
+            Some(leader) if leader != c.me => crate::cluster::groups::RemoteGroups {
+                target: leader,
+                router: c.router.clone(),
+                runtime: c.runtime.clone(),
+            }
+            .check_transaction(transactional_id, producer_id, epoch, tp),
+            _ => Err(Error::NotCoordinator {
+                reason: "no node coordinates transactions yet".to_string(),
+            }),
+        }
+    }
 }
+
+/// How long a coordinator's state record waits to be committed.
+const APPEND_LEADING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

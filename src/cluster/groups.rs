@@ -1,7 +1,10 @@
 //! In-process group members at a node that does not coordinate the cluster's groups: their
 //! requests (join, sync, heartbeat, leave, commit, committed offsets) go over the peer link
 //! to the node that does (the leader of the offsets topic's partition), which runs them on
-//! its own coordinator and offset store, as it runs Kafka clients' requests.
+//! its own coordinator and offset store, as it runs Kafka clients' requests. The transaction
+//! coordinator's calls travel the same way: markers for the committed offsets to the node
+//! that coordinates groups, and a check that a transaction is open to the node that
+//! coordinates transactions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +22,7 @@ use crate::group::offsets::{validate_group_id, validate_metadata};
 use crate::group::{
     JoinGroup, Joined, JoinedMember, MAX_TIMEOUT, MemberRef, OffsetAndMetadata, Pending, RemoteCoordinator,
 };
+use crate::storage::producers::Marker;
 
 /// A group request from a member at another node.
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +52,24 @@ pub(crate) enum GroupCall {
     },
     /// A member id for a new member to join with.
     Reserve(Join),
+    /// Ends a producer's transaction in the committed offsets (from the transaction
+    /// coordinator).
+    CompleteTransaction {
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+    },
+    /// Whether a producer's transaction is open with the partition in it (from a node that
+    /// takes the transaction's records or offsets, for the node that coordinates
+    /// transactions, which need not coordinate groups).
+    CheckTransaction {
+        transactional_id: Option<String>,
+        producer_id: i64,
+        epoch: i16,
+        topic: String,
+        partition: u32,
+    },
 }
 
 /// A JoinGroup ([`JoinGroup`]) for `group`.
@@ -157,6 +179,24 @@ pub(crate) enum GroupRefusal {
         partition: u32,
         partitions: u32,
     },
+    /// The transaction coordinator's refusals.
+    ProducerFenced {
+        transactional_id: String,
+        epoch: i16,
+        current: i16,
+    },
+    InvalidTxnState {
+        transactional_id: String,
+        reason: String,
+    },
+    InvalidProducerIdMapping {
+        transactional_id: String,
+        producer_id: i64,
+    },
+    /// The node asked does not coordinate transactions (any more).
+    NotTxnCoordinator {
+        reason: String,
+    },
 }
 
 impl From<&MemberRef> for Member {
@@ -224,6 +264,30 @@ impl GroupRefusal {
                 partition,
                 partitions,
             },
+            Error::ProducerFenced {
+                transactional_id,
+                epoch,
+                current,
+            } => GroupRefusal::ProducerFenced {
+                transactional_id,
+                epoch,
+                current,
+            },
+            Error::InvalidTxnState {
+                transactional_id,
+                reason,
+            } => GroupRefusal::InvalidTxnState {
+                transactional_id,
+                reason,
+            },
+            Error::InvalidProducerIdMapping {
+                transactional_id,
+                producer_id,
+            } => GroupRefusal::InvalidProducerIdMapping {
+                transactional_id,
+                producer_id,
+            },
+            Error::NotCoordinator { reason } => GroupRefusal::NotTxnCoordinator { reason },
             e => GroupRefusal::Other(e.to_string()),
         }
     }
@@ -253,6 +317,30 @@ impl GroupRefusal {
                 partition,
                 partitions,
             },
+            GroupRefusal::ProducerFenced {
+                transactional_id,
+                epoch,
+                current,
+            } => Error::ProducerFenced {
+                transactional_id,
+                epoch,
+                current,
+            },
+            GroupRefusal::InvalidTxnState {
+                transactional_id,
+                reason,
+            } => Error::InvalidTxnState {
+                transactional_id,
+                reason,
+            },
+            GroupRefusal::InvalidProducerIdMapping {
+                transactional_id,
+                producer_id,
+            } => Error::InvalidProducerIdMapping {
+                transactional_id,
+                producer_id,
+            },
+            GroupRefusal::NotTxnCoordinator { reason } => Error::NotCoordinator { reason },
             GroupRefusal::Other(why) => cluster_error(format!("group {group:?} at its coordinator: {why}")),
         }
     }
@@ -460,6 +548,45 @@ impl RemoteCoordinator for RemoteGroups {
             other => Err(unexpected(group, other)),
         }
     }
+
+    fn complete_transaction(&self, producer_id: i64, epoch: i16, marker: Marker) -> Result<()> {
+        let call = GroupCall::CompleteTransaction {
+            producer_id,
+            epoch,
+            commit: marker.commit,
+            coordinator_epoch: marker.coordinator_epoch,
+        };
+        self.done("", call)
+    }
+}
+
+impl RemoteGroups {
+    /// Asks the transaction coordinator at this node whether producer `producer_id`'s
+    /// transaction in `epoch` is open with `tp` in it (see `TxnCoordinator::check_open`).
+    pub(crate) fn check_transaction(
+        &self,
+        transactional_id: Option<&str>,
+        producer_id: i64,
+        epoch: i16,
+        tp: &TopicPartition,
+    ) -> Result<()> {
+        let call = GroupCall::CheckTransaction {
+            transactional_id: transactional_id.map(str::to_string),
+            producer_id,
+            epoch,
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+        };
+        match self.call("", call, CALL_TTL) {
+            Ok(GroupAnswer::Done) => Ok(()),
+            Ok(other) => Err(unexpected("", other)),
+            // The link failed, or the node no longer coordinates: the client asks again.
+            Err(Error::CoordinatorNotAvailable { .. }) => Err(Error::NotCoordinator {
+                reason: format!("node {} did not answer", self.target),
+            }),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Runs a member's `call` on this node's coordinator, if this node coordinates the
@@ -471,6 +598,23 @@ pub(crate) async fn serve(
     coordinates: impl Fn() -> bool,
     call: GroupCall,
 ) -> std::result::Result<GroupAnswer, GroupRefusal> {
+    if let GroupCall::CheckTransaction {
+        transactional_id,
+        producer_id,
+        epoch,
+        topic,
+        partition,
+    } = call
+    {
+        // For the node that coordinates transactions, which need not coordinate groups.
+        return off_workers(move || {
+            let tp = TopicPartition::new(topic, partition);
+            let c = broker.inner.transactions()?;
+            c.check_open(transactional_id.as_deref(), producer_id, epoch, &tp)?;
+            Ok(GroupAnswer::Done)
+        })
+        .await;
+    }
     if !coordinates() {
         return Err(GroupRefusal::NotCoordinator);
     }
@@ -600,7 +744,23 @@ fn answer(broker: &Broker, call: GroupCall) -> Result<GroupAnswer> {
                 .collect();
             Ok(GroupAnswer::Committed(found))
         }
-        GroupCall::Join(_) | GroupCall::Sync { .. } => {
+        GroupCall::CompleteTransaction {
+            producer_id,
+            epoch,
+            commit,
+            coordinator_epoch,
+        } => {
+            let marker = Marker {
+                commit,
+                coordinator_epoch,
+            };
+            broker
+                .inner
+                .offsets()?
+                .complete_transaction(producer_id, epoch, marker)?;
+            Ok(GroupAnswer::Done)
+        }
+        GroupCall::Join(_) | GroupCall::Sync { .. } | GroupCall::CheckTransaction { .. } => {
             Err(cluster_error("a join or sync is awaited, not answered"))
         }
     }

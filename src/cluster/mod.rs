@@ -551,7 +551,8 @@ impl ClusterBuilder {
                 }
                 // Registered once the controller has a leader (retried until then).
                 // The offsets topic is made with the cluster, so that a group's coordinator
-                // (the leader of its partition) is known before anyone asks.
+                // (the leader of its partition) is known before anyone asks; so is the
+                // transactions' state topic.
                 let c = controller.clone();
                 let mut stopping = stop_registering;
                 tokio::spawn(async move {
@@ -572,6 +573,12 @@ impl ClusterBuilder {
                     match c.create_topic(OFFSETS_TOPIC, 1, offsets_topic_config()).await {
                         Ok(()) | Err(Error::TopicExists { .. }) => {}
                         Err(e) => log::warn!("node {me}: making the offsets topic: {e}"),
+                    }
+                    // And the transactions' state topic, whose leader coordinates them.
+                    let txn = crate::txn::TRANSACTION_STATE_TOPIC;
+                    match c.create_topic(txn, 1, crate::txn::topic_config()).await {
+                        Ok(()) | Err(Error::TopicExists { .. }) => {}
+                        Err(e) => log::warn!("node {me}: making {txn}: {e}"),
                     }
                 });
                 Ok(())

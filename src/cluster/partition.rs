@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::cluster::Timing;
 use crate::cluster::entry::{Records, UNASSIGNED};
 use crate::cluster::log_store::{Io, LogStore, MAX_ENTRY_BYTES, Replica};
-use crate::cluster::peer::{GroupId, Groups, Network, Proposed, Raft, Router, propose_here};
+use crate::cluster::peer::{GroupId, Groups, Network, Proposed, Raft, Router, propose_judged};
 use crate::cluster::raft::{Appended, NodeId};
 use crate::cluster::state_machine::{ControllerHook, StateMachine};
 use crate::error::{Error, Result};
@@ -199,6 +199,7 @@ impl Appender {
             });
         }
         batch.set_base_offset(UNASSIGNED);
+        let producer_id = batch.header().producer_id;
         let records = Records(batch.into_bytes());
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
         // A node that holds no replica asks the leader the others name (none yet: it waits
@@ -219,12 +220,14 @@ impl Appender {
                         .read()
                         .clone()
                         .ok_or_else(|| cluster_error("the replica has stopped"))?;
-                    propose_here(&raft, records.clone(), left).await
+                    let log = s.replica.upgrade().map(|r| r.log.clone());
+                    propose_judged(&raft, log, records.clone(), left).await
                 }
                 Some(t) => s.router.propose(t, s.group.clone(), records.clone(), left).await,
             };
             let leader = match proposed.map_err(cluster_error)? {
                 Proposed::Appended(a) => return Ok(a),
+                Proposed::Refused(error) => return Err(Error::Producer { producer_id, error }),
                 Proposed::NotLeader(leader) => leader,
                 // A leader that went away: ask again who leads now.
                 Proposed::Unreachable(_) => None,

@@ -42,6 +42,7 @@ use crate::cluster::groups::{GroupAnswer, GroupCall, GroupRefusal};
 use crate::cluster::partition::cluster_error;
 use crate::cluster::raft::{Appended, Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::state_machine::{SnapshotData, StateMachine};
+use crate::storage::producers::ProducerError;
 use crate::storage::{Fetch, PartitionLog, RecordBatch};
 
 /// The largest frame a node sends or accepts: a full AppendEntries of the largest batches.
@@ -237,6 +238,8 @@ enum Reply {
         log_start: i64,
         log_end: i64,
     },
+    /// The leader's producer state refused the proposed batch.
+    Refused(ProducerError),
     /// The group coordinator's answer.
     Group(Result<GroupAnswer, GroupRefusal>),
     /// Taken.
@@ -251,6 +254,8 @@ pub(crate) enum Proposed {
     NotLeader(Option<NodeId>),
     /// Not sent: the node could not be reached.
     Unreachable(String),
+    /// Not appended: the leader's producer state refused the batch (or marker).
+    Refused(ProducerError),
 }
 
 /// Proposes `records` to the local replica `raft`, waiting at most `ttl`. Only a refusal
@@ -267,6 +272,52 @@ pub(crate) async fn propose_here(raft: &Raft, records: Records, ttl: Duration) -
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Proposes `records` to the local replica `raft` of `log`, as [`propose_here`] does; a
+/// producer's batch (or a transaction marker) is judged first against the producers of the
+/// log, here at the leader alone (a follower answers `NotLeader`): a retry of a batch the log
+/// holds is answered with that batch's append once it is committed, a batch the producer
+/// state refuses is `Refused`, and no other producer batch of the log is judged until this one
+/// is committed or has failed. The judging waits off the runtime's workers.
+pub(crate) async fn propose_judged(
+    raft: &Raft,
+    log: Option<PartitionLog>,
+    records: Records,
+    ttl: Duration,
+) -> Result<Proposed, String> {
+    let header = match crate::storage::Batch::parse(&records.0) {
+        Ok((batch, _)) => *batch.header(),
+        Err(e) => return Err(format!("a proposed batch: {e}")),
+    };
+    let Some(log) = log.filter(|_| header.producer_id >= 0) else {
+        return propose_here(raft, records, ttl).await;
+    };
+    let m = openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).clone();
+    if m.state != openraft::ServerState::Leader || m.current_leader != Some(m.id) {
+        return Ok(Proposed::NotLeader(m.current_leader.filter(|&l| l != m.id)));
+    }
+    let (raft, runtime) = (raft.clone(), tokio::runtime::Handle::current());
+    let judged = tokio::task::spawn_blocking(move || {
+        let _producing = log.producing();
+        let batch = crate::storage::Batch::parse(&records.0)
+            .map_err(|e| e.to_string())?
+            .0;
+        match log.judge(&batch) {
+            Ok(None) => runtime.block_on(propose_here(&raft, records, ttl)),
+            Ok(Some(info)) => match log.answer_duplicate(&header, info) {
+                Ok(info) => Ok(Proposed::Appended(Appended {
+                    base_offset: info.base_offset,
+                    last_offset: info.last_offset,
+                    max_timestamp: info.log_append_time,
+                })),
+                Err(why) => Err(why.to_string()),
+            },
+            Err(crate::Error::Producer { error, .. }) => Ok(Proposed::Refused(error)),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    judged.await.map_err(|e| e.to_string())?
 }
 
 /// How long a node waits for a peer to take the list of groups it leads.
@@ -590,6 +641,7 @@ impl Router {
         match self.try_call(target, group, Rpc::Propose(records), ttl).await {
             Ok(Reply::Appended(a)) => Ok(Proposed::Appended(a)),
             Ok(Reply::NotLeader(l)) => Ok(Proposed::NotLeader(l)),
+            Ok(Reply::Refused(e)) => Ok(Proposed::Refused(e)),
             Ok(other) => Err(unexpected(other).to_string()),
             Err(CallError::NotSent(why)) => Ok(Proposed::Unreachable(why)),
             Err(CallError::Failed(e)) => Err(e.to_string()),
@@ -931,9 +983,11 @@ impl Groups {
             Rpc::Vote(r) => raft.vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
             Rpc::PreVote(r) => raft.pre_vote(r).await.map(Reply::Vote).map_err(|e| e.to_string()),
             Rpc::Propose(records) => {
-                match propose_here(&raft, checked(records)?, REMOTE_PROPOSAL_TIMEOUT).await? {
+                let log = self.logs.read().get(&group).cloned();
+                match propose_judged(&raft, log, checked(records)?, REMOTE_PROPOSAL_TIMEOUT).await? {
                     Proposed::Appended(a) => Ok(Reply::Appended(a)),
                     Proposed::NotLeader(l) => Ok(Reply::NotLeader(l)),
+                    Proposed::Refused(e) => Ok(Reply::Refused(e)),
                     Proposed::Unreachable(why) => Err(why),
                 }
             }
@@ -989,11 +1043,13 @@ impl Groups {
 /// The most bytes one read for another node returns (past its first batch).
 const MAX_READ_BYTES: usize = 8 << 20;
 
-/// A batch another node proposes: one whole batch of records, not yet placed.
+/// A batch another node proposes: one whole batch of records (or a transaction marker), not
+/// yet placed.
 fn checked(records: Records) -> Result<Records, String> {
     let batch = RecordBatch::from_stored(records.0).map_err(|e| format!("a proposed batch: {e}"))?;
     let h = batch.header();
-    if h.is_control() || h.base_offset != UNASSIGNED {
+    let marker = h.is_control() && crate::storage::producers::Marker::of(&batch.view()).is_some();
+    if (h.is_control() && !marker) || h.base_offset != UNASSIGNED {
         return Err("a proposed batch must be a batch of records, not yet placed".into());
     }
     Ok(Records(batch.into_bytes()))

@@ -50,4 +50,12 @@ pub(crate) trait RemoteCoordinator: Send + Sync {
         group: &str,
         partitions: &[crate::TopicPartition],
     ) -> crate::Result<Vec<Option<OffsetAndMetadata>>>;
+    /// Ends producer `producer_id`'s transaction in the committed offsets with `marker`
+    /// (for the transaction coordinator).
+    fn complete_transaction(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        marker: crate::storage::producers::Marker,
+    ) -> crate::Result<()>;
 }

@@ -23,6 +23,7 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::IllegalGeneration { .. } => E::IllegalGeneration,
         Error::RebalanceInProgress { .. } => E::RebalanceInProgress,
         Error::CoordinatorNotAvailable { .. } => E::CoordinatorNotAvailable,
+        Error::NotCoordinator { .. } => E::NotCoordinator,
         Error::FencedInstanceId { .. } => E::FencedInstanceId,
         Error::InconsistentGroupProtocol { .. } => E::InconsistentGroupProtocol,
         Error::NoSuchGroup { .. } => E::GroupIdNotFound,

@@ -79,9 +79,8 @@ pub(super) fn find_coordinator(
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
     let reply = FindCoordinatorResponse::default();
-    // A transaction coordinator is this broker, alone (a cluster's nodes do not serve
-    // transactions yet: refused with an error clients do not retry); an unknown key type is
-    // a bad request, as in Kafka.
+    // A group's coordinator leads the offsets topic's partition, a transactional id's the
+    // transaction state topic's; an unknown key type is a bad request, as in Kafka.
     let refused = match request.key_type {
         0 if !may(server, client, op::DESCRIBE, &request.key) => Some((
             ResponseError::GroupAuthorizationFailed,
@@ -91,10 +90,6 @@ pub(super) fn find_coordinator(
         1 if !client.may(server, op::DESCRIBE, resource::TRANSACTIONAL_ID, &request.key) => Some((
             ResponseError::TransactionalIdAuthorizationFailed,
             "the client may not describe the transactional id",
-        )),
-        1 if server.broker.inner.is_clustered() => Some((
-            ResponseError::TransactionalIdAuthorizationFailed,
-            "transactions are not served by a cluster's nodes yet",
         )),
         1 => None,
         _ => Some((ResponseError::InvalidRequest, "an unknown coordinator key type")),
@@ -107,10 +102,14 @@ pub(super) fn find_coordinator(
             .with_host(text(""))
             .with_port(-1);
     }
-    let Some((id, host, port)) = server.group_coordinator() else {
+    let coordinator = match request.key_type {
+        0 => server.group_coordinator(),
+        _ => server.transaction_coordinator(),
+    };
+    let Some((id, host, port)) = coordinator else {
         return reply
             .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-            .with_error_message(Some(text("no broker coordinates groups yet")))
+            .with_error_message(Some(text("no broker coordinates them yet")))
             .with_node_id(BrokerId(-1))
             .with_host(text(""))
             .with_port(-1);

@@ -43,9 +43,6 @@ struct Issued {
     last_used: Instant,
 }
 
-/// How many ids apart a cluster node's ids are: each node's end in its id modulo this.
-const NODE_SLOTS: i64 = 1024;
-
 impl Producers {
     /// Producers whose ids expire after `expiration` without a batch.
     #[cfg(test)]
@@ -92,12 +89,7 @@ impl Producers {
             if issued.len() >= MAX_PRODUCER_IDS {
                 self.make_room(&mut issued, now);
             }
-            let next = new_id();
-            let id = match self.node {
-                Some(node) => next.saturating_mul(NODE_SLOTS) + i64::from(node).rem_euclid(NODE_SLOTS),
-                None => next,
-            };
-            (id, 0)
+            (new_id(), 0)
         };
         issued.insert(
             id,

@@ -106,7 +106,17 @@ impl Server {
 
     /// The broker that coordinates groups: id, host and port (`None` while none does).
     pub(super) fn group_coordinator(&self) -> Option<(i32, String, u16)> {
-        let id = self.placement(crate::group::OFFSETS_TOPIC, 0).leader;
+        self.leader_of_state(crate::group::OFFSETS_TOPIC)
+    }
+
+    /// The broker that coordinates transactions: id, host and port (`None` while none does).
+    pub(super) fn transaction_coordinator(&self) -> Option<(i32, String, u16)> {
+        self.leader_of_state(crate::txn::TRANSACTION_STATE_TOPIC)
+    }
+
+    /// The broker that leads partition 0 of the internal topic `topic` (this broker alone).
+    fn leader_of_state(&self, topic: &str) -> Option<(i32, String, u16)> {
+        let id = self.placement(topic, 0).leader;
         #[cfg(feature = "cluster")]
         if self.broker.inner.cluster.get().is_some() {
             return self.brokers().into_iter().find(|b| Some(b.0) == id);

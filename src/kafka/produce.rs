@@ -21,7 +21,7 @@ use crate::error::{BatchError, Error};
 use crate::storage::producers::Verdict;
 use crate::storage::{
     AppendInfo, Batch, BatchBuilder, BatchHeader, Compression, HEADER_LEN, MAX_BATCH_LEN, RecordBatch,
-    TimestampType, check_batch, frame_len,
+    RetryDuplicate, TimestampType, check_batch, frame_len,
 };
 use crate::{CompressionType, Fsync, LogConfig};
 
@@ -276,25 +276,33 @@ fn append(
                     "a transaction's record set holds batches of one producer alone".to_string(),
                 ));
             }
-            if server.broker.inner.is_clustered() {
-                return Err(Refused::Code(
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    "transactions are not served by a cluster's nodes yet".to_string(),
-                ));
-            }
-            let coordinator = server.broker.inner.transactions()?;
-            if transactional_id.is_none()
-                || coordinator.bound_id(h.producer_id).as_deref() != transactional_id
-            {
+            if transactional_id.is_none() {
                 return Err(Refused::Code(
                     ResponseError::InvalidTxnState,
-                    "the request's transactional id is not the one the producer id is bound to".to_string(),
+                    "a transaction's records name their transactional id".to_string(),
                 ));
             }
             let tp = crate::TopicPartition::new(topic.name.clone(), index);
-            let checked = coordinator.with_open_transaction(h.producer_id, h.producer_epoch, &tp, || {
-                Ok(append_judged(&log, batches, &headers))
-            });
+            let inner = &server.broker.inner;
+            let checked = match inner.transactions_if_open() {
+                // The coordinator is here: no end of the transaction comes before the write.
+                Some(coordinator) => {
+                    let check =
+                        coordinator.check_open(transactional_id, h.producer_id, h.producer_epoch, &tp);
+                    check.and_then(|()| {
+                        coordinator.with_open_transaction(h.producer_id, h.producer_epoch, &tp, || {
+                            Ok(append_judged(&log, batches, &headers))
+                        })
+                    })
+                }
+                // A cluster's node asks the one that coordinates. An end may come between the
+                // answer and the write: one the producer did not ask for (a timeout, a newer
+                // producer of its id) bumps the epoch, which the partition's leader refuses
+                // the batch for; the producer asks for one only once its records are written.
+                None => inner
+                    .check_transaction(transactional_id, h.producer_id, h.producer_epoch, &tp)
+                    .map(|()| append_judged(&log, batches, &headers)),
+            };
             // Produce answers a fenced producer INVALID_PRODUCER_EPOCH, whatever its version.
             match checked {
                 Err(Error::ProducerFenced { .. }) => {
@@ -306,7 +314,8 @@ fn append(
                 Err(Error::InvalidProducerIdMapping { .. }) => {
                     return Err(Refused::Code(
                         ResponseError::InvalidTxnState,
-                        "the producer id is bound to no transactional id".to_string(),
+                        "the request's transactional id is not the one the producer id is bound to"
+                            .to_string(),
                     ));
                 }
                 other => other??,
@@ -339,13 +348,14 @@ fn append(
 
 /// Appends a record set whose producers' batches (if any) are judged against the log's
 /// producer state first, while no other caller judges (so a retry cannot slip in between):
-/// the first batch's append (its first answer, for a retried batch).
+/// the first batch's append (its first answer, for a retried batch). A replicated log's
+/// batches are judged by the partition's leader, one by one.
 fn append_judged(
     log: &crate::storage::PartitionLog,
     batches: Vec<RecordBatch>,
     headers: &[BatchHeader],
 ) -> Result<AppendInfo, Refused> {
-    let judged = headers.iter().any(|h| h.producer_id >= 0);
+    let judged = headers.iter().any(|h| h.producer_id >= 0) && !log.is_replicated();
     let _producing = judged.then(|| log.producing());
     let plan = match judged {
         true => log.plan_producers(headers)?,
@@ -354,47 +364,20 @@ fn append_judged(
     let mut first = None;
     for (batch, verdict) in batches.into_iter().zip(plan) {
         if let Verdict::Duplicate(info) = verdict {
-            first.get_or_insert(answer_duplicate(log, &batch.header(), info)?);
+            // A retriable error, and the client's next retry is judged again.
+            let answer = log
+                .answer_duplicate(&batch.header(), info)
+                .map_err(|why| match why {
+                    RetryDuplicate::Failed(e) => Refused::from(e),
+                    why => Refused::Code(ResponseError::RequestTimedOut, why.to_string()),
+                })?;
+            first.get_or_insert(answer);
             continue;
         }
         first.get_or_insert(log.append(batch)?);
     }
     Ok(first.expect("one batch at least"))
 }
-
-/// The answer to a retry of a batch the log holds at `info`: that append, once it is
-/// readable (durable under the log's policy; committed, on a replica, where a leader of an
-/// earlier epoch may have written it), and only if the batch there is still this one (a
-/// truncation may have replaced it since it was judged). Otherwise a retriable error, and the
-/// client's next retry is judged again.
-fn answer_duplicate(
-    log: &crate::storage::PartitionLog,
-    h: &BatchHeader,
-    info: AppendInfo,
-) -> Result<AppendInfo, Refused> {
-    let retry = |why: &str| Refused::Code(ResponseError::RequestTimedOut, why.to_string());
-    if log.high_watermark() <= info.last_offset {
-        // Its first append may have failed (a failed fsync poisons the log).
-        log.check_writable()?;
-        if !log.wait_for(info.last_offset, DUPLICATE_COMMIT_WAIT) {
-            return Err(retry("the batch is written but not yet durable"));
-        }
-    }
-    let same = log.header_at(info.base_offset)?.is_some_and(|stored| {
-        stored.base_offset == info.base_offset
-            && stored.producer_id == h.producer_id
-            && stored.producer_epoch == h.producer_epoch
-            && stored.base_sequence == h.base_sequence
-            && stored.last_offset_delta == h.last_offset_delta
-    });
-    if !same {
-        return Err(retry("the log changed under the retried batch"));
-    }
-    Ok(info)
-}
-
-/// How long a retried batch found in a replica's log waits for it to commit.
-const DUPLICATE_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The most keyless records a refusal names: a batch may hold millions of records, and the
 /// answer is built in memory. A client fails the records named as invalid and may send the

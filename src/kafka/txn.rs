@@ -32,13 +32,33 @@ use crate::error::{Error, Result};
 use crate::group::{MemberRef, OffsetAndMetadata};
 use crate::txn::{TxnCoordinator, TxnStatus};
 
-/// The coordinator, or the error code to answer with: this broker serves transactions
-/// alone (a cluster's nodes do not yet).
+/// The coordinator, or the error code to answer with (NOT_COORDINATOR at a cluster's node
+/// that does not lead the state topic's partition).
 fn coordinator(server: &Server) -> std::result::Result<std::sync::Arc<TxnCoordinator>, i16> {
-    if server.broker.inner.is_clustered() {
-        return Err(ResponseError::TransactionalIdAuthorizationFailed.code());
-    }
     server.broker.inner.transactions().map_err(|e| codes::code(&e))
+}
+
+/// Writes `offsets` of `group` in producer `producer_id`'s transaction, at the offset store
+/// of this broker (which coordinates the group), checked against the transaction by its
+/// coordinator: here, or at the cluster's node that coordinates transactions.
+fn commit_in_transaction(
+    server: &Server,
+    id: &str,
+    (producer_id, epoch): (i64, i16),
+    group: &str,
+    offsets: &[(TopicPartition, OffsetAndMetadata)],
+) -> Result<()> {
+    let inner = &server.broker.inner;
+    if !inner.is_clustered() || inner.transactions_if_open().is_some() {
+        return inner
+            .transactions()?
+            .commit_offsets(id, producer_id, epoch, group, offsets);
+    }
+    let tp = TopicPartition::new(crate::group::OFFSETS_TOPIC, 0);
+    inner.check_transaction(Some(id), producer_id, epoch, &tp)?;
+    inner
+        .offsets()?
+        .append_transactional(group, producer_id, epoch, offsets)
 }
 
 fn may_write(server: &Server, client: &Client, id: &str) -> bool {
@@ -239,34 +259,25 @@ pub(super) fn txn_offset_commit(
         .any(|(tp, _)| !client.may(server, op::READ, resource::TOPIC, &tp.topic))
     {
         ResponseError::TopicAuthorizationFailed.code()
+    } else if server.broker.inner.is_clustered() && !server.coordinates_groups() {
+        // Sent to the group's coordinator, which this node is not (any more).
+        ResponseError::NotCoordinator.code()
     } else {
-        match coordinator(server) {
-            Err(code) => code,
-            Ok(c) => {
-                let member = MemberRef {
-                    member_id: request.member_id.to_string(),
-                    generation: request.generation_id,
-                    group_instance_id: request.group_instance_id.as_ref().map(|s| s.to_string()),
-                };
-                // Written under the group's lock when it names a member, as a plain commit
-                // is: a rebalance cannot come between the check and the write, so a fenced
-                // generation's offsets are refused.
-                let write = || {
-                    c.commit_offsets(
-                        &id,
-                        request.producer_id.0,
-                        request.producer_epoch,
-                        &group,
-                        &offsets,
-                    )
-                };
-                let named = member.generation >= 0 || !member.member_id.is_empty();
-                code_of(match named {
-                    true => server.broker.coordinator().check_commit(&group, &member, write),
-                    false => write(),
-                })
-            }
-        }
+        let member = MemberRef {
+            member_id: request.member_id.to_string(),
+            generation: request.generation_id,
+            group_instance_id: request.group_instance_id.as_ref().map(|s| s.to_string()),
+        };
+        // Written under the group's lock when it names a member, as a plain commit is: a
+        // rebalance cannot come between the check and the write, so a fenced generation's
+        // offsets are refused.
+        let producer = (request.producer_id.0, request.producer_epoch);
+        let write = || commit_in_transaction(server, &id, producer, &group, &offsets);
+        let named = member.generation >= 0 || !member.member_id.is_empty();
+        code_of(match named {
+            true => server.broker.coordinator().check_commit(&group, &member, write),
+            false => write(),
+        })
     };
     let topics = request
         .topics
@@ -378,6 +389,10 @@ pub(super) fn list_transactions(
 ) -> ListTransactionsResponse {
     let c = match coordinator(server) {
         Ok(c) => c,
+        // A cluster's node that coordinates none lists none (admins ask every node).
+        Err(code) if code == ResponseError::NotCoordinator.code() => {
+            return ListTransactionsResponse::default();
+        }
         Err(code) => return ListTransactionsResponse::default().with_error_code(code),
     };
     let mut unknown = Vec::new();

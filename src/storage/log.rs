@@ -195,7 +195,9 @@ pub(crate) struct Inner {
 }
 
 /// The owner of a replicated log, to which its appends go: it puts a batch through
-/// replication and answers once the batch is committed, or with why not.
+/// replication and answers once the batch is committed, or with why not. A producer's batch
+/// (or a transaction marker) is judged by the partition's leader: a retry of a batch the log
+/// holds is answered with that batch's append, a refusal is an [`Error::Producer`].
 #[cfg(feature = "cluster")]
 pub(crate) trait Replicate: Send + Sync + std::fmt::Debug {
     fn append(&self, batch: RecordBatch) -> Result<AppendInfo>;
@@ -441,6 +443,30 @@ impl SyncState {
     }
 }
 
+/// How long a retried batch found in the log waits for it to become readable.
+const DUPLICATE_COMMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a retried batch is not answered with its first append: the producer sends it again.
+#[derive(Debug)]
+pub(crate) enum RetryDuplicate {
+    /// It is written but not yet readable (durable, or committed on a replica).
+    NotDurable,
+    /// The log changed under it (a truncation replaced it).
+    Replaced,
+    /// The log failed.
+    Failed(Error),
+}
+
+impl std::fmt::Display for RetryDuplicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetryDuplicate::NotDurable => f.write_str("the batch is written but not yet durable"),
+            RetryDuplicate::Replaced => f.write_str("the log changed under the retried batch"),
+            RetryDuplicate::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// The largest batch a replicated log takes, whatever its `max.message.bytes`: each batch is
 /// a Raft entry, and one entry must fit in one replication request (whose frame on the peer
 /// link is at most 128 MiB).
@@ -640,13 +666,83 @@ impl PartitionLog {
         self.inner.producers.lock().plan(headers)
     }
 
+    /// Judges one batch about to be written (a producer's batch, or a transaction marker)
+    /// against the producers the log holds: `None` to write it, the append of the batch it
+    /// repeats, or why it is refused. Hold [`producing`](Self::producing) across the judgement
+    /// and the write. A replicated log is judged at its leader alone, whose log holds every
+    /// entry committed and every one of its own term.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn judge(&self, batch: &Batch<'_>) -> Result<Option<AppendInfo>> {
+        let h = *batch.header();
+        if !h.is_control() {
+            return match self.plan_producers(&[h])?.remove(0) {
+                producers::Verdict::Duplicate(info) => Ok(Some(info)),
+                _ => Ok(None),
+            };
+        }
+        let marker = Marker::of(batch).ok_or(Error::InvalidBatch(BatchError::ControlBatch))?;
+        let refused = self
+            .inner
+            .producers
+            .lock()
+            .check_marker(h.producer_id, h.producer_epoch, marker);
+        match refused {
+            Some(error) => Err(Error::Producer {
+                producer_id: h.producer_id,
+                error,
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// The answer to a retry of a batch (`h`) the log holds at `info`: that append once it is
+    /// readable (durable under the log's policy; committed, on a replica, where a leader of an
+    /// earlier epoch may have written it), and only if the batch there is still this one (a
+    /// truncation may have replaced it since it was judged). Otherwise why the producer should
+    /// send it again, to be judged again.
+    pub(crate) fn answer_duplicate(
+        &self,
+        h: &BatchHeader,
+        info: AppendInfo,
+    ) -> std::result::Result<AppendInfo, RetryDuplicate> {
+        if self.high_watermark() <= info.last_offset {
+            // Its first append may have failed (a failed fsync poisons the log).
+            self.inner.check_writable().map_err(RetryDuplicate::Failed)?;
+            if !self.wait_for(info.last_offset, DUPLICATE_COMMIT_WAIT) {
+                return Err(RetryDuplicate::NotDurable);
+            }
+        }
+        let stored = self.header_at(info.base_offset).map_err(RetryDuplicate::Failed)?;
+        let same = stored.is_some_and(|stored| {
+            stored.base_offset == info.base_offset
+                && stored.producer_id == h.producer_id
+                && stored.producer_epoch == h.producer_epoch
+                && stored.base_sequence == h.base_sequence
+                && stored.last_offset_delta == h.last_offset_delta
+        });
+        if !same {
+            return Err(RetryDuplicate::Replaced);
+        }
+        Ok(info)
+    }
+
     /// Writes a transaction marker, COMMIT or ABORT, ending the open transaction of producer
     /// `producer_id` in `epoch` (a marker for a producer with none open is written all the
     /// same: the coordinator's retry of a marker it is unsure of). Refused, nothing written,
     /// if the producer's epoch is newer or the marker's coordinator epoch older than the last
     /// one seen. Returns once the marker is durable (committed, on a replicated log).
-    #[cfg_attr(not(test), allow(dead_code))] // until the transaction coordinator writes them
     pub(crate) fn append_marker(&self, producer_id: i64, epoch: i16, marker: Marker) -> Result<AppendInfo> {
+        let mut b = BatchBuilder::new(Compression::None)
+            .producer(producer_id, epoch, -1)
+            .transactional(true)
+            .control(true);
+        let (key, value) = marker.record();
+        b.push(now_ms(), Some(&key), Some(&value), &[]);
+        let batch = b.finish()?;
+        if self.inner.replicated {
+            // Judged by the partition's leader.
+            return self.append(batch);
+        }
         let _producing = self.producing();
         if let Some(error) = self
             .inner
@@ -656,13 +752,7 @@ impl PartitionLog {
         {
             return Err(Error::Producer { producer_id, error });
         }
-        let mut b = BatchBuilder::new(Compression::None)
-            .producer(producer_id, epoch, -1)
-            .transactional(true)
-            .control(true);
-        let (key, value) = marker.record();
-        b.push(now_ms(), Some(&key), Some(&value), &[]);
-        self.append(b.finish()?)
+        self.append(batch)
     }
 
     /// The epoch the log knows for `producer_id`, if it wrote no longer than `max_age_ms`
@@ -688,14 +778,7 @@ impl PartitionLog {
         index.overlapping(from, upto)
     }
 
-    /// Whether the log takes writes (not closed, not poisoned by a failed fsync).
-    #[cfg(feature = "kafka")]
-    pub(crate) fn check_writable(&self) -> Result<()> {
-        self.inner.check_writable()
-    }
-
     /// The header of the batch that holds `offset`, below the high watermark.
-    #[cfg(feature = "kafka")]
     pub(crate) fn header_at(&self, offset: i64) -> Result<Option<BatchHeader>> {
         let hw = self.high_watermark();
         let segments = self.inner.snapshot();

@@ -130,7 +130,7 @@ impl Marker {
 }
 
 /// Why a partition refused a producer's batch (or a marker ending its transaction).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ProducerError {
     /// An epoch older than the producer's current one: a newer instance of the producer (the

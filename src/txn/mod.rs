@@ -94,13 +94,21 @@ pub struct TxnCoordinator {
     /// bump is answered with its epoch, and any other older epoch is fenced.
     bumped_from: Mutex<HashMap<String, (i64, i16)>>,
     stopped: AtomicBool,
+    /// On a cluster's node: the term in which the node leads the state topic's partition (the
+    /// coordinator's epoch). Its state records are written by that leader alone, in that term.
+    term: Option<u64>,
 }
 
 impl TxnCoordinator {
     /// Opens the coordinator on partition 0 of the state topic, reading every state in it,
-    /// and starts its background thread (which first finishes what a restart left
-    /// preparing).
-    pub(crate) fn open(broker: &Arc<BrokerInner>, log: PartitionLog) -> Result<Arc<TxnCoordinator>> {
+    /// and starts its background thread (which first finishes what a restart, or an earlier
+    /// coordinator, left preparing). A cluster's node opens it in the `term` in which it
+    /// leads the partition, once it has read every state committed before.
+    pub(crate) fn open(
+        broker: &Arc<BrokerInner>,
+        log: PartitionLog,
+        term: Option<u64>,
+    ) -> Result<Arc<TxnCoordinator>> {
         let mut states: HashMap<String, TxnMetadata> = HashMap::new();
         let mut reader = log.reader(log.log_start_offset());
         while let Some(r) = reader.next()? {
@@ -140,6 +148,7 @@ impl TxnCoordinator {
             by_producer: RwLock::new(by_producer),
             bumped_from: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
+            term,
         });
         let background = Arc::downgrade(&coordinator);
         std::thread::Builder::new()
@@ -165,6 +174,33 @@ impl TxnCoordinator {
     /// Stops the background thread.
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Stops the coordinator and waits for the calls under way: it answers none from then on
+    /// (a cluster's node that leads the state topic again, in a later term, reads the states
+    /// only after this).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn stop_and_drain(&self) {
+        self.stop();
+        for (_, slot) in self.slots() {
+            drop(slot.write());
+        }
+    }
+
+    /// Refuses calls once the coordinator has stopped (taken over by another).
+    fn check_running(&self) -> Result<()> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(Error::NotCoordinator {
+                reason: "the coordinator has stopped".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The epoch its markers carry: a partition refuses those of an older coordinator.
+    pub(crate) fn coordinator_epoch(&self) -> i32 {
+        self.term
+            .map_or(COORDINATOR_EPOCH, |t| i32::try_from(t).unwrap_or(i32::MAX))
     }
 
     fn broker(&self) -> Result<Arc<BrokerInner>> {
@@ -208,6 +244,7 @@ impl TxnCoordinator {
                 ids.entry(transactional_id.to_string()).or_default().clone()
             };
             let mut m = slot.write();
+            self.check_running()?;
             if m.is_none()
                 && !self
                     .ids
@@ -343,6 +380,7 @@ impl TxnCoordinator {
         };
         let slot = self.slot(transactional_id).ok_or_else(unbound)?;
         let mut guard = slot.write();
+        self.check_running()?;
         let m = guard.as_mut().ok_or_else(unbound)?;
         if m.producer_id != producer_id {
             return Err(unbound());
@@ -415,8 +453,11 @@ impl TxnCoordinator {
         group: &str,
     ) -> Result<()> {
         crate::group::offsets::validate_group_id(group)?;
-        // The offsets topic exists from here on.
-        self.broker()?.offsets()?;
+        let broker = self.broker()?;
+        if !broker.is_clustered() {
+            // The offsets topic exists from here on (a cluster makes it when it starts).
+            broker.offsets()?;
+        }
         let offsets = [TopicPartition::new(OFFSETS_TOPIC, 0)];
         self.add_partitions(transactional_id, producer_id, epoch, &offsets)
     }
@@ -479,6 +520,28 @@ impl TxnCoordinator {
     }
 
     /// The transactional id `producer_id` is bound to, if any.
+    /// Refuses a write to `tp` by producer `producer_id` in `epoch` (whose request names
+    /// `transactional_id`, if it is a Kafka client's) unless its transaction is open with
+    /// `tp` in it: for a cluster's node that takes the write without coordinating
+    /// transactions (no end of the transaction is held back while it writes).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn check_open(
+        &self,
+        transactional_id: Option<&str>,
+        producer_id: i64,
+        epoch: i16,
+        tp: &TopicPartition,
+    ) -> Result<()> {
+        let bound = self.bound_id(producer_id);
+        if transactional_id.is_some_and(|id| bound.as_deref() != Some(id)) {
+            return Err(Error::InvalidProducerIdMapping {
+                transactional_id: transactional_id.unwrap_or_default().to_string(),
+                producer_id,
+            });
+        }
+        self.with_open_transaction(producer_id, epoch, tp, || Ok(()))
+    }
+
     #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // the Kafka front end's produce
     pub(crate) fn bound_id(&self, producer_id: i64) -> Option<String> {
         self.by_producer.read().get(&producer_id).cloned()
@@ -492,6 +555,7 @@ impl TxnCoordinator {
         epoch: i16,
         tp: &TopicPartition,
     ) -> Result<()> {
+        self.check_running()?;
         let Some(m) = m.filter(|m| m.producer_id == producer_id) else {
             return Err(Error::InvalidProducerIdMapping {
                 transactional_id: id.to_string(),
@@ -604,7 +668,7 @@ impl TxnCoordinator {
         let broker = self.broker()?;
         let marker = Marker {
             commit,
-            coordinator_epoch: COORDINATOR_EPOCH,
+            coordinator_epoch: self.coordinator_epoch(),
         };
         if commit && m.partitions.len() > 1 && paused_at("between-markers") {
             // A crash test stops between two markers: one at a time.
@@ -632,7 +696,8 @@ impl TxnCoordinator {
                 return Ok(()); // its commits were synced when written
             }
             match broker.partition(&tp.topic, tp.partition) {
-                Ok(log) if log.fsync() == Fsync::Always => log.flush(),
+                // A replica's records are on a majority once written.
+                Ok(log) if log.fsync() == Fsync::Always && !log.is_replicated() => log.flush(),
                 Ok(_) | Err(Error::UnknownTopic { .. } | Error::UnknownPartition { .. }) => Ok(()),
                 Err(e) => Err(e),
             }
@@ -659,7 +724,15 @@ impl TxnCoordinator {
             value.as_deref(),
             &[],
         );
-        self.log.append(b.finish()?)?;
+        let batch = b.finish()?;
+        #[cfg(feature = "cluster")]
+        if let Some(term) = self.term {
+            // Committed on a majority when written, by this node's replica in its term alone.
+            return self
+                .broker()?
+                .append_leading(TRANSACTION_STATE_TOPIC, 0, term, batch);
+        }
+        self.log.append(batch)?;
         if durable {
             self.log.flush()?;
         }
@@ -712,6 +785,9 @@ impl TxnCoordinator {
             let Some(mut guard) = slot.try_write_for(wait) else {
                 continue;
             };
+            if self.check_running().is_err() {
+                return;
+            }
             let Some(m) = guard.clone() else {
                 continue;
             };
@@ -823,7 +899,7 @@ fn write_marker(
     marker: Marker,
 ) -> Result<()> {
     if tp.topic == OFFSETS_TOPIC {
-        return broker.offsets()?.complete_transaction(producer_id, epoch, marker);
+        return broker.complete_offsets_transaction(producer_id, epoch, marker);
     }
     let log = match broker.partition(&tp.topic, tp.partition) {
         Ok(log) => log,
@@ -831,7 +907,10 @@ fn write_marker(
         Err(e) => return Err(e),
     };
     log.append_marker(producer_id, epoch, marker)?;
-    log.flush()
+    match log.is_replicated() {
+        true => Ok(()), // on a majority once written
+        false => log.flush(),
+    }
 }
 
 /// Whether the process is to stop at `point` (feature `failpoints`, for rivulet's crash
