@@ -7,7 +7,7 @@
 #[path = "common/three_nodes.rs"]
 mod three_nodes;
 
-use three_nodes::{eventually, found, free_addrs, read_all};
+use three_nodes::{eventually, eventually_some, found, free_addrs, read_all};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,22 +46,49 @@ fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
     }
     let state = node(&nodes, 0).replica_state("orders", 0).unwrap();
     assert_eq!(state.replicas.len(), 3);
-    // Transactions are not served by a cluster's nodes yet: refused, with nothing created.
-    let refused = rivulet::TransactionalProducer::new(node(&nodes, 0).broker(), "tx");
+    // Transactions: the node that leads the state topic's partition coordinates them. An
+    // in-process transactional producer there commits records that a read_committed
+    // consumer at another node reads; at another node it is refused (for now).
+    let coordinator = eventually_some("a transaction coordinator", || {
+        let s = node(&nodes, 0).replica_state("__transaction_state", 0).ok()?;
+        s.leader.map(|l| l as usize - 1)
+    });
+    let mut tx = eventually_some("the coordinator ready", || {
+        rivulet::TransactionalProducer::new(node(&nodes, coordinator).broker(), "tx").ok()
+    });
+    let mut t = tx.begin().unwrap();
+    let sent = t
+        .send(ProducerRecord::new("orders", b"in a transaction").partition(0))
+        .unwrap();
+    t.commit().unwrap();
+    let other = (coordinator + 1) % 3;
+    let refused = rivulet::TransactionalProducer::new(node(&nodes, other).broker(), "tx2");
     assert!(
-        matches!(refused, Err(rivulet::Error::Cluster { .. })),
+        matches!(refused, Err(rivulet::Error::NotCoordinator { .. })),
         "{refused:?}"
     );
+    let committed_reader = ConsumerConfig::default()
+        .isolation_level(rivulet::IsolationLevel::ReadCommitted)
+        .auto_offset_reset(OffsetReset::Earliest);
+    let mut reader = Consumer::new(node(&nodes, other).broker(), committed_reader);
+    reader.assign(&[TopicPartition::new("orders", 0)]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains(&b"in a transaction".to_vec()) && Instant::now() < deadline {
+        for r in reader.poll(Duration::from_millis(200)).unwrap().iter() {
+            seen.push(r.value.unwrap_or_default().to_vec());
+        }
+    }
     assert!(
-        !node(&nodes, 0)
-            .broker()
-            .list_topics()
-            .contains(&"__transaction_state".to_string())
+        seen.contains(&b"in a transaction".to_vec()),
+        "a committed transaction's record is read at another node"
     );
+    drop(reader);
     assert!(state.leader.is_some() && state.epoch >= 1, "{state:?}");
 
     // Records produced at node 2 are acknowledged and read at node 3.
     let mut acked = BTreeMap::new();
+    acked.insert((sent.partition, sent.offset), b"in a transaction".to_vec());
     let producer = Producer::new(node(&nodes, 1).broker());
     for i in 0..60 {
         let value = format!("order-{i}");

@@ -8,19 +8,22 @@
 //! as `.ci/run` does.
 #![cfg(feature = "kafka")]
 
-use std::collections::BTreeMap;
+#[path = "common/copy_loop.rs"]
+mod copy_loop;
+
+use copy_loop::{TIMEOUT, copier, one_transaction, output};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
+use rdkafka::Offset;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
-use rdkafka::{Offset, TopicPartitionList};
 
 const RECORDS: usize = 300;
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn broker_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -104,107 +107,6 @@ impl Drop for Broker {
     }
 }
 
-fn input(tp: i64) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("in", 0, Offset::Offset(tp)).unwrap();
-    tpl
-}
-
-/// A consumer of the input in the copy's group, and a transactional producer (whose
-/// initialization aborts what an earlier one left open).
-fn copier(broker: &Broker) -> (BaseConsumer, BaseProducer) {
-    let producer: BaseProducer = broker
-        .client()
-        .set("transactional.id", "copy-tx")
-        .set("linger.ms", "1")
-        .create()
-        .unwrap();
-    producer.init_transactions(TIMEOUT).unwrap();
-    let consumer: BaseConsumer = broker
-        .client()
-        .set("group.id", "copy")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    consumer.assign(&input(0)).unwrap();
-    // Resume where the last committed transaction left the group.
-    let committed = consumer.committed(TIMEOUT).unwrap();
-    if let Offset::Offset(at) = committed.find_partition("in", 0).unwrap().offset() {
-        consumer.seek("in", 0, Offset::Offset(at), TIMEOUT).unwrap();
-    }
-    (consumer, producer)
-}
-
-/// Copies up to `n` records in one transaction; `None` if the broker went away meanwhile.
-/// With `abort`, the transaction is aborted and the consumer sent back.
-fn one_transaction(consumer: &BaseConsumer, producer: &BaseProducer, n: usize, abort: bool) -> Option<usize> {
-    let mut copied = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while copied.len() < n && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => copied.push((m.offset(), m.payload().unwrap().to_vec())),
-            Some(Err(_)) => return None,
-            None => {}
-        }
-    }
-    if copied.is_empty() {
-        return Some(0);
-    }
-    producer.begin_transaction().ok()?;
-    for (_, v) in &copied {
-        let value = [b"copied ".as_slice(), v].concat();
-        producer
-            .send(BaseRecord::<(), [u8]>::to("out").payload(&value).partition(0))
-            .ok()?;
-    }
-    producer.flush(TIMEOUT).ok()?;
-    let next = copied.last().unwrap().0 + 1;
-    let metadata = consumer.group_metadata()?;
-    producer
-        .send_offsets_to_transaction(&input(next), &metadata, TIMEOUT)
-        .ok()?;
-    if abort {
-        producer.abort_transaction(TIMEOUT).ok()?;
-        consumer
-            .seek("in", 0, Offset::Offset(copied[0].0), TIMEOUT)
-            .ok()?;
-        return Some(0);
-    }
-    producer.commit_transaction(TIMEOUT).ok()?;
-    Some(copied.len())
-}
-
-/// The values a reader of the output in `isolation` finds, counted.
-fn output(broker: &Broker, isolation: &str) -> BTreeMap<Vec<u8>, usize> {
-    let consumer: BaseConsumer = broker
-        .client()
-        .set("group.id", format!("check-{isolation}"))
-        .set("isolation.level", isolation)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("out", 0, Offset::Beginning).unwrap();
-    consumer.assign(&tpl).unwrap();
-    let (_, high) = consumer.fetch_watermarks("out", 0, TIMEOUT).unwrap();
-    let mut seen = BTreeMap::new();
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            *seen.entry(m.payload().unwrap().to_vec()).or_default() += 1;
-        }
-        let position = consumer.position().unwrap();
-        if let Offset::Offset(at) = position.find_partition("out", 0).unwrap().offset()
-            && at >= high
-        {
-            break;
-        }
-    }
-    seen
-}
-
 #[test]
 fn a_copy_loop_survives_a_broker_sigkill_with_a_transaction_open() {
     let mut broker = Broker::new();
@@ -219,7 +121,7 @@ fn a_copy_loop_survives_a_broker_sigkill_with_a_transaction_open() {
     plain.flush(TIMEOUT).unwrap();
     drop(plain);
 
-    let (mut consumer, mut producer) = copier(&broker);
+    let (mut consumer, mut producer) = copier(&|| broker.client());
     let mut copied = 0;
     let mut round = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -243,7 +145,7 @@ fn a_copy_loop_survives_a_broker_sigkill_with_a_transaction_open() {
             // committed offsets.
             drop(consumer);
             drop(producer);
-            (consumer, producer) = copier(&broker);
+            (consumer, producer) = copier(&|| broker.client());
             continue;
         }
         match one_transaction(&consumer, &producer, 20, round % 4 == 0) {
@@ -251,7 +153,7 @@ fn a_copy_loop_survives_a_broker_sigkill_with_a_transaction_open() {
             None => {
                 drop(consumer);
                 drop(producer);
-                (consumer, producer) = copier(&broker);
+                (consumer, producer) = copier(&|| broker.client());
                 copied = match consumer
                     .committed(TIMEOUT)
                     .unwrap()
@@ -266,11 +168,11 @@ fn a_copy_loop_survives_a_broker_sigkill_with_a_transaction_open() {
         }
     }
 
-    let committed = output(&broker, "read_committed");
+    let committed = output(&|| broker.client(), "read_committed");
     let twice: Vec<_> = committed.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "copied more than once: {twice:?}");
     assert_eq!(committed.len(), RECORDS, "every input record copied once");
-    let everything = output(&broker, "read_uncommitted");
+    let everything = output(&|| broker.client(), "read_uncommitted");
     assert!(
         everything.values().sum::<usize>() > RECORDS,
         "the aborted copies are in the log for read_uncommitted readers"

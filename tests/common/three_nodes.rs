@@ -36,6 +36,18 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Waits (bounded) for `check` to give a value.
+pub fn eventually_some<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Every record of `topic` a node's broker gives its consumers, by (partition, offset).
 pub fn read_all(node: &Cluster, topic: &str, partitions: u32) -> BTreeMap<(u32, i64), Vec<u8>> {
     let mut consumer = Consumer::new(
