@@ -270,6 +270,10 @@ pub(crate) struct BrokerInner {
     pub(crate) groups: GroupCoordinator,
     /// The transaction coordinator, opened on first use.
     transactions: Mutex<Option<Arc<crate::txn::TxnCoordinator>>>,
+    /// Held by a cluster node's take-over and release of the transaction coordinator, one
+    /// at a time.
+    #[cfg(feature = "cluster")]
+    transactions_turnover: Mutex<()>,
     /// The next producer id to issue (ids from the clock, so a restarted broker does not
     /// issue one again).
     next_producer_id: std::sync::atomic::AtomicI64,
@@ -348,6 +352,12 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
         term: u64,
         batch: crate::storage::RecordBatch,
     ) -> Result<()>;
+    /// Confirms (with a round of its followers) that this node still leads `topic`'s
+    /// `partition` in `term`.
+    fn confirm_leading(&self, topic: &str, partition: u32, term: u64) -> Result<()>;
+    /// The transaction coordinator at the node that leads the state topic, for this node's
+    /// producers (`NotCoordinator` while none does, or this one is still reading it).
+    fn transaction_coordinator(&self) -> Result<Arc<dyn crate::txn::TxnCalls>>;
     /// Asks the node that coordinates transactions whether producer `producer_id`'s
     /// transaction in `epoch` is open with `tp` in it (`NotCoordinator` if none does).
     fn check_transaction(
@@ -621,8 +631,8 @@ impl Broker {
 
     /// The broker's transaction coordinator (opened, with its state topic
     /// `__transaction_state`, on first use): what Kafka's transactional APIs answer from, and
-    /// where an application can describe and list transactions. A cluster's nodes do not
-    /// serve transactions yet ([`Error::Cluster`]).
+    /// where an application can describe and list transactions. On a cluster, the node that
+    /// leads `__transaction_state` has it; the others answer [`Error::NotCoordinator`].
     pub fn transactions(&self) -> Result<Arc<crate::txn::TxnCoordinator>> {
         self.inner.transactions()
     }
@@ -876,6 +886,8 @@ impl BrokerInner {
             offsets: Mutex::new(None),
             groups: GroupCoordinator::new().with_initial_rebalance_delay(initial_rebalance_delay),
             transactions: Mutex::new(None),
+            #[cfg(feature = "cluster")]
+            transactions_turnover: Mutex::new(()),
             next_producer_id: std::sync::atomic::AtomicI64::new(
                 crate::storage::now_ms().saturating_mul(1000),
             ),
@@ -1057,20 +1069,37 @@ impl BrokerInner {
     /// partition in `term` that has applied everything committed before it: the coordinator
     /// of an earlier term stops (its calls under way end first), and a new one reads the
     /// states.
+    /// A take-over of a term older than the coordinator's (a slow one, overtaken) changes
+    /// nothing.
     #[cfg(feature = "cluster")]
     pub(crate) fn take_over_transactions(self: &Arc<Self>, term: u64) -> Result<()> {
         use crate::txn::{TRANSACTION_STATE_TOPIC, TxnCoordinator};
-        self.release_transactions();
-        let c = TxnCoordinator::open(self, self.partition(TRANSACTION_STATE_TOPIC, 0)?, Some(term))?;
-        if let Some(old) = self.transactions.lock().replace(c) {
-            old.stop_and_drain();
+        let _turnover = self.transactions_turnover.lock();
+        let current = self.transactions.lock().as_ref().and_then(|c| c.term());
+        if current.is_some_and(|t| t >= term) {
+            return Ok(());
         }
+        self.stop_transactions();
+        let c = TxnCoordinator::open(self, self.partition(TRANSACTION_STATE_TOPIC, 0)?, Some(term))?;
+        *self.transactions.lock() = Some(c);
         Ok(())
     }
 
-    /// Stops this cluster node's transaction coordinator: another node leads the state topic.
+    /// Stops this cluster node's transaction coordinator if it is of `term` or older: the
+    /// node no longer leads the state topic in that term.
     #[cfg(feature = "cluster")]
-    pub(crate) fn release_transactions(&self) {
+    pub(crate) fn release_transactions(&self, term: u64) {
+        let _turnover = self.transactions_turnover.lock();
+        let current = self.transactions.lock().as_ref().and_then(|c| c.term());
+        if current.is_some_and(|t| t <= term) {
+            self.stop_transactions();
+        }
+    }
+
+    /// Stops the coordinator and waits for its calls under way (outside the slot's lock,
+    /// which every call of a producer takes).
+    #[cfg(feature = "cluster")]
+    fn stop_transactions(&self) {
         let old = self.transactions.lock().take();
         if let Some(old) = old {
             old.stop_and_drain();
@@ -1112,6 +1141,62 @@ impl BrokerInner {
         }
         self.transactions()?
             .check_open(transactional_id, producer_id, epoch, tp)
+    }
+
+    /// The transaction coordinator's calls for a producer here: this broker's coordinator, or
+    /// on a cluster the one at the node that leads the state topic.
+    pub(crate) fn txn_calls(self: &Arc<Self>) -> Result<Arc<dyn crate::txn::TxnCalls>> {
+        if let Some(c) = self.transactions_if_open() {
+            return Ok(c);
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.transaction_coordinator();
+        }
+        Ok(self.transactions()?)
+    }
+
+    /// Writes `offsets` of `group` in producer `producer_id`'s transaction (of transactional
+    /// id `id`) at the group's coordinator (here, or at the cluster's node that coordinates
+    /// groups), checked against the group's `member` if one is named (under the group's
+    /// lock, so a rebalance cannot let a fenced generation's offsets in) and against the
+    /// transaction by its coordinator.
+    pub(crate) fn commit_in_transaction(
+        self: &Arc<Self>,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        group: &str,
+        member: Option<&crate::group::MemberRef>,
+        offsets: &[(crate::TopicPartition, OffsetAndMetadata)],
+    ) -> Result<()> {
+        if let Some(remote) = self.remote_coordinator(group)? {
+            return remote.commit_in_transaction(id, (producer_id, epoch), group, member, offsets);
+        }
+        let write = || {
+            if !self.is_clustered() || self.transactions_if_open().is_some() {
+                return self
+                    .transactions()?
+                    .commit_offsets(id, producer_id, epoch, group, offsets);
+            }
+            let tp = crate::TopicPartition::new(OFFSETS_TOPIC, 0);
+            self.check_transaction(Some(id), producer_id, epoch, &tp)?;
+            self.offsets()?
+                .append_transactional(group, producer_id, epoch, offsets)
+        };
+        match member {
+            Some(member) => self.groups.check_commit(group, member, write),
+            None => write(),
+        }
+    }
+
+    /// Confirms that this cluster node still leads `topic`'s `partition` in `term` (see
+    /// [`Coordinate::confirm_leading`]).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn confirm_leading(&self, topic: &str, partition: u32, term: u64) -> Result<()> {
+        match self.cluster.get() {
+            Some(cluster) => cluster.confirm_leading(topic, partition, term),
+            None => Err(Error::IllegalState("a broker alone leads no term")),
+        }
     }
 
     /// Ends producer `producer_id`'s transaction in the committed offsets: at the offset store

@@ -200,8 +200,8 @@ impl ConsumerConfig {
 
     /// Which records of transactions to read (`isolation.level`); default
     /// [`IsolationLevel::ReadUncommitted`]. Under `ReadCommitted` a partition read at
-    /// another node of a cluster is read as under `ReadUncommitted` (a cluster's nodes do not
-    /// serve transactions yet).
+    /// another node of a cluster is read as under `ReadUncommitted`, and a cluster's consumer
+    /// does not wait for a transaction's pending commit of its group's offsets.
     pub fn isolation_level(mut self, level: IsolationLevel) -> Self {
         self.isolation_level = level;
         self
@@ -369,7 +369,8 @@ impl Consumer {
     /// of its transactional id starts, or when it times out.
     fn wait_for_stable_offsets(&self, group: &str, partitions: &[TopicPartition]) -> Result<()> {
         if self.broker.inner.is_clustered() {
-            return Ok(()); // a cluster's nodes do not serve transactions yet
+            // The pending commits are at the node that coordinates groups: not waited for.
+            return Ok(());
         }
         let store = self.broker.inner.offsets()?;
         let deadline = std::time::Instant::now() + STABLE_OFFSETS_WAIT;

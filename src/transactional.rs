@@ -22,7 +22,7 @@ use crate::group::OffsetAndMetadata;
 use crate::producer::{DefaultPartitioner, Partitioner, ProducerRecord, RecordMetadata};
 use crate::storage::producers::Verdict;
 use crate::storage::{BatchBuilder, Compression, TimestampType, now_ms};
-use crate::txn::TxnCoordinator;
+use crate::txn::TxnCalls;
 
 /// The default `transaction.timeout.ms`: a transaction open longer is aborted by the
 /// coordinator, and its producer fenced.
@@ -60,7 +60,6 @@ pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct TransactionalProducer {
     broker: Broker,
-    coordinator: Arc<TxnCoordinator>,
     id: String,
     producer_id: i64,
     epoch: i16,
@@ -81,7 +80,8 @@ pub struct TransactionalProducer {
 
 impl TransactionalProducer {
     /// A producer with the transactional id `id` and the default timeout
-    /// ([`DEFAULT_TRANSACTION_TIMEOUT`]).
+    /// ([`DEFAULT_TRANSACTION_TIMEOUT`]). On a cluster, at any node: its calls go to the node
+    /// that coordinates transactions (its offsets to the one that coordinates groups).
     pub fn new(broker: &Broker, id: &str) -> Result<TransactionalProducer> {
         Self::with_timeout(broker, id, DEFAULT_TRANSACTION_TIMEOUT)
     }
@@ -89,12 +89,10 @@ impl TransactionalProducer {
     /// A producer whose transactions are aborted (and it fenced) when open longer than
     /// `timeout` (at most [`MAX_TRANSACTION_TIMEOUT_MS`](crate::txn::MAX_TRANSACTION_TIMEOUT_MS)).
     pub fn with_timeout(broker: &Broker, id: &str, timeout: Duration) -> Result<TransactionalProducer> {
-        let coordinator = broker.transactions()?;
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        let (producer_id, epoch) = coordinator.init_producer_id(id, ms, None)?;
+        let (producer_id, epoch) = broker.inner.txn_calls()?.init_producer_id(id, ms, None)?;
         Ok(TransactionalProducer {
             broker: broker.clone(),
-            coordinator,
             id: id.to_string(),
             producer_id,
             epoch,
@@ -131,7 +129,7 @@ impl TransactionalProducer {
     pub fn begin(&mut self) -> Result<Transaction<'_>> {
         if self.unsettled {
             match self
-                .coordinator
+                .coordinator()?
                 .end(&self.id, self.producer_id, self.epoch, false)
             {
                 // Aborted now, or it had ended after all.
@@ -146,6 +144,22 @@ impl TransactionalProducer {
             producer: self,
             ended: false,
         })
+    }
+
+    /// Adds the offsets topic to the open transaction (once), for `group`'s commits.
+    fn add_offsets(&mut self, group: &str) -> Result<()> {
+        let offsets_tp = TopicPartition::new(crate::group::OFFSETS_TOPIC, 0);
+        if !self.added.contains(&offsets_tp) {
+            self.coordinator()?
+                .add_offsets(&self.id, self.producer_id, self.epoch, group)?;
+            self.added.insert(offsets_tp);
+        }
+        Ok(())
+    }
+
+    /// The transaction coordinator, wherever it runs now.
+    fn coordinator(&self) -> Result<Arc<dyn TxnCalls>> {
+        self.broker.inner.txn_calls()
     }
 
     /// The partition for a record: explicit, by the partitioner, or one per topic for the
@@ -242,25 +256,27 @@ impl Transaction<'_> {
         let batch = b.finish()?;
         // What the log would refuse is refused before the partition joins the transaction.
         crate::storage::check_batch(&batch, &config, log.is_replicated())?;
+        let coordinator = p.coordinator()?;
         if !p.added.contains(&tp) {
-            p.coordinator
-                .add_partitions(&p.id, p.producer_id, p.epoch, std::slice::from_ref(&tp))?;
+            coordinator.add_partitions(&p.id, p.producer_id, p.epoch, std::slice::from_ref(&tp))?;
             p.added.insert(tp.clone());
         }
         let header = batch.header();
-        let info = p
-            .coordinator
-            .with_open_transaction(p.producer_id, p.epoch, &tp, || {
-                if log.is_replicated() {
-                    // Judged by the partition's leader.
-                    return log.append(batch);
-                }
-                let _producing = log.producing();
-                match log.plan_producers(std::slice::from_ref(&header))?.remove(0) {
-                    Verdict::Append => log.append_unsynced(batch),
-                    _ => Err(Error::IllegalState("a transactional batch judged other than new")),
-                }
-            })?;
+        let mut batch = Some(batch);
+        let info = coordinator.write_in(p.producer_id, p.epoch, &tp, &mut || {
+            let batch = batch
+                .take()
+                .ok_or(Error::IllegalState("a transactional batch written twice"))?;
+            if log.is_replicated() {
+                // Judged by the partition's leader.
+                return log.append(batch);
+            }
+            let _producing = log.producing();
+            match log.plan_producers(std::slice::from_ref(&header))?.remove(0) {
+                Verdict::Append => log.append_unsynced(batch),
+                _ => Err(Error::IllegalState("a transactional batch judged other than new")),
+            }
+        })?;
         let next = (i64::from(sequence) + records.len() as i64) % (i64::from(i32::MAX) + 1);
         p.sequences.insert(tp, next as i32);
         let log_time = config.get_timestamp_type() == TimestampType::LogAppendTime;
@@ -281,13 +297,11 @@ impl Transaction<'_> {
     /// from its earlier commits if it aborts.
     pub fn send_offsets(&mut self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
         let p = &mut *self.producer;
-        let offsets_tp = TopicPartition::new(crate::group::OFFSETS_TOPIC, 0);
-        if !p.added.contains(&offsets_tp) {
-            p.coordinator.add_offsets(&p.id, p.producer_id, p.epoch, group)?;
-            p.added.insert(offsets_tp);
-        }
-        p.coordinator
-            .commit_offsets(&p.id, p.producer_id, p.epoch, group, &committed(offsets))
+        p.add_offsets(group)?;
+        let producer = (p.producer_id, p.epoch);
+        p.broker
+            .inner
+            .commit_in_transaction(&p.id, producer, group, None, &committed(offsets))
     }
 
     /// As [`send_offsets`](Self::send_offsets) for `consumer`'s group, checked against the
@@ -307,17 +321,11 @@ impl Transaction<'_> {
         if !named {
             return self.send_offsets(&group, offsets);
         }
-        let offsets_tp = TopicPartition::new(crate::group::OFFSETS_TOPIC, 0);
-        if !p.added.contains(&offsets_tp) {
-            p.coordinator.add_offsets(&p.id, p.producer_id, p.epoch, &group)?;
-            p.added.insert(offsets_tp);
-        }
-        let entries = committed(offsets);
-        let broker = p.broker.inner.clone();
-        broker.groups.check_commit(&group, &member, || {
-            p.coordinator
-                .commit_offsets(&p.id, p.producer_id, p.epoch, &group, &entries)
-        })
+        p.add_offsets(&group)?;
+        let producer = (p.producer_id, p.epoch);
+        p.broker
+            .inner
+            .commit_in_transaction(&p.id, producer, &group, Some(&member), &committed(offsets))
     }
 
     /// Commits: every record sent and every offset committed in the transaction becomes
@@ -337,7 +345,9 @@ impl Transaction<'_> {
         if p.added.is_empty() {
             return Ok(()); // nothing was written
         }
-        let ended = p.coordinator.end(&p.id, p.producer_id, p.epoch, commit);
+        let ended = p
+            .coordinator()
+            .and_then(|c| c.end(&p.id, p.producer_id, p.epoch, commit));
         p.added.clear();
         p.unsettled = ended.is_err();
         ended

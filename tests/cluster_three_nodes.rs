@@ -46,27 +46,63 @@ fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
     }
     let state = node(&nodes, 0).replica_state("orders", 0).unwrap();
     assert_eq!(state.replicas.len(), 3);
-    // Transactions: the node that leads the state topic's partition coordinates them. An
-    // in-process transactional producer there commits records that a read_committed
-    // consumer at another node reads; at another node it is refused (for now).
+    // Transactions: the node that leads the state topic's partition coordinates them; an
+    // in-process transactional producer at any node reaches it. A transaction committed at a
+    // node that neither coordinates transactions nor groups writes its records and its
+    // group's offsets; one aborted writes neither.
     let coordinator = eventually_some("a transaction coordinator", || {
         let s = node(&nodes, 0).replica_state("__transaction_state", 0).ok()?;
         s.leader.map(|l| l as usize - 1)
     });
+    let groups_at = node(&nodes, 0)
+        .replica_state("__consumer_offsets", 0)
+        .unwrap()
+        .leader
+        .map(|l| l as usize - 1);
+    let other = (0..3)
+        .find(|&i| i != coordinator && Some(i) != groups_at)
+        .unwrap_or((coordinator + 1) % 3);
     let mut tx = eventually_some("the coordinator ready", || {
-        rivulet::TransactionalProducer::new(node(&nodes, coordinator).broker(), "tx").ok()
+        rivulet::TransactionalProducer::new(node(&nodes, other).broker(), "tx").ok()
     });
     let mut t = tx.begin().unwrap();
     let sent = t
         .send(ProducerRecord::new("orders", b"in a transaction").partition(0))
         .unwrap();
+    t.send_offsets("tx-group", &[(TopicPartition::new("orders", 1), 7)])
+        .unwrap();
     t.commit().unwrap();
-    let other = (coordinator + 1) % 3;
-    let refused = rivulet::TransactionalProducer::new(node(&nodes, other).broker(), "tx2");
-    assert!(
-        matches!(refused, Err(rivulet::Error::NotCoordinator { .. })),
-        "{refused:?}"
-    );
+    let mut t = tx.begin().unwrap();
+    let aborted = t
+        .send(ProducerRecord::new("orders", b"aborted").partition(0))
+        .unwrap();
+    t.send_offsets("tx-group", &[(TopicPartition::new("orders", 1), 9)])
+        .unwrap();
+    t.abort().unwrap();
+    let in_group = |n: &Cluster| {
+        Consumer::new(n.broker(), ConsumerConfig::default().group_id("tx-group"))
+            .committed(&[TopicPartition::new("orders", 1)])
+            .ok()
+            .and_then(|c| c[0].as_ref().map(|o| o.offset))
+    };
+    for i in 0..3 {
+        assert_eq!(
+            in_group(&node(&nodes, i)),
+            Some(7),
+            "node {}: the committed offsets",
+            i + 1
+        );
+    }
+    // A new producer of the id at another node fences the first one.
+    let mut fencer = rivulet::TransactionalProducer::new(node(&nodes, coordinator).broker(), "tx").unwrap();
+    let mut stale = tx.begin().unwrap();
+    let fenced = stale.send(ProducerRecord::new("orders", b"fenced").partition(0));
+    assert!(fenced.is_err(), "a fenced producer's send: {fenced:?}");
+    drop(stale);
+    let mut t = fencer.begin().unwrap();
+    t.send(ProducerRecord::new("orders", b"by the new producer").partition(0))
+        .unwrap();
+    t.abort().unwrap();
     let committed_reader = ConsumerConfig::default()
         .isolation_level(rivulet::IsolationLevel::ReadCommitted)
         .auto_offset_reset(OffsetReset::Earliest);
@@ -89,6 +125,12 @@ fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
     // Records produced at node 2 are acknowledged and read at node 3.
     let mut acked = BTreeMap::new();
     acked.insert((sent.partition, sent.offset), b"in a transaction".to_vec());
+    // Read uncommitted, the aborted record is there too (its markers are not records).
+    acked.insert((aborted.partition, aborted.offset), b"aborted".to_vec());
+    acked.insert(
+        (aborted.partition, aborted.offset + 2),
+        b"by the new producer".to_vec(),
+    );
     let producer = Producer::new(node(&nodes, 1).broker());
     for i in 0..60 {
         let value = format!("order-{i}");

@@ -1,10 +1,12 @@
 //! Transactions on a cluster: three example brokers as one cluster's nodes (processes on
 //! loopback), a consume-transform-produce loop through librdkafka (the `rdkafka` crate) with
-//! some transactions aborted on purpose, and the node that coordinates transactions (the
-//! leader of `__transaction_state`) SIGKILLed with a transaction open. Another node takes
-//! the coordination over, fences the open transaction, and the loop carries on: the output
-//! holds every input record exactly once for `read_committed` readers; a `read_uncommitted`
-//! reader sees the aborted copies too.
+//! some transactions aborted on purpose. With a transaction open, the node that coordinates
+//! transactions (the leader of `__transaction_state`) is SIGKILLed, and later, with another
+//! open, the node that coordinates the group (the leader of `__consumer_offsets`); each
+//! comes back once another node has taken over. The loop carries on through both: the output
+//! holds every input record exactly once for `read_committed` readers (so the offsets each
+//! committed transaction wrote survive both take-overs); a `read_uncommitted` reader sees the
+//! aborted copies too.
 //!
 //! Needs the example broker built (`cargo build --features kafka,cluster --example broker`),
 //! as `.ci/run` does.
@@ -102,10 +104,17 @@ impl Nodes {
         self.children[i] = Some(child);
     }
 
-    fn kill(&mut self, i: usize) {
-        let mut child = self.children[i].take().expect("a running node");
+    /// SIGKILLs the node that leads `topic` (an internal topic's one partition), waits for
+    /// another to lead it, and starts the killed one again.
+    fn fail_over(&mut self, topic: &str) {
+        let leader = self.leader_of(topic).expect("a leader");
+        let mut child = self.children[leader].take().expect("a running node");
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        eventually("another leader", || {
+            self.leader_of(topic).filter(|&l| l != leader)
+        });
+        self.run(leader);
     }
 
     /// Clients bootstrap at every node, so that any one may be down.
@@ -180,13 +189,14 @@ fn a_copy_loop_survives_the_transaction_coordinators_sigkill() {
     let (mut consumer, mut producer) = copier(&|| nodes.client());
     let mut copied = 0;
     let mut round = 0;
-    let mut killed = None;
+    let mut failovers = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while copied < RECORDS {
         assert!(Instant::now() < deadline, "copied {copied} of {RECORDS}");
         round += 1;
-        if round == 6 {
-            // A transaction open, its records written: the node that coordinates it dies.
+        if round == 6 || round == 11 {
+            // A transaction open, its records written: the node that coordinates it dies, then
+            // the one that coordinates the group.
             producer.begin_transaction().unwrap();
             if let Some(Ok(m)) = consumer.poll(Duration::from_secs(2)) {
                 let value = [b"copied ".as_slice(), m.payload().unwrap()].concat();
@@ -196,18 +206,15 @@ fn a_copy_loop_survives_the_transaction_coordinators_sigkill() {
                     .unwrap();
             }
             producer.flush(TIMEOUT).unwrap();
-            let coordinator = nodes.leader_of("__transaction_state").expect("a coordinator");
-            nodes.kill(coordinator);
-            killed = Some(coordinator);
-            // The old clients go; new ones (at the new coordinator) fence the open
+            nodes.fail_over(match round {
+                6 => "__transaction_state",
+                _ => "__consumer_offsets",
+            });
+            failovers += 1;
+            // The old clients go; new ones (at the new coordinators) fence the open
             // transaction and resume from the committed offsets.
             drop(consumer);
             drop(producer);
-            eventually("another coordinator", || {
-                nodes
-                    .leader_of("__transaction_state")
-                    .filter(|&l| l != coordinator)
-            });
             (consumer, producer) = copier(&|| nodes.client());
             continue;
         }
@@ -230,7 +237,7 @@ fn a_copy_loop_survives_the_transaction_coordinators_sigkill() {
             }
         }
     }
-    assert!(killed.is_some(), "the coordinator was killed");
+    assert_eq!(failovers, 2, "both coordinators failed over");
 
     let committed = output(&|| nodes.client(), "read_committed");
     let copies = |seen: &std::collections::BTreeMap<Vec<u8>, usize>| {

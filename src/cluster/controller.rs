@@ -1023,7 +1023,8 @@ const LEADING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// whether it did; `release` forgets it.
 struct Role {
     take: fn(&Arc<crate::broker::BrokerInner>, u64) -> bool,
-    release: fn(&Arc<crate::broker::BrokerInner>),
+    /// Lets go of what was taken in the term given, or earlier.
+    release: fn(&Arc<crate::broker::BrokerInner>, u64),
 }
 
 /// Groups: whatever the node knew of them from an earlier term is stale, and the offsets are
@@ -1034,7 +1035,7 @@ const GROUPS: Role = Role {
         broker.forget_offsets();
         true
     },
-    release: |broker| broker.groups.reset(),
+    release: |broker, _| broker.groups.reset(),
 };
 
 /// Transactions: a coordinator of the term reads their states (the earlier one stops).
@@ -1046,7 +1047,7 @@ const TRANSACTIONS: Role = Role {
             false
         }
     },
-    release: |broker| broker.release_transactions(),
+    release: |broker, term| broker.release_transactions(term),
 };
 
 /// Has this node take on `role` once it leads the partition that keeps its state and has
@@ -1063,15 +1064,16 @@ fn take_over(
     let term = placement.epoch;
     if placement.leader != Some(me) {
         coordinating.claimed.store(0, Ordering::SeqCst);
-        // It coordinated until now: its groups' members are sent on to the node that does
-        // (unless it has taken them over again by the time this runs).
-        if coordinating.term.swap(0, Ordering::SeqCst) != 0
+        // It coordinated until now: it lets go (its groups' members are sent on to the node
+        // that does), unless it has taken over again by the time this runs.
+        let was = coordinating.term.swap(0, Ordering::SeqCst);
+        if was != 0
             && let Some(broker) = broker.upgrade()
         {
             let still = coordinating.clone();
             tokio::spawn(io.blocking(move || {
                 if still.claimed.load(Ordering::SeqCst) == 0 {
-                    (role.release)(&broker);
+                    (role.release)(&broker, was);
                 }
             }));
         }
@@ -1104,10 +1106,17 @@ fn take_over(
                 let Some(broker) = broker.upgrade() else { return };
                 if read.is_ok() && leads() {
                     // Off the workers: a commit may hold a group's lock.
-                    let taken = io.blocking(move || (role.take)(&broker, term)).await;
-                    if taken.is_ok_and(|taken| taken) && leads() {
+                    let taking = broker.clone();
+                    let taken = io.blocking(move || (role.take)(&taking, term)).await;
+                    let taken = taken.is_ok_and(|taken| taken);
+                    if taken && leads() {
                         coordinating.term.store(term, Ordering::SeqCst);
                         return;
+                    }
+                    // Taken, but no longer leading in this term: let go, unless a later
+                    // term's take-over has begun.
+                    if taken && coordinating.claimed.load(Ordering::SeqCst) == term {
+                        let _ = io.blocking(move || (role.release)(&broker, term)).await;
                     }
                 }
                 tokio::time::sleep(TAKE_OVER_RETRY).await;
@@ -1361,19 +1370,8 @@ impl Coordinate for Coordinator {
     }
 
     fn append_leading(&self, topic: &str, partition: u32, term: u64, batch: RecordBatch) -> Result<()> {
-        let c = self.get()?;
-        let not_leading = || Error::NotCoordinator {
-            reason: format!("node {} does not lead {topic}-{partition} in term {term}", c.me),
-        };
-        let group = c.group_of(topic, partition).ok_or_else(not_leading)?;
-        let raft = c.groups.get(&group).ok_or_else(not_leading)?;
-        let m = raft.metrics().borrow_watched().clone();
-        if m.state != openraft::ServerState::Leader
-            || m.current_leader != Some(c.me)
-            || m.current_term != term
-        {
-            return Err(not_leading());
-        }
+        let (c, raft) = self.leading(topic, partition, term)?;
+        let not_leading = || not_leading(c.me, topic, partition, term);
         let mut batch = batch;
         batch.set_base_offset(crate::cluster::entry::UNASSIGNED);
         let records = crate::cluster::entry::Records(batch.into_bytes());
@@ -1388,6 +1386,22 @@ impl Coordinate for Coordinator {
         }
     }
 
+    fn confirm_leading(&self, topic: &str, partition: u32, term: u64) -> Result<()> {
+        let (c, raft) = self.leading(topic, partition, term)?;
+        let me = c.me;
+        let confirmed = run_on(&c.runtime.clone(), async move {
+            let read = raft
+                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+                .await;
+            let m = raft.metrics().borrow_watched().clone();
+            Ok(read.is_ok() && m.current_leader == Some(me) && m.current_term == term)
+        })?;
+        match confirmed {
+            true => Ok(()),
+            false => Err(not_leading(me, topic, partition, term)),
+        }
+    }
+
     fn check_transaction(
         &self,
         transactional_id: Option<&str>,
@@ -1395,18 +1409,62 @@ impl Coordinate for Coordinator {
         epoch: i16,
         tp: &crate::TopicPartition,
     ) -> Result<()> {
+        self.remote_transactions()?
+            .check_transaction(transactional_id, producer_id, epoch, tp)
+    }
+
+    fn transaction_coordinator(&self) -> Result<Arc<dyn crate::txn::TxnCalls>> {
+        Ok(Arc::new(self.remote_transactions()?))
+    }
+}
+
+/// The error for a node that does not lead `topic`'s `partition` in `term` (any more).
+fn not_leading(me: NodeId, topic: &str, partition: u32, term: u64) -> Error {
+    Error::NotCoordinator {
+        reason: format!("node {me} does not lead {topic}-{partition} in term {term}"),
+    }
+}
+
+impl Coordinator {
+    /// This node's replica of `topic`'s `partition`, if it leads it in `term` as far as it
+    /// knows.
+    fn leading(
+        &self,
+        topic: &str,
+        partition: u32,
+        term: u64,
+    ) -> Result<(Arc<Controller>, crate::cluster::peer::Raft)> {
+        let c = self.get()?;
+        let refuse = || not_leading(c.me, topic, partition, term);
+        let group = c.group_of(topic, partition).ok_or_else(refuse)?;
+        let raft = c.groups.get(&group).ok_or_else(refuse)?;
+        let m = raft.metrics().borrow_watched().clone();
+        if m.state != openraft::ServerState::Leader
+            || m.current_leader != Some(c.me)
+            || m.current_term != term
+        {
+            return Err(refuse());
+        }
+        Ok((c, raft))
+    }
+
+    /// The transaction coordinator at the node that leads the state topic, when that is
+    /// another node (this one would have its own open).
+    fn remote_transactions(&self) -> Result<crate::cluster::groups::RemoteGroups> {
         let c = self.get()?;
         let placement = c
             .group_of(crate::txn::TRANSACTION_STATE_TOPIC, 0)
             .and_then(|g| c.placement(&g));
         match placement.and_then(|p| p.leader) {
-            Some(leader) if leader != c.me => crate::cluster::groups::RemoteGroups {
+            Some(leader) if leader != c.me => Ok(crate::cluster::groups::RemoteGroups {
                 target: leader,
                 router: c.router.clone(),
                 runtime: c.runtime.clone(),
-            }
-            .check_transaction(transactional_id, producer_id, epoch, tp),
-            _ => Err(Error::NotCoordinator {
+            }),
+            Some(_) => Err(Error::NotCoordinator {
+                reason: "this node is still reading the transactions' states".to_string(),
+            }),
+            None => Err(Error::NotCoordinator {
                 reason: "no node coordinates transactions yet".to_string(),
             }),
         }

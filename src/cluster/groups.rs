@@ -22,7 +22,9 @@ use crate::group::offsets::{validate_group_id, validate_metadata};
 use crate::group::{
     JoinGroup, Joined, JoinedMember, MAX_TIMEOUT, MemberRef, OffsetAndMetadata, Pending, RemoteCoordinator,
 };
+use crate::storage::AppendInfo;
 use crate::storage::producers::Marker;
+use crate::txn::TxnCalls;
 
 /// A group request from a member at another node.
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,10 +62,48 @@ pub(crate) enum GroupCall {
         commit: bool,
         coordinator_epoch: i32,
     },
-    /// Whether a producer's transaction is open with the partition in it (from a node that
-    /// takes the transaction's records or offsets, for the node that coordinates
-    /// transactions, which need not coordinate groups).
-    CheckTransaction {
+    /// Offsets written in a producer's transaction (`BrokerInner::commit_in_transaction`).
+    CommitInTransaction {
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        group: String,
+        member: Option<Member>,
+        offsets: Vec<(String, u32, Committed)>,
+    },
+    /// A call of the transaction coordinator, for the node that coordinates transactions
+    /// (which need not coordinate groups).
+    Txn(TxnCall),
+}
+
+/// A producer's call of the transaction coordinator (`TxnCalls`), or a node's check that a
+/// transaction it takes records or offsets for is open.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum TxnCall {
+    InitProducerId {
+        transactional_id: String,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+    },
+    AddPartitions {
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<(String, u32)>,
+    },
+    AddOffsets {
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        group: String,
+    },
+    End {
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    },
+    CheckOpen {
         transactional_id: Option<String>,
         producer_id: i64,
         epoch: i16,
@@ -147,6 +187,11 @@ pub(crate) enum GroupAnswer {
     Done,
     Committed(Vec<Option<Committed>>),
     Reserved(String),
+    /// A transactional producer's id and epoch.
+    ProducerId {
+        producer_id: i64,
+        epoch: i16,
+    },
 }
 
 /// Why the coordinator refused: the group errors a member acts on, kept as they are.
@@ -196,6 +241,9 @@ pub(crate) enum GroupRefusal {
     /// The node asked does not coordinate transactions (any more).
     NotTxnCoordinator {
         reason: String,
+    },
+    ConcurrentTransactions {
+        transactional_id: String,
     },
 }
 
@@ -288,6 +336,9 @@ impl GroupRefusal {
                 producer_id,
             },
             Error::NotCoordinator { reason } => GroupRefusal::NotTxnCoordinator { reason },
+            Error::ConcurrentTransactions { transactional_id } => {
+                GroupRefusal::ConcurrentTransactions { transactional_id }
+            }
             e => GroupRefusal::Other(e.to_string()),
         }
     }
@@ -341,6 +392,9 @@ impl GroupRefusal {
                 producer_id,
             },
             GroupRefusal::NotTxnCoordinator { reason } => Error::NotCoordinator { reason },
+            GroupRefusal::ConcurrentTransactions { transactional_id } => {
+                Error::ConcurrentTransactions { transactional_id }
+            }
             GroupRefusal::Other(why) => cluster_error(format!("group {group:?} at its coordinator: {why}")),
         }
     }
@@ -549,6 +603,28 @@ impl RemoteCoordinator for RemoteGroups {
         }
     }
 
+    fn commit_in_transaction(
+        &self,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        group: &str,
+        member: Option<&MemberRef>,
+        offsets: &[(TopicPartition, OffsetAndMetadata)],
+    ) -> Result<()> {
+        let call = GroupCall::CommitInTransaction {
+            transactional_id: id.to_string(),
+            producer_id,
+            epoch,
+            group: group.to_string(),
+            member: member.map(Member::from),
+            offsets: offsets
+                .iter()
+                .map(|(tp, o)| (tp.topic.clone(), tp.partition, Committed::from(o)))
+                .collect(),
+        };
+        self.done(group, call)
+    }
+
     fn complete_transaction(&self, producer_id: i64, epoch: i16, marker: Marker) -> Result<()> {
         let call = GroupCall::CompleteTransaction {
             producer_id,
@@ -561,6 +637,26 @@ impl RemoteCoordinator for RemoteGroups {
 }
 
 impl RemoteGroups {
+    /// Sends a call to the transaction coordinator at this node: a link that failed, or a
+    /// node that no longer coordinates, is `NotCoordinator` (the caller asks again, wherever
+    /// the coordinator is by then).
+    fn txn(&self, call: TxnCall) -> Result<GroupAnswer> {
+        match self.call("", GroupCall::Txn(call), CALL_TTL) {
+            Err(Error::CoordinatorNotAvailable { .. }) => Err(Error::NotCoordinator {
+                reason: format!("node {} did not answer", self.target),
+            }),
+            answer => answer,
+        }
+    }
+
+    /// Sends a transaction coordinator's call answered `Done` when it succeeds.
+    fn txn_done(&self, call: TxnCall) -> Result<()> {
+        match self.txn(call)? {
+            GroupAnswer::Done => Ok(()),
+            other => Err(unexpected("", other)),
+        }
+    }
+
     /// Asks the transaction coordinator at this node whether producer `producer_id`'s
     /// transaction in `epoch` is open with `tp` in it (see `TxnCoordinator::check_open`).
     pub(crate) fn check_transaction(
@@ -570,22 +666,79 @@ impl RemoteGroups {
         epoch: i16,
         tp: &TopicPartition,
     ) -> Result<()> {
-        let call = GroupCall::CheckTransaction {
+        self.txn_done(TxnCall::CheckOpen {
             transactional_id: transactional_id.map(str::to_string),
             producer_id,
             epoch,
             topic: tp.topic.clone(),
             partition: tp.partition,
+        })
+    }
+}
+
+impl TxnCalls for RemoteGroups {
+    fn init_producer_id(
+        &self,
+        id: &str,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+    ) -> Result<(i64, i16)> {
+        let call = TxnCall::InitProducerId {
+            transactional_id: id.to_string(),
+            timeout_ms,
+            expected,
         };
-        match self.call("", call, CALL_TTL) {
-            Ok(GroupAnswer::Done) => Ok(()),
-            Ok(other) => Err(unexpected("", other)),
-            // The link failed, or the node no longer coordinates: the client asks again.
-            Err(Error::CoordinatorNotAvailable { .. }) => Err(Error::NotCoordinator {
-                reason: format!("node {} did not answer", self.target),
-            }),
-            Err(e) => Err(e),
+        match self.txn(call)? {
+            GroupAnswer::ProducerId { producer_id, epoch } => Ok((producer_id, epoch)),
+            other => Err(unexpected("", other)),
         }
+    }
+
+    fn add_partitions(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[TopicPartition],
+    ) -> Result<()> {
+        self.txn_done(TxnCall::AddPartitions {
+            transactional_id: id.to_string(),
+            producer_id,
+            epoch,
+            partitions: partitions
+                .iter()
+                .map(|tp| (tp.topic.clone(), tp.partition))
+                .collect(),
+        })
+    }
+
+    fn add_offsets(&self, id: &str, producer_id: i64, epoch: i16, group: &str) -> Result<()> {
+        self.txn_done(TxnCall::AddOffsets {
+            transactional_id: id.to_string(),
+            producer_id,
+            epoch,
+            group: group.to_string(),
+        })
+    }
+
+    fn end(&self, id: &str, producer_id: i64, epoch: i16, commit: bool) -> Result<()> {
+        self.txn_done(TxnCall::End {
+            transactional_id: id.to_string(),
+            producer_id,
+            epoch,
+            commit,
+        })
+    }
+
+    fn write_in(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        tp: &TopicPartition,
+        write: &mut dyn FnMut() -> Result<AppendInfo>,
+    ) -> Result<AppendInfo> {
+        self.check_transaction(None, producer_id, epoch, tp)?;
+        write()
     }
 }
 
@@ -598,22 +751,9 @@ pub(crate) async fn serve(
     coordinates: impl Fn() -> bool,
     call: GroupCall,
 ) -> std::result::Result<GroupAnswer, GroupRefusal> {
-    if let GroupCall::CheckTransaction {
-        transactional_id,
-        producer_id,
-        epoch,
-        topic,
-        partition,
-    } = call
-    {
+    if let GroupCall::Txn(call) = call {
         // For the node that coordinates transactions, which need not coordinate groups.
-        return off_workers(move || {
-            let tp = TopicPartition::new(topic, partition);
-            let c = broker.inner.transactions()?;
-            c.check_open(transactional_id.as_deref(), producer_id, epoch, &tp)?;
-            Ok(GroupAnswer::Done)
-        })
-        .await;
+        return off_workers(move || answer_txn(&broker, call)).await;
     }
     if !coordinates() {
         return Err(GroupRefusal::NotCoordinator);
@@ -760,10 +900,83 @@ fn answer(broker: &Broker, call: GroupCall) -> Result<GroupAnswer> {
                 .complete_transaction(producer_id, epoch, marker)?;
             Ok(GroupAnswer::Done)
         }
-        GroupCall::Join(_) | GroupCall::Sync { .. } | GroupCall::CheckTransaction { .. } => {
+        GroupCall::CommitInTransaction {
+            transactional_id,
+            producer_id,
+            epoch,
+            group,
+            member,
+            offsets,
+        } => {
+            let entries: Vec<(TopicPartition, OffsetAndMetadata)> = offsets
+                .into_iter()
+                .map(|(topic, partition, c)| (TopicPartition::new(topic, partition), c.into()))
+                .collect();
+            let member = member.map(MemberRef::from);
+            broker.inner.commit_in_transaction(
+                &transactional_id,
+                (producer_id, epoch),
+                &group,
+                member.as_ref(),
+                &entries,
+            )?;
+            Ok(GroupAnswer::Done)
+        }
+        GroupCall::Join(_) | GroupCall::Sync { .. } | GroupCall::Txn(_) => {
             Err(cluster_error("a join or sync is awaited, not answered"))
         }
     }
+}
+
+/// Answers a transaction coordinator's call with this node's coordinator (on the blocking
+/// pool).
+fn answer_txn(broker: &Broker, call: TxnCall) -> Result<GroupAnswer> {
+    let c = broker.inner.transactions()?;
+    match call {
+        TxnCall::InitProducerId {
+            transactional_id,
+            timeout_ms,
+            expected,
+        } => {
+            let (producer_id, epoch) = c.init_producer_id(&transactional_id, timeout_ms, expected)?;
+            return Ok(GroupAnswer::ProducerId { producer_id, epoch });
+        }
+        TxnCall::AddPartitions {
+            transactional_id,
+            producer_id,
+            epoch,
+            partitions,
+        } => {
+            let partitions: Vec<TopicPartition> = partitions
+                .into_iter()
+                .map(|(topic, p)| TopicPartition::new(topic, p))
+                .collect();
+            c.add_partitions(&transactional_id, producer_id, epoch, &partitions)?;
+        }
+        TxnCall::AddOffsets {
+            transactional_id,
+            producer_id,
+            epoch,
+            group,
+        } => c.add_offsets(&transactional_id, producer_id, epoch, &group)?,
+        TxnCall::End {
+            transactional_id,
+            producer_id,
+            epoch,
+            commit,
+        } => c.end(&transactional_id, producer_id, epoch, commit)?,
+        TxnCall::CheckOpen {
+            transactional_id,
+            producer_id,
+            epoch,
+            topic,
+            partition,
+        } => {
+            let tp = TopicPartition::new(topic, partition);
+            c.check_open(transactional_id.as_deref(), producer_id, epoch, &tp)?;
+        }
+    }
+    Ok(GroupAnswer::Done)
 }
 
 /// The remote coordinator of a cluster whose groups node `leader` coordinates.

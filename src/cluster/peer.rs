@@ -238,12 +238,12 @@ enum Reply {
         log_start: i64,
         log_end: i64,
     },
-    /// The leader's producer state refused the proposed batch.
-    Refused(ProducerError),
     /// The group coordinator's answer.
     Group(Result<GroupAnswer, GroupRefusal>),
     /// Taken.
     Done,
+    /// The leader's producer state refused the proposed batch.
+    Refused(ProducerError),
 }
 
 /// What came of a batch proposed to a group.
@@ -290,21 +290,34 @@ pub(crate) async fn propose_judged(
         Ok((batch, _)) => *batch.header(),
         Err(e) => return Err(format!("a proposed batch: {e}")),
     };
-    let Some(log) = log.filter(|_| header.producer_id >= 0) else {
+    if header.producer_id < 0 {
         return propose_here(raft, records, ttl).await;
+    }
+    let Some(log) = log else {
+        // A replica starting or stopping: nothing is taken unjudged.
+        return Ok(Proposed::NotLeader(None));
     };
     let m = openraft::async_runtime::WatchReceiver::borrow_watched(&raft.metrics()).clone();
     if m.state != openraft::ServerState::Leader || m.current_leader != Some(m.id) {
         return Ok(Proposed::NotLeader(m.current_leader.filter(|&l| l != m.id)));
     }
     let (raft, runtime) = (raft.clone(), tokio::runtime::Handle::current());
+    let deadline = std::time::Instant::now() + ttl;
     let judged = tokio::task::spawn_blocking(move || {
-        let _producing = log.producing();
+        // Bounded, so that waiters abandoned by their proposers do not pile up on the
+        // blocking pool; one that gets the lock after its deadline proposes nothing.
+        let busy = || format!("the partition's producers were busy for {ttl:?}; nothing was written");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let _producing = log.producing_within(left).ok_or_else(busy)?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(busy());
+        }
         let batch = crate::storage::Batch::parse(&records.0)
             .map_err(|e| e.to_string())?
             .0;
         match log.judge(&batch) {
-            Ok(None) => runtime.block_on(propose_here(&raft, records, ttl)),
+            Ok(None) => runtime.block_on(propose_here(&raft, records, left)),
             Ok(Some(info)) => match log.answer_duplicate(&header, info) {
                 Ok(info) => Ok(Proposed::Appended(Appended {
                     base_offset: info.base_offset,

@@ -50,6 +50,16 @@ pub(crate) trait RemoteCoordinator: Send + Sync {
         group: &str,
         partitions: &[crate::TopicPartition],
     ) -> crate::Result<Vec<Option<OffsetAndMetadata>>>;
+    /// Writes `offsets` in a producer's transaction, as
+    /// `BrokerInner::commit_in_transaction` does at the coordinator.
+    fn commit_in_transaction(
+        &self,
+        id: &str,
+        producer: (i64, i16),
+        group: &str,
+        member: Option<&MemberRef>,
+        offsets: &[(crate::TopicPartition, OffsetAndMetadata)],
+    ) -> crate::Result<()>;
     /// Ends producer `producer_id`'s transaction in the committed offsets with `marker`
     /// (for the transaction coordinator).
     fn complete_transaction(

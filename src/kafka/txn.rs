@@ -38,29 +38,6 @@ fn coordinator(server: &Server) -> std::result::Result<std::sync::Arc<TxnCoordin
     server.broker.inner.transactions().map_err(|e| codes::code(&e))
 }
 
-/// Writes `offsets` of `group` in producer `producer_id`'s transaction, at the offset store
-/// of this broker (which coordinates the group), checked against the transaction by its
-/// coordinator: here, or at the cluster's node that coordinates transactions.
-fn commit_in_transaction(
-    server: &Server,
-    id: &str,
-    (producer_id, epoch): (i64, i16),
-    group: &str,
-    offsets: &[(TopicPartition, OffsetAndMetadata)],
-) -> Result<()> {
-    let inner = &server.broker.inner;
-    if !inner.is_clustered() || inner.transactions_if_open().is_some() {
-        return inner
-            .transactions()?
-            .commit_offsets(id, producer_id, epoch, group, offsets);
-    }
-    let tp = TopicPartition::new(crate::group::OFFSETS_TOPIC, 0);
-    inner.check_transaction(Some(id), producer_id, epoch, &tp)?;
-    inner
-        .offsets()?
-        .append_transactional(group, producer_id, epoch, offsets)
-}
-
 fn may_write(server: &Server, client: &Client, id: &str) -> bool {
     client.may(server, op::WRITE, resource::TRANSACTIONAL_ID, id)
 }
@@ -272,12 +249,14 @@ pub(super) fn txn_offset_commit(
         // rebalance cannot come between the check and the write, so a fenced generation's
         // offsets are refused.
         let producer = (request.producer_id.0, request.producer_epoch);
-        let write = || commit_in_transaction(server, &id, producer, &group, &offsets);
         let named = member.generation >= 0 || !member.member_id.is_empty();
-        code_of(match named {
-            true => server.broker.coordinator().check_commit(&group, &member, write),
-            false => write(),
-        })
+        let member = named.then_some(&member);
+        code_of(
+            server
+                .broker
+                .inner
+                .commit_in_transaction(&id, producer, &group, member, &offsets),
+        )
     };
     let topics = request
         .topics

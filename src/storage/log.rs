@@ -444,9 +444,11 @@ impl SyncState {
 }
 
 /// How long a retried batch found in the log waits for it to become readable.
+#[cfg(any(feature = "kafka", feature = "cluster"))]
 const DUPLICATE_COMMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a retried batch is not answered with its first append: the producer sends it again.
+#[cfg(any(feature = "kafka", feature = "cluster"))]
 #[derive(Debug)]
 pub(crate) enum RetryDuplicate {
     /// It is written but not yet readable (durable, or committed on a replica).
@@ -457,6 +459,7 @@ pub(crate) enum RetryDuplicate {
     Failed(Error),
 }
 
+#[cfg(any(feature = "kafka", feature = "cluster"))]
 impl std::fmt::Display for RetryDuplicate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -660,6 +663,12 @@ impl PartitionLog {
         self.inner.producing.lock()
     }
 
+    /// [`producing`](Self::producing), waiting at most `timeout` for it.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn producing_within(&self, timeout: Duration) -> Option<parking_lot::MutexGuard<'_, ()>> {
+        self.inner.producing.try_lock_for(timeout)
+    }
+
     /// Judges a record set's batches against the producers that wrote to the log (see
     /// `ProducerState::plan`): what to do with each, or why the set is refused.
     pub(crate) fn plan_producers(&self, headers: &[BatchHeader]) -> Result<Vec<producers::Verdict>> {
@@ -674,6 +683,25 @@ impl PartitionLog {
     #[cfg(feature = "cluster")]
     pub(crate) fn judge(&self, batch: &Batch<'_>) -> Result<Option<AppendInfo>> {
         let h = *batch.header();
+        if !h.is_control() && h.base_sequence < 0 {
+            // Unsequenced: a coordinator's own batch (a transaction's offset commits), which
+            // no retry repeats; judged on its epoch alone.
+            let known = self
+                .inner
+                .producers
+                .lock()
+                .known_epoch(h.producer_id, 0, i64::MAX);
+            return match known {
+                Some(current) if current > h.producer_epoch => Err(Error::Producer {
+                    producer_id: h.producer_id,
+                    error: producers::ProducerError::OldEpoch {
+                        epoch: h.producer_epoch,
+                        current,
+                    },
+                }),
+                _ => Ok(None),
+            };
+        }
         if !h.is_control() {
             return match self.plan_producers(&[h])?.remove(0) {
                 producers::Verdict::Duplicate(info) => Ok(Some(info)),
@@ -700,6 +728,7 @@ impl PartitionLog {
     /// earlier epoch may have written it), and only if the batch there is still this one (a
     /// truncation may have replaced it since it was judged). Otherwise why the producer should
     /// send it again, to be judged again.
+    #[cfg(any(feature = "kafka", feature = "cluster"))]
     pub(crate) fn answer_duplicate(
         &self,
         h: &BatchHeader,
@@ -779,6 +808,7 @@ impl PartitionLog {
     }
 
     /// The header of the batch that holds `offset`, below the high watermark.
+    #[cfg(any(feature = "kafka", feature = "cluster"))]
     pub(crate) fn header_at(&self, offset: i64) -> Result<Option<BatchHeader>> {
         let hw = self.high_watermark();
         let segments = self.inner.snapshot();

@@ -44,6 +44,7 @@ pub use io::{FaultyFs, Fs, FsFile, StdFs};
 pub(crate) use log::MAX_REPLICATED_BATCH;
 #[cfg(feature = "cluster")]
 pub(crate) use log::Replicate;
+#[cfg(feature = "kafka")]
 pub(crate) use log::RetryDuplicate;
 pub(crate) use log::check_batch;
 pub use log::{AppendInfo, LogBuilder, PartitionLog, RaisedPast, Signal, TimestampOffset};

@@ -38,7 +38,7 @@ use crate::consumer::TopicPartition;
 use crate::error::{Error, Result};
 use crate::group::OFFSETS_TOPIC;
 use crate::storage::producers::Marker;
-use crate::storage::{BatchBuilder, Compression, PartitionLog, now_ms};
+use crate::storage::{AppendInfo, BatchBuilder, Compression, PartitionLog, now_ms};
 
 /// The internal topic holding the transactions' states.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
@@ -76,6 +76,77 @@ const TICK: Duration = Duration::from_millis(500);
 /// acknowledges anything (as the offsets topic is).
 pub(crate) fn topic_config() -> TopicConfig {
     crate::group::offsets::topic_config()
+}
+
+/// The calls a producer makes of the transaction coordinator, wherever it runs: this
+/// broker's own ([`TxnCoordinator`]), or on a cluster the one at the node that leads the
+/// state topic (over the peer link).
+pub(crate) trait TxnCalls: Send + Sync {
+    /// See [`TxnCoordinator::init_producer_id`].
+    fn init_producer_id(&self, id: &str, timeout_ms: i32, expected: Option<(i64, i16)>)
+    -> Result<(i64, i16)>;
+    /// See [`TxnCoordinator::add_partitions`].
+    fn add_partitions(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[TopicPartition],
+    ) -> Result<()>;
+    /// See [`TxnCoordinator::add_offsets`].
+    fn add_offsets(&self, id: &str, producer_id: i64, epoch: i16, group: &str) -> Result<()>;
+    /// See [`TxnCoordinator::end`].
+    fn end(&self, id: &str, producer_id: i64, epoch: i16, commit: bool) -> Result<()>;
+    /// Runs `write` (the producer's records to `tp`) if its transaction is open with `tp` in
+    /// it: under the id's lock at the coordinator itself, so that no end comes in between;
+    /// after the coordinator's answer elsewhere (an end the producer did not ask for bumps
+    /// the epoch, which the partition's leader refuses the write for).
+    fn write_in(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        tp: &TopicPartition,
+        write: &mut dyn FnMut() -> Result<AppendInfo>,
+    ) -> Result<AppendInfo>;
+}
+
+impl TxnCalls for TxnCoordinator {
+    fn init_producer_id(
+        &self,
+        id: &str,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+    ) -> Result<(i64, i16)> {
+        TxnCoordinator::init_producer_id(self, id, timeout_ms, expected)
+    }
+
+    fn add_partitions(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[TopicPartition],
+    ) -> Result<()> {
+        TxnCoordinator::add_partitions(self, id, producer_id, epoch, partitions)
+    }
+
+    fn add_offsets(&self, id: &str, producer_id: i64, epoch: i16, group: &str) -> Result<()> {
+        TxnCoordinator::add_offsets(self, id, producer_id, epoch, group)
+    }
+
+    fn end(&self, id: &str, producer_id: i64, epoch: i16, commit: bool) -> Result<()> {
+        TxnCoordinator::end(self, id, producer_id, epoch, commit)
+    }
+
+    fn write_in(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        tp: &TopicPartition,
+        write: &mut dyn FnMut() -> Result<AppendInfo>,
+    ) -> Result<AppendInfo> {
+        self.with_open_transaction(producer_id, epoch, tp, write)
+    }
 }
 
 /// One transactional id's state (`None` once forgotten: a caller that finds it so looks it
@@ -195,6 +266,21 @@ impl TxnCoordinator {
             });
         }
         Ok(())
+    }
+
+    /// On a cluster's node, confirms that it still leads the state topic in its term.
+    fn confirm_leading(&self) -> Result<()> {
+        #[cfg(feature = "cluster")]
+        if let Some(term) = self.term {
+            return self.broker()?.confirm_leading(TRANSACTION_STATE_TOPIC, 0, term);
+        }
+        Ok(())
+    }
+
+    /// On a cluster's node, the term it coordinates in.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn term(&self) -> Option<u64> {
+        self.term
     }
 
     /// The epoch its markers carry: a partition refuses those of an older coordinator.
@@ -473,7 +559,17 @@ impl TxnCoordinator {
         group: &str,
         offsets: &[(TopicPartition, crate::group::OffsetAndMetadata)],
     ) -> Result<()> {
-        let store = self.broker()?.offsets()?;
+        let broker = self.broker()?;
+        if let Some(remote) = broker.remote_coordinator(group)? {
+            // The offsets go to the group's coordinator (as Kafka clients send them).
+            return Err(Error::NotCoordinator {
+                reason: format!(
+                    "node {} coordinates groups: a transaction's offsets are written there",
+                    remote.node()
+                ),
+            });
+        }
+        let store = broker.offsets()?;
         let slot = self
             .slot(transactional_id)
             .ok_or_else(|| Error::InvalidProducerIdMapping {
@@ -495,7 +591,6 @@ impl TxnCoordinator {
     /// Runs `write` (a transactional batch of `producer_id` in `epoch` to `tp`) if the
     /// producer's transaction is Ongoing with `tp` added, under the transaction's read
     /// lock: no end of the transaction comes between the check and the write.
-    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // the Kafka front end's produce
     pub(crate) fn with_open_transaction<T>(
         &self,
         producer_id: i64,
@@ -597,7 +692,12 @@ impl TxnCoordinator {
             };
             match (m.status, commit) {
                 (TxnStatus::Ongoing, _) => {}
-                (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => return Ok(()),
+                (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => {
+                    // A retry, answered from memory: by the coordinator of the cluster alone
+                    // (a deposed one may not know of a later transaction of the producer).
+                    self.confirm_leading()?;
+                    return Ok(());
+                }
                 (TxnStatus::PrepareCommit, true) | (TxnStatus::PrepareAbort, false) => {
                     // A restart left it preparing: finish it.
                     let done = self.complete(transactional_id, m.clone(), commit)?;
