@@ -4,6 +4,8 @@
 #
 #   tests/clients/librdkafka_suite.sh LIBRDKAFKA_TESTS_DIR ADDR TEST...
 #
+# A TEST of the form NNNN:NAME runs only test NNNN's subtests whose names contain NAME.
+#
 # LIBRDKAFKA_TESTS_DIR is the `tests` directory of a librdkafka source tree whose library and
 # test runner are built (see docs/compatibility.md). Each test runs without quick mode (which
 # skips subtests) under a timeout of TEST_TIMEOUT seconds (240 unless set). Full logs go to
@@ -31,8 +33,11 @@ passed=()
 failed=()
 for test in "$@"; do
     start=$(date +%s)
-    LD_LIBRARY_PATH=../src:../src-cpp TEST_KAFKA_VERSION=3.9.0 TESTS=$test \
-        timeout "$timeout_s" ./test-runner -p1 -E -L >"$logs/$test.log" 2>&1
+    number=${test%%:*}
+    subtests=""
+    [ "$number" != "$test" ] && subtests=${test#*:}
+    LD_LIBRARY_PATH=../src:../src-cpp TEST_KAFKA_VERSION=3.9.0 TESTS=$number SUBTESTS=$subtests \
+        timeout "$timeout_s" ./test-runner -p1 -E -L >"$logs/${test//:/-}.log" 2>&1
     rc=$?
     took=$(($(date +%s) - start))
     if [ $rc -eq 0 ]; then
@@ -40,7 +45,7 @@ for test in "$@"; do
         printf 'PASS %s %ss\n' "$test" "$took"
     else
         failed+=("$test")
-        printf 'FAIL %s %ss (exit %s; log %s)\n' "$test" "$took" "$rc" "$logs/$test.log"
+        printf 'FAIL %s %ss (exit %s; log %s)\n' "$test" "$took" "$rc" "$logs/${test//:/-}.log"
     fi
 done
 

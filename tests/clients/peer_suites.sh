@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Kafka clients' own test suites against the example broker: librdkafka 2.14.2's tests
 # (the ones tests/clients/librdkafka-tests.txt marks `ci`, or with --full every one it marks
-# `ci` or `full`) and kafka-python 3.0.11's integration tests. See docs/compatibility.md.
+# `ci` or `full`) and kafka-python 3.0.11's integration tests; then the librdkafka subtests it
+# marks `cluster` against a cluster of three example brokers. See docs/compatibility.md.
 #
 #   tests/clients/peer_suites.sh [--full]
 #
@@ -93,4 +94,23 @@ kill -INT "$broker"
 wait "$broker" || true
 trap - EXIT
 grep -q "closed cleanly" "$log" || { tail -n 30 "$log"; echo "the broker did not stop cleanly" >&2; status=1; }
+
+# shellcheck source=tests/clients/three_brokers.sh
+source tests/clients/three_brokers.sh
+cluster_data=$scratch/cluster-data
+rm -rf "$cluster_data"
+mkdir -p "$cluster_data"
+trap 'for pid in "${cluster_pids[@]}"; do kill "$pid" 2>/dev/null || true; done' EXIT
+cluster_tests=$(awk '!/^#/ && $2 == "cluster" { for (i = 3; i <= NF; i++) print $1 ":" $i }' tests/clients/librdkafka-tests.txt)
+if start_three_brokers "$cluster_data" --fsync never --num-partitions 4 --acls true \
+    --group-initial-rebalance-delay-ms 1000; then
+    echo "librdkafka 2.14.2's tests against a cluster of three brokers ($bootstrap)"
+    # shellcheck disable=SC2086
+    LOG_DIR=$scratch/librdkafka-cluster-logs tests/clients/librdkafka_suite.sh "$rdkafka/tests" "$bootstrap" \
+        $cluster_tests || status=1
+    stop_three_brokers "$cluster_data" || status=1
+else
+    status=1
+fi
+trap - EXIT
 exit $status
