@@ -199,9 +199,8 @@ impl ConsumerConfig {
     }
 
     /// Which records of transactions to read (`isolation.level`); default
-    /// [`IsolationLevel::ReadUncommitted`]. Under `ReadCommitted` a partition read at
-    /// another node of a cluster is read as under `ReadUncommitted`, and a cluster's consumer
-    /// does not wait for a transaction's pending commit of its group's offsets.
+    /// [`IsolationLevel::ReadUncommitted`]. A partition of a cluster held at other nodes is
+    /// read at its leader, in the same isolation.
     pub fn isolation_level(mut self, level: IsolationLevel) -> Self {
         self.isolation_level = level;
         self
@@ -368,13 +367,19 @@ impl Consumer {
     /// where the group resumes. A transaction whose producer is gone ends when a new producer
     /// of its transactional id starts, or when it times out.
     fn wait_for_stable_offsets(&self, group: &str, partitions: &[TopicPartition]) -> Result<()> {
-        if self.broker.inner.is_clustered() {
-            // The pending commits are at the node that coordinates groups: not waited for.
-            return Ok(());
-        }
-        let store = self.broker.inner.offsets()?;
+        // The pending commits are at the group's coordinator: here, or at the cluster's node
+        // that coordinates groups (asked less often).
+        let remote = self.broker.inner.remote_coordinator(group)?;
+        let pause = match remote {
+            Some(_) => Duration::from_millis(50),
+            None => Duration::from_millis(10),
+        };
+        let pending = || match &remote {
+            Some(remote) => remote.has_pending(group, partitions),
+            None => Ok(self.broker.inner.offsets()?.has_pending(group, partitions)),
+        };
         let deadline = std::time::Instant::now() + STABLE_OFFSETS_WAIT;
-        while store.has_pending(group, partitions) {
+        while pending()? {
             if std::time::Instant::now() >= deadline {
                 // Resuming from the offsets committed before the transaction could read its
                 // input twice: the caller tries again.
@@ -382,7 +387,7 @@ impl Consumer {
                     group: group.to_string(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(pause);
         }
         Ok(())
     }
@@ -811,7 +816,6 @@ fn fetch(
     committed: bool,
 ) -> Result<Option<Arc<Vec<u8>>>> {
     if a.log.reads_elsewhere() {
-        a.aborted.clear();
         return fetch_elsewhere(tp, a, reset, position, fetch_bytes);
     }
     let buf = a
@@ -856,7 +860,7 @@ fn fetch_elsewhere(
 ) -> Result<Option<Arc<Vec<u8>>>> {
     let read = |a: &Assigned, position: i64| {
         a.log
-            .read_elsewhere(Some(position), fetch_bytes)
+            .read_elsewhere(Some(position), fetch_bytes, a.read_committed)
             .unwrap_or(Err(Error::IllegalState("the partition is read here now")))
     };
     let fetched = match read(a, position) {
@@ -874,8 +878,10 @@ fn fetch_elsewhere(
         }
         other => other,
     };
+    a.aborted.clear();
     match fetched {
-        Ok(fetch) => {
+        Ok((fetch, aborted)) => {
+            a.aborted = aborted;
             a.seen_end = a.seen_end.max(fetch.high_watermark());
             Ok((!fetch.is_empty()).then(|| Arc::new(fetch.into_bytes())))
         }
@@ -889,8 +895,9 @@ fn fetch_elsewhere(
 /// The log start and high watermark of `a`'s partition (asked of its leader where this node
 /// holds no replica of it).
 fn bounds(a: &Assigned) -> Result<(i64, i64)> {
-    match a.log.read_elsewhere(None, 0) {
-        Some(read) => read.map(|f| (f.log_start_offset(), f.high_watermark())),
+    match a.log.read_elsewhere(None, 0, a.read_committed) {
+        // The end read is the last stable offset for a read_committed consumer.
+        Some(read) => read.map(|(f, _)| (f.log_start_offset(), f.high_watermark())),
         // A read_committed consumer's end is the last stable offset: starting past the first
         // record of an open transaction would return only part of it.
         None if a.read_committed => Ok((a.log.log_start_offset(), a.log.last_stable_offset())),

@@ -120,6 +120,73 @@ fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
         "a committed transaction's record is read at another node"
     );
     drop(reader);
+
+    // A partition held by one node alone is read committed at the others too: committed
+    // records, not aborted ones nor an open transaction's, where read_uncommitted sees all.
+    node(&nodes, 0)
+        .broker()
+        .create_topic("solo", 1, TopicConfig::default().replication_factor(1))
+        .unwrap();
+    let holder = eventually_some("the topic's replica", || {
+        let s = node(&nodes, 0).replica_state("solo", 0).ok()?;
+        Some(s.replicas[0] as usize - 1)
+    });
+    let elsewhere = (holder + 1) % 3;
+    eventually("the topic at every node", || {
+        (0..3).all(|i| {
+            node(&nodes, i)
+                .broker()
+                .list_topics()
+                .contains(&"solo".to_string())
+        })
+    });
+    for (value, commit) in [(&b"a"[..], true), (b"b", false), (b"c", true)] {
+        let mut t = fencer.begin().unwrap();
+        t.send(ProducerRecord::new("solo", value)).unwrap();
+        match commit {
+            true => t.commit().unwrap(),
+            false => t.abort().unwrap(),
+        }
+    }
+    let mut open = fencer.begin().unwrap();
+    open.send(ProducerRecord::new("solo", b"open")).unwrap();
+    let read = |isolation: rivulet::IsolationLevel, want: usize| {
+        let config = ConsumerConfig::default()
+            .isolation_level(isolation)
+            .auto_offset_reset(OffsetReset::Earliest);
+        let mut reader = Consumer::new(node(&nodes, elsewhere).broker(), config);
+        reader.assign(&[TopicPartition::new("solo", 0)]).unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            for r in reader.poll(Duration::from_millis(100)).unwrap().iter() {
+                seen.push(r.value.unwrap_or_default().to_vec());
+            }
+            if seen.len() >= want {
+                // Whatever else would come comes within a few more polls.
+                for _ in 0..5 {
+                    for r in reader.poll(Duration::from_millis(100)).unwrap().iter() {
+                        seen.push(r.value.unwrap_or_default().to_vec());
+                    }
+                }
+                break;
+            }
+        }
+        seen
+    };
+    let to_vecs = |v: &[&[u8]]| v.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
+    assert_eq!(
+        read(rivulet::IsolationLevel::ReadCommitted, 2),
+        to_vecs(&[b"a", b"c"]),
+        "read committed at node {} (the partition is at node {})",
+        elsewhere + 1,
+        holder + 1
+    );
+    assert_eq!(
+        read(rivulet::IsolationLevel::ReadUncommitted, 4),
+        to_vecs(&[b"a", b"b", b"c", b"open"])
+    );
+    open.abort().unwrap();
     assert!(state.leader.is_some() && state.epoch >= 1, "{state:?}");
 
     // Records produced at node 2 are acknowledged and read at node 3.

@@ -74,6 +74,11 @@ pub(crate) enum GroupCall {
     /// A call of the transaction coordinator, for the node that coordinates transactions
     /// (which need not coordinate groups).
     Txn(TxnCall),
+    /// Whether a transaction's commit of the group's offsets is pending.
+    HasPending {
+        group: String,
+        partitions: Vec<(String, u32)>,
+    },
 }
 
 /// A producer's call of the transaction coordinator (`TxnCalls`), or a node's check that a
@@ -192,6 +197,8 @@ pub(crate) enum GroupAnswer {
         producer_id: i64,
         epoch: i16,
     },
+    /// Whether a transaction's commit of offsets is pending.
+    Pending(bool),
 }
 
 /// Why the coordinator refused: the group errors a member acts on, kept as they are.
@@ -625,6 +632,20 @@ impl RemoteCoordinator for RemoteGroups {
         self.done(group, call)
     }
 
+    fn has_pending(&self, group: &str, partitions: &[TopicPartition]) -> Result<bool> {
+        let call = GroupCall::HasPending {
+            group: group.to_string(),
+            partitions: partitions
+                .iter()
+                .map(|tp| (tp.topic.clone(), tp.partition))
+                .collect(),
+        };
+        match self.call(group, call, CALL_TTL)? {
+            GroupAnswer::Pending(pending) => Ok(pending),
+            other => Err(unexpected(group, other)),
+        }
+    }
+
     fn complete_transaction(&self, producer_id: i64, epoch: i16, marker: Marker) -> Result<()> {
         let call = GroupCall::CompleteTransaction {
             producer_id,
@@ -921,6 +942,14 @@ fn answer(broker: &Broker, call: GroupCall) -> Result<GroupAnswer> {
                 &entries,
             )?;
             Ok(GroupAnswer::Done)
+        }
+        GroupCall::HasPending { group, partitions } => {
+            let partitions: Vec<TopicPartition> = partitions
+                .into_iter()
+                .map(|(topic, p)| TopicPartition::new(topic, p))
+                .collect();
+            let pending = broker.inner.offsets()?.has_pending(&group, &partitions);
+            Ok(GroupAnswer::Pending(pending))
         }
         GroupCall::Join(_) | GroupCall::Sync { .. } | GroupCall::Txn(_) => {
             Err(cluster_error("a join or sync is awaited, not answered"))

@@ -18,7 +18,7 @@ use crate::cluster::peer::{GroupId, Groups, Network, Proposed, Raft, Router, pro
 use crate::cluster::raft::{Appended, NodeId};
 use crate::cluster::state_machine::{ControllerHook, StateMachine};
 use crate::error::{Error, Result};
-use crate::storage::{AppendInfo, Fetch, PartitionLog, RecordBatch, Replicate};
+use crate::storage::{AppendInfo, Elsewhere, PartitionLog, RecordBatch, Replicate};
 
 /// Raft's settings for a group with `timing` (by default a leader heartbeats every 100 ms
 /// and is replaced after 0.5 to 1 s of silence): an AppendEntries carries at most 64
@@ -359,7 +359,12 @@ impl Replicate for Appender {
     }
 
     /// At a node that holds no replica: reads at the leader the other nodes name.
-    fn read_elsewhere(&self, from: Option<i64>, max_bytes: usize) -> Option<Result<Fetch>> {
+    fn read_elsewhere(
+        &self,
+        from: Option<i64>,
+        max_bytes: usize,
+        committed: bool,
+    ) -> Option<Result<Elsewhere>> {
         let s = &self.0;
         let leaders = s.leaders.as_ref()?;
         let Some(leader) = leaders.heard(&s.group).and_then(|p| p.leader) else {
@@ -370,7 +375,9 @@ impl Replicate for Appender {
         };
         let (router, group) = (s.router.clone(), s.group.clone());
         Some(run_on(&s.runtime, async move {
-            router.read(leader, group, from, max_bytes, READ_TIMEOUT).await
+            router
+                .read(leader, group, (from, max_bytes, committed), READ_TIMEOUT)
+                .await
         }))
     }
 

@@ -43,7 +43,8 @@ use crate::cluster::partition::cluster_error;
 use crate::cluster::raft::{Appended, Node, NodeId, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::state_machine::{SnapshotData, StateMachine};
 use crate::storage::producers::ProducerError;
-use crate::storage::{Fetch, PartitionLog, RecordBatch};
+use crate::storage::txnindex::Aborted;
+use crate::storage::{Elsewhere, Fetch, PartitionLog, RecordBatch};
 
 /// The largest frame a node sends or accepts: a full AppendEntries of the largest batches.
 pub(crate) const MAX_FRAME: usize = 128 << 20;
@@ -217,6 +218,11 @@ enum Rpc {
     /// A consumer group request of a member at the sender, for the node that coordinates
     /// groups (sent for no Raft group).
     Group(GroupCall),
+    /// As `Read`, for a `read_committed` reader.
+    ReadCommitted {
+        from: Option<i64>,
+        max_bytes: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -244,6 +250,14 @@ enum Reply {
     Done,
     /// The leader's producer state refused the proposed batch.
     Refused(ProducerError),
+    /// Batches read below the last stable offset, the log's start and last stable offset
+    /// when read, and the transactions aborted among the batches.
+    ReadCommitted {
+        bytes: Vec<u8>,
+        last_stable: i64,
+        log_start: i64,
+        aborted: Vec<Aborted>,
+    },
 }
 
 /// What came of a batch proposed to a group.
@@ -694,12 +708,15 @@ impl Router {
         &self,
         target: NodeId,
         group: GroupId,
-        from: Option<i64>,
-        max_bytes: usize,
+        (from, max_bytes, committed): (Option<i64>, usize, bool),
         ttl: Duration,
-    ) -> crate::Result<Fetch> {
+    ) -> crate::Result<Elsewhere> {
         let max_bytes = max_bytes.min(MAX_READ_BYTES) as u32;
-        let read = self.call(target, group, Rpc::Read { from, max_bytes }, ttl);
+        let rpc = match committed {
+            true => Rpc::ReadCommitted { from, max_bytes },
+            false => Rpc::Read { from, max_bytes },
+        };
+        let read = self.call(target, group, rpc, ttl);
         // The call's own timeout comes first (and forgets the request).
         let reply = tokio::time::timeout(ttl + Duration::from_secs(1), read)
             .await
@@ -710,7 +727,13 @@ impl Router {
                 bytes,
                 high_watermark,
                 log_start,
-            } => Ok(Fetch::new(bytes, high_watermark, log_start)),
+            } => Ok((Fetch::new(bytes, high_watermark, log_start), Vec::new())),
+            Reply::ReadCommitted {
+                bytes,
+                last_stable,
+                log_start,
+                aborted,
+            } => Ok((Fetch::new(bytes, last_stable, log_start), aborted)),
             Reply::OutOfRange { log_start, log_end } => Err(crate::Error::OffsetOutOfRange {
                 offset: from.unwrap_or_default(),
                 log_start,
@@ -956,14 +979,19 @@ impl Groups {
             Rpc::Append(r) => Some(r.vote.leader_id().term),
             Rpc::Vote(r) | Rpc::PreVote(r) => Some(r.vote.leader_id().term),
             Rpc::Snapshot { vote, .. } => Some(vote.leader_id().term),
-            Rpc::Propose(_) | Rpc::Leading { .. } | Rpc::Read { .. } | Rpc::Group(_) => None,
+            Rpc::Propose(_)
+            | Rpc::Leading { .. }
+            | Rpc::Read { .. }
+            | Rpc::ReadCommitted { .. }
+            | Rpc::Group(_) => None,
         };
         let rpc = match rpc {
             Rpc::Leading { seq, leading } => {
                 self.hear(from, seq, leading);
                 return Ok(Reply::Done);
             }
-            Rpc::Read { from, max_bytes } => return self.read(&group, from, max_bytes).await,
+            Rpc::Read { from, max_bytes } => return self.read(&group, from, max_bytes, false).await,
+            Rpc::ReadCommitted { from, max_bytes } => return self.read(&group, from, max_bytes, true).await,
             Rpc::Group(call) => {
                 let answer = match self.coordinate.get() {
                     Some(coordinate) => coordinate(call).await,
@@ -1009,13 +1037,22 @@ impl Groups {
                 .await
                 .map(Reply::Snapshot)
                 .map_err(|e| e.to_string()),
-            Rpc::Leading { .. } | Rpc::Read { .. } | Rpc::Group(_) => Err("answered above".into()),
+            Rpc::Leading { .. } | Rpc::Read { .. } | Rpc::ReadCommitted { .. } | Rpc::Group(_) => {
+                Err("answered above".into())
+            }
         }
     }
 
     /// Reads `group`'s log here for another node, if this node leads the group: at most
-    /// [`MAX_READ_BYTES`] (or the first batch whole), off the runtime's workers.
-    async fn read(&self, group: &GroupId, from: Option<i64>, max_bytes: u32) -> Result<Reply, String> {
+    /// [`MAX_READ_BYTES`] (or the first batch whole), off the runtime's workers; `committed`,
+    /// as a `read_committed` reader.
+    async fn read(
+        &self,
+        group: &GroupId,
+        from: Option<i64>,
+        max_bytes: u32,
+        committed: bool,
+    ) -> Result<Reply, String> {
         let log = self.logs.read().get(group).cloned();
         let (Some(log), Some(raft)) = (log, self.get(group)) else {
             return Err(format!("no replica of {}-{} here", group.topic, group.partition));
@@ -1031,20 +1068,37 @@ impl Groups {
         }
         let max_bytes = (max_bytes as usize).min(MAX_READ_BYTES);
         let read = tokio::task::spawn_blocking(move || {
-            let bounds = || Fetch::new(Vec::new(), log.high_watermark(), log.log_start_offset());
-            match from {
-                None => Ok(bounds()),
-                Some(from) => log.read(from, max_bytes),
+            if committed {
+                // The last stable offset first: every transaction below it is indexed by then.
+                let last_stable = log.last_stable_offset();
+                let (fetch, aborted) = match from {
+                    None => (
+                        Fetch::new(Vec::new(), last_stable, log.log_start_offset()),
+                        Vec::new(),
+                    ),
+                    Some(from) => log.read_pinned_committed(from, max_bytes, &mut None, Vec::new())?,
+                };
+                return Ok(Reply::ReadCommitted {
+                    last_stable,
+                    log_start: fetch.log_start_offset(),
+                    bytes: fetch.into_bytes(),
+                    aborted,
+                });
             }
+            let fetch = match from {
+                None => Fetch::new(Vec::new(), log.high_watermark(), log.log_start_offset()),
+                Some(from) => log.read(from, max_bytes)?,
+            };
+            Ok(Reply::Read {
+                high_watermark: fetch.high_watermark(),
+                log_start: fetch.log_start_offset(),
+                bytes: fetch.into_bytes(),
+            })
         })
         .await
         .map_err(|e| e.to_string())?;
         match read {
-            Ok(fetch) => Ok(Reply::Read {
-                high_watermark: fetch.high_watermark(),
-                log_start: fetch.log_start_offset(),
-                bytes: fetch.into_bytes(),
-            }),
+            Ok(reply) => Ok(reply),
             Err(crate::Error::OffsetOutOfRange {
                 log_start, log_end, ..
             }) => Ok(Reply::OutOfRange { log_start, log_end }),

@@ -60,6 +60,9 @@ pub(crate) trait RemoteCoordinator: Send + Sync {
         member: Option<&MemberRef>,
         offsets: &[(crate::TopicPartition, OffsetAndMetadata)],
     ) -> crate::Result<()>;
+    /// Whether a transaction's commit of `group`'s offsets for one of `partitions` (any, if
+    /// none are named) is pending.
+    fn has_pending(&self, group: &str, partitions: &[crate::TopicPartition]) -> crate::Result<bool>;
     /// Ends producer `producer_id`'s transaction in the committed offsets with `marker`
     /// (for the transaction coordinator).
     fn complete_transaction(

@@ -209,9 +209,16 @@ pub(crate) trait Replicate: Send + Sync + std::fmt::Debug {
 
     /// For a log of which this node holds no replica: reads the partition at a node that
     /// holds one (waiting for it), from `from` (`None`: only its bounds), at most `max_bytes`
-    /// past the first batch. `None` for a log that is read here.
-    fn read_elsewhere(&self, from: Option<i64>, max_bytes: usize) -> Option<Result<Fetch>> {
-        let _ = (from, max_bytes);
+    /// past the first batch. `committed`: as a `read_committed` reader, below the last stable
+    /// offset (the fetch's end), with the transactions aborted among the batches read. `None`
+    /// for a log that is read here.
+    fn read_elsewhere(
+        &self,
+        from: Option<i64>,
+        max_bytes: usize,
+        committed: bool,
+    ) -> Option<Result<Elsewhere>> {
+        let _ = (from, max_bytes, committed);
         None
     }
 
@@ -220,6 +227,10 @@ pub(crate) trait Replicate: Send + Sync + std::fmt::Debug {
         false
     }
 }
+
+/// A read at another node: the batches (their end, the high watermark or for a
+/// `read_committed` reader the last stable offset) and the transactions aborted among them.
+pub(crate) type Elsewhere = (Fetch, Vec<txnindex::Aborted>);
 
 /// What a read does with a first batch larger than its byte limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -618,12 +629,17 @@ impl PartitionLog {
 
     /// For a cluster's partition of which this node holds no replica, reads it at a node that
     /// holds one (see [`Replicate::read_elsewhere`]); `None` for a log that is read here.
-    pub(crate) fn read_elsewhere(&self, from: Option<i64>, max_bytes: usize) -> Option<Result<Fetch>> {
+    pub(crate) fn read_elsewhere(
+        &self,
+        from: Option<i64>,
+        max_bytes: usize,
+        committed: bool,
+    ) -> Option<Result<Elsewhere>> {
         #[cfg(feature = "cluster")]
         if let Some(replicator) = self.inner.replicator.get() {
-            return replicator.read_elsewhere(from, max_bytes);
+            return replicator.read_elsewhere(from, max_bytes, committed);
         }
-        let _ = (from, max_bytes);
+        let _ = (from, max_bytes, committed);
         None
     }
 

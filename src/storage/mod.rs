@@ -42,12 +42,12 @@ pub use housekeeper::Housekeeper;
 pub use io::{FaultyFs, Fs, FsFile, StdFs};
 #[cfg(feature = "cluster")]
 pub(crate) use log::MAX_REPLICATED_BATCH;
-#[cfg(feature = "cluster")]
-pub(crate) use log::Replicate;
 #[cfg(feature = "kafka")]
 pub(crate) use log::RetryDuplicate;
 pub(crate) use log::check_batch;
 pub use log::{AppendInfo, LogBuilder, PartitionLog, RaisedPast, Signal, TimestampOffset};
+#[cfg(feature = "cluster")]
+pub(crate) use log::{Elsewhere, Replicate};
 pub(crate) use log::{Oversized, ReadPin, now_ms, watch};
 pub use meta::MAX_METADATA_BYTES;
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};

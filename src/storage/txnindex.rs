@@ -25,7 +25,7 @@ const ENTRY: usize = 34;
 const VERSION: i16 = 0;
 
 /// A transaction an ABORT marker ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Aborted {
     pub(crate) producer_id: i64,
     pub(crate) first_offset: i64,
