@@ -1172,6 +1172,19 @@ impl BrokerInner {
         if let Some(remote) = self.remote_coordinator(group)? {
             return remote.commit_in_transaction(id, (producer_id, epoch), group, member, offsets);
         }
+        self.commit_in_transaction_here(id, (producer_id, epoch), group, member, offsets)
+    }
+
+    /// [`commit_in_transaction`](Self::commit_in_transaction) at this broker, which
+    /// coordinates the group (a cluster's node that is asked by another).
+    pub(crate) fn commit_in_transaction_here(
+        self: &Arc<Self>,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        group: &str,
+        member: Option<&crate::group::MemberRef>,
+        offsets: &[(crate::TopicPartition, OffsetAndMetadata)],
+    ) -> Result<()> {
         let write = || {
             if !self.is_clustered() || self.transactions_if_open().is_some() {
                 return self

@@ -1025,6 +1025,9 @@ struct Role {
     take: fn(&Arc<crate::broker::BrokerInner>, u64) -> bool,
     /// Lets go of what was taken in the term given, or earlier.
     release: fn(&Arc<crate::broker::BrokerInner>, u64),
+    /// Whether `release` leaves a later term's take-over alone by itself (else it is called
+    /// only while no take-over has begun).
+    term_aware: bool,
 }
 
 /// Groups: whatever the node knew of them from an earlier term is stale, and the offsets are
@@ -1036,6 +1039,7 @@ const GROUPS: Role = Role {
         true
     },
     release: |broker, _| broker.groups.reset(),
+    term_aware: false,
 };
 
 /// Transactions: a coordinator of the term reads their states (the earlier one stops).
@@ -1048,6 +1052,7 @@ const TRANSACTIONS: Role = Role {
         }
     },
     release: |broker, term| broker.release_transactions(term),
+    term_aware: true,
 };
 
 /// Has this node take on `role` once it leads the partition that keeps its state and has
@@ -1072,7 +1077,7 @@ fn take_over(
         {
             let still = coordinating.clone();
             tokio::spawn(io.blocking(move || {
-                if still.claimed.load(Ordering::SeqCst) == 0 {
+                if role.term_aware || still.claimed.load(Ordering::SeqCst) == 0 {
                     (role.release)(&broker, was);
                 }
             }));
@@ -1115,7 +1120,8 @@ fn take_over(
                     }
                     // Taken, but no longer leading in this term: let go, unless a later
                     // term's take-over has begun.
-                    if taken && coordinating.claimed.load(Ordering::SeqCst) == term {
+                    let claimed = coordinating.claimed.load(Ordering::SeqCst);
+                    if taken && (role.term_aware || claimed == term || claimed == 0) {
                         let _ = io.blocking(move || (role.release)(&broker, term)).await;
                     }
                 }

@@ -23,7 +23,7 @@ use crate::group::{
     JoinGroup, Joined, JoinedMember, MAX_TIMEOUT, MemberRef, OffsetAndMetadata, Pending, RemoteCoordinator,
 };
 use crate::storage::AppendInfo;
-use crate::storage::producers::Marker;
+use crate::storage::producers::{Marker, ProducerError};
 use crate::txn::TxnCalls;
 
 /// A group request from a member at another node.
@@ -252,6 +252,21 @@ pub(crate) enum GroupRefusal {
     ConcurrentTransactions {
         transactional_id: String,
     },
+    InvalidTransactionTimeout {
+        timeout_ms: i64,
+        max_ms: i64,
+    },
+    /// A partition's producer state refused a batch (a fenced producer's offsets).
+    Producer {
+        producer_id: i64,
+        error: ProducerError,
+    },
+    OffsetMetadataTooLarge {
+        topic: String,
+        partition: u32,
+        len: usize,
+        max: usize,
+    },
 }
 
 impl From<&MemberRef> for Member {
@@ -346,6 +361,21 @@ impl GroupRefusal {
             Error::ConcurrentTransactions { transactional_id } => {
                 GroupRefusal::ConcurrentTransactions { transactional_id }
             }
+            Error::InvalidTransactionTimeout { timeout_ms, max_ms } => {
+                GroupRefusal::InvalidTransactionTimeout { timeout_ms, max_ms }
+            }
+            Error::Producer { producer_id, error } => GroupRefusal::Producer { producer_id, error },
+            Error::OffsetMetadataTooLarge {
+                topic,
+                partition,
+                len,
+                max,
+            } => GroupRefusal::OffsetMetadataTooLarge {
+                topic,
+                partition,
+                len,
+                max,
+            },
             e => GroupRefusal::Other(e.to_string()),
         }
     }
@@ -402,6 +432,21 @@ impl GroupRefusal {
             GroupRefusal::ConcurrentTransactions { transactional_id } => {
                 Error::ConcurrentTransactions { transactional_id }
             }
+            GroupRefusal::InvalidTransactionTimeout { timeout_ms, max_ms } => {
+                Error::InvalidTransactionTimeout { timeout_ms, max_ms }
+            }
+            GroupRefusal::Producer { producer_id, error } => Error::Producer { producer_id, error },
+            GroupRefusal::OffsetMetadataTooLarge {
+                topic,
+                partition,
+                len,
+                max,
+            } => Error::OffsetMetadataTooLarge {
+                topic,
+                partition,
+                len,
+                max,
+            },
             GroupRefusal::Other(why) => cluster_error(format!("group {group:?} at its coordinator: {why}")),
         }
     }
@@ -410,6 +455,9 @@ impl GroupRefusal {
 /// How long a request that waits for nothing but the coordinator (and, for a commit, the
 /// offsets topic's replication) may take.
 const CALL_TTL: Duration = Duration::from_secs(15);
+
+/// How long the end of a transaction may take at its coordinator (its markers written).
+const END_TTL: Duration = Duration::from_secs(120);
 
 /// How long a JoinGroup or SyncGroup may wait at the coordinator: a rebalance waits for the
 /// group's longest rebalance timeout, at most [`MAX_TIMEOUT`]. (A member stops waiting
@@ -662,7 +710,15 @@ impl RemoteGroups {
     /// node that no longer coordinates, is `NotCoordinator` (the caller asks again, wherever
     /// the coordinator is by then).
     fn txn(&self, call: TxnCall) -> Result<GroupAnswer> {
-        match self.call("", GroupCall::Txn(call), CALL_TTL) {
+        // An end writes every partition's marker before it answers: it has longer, and one
+        // not answered may have happened.
+        let end = matches!(call, TxnCall::End { .. });
+        let ttl = if end { END_TTL } else { CALL_TTL };
+        match self.call("", GroupCall::Txn(call), ttl) {
+            Err(Error::CoordinatorNotAvailable { .. }) if end => Err(cluster_error(format!(
+                "node {} did not answer the end of the transaction: its outcome is unknown",
+                self.target
+            ))),
             Err(Error::CoordinatorNotAvailable { .. }) => Err(Error::NotCoordinator {
                 reason: format!("node {} did not answer", self.target),
             }),
@@ -934,7 +990,7 @@ fn answer(broker: &Broker, call: GroupCall) -> Result<GroupAnswer> {
                 .map(|(topic, partition, c)| (TopicPartition::new(topic, partition), c.into()))
                 .collect();
             let member = member.map(MemberRef::from);
-            broker.inner.commit_in_transaction(
+            broker.inner.commit_in_transaction_here(
                 &transactional_id,
                 (producer_id, epoch),
                 &group,

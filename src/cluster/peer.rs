@@ -24,7 +24,8 @@ use openraft::error::{
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, ClientWriteResponse, SnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 use parking_lot::{Mutex, RwLock};
@@ -278,7 +279,14 @@ pub(crate) enum Proposed {
 pub(crate) async fn propose_here(raft: &Raft, records: Records, ttl: Duration) -> Result<Proposed, String> {
     let written = tokio::time::timeout(ttl, raft.client_write(records))
         .await
-        .map_err(|_| format!("not committed within {ttl:?}: the outcome is unknown"))?;
+        .map_err(|_| unknown_outcome(ttl))?;
+    proposed(written)
+}
+
+/// What a proposal came to, as openraft answered it.
+fn proposed(
+    written: Result<ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+) -> Result<Proposed, String> {
     match written {
         Ok(written) => Ok(Proposed::Appended(written.data)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -288,12 +296,22 @@ pub(crate) async fn propose_here(raft: &Raft, records: Records, ttl: Duration) -
     }
 }
 
+fn unknown_outcome(ttl: Duration) -> String {
+    format!("not committed within {ttl:?}: the outcome is unknown")
+}
+
+/// How long a judged proposal that its proposer stopped waiting for may keep its partition's
+/// producers waiting before the leader gives up on it too.
+const JUDGED_HOLD: Duration = Duration::from_secs(60);
+
 /// Proposes `records` to the local replica `raft` of `log`, as [`propose_here`] does; a
 /// producer's batch (or a transaction marker) is judged first against the producers of the
 /// log, here at the leader alone (a follower answers `NotLeader`): a retry of a batch the log
 /// holds is answered with that batch's append once it is committed, a batch the producer
 /// state refuses is `Refused`, and no other producer batch of the log is judged until this one
-/// is committed or has failed. The judging waits off the runtime's workers.
+/// is committed or has failed (even past `ttl`, when the proposer is answered that the outcome
+/// is unknown: a retry judged before the entry lands would be taken for new; at most
+/// [`JUDGED_HOLD`]). The judging waits off the runtime's workers.
 pub(crate) async fn propose_judged(
     raft: &Raft,
     log: Option<PartitionLog>,
@@ -317,21 +335,43 @@ pub(crate) async fn propose_judged(
     }
     let (raft, runtime) = (raft.clone(), tokio::runtime::Handle::current());
     let deadline = std::time::Instant::now() + ttl;
-    let judged = tokio::task::spawn_blocking(move || {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
         // Bounded, so that waiters abandoned by their proposers do not pile up on the
         // blocking pool; one that gets the lock after its deadline proposes nothing.
         let busy = || format!("the partition's producers were busy for {ttl:?}; nothing was written");
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let _producing = log.producing_within(left).ok_or_else(busy)?;
+        let Some(_producing) = log.producing_within(left) else {
+            let _ = answer.send(Err(busy()));
+            return;
+        };
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err(busy());
+            let _ = answer.send(Err(busy()));
+            return;
         }
-        let batch = crate::storage::Batch::parse(&records.0)
-            .map_err(|e| e.to_string())?
-            .0;
-        match log.judge(&batch) {
-            Ok(None) => runtime.block_on(propose_here(&raft, records, left)),
+        let batch = match crate::storage::Batch::parse(&records.0) {
+            Ok((batch, _)) => batch,
+            Err(e) => {
+                let _ = answer.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let judged = match log.judge(&batch) {
+            Ok(None) => {
+                // The lock stays held until the entry lands or fails, however long the
+                // proposer waits.
+                let mut written = runtime.spawn(async move { raft.client_write(records).await });
+                let within = runtime.block_on(tokio::time::timeout(left, &mut written));
+                match within {
+                    Ok(joined) => joined.map_err(|e| e.to_string()).and_then(proposed),
+                    Err(_) => {
+                        let _ = answer.send(Err(unknown_outcome(ttl)));
+                        let _ = runtime.block_on(tokio::time::timeout(JUDGED_HOLD, written));
+                        return;
+                    }
+                }
+            }
             Ok(Some(info)) => match log.answer_duplicate(&header, info) {
                 Ok(info) => Ok(Proposed::Appended(Appended {
                     base_offset: info.base_offset,
@@ -342,9 +382,12 @@ pub(crate) async fn propose_judged(
             },
             Err(crate::Error::Producer { error, .. }) => Ok(Proposed::Refused(error)),
             Err(e) => Err(e.to_string()),
-        }
+        };
+        let _ = answer.send(judged);
     });
-    judged.await.map_err(|e| e.to_string())?
+    answered
+        .await
+        .unwrap_or_else(|_| Err("the judging of the batch stopped".to_string()))
 }
 
 /// How long a node waits for a peer to take the list of groups it leads.

@@ -167,6 +167,9 @@ impl From<BatchError> for Refused {
 
 fn append_all(server: &Server, request: ProduceRequest) -> Vec<TopicProduceResponse> {
     let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
+    // Whether the transaction coordinator failed to answer for an earlier partition: the
+    // request's other partitions do not wait for it again.
+    let mut coordinator_down = false;
     request
         .topic_data
         .into_iter()
@@ -178,7 +181,8 @@ fn append_all(server: &Server, request: ProduceRequest) -> Vec<TopicProduceRespo
                 .map(|p| {
                     let reply = PartitionProduceResponse::default().with_index(p.index);
                     let records = p.records.unwrap_or_default();
-                    match append(server, &name, p.index, records, transactional_id.as_deref()) {
+                    let txn = (transactional_id.as_deref(), &mut coordinator_down);
+                    match append(server, &name, p.index, records, txn) {
                         Ok((info, log_start, append_time)) => reply
                             .with_base_offset(info.base_offset)
                             .with_log_append_time_ms(if append_time { info.log_append_time } else { -1 })
@@ -220,7 +224,7 @@ fn append(
     topic: &str,
     partition: i32,
     records: Bytes,
-    transactional_id: Option<&str>,
+    (transactional_id, coordinator_down): (Option<&str>, &mut bool),
 ) -> Result<(AppendInfo, i64, bool), Refused> {
     refuse_internal(topic)?;
     let topic = server.broker.inner.topic(topic)?;
@@ -263,6 +267,12 @@ fn append(
         return Err(BatchError::Empty.into());
     }
     let headers: Vec<BatchHeader> = batches.iter().map(RecordBatch::header).collect();
+    if headers.iter().any(|h| h.producer_id >= 0 && h.base_sequence < 0) {
+        return Err(Refused::Code(
+            ResponseError::OutOfOrderSequenceNumber,
+            "a producer's batch carries sequence numbers".to_string(),
+        ));
+    }
     let first = match headers.iter().find(|h| h.is_transactional()) {
         Some(h) => {
             // A transaction's records: its coordinator must have the partition in the
@@ -299,9 +309,15 @@ fn append(
                 // answer and the write: one the producer did not ask for (a timeout, a newer
                 // producer of its id) bumps the epoch, which the partition's leader refuses
                 // the batch for; the producer asks for one only once its records are written.
-                None => inner
-                    .check_transaction(transactional_id, h.producer_id, h.producer_epoch, &tp)
-                    .map(|()| append_judged(&log, batches, &headers)),
+                None if *coordinator_down => Err(Error::NotCoordinator {
+                    reason: "the transaction coordinator did not answer".to_string(),
+                }),
+                None => {
+                    let check =
+                        inner.check_transaction(transactional_id, h.producer_id, h.producer_epoch, &tp);
+                    *coordinator_down = matches!(check, Err(Error::NotCoordinator { .. }));
+                    check.map(|()| append_judged(&log, batches, &headers))
+                }
             };
             // Produce answers a fenced producer INVALID_PRODUCER_EPOCH, whatever its version.
             match checked {
@@ -317,6 +333,11 @@ fn append(
                         "the request's transactional id is not the one the producer id is bound to"
                             .to_string(),
                     ));
+                }
+                // As Kafka answers a produce whose transaction it could not verify: an error
+                // every client retries.
+                Err(Error::NotCoordinator { reason }) => {
+                    return Err(Refused::Code(ResponseError::NotEnoughReplicas, reason));
                 }
                 other => other??,
             }
