@@ -1381,14 +1381,29 @@ impl Coordinate for Coordinator {
         let mut batch = batch;
         batch.set_base_offset(crate::cluster::entry::UNASSIGNED);
         let records = crate::cluster::entry::Records(batch.into_bytes());
-        let proposed = run_on(&c.runtime.clone(), async move {
-            crate::cluster::peer::propose_here(&raft, records, APPEND_LEADING_TIMEOUT)
-                .await
-                .map_err(cluster_error)
+        let written = run_on(&c.runtime.clone(), async move {
+            let written = tokio::time::timeout(APPEND_LEADING_TIMEOUT, raft.client_write(records)).await;
+            match written {
+                Ok(Ok(w)) => Ok(Some(crate::cluster::raft::term_of(&w.log_id))),
+                Ok(Err(openraft::error::RaftError::APIError(
+                    openraft::error::ClientWriteError::ForwardToLeader(_),
+                ))) => Ok(None),
+                Ok(Err(e)) => Err(cluster_error(e)),
+                Err(_) => Err(cluster_error(format!(
+                    "not committed within {APPEND_LEADING_TIMEOUT:?}: the outcome is unknown"
+                ))),
+            }
         })?;
-        match proposed {
-            crate::cluster::peer::Proposed::Appended(_) => Ok(()),
-            _ => Err(not_leading()),
+        match written {
+            Some(t) if t == term => Ok(()),
+            // Written in a later term this node leads again (it lost and won an election
+            // between its check and the write): the record is in, but its writer is stale;
+            // the later term's take-over reads it after the writer has stopped.
+            Some(t) => {
+                log::warn!("{topic}-{partition}: a record of term {term}'s writer landed in term {t}");
+                Err(not_leading())
+            }
+            None => Err(not_leading()),
         }
     }
 
