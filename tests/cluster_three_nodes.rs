@@ -187,6 +187,29 @@ fn three_nodes_replicate_topics_and_records_through_a_failover_and_a_restart() {
         to_vecs(&[b"a", b"b", b"c", b"open"])
     );
     open.abort().unwrap();
+
+    // A producer's batch that would begin a transaction its coordinator does not have open
+    // (a late batch after its abort, at a partition it had not written) is refused by the
+    // partition's leader, and leaves no transaction open there.
+    let (producer_id, epoch) = fencer.producer_id_and_epoch();
+    let late = |p: u32| {
+        let mut b = rivulet::storage::BatchBuilder::new(rivulet::storage::Compression::None)
+            .producer(producer_id, epoch, 0)
+            .transactional(true);
+        b.push(0, Some(b"k"), Some(b"late"), &[]);
+        let log = node(&nodes, elsewhere).broker().partition("orders", p).unwrap();
+        (log.append(b.finish().unwrap()), log)
+    };
+    let (refused, log) = late(2);
+    assert!(
+        matches!(refused, Err(rivulet::Error::Producer { .. })),
+        "a batch outside an open transaction: {refused:?}"
+    );
+    assert_eq!(
+        log.last_stable_offset(),
+        log.high_watermark(),
+        "no transaction left open"
+    );
     assert!(state.leader.is_some() && state.epoch >= 1, "{state:?}");
 
     // Records produced at node 2 are acknowledged and read at node 3.

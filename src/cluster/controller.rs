@@ -545,6 +545,17 @@ impl Controller {
                     log::debug!("node {}: starting group {topic}-{p}: {e}", self.me);
                 }
             }
+            // The internal topics' own batches are their coordinators': not verified.
+            if !crate::broker::is_internal(topic) {
+                let (broker, tp) = (
+                    Arc::downgrade(&self.broker.inner),
+                    crate::TopicPartition::new(topic, p as u32),
+                );
+                replica.verify_transactions_with(Arc::new(move |producer_id, epoch| {
+                    let broker = broker.upgrade().ok_or(Error::Closed)?;
+                    broker.check_transaction(None, producer_id, epoch, &tp)
+                }));
+            }
             self.groups.insert(group.clone(), replica.raft.clone());
             self.groups
                 .serve_reads(group.clone(), replica.replica.log.clone());

@@ -226,6 +226,15 @@ pub(crate) trait Replicate: Send + Sync + std::fmt::Debug {
     fn reads_elsewhere(&self) -> bool {
         false
     }
+
+    /// Refuses the first batch of producer `producer_id`'s transaction (in `epoch`) here
+    /// unless its coordinator has the transaction open with this partition in it: asked by
+    /// the leader, holding the partition's producers' lock, so that no marker of the
+    /// transaction comes between the answer and the write.
+    fn verify_transaction(&self, producer_id: i64, epoch: i16) -> Result<()> {
+        let _ = (producer_id, epoch);
+        Ok(())
+    }
 }
 
 /// A read at another node: the batches (their end, the high watermark or for a
@@ -719,10 +728,25 @@ impl PartitionLog {
             };
         }
         if !h.is_control() {
-            return match self.plan_producers(&[h])?.remove(0) {
-                producers::Verdict::Duplicate(info) => Ok(Some(info)),
-                _ => Ok(None),
-            };
+            if let producers::Verdict::Duplicate(info) = self.plan_producers(&[h])?.remove(0) {
+                return Ok(Some(info));
+            }
+            let begins = self.inner.producers.lock().begins_transaction(&h);
+            if let Some(replicator) = self.inner.replicator.get().filter(|_| begins) {
+                replicator
+                    .verify_transaction(h.producer_id, h.producer_epoch)
+                    .map_err(|e| match e {
+                        // The producer may not write: a refusal it sees as such.
+                        Error::InvalidTxnState { .. }
+                        | Error::ProducerFenced { .. }
+                        | Error::InvalidProducerIdMapping { .. } => Error::Producer {
+                            producer_id: h.producer_id,
+                            error: producers::ProducerError::InvalidTxnState(e.to_string()),
+                        },
+                        e => e,
+                    })?;
+            }
+            return Ok(None);
         }
         let marker = Marker::of(batch).ok_or(Error::InvalidBatch(BatchError::ControlBatch))?;
         let refused = self

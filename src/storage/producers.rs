@@ -216,6 +216,17 @@ fn last_sequence(h: &BatchHeader) -> i32 {
 }
 
 impl ProducerState {
+    /// Whether `h`, a transactional batch, begins a transaction here: its producer has none
+    /// open in its epoch.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn begins_transaction(&self, h: &BatchHeader) -> bool {
+        h.is_transactional()
+            && self
+                .by_id
+                .get(&h.producer_id)
+                .is_none_or(|p| p.open_since.is_none() || p.epoch != h.producer_epoch)
+    }
+
     /// Judges a producer's data batch (`producer_id >= 0`) against the state.
     pub(crate) fn check(&self, h: &BatchHeader) -> Verdict {
         let Some(p) = self.by_id.get(&h.producer_id) else {

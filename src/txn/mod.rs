@@ -69,6 +69,10 @@ const MAX_STATE_BYTES: usize = 512 << 10;
 /// coordinator older than the last one it saw).
 const COORDINATOR_EPOCH: i32 = 0;
 
+/// How long a check that a transaction is open waits for its id's state (see
+/// `TxnCoordinator::check_open`).
+const CHECK_WAIT: Duration = Duration::from_millis(100);
+
 /// How often the background thread looks for transactions to time out or finish.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -634,7 +638,22 @@ impl TxnCoordinator {
                 producer_id,
             });
         }
-        self.with_open_transaction(producer_id, epoch, tp, || Ok(()))
+        let id = self.bound_id(producer_id).ok_or_else(|| Error::InvalidTxnState {
+            transactional_id: String::new(),
+            reason: format!("producer id {producer_id} is bound to no transactional id"),
+        })?;
+        let slot = self.slot(&id).ok_or_else(|| Error::InvalidProducerIdMapping {
+            transactional_id: id.clone(),
+            producer_id,
+        })?;
+        // Asked by a partition's leader that holds its producers' lock, which the markers of
+        // an end under way wait for: a transaction busy ending is not waited for.
+        let guard = slot
+            .try_read_for(CHECK_WAIT)
+            .ok_or_else(|| Error::ConcurrentTransactions {
+                transactional_id: id.clone(),
+            })?;
+        self.check_open_in(&id, guard.as_ref(), producer_id, epoch, tp)
     }
 
     #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // the Kafka front end's produce
