@@ -359,13 +359,14 @@ pub(crate) trait Coordinate: Send + Sync + std::fmt::Debug {
     /// producers (`NotCoordinator` while none does, or this one is still reading it).
     fn transaction_coordinator(&self) -> Result<Arc<dyn crate::txn::TxnCalls>>;
     /// Asks the node that coordinates transactions whether producer `producer_id`'s
-    /// transaction in `epoch` is open with `tp` in it (`NotCoordinator` if none does).
+    /// transaction in `epoch` is open with `tp` in it (`NotCoordinator` if none does, or it
+    /// does not answer `within`).
     fn check_transaction(
         &self,
         transactional_id: Option<&str>,
-        producer_id: i64,
-        epoch: i16,
+        producer: (i64, i16),
         tp: &crate::TopicPartition,
+        within: std::time::Duration,
     ) -> Result<()>;
     /// Where this node's in-process group members go: `None` if this node coordinates the
     /// cluster's groups, the coordinator at another node if one leads the offsets topic's
@@ -1125,20 +1126,21 @@ impl BrokerInner {
     /// Refuses a write to `tp` by producer `producer_id` in `epoch` unless its transaction is
     /// open with `tp` in it, as the transaction coordinator (here, or at the cluster's node
     /// that coordinates transactions) knows it.
-    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    /// A coordinator at another node is waited for at most `within`.
     pub(crate) fn check_transaction(
         self: &Arc<Self>,
         transactional_id: Option<&str>,
-        producer_id: i64,
-        epoch: i16,
+        (producer_id, epoch): (i64, i16),
         tp: &crate::TopicPartition,
+        within: std::time::Duration,
     ) -> Result<()> {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = self.cluster.get()
             && self.transactions_if_open().is_none()
         {
-            return cluster.check_transaction(transactional_id, producer_id, epoch, tp);
+            return cluster.check_transaction(transactional_id, (producer_id, epoch), tp, within);
         }
+        let _ = within;
         self.transactions()?
             .check_open(transactional_id, producer_id, epoch, tp)
     }
@@ -1192,7 +1194,7 @@ impl BrokerInner {
                     .commit_offsets(id, producer_id, epoch, group, offsets);
             }
             let tp = crate::TopicPartition::new(OFFSETS_TOPIC, 0);
-            self.check_transaction(Some(id), producer_id, epoch, &tp)?;
+            self.check_transaction(Some(id), (producer_id, epoch), &tp, crate::txn::CHECK_TTL)?;
             self.offsets()?
                 .append_transactional(group, producer_id, epoch, offsets)
         };

@@ -528,6 +528,19 @@ impl Controller {
                 continue;
             }
             let log = self.broker.partition(topic, p as u32)?;
+            // A transaction's first batch here is verified with its coordinator (not the state
+            // topic's own records: the coordinator writes those).
+            if topic != crate::txn::TRANSACTION_STATE_TOPIC {
+                let (broker, tp) = (
+                    Arc::downgrade(&self.broker.inner),
+                    crate::TopicPartition::new(topic, p as u32),
+                );
+                let verify = move |producer_id, epoch, within| {
+                    let broker: Arc<crate::broker::BrokerInner> = broker.upgrade().ok_or(Error::Closed)?;
+                    broker.check_transaction(None, (producer_id, epoch), &tp, within)
+                };
+                log.verify_transactions_with(crate::storage::Verifier(Arc::new(verify)));
+            }
             let replica = PartitionReplica::start(
                 self.me,
                 log,
@@ -544,17 +557,6 @@ impl Controller {
                 if let Err(e) = replica.raft.initialize(members).await {
                     log::debug!("node {}: starting group {topic}-{p}: {e}", self.me);
                 }
-            }
-            // The internal topics' own batches are their coordinators': not verified.
-            if !crate::broker::is_internal(topic) {
-                let (broker, tp) = (
-                    Arc::downgrade(&self.broker.inner),
-                    crate::TopicPartition::new(topic, p as u32),
-                );
-                replica.verify_transactions_with(Arc::new(move |producer_id, epoch| {
-                    let broker = broker.upgrade().ok_or(Error::Closed)?;
-                    broker.check_transaction(None, producer_id, epoch, &tp)
-                }));
             }
             self.groups.insert(group.clone(), replica.raft.clone());
             self.groups
@@ -1437,12 +1439,12 @@ impl Coordinate for Coordinator {
     fn check_transaction(
         &self,
         transactional_id: Option<&str>,
-        producer_id: i64,
-        epoch: i16,
+        producer: (i64, i16),
         tp: &crate::TopicPartition,
+        within: std::time::Duration,
     ) -> Result<()> {
         self.remote_transactions()?
-            .check_transaction(transactional_id, producer_id, epoch, tp)
+            .check_transaction(transactional_id, producer, tp, within)
     }
 
     fn transaction_coordinator(&self) -> Result<Arc<dyn crate::txn::TxnCalls>> {

@@ -712,8 +712,16 @@ impl RemoteGroups {
     fn txn(&self, call: TxnCall) -> Result<GroupAnswer> {
         // An end writes every partition's marker before it answers: it has longer, and one
         // not answered may have happened.
+        let ttl = match call {
+            TxnCall::End { .. } => END_TTL,
+            _ => CALL_TTL,
+        };
+        self.txn_within(call, ttl)
+    }
+
+    /// [`txn`](Self::txn), waiting at most `ttl`.
+    fn txn_within(&self, call: TxnCall, ttl: Duration) -> Result<GroupAnswer> {
         let end = matches!(call, TxnCall::End { .. });
-        let ttl = if end { END_TTL } else { CALL_TTL };
         match self.call("", GroupCall::Txn(call), ttl) {
             Err(Error::CoordinatorNotAvailable { .. }) if end => Err(cluster_error(format!(
                 "node {} did not answer the end of the transaction: its outcome is unknown",
@@ -739,17 +747,21 @@ impl RemoteGroups {
     pub(crate) fn check_transaction(
         &self,
         transactional_id: Option<&str>,
-        producer_id: i64,
-        epoch: i16,
+        (producer_id, epoch): (i64, i16),
         tp: &TopicPartition,
+        within: Duration,
     ) -> Result<()> {
-        self.txn_done(TxnCall::CheckOpen {
+        let call = TxnCall::CheckOpen {
             transactional_id: transactional_id.map(str::to_string),
             producer_id,
             epoch,
             topic: tp.topic.clone(),
             partition: tp.partition,
-        })
+        };
+        match self.txn_within(call, within)? {
+            GroupAnswer::Done => Ok(()),
+            other => Err(unexpected("", other)),
+        }
     }
 }
 
@@ -814,7 +826,7 @@ impl TxnCalls for RemoteGroups {
         tp: &TopicPartition,
         write: &mut dyn FnMut() -> Result<AppendInfo>,
     ) -> Result<AppendInfo> {
-        self.check_transaction(None, producer_id, epoch, tp)?;
+        self.check_transaction(None, (producer_id, epoch), tp, crate::txn::CHECK_TTL)?;
         write()
     }
 }

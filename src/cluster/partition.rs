@@ -119,7 +119,6 @@ impl PartitionReplica {
             purges,
             purging: AtomicBool::new(false),
             leaders: None,
-            verifier: std::sync::OnceLock::new(),
         }));
         replica.log.replicate_through(Arc::new(appender.clone()));
         Ok(PartitionReplica {
@@ -139,12 +138,6 @@ impl PartitionReplica {
     #[cfg(test)]
     pub(crate) fn appender(&self) -> Appender {
         self.appender.clone()
-    }
-
-    /// Has `verifier` answer whether a producer's transaction is open with this partition in
-    /// it, when this replica leads.
-    pub(crate) fn verify_transactions_with(&self, verifier: Verifier) {
-        let _ = self.appender.0.verifier.set(verifier);
     }
 
     /// Stops the replica's Raft group; its log refuses appends from then on.
@@ -174,13 +167,7 @@ struct AppenderState {
     /// For a node that holds no replica of the group (no local Raft): where the leaders the
     /// other nodes name are, to forward appends to.
     leaders: Option<Arc<Groups>>,
-    /// Asks the transaction coordinator whether a producer's transaction is open with this
-    /// partition in it (see [`Replicate::verify_transaction`]).
-    verifier: std::sync::OnceLock<Verifier>,
 }
-
-/// What asks the transaction coordinator for a partition's leader.
-pub(crate) type Verifier = Arc<dyn Fn(i64, i16) -> Result<()> + Send + Sync>;
 
 /// How long a node that holds no replica waits for a read at the leader.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -326,7 +313,6 @@ pub(crate) fn forward_appends(
         purges: false,
         purging: AtomicBool::new(false),
         leaders: Some(leaders),
-        verifier: std::sync::OnceLock::new(),
     }))));
 }
 
@@ -370,13 +356,6 @@ impl Replicate for Appender {
 
     fn reads_elsewhere(&self) -> bool {
         self.0.leaders.is_some()
-    }
-
-    fn verify_transaction(&self, producer_id: i64, epoch: i16) -> Result<()> {
-        match self.0.verifier.get() {
-            Some(verify) => verify(producer_id, epoch),
-            None => Ok(()),
-        }
     }
 
     /// At a node that holds no replica: reads at the leader the other nodes name.

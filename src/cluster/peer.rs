@@ -304,6 +304,10 @@ fn unknown_outcome(ttl: Duration) -> String {
 /// producers waiting before the leader gives up on it too.
 const JUDGED_HOLD: Duration = Duration::from_secs(60);
 
+/// How long a leader judging a transaction's first batch waits for the transaction's
+/// coordinator (holding the partition's producers' lock).
+const VERIFY_WAIT: Duration = Duration::from_secs(2);
+
 /// Proposes `records` to the local replica `raft` of `log`, as [`propose_here`] does; a
 /// producer's batch (or a transaction marker) is judged first against the producers of the
 /// log, here at the leader alone (a follower answers `NotLeader`): a retry of a batch the log
@@ -337,23 +341,33 @@ pub(crate) async fn propose_judged(
     }
     let (raft, runtime) = (raft.clone(), tokio::runtime::Handle::current());
     let deadline = std::time::Instant::now() + ttl;
+    let busy = move || format!("the partition's producers were busy for {ttl:?}; nothing was written");
+    // One proposal of the partition at a time takes a thread to be judged on; the others
+    // wait here, on the runtime, within their time (an abandoned one stops waiting).
+    let Ok(turn) = tokio::time::timeout(ttl, log.proposal_turn().lock_owned()).await else {
+        return Err(busy());
+    };
     let (answer, answered) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        // Bounded, so that waiters abandoned by their proposers do not pile up on the
-        // blocking pool; one that gets the lock after its deadline proposes nothing.
-        let busy = || format!("the partition's producers were busy for {ttl:?}; nothing was written");
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let Some(_producing) = log.producing_within(left) else {
+        let _turn = turn;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        let Some(_producing) = log.producing_within(left()) else {
             let _ = answer.send(Err(busy()));
             return;
         };
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
+        if left().is_zero() {
             let _ = answer.send(Err(busy()));
             return;
         }
         let batch = crate::storage::Batch::parse_trusted(&records.0).0;
-        let judged = match log.judge(&batch) {
+        // A transaction's coordinator is asked within a part of the time left.
+        let judged = log.judge(&batch, left().min(VERIFY_WAIT));
+        let left = left();
+        if judged.as_ref().is_ok_and(Option::is_none) && left.is_zero() {
+            let _ = answer.send(Err(busy()));
+            return;
+        }
+        let judged = match judged {
             Ok(None) => {
                 // The lock stays held until the entry lands or fails, however long the
                 // proposer waits.

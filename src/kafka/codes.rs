@@ -41,6 +41,8 @@ pub(super) fn code(e: &Error) -> i16 {
         Error::Producer { error, .. } => match error {
             ProducerError::OldEpoch { .. } => E::InvalidProducerEpoch,
             ProducerError::OutOfOrder { .. } => E::OutOfOrderSequenceNumber,
+            // As Kafka answers a produce whose transaction it could not verify: retriable.
+            ProducerError::Unverified(_) => E::NotEnoughReplicas,
             _ => E::InvalidTxnState,
         },
         Error::Io { .. }

@@ -313,8 +313,9 @@ fn append(
                     reason: "the transaction coordinator did not answer".to_string(),
                 }),
                 None => {
+                    let producer = (h.producer_id, h.producer_epoch);
                     let check =
-                        inner.check_transaction(transactional_id, h.producer_id, h.producer_epoch, &tp);
+                        inner.check_transaction(transactional_id, producer, &tp, crate::txn::CHECK_TTL);
                     *coordinator_down = matches!(check, Err(Error::NotCoordinator { .. }));
                     check.map(|()| append_judged(&log, batches, &headers))
                 }

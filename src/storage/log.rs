@@ -192,6 +192,27 @@ pub(crate) struct Inner {
     /// Held by a caller across judging a producer's batches and appending them (see
     /// [`PartitionLog::producing`]).
     pub(super) producing: Mutex<()>,
+    /// A replicated log's leader's check that a transaction is open (see
+    /// [`PartitionLog::verify_transactions_with`]).
+    #[cfg(feature = "cluster")]
+    pub(super) verifier: OnceLock<Verifier>,
+    /// A replicated log's proposals of producers' batches take turns here before they take a
+    /// thread to be judged on.
+    #[cfg(feature = "cluster")]
+    pub(super) turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Asks a transaction's coordinator whether producer `producer_id`'s transaction in `epoch`
+/// is open with the log's partition in it, waiting at most the time given.
+#[cfg(feature = "cluster")]
+#[derive(Clone)]
+pub(crate) struct Verifier(pub(crate) Arc<dyn Fn(i64, i16, Duration) -> Result<()> + Send + Sync>);
+
+#[cfg(feature = "cluster")]
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier")
+    }
 }
 
 /// The owner of a replicated log, to which its appends go: it puts a batch through
@@ -225,15 +246,6 @@ pub(crate) trait Replicate: Send + Sync + std::fmt::Debug {
     /// Whether the log is read at another node ([`Replicate::read_elsewhere`]).
     fn reads_elsewhere(&self) -> bool {
         false
-    }
-
-    /// Refuses the first batch of producer `producer_id`'s transaction (in `epoch`) here
-    /// unless its coordinator has the transaction open with this partition in it: asked by
-    /// the leader, holding the partition's producers' lock, so that no marker of the
-    /// transaction comes between the answer and the write.
-    fn verify_transaction(&self, producer_id: i64, epoch: i16) -> Result<()> {
-        let _ = (producer_id, epoch);
-        Ok(())
     }
 }
 
@@ -706,7 +718,7 @@ impl PartitionLog {
     /// and the write. A replicated log is judged at its leader alone, whose log holds every
     /// entry committed and every one of its own term.
     #[cfg(feature = "cluster")]
-    pub(crate) fn judge(&self, batch: &Batch<'_>) -> Result<Option<AppendInfo>> {
+    pub(crate) fn judge(&self, batch: &Batch<'_>, within: Duration) -> Result<Option<AppendInfo>> {
         let h = *batch.header();
         if !h.is_control() && h.base_sequence < 0 {
             // Unsequenced: a coordinator's own batch (a transaction's offset commits), which
@@ -716,36 +728,23 @@ impl PartitionLog {
                 .producers
                 .lock()
                 .known_epoch(h.producer_id, 0, i64::MAX);
-            return match known {
-                Some(current) if current > h.producer_epoch => Err(Error::Producer {
+            if let Some(current) = known.filter(|&current| current > h.producer_epoch) {
+                return Err(Error::Producer {
                     producer_id: h.producer_id,
                     error: producers::ProducerError::OldEpoch {
                         epoch: h.producer_epoch,
                         current,
                     },
-                }),
-                _ => Ok(None),
-            };
+                });
+            }
+            self.verify(&h, within)?;
+            return Ok(None);
         }
         if !h.is_control() {
             if let producers::Verdict::Duplicate(info) = self.plan_producers(&[h])?.remove(0) {
                 return Ok(Some(info));
             }
-            let begins = self.inner.producers.lock().begins_transaction(&h);
-            if let Some(replicator) = self.inner.replicator.get().filter(|_| begins) {
-                replicator
-                    .verify_transaction(h.producer_id, h.producer_epoch)
-                    .map_err(|e| match e {
-                        // The producer may not write: a refusal it sees as such.
-                        Error::InvalidTxnState { .. }
-                        | Error::ProducerFenced { .. }
-                        | Error::InvalidProducerIdMapping { .. } => Error::Producer {
-                            producer_id: h.producer_id,
-                            error: producers::ProducerError::InvalidTxnState(e.to_string()),
-                        },
-                        e => e,
-                    })?;
-            }
+            self.verify(&h, within)?;
             return Ok(None);
         }
         let marker = Marker::of(batch).ok_or(Error::InvalidBatch(BatchError::ControlBatch))?;
@@ -760,6 +759,50 @@ impl PartitionLog {
                 error,
             }),
             None => Ok(None),
+        }
+    }
+
+    /// Has `verifier` say, at this replicated log's leader, whether a transaction whose first
+    /// batch here is being judged is open with this partition in it (as Kafka's KIP-890
+    /// verification): asked while the leader holds the partition's producers' lock, which
+    /// the transaction's markers are judged under too, so no marker comes between the
+    /// answer and the write. A batch late after its transaction's abort would otherwise open
+    /// a transaction nobody ends. Set before the log's replica starts.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn verify_transactions_with(&self, verifier: Verifier) {
+        let _ = self.inner.verifier.set(verifier);
+    }
+
+    /// The turn a proposal of a producer's batch to this replicated log waits for (see
+    /// [`Inner::turn`]).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn proposal_turn(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner.turn.clone()
+    }
+
+    /// Refuses `h`, a transaction's batch that would begin it here, unless the verifier says
+    /// the transaction is open with this partition in it.
+    #[cfg(feature = "cluster")]
+    fn verify(&self, h: &BatchHeader, within: Duration) -> Result<()> {
+        let begins = self.inner.producers.lock().begins_transaction(h);
+        let Some(verify) = self.inner.verifier.get().filter(|_| begins) else {
+            return Ok(());
+        };
+        let refused = |error| Error::Producer {
+            producer_id: h.producer_id,
+            error,
+        };
+        match (verify.0)(h.producer_id, h.producer_epoch, within) {
+            Ok(()) => Ok(()),
+            Err(Error::ProducerFenced { epoch, current, .. }) => {
+                Err(refused(producers::ProducerError::OldEpoch { epoch, current }))
+            }
+            // The producer may not write: a refusal it sees as such.
+            Err(e @ (Error::InvalidTxnState { .. } | Error::InvalidProducerIdMapping { .. })) => {
+                Err(refused(producers::ProducerError::InvalidTxnState(e.to_string())))
+            }
+            // Not asked, or busy ending: nothing written, and sent again.
+            Err(e) => Err(refused(producers::ProducerError::Unverified(e.to_string()))),
         }
     }
 

@@ -47,7 +47,7 @@ pub(crate) use log::RetryDuplicate;
 pub(crate) use log::check_batch;
 pub use log::{AppendInfo, LogBuilder, PartitionLog, RaisedPast, Signal, TimestampOffset};
 #[cfg(feature = "cluster")]
-pub(crate) use log::{Elsewhere, Replicate};
+pub(crate) use log::{Elsewhere, Replicate, Verifier};
 pub(crate) use log::{Oversized, ReadPin, now_ms, watch};
 pub use meta::MAX_METADATA_BYTES;
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};

@@ -152,6 +152,10 @@ pub enum ProducerError {
     /// A batch outside a transaction from a producer with one open, or a marker from a
     /// coordinator older than the last one.
     InvalidTxnState(String),
+    /// The first batch of a transaction at a cluster's partition, whose coordinator could
+    /// not say that the transaction is open (busy, or not reached): nothing was written, and
+    /// the producer sends it again.
+    Unverified(String),
 }
 
 impl std::error::Error for ProducerError {}
@@ -167,6 +171,7 @@ impl std::fmt::Display for ProducerError {
                 write!(f, "sequence {sequence} where {expected} was expected")
             }
             ProducerError::InvalidTxnState(why) => f.write_str(why),
+            ProducerError::Unverified(why) => write!(f, "the transaction could not be verified: {why}"),
         }
     }
 }

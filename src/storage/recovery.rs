@@ -224,6 +224,10 @@ impl Inner {
             producers: Mutex::new(rebuilt.state),
             aborted: RwLock::new(aborted),
             producing: Mutex::new(()),
+            #[cfg(feature = "cluster")]
+            verifier: OnceLock::new(),
+            #[cfg(feature = "cluster")]
+            turn: Arc::default(),
             dir,
         })
     }

@@ -73,6 +73,12 @@ const COORDINATOR_EPOCH: i32 = 0;
 /// `TxnCoordinator::check_open`).
 const CHECK_WAIT: Duration = Duration::from_millis(100);
 
+/// How long a cluster's node waits for another's coordinator to check that a transaction is
+/// open (a partition's leader verifying a transaction's first batch waits less, within its
+/// proposal's time).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) const CHECK_TTL: Duration = Duration::from_secs(5);
+
 /// How often the background thread looks for transactions to time out or finish.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -647,9 +653,11 @@ impl TxnCoordinator {
             producer_id,
         })?;
         // Asked by a partition's leader that holds its producers' lock, which the markers of
-        // an end under way wait for: a transaction busy ending is not waited for.
+        // an end under way wait for: a transaction busy ending is not waited for. (Taken
+        // besides a reader of the same id, a write that holds it across its append, even
+        // with a writer queued.)
         let guard = slot
-            .try_read_for(CHECK_WAIT)
+            .try_read_recursive_for(CHECK_WAIT)
             .ok_or_else(|| Error::ConcurrentTransactions {
                 transactional_id: id.clone(),
             })?;
