@@ -264,7 +264,24 @@ async fn main() -> ExitCode {
         config = config.connections_max_idle(idle);
     }
     log::info!("rivulet serving Kafka on {bound} from {}", o.data);
+    // Ctrl-C, or SIGTERM (what systemd, Docker and Kubernetes send): a clean close either way.
     let stop = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    tokio::signal::ctrl_c().await.ok();
+                }
+            }
+        }
+        #[cfg(not(unix))]
         tokio::signal::ctrl_c().await.ok();
         log::info!("stopping");
     };

@@ -3,8 +3,8 @@
 # kafka,cluster`) on loopback as nodes 1 to 3 of one cluster, with their data and logs in DIR
 # and the extra arguments given, and waits (bounded) until kcat sees three brokers and a
 # partition led with three replicas. It sets `kafka` (the nodes' Kafka addresses), `bootstrap`
-# (all three, comma-separated) and `cluster_pids`; stop_three_brokers stops them cleanly (and
-# fails if one did not close cleanly).
+# (all three, comma-separated) and `cluster_pids`; stop_three_brokers stops them cleanly with
+# SIGTERM, as service managers do (and fails if one did not close cleanly).
 
 cluster_pids=()
 
@@ -39,7 +39,7 @@ start_three_brokers() {
 
 stop_three_brokers() {
     local dir=$1 i status=0
-    for i in 0 1 2; do kill -INT "${cluster_pids[$i]}" 2>/dev/null || true; done
+    for i in 0 1 2; do kill -TERM "${cluster_pids[$i]}" 2>/dev/null || true; done
     for i in 0 1 2; do wait "${cluster_pids[$i]}" || status=1; done
     cluster_pids=()
     for i in 0 1 2; do
