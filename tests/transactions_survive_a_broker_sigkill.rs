@@ -11,9 +11,8 @@
 #[path = "common/copy_loop.rs"]
 mod copy_loop;
 
-use copy_loop::{TIMEOUT, copier, one_transaction, output};
+use copy_loop::{TIMEOUT, broker_binary, copier, one_transaction, output};
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,23 +23,6 @@ use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 
 const RECORDS: usize = 300;
-
-fn broker_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("broker");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with --features kafka,cluster",
-        path.display()
-    );
-    path
-}
 
 /// The example broker as a process on a fixed loopback port.
 struct Broker {

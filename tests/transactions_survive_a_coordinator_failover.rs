@@ -15,9 +15,8 @@
 #[path = "common/copy_loop.rs"]
 mod copy_loop;
 
-use copy_loop::{TIMEOUT, copier, one_transaction, output};
+use copy_loop::{TIMEOUT, broker_binary, copier, one_transaction, output};
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,23 +27,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 
 const RECORDS: usize = 300;
-
-fn broker_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("broker");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with --features kafka,cluster",
-        path.display()
-    );
-    path
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -15,6 +16,24 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The example broker beside the test binary (built with `--features kafka,cluster`).
+pub fn broker_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("broker");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with --features kafka,cluster",
+        path.display()
+    );
+    path
+}
 
 pub fn input(tp: i64) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
