@@ -19,7 +19,12 @@
 //! authorizer) and `--group-initial-rebalance-delay-ms N` (Kafka's
 //! `group.initial.rebalance.delay.ms`: how long a new group waits for more members before its
 //! first rebalance; default 3000, Kafka's default; Kafka's shipped `server.properties` sets 0
-//! for development). Ctrl-C stops it and closes the log cleanly.
+//! for development). Ctrl-C or SIGTERM stops it and closes the log cleanly.
+//!
+//! `--config FILE` reads the settings from a Java properties file with Kafka's names, as a
+//! Kafka broker reads `server.properties` (`log.dirs`, `listeners`, `num.partitions`, the
+//! `log.*` defaults of new topics, ...; see `properties.rs` for the list); flags given beside
+//! it override it.
 //!
 //! Built with the `cluster` feature, it is one node of a replicated cluster when given
 //! `--node-id N --peer-listen ADDR --voters ID@ADDR,ID@ADDR,...` (the same voters on every
@@ -36,16 +41,21 @@
 //! nodes) in place of `--voters`, with a node id new to the cluster and its own
 //! `--peer-listen` address; restarted, it needs neither seeds nor `--peer-listen`.
 
+mod properties;
+
 use std::process::ExitCode;
 
 use rivulet::kafka::ServerConfig;
-use rivulet::{Broker, Fsync};
+use rivulet::{Broker, Fsync, TopicConfig};
 
 struct Options {
     data: String,
     listen: String,
     advertised: Option<(String, u16)>,
-    fsync: Fsync,
+    /// Given by `--fsync`: overrides the file's flush settings.
+    fsync: Option<Fsync>,
+    /// The defaults of new topics (from the config file's `log.*` settings).
+    topic: TopicConfig,
     idle: Option<std::time::Duration>,
     num_partitions: u32,
     auto_create: bool,
@@ -57,12 +67,14 @@ struct Options {
     seeds: Vec<std::net::SocketAddr>,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let args: Vec<String> = args.collect();
     let mut o = Options {
         data: "./data".into(),
         listen: "127.0.0.1:9092".into(),
         advertised: None,
-        fsync: Fsync::Always,
+        fsync: None,
+        topic: TopicConfig::default(),
         idle: None,
         num_partitions: 1,
         auto_create: true,
@@ -73,9 +85,31 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         voters: Vec::new(),
         seeds: Vec::new(),
     };
+    // The file first, wherever `--config` stands: the flags override it.
+    if let Some(at) = args.iter().position(|a| a == "--config") {
+        let path = args.get(at + 1).ok_or("--config needs a value")?;
+        let file = properties::read(path)
+            .and_then(|props| properties::settings(&props))
+            .map_err(|why| format!("--config {path}: {why}"))?;
+        o.data = file.data.unwrap_or(o.data);
+        o.listen = file.listen.unwrap_or(o.listen);
+        o.advertised = file.advertised;
+        o.topic = file.topic;
+        o.idle = file.idle;
+        o.num_partitions = file.num_partitions.unwrap_or(o.num_partitions);
+        o.auto_create = file.auto_create.unwrap_or(o.auto_create);
+        o.acls = file.acls.unwrap_or(o.acls);
+        o.rebalance_delay = file.rebalance_delay.unwrap_or(o.rebalance_delay);
+        o.node_id = file.node_id;
+        o.peer_listen = file.peer_listen;
+        o.voters = file.voters;
+        o.seeds = file.seeds;
+    }
+    let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
+            "--config" => drop(value()?),
             "--data" => o.data = value()?,
             "--listen" => o.listen = value()?,
             "--advertised" => {
@@ -85,11 +119,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                 o.advertised = Some((host.to_string(), port));
             }
             "--fsync" => {
-                o.fsync = match value()?.as_str() {
+                o.fsync = Some(match value()?.as_str() {
                     "always" => Fsync::Always,
                     "never" => Fsync::Never,
                     other => return Err(format!("--fsync is always or never, not {other}")),
-                }
+                })
             }
             "--idle-ms" => {
                 let v = value()?;
@@ -127,6 +161,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                 );
             }
             "--voters" => {
+                o.voters.clear();
                 for voter in value()?.split(',') {
                     let bad = || format!("--voters is ID@IP:PORT,..., not {voter}");
                     let (id, addr) = voter.split_once('@').ok_or_else(bad)?;
@@ -135,6 +170,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                 }
             }
             "--seeds" => {
+                o.seeds.clear();
                 for seed in value()?.split(',') {
                     let addr = seed
                         .parse()
@@ -227,7 +263,7 @@ async fn main() -> ExitCode {
                 eprintln!("{why}");
             }
             eprintln!(
-                "usage: broker [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] \
+                "usage: broker [--config FILE] [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] \
                  [--idle-ms N] [--num-partitions N] [--auto-create-topics true|false] [--acls true|false] \
                  [--group-initial-rebalance-delay-ms N] [--node-id N --peer-listen ADDR (--voters ID@ADDR,... | --seeds ADDR,...)]"
             );
@@ -243,8 +279,11 @@ async fn main() -> ExitCode {
     };
     let bound = listener.local_addr().map_or(o.listen.clone(), |a| a.to_string());
     // Kafka's group.initial.rebalance.delay.ms: clients started together share one rebalance.
-    let builder = Broker::builder(&o.data)
-        .fsync(o.fsync)
+    let mut builder = Broker::builder(&o.data).default_topic_config(o.topic.clone());
+    if let Some(fsync) = o.fsync {
+        builder = builder.fsync(fsync);
+    }
+    let builder = builder
         .num_partitions(o.num_partitions)
         .auto_create_topics(o.auto_create)
         .group_initial_rebalance_delay(o.rebalance_delay);
