@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::group::{Assignor, MemberRef, OffsetAndMetadata};
+use crate::record::OwnedRecord;
 use crate::storage::format::{self, HEADER_LEN, RecordContext};
 use crate::storage::{Batch, Compression, Headers, PartitionLog, Signal, TimestampOffset};
 use crate::storage::{Oversized, ReadPin};
@@ -987,6 +988,29 @@ impl<'a> ConsumerRecord<'a> {
     /// The record's headers, in order.
     pub fn headers(&self) -> Headers<'a> {
         self.headers.clone()
+    }
+
+    /// The last header with this key (as Kafka's `Headers.lastHeader`).
+    pub fn header(&self, key: &str) -> Option<crate::Header<'a>> {
+        self.headers().filter(|h| h.key == key.as_bytes()).last()
+    }
+
+    /// A copy that owns its bytes, to keep past the [`ConsumerRecords`] it came in.
+    pub fn detach(&self) -> OwnedRecord {
+        OwnedRecord {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            key: self.key.map(<[u8]>::to_vec),
+            value: self.value.map(<[u8]>::to_vec),
+            headers: self.headers().map(|h| h.to_owned_header()).collect(),
+        }
+    }
+
+    /// Where it is: its topic and partition.
+    pub fn topic_partition(&self) -> TopicPartition {
+        TopicPartition::new(self.topic, self.partition)
     }
 }
 

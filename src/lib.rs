@@ -90,6 +90,7 @@ pub mod group;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod producer;
+mod record;
 pub mod storage;
 mod transactional;
 pub mod txn;
@@ -106,5 +107,6 @@ pub use consumer::{
 pub use error::{BatchError, Error, ProducerError, Result};
 pub use group::Assignor;
 pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};
-pub use storage::Header;
+pub use record::OwnedRecord;
+pub use storage::{Header, Headers, OwnedHeader};
 pub use transactional::{DEFAULT_TRANSACTION_TIMEOUT, Transaction, TransactionalProducer};

@@ -20,8 +20,8 @@ use crate::broker::{Broker, Topic, refuse_internal};
 use crate::config::{CompressionType, Fsync};
 use crate::error::{Error, Result};
 use crate::storage::{
-    AppendInfo, BatchBuilder, Compression, HEADER_LEN, PartitionLog, RecordBatch, TimestampType, now_ms,
-    watch,
+    AppendInfo, BatchBuilder, Compression, HEADER_LEN, Header, PartitionLog, RecordBatch, TimestampType,
+    now_ms, watch,
 };
 
 /// Kafka's murmur2 hash, as the Java client computes it for keyed partitioning.
@@ -126,7 +126,7 @@ pub struct ProducerRecord<'a> {
     /// The value; `None` is a tombstone.
     pub value: Option<&'a [u8]>,
     /// Headers, in order.
-    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    pub headers: Vec<Header<'a>>,
 }
 
 impl<'a> ProducerRecord<'a> {
@@ -135,6 +135,22 @@ impl<'a> ProducerRecord<'a> {
         ProducerRecord {
             topic,
             value: Some(value),
+            ..Default::default()
+        }
+    }
+
+    /// A tombstone: a record with `key` and no value, which tells a compacted topic to drop
+    /// the key's earlier records (and, after `delete.retention.ms`, itself).
+    ///
+    /// ```
+    /// use rivulet::ProducerRecord;
+    /// let delete = ProducerRecord::tombstone("accounts", b"acct-7");
+    /// assert_eq!((delete.key, delete.value), (Some(&b"acct-7"[..]), None));
+    /// ```
+    pub fn tombstone(topic: &'a str, key: &'a [u8]) -> Self {
+        ProducerRecord {
+            topic,
+            key: Some(key),
             ..Default::default()
         }
     }
@@ -160,7 +176,13 @@ impl<'a> ProducerRecord<'a> {
 
     /// Adds a header.
     pub fn header(mut self, key: &'a str, value: &'a [u8]) -> Self {
-        self.headers.push((key, Some(value)));
+        self.headers.push(Header::new(key, value));
+        self
+    }
+
+    /// Adds headers (a record's own, to forward it, say).
+    pub fn headers(mut self, headers: impl IntoIterator<Item = Header<'a>>) -> Self {
+        self.headers.extend(headers);
         self
     }
 }
@@ -420,7 +442,7 @@ impl ProducerInner {
             + record
                 .headers
                 .iter()
-                .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len) + 10)
+                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 10)
                 .sum::<usize>();
         let queue = self.queue(&topic.name, partition);
         let codec = self.codec(&topic);

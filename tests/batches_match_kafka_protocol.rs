@@ -94,10 +94,13 @@ fn ours(spec: &BatchSpec) -> Vec<u8> {
         b = b.producer(id, epoch, seq);
     }
     for r in &spec.records {
-        let headers: Vec<(&str, Option<&[u8]>)> = r
+        let headers: Vec<rivulet::Header<'_>> = r
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .map(|(k, v)| rivulet::Header {
+                key: k.as_bytes(),
+                value: v.as_deref(),
+            })
             .collect();
         b.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &headers);
     }

@@ -40,7 +40,7 @@ async fn topic_compression_type_recompresses_produced_batches() {
                 1_000 + i as i64,
                 Some(format!("k{i}").as_bytes()),
                 Some(v),
-                &[("h", Some(b"x"))],
+                &[rivulet::Header::new("h", b"x")],
             );
         }
         let batch = Bytes::from(b.finish().unwrap().as_bytes().to_vec());

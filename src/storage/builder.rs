@@ -13,9 +13,9 @@ use crate::storage::varint::{put_varint, put_varlong, varint_len, varlong_len};
 /// into a staging buffer that is compressed at [`BatchBuilder::finish`]).
 ///
 /// ```
-/// use rivulet::storage::{BatchBuilder, Compression};
+/// use rivulet::storage::{BatchBuilder, Compression, Header};
 /// let mut b = BatchBuilder::new(Compression::None);
-/// b.push(1_700_000_000_000, Some(b"key"), Some(b"value"), &[("trace", Some(b"42"))]);
+/// b.push(1_700_000_000_000, Some(b"key"), Some(b"value"), &[Header::new("trace", b"42")]);
 /// let batch = b.finish().unwrap();
 /// assert_eq!(batch.header().record_count, 1);
 /// ```
@@ -35,9 +35,6 @@ pub struct BatchBuilder {
     attributes: i16,
     last_offset_delta: i32,
 }
-
-/// A header to attach to a record being built: key and optional value.
-pub type HeaderRef<'h> = (&'h str, Option<&'h [u8]>);
 
 impl BatchBuilder {
     /// A builder for a batch with the given codec.
@@ -105,19 +102,10 @@ impl BatchBuilder {
     ///
     /// # Panics
     /// If the batch already holds `i32::MAX` records.
-    pub fn push(
-        &mut self,
-        timestamp: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &[HeaderRef<'_>],
-    ) {
+    pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header<'_>]) {
         assert!(self.count < i32::MAX, "a batch holds at most i32::MAX records");
         let field = |b: Option<&[u8]>| b.map_or(1, |b| varint_len(b.len() as i32) + b.len());
-        let headers_len = headers
-            .iter()
-            .map(|(k, v)| field(Some(k.as_bytes())) + field(*v))
-            .sum();
+        let headers_len = headers.iter().map(|h| field(Some(h.key)) + field(h.value)).sum();
         self.put_record(
             self.count,
             timestamp,
@@ -126,9 +114,9 @@ impl BatchBuilder {
             headers.len() as i32,
             headers_len,
             |out| {
-                for (k, v) in headers {
-                    put_bytes(out, Some(k.as_bytes()));
-                    put_bytes(out, *v);
+                for h in headers {
+                    put_bytes(out, Some(h.key));
+                    put_bytes(out, h.value);
                 }
             },
         );

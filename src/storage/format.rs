@@ -523,14 +523,82 @@ impl<'a> Record<'a> {
     }
 }
 
-/// One record header. Kafka's header keys are strings; they are handed out as stored bytes
-/// (`std::str::from_utf8` them where text is wanted).
+/// One record header, as written ([`ProducerRecord::headers`](crate::ProducerRecord)) and as
+/// read ([`ConsumerRecord::headers`](crate::ConsumerRecord::headers)). Kafka's header keys are
+/// strings; they are handed out as stored bytes ([`Header::key_str`] where text is wanted),
+/// since a Kafka client may have written any bytes.
+///
+/// ```
+/// use rivulet::Header;
+/// let trace = Header::new("trace", b"7f3a");
+/// assert_eq!((trace.key_str(), trace.value), (Some("trace"), Some(&b"7f3a"[..])));
+/// assert_eq!(Header::null("deleted-by").value, None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header<'a> {
     /// The header's key.
     pub key: &'a [u8],
     /// The header's value; `None` is null.
     pub value: Option<&'a [u8]>,
+}
+
+impl<'a> Header<'a> {
+    /// A header with a value.
+    pub fn new(key: &'a str, value: &'a [u8]) -> Self {
+        Header {
+            key: key.as_bytes(),
+            value: Some(value),
+        }
+    }
+
+    /// A header whose value is null.
+    pub fn null(key: &'a str) -> Self {
+        Header {
+            key: key.as_bytes(),
+            value: None,
+        }
+    }
+
+    /// The key as text, if it is UTF-8 (as every Kafka client writes it).
+    pub fn key_str(&self) -> Option<&'a str> {
+        std::str::from_utf8(self.key).ok()
+    }
+
+    /// An owned copy.
+    pub fn to_owned_header(&self) -> OwnedHeader {
+        OwnedHeader {
+            key: String::from_utf8_lossy(self.key).into_owned(),
+            value: self.value.map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// A header that owns its key and value: [`Header`]'s owned form, in an
+/// [`OwnedRecord`](crate::OwnedRecord).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnedHeader {
+    /// The header's key.
+    pub key: String,
+    /// The header's value; `None` is null.
+    pub value: Option<Vec<u8>>,
+}
+
+impl OwnedHeader {
+    /// A header with a value.
+    pub fn new(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        OwnedHeader {
+            key: key.into(),
+            value: Some(value.into()),
+        }
+    }
+
+    /// The header, borrowed.
+    pub fn as_header(&self) -> Header<'_> {
+        Header {
+            key: self.key.as_bytes(),
+            value: self.value.as_deref(),
+        }
+    }
 }
 
 /// Iterator over a record's headers (already validated when the record was read).
@@ -689,7 +757,7 @@ mod tests {
     fn sample(codec: Compression) -> RecordBatch {
         let mut b = BatchBuilder::new(codec).producer(7, 2, 100);
         b.push(1000, Some(b"k1"), Some(b"v1"), &[]);
-        b.push(990, None, None, &[("h", Some(b"x")), ("h", None)]);
+        b.push(990, None, None, &[Header::new("h", b"x"), Header::null("h")]);
         b.push(1005, Some(b""), Some(&[0u8; 300]), &[]);
         b.finish().unwrap()
     }
@@ -775,7 +843,7 @@ mod tests {
         ] {
             let mut b = BatchBuilder::new(codec);
             for _ in 0..500 {
-                b.push(7, Some(b"k"), Some(b"same-same-same"), &[("h", Some(b"v"))]);
+                b.push(7, Some(b"k"), Some(b"same-same-same"), &[Header::new("h", b"v")]);
             }
             let batch = b.finish().unwrap();
             assert!(

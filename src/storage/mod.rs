@@ -31,12 +31,12 @@ pub(crate) mod segment;
 pub(crate) mod txnindex;
 mod varint;
 
-pub use builder::{BatchBuilder, HeaderRef, RecordBatch};
+pub use builder::{BatchBuilder, RecordBatch};
 pub use compaction::CleanStats;
 pub use compression::MAX_DECOMPRESSED_BYTES;
 pub use format::{
-    Batch, BatchHeader, Compression, HEADER_LEN, Header, Headers, MAX_BATCH_LEN, Record, RecordIter, Records,
-    TimestampType, compute_crc, frame_len,
+    Batch, BatchHeader, Compression, HEADER_LEN, Header, Headers, MAX_BATCH_LEN, OwnedHeader, Record,
+    RecordIter, Records, TimestampType, compute_crc, frame_len,
 };
 pub use housekeeper::Housekeeper;
 pub use io::{FaultyFs, Fs, FsFile, StdFs};

@@ -46,10 +46,13 @@ impl From<Record<'_>> for Rec {
 pub fn batch(records: &[Rec], codec: Compression) -> RecordBatch {
     let mut b = BatchBuilder::new(codec);
     for r in records {
-        let headers: Vec<(&str, Option<&[u8]>)> = r
+        let headers: Vec<rivulet::Header<'_>> = r
             .headers
             .iter()
-            .map(|(k, v)| (std::str::from_utf8(k).unwrap(), v.as_deref()))
+            .map(|(k, v)| rivulet::Header {
+                key: k,
+                value: v.as_deref(),
+            })
             .collect();
         b.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &headers);
     }

@@ -1,0 +1,68 @@
+//! Records that own their bytes, for keeping past the poll that returned them, sending to
+//! another task, or forwarding.
+
+use crate::producer::ProducerRecord;
+use crate::storage::{Header, OwnedHeader};
+
+/// A consumed record that owns its topic, key, value and headers: what
+/// [`ConsumerRecord::detach`](crate::ConsumerRecord::detach) returns and what the
+/// asynchronous consumer's stream yields.
+///
+/// ```
+/// use rivulet::{OwnedHeader, OwnedRecord};
+/// let record = OwnedRecord {
+///     topic: "meters".into(),
+///     partition: 0,
+///     offset: 41,
+///     timestamp: 1_700_000_000_000,
+///     key: Some(b"house-7".to_vec()),
+///     value: Some(b"2.3 kVA".to_vec()),
+///     headers: vec![OwnedHeader::new("unit", "kVA")],
+/// };
+/// assert_eq!(record.header("unit").and_then(|h| h.value), Some(&b"kVA"[..]));
+/// // Forwarded to another topic with its key, value, headers and timestamp:
+/// let forward = record.to_producer_record("alerts");
+/// assert_eq!((forward.topic, forward.key), ("alerts", Some(&b"house-7"[..])));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The offset.
+    pub offset: i64,
+    /// Create time or log append time, in milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// The key.
+    pub key: Option<Vec<u8>>,
+    /// The value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// The headers, in order.
+    pub headers: Vec<OwnedHeader>,
+}
+
+impl OwnedRecord {
+    /// The headers, borrowed, in order.
+    pub fn headers(&self) -> impl Iterator<Item = Header<'_>> {
+        self.headers.iter().map(OwnedHeader::as_header)
+    }
+
+    /// The last header with this key (as Kafka's `Headers.lastHeader`).
+    pub fn header(&self, key: &str) -> Option<Header<'_>> {
+        self.headers().filter(|h| h.key == key.as_bytes()).last()
+    }
+
+    /// A record to send to `topic` with this record's key, value, headers and timestamp (its
+    /// partition is left to the partitioner).
+    pub fn to_producer_record<'a>(&'a self, topic: &'a str) -> ProducerRecord<'a> {
+        ProducerRecord {
+            topic,
+            partition: None,
+            timestamp: Some(self.timestamp),
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: self.headers().collect(),
+        }
+    }
+}
