@@ -9,12 +9,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::group::{Assignor, MemberRef, OffsetAndMetadata};
-use crate::record::OwnedRecord;
+use crate::record::{Consumed, OwnedRecord};
 use crate::storage::format::{self, HEADER_LEN, RecordContext};
 use crate::storage::{Batch, Compression, Headers, PartitionLog, Signal, TimestampOffset};
 use crate::storage::{Oversized, ReadPin};
@@ -84,6 +87,7 @@ pub struct ConsumerConfig {
     fetch_bytes: usize,
     group_id: Option<String>,
     enable_auto_commit: bool,
+    enable_auto_offset_store: bool,
     auto_commit_interval: Duration,
     max_poll_interval: Duration,
     group_instance_id: Option<String>,
@@ -102,6 +106,7 @@ impl Default for ConsumerConfig {
             fetch_bytes: 1 << 20,
             group_id: None,
             enable_auto_commit: true,
+            enable_auto_offset_store: true,
             auto_commit_interval: Duration::from_secs(5),
             max_poll_interval: Duration::from_secs(300),
             group_instance_id: None,
@@ -147,6 +152,18 @@ impl ConsumerConfig {
     /// been processed.
     pub fn enable_auto_commit(mut self, yes: bool) -> Self {
         self.enable_auto_commit = yes;
+        self
+    }
+
+    /// `enable.auto.offset.store` (librdkafka's): whether what `poll` returns counts as
+    /// processed. Default true: [`Consumer::commit`] and auto-commit commit the positions
+    /// past the records returned. Set false to acknowledge records one by one with
+    /// [`Consumer::store_offset`]: commits then carry the offsets stored, so a record handed
+    /// out but not acknowledged is delivered again after a restart or rebalance (a record
+    /// finished out of order does not acknowledge the unfinished ones before it, as long as
+    /// offsets are stored in order per partition).
+    pub fn enable_auto_offset_store(mut self, yes: bool) -> Self {
+        self.enable_auto_offset_store = yes;
         self
     }
 
@@ -256,6 +273,46 @@ pub struct Consumer {
     /// Set by `subscribe`.
     membership: Option<Membership>,
     listener: Option<Box<dyn RebalanceListener>>,
+    /// Offsets acknowledged with `store_offset` (the next offset to consume), for the next
+    /// commit when `enable.auto.offset.store` is off; shared with the asynchronous face.
+    stored: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
+    /// Set by a [`Wakeup`]: the next or current `poll` returns [`Error::Wakeup`].
+    woken: Arc<AtomicBool>,
+    /// Per partition, the first offset among records the asynchronous face fetched and has
+    /// not handed to the application yet: commits of positions stop there.
+    pub(crate) held: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
+}
+
+/// Interrupts a [`Consumer`]'s `poll` from another thread (Kafka's `consumer.wakeup()`):
+/// the poll waiting now, or else the next one, returns [`Error::Wakeup`] at once. Cheap to
+/// clone; made by [`Consumer::wakeup_handle`].
+///
+/// ```
+/// use std::time::Duration;
+/// use rivulet::{Broker, Consumer, ConsumerConfig, Error, TopicConfig, TopicPartition};
+/// let dir = tempfile::tempdir()?;
+/// let broker = Broker::open(dir.path())?;
+/// broker.create_topic("quiet", 1, TopicConfig::default())?;
+/// let mut consumer = Consumer::new(&broker, ConsumerConfig::default());
+/// consumer.assign(&[TopicPartition::new("quiet", 0)])?;
+/// let wakeup = consumer.wakeup_handle();
+/// let stopper = std::thread::spawn(move || wakeup.wakeup()); // a shutdown hook, say
+/// assert!(matches!(consumer.poll(Duration::from_secs(3600)), Err(Error::Wakeup)));
+/// stopper.join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Wakeup {
+    woken: Arc<AtomicBool>,
+    signal: Arc<Signal>,
+}
+
+impl Wakeup {
+    /// Interrupts the consumer's current poll, or its next one.
+    pub fn wakeup(&self) {
+        self.woken.store(true, Ordering::SeqCst);
+        self.signal.raise();
+    }
 }
 
 impl fmt::Debug for Consumer {
@@ -313,7 +370,31 @@ impl Consumer {
             manual: false,
             membership: None,
             listener: None,
+            stored: Arc::default(),
+            woken: Arc::default(),
+            held: Arc::default(),
         }
+    }
+
+    /// A handle that interrupts this consumer's `poll` from another thread ([`Wakeup`]).
+    pub fn wakeup_handle(&self) -> Wakeup {
+        Wakeup {
+            woken: self.woken.clone(),
+            signal: self.signal.clone(),
+        }
+    }
+
+    /// Fails with [`Error::Wakeup`] (once) if a [`Wakeup`] was raised.
+    fn check_wakeup(&self) -> Result<()> {
+        match self.woken.swap(false, Ordering::SeqCst) {
+            true => Err(Error::Wakeup),
+            false => Ok(()),
+        }
+    }
+
+    /// Whether a [`Wakeup`] is raised and not yet reported.
+    pub(super) fn woken(&self) -> bool {
+        self.woken.load(Ordering::SeqCst)
     }
 
     /// Replaces the assignment with `partitions` (manual assignment, no group membership).
@@ -415,6 +496,10 @@ impl Consumer {
         for a in self.assigned.values() {
             a.log.unwatch(&self.signal);
         }
+        // Offsets stored for partitions given up are not the next owner's to commit (nor are
+        // they this consumer's if the partition comes back).
+        self.stored.lock().retain(|tp, _| next.contains_key(tp));
+        self.held.lock().retain(|tp, _| next.contains_key(tp));
         for (tp, log) in opened {
             log.watch(&self.signal);
             let a = Assigned {
@@ -476,6 +561,7 @@ impl Consumer {
     pub fn seek(&mut self, tp: &TopicPartition, offset: i64) -> Result<()> {
         refuse_negative("offset", offset)?;
         self.assigned_mut(tp)?.position = Some(offset);
+        self.held.lock().remove(tp);
         Ok(())
     }
 
@@ -551,21 +637,99 @@ impl Consumer {
     /// consumer's group: the group resumes after the records returned so far. A partition
     /// whose topic was deleted (even if recreated since) is left out: its positions were in
     /// the deleted log.
+    ///
+    /// With `enable.auto.offset.store` off ([`ConsumerConfig::enable_auto_offset_store`]), it
+    /// commits the offsets stored with [`Consumer::store_offset`] instead.
     pub fn commit(&mut self) -> Result<()> {
-        let entries: Vec<(TopicPartition, i64, &str)> = self
-            .assigned
-            .keys()
-            .filter_map(|tp| self.committable(tp).map(|p| (tp.clone(), p, "")))
-            .collect();
+        let entries: Vec<(TopicPartition, i64, &str)> = match self.config.enable_auto_offset_store {
+            true => self
+                .assigned
+                .keys()
+                .filter_map(|tp| self.committable(tp).map(|p| (tp.clone(), p, "")))
+                .collect(),
+            false => {
+                let stored = self.stored.lock().clone();
+                stored
+                    .into_iter()
+                    .filter(|(tp, _)| self.committable(tp).is_some())
+                    .map(|(tp, offset)| (tp, offset, ""))
+                    .collect()
+            }
+        };
+        if entries.is_empty() {
+            return Ok(());
+        }
         self.commit_offsets(&entries)
+    }
+
+    /// Acknowledges `record`: the next commit (by [`Consumer::commit`] or auto-commit) of its
+    /// partition is past it, when `enable.auto.offset.store` is off (librdkafka's
+    /// `rd_kafka_offsets_store`). Storing an earlier record of the partition afterwards moves
+    /// the stored offset back to it, so store in order within a partition. A record of a
+    /// partition not assigned to this consumer is refused ([`Error::IllegalState`]) and
+    /// changes nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rivulet::{Broker, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord, TopicConfig, TopicPartition};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("jobs", 1, TopicConfig::default())?;
+    /// let producer = Producer::new(&broker);
+    /// for job in [&b"ok"[..], b"crashes", b"ok"] {
+    ///     producer.send(ProducerRecord::new("jobs", job))?;
+    /// }
+    /// let config = ConsumerConfig::default()
+    ///     .group_id("workers")
+    ///     .auto_offset_reset(OffsetReset::Earliest)
+    ///     .enable_auto_offset_store(false);
+    /// let mut consumer = Consumer::new(&broker, config);
+    /// consumer.assign(&[TopicPartition::new("jobs", 0)])?;
+    /// for record in &consumer.poll(Duration::from_secs(1))? {
+    ///     if record.value != Some(b"ok") {
+    ///         break; // this one and those after it are not acknowledged
+    ///     }
+    ///     consumer.store_offset(&record)?;
+    /// }
+    /// consumer.commit()?;
+    /// let committed = consumer.committed(&[TopicPartition::new("jobs", 0)])?;
+    /// assert_eq!(committed[0].as_ref().map(|c| c.offset), Some(1)); // resumes at "crashes"
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn store_offset(&self, record: &impl Consumed) -> Result<()> {
+        let tp = TopicPartition::new(record.topic(), record.partition());
+        refuse_negative("offset", record.offset())?;
+        if !self.assigned.contains_key(&tp) {
+            return Err(Error::IllegalState(
+                "an offset stored for a partition not assigned to this consumer",
+            ));
+        }
+        self.stored.lock().insert(tp, record.offset() + 1);
+        Ok(())
+    }
+
+    /// Commits `record`'s partition at the offset after it, now (Kafka's `commitSync` of one
+    /// record's offset): the group resumes that partition after it. Errors as
+    /// [`Consumer::commit_offsets`].
+    pub fn commit_record(&mut self, record: &impl Consumed) -> Result<()> {
+        let tp = TopicPartition::new(record.topic(), record.partition());
+        refuse_negative("offset", record.offset())?;
+        self.commit_offsets(&[(tp, record.offset() + 1, "")])
     }
 
     /// The position of an assigned partition, if it has one and its log is still the
     /// broker's partition (not deleted since it was assigned).
+    /// Records the asynchronous face holds but has not handed out yet are not past.
     fn committable(&self, tp: &TopicPartition) -> Option<i64> {
         let a = self.assigned.get(tp)?;
         let current = self.broker.partition(&tp.topic, tp.partition).ok()?;
-        Arc::ptr_eq(&current.inner, &a.log.inner).then_some(a.position?)
+        let position = Arc::ptr_eq(&current.inner, &a.log.inner).then_some(a.position?)?;
+        Some(
+            self.held
+                .lock()
+                .get(tp)
+                .map_or(position, |&held| held.min(position)),
+        )
     }
 
     /// Commits the given offsets (the next offset to consume, and metadata) for the consumer's
@@ -650,6 +814,11 @@ impl Consumer {
         Ok(partitions.iter().map(|tp| store.committed(group, tp)).collect())
     }
 
+    /// The offsets stored for the next commit (shared with the asynchronous face).
+    pub(crate) fn stored_offsets(&self) -> Arc<Mutex<BTreeMap<TopicPartition, i64>>> {
+        self.stored.clone()
+    }
+
     fn auto_commit_due(&self) -> bool {
         self.config.group_id.is_some()
             && self.config.enable_auto_commit
@@ -663,37 +832,61 @@ impl Consumer {
     /// A subscribed consumer takes part in its group's rebalances here: it joins, runs the
     /// rebalance listener, and returns no records until it has its assignment (an empty
     /// result if that takes longer than `timeout`; the next poll carries on).
+    ///
+    /// It waits for the disk only to commit (auto-commit's, which syncs the offsets topic).
+    /// A [`Wakeup`] raised from another thread ends it with [`Error::Wakeup`].
     pub fn poll(&mut self, timeout: Duration) -> Result<ConsumerRecords> {
         let deadline = Instant::now() + timeout;
+        loop {
+            match self.poll_step(deadline)? {
+                Step::Ready(records) => return Ok(records),
+                Step::Wait { seen, wake } => {
+                    if !self.signal.wait_past_spinning(seen, wake, self.config.poll_spin) && wake >= deadline
+                    {
+                        self.check_wakeup()?;
+                        self.renew_if_due();
+                        return Ok(ConsumerRecords::default());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One look for records: takes part in the group's rebalance (if one is under way; it
+    /// may wait for it up to `deadline`), auto-commits if due, and fetches. `Wait` if there
+    /// were none: until the consumer's signal is raised past `seen` or `wake` (when the
+    /// membership is renewed, a partition read at another node asked again, or the deadline
+    /// comes).
+    pub(crate) fn poll_step(&mut self, deadline: Instant) -> Result<Step> {
+        self.check_wakeup()?;
+        // Woken by new records, by the group or to renew: a rebalance is handled before
+        // fetching.
         if self.membership.is_some() && !self.drive_group(deadline)? {
-            return Ok(ConsumerRecords::default());
+            self.check_wakeup()?;
+            return Ok(Step::Ready(ConsumerRecords::default()));
         }
         if self.auto_commit_due() {
             self.auto_commit()?;
         }
-        loop {
-            let seen = self.signal.count();
-            let records = self.poll_once()?;
-            if !records.is_empty() {
-                self.renew_if_due();
-                return Ok(records);
-            }
-            // A member waiting in poll is alive: it wakes to renew its membership in time.
-            let mut wake = self.renewal_due().map_or(deadline, |due| due.min(deadline));
-            // Records read at another node signal nothing here: asked for again shortly.
-            if self.reads_elsewhere() {
-                wake = wake.min(Instant::now() + READ_ELSEWHERE_EVERY);
-            }
-            if !self.signal.wait_past_spinning(seen, wake, self.config.poll_spin) && wake >= deadline {
-                self.renew_if_due();
-                return Ok(records);
-            }
-            // Woken by new records, by the group or to renew: a rebalance is handled before
-            // fetching.
-            if self.membership.is_some() && !self.drive_group(deadline)? {
-                return Ok(ConsumerRecords::default());
-            }
+        let seen = self.signal.count();
+        let records = self.poll_once()?;
+        if !records.is_empty() {
+            self.renew_if_due();
+            return Ok(Step::Ready(records));
         }
+        // A member waiting in poll is alive: it wakes to renew its membership in time.
+        let mut wake = self.renewal_due().map_or(deadline, |due| due.min(deadline));
+        // Records read at another node signal nothing here: asked for again shortly.
+        if self.reads_elsewhere() {
+            wake = wake.min(Instant::now() + READ_ELSEWHERE_EVERY);
+        }
+        Ok(Step::Wait { seen, wake })
+    }
+
+    /// The consumer's signal, raised when a partition it reads advances, its group moves, or
+    /// a [`Wakeup`] is raised.
+    pub(crate) fn signal(&self) -> Arc<Signal> {
+        self.signal.clone()
     }
 
     /// Whether a partition the consumer reads is read at another node of a cluster.
@@ -777,6 +970,14 @@ impl Consumer {
         }
         Ok(out)
     }
+}
+
+/// What one [`Consumer::poll_step`] came to.
+pub(crate) enum Step {
+    /// Records (or none, when a rebalance took the time).
+    Ready(ConsumerRecords),
+    /// None yet: wait for the signal to pass `seen`, or until `wake`.
+    Wait { seen: u64, wake: Instant },
 }
 
 impl Drop for Consumer {

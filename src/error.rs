@@ -442,6 +442,11 @@ pub enum Error {
         group: String,
     },
 
+    /// A consumer's poll was interrupted by its [`Wakeup`](crate::Wakeup) (Kafka's
+    /// `WakeupException`). Nothing was consumed; the consumer can poll again.
+    #[error("the consumer was woken up")]
+    Wakeup,
+
     /// A call was made in a state that does not allow it (for example `subscribe` after
     /// `assign`). Nothing was changed.
     #[error("{0}")]

@@ -80,6 +80,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod broker;
 #[cfg(feature = "cluster")]
 pub mod cluster;
@@ -95,6 +97,8 @@ pub mod storage;
 mod transactional;
 pub mod txn;
 
+#[cfg(feature = "tokio")]
+pub use asynchronous::AsyncConsumer;
 pub use broker::{
     Broker, BrokerBuilder, GroupOffset, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, PartitionDescription,
     TopicDescription, validate_topic_name,
@@ -102,11 +106,11 @@ pub use broker::{
 pub use config::{CleanupPolicy, CompressionType, DEFAULT_MAX_MESSAGE_BYTES, Fsync, LogConfig, TopicConfig};
 pub use consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecords, ConsumerRecordsIter, IsolationLevel,
-    OffsetReset, RebalanceListener, TopicPartition,
+    OffsetReset, RebalanceListener, TopicPartition, Wakeup,
 };
 pub use error::{BatchError, Error, ProducerError, Result};
 pub use group::Assignor;
 pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};
-pub use record::OwnedRecord;
+pub use record::{Consumed, OwnedRecord};
 pub use storage::{Header, Headers, OwnedHeader};
 pub use transactional::{DEFAULT_TRANSACTION_TIMEOUT, Transaction, TransactionalProducer};

@@ -9,9 +9,12 @@
 //! Senders whose records wait on an append to the page cache watch for it briefly before
 //! sleeping: the append is over sooner than a sleep and a wake-up would be.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
@@ -20,8 +23,8 @@ use crate::broker::{Broker, Topic, refuse_internal};
 use crate::config::{CompressionType, Fsync};
 use crate::error::{Error, Result};
 use crate::storage::{
-    AppendInfo, BatchBuilder, Compression, HEADER_LEN, Header, PartitionLog, RecordBatch, TimestampType,
-    now_ms, watch,
+    AppendInfo, BatchBuilder, Compression, HEADER_LEN, Header, OwnedHeader, PartitionLog, RecordBatch,
+    TimestampType, now_ms, watch,
 };
 
 /// Kafka's murmur2 hash, as the Java client computes it for keyed partitioning.
@@ -270,9 +273,53 @@ struct QueueState {
     open: Option<BatchBuilder>,
     /// The generation of `open`; each append takes one generation.
     generation: u64,
+    /// Blocking senders with a record in `open`.
+    open_blocking: usize,
+    /// Where asynchronous senders with a record in `open` learn its outcome.
+    open_delivery: Option<Arc<Delivery>>,
+    /// Full batches of asynchronous senders, sealed while another append was under way, in
+    /// generation order (all before `open`); appended before it.
+    sealed: VecDeque<Sealed>,
+    /// The bytes of `sealed`, bounded by [`BUFFER_BYTES`].
+    sealed_bytes: usize,
+    /// Asynchronous senders waiting for `sealed` to shrink.
+    room: Vec<Waker>,
     appending: bool,
-    /// Outcomes of appended generations, with the number of senders yet to read each.
+    /// A thread appends until no record is left (started by an asynchronous sender).
+    draining: bool,
+    /// Outcomes of appended generations, with the number of blocking senders yet to read
+    /// each.
     finished: HashMap<u64, (Arc<Outcome>, usize)>,
+}
+
+/// A full batch waiting its turn to be appended.
+#[derive(Debug)]
+struct Sealed {
+    batch: BatchBuilder,
+    generation: u64,
+    blocking: usize,
+    delivery: Option<Arc<Delivery>>,
+}
+
+/// The most bytes of sealed batches a partition's queue holds for asynchronous senders
+/// (Kafka's `buffer.memory` default); a sender past it waits for room.
+const BUFFER_BYTES: usize = 32 << 20;
+
+/// One generation's outcome, for the asynchronous senders of its records.
+#[derive(Debug, Default)]
+struct Delivery {
+    outcome: OnceLock<Arc<Outcome>>,
+    /// Senders waiting for it, each at the slot it registered.
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Delivery {
+    fn complete(&self, outcome: Arc<Outcome>) {
+        let _ = self.outcome.set(outcome);
+        for waker in self.wakers.lock().drain(..) {
+            waker.wake();
+        }
+    }
 }
 
 /// How one generation's batch was appended: whole, or (if the log refused it as too large)
@@ -294,6 +341,161 @@ impl Outcome {
         match result {
             Ok(info) => Ok((*info, info.base_offset + (index - first) as i64)),
             Err(e) => Err(Error::BatchFailed { source: e.clone() }),
+        }
+    }
+}
+
+/// What [`ProducerInner::prepare`] found for a record.
+struct Prepared {
+    queue: Arc<Queue>,
+    codec: Compression,
+    timestamp: i64,
+    max: usize,
+    quick: bool,
+    append_time: bool,
+    /// The record's size in a batch, over-estimated.
+    size: usize,
+    topic: String,
+    partition: u32,
+    log: PartitionLog,
+}
+
+/// Where [`ProducerInner::enqueue`] put a record.
+enum Enqueued {
+    Ticket(Ticket),
+    Full,
+}
+
+/// An asynchronous sender's record: its batch's delivery and its place in the batch.
+#[derive(Debug)]
+struct Ticket {
+    delivery: Arc<Delivery>,
+    index: usize,
+    topic: String,
+    partition: u32,
+    timestamp: i64,
+    append_time: bool,
+}
+
+impl Ticket {
+    fn result(&self, outcome: &Outcome) -> Result<RecordMetadata> {
+        let (info, offset) = outcome.of(self.index)?;
+        Ok(RecordMetadata {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset,
+            timestamp: if self.append_time {
+                info.log_append_time
+            } else {
+                self.timestamp
+            },
+        })
+    }
+}
+
+/// The future of [`Producer::send_async`]: where the record was written, once it is
+/// acknowledged (durable under the topic's [`Fsync`] policy).
+///
+/// It needs no particular runtime: the append runs on a thread of its own (tokio's blocking
+/// pool when the `tokio` feature is on and the send is made within a runtime), never on the
+/// task that awaits it. A record queued when `send_async` returned is sent whether or not the
+/// future is awaited; one that waited for room in a full buffer is queued only when the future
+/// is polled.
+#[derive(Debug)]
+#[must_use = "a future does nothing unless polled; this one holds the record's outcome"]
+pub struct SendFuture {
+    state: SendState,
+}
+
+#[derive(Debug)]
+enum SendState {
+    Failed(Option<Error>),
+    Queued {
+        ticket: Ticket,
+        slot: Option<usize>,
+    },
+    Waiting {
+        inner: Arc<ProducerInner>,
+        record: Box<OwnedSend>,
+    },
+}
+
+/// A record kept by a send waiting for room.
+#[derive(Debug)]
+struct OwnedSend {
+    topic: String,
+    partition: Option<u32>,
+    timestamp: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<OwnedHeader>,
+}
+
+impl OwnedSend {
+    fn of(record: &ProducerRecord<'_>) -> OwnedSend {
+        OwnedSend {
+            topic: record.topic.to_string(),
+            partition: record.partition,
+            timestamp: record.timestamp.unwrap_or_else(now_ms),
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            headers: record.headers.iter().map(Header::to_owned_header).collect(),
+        }
+    }
+
+    fn record(&self) -> ProducerRecord<'_> {
+        ProducerRecord {
+            topic: &self.topic,
+            partition: self.partition,
+            timestamp: Some(self.timestamp),
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: self.headers.iter().map(OwnedHeader::as_header).collect(),
+        }
+    }
+}
+
+impl Future for SendFuture {
+    type Output = Result<RecordMetadata>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match &mut self.state {
+                SendState::Failed(e) => {
+                    return Poll::Ready(Err(e
+                        .take()
+                        .expect("a SendFuture is not polled after it completed")));
+                }
+                SendState::Waiting { inner, record } => {
+                    match inner.enqueue(&record.record(), Some(cx.waker())) {
+                        Ok(Enqueued::Ticket(ticket)) => self.state = SendState::Queued { ticket, slot: None },
+                        Ok(Enqueued::Full) => return Poll::Pending,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                SendState::Queued { ticket, slot } => {
+                    if let Some(outcome) = ticket.delivery.outcome.get() {
+                        return Poll::Ready(ticket.result(outcome));
+                    }
+                    let mut wakers = ticket.delivery.wakers.lock();
+                    // Completed between the look above and the lock: its wakers are gone.
+                    if let Some(outcome) = ticket.delivery.outcome.get() {
+                        return Poll::Ready(ticket.result(outcome));
+                    }
+                    match *slot {
+                        Some(i) if i < wakers.len() => {
+                            if !wakers[i].will_wake(cx.waker()) {
+                                wakers[i] = cx.waker().clone();
+                            }
+                        }
+                        _ => {
+                            *slot = Some(wakers.len());
+                            wakers.push(cx.waker().clone());
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
     }
 }
@@ -328,10 +530,50 @@ impl Producer {
         }
     }
 
-    /// Sends one record and waits until it is delivered. Unknown topics are created if the
-    /// broker allows it.
+    /// Sends one record and waits until it is delivered: written, and on disk if the topic's
+    /// policy is [`Fsync::Always`] (the default; the calling thread then waits for an
+    /// `fdatasync`, shared with the records of other threads). Unknown topics are created if
+    /// the broker allows it. In async code, [`Producer::send_async`] waits without holding a
+    /// thread.
     pub fn send(&self, record: ProducerRecord<'_>) -> Result<RecordMetadata> {
         self.inner.send(record)
+    }
+
+    /// Queues one record and returns a future of where it was written, resolved once it is
+    /// acknowledged (as [`Producer::send`] returns). The record is encoded into its
+    /// partition's open batch before this returns, so the future borrows nothing; records
+    /// sent meanwhile, by any task or thread, share batches and `fdatasync`s. The appends run
+    /// on a blocking thread, never on the caller's task or runtime worker.
+    ///
+    /// Errors found before queueing (an unknown partition, a bad timestamp) are the future's
+    /// result. A partition whose queue holds 32 MiB of batches not yet appended (Kafka's
+    /// `buffer.memory`) makes the future wait for room first, holding a copy of the record.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rivulet::{Broker, Producer, ProducerRecord, TopicConfig};
+    /// let dir = tempfile::tempdir()?;
+    /// let broker = Broker::open(dir.path())?;
+    /// broker.create_topic("jobs", 1, TopicConfig::default())?;
+    /// let producer = Producer::new(&broker);
+    /// // Both are queued at once and share one fdatasync.
+    /// let first = producer.send_async(ProducerRecord::new("jobs", b"resize 1.png"));
+    /// let second = producer.send_async(ProducerRecord::new("jobs", b"resize 2.png"));
+    /// assert_eq!((first.await?.offset, second.await?.offset), (0, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_async(&self, record: ProducerRecord<'_>) -> SendFuture {
+        let state = match self.inner.enqueue(&record, None) {
+            Ok(Enqueued::Ticket(ticket)) => SendState::Queued { ticket, slot: None },
+            Ok(Enqueued::Full) => SendState::Waiting {
+                inner: self.inner.clone(),
+                record: Box::new(OwnedSend::of(&record)),
+            },
+            Err(e) => SendState::Failed(Some(e)),
+        };
+        SendFuture { state }
     }
 
     /// Appends `records` to one partition as one batch: all or none of them are written, with
@@ -422,9 +664,11 @@ impl ProducerInner {
             .clone()
     }
 
-    fn send(&self, record: ProducerRecord<'_>) -> Result<RecordMetadata> {
+    /// Where `record` goes, and what its batch needs to know: the checks every send makes
+    /// before its record joins a batch.
+    fn prepare(&self, record: &ProducerRecord<'_>) -> Result<Prepared> {
         refuse_internal(record.topic)?;
-        check_timestamp(&record)?;
+        check_timestamp(record)?;
         let topic = self.broker.inner.topic_or_create(record.topic)?;
         let partition = self.choose(&topic, record.partition, record.key)?;
         let log = topic.partition(partition)?;
@@ -433,8 +677,6 @@ impl ProducerInner {
             // Refused here, not by the log: it would fail the whole shared batch.
             return Err(Error::KeyRequired { index: 0 });
         }
-        let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let max = config.get_max_message_bytes();
         let size = HEADER_LEN
             + 32
             + record.key.map_or(0, <[u8]>::len)
@@ -444,11 +686,34 @@ impl ProducerInner {
                 .iter()
                 .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 10)
                 .sum::<usize>();
-        let queue = self.queue(&topic.name, partition);
-        let codec = self.codec(&topic);
-        // An append that does not wait for the disk is over in microseconds.
-        let quick = config.get_fsync() != Fsync::Always;
+        Ok(Prepared {
+            queue: self.queue(&topic.name, partition),
+            codec: self.codec(&topic),
+            timestamp: record.timestamp.unwrap_or_else(now_ms),
+            max: config.get_max_message_bytes(),
+            // An append that does not wait for the disk is over in microseconds.
+            quick: config.get_fsync() != Fsync::Always,
+            append_time: config.get_timestamp_type() == TimestampType::LogAppendTime,
+            size,
+            topic: topic.name.clone(),
+            partition,
+            log,
+        })
+    }
 
+    fn send(&self, record: ProducerRecord<'_>) -> Result<RecordMetadata> {
+        let Prepared {
+            queue,
+            codec,
+            timestamp,
+            max,
+            quick,
+            append_time,
+            size,
+            topic,
+            partition,
+            log,
+        } = self.prepare(&record)?;
         let mut state = queue.state.lock();
         // Wait for room in the open batch; a full batch is appended first.
         loop {
@@ -459,13 +724,14 @@ impl ProducerInner {
             if state.appending {
                 queue.wait_for_append(&mut state, quick);
             } else {
-                self.append_open(&queue, &mut state, &log, &topic.name, partition);
+                self.append_open(&queue, &mut state, &log, &topic, partition);
             }
         }
         let open = state.open.as_mut().expect("made above");
         open.push(timestamp, record.key, record.value, &record.headers);
         let index = open.len() - 1;
         let generation = state.generation;
+        state.open_blocking += 1;
         loop {
             if let Some((outcome, readers)) = state.finished.get_mut(&generation) {
                 let outcome = outcome.clone();
@@ -476,19 +742,98 @@ impl ProducerInner {
                 drop(state);
                 let (info, offset) = outcome.of(index)?;
                 return Ok(RecordMetadata {
-                    topic: topic.name.clone(),
+                    topic,
                     partition,
                     offset,
-                    timestamp: match config.get_timestamp_type() {
-                        TimestampType::LogAppendTime => info.log_append_time,
-                        TimestampType::CreateTime => timestamp,
+                    timestamp: if append_time {
+                        info.log_append_time
+                    } else {
+                        timestamp
                     },
                 });
             }
             if state.appending {
                 queue.wait_for_append(&mut state, quick);
             } else {
-                self.append_open(&queue, &mut state, &log, &topic.name, partition);
+                self.append_open(&queue, &mut state, &log, &topic, partition);
+            }
+        }
+    }
+
+    /// Adds `record` to its partition's open batch for an asynchronous sender, sealing a full
+    /// one, and makes sure a thread appends it; `Full` (with `room` registered to be woken)
+    /// if the sealed batches already hold [`BUFFER_BYTES`].
+    fn enqueue(self: &Arc<Self>, record: &ProducerRecord<'_>, room: Option<&Waker>) -> Result<Enqueued> {
+        let p = self.prepare(record)?;
+        let mut state = p.queue.state.lock();
+        let open = state.open.get_or_insert_with(|| BatchBuilder::new(p.codec));
+        if !open.is_empty() && open.size() + p.size > p.max {
+            if state.sealed_bytes >= BUFFER_BYTES {
+                if let Some(waker) = room {
+                    state.room.push(waker.clone());
+                }
+                return Ok(Enqueued::Full);
+            }
+            let batch = state.open.replace(BatchBuilder::new(p.codec)).expect("open");
+            state.sealed_bytes += batch.size();
+            let sealed = Sealed {
+                batch,
+                generation: state.generation,
+                blocking: std::mem::take(&mut state.open_blocking),
+                delivery: state.open_delivery.take(),
+            };
+            state.sealed.push_back(sealed);
+            state.generation += 1;
+        }
+        let open = state.open.as_mut().expect("made above");
+        open.push(p.timestamp, record.key, record.value, &record.headers);
+        let index = open.len() - 1;
+        let delivery = state.open_delivery.get_or_insert_with(Default::default).clone();
+        if !state.draining {
+            state.draining = true;
+            drop(state);
+            self.spawn_drain(p.queue, p.log, p.topic.clone(), p.partition);
+        }
+        Ok(Enqueued::Ticket(Ticket {
+            delivery,
+            index,
+            topic: p.topic,
+            partition: p.partition,
+            timestamp: p.timestamp,
+            append_time: p.append_time,
+        }))
+    }
+
+    /// Starts a thread (of tokio's blocking pool, within a runtime) that appends the queue's
+    /// batches until none is left.
+    fn spawn_drain(self: &Arc<Self>, queue: Arc<Queue>, log: PartitionLog, topic: String, partition: u32) {
+        let inner = self.clone();
+        let job = move || inner.drain(&queue, &log, &topic, partition);
+        #[cfg(feature = "tokio")]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(job);
+            return;
+        }
+        std::thread::Builder::new()
+            .name("rivulet-send".into())
+            .spawn(job)
+            .expect("a thread to append asynchronous sends");
+    }
+
+    /// Appends the queue's sealed and open batches (waiting out other senders' appends) until
+    /// none is left.
+    fn drain(&self, queue: &Queue, log: &PartitionLog, topic: &str, partition: u32) {
+        let mut state = queue.state.lock();
+        loop {
+            let pending = !state.sealed.is_empty() || state.open.as_ref().is_some_and(|b| !b.is_empty());
+            if !pending {
+                state.draining = false;
+                return;
+            }
+            if state.appending {
+                queue.done.wait(&mut state);
+            } else {
+                self.append_open(queue, &mut state, log, topic, partition);
             }
         }
     }
@@ -503,12 +848,24 @@ impl ProducerInner {
         topic: &str,
         partition: u32,
     ) {
-        let Some(batch) = state.open.take().filter(|b| !b.is_empty()) else {
-            return;
+        let (batch, generation, blocking, delivery) = match state.sealed.pop_front() {
+            Some(sealed) => {
+                state.sealed_bytes -= sealed.batch.size();
+                for waker in state.room.drain(..) {
+                    waker.wake();
+                }
+                (sealed.batch, sealed.generation, sealed.blocking, sealed.delivery)
+            }
+            None => {
+                let Some(batch) = state.open.take().filter(|b| !b.is_empty()) else {
+                    return;
+                };
+                let generation = state.generation;
+                state.generation += 1;
+                let blocking = std::mem::take(&mut state.open_blocking);
+                (batch, generation, blocking, state.open_delivery.take())
+            }
         };
-        let generation = state.generation;
-        let senders = batch.len();
-        state.generation += 1;
         state.appending = true;
         let outcome = parking_lot::MutexGuard::unlocked(state, || {
             let parts = match batch.finish() {
@@ -521,7 +878,13 @@ impl ProducerInner {
             Outcome { parts }
         });
         state.appending = false;
-        state.finished.insert(generation, (Arc::new(outcome), senders));
+        let outcome = Arc::new(outcome);
+        if blocking > 0 {
+            state.finished.insert(generation, (outcome.clone(), blocking));
+        }
+        if let Some(delivery) = delivery {
+            delivery.complete(outcome);
+        }
         queue.appended.fetch_add(1, Ordering::Release);
         queue.done.notify_all();
     }

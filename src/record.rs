@@ -66,3 +66,42 @@ impl OwnedRecord {
         }
     }
 }
+
+/// A consumed record's place: what acknowledging it ([`Consumer::store_offset`],
+/// [`Consumer::commit_record`]) needs. Implemented by [`ConsumerRecord`] and [`OwnedRecord`].
+///
+/// [`Consumer::store_offset`]: crate::Consumer::store_offset
+/// [`Consumer::commit_record`]: crate::Consumer::commit_record
+/// [`ConsumerRecord`]: crate::ConsumerRecord
+pub trait Consumed {
+    /// The record's topic.
+    fn topic(&self) -> &str;
+    /// The record's partition.
+    fn partition(&self) -> u32;
+    /// The record's offset.
+    fn offset(&self) -> i64;
+}
+
+impl Consumed for OwnedRecord {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+}
+
+impl Consumed for crate::ConsumerRecord<'_> {
+    fn topic(&self) -> &str {
+        self.topic
+    }
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+}

@@ -506,7 +506,8 @@ impl Consumer {
                     return Some(Err(Error::CoordinatorNotAvailable { group: group.clone() }));
                 }
             }
-            if Instant::now() >= deadline {
+            // A wakeup ends the wait as the deadline would; the join goes on at the next poll.
+            if Instant::now() >= deadline || self.woken() {
                 return pending.try_take();
             }
         }

@@ -1,0 +1,193 @@
+//! Per-record acknowledgement and wakeups of the blocking consumer: with
+//! `enable.auto.offset.store` off, commits (explicit, automatic, at close) carry the offsets
+//! stored with `store_offset`, not the positions `poll` reached; `commit_record` commits one
+//! record's partition; stored offsets of partitions given up are forgotten; a `Wakeup` from
+//! another thread ends a poll waiting for records or for a rebalance.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rivulet::{
+    Broker, Consumer, ConsumerConfig, Error, OffsetReset, Producer, ProducerRecord, TopicConfig,
+    TopicPartition,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn broker_with(topic: &str, partitions: u32, records: u8) -> (tempfile::TempDir, Broker) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path()).unwrap();
+    broker
+        .create_topic(topic, partitions, TopicConfig::default())
+        .unwrap();
+    let producer = Producer::new(&broker);
+    for p in 0..partitions {
+        for i in 0..records {
+            producer
+                .send(ProducerRecord::new(topic, &[i]).partition(p))
+                .unwrap();
+        }
+    }
+    (dir, broker)
+}
+
+fn committed(broker: &Broker, group: &str, tp: &TopicPartition) -> Option<i64> {
+    broker
+        .group_offsets(group)
+        .unwrap()
+        .into_iter()
+        .find(|o| o.partition == *tp)
+        .map(|o| o.committed.offset)
+}
+
+fn manual_store(group: &str) -> ConsumerConfig {
+    ConsumerConfig::default()
+        .group_id(group)
+        .auto_offset_reset(OffsetReset::Earliest)
+        .enable_auto_offset_store(false)
+}
+
+#[test]
+fn commits_carry_the_stored_offsets_not_the_positions() {
+    let (_dir, broker) = broker_with("jobs", 1, 10);
+    let tp = TopicPartition::new("jobs", 0);
+    let mut consumer = Consumer::new(
+        &broker,
+        manual_store("workers").auto_commit_interval(Duration::ZERO),
+    );
+    consumer.assign(std::slice::from_ref(&tp)).unwrap();
+    let records = consumer.poll(TIMEOUT).unwrap();
+    assert_eq!(records.len(), 10);
+    // Nothing acknowledged: a commit commits nothing.
+    consumer.commit().unwrap();
+    assert_eq!(committed(&broker, "workers", &tp), None);
+    for r in records.iter().take(4) {
+        consumer.store_offset(&r).unwrap();
+    }
+    // Auto-commit (due at every poll here) carries the stored offset.
+    assert!(consumer.poll(Duration::ZERO).unwrap().is_empty());
+    assert_eq!(committed(&broker, "workers", &tp), Some(4));
+    let sixth = records.iter().nth(5).unwrap().detach();
+    consumer.store_offset(&sixth).unwrap();
+    drop(records);
+    // So does the close.
+    drop(consumer);
+    assert_eq!(committed(&broker, "workers", &tp), Some(6));
+
+    // A new consumer of the group resumes at the first record not acknowledged.
+    let mut consumer = Consumer::new(&broker, manual_store("workers"));
+    consumer.assign(std::slice::from_ref(&tp)).unwrap();
+    let first = consumer.poll(TIMEOUT).unwrap().iter().next().unwrap().offset;
+    assert_eq!(first, 6);
+}
+
+#[test]
+fn a_record_of_a_partition_given_up_is_refused_and_its_stored_offset_forgotten() {
+    let (_dir, broker) = broker_with("jobs", 2, 3);
+    let (p0, p1) = (TopicPartition::new("jobs", 0), TopicPartition::new("jobs", 1));
+    let mut consumer = Consumer::new(&broker, manual_store("workers").enable_auto_commit(false));
+    consumer.assign(&[p0.clone(), p1.clone()]).unwrap();
+    let records: Vec<_> = consumer
+        .poll(TIMEOUT)
+        .unwrap()
+        .iter()
+        .map(|r| r.detach())
+        .collect();
+    assert_eq!(records.len(), 6);
+    let of = |tp: &TopicPartition| records.iter().find(|r| r.partition == tp.partition).unwrap();
+    consumer.store_offset(of(&p0)).unwrap();
+    consumer.store_offset(of(&p1)).unwrap();
+    // p1 is given up: its stored offset goes, and a record of it is refused.
+    consumer.assign(std::slice::from_ref(&p0)).unwrap();
+    assert!(matches!(
+        consumer.store_offset(of(&p1)),
+        Err(Error::IllegalState(_))
+    ));
+    // Taken again, it starts from scratch: nothing stored before counts.
+    consumer.assign(&[p0.clone(), p1.clone()]).unwrap();
+    consumer.commit().unwrap();
+    assert_eq!(committed(&broker, "workers", &p0), Some(1));
+    assert_eq!(committed(&broker, "workers", &p1), None);
+}
+
+#[test]
+fn commit_record_commits_that_partition_past_the_record() {
+    let (_dir, broker) = broker_with("jobs", 2, 5);
+    let group = "one-by-one";
+    let config = ConsumerConfig::default()
+        .group_id(group)
+        .auto_offset_reset(OffsetReset::Earliest)
+        .enable_auto_commit(false);
+    let mut consumer = Consumer::new(&broker, config);
+    consumer
+        .assign(&[TopicPartition::new("jobs", 0), TopicPartition::new("jobs", 1)])
+        .unwrap();
+    let records: Vec<_> = consumer
+        .poll(TIMEOUT)
+        .unwrap()
+        .iter()
+        .map(|r| r.detach())
+        .collect();
+    let third_of_p1 = records.iter().filter(|r| r.partition == 1).nth(2).unwrap();
+    consumer.commit_record(third_of_p1).unwrap();
+    assert_eq!(
+        committed(&broker, group, &TopicPartition::new("jobs", 1)),
+        Some(3)
+    );
+    assert_eq!(committed(&broker, group, &TopicPartition::new("jobs", 0)), None);
+}
+
+#[test]
+fn a_wakeup_ends_a_poll_waiting_for_records() {
+    let (_dir, broker) = broker_with("quiet", 1, 0);
+    let mut consumer = Consumer::new(&broker, ConsumerConfig::default());
+    consumer.assign(&[TopicPartition::new("quiet", 0)]).unwrap();
+    // Raised before the poll: the next poll ends at once, and only that one.
+    consumer.wakeup_handle().wakeup();
+    assert!(matches!(
+        consumer.poll(Duration::from_secs(3600)),
+        Err(Error::Wakeup)
+    ));
+    assert!(consumer.poll(Duration::ZERO).unwrap().is_empty());
+
+    let wakeup = consumer.wakeup_handle();
+    let (done, ended) = mpsc::channel();
+    let poller = std::thread::spawn(move || {
+        let result = consumer.poll(Duration::from_secs(3600));
+        done.send(matches!(result, Err(Error::Wakeup))).unwrap();
+        consumer
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    wakeup.wakeup();
+    assert!(
+        ended.recv_timeout(TIMEOUT).expect("the poll ended"),
+        "ended by the wakeup"
+    );
+    poller.join().unwrap();
+}
+
+#[test]
+fn a_wakeup_ends_a_poll_waiting_for_a_rebalance() {
+    let dir = tempfile::tempdir().unwrap();
+    // A new group waits a minute for more members before its first rebalance.
+    let broker = Broker::builder(dir.path())
+        .group_initial_rebalance_delay(Duration::from_secs(60))
+        .open()
+        .unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let mut consumer = Consumer::new(&broker, ConsumerConfig::default().group_id("slow-start"));
+    consumer.subscribe(["t"]).unwrap();
+    let wakeup = consumer.wakeup_handle();
+    let (done, ended) = mpsc::channel();
+    let poller = std::thread::spawn(move || {
+        let result = consumer.poll(Duration::from_secs(3600));
+        done.send(matches!(result, Err(Error::Wakeup))).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    wakeup.wakeup();
+    assert!(
+        ended.recv_timeout(TIMEOUT).expect("the poll ended"),
+        "ended by the wakeup"
+    );
+    poller.join().unwrap();
+}
