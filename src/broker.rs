@@ -923,6 +923,11 @@ impl BrokerInner {
     }
 
     /// The topic, created with the broker's defaults if it is unknown and auto-creation is on.
+    /// The config topics get unless told otherwise.
+    pub(crate) fn default_topic_config(&self) -> TopicConfig {
+        self.settings.default_topic.clone()
+    }
+
     pub(crate) fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>> {
         match self.topic(name) {
             Err(Error::UnknownTopic { .. }) if self.settings.auto_create => {

@@ -657,7 +657,8 @@ impl Consumer {
             }
         };
         if entries.is_empty() {
-            return Ok(());
+            // Nothing to commit; a consumer without a group is still told it has none.
+            return self.config.group_id.as_ref().map(drop).ok_or(Error::NoGroup);
         }
         self.commit_offsets(&entries)
     }
@@ -812,6 +813,16 @@ impl Consumer {
         }
         let store = self.broker.inner.offsets()?;
         Ok(partitions.iter().map(|tp| store.committed(group, tp)).collect())
+    }
+
+    /// The broker it reads.
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Its group, if it has one.
+    pub(crate) fn group(&self) -> Option<&str> {
+        self.config.group_id.as_deref()
     }
 
     /// The offsets stored for the next commit (shared with the asynchronous face).

@@ -442,6 +442,29 @@ pub enum Error {
         group: String,
     },
 
+    /// A key or value could not be encoded by its serializer. Nothing was sent.
+    #[error("a record for {topic:?} could not be serialized: {reason}")]
+    Serialization {
+        /// The topic the record was for.
+        topic: String,
+        /// The serializer's reason.
+        reason: String,
+    },
+
+    /// A record's key or value did not decode with the consumer's deserializer. The
+    /// consumer's position is at the record; seek past it to go on.
+    #[error("{topic}-{partition} offset {offset} does not decode: {reason}")]
+    Deserialization {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The record's offset.
+        offset: i64,
+        /// The deserializer's reason.
+        reason: String,
+    },
+
     /// A consumer's poll was interrupted by its [`Wakeup`](crate::Wakeup) (Kafka's
     /// `WakeupException`). Nothing was consumed; the consumer can poll again.
     #[error("the consumer was woken up")]

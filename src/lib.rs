@@ -93,9 +93,11 @@ pub mod group;
 pub mod kafka;
 mod producer;
 mod record;
+pub mod retry;
 pub mod storage;
 mod transactional;
 pub mod txn;
+mod typed;
 
 #[cfg(feature = "tokio")]
 pub use asynchronous::AsyncConsumer;
@@ -114,3 +116,8 @@ pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, Re
 pub use record::{Consumed, OwnedRecord};
 pub use storage::{Header, Headers, OwnedHeader};
 pub use transactional::{DEFAULT_TRANSACTION_TIMEOUT, Transaction, TransactionalProducer};
+#[cfg(feature = "json")]
+pub use typed::Json;
+pub use typed::{
+    BigEndian, Deserializer, OnDecodeError, Raw, Serializer, TypedConsumer, TypedProducer, TypedRecord, Utf8,
+};

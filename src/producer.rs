@@ -455,6 +455,15 @@ impl OwnedSend {
     }
 }
 
+impl SendFuture {
+    /// A future that fails with `e` (an encoding error before anything was queued).
+    pub(crate) fn failed(e: Error) -> SendFuture {
+        SendFuture {
+            state: SendState::Failed(Some(e)),
+        }
+    }
+}
+
 impl Future for SendFuture {
     type Output = Result<RecordMetadata>;
 
