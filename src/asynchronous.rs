@@ -7,7 +7,7 @@
 //! blocking pool, while waiting for records holds no thread: the task sleeps on the signal the
 //! logs raise when they advance.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -71,6 +71,8 @@ pub struct AsyncConsumer {
     held: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
     /// Records fetched by the stream and not yielded yet.
     ready: VecDeque<OwnedRecord>,
+    /// The assignment's version `ready` was last checked against.
+    checked: u64,
     /// The stream's look for records under way.
     next: Option<Pin<Box<dyn Future<Output = Result<ConsumerRecords>> + Send>>>,
 }
@@ -85,47 +87,106 @@ impl std::fmt::Debug for AsyncConsumer {
 
 struct Shared {
     consumer: Mutex<Consumer>,
-    /// Records a poll fetched after its caller stopped waiting: the next poll's.
-    undelivered: Mutex<VecDeque<ConsumerRecords>>,
+    /// What looks found and the application has not taken yet, oldest first: records (held,
+    /// so no commit passes them) or an error. Pushed while the consumer is locked, so a look
+    /// fetches only when nothing older waits here.
+    undelivered: Mutex<VecDeque<Result<ConsumerRecords>>>,
+    /// The consumer's assignment after its last look, with a version bumped when it changes.
+    assignment: Mutex<(u64, Arc<BTreeSet<TopicPartition>>)>,
+    held: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
+}
+
+impl Shared {
+    /// One look, on a blocking thread: `None` once a result waits in `undelivered`, else
+    /// when to wait for the signal until.
+    fn step(&self, deadline: Instant) -> Option<(u64, Instant)> {
+        let mut consumer = self.consumer.lock();
+        if !self.undelivered.lock().is_empty() {
+            return None;
+        }
+        let step = consumer.poll_step(deadline);
+        let assigned: BTreeSet<TopicPartition> = consumer.assignment().into_iter().collect();
+        {
+            let mut assignment = self.assignment.lock();
+            if *assignment.1 != assigned {
+                *assignment = (assignment.0 + 1, Arc::new(assigned));
+            }
+        }
+        let result = match step {
+            Ok(Step::Wait { seen, wake }) => return Some((seen, wake)),
+            Ok(Step::Ready(records)) => Ok(records),
+            Err(e) => Err(e),
+        };
+        let mut undelivered = self.undelivered.lock();
+        if let Ok(records) = &result {
+            let mut held = self.held.lock();
+            for (tp, offset) in records.firsts() {
+                held.entry(tp).or_insert(offset);
+            }
+        }
+        undelivered.push_back(result);
+        None
+    }
+
+    /// The oldest result waiting, if any (its records stay held until the caller says).
+    fn take(&self) -> Option<Result<ConsumerRecords>> {
+        self.undelivered.lock().pop_front()
+    }
 }
 
 impl AsyncConsumer {
     /// Wraps a consumer (configured, assigned or subscribed as it is).
     pub fn new(consumer: Consumer) -> AsyncConsumer {
+        let assigned: BTreeSet<TopicPartition> = consumer.assignment().into_iter().collect();
+        let held = consumer.held.clone();
         AsyncConsumer {
             signal: consumer.signal(),
             stored: consumer.stored_offsets(),
-            held: consumer.held.clone(),
+            held: held.clone(),
             shared: Arc::new(Shared {
                 consumer: Mutex::new(consumer),
                 undelivered: Mutex::new(VecDeque::new()),
+                assignment: Mutex::new((0, Arc::new(assigned))),
+                held,
             }),
             ready: VecDeque::new(),
+            checked: 0,
             next: None,
         }
     }
 
     /// Runs `f` on the consumer on tokio's blocking pool: for the calls without an
     /// asynchronous form (`subscribe`, `assign`, `pause`, `position`, ...). Records the
-    /// stream has fetched but not yielded are still yielded after it; move a partition with
-    /// [`AsyncConsumer::seek`], which drops them.
+    /// stream has fetched but not yielded are still yielded after it (those of partitions it
+    /// gives up excepted); move a partition with [`AsyncConsumer::seek`], which drops them.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Consumer) -> T + Send + 'static) -> T {
         let shared = self.shared.clone();
-        match tokio::task::spawn_blocking(move || f(&mut shared.consumer.lock())).await {
-            Ok(value) => value,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        blocking(move || {
+            let mut consumer = shared.consumer.lock();
+            let value = f(&mut consumer);
+            let assigned: BTreeSet<TopicPartition> = consumer.assignment().into_iter().collect();
+            let mut assignment = shared.assignment.lock();
+            if *assignment.1 != assigned {
+                *assignment = (assignment.0 + 1, Arc::new(assigned));
+            }
+            value
+        })
+        .await
     }
 
     /// Returns the records available now, or waits up to `timeout` for some, as
-    /// [`Consumer::poll`]. The wait holds no thread.
+    /// [`Consumer::poll`]. The wait holds no thread. Not to be mixed with the stream while
+    /// it holds records it has not yielded ([`Error::IllegalState`]).
     pub async fn poll(&mut self, timeout: Duration) -> Result<ConsumerRecords> {
         if !self.ready.is_empty() {
             return Err(Error::IllegalState(
                 "poll on an AsyncConsumer whose stream holds records not yielded yet",
             ));
         }
-        look(self.shared.clone(), self.signal.clone(), Instant::now() + timeout).await
+        let result = look(self.shared.clone(), self.signal.clone(), Instant::now() + timeout).await;
+        // They are the application's now.
+        self.rehold();
+        result
     }
 
     /// The next record (the stream's next item, without a `StreamExt` in scope).
@@ -135,12 +196,24 @@ impl AsyncConsumer {
             .expect("the stream of records never ends")
     }
 
-    /// Moves `tp` to `offset`, dropping the records of it the stream holds.
+    /// Moves `tp` to `offset`, dropping the records of it fetched and not handed out yet.
     pub async fn seek(&mut self, tp: &TopicPartition, offset: i64) -> Result<()> {
+        self.next = None;
         self.ready
             .retain(|r| r.partition != tp.partition || r.topic != tp.topic);
+        let shared = self.shared.clone();
         let tp = tp.clone();
-        self.run(move |c| c.seek(&tp, offset)).await
+        let result = blocking(move || {
+            let mut consumer = shared.consumer.lock();
+            consumer.seek(&tp, offset)?;
+            for records in shared.undelivered.lock().iter_mut().flatten() {
+                records.drop_partition(&tp);
+            }
+            Ok(())
+        })
+        .await;
+        self.rehold();
+        result
     }
 
     /// Commits as [`Consumer::commit`]: the positions past the records yielded so far (or
@@ -156,8 +229,8 @@ impl AsyncConsumer {
         self.run(move |c| c.commit_offsets(&[(tp, next, "")])).await
     }
 
-    /// Acknowledges `record` for the next commit, as [`Consumer::store_offset`]; it waits
-    /// for nothing.
+    /// Acknowledges `record` for the next commit, as [`Consumer::store_offset`] (a record
+    /// of a partition not assigned is refused); it waits for nothing.
     pub fn store_offset(&self, record: &impl Consumed) -> Result<()> {
         if record.offset() < 0 {
             return Err(Error::InvalidArgument {
@@ -167,6 +240,11 @@ impl AsyncConsumer {
             });
         }
         let tp = TopicPartition::new(record.topic(), record.partition());
+        if !self.shared.assignment.lock().1.contains(&tp) {
+            return Err(Error::IllegalState(
+                "an offset stored for a partition not assigned to this consumer",
+            ));
+        }
         self.stored.lock().insert(tp, record.offset() + 1);
         Ok(())
     }
@@ -177,8 +255,8 @@ impl AsyncConsumer {
         self.run(move |c| c.committed(&partitions)).await
     }
 
-    /// The consumer back, once no call of it is under way. Records the stream fetched but did
-    /// not yield are read again: their partitions are moved back to them.
+    /// The consumer back, once no call of it is under way. Records fetched but not handed
+    /// out are read again: their partitions are moved back to them.
     pub async fn into_inner(mut self) -> Consumer {
         self.next = None;
         let mut firsts: BTreeMap<TopicPartition, i64> = BTreeMap::new();
@@ -191,7 +269,14 @@ impl AsyncConsumer {
         drop(self);
         let consumer = loop {
             match Arc::try_unwrap(shared) {
-                Ok(s) => break s.consumer.into_inner(),
+                Ok(s) => {
+                    for records in s.undelivered.into_inner().into_iter().flatten() {
+                        for (tp, offset) in records.firsts() {
+                            firsts.entry(tp).or_insert(offset);
+                        }
+                    }
+                    break s.consumer.into_inner();
+                }
                 // A blocking call of a dropped future is still running: it ends soon.
                 Err(back) => {
                     shared = back;
@@ -205,35 +290,90 @@ impl AsyncConsumer {
         }
         consumer
     }
-}
 
-/// Looks for records until some come or `deadline`: fetches on the blocking pool, waits on
-/// the consumer's signal. A look whose caller has gone leaves its records for the next one.
-async fn look(shared: Arc<Shared>, signal: Arc<Signal>, deadline: Instant) -> Result<ConsumerRecords> {
-    loop {
-        if let Some(records) = shared.undelivered.lock().pop_front() {
-            return Ok(records);
+    /// Closes the consumer (leaving its group; with auto-commit, a last commit past the
+    /// records handed out) on the blocking pool, and resolves once it is closed. Dropping an
+    /// `AsyncConsumer` closes it too, in the background.
+    pub async fn close(self) {
+        let consumer = self.into_inner().await;
+        blocking(move || drop(consumer)).await;
+    }
+
+    /// Sets the hold of each partition to the first record not handed out yet: in `ready`,
+    /// else in the results waiting.
+    fn rehold(&self) {
+        let undelivered = self.shared.undelivered.lock();
+        let mut held = self.held.lock();
+        held.clear();
+        for r in &self.ready {
+            held.entry(TopicPartition::new(r.topic.as_str(), r.partition))
+                .or_insert(r.offset);
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let step = task.consumer.lock().poll_step(deadline);
-            if let Err(Ok(Step::Ready(records))) = tx.send(step)
-                && !records.is_empty()
-            {
-                task.undelivered.lock().push_back(records);
+        for records in undelivered.iter().flatten() {
+            for (tp, offset) in records.firsts() {
+                held.entry(tp).or_insert(offset);
             }
-        });
-        match rx.await {
-            Ok(Ok(Step::Ready(records))) => return Ok(records),
-            Ok(Ok(Step::Wait { seen, wake })) => {
-                let raised = tokio::time::timeout_at(wake.into(), signal.raised_past(seen)).await;
-                if raised.is_err() && wake >= deadline {
-                    return Ok(ConsumerRecords::default());
+        }
+    }
+
+    /// `record` is the application's now: its partition's hold moves to the next record not
+    /// handed out, or goes. A hold the consumer dropped (the partition was given up) stays
+    /// dropped.
+    fn release(&self, record: &OwnedRecord) {
+        let tp = TopicPartition::new(record.topic.as_str(), record.partition);
+        let next = self
+            .ready
+            .iter()
+            .find(|r| r.partition == record.partition && r.topic == record.topic)
+            .map(|r| r.offset);
+        match next {
+            Some(offset) => {
+                if let Some(hold) = self.held.lock().get_mut(&tp) {
+                    *hold = offset;
                 }
             }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(Error::IllegalState("a consumer's fetch panicked")),
+            None if self.shared.undelivered.lock().is_empty() => {
+                self.held.lock().remove(&tp);
+            }
+            None => self.rehold(),
+        }
+    }
+
+    /// Drops the records of partitions the consumer no longer has, if its assignment moved.
+    fn check_assignment(&mut self) {
+        let (version, assigned) = self.shared.assignment.lock().clone();
+        if version != self.checked {
+            self.checked = version;
+            self.ready
+                .retain(|r| assigned.contains(&TopicPartition::new(r.topic.as_str(), r.partition)));
+            self.rehold();
+        }
+    }
+}
+
+/// Runs `f` on tokio's blocking pool; its panic is the caller's.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Looks for records until some come (or an error) or `deadline`: fetches on the blocking
+/// pool, waits on the consumer's signal. A look whose caller has gone leaves what it found
+/// for the next one.
+async fn look(shared: Arc<Shared>, signal: Arc<Signal>, deadline: Instant) -> Result<ConsumerRecords> {
+    loop {
+        if let Some(result) = shared.take() {
+            return result;
+        }
+        let task = shared.clone();
+        let step = blocking(move || task.step(deadline)).await;
+        if let Some((seen, wake)) = step {
+            let raised = tokio::time::timeout_at(wake.into(), signal.raised_past(seen)).await;
+            if raised.is_err() && wake >= deadline {
+                return Ok(ConsumerRecords::default());
+            }
         }
     }
 }
@@ -246,6 +386,7 @@ impl Stream for AsyncConsumer {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
+            this.check_assignment();
             if let Some(record) = this.ready.pop_front() {
                 this.release(&record);
                 return Poll::Ready(Some(Ok(record)));
@@ -260,33 +401,22 @@ impl Stream for AsyncConsumer {
             };
             this.next = None;
             match result {
-                Ok(records) => {
-                    let mut held = this.held.lock();
-                    for r in &records {
-                        held.entry(r.topic_partition()).or_insert(r.offset);
-                        this.ready.push_back(r.detach());
-                    }
-                }
+                // Held until yielded: `ready` is part of the hold from here.
+                Ok(records) => this.ready.extend(records.iter().map(|r| r.detach())),
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
         }
     }
 }
 
-impl AsyncConsumer {
-    /// `record` is the application's now: its partition's hold moves to the next record the
-    /// stream keeps of it, or goes.
-    fn release(&self, record: &OwnedRecord) {
-        let next = self
-            .ready
-            .iter()
-            .find(|r| r.partition == record.partition && r.topic == record.topic)
-            .map(|r| r.offset);
-        let tp = TopicPartition::new(record.topic.as_str(), record.partition);
-        let mut held = self.held.lock();
-        match next {
-            Some(offset) => held.insert(tp, offset),
-            None => held.remove(&tp),
-        };
+impl Drop for AsyncConsumer {
+    /// The consumer's close (leaving its group, a last commit that syncs) runs on the
+    /// blocking pool when dropped within a runtime.
+    fn drop(&mut self) {
+        self.next = None;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            runtime.spawn_blocking(move || drop(shared));
+        }
     }
 }

@@ -641,21 +641,8 @@ impl Consumer {
     /// With `enable.auto.offset.store` off ([`ConsumerConfig::enable_auto_offset_store`]), it
     /// commits the offsets stored with [`Consumer::store_offset`] instead.
     pub fn commit(&mut self) -> Result<()> {
-        let entries: Vec<(TopicPartition, i64, &str)> = match self.config.enable_auto_offset_store {
-            true => self
-                .assigned
-                .keys()
-                .filter_map(|tp| self.committable(tp).map(|p| (tp.clone(), p, "")))
-                .collect(),
-            false => {
-                let stored = self.stored.lock().clone();
-                stored
-                    .into_iter()
-                    .filter(|(tp, _)| self.committable(tp).is_some())
-                    .map(|(tp, offset)| (tp, offset, ""))
-                    .collect()
-            }
-        };
+        let assigned: Vec<TopicPartition> = self.assigned.keys().cloned().collect();
+        let entries = self.commit_entries(&assigned);
         if entries.is_empty() {
             // Nothing to commit; a consumer without a group is still told it has none.
             return self.config.group_id.as_ref().map(drop).ok_or(Error::NoGroup);
@@ -716,6 +703,28 @@ impl Consumer {
         let tp = TopicPartition::new(record.topic(), record.partition());
         refuse_negative("offset", record.offset())?;
         self.commit_offsets(&[(tp, record.offset() + 1, "")])
+    }
+
+    /// What a commit of `partitions` carries: their positions, or with
+    /// `enable.auto.offset.store` off the offsets stored for them.
+    pub(super) fn commit_entries(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Vec<(TopicPartition, i64, &'static str)> {
+        match self.config.enable_auto_offset_store {
+            true => partitions
+                .iter()
+                .filter_map(|tp| self.committable(tp).map(|p| (tp.clone(), p, "")))
+                .collect(),
+            false => {
+                let stored = self.stored.lock();
+                partitions
+                    .iter()
+                    .filter(|tp| self.committable(tp).is_some())
+                    .filter_map(|tp| stored.get(tp).map(|&offset| (tp.clone(), offset, "")))
+                    .collect()
+            }
+        }
     }
 
     /// The position of an assigned partition, if it has one and its log is still the
@@ -1227,6 +1236,28 @@ impl<'a> ConsumerRecord<'a> {
 }
 
 impl ConsumerRecords {
+    /// Leaves out the records of `tp` (a partition moved by a seek).
+    pub(crate) fn drop_partition(&mut self, tp: &TopicPartition) {
+        let topics = &self.topics;
+        self.runs
+            .retain(|run| run.partition != tp.partition || *topics[run.topic as usize] != *tp.topic);
+        self.len = self.runs.iter().map(|run| run.take as usize).sum();
+    }
+
+    /// The first offset of each partition among the records.
+    pub(crate) fn firsts(&self) -> Vec<(TopicPartition, i64)> {
+        let mut out: Vec<(TopicPartition, i64)> = Vec::new();
+        for r in self {
+            if !out
+                .iter()
+                .any(|(tp, _)| tp.partition == r.partition && tp.topic == r.topic)
+            {
+                out.push((r.topic_partition(), r.offset));
+            }
+        }
+        out
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.len

@@ -282,8 +282,9 @@ struct QueueState {
     sealed: VecDeque<Sealed>,
     /// The bytes of `sealed`, bounded by [`BUFFER_BYTES`].
     sealed_bytes: usize,
-    /// Asynchronous senders waiting for `sealed` to shrink.
-    room: Vec<Waker>,
+    /// Records of asynchronous senders waiting for room, in the order they were sent: they
+    /// join batches (before any later asynchronous send) as sealed batches are appended.
+    overflow: VecDeque<Overflow>,
     appending: bool,
     /// A thread appends until no record is left (started by an asynchronous sender).
     draining: bool,
@@ -304,6 +305,99 @@ struct Sealed {
 /// The most bytes of sealed batches a partition's queue holds for asynchronous senders
 /// (Kafka's `buffer.memory` default); a sender past it waits for room.
 const BUFFER_BYTES: usize = 32 << 20;
+
+/// A record of an asynchronous sender waiting for room, with what its batch needs.
+#[derive(Debug)]
+struct Overflow {
+    record: OwnedSend,
+    codec: Compression,
+    max: usize,
+    size: usize,
+    place: Arc<Place>,
+}
+
+/// Where a waiting record went once it joined a batch: its delivery and index there.
+#[derive(Debug, Default)]
+struct Place {
+    at: OnceLock<(Arc<Delivery>, usize)>,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Place {
+    fn set(&self, at: (Arc<Delivery>, usize)) {
+        let _ = self.at.set(at);
+        if let Some(waker) = self.waker.lock().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl QueueState {
+    /// Whether a record of `size` needs the open batch sealed (it does not fit in it).
+    fn must_seal(&self, size: usize, max: usize) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|open| !open.is_empty() && open.size() + size > max)
+    }
+
+    /// Whether an asynchronous sender's record of `size` may join a batch now: it needs no
+    /// seal, or the sealed batches have room for one more.
+    fn has_room(&self, size: usize, max: usize) -> bool {
+        !self.must_seal(size, max) || self.sealed_bytes < BUFFER_BYTES
+    }
+
+    /// Adds an asynchronous sender's record to the open batch, sealing a full one first;
+    /// returns the batch's delivery and the record's index in it.
+    fn admit(
+        &mut self,
+        codec: Compression,
+        max: usize,
+        size: usize,
+        record: &ProducerRecord<'_>,
+        timestamp: i64,
+    ) -> (Arc<Delivery>, usize) {
+        if self.must_seal(size, max) {
+            let batch = self
+                .open
+                .replace(BatchBuilder::new(codec))
+                .expect("a batch to seal");
+            self.sealed_bytes += batch.size();
+            let sealed = Sealed {
+                batch,
+                generation: self.generation,
+                blocking: std::mem::take(&mut self.open_blocking),
+                delivery: self.open_delivery.take(),
+            };
+            self.sealed.push_back(sealed);
+            self.generation += 1;
+        }
+        let open = self.open.get_or_insert_with(|| BatchBuilder::new(codec));
+        open.push(timestamp, record.key, record.value, &record.headers);
+        let index = open.len() - 1;
+        (
+            self.open_delivery.get_or_insert_with(Default::default).clone(),
+            index,
+        )
+    }
+
+    /// Moves waiting records into batches, in order, while there is room.
+    fn admit_overflow(&mut self) {
+        while let Some(next) = self.overflow.front() {
+            if !self.has_room(next.size, next.max) {
+                return;
+            }
+            let next = self.overflow.pop_front().expect("looked at");
+            let at = self.admit(
+                next.codec,
+                next.max,
+                next.size,
+                &next.record.record(),
+                next.record.timestamp,
+            );
+            next.place.set(at);
+        }
+    }
+}
 
 /// One generation's outcome, for the asynchronous senders of its records.
 #[derive(Debug, Default)]
@@ -345,6 +439,73 @@ impl Outcome {
     }
 }
 
+/// A drain of a queue, to run on a thread.
+struct Job {
+    inner: Arc<ProducerInner>,
+    queue: Arc<Queue>,
+    log: PartitionLog,
+    topic: String,
+    partition: u32,
+}
+
+impl Job {
+    fn run(self) {
+        self.inner
+            .drain(&self.queue, &self.log, &self.topic, self.partition);
+    }
+}
+
+/// A [`Job`] handed to tokio's blocking pool (within a runtime) or a thread of its own. One
+/// the runtime drops without running it (it is shutting down) starts on a thread of its own:
+/// the queue counts on it.
+struct DrainJob(Option<Job>);
+
+impl DrainJob {
+    fn start(job: Job) {
+        let job = DrainJob(Some(job));
+        #[cfg(feature = "tokio")]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || job.run());
+            return;
+        }
+        job.on_a_thread();
+    }
+
+    fn run(mut self) {
+        if let Some(job) = self.0.take() {
+            job.run();
+        }
+    }
+
+    fn on_a_thread(mut self) {
+        let Some(job) = self.0.take() else { return };
+        let cell = Arc::new(Mutex::new(Some(job)));
+        let theirs = cell.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rivulet-send".into())
+            .spawn(move || {
+                if let Some(job) = theirs.lock().take() {
+                    job.run();
+                }
+            });
+        if let Err(e) = spawned {
+            // No thread to be had: appended here rather than never.
+            log::error!("no thread for asynchronous sends ({e}); appending on the caller's");
+            if let Some(job) = cell.lock().take() {
+                job.run();
+            }
+        }
+    }
+}
+
+impl Drop for DrainJob {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            DrainJob(self.0.take()).on_a_thread();
+        }
+    }
+}
+
 /// What [`ProducerInner::prepare`] found for a record.
 struct Prepared {
     queue: Arc<Queue>,
@@ -360,34 +521,35 @@ struct Prepared {
     log: PartitionLog,
 }
 
-/// Where [`ProducerInner::enqueue`] put a record.
-enum Enqueued {
-    Ticket(Ticket),
-    Full,
-}
-
-/// An asynchronous sender's record: its batch's delivery and its place in the batch.
+/// An asynchronous sender's record: where it was sent, and what its metadata needs.
 #[derive(Debug)]
-struct Ticket {
-    delivery: Arc<Delivery>,
-    index: usize,
+struct Sent {
     topic: String,
     partition: u32,
     timestamp: i64,
     append_time: bool,
 }
 
+/// An asynchronous sender's record in a batch: the batch's delivery and its index there.
+#[derive(Debug)]
+struct Ticket {
+    delivery: Arc<Delivery>,
+    index: usize,
+    sent: Sent,
+}
+
 impl Ticket {
     fn result(&self, outcome: &Outcome) -> Result<RecordMetadata> {
         let (info, offset) = outcome.of(self.index)?;
+        let sent = &self.sent;
         Ok(RecordMetadata {
-            topic: self.topic.clone(),
-            partition: self.partition,
+            topic: sent.topic.clone(),
+            partition: sent.partition,
             offset,
-            timestamp: if self.append_time {
+            timestamp: if sent.append_time {
                 info.log_append_time
             } else {
-                self.timestamp
+                sent.timestamp
             },
         })
     }
@@ -398,9 +560,8 @@ impl Ticket {
 ///
 /// It needs no particular runtime: the append runs on a thread of its own (tokio's blocking
 /// pool when the `tokio` feature is on and the send is made within a runtime), never on the
-/// task that awaits it. A record queued when `send_async` returned is sent whether or not the
-/// future is awaited; one that waited for room in a full buffer is queued only when the future
-/// is polled.
+/// task that awaits it. The record is queued when `send_async` returns, and sent whether or
+/// not the future is awaited.
 #[derive(Debug)]
 #[must_use = "a future does nothing unless polled; this one holds the record's outcome"]
 pub struct SendFuture {
@@ -414,9 +575,10 @@ enum SendState {
         ticket: Ticket,
         slot: Option<usize>,
     },
-    Waiting {
-        inner: Arc<ProducerInner>,
-        record: Box<OwnedSend>,
+    /// Waiting for room, in the queue's overflow.
+    Placing {
+        place: Arc<Place>,
+        sent: Option<Sent>,
     },
 }
 
@@ -432,11 +594,11 @@ struct OwnedSend {
 }
 
 impl OwnedSend {
-    fn of(record: &ProducerRecord<'_>) -> OwnedSend {
+    fn of(record: &ProducerRecord<'_>, timestamp: i64) -> OwnedSend {
         OwnedSend {
             topic: record.topic.to_string(),
             partition: record.partition,
-            timestamp: record.timestamp.unwrap_or_else(now_ms),
+            timestamp,
             key: record.key.map(<[u8]>::to_vec),
             value: record.value.map(<[u8]>::to_vec),
             headers: record.headers.iter().map(Header::to_owned_header).collect(),
@@ -475,12 +637,30 @@ impl Future for SendFuture {
                         .take()
                         .expect("a SendFuture is not polled after it completed")));
                 }
-                SendState::Waiting { inner, record } => {
-                    match inner.enqueue(&record.record(), Some(cx.waker())) {
-                        Ok(Enqueued::Ticket(ticket)) => self.state = SendState::Queued { ticket, slot: None },
-                        Ok(Enqueued::Full) => return Poll::Pending,
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
+                SendState::Placing { place, sent } => {
+                    let at = match place.at.get() {
+                        Some(at) => at.clone(),
+                        None => {
+                            let mut waker = place.waker.lock();
+                            match place.at.get() {
+                                Some(at) => at.clone(),
+                                None => {
+                                    *waker = Some(cx.waker().clone());
+                                    return Poll::Pending;
+                                }
+                            }
+                        }
+                    };
+                    let (delivery, index) = at;
+                    let sent = sent.take().expect("placed once");
+                    self.state = SendState::Queued {
+                        ticket: Ticket {
+                            delivery,
+                            index,
+                            sent,
+                        },
+                        slot: None,
+                    };
                 }
                 SendState::Queued { ticket, slot } => {
                     if let Some(outcome) = ticket.delivery.outcome.get() {
@@ -555,8 +735,10 @@ impl Producer {
     /// on a blocking thread, never on the caller's task or runtime worker.
     ///
     /// Errors found before queueing (an unknown partition, a bad timestamp) are the future's
-    /// result. A partition whose queue holds 32 MiB of batches not yet appended (Kafka's
-    /// `buffer.memory`) makes the future wait for room first, holding a copy of the record.
+    /// result. Once a partition's queue holds 32 MiB of batches not yet appended (Kafka's
+    /// `buffer.memory`), further records wait, in the order they were sent, as copies held
+    /// until there is room: their futures resolve later, and memory grows with the records
+    /// sent faster than the disk takes them.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -574,12 +756,8 @@ impl Producer {
     /// # }
     /// ```
     pub fn send_async(&self, record: ProducerRecord<'_>) -> SendFuture {
-        let state = match self.inner.enqueue(&record, None) {
-            Ok(Enqueued::Ticket(ticket)) => SendState::Queued { ticket, slot: None },
-            Ok(Enqueued::Full) => SendState::Waiting {
-                inner: self.inner.clone(),
-                record: Box::new(OwnedSend::of(&record)),
-            },
+        let state = match self.inner.enqueue(&record) {
+            Ok(state) => state,
             Err(e) => SendState::Failed(Some(e)),
         };
         SendFuture { state }
@@ -769,72 +947,66 @@ impl ProducerInner {
         }
     }
 
-    /// Adds `record` to its partition's open batch for an asynchronous sender, sealing a full
-    /// one, and makes sure a thread appends it; `Full` (with `room` registered to be woken)
-    /// if the sealed batches already hold [`BUFFER_BYTES`].
-    fn enqueue(self: &Arc<Self>, record: &ProducerRecord<'_>, room: Option<&Waker>) -> Result<Enqueued> {
+    /// Adds `record` to its partition's open batch for an asynchronous sender (sealing a full
+    /// one), or to the queue's overflow if it has no room or others wait already, and makes
+    /// sure a thread appends it.
+    fn enqueue(self: &Arc<Self>, record: &ProducerRecord<'_>) -> Result<SendState> {
         let p = self.prepare(record)?;
-        let mut state = p.queue.state.lock();
-        let open = state.open.get_or_insert_with(|| BatchBuilder::new(p.codec));
-        if !open.is_empty() && open.size() + p.size > p.max {
-            if state.sealed_bytes >= BUFFER_BYTES {
-                if let Some(waker) = room {
-                    state.room.push(waker.clone());
-                }
-                return Ok(Enqueued::Full);
-            }
-            let batch = state.open.replace(BatchBuilder::new(p.codec)).expect("open");
-            state.sealed_bytes += batch.size();
-            let sealed = Sealed {
-                batch,
-                generation: state.generation,
-                blocking: std::mem::take(&mut state.open_blocking),
-                delivery: state.open_delivery.take(),
-            };
-            state.sealed.push_back(sealed);
-            state.generation += 1;
-        }
-        let open = state.open.as_mut().expect("made above");
-        open.push(p.timestamp, record.key, record.value, &record.headers);
-        let index = open.len() - 1;
-        let delivery = state.open_delivery.get_or_insert_with(Default::default).clone();
-        if !state.draining {
-            state.draining = true;
-            drop(state);
-            self.spawn_drain(p.queue, p.log, p.topic.clone(), p.partition);
-        }
-        Ok(Enqueued::Ticket(Ticket {
-            delivery,
-            index,
-            topic: p.topic,
+        let sent = Sent {
+            topic: p.topic.clone(),
             partition: p.partition,
             timestamp: p.timestamp,
             append_time: p.append_time,
-        }))
-    }
-
-    /// Starts a thread (of tokio's blocking pool, within a runtime) that appends the queue's
-    /// batches until none is left.
-    fn spawn_drain(self: &Arc<Self>, queue: Arc<Queue>, log: PartitionLog, topic: String, partition: u32) {
-        let inner = self.clone();
-        let job = move || inner.drain(&queue, &log, &topic, partition);
-        #[cfg(feature = "tokio")]
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(job);
-            return;
+        };
+        let mut state = p.queue.state.lock();
+        let queued = if state.overflow.is_empty() && state.has_room(p.size, p.max) {
+            let (delivery, index) = state.admit(p.codec, p.max, p.size, record, p.timestamp);
+            SendState::Queued {
+                ticket: Ticket {
+                    delivery,
+                    index,
+                    sent,
+                },
+                slot: None,
+            }
+        } else {
+            let place = Arc::new(Place::default());
+            state.overflow.push_back(Overflow {
+                record: OwnedSend::of(record, p.timestamp),
+                codec: p.codec,
+                max: p.max,
+                size: p.size,
+                place: place.clone(),
+            });
+            SendState::Placing {
+                place,
+                sent: Some(sent),
+            }
+        };
+        if !state.draining {
+            state.draining = true;
+            drop(state);
+            DrainJob::start(Job {
+                inner: self.clone(),
+                queue: p.queue,
+                log: p.log,
+                topic: p.topic,
+                partition: p.partition,
+            });
         }
-        std::thread::Builder::new()
-            .name("rivulet-send".into())
-            .spawn(job)
-            .expect("a thread to append asynchronous sends");
+        Ok(queued)
     }
 
-    /// Appends the queue's sealed and open batches (waiting out other senders' appends) until
-    /// none is left.
-    fn drain(&self, queue: &Queue, log: &PartitionLog, topic: &str, partition: u32) {
+    /// Appends the queue's sealed and open batches, and admits its waiting records, until none
+    /// is left (waiting out other senders' appends). Each append goes to the partition's log
+    /// as the broker has it then (`captured` if the topic is gone, to fail the batch).
+    fn drain(&self, queue: &Queue, captured: &PartitionLog, topic: &str, partition: u32) {
         let mut state = queue.state.lock();
         loop {
-            let pending = !state.sealed.is_empty() || state.open.as_ref().is_some_and(|b| !b.is_empty());
+            state.admit_overflow();
+            let pending = !state.sealed.is_empty()
+                || state.open.as_ref().is_some_and(|b| !b.is_empty())
+                || !state.overflow.is_empty();
             if !pending {
                 state.draining = false;
                 return;
@@ -842,6 +1014,8 @@ impl ProducerInner {
             if state.appending {
                 queue.done.wait(&mut state);
             } else {
+                let current = self.broker.partition(topic, partition).ok();
+                let log = current.as_ref().unwrap_or(captured);
                 self.append_open(queue, &mut state, log, topic, partition);
             }
         }
@@ -860,9 +1034,6 @@ impl ProducerInner {
         let (batch, generation, blocking, delivery) = match state.sealed.pop_front() {
             Some(sealed) => {
                 state.sealed_bytes -= sealed.batch.size();
-                for waker in state.room.drain(..) {
-                    waker.wake();
-                }
                 (sealed.batch, sealed.generation, sealed.blocking, sealed.delivery)
             }
             None => {

@@ -7,8 +7,9 @@
 //!
 //! - retry topics `<topic>-retry-0`, `<topic>-retry-1`, ... (one per delay), and the
 //!   dead-letter topic `<topic>-dlt`;
-//! - on every forwarded record: `retry_topic-attempts` (the attempts made so far, a 4-byte
-//!   big-endian integer) and `retry_topic-backoff-timestamp` (when it is due again, in
+//! - on every forwarded record: `retry_topic-attempts` (its delivery attempts so far counting
+//!   the first, so 2 on the first retry topic, as Spring counts them; a 4-byte big-endian
+//!   integer) and `retry_topic-backoff-timestamp` (when it is due again, in
 //!   milliseconds since the Unix epoch, 8 bytes big-endian);
 //! - on every forwarded record, set at its first failure and kept: Spring's
 //!   `kafka_dlt-original-topic`, `-original-partition` (4 bytes big-endian),
@@ -32,7 +33,7 @@ use crate::storage::{Header, now_ms};
 
 /// Header names (Spring Kafka's and Kafka Connect's).
 pub mod headers {
-    /// Attempts made so far (4 bytes, big-endian).
+    /// Delivery attempts so far, counting the first (4 bytes, big-endian).
     pub const ATTEMPTS: &str = "retry_topic-attempts";
     /// When the record is due again, in ms since the Unix epoch (8 bytes, big-endian).
     pub const BACKOFF_TIMESTAMP: &str = "retry_topic-backoff-timestamp";
@@ -91,12 +92,18 @@ fn last<'a>(record: &'a OwnedRecord, key: &str) -> Option<&'a [u8]> {
     record.header(key).and_then(|h| h.value)
 }
 
+/// A header holding a big-endian two's-complement integer of 1 to 8 bytes: a fixed-width
+/// Java `int` or `long`, or a `BigInteger`'s shortest bytes (as Spring writes the backoff
+/// timestamp).
 fn int_header(record: &OwnedRecord, key: &str) -> Option<i64> {
-    match last(record, key)? {
-        v if v.len() == 4 => Some(i32::from_be_bytes(v.try_into().ok()?).into()),
-        v if v.len() == 8 => Some(i64::from_be_bytes(v.try_into().ok()?)),
-        _ => None,
+    let bytes = last(record, key)?;
+    if bytes.is_empty() || bytes.len() > 8 {
+        return None;
     }
+    let fill = if bytes[0] & 0x80 != 0 { 0xff } else { 0 };
+    let mut wide = [fill; 8];
+    wide[8 - bytes.len()..].copy_from_slice(bytes);
+    Some(i64::from_be_bytes(wide))
 }
 
 /// Sends `record` to `topic` with the failure in its headers (see the module's list); the
@@ -109,9 +116,9 @@ pub fn dead_letter(
     group: Option<&str>,
 ) -> Result<RecordMetadata> {
     let mut out = Forward::of(record, group);
-    let attempts = RetryPolicy::attempts(record);
-    if attempts > 0 {
-        // How many times it was retried before it was given up.
+    if last(record, headers::ATTEMPTS).is_some() {
+        // How many times it was tried before it was given up.
+        let attempts = RetryPolicy::attempts(record);
         out.added
             .push((headers::ATTEMPTS, (attempts as i32).to_be_bytes().to_vec()));
     }
@@ -264,9 +271,10 @@ impl RetryPolicy {
         format!("{}-retry-{attempt}", self.topic)
     }
 
-    /// The attempts made so far at `record` (0 for a record of the topic itself).
+    /// The delivery attempts of `record` so far, counting the first, as Spring counts them:
+    /// 1 for a record of the topic itself, 2 on the first retry topic, and so on.
     pub fn attempts(record: &OwnedRecord) -> u32 {
-        int_header(record, headers::ATTEMPTS).map_or(0, |n| n.clamp(0, u32::MAX.into()) as u32)
+        int_header(record, headers::ATTEMPTS).map_or(1, |n| n.clamp(1, i32::MAX.into()) as u32)
     }
 
     /// When `record` (of a retry topic) is due, in ms since the Unix epoch.
@@ -284,7 +292,9 @@ impl RetryPolicy {
         group: Option<&str>,
     ) -> Result<Forwarded> {
         let attempts = Self::attempts(record) as usize;
-        let Some(delay) = self.delays.get(attempts) else {
+        // The first retry topic is for the second attempt.
+        let retry = attempts - 1;
+        let Some(delay) = self.delays.get(retry) else {
             return dead_letter(producer, &self.dead_letter, record, failure, group)
                 .map(Forwarded::DeadLetter);
         };
@@ -296,7 +306,7 @@ impl RetryPolicy {
             .push((headers::BACKOFF_TIMESTAMP, due.to_be_bytes().to_vec()));
         out.text(headers::EXCEPTION_FQCN, &failure.kind);
         out.text(headers::EXCEPTION_MESSAGE, &failure.message);
-        let sent = producer.send(out.record(&self.retry_topic(attempts)))?;
+        let sent = producer.send(out.record(&self.retry_topic(retry)))?;
         Ok(Forwarded::Retry { sent, due })
     }
 }
@@ -393,6 +403,9 @@ impl RetryingConsumer {
         let records = self.consumer.poll(soonest.map_or(timeout, |s| s.min(timeout)))?;
         let group = self.consumer.group().map(str::to_string);
         let mut handled = 0;
+        // Per partition, the first record not handled yet: where it is read again if a
+        // failure cannot be forwarded.
+        let mut unhandled: BTreeMap<TopicPartition, i64> = records.firsts().into_iter().collect();
         for r in &records {
             let tp = r.topic_partition();
             if self.held.contains_key(&tp) {
@@ -411,10 +424,20 @@ impl RetryingConsumer {
             }
             if let Err(e) = handler(&record) {
                 let failure = Failure::new(std::any::type_name::<E>(), e.to_string());
-                self.policy
-                    .fail(&self.producer, &record, &failure, group.as_deref())?;
+                if let Err(e) = self
+                    .policy
+                    .fail(&self.producer, &record, &failure, group.as_deref())
+                {
+                    for (tp, offset) in &unhandled {
+                        if !self.held.contains_key(tp) {
+                            self.consumer.seek(tp, *offset)?;
+                        }
+                    }
+                    return Err(e);
+                }
             }
             handled += 1;
+            unhandled.insert(tp, r.offset + 1);
             match self.consumer.store_offset(&record) {
                 Ok(()) | Err(Error::IllegalState(_)) => {}
                 Err(e) => return Err(e),
@@ -445,5 +468,47 @@ impl RetryingConsumer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::OwnedHeader;
+
+    fn with_header(key: &str, value: &[u8]) -> OwnedRecord {
+        OwnedRecord {
+            topic: "t-retry-0".into(),
+            partition: 0,
+            offset: 0,
+            timestamp: 0,
+            key: None,
+            value: None,
+            headers: vec![OwnedHeader::new(key, value)],
+        }
+    }
+
+    #[test]
+    fn integer_headers_read_java_ints_longs_and_big_integers() {
+        // A BigInteger's shortest bytes, as Spring writes the backoff timestamp.
+        let due: i64 = 1_764_500_000_000;
+        let short = &due.to_be_bytes()[2..];
+        assert_eq!(short.len(), 6);
+        assert_eq!(
+            RetryPolicy::due(&with_header(headers::BACKOFF_TIMESTAMP, short)),
+            Some(due)
+        );
+        assert_eq!(
+            RetryPolicy::due(&with_header(headers::BACKOFF_TIMESTAMP, &due.to_be_bytes())),
+            Some(due)
+        );
+        assert_eq!(
+            RetryPolicy::attempts(&with_header(headers::ATTEMPTS, &3i32.to_be_bytes())),
+            3
+        );
+        // Negative values sign-extend; nonsense is ignored.
+        assert_eq!(int_header(&with_header("x", &[0xff]), "x"), Some(-1));
+        assert_eq!(int_header(&with_header("x", &[0; 9]), "x"), None);
+        assert_eq!(RetryPolicy::attempts(&with_header("other", b"")), 1);
     }
 }

@@ -364,6 +364,8 @@ pub struct TypedConsumer<K, V, KD, VD> {
     on_error: OnDecodeError,
     /// Made when the first record is dead-lettered.
     dead_letters: Option<Producer>,
+    /// A record that did not decode, for the next poll to report.
+    failed: Option<Error>,
     _records: PhantomData<fn() -> (K, V)>,
 }
 
@@ -386,6 +388,7 @@ impl<K, V, KD: Deserializer<K>, VD: Deserializer<V>> TypedConsumer<K, V, KD, VD>
             values,
             on_error: OnDecodeError::Fail,
             dead_letters: None,
+            failed: None,
             _records: PhantomData,
         }
     }
@@ -407,10 +410,18 @@ impl<K, V, KD: Deserializer<K>, VD: Deserializer<V>> TypedConsumer<K, V, KD, VD>
     }
 
     /// Polls as [`Consumer::poll`] and decodes the records. Under [`OnDecodeError::Fail`], a
-    /// partition stops at a record that does not decode: the records decoded before it are
-    /// returned, and the poll after fails with [`Error::Deserialization`] at it.
+    /// partition stops at a record that does not decode: the records decoded before it (of
+    /// any partition) are returned, and the next poll fails with [`Error::Deserialization`]
+    /// at it; its position stays there until the application seeks past it. A dead letter
+    /// that cannot be written fails the poll and hands out none of its records: they are read
+    /// again.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<TypedRecord<K, V>>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let records = self.consumer.poll(timeout)?;
+        let firsts = records.firsts();
+        let mut forwarding = None;
         let mut out = Vec::with_capacity(records.len());
         // Partitions stopped at a record that does not decode, with the first such error.
         let mut halted: Vec<(crate::TopicPartition, i64, String)> = Vec::new();
@@ -436,31 +447,42 @@ impl<K, V, KD: Deserializer<K>, VD: Deserializer<V>> TypedConsumer<K, V, KD, VD>
                             .dead_letters
                             .get_or_insert_with(|| Producer::new(self.consumer.broker()));
                         let failure = crate::retry::Failure::new("deserialization", &reason);
-                        crate::retry::dead_letter(
-                            producer,
-                            topic,
-                            &r.detach(),
-                            &failure,
-                            self.consumer.group(),
-                        )?;
+                        let group = self.consumer.group();
+                        if let Err(e) =
+                            crate::retry::dead_letter(producer, topic, &r.detach(), &failure, group)
+                        {
+                            forwarding = Some(e);
+                            break;
+                        }
                     }
                 },
             }
+        }
+        if let Some(e) = forwarding {
+            for (tp, offset) in &firsts {
+                self.consumer.seek(tp, *offset)?;
+            }
+            return Err(e);
         }
         // A halted partition is read again from its bad record: the next poll meets it first.
         for (tp, offset, _) in &halted {
             self.consumer.seek(tp, *offset)?;
         }
-        match halted.into_iter().next() {
-            // Records decoded before it (of any partition) are returned first.
-            Some((tp, offset, reason)) if out.is_empty() => Err(Error::Deserialization {
-                topic: tp.topic,
-                partition: tp.partition,
-                offset,
-                reason,
-            }),
-            _ => Ok(out),
+        let Some((tp, offset, reason)) = halted.into_iter().next() else {
+            return Ok(out);
+        };
+        let error = Error::Deserialization {
+            topic: tp.topic,
+            partition: tp.partition,
+            offset,
+            reason,
+        };
+        if out.is_empty() {
+            return Err(error);
         }
+        // Records decoded before it are returned first; the error is the next poll's.
+        self.failed = Some(error);
+        Ok(out)
     }
 
     fn decode(&self, r: &ConsumerRecord<'_>) -> std::result::Result<TypedRecord<K, V>, String> {

@@ -223,7 +223,7 @@ async fn a_stream_in_a_group_commits_only_what_it_yielded() {
     let committed = consumer.committed(std::slice::from_ref(&tp)).await.unwrap();
     assert_eq!(committed[0].as_ref().unwrap().offset, 3);
     // Closing (with auto-commit) does not pass the unyielded records either.
-    drop(consumer);
+    consumer.close().await;
     let mut consumer = AsyncConsumer::new(Consumer::new(&broker, config()));
     consumer.run(|c| c.subscribe(["orders"])).await.unwrap();
     let record = tokio::time::timeout(TIMEOUT, consumer.recv())

@@ -191,3 +191,42 @@ fn a_wakeup_ends_a_poll_waiting_for_a_rebalance() {
     );
     poller.join().unwrap();
 }
+
+#[test]
+fn a_rebalance_commits_the_stored_offsets_of_what_it_takes_away() {
+    let (_dir, broker) = broker_with("jobs", 2, 5);
+    let mut first = Consumer::new(&broker, manual_store("shared"));
+    first.subscribe(["jobs"]).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut records = Vec::new();
+    while records.len() < 10 {
+        assert!(std::time::Instant::now() < deadline);
+        records.extend(
+            first
+                .poll(Duration::from_millis(50))
+                .unwrap()
+                .iter()
+                .map(|r| r.detach()),
+        );
+    }
+    // Only the first record of each partition is acknowledged.
+    for p in 0..2 {
+        let r = records.iter().find(|r| r.partition == p).unwrap();
+        first.store_offset(r).unwrap();
+    }
+    // A second member joins: the first gives a partition up, committing what it stored for
+    // it (1), not its position (5).
+    let mut second = Consumer::new(&broker, manual_store("shared"));
+    second.subscribe(["jobs"]).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while second.assignment().is_empty() || first.assignment().len() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group did not rebalance"
+        );
+        first.poll(Duration::from_millis(10)).unwrap();
+        second.poll(Duration::from_millis(10)).unwrap();
+    }
+    let moved = &second.assignment()[0];
+    assert_eq!(committed(&broker, "shared", moved), Some(1));
+}

@@ -36,6 +36,7 @@ async fn settings_come_from_the_file_and_flags_override_them() {
             "# as Kafka's shipped server.properties, trimmed\n\
              log.dirs={}\n\
              listeners = PLAINTEXT://127.0.0.1:{port}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://localhost:9093\n\
              num.partitions: 3\n\
              num.network.threads=3\n\
              log.retention.hours=168\n\
@@ -109,7 +110,7 @@ async fn settings_come_from_the_file_and_flags_override_them() {
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
-        log.contains("num.network.threads (line 5) has no counterpart"),
+        log.contains("num.network.threads (line 6) has no counterpart"),
         "{log}"
     );
     assert!(log.contains("closed cleanly"), "{log}");

@@ -190,26 +190,34 @@ pub fn settings(props: &Properties) -> Result<Settings, String> {
             log::warn!("{name} (line {line}) is not a setting rivulet knows; ignored");
         }
     }
-    s.data = match (get("log.dirs"), get("log.dir")) {
-        (Some(dirs), _) | (None, Some(dirs)) if dirs.contains(',') => {
-            return Err(bad("log.dirs", format!("one data directory, not {dirs}")));
+    let dirs = ["log.dirs", "log.dir"]
+        .into_iter()
+        .find_map(|name| Some((name, get(name)?)));
+    s.data = match dirs {
+        Some((name, dirs)) if dirs.contains(',') => {
+            return Err(bad(name, format!("one data directory, not {dirs}")));
         }
-        (Some(dir), _) | (None, Some(dir)) => Some(dir.to_string()),
-        (None, None) => None,
+        Some((_, dir)) => Some(dir.to_string()),
+        None => None,
     };
     if let Some(listeners) = get("listeners") {
         for listener in listeners.split(',').map(str::trim) {
             let (scheme, address) = listener
                 .split_once("://")
                 .ok_or_else(|| bad("listeners", format!("{listener} is not NAME://HOST:PORT")))?;
+            // Kafka binds a listener without a host to every interface.
+            let address = match address.strip_prefix(':') {
+                Some(port) => format!("0.0.0.0:{port}"),
+                None => address.to_string(),
+            };
             match scheme {
-                "PLAINTEXT" => s.listen = Some(address.to_string()),
+                "PLAINTEXT" => s.listen = Some(address),
                 "CONTROLLER" => {
-                    s.peer_listen = Some(
-                        address
-                            .parse()
-                            .map_err(|_| bad("listeners", format!("CONTROLLER://IP:PORT, not {listener}")))?,
-                    )
+                    use std::net::ToSocketAddrs;
+                    let resolved = address.to_socket_addrs().ok().and_then(|mut a| a.next());
+                    s.peer_listen = Some(resolved.ok_or_else(|| {
+                        bad("listeners", format!("CONTROLLER://HOST:PORT, not {listener}"))
+                    })?);
                 }
                 other => {
                     return Err(bad(
@@ -221,8 +229,10 @@ pub fn settings(props: &Properties) -> Result<Settings, String> {
         }
     }
     if let Some(v) = get("advertised.listeners") {
+        // The Kafka listener's entry; a CONTROLLER one is for the peers, not clients.
         let address = v
-            .strip_prefix("PLAINTEXT://")
+            .split(',')
+            .find_map(|l| l.trim().strip_prefix("PLAINTEXT://"))
             .ok_or_else(|| bad("advertised.listeners", format!("PLAINTEXT://HOST:PORT, not {v}")))?;
         let (host, port) = address
             .rsplit_once(':')

@@ -690,10 +690,7 @@ impl Consumer {
         let added: Vec<TopicPartition> = new.iter().filter(|tp| !owned.contains(tp)).cloned().collect();
         if !revoked.is_empty() {
             if self.config.enable_auto_commit {
-                let positions: Vec<(TopicPartition, i64, &str)> = revoked
-                    .iter()
-                    .filter_map(|tp| self.committable(tp).map(|p| (tp.clone(), p, "")))
-                    .collect();
+                let positions = self.commit_entries(&revoked);
                 let committed = self.commit_offsets(&positions);
                 self.refusal_logged(committed)?;
             }

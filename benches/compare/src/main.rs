@@ -5,7 +5,7 @@
 //! alternately with it (A B A B, medians, after untimed warm-ups), the ratio and whether the
 //! target is met. `--quick` runs every comparison once at a small size, to check the harness
 //! works (CI does); `--dir PATH` puts the scratch files somewhere else than the system's temp
-//! directory; `--only engine|latency|servers|cluster|transactions` runs one part. `memory` runs the memory checks
+//! directory; `--only engine|latency|servers|cluster|transactions|async` runs one part. `memory` runs the memory checks
 //! instead (a consumer reading a 10 GiB log, `--gib N` for another size; a broker holding
 //! 1,000 idle connections).
 //!
@@ -13,6 +13,7 @@
 //! ports by the harness and stopped by their PIDs; a comparison whose server is not installed
 //! is reported as not measured.
 
+mod asynchronous;
 mod broker;
 mod cluster;
 mod engine;
@@ -158,6 +159,10 @@ fn main() {
     if wanted("transactions") {
         eprintln!("exactly once against at least once");
         transaction_rows(&mut table, root.path(), args.plan);
+    }
+    if wanted("async") {
+        eprintln!("the asynchronous send against the blocking one");
+        async_rows(&mut table, root.path(), args.plan);
     }
     println!("{}", table.render());
 }
@@ -329,6 +334,28 @@ fn slow_disk(before_us: f64, after_us: f64) -> String {
         format!(" (disk slow: fdatasync p50 {before_us:.0} us before, {after_us:.0} us after)")
     } else {
         String::new()
+    }
+}
+
+fn async_rows(table: &mut Table, root: &Path, plan: Plan) {
+    let rounds = plan.rounds.min(5);
+    for (fsync, durability, senders) in [(Fsync::Always, "fsync per batch", 64), (Fsync::Never, "none", 4)] {
+        let per = plan.single_records / senders / if fsync == Fsync::Always { 4 } else { 1 };
+        let p = Pair::run(
+            rounds,
+            || asynchronous::tasks(root, fsync, senders, per),
+            || asynchronous::threads(root, fsync, senders, per),
+        );
+        table.push(Row::compared(
+            format!(
+                "100 B one at a time from {senders} senders: tasks awaiting send_async (2 runtime workers) against threads calling send"
+            ),
+            durability,
+            &p,
+            "blocking send",
+            per_sec,
+            None,
+        ));
     }
 }
 
