@@ -346,6 +346,8 @@ struct Assigned {
     aborted: Vec<crate::storage::txnindex::Aborted>,
     /// Read in `read_committed`: its end is the last stable offset.
     read_committed: bool,
+    /// The partition's lag gauge, once it was read (see [`crate::telemetry`]).
+    lag: Option<metrics::Gauge>,
 }
 
 /// The rest of a fetch: whole batches from byte `at` on, good while the consumer's position
@@ -513,6 +515,7 @@ impl Consumer {
                 seen_end: 0,
                 aborted: Vec::new(),
                 read_committed: self.config.isolation_level == IsolationLevel::ReadCommitted,
+                lag: None,
             };
             next.insert(tp, a);
         }
@@ -835,6 +838,7 @@ impl Consumer {
     }
 
     /// The offsets stored for the next commit (shared with the asynchronous face).
+    #[cfg(feature = "tokio")]
     pub(crate) fn stored_offsets(&self) -> Arc<Mutex<BTreeMap<TopicPartition, i64>>> {
         self.stored.clone()
     }
@@ -905,6 +909,7 @@ impl Consumer {
 
     /// The consumer's signal, raised when a partition it reads advances, its group moves, or
     /// a [`Wakeup`] is raised.
+    #[cfg(feature = "tokio")]
     pub(crate) fn signal(&self) -> Arc<Signal> {
         self.signal.clone()
     }
@@ -970,14 +975,25 @@ impl Consumer {
             let committed = self.config.isolation_level == IsolationLevel::ReadCommitted;
             let (bytes, at) = match a.buffered.take() {
                 Some(b) if b.position == position => (b.bytes, b.at),
-                _ => match fetch(tp, a, reset, position, fetch_bytes, committed)? {
-                    Some(bytes) => (bytes, 0),
-                    None => continue,
-                },
+                _ => {
+                    crate::telemetry::fetched();
+                    match fetch(tp, a, reset, position, fetch_bytes, committed)? {
+                        Some(bytes) => (bytes, 0),
+                        None => continue,
+                    }
+                }
             };
             let position = a.position.expect("resolved by fetch");
             let (next, at) = out.take((&a.topic, tp.partition), &bytes, at, position, left, &a.aborted)?;
             a.position = Some(next);
+            let end = match a.log.reads_elsewhere() {
+                true => a.seen_end,
+                false => a.log.high_watermark(),
+            };
+            let group = self.config.group_id.as_deref();
+            a.lag
+                .get_or_insert_with(|| crate::telemetry::consumer_lag(group, &tp.topic, tp.partition))
+                .set((end - next).max(0) as f64);
             if at < bytes.len() {
                 a.buffered = Some(Buffered {
                     bytes,
@@ -988,6 +1004,7 @@ impl Consumer {
                 a.spare = Some(bytes);
             }
         }
+        crate::telemetry::polled(out.len());
         Ok(out)
     }
 }
@@ -1237,6 +1254,7 @@ impl<'a> ConsumerRecord<'a> {
 
 impl ConsumerRecords {
     /// Leaves out the records of `tp` (a partition moved by a seek).
+    #[cfg(feature = "tokio")]
     pub(crate) fn drop_partition(&mut self, tp: &TopicPartition) {
         let topics = &self.topics;
         self.runs

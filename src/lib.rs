@@ -95,6 +95,7 @@ mod producer;
 mod record;
 pub mod retry;
 pub mod storage;
+pub mod telemetry;
 mod transactional;
 pub mod txn;
 mod typed;

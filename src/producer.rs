@@ -471,6 +471,7 @@ impl DrainJob {
         job.on_a_thread();
     }
 
+    #[cfg(feature = "tokio")]
     fn run(mut self) {
         if let Some(job) = self.0.take() {
             job.run();

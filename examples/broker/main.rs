@@ -21,6 +21,9 @@
 //! first rebalance; default 3000, Kafka's default; Kafka's shipped `server.properties` sets 0
 //! for development). Ctrl-C or SIGTERM stops it and closes the log cleanly.
 //!
+//! `--metrics ADDR` serves the broker's metrics (`rivulet::telemetry`, and each group's
+//! committed lag) for Prometheus to scrape, over HTTP at any path.
+//!
 //! `--config FILE` reads the settings from a Java properties file with Kafka's names, as a
 //! Kafka broker reads `server.properties` (`log.dirs`, `listeners`, `num.partitions`, the
 //! `log.*` defaults of new topics, ...; see `properties.rs` for the list); flags given beside
@@ -42,6 +45,7 @@
 //! `--peer-listen` address; restarted, it needs neither seeds nor `--peer-listen`.
 
 mod properties;
+mod scrape;
 
 use std::process::ExitCode;
 
@@ -65,6 +69,8 @@ struct Options {
     peer_listen: Option<std::net::SocketAddr>,
     voters: Vec<(u64, std::net::SocketAddr)>,
     seeds: Vec<std::net::SocketAddr>,
+    /// Where Prometheus scrapes the metrics.
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -84,6 +90,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         peer_listen: None,
         voters: Vec::new(),
         seeds: Vec::new(),
+        metrics: None,
     };
     // The file first, wherever `--config` stands: the flags override it.
     if let Some(at) = args.iter().position(|a| a == "--config") {
@@ -178,6 +185,10 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
                     o.seeds.push(addr);
                 }
             }
+            "--metrics" => {
+                let v = value()?;
+                o.metrics = Some(v.parse().map_err(|_| format!("--metrics is IP:PORT, not {v}"))?);
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -263,7 +274,7 @@ async fn main() -> ExitCode {
                 eprintln!("{why}");
             }
             eprintln!(
-                "usage: broker [--config FILE] [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] \
+                "usage: broker [--config FILE] [--metrics ADDR] [--data DIR] [--listen ADDR] [--advertised HOST:PORT] [--fsync always|never] \
                  [--idle-ms N] [--num-partitions N] [--auto-create-topics true|false] [--acls true|false] \
                  [--group-initial-rebalance-delay-ms N] [--node-id N --peer-listen ADDR (--voters ID@ADDR,... | --seeds ADDR,...)]"
             );
@@ -278,6 +289,17 @@ async fn main() -> ExitCode {
         }
     };
     let bound = listener.local_addr().map_or(o.listen.clone(), |a| a.to_string());
+    // The recorder first: the logs register their counters with it as they open.
+    let scrapes = match o.metrics {
+        None => None,
+        Some(addr) => match (scrape::install(), scrape::bind(addr).await) {
+            (Ok(handle), Ok(listener)) => Some((handle, listener)),
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     // Kafka's group.initial.rebalance.delay.ms: clients started together share one rebalance.
     let mut builder = Broker::builder(&o.data).default_topic_config(o.topic.clone());
     if let Some(fsync) = o.fsync {
@@ -295,6 +317,13 @@ async fn main() -> ExitCode {
         }
     };
     let broker = node.broker();
+    if let Some((handle, listener)) = scrapes {
+        log::info!(
+            "metrics for Prometheus on {}",
+            listener.local_addr().map_or(String::new(), |a| a.to_string())
+        );
+        tokio::spawn(scrape::serve(listener, handle, broker.clone()));
+    }
     let mut config = ServerConfig::default().acls(o.acls);
     if let Some((host, port)) = o.advertised {
         config = config.advertised(host, port);

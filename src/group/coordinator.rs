@@ -921,6 +921,7 @@ impl Group {
             self.forget(&id);
         }
         self.generation += 1;
+        crate::telemetry::rebalanced(&self.id);
         self.rebalance_deadline = None;
         if self.members.is_empty() {
             self.state = GroupState::Empty;

@@ -225,6 +225,7 @@ pub(super) async fn handle(
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| format!("a malformed {api:?} header: {e}"))?;
     guard::check(api, version, &frame)?;
+    crate::telemetry::request(api);
     let request = Request {
         api,
         version,
@@ -252,6 +253,9 @@ pub(super) async fn handle(
             let produce: kafka_protocol::messages::ProduceRequest = request.decode()?;
             let acks = produce.acks;
             let response = produce::produce(server, client, produce).await;
+            for p in response.responses.iter().flat_map(|t| &t.partition_responses) {
+                crate::telemetry::partition_error("Produce", p.error_code);
+            }
             if acks == 0 {
                 // No response tells the client of a refusal, so the connection is closed, as
                 // Kafka does: the client notices, refreshes its metadata and reconnects.
@@ -270,7 +274,13 @@ pub(super) async fn handle(
             }
             request.reply(response)?
         }
-        ApiKey::Fetch => request.reply(fetch::fetch(server, client, request.decode()?).await)?,
+        ApiKey::Fetch => {
+            let response = fetch::fetch(server, client, request.decode()?).await;
+            for p in response.responses.iter().flat_map(|t| &t.partitions) {
+                crate::telemetry::partition_error("Fetch", p.error_code);
+            }
+            request.reply(response)?
+        }
         ApiKey::ListOffsets => {
             let list: kafka_protocol::messages::ListOffsetsRequest = request.decode()?;
             // A lookup by timestamp reads (and may decompress) batches from the disk.

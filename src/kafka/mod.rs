@@ -393,8 +393,10 @@ pub async fn serve_with(
                     continue;
                 };
                 let server = server.clone();
+                crate::telemetry::connection(true);
                 connections.spawn(async move {
                     conn::serve(stream, peer, &server).await;
+                    crate::telemetry::connection(false);
                     drop(slot);
                 });
             }

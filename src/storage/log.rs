@@ -200,6 +200,8 @@ pub(crate) struct Inner {
     /// thread to be judged on.
     #[cfg(feature = "cluster")]
     pub(super) turn: Arc<tokio::sync::Mutex<()>>,
+    /// The log's counters (see [`crate::telemetry`]).
+    pub(super) meters: crate::telemetry::LogMeters,
 }
 
 /// Asks a transaction's coordinator whether producer `producer_id`'s transaction in `epoch`
@@ -1309,6 +1311,8 @@ impl Inner {
             }
         }
         w.first_append.get_or_insert_with(Instant::now);
+        self.meters
+            .appended(header.record_count.max(0) as u32, batch.len());
         let end = header.next_offset();
         let info = AppendInfo {
             base_offset: base,

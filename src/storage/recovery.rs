@@ -224,6 +224,7 @@ impl Inner {
             producers: Mutex::new(rebuilt.state),
             aborted: RwLock::new(aborted),
             producing: Mutex::new(()),
+            meters: crate::telemetry::LogMeters::new(&dir),
             #[cfg(feature = "cluster")]
             verifier: OnceLock::new(),
             #[cfg(feature = "cluster")]

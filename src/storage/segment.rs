@@ -266,7 +266,10 @@ impl Segment {
 
     /// `fdatasync` of the log file.
     pub(crate) fn sync(&self) -> Result<()> {
-        self.file.sync_data().ctx("fsync", &self.path)
+        let started = std::time::Instant::now();
+        let result = self.file.sync_data().ctx("fsync", &self.path);
+        crate::telemetry::fsynced(started.elapsed());
+        result
     }
 
     /// Reads the header of the batch at `pos`, which must end at or before `limit`.
