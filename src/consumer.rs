@@ -119,6 +119,109 @@ impl Default for ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// Sets one setting by its Kafka consumer name, parsing the value as Kafka's clients do:
+    /// `group.id`, `group.instance.id`, `client.id`, `auto.offset.reset`
+    /// (`earliest`, `latest`, `none`), `enable.auto.commit`, `enable.auto.offset.store`,
+    /// `auto.commit.interval.ms`, `max.poll.records`, `max.poll.interval.ms`,
+    /// `max.partition.fetch.bytes`, `isolation.level` (`read_committed`,
+    /// `read_uncommitted`), `partition.assignment.strategy` (assignor names, comma-separated)
+    /// and `metadata.max.age.ms`. Any other name (`bootstrap.servers`, say: an embedded
+    /// consumer has none) and unparsable values are errors ([`Error::InvalidConfig`]) and
+    /// change nothing.
+    ///
+    /// ```
+    /// use rivulet::ConsumerConfig;
+    /// let mut config = ConsumerConfig::default();
+    /// for (name, value) in [("group.id", "billing"), ("auto.offset.reset", "earliest"), ("max.poll.records", "100")] {
+    ///     config.set(name, value)?;
+    /// }
+    /// assert!(config.set("max.poll.records", "many").is_err());
+    /// # Ok::<(), rivulet::Error>(())
+    /// ```
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        fn bad(name: &'static str, value: &str, reason: &'static str) -> Error {
+            Error::InvalidConfig {
+                name,
+                value: value.to_string(),
+                reason,
+            }
+        }
+        fn number<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| bad(name, value, "not a number in range"))
+        }
+        fn boolean(name: &'static str, value: &str) -> Result<bool> {
+            match value.trim() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(bad(name, value, "true or false")),
+            }
+        }
+        let ms = |name: &'static str| number::<u64>(name, value).map(Duration::from_millis);
+        let next = self.clone();
+        *self = match name {
+            "group.id" => next.group_id(value),
+            "group.instance.id" => next.group_instance_id(value),
+            "client.id" => next.client_id(value),
+            "auto.offset.reset" => next.auto_offset_reset(match value.trim() {
+                "earliest" => OffsetReset::Earliest,
+                "latest" => OffsetReset::Latest,
+                "none" => OffsetReset::None,
+                _ => return Err(bad("auto.offset.reset", value, "earliest, latest or none")),
+            }),
+            "enable.auto.commit" => next.enable_auto_commit(boolean("enable.auto.commit", value)?),
+            "enable.auto.offset.store" => {
+                next.enable_auto_offset_store(boolean("enable.auto.offset.store", value)?)
+            }
+            "auto.commit.interval.ms" => next.auto_commit_interval(ms("auto.commit.interval.ms")?),
+            "max.poll.records" => match number::<usize>("max.poll.records", value)? {
+                0 => return Err(bad("max.poll.records", value, "at least 1")),
+                n => next.max_poll_records(n),
+            },
+            "max.poll.interval.ms" => next.max_poll_interval(ms("max.poll.interval.ms")?),
+            "max.partition.fetch.bytes" => match number::<usize>("max.partition.fetch.bytes", value)? {
+                0 => return Err(bad("max.partition.fetch.bytes", value, "at least 1")),
+                n => next.fetch_bytes(n),
+            },
+            "isolation.level" => next.isolation_level(match value.trim() {
+                "read_committed" => IsolationLevel::ReadCommitted,
+                "read_uncommitted" => IsolationLevel::ReadUncommitted,
+                _ => {
+                    return Err(bad(
+                        "isolation.level",
+                        value,
+                        "read_committed or read_uncommitted",
+                    ));
+                }
+            }),
+            "partition.assignment.strategy" => {
+                let assignors: Option<Vec<Assignor>> =
+                    value.split(',').map(|n| Assignor::from_name(n.trim())).collect();
+                match assignors {
+                    Some(list) if !list.is_empty() => next.partition_assignment_strategy(&list),
+                    _ => {
+                        return Err(bad(
+                            "partition.assignment.strategy",
+                            value,
+                            "range, roundrobin, sticky or cooperative-sticky, comma-separated",
+                        ));
+                    }
+                }
+            }
+            "metadata.max.age.ms" => next.metadata_max_age(ms("metadata.max.age.ms")?),
+            _ => {
+                return Err(Error::InvalidConfig {
+                    name: "consumer config",
+                    value: name.to_string(),
+                    reason: "not a setting of an embedded consumer",
+                });
+            }
+        };
+        Ok(())
+    }
+
     /// `max.poll.records`: the most records one `poll` returns. Default 500; at least 1.
     pub fn max_poll_records(mut self, n: usize) -> Self {
         self.max_poll_records = n.max(1);

@@ -112,9 +112,14 @@ pub use consumer::{
     OffsetReset, RebalanceListener, TopicPartition, Wakeup,
 };
 pub use error::{BatchError, Error, ProducerError, Result};
-pub use group::Assignor;
-pub use producer::{DefaultPartitioner, Partitioner, Producer, ProducerRecord, RecordMetadata, murmur2};
+// Types the consumer's and the broker's methods take and return, also at the root.
+pub use group::{Assignor, GroupDescription, GroupState, OffsetAndMetadata};
+pub use producer::{
+    DefaultPartitioner, Partitioner, Producer, ProducerConfig, ProducerRecord, RecordMetadata, SendFuture,
+    murmur2,
+};
 pub use record::{Consumed, OwnedRecord};
+pub use storage::TimestampOffset;
 pub use storage::{Header, Headers, OwnedHeader};
 pub use transactional::{DEFAULT_TRANSACTION_TIMEOUT, Transaction, TransactionalProducer};
 #[cfg(feature = "json")]

@@ -226,6 +226,8 @@ struct ProducerInner {
     broker: Broker,
     partitioner: Arc<dyn Partitioner>,
     compression: Compression,
+    /// `buffer.memory`: the sealed bytes a queue holds before asynchronous sends wait.
+    buffer_memory: usize,
     queues: Mutex<HashMap<(String, u32), Arc<Queue>>>,
     sticky: Mutex<HashMap<String, u32>>,
     seed: AtomicU64,
@@ -280,7 +282,7 @@ struct QueueState {
     /// Full batches of asynchronous senders, sealed while another append was under way, in
     /// generation order (all before `open`); appended before it.
     sealed: VecDeque<Sealed>,
-    /// The bytes of `sealed`, bounded by [`BUFFER_BYTES`].
+    /// The bytes of `sealed`, bounded by the producer's `buffer.memory`.
     sealed_bytes: usize,
     /// Records of asynchronous senders waiting for room, in the order they were sent: they
     /// join batches (before any later asynchronous send) as sealed batches are appended.
@@ -302,9 +304,103 @@ struct Sealed {
     delivery: Option<Arc<Delivery>>,
 }
 
-/// The most bytes of sealed batches a partition's queue holds for asynchronous senders
-/// (Kafka's `buffer.memory` default); a sender past it waits for room.
+/// The most bytes of sealed batches a partition's queue holds for asynchronous senders by
+/// default (Kafka's `buffer.memory` default); a sender past it waits for room.
 const BUFFER_BYTES: usize = 32 << 20;
+
+/// Settings of a [`Producer`], settable by Kafka's producer names.
+///
+/// ```
+/// use rivulet::{Broker, Producer, ProducerConfig};
+/// let mut config = ProducerConfig::default();
+/// config.set("compression.type", "zstd")?;
+/// config.set("buffer.memory", "67108864")?;
+/// assert!(config.set("acks", "all").is_err()); // the topic's fsync policy says when a send is acknowledged
+/// # let dir = tempfile::tempdir()?;
+/// # let broker = Broker::open(dir.path())?;
+/// let producer = Producer::with_config(&broker, config);
+/// # let _ = producer;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    partitioner: Arc<dyn Partitioner>,
+    compression: Compression,
+    buffer_memory: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            partitioner: Arc::new(DefaultPartitioner),
+            compression: Compression::None,
+            buffer_memory: BUFFER_BYTES,
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// The partitioner (Kafka's `partitioner.class`). Default [`DefaultPartitioner`].
+    pub fn partitioner(mut self, partitioner: Arc<dyn Partitioner>) -> Self {
+        self.partitioner = partitioner;
+        self
+    }
+
+    /// `compression.type`: the codec of the producer's batches (a topic's own
+    /// `compression.type`, if set to a codec, wins). Default none.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// `buffer.memory`: the most bytes of batches a partition's queue holds for
+    /// [`Producer::send_async`] before further records wait. Default 32 MiB; at least 1.
+    pub fn buffer_memory(mut self, bytes: usize) -> Self {
+        self.buffer_memory = bytes.max(1);
+        self
+    }
+
+    /// Sets one setting by its Kafka producer name: `compression.type` (`none`, `gzip`,
+    /// `snappy`, `lz4`, `zstd`) or `buffer.memory`. Other names (`acks`, `linger.ms`,
+    /// `bootstrap.servers`: an embedded producer's sends are acknowledged by the topic's
+    /// fsync policy and batched as they come) and unparsable values are errors and change
+    /// nothing.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        let bad = |name: &'static str, reason: &'static str| Error::InvalidConfig {
+            name,
+            value: value.to_string(),
+            reason,
+        };
+        match name {
+            "compression.type" => {
+                self.compression = match value.trim() {
+                    "none" => Compression::None,
+                    "gzip" => Compression::Gzip,
+                    "snappy" => Compression::Snappy,
+                    "lz4" => Compression::Lz4,
+                    "zstd" => Compression::Zstd,
+                    _ => return Err(bad("compression.type", "none, gzip, snappy, lz4 or zstd")),
+                }
+            }
+            "buffer.memory" => {
+                self.buffer_memory = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 0)
+                    .ok_or_else(|| bad("buffer.memory", "a count of bytes, at least 1"))?;
+            }
+            _ => {
+                return Err(Error::InvalidConfig {
+                    name: "producer config",
+                    value: name.to_string(),
+                    reason: "not a setting of an embedded producer",
+                });
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A record of an asynchronous sender waiting for room, with what its batch needs.
 #[derive(Debug)]
@@ -341,9 +437,9 @@ impl QueueState {
     }
 
     /// Whether an asynchronous sender's record of `size` may join a batch now: it needs no
-    /// seal, or the sealed batches have room for one more.
-    fn has_room(&self, size: usize, max: usize) -> bool {
-        !self.must_seal(size, max) || self.sealed_bytes < BUFFER_BYTES
+    /// seal, or the sealed batches hold less than `buffer` bytes.
+    fn has_room(&self, size: usize, max: usize, buffer: usize) -> bool {
+        !self.must_seal(size, max) || self.sealed_bytes < buffer
     }
 
     /// Adds an asynchronous sender's record to the open batch, sealing a full one first;
@@ -381,9 +477,9 @@ impl QueueState {
     }
 
     /// Moves waiting records into batches, in order, while there is room.
-    fn admit_overflow(&mut self) {
+    fn admit_overflow(&mut self, buffer: usize) {
         while let Some(next) = self.overflow.front() {
-            if !self.has_room(next.size, next.max) {
+            if !self.has_room(next.size, next.max, buffer) {
                 return;
             }
             let next = self.overflow.pop_front().expect("looked at");
@@ -704,6 +800,19 @@ impl Producer {
         partitioner: Arc<dyn Partitioner>,
         compression: Compression,
     ) -> Producer {
+        let config = ProducerConfig::default()
+            .partitioner(partitioner)
+            .compression(compression);
+        Self::with_config(broker, config)
+    }
+
+    /// A producer with these settings.
+    pub fn with_config(broker: &Broker, config: ProducerConfig) -> Producer {
+        let ProducerConfig {
+            partitioner,
+            compression,
+            buffer_memory,
+        } = config;
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
@@ -713,6 +822,7 @@ impl Producer {
                 broker: broker.clone(),
                 partitioner,
                 compression,
+                buffer_memory,
                 queues: Mutex::new(HashMap::new()),
                 sticky: Mutex::new(HashMap::new()),
                 seed: AtomicU64::new(seed),
@@ -960,7 +1070,7 @@ impl ProducerInner {
             append_time: p.append_time,
         };
         let mut state = p.queue.state.lock();
-        let queued = if state.overflow.is_empty() && state.has_room(p.size, p.max) {
+        let queued = if state.overflow.is_empty() && state.has_room(p.size, p.max, self.buffer_memory) {
             let (delivery, index) = state.admit(p.codec, p.max, p.size, record, p.timestamp);
             SendState::Queued {
                 ticket: Ticket {
@@ -1004,7 +1114,7 @@ impl ProducerInner {
     fn drain(&self, queue: &Queue, captured: &PartitionLog, topic: &str, partition: u32) {
         let mut state = queue.state.lock();
         loop {
-            state.admit_overflow();
+            state.admit_overflow(self.buffer_memory);
             let pending = !state.sealed.is_empty()
                 || state.open.as_ref().is_some_and(|b| !b.is_empty())
                 || !state.overflow.is_empty();

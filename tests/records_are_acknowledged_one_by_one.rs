@@ -230,3 +230,44 @@ fn a_rebalance_commits_the_stored_offsets_of_what_it_takes_away() {
     let moved = &second.assignment()[0];
     assert_eq!(committed(&broker, "shared", moved), Some(1));
 }
+
+#[test]
+fn consumer_settings_by_kafka_names_behave_as_the_setters() {
+    let (_dir, broker) = broker_with("jobs", 1, 3);
+    let mut config = ConsumerConfig::default();
+    for (name, value) in [
+        ("group.id", "by-name"),
+        ("auto.offset.reset", "earliest"),
+        ("enable.auto.offset.store", "false"),
+        ("enable.auto.commit", "false"),
+        ("max.poll.records", "2"),
+        ("isolation.level", "read_committed"),
+        ("partition.assignment.strategy", "cooperative-sticky"),
+    ] {
+        config.set(name, value).unwrap();
+    }
+    // Bad input is refused and changes nothing.
+    let before = format!("{config:?}");
+    assert!(config.set("max.poll.records", "0").is_err());
+    assert!(config.set("auto.offset.reset", "smallest").is_err());
+    assert!(config.set("bootstrap.servers", "localhost:9092").is_err());
+    assert_eq!(format!("{config:?}"), before);
+
+    let tp = TopicPartition::new("jobs", 0);
+    let mut consumer = Consumer::new(&broker, config);
+    consumer.assign(std::slice::from_ref(&tp)).unwrap();
+    let records: Vec<_> = consumer
+        .poll(TIMEOUT)
+        .unwrap()
+        .iter()
+        .map(|r| r.detach())
+        .collect();
+    assert_eq!(records.len(), 2, "max.poll.records");
+    consumer.store_offset(&records[0]).unwrap();
+    consumer.commit().unwrap();
+    assert_eq!(
+        committed(&broker, "by-name", &tp),
+        Some(1),
+        "enable.auto.offset.store=false"
+    );
+}
