@@ -842,8 +842,10 @@ impl Producer {
     /// Queues one record and returns a future of where it was written, resolved once it is
     /// acknowledged (as [`Producer::send`] returns). The record is encoded into its
     /// partition's open batch before this returns, so the future borrows nothing; records
-    /// sent meanwhile, by any task or thread, share batches and `fdatasync`s. The appends run
-    /// on a blocking thread, never on the caller's task or runtime worker.
+    /// sent meanwhile, by any task or thread, share batches and `fdatasync`s. An append that
+    /// waits for the disk (a topic under [`Fsync::Always`]) runs on a blocking thread, never
+    /// on the caller's task or runtime worker; one to the page cache alone is made at once by
+    /// the caller when no other append is under way, as [`Producer::send`] makes it.
     ///
     /// Errors found before queueing (an unknown partition, a bad timestamp) are the future's
     /// result. Once a partition's queue holds 32 MiB of batches not yet appended (Kafka's
@@ -1072,6 +1074,12 @@ impl ProducerInner {
         let mut state = p.queue.state.lock();
         let queued = if state.overflow.is_empty() && state.has_room(p.size, p.max, self.buffer_memory) {
             let (delivery, index) = state.admit(p.codec, p.max, p.size, record, p.timestamp);
+            // An append that waits for no disk (the topic does not sync every batch) is over in
+            // microseconds, less than handing it to another thread costs: done here when no
+            // one else is appending, as the blocking `send` does.
+            if p.quick && !state.appending && state.sealed.is_empty() {
+                self.append_open(&p.queue, &mut state, &p.log, &p.topic, p.partition);
+            }
             SendState::Queued {
                 ticket: Ticket {
                     delivery,
