@@ -75,6 +75,8 @@ pub struct AsyncConsumer {
     checked: u64,
     /// The stream's look for records under way.
     next: Option<Pin<Box<dyn Future<Output = Result<ConsumerRecords>> + Send>>>,
+    /// Set by `into_inner`, which takes the consumer back: the drop closes nothing.
+    detached: bool,
 }
 
 impl std::fmt::Debug for AsyncConsumer {
@@ -105,13 +107,7 @@ impl Shared {
             return None;
         }
         let step = consumer.poll_step(deadline);
-        let assigned: BTreeSet<TopicPartition> = consumer.assignment().into_iter().collect();
-        {
-            let mut assignment = self.assignment.lock();
-            if *assignment.1 != assigned {
-                *assignment = (assignment.0 + 1, Arc::new(assigned));
-            }
-        }
+        self.note_assignment(&consumer);
         let result = match step {
             Ok(Step::Wait { seen, wake }) => return Some((seen, wake)),
             Ok(Step::Ready(records)) => Ok(records),
@@ -126,6 +122,24 @@ impl Shared {
         }
         undelivered.push_back(result);
         None
+    }
+
+    /// Records the consumer's assignment; when it moved, results waiting lose the records of
+    /// partitions given up (the consumer dropped their holds).
+    fn note_assignment(&self, consumer: &Consumer) {
+        let assigned: BTreeSet<TopicPartition> = consumer.assignment().into_iter().collect();
+        let mut assignment = self.assignment.lock();
+        if *assignment.1 == assigned {
+            return;
+        }
+        for records in self.undelivered.lock().iter_mut().flatten() {
+            for (tp, _) in records.firsts() {
+                if !assigned.contains(&tp) {
+                    records.drop_partition(&tp);
+                }
+            }
+        }
+        *assignment = (assignment.0 + 1, Arc::new(assigned));
     }
 
     /// The oldest result waiting, if any (its records stay held until the caller says).
@@ -152,6 +166,7 @@ impl AsyncConsumer {
             ready: VecDeque::new(),
             checked: 0,
             next: None,
+            detached: false,
         }
     }
 
@@ -164,11 +179,7 @@ impl AsyncConsumer {
         blocking(move || {
             let mut consumer = shared.consumer.lock();
             let value = f(&mut consumer);
-            let assigned: BTreeSet<TopicPartition> = consumer.assignment().into_iter().collect();
-            let mut assignment = shared.assignment.lock();
-            if *assignment.1 != assigned {
-                *assignment = (assignment.0 + 1, Arc::new(assigned));
-            }
+            shared.note_assignment(&consumer);
             value
         })
         .await
@@ -266,6 +277,7 @@ impl AsyncConsumer {
                 .or_insert(r.offset);
         }
         let mut shared = self.shared.clone();
+        self.detached = true;
         drop(self);
         let consumer = loop {
             match Arc::try_unwrap(shared) {
@@ -332,10 +344,17 @@ impl AsyncConsumer {
                     *hold = offset;
                 }
             }
-            None if self.shared.undelivered.lock().is_empty() => {
-                self.held.lock().remove(&tp);
+            None => {
+                // Under the queue's lock, as a step pushes and holds: a batch it pushes of this
+                // partition keeps its hold.
+                let undelivered = self.shared.undelivered.lock();
+                if undelivered.is_empty() {
+                    self.held.lock().remove(&tp);
+                } else {
+                    drop(undelivered);
+                    self.rehold();
+                }
             }
-            None => self.rehold(),
         }
     }
 
@@ -414,9 +433,20 @@ impl Drop for AsyncConsumer {
     /// blocking pool when dropped within a runtime.
     fn drop(&mut self) {
         self.next = None;
+        if self.detached {
+            return;
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let shared = self.shared.clone();
-            runtime.spawn_blocking(move || drop(shared));
+            // This handle's reference goes when this returns; the task waits for that (and for
+            // a cancelled look's step) so that the last reference, and the close, is its own.
+            runtime.spawn_blocking(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                drop(shared);
+            });
         }
     }
 }

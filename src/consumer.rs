@@ -153,7 +153,7 @@ impl ConsumerConfig {
                 .map_err(|_| bad(name, value, "not a number in range"))
         }
         fn boolean(name: &'static str, value: &str) -> Result<bool> {
-            match value.trim() {
+            match value.trim().to_ascii_lowercase().as_str() {
                 "true" => Ok(true),
                 "false" => Ok(false),
                 _ => Err(bad(name, value, "true or false")),
@@ -162,9 +162,9 @@ impl ConsumerConfig {
         let ms = |name: &'static str| number::<u64>(name, value).map(Duration::from_millis);
         let next = self.clone();
         *self = match name {
-            "group.id" => next.group_id(value),
-            "group.instance.id" => next.group_instance_id(value),
-            "client.id" => next.client_id(value),
+            "group.id" => next.group_id(value.trim()),
+            "group.instance.id" => next.group_instance_id(value.trim()),
+            "client.id" => next.client_id(value.trim()),
             "auto.offset.reset" => next.auto_offset_reset(match value.trim() {
                 "earliest" => OffsetReset::Earliest,
                 "latest" => OffsetReset::Latest,
@@ -180,7 +180,12 @@ impl ConsumerConfig {
                 0 => return Err(bad("max.poll.records", value, "at least 1")),
                 n => next.max_poll_records(n),
             },
-            "max.poll.interval.ms" => next.max_poll_interval(ms("max.poll.interval.ms")?),
+            "max.poll.interval.ms" => match ms("max.poll.interval.ms")? {
+                d if d.is_zero() || d > crate::group::MAX_TIMEOUT => {
+                    return Err(bad("max.poll.interval.ms", value, "from 1 ms to 30 minutes"));
+                }
+                d => next.max_poll_interval(d),
+            },
             "max.partition.fetch.bytes" => match number::<usize>("max.partition.fetch.bytes", value)? {
                 0 => return Err(bad("max.partition.fetch.bytes", value, "at least 1")),
                 n => next.fetch_bytes(n),

@@ -1077,7 +1077,8 @@ impl ProducerInner {
             // An append that waits for no disk (the topic does not sync every batch) is over in
             // microseconds, less than handing it to another thread costs: done here when no
             // one else is appending, as the blocking `send` does.
-            if p.quick && !state.appending && state.sealed.is_empty() {
+            // Not for a cluster's partition: its append waits for replication.
+            if p.quick && !p.log.is_replicated() && !state.appending && state.sealed.is_empty() {
                 self.append_open(&p.queue, &mut state, &p.log, &p.topic, p.partition);
             }
             SendState::Queued {
@@ -1102,7 +1103,10 @@ impl ProducerInner {
                 sent: Some(sent),
             }
         };
-        if !state.draining {
+        let pending = !state.sealed.is_empty()
+            || state.open.as_ref().is_some_and(|b| !b.is_empty())
+            || !state.overflow.is_empty();
+        if pending && !state.draining {
             state.draining = true;
             drop(state);
             DrainJob::start(Job {

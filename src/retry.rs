@@ -429,8 +429,10 @@ impl RetryingConsumer {
                     .fail(&self.producer, &record, &failure, group.as_deref())
                 {
                     for (tp, offset) in &unhandled {
-                        if !self.held.contains_key(tp) {
-                            self.consumer.seek(tp, *offset)?;
+                        if !self.held.contains_key(tp)
+                            && let Err(seek) = self.consumer.seek(tp, *offset)
+                        {
+                            log::warn!("{tp}: cannot move back to {offset}: {seek}");
                         }
                     }
                     return Err(e);

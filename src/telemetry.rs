@@ -160,15 +160,24 @@ pub(crate) fn partition_error(api: &'static str, code: i16) {
     }
 }
 
-/// A Kafka connection opened (`true`) or closed.
+/// A Kafka connection, counted open until dropped (however its task ends).
 #[cfg(feature = "kafka")]
-pub(crate) fn connection(open: bool) {
-    let open_now = gauge!("rivulet_kafka_connections");
-    if open {
+pub(crate) struct Connection(Gauge);
+
+#[cfg(feature = "kafka")]
+impl Connection {
+    pub(crate) fn opened() -> Connection {
         counter!("rivulet_kafka_connections_total").increment(1);
-        open_now.increment(1.0);
-    } else {
-        open_now.decrement(1.0);
+        let open = gauge!("rivulet_kafka_connections");
+        open.increment(1.0);
+        Connection(open)
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

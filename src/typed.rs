@@ -8,6 +8,7 @@
 //! is `ByteArraySerializer`; [`Json`] (feature `json`) is JSON through serde, as Kafka's
 //! `JsonSerializer` writes it (no schema envelope).
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -422,6 +423,9 @@ impl<K, V, KD: Deserializer<K>, VD: Deserializer<V>> TypedConsumer<K, V, KD, VD>
         let records = self.consumer.poll(timeout)?;
         let firsts = records.firsts();
         let mut forwarding = None;
+        // Per partition, the offset after the last record dealt with (returned, skipped or
+        // dead-lettered): where it is read again from if a dead letter cannot be written.
+        let mut done: BTreeMap<crate::TopicPartition, i64> = BTreeMap::new();
         let mut out = Vec::with_capacity(records.len());
         // Partitions stopped at a record that does not decode, with the first such error.
         let mut halted: Vec<(crate::TopicPartition, i64, String)> = Vec::new();
@@ -430,8 +434,12 @@ impl<K, V, KD: Deserializer<K>, VD: Deserializer<V>> TypedConsumer<K, V, KD, VD>
             if halted.iter().any(|(h, _, _)| *h == tp) {
                 continue;
             }
+            let next = r.offset + 1;
             match self.decode(&r) {
-                Ok(decoded) => out.push(decoded),
+                Ok(decoded) => {
+                    out.push(decoded);
+                    done.insert(tp, next);
+                }
                 Err(reason) => match &self.on_error {
                     OnDecodeError::Fail => halted.push((tp, r.offset, reason)),
                     OnDecodeError::Skip => {
@@ -441,6 +449,7 @@ impl<K, V, KD: Deserializer<K>, VD: Deserializer<V>> TypedConsumer<K, V, KD, VD>
                             r.partition,
                             r.offset
                         );
+                        done.insert(tp, next);
                     }
                     OnDecodeError::DeadLetter(topic) => {
                         let producer = self
@@ -454,15 +463,25 @@ impl<K, V, KD: Deserializer<K>, VD: Deserializer<V>> TypedConsumer<K, V, KD, VD>
                             forwarding = Some(e);
                             break;
                         }
+                        done.insert(tp, next);
                     }
                 },
             }
         }
         if let Some(e) = forwarding {
-            for (tp, offset) in &firsts {
-                self.consumer.seek(tp, *offset)?;
+            // What was dealt with stays dealt with (nothing is dead-lettered twice); the rest
+            // is read again. The records decoded so far are returned, the error next.
+            for (tp, first) in &firsts {
+                let at = done.get(tp).copied().unwrap_or(*first);
+                if let Err(seek) = self.consumer.seek(tp, at) {
+                    log::warn!("{tp}: cannot move back to {at}: {seek}");
+                }
             }
-            return Err(e);
+            if out.is_empty() {
+                return Err(e);
+            }
+            self.failed = Some(e);
+            return Ok(out);
         }
         // A halted partition is read again from its bad record: the next poll meets it first.
         for (tp, offset, _) in &halted {

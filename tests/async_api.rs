@@ -282,3 +282,48 @@ async fn a_dropped_poll_loses_no_record() {
     // Whatever the dropped polls fetched came back from later ones: each record once.
     assert_eq!(delivered, (0..200).collect::<Vec<i64>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_async_consumer_closes_in_the_background_and_commits_what_it_yielded() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path()).unwrap();
+    broker.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let producer = Producer::new(&broker);
+    for i in 0..5u8 {
+        producer.send_async(ProducerRecord::new("t", &[i])).await.unwrap();
+    }
+    let config = ConsumerConfig::default()
+        .group_id("g")
+        .auto_offset_reset(OffsetReset::Earliest);
+    let tp = TopicPartition::new("t", 0);
+    let mut consumer = AsyncConsumer::new(Consumer::new(&broker, config));
+    let assigned = tp.clone();
+    consumer.run(move |c| c.assign(&[assigned])).await.unwrap();
+    for _ in 0..2 {
+        tokio::time::timeout(TIMEOUT, consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    drop(consumer);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let committed = broker.group_offsets("g").ok().and_then(|o| {
+            o.into_iter()
+                .find(|o| o.partition == tp)
+                .map(|o| o.committed.offset)
+        });
+        if let Some(offset) = committed {
+            assert_eq!(
+                offset, 2,
+                "the close commits past the records yielded, no further"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped consumer never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -25,8 +25,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
 /// The most bytes of a scrape request read before answering (its headers are not needed).
 const MAX_REQUEST: usize = 8 << 10;
 
+/// Scrapes answered at once; a connection past them is closed unanswered.
+const MAX_SCRAPES: usize = 4;
+
+/// How long one scrape may take, from its connection to its last byte sent.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Answers scrapes on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle, broker: Broker) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -36,12 +43,19 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, broker: Brok
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            log::warn!("metrics: {MAX_SCRAPES} scrapes under way; {peer} refused");
+            continue;
+        };
         let handle = handle.clone();
         let broker = broker.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(&mut stream, &handle, broker).await {
-                log::debug!("metrics: {peer}: {e}");
+            match tokio::time::timeout(SCRAPE_TIMEOUT, answer(&mut stream, &handle, broker)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::debug!("metrics: {peer}: {e}"),
+                Err(_) => log::debug!("metrics: {peer}: took longer than {SCRAPE_TIMEOUT:?}"),
             }
+            drop(slot);
         });
     }
 }
@@ -51,22 +65,19 @@ async fn answer(
     handle: &PrometheusHandle,
     broker: Broker,
 ) -> std::io::Result<()> {
-    // Read the request line and headers (bounded, and at most 10 s).
+    // Read the request line and headers (bounded); nothing is done for a partial request.
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
-    let read = async {
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            request.extend_from_slice(&buf[..n]);
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        if request.len() >= MAX_REQUEST {
+            return Err(std::io::Error::other("a request too long"));
         }
-        Ok::<(), std::io::Error>(())
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .map_err(|_| std::io::Error::other("a slow request"))??;
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("a request cut short"));
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
     // Group lag reads the offsets store: off the runtime's workers.
     tokio::task::spawn_blocking(move || group_lag(&broker))
         .await

@@ -393,11 +393,10 @@ pub async fn serve_with(
                     continue;
                 };
                 let server = server.clone();
-                crate::telemetry::connection(true);
+                let open = crate::telemetry::Connection::opened();
                 connections.spawn(async move {
                     conn::serve(stream, peer, &server).await;
-                    crate::telemetry::connection(false);
-                    drop(slot);
+                    drop((slot, open));
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
