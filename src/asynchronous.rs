@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 use parking_lot::Mutex;
 
-use crate::consumer::Step;
+use crate::consumer::{Step, refuse_negative};
 use crate::error::{Error, Result};
 use crate::group::OffsetAndMetadata;
 use crate::record::{Consumed, OwnedRecord};
@@ -235,6 +235,7 @@ impl AsyncConsumer {
 
     /// Commits `record`'s partition past it, as [`Consumer::commit_record`].
     pub async fn commit_record(&self, record: &impl Consumed) -> Result<()> {
+        refuse_negative("offset", record.offset())?;
         let tp = TopicPartition::new(record.topic(), record.partition());
         let next = record.offset() + 1;
         self.run(move |c| c.commit_offsets(&[(tp, next, "")])).await
@@ -243,13 +244,7 @@ impl AsyncConsumer {
     /// Acknowledges `record` for the next commit, as [`Consumer::store_offset`] (a record
     /// of a partition not assigned is refused); it waits for nothing.
     pub fn store_offset(&self, record: &impl Consumed) -> Result<()> {
-        if record.offset() < 0 {
-            return Err(Error::InvalidArgument {
-                name: "offset",
-                value: record.offset().to_string(),
-                reason: "it must not be negative",
-            });
-        }
+        refuse_negative("offset", record.offset())?;
         let tp = TopicPartition::new(record.topic(), record.partition());
         if !self.shared.assignment.lock().1.contains(&tp) {
             return Err(Error::IllegalState(

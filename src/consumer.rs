@@ -1112,7 +1112,9 @@ impl Consumer {
                 a.spare = Some(bytes);
             }
         }
-        crate::telemetry::polled(out.len());
+        if !out.is_empty() {
+            crate::telemetry::polled(out.len());
+        }
         Ok(out)
     }
 }
@@ -1140,7 +1142,7 @@ const STABLE_OFFSETS_WAIT: Duration = Duration::from_secs(60);
 const READ_ELSEWHERE_EVERY: Duration = Duration::from_millis(100);
 
 /// Refuses a negative offset or timestamp, as Kafka's clients do.
-fn refuse_negative(name: &'static str, value: i64) -> Result<()> {
+pub(crate) fn refuse_negative(name: &'static str, value: i64) -> Result<()> {
     if value < 0 {
         return Err(Error::InvalidArgument {
             name,
@@ -1371,14 +1373,20 @@ impl ConsumerRecords {
     }
 
     /// The first offset of each partition among the records.
+    ///
+    /// Read off the runs without decoding a record: a partition's first run starts at the
+    /// position the poll read it from, at or below its first record (records a compaction
+    /// removed, or control batches, lie between), so moving back there, or holding commits
+    /// there, reads again or keeps exactly what this value holds.
     pub(crate) fn firsts(&self) -> Vec<(TopicPartition, i64)> {
         let mut out: Vec<(TopicPartition, i64)> = Vec::new();
-        for r in self {
+        for run in &self.runs {
+            let topic = &self.topics[run.topic as usize];
             if !out
                 .iter()
-                .any(|(tp, _)| tp.partition == r.partition && tp.topic == r.topic)
+                .any(|(tp, _)| tp.partition == run.partition && *tp.topic == **topic)
             {
-                out.push((r.topic_partition(), r.offset));
+                out.push((TopicPartition::new(&**topic, run.partition), run.from));
             }
         }
         out

@@ -63,6 +63,9 @@ pub mod headers {
     pub const CONNECT_EXCEPTION_MESSAGE: &str = "__connect.errors.exception.message";
 }
 
+/// The longest failure message a forwarded record carries, in bytes.
+pub const MAX_FAILURE_MESSAGE: usize = 1024;
+
 /// Why a record failed: a kind (what Java names the exception class) and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -74,10 +77,20 @@ pub struct Failure {
 
 impl Failure {
     /// A failure of `kind` with `message`.
+    /// The message is cut to [`MAX_FAILURE_MESSAGE`] bytes: it travels in a header of the
+    /// forwarded record, which must stay within the topic's `max.message.bytes`.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_FAILURE_MESSAGE {
+            let mut end = MAX_FAILURE_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
         Failure {
             kind: kind.into(),
-            message: message.into(),
+            message,
         }
     }
 
@@ -488,6 +501,15 @@ mod tests {
             value: None,
             headers: vec![OwnedHeader::new(key, value)],
         }
+    }
+
+    #[test]
+    fn a_long_failure_message_is_cut_at_a_character() {
+        let long = "é".repeat(MAX_FAILURE_MESSAGE); // two bytes each
+        let failure = Failure::new("handler", long);
+        assert_eq!(failure.message.len(), MAX_FAILURE_MESSAGE);
+        assert!(failure.message.chars().all(|c| c == 'é'));
+        assert_eq!(Failure::new("handler", "short").message, "short");
     }
 
     #[test]

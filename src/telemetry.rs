@@ -1,7 +1,9 @@
 //! Metrics through the [`metrics`] facade: counters, gauges and histograms any recorder
-//! collects (a Prometheus exporter, StatsD, an application's own). Without a recorder
-//! installed they cost an atomic load each. Handles are registered when a log opens or a
-//! consumer is assigned a partition: install the recorder before opening the broker.
+//! collects (a Prometheus exporter, StatsD, an application's own). A log's counters are
+//! handles registered when it opens, and a consumer's lag gauge when it first reads a
+//! partition: install the recorder before opening the broker. Without a recorder those
+//! handles do nothing; the other metrics (per fsync, fetch, request, rebalance) look the
+//! recorder up at each event and build their labels.
 //!
 //! | metric | kind | labels | what |
 //! |---|---|---|---|

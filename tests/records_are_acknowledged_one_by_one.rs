@@ -150,20 +150,7 @@ fn a_wakeup_ends_a_poll_waiting_for_records() {
     ));
     assert!(consumer.poll(Duration::ZERO).unwrap().is_empty());
 
-    let wakeup = consumer.wakeup_handle();
-    let (done, ended) = mpsc::channel();
-    let poller = std::thread::spawn(move || {
-        let result = consumer.poll(Duration::from_secs(3600));
-        done.send(matches!(result, Err(Error::Wakeup))).unwrap();
-        consumer
-    });
-    std::thread::sleep(Duration::from_millis(50));
-    wakeup.wakeup();
-    assert!(
-        ended.recv_timeout(TIMEOUT).expect("the poll ended"),
-        "ended by the wakeup"
-    );
-    poller.join().unwrap();
+    assert_a_wakeup_ends_its_poll(consumer, Duration::from_millis(50));
 }
 
 #[test]
@@ -177,13 +164,19 @@ fn a_wakeup_ends_a_poll_waiting_for_a_rebalance() {
     broker.create_topic("t", 1, TopicConfig::default()).unwrap();
     let mut consumer = Consumer::new(&broker, ConsumerConfig::default().group_id("slow-start"));
     consumer.subscribe(["t"]).unwrap();
+    assert_a_wakeup_ends_its_poll(consumer, Duration::from_millis(100));
+}
+
+/// Polls `consumer` for an hour on a thread, raises its wakeup after `after`, and asserts
+/// the poll ends with `Error::Wakeup` (within `TIMEOUT`).
+fn assert_a_wakeup_ends_its_poll(mut consumer: Consumer, after: Duration) {
     let wakeup = consumer.wakeup_handle();
     let (done, ended) = mpsc::channel();
     let poller = std::thread::spawn(move || {
         let result = consumer.poll(Duration::from_secs(3600));
         done.send(matches!(result, Err(Error::Wakeup))).unwrap();
     });
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(after);
     wakeup.wakeup();
     assert!(
         ended.recv_timeout(TIMEOUT).expect("the poll ended"),
