@@ -26,11 +26,13 @@ use crate::consumer::TopicPartition;
 use crate::error::{Error, IoContext, Result};
 use crate::group::offsets::{self, OFFSETS_TOPIC, OffsetStore};
 use crate::group::{GroupCoordinator, GroupDescription, GroupState, OffsetAndMetadata};
+use crate::read_only::ReadOnlyBroker;
+use crate::storage::follow::{Followed, Lookout};
 use crate::storage::io::{self, Fs};
 use crate::storage::{Housekeeper, PartitionLog, StdFs, meta};
 
 const REGISTRY_FILE: &str = "topics.meta";
-const LOCK_FILE: &str = ".lock";
+pub(crate) const LOCK_FILE: &str = ".lock";
 /// Version 2 added the compaction settings to each topic's config.
 const REGISTRY_VERSION: u32 = 2;
 /// The most partitions one topic may have.
@@ -261,6 +263,10 @@ pub(crate) struct BrokerInner {
     settings: BrokerBuilder,
     lock: Mutex<Option<File>>,
     housekeeper: Housekeeper,
+    /// Whether processes that opened the directory read-only follow it, and the thread that
+    /// looks for them (see `storage::follow`).
+    followed: Arc<Followed>,
+    lookout: Lookout,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serializes changes to the set of topics and the registry file.
     admin: Mutex<()>,
@@ -504,14 +510,55 @@ pub(crate) fn is_internal(topic: &str) -> bool {
     topic == OFFSETS_TOPIC || topic == crate::txn::TRANSACTION_STATE_TOPIC
 }
 
-fn partition_dir(dir: &Path, topic: &str, partition: u32) -> PathBuf {
+pub(crate) fn partition_dir(dir: &Path, topic: &str, partition: u32) -> PathBuf {
     dir.join(format!("{topic}-{partition}"))
+}
+
+/// A topic as a data directory's registry names it: its name, partition count and config.
+pub(crate) type Registered = (String, u32, TopicConfig);
+
+/// The topics a data directory's registry names, read without opening the directory (by a
+/// reader in another process: the registry is replaced whole by a rename, never rewritten in
+/// place).
+pub(crate) fn registered_topics(dir: &Path) -> Result<Vec<Registered>> {
+    if !dir.is_dir() {
+        return Err(Error::NotALog {
+            path: dir.to_path_buf(),
+            reason: "it is not a directory".into(),
+        });
+    }
+    let Some(registry) = meta::read_with(&dir.join(REGISTRY_FILE), decode_registry)? else {
+        return Err(Error::NotALog {
+            path: dir.to_path_buf(),
+            reason: format!("it has no {REGISTRY_FILE}"),
+        });
+    };
+    if registry.version > REGISTRY_VERSION {
+        return Err(Error::UnsupportedFormat {
+            path: dir.to_path_buf(),
+            found: registry.version,
+            supported: REGISTRY_VERSION,
+        });
+    }
+    Ok(registry
+        .topics
+        .into_iter()
+        .map(|t| (t.name, t.partitions, t.config))
+        .collect())
 }
 
 impl Broker {
     /// Opens (or creates) a broker in `dir` with the default settings.
     pub fn open(dir: impl AsRef<Path>) -> Result<Broker> {
         Self::builder(dir).open()
+    }
+
+    /// Opens `dir` for reading while another process (or this one) has it open for writing:
+    /// topics, records as they are appended, committed offsets and lag; never a write. See
+    /// [`ReadOnlyBroker`]. A directory that is not a data directory is
+    /// [`Error::NotALog`].
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<ReadOnlyBroker> {
+        ReadOnlyBroker::open(dir.as_ref())
     }
 
     /// A builder for a broker with non-default settings.
@@ -823,6 +870,15 @@ impl Broker {
 }
 
 impl BrokerInner {
+    fn partition_io(&self) -> PartitionIo<'_> {
+        PartitionIo {
+            housekeeper: &self.housekeeper,
+            fs: &self.settings.fs,
+            replicated: self.settings.replicas(),
+            followed: &self.followed,
+        }
+    }
+
     /// The file system the broker's logs are on.
     #[cfg(feature = "cluster")]
     pub(crate) fn fs(&self) -> Arc<dyn Fs> {
@@ -864,11 +920,18 @@ impl BrokerInner {
             }
         };
         let housekeeper = Housekeeper::new()?;
+        let followed = Arc::new(Followed::default());
+        let lookout = Lookout::start(&dir, followed.clone())?;
         let mut topics = BTreeMap::new();
         for record in &registry.topics {
             let topic = open_topic(
                 &dir,
-                (&housekeeper, &settings.fs, settings.replicas()),
+                PartitionIo {
+                    housekeeper: &housekeeper,
+                    fs: &settings.fs,
+                    replicated: settings.replicas(),
+                    followed: &followed,
+                },
                 &record.name,
                 record.partitions,
                 &record.config,
@@ -882,6 +945,8 @@ impl BrokerInner {
             settings,
             lock: Mutex::new(Some(lock)),
             housekeeper,
+            followed,
+            lookout,
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
             offsets: Mutex::new(None),
@@ -1348,7 +1413,7 @@ impl BrokerInner {
         self.check_topic(name, partitions, &config)?;
         let topic = Arc::new(open_topic(
             &self.dir,
-            (&self.housekeeper, &self.settings.fs, self.settings.replicas()),
+            self.partition_io(),
             name,
             partitions,
             &config,
@@ -1458,13 +1523,7 @@ impl BrokerInner {
         let config = topic.config.read().log.clone();
         let mut logs = Vec::clone(&current);
         for p in current.len() as u32..total {
-            logs.push(open_partition(
-                &self.dir,
-                (&self.housekeeper, &self.settings.fs, self.settings.replicas()),
-                name,
-                p,
-                &config,
-            )?);
+            logs.push(open_partition(&self.dir, self.partition_io(), name, p, &config)?);
         }
         // The registry names the new partitions before anyone can write to them: a failed
         // write removes partitions nobody has seen, never records a producer was told are
@@ -1558,6 +1617,7 @@ impl BrokerInner {
                 }
             }
         }
+        self.lookout.stop();
         self.lock.lock().take();
         first_error.map_or(Ok(()), Err)
     }
@@ -1585,20 +1645,33 @@ impl Topic {
     }
 }
 
-/// What opening a partition takes: the broker's housekeeper and file system, and whether its
-/// partitions are replicas.
-type PartitionIo<'a> = (&'a Housekeeper, &'a Arc<dyn Fs>, bool);
+/// What opening a partition takes: the broker's housekeeper and file system, whether its
+/// partitions are replicas, and whether readers in other processes follow it.
+#[derive(Clone, Copy)]
+struct PartitionIo<'a> {
+    housekeeper: &'a Housekeeper,
+    fs: &'a Arc<dyn Fs>,
+    replicated: bool,
+    followed: &'a Arc<Followed>,
+}
 
 fn open_partition(
     dir: &Path,
-    (housekeeper, fs, replicated): PartitionIo<'_>,
+    io: PartitionIo<'_>,
     topic: &str,
     partition: u32,
     config: &crate::LogConfig,
 ) -> Result<PartitionLog> {
+    let PartitionIo {
+        housekeeper,
+        fs,
+        replicated,
+        followed,
+    } = io;
     let builder = PartitionLog::builder(partition_dir(dir, topic, partition))
         .config(config.clone())
         .housekeeper(housekeeper)
+        .followed(followed)
         .fs(fs.clone());
     #[cfg(feature = "cluster")]
     let builder = if replicated { builder.replicated() } else { builder };

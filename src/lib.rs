@@ -92,6 +92,7 @@ pub mod group;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod producer;
+mod read_only;
 mod record;
 pub mod retry;
 pub mod storage;
@@ -118,6 +119,7 @@ pub use producer::{
     DefaultPartitioner, Partitioner, Producer, ProducerConfig, ProducerRecord, RecordMetadata, SendFuture,
     murmur2,
 };
+pub use read_only::{Follower, ReadOnlyBroker, StartAt};
 pub use record::{Consumed, OwnedRecord};
 pub use storage::TimestampOffset;
 pub use storage::{Header, Headers, OwnedHeader};

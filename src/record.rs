@@ -43,6 +43,19 @@ pub struct OwnedRecord {
 }
 
 impl OwnedRecord {
+    /// A copy of `record`, read from `partition` of `topic`.
+    pub(crate) fn copy(topic: &str, partition: u32, record: &crate::storage::Record<'_>) -> OwnedRecord {
+        OwnedRecord {
+            topic: topic.to_string(),
+            partition,
+            offset: record.offset,
+            timestamp: record.timestamp,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            headers: record.headers().map(|h| h.to_owned_header()).collect(),
+        }
+    }
+
     /// The headers, borrowed, in order.
     pub fn headers(&self) -> impl Iterator<Item = Header<'_>> {
         self.headers.iter().map(OwnedHeader::as_header)

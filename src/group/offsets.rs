@@ -37,7 +37,7 @@ use crate::config::{CleanupPolicy, Fsync, LogConfig, TopicConfig};
 use crate::consumer::TopicPartition;
 use crate::error::{Error, Result};
 use crate::storage::producers::Marker;
-use crate::storage::{BatchBuilder, Compression, PartitionLog};
+use crate::storage::{Batch, BatchBuilder, Compression, PartitionLog};
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -220,11 +220,80 @@ fn read_record(
     }
 }
 
+/// The commits of the offsets topic as read so far, in the log's order: the latest of each
+/// key, and the commits of transactions not yet ended.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    latest: HashMap<Key, Latest>,
+    pending: HashMap<i64, Vec<(Key, Latest)>>,
+}
+
+impl Replay {
+    /// Takes in the next batch of the topic.
+    pub(crate) fn batch(&mut self, batch: &Batch<'_>) -> Result<()> {
+        let h = *batch.header();
+        if let Some(marker) = Marker::of(batch) {
+            let ended = self.pending.remove(&h.producer_id).unwrap_or_default();
+            if marker.commit {
+                for (key, l) in ended {
+                    settle(&mut self.latest, key, l);
+                }
+            }
+            return Ok(());
+        }
+        if h.is_control() {
+            return Ok(());
+        }
+        for r in batch.records().map_err(Error::InvalidBatch)?.iter() {
+            let r = r.map_err(Error::InvalidBatch)?;
+            let Some((key, value)) = read_record(r.offset, r.key, r.value) else {
+                continue;
+            };
+            let l = Latest { at: r.offset, value };
+            match h.is_transactional() {
+                true => self.pending.entry(h.producer_id).or_default().push((key, l)),
+                false => settle(&mut self.latest, key, l),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every group with committed offsets, sorted.
+    pub(crate) fn groups(&self) -> Vec<String> {
+        groups_in(&self.latest)
+    }
+
+    /// A group's committed offsets, sorted by partition.
+    pub(crate) fn group_offsets(&self, group: &str) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+        offsets_in(&self.latest, group)
+    }
+}
+
+fn groups_in(latest: &HashMap<Key, Latest>) -> Vec<String> {
+    let mut groups: Vec<String> = latest
+        .iter()
+        .filter(|(_, l)| l.value.is_some())
+        .map(|((g, _, _), _)| g.clone())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+fn offsets_in(latest: &HashMap<Key, Latest>, group: &str) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+    let mut v: Vec<_> = latest
+        .iter()
+        .filter(|((g, _, _), _)| g == group)
+        .filter_map(|((_, t, p), l)| Some((TopicPartition::new(t.clone(), *p), l.value.clone()?)))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 impl OffsetStore {
     /// Opens the store on partition 0 of the offsets topic, reading every commit in it.
     pub(crate) fn open(log: PartitionLog) -> Result<OffsetStore> {
-        let mut latest = HashMap::new();
-        let mut pending: HashMap<i64, Vec<(Key, Latest)>> = HashMap::new();
+        let mut replay = Replay::default();
         let mut at = log.log_start_offset();
         loop {
             let fetch = log.read(at, 1 << 20)?;
@@ -232,33 +301,11 @@ impl OffsetStore {
                 break;
             };
             for batch in fetch.batches() {
-                let h = *batch.header();
-                if let Some(marker) = Marker::of(&batch) {
-                    let ended = pending.remove(&h.producer_id).unwrap_or_default();
-                    if marker.commit {
-                        for (key, l) in ended {
-                            settle(&mut latest, key, l);
-                        }
-                    }
-                    continue;
-                }
-                if h.is_control() {
-                    continue;
-                }
-                for r in batch.records().map_err(Error::InvalidBatch)?.iter() {
-                    let r = r.map_err(Error::InvalidBatch)?;
-                    let Some((key, value)) = read_record(r.offset, r.key, r.value) else {
-                        continue;
-                    };
-                    let l = Latest { at: r.offset, value };
-                    match h.is_transactional() {
-                        true => pending.entry(h.producer_id).or_default().push((key, l)),
-                        false => settle(&mut latest, key, l),
-                    }
-                }
+                replay.batch(&batch)?;
             }
             at = next;
         }
+        let Replay { latest, pending } = replay;
         // Deletions stay (as `None`): a transaction still pending may commit an older-placed
         // record of the key, which must not come back over them.
         let live = latest
@@ -500,29 +547,12 @@ impl OffsetStore {
 
     /// Every group with committed offsets, sorted.
     pub(crate) fn groups(&self) -> Vec<String> {
-        let mut groups: Vec<String> = self
-            .latest
-            .read()
-            .iter()
-            .filter(|(_, l)| l.value.is_some())
-            .map(|((g, _, _), _)| g.clone())
-            .collect();
-        groups.sort();
-        groups.dedup();
-        groups
+        groups_in(&self.latest.read())
     }
 
     /// A group's committed offsets, sorted by partition.
     pub(crate) fn group_offsets(&self, group: &str) -> Vec<(TopicPartition, OffsetAndMetadata)> {
-        let mut v: Vec<_> = self
-            .latest
-            .read()
-            .iter()
-            .filter(|((g, _, _), _)| g == group)
-            .filter_map(|((_, t, p), l)| Some((TopicPartition::new(t.clone(), *p), l.value.clone()?)))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        offsets_in(&self.latest.read(), group)
     }
 }
 

@@ -419,9 +419,36 @@ pub(crate) fn lock_dir(dir: &Path, name: &str) -> Result<File> {
         .write(true)
         .open(&path)
         .ctx("open", &path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+    // A reader in another process may hold the lock shared for a moment, to learn whether
+    // a writer holds it (see `follow`): a lock still held after a few tries is a writer's.
+    for attempt in 0.. {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if attempt < 20 => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).ctx("lock", &path),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Whether a process holds `dir`'s lock file `name` (a writer has the directory open).
+/// Takes the lock shared for a moment when no one holds it; `lock_dir` waits that out.
+pub(crate) fn is_locked(dir: &Path, name: &str) -> Result<bool> {
+    let path = dir.join(name);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).ctx("open", &path),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            Ok(false)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
         Err(std::fs::TryLockError::Error(e)) => Err(e).ctx("lock", &path),
     }
 }

@@ -27,6 +27,7 @@ use crate::config::{Fsync, LogConfig};
 use crate::error::{BatchError, Error, IoContext, Result};
 use crate::storage::builder::{BatchBuilder, RecordBatch};
 use crate::storage::compaction::CleanStats;
+use crate::storage::follow::{Beacon, Followed};
 use crate::storage::format::{Batch, BatchHeader, Compression, TimestampType};
 use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{Fs, StdFs};
@@ -89,6 +90,7 @@ pub struct LogBuilder {
     fs: Arc<dyn Fs>,
     housekeeper: Option<Housekeeper>,
     replicated: bool,
+    followed: Option<Arc<Followed>>,
 }
 
 impl LogBuilder {
@@ -120,6 +122,13 @@ impl LogBuilder {
         self
     }
 
+    /// Publishes the log's high watermark while readers in other processes follow `followed`'s
+    /// broker.
+    pub(crate) fn followed(mut self, followed: &Arc<Followed>) -> Self {
+        self.followed = Some(followed.clone());
+        self
+    }
+
     /// Opens the log, creating it if the directory is missing or empty, recovering it if it
     /// was not closed cleanly.
     pub fn open(self) -> Result<PartitionLog> {
@@ -136,6 +145,10 @@ impl LogBuilder {
             self.replicated,
         )?;
         let inner = Arc::new(inner);
+        if let Some(followed) = &self.followed {
+            let beacon = Beacon::new(&inner.dir, inner.high_watermark.clone(), followed);
+            let _ = inner.beacon.set(beacon);
+        }
         housekeeper.register(&inner);
         Ok(PartitionLog { inner })
     }
@@ -155,7 +168,10 @@ pub(crate) struct Inner {
     pub(super) segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     pub(super) log_start: AtomicI64,
     pub(super) log_end: AtomicI64,
-    pub(super) high_watermark: AtomicI64,
+    /// Shared with the beacon that publishes it to readers in other processes.
+    pub(super) high_watermark: Arc<AtomicI64>,
+    /// Publishes the high watermark while other processes read the log (see `follow`).
+    pub(super) beacon: OnceLock<Arc<Beacon>>,
     pub(super) sync: Mutex<SyncState>,
     pub(super) synced: Condvar,
     /// Long-poll readers wait here for the high watermark to move.
@@ -571,6 +587,7 @@ impl PartitionLog {
             fs: Arc::new(StdFs),
             housekeeper: None,
             replicated: false,
+            followed: None,
         }
     }
 
@@ -1461,6 +1478,14 @@ impl Inner {
         }
         if self.watched.load(Ordering::SeqCst) > 0 {
             self.signal_watchers();
+        }
+        self.watermark_moved();
+    }
+
+    /// Tells readers in other processes where the high watermark is, if any follow.
+    pub(super) fn watermark_moved(&self) {
+        if let Some(beacon) = self.beacon.get() {
+            beacon.moved();
         }
     }
 

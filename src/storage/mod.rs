@@ -11,11 +11,14 @@
 //!   [`LogReader`] and [`Fetch`]; `housekeeper`: background fsyncs and retention.
 //! - `io`: the file-system seam [`Fs`], with [`FaultyFs`] for tests; `meta`: small
 //!   metadata files.
+//! - `follow`: what the logs show to other processes that read the directory (published
+//!   watermarks) and how those read it; `notify`: their waiting for changes (inotify).
 //!
 //! The on-disk format and the write and recovery paths are specified in `docs/format.md`.
 mod builder;
 mod compaction;
 mod compression;
+pub(crate) mod follow;
 pub(crate) mod format;
 mod housekeeper;
 mod index;
@@ -23,6 +26,7 @@ pub(crate) mod io;
 mod log;
 pub(crate) mod meta;
 mod mmap;
+pub(crate) mod notify;
 pub(crate) mod producers;
 mod reader;
 mod recovery;
@@ -52,6 +56,7 @@ pub(crate) use log::{Oversized, ReadPin, now_ms, watch};
 pub use meta::MAX_METADATA_BYTES;
 pub use reader::{DEFAULT_FETCH_BYTES, Fetch, LogReader};
 pub use recovery::FORMAT_VERSION;
+pub(crate) use recovery::recorded_log_start;
 #[cfg(feature = "cluster")]
 pub(crate) use recovery::{REPLICA_FILE, RESTART_FILE, SNAPSHOT_FILE};
 pub use txnindex::AbortedTransaction;

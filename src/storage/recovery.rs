@@ -16,7 +16,7 @@ use crate::storage::housekeeper::Housekeeper;
 use crate::storage::io::{self, Fs};
 use crate::storage::log::{Inner, SyncState, Writer};
 use crate::storage::segment::{self, Segment};
-use crate::storage::{meta, producers, txnindex};
+use crate::storage::{follow, meta, producers, txnindex};
 
 /// The on-disk format version this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -201,7 +201,8 @@ impl Inner {
             log_start: AtomicI64::new(log_start),
             log_end: AtomicI64::new(log_end),
             // A replica's owner knows how much of it is committed, and says so.
-            high_watermark: AtomicI64::new(if replicated { log_start } else { log_end }),
+            high_watermark: Arc::new(AtomicI64::new(if replicated { log_start } else { log_end })),
+            beacon: OnceLock::new(),
             sync: Mutex::new(SyncState {
                 durable: log_end,
                 syncing: false,
@@ -232,6 +233,15 @@ impl Inner {
             dir,
         })
     }
+}
+
+/// The log start offset `log.meta` in `dir` records, if it can be read (for a reader in another
+/// process).
+pub(crate) fn recorded_log_start(dir: &Path) -> Option<i64> {
+    meta::read::<LogMeta>(&dir.join(META_FILE))
+        .ok()
+        .flatten()
+        .map(|m| m.log_start_offset)
 }
 
 /// Reads `log.meta`, or writes a fresh one into a directory that holds nothing else.
@@ -276,6 +286,7 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<i64>> {
                 SNAPSHOT_FILE,
                 RESTART_FILE,
                 compaction::CHECKPOINT_FILE,
+                follow::WATERMARK_FILE,
             ]
             .contains(&name.as_str()) => {}
             _ if name.ends_with(".tmp") => orphans.push((-1, name)),

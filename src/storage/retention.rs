@@ -159,6 +159,7 @@ impl Inner {
         s.note_cut(count, first);
         s.durable = s.durable.min(first);
         self.high_watermark.fetch_min(first, Ordering::SeqCst);
+        self.watermark_moved();
     }
 
     /// Offsets from `end` on hold no cleaned records any more: the checkpoint comes down with
