@@ -15,7 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::group::OFFSETS_TOPIC;
 use crate::group::offsets::Replay;
 use crate::record::OwnedRecord;
-use crate::storage::follow::{self, Bound, Cursor, READERS_FILE};
+use crate::storage::follow::{self, Bound, Cursor, READERS_FILE, Watermark};
 use crate::storage::notify::{Watch, Watcher};
 use crate::storage::{Batch, Fetch, TimestampOffset, io};
 
@@ -224,6 +224,7 @@ impl ReadOnlyBroker {
             watcher: Watcher::new().ctx("watch", &self.view.dir)?,
             partitions: Vec::new(),
             turn: 0,
+            live: None,
         })
     }
 }
@@ -389,6 +390,9 @@ pub struct Follower {
     partitions: Vec<Followed>,
     /// The partition read first by the next poll (each gets its turn to go first).
     turn: usize,
+    /// Whether a writer runs, as last seen (`None`: to be looked at). Looked at again when
+    /// the directory's entries or its readers file change (a writer starting writes it).
+    live: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -396,6 +400,7 @@ struct Followed {
     tp: TopicPartition,
     dir: PathBuf,
     cursor: Cursor,
+    watermark: Watermark,
 }
 
 impl Follower {
@@ -418,6 +423,7 @@ impl Follower {
             None => self.partitions.push(Followed {
                 tp,
                 cursor: Cursor::new(dir.clone(), offset),
+                watermark: Watermark::new(&dir),
                 dir,
             }),
         }
@@ -469,16 +475,24 @@ impl Follower {
         loop {
             // Watched before reading: a change after the read wakes the wait below.
             self.watch();
-            let live = {
-                self.view.register()?;
-                self.view.writer_running()?
+            let live = match self.live {
+                Some(live) => live,
+                None => {
+                    self.view.register()?;
+                    *self.live.insert(self.view.writer_running()?)
+                }
             };
             let mut out = Vec::new();
             let n = self.partitions.len();
             for i in 0..n {
                 let f = &mut self.partitions[(self.turn + i) % n];
                 let from = f.cursor.next_offset();
-                let bytes = f.cursor.read(bound(&f.dir, live), FOLLOW_BYTES)?;
+                let bound = match live {
+                    // Nothing published yet: nothing to read yet.
+                    true => Bound::Below(f.watermark.read().unwrap_or(i64::MIN)),
+                    false => Bound::Whole,
+                };
+                let bytes = f.cursor.read(bound, FOLLOW_BYTES)?;
                 copy_records(&f.tp, Fetch::new(bytes, 0, 0), from, &mut out)?;
             }
             self.turn = self.turn.wrapping_add(1);
@@ -487,6 +501,17 @@ impl Follower {
                 return Ok(out);
             }
             self.watcher.wait(deadline - now).ctx("watch", &self.view.dir)?;
+            let root = &self.view.dir;
+            // Both asked: each call takes its own report.
+            let entries = self.watcher.changed(root);
+            if self.watcher.changed(&root.join(READERS_FILE)) || entries {
+                self.live = None;
+            }
+            for f in &mut self.partitions {
+                if self.watcher.changed(&f.dir) {
+                    f.watermark.reopen();
+                }
+            }
         }
     }
 

@@ -26,7 +26,8 @@ fn writer(dir: &str) {
     let broker = Broker::open(dir).expect("writer opens");
     for (topic, fsync) in TOPICS.iter().zip([Fsync::Always, Fsync::Never]) {
         // Small segments, so that rolls happen under the readers.
-        let config = TopicConfig::default().with_log(LogConfig::default().fsync(fsync).segment_bytes(16 << 10));
+        let config =
+            TopicConfig::default().with_log(LogConfig::default().fsync(fsync).segment_bytes(16 << 10));
         match broker.create_topic(topic, 2, config) {
             Ok(()) | Err(rivulet::Error::TopicExists { .. }) => {}
             Err(e) => panic!("{e}"),
@@ -69,7 +70,11 @@ fn spawn(role: &str, dir: &Path) -> Child {
         .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
         .env(role, dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if role == READER {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap()
 }
@@ -87,7 +92,9 @@ fn collect(child: &mut Child, kind: &'static str) -> Arc<Mutex<Vec<(Key, String)
                 let key = (f[1].to_string(), f[2].parse().unwrap(), f[3].parse().unwrap());
                 sink.lock().unwrap().push((key, f[4].to_string()));
             } else if f[0] == "ready" {
-                sink.lock().unwrap().push((("ready".into(), 0, -1), String::new()));
+                sink.lock()
+                    .unwrap()
+                    .push((("ready".into(), 0, -1), String::new()));
             }
         }
     });
@@ -155,7 +162,11 @@ fn readers_follow_a_writer_process() {
     w.wait().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     acked.extend(acks.lock().unwrap().drain(..));
-    assert!(acked.len() > 100, "too few acknowledgements to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "too few acknowledgements to mean anything: {}",
+        acked.len()
+    );
 
     // The log as the crashes left it, read by a writer that opens it now (the readers follow
     // this process's broker from here on).
@@ -174,27 +185,52 @@ fn readers_follow_a_writer_process() {
         }
     }
     for (key, value) in &acked {
-        assert_eq!(log.get(key), Some(value), "acknowledged record {key:?} is in the log");
+        assert_eq!(
+            log.get(key),
+            Some(value),
+            "acknowledged record {key:?} is in the log"
+        );
     }
 
     for (i, (child, got)) in readers.iter_mut().enumerate() {
         let pid = child.id();
         let count = || got.lock().unwrap().iter().filter(|(k, _)| k.2 >= 0).count();
-        wait_until("a reader to reach the end", || count() >= log.len());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count() < log.len() {
+            if Instant::now() > deadline {
+                let got = got.lock().unwrap();
+                let mut reached: BTreeMap<(String, u32), i64> = BTreeMap::new();
+                for ((t, p, o), _) in got.iter().filter(|(k, _)| k.2 >= 0) {
+                    reached.insert((t.clone(), *p), *o + 1);
+                }
+                panic!("reader {i} reached {reached:?}, the log ends at {ends:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // Idle now: a reader waiting for records must not spin.
         let before = cpu_ticks(pid);
         std::thread::sleep(Duration::from_secs(2));
         let spent = cpu_ticks(pid) - before;
-        assert!(spent < 50, "reader {i} used {spent} ticks of CPU in 2 s of waiting");
+        assert!(
+            spent < 50,
+            "reader {i} used {spent} ticks of CPU in 2 s of waiting"
+        );
 
         let got = got.lock().unwrap();
         let mut next: BTreeMap<(String, u32), i64> = BTreeMap::new();
         for ((topic, p, offset), value) in got.iter().filter(|(k, _)| k.2 >= 0) {
             let expected = next.entry((topic.clone(), *p)).or_insert(0);
-            assert_eq!(*offset, *expected, "reader {i}: {topic}-{p} in order, each record once");
+            assert_eq!(
+                *offset, *expected,
+                "reader {i}: {topic}-{p} in order, each record once"
+            );
             *expected += 1;
             let key = (topic.clone(), *p, *offset);
-            assert_eq!(log.get(&key), Some(value), "reader {i} saw {key:?} as the log holds it");
+            assert_eq!(
+                log.get(&key),
+                Some(value),
+                "reader {i} saw {key:?} as the log holds it"
+            );
         }
         let reached: BTreeMap<_, _> = next.into_iter().collect();
         assert_eq!(reached, ends, "reader {i} reached every partition's end");
@@ -202,5 +238,8 @@ fn readers_follow_a_writer_process() {
         child.wait().unwrap();
     }
     broker.close().unwrap();
-    eprintln!("{} records acknowledged across 5 writers; both readers saw all", acked.len());
+    eprintln!(
+        "{} records acknowledged across 5 writers; both readers saw all",
+        acked.len()
+    );
 }

@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{BatchError, Error, IoContext, Result};
 use crate::storage::format::{self, Batch, BatchHeader, HEADER_LEN, crc32c};
@@ -43,6 +43,8 @@ pub(crate) const READERS_FILE: &str = ".readers";
 pub(crate) const WATERMARK_FILE: &str = "watermark";
 /// How often the writer's lookout looks for readers.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// The least time between two rounds of publication.
+const MIN_ROUND: Duration = Duration::from_micros(250);
 /// The readers file's byte while the writer publishes.
 const PUBLISHING: u8 = 1;
 /// Bytes of a watermark file.
@@ -53,6 +55,16 @@ const WATERMARK_LEN: usize = 12;
 pub(crate) struct Followed {
     on: AtomicBool,
     beacons: Mutex<Vec<Weak<Beacon>>>,
+    work: Mutex<Work>,
+    wake: Condvar,
+}
+
+/// What the lookout has to do.
+#[derive(Debug, Default)]
+struct Work {
+    stop: bool,
+    /// Beacons whose watermark moved since they last published.
+    moved: Vec<Arc<Beacon>>,
 }
 
 /// A log's publisher of its high watermark.
@@ -61,6 +73,9 @@ pub(crate) struct Beacon {
     path: PathBuf,
     high_watermark: Arc<AtomicI64>,
     followed: Arc<Followed>,
+    /// Queued for the lookout to publish.
+    queued: AtomicBool,
+    me: Weak<Beacon>,
     published: Mutex<Published>,
 }
 
@@ -77,10 +92,12 @@ impl Beacon {
     /// A beacon for the log in `dir` whose watermark is `high_watermark`; it publishes at once
     /// if readers follow the broker already.
     pub(crate) fn new(dir: &Path, high_watermark: Arc<AtomicI64>, followed: &Arc<Followed>) -> Arc<Beacon> {
-        let beacon = Arc::new(Beacon {
+        let beacon = Arc::new_cyclic(|me| Beacon {
             path: dir.join(WATERMARK_FILE),
             high_watermark,
             followed: followed.clone(),
+            queued: AtomicBool::new(false),
+            me: me.clone(),
             published: Mutex::default(),
         });
         followed.beacons.lock().push(Arc::downgrade(&beacon));
@@ -88,10 +105,18 @@ impl Beacon {
         beacon
     }
 
-    /// The watermark moved: published if anyone follows.
+    /// The watermark moved: queued for the lookout to publish if anyone follows. The caller
+    /// (an append, under the log's locks) pays an atomic load, and while readers follow, an
+    /// atomic swap; the first move since the last publication also queues the beacon and
+    /// wakes the lookout. Moves while one is queued cost nothing more: one write publishes
+    /// them all.
     pub(crate) fn moved(&self) {
-        if self.followed.on.load(Ordering::Acquire) {
-            self.publish();
+        if !self.followed.on.load(Ordering::Acquire) || self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(me) = self.me.upgrade() {
+            self.followed.work.lock().moved.push(me);
+            self.followed.wake.notify_one();
         }
     }
 
@@ -131,10 +156,11 @@ impl Beacon {
     }
 }
 
-/// The writer's thread that looks for readers (see the module's docs).
+/// The writer's thread that looks for readers and publishes the watermarks that moved (see
+/// the module's docs).
 #[derive(Debug)]
 pub(crate) struct Lookout {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    followed: Arc<Followed>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -151,22 +177,21 @@ impl Lookout {
             .ctx("open", &path)?;
         // A crashed writer may have left it saying that it published.
         file.write_all_at(&[0], 0).ctx("write", &path)?;
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let stopped = stop.clone();
+        let looking = followed.clone();
         let thread = std::thread::Builder::new()
             .name("rivulet-lookout".into())
-            .spawn(move || look(&file, &path, &followed, &stopped))
+            .spawn(move || look(&file, &path, &looking))
             .ctx("spawn", Path::new("rivulet-lookout"))?;
         Ok(Lookout {
-            stop,
+            followed,
             thread: Mutex::new(Some(thread)),
         })
     }
 
     /// Stops the thread (logs publish nothing more).
     pub(crate) fn stop(&self) {
-        *self.stop.0.lock() = true;
-        self.stop.1.notify_all();
+        self.followed.work.lock().stop = true;
+        self.followed.wake.notify_all();
         if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();
         }
@@ -179,37 +204,72 @@ impl Drop for Lookout {
     }
 }
 
-fn look(file: &File, path: &Path, followed: &Followed, stop: &(Mutex<bool>, Condvar)) {
-    let mut stopped = stop.0.lock();
-    while !*stopped {
-        let readers = match file.try_lock() {
-            Ok(()) => {
-                let _ = file.unlock();
-                false
-            }
-            Err(std::fs::TryLockError::WouldBlock) => true,
-            Err(std::fs::TryLockError::Error(e)) => {
-                log::warn!("probing {}: {e}", path.display());
-                false
-            }
-        };
-        if readers != followed.on.load(Ordering::Acquire) {
-            followed.on.store(readers, Ordering::Release);
-            let mut beacons = followed.beacons.lock();
-            beacons.retain(|b| b.strong_count() > 0);
-            let live: Vec<_> = beacons.iter().filter_map(Weak::upgrade).collect();
-            drop(beacons);
-            if readers {
-                // Logs that move meanwhile publish themselves (the flag is up).
-                for beacon in &live {
+/// Whether a reader holds the readers file (shared).
+fn probe(file: &File, path: &Path) -> bool {
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(e)) => {
+            log::warn!("probing {}: {e}", path.display());
+            false
+        }
+    }
+}
+
+fn look(file: &File, path: &Path, followed: &Followed) {
+    let mut next_probe = Instant::now();
+    let mut next_round = Instant::now();
+    let mut work = followed.work.lock();
+    while !work.stop {
+        if !work.moved.is_empty() && Instant::now() < next_round {
+            // Under a steady stream of appends, rounds are spaced: each publishes every move
+            // since the last, and the thread takes little of the appenders' processors.
+            followed.wake.wait_until(&mut work, next_round);
+            continue;
+        }
+        let moved = std::mem::take(&mut work.moved);
+        if !moved.is_empty() {
+            next_round = Instant::now() + MIN_ROUND;
+            MutexGuard::unlocked(&mut work, || {
+                for beacon in moved {
+                    // Cleared first: a move while it publishes queues it again.
+                    beacon.queued.store(false, Ordering::Release);
                     beacon.publish();
                 }
-            }
-            if let Err(e) = file.write_all_at(&[u8::from(readers) * PUBLISHING], 0) {
-                log::warn!("writing {}: {e}", path.display());
-            }
+            });
+            continue;
         }
-        stop.1.wait_for(&mut stopped, PROBE_EVERY);
+        if Instant::now() >= next_probe {
+            MutexGuard::unlocked(&mut work, || turn(file, path, followed));
+            next_probe = Instant::now() + PROBE_EVERY;
+            continue;
+        }
+        followed.wake.wait_until(&mut work, next_probe);
+    }
+}
+
+/// Starts publishing when readers came, stops when the last one went.
+fn turn(file: &File, path: &Path, followed: &Followed) {
+    let readers = probe(file, path);
+    if readers == followed.on.load(Ordering::Acquire) {
+        return;
+    }
+    followed.on.store(readers, Ordering::Release);
+    let mut beacons = followed.beacons.lock();
+    beacons.retain(|b| b.strong_count() > 0);
+    let live: Vec<_> = beacons.iter().filter_map(Weak::upgrade).collect();
+    drop(beacons);
+    if readers {
+        // Logs that move meanwhile are queued (the flag is up).
+        for beacon in &live {
+            beacon.publish();
+        }
+    }
+    if let Err(e) = file.write_all_at(&[u8::from(readers) * PUBLISHING], 0) {
+        log::warn!("writing {}: {e}", path.display());
     }
 }
 
@@ -223,7 +283,40 @@ pub(crate) fn publishing(dir: &Path) -> bool {
 
 /// The watermark the writer last published for the log in `dir`, if any.
 pub(crate) fn published_watermark(dir: &Path) -> Option<i64> {
-    let file = File::open(dir.join(WATERMARK_FILE)).ok()?;
+    read_watermark(&File::open(dir.join(WATERMARK_FILE)).ok()?)
+}
+
+/// A log's watermark file, kept open between reads.
+#[derive(Debug)]
+pub(crate) struct Watermark {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl Watermark {
+    /// The watermark file of the log in `dir`.
+    pub(crate) fn new(dir: &Path) -> Watermark {
+        Watermark {
+            path: dir.join(WATERMARK_FILE),
+            file: None,
+        }
+    }
+
+    /// What the writer published last, if anything.
+    pub(crate) fn read(&mut self) -> Option<i64> {
+        if self.file.is_none() {
+            self.file = File::open(&self.path).ok();
+        }
+        read_watermark(self.file.as_ref()?)
+    }
+
+    /// Opens the file again on the next read (its directory changed: it may be another file).
+    pub(crate) fn reopen(&mut self) {
+        self.file = None;
+    }
+}
+
+fn read_watermark(file: &File) -> Option<i64> {
     // A read racing the writer's may be torn: it fails the CRC, and is read again.
     for _ in 0..3 {
         let mut bytes = [0u8; WATERMARK_LEN];
@@ -289,12 +382,58 @@ struct OpenSegment {
     path: PathBuf,
     file: File,
     position: u64,
+    /// The file's length when last looked at.
+    len: u64,
+    /// Bytes read from the file at `buffered_at`, kept for one walk.
+    buffer: Vec<u8>,
+    buffered_at: u64,
+}
+
+/// How much a walk reads from a file first: a follower at the tail reads a little. Each
+/// further read of the walk reads twice as much, up to `MAX_CHUNK` (more when a batch is
+/// larger).
+const FIRST_CHUNK: usize = 4 << 10;
+const MAX_CHUNK: usize = 1 << 20;
+
+impl OpenSegment {
+    /// Whether the file holds `n` bytes from the position; if so they are in the buffer.
+    fn buffered(&mut self, n: usize) -> Result<bool> {
+        let (from, to) = (self.buffered_at, self.buffered_at + self.buffer.len() as u64);
+        if self.position >= from && self.position + n as u64 <= to {
+            return Ok(true);
+        }
+        // A file cut between its length and the read (a restarted writer's recovery trims
+        // the reserved blocks past its last whole batch) is looked at again.
+        for _ in 0..3 {
+            self.len = self.file.metadata().ctx("stat", &self.path)?.len();
+            let available = self.len.saturating_sub(self.position);
+            if available < n as u64 {
+                break;
+            }
+            let chunk = (self.buffer.len() * 2).clamp(FIRST_CHUNK, MAX_CHUNK);
+            let read = (n.max(chunk) as u64).min(available) as usize;
+            self.buffer.resize(read, 0);
+            self.buffered_at = self.position;
+            match self.file.read_exact_at(&mut self.buffer, self.position) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {}
+                Err(e) => return Err(e).ctx("read", &self.path),
+            }
+        }
+        self.buffer.clear();
+        Ok(false)
+    }
+
+    /// The buffered bytes from the position on.
+    fn here(&self) -> &[u8] {
+        &self.buffer[(self.position - self.buffered_at) as usize..]
+    }
 }
 
 /// What one step of a cursor found at its position.
 enum Step {
-    /// A whole batch, its header decoded.
-    Batch(BatchHeader, Vec<u8>),
+    /// A whole batch, its header decoded, its length in bytes.
+    Batch(BatchHeader, usize),
     /// Nothing more in this segment.
     End,
 }
@@ -334,10 +473,25 @@ impl Cursor {
 
     /// Walks whole batches from the cursor's offset below `bound`, handing each to `each`
     /// (its header and bytes) until `each` says stop; the cursor moves past what was handed.
+    ///
+    /// The bound was read before the walk, and the walk reads the files afresh: every batch
+    /// below the bound was whole before its bytes were read.
     pub(crate) fn walk(
         &mut self,
         bound: Bound,
         mut each: impl FnMut(&BatchHeader, &[u8]) -> bool,
+    ) -> Result<()> {
+        let result = self.walk_buffered(bound, &mut each);
+        if let Some(seg) = &mut self.open {
+            seg.buffer = Vec::new();
+        }
+        result
+    }
+
+    fn walk_buffered(
+        &mut self,
+        bound: Bound,
+        each: &mut impl FnMut(&BatchHeader, &[u8]) -> bool,
     ) -> Result<()> {
         // Bounded: each turn hands a batch, skips one, or moves to a later segment.
         loop {
@@ -348,18 +502,19 @@ impl Cursor {
                 return Ok(());
             }
             match self.step(bound)? {
-                Step::Batch(h, bytes) => {
-                    let seg = self.open.as_mut().expect("located");
-                    seg.position += bytes.len() as u64;
+                Step::Batch(h, len) => {
                     if h.last_offset() < self.next {
+                        self.open.as_mut().expect("located").position += len as u64;
                         continue;
                     }
                     if !bound.admits(h.base_offset) {
-                        seg.position -= bytes.len() as u64;
                         return Ok(());
                     }
                     self.next = h.next_offset();
-                    if !each(&h, &bytes) {
+                    let seg = self.open.as_mut().expect("located");
+                    let more = each(&h, &seg.here()[..len]);
+                    seg.position += len as u64;
+                    if !more {
                         return Ok(());
                     }
                 }
@@ -403,6 +558,9 @@ impl Cursor {
                         path,
                         file,
                         position: 0,
+                        len: 0,
+                        buffer: Vec::new(),
+                        buffered_at: 0,
                     });
                     return Ok(true);
                 }
@@ -415,48 +573,42 @@ impl Cursor {
 
     /// Reads the batch at the open segment's position.
     fn step(&mut self, bound: Bound) -> Result<Step> {
-        let seg = self.open.as_ref().expect("located");
-        let len = seg.file.metadata().ctx("stat", &seg.path)?.len();
-        let available = len.saturating_sub(seg.position);
-        if available < HEADER_LEN as u64 {
+        let next = self.next;
+        let seg = self.open.as_mut().expect("located");
+        if !seg.buffered(HEADER_LEN)? {
             return Ok(Step::End);
         }
-        let mut head = [0u8; HEADER_LEN];
-        seg.file
-            .read_exact_at(&mut head, seg.position)
-            .ctx("read", &seg.path)?;
         // The frame's length is bounded by the file: a damaged length allocates nothing.
-        let max = usize::try_from(available).unwrap_or(usize::MAX);
-        let total = match format::frame_len(&head, max) {
+        let available = usize::try_from(seg.len - seg.position).unwrap_or(usize::MAX);
+        let total = match format::frame_len(&seg.here()[..HEADER_LEN], available) {
             Ok(total) => total,
             // The frame is sound and the file holds all of it.
             Err(BatchError::Incomplete { needed, .. }) => needed,
-            Err(e) => return self.damaged_or_end(bound, &head, e),
+            Err(e) => return judge(seg, next, bound, e),
         };
-        let mut bytes = vec![0u8; total];
-        seg.file
-            .read_exact_at(&mut bytes, seg.position)
-            .ctx("read", &seg.path)?;
-        if let Err(e) = Batch::parse(&bytes) {
-            return self.damaged_or_end(bound, &head, e);
+        if !seg.buffered(total)? {
+            return Ok(Step::End);
         }
-        Ok(Step::Batch(BatchHeader::decode(&bytes), bytes))
+        match Batch::parse(&seg.here()[..total]) {
+            Ok((batch, _)) => Ok(Step::Batch(*batch.header(), total)),
+            Err(e) => judge(seg, next, bound, e),
+        }
     }
+}
 
-    /// What a batch that fails its checks means: the end of what was written, unless a
-    /// writer published offsets past it (then the segment is damaged). Zeros (blocks reserved
-    /// for appends) and an incomplete tail are the end.
-    fn damaged_or_end(&self, bound: Bound, head: &[u8], why: BatchError) -> Result<Step> {
-        let seg = self.open.as_ref().expect("located");
-        let base = format::be_i64(head, 0);
-        let written = head.iter().any(|&b| b != 0);
-        match bound {
-            Bound::Below(end) if written && base >= self.next && base < end => Err(Error::CorruptSegment {
-                segment: seg.path.clone(),
-                position: seg.position,
-                reason: why,
-            }),
-            _ => Ok(Step::End),
-        }
+/// What a batch that fails its checks means: the end of what was written, unless a writer
+/// published offsets past it (then the segment is damaged). Zeros (blocks reserved for
+/// appends) and an incomplete tail are the end.
+fn judge(seg: &OpenSegment, next: i64, bound: Bound, why: BatchError) -> Result<Step> {
+    let head = &seg.here()[..HEADER_LEN];
+    let base = format::be_i64(head, 0);
+    let written = head.iter().any(|&b| b != 0);
+    match bound {
+        Bound::Below(end) if written && base >= next && base < end => Err(Error::CorruptSegment {
+            segment: seg.path.clone(),
+            position: seg.position,
+            reason: why,
+        }),
+        _ => Ok(Step::End),
     }
 }

@@ -3,7 +3,7 @@
 //! crate's unsafe code: four system calls through `libc`.
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +24,9 @@ pub(crate) struct Watcher {
     fd: std::os::fd::OwnedFd,
     /// Watch descriptors by path.
     watches: HashMap<PathBuf, i32>,
+    /// Watch descriptors that reported something since [`changed`](Self::changed) last
+    /// asked about them.
+    fired: HashSet<i32>,
 }
 
 #[cfg(target_os = "linux")]
@@ -39,6 +42,7 @@ impl Watcher {
             // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
             fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
             watches: HashMap::new(),
+            fired: HashSet::new(),
         })
     }
 
@@ -88,6 +92,15 @@ impl Watcher {
         self.drain()
     }
 
+    /// Whether `path` reported a change (or its watch ended) since the last call for it.
+    pub(crate) fn changed(&mut self, path: &Path) -> bool {
+        match self.watches.get(path) {
+            Some(wd) => self.fired.remove(wd),
+            // Not watched (gone, or never there): nothing says it did not change.
+            None => true,
+        }
+    }
+
     /// Reads every queued event, forgetting the watches that ended.
     fn drain(&mut self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
@@ -112,6 +125,7 @@ impl Watcher {
                 let field =
                     |i: usize| u32::from_ne_bytes(buf[at + 4 * i..at + 4 * i + 4].try_into().expect("4"));
                 let (wd, mask, len) = (field(0) as i32, field(1), field(3) as usize);
+                self.fired.insert(wd);
                 if mask & libc::IN_IGNORED != 0 {
                     self.watches.retain(|_, w| *w != wd);
                 }
@@ -126,12 +140,18 @@ impl Watcher {
     pub(crate) fn new() -> io::Result<Watcher> {
         Ok(Watcher {
             watches: HashMap::new(),
+            fired: HashSet::new(),
         })
     }
 
     pub(crate) fn watch(&mut self, path: &Path, _: Watch) -> io::Result<()> {
         self.watches.insert(path.to_path_buf(), 0);
         Ok(())
+    }
+
+    /// Nothing tells here: everything may have changed.
+    pub(crate) fn changed(&mut self, _: &Path) -> bool {
+        true
     }
 
     /// No notification here: a short sleep, after which the caller looks again.
@@ -170,6 +190,9 @@ mod tests {
             "the write woke the waiter"
         );
         writer.join().unwrap();
+        assert!(w.changed(&file), "the write is reported for the file");
+        assert!(!w.changed(&file), "and only once");
+        assert!(!w.changed(dir.path()), "not for its directory");
 
         std::fs::remove_file(&file).unwrap();
         w.wait(Duration::from_secs(30)).unwrap();

@@ -5,7 +5,7 @@
 //! alternately with it (A B A B, medians, after untimed warm-ups), the ratio and whether the
 //! target is met. `--quick` runs every comparison once at a small size, to check the harness
 //! works (CI does); `--dir PATH` puts the scratch files somewhere else than the system's temp
-//! directory; `--only engine|latency|servers|cluster|transactions|async` runs one part. `memory` runs the memory checks
+//! directory; `--only engine|latency|servers|cluster|transactions|async|readers` runs one part. `memory` runs the memory checks
 //! instead (a consumer reading a 10 GiB log, `--gib N` for another size; a broker holding
 //! 1,000 idle connections).
 //!
@@ -22,6 +22,7 @@ mod measure;
 mod memory;
 mod nats;
 mod probe;
+mod readers;
 mod redis;
 mod report;
 mod server;
@@ -95,10 +96,10 @@ fn args() -> Args {
             "--quick" => out.plan = Plan::quick(),
             "--dir" => out.dir = PathBuf::from(it.next().expect("--dir takes a path")),
             "--only" => {
-                out.only = Some(
-                    it.next()
-                        .expect("--only takes engine, latency, servers or cluster"),
-                )
+                out.only =
+                    Some(it.next().expect(
+                        "--only takes engine, latency, servers, cluster, transactions, async or readers",
+                    ))
             }
             "memory" => out.memory = Some(10),
             "--gib" => {
@@ -163,6 +164,10 @@ fn main() {
     if wanted("async") {
         eprintln!("the asynchronous send against the blocking one");
         async_rows(&mut table, root.path(), args.plan);
+    }
+    if wanted("readers") {
+        eprintln!("a read-only follower beside the writer");
+        reader_rows(&mut table, root.path(), args.plan);
     }
     println!("{}", table.render());
 }
@@ -353,6 +358,55 @@ fn async_rows(table: &mut Table, root: &Path, plan: Plan) {
             durability,
             &p,
             "blocking send",
+            per_sec,
+            None,
+        ));
+    }
+}
+
+fn reader_rows(table: &mut Table, root: &Path, plan: Plan) {
+    let secs = Duration::from_secs_f64(plan.latency_secs);
+    let setup = inprocess::setup(root);
+    for rate in [1_000.0, 10_000.0] {
+        let consumer = Percentiles::of(&inprocess::open_loop(&setup.broker, rate, secs, Duration::ZERO));
+        let follower = Percentiles::of(&readers::open_loop(&setup.broker, rate, secs));
+        table.push(Row {
+            what: format!(
+                "follower in a read-only open, open loop at {}: due to send until held (in-process consumer beside)",
+                per_sec(rate)
+            ),
+            durability: "none",
+            ours: follower.to_string(),
+            theirs: format!("consumer {consumer}"),
+            ratio: format!("{:.2}x p50", follower.p50 / consumer.p50),
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+    }
+    drop(setup);
+    let per = plan.single_records / 4;
+    for (what, followers, registered) in [
+        (
+            "a read-only open that reads nothing (the writer publishes its watermarks)",
+            0,
+            true,
+        ),
+        (
+            "two read-only followers reading along (on the same two cores)",
+            2,
+            true,
+        ),
+    ] {
+        let p = Pair::run(
+            plan.rounds.min(5),
+            || readers::writer_rate(root, 4, per, followers, registered),
+            || readers::writer_rate(root, 4, per, 0, false),
+        );
+        table.push(Row::compared(
+            format!("writer, 100 B one at a time from 4 threads, with {what} against none"),
+            "none",
+            &p,
+            "no reader",
             per_sec,
             None,
         ));
