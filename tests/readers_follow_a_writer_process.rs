@@ -21,6 +21,8 @@ const TEST_NAME: &str = "readers_follow_a_writer_process";
 const TOPICS: [&str; 2] = ["synced", "mapped"];
 
 type Key = (String, u32, i64);
+/// A child's lines of one kind, as they came.
+type Lines = Arc<Mutex<Vec<(Key, String)>>>;
 
 fn writer(dir: &str) {
     let broker = Broker::open(dir).expect("writer opens");
@@ -80,7 +82,7 @@ fn spawn(role: &str, dir: &Path) -> Child {
 }
 
 /// Collects a child's lines of one kind (`ack` or `got`) as they come.
-fn collect(child: &mut Child, kind: &'static str) -> Arc<Mutex<Vec<(Key, String)>>> {
+fn collect(child: &mut Child, kind: &'static str) -> Lines {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let stdout = child.stdout.take().unwrap();
     let sink = lines.clone();
@@ -135,7 +137,7 @@ fn readers_follow_a_writer_process() {
     let mut acks = collect(&mut w, "ack");
     wait_until("the first acknowledgement", || !acks.lock().unwrap().is_empty());
 
-    let mut readers: Vec<(Child, Arc<Mutex<Vec<(Key, String)>>>)> = (0..2)
+    let mut readers: Vec<(Child, Lines)> = (0..2)
         .map(|_| {
             let mut r = spawn(READER, dir.path());
             let got = collect(&mut r, "got");

@@ -141,7 +141,8 @@ impl Beacon {
                 .open(&self.path)
                 .and_then(|file| {
                     file.write_all_at(&bytes, 0)?;
-                    Ok(p.file.insert(file)).map(drop)
+                    p.file = Some(file);
+                    Ok(())
                 }),
         };
         match written {

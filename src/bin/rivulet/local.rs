@@ -10,7 +10,7 @@ use rivulet::{
     TopicPartition,
 };
 
-use crate::{Backend, ConsumeSpec, GroupRow, PartitionRow, Result, Start};
+use crate::{Backend, ConsumeSpec, Described, GroupRow, Line, PartitionRow, Result, Start};
 
 /// How many lines of standard input go into one batch.
 const BATCH: usize = 1000;
@@ -32,14 +32,12 @@ impl Local {
     /// writer is never what the user meant), and for a path that holds something other than
     /// a data directory. `create` lets a path that does not exist become a new one.
     fn writer(&self, create: bool) -> Result<Broker> {
-        if !(create && !self.dir.exists()) {
-            if self.reader()?.writer_running()? {
-                return Err(format!(
-                    "{} is open in another process: stop it, or reach its broker with --bootstrap",
-                    self.dir.display()
-                )
-                .into());
-            }
+        if (!create || self.dir.exists()) && self.reader()?.writer_running()? {
+            return Err(format!(
+                "{} is open in another process: stop it, or reach its broker with --bootstrap",
+                self.dir.display()
+            )
+            .into());
         }
         Ok(Broker::open(&self.dir)?)
     }
@@ -67,7 +65,7 @@ impl Backend for Local {
         Ok(self.reader()?.list_topics()?)
     }
 
-    fn describe_topic(&self, topic: &str) -> Result<(Vec<PartitionRow>, Vec<(String, String)>)> {
+    fn describe_topic(&self, topic: &str) -> Result<Described> {
         let d = self.reader()?.describe_topic(topic)?;
         let rows = d
             .partitions
@@ -116,7 +114,7 @@ impl Backend for Local {
         topic: &str,
         partition: Option<u32>,
         headers: &[(String, String)],
-        records: &mut dyn Iterator<Item = Result<(Option<Vec<u8>>, Vec<u8>)>>,
+        records: &mut dyn Iterator<Item = Result<Line>>,
     ) -> Result<u64> {
         let broker = self.writer(false)?;
         broker.partition_count(topic)?;

@@ -198,10 +198,16 @@ pub struct GroupRow {
     pub end: i64,
 }
 
+/// A topic's partitions and its configs by Kafka's names.
+pub type Described = (Vec<PartitionRow>, Vec<(String, String)>);
+
+/// A line of standard input to send: its key, if split off, and its value.
+pub type Line = (Option<Vec<u8>>, Vec<u8>);
+
 /// What the commands need from a data directory or a Kafka broker.
 pub trait Backend {
     fn list_topics(&self) -> Result<Vec<String>>;
-    fn describe_topic(&self, topic: &str) -> Result<(Vec<PartitionRow>, Vec<(String, String)>)>;
+    fn describe_topic(&self, topic: &str) -> Result<Described>;
     fn create_topic(&self, topic: &str, partitions: u32, configs: &[(String, String)]) -> Result<()>;
     fn delete_topic(&self, topic: &str) -> Result<()>;
     fn alter_topic(&self, topic: &str, configs: &[(String, String)]) -> Result<()>;
@@ -211,7 +217,7 @@ pub trait Backend {
         topic: &str,
         partition: Option<u32>,
         headers: &[(String, String)],
-        records: &mut dyn Iterator<Item = Result<(Option<Vec<u8>>, Vec<u8>)>>,
+        records: &mut dyn Iterator<Item = Result<Line>>,
     ) -> Result<u64>;
     /// Hands records to `each` until it says stop, or (not following) every partition is
     /// read to its end as it was at the start.

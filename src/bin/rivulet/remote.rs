@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use rivulet::{OwnedHeader, OwnedRecord};
 
-use crate::{Backend, ConsumeSpec, GroupRow, PartitionRow, Result, Start};
+use crate::{Backend, ConsumeSpec, Described, GroupRow, Line, PartitionRow, Result, Start};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -82,7 +82,7 @@ impl Backend for Remote {
         Ok(names)
     }
 
-    fn describe_topic(&self, topic: &str) -> Result<(Vec<PartitionRow>, Vec<(String, String)>)> {
+    fn describe_topic(&self, topic: &str) -> Result<Described> {
         let consumer = self.consumer(None)?;
         let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
         let t = metadata
@@ -90,7 +90,7 @@ impl Backend for Remote {
             .first()
             .ok_or_else(|| format!("no metadata for {topic}"))?;
         if let Some(e) = t.error() {
-            return Err(format!("{topic}: {:?}", rdkafka::types::RDKafkaRespErr::from(e)).into());
+            return Err(format!("{topic}: {e:?}").into());
         }
         let mut rows = Vec::new();
         for p in t.partitions() {
@@ -183,7 +183,7 @@ impl Backend for Remote {
         topic: &str,
         partition: Option<u32>,
         headers: &[(String, String)],
-        records: &mut dyn Iterator<Item = Result<(Option<Vec<u8>>, Vec<u8>)>>,
+        records: &mut dyn Iterator<Item = Result<Line>>,
     ) -> Result<u64> {
         let producer: FutureProducer = self.config().set("enable.idempotence", "true").create()?;
         let mut kafka_headers = OwnedHeaders::new();
