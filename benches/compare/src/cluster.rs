@@ -64,11 +64,23 @@ pub fn start(root: &Path) -> Served {
 /// Three nodes holding topic "t" of `partitions` partitions.
 pub fn start_with(root: &Path, partitions: u32) -> Served {
     let dir = tempfile::tempdir_in(root).expect("a scratch directory");
-    let voters: Vec<(u64, SocketAddr)> = (1..=3).map(|id| (id, free_addr())).collect();
+    // The Kafka listeners are bound (and held) before the peer ports are picked: a port
+    // picked and released could otherwise be handed to a Kafka listener bound after it.
+    let mut kafka_listeners: Vec<TcpListener> = (1..=3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a Kafka port"))
+        .collect();
+    let mut peers: Vec<SocketAddr> = Vec::new();
+    while peers.len() < 3 {
+        let addr = free_addr();
+        if !peers.contains(&addr) {
+            peers.push(addr);
+        }
+    }
+    let voters: Vec<(u64, SocketAddr)> = (1..=3).zip(peers).collect();
     let mut nodes = Vec::new();
     let mut addrs = Vec::new();
     for &(id, _) in &voters {
-        let kafka = std::net::TcpListener::bind("127.0.0.1:0").expect("a Kafka port");
+        let kafka = kafka_listeners.remove(0);
         let addr = kafka.local_addr().unwrap();
         let cluster = ClusterBuilder::new(id, dir.path().join(format!("n{id}")))
             .voters(voters.iter().copied())
