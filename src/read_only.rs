@@ -288,17 +288,25 @@ impl View {
         let OffsetsView { cursor, replay } = offsets;
         let cursor = cursor.get_or_insert_with(|| Cursor::new(dir, 0));
         let mut failed = None;
-        cursor.walk(bound, |_, bytes| {
+        cursor.walk(bound, |h, bytes| {
             let (batch, _) = Batch::parse(bytes).expect("checked by the cursor");
             match replay.batch(&batch) {
                 Ok(()) => true,
                 Err(e) => {
-                    failed = Some(e);
+                    failed = Some((h.base_offset, e));
                     false
                 }
             }
         })?;
-        failed.map_or(Ok(()), Err)
+        match failed {
+            None => Ok(()),
+            // Read again next time (taking in its records again changes nothing): the error
+            // stands until the batch is gone.
+            Some((at, e)) => {
+                cursor.seek(at);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -473,8 +481,12 @@ impl Follower {
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<OwnedRecord>> {
         let deadline = Instant::now() + timeout;
         loop {
-            // Watched before reading: a change after the read wakes the wait below.
-            self.watch();
+            // Watched before reading: a change after the read wakes the wait below. What
+            // changed since the last look is taken first (a follower that always finds records
+            // never waits, and must still notice a writer starting).
+            let watched = self.watch();
+            self.watcher.wait(Duration::ZERO).ctx("watch", &self.view.dir)?;
+            self.take_changes();
             let live = match self.live {
                 Some(live) => live,
                 None => {
@@ -484,50 +496,87 @@ impl Follower {
             };
             let mut out = Vec::new();
             let n = self.partitions.len();
+            // Where each partition read stood: on an error nothing of this poll is lost, each
+            // goes back there.
+            let mut read = Vec::with_capacity(n);
+            let mut failed = None;
             for i in 0..n {
-                let f = &mut self.partitions[(self.turn + i) % n];
+                let k = (self.turn + i) % n;
+                let f = &mut self.partitions[k];
                 let from = f.cursor.next_offset();
+                read.push((k, from));
                 let bound = match live {
                     // Nothing published yet: nothing to read yet.
                     true => Bound::Below(f.watermark.read().unwrap_or(i64::MIN)),
                     false => Bound::Whole,
                 };
-                let bytes = f.cursor.read(bound, FOLLOW_BYTES)?;
-                copy_records(&f.tp, Fetch::new(bytes, 0, 0), from, &mut out)?;
+                let copied = f
+                    .cursor
+                    .read(bound, FOLLOW_BYTES)
+                    .and_then(|bytes| copy_records(&f.tp, Fetch::new(bytes, 0, 0), from, &mut out));
+                if let Err(e) = copied {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                for (k, from) in read {
+                    self.partitions[k].cursor.seek(from);
+                }
+                return Err(e);
             }
             self.turn = self.turn.wrapping_add(1);
             let now = Instant::now();
             if !out.is_empty() || now >= deadline {
                 return Ok(out);
             }
-            self.watcher.wait(deadline - now).ctx("watch", &self.view.dir)?;
-            let root = &self.view.dir;
-            // Both asked: each call takes its own report.
-            let entries = self.watcher.changed(root);
-            if self.watcher.changed(&root.join(READERS_FILE)) || entries {
-                self.live = None;
-            }
-            for f in &mut self.partitions {
-                if self.watcher.changed(&f.dir) {
-                    f.watermark.reopen();
-                }
+            // A path that could not be watched (other than one not there yet) is looked at
+            // again soon rather than waited on.
+            let wait = match watched {
+                true => deadline - now,
+                false => (deadline - now).min(Duration::from_millis(100)),
+            };
+            self.watcher.wait(wait).ctx("watch", &self.view.dir)?;
+            self.take_changes();
+        }
+    }
+
+    /// Acts on what the watcher reported: a writer may have started or stopped; a partition's
+    /// directory changed (its watermark file and open segment may be other files now).
+    fn take_changes(&mut self) {
+        let root = &self.view.dir;
+        // Both asked: each call takes its own report.
+        let entries = self.watcher.changed(root);
+        if self.watcher.changed(&root.join(READERS_FILE)) || entries {
+            self.live = None;
+        }
+        for f in &mut self.partitions {
+            if self.watcher.changed(&f.dir) {
+                f.watermark.reopen();
+                f.cursor.revalidate();
             }
         }
     }
 
     /// Watches what tells of new records: the writer's start and its readers file, each
     /// followed partition's watermark and segments. Paths missing now are watched once they
-    /// exist (their directory's entries are watched).
-    fn watch(&mut self) {
-        let root = &self.view.dir;
-        let _ = self.watcher.watch(root, Watch::Entries);
-        let _ = self.watcher.watch(&root.join(READERS_FILE), Watch::Writes);
+    /// exist (their directory's entries are watched). False if some could not be watched for
+    /// another reason.
+    fn watch(&mut self) -> bool {
+        let root = self.view.dir.clone();
+        let mut all = true;
+        let mut watch = |path: &Path, what: Watch| match self.watcher.watch(path, what) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => all = false,
+        };
+        watch(&root, Watch::Entries);
+        watch(&root.join(READERS_FILE), Watch::Writes);
         for f in &self.partitions {
-            let _ = self.watcher.watch(&f.dir, Watch::Entries);
-            let _ = self
-                .watcher
-                .watch(&f.dir.join(follow::WATERMARK_FILE), Watch::Writes);
+            watch(&f.dir, Watch::Entries);
+            watch(&f.dir.join(follow::WATERMARK_FILE), Watch::Writes);
         }
+        all
     }
 }
 

@@ -133,11 +133,12 @@ fn a_follower_sees_appends_as_they_are_acknowledged() {
         (40, 51, 11)
     );
     consumer.commit_offsets(&[(tp, 45, "")]).unwrap();
-    assert_eq!(
-        reader.group_offsets("billing").unwrap()[0].lag,
-        6,
-        "a later commit is read"
-    );
+    // A write shows once the writer published it: at once, or in its lookout's next round.
+    let deadline = std::time::Instant::now() + WAIT;
+    while reader.group_offsets("billing").unwrap()[0].lag != 6 {
+        assert!(std::time::Instant::now() < deadline, "a later commit is read");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     consumer.close().unwrap();
 
     // A follower asked for what it does not follow, or for what does not exist.
@@ -206,4 +207,71 @@ fn a_reader_writes_nothing_and_refuses_what_is_not_a_log() {
         Err(Error::NotALog { .. })
     ));
     assert!(!missing.exists());
+}
+
+#[test]
+fn deleted_records_topics_and_a_closing_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Broker::open(dir.path()).unwrap();
+    writer.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let producer = Producer::new(&writer);
+    for i in 0..10 {
+        producer
+            .send(ProducerRecord::new("t", format!("old-{i}").as_bytes()))
+            .unwrap();
+    }
+    let reader = Broker::open_read_only(dir.path()).unwrap();
+
+    // Records below the log start (DeleteRecords) are not read.
+    writer
+        .partition("t", 0)
+        .unwrap()
+        .delete_records_before(5)
+        .unwrap();
+    let mut f = reader.follower().unwrap();
+    f.assign("t", 0, StartAt::Offset(2)).unwrap();
+    let got = poll_n(&mut f, 5);
+    assert_eq!(got.first().map(|r| r.offset), Some(5), "read from the log start");
+    assert_eq!(got.len(), 5);
+    assert_eq!(
+        reader.describe_topic("t").unwrap().partitions[0].log_start_offset,
+        5
+    );
+
+    // The topic deleted and made again: the follower never returns the old topic's records.
+    writer.delete_topic("t").unwrap();
+    writer.create_topic("t", 1, TopicConfig::default()).unwrap();
+    for i in 0..12 {
+        producer
+            .send(ProducerRecord::new("t", format!("new-{i}").as_bytes()))
+            .unwrap();
+    }
+    // It stood at offset 10: the new topic's records from there on.
+    let later = poll_n(&mut f, 2);
+    assert_eq!(
+        values(&later),
+        [(0, 10, b"new-10".to_vec()), (0, 11, b"new-11".to_vec())]
+    );
+    f.seek("t", 0, 0).unwrap();
+    let mut all = later;
+    all.extend(poll_n(&mut f, 12));
+    assert!(
+        all.iter()
+            .any(|r| r.offset == 0 && r.value.as_deref() == Some(&b"new-0"[..]))
+    );
+
+    // What the writer acknowledged just before it closed is read.
+    let mut tail = reader.follower().unwrap();
+    tail.assign("t", 0, StartAt::Latest).unwrap();
+    for i in 0..3 {
+        producer
+            .send(ProducerRecord::new("t", format!("last-{i}").as_bytes()))
+            .unwrap();
+    }
+    writer.close().unwrap();
+    let last = poll_n(&mut tail, 3);
+    assert_eq!(
+        last.iter().map(|r| r.value.clone().unwrap()).collect::<Vec<_>>(),
+        [b"last-0".to_vec(), b"last-1".to_vec(), b"last-2".to_vec()]
+    );
 }

@@ -4,10 +4,11 @@
 //! Readers never take the directory's lock and never write. They announce themselves by
 //! holding a shared lock on the readers file (`.readers`, created by the writer). The writer's
 //! lookout thread probes that lock ten times a second; while some reader holds it, every log
-//! publishes its high watermark to a small `watermark` file in its directory whenever the
-//! watermark moves, and the lookout writes `1` into the readers file once every log has
-//! published (`0` when the last reader leaves, and at the writer's start). Without readers the
-//! writer pays one relaxed atomic load per watermark move.
+//! publishes its high watermark to a small `watermark` file in its directory when the
+//! watermark moves (at once if the last write is `MIN_ROUND` old, else in the lookout's next
+//! round), and the lookout writes `1` into the readers file once every log has published (`0`
+//! when the last reader leaves, at the writer's start and at its close). Without readers the
+//! writer pays one atomic load per watermark move.
 //!
 //! A watermark file is written with `pwrite`, never through a map, so that inotify reports it
 //! (segments' small appends go through a map and are not reported). A reader reads records
@@ -26,7 +27,7 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -75,6 +76,9 @@ pub(crate) struct Beacon {
     followed: Arc<Followed>,
     /// Queued for the lookout to publish.
     queued: AtomicBool,
+    /// When the file was last written, in nanoseconds since `born`.
+    born: Instant,
+    written_at: AtomicU64,
     me: Weak<Beacon>,
     published: Mutex<Published>,
 }
@@ -97,6 +101,8 @@ impl Beacon {
             high_watermark,
             followed: followed.clone(),
             queued: AtomicBool::new(false),
+            born: Instant::now(),
+            written_at: AtomicU64::new(0),
             me: me.clone(),
             published: Mutex::default(),
         });
@@ -105,13 +111,24 @@ impl Beacon {
         beacon
     }
 
-    /// The watermark moved: queued for the lookout to publish if anyone follows. The caller
-    /// (an append, under the log's locks) pays an atomic load, and while readers follow, an
-    /// atomic swap; the first move since the last publication also queues the beacon and
-    /// wakes the lookout. Moves while one is queued cost nothing more: one write publishes
-    /// them all.
+    /// The watermark moved: published if anyone follows. The caller (an append, under the
+    /// log's locks) pays an atomic load when no one does. When the last publication is
+    /// `MIN_ROUND` old, the caller writes the file itself (appends that far apart are few, and
+    /// a reader then sees a record as soon as it is acknowledged); otherwise the beacon is
+    /// queued for the lookout's next round, and moves while it is queued cost an atomic swap:
+    /// one write publishes them all.
     pub(crate) fn moved(&self) {
-        if !self.followed.on.load(Ordering::Acquire) || self.queued.swap(true, Ordering::AcqRel) {
+        if !self.followed.on.load(Ordering::SeqCst) {
+            return;
+        }
+        let now = self.born.elapsed().as_nanos() as u64;
+        if now.saturating_sub(self.written_at.load(Ordering::SeqCst)) >= MIN_ROUND.as_nanos() as u64
+            && let Some(mut p) = self.published.try_lock()
+        {
+            self.write(&mut p);
+            return;
+        }
+        if self.queued.swap(true, Ordering::SeqCst) {
             return;
         }
         if let Some(me) = self.me.upgrade() {
@@ -123,7 +140,10 @@ impl Beacon {
     /// Writes the watermark as it is now. Under the lock, so the file never goes back to a
     /// value an overtaken writer read earlier.
     fn publish(&self) {
-        let mut p = self.published.lock();
+        self.write(&mut self.published.lock());
+    }
+
+    fn write(&self, p: &mut Published) {
         let hw = self.high_watermark.load(Ordering::SeqCst);
         if p.last == Some(hw) {
             return;
@@ -145,6 +165,8 @@ impl Beacon {
                     Ok(())
                 }),
         };
+        self.written_at
+            .store(self.born.elapsed().as_nanos() as u64, Ordering::SeqCst);
         match written {
             Ok(()) => p.last = Some(hw),
             Err(e) if !p.failed => {
@@ -225,6 +247,11 @@ fn look(file: &File, path: &Path, followed: &Followed) {
     let mut next_round = Instant::now();
     let mut work = followed.work.lock();
     while !work.stop {
+        if Instant::now() >= next_probe {
+            MutexGuard::unlocked(&mut work, || turn(file, path, followed));
+            next_probe = Instant::now() + PROBE_EVERY;
+            continue;
+        }
         if !work.moved.is_empty() && Instant::now() < next_round {
             // Under a steady stream of appends, rounds are spaced: each publishes every move
             // since the last, and the thread takes little of the appenders' processors.
@@ -237,36 +264,45 @@ fn look(file: &File, path: &Path, followed: &Followed) {
             MutexGuard::unlocked(&mut work, || {
                 for beacon in moved {
                     // Cleared first: a move while it publishes queues it again.
-                    beacon.queued.store(false, Ordering::Release);
+                    beacon.queued.store(false, Ordering::SeqCst);
                     beacon.publish();
                 }
             });
             continue;
         }
-        if Instant::now() >= next_probe {
-            MutexGuard::unlocked(&mut work, || turn(file, path, followed));
-            next_probe = Instant::now() + PROBE_EVERY;
-            continue;
-        }
         followed.wake.wait_until(&mut work, next_probe);
+    }
+    // The last moves are published (what was acknowledged before the close shows), and the
+    // queue, which holds the beacons, emptied. Readers are told to look for the writer again.
+    let moved = std::mem::take(&mut work.moved);
+    drop(work);
+    for beacon in moved {
+        beacon.queued.store(false, Ordering::SeqCst);
+        beacon.publish();
+    }
+    followed.on.store(false, Ordering::SeqCst);
+    if let Err(e) = file.write_all_at(&[0], 0) {
+        log::warn!("writing {}: {e}", path.display());
     }
 }
 
 /// Starts publishing when readers came, stops when the last one went.
 fn turn(file: &File, path: &Path, followed: &Followed) {
     let readers = probe(file, path);
-    if readers == followed.on.load(Ordering::Acquire) {
+    if readers == followed.on.load(Ordering::SeqCst) {
         return;
     }
-    followed.on.store(readers, Ordering::Release);
+    followed.on.store(readers, Ordering::SeqCst);
     let mut beacons = followed.beacons.lock();
     beacons.retain(|b| b.strong_count() > 0);
     let live: Vec<_> = beacons.iter().filter_map(Weak::upgrade).collect();
     drop(beacons);
-    if readers {
-        // Logs that move meanwhile are queued (the flag is up).
-        for beacon in &live {
-            beacon.publish();
+    for beacon in &live {
+        match readers {
+            // Logs that move meanwhile are queued (the flag is up).
+            true => beacon.publish(),
+            // The files are closed while no one reads: the writer keeps no descriptor for them.
+            false => *beacon.published.lock() = Published::default(),
         }
     }
     if let Err(e) = file.write_all_at(&[u8::from(readers) * PUBLISHING], 0) {
@@ -465,11 +501,31 @@ impl Cursor {
     /// The cursor moves past them.
     pub(crate) fn read(&mut self, bound: Bound, max_bytes: usize) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.walk(bound, |_, bytes| {
+        let walked = self.walk(bound, |_, bytes| {
             out.extend_from_slice(bytes);
             out.len() < max_bytes
-        })?;
-        Ok(out)
+        });
+        match walked {
+            // The cursor moved past what `out` holds: it is returned, and the error comes
+            // again on the next read.
+            Err(_) if !out.is_empty() => Ok(out),
+            Err(e) => Err(e),
+            Ok(()) => Ok(out),
+        }
+    }
+
+    /// Drops the open segment if its file is no longer the one its name shows (the topic was
+    /// deleted and made again, or the segment replaced): the next read finds its place anew.
+    pub(crate) fn revalidate(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let Some(seg) = &self.open else { return };
+        let same = match (seg.file.metadata(), std::fs::metadata(&seg.path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
+        };
+        if !same {
+            self.open = None;
+        }
     }
 
     /// Walks whole batches from the cursor's offset below `bound`, handing each to `each`
@@ -520,16 +576,21 @@ impl Cursor {
                     }
                 }
                 Step::End => {
-                    // On to the segment after this one, if the log has one.
+                    // On to the segment after this one, if the log has one. A later segment
+                    // exists only once this one is sealed: it is looked at once more first,
+                    // for batches appended between the look and the listing.
                     let base = self.open.as_ref().expect("located").base;
                     let bases = segment_bases(&self.dir)?;
-                    match bases.iter().find(|&&b| b > base) {
-                        Some(&later) => {
-                            self.next = self.next.max(later);
-                            self.open = None;
-                        }
-                        None => return Ok(()),
+                    let Some(&later) = bases.iter().find(|&&b| b > base) else {
+                        return Ok(());
+                    };
+                    let seg = self.open.as_mut().expect("located");
+                    seg.buffer.clear();
+                    if let Step::Batch(..) = self.step(bound)? {
+                        continue;
                     }
+                    self.next = self.next.max(later);
+                    self.open = None;
                 }
             }
         }
@@ -545,7 +606,9 @@ impl Cursor {
             let Some(&first) = bases.first() else {
                 return Ok(false);
             };
-            self.next = self.next.max(first);
+            // Records below the log start (raised by DeleteRecords) are gone.
+            let start = crate::storage::recorded_log_start(&self.dir).map_or(first, |s| s.max(first));
+            self.next = self.next.max(start);
             let base = *bases
                 .iter()
                 .rev()

@@ -126,6 +126,10 @@ impl Watcher {
                     |i: usize| u32::from_ne_bytes(buf[at + 4 * i..at + 4 * i + 4].try_into().expect("4"));
                 let (wd, mask, len) = (field(0) as i32, field(1), field(3) as usize);
                 self.fired.insert(wd);
+                if mask & libc::IN_Q_OVERFLOW != 0 {
+                    // Events were lost: everything may have changed.
+                    self.fired.extend(self.watches.values().copied());
+                }
                 if mask & libc::IN_IGNORED != 0 {
                     self.watches.retain(|_, w| *w != wd);
                 }

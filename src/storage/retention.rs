@@ -141,6 +141,7 @@ impl Inner {
             self.log_end.store(offset, Ordering::Release);
             self.high_watermark.store(offset, Ordering::SeqCst);
             self.publish(&fresh, 0, offset);
+            self.watermark_moved();
         }
         self.synced.notify_all();
         w.restart_active(fresh);
