@@ -200,6 +200,31 @@ fn a_directory_no_process_holds() {
     assert!(ok(&at(&["groups", "describe", "billing"]), "").contains("billing\tmeters\t1\t0\t3\t3"));
     ok(&at(&["groups", "delete", "billing"]), "");
     assert_eq!(ok(&at(&["groups", "list"]), ""), "");
+    let err = fails(&at(&["groups", "delete", "billing"]));
+    assert!(err.contains("unknown group"), "{err}");
+
+    // Any bytes make a value; CRLF line ends are cut; -c 0 prints nothing.
+    let run_with = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rivulet"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run_with(
+        &at(&["produce", "meters", "--partition", "0"]),
+        b"\xff\xfe raw\r\nplain\n",
+    );
+    assert!(out.status.success());
+    let raw = run_with(
+        &at(&["consume", "meters", "--partition", "0", "-o", "1", "-F", "%s|"]),
+        b"",
+    );
+    assert_eq!(raw.stdout, b"\xff\xfe raw|plain|");
+    assert_eq!(ok(&at(&["consume", "meters", "-c", "0"]), ""), "");
 
     // Segments: dumped and checked.
     let segment = dir.join("meters-1").join("00000000000000000000.log");
@@ -318,6 +343,15 @@ fn what_is_not_a_data_directory_is_refused_and_left_alone() {
         assert!(err.contains("is not a rivulet log"), "{args:?}: {err}");
     }
     assert_eq!(snapshot(dir.path()), before, "nothing written");
+
+    // A cluster node's directory is written only through the cluster.
+    let node = tempfile::tempdir().unwrap();
+    Broker::open(node.path()).unwrap().close().unwrap();
+    std::fs::create_dir(node.path().join("cluster")).unwrap();
+    let n = node.path().to_str().unwrap();
+    let err = fails(&["--dir", n, "topics", "create", "t"]);
+    assert!(err.contains("cluster"), "{err}");
+    assert_eq!(ok(&["--dir", n, "topics", "list"], ""), "", "reading it is fine");
     let err = fails(&["topics", "list"]);
     assert!(err.contains("--dir") && err.contains("--bootstrap"), "{err}");
     let err = fails(&["dump-log", dir.path().join("notes.txt").to_str().unwrap()]);
@@ -456,6 +490,17 @@ fn a_kafka_broker_through_bootstrap() {
     assert!(ok(&at(&["groups", "list"]), "").lines().any(|g| g == "shipping"));
     ok(&at(&["groups", "delete", "shipping"]), "");
     assert!(broker.group_offsets("shipping").unwrap().is_empty());
+    // A transaction's marker is never delivered: the consume still ends.
+    let mut txn_producer = rivulet::TransactionalProducer::new(&broker, "cli-test").unwrap();
+    let mut txn = txn_producer.begin().unwrap();
+    txn.send(ProducerRecord::new("orders", b"in-txn").partition(1))
+        .unwrap();
+    txn.commit().unwrap();
+    assert_eq!(
+        ok(&at(&["consume", "orders", "--partition", "1"]), ""),
+        "in-txn\n"
+    );
+
     ok(&at(&["topics", "delete", "orders"]), "");
     assert!(broker.describe_topic("orders").is_err());
 

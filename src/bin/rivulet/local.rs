@@ -12,8 +12,8 @@ use rivulet::{
 
 use crate::{Backend, ConsumeSpec, Described, GroupRow, Line, PartitionRow, Result, Start};
 
-/// How many lines of standard input go into one batch.
-const BATCH: usize = 1000;
+/// How many records may wait for their acknowledgement.
+const WINDOW: usize = 10_000;
 
 pub struct Local {
     dir: PathBuf,
@@ -32,6 +32,14 @@ impl Local {
     /// writer is never what the user meant), and for a path that holds something other than
     /// a data directory. `create` lets a path that does not exist become a new one.
     fn writer(&self, create: bool) -> Result<Broker> {
+        if self.dir.join("cluster").is_dir() {
+            return Err(format!(
+                "{} is a cluster node's: its logs are replicas, written through the cluster \
+                 (reach a node's broker with --bootstrap)",
+                self.dir.display()
+            )
+            .into());
+        }
         if (!create || self.dir.exists()) && self.reader()?.writer_running()? {
             return Err(format!(
                 "{} is open in another process: stop it, or reach its broker with --bootstrap",
@@ -119,43 +127,32 @@ impl Backend for Local {
         let broker = self.writer(false)?;
         broker.partition_count(topic)?;
         let producer = Producer::new(&broker);
+        // Each line is sent as it is read (records read while an append is under way share
+        // its batch and its sync); acknowledgements are awaited in a window.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut pending = std::collections::VecDeque::new();
         let mut sent = 0;
-        let mut chunk: Vec<(Option<Vec<u8>>, Vec<u8>)> = Vec::with_capacity(BATCH);
-        loop {
-            chunk.clear();
-            for record in &mut *records {
-                chunk.push(record?);
-                if chunk.len() == BATCH {
-                    break;
-                }
+        for record in records {
+            let (key, value) = record?;
+            let mut r = ProducerRecord::new(topic, &value)
+                .headers(headers.iter().map(|(k, v)| Header::new(k, v.as_bytes())));
+            if let Some(key) = &key {
+                r = r.key(key);
             }
-            if chunk.is_empty() {
-                break;
+            if let Some(p) = partition {
+                r = r.partition(p);
             }
-            let batch: Vec<ProducerRecord<'_>> = chunk
-                .iter()
-                .map(|(key, value)| {
-                    let mut r = ProducerRecord::new(topic, value)
-                        .headers(headers.iter().map(|(k, v)| Header::new(k, v.as_bytes())));
-                    if let Some(key) = key {
-                        r = r.key(key);
-                    }
-                    if let Some(p) = partition {
-                        r = r.partition(p);
-                    }
-                    r
-                })
-                .collect();
-            // One batch per partition when the partition is fixed; by key otherwise.
-            match partition {
-                Some(p) => sent += producer.send_batch(topic, Some(p), &batch)?.len() as u64,
-                None => {
-                    for r in batch {
-                        producer.send(r)?;
-                        sent += 1;
-                    }
-                }
+            if pending.len() == WINDOW {
+                runtime.block_on(pending.pop_front().expect("a full window"))?;
+                sent += 1;
             }
+            pending.push_back(producer.send_async(r));
+        }
+        for ack in pending {
+            runtime.block_on(ack)?;
+            sent += 1;
         }
         broker.close()?;
         Ok(sent)
@@ -256,6 +253,9 @@ impl Backend for Local {
     }
 
     fn delete_group(&self, group: &str) -> Result<()> {
+        if !self.reader()?.list_groups()?.iter().any(|g| g == group) {
+            return Err(format!("unknown group {group:?}").into());
+        }
         let broker = self.writer(false)?;
         broker.delete_group(group)?;
         Ok(broker.close()?)

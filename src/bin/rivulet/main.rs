@@ -338,16 +338,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Produce(p) => {
             let stdin = std::io::stdin();
+            let mut input = stdin.lock();
             let separator = p.key_separator.clone();
-            let mut records = stdin.lock().lines().map(|line| {
-                let line = line?;
-                Ok(match &separator {
-                    Some(sep) => match line.split_once(sep.as_str()) {
-                        Some((k, v)) => (Some(k.as_bytes().to_vec()), v.as_bytes().to_vec()),
-                        None => (None, line.into_bytes()),
-                    },
-                    None => (None, line.into_bytes()),
-                })
+            // Lines of any bytes (a value need not be text), without their line ending.
+            let mut records = std::iter::from_fn(|| {
+                let mut line = Vec::new();
+                match input.read_until(b'\n', &mut line) {
+                    Ok(0) => None,
+                    Ok(_) => {
+                        if line.last() == Some(&b'\n') {
+                            line.pop();
+                            if line.last() == Some(&b'\r') {
+                                line.pop();
+                            }
+                        }
+                        let split = separator.as_ref().and_then(|sep| {
+                            let sep = sep.as_bytes();
+                            let at = line.windows(sep.len()).position(|w| w == sep)?;
+                            Some((line[..at].to_vec(), line[at + sep.len()..].to_vec()))
+                        });
+                        Some(Ok(match split {
+                            Some((k, v)) => (Some(k), v),
+                            None => (None, line),
+                        }))
+                    }
+                    Err(e) => Some(Err(e.into())),
+                }
             });
             let n = backend.produce(&p.topic, p.partition, &p.headers, &mut records)?;
             eprintln!("produced {n} records to {}", p.topic);
@@ -370,6 +386,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let format = parse_format(&c.format)?;
             let mut n = 0;
+            if c.count == Some(0) {
+                return Ok(ExitCode::SUCCESS);
+            }
             backend.consume(&spec, &mut |r| {
                 print_record(&mut out, &format, r)?;
                 n += 1;

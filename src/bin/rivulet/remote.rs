@@ -48,6 +48,10 @@ impl Remote {
             .set("group.id", group.unwrap_or("rivulet-cli"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // The end of a partition is said (as kcat -e relies on): the last record before
+            // it may lie below the high watermark (transaction markers are never delivered).
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
             .create()?)
     }
 
@@ -193,7 +197,17 @@ impl Backend for Remote {
                 value: Some(v.as_bytes()),
             });
         }
-        let mut pending = Vec::new();
+        // Deliveries are awaited in a window: the client's queue and this list stay bounded.
+        const WINDOW: usize = 10_000;
+        let mut pending = std::collections::VecDeque::new();
+        let mut n = 0;
+        let settle = |sent: rdkafka::producer::DeliveryFuture| async move {
+            match sent.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err::<(), Box<dyn std::error::Error>>(format!("{topic}: {e}").into()),
+                Err(_) => Err("the producer went away".into()),
+            }
+        };
         for record in records {
             let (key, value) = record?;
             let mut r: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(topic)
@@ -205,23 +219,21 @@ impl Backend for Remote {
             if let Some(p) = partition {
                 r = r.partition(p as i32);
             }
+            if pending.len() == WINDOW {
+                self.runtime
+                    .block_on(settle(pending.pop_front().expect("a full window")))?;
+            }
             let sent = producer
                 .send_result(r)
                 .map_err(|(e, _)| format!("{topic}: {e}"))?;
-            pending.push(sent);
+            pending.push_back(sent);
+            n += 1;
         }
-        let n = pending.len() as u64;
         self.runtime.block_on(async {
             for sent in pending {
-                match sent.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => {
-                        return Err::<(), Box<dyn std::error::Error>>(format!("{topic}: {e}").into());
-                    }
-                    Err(_) => return Err("the producer went away".into()),
-                }
+                settle(sent).await?;
             }
-            Ok(())
+            Ok::<(), Box<dyn std::error::Error>>(())
         })?;
         Ok(n)
     }
@@ -256,7 +268,16 @@ impl Backend for Remote {
             let Some(message) = consumer.poll(Duration::from_millis(500)) else {
                 continue;
             };
-            let m = message?;
+            let m = match message {
+                Ok(m) => m,
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    if !spec.follow {
+                        next.insert(p as u32, i64::MAX);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let partition = m.partition() as u32;
             next.insert(partition, m.offset() + 1);
             if !spec.follow && m.offset() >= ends[&partition] {

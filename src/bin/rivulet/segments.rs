@@ -35,7 +35,7 @@ fn batch_at(file: &File, len: u64, position: u64) -> Result<Found> {
     let mut head = [0u8; HEADER_LEN];
     let n = (rest as usize).min(HEADER_LEN);
     file.read_exact_at(&mut head[..n], position)?;
-    if zeros_from(file, len, position)? {
+    if head[..n].iter().all(|&b| b == 0) && zeros_from(file, len, position)? {
         return Ok(Found::Zeros);
     }
     let total = match frame_len(&head[..n], usize::try_from(rest).unwrap_or(usize::MAX)) {
@@ -147,8 +147,26 @@ pub fn dump(files: &[PathBuf], print_data: bool, out: &mut impl Write) -> Result
                 h.crc,
             )?;
             if print_data {
-                for r in batch.records()?.iter() {
-                    let r = r?;
+                let records = match batch.records() {
+                    Ok(records) => records,
+                    Err(e) => {
+                        writeln!(out, "Records of the batch at position {position} unreadable: {e}")?;
+                        damaged += 1;
+                        break;
+                    }
+                };
+                for r in records.iter() {
+                    let r = match r {
+                        Ok(r) => r,
+                        Err(e) => {
+                            writeln!(
+                                out,
+                                "A record of the batch at position {position} unreadable: {e}"
+                            )?;
+                            damaged += 1;
+                            break;
+                        }
+                    };
                     let keys: Vec<String> = r
                         .headers()
                         .map(|h| String::from_utf8_lossy(h.key).into_owned())
@@ -204,9 +222,17 @@ struct Segment {
 /// rising; then its offset index against the batches found.
 fn check_segment(dir: &Path, base: i64, after: i64, active: bool, live: bool) -> Result<Segment> {
     let path = dir.join(format!("{base:020}.log"));
-    let file = File::open(&path)?;
-    let len = file.metadata()?.len();
     let mut s = Segment::default();
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        // Retention or compaction removed it after the listing.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && live => {
+            s.notes.push("removed by the writer while checked".into());
+            return Ok(s);
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+    };
+    let len = file.metadata()?.len();
     let mut starts: HashMap<u64, (i64, i64)> = HashMap::new();
     let mut expected = after;
     let mut position = 0;
