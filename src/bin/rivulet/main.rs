@@ -78,7 +78,7 @@ enum TopicsCommand {
 #[derive(Args)]
 struct Produce {
     topic: String,
-    /// The partition (default: by key, or round robin).
+    /// The partition (default: by the key's hash, or the partitioner's choice for keyless records).
     #[arg(long, short)]
     partition: Option<u32>,
     /// Split each line at the first SEP into key and value (kcat's -K).
