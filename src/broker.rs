@@ -459,6 +459,18 @@ pub struct GroupOffset {
     pub lag: i64,
 }
 
+impl GroupOffset {
+    /// What `committed` for `partition` means against a high watermark of `high_watermark`.
+    pub(crate) fn new(partition: TopicPartition, committed: OffsetAndMetadata, high_watermark: i64) -> Self {
+        GroupOffset {
+            lag: (high_watermark - committed.offset).max(0),
+            high_watermark,
+            partition,
+            committed,
+        }
+    }
+}
+
 /// Checks a topic name against Kafka's rules: 1 to 249 characters of `[a-zA-Z0-9._-]`, and
 /// not `.` or `..`.
 ///
@@ -770,12 +782,7 @@ impl Broker {
                 let hw = self
                     .partition(&tp.topic, tp.partition)
                     .map_or(0, |l| l.high_watermark());
-                Ok(GroupOffset {
-                    lag: (hw - committed.offset).max(0),
-                    high_watermark: hw,
-                    partition: tp,
-                    committed,
-                })
+                Ok(GroupOffset::new(tp, committed, hw))
             })
             .collect()
     }

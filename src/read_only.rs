@@ -206,13 +206,7 @@ impl ReadOnlyBroker {
             .into_iter()
             .map(|(tp, committed)| {
                 let dir = broker::partition_dir(&self.view.dir, &tp.topic, tp.partition);
-                let hw = high_watermark(&dir, live)?;
-                Ok(GroupOffset {
-                    lag: (hw - committed.offset).max(0),
-                    high_watermark: hw,
-                    partition: tp,
-                    committed,
-                })
+                Ok(GroupOffset::new(tp, committed, high_watermark(&dir, live)?))
             })
             .collect()
     }
