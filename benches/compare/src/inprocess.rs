@@ -61,8 +61,31 @@ pub fn max_rate(broker: &Broker, for_how_long: Duration) -> f64 {
 /// Latencies of records sent at `rate` per second for `for_how_long`, to a consumer that
 /// spins for `spin` before sleeping in each poll.
 pub fn open_loop(broker: &Broker, rate: f64, for_how_long: Duration, spin: Duration) -> Histogram<u64> {
-    let producer = Producer::new(broker);
     let mut c = consumer(broker, spin);
+    scheduled(broker, rate, for_how_long, || {
+        let records = c.poll(Duration::from_secs(10)).expect("poll");
+        records
+            .iter()
+            .map(|r| sequence(r.value.expect("a value")))
+            .collect()
+    })
+}
+
+/// The sequence number a scheduled record's value starts with.
+pub fn sequence(value: &[u8]) -> u64 {
+    u64::from_be_bytes(value[..8].try_into().expect("8 bytes"))
+}
+
+/// Latencies of records of 100 B sent to topic "t" at `rate` per second for `for_how_long`,
+/// from when each was due until `receive` (which waits for the next records and returns their
+/// [`sequence`] numbers) returned it.
+pub fn scheduled(
+    broker: &Broker,
+    rate: f64,
+    for_how_long: Duration,
+    mut receive: impl FnMut() -> Vec<u64>,
+) -> Histogram<u64> {
+    let producer = Producer::new(broker);
     let period = Duration::from_secs_f64(1.0 / rate);
     let total = (for_how_long.as_secs_f64() * rate) as u64;
     let origin = Instant::now() + Duration::from_millis(20);
@@ -79,10 +102,9 @@ pub fn open_loop(broker: &Broker, rate: f64, for_how_long: Duration, spin: Durat
         let mut h = histogram();
         let mut got = 0;
         while got < total {
-            let records = c.poll(Duration::from_secs(10)).expect("poll");
+            let received = receive();
             let now = Instant::now();
-            for r in records.iter() {
-                let i = u64::from_be_bytes(r.value.expect("a value")[..8].try_into().expect("8 bytes"));
+            for i in received {
                 h.saturating_record(now.saturating_duration_since(due(i)).as_nanos() as u64);
                 got += 1;
             }

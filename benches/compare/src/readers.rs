@@ -10,44 +10,18 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rivulet::{Broker, Fsync, LogConfig, Producer, ProducerRecord, StartAt, TopicConfig};
 
-use crate::measure::{histogram, wait_until};
-
 /// Latencies of records sent one at a time at `rate` per second for `for_how_long`, from when
 /// each was due to be sent until a follower in a read-only open of the directory holds it.
 pub fn open_loop(broker: &Broker, rate: f64, for_how_long: Duration) -> Histogram<u64> {
     let reader = Broker::open_read_only(broker.dir()).expect("open read-only");
     let mut follower = reader.follower().expect("a follower");
     follower.assign("t", 0, StartAt::Latest).expect("assign");
-    let producer = Producer::new(broker);
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let total = (for_how_long.as_secs_f64() * rate) as u64;
-    let origin = Instant::now() + Duration::from_millis(20);
-    let due = |i: u64| origin + period.mul_f64(i as f64);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut value = [0u8; 100];
-            for i in 0..total {
-                wait_until(due(i));
-                value[..8].copy_from_slice(&i.to_be_bytes());
-                producer.send(ProducerRecord::new("t", &value)).expect("send");
-            }
-        });
-        let mut h = histogram();
-        let mut got = 0;
-        while got < total {
-            let records = follower.poll(Duration::from_secs(10)).expect("poll");
-            let now = Instant::now();
-            for r in &records {
-                let i = u64::from_be_bytes(
-                    r.value.as_ref().expect("a value")[..8]
-                        .try_into()
-                        .expect("8 bytes"),
-                );
-                h.saturating_record(now.saturating_duration_since(due(i)).as_nanos() as u64);
-                got += 1;
-            }
-        }
-        h
+    crate::inprocess::scheduled(broker, rate, for_how_long, || {
+        let records = follower.poll(Duration::from_secs(10)).expect("poll");
+        records
+            .iter()
+            .map(|r| crate::inprocess::sequence(r.value.as_deref().expect("a value")))
+            .collect()
     })
 }
 
