@@ -2,7 +2,11 @@
 //! process test is `readers_follow_a_writer_process`): topics, records as they are appended
 //! and synced, committed offsets and lag, and nothing written.
 
+mod common;
+
 use std::time::Duration;
+
+use common::snapshot;
 
 use rivulet::{
     Broker, Consumer, ConsumerConfig, Error, Fsync, LogConfig, Producer, ProducerRecord, StartAt,
@@ -26,25 +30,6 @@ fn poll_n(follower: &mut rivulet::Follower, n: usize) -> Vec<rivulet::OwnedRecor
         got.extend(follower.poll(Duration::from_millis(500)).unwrap());
     }
     got
-}
-
-/// Every file under `dir` with its length and modification time.
-fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                files.push((e.path(), m.len(), m.modified().unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]

@@ -4,11 +4,13 @@
 //! Kafka front end served on 127.0.0.1).
 #![cfg(all(feature = "cli", feature = "kafka"))]
 
+mod common;
+
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::snapshot;
 use rivulet::{Broker, Consumer, ConsumerConfig, Producer, ProducerRecord, TopicConfig, TopicPartition};
 
 /// Runs the binary with `args`, `input` on its standard input.
@@ -40,25 +42,6 @@ fn fails(args: &[&str]) -> String {
     let out = run(args, "");
     assert!(!out.status.success(), "rivulet {args:?} succeeded");
     String::from_utf8(out.stderr).unwrap()
-}
-
-/// Every file under `dir` with its length and modification time.
-fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                files.push((e.path(), m.len(), m.modified().unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]

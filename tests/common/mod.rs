@@ -121,3 +121,23 @@ pub fn pause_cleans_after_staging(fs: &FaultyFs) -> (Arc<Barrier>, Arc<Barrier>)
     });
     (staged, resume)
 }
+
+/// Every file under `dir` with its length and modification time: what a step that must
+/// change nothing is compared by.
+pub fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push((e.path(), m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}

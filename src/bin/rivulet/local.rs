@@ -60,14 +60,6 @@ fn start_at(start: Start) -> StartAt {
     }
 }
 
-/// The partitions asked for, or all of the topic's.
-fn chosen(asked: &[u32], count: u32) -> Vec<u32> {
-    match asked.is_empty() {
-        true => (0..count).collect(),
-        false => asked.to_vec(),
-    }
-}
-
 impl Backend for Local {
     fn list_topics(&self) -> Result<Vec<String>> {
         Ok(self.reader()?.list_topics()?)
@@ -164,7 +156,7 @@ impl Backend for Local {
         each: &mut dyn FnMut(&OwnedRecord) -> Result<bool>,
     ) -> Result<()> {
         let reader = self.reader()?;
-        let partitions = chosen(spec.partitions, reader.partition_count(spec.topic)?);
+        let partitions = self.chosen(spec.topic, spec.partitions)?;
         let mut follower = reader.follower()?;
         for &p in &partitions {
             follower.assign(spec.topic, p, start_at(spec.start))?;

@@ -227,6 +227,13 @@ pub trait Backend {
         each: &mut dyn FnMut(&OwnedRecord) -> Result<bool>,
     ) -> Result<()>;
     fn partitions(&self, topic: &str) -> Result<u32>;
+    /// The partitions asked for, or (none asked for) all of the topic's.
+    fn chosen(&self, topic: &str, asked: &[u32]) -> Result<Vec<u32>> {
+        match asked.is_empty() {
+            true => Ok((0..self.partitions(topic)?).collect()),
+            false => Ok(asked.to_vec()),
+        }
+    }
     /// The offset `start` means for each of `partitions`.
     fn resolve(&self, topic: &str, partitions: &[u32], start: Start) -> Result<Vec<(u32, i64)>>;
     fn list_groups(&self) -> Result<Vec<String>>;
@@ -433,10 +440,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             };
-            let partitions: Vec<u32> = match r.partitions.is_empty() {
-                true => (0..backend.partitions(&r.topic)?).collect(),
-                false => r.partitions.clone(),
-            };
+            let partitions = backend.chosen(&r.topic, &r.partitions)?;
             let offsets = backend.resolve(&r.topic, &partitions, to)?;
             writeln!(out, "GROUP\tTOPIC\tPARTITION\tNEW-OFFSET")?;
             for (p, offset) in &offsets {

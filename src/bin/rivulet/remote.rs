@@ -244,11 +244,7 @@ impl Backend for Remote {
         each: &mut dyn FnMut(&OwnedRecord) -> Result<bool>,
     ) -> Result<()> {
         let consumer = self.consumer(None)?;
-        let count = self.partitions(spec.topic)?;
-        let partitions: Vec<u32> = match spec.partitions.is_empty() {
-            true => (0..count).collect(),
-            false => spec.partitions.to_vec(),
-        };
+        let partitions = self.chosen(spec.topic, spec.partitions)?;
         let starts = self.resolve(spec.topic, &partitions, spec.start)?;
         let mut assignment = TopicPartitionList::new();
         for &(p, offset) in &starts {
